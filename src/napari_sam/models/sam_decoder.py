@@ -1,0 +1,327 @@
+"""SAM's prompt encoder and mask decoder, shared by every SAM-family model.
+
+Our own implementation of the architecture described in Kirillov et al.,
+"Segment Anything" (2023). Module and parameter names follow Meta's
+``segment_anything.modeling`` so that official checkpoints (SAM, MedSAM,
+MobileSAM, micro-sam, LiteMedSAM) load without conversion. Attention runs
+through ``torch.nn.functional.scaled_dot_product_attention``.
+
+Coordinates here are the *model's*: (x, y) pixels of the padded square model
+input. Conversion from napari's (row, col) happens in exactly one place,
+:func:`napari_sam.models.base.rc_to_model_xy`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LayerNorm2d(nn.Module):
+    """Layer norm over the channel axis of a (B, C, H, W) tensor."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) * torch.rsqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class MLPBlock(nn.Module):
+    def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
+        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
+        self.act = act()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+class MLP(nn.Module):
+    """A plain MLP with ReLU between layers (the hypernetworks and IoU head)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
+                 sigmoid_output: bool = False) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        h = [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
+        return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an optional down-projection of the inner dim."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        if self.internal_dim % num_heads:
+            raise ValueError("num_heads must divide embedding_dim // downsample_rate")
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        q = self._heads(self.q_proj(q))
+        k = self._heads(self.k_proj(k))
+        v = self._heads(self.v_proj(v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        b, h, n, c = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+
+class TwoWayAttentionBlock(nn.Module):
+    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int = 2048,
+                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2,
+                 skip_first_layer_pe: bool = False) -> None:
+        super().__init__()
+        self.self_attn = Attention(embedding_dim, num_heads)
+        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
+        self.norm3 = nn.LayerNorm(embedding_dim)
+        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+
+        k = keys + key_pe
+        q = queries + query_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        queries = self.norm3(queries + self.mlp(queries))
+
+        q = queries + query_pe
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    """Tokens attend to the image and the image attends back, ``depth`` times."""
+
+    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
+                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2) -> None:
+        super().__init__()
+        self.depth = depth
+        self.embedding_dim = embedding_dim
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, activation,
+                                 attention_downsample_rate, skip_first_layer_pe=(i == 0))
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
+        """image_embedding, image_pe: (B, C, h, w); point_embedding: (B, N, C)."""
+        keys = image_embedding.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        queries = point_embedding
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        q = queries + point_embedding
+        k = keys + key_pe
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
+        return queries, keys
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Fourier features of (x, y) with a fixed random Gaussian matrix."""
+
+    def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
+        super().__init__()
+        scale = 1.0 if scale is None or scale <= 0 else scale
+        self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
+
+    def _pe_encoding(self, coords: Tensor) -> Tensor:
+        coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
+        coords = 2 * math.pi * coords
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+
+    def forward(self, size: tuple[int, int]) -> Tensor:
+        h, w = size
+        device = self.positional_encoding_gaussian_matrix.device
+        y = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+        x = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+        yy, xx = torch.meshgrid(y, x, indexing="ij")
+        return self._pe_encoding(torch.stack([xx, yy], dim=-1)).permute(2, 0, 1)
+
+    def forward_with_coords(self, coords_input: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """coords_input: (B, N, 2) as (x, y) model pixels; image_size: (H, W)."""
+        scale = coords_input.new_tensor([1.0 / image_size[1], 1.0 / image_size[0]])
+        return self._pe_encoding((coords_input * scale).float())
+
+
+class PromptEncoder(nn.Module):
+    """Embeds points, boxes and mask logits into sparse and dense tokens."""
+
+    def __init__(self, embed_dim: int, image_embedding_size: tuple[int, int],
+                 input_image_size: tuple[int, int], mask_in_chans: int,
+                 activation: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.input_image_size = input_image_size
+        self.image_embedding_size = image_embedding_size
+        self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
+        self.num_point_embeddings = 4  # negative, positive, box corner 1, box corner 2
+        self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
+        self.not_a_point_embed = nn.Embedding(1, embed_dim)
+        self.mask_input_size = (4 * image_embedding_size[0], 4 * image_embedding_size[1])
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans // 4),
+            activation(),
+            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans),
+            activation(),
+            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
+        )
+        self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe: Tensor | None = None
+
+    def get_dense_pe(self) -> Tensor:
+        """Positional encoding of the embedding grid, (1, C, h, w); cached in eval mode."""
+        if self._dense_pe is None or self.training or self._dense_pe.device != self.no_mask_embed.weight.device:
+            pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+            if self.training:
+                return pe
+            self._dense_pe = pe
+        return self._dense_pe
+
+    def _embed_points(self, points: Tensor, labels: Tensor, pad: bool) -> Tensor:
+        points = points + 0.5
+        if pad:
+            points = torch.cat([points, points.new_zeros((points.shape[0], 1, 2))], dim=1)
+            labels = torch.cat([labels, -labels.new_ones((labels.shape[0], 1))], dim=1)
+        emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
+        lab = labels[..., None]
+        emb = torch.where(lab == -1, self.not_a_point_embed.weight, emb)
+        emb = emb + torch.where(lab == 0, self.point_embeddings[0].weight, 0.0)
+        emb = emb + torch.where(lab == 1, self.point_embeddings[1].weight, 0.0)
+        return emb
+
+    def _embed_boxes(self, boxes: Tensor) -> Tensor:
+        coords = (boxes + 0.5).reshape(-1, 2, 2)
+        emb = self.pe_layer.forward_with_coords(coords, self.input_image_size)
+        corner = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
+        return emb + corner
+
+    def forward(self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None,
+                masks: Tensor | None) -> tuple[Tensor, Tensor]:
+        """points: ((B, N, 2) xy, (B, N) labels 1/0/-1); boxes: (B, 4) xyxy; masks: (B, 1, 4h, 4w).
+
+        Returns sparse (B, N', C) and dense (B, C, h, w) embeddings.
+        """
+        if points is not None:
+            bs = points[0].shape[0]
+        elif boxes is not None:
+            bs = boxes.shape[0]
+        elif masks is not None:
+            bs = masks.shape[0]
+        else:
+            bs = 1
+        weight = self.no_mask_embed.weight
+        sparse = weight.new_empty((bs, 0, self.embed_dim))
+        if points is not None:
+            sparse = torch.cat([sparse, self._embed_points(points[0], points[1], pad=boxes is None)], dim=1)
+        if boxes is not None:
+            sparse = torch.cat([sparse, self._embed_boxes(boxes)], dim=1)
+        if masks is not None:
+            dense = self.mask_downscaling(masks)
+        else:
+            dense = weight.reshape(1, -1, 1, 1).expand(bs, -1, *self.image_embedding_size)
+        return sparse, dense
+
+
+class MaskDecoder(nn.Module):
+    """Predicts 1 + ``num_multimask_outputs`` masks and their IoU from tokens."""
+
+    def __init__(self, *, transformer_dim: int, transformer: nn.Module, num_multimask_outputs: int = 3,
+                 activation: type[nn.Module] = nn.GELU, iou_head_depth: int = 3,
+                 iou_head_hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            activation(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            activation(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
+                dense_prompt_embeddings: Tensor, multimask_output: bool) -> tuple[Tensor, Tensor]:
+        """image_embeddings: (1 or B, C, h, w). Returns masks (B, K, 4h, 4w) logits and IoU (B, K)."""
+        masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                             dense_prompt_embeddings)
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, sl], iou_pred[:, sl]
+
+    def predict_masks(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
+                      dense_prompt_embeddings: Tensor) -> tuple[Tensor, Tensor]:
+        bsz = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(bsz, -1, -1), sparse_prompt_embeddings], dim=1)
+        src = image_embeddings.expand(bsz, -1, -1, -1) if image_embeddings.shape[0] != bsz else image_embeddings
+        src = src + dense_prompt_embeddings
+        pos_src = image_pe.expand(bsz, -1, -1, -1)
+        b, c, h, w = src.shape
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        return masks, self.iou_prediction_head(iou_token_out)
+
+
+def build_sam_prompt_decoder(embedding_size: int, input_size: int) -> tuple[PromptEncoder, MaskDecoder]:
+    """SAM's standard prompt encoder and mask decoder (256 channels, 8 heads)."""
+    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(embedding_size, embedding_size),
+                                   input_image_size=(input_size, input_size), mask_in_chans=16)
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+    )
+    return prompt_encoder, mask_decoder

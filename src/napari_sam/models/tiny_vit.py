@@ -1,0 +1,274 @@
+"""TinyViT image encoder (LiteMedSAM, MobileSAM).
+
+Our own implementation of TinyViT (Wu et al., ECCV 2022) as MobileSAM and
+LiteMedSAM use it as SAM's image encoder. Parameter names follow the official
+code so that their checkpoints load as they are. For inference speed on CPU:
+
+- every Conv2d + BatchNorm pair can be folded into one convolution
+  (:func:`fold_batchnorm`, applied by the backends after loading weights);
+- window attention runs through ``scaled_dot_product_attention`` with the
+  learned relative-position bias as an additive mask, gathered once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .sam_decoder import LayerNorm2d
+
+
+@dataclass(frozen=True)
+class TinyViTConfig:
+    img_size: int = 256
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    local_conv_size: int = 3
+    # LiteMedSAM embeds 256 px with two 1x1 convolutions (stride 1);
+    # MobileSAM embeds 1024 px with two 3x3 stride-2 convolutions.
+    patch_kernel: int = 1
+    out_chans: int = 256
+
+
+class Conv2d_BN(nn.Sequential):  # noqa: N801  (name kept: checkpoint keys are ".c." and ".bn.")
+    def __init__(self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1) -> None:
+        super().__init__()
+        self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(b))
+
+
+def _fold(module: Conv2d_BN) -> nn.Conv2d:
+    conv, bn = module.c, module.bn
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      groups=conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+    return fused
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every Conv2d_BN by one equivalent Conv2d, in place (inference only)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, Conv2d_BN):
+            setattr(model, name, _fold(child))
+        else:
+            fold_batchnorm(child)
+    return model
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, in_chans: int, embed_dim: int, kernel: int) -> None:
+        super().__init__()
+        stride, pad = (1, 0) if kernel == 1 else (2, kernel // 2)
+        self.seq = nn.Sequential(
+            Conv2d_BN(in_chans, embed_dim // 2, kernel, stride, pad),
+            nn.GELU(),
+            Conv2d_BN(embed_dim // 2, embed_dim, kernel, stride, pad),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.seq(x)
+
+
+class MBConv(nn.Module):
+    def __init__(self, chans: int, expand_ratio: float) -> None:
+        super().__init__()
+        hidden = int(chans * expand_ratio)
+        self.conv1 = Conv2d_BN(chans, hidden, 1)
+        self.act1 = nn.GELU()
+        self.conv2 = Conv2d_BN(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.act2 = nn.GELU()
+        self.conv3 = Conv2d_BN(hidden, chans, 1)
+        self.act3 = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.act3(self.conv3(y) + x)
+
+
+class PatchMerging(nn.Module):
+    """(B, C, H, W) or (B, H*W, C) -> (B, H'*W', C'). Stride 1 for the last stage."""
+
+    def __init__(self, resolution: tuple[int, int], dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.input_resolution = resolution
+        self.act = nn.GELU()
+        self.conv1 = Conv2d_BN(dim, out_dim, 1)
+        stride = 1 if out_dim in (320, 448, 576) else 2
+        self.conv2 = Conv2d_BN(out_dim, out_dim, 3, stride, 1, groups=out_dim)
+        self.conv3 = Conv2d_BN(out_dim, out_dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 3:
+            h, w = self.input_resolution
+            x = x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.conv3(x)
+        return x.flatten(2).transpose(1, 2)
+
+
+class ConvLayer(nn.Module):
+    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, out_dim: int,
+                 expand_ratio: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
+        self.downsample = PatchMerging(resolution, dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return self.downsample(x)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class WindowAttention(nn.Module):
+    """Attention inside a window with TinyViT's learned relative-position bias."""
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, resolution: tuple[int, int]) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.d = key_dim  # attn_ratio = 1 in TinyViT blocks
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, (2 * key_dim + self.d) * num_heads)
+        self.proj = nn.Linear(self.d * num_heads, dim)
+        points = list(itertools.product(range(resolution[0]), range(resolution[1])))
+        offsets: dict[tuple[int, int], int] = {}
+        idxs = []
+        for p1 in points:
+            for p2 in points:
+                off = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
+                idxs.append(offsets.setdefault(off, len(offsets)))
+        n = len(points)
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
+        self.register_buffer("attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(n, n),
+                             persistent=False)
+        self._bias: Tensor | None = None
+
+    def train(self, mode: bool = True) -> WindowAttention:
+        super().train(mode)
+        self._bias = None
+        return self
+
+    def _attn_bias(self, dtype: torch.dtype) -> Tensor:
+        if self.training:
+            return self.attention_biases[:, self.attention_bias_idxs].to(dtype)
+        if self._bias is None or self._bias.dtype != dtype or self._bias.device != self.attention_biases.device:
+            self._bias = self.attention_biases[:, self.attention_bias_idxs].detach().to(dtype)
+        return self._bias
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, N, C)
+        b, n, _ = x.shape
+        qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, -1)
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._attn_bias(q.dtype))
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class TinyViTBlock(nn.Module):
+    def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, window_size: int,
+                 mlp_ratio: float, local_conv_size: int) -> None:
+        super().__init__()
+        self.input_resolution = resolution
+        self.window_size = window_size
+        self.attn = WindowAttention(dim, dim // num_heads, num_heads, (window_size, window_size))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.local_conv = Conv2d_BN(dim, dim, local_conv_size, 1, local_conv_size // 2, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = self.input_resolution
+        b, n, c = x.shape
+        ws = self.window_size
+        if h == ws and w == ws:
+            y = self.attn(x)
+        else:
+            y = x.view(b, h, w, c)
+            pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+            if pad_b or pad_r:
+                y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
+            ph, pw = h + pad_b, w + pad_r
+            nh, nw = ph // ws, pw // ws
+            y = y.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
+            y = self.attn(y)
+            y = y.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
+            if pad_b or pad_r:
+                y = y[:, :h, :w]
+            y = y.reshape(b, n, c)
+        x = x + y
+        x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w)).view(b, c, n).transpose(1, 2)
+        return x + self.mlp(x)
+
+
+class BasicLayer(nn.Module):
+    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
+                 mlp_ratio: float, local_conv_size: int, out_dim: int | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TinyViTBlock(dim, resolution, num_heads, window_size, mlp_ratio, local_conv_size)
+            for _ in range(depth))
+        self.downsample = PatchMerging(resolution, dim, out_dim) if out_dim is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class TinyViT(nn.Module):
+    """TinyViT as SAM's image encoder: (B, 3, S, S) -> (B, 256, S/4 or S/16, ...)."""
+
+    def __init__(self, cfg: TinyViTConfig = TinyViTConfig(), in_chans: int = 3) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.img_size = cfg.img_size
+        self.patch_embed = PatchEmbed(in_chans, cfg.embed_dims[0], cfg.patch_kernel)
+        res0 = cfg.img_size if cfg.patch_kernel == 1 else cfg.img_size // 4
+        n = len(cfg.depths)
+        self.layers = nn.ModuleList()
+        for i in range(n):
+            r = res0 // (2 ** (i - 1 if i == 3 else i))
+            out_dim = cfg.embed_dims[i + 1] if i < n - 1 else None
+            if i == 0:
+                self.layers.append(ConvLayer(cfg.embed_dims[0], (r, r), cfg.depths[0], out_dim,
+                                             cfg.mbconv_expand_ratio))
+            else:
+                self.layers.append(BasicLayer(cfg.embed_dims[i], (r, r), cfg.depths[i], cfg.num_heads[i],
+                                              cfg.window_sizes[i], cfg.mlp_ratio, cfg.local_conv_size, out_dim))
+        self.embedding_size = res0 // 4
+        self.neck = nn.Sequential(
+            nn.Conv2d(cfg.embed_dims[-1], cfg.out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(cfg.out_chans),
+            nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(cfg.out_chans),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        b, _, c = x.shape
+        s = self.embedding_size
+        return self.neck(x.view(b, s, s, c).permute(0, 3, 1, 2))

@@ -1,0 +1,254 @@
+"""Prompts: clicks, boxes, objects, and the prompts file.
+
+Coordinates are array indices in napari's order everywhere: (row, col) within
+a slice, ``slice`` the index along the volume's axis 0 (or along the object's
+``axis`` for propagation). Boxes are (r0, c0, r1, c1), inclusive pixel
+indices, with r0 <= r1 and c0 <= c1.
+
+The prompts file (JSON)::
+
+    {"window": [-160, 240],                      # optional, for all objects
+     "objects": [
+       {"id": 1, "name": "liver", "window": "soft-tissue",   # window optional
+        "color": [255, 0, 0],                                # optional
+        "propagate": false, "axis": 0, "range": [z0, z1],    # propagation
+        "prompts": [{"slice": 10, "box": [r0, c0, r1, c1]},
+                    {"slice": 11, "points": [[r, c], [r, c]], "labels": [1, 0]}]}]}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class SlicePrompt:
+    """The prompts given on one slice.
+
+    points: (N, 2) float (row, col); labels: (N,) int, 1 positive, 0 negative.
+    box: (r0, c0, r1, c1) or None.
+    slice: index along the axis, None for a 2D image.
+    """
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    box: tuple[float, float, float, float] | None = None
+    slice: int | None = None
+
+    def __post_init__(self) -> None:
+        pts = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
+        lab = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if len(pts) != len(lab):
+            raise InputError(f"prompt on slice {self.slice}: {len(pts)} points but {len(lab)} labels")
+        if np.any((lab != 0) & (lab != 1)):
+            raise InputError(f"prompt on slice {self.slice}: labels must be 1 (positive) or 0 (negative)")
+        if not np.all(np.isfinite(pts)):
+            raise InputError(f"prompt on slice {self.slice}: point coordinates must be finite numbers")
+        object.__setattr__(self, "points", pts)
+        object.__setattr__(self, "labels", lab)
+        if self.box is not None:
+            box = tuple(float(v) for v in self.box)
+            if len(box) != 4 or not all(np.isfinite(box)):
+                raise InputError(f"prompt on slice {self.slice}: box must be 4 numbers [r0, c0, r1, c1]")
+            r0, c0, r1, c1 = box
+            object.__setattr__(self, "box", (min(r0, r1), min(c0, c1), max(r0, r1), max(c0, c1)))
+        if self.box is None and len(pts) == 0:
+            raise InputError(f"prompt on slice {self.slice}: needs a box or at least one point")
+
+    @property
+    def positive(self) -> np.ndarray:
+        return self.points[self.labels == 1]
+
+    @property
+    def negative(self) -> np.ndarray:
+        return self.points[self.labels == 0]
+
+    @property
+    def only_negative(self) -> bool:
+        """A slice with negative clicks alone: the user says "the object is not here"."""
+        return self.box is None and len(self.points) > 0 and not np.any(self.labels == 1)
+
+    def check_inside(self, shape: tuple[int, int]) -> None:
+        """Raise InputError if a point or box lies outside a slice of ``shape`` (rows, cols)."""
+        h, w = shape
+        where = f"slice {self.slice}" if self.slice is not None else "the image"
+        for r, c in self.points:
+            if not (0 <= r <= h - 1 and 0 <= c <= w - 1):
+                raise InputError(f"point ({r:g}, {c:g}) lies outside {where} of shape ({h}, {w})")
+        if self.box is not None:
+            r0, c0, r1, c1 = self.box
+            if r0 < 0 or c0 < 0 or r1 > h - 1 or c1 > w - 1:
+                raise InputError(f"box [{r0:g}, {c0:g}, {r1:g}, {c1:g}] lies outside {where} of shape ({h}, {w})")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.slice is not None:
+            out["slice"] = int(self.slice)
+        if self.box is not None:
+            out["box"] = [float(v) for v in self.box]
+        if len(self.points):
+            out["points"] = self.points.tolist()
+            out["labels"] = self.labels.tolist()
+        return out
+
+
+@dataclass
+class ObjectPrompts:
+    """One object to segment: its id in the label map, name, prompts and options."""
+
+    id: int
+    name: str
+    prompts: list[SlicePrompt]
+    window: Any = None
+    color: tuple[int, int, int] | None = None
+    propagate: bool = False
+    axis: int = 0
+    range: tuple[int, int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "name": self.name, "prompts": [p.to_json() for p in self.prompts]}
+        if self.window is not None:
+            out["window"] = list(self.window) if not isinstance(self.window, str) else self.window
+        if self.color is not None:
+            out["color"] = list(self.color)
+        if self.propagate:
+            out["propagate"] = True
+            out["axis"] = self.axis
+            if self.range is not None:
+                out["range"] = list(self.range)
+        return out
+
+
+@dataclass
+class PromptsFile:
+    """The parsed prompts file: the objects and an optional default window."""
+
+    objects: list[ObjectPrompts]
+    window: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"objects": [o.to_json() for o in self.objects]}
+        if self.window is not None:
+            out["window"] = self.window
+        return out
+
+    def check_against(self, shape: tuple[int, ...], is_2d: bool) -> None:
+        """Raise InputError for a prompt outside an image of ``shape`` (z, y, x)."""
+        for obj in self.objects:
+            if obj.axis not in (0, 1, 2) or (is_2d and obj.axis != 0):
+                raise InputError(f"object {obj.id} ({obj.name}): axis must be 0, 1 or 2 (0 for a 2D image)")
+            n = shape[obj.axis]
+            plane = tuple(s for i, s in enumerate(shape[:3]) if i != obj.axis)
+            for p in obj.prompts:
+                if is_2d:
+                    if p.slice not in (None, 0):
+                        raise InputError(f"object {obj.id} ({obj.name}): 'slice' {p.slice} given for a 2D image")
+                else:
+                    if p.slice is None:
+                        raise InputError(f"object {obj.id} ({obj.name}): a prompt needs 'slice' for a 3D image")
+                    if not 0 <= p.slice < n:
+                        raise InputError(f"object {obj.id} ({obj.name}): slice {p.slice} outside 0..{n - 1}")
+                p.check_inside(plane)
+            if obj.range is not None and not (0 <= obj.range[0] <= obj.range[1] < n):
+                raise InputError(f"object {obj.id} ({obj.name}): range {list(obj.range)} outside 0..{n - 1}")
+
+
+def _require(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise InputError(f"{where}: {msg}")
+
+
+def parse_prompts(data: Any, where: str = "prompts") -> PromptsFile:
+    """Validate a prompts document (already decoded from JSON)."""
+    _require(isinstance(data, dict), where, "top level must be an object with an 'objects' list")
+    objs = data.get("objects")
+    _require(isinstance(objs, list) and len(objs) > 0, where, "'objects' must be a non-empty list")
+    seen: set[int] = set()
+    objects = []
+    for i, o in enumerate(objs):
+        w = f"{where}: objects[{i}]"
+        _require(isinstance(o, dict), w, "must be an object")
+        oid = o.get("id", i + 1)
+        _require(isinstance(oid, int) and not isinstance(oid, bool) and 1 <= oid <= 65535, w,
+                 "'id' must be an integer in 1..65535")
+        _require(oid not in seen, w, f"duplicate id {oid}")
+        seen.add(oid)
+        prompts = o.get("prompts")
+        _require(isinstance(prompts, list) and len(prompts) > 0, w, "'prompts' must be a non-empty list")
+        sps = []
+        for j, p in enumerate(prompts):
+            pw = f"{w}.prompts[{j}]"
+            _require(isinstance(p, dict), pw, "must be an object")
+            unknown = set(p) - {"slice", "box", "points", "labels"}
+            _require(not unknown, pw, f"unknown key(s) {sorted(unknown)}")
+            sl = p.get("slice")
+            _require(sl is None or (isinstance(sl, int) and not isinstance(sl, bool)), pw,
+                     "'slice' must be an integer")
+            pts = p.get("points", [])
+            _require(isinstance(pts, list) and all(isinstance(q, list) and len(q) == 2 and
+                                                   all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in q) for q in pts),
+                     pw, "'points' must be a list of [row, col] pairs")
+            labels = p.get("labels", [1] * len(pts))
+            _require(isinstance(labels, list), pw, "'labels' must be a list of 1/0")
+            box = p.get("box")
+            _require(box is None or (isinstance(box, list) and len(box) == 4 and
+                                     all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)),
+                     pw, "'box' must be [r0, c0, r1, c1]")
+            try:
+                sps.append(SlicePrompt(points=np.asarray(pts, np.float32).reshape(-1, 2), labels=labels,
+                                       box=tuple(box) if box is not None else None, slice=sl))
+            except InputError as exc:
+                raise InputError(f"{pw}: {str(exc).split(': ', 1)[-1]}") from None
+        color = o.get("color")
+        _require(color is None or (isinstance(color, list) and len(color) in (3, 4)), w,
+                 "'color' must be [r, g, b]")
+        rng = o.get("range")
+        _require(rng is None or (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, int) for v in rng)),
+                 w, "'range' must be [first, last] slice indices")
+        axis = o.get("axis", 0)
+        _require(isinstance(axis, int) and axis in (0, 1, 2), w, "'axis' must be 0, 1 or 2")
+        propagate = o.get("propagate", False)
+        _require(isinstance(propagate, bool), w, "'propagate' must be true or false")
+        objects.append(ObjectPrompts(
+            id=oid, name=str(o.get("name", f"object_{oid}")), prompts=sps, window=o.get("window"),
+            color=tuple(int(c) for c in color[:3]) if color else None, propagate=propagate, axis=axis,
+            range=(min(rng), max(rng)) if rng else None))
+    return PromptsFile(objects=objects, window=data.get("window"))
+
+
+def load_prompts(path: str | Path) -> PromptsFile:
+    """Read and validate a prompts JSON file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: prompts file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    return parse_prompts(data, where=str(path))
+
+
+def box_of_mask(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Inclusive (r0, c0, r1, c1) bounding box of a 2D mask, None if empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+
+
+def as_slice_prompt(points: Sequence[Sequence[float]] | np.ndarray | None = None,
+                    labels: Sequence[int] | np.ndarray | None = None,
+                    box: Sequence[float] | None = None, slice: int | None = None) -> SlicePrompt:
+    """Build a SlicePrompt from plain sequences (labels default to all positive)."""
+    pts = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32).reshape(-1, 2)
+    lab = np.ones(len(pts), np.int64) if labels is None else np.asarray(labels, np.int64)
+    return SlicePrompt(points=pts, labels=lab, box=tuple(box) if box is not None else None, slice=slice)
