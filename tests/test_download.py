@@ -191,3 +191,23 @@ def test_load_model_downloads_through_the_registry(server, tmp_path, monkeypatch
     with pytest.raises(ModelError, match="checksum does not match"):
         reg.load_model("vit_t", progress=False)
     assert not (tmp_path / "cache" / "other.pt").exists()
+
+
+def test_cli_download_and_models(server, tmp_path, monkeypatch, capsys):
+    """`napari-sam download NAME` fills the cache; `napari-sam models` then says "cached"."""
+    import dataclasses
+
+    from napari_sam.cli import main
+    from napari_sam.models import registry as reg
+
+    spec = dataclasses.replace(reg.REGISTRY["vit_b_lm"], url=f"{server.url}/model.pt", sha256=SHA256, checksum=None)
+    monkeypatch.setitem(reg.REGISTRY, "vit_b_lm", spec)
+    monkeypatch.setenv("NAPARI_SAM_MODEL_DIR", str(tmp_path))
+    assert main(["download", "vit_b_lm", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == f"vit_b_lm: {tmp_path / 'vit_b_lm.pt'}"
+    assert main(["download", "vit_b_lm", "--quiet"]) == 0 and server.requests == ["/model.pt"]
+    assert main(["models"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "cached" in lines["vit_b_lm"] and "download" in lines["vit_b"] and "embedded" in lines["lite_medsam"]
+    assert main(["download", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err

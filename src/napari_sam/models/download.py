@@ -67,6 +67,21 @@ def _short(exc: BaseException) -> str:
     return text[:160]
 
 
+def _network_reason(exc: BaseException) -> str:
+    """A few words for why a connection failed (requests' messages are a page long)."""
+    text = str(exc)
+    for needle, reason in (("NameResolution", "cannot resolve the host name"),
+                           ("Name or service not known", "cannot resolve the host name"),
+                           ("Temporary failure in name resolution", "cannot resolve the host name"),
+                           ("Connection refused", "connection refused"),
+                           ("timed out", "timed out"), ("Timeout", "timed out"),
+                           ("Network is unreachable", "network unreachable"),
+                           ("SSLError", "TLS error"), ("ProxyError", "proxy error")):
+        if needle in text or needle in type(exc).__name__:
+            return reason
+    return type(exc).__name__
+
+
 def _verify_recorded(path: Path) -> None:
     """Check a file against the SHA-256 recorded at its download, if any."""
     record = path.with_name(path.name + ".sha256")
@@ -127,7 +142,7 @@ def fetch(url: str, filename: str, known_hash: str | None, *, directory: str | P
         raise ModelError(f"could not download {what}: HTTP {code} from {url}") from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         host = urlparse(url).hostname or url
-        raise ModelError(f"could not download {what} from {host}: no network connection ({_short(exc)}); "
+        raise ModelError(f"could not download {what} from {host}: no network connection ({_network_reason(exc)}); "
                          f"download {url} on a connected machine and pass --checkpoint PATH, "
                          f"or copy it to {target}") from None
     except requests.exceptions.RequestException as exc:

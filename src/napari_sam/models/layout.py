@@ -89,8 +89,8 @@ def check_architecture(path: str | Path, state: Mapping[str, torch.Tensor], expe
 
 
 def load_parts(path: str | Path, state: Mapping[str, torch.Tensor], parts: Mapping[str, nn.Module],
-               model: str, ignore_prefixes: tuple[str, ...] = (), ignore_keys: Mapping[str, tuple] = {}
-               ) -> None:
+               model: str, ignore_prefixes: tuple[str, ...] = (),
+               ignore_keys: Mapping[str, tuple[int, ...]] | None = None) -> None:
     """Load ``state`` into ``parts`` (key prefix -> module), every key strictly.
 
     ignore_prefixes: key prefixes that belong to the official checkpoint but
@@ -100,7 +100,7 @@ def load_parts(path: str | Path, state: Mapping[str, torch.Tensor], parts: Mappi
     Anything else left over, or missing, is a ModelError naming the key.
     """
     remaining = dict(state)
-    for key, shape in ignore_keys.items():
+    for key, shape in (ignore_keys or {}).items():
         if key in remaining:
             if tuple(remaining[key].shape) != tuple(shape):
                 raise ModelError(f"{path}: {key} has shape {tuple(remaining[key].shape)}, expected "
