@@ -18,13 +18,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
+from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-from ..cache import SliceEmbeddings
+from ..cache import SliceEmbeddings, model_identity
 from ..intensity import Window
 from ..models.base import Backend, Embedding
 
@@ -33,12 +34,15 @@ class SharedSliceEmbeddings:
     """Thread-safe view of one volume's slice embeddings (one model, window, axis).
 
     Implements what :class:`napari_sam.propagation.Propagator` needs
-    (``axis``, ``len``, ``get``, ``model_input``).
+    (``axis``, ``len``, ``get``, ``model_input``). With ``cache_dir`` the
+    core's disk store (zarr) keeps the embeddings across sessions.
     """
 
     def __init__(self, backend: Backend, volume: np.ndarray, window: Window, axis: int = 0,
-                 max_in_memory: int = 256) -> None:
-        self.inner = SliceEmbeddings(backend, volume, window, axis=axis, max_in_memory=max_in_memory)
+                 max_in_memory: int = 256, cache_dir: str | Path | None = None,
+                 image_hash: str | None = None) -> None:
+        self.inner = SliceEmbeddings(backend, volume, window, axis=axis, max_in_memory=max_in_memory,
+                                     cache_dir=cache_dir, image_hash=image_hash)
         self.window = window
         self.axis = axis
         self.model_name = backend.name
@@ -87,12 +91,16 @@ class StoreRegistry:
         self._lock = threading.Lock()
 
     def get(self, backend: Backend, volume: np.ndarray, volume_hash: str, window: Window,
-            axis: int) -> SharedSliceEmbeddings:
-        key = (volume_hash, backend.name, str(getattr(backend, "device", "")), window.key(), axis)
+            axis: int, cache_dir: str | Path | None = None) -> SharedSliceEmbeddings:
+        """The embeddings of ``volume`` (content hash ``volume_hash``) for this
+        model, window and axis; ``cache_dir``: the disk store (None: memory only)."""
+        key = (volume_hash, model_identity(backend), str(getattr(backend, "device", "")), window.key(), axis,
+               str(cache_dir))
         with self._lock:
             st = self._stores.get(key)
             if st is None:
-                st = SharedSliceEmbeddings(backend, volume, window, axis=axis)
+                st = SharedSliceEmbeddings(backend, volume, window, axis=axis, cache_dir=cache_dir,
+                                           image_hash=volume_hash)
                 self._stores[key] = st
             self._stores.move_to_end(key)
             while len(self._stores) > self.max_stores:

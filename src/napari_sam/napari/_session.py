@@ -70,7 +70,8 @@ class SegmentSession(QObject):
     """Interactive SAM segmentation of one image layer.
 
     viewer: the napari viewer; source: the checked image (:class:`ImageSource`);
-    backend: a loaded model. Layers are added to the viewer: ``points``
+    backend: a loaded model; cache_dir: the embeddings' disk store (see
+    :func:`napari_sam.cache.default_cache_dir`), None for memory only. Layers are added to the viewer: ``points``
     (+/- clicks), ``boxes``, ``preview`` and ``labels`` (the result, one id
     per object). Coordinates are the image's voxel indices.
     """
@@ -79,12 +80,16 @@ class SegmentSession(QObject):
     preview_changed = Signal()
     objects_changed = Signal()
     propagation_started = Signal()
+    #: (slice index, done, total) after every propagated slice
+    propagation_progress = Signal(int, int, int)
     propagation_finished = Signal(bool)
     embedding_ready = Signal(int)
 
     def __init__(self, viewer: Any, source: ImageSource, backend: Backend, parent: QObject | None = None,
-                 labels_layer: Any = None) -> None:
+                 labels_layer: Any = None, cache_dir: str | Path | None = None) -> None:
         super().__init__(parent)
+        #: where slice embeddings are kept on disk (None: in memory only)
+        self.cache_dir = cache_dir
         self.viewer = viewer
         self.source = source
         self.backend = backend
@@ -95,6 +100,8 @@ class SegmentSession(QObject):
         self.candidate = 0
         #: seconds from a prompt change to its preview being on the canvas
         self.latencies: list[float] = []
+        #: previews shown so far (a counter for scripts and tests)
+        self.previews_shown = 0
         self._version = 0
         self._shown_version = 0
         self._waiting: _Request | None = None
@@ -211,7 +218,8 @@ class SegmentSession(QObject):
 
     def store(self) -> SharedSliceEmbeddings:
         """The embeddings for the current window and slicing axis (created on first use)."""
-        return STORES.get(self.backend, self.source.volume, self._volume_hash, self._window, self.pos.axis)
+        return STORES.get(self.backend, self.source.volume, self._volume_hash, self._window, self.pos.axis,
+                          cache_dir=self.cache_dir)
 
     def _on_dims(self, event: Any = None) -> None:
         self._slice_timer.start(SLICE_DEBOUNCE_MS)
@@ -344,6 +352,7 @@ class SegmentSession(QObject):
         self.candidate = 0
         self._show_preview()
         self.latencies.append(time.perf_counter() - req.t_change)
+        self.previews_shown += 1
         k = len(result.masks)
         self.status.emit(f"slice {req.pos.index}: candidate 1/{k} (score {float(result.scores[0]):.2f})")
 
@@ -643,11 +652,12 @@ class SegmentSession(QObject):
             return
         pos = pl.SlicePosition(obj.state.axis, int(update.index))
         self._write_plane_live(pos, obj, update.mask)
-        if self._prop_pbar is not None:
-            self._prop_pbar.total = int(update.total)
-            self._prop_pbar.n = int(update.done)
-            self._prop_pbar.set_description(f"napari-sam: {obj.name}: {update.message}")
-            self._prop_pbar.refresh()
+        pbar = self._prop_pbar  # (napari's progress events may run the finished handler re-entrantly)
+        if pbar is not None:
+            pbar.total = int(update.total)
+            pbar.n = int(update.done)
+            pbar.set_description(f"napari-sam: {obj.name}: {update.message}")
+        self.propagation_progress.emit(int(update.index), int(update.done), int(update.total))
 
     def _on_propagation_finished(self, worker: Any) -> None:
         if worker is not self._prop_worker:

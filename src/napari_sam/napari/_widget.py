@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor, QIcon, QPixmap
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
                             QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
 
 from ..errors import NapariSamError
@@ -103,6 +103,14 @@ class SegmentWidget(QWidget):
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device_combo)
         lay.addLayout(form)
+        from ..cache import default_cache_dir
+
+        self.disk_cache_check = QCheckBox("Keep embeddings on disk")
+        self.disk_cache_check.setChecked(True)
+        self.disk_cache_check.setToolTip("Store slice embeddings in the napari-sam cache folder "
+                                         f"({default_cache_dir()}; set NAPARI_SAM_CACHE_DIR to move it), "
+                                         "so that reopening the same image with the same contrast encodes nothing")
+        lay.addWidget(self.disk_cache_check)
         self.start_button = self._button("Start", None, self.start,
                                          "Load the model and add the prompt, preview and labels layers")
         lay.addWidget(self.start_button)
@@ -232,9 +240,14 @@ class SegmentWidget(QWidget):
     def _on_layer_removed(self, event: Any = None) -> None:
         self._refresh_images()
         s = self.session
-        if s is not None and s.source.layer not in self.viewer.layers:
+        if s is None:
+            return
+        gone = [lay.name for lay in (s.source.layer, s.labels, s.preview, s.points, s.boxes)
+                if lay not in self.viewer.layers]
+        if gone:
             self._stop_session()
-            notify("info", "napari-sam: the image layer was removed; the segmentation session stopped")
+            notify("info", f"napari-sam: layer {gone[0]!r} was removed; the segmentation session stopped "
+                           "(press Start to begin again; committed labels are kept)")
 
     def selected_layer(self) -> Any:
         name = self.image_combo.currentText()
@@ -298,7 +311,11 @@ class SegmentWidget(QWidget):
         if name in self.viewer.layers and tuple(self.viewer.layers[name].data.shape) == source.layer_shape:
             labels = self.viewer.layers[name]
         try:
-            session = SegmentSession(self.viewer, source, backend, parent=self, labels_layer=labels)
+            from ..cache import default_cache_dir
+
+            cache_dir = default_cache_dir() if self.disk_cache_check.isChecked() else None
+            session = SegmentSession(self.viewer, source, backend, parent=self, labels_layer=labels,
+                                     cache_dir=cache_dir)
         except NapariSamError as exc:
             notify("error", f"napari-sam: {exc}")
             return
