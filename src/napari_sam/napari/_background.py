@@ -248,6 +248,7 @@ class DecodeRunner(QObject):
         self._finished.connect(self._on_finished)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam-decode")
         self._running: Future | None = None
+        self._closed = False
         self._pending: tuple[Callable[[], Any], Any] | None = None
 
     @property
@@ -263,7 +264,16 @@ class DecodeRunner(QObject):
     def _start(self, job: Callable[[], Any], payload: Any) -> None:
         fut = self._pool.submit(job)
         self._running = fut
-        fut.add_done_callback(lambda f, p=payload: self._finished.emit(f, p))
+        fut.add_done_callback(lambda f, p=payload: self._deliver(f, p))
+
+    def _deliver(self, fut: Future, payload: Any) -> None:
+        """Called on the decode thread: hand the result to the GUI thread (queued signal)."""
+        if self._closed:
+            return
+        try:
+            self._finished.emit(fut, payload)
+        except RuntimeError:  # the Qt object was deleted (widget closed) while decoding
+            pass
 
     def _on_finished(self, fut: Future, payload: Any) -> None:
         self._running = None
@@ -276,5 +286,6 @@ class DecodeRunner(QObject):
         self.done.emit(payload, result, err)
 
     def shutdown(self) -> None:
+        self._closed = True
         self._pending = None
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -162,22 +162,36 @@ class SegmentSession(QObject):
                              f"the image {src.layer_shape}")
         self.labels = labels_layer
         self._adopt_existing_objects()
-        self.preview = Labels(np.zeros(src.layer_shape, np.uint8), name=f"{name} SAM preview", opacity=0.5,
-                              **src.transform_kwargs())
+        from napari.layers import Points, Shapes
         from napari.utils.colormaps import DirectLabelColormap
 
-        self.preview.colormap = DirectLabelColormap(color_dict={None: PREVIEW_COLOR, 0: (0, 0, 0, 0),
-                                                                1: PREVIEW_COLOR})
-        self.preview.editable = False
-        self.viewer.add_layer(self.preview)
-        self.boxes = self.viewer.add_layer(pl.make_boxes_layer(src, f"{name} SAM boxes"))
-        self.points = self.viewer.add_layer(pl.make_points_layer(src, f"{name} SAM clicks"))
+        preview = self._reusable(f"{name} SAM preview", Labels)
+        if preview is None or tuple(preview.data.shape) != src.layer_shape:
+            preview = self.viewer.add_layer(Labels(np.zeros(src.layer_shape, np.uint8), name=f"{name} SAM preview",
+                                                   opacity=0.5, **src.transform_kwargs()))
+        preview.data[...] = 0
+        preview.colormap = DirectLabelColormap(color_dict={None: PREVIEW_COLOR, 0: (0, 0, 0, 0), 1: PREVIEW_COLOR})
+        preview.editable = False
+        preview.refresh()
+        self.preview = preview
+        boxes = self._reusable(f"{name} SAM boxes", Shapes)
+        self.boxes = boxes or self.viewer.add_layer(pl.make_boxes_layer(src, f"{name} SAM boxes"))
+        points = self._reusable(f"{name} SAM clicks", Points)
+        if points is not None and "sign" not in points.features:
+            points = None
+        self.points = points or self.viewer.add_layer(pl.make_points_layer(src, f"{name} SAM clicks"))
         # Ctrl+Z on the labels layer undoes through the session (keeps the key slices in step)
         from app_model.types import KeyCode, KeyMod
 
         self.labels.bind_key(KeyMod.CtrlCmd | KeyCode.KeyZ, lambda _layer: self.undo(), overwrite=True)
         self.labels.bind_key(KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ, lambda _layer: notify(
             "info", "napari-sam: redo is not available on this layer; commit or propagate again"), overwrite=True)
+
+    def _reusable(self, name: str, kind: type) -> Any:
+        """A layer left by an earlier session on this image (same name, type and dimensions)."""
+        lay = self.viewer.layers[name] if name in self.viewer.layers else None
+        ok = isinstance(lay, kind) and lay.ndim == self.source.layer.ndim
+        return lay if ok else None
 
     def _adopt_existing_objects(self) -> None:
         """Objects named in an existing labels layer's metadata (e.g. reopened from our writer)."""
