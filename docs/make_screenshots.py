@@ -30,11 +30,10 @@ OUT = ROOT / "docs"
 
 
 def main() -> None:
-    import warnings
-
-    # the deprecation toast about PyQt5 would cover part of the canvas
-    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
     import napari
+    import napari._qt.qt_main_window as qt_main_window
+
+    qt_main_window.SHOW_QT_WARNING = False  # napari's PyQt5-deprecation toast would cover the canvas
     from napari.utils._test_utils import read_only_mouse_event
     from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
     from qtpy.QtCore import QEventLoop, QTimer

@@ -255,6 +255,20 @@ def test_cancel_mid_propagation_keeps_finished_slices(ct_widget, qtbot, ct_label
         np.testing.assert_array_equal(state.results[i], m)
     assert dice(np.asarray(s.labels.data) == obj.id, truth) > 0.8
 
+    # painting with napari's label tools on a propagated slice makes it a correction (a key slice)
+    m = max(i for i in state.results if i != k and state.results[i].any())
+    go_to_slice(viewer, s.source.layer, m)
+    qtbot.waitUntil(lambda: s.pos.index == m, timeout=5000)
+    r, c = deepest_point(state.results[m])
+    s.labels.brush_size = 9
+    s.labels.paint((m, r, c), 0)  # erase a disc inside the spleen, as the eraser would
+    qtbot.waitUntil(lambda: m in state.key_slices, timeout=5000)
+    np.testing.assert_array_equal(state.user_masks[m], np.asarray(s.labels.data[m]) == obj.id)
+    assert not state.user_masks[m][r, c]
+    widget.undo()  # and undo puts the pixels and the key slices back
+    assert s.objects.get(obj.id).state.key_slices == [k]
+    assert np.asarray(s.labels.data[m])[r, c] == obj.id
+
 
 def test_clicks_negative_switch_and_candidate_cycling(ct_widget, qtbot, ct_labels):
     viewer, widget, s = ct_widget
@@ -369,6 +383,14 @@ def test_2d_grayscale_anisotropic_scale(make_napari_viewer, qtbot, data_dir, lit
     with notifications() as got:
         assert not widget.propagate()
     assert any("3D" in str(n.message) for n in got)
+    # Start again: same session; Stop + Start: the layers and objects are picked up, not duplicated
+    n_layers = len(viewer.layers)
+    assert widget.start(backend=lite_medsam) and widget.session is s
+    widget.stop()
+    assert widget.start(backend=lite_medsam) and widget.session is not s
+    s = widget.session
+    assert len(viewer.layers) == n_layers
+    assert [o.id for o in s.objects] == [1] and np.array_equal(s.labels.data > 0, preview)
     paths = widget.export(tmp_path / "nuclei.nii.gz")
     back = read_image(paths[0])
     assert back.array.shape == (1,) + image.shape

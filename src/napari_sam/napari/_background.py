@@ -194,7 +194,8 @@ class EmbeddingQueue(QObject):
         store, queue = self._store, self._queue
 
         def work():
-            while queue:
+            # stop when the widget switched stores: what is queued now is for the new one
+            while queue and self._store is store:
                 try:
                     index = queue.popleft()
                 except IndexError:

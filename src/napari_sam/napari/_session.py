@@ -198,13 +198,30 @@ class SegmentSession(QObject):
         from ._writer import object_table
 
         names, colors = object_table(self.labels.metadata)
-        present = set(int(v) for v in np.unique(self.labels.data) if v)
+        data = np.asarray(self.labels.data)
+        present = set(int(v) for v in np.unique(data) if v)
         for oid in sorted(set(names) | present):
             if 1 <= oid <= 65535:
-                self.objects.add(names.get(oid), object_id=oid, color=colors.get(oid))
+                obj = self.objects.add(names.get(oid), object_id=oid, color=colors.get(oid))
+                if not self.source.is_2d and oid in present:
+                    obj.state = self._adopted_state(data == oid)
         if self.objects.objects:
             self.objects.current_id = self.objects.objects[0].id
             self.objects.store_in(self.labels)
+
+    def _adopted_state(self, mask: np.ndarray) -> Any:
+        """A propagation state for an object found in an existing labels layer:
+        every slice holding it is a key slice the user accepted (slices along
+        axis 0), so a later commit corrects only its own slice's neighbourhood."""
+        from ..propagation import PropagationState
+
+        state = PropagationState(shape=self.source.shape, axis=0)
+        for i in np.flatnonzero(mask.any(axis=(1, 2))):
+            state.set_user_mask(int(i), mask[i])
+            state.results[int(i)] = mask[i].copy()
+        state.dirty.clear()
+        state.dirty_keys.clear()
+        return state
 
     def close(self) -> None:
         """Stop background work and disconnect from the viewer (layers stay)."""
@@ -508,6 +525,12 @@ class SegmentSession(QObject):
         if self._closed:
             return
         self._log(_Op("paint", self.objects.snapshot()))
+        # napari emits the event before it writes the pixels: look at them once it has
+        QTimer.singleShot(0, self._register_painted_slice)
+
+    def _register_painted_slice(self) -> None:
+        if self._closed:
+            return
         pos = self._position_or_none()
         if pos is None or self.source.is_2d:
             return

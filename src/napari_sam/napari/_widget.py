@@ -267,10 +267,15 @@ class SegmentWidget(QWidget):
             notify("error", f"napari-sam: {exc}")
             self._set_status(str(exc))
             return False
+        key = (self.model_combo.currentText(), self.device_combo.currentText())
+        s = self.session
+        if s is not None and s.source.layer is source.layer and (
+                backend is s.backend or (backend is None and self._backends.get(key) is s.backend)):
+            self._set_status("already segmenting this image with this model")
+            return True
         if backend is not None:
             self._begin(source, backend)
             return True
-        key = (self.model_combo.currentText(), self.device_combo.currentText())
         if key in self._backends:
             self._begin(source, self._backends[key])
             return True
@@ -332,6 +337,11 @@ class SegmentWidget(QWidget):
         self._set_status(f"{backend.name} on {dev}; {kind}. Draw a box (Shapes layer) or click (Points layer).")
         self.viewer.layers.selection.active = session.boxes
         self.session_started.emit()
+
+    def stop(self) -> None:
+        """Stop the session (background work ends; the layers stay, and Start picks them up again)."""
+        self._stop_session()
+        self._set_status("stopped; press Start to continue")
 
     def _stop_session(self) -> None:
         if self.session is not None:
@@ -430,8 +440,8 @@ class SegmentWidget(QWidget):
         s = self._need_session()
         if s is None:
             return []
-        start = s.source.layer.metadata.get("napari_sam", {}).get("path") or str(Path.home())
-        base = Path(start).parent if Path(start).suffix or Path(start).is_file() else Path(start).parent
+        src = s.source.layer.metadata.get("napari_sam", {}).get("path")
+        base = Path(src).parent if src else Path.home()
         path, _ = QFileDialog.getSaveFileName(self, "Save labels", str(base / f"{s.labels.name}.nii.gz"),
                                               "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)")
         return self.export(path) if path else []
@@ -439,8 +449,19 @@ class SegmentWidget(QWidget):
     # ------------------------------------------------------------------ objects list
     def _refresh_objects(self) -> None:
         self.object_list.blockSignals(True)
-        self.object_list.clear()
         s = self.session
+        ids = [o.id for o in s.objects] if s is not None else []
+        listed = [int(self.object_list.item(i).data(Qt.UserRole)) for i in range(self.object_list.count())]
+        if ids == listed and s is not None:  # same objects: update in place (safe inside an edit signal)
+            for i, o in enumerate(s.objects):
+                item = self.object_list.item(i)
+                if item.text() != o.name:
+                    item.setText(o.name)
+                if o.id == s.objects.current_id and self.object_list.currentRow() != i:
+                    self.object_list.setCurrentRow(i)
+            self.object_list.blockSignals(False)
+            return
+        self.object_list.clear()
         if s is not None:
             for o in s.objects:
                 item = QListWidgetItem(_swatch(o.color), o.name)
