@@ -20,7 +20,7 @@ PROG = "napari-sam"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like our own errors
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{PROG}: error: {message} (see: {self.prog} --help)\n")
 
 
 class ProgressBar:
@@ -81,8 +81,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         ov = Path(args.overview)
         if ov.suffix.lower() != ".png":
             raise InputError(f"{ov}: --overview must end in .png")
-        if not ov.parent.exists():
-            raise InputError(f"{ov.parent}: overview folder does not exist")
         if ov.exists() and not args.overwrite:
             raise InputError(f"{ov}: overview exists; pass --overwrite to replace it")
     window = None
@@ -128,7 +126,10 @@ COMMANDS = {"segment": _cmd_segment, "models": _cmd_models}
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (one line, already printed) and --help
+        return int(exc.code or 0)
     try:
         return COMMANDS[args.command](args)
     except NapariSamError as exc:
