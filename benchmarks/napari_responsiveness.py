@@ -5,12 +5,14 @@
 Prints:
 
 1. UI event latency: a 10 ms QTimer's tick delays (how late each tick fires)
-   while the viewer is idle, while the widget encodes slices in its napari
-   thread_worker, and, for reference, while the same encoder runs on the GUI
-   thread (what a plugin without workers does).
+   while the viewer is idle and while the encoder runs in each of the ways of
+   2 (on the GUI thread: what a plugin without workers does).
 2. The thread-worker slowdown micro-sam reported on napari >= 0.5
-   (micro-sam issue #740): seconds per slice encoded directly vs inside
-   napari's thread_worker with the viewer running, measured in the same run.
+   (micro-sam issue #740): seconds (wall and process CPU) per slice encoded
+   on the GUI thread, in a plain Python thread, in napari's thread_worker as
+   the widget runs it (no progress bar) and in a thread_worker with a napari
+   progress bar (whose animated "in progress" indicator repaints the window),
+   interleaved in the same run.
 3. Prompt -> preview latency: the median time from a box change in the
    Shapes layer (napari's own mouse handling) to the preview being in the
    preview layer and the event loop having run, for boxes and for clicks.
@@ -41,7 +43,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--slices", type=int, default=4, help="slices encoded per measurement")
+    ap.add_argument("--slices", type=int, default=6, help="slices encoded in each of the three ways")
     ap.add_argument("--boxes", type=int, default=20, help="box changes for the latency median")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
     args = ap.parse_args()
@@ -53,7 +55,6 @@ def main() -> None:
     from napari.utils._test_utils import read_only_mouse_event
     from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
     from qtpy.QtCore import QEventLoop, QTimer
-    from qtpy.QtWidgets import QApplication
 
     from napari_sam.models.registry import load_model
     from napari_sam.napari._background import STORES
@@ -66,7 +67,7 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}, napari {napari.__version__}")
 
     viewer = napari.Viewer(show=True)
-    app = QApplication.instance()
+
     [image] = viewer.open(str(shared_data_dir() / "ct_abdomen_dicom" / "dicom"), plugin="napari-sam")
     widget = SegmentWidget(viewer)
     widget.disk_cache_check.setChecked(False)
@@ -113,36 +114,60 @@ def main() -> None:
     win = Window(*image.contrast_limits)
     slices = [i for i in range(vol.shape[0]) if i != k][: args.slices]
 
-    # direct, on this (GUI) thread: the reference for encoder speed and for a blocked UI
-    t0 = time.perf_counter()
-    direct_ticks = ticks_during(lambda: [model.embed(win.apply(vol.array[i])) for i in slices])
-    direct_s = (time.perf_counter() - t0) / len(slices)
+    # the same encoder three ways, interleaved slice by slice so that load changes on a
+    # shared machine hit all alike: on the GUI thread, in a plain Python thread, and in
+    # napari's thread_worker (what the widget does), the viewer running throughout.
+    import threading
 
-    # in napari's thread_worker, viewer running (what the widget does)
-    times: list[float] = []
+    modes = ("GUI thread", "threading.Thread", "thread_worker (widget)", "thread_worker+progress bar")
+    wall: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
+    ticks: dict[str, list[float]] = {m: [] for m in modes}
+    worker_threads: list[int] = []
 
-    def work():
-        for i in slices:
-            t = time.perf_counter()
-            model.embed(win.apply(vol.array[i]))
-            times.append(time.perf_counter() - t)
+    def encode(i, mode):
+        t, c = time.perf_counter(), time.process_time()
+        model.embed(win.apply(vol.array[i]))
+        wall[mode].append(time.perf_counter() - t)
+        cpu[mode].append(time.process_time() - c)
+
+    def in_thread(i):
+        th = threading.Thread(target=encode, args=(i, modes[1]))
+        th.start()
+        pump(lambda: not th.is_alive())
+
+    def in_worker(i, with_progress=False):
+        mode = modes[3] if with_progress else modes[2]
+
+        def work():
+            worker_threads.append(torch.get_num_threads())
+            encode(i, mode)
             yield i
 
-    def run_worker():
-        w = create_worker(work)
+        kw = {"_progress": {"total": 1, "desc": "benchmark: embedding"}} if with_progress else {}
+        w = create_worker(work, **kw)
         done = []
         w.finished.connect(lambda: done.append(1))
         w.start()
         pump(lambda: done)
 
-    worker_ticks = ticks_during(run_worker)
-    worker_s = statistics.median(times)
+    model.embed(win.apply(vol.array[k]))  # warm-up
+    for n, i in enumerate(slices):
+        runs = [(modes[0], lambda: encode(i, modes[0])), (modes[1], lambda: in_thread(i)),
+                (modes[2], lambda: in_worker(i)), (modes[3], lambda: in_worker(i, True))]
+        for mode, run in runs[n % 4:] + runs[: n % 4]:  # rotate the order too
+            ticks[mode] += ticks_during(run)
+    idle_ticks = idle
     print("\nUI event latency (10 ms QTimer, delay of each tick, ms): median / p95 / max")
-    for name, d in (("idle", idle), ("encoding in thread_worker", worker_ticks), ("encoding on GUI thread", direct_ticks)):
-        print(f"  {name:28s} {statistics.median(d):7.1f} / {_pct(d, 95):7.1f} / {max(d):7.1f}   ({len(d)} ticks)")
-    print("\nencoder seconds per slice (micro-sam #740 check):")
-    print(f"  direct on the main thread      {direct_s:.3f}")
-    print(f"  napari thread_worker (median)  {worker_s:.3f}   ratio worker/direct = {worker_s / direct_s:.2f}")
+    for name, d in (("idle", idle_ticks), *((f"encoding: {m}", ticks[m]) for m in modes)):
+        print(f"  {name:34s} {statistics.median(d):8.1f} / {_pct(d, 95):8.1f} / {max(d):8.1f}   ({len(d)} ticks)")
+    print(f"\nencoder per slice, {len(slices)} slices interleaved (micro-sam #740 check): "
+          "median wall s, median process CPU s")
+    base = statistics.median(wall[modes[0]])
+    for m in modes:
+        print(f"  {m:22s} {statistics.median(wall[m]):7.3f}  ({statistics.median(wall[m]) / base:4.2f}x)  "
+              f"cpu {statistics.median(cpu[m]):7.3f}   [{', '.join(f'{t:.2f}' for t in wall[m])}]")
+    print(f"  torch intra-op threads: main {torch.get_num_threads()}, in the worker {worker_threads[0]}")
 
     # -------------------------------------------------- 3: prompt -> preview latency
     STORES.clear()
@@ -160,18 +185,30 @@ def main() -> None:
         mouse_press_callbacks(s.boxes, read_only_mouse_event(type="mouse_press", position=tuple(a), **ev))
         mouse_move_callbacks(s.boxes, read_only_mouse_event(type="mouse_move", position=tuple(b),
                                                             is_dragging=True, **ev))
+        # (the release repeats the last prompt: the widget does not decode it again)
         mouse_release_callbacks(s.boxes, read_only_mouse_event(type="mouse_release", position=tuple(b), **ev))
 
+    from napari_sam.predictor import SlicePredictor
+
+    core = SlicePredictor(model)
+    core.set_embedding(s.store().peek(k))
+
+    def core_ms(prompt) -> float:
+        t = time.perf_counter()
+        core.predict(prompt=prompt)
+        return (time.perf_counter() - t) * 1000
+
+    box_lat, box_core = [], []
     for _ in range(args.boxes):
         j = rng.integers(-6, 7, size=4)
         n = s.previews_shown
         drag((k, r0 + j[0], c0 + j[1]), (k, r1 + j[2], c1 + j[3]))
         pump(lambda: s.previews_shown > n)
-        app.processEvents()
-    box_lat = [x * 1000 for x in s.latencies[-args.boxes:]]
+        box_lat.append(s.latencies[-1] * 1000)
+        box_core.append(core_ms(s.prediction_prompt))  # the same prompt, straight through the core
     widget.clear_prompts()
     r, c = deepest_point(liver[k])
-    click_lat = []
+    click_lat, click_core = [], []
     for i in range(max(3, args.boxes // 4)):
         n = s.previews_shown
         w = image.data_to_world((k, r + i, c))
@@ -183,10 +220,13 @@ def main() -> None:
                                                                 dims_displayed=[1, 2], view_direction=[1.0, 0, 0]))
         pump(lambda: s.previews_shown > n)
         click_lat.append(s.latencies[-1] * 1000)
+        click_core.append(core_ms(s.prediction_prompt))
         widget.clear_prompts()
-    print(f"\nprompt change -> preview shown on the CT (slice {k}, 512x512), ms: median / p95")
-    print(f"  box   ({len(box_lat)} changes)   {statistics.median(box_lat):7.1f} / {_pct(box_lat, 95):7.1f}")
-    print(f"  click ({len(click_lat)} clicks)    {statistics.median(click_lat):7.1f} / {_pct(click_lat, 95):7.1f}")
+    print(f"\nprompt change -> preview shown on the CT (slice {k}, 512x512), ms: median / p95;"
+          " the core's SlicePredictor.predict on the same prompt, measured in the same run")
+    for name, lat, ref in (("box", box_lat, box_core), ("click", click_lat, click_core)):
+        print(f"  {name:5s} ({len(lat):2d} changes)  widget {statistics.median(lat):7.1f} / {_pct(lat, 95):7.1f}"
+              f"   core predict {statistics.median(ref):7.1f}   widget/core {statistics.median(lat) / statistics.median(ref):4.2f}")
     widget.close_session()
     viewer.close()
 

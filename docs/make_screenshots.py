@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch  # noqa: F401  (before napari: see tests/conftest.py)
+import torch  # noqa: F401  # before napari: see tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -266,8 +266,19 @@ def test_cancel_mid_propagation_keeps_finished_slices(ct_widget, qtbot, ct_label
     np.testing.assert_array_equal(state.user_masks[m], np.asarray(s.labels.data[m]) == obj.id)
     assert not state.user_masks[m][r, c]
     widget.undo()  # and undo puts the pixels and the key slices back
-    assert s.objects.get(obj.id).state.key_slices == [k]
+    obj = s.objects.get(obj.id)
+    assert obj.state.key_slices == [k]
     assert np.asarray(s.labels.data[m])[r, c] == obj.id
+
+    # only negative clicks on a slice commit "object absent here": a stop slice, pixels erased
+    assert not s.negative
+    widget.toggle_negative()
+    click(viewer, s, (m, r, c))
+    qtbot.waitUntil(lambda: s.prediction_prompt is not None and s.prediction_prompt.only_negative, timeout=5000)
+    assert widget.commit()
+    assert obj.state.is_stop_slice(m) and not np.any(np.asarray(s.labels.data[m]) == obj.id)
+    widget.undo()
+    assert s.objects.get(obj.id).state.key_slices == [k]
 
 
 def test_clicks_negative_switch_and_candidate_cycling(ct_widget, qtbot, ct_labels):
@@ -321,12 +332,28 @@ def test_contrast_limits_are_the_window_and_reembed_lazily(ct_widget, qtbot):
     image = s.source.layer
     old = s.store()
     assert (old.window.lo, old.window.hi) == tuple(image.contrast_limits)
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    # the viewer stays responsive while the slice is re-embedded: a 20 ms timer keeps ticking
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
     image.contrast_limits = (-1000.0, 400.0)
     qtbot.waitUntil(lambda: s.store() is not old, timeout=5000)
     new = s.store()
     assert (new.window.lo, new.window.hi) == (-1000.0, 400.0)
     qtbot.waitUntil(lambda: new.peek(s.pos.index) is not None, timeout=TIMEOUT_MS)
+    timer.stop()
     assert new.ready() == [s.pos.index]  # only the slice on screen, not the volume
+    encode = new.encode_seconds[-1]
+    gaps = np.diff(ticks)
+    print(f"\nre-embedding took {encode:.2f} s; UI timer gaps meanwhile: median {np.median(gaps) * 1000:.0f} ms, "
+          f"max {gaps.max() * 1000:.0f} ms")
+    assert gaps.max() < max(0.5, 0.5 * encode), "the GUI thread was blocked while encoding"
 
 
 def test_shortcuts_are_bound_shown_in_tooltips_and_documented(ct_widget):
@@ -436,6 +463,11 @@ def test_bad_input_gives_notifications_not_tracebacks(make_napari_viewer, qtbot)
         assert widget.start() is False
     assert widget.session is None
     assert any("4 spatial dimensions" in str(n.message) for n in got)
+
+    # closing the widget unbinds its shortcuts
+    widget.close_session()
+    assert all(_bound(viewer, key) is None for key, _ in SHORTCUTS.values())
+    widget._bind_keys()
 
     # actions before Start explain what to do
     with notifications() as got:

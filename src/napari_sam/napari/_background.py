@@ -121,6 +121,14 @@ class EmbeddingQueue(QObject):
 
     ``ready(store, index)`` is emitted on the GUI thread for every slice
     computed. ``busy`` tells whether a worker is running.
+
+    Progress: :meth:`request_all` (many slices) shows a progress bar in
+    napari's activity dock. Single slices (the one on screen, about a second
+    each) do not: while any napari progress bar is open, napari animates an
+    "in progress" GIF in the status bar, which repaints the window and, on a
+    software-rendered or weak GPU, costs as much CPU as a third of the encoder
+    (measured by benchmarks/napari_responsiveness.py). The widget's status
+    line says which slice is being embedded instead.
     """
 
     ready = Signal(object, int)
@@ -148,6 +156,9 @@ class EmbeddingQueue(QObject):
         self._queue.clear()
         if self._worker is not None:
             self._worker.quit()
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
         self._store = store
 
     def request(self, index: int, front: bool = True) -> bool:
@@ -177,8 +188,16 @@ class EmbeddingQueue(QObject):
         self._queue.extend(new)
         if self._pbar is not None:
             self._pbar.total = self._pbar.total + len(new)
+        elif new:
+            self._pbar = self._progress(len(self._queue))
         self._ensure_running()
         return len(new)
+
+    @staticmethod
+    def _progress(total: int) -> Any:
+        from napari.utils import progress
+
+        return progress(total=total, desc="napari-sam: image embeddings")
 
     def cancel(self) -> None:
         self._queue.clear()
@@ -189,7 +208,6 @@ class EmbeddingQueue(QObject):
         if self._worker is not None or not self._queue or self._store is None:
             return
         from napari.qt.threading import create_worker
-        from napari.utils import progress
 
         store, queue = self._store, self._queue
 
@@ -203,7 +221,6 @@ class EmbeddingQueue(QObject):
                 store.get(index)
                 yield index
 
-        self._pbar = progress(total=len(queue), desc="napari-sam: image embeddings")
         worker = create_worker(work)
         worker.yielded.connect(lambda index, s=store: self._on_yielded(s, index))
         worker.finished.connect(lambda w=worker: self._on_finished(w))
@@ -224,13 +241,13 @@ class EmbeddingQueue(QObject):
     def _on_finished(self, worker: Any) -> None:
         if self._worker is worker:
             self._worker = None
+            if self._queue and self._store is not None:
+                self._ensure_running()
+                return
             if self._pbar is not None:
                 self._pbar.close()
                 self._pbar = None
-            if self._queue and self._store is not None:
-                self._ensure_running()
-            else:
-                self.idle.emit()
+            self.idle.emit()
 
 
 class DecodeRunner(QObject):

@@ -10,6 +10,7 @@ for a slice, :class:`napari_sam.propagation.Propagator` for the volume.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +19,17 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
+from ..cache import content_hash
 from ..errors import InputError, NapariSamError
 from ..io import write_labels
 from ..models.base import Backend
 from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
 from . import _prompt_layers as pl
-from ..cache import content_hash
 from ._background import STORES, DecodeRunner, EmbeddingQueue, SharedSliceEmbeddings
 from ._geometry import layer_metadata
 from ._image_source import ImageSource
-from ._objects import ObjectTable, SegmentedObject, snapshot_state
+from ._objects import ObjectTable, SegmentedObject
 
 #: colour of the uncommitted preview (distinct from every object colour)
 PREVIEW_COLOR = (0.0, 0.9, 1.0, 1.0)
@@ -70,10 +71,12 @@ class SegmentSession(QObject):
     """Interactive SAM segmentation of one image layer.
 
     viewer: the napari viewer; source: the checked image (:class:`ImageSource`);
-    backend: a loaded model; cache_dir: the embeddings' disk store (see
-    :func:`napari_sam.cache.default_cache_dir`), None for memory only. Layers are added to the viewer: ``points``
-    (+/- clicks), ``boxes``, ``preview`` and ``labels`` (the result, one id
-    per object). Coordinates are the image's voxel indices.
+    backend: a loaded model; labels_layer: an existing Labels layer to continue
+    (its objects are adopted), else one is added; cache_dir: the embeddings'
+    disk store (see :func:`napari_sam.cache.default_cache_dir`), None for
+    memory only. Layers added to the viewer: ``points`` (+/- clicks),
+    ``boxes``, ``preview`` and ``labels`` (the result, one id per object).
+    Coordinates are the image's voxel indices.
     """
 
     status = Signal(str)
@@ -105,6 +108,7 @@ class SegmentSession(QObject):
         self._version = 0
         self._shown_version = 0
         self._waiting: _Request | None = None
+        self._asked: tuple | None = None  # the prompt of the preview shown or being decoded
         self._volume_hash = content_hash(source.volume)
         self._decode_predictor = SlicePredictor(backend)
         self._ops: list[_Op] = []
@@ -183,8 +187,9 @@ class SegmentSession(QObject):
         # Ctrl+Z on the labels layer undoes through the session (keeps the key slices in step)
         from app_model.types import KeyCode, KeyMod
 
-        self.labels.bind_key(KeyMod.CtrlCmd | KeyCode.KeyZ, lambda _layer: self.undo(), overwrite=True)
-        self.labels.bind_key(KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ, lambda _layer: notify(
+        self._layer_keys = [KeyMod.CtrlCmd | KeyCode.KeyZ, KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ]
+        self.labels.bind_key(self._layer_keys[0], lambda _layer: self.undo(), overwrite=True)
+        self.labels.bind_key(self._layer_keys[1], lambda _layer: notify(
             "info", "napari-sam: redo is not available on this layer; commit or propagate again"), overwrite=True)
 
     def _reusable(self, name: str, kind: type) -> Any:
@@ -239,6 +244,11 @@ class SegmentSession(QObject):
             except (TypeError, ValueError, RuntimeError):
                 pass
         self._connections.clear()
+        for key in self._layer_keys:  # back to napari's own undo / redo on the labels layer
+            try:
+                self.labels.bind_key(key, None, overwrite=True)
+            except (KeyError, TypeError, ValueError):
+                pass
 
     # ------------------------------------------------------------------ where we are
     def _position_or_none(self) -> pl.SlicePosition | None:
@@ -258,6 +268,7 @@ class SegmentSession(QObject):
         if pos is not None and pos != self.pos:
             self.pos = pos
             self._clear_preview()
+            self._asked = None
             self._version += 1
 
     def _on_slice_settled(self) -> None:
@@ -266,7 +277,8 @@ class SegmentSession(QObject):
             return
         self.pos = pos
         self.queue.set_store(self.store())
-        self.queue.request(pos.index)
+        if not self.queue.request(pos.index):
+            self.status.emit(f"embedding slice {pos.index} in the background...")
         self.update_preview()
 
     def _on_contrast(self, event: Any = None) -> None:
@@ -315,12 +327,17 @@ class SegmentSession(QObject):
         if self._closed:
             return
         t_change = time.perf_counter()
-        self._version += 1
         pos = self._position_or_none()
         if pos is None:
             return
         self.pos = pos
         prompt = pl.slice_prompt(self.points, self.boxes, self.source, pos)
+        key = None if prompt is None else (pos, id(self.store()), json.dumps(prompt.to_json()),
+                                           self.objects.current_id)
+        if key is not None and key == self._asked:
+            return  # same prompt as the preview shown or being computed (e.g. a selection change)
+        self._asked = None
+        self._version += 1
         if prompt is None:
             self._waiting = None
             self.prediction = None
@@ -353,6 +370,7 @@ class SegmentSession(QObject):
 
     def _submit(self, req: _Request) -> None:
         self._waiting = None
+        self._asked = (req.pos, id(req.store), json.dumps(req.prompt.to_json()), self.objects.current_id)
         emb = req.store.peek(req.pos.index)
         previous = self._previous_mask(req.pos, req.prompt)
         predictor = self._decode_predictor
@@ -365,6 +383,8 @@ class SegmentSession(QObject):
 
     def _on_embedding_ready(self, store: SharedSliceEmbeddings, index: int) -> None:
         self.embedding_ready.emit(index)
+        if index == self.pos.index and store is self.store() and self._waiting is None and not self.propagating:
+            self.status.emit(f"slice {index} ready: draw a box or click")
         w = self._waiting
         if w is not None and w.store is store and w.pos.index == index and w.pos == self.pos:
             self._submit(w)
@@ -373,6 +393,7 @@ class SegmentSession(QObject):
         if self._closed:
             return
         if error is not None:
+            self._asked = None
             msg = str(error) if isinstance(error, NapariSamError) else f"{type(error).__name__}: {error}"
             notify("error" if not isinstance(error, NapariSamError) else "warning", f"napari-sam: {msg}")
             return
@@ -445,6 +466,7 @@ class SegmentSession(QObject):
             return
         pl.clear_slice(self.points, self.boxes, self.source, pos)
         self.prediction = None
+        self._asked = None
         self._clear_preview()
 
     # ------------------------------------------------------------------ objects
@@ -584,6 +606,10 @@ class SegmentSession(QObject):
         mask = self.preview_mask
         if mask is None and not stop:
             notify("info", "napari-sam: nothing to commit on this slice: draw a box or click, wait for the preview")
+            return False
+        latest = pl.slice_prompt(self.points, self.boxes, self.source, pos)
+        if latest is None or self.prediction_prompt is None or latest.to_json() != self.prediction_prompt.to_json():
+            notify("info", "napari-sam: the preview is being updated for your latest prompt; commit once it shows")
             return False
         obj = self._ensure_object()
         if not self.source.is_2d:
