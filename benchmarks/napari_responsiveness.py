@@ -224,9 +224,14 @@ def main() -> None:
         widget.clear_prompts()
     print(f"\nprompt change -> preview shown on the CT (slice {k}, 512x512), ms: median / p95;"
           " the core's SlicePredictor.predict on the same prompt, measured in the same run")
-    for name, lat, ref in (("box", box_lat, box_core), ("click", click_lat, click_core)):
+    parts = s.latency_parts
+    n_box = len(box_lat)
+    for name, lat, ref, pp in (("box", box_lat, box_core, parts[-n_box - len(click_lat):-len(click_lat)]),
+                               ("click", click_lat, click_core, parts[-len(click_lat):])):
         print(f"  {name:5s} ({len(lat):2d} changes)  widget {statistics.median(lat):7.1f} / {_pct(lat, 95):7.1f}"
               f"   core predict {statistics.median(ref):7.1f}   widget/core {statistics.median(lat) / statistics.median(ref):4.2f}")
+        print("        widget parts, median ms: " + ", ".join(
+            f"{k} {statistics.median(p[k] for p in pp) * 1000:.1f}" for k in ("prompt", "wait", "decode", "show")))
     widget.close_session()
     viewer.close()
 

@@ -57,6 +57,9 @@ class _Request:
     store: SharedSliceEmbeddings
     prompt: SlicePrompt
     t_change: float
+    t_submit: float = 0.0
+    t_decode_start: float = 0.0
+    t_decode_end: float = 0.0
 
 
 @dataclass
@@ -103,6 +106,9 @@ class SegmentSession(QObject):
         self.candidate = 0
         #: seconds from a prompt change to its preview being on the canvas
         self.latencies: list[float] = []
+        #: the same, in parts (seconds): reading the prompt from the layers, waiting for the
+        #: decode thread, decoding, handing the result to the GUI and drawing the preview
+        self.latency_parts: list[dict[str, float]] = []
         #: previews shown so far (a counter for scripts and tests)
         self.previews_shown = 0
         self._version = 0
@@ -376,9 +382,13 @@ class SegmentSession(QObject):
         predictor = self._decode_predictor
 
         def job() -> Prediction:
+            req.t_decode_start = time.perf_counter()
             predictor.set_embedding(emb)
-            return predictor.predict(prompt=req.prompt, previous=previous)
+            out = predictor.predict(prompt=req.prompt, previous=previous)
+            req.t_decode_end = time.perf_counter()
+            return out
 
+        req.t_submit = time.perf_counter()
         self.decoder.submit(job, req)
 
     def _on_embedding_ready(self, store: SharedSliceEmbeddings, index: int) -> None:
@@ -403,7 +413,11 @@ class SegmentSession(QObject):
         self.prediction, self.prediction_pos, self.prediction_prompt = result, req.pos, req.prompt
         self.candidate = 0
         self._show_preview()
-        self.latencies.append(time.perf_counter() - req.t_change)
+        now = time.perf_counter()
+        self.latencies.append(now - req.t_change)
+        self.latency_parts.append({"prompt": req.t_submit - req.t_change, "wait": req.t_decode_start - req.t_submit,
+                                   "decode": req.t_decode_end - req.t_decode_start,
+                                   "show": now - req.t_decode_end})
         self.previews_shown += 1
         k = len(result.masks)
         self.status.emit(f"slice {req.pos.index}: candidate 1/{k} (score {float(result.scores[0]):.2f})")
