@@ -263,6 +263,9 @@ class SliceEmbeddings:
         self.encoder_calls = 0
         self.disk_hits = 0
         self._lru: OrderedDict[int, Embedding] = OrderedDict()
+        self._crops: dict[tuple[int, int, int, int], SliceEmbeddings] = {}
+        self.cache_dir = cache_dir
+        self.dtype = dtype
         self.store: EmbeddingStore | None = None
         if cache_dir is not None:
             ih = image_hash or content_hash(volume)
@@ -274,6 +277,35 @@ class SliceEmbeddings:
 
     def __len__(self) -> int:
         return self.volume.shape[self.axis]
+
+    @property
+    def total_encoder_calls(self) -> int:
+        """Encoder runs of this volume and of its crops (:meth:`cropped`)."""
+        return self.encoder_calls + sum(c.total_encoder_calls for c in self._crops.values())
+
+    @property
+    def total_disk_hits(self) -> int:
+        """Slices read from disk for this volume and its crops."""
+        return self.disk_hits + sum(c.total_disk_hits for c in self._crops.values())
+
+    def cropped(self, rect: tuple[int, int, int, int]) -> SliceEmbeddings:
+        """Embeddings of a region of every slice: rect = (r0, c0, r1, c1),
+        inclusive, in the (rows, cols) of a slice along ``axis``. The region is
+        a volume of its own for the model (magnified to its input size) and
+        for the cache (its own entry). The same rect returns the same object."""
+        r0, c0, r1, c1 = (int(v) for v in rect)
+        rows, cols = [s for i, s in enumerate(self.volume.shape[:3]) if i != self.axis]
+        if not (0 <= r0 <= r1 < rows and 0 <= c0 <= c1 < cols):
+            raise InputError(f"region {list(rect)} outside a slice of shape ({rows}, {cols})")
+        key = (r0, c0, r1, c1)
+        if key not in self._crops:
+            sl: list[slice] = [slice(None)] * self.volume.ndim
+            plane = [a for a in range(3) if a != self.axis]
+            sl[plane[0]] = slice(r0, r1 + 1)
+            sl[plane[1]] = slice(c0, c1 + 1)
+            self._crops[key] = SliceEmbeddings(self.backend, self.volume[tuple(sl)], self.window, self.axis,
+                                               self.max_in_memory, self.on_encode, self.cache_dir, self.dtype)
+        return self._crops[key]
 
     def model_input(self, index: int) -> np.ndarray:
         """Slice ``index`` through the window: float32 in [0, 1]."""

@@ -1,4 +1,4 @@
-"""The command line: ``napari-sam segment | models``.
+"""The command line: ``napari-sam segment | embed | models``.
 
 Errors print as one line on stderr, ``napari-sam: error: ...``, with exit
 code 2 for bad input or usage and 1 for runtime failures; nothing is written
@@ -51,6 +51,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="intensity window LO,HI or a preset (soft-tissue, lung, bone, brain, ...), "
                         "'dicom' for the header's, 'auto' (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--cache-dir", default=None,
+                   help="embedding cache folder (default: $NAPARI_SAM_CACHE_DIR, else the user cache folder)")
+    p.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overview", default=None, help="also write a PNG overview of the segmented slices")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_model_args(seg)
+
+    emb = sub.add_parser("embed", help="fill the embedding cache for an image ahead of time")
+    emb.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
+    emb.add_argument("--axis", type=int, default=0, choices=[0, 1, 2], help="slice axis (default 0)")
+    emb.add_argument("--slices", default=None, help="FIRST:LAST (inclusive) to embed only these slices")
+    _add_model_args(emb)
 
     sub.add_parser("models", help="list the available models")
     return parser
@@ -92,15 +101,29 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     volume = read_image(args.image)
     prompts.check_against(volume.array.shape, volume.is_2d)
     backend = load_model(args.model, args.checkpoint, args.device)
+    embeddings_for, stats = _embeddings_factory(args, volume, backend)
     bar = ProgressBar("segment", args.quiet)
     t0 = time.perf_counter()
     try:
-        result = segment_volume(volume, prompts, backend, window=window, progress=bar)
+        result = segment_volume(volume, prompts, backend, window=window, progress=bar,
+                                embeddings_for=embeddings_for)
     finally:
         bar.close()
+    enc = sum(e.total_encoder_calls for e in stats)
+    hits = sum(e.total_disk_hits for e in stats)
+    extra = {"source": str(args.image), "model": backend.name,
+             "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
+             "encoder_calls": enc, "cache_hits": hits}
+    if result.states:
+        extra["propagation"] = {
+            str(k): {"axis": st.axis, "key_slices": st.key_slices, "extent": list(st.extent) if st.extent else None,
+                     "stops": [{"from": s.origin, "direction": s.direction, "last": s.last, "refused": s.rejected,
+                                "reason": s.reason.value, "detail": s.detail} for s in st.stops]}
+            for k, st in result.states.items()}
+    if result.cancelled:
+        raise NapariSamError("cancelled before the end; nothing written")
     write_labels(out, result.labels, volume.geometry, result.names, result.colors, overwrite=args.overwrite,
-                 extra={"source": str(args.image), "model": backend.name,
-                        "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()}})
+                 extra=extra)
     msg = f"wrote {out} ({len(result.names)} object(s), {sum(map(len, result.slices.values()))} slice(s)"
     if args.overview:
         from .overview import write_overview
@@ -109,7 +132,84 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                        window=next(iter(result.windows.values()), None))
         msg += f"; overview {args.overview}"
     if not args.quiet:
-        print(msg + f"; {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        print(msg + f"; {enc} slice(s) encoded, {hits} from the cache; {time.perf_counter() - t0:.1f} s)",
+              file=sys.stderr)
+    return 0
+
+
+def _cache_dir(args: argparse.Namespace) -> Path | None:
+    """--cache-dir, else $NAPARI_SAM_CACHE_DIR, else the platform default; None with --no-cache."""
+    from .cache import resolve_cache_dir
+
+    if args.no_cache:
+        return None
+    d = resolve_cache_dir(args.cache_dir)
+    if d.exists() and not d.is_dir():
+        raise InputError(f"{d}: cache directory is a file")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{d}: cannot create the cache directory ({exc.strerror or exc})") from None
+    return d
+
+
+def _embeddings_factory(args: argparse.Namespace, volume, backend):
+    """(window, axis) -> SliceEmbeddings on the cache directory, and the list of those made."""
+    from .cache import SliceEmbeddings, content_hash
+
+    cache_dir = _cache_dir(args)
+    made: list[SliceEmbeddings] = []
+    image_hash: list[str] = []
+
+    def factory(win, axis: int) -> SliceEmbeddings:
+        if cache_dir is not None and not image_hash:
+            image_hash.append(content_hash(volume.array))
+        e = SliceEmbeddings(backend, volume.array, win, axis, cache_dir=cache_dir,
+                            image_hash=image_hash[0] if image_hash else None)
+        made.append(e)
+        return e
+
+    return factory, made
+
+
+def _parse_slices(spec: str | None, n: int) -> range:
+    if spec is None:
+        return range(n)
+    try:
+        a, b = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise InputError(f"--slices {spec!r}: expected FIRST:LAST, e.g. 10:40") from None
+    a, b = min(a, b), max(a, b)
+    if a < 0 or b >= n:
+        raise InputError(f"--slices {spec}: outside 0..{n - 1}")
+    return range(a, b + 1)
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .intensity import resolve_window
+    from .io import read_image
+    from .models.registry import load_model
+
+    if args.no_cache:
+        raise InputError("embed fills the cache: --no-cache makes no sense here")
+    volume = read_image(args.image)
+    if volume.is_2d and args.axis != 0:
+        raise InputError(f"{args.image}: a 2D image has only axis 0")
+    win = resolve_window(volume.array, args.window, volume.metadata.get("modality"),
+                         volume.metadata.get("dicom_window"))
+    slices = _parse_slices(args.slices, volume.shape[args.axis])
+    backend = load_model(args.model, args.checkpoint, args.device)
+    factory, _ = _embeddings_factory(args, volume, backend)
+    emb = factory(win, args.axis)
+    bar = ProgressBar("embed", args.quiet)
+    t0 = time.perf_counter()
+    try:
+        n = emb.fill(slices, progress=bar)
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"{n} slice(s) encoded, {len(slices) - n} already cached (window [{win.lo:g}, {win.hi:g}], "
+              f"axis {args.axis}) in {emb.store.path}; {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -121,7 +221,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"segment": _cmd_segment, "models": _cmd_models}
+COMMANDS = {"segment": _cmd_segment, "embed": _cmd_embed, "models": _cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -141,8 +141,10 @@ class SliceUpdate:
 
     index: the slice just finished; mask: its (rows, cols) bool result (a
     view into the state: do not modify); done / total: slices processed so
-    far and the current estimate of the run's total (it shrinks when a pass
-    stops early; done == total at the end); message: a short status line.
+    far and the current estimate of the run's total, an upper bound that
+    shrinks when a pass stops early (the run has ended when the generator is
+    exhausted; :meth:`Propagator.propagate` then reports done == total);
+    message: a short status line.
     """
 
     index: int
@@ -201,6 +203,9 @@ class PropagationState:
     range: optional inclusive (first, last) slice limits of the object.
     dirty: slices to (re)compute on the next run; dirty_keys: key slices
         whose prompt must be (re)decoded.
+    roi: the zoomed region (r0, c0, r1, c1) inclusive the model looks at
+        (chosen by the :class:`Propagator` for small objects, kept across
+        corrections that stay inside it), None for the whole slice.
 
     Use the methods to change prompts: they keep ``dirty`` right.
     """
@@ -215,6 +220,7 @@ class PropagationState:
     range: tuple[int, int] | None = None
     dirty: set[int] = field(default_factory=set)
     dirty_keys: set[int] = field(default_factory=set)
+    roi: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)  # type: ignore[assignment]
@@ -394,11 +400,12 @@ class StopRules:
     max_growth: float = 2.0
     growth_min_area: int = 64
     max_intensity_shift: float | None = 3.0
+    min_backward_iou: float = 0.0
 
 
 @dataclass
 class _Step:
-    """The chosen answer for one slice."""
+    """The chosen answer for one slice (masks and logits on the full slice grid)."""
 
     mask: np.ndarray
     score: float
@@ -406,6 +413,8 @@ class _Step:
     iou_prev: float
     area_ratio: float
     intensity_shift: float = 0.0
+    box: np.ndarray | None = None
+    backward_iou: float = 1.0
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -429,44 +438,108 @@ class _Intensity:
     spread: float
 
 
+@dataclass
+class _Frame:
+    """Where the model looks: the whole slice, or a zoomed region of interest.
+
+    provider: embeddings of the frame's slices; (r0, c0): its top-left corner
+    in the slice; (h, w): its size; full: the slice's (rows, cols).
+    """
+
+    provider: SliceEmbeddingProvider
+    r0: int
+    c0: int
+    h: int
+    w: int
+    full: tuple[int, int]
+
+    @property
+    def is_full(self) -> bool:
+        return (self.h, self.w) == self.full
+
+    def crop(self, a: np.ndarray) -> np.ndarray:
+        return a[self.r0:self.r0 + self.h, self.c0:self.c0 + self.w]
+
+    def paste(self, a: np.ndarray, fill: float | bool = False) -> np.ndarray:
+        if self.is_full:
+            return a
+        out = np.full(self.full, fill, dtype=a.dtype)
+        out[self.r0:self.r0 + self.h, self.c0:self.c0 + self.w] = a
+        return out
+
+    def touches_inner_edge(self, mask: np.ndarray) -> bool:
+        """Whether a frame-sized mask reaches an edge of the frame that is not the slice's edge."""
+        if self.is_full or not mask.any():
+            return False
+        H, W = self.full
+        return bool((self.r0 > 0 and mask[0].any()) or (self.c0 > 0 and mask[:, 0].any()) or
+                    (self.r0 + self.h < H and mask[-1].any()) or (self.c0 + self.w < W and mask[:, -1].any()))
+
+
 class Propagator:
     """Brings a :class:`PropagationState` up to date with a model.
 
     backend: the loaded model; embeddings: the slices' embeddings along the
     state's axis (:class:`napari_sam.cache.SliceEmbeddings`), computed lazily
     so that only the slices propagation reaches are encoded.
-    rules: the stop rules; box_margins: margins (pixels) of the box hypotheses
-    around the neighbour's mask; grow_fraction: one more hypothesis grown by
-    this fraction of the box size on each side.
+    rules: the stop rules.
+    box_margins: margins (pixels of the frame) of the box hypotheses around
+        the neighbour's mask; grow_fraction: one more hypothesis grown by this
+        fraction of the box size on each side.
+    zoom: for small objects, look at a square region of interest around the
+        key slices instead of the whole slice: the model (256 px input for
+        the embedded one) then sees the object magnified. The region's side
+        is ``zoom_context`` times the object's size on the key slices, at
+        least ``zoom_min_side`` pixels; objects whose region would exceed
+        ``zoom_max_fraction`` of the slice are not zoomed. The region is
+        embedded separately (and cached like any volume); a pass whose mask
+        reaches the region's edge goes on with the whole slice.
     """
 
     def __init__(self, backend: Backend, embeddings: SliceEmbeddingProvider, rules: StopRules | None = None,
-                 box_margins: tuple[float, ...] = (0.0, 3.0, 6.0), grow_fraction: float = 0.15) -> None:
+                 box_margins: tuple[float, ...] = (0.0, 3.0, 6.0), grow_fraction: float = 0.15,
+                 zoom: bool = True, zoom_context: float = 3.0, zoom_min_side: int = 96,
+                 zoom_max_fraction: float = 0.5, method: str = "track", box_margin: float = 3.0,
+                 box_margin_fraction: float = 0.0, grow_rounds: int = 2) -> None:
         self.backend = backend
         self.embeddings = embeddings
         self.rules = rules or StopRules()
-        self.box_margins = box_margins
+        self.box_margins = tuple(box_margins)
         self.grow_fraction = grow_fraction
+        self.zoom = zoom
+        self.zoom_context = zoom_context
+        self.zoom_min_side = zoom_min_side
+        self.zoom_max_fraction = zoom_max_fraction
+        self.method = method
+        self.box_margin = box_margin
+        self.box_margin_fraction = box_margin_fraction
+        self.grow_rounds = grow_rounds
         self._predictor = SlicePredictor(backend)
+        self._counter = [0, 0]
 
     # ------------------------------------------------------------ public
     def propagate(self, state: PropagationState, progress: Progress | None = None,
                   cancel: Cancel | None = None) -> PropagationState:
         """Run to the end (or until ``cancel`` is set, checked between slices).
 
-        progress: called with (done, total, message) after every slice.
+        progress: called with (done, total, message) after every slice, and
+            once more with done == total at the end.
         cancel: a callable returning True, or a threading.Event; a cancelled
             run keeps every finished slice. Returns ``state``.
         """
         gen = self.run(state)
+        done = 0
         try:
             for up in gen:
+                done = up.done
                 if progress is not None:
                     progress(up.done, up.total, up.message)
                 if _is_set(cancel):
                     break
         finally:
             gen.close()
+        if progress is not None:
+            progress(done, done, "cancelled" if state.needs_run else "done")
         return state
 
     def run(self, state: PropagationState) -> Iterator[SliceUpdate]:
@@ -476,26 +549,26 @@ class Propagator:
         cancels the run; every slice already yielded is kept in the state.
         """
         self._check(state)
+        self._choose_roi(state)
+        frame = self._frame(state)
         keys = state.key_slices
         lo, hi = state.bounds
         segments = self._segments(state, keys, lo, hi)
-        todo_keys = sorted(k for k in state.dirty_keys if lo <= k <= hi)
-        # keys outside the range hold nothing
-        for k in list(state.dirty_keys):
+        for k in list(state.dirty_keys):  # keys outside the range hold nothing
             if not lo <= k <= hi:
                 state.results.pop(k, None)
                 state.info.pop(k, None)
                 state.dirty_keys.discard(k)
-        total = len(todo_keys) + sum(s[3] for s in segments)
-        self._counter = [0, total]
+        todo_keys = sorted(state.dirty_keys)
+        self._counter = [0, len(todo_keys) + sum(seg[3] for seg in segments)]
         # 1. key slices
         for k in todo_keys:
-            mask, info = self._key_result(state, k)
+            mask, info = self._key_result(state, k, frame)
             self._store(state, k, mask, info)
             state.dirty_keys.discard(k)
             state.dirty.discard(k)
             yield self._update(state, k, f"key slice {k}")
-        # 2. drop stale results of the dirty slices (outside the range too)
+        # 2. drop stale results of the dirty slices
         for i in list(state.dirty):
             if i in keys and lo <= i <= hi:
                 state.dirty.discard(i)
@@ -505,51 +578,92 @@ class Propagator:
             if not lo <= i <= hi:
                 state.dirty.discard(i)
         positive = {k for k in keys if lo <= k <= hi and not state.is_stop_slice(k)}
-        state.stops = [s for s in state.stops if s.origin in positive]
-        # 3. segments
-        intensity = self._intensity(state)
+        state.stops = [st for st in state.stops if st.origin in positive]
+        # 3. segments, in slice order
+        intensity = self._intensity(state, frame)
         for first, last, kind, _n, below, above in segments:
             if kind == "out_up":
-                yield from self._single_pass(state, below, +1, last, intensity)
+                yield from self._single_pass(state, below, +1, last, intensity, frame)
             elif kind == "out_down":
-                yield from self._single_pass(state, above, -1, first, intensity)
+                yield from self._single_pass(state, above, -1, first, intensity, frame)
             elif kind == "gap":
-                yield from self._gap(state, below, above, intensity)
+                yield from self._gap(state, below, above, intensity, frame)
             else:  # nothing to propagate from: the slices hold no object
                 for i in range(first, last + 1):
                     state.dirty.discard(i)
-        state.stops.sort(key=lambda s: (s.origin, s.direction))
-        self._counter[1] = self._counter[0]
+        state.stops.sort(key=lambda st: (st.origin, st.direction))
 
     # ------------------------------------------------------------ one slice
     @torch.inference_mode()
-    def step(self, index: int, prev: np.ndarray, intensity: _Intensity | None = None) -> _Step:
+    def step(self, index: int, prev: np.ndarray, intensity: _Intensity | None = None,
+             frame: _Frame | None = None, prev_index: int | None = None) -> _Step:
         """Segment slice ``index`` prompted from its neighbour's (rows, cols) bool mask ``prev``.
 
-        Box hypotheses around ``prev`` (margins ``box_margins`` and one grown by
-        ``grow_fraction``) are decoded in one batch; the one maximising
-        predicted IoU + IoU with ``prev`` is refined once with the box of its
-        own mask (plus the smallest margin) when that agrees better.
+        The prompt is the box of ``prev`` plus a margin. While the answer
+        reaches the prompt box's edge (the object goes on beyond it), the box
+        is re-fitted around the answer plus the margin, up to ``grow_rounds``
+        times. ``prev_index``: the neighbour's slice; when given, the answer is
+        checked backwards (its box prompted on the neighbour must give back the
+        neighbour's mask), which the stop rules use. ``frame``: where the model
+        looks (default the whole slice).
         """
-        emb = self.embeddings.get(index)
+        frame = frame or self._full_frame(prev.shape)
+        emb = frame.provider.get(index)
+        fprev = frame.crop(prev)
         shape = emb.original_size
-        r0, c0, r1, c1 = box_of_mask(prev)
+        if self.method == "hypotheses":
+            best = self._step_hypotheses(emb, fprev, shape)
+        else:
+            box = self._pad(box_of_mask(fprev), shape)
+            best = self._decode(emb, [box], fprev)[0]
+            for _ in range(self.grow_rounds):
+                if not best.mask.any() or not self._touches(best.mask, best.box, shape):
+                    break
+                grown = self._decode(emb, [self._pad(box_of_mask(best.mask), shape)], fprev)[0]
+                if grown.area_ratio > self.rules.max_growth * max(best.area_ratio, 1e-6) or not grown.mask.any():
+                    break
+                best = grown
+        if prev_index is not None and best.mask.any() and self.rules.min_backward_iou > 0:
+            back_emb = frame.provider.get(prev_index)
+            back = self._decode(back_emb, [self._pad(box_of_mask(best.mask), shape)], best.mask)[0]
+            best.backward_iou = _iou(back.mask, fprev)
+        if intensity is not None and best.mask.any() and hasattr(frame.provider, "model_input"):
+            img = frame.provider.model_input(index)
+            best.intensity_shift = abs(float(np.median(img[best.mask])) - intensity.median) / intensity.spread
+        best.mask = frame.paste(best.mask)
+        best.logits = frame.paste(best.logits, fill=-20.0)
+        return best
+
+    def _pad(self, b, shape: tuple[int, int]) -> np.ndarray:
+        """Box b (r0, c0, r1, c1) plus the margin, inside the slice."""
+        h, w = b[2] - b[0] + 1, b[3] - b[1] + 1
+        m = max(self.box_margin, self.box_margin_fraction * max(h, w))
+        return self._box(b[0] - m, b[1] - m, b[2] + m, b[3] + m, shape)
+
+    @staticmethod
+    def _touches(mask: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> bool:
+        """Whether the mask reaches an edge of its prompt box that is not the slice's edge."""
+        mb = box_of_mask(mask)
+        r0, c0, r1, c1 = (int(round(v)) for v in box)
+        H, W = shape
+        return bool((r0 > 0 and mb[0] <= r0) or (c0 > 0 and mb[1] <= c0) or (r1 < H - 1 and mb[2] >= r1) or
+                    (c1 < W - 1 and mb[3] >= c1))
+
+    def _step_hypotheses(self, emb: Embedding, fprev: np.ndarray, shape: tuple[int, int]) -> _Step:
+        r0, c0, r1, c1 = box_of_mask(fprev)
         h, w = r1 - r0 + 1, c1 - c0 + 1
         boxes = [self._box(r0 - m, c0 - m, r1 + m, c1 + m, shape) for m in self.box_margins]
-        g = self.grow_fraction
-        boxes.append(self._box(r0 - g * h, c0 - g * w, r1 + g * h, c1 + g * w, shape))
-        cands = self._decode(emb, boxes, prev)
+        if self.grow_fraction > 0:
+            g = self.grow_fraction
+            boxes.append(self._box(r0 - g * h, c0 - g * w, r1 + g * h, c1 + g * w, shape))
+        cands = self._decode(emb, boxes, fprev)
         best = max(cands, key=lambda c: c.score + c.iou_prev)
-        if best.mask.any():
+        if best.mask.any() and len(self.box_margins) > 1:
             b = box_of_mask(best.mask)
-            m = self.box_margins[1] if len(self.box_margins) > 1 else 0.0
-            refined = self._decode(emb, [self._box(b[0] - m, b[1] - m, b[2] + m, b[3] + m, shape)], prev)[0]
+            m = self.box_margins[len(self.box_margins) // 2]
+            refined = self._decode(emb, [self._box(b[0] - m, b[1] - m, b[2] + m, b[3] + m, shape)], fprev)[0]
             if refined.score + refined.iou_prev > best.score + best.iou_prev:
                 best = refined
-        if intensity is not None and best.mask.any() and hasattr(self.embeddings, "model_input"):
-            img = self.embeddings.model_input(index)
-            med = float(np.median(img[best.mask]))
-            best.intensity_shift = abs(med - intensity.median) / intensity.spread
         return best
 
     def check(self, step: _Step, prev: np.ndarray) -> tuple[StopReason, str] | None:
@@ -560,6 +674,9 @@ class Propagator:
             return StopReason.EMPTY, f"mask of {area} px < {r.min_area} px"
         if step.score < r.min_score:
             return StopReason.LOW_SCORE, f"predicted IoU {step.score:.2f} < {r.min_score:.2f}"
+        prev_area = int(prev.sum())
+        if prev_area >= r.growth_min_area and step.area_ratio > r.max_growth:
+            return StopReason.GROWTH, f"area x{step.area_ratio:.2f} of the neighbour's (> x{r.max_growth:.2f})"
         if r.overlap_dilation > 0:
             grown = ndimage.binary_dilation(prev, iterations=r.overlap_dilation)
         else:
@@ -567,23 +684,84 @@ class Propagator:
         inside = float(np.logical_and(step.mask, grown).sum() / area)
         if inside < r.min_overlap:
             return StopReason.DISCONTINUITY, f"{inside:.0%} of the mask overlaps the neighbour (< {r.min_overlap:.0%})"
-        prev_area = int(prev.sum())
-        if prev_area >= r.growth_min_area and step.area_ratio > r.max_growth:
-            return StopReason.GROWTH, f"area x{step.area_ratio:.2f} of the neighbour's (> x{r.max_growth:.2f})"
+        if step.backward_iou < r.min_backward_iou:
+            return StopReason.DISCONTINUITY, (f"backward check: this mask's box gives back {step.backward_iou:.0%} "
+                                              f"of the neighbour's mask (< {r.min_backward_iou:.0%})")
         if r.max_intensity_shift is not None and step.intensity_shift > r.max_intensity_shift:
             return StopReason.INTENSITY, (f"intensity {step.intensity_shift:.1f} spreads from the object's "
                                           f"(> {r.max_intensity_shift:.1f})")
         return None
 
+    # ------------------------------------------------------------ frames (zoom)
+    def _full_frame(self, shape: tuple[int, int]) -> _Frame:
+        return _Frame(self.embeddings, 0, 0, shape[0], shape[1], tuple(shape))
+
+    def _key_extent(self, state: PropagationState) -> tuple[int, int, int, int] | None:
+        """Inclusive (r0, c0, r1, c1) around every positive key prompt and painted mask."""
+        boxes = []
+        for k in state.key_slices:
+            if k in state.user_masks:
+                b = box_of_mask(state.user_masks[k])
+                if b is not None:
+                    boxes.append(b)
+            elif not state.is_stop_slice(k):
+                p = state.prompts[k]
+                if p.box is not None:
+                    boxes.append(p.box)
+                if len(p.positive):
+                    lo, hi = p.positive.min(0), p.positive.max(0)
+                    boxes.append((lo[0], lo[1], hi[0], hi[1]))
+        if not boxes:
+            return None
+        b = np.asarray(boxes, np.float64)
+        return (int(np.floor(b[:, 0].min())), int(np.floor(b[:, 1].min())), int(np.ceil(b[:, 2].max())),
+                int(np.ceil(b[:, 3].max())))
+
+    def _choose_roi(self, state: PropagationState) -> None:
+        """Keep ``state.roi`` while the key slices fit well inside it; otherwise
+        choose it anew (and redo everything, since the frame changes)."""
+        ext = self._key_extent(state)
+        if not self.zoom or not hasattr(self.embeddings, "cropped") or ext is None:
+            new = None
+        else:
+            H, W = state.slice_shape
+            if state.roi is not None:
+                r0, c0, r1, c1 = state.roi
+                margin = (r1 - r0 + 1) / (2 * self.zoom_context)
+                inner = (r0 + margin if r0 > 0 else 0, c0 + margin if c0 > 0 else 0,
+                         r1 - margin if r1 < H - 1 else H - 1, c1 - margin if c1 < W - 1 else W - 1)
+                if ext[0] >= inner[0] and ext[1] >= inner[1] and ext[2] <= inner[2] and ext[3] <= inner[3]:
+                    return
+            size = max(ext[2] - ext[0] + 1, ext[3] - ext[1] + 1)
+            side = int(round(max(self.zoom_min_side, self.zoom_context * size)))
+            if side > self.zoom_max_fraction * min(H, W):
+                new = None
+            else:
+                cr, cc = (ext[0] + ext[2]) / 2, (ext[1] + ext[3]) / 2
+                r0 = int(np.clip(round(cr - side / 2), 0, H - side))
+                c0 = int(np.clip(round(cc - side / 2), 0, W - side))
+                new = (r0, c0, r0 + side - 1, c0 + side - 1)
+        if new != state.roi:
+            state.roi = new
+            if state.results:
+                state.mark_all()
+
+    def _frame(self, state: PropagationState) -> _Frame:
+        if state.roi is None:
+            return self._full_frame(state.slice_shape)
+        r0, c0, r1, c1 = state.roi
+        provider = self.embeddings.cropped((r0, c0, r1, c1))  # type: ignore[attr-defined]
+        return _Frame(provider, r0, c0, r1 - r0 + 1, c1 - c0 + 1, state.slice_shape)
+
     # ------------------------------------------------------------ internals
     def _check(self, state: PropagationState) -> None:
         n = len(self.embeddings)
-        if n != state.n_slices:
-            raise UsageError(f"embeddings hold {n} slices but the state's axis {state.axis} has "
-                             f"{state.n_slices}: build them along the same axis of the same volume")
         ax = getattr(self.embeddings, "axis", state.axis)
         if ax != state.axis:
             raise UsageError(f"embeddings are along axis {ax}, the state along axis {state.axis}")
+        if n != state.n_slices:
+            raise UsageError(f"embeddings hold {n} slices but the state's axis {state.axis} has "
+                             f"{state.n_slices}: build them along the same axis of the same volume")
 
     @staticmethod
     def _box(r0: float, c0: float, r1: float, c1: float, shape: tuple[int, int]) -> np.ndarray:
@@ -599,23 +777,29 @@ class Propagator:
         for i in range(len(boxes)):
             m = logits[i] > 0
             out.append(_Step(mask=m, score=float(scores[i, 0]), logits=logits[i], iou_prev=_iou(m, prev),
-                             area_ratio=float(m.sum()) / prev_area))
+                             area_ratio=float(m.sum()) / prev_area, box=boxes[i]))
         return out
 
-    def _key_result(self, state: PropagationState, k: int) -> tuple[np.ndarray, SliceInfo]:
+    def _key_result(self, state: PropagationState, k: int, frame: _Frame) -> tuple[np.ndarray, SliceInfo]:
         if k in state.user_masks:
             return state.user_masks[k].copy(), SliceInfo("user_mask", k)
         prompt = state.prompts[k]
         if prompt.only_negative:
             return np.zeros(state.slice_shape, bool), SliceInfo("stop", k)
-        self._predictor.set_embedding(self.embeddings.get(k))
-        pred = self._predictor.predict(prompt=prompt, multimask=False)
-        return pred.mask.copy(), SliceInfo("key", k, score=float(pred.scores[0]))
+        off = np.array([frame.r0, frame.c0], np.float32)
+        local = prompt
+        if not frame.is_full:
+            box = None if prompt.box is None else (prompt.box[0] - off[0], prompt.box[1] - off[1],
+                                                   prompt.box[2] - off[0], prompt.box[3] - off[1])
+            local = SlicePrompt(points=prompt.points - off, labels=prompt.labels, box=box, slice=k)
+        self._predictor.set_embedding(frame.provider.get(k))
+        pred = self._predictor.predict(prompt=local, multimask=False)
+        return frame.paste(pred.mask.copy()), SliceInfo("key", k, score=float(pred.scores[0]))
 
-    def _intensity(self, state: PropagationState) -> _Intensity | None:
-        if self.rules.max_intensity_shift is None or not hasattr(self.embeddings, "model_input"):
+    def _intensity(self, state: PropagationState, frame: _Frame) -> _Intensity | None:
+        if self.rules.max_intensity_shift is None or not hasattr(frame.provider, "model_input"):
             return None
-        vals = [self.embeddings.model_input(k)[state.results[k]] for k in state.key_slices
+        vals = [frame.provider.model_input(k)[frame.crop(state.results[k])] for k in state.key_slices
                 if k in state.results and state.results[k].any()]
         if not vals:
             return None
@@ -656,12 +840,13 @@ class Propagator:
                            max(self._counter[1], self._counter[0]), message)
 
     def _walk(self, state: PropagationState, origin: int, direction: int, start: int, limit: int,
-              intensity: _Intensity | None, end_reason: StopReason) -> Iterator[tuple[int, _Step]]:
+              intensity: _Intensity | None, end_reason: StopReason, frame: _Frame) -> Iterator[tuple[int, _Step]]:
         """One pass of key slice ``origin`` from slice ``start`` (already done)
         towards ``limit`` (inclusive). Yields (slice, step) for each kept slice,
         then records the stop decision. ``end_reason``: why the pass ends if it
-        reaches ``limit``."""
-        state.stops = [s for s in state.stops if not (s.origin == origin and s.direction == direction)]
+        reaches ``limit``. A pass whose mask reaches the edge of a zoomed frame
+        goes on with the whole slice."""
+        state.stops = [st for st in state.stops if not (st.origin == origin and st.direction == direction)]
         prev = state.results.get(start)
         last = start
         i = start + direction
@@ -669,8 +854,13 @@ class Propagator:
             state.stops.append(StopDecision(origin, direction, last, None, StopReason.EMPTY,
                                             f"the mask of slice {start} is empty"))
             return
+        if frame.touches_inner_edge(frame.crop(prev)):
+            frame = self._full_frame(frame.full)
         while (i - limit) * direction <= 0:
-            step = self.step(i, prev, intensity)
+            step = self.step(i, prev, intensity, frame, prev_index=i - direction)
+            if not frame.is_full and frame.touches_inner_edge(frame.crop(step.mask)):
+                frame = self._full_frame(frame.full)
+                step = self.step(i, prev, intensity, frame, prev_index=i - direction)
             refused = self.check(step, prev)
             if refused is not None:
                 state.stops.append(StopDecision(origin, direction, last, i, refused[0], refused[1]))
@@ -691,7 +881,7 @@ class Propagator:
         return StopReason.KEY_SLICE
 
     def _single_pass(self, state: PropagationState, origin: int, direction: int, limit: int,
-                     intensity: _Intensity | None) -> Iterator[SliceUpdate]:
+                     intensity: _Intensity | None, frame: _Frame) -> Iterator[SliceUpdate]:
         """Outwards from key slice ``origin`` to ``limit`` (inclusive), resuming
         after the slices a cancelled run already finished."""
         start = origin
@@ -700,7 +890,7 @@ class Propagator:
         n_planned = abs(limit - start)
         n_done = 0
         for i, step in self._walk(state, origin, direction, start, limit, intensity,
-                                  self._end_reason(state, limit, direction)):
+                                  self._end_reason(state, limit, direction), frame):
             self._store(state, i, step.mask, SliceInfo("propagated", origin, step.score, step.iou_prev,
                                                         step.area_ratio, step.intensity_shift))
             state.dirty.discard(i)
@@ -713,12 +903,13 @@ class Propagator:
             state.dirty.discard(j)
         self._counter[1] -= n_planned - n_done
 
-    def _gap(self, state: PropagationState, a: int, b: int, intensity: _Intensity | None) -> Iterator[SliceUpdate]:
+    def _gap(self, state: PropagationState, a: int, b: int, intensity: _Intensity | None,
+             frame: _Frame) -> Iterator[SliceUpdate]:
         """Between key slices a < b: a pass up from a, then a pass down from b
         that reconciles each slice as it goes (see the module docstring)."""
         n = b - a - 1
         up: dict[int, _Step] = {}
-        for i, step in self._walk(state, a, +1, a, b - 1, intensity, StopReason.KEY_SLICE):
+        for i, step in self._walk(state, a, +1, a, b - 1, intensity, StopReason.KEY_SLICE, frame):
             up[i] = step
             # provisional result, shown while the second pass runs (the slice stays dirty)
             self._store(state, i, step.mask, SliceInfo("propagated", a, step.score, step.iou_prev,
@@ -726,7 +917,7 @@ class Propagator:
             yield self._update(state, i, f"slice {i} (from key {a}, first pass)")
         self._counter[1] -= n - len(up)
         finished = set()
-        for i, sd in self._walk(state, b, -1, b, a + 1, intensity, StopReason.KEY_SLICE):
+        for i, sd in self._walk(state, b, -1, b, a + 1, intensity, StopReason.KEY_SLICE, frame):
             self._reconcile(state, i, a, b, up.get(i), sd)
             finished.add(i)
             yield self._update(state, i, f"slice {i} (keys {a} and {b} reconciled)")
