@@ -36,6 +36,7 @@ _EXPORTS = {
     "SliceEmbeddings": "cache",
     "segment_volume": "segmentation", "SegmentationResult": "segmentation",
     "load_model": "models.registry", "REGISTRY": "models.registry", "pick_device": "models.registry",
+    "fetch_checkpoint": "models.registry", "model_cache_dir": "models.download",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(emb)
 
     sub.add_parser("models", help="list the available models")
+
+    dl = sub.add_parser("download", help="download model checkpoints into the cache (for later offline use)")
+    dl.add_argument("names", nargs="+", help="model names (see `napari-sam models`)")
+    dl.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -214,14 +218,31 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from .models.download import model_cache_dir
     from .models.registry import REGISTRY
 
+    cache = model_cache_dir()
     for spec in REGISTRY.values():
-        print(f"{spec.name:24s} {spec.architecture:28s} {spec.image_size:5d}px  {spec.licence:14s} {spec.description}")
+        where = "embedded" if spec.name == "lite_medsam" else (
+            "cached" if spec.filename and (cache / spec.filename).is_file() else
+            "download" if spec.url else "manual download")
+        print(f"{spec.name:24s} {spec.architecture:14s} {spec.image_size:5d}px  {spec.licence:10.10s} "
+              f"{where:15s} {spec.description}")
+    print(f"cache: {cache} (set NAPARI_SAM_MODEL_DIR to change it)")
     return 0
 
 
-COMMANDS = {"segment": _cmd_segment, "embed": _cmd_embed, "models": _cmd_models}
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .models.registry import fetch_checkpoint, get_spec
+
+    specs = [get_spec(name) for name in args.names]  # all names checked before any download
+    for spec in specs:
+        path = fetch_checkpoint(spec.name, progress=not args.quiet)
+        print(f"{spec.name}: {path}")
+    return 0
+
+
+COMMANDS = {"segment": _cmd_segment, "embed": _cmd_embed, "models": _cmd_models, "download": _cmd_download}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
