@@ -432,7 +432,10 @@ def test_2d_rgb_sample(make_napari_viewer, qtbot, lite_medsam, tmp_path, monkeyp
     [rgb] = viewer.open_sample("napari-sam", "rgb_cells")
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    assert widget.start(backend=lite_medsam)
+    # as a user does: press Start; the chosen model loads in a worker, then the session begins
+    assert widget.model_combo.currentText() == "lite_medsam"
+    widget.start_button.click()
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=TIMEOUT_MS)
     s = widget.session
     assert s.source.is_rgb and s.source.volume.shape == (1, 256, 256, 3)
     dark = ndimage.binary_opening(rgb.data.mean(axis=2) < 150, iterations=2)
@@ -463,6 +466,17 @@ def test_bad_input_gives_notifications_not_tracebacks(make_napari_viewer, qtbot)
         assert widget.start() is False
     assert widget.session is None
     assert any("4 spatial dimensions" in str(n.message) for n in got)
+
+    # a checkpoint that does not exist: the loading worker's error becomes a notification
+    viewer.add_image(np.zeros((32, 32), np.float32), name="small")
+    widget.image_combo.setCurrentText("small")
+    widget.checkpoint_edit.setText(str(Path("/nonexistent/model.pt")))
+    with notifications() as got:
+        assert widget.start() is True  # loading started in the background
+        qtbot.waitUntil(lambda: widget._loader is None, timeout=60_000)
+    assert widget.session is None
+    assert any("checkpoint not found" in str(n.message) for n in got), [str(n.message) for n in got]
+    widget.checkpoint_edit.setText("")
 
     # closing the widget unbinds its shortcuts
     widget.close_session()

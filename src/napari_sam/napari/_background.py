@@ -221,7 +221,7 @@ class EmbeddingQueue(QObject):
                 store.get(index)
                 yield index
 
-        worker = create_worker(work)
+        worker = create_worker(work, _ignore_errors=True)  # errors: notification in _on_error
         worker.yielded.connect(lambda index, s=store: self._on_yielded(s, index))
         worker.finished.connect(lambda w=worker: self._on_finished(w))
         worker.errored.connect(self._on_error)

@@ -696,7 +696,7 @@ class SegmentSession(QObject):
             yield from propagator.run(state)
 
         self._prop_pbar = progress(total=0, desc=f"napari-sam: propagating {obj.name}")
-        worker = create_worker(work)
+        worker = create_worker(work, _ignore_errors=True)  # errors: a notification (below)
         worker.yielded.connect(self._on_propagated_slice)
         worker.finished.connect(lambda w=worker: self._on_propagation_finished(w))
         worker.errored.connect(lambda exc: notify("error", f"napari-sam: propagation failed: {exc}"))

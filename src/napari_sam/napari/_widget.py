@@ -14,7 +14,7 @@ from typing import Any, Callable
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
-                            QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
+                            QLineEdit, QListWidget, QListWidgetItem, QPushButton, QToolButton, QVBoxLayout, QWidget)
 
 from ..errors import NapariSamError
 from ..models.base import Backend
@@ -64,7 +64,7 @@ class SegmentWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session: SegmentSession | None = None
-        self._backends: dict[tuple[str, str], Backend] = {}
+        self._backends: dict[tuple[str, str, str], Backend] = {}
         self._loader: Any = None
         self._bound_keys: list[str] = []
         self._build_ui()
@@ -99,8 +99,20 @@ class SegmentWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(_available_devices())
         self.device_combo.setToolTip("Where the model runs; auto picks CUDA, then Apple MPS, then the CPU")
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("default: embedded or downloaded once")
+        self.checkpoint_edit.setToolTip("Optional local checkpoint file for the chosen model (offline use, "
+                                        "fine-tuned weights, models without a direct download)")
+        browse = QToolButton()
+        browse.setText("...")
+        browse.setToolTip("Choose a checkpoint file")
+        browse.clicked.connect(self._browse_checkpoint)
+        ckpt_row = QHBoxLayout()
+        ckpt_row.addWidget(self.checkpoint_edit)
+        ckpt_row.addWidget(browse)
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_combo)
+        form.addRow("Checkpoint", ckpt_row)
         form.addRow("Device", self.device_combo)
         lay.addLayout(form)
         from ..cache import default_cache_dir
@@ -267,7 +279,7 @@ class SegmentWidget(QWidget):
             notify("error", f"napari-sam: {exc}")
             self._set_status(str(exc))
             return False
-        key = (self.model_combo.currentText(), self.device_combo.currentText())
+        key = (self.model_combo.currentText(), self.device_combo.currentText(), self.checkpoint_edit.text().strip())
         s = self.session
         if s is not None and s.source.layer is source.layer and (
                 backend is s.backend or (backend is None and self._backends.get(key) is s.backend)):
@@ -285,8 +297,9 @@ class SegmentWidget(QWidget):
 
         from ..models.registry import load_model
 
-        worker = create_worker(load_model, key[0], device=key[1],
-                               _progress={"desc": f"napari-sam: loading {key[0]}"})
+        worker = create_worker(load_model, key[0], checkpoint=key[2] or None, device=key[1], progress=False,
+                               _progress={"desc": f"napari-sam: loading {key[0]} (downloading it the first time)"},
+                               _ignore_errors=True)  # errors become notifications (below), not tracebacks
         worker.returned.connect(lambda b, k=key, s=source: self._on_model_loaded(k, b, s))
         worker.errored.connect(self._on_model_error)
         self._loader = worker
@@ -295,7 +308,13 @@ class SegmentWidget(QWidget):
         worker.start()
         return True
 
-    def _on_model_loaded(self, key: tuple[str, str], backend: Backend, source: ImageSource) -> None:
+    def _browse_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Model checkpoint", str(Path.home()),
+                                              "Checkpoints (*.pt *.pth *.ckpt *.safetensors);;All files (*)")
+        if path:
+            self.checkpoint_edit.setText(path)
+
+    def _on_model_loaded(self, key: tuple[str, str, str], backend: Backend, source: ImageSource) -> None:
         self._loader = None
         self.start_button.setEnabled(True)
         self._backends[key] = backend
