@@ -109,6 +109,11 @@ def main() -> None:
     ref = Reference()
     box0 = bbox(labels[z0] == LIVER)
     rows: list[tuple[str, float, float, str]] = []
+
+    def add_row(name: str, o: float, r: float, unit: str) -> None:
+        rows.append((name, o, r, unit))
+        k = 1000 if unit == "ms" else 1
+        print(f"{name}: ours {o * k:.3f} {unit}, reference {r * k:.3f} {unit}, ratio {o / r:.2f}x", flush=True)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; slice {image.shape}")
@@ -117,7 +122,7 @@ def main() -> None:
         ours._recent.clear()
         o, r = interleaved([lambda: (ours._recent.clear(), ours.embed(image)), lambda: ref.embed(image)],
                            args.repeats)
-        rows.append(("encoder / slice", o, r, "s"))
+        add_row("encoder / slice", o, r, "s")
 
     if "decoder" in parts:
         emb = ours.embed(image)
@@ -126,10 +131,10 @@ def main() -> None:
         with torch.inference_mode():
             o, r = interleaved([lambda: ours.decode(emb, boxes_rc=boxes).masks,
                                 lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 3)
-        rows.append(("decoder + upsampling / prompt", o, r, "ms"))
+        add_row("decoder + upsampling / prompt", o, r, "ms")
         m_o = ours.decode(emb, boxes_rc=boxes).masks[0, 0]
         m_r = ref.decode(feats, input_size, box0, image.shape)
-        print(f"decoder: liver mask Dice ours vs reference {dice(m_o, m_r):.5f}")
+        print(f"decoder: liver mask Dice ours vs reference {dice(m_o, m_r):.5f}", flush=True)
 
     if "volume" in parts:
         def ours_volume():
@@ -140,7 +145,7 @@ def main() -> None:
             return [ref.embed(window.apply(vol.array[z])) for z in range(n)]
 
         o, r = interleaved([ours_volume, ref_volume], args.volume_repeats)
-        rows.append((f"embed the {n}-slice CT volume", o, r, "s"))
+        add_row(f"embed the {n}-slice CT volume", o, r, "s")
 
     if "propagation" in parts:
         order = propagation_order(z0, n)
@@ -171,7 +176,7 @@ def main() -> None:
             propagate(result_r, z0, n, box0, decode_at)
 
         o, r = interleaved([ours_propagation, ref_propagation], args.volume_repeats)
-        rows.append((f"propagate the liver ({len(result_o)} slices)", o, r, "s"))
+        add_row(f"propagate the liver ({len(result_o)} slices)", o, r, "s")
         common_z = sorted(set(result_o) & set(result_r))
         d = [dice(result_o[z], result_r[z]) for z in common_z]
         gt = [dice(result_o[z], labels[z] == LIVER) for z in common_z]
