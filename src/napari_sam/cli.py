@@ -8,6 +8,7 @@ then, and inputs are never touched.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -245,10 +246,22 @@ def _cmd_download(args: argparse.Namespace) -> int:
 COMMANDS = {"segment": _cmd_segment, "embed": _cmd_embed, "models": _cmd_models, "download": _cmd_download}
 
 
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--window -160,240`` -> ``--window=-160,240``: argparse takes a value that
+    starts with '-' and is not a plain number for an option and refuses it."""
+    out: list[str] = []
+    for tok in argv:
+        if out and out[-1] == "--window" and re.match(r"^-\d", tok):
+            out[-1] = f"--window={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # usage errors (one line, already printed) and --help
         return int(exc.code or 0)
     try:
