@@ -40,7 +40,7 @@ def main() -> None:
         for target, cmd_of in ((ours_t, lambda d: [sys.executable, "-m", "napari_sam.cli", "embed", str(dicom),
                                                    "--window", args.window, "--cache-dir", d, "--quiet"]),
                                (ref_t, lambda d: [sys.executable, str(Path(__file__).with_name("reference_embed.py")),
-                                                  str(dicom), "--window", args.window, "--out", d])):
+                                                  str(dicom), f"--window={args.window}", "--out", d])):
             d = tempfile.mkdtemp(prefix="nsam-whole-")
             try:
                 target.append(timed(cmd_of(d), env))
