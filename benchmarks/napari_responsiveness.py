@@ -165,7 +165,7 @@ def main() -> None:
           "median wall s, median process CPU s")
     base = statistics.median(wall[modes[0]])
     for m in modes:
-        print(f"  {m:22s} {statistics.median(wall[m]):7.3f}  ({statistics.median(wall[m]) / base:4.2f}x)  "
+        print(f"  {m:28s} {statistics.median(wall[m]):7.3f}  ({statistics.median(wall[m]) / base:4.2f}x)  "
               f"cpu {statistics.median(cpu[m]):7.3f}   [{', '.join(f'{t:.2f}' for t in wall[m])}]")
     print(f"  torch intra-op threads: main {torch.get_num_threads()}, in the worker {worker_threads[0]}")
 

@@ -24,4 +24,7 @@ fi
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[${extras}]"
+# torch's CUDA build brings triton, which segfaults when first imported after
+# napari has made a GL context; napari-sam never compiles kernels, so leave it out.
+.venv/bin/python -m pip uninstall -q -y triton >/dev/null 2>&1 || true
 echo "setup: ready ($(.venv/bin/python -c 'import torch, napari_sam; print("napari-sam", napari_sam.__version__, "torch", torch.__version__)'))" >&2

@@ -14,6 +14,11 @@ import pytest
 # after napari has made a GL context under Xvfb.
 import torch  # noqa: F401  isort: skip
 
+try:  # setup.sh leaves triton out; where it is installed, load it before any GL context
+    import triton  # noqa: F401
+except ImportError:
+    pass
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -488,3 +488,44 @@ def test_bad_input_gives_notifications_not_tracebacks(make_napari_viewer, qtbot)
         assert widget.commit() is False
         assert widget.propagate() is False
     assert sum("press Start" in str(n.message) for n in got) == 2
+
+
+class _FakeBackend:
+    """A stand-in model for background-logic tests: instant 'embeddings', no decoding."""
+
+    name = "fake"
+    device = "cpu"
+    image_size = 256
+    supports_points = True
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def embed(self, image):
+        import torch
+
+        from napari_sam.models.base import Embedding
+
+        self.calls.append(tuple(image.shape[:2]))
+        return Embedding(torch.zeros(1, 1, 1, 1), tuple(image.shape[:2]), tuple(image.shape[:2]), self.name)
+
+
+def test_embed_all_slices_in_the_background(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).normal(size=(7, 24, 32)).astype(np.float32), name="vol",
+                     scale=(3.0, 1.0, 0.5))
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.disk_cache_check.setChecked(False)
+    backend = _FakeBackend()
+    viewer.dims.set_point(0, 9.0)  # slice 3
+    assert widget.start(backend=backend)
+    s = widget.session
+    assert s.pos.index == 3
+    qtbot.waitUntil(lambda: s.store().peek(3) is not None, timeout=10_000)  # the slice on screen first
+    assert widget.embed_all_button.isEnabled()
+    assert widget.embed_all() == 6
+    qtbot.waitUntil(lambda: s.store().ready() == list(range(7)), timeout=10_000)
+    assert len(backend.calls) == 7 and set(backend.calls) == {(24, 32)}
+    assert widget.embed_all() == 0  # nothing left to do
+    widget.close_session()

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from .base import Backend, Embedding, rc_to_model_xy
 from .checkpoints import load_state_dict
 from .layout import check_architecture, load_parts, normalise_keys
+from .sam_vit import _window_partition, _window_unpartition
 from .sam_decoder import Attention, LayerNorm2d, PromptEncoder
 from .sam_vit import IMAGENET_MEAN, IMAGENET_STD
 
@@ -96,24 +97,6 @@ class MLP(nn.Module):
 
 
 # ----------------------------------------------------------------------------- Hiera trunk
-
-
-def _window_partition(x: Tensor, ws: int) -> tuple[Tensor, tuple[int, int]]:
-    b, h, w, c = x.shape
-    ph, pw = (ws - h % ws) % ws, (ws - w % ws) % ws
-    if ph or pw:
-        x = F.pad(x, (0, 0, 0, pw, 0, ph))
-    hp, wp = h + ph, w + pw
-    x = x.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, ws, ws, c), (hp, wp)
-
-
-def _window_unpartition(windows: Tensor, ws: int, pad_hw: tuple[int, int], hw: tuple[int, int]) -> Tensor:
-    hp, wp = pad_hw
-    h, w = hw
-    b = windows.shape[0] // (hp * wp // ws // ws)
-    x = windows.reshape(b, hp // ws, wp // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    return x[:, :h, :w, :] if (hp > h or wp > w) else x
 
 
 def _pool(x: Tensor, stride: tuple[int, int]) -> Tensor:

@@ -82,7 +82,7 @@ def _window_unpartition(windows: Tensor, ws: int, pad_hw: tuple[int, int], hw: t
     hp, wp = pad_hw
     h, w = hw
     b = windows.shape[0] // (hp * wp // ws // ws)
-    x = windows.view(b, hp // ws, wp // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    x = windows.reshape(b, hp // ws, wp // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
     return x[:, :h, :w, :] if (hp > h or wp > w) else x
 
 

@@ -228,7 +228,17 @@ class EmbeddingQueue(QObject):
         self._worker = worker
         worker.start()
 
+    def _alive(self) -> bool:
+        """False once Qt deleted this object (the widget closed while a worker ran)."""
+        try:
+            self.objectName()
+        except RuntimeError:
+            return False
+        return True
+
     def _on_yielded(self, store: SharedSliceEmbeddings, index: int) -> None:
+        if not self._alive():
+            return
         if self._pbar is not None:
             self._pbar.update(1)
         self.ready.emit(store, index)
@@ -239,6 +249,8 @@ class EmbeddingQueue(QObject):
         show_error(f"napari-sam: computing an image embedding failed: {exc}")
 
     def _on_finished(self, worker: Any) -> None:
+        if not self._alive():
+            return
         if self._worker is worker:
             self._worker = None
             if self._queue and self._store is not None:
