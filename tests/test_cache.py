@@ -150,6 +150,7 @@ def test_cache_dir_resolution(tmp_path, monkeypatch):
         EmbeddingStore(tmp_path, "k", {}, 3, dtype="int8")
 
 
+@pytest.mark.slow
 def test_cli_embed_then_segment_warm_encodes_nothing(tmp_path, data_dir, capsys, monkeypatch):
     """End to end on the real MR volume: `embed` a few slices, then a
     propagating `segment` in that range reads them all from the cache."""

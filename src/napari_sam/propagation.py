@@ -540,7 +540,10 @@ class Propagator:
         fraction of the box size on each side.
     zoom: for small objects, look at a square region of interest around the
         key slices instead of the whole slice: the model (256 px input for
-        the embedded one) then sees the object magnified. The region's side
+        the embedded one) then sees the object magnified. Off by default: with
+        the embedded LiteMedSAM on the shared CT it helped some small
+        structures (adrenal gland, colon) and hurt others (aorta, ribs, IVC);
+        see docs/propagation.md. The region's side
         is ``zoom_context`` times the object's size on the key slices, at
         least ``zoom_min_side`` pixels; objects whose region would exceed
         ``zoom_max_fraction`` of the slice are not zoomed. The region is
@@ -550,7 +553,7 @@ class Propagator:
 
     def __init__(self, backend: Backend, embeddings: SliceEmbeddingProvider, rules: StopRules | None = None,
                  box_margins: tuple[float, ...] = (0.0, 3.0, 6.0), grow_fraction: float = 0.15,
-                 zoom: bool = True, zoom_context: float = 3.0, zoom_min_side: int = 96,
+                 zoom: bool = False, zoom_context: float = 3.0, zoom_min_side: int = 96,
                  zoom_max_fraction: float = 0.5, method: str = "track", box_margin: float = 3.0,
                  box_margin_fraction: float = 0.05, grow_rounds: int = 2) -> None:
         self.backend = backend
