@@ -150,6 +150,7 @@ def test_cache_dir_resolution(tmp_path, monkeypatch):
         EmbeddingStore(tmp_path, "k", {}, 3, dtype="int8")
 
 
+@pytest.mark.slow
 def test_cli_embed_then_segment_warm_encodes_nothing(tmp_path, data_dir, capsys, monkeypatch):
     """End to end on the real MR volume: `embed` a few slices, then a
     propagating `segment` in that range reads them all from the cache."""
@@ -182,3 +183,20 @@ def test_cli_embed_then_segment_warm_encodes_nothing(tmp_path, data_dir, capsys,
     f.write_text("x")
     assert main(["embed", str(image), "--cache-dir", str(f)]) == 2
     assert "cache directory is a file" in capsys.readouterr().err
+
+
+def test_cropped_region_is_its_own_cached_volume(tmp_path, volume):
+    be = CountingBackend()
+    e = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path)
+    c = e.cropped((2, 1, 9, 8))
+    assert c is e.cropped((2, 1, 9, 8)) and len(c) == 6
+    assert np.array_equal(c.model_input(3), Window(0, 1000).apply(volume[3, 2:10, 1:9]))
+    c.get(3)
+    assert e.total_encoder_calls == 1 and e.encoder_calls == 0
+    again = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path).cropped((2, 1, 9, 8))
+    again.get(3)
+    assert again.encoder_calls == 0 and again.disk_hits == 1
+    side = SliceEmbeddings(be, volume, Window(0, 1000), axis=2).cropped((0, 0, 5, 11))
+    assert side.model_input(4).shape == (6, 12)
+    with pytest.raises(InputError, match="outside"):
+        e.cropped((0, 0, 12, 3))

@@ -33,16 +33,21 @@ class BrightInBoxBackend(Backend):
         self.decode_calls = 0
 
     def embed(self, image: np.ndarray) -> Embedding:
+        """The "features" are the image itself, padded to the square model frame."""
         self.embed_calls += 1
-        t = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
-        return Embedding(features=t, original_size=image.shape[:2], input_size=image.shape[:2], model=self.name)
+        h, w = image.shape[:2]
+        t = np.zeros((self.image_size, self.image_size), np.float32)
+        t[:h, :w] = image
+        return Embedding(features=torch.from_numpy(t)[None, None], original_size=(h, w), input_size=(h, w),
+                         model=self.name)
 
     def decode_low_res(self, embedding, points_rc=None, point_labels=None, boxes_rc=None, mask_input=None,
                        multimask=False):
         from scipy import ndimage
 
         self.decode_calls += 1
-        img = embedding.features[0, 0].numpy()
+        h, w = embedding.original_size
+        img = embedding.features[0, 0].numpy()[:h, :w]
         boxes = np.asarray(boxes_rc, np.float32).reshape(-1, 4)
         low = np.full((len(boxes), 1, *img.shape), -8.0, np.float32)
         scores = np.zeros((len(boxes), 1), np.float32)
@@ -242,15 +247,21 @@ def test_stop_rules_refuse_leaks_and_jumps():
     prev = np.zeros((64, 64), bool)
     prev[20:30, 20:30] = True
 
-    def step(mask, score=0.9, shift=0.0):
-        return _Step(mask=mask, score=score, logits=np.zeros(mask.shape, np.float32), iou_prev=0.0,
-                     area_ratio=mask.sum() / prev.sum(), intensity_shift=shift)
+    def step(mask, score=0.9, shift=0.0, backward=1.0, features=1.0):
+        inter, union = np.logical_and(mask, prev).sum(), np.logical_or(mask, prev).sum()
+        return _Step(mask=mask, score=score, logits=np.zeros(mask.shape, np.float32), iou_prev=inter / union,
+                     area_ratio=mask.sum() / prev.sum(), intensity_shift=shift, backward_iou=backward,
+                     feature_similarity=features)
 
     assert prop.check(step(prev), prev) is None
     assert prop.check(step(np.zeros_like(prev)), prev)[0] is StopReason.EMPTY
+    assert prop.check(step(prev, score=0.3), prev) is None  # the score rule is off by default
+    prop.rules = StopRules(min_score=0.5)
     assert prop.check(step(prev, score=0.3), prev)[0] is StopReason.LOW_SCORE
     far = np.roll(prev, 25, axis=1)
-    assert prop.check(step(far), prev)[0] is StopReason.DISCONTINUITY
+    assert prop.check(step(far, backward=0.2), prev)[0] is StopReason.DISCONTINUITY
+    assert prop.check(step(far, backward=0.9), prev) is None  # the backward check vouches for the jump
+    assert prop.check(step(prev, features=0.3), prev)[0] is StopReason.APPEARANCE
     big = np.zeros_like(prev)
     big[15:40, 15:40] = True
     assert prop.check(step(big), prev)[0] is StopReason.GROWTH
@@ -290,3 +301,45 @@ def test_segment_volume_propagates_objects_from_the_prompts_file(synthetic):
     assert res.slices[2] == [10, 11, 12, 13, 14]
     assert seen[-1][0] == seen[-1][1] and all(d <= t for d, t in seen)
     assert not res.cancelled and set(res.states) == {1, 2}
+
+
+@pytest.mark.slow
+def test_correction_on_ct_recovers_dice_and_keeps_slices_outside_the_affected_range(
+        lite_medsam, ct_embeddings, ct_labels, ct_label_names):
+    """Real model, real CT: propagate the spleen from one box, break slice 15
+    with a wrong box (on the liver), then correct it with the right box."""
+    gt = ct_labels == ct_label_names["spleen"]
+    rng = (6, 18)
+    inside = np.zeros(gt.shape[0], bool)
+    inside[rng[0]:rng[1] + 1] = True
+    gt_r = gt & inside[:, None, None]
+    prop = Propagator(lite_medsam, ct_embeddings)
+    state = PropagationState(shape=gt.shape, range=rng)
+    state.add_prompt(12, SlicePrompt(box=box_of_mask(gt[12]), slice=12))
+    prop.propagate(state)
+    good = dice(state.volume_mask(), gt_r)
+    assert good > 0.9
+    original = {i: m.copy() for i, m in state.results.items()}
+
+    liver = ct_labels[15] == ct_label_names["liver"]
+    assert state.add_prompt(15, SlicePrompt(box=box_of_mask(liver), slice=15)) == (13, 18)
+    # a cancelled run keeps its finished slices: the key, then the gap 13-14
+    # (first pass up from 12, then the pass down from 15 finishes 14 before 13)
+    gen = prop.run(state)
+    first = [next(gen) for _ in range(4)]
+    gen.close()
+    assert [u.index for u in first] == [15, 13, 14, 14] and state.needs_run
+    assert 15 not in state.dirty and 14 not in state.dirty and 13 in state.dirty and 16 in state.dirty
+    kept = state.results[14].copy()
+    prop.propagate(state)
+    assert state.info[14].source == "reconciled" and np.array_equal(state.results[14], kept)
+    broken = dice(state.volume_mask(), gt_r)
+    assert broken < good - 0.05
+    outside = [i for i in original if not 13 <= i <= 18]
+    assert outside and all(np.array_equal(state.results[i], original[i]) for i in outside)
+
+    state.add_prompt(15, SlicePrompt(box=box_of_mask(gt[15]), slice=15))  # the correction
+    prop.propagate(state)
+    assert dice(state.volume_mask(), gt_r) >= good - 0.02
+    assert all(np.array_equal(state.results[i], original[i]) for i in outside)
+    assert state.info[15].source == "key"

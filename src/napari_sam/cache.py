@@ -15,7 +15,8 @@ embeddings are one entry, named by :func:`embedding_key`: a hash of the
 image content, the model (and its weights), the window and the axis. An entry
 holds a zarr array ``features`` (n, C, h, w), one chunk per slice, a zarr
 array ``crc`` with a checksum per slice (0: not computed yet) and
-``signature.json``. A stale entry (its signature does not match) is wiped and
+``signature.json``; float16 and float32 stores of the same key are separate
+entries (``<key>-f16.zarr``, ``<key>-f32.zarr``). A stale entry (its signature does not match) is wiped and
 rebuilt; a corrupt slice (unreadable chunk or checksum mismatch) is
 recomputed.
 
@@ -116,7 +117,7 @@ class EmbeddingStore:
             raise InputError(f"embedding storage dtype {dtype!r}: use float16 or float32")
         self.root = Path(root)
         self.key = key
-        self.path = self.root / f"{key}.zarr"
+        self.path = self.root / f"{key}-{'f16' if dtype == 'float16' else 'f32'}.zarr"
         self.n_slices = int(n_slices)
         self.dtype = dtype
         self.signature = dict(signature, format=STORE_FORMAT, n_slices=self.n_slices, dtype=dtype)

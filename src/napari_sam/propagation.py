@@ -93,6 +93,7 @@ class StopReason(str, Enum):
     DISCONTINUITY = "discontinuity"  #: too little overlap with the neighbouring slice
     GROWTH = "growth"              #: the area grew suddenly (leak into a neighbour)
     INTENSITY = "intensity"        #: intensities unlike the object on the key slices
+    APPEARANCE = "appearance"      #: image features unlike the object on the key slices
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,9 @@ class SliceInfo:
     """Why a slice holds its result.
 
     source: "key" (the user's prompt), "user_mask" (painted by the user),
-    "stop" (a stop slice), "propagated" (one pass), "reconciled" (two passes
-    between key slices); origin: the key slice it was propagated from (the
+    "stop" (a stop slice), "propagated" (one pass), "bridged" (a slice the
+    stop rules refused but the next one continued the object: re-prompted
+    from both neighbours), "reconciled" (two passes between key slices); origin: the key slice it was propagated from (the
     nearer one when reconciled); score: the model's predicted IoU;
     iou_prev: IoU with the neighbour it was prompted from; area_ratio: area /
     neighbour's area; intensity_shift: distance of the mask's median intensity
@@ -380,27 +382,44 @@ class PropagationState:
 
 @dataclass(frozen=True)
 class StopRules:
-    """Thresholds of the stop rules (all are checked on the mask chosen for the next slice).
+    """Thresholds of the stop rules, checked on the answer for each next slice.
 
     min_area: a mask smaller than this many pixels has vanished (EMPTY).
-    min_score: predicted IoU under this stops (LOW_SCORE).
-    min_overlap: fraction of the new mask lying within the neighbour's mask
-        dilated by ``overlap_dilation`` pixels; under this stops (DISCONTINUITY).
-    max_growth: area / neighbour's area above this stops (GROWTH), for
-        neighbours of at least ``growth_min_area`` pixels.
-    max_intensity_shift: |median intensity of the new mask - the key slices'
-        object median| / its robust spread; above this stops (INTENSITY).
-        None disables the rule.
+    min_score: the model's predicted IoU under this stops (LOW_SCORE). Off
+        (0) by default: on the shared CT, continuing slices of small
+        structures often score under 0.3 while the slices past an object's
+        end scored 0.42-0.81, so the score does not tell them apart.
+    max_growth: area / neighbour's area above this stops (GROWTH, a leak into
+        a neighbouring structure), for neighbours of at least
+        ``growth_min_area`` pixels.
+    min_iou, min_backward_iou: the answer is refused (DISCONTINUITY) when
+        its IoU with the neighbour's mask is under ``min_iou`` *and* the
+        backward check fails: the answer's box, prompted on the neighbour's
+        slice, gives back less than ``min_backward_iou`` (IoU) of the
+        neighbour's mask. A real continuation maps back onto where it came
+        from; a jump to another structure does not.
+    max_intensity_shift: |median intensity of the answer - the key slices'
+        object median| / its robust spread (half the 10-90 percentile
+        range); above this stops (INTENSITY). None disables the rule.
+    min_feature_similarity: cosine similarity between the image encoder's
+        features averaged over the answer and over the key slices' masks;
+        under this stops (APPEARANCE: the pass has moved onto another kind
+        of tissue). 0 disables the rule.
+    patience: slices a pass may look past a refused slice: when the slice
+        after it (prompted from the last kept mask) passes every rule, the
+        refused slice is bridged (re-prompted with the union of its two
+        neighbours' boxes) and the pass goes on. 0 stops at the first refusal.
     """
 
     min_area: int = 4
-    min_score: float = 0.5
-    min_overlap: float = 0.5
-    overlap_dilation: int = 3
-    max_growth: float = 2.0
+    min_score: float = 0.0
+    max_growth: float = 2.5
     growth_min_area: int = 64
-    max_intensity_shift: float | None = 3.0
-    min_backward_iou: float = 0.0
+    min_iou: float = 0.4
+    min_backward_iou: float = 0.5
+    max_intensity_shift: float | None = 2.0
+    min_feature_similarity: float = 0.6
+    patience: int = 1
 
 
 @dataclass
@@ -415,6 +434,8 @@ class _Step:
     intensity_shift: float = 0.0
     box: np.ndarray | None = None
     backward_iou: float = 1.0
+    bridged: bool = False
+    feature_similarity: float = 1.0
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -430,12 +451,43 @@ def _is_set(cancel: Cancel | None) -> bool:
     return bool(cancel())
 
 
+def _pooled_features(emb: Embedding, mask: np.ndarray, image_size: int) -> torch.Tensor | None:
+    """Mean of the image encoder's features (C,) over a (rows, cols) mask of its slice, or None when empty."""
+    import torch.nn.functional as F
+
+    if not mask.any():
+        return None
+    f = emb.features[0].float()
+    _c, h, w = f.shape
+    ih, iw = emb.input_size
+    m = torch.from_numpy(mask.astype(np.float32))[None, None].to(f.device)
+    m = F.interpolate(m, size=(ih, iw), mode="area")
+    m = F.pad(m, (0, image_size - iw, 0, image_size - ih))
+    m = F.interpolate(m, size=(h, w), mode="area")[0, 0]
+    total = float(m.sum())
+    if total < 1e-6:
+        return None
+    return (f * m).sum((1, 2)) / total
+
+
 @dataclass
 class _Intensity:
-    """Robust intensity statistics of the object on its key slices."""
+    """What the object looks like on its key slices: robust intensity
+    statistics, and (per frame, computed when first needed) the mean image
+    features over its masks."""
 
-    median: float
-    spread: float
+    median: float | None
+    spread: float | None
+    key_masks: dict[int, np.ndarray] = field(default_factory=dict)
+    prototypes: dict[tuple[int, int, int, int], torch.Tensor | None] = field(default_factory=dict)
+
+    def prototype(self, frame: _Frame, image_size: int) -> torch.Tensor | None:
+        key = (frame.r0, frame.c0, frame.h, frame.w)
+        if key not in self.prototypes:
+            feats = [f for k, m in sorted(self.key_masks.items())
+                     if (f := _pooled_features(frame.provider.get(k), frame.crop(m), image_size)) is not None]
+            self.prototypes[key] = torch.stack(feats).mean(0) if feats else None
+        return self.prototypes[key]
 
 
 @dataclass
@@ -488,7 +540,10 @@ class Propagator:
         fraction of the box size on each side.
     zoom: for small objects, look at a square region of interest around the
         key slices instead of the whole slice: the model (256 px input for
-        the embedded one) then sees the object magnified. The region's side
+        the embedded one) then sees the object magnified. Off by default: with
+        the embedded LiteMedSAM on the shared CT it helped some small
+        structures (adrenal gland, colon) and hurt others (aorta, ribs, IVC);
+        see docs/propagation.md. The region's side
         is ``zoom_context`` times the object's size on the key slices, at
         least ``zoom_min_side`` pixels; objects whose region would exceed
         ``zoom_max_fraction`` of the slice are not zoomed. The region is
@@ -498,9 +553,9 @@ class Propagator:
 
     def __init__(self, backend: Backend, embeddings: SliceEmbeddingProvider, rules: StopRules | None = None,
                  box_margins: tuple[float, ...] = (0.0, 3.0, 6.0), grow_fraction: float = 0.15,
-                 zoom: bool = True, zoom_context: float = 3.0, zoom_min_side: int = 96,
+                 zoom: bool = False, zoom_context: float = 3.0, zoom_min_side: int = 96,
                  zoom_max_fraction: float = 0.5, method: str = "track", box_margin: float = 3.0,
-                 box_margin_fraction: float = 0.0, grow_rounds: int = 2) -> None:
+                 box_margin_fraction: float = 0.05, grow_rounds: int = 2) -> None:
         self.backend = backend
         self.embeddings = embeddings
         self.rules = rules or StopRules()
@@ -623,13 +678,19 @@ class Propagator:
                 if grown.area_ratio > self.rules.max_growth * max(best.area_ratio, 1e-6) or not grown.mask.any():
                     break
                 best = grown
-        if prev_index is not None and best.mask.any() and self.rules.min_backward_iou > 0:
+        if prev_index is not None and best.mask.any() and best.iou_prev < self.rules.min_iou:
             back_emb = frame.provider.get(prev_index)
             back = self._decode(back_emb, [self._pad(box_of_mask(best.mask), shape)], best.mask)[0]
             best.backward_iou = _iou(back.mask, fprev)
-        if intensity is not None and best.mask.any() and hasattr(frame.provider, "model_input"):
-            img = frame.provider.model_input(index)
-            best.intensity_shift = abs(float(np.median(img[best.mask])) - intensity.median) / intensity.spread
+        if intensity is not None and best.mask.any():
+            if intensity.median is not None:
+                img = frame.provider.model_input(index)
+                best.intensity_shift = abs(float(np.median(img[best.mask])) - intensity.median) / intensity.spread
+            if self.rules.min_feature_similarity > 0:
+                proto = intensity.prototype(frame, self.backend.image_size)
+                here = _pooled_features(emb, best.mask, self.backend.image_size)
+                if proto is not None and here is not None:
+                    best.feature_similarity = float(torch.nn.functional.cosine_similarity(here[None], proto[None])[0])
         best.mask = frame.paste(best.mask)
         best.logits = frame.paste(best.logits, fill=-20.0)
         return best
@@ -677,19 +738,15 @@ class Propagator:
         prev_area = int(prev.sum())
         if prev_area >= r.growth_min_area and step.area_ratio > r.max_growth:
             return StopReason.GROWTH, f"area x{step.area_ratio:.2f} of the neighbour's (> x{r.max_growth:.2f})"
-        if r.overlap_dilation > 0:
-            grown = ndimage.binary_dilation(prev, iterations=r.overlap_dilation)
-        else:
-            grown = prev
-        inside = float(np.logical_and(step.mask, grown).sum() / area)
-        if inside < r.min_overlap:
-            return StopReason.DISCONTINUITY, f"{inside:.0%} of the mask overlaps the neighbour (< {r.min_overlap:.0%})"
-        if step.backward_iou < r.min_backward_iou:
-            return StopReason.DISCONTINUITY, (f"backward check: this mask's box gives back {step.backward_iou:.0%} "
-                                              f"of the neighbour's mask (< {r.min_backward_iou:.0%})")
+        if step.iou_prev < r.min_iou and step.backward_iou < r.min_backward_iou:
+            return StopReason.DISCONTINUITY, (f"IoU {step.iou_prev:.2f} with the neighbour (< {r.min_iou:.2f}) and "
+                                              f"backward check {step.backward_iou:.2f} (< {r.min_backward_iou:.2f})")
         if r.max_intensity_shift is not None and step.intensity_shift > r.max_intensity_shift:
-            return StopReason.INTENSITY, (f"intensity {step.intensity_shift:.1f} spreads from the object's "
-                                          f"(> {r.max_intensity_shift:.1f})")
+            return StopReason.INTENSITY, (f"median intensity {step.intensity_shift:.1f} spreads from the "
+                                          f"object's (> {r.max_intensity_shift:.1f})")
+        if step.feature_similarity < r.min_feature_similarity:
+            return StopReason.APPEARANCE, (f"image features {step.feature_similarity:.2f} similar to the key "
+                                           f"slices' object (< {r.min_feature_similarity:.2f})")
         return None
 
     # ------------------------------------------------------------ frames (zoom)
@@ -796,16 +853,15 @@ class Propagator:
         pred = self._predictor.predict(prompt=local, multimask=False)
         return frame.paste(pred.mask.copy()), SliceInfo("key", k, score=float(pred.scores[0]))
 
-    def _intensity(self, state: PropagationState, frame: _Frame) -> _Intensity | None:
-        if self.rules.max_intensity_shift is None or not hasattr(frame.provider, "model_input"):
-            return None
-        vals = [frame.provider.model_input(k)[frame.crop(state.results[k])] for k in state.key_slices
-                if k in state.results and state.results[k].any()]
-        if not vals:
-            return None
-        v = np.concatenate(vals)
-        p10, p50, p90 = np.percentile(v, [10, 50, 90])
-        return _Intensity(median=float(p50), spread=max(float(p90 - p10) / 2.0, 0.02))
+    def _intensity(self, state: PropagationState, frame: _Frame) -> _Intensity:
+        keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
+        med = spread = None
+        if keys and self.rules.max_intensity_shift is not None and hasattr(frame.provider, "model_input"):
+            v = np.concatenate([frame.provider.model_input(k)[frame.crop(m)] for k, m in keys.items()])
+            if v.size:
+                p10, p50, p90 = np.percentile(v, [10, 50, 90])
+                med, spread = float(p50), max(float(p90 - p10) / 2.0, 0.02)
+        return _Intensity(med, spread, keys)
 
     def _segments(self, state: PropagationState, keys: list[int], lo: int, hi: int):
         """Segments holding dirty slices: (first, last, kind, work, key below, key above)."""
@@ -829,6 +885,11 @@ class Propagator:
             else:
                 out.append((first, last, "none", 0, None, None))
         return out
+
+    @staticmethod
+    def _info(step: _Step, origin: int) -> SliceInfo:
+        return SliceInfo("bridged" if step.bridged else "propagated", origin, step.score, step.iou_prev,
+                         step.area_ratio, step.intensity_shift)
 
     def _store(self, state: PropagationState, i: int, mask: np.ndarray, info: SliceInfo) -> None:
         state.results[i] = mask
@@ -857,11 +918,17 @@ class Propagator:
         if frame.touches_inner_edge(frame.crop(prev)):
             frame = self._full_frame(frame.full)
         while (i - limit) * direction <= 0:
-            step = self.step(i, prev, intensity, frame, prev_index=i - direction)
-            if not frame.is_full and frame.touches_inner_edge(frame.crop(step.mask)):
-                frame = self._full_frame(frame.full)
-                step = self.step(i, prev, intensity, frame, prev_index=i - direction)
+            step, frame = self._framed_step(i, prev, intensity, frame, i - direction)
             refused = self.check(step, prev)
+            if refused is not None and self.rules.patience > 0:
+                bridged = self._look_past(i, direction, limit, prev, intensity, frame)
+                if bridged is not None:
+                    (steps, frame) = bridged
+                    for j, st in steps:
+                        yield j, st
+                        prev, last = st.mask, j
+                    i = last + direction
+                    continue
             if refused is not None:
                 state.stops.append(StopDecision(origin, direction, last, i, refused[0], refused[1]))
                 return
@@ -869,6 +936,45 @@ class Propagator:
             prev, last = step.mask, i
             i += direction
         state.stops.append(StopDecision(origin, direction, last, None, end_reason, ""))
+
+    def _framed_step(self, i: int, prev: np.ndarray, intensity: _Intensity | None, frame: _Frame,
+                     prev_index: int) -> tuple[_Step, _Frame]:
+        """:meth:`step` in ``frame``; when the answer reaches the edge of a zoomed
+        frame, again with the whole slice (which the pass then keeps)."""
+        step = self.step(i, prev, intensity, frame, prev_index=prev_index)
+        if not frame.is_full and frame.touches_inner_edge(frame.crop(step.mask)):
+            frame = self._full_frame(frame.full)
+            step = self.step(i, prev, intensity, frame, prev_index=prev_index)
+        return step, frame
+
+    @torch.inference_mode()
+    def _look_past(self, i: int, direction: int, limit: int, prev: np.ndarray, intensity: _Intensity | None,
+                   frame: _Frame) -> tuple[list[tuple[int, _Step]], _Frame] | None:
+        """After slice ``i`` was refused: try the slices beyond it (up to
+        ``patience``), prompted from ``prev``. When one passes every rule, the
+        skipped slices are re-prompted with the union of the boxes of ``prev``
+        and that slice's mask; returns them and the kept one, in order."""
+        for skip in range(1, self.rules.patience + 1):
+            j = i + skip * direction
+            if (j - limit) * direction > 0:
+                return None
+            step, frame = self._framed_step(j, prev, intensity, frame, i - direction)
+            if self.check(step, prev) is not None:
+                continue
+            a, b = box_of_mask(frame.crop(prev)), box_of_mask(frame.crop(step.mask))
+            if a is None or b is None:
+                return None
+            union = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+            out = []
+            for k in range(i, j, direction):
+                emb = frame.provider.get(k)
+                st = self._decode(emb, [self._pad(union, emb.original_size)], frame.crop(prev))[0]
+                st.mask, st.logits = frame.paste(st.mask), frame.paste(st.logits, fill=-20.0)
+                st.bridged = True
+                out.append((k, st))
+            out.append((j, step))
+            return out, frame
+        return None
 
     def _end_reason(self, state: PropagationState, limit: int, direction: int) -> StopReason:
         nxt = limit + direction
@@ -891,8 +997,7 @@ class Propagator:
         n_done = 0
         for i, step in self._walk(state, origin, direction, start, limit, intensity,
                                   self._end_reason(state, limit, direction), frame):
-            self._store(state, i, step.mask, SliceInfo("propagated", origin, step.score, step.iou_prev,
-                                                        step.area_ratio, step.intensity_shift))
+            self._store(state, i, step.mask, self._info(step, origin))
             state.dirty.discard(i)
             n_done += 1
             yield self._update(state, i, f"slice {i} (from key {origin})")
@@ -912,8 +1017,7 @@ class Propagator:
         for i, step in self._walk(state, a, +1, a, b - 1, intensity, StopReason.KEY_SLICE, frame):
             up[i] = step
             # provisional result, shown while the second pass runs (the slice stays dirty)
-            self._store(state, i, step.mask, SliceInfo("propagated", a, step.score, step.iou_prev,
-                                                        step.area_ratio, step.intensity_shift))
+            self._store(state, i, step.mask, self._info(step, a))
             yield self._update(state, i, f"slice {i} (from key {a}, first pass)")
         self._counter[1] -= n - len(up)
         finished = set()
@@ -939,6 +1043,5 @@ class Propagator:
                                                          near.area_ratio, near.intensity_shift))
         else:
             s, o = (su, a) if su is not None else (sd, b)
-            self._store(state, i, s.mask, SliceInfo("propagated", o, s.score, s.iou_prev, s.area_ratio,
-                                                     s.intensity_shift))
+            self._store(state, i, s.mask, self._info(s, o))
         state.dirty.discard(i)
