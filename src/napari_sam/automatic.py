@@ -700,7 +700,7 @@ class AutomaticSegmenter:
                  embeddings: CropEmbeddings | None = None) -> None:
         self.backend = backend
         self.settings = settings or AutoSettings()
-        self.embeddings = embeddings or CropEmbeddings(backend, max_in_memory=64)
+        self.embeddings = embeddings if embeddings is not None else CropEmbeddings(backend, max_in_memory=64)
 
     # ------------------------------------------------------------------ helpers
     def proposal_kind(self) -> str:

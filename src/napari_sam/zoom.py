@@ -186,9 +186,10 @@ class CropEmbeddings:
     windowed slice, or the volume's :func:`napari_sam.cache.embedding_key`
     plus the slice index); without one the content hash is computed.
     on_encode: called with the crop whenever the encoder runs.
+    max_in_memory: LRU bound (an embedding of the embedded model is 4 MiB).
     """
 
-    def __init__(self, backend: Backend, max_in_memory: int = 128,
+    def __init__(self, backend: Backend, max_in_memory: int = 32,
                  on_encode: Callable[[Crop], None] | None = None) -> None:
         if max_in_memory < 1:
             raise InputError(f"max_in_memory {max_in_memory}: expected at least 1")
