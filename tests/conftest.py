@@ -76,13 +76,3 @@ def ct_embeddings(lite_medsam, ct_volume):
     from napari_sam.intensity import parse_window
 
     return SliceEmbeddings(lite_medsam, ct_volume.array, parse_window("-160,240"), axis=0, max_in_memory=32)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * float(np.logical_and(a, b).sum()) / s if s else 1.0
-
-
-def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    rr, cc = np.nonzero(mask)
-    return int(rr.min()), int(cc.min()), int(rr.max()), int(cc.max())

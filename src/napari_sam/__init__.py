@@ -40,6 +40,7 @@ _EXPORTS = {
     "SliceEmbeddings": "cache",
     "segment_volume": "segmentation", "SegmentationResult": "segmentation",
     "load_model": "models.registry", "REGISTRY": "models.registry", "pick_device": "models.registry",
+    "fetch_checkpoint": "models.registry", "model_cache_dir": "models.download",
     "AutomaticSegmenter": "automatic", "AutoSettings": "automatic", "AutoResult": "automatic",
     "ZoomSettings": "zoom", "CropEmbeddings": "zoom", "TileGrid": "tiling", "stitch_tile_labels": "tiling",
     "match_instances": "evaluation",

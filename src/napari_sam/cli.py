@@ -1,4 +1,4 @@
-"""The command line: ``napari-sam segment | auto | models``.
+"""The command line: ``napari-sam segment | auto | embed | models | download``.
 
 Errors print as one line on stderr, ``napari-sam: error: ...``, with exit
 code 2 for bad input or usage and 1 for runtime failures; nothing is written
@@ -20,7 +20,7 @@ PROG = "napari-sam"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like our own errors
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{PROG}: error: {message} (see: {self.prog} --help)\n")
 
 
 class ProgressBar:
@@ -51,6 +51,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="intensity window LO,HI or a preset (soft-tissue, lung, bone, brain, ...), "
                         "'dicom' for the header's, 'auto' (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--cache-dir", default=None,
+                   help="embedding cache folder (default: $NAPARI_SAM_CACHE_DIR, else the user cache folder)")
+    p.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="decode each proposal on a magnified crop (sharper small objects; one encoder run per crop)")
     auto.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_model_args(auto)
+    emb = sub.add_parser("embed", help="fill the embedding cache for an image ahead of time")
+    emb.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
+    emb.add_argument("--axis", type=int, default=0, choices=[0, 1, 2], help="slice axis (default 0)")
+    emb.add_argument("--slices", default=None, help="FIRST:LAST (inclusive) to embed only these slices")
+    _add_model_args(emb)
 
     sub.add_parser("models", help="list the available models")
+
+    dl = sub.add_parser("download", help="download model checkpoints into the cache (for later offline use)")
+    dl.add_argument("names", nargs="+", help="model names (see `napari-sam models`)")
+    dl.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -106,8 +118,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         ov = Path(args.overview)
         if ov.suffix.lower() != ".png":
             raise InputError(f"{ov}: --overview must end in .png")
-        if not ov.parent.exists():
-            raise InputError(f"{ov.parent}: overview folder does not exist")
         if ov.exists() and not args.overwrite:
             raise InputError(f"{ov}: overview exists; pass --overwrite to replace it")
     window = None
@@ -119,15 +129,29 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     volume = read_image(args.image)
     prompts.check_against(volume.array.shape, volume.is_2d)
     backend = load_model(args.model, args.checkpoint, args.device)
+    embeddings_for, stats = _embeddings_factory(args, volume, backend)
     bar = ProgressBar("segment", args.quiet)
     t0 = time.perf_counter()
     try:
-        result = segment_volume(volume, prompts, backend, window=window, progress=bar)
+        result = segment_volume(volume, prompts, backend, window=window, progress=bar,
+                                embeddings_for=embeddings_for)
     finally:
         bar.close()
+    enc = sum(e.total_encoder_calls for e in stats)
+    hits = sum(e.total_disk_hits for e in stats)
+    extra = {"source": str(args.image), "model": backend.name,
+             "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
+             "encoder_calls": enc, "cache_hits": hits}
+    if result.states:
+        extra["propagation"] = {
+            str(k): {"axis": st.axis, "key_slices": st.key_slices, "extent": list(st.extent) if st.extent else None,
+                     "stops": [{"from": s.origin, "direction": s.direction, "last": s.last, "refused": s.rejected,
+                                "reason": s.reason.value, "detail": s.detail} for s in st.stops]}
+            for k, st in result.states.items()}
+    if result.cancelled:
+        raise NapariSamError("cancelled before the end; nothing written")
     write_labels(out, result.labels, volume.geometry, result.names, result.colors, overwrite=args.overwrite,
-                 extra={"source": str(args.image), "model": backend.name,
-                        "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()}})
+                 extra=extra)
     msg = f"wrote {out} ({len(result.names)} object(s), {sum(map(len, result.slices.values()))} slice(s)"
     if args.overview:
         from .overview import write_overview
@@ -136,7 +160,84 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                        window=next(iter(result.windows.values()), None))
         msg += f"; overview {args.overview}"
     if not args.quiet:
-        print(msg + f"; {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        print(msg + f"; {enc} slice(s) encoded, {hits} from the cache; {time.perf_counter() - t0:.1f} s)",
+              file=sys.stderr)
+    return 0
+
+
+def _cache_dir(args: argparse.Namespace) -> Path | None:
+    """--cache-dir, else $NAPARI_SAM_CACHE_DIR, else the platform default; None with --no-cache."""
+    from .cache import resolve_cache_dir
+
+    if args.no_cache:
+        return None
+    d = resolve_cache_dir(args.cache_dir)
+    if d.exists() and not d.is_dir():
+        raise InputError(f"{d}: cache directory is a file")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{d}: cannot create the cache directory ({exc.strerror or exc})") from None
+    return d
+
+
+def _embeddings_factory(args: argparse.Namespace, volume, backend):
+    """(window, axis) -> SliceEmbeddings on the cache directory, and the list of those made."""
+    from .cache import SliceEmbeddings, content_hash
+
+    cache_dir = _cache_dir(args)
+    made: list[SliceEmbeddings] = []
+    image_hash: list[str] = []
+
+    def factory(win, axis: int) -> SliceEmbeddings:
+        if cache_dir is not None and not image_hash:
+            image_hash.append(content_hash(volume.array))
+        e = SliceEmbeddings(backend, volume.array, win, axis, cache_dir=cache_dir,
+                            image_hash=image_hash[0] if image_hash else None)
+        made.append(e)
+        return e
+
+    return factory, made
+
+
+def _parse_slices(spec: str | None, n: int) -> range:
+    if spec is None:
+        return range(n)
+    try:
+        a, b = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise InputError(f"--slices {spec!r}: expected FIRST:LAST, e.g. 10:40") from None
+    a, b = min(a, b), max(a, b)
+    if a < 0 or b >= n:
+        raise InputError(f"--slices {spec}: outside 0..{n - 1}")
+    return range(a, b + 1)
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .intensity import resolve_window
+    from .io import read_image
+    from .models.registry import load_model
+
+    if args.no_cache:
+        raise InputError("embed fills the cache: --no-cache makes no sense here")
+    volume = read_image(args.image)
+    if volume.is_2d and args.axis != 0:
+        raise InputError(f"{args.image}: a 2D image has only axis 0")
+    win = resolve_window(volume.array, args.window, volume.metadata.get("modality"),
+                         volume.metadata.get("dicom_window"))
+    slices = _parse_slices(args.slices, volume.shape[args.axis])
+    backend = load_model(args.model, args.checkpoint, args.device)
+    factory, _ = _embeddings_factory(args, volume, backend)
+    emb = factory(win, args.axis)
+    bar = ProgressBar("embed", args.quiet)
+    t0 = time.perf_counter()
+    try:
+        n = emb.fill(slices, progress=bar)
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"{n} slice(s) encoded, {len(slices) - n} already cached (window [{win.lo:g}, {win.hi:g}], "
+              f"axis {args.axis}) in {emb.store.path}; {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -176,7 +277,7 @@ def _auto_settings(args: argparse.Namespace, is_ct: bool):
 
 def _cmd_auto(args: argparse.Namespace) -> int:
     from .automatic import AutomaticSegmenter
-    from .cache import content_hash, embedding_key
+    from .cache import content_hash, embedding_key, model_identity
     from .intensity import looks_like_hounsfield, parse_window, resolve_window
     from .io import Geometry, check_output_path, read_image, write_labels
     from .models.registry import load_model
@@ -202,7 +303,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
             result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
             labels = result.labels[None]
         else:
-            key = embedding_key(content_hash(volume.array), backend.name, window, 0)
+            key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
             result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
                                               progress=bar, volume_key=key)
             labels = result.labels
@@ -221,19 +322,40 @@ def _cmd_auto(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from .models.download import model_cache_dir
     from .models.registry import REGISTRY
 
+    cache = model_cache_dir()
     for spec in REGISTRY.values():
-        print(f"{spec.name:24s} {spec.architecture:28s} {spec.image_size:5d}px  {spec.licence:14s} {spec.description}")
+        where = "embedded" if spec.name == "lite_medsam" else (
+            "cached" if spec.filename and (cache / spec.filename).is_file() else
+            "download" if spec.url else "manual download")
+        print(f"{spec.name:24s} {spec.architecture:14s} {spec.image_size:5d}px  {spec.licence:10.10s} "
+              f"{where:15s} {spec.description}")
+    print(f"cache: {cache} (set NAPARI_SAM_MODEL_DIR to change it)")
     return 0
 
 
-COMMANDS = {"segment": _cmd_segment, "auto": _cmd_auto, "models": _cmd_models}
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .models.registry import fetch_checkpoint, get_spec
+
+    specs = [get_spec(name) for name in args.names]  # all names checked before any download
+    for spec in specs:
+        path = fetch_checkpoint(spec.name, progress=not args.quiet)
+        print(f"{spec.name}: {path}")
+    return 0
+
+
+COMMANDS = {"segment": _cmd_segment, "auto": _cmd_auto, "embed": _cmd_embed, "models": _cmd_models,
+            "download": _cmd_download}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (one line, already printed) and --help
+        return int(exc.code or 0)
     try:
         return COMMANDS[args.command](args)
     except NapariSamError as exc:

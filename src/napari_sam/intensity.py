@@ -77,9 +77,10 @@ def parse_window(spec: str | Sequence[float] | Window) -> Window:
             raise InputError(f"window {spec!r}: expected LO,HI (e.g. -160,240) or a preset "
                              f"({', '.join(CT_PRESETS)})")
         try:
-            return Window(float(parts[0]), float(parts[1]))
+            lo, hi = float(parts[0]), float(parts[1])
         except ValueError:
             raise InputError(f"window {spec!r}: LO and HI must be numbers") from None
+        return Window(lo, hi)
     try:
         lo, hi = (float(v) for v in spec)
     except (TypeError, ValueError):

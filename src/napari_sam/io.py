@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -154,6 +156,78 @@ def _read_2d(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return arr, {"is_2d": arr.shape[0] == 1, "is_rgb": rgb}
 
 
+class _Captured:
+    def __init__(self, fh) -> None:
+        self._fh = fh
+
+    def read(self) -> str:
+        self._fh.seek(0)
+        return self._fh.read().decode(errors="replace")
+
+
+@contextmanager
+def _native_stderr_captured():
+    """Capture what C++ libraries (ITK's MetaImage) print straight to fd 2, so
+    that a user sees our one-line error rather than their dump."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # no real stderr (e.g. captured)
+        with tempfile.TemporaryFile() as fh:
+            yield _Captured(fh)
+        return
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as fh:
+        try:
+            sys.stderr.flush()
+            os.dup2(fh.fileno(), fd)
+            yield _Captured(fh)
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def _itk_reason(message: str) -> str:
+    """The informative tail of an ITK exception text, on one line."""
+    msg = " ".join(message.split())
+    for marker in ("data not read completely", "Reason:", "ITK ERROR:", "Description:"):
+        if marker in msg:
+            msg = msg[msg.rindex(marker):]
+            break
+    return msg[:160]
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK reads a truncated NIfTI without complaint (zero-filling): check the
+    data the header promises is all there."""
+    import gzip
+
+    import nibabel as nib
+
+    try:
+        nii = nib.load(str(path))
+        hdr = nii.header
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read image (not a valid NIfTI header: {str(exc)[:120]})") from None
+    expected = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
+    if _suffix(path) == ".nii":
+        actual = path.stat().st_size
+    else:
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    actual += len(block)
+        except (EOFError, OSError, gzip.BadGzipFile) as exc:
+            raise InputError(f"{path}: cannot read image (truncated or corrupt file: {exc})") from None
+    if actual < expected:
+        raise InputError(f"{path}: cannot read image (truncated or corrupt file: {actual} of {expected} bytes)")
+    if np.issubdtype(hdr.get_data_dtype(), np.floating) and len(hdr.get_data_shape()) <= 3:
+        # ITK's NIfTI reader turns NaN into 0: look at the stored values themselves
+        raw = np.asanyarray(nii.dataobj.get_unscaled())
+        if not np.all(np.isfinite(raw)):
+            raise InputError(f"{path}: image contains NaN or infinite values")
+
+
 def read_image(path: str | Path) -> Volume:
     """Read NIfTI, NRRD, MHA/MHD, a DICOM series folder, or PNG/TIFF/JPEG.
 
@@ -176,7 +250,13 @@ def read_image(path: str | Path) -> Volume:
         else:
             if not os.access(path, os.R_OK):
                 raise InputError(f"{path}: file is not readable (permission denied)")
-            img = sitk.ReadImage(str(path))
+            if _suffix(path) in (".nii", ".nii.gz"):
+                _check_nifti_complete(path)
+            with _native_stderr_captured() as native:
+                try:
+                    img = sitk.ReadImage(str(path))
+                except RuntimeError as exc:
+                    raise RuntimeError(f"{exc} {native.read()}") from None
             if _suffix(path) == ".dcm" or img.HasMetaDataKey("0008|0060"):
                 meta["modality"] = img.GetMetaData("0008|0060").strip() if img.HasMetaDataKey("0008|0060") else None
     except InputError:
@@ -184,11 +264,8 @@ def read_image(path: str | Path) -> Volume:
     except PermissionError:
         raise InputError(f"{path}: file is not readable (permission denied)") from None
     except Exception as exc:  # SimpleITK raises RuntimeError with a multi-line ITK dump
-        msg = " ".join(str(exc).split())
-        reason = "truncated or corrupt file" if any(s in msg.lower() for s in ("read", "unexpected", "gzip",
-                                                                            "size", "stream", "unable")) \
-            else "unreadable image"
-        raise InputError(f"{path}: cannot read image ({reason}: {msg[-160:]})") from None
+        raise InputError(f"{path}: cannot read image (truncated, corrupt or unsupported file: "
+                         f"{_itk_reason(str(exc))})") from None
 
     dim = img.GetDimension()
     if dim not in (2, 3):
@@ -257,8 +334,8 @@ def check_output_path(path: str | Path, overwrite: bool = False, inputs: tuple[s
     path = Path(path)
     if _suffix(path) not in LABEL_SUFFIXES:
         raise InputError(f"{path}: output must end in one of {', '.join(LABEL_SUFFIXES)}")
-    if not path.parent.exists():
-        raise InputError(f"{path.parent}: output folder does not exist")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InputError(f"{path.parent}: not a folder")
     for inp in inputs:
         if Path(inp).exists() and path.exists() and path.resolve() == Path(inp).resolve():
             raise InputError(f"{path}: refusing to overwrite an input file")
@@ -284,6 +361,7 @@ def write_labels(path: str | Path, labels: np.ndarray, geometry: Geometry,
         labels = labels[None]
     if labels.ndim != 3:
         raise InputError(f"labels of shape {labels.shape}: expected (z, y, x)")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _atomic_target(path)
     try:
         if _suffix(path) in (".tif", ".tiff"):

@@ -55,6 +55,7 @@ def write_overview(path: str | Path, volume: Volume, labels: np.ndarray,
     for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
         canvas[r * tile: r * tile + t.shape[0], c * tile: c * tile + t.shape[1]] = t
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _atomic_target(path)
     try:
         Image.fromarray(canvas).save(tmp, format="PNG")

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .cache import content_hash
+from .cache import content_hash, model_identity
 from .errors import InputError
 from .models.base import Backend, Embedding
 
@@ -209,7 +209,7 @@ class CropEmbeddings:
         """The embedding of ``image01[crop]``; image01: (H, W[, 3]) float32 in [0, 1]."""
         if image_key is None:
             image_key = content_hash(np.asarray(image01))
-        key = crop_key(image_key, self.backend.name, crop)
+        key = crop_key(image_key, model_identity(self.backend), crop)
         emb = self._lru.get(key)
         if emb is not None:
             self._lru.move_to_end(key)

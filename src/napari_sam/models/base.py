@@ -15,7 +15,12 @@ The one conversion to the model's (x, y) is :func:`rc_to_model_xy`.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from abc import ABC, abstractmethod
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,6 +117,26 @@ def logits_to_slice(low_res: torch.Tensor, input_size: tuple[int, int], model_si
     return F.interpolate(cropped, size=original_size, mode="bilinear", align_corners=False)
 
 
+#: identical slices are recognised among the last this many distinct ones of a sequence
+_RECENT_SLICES = 8
+
+
+def image_key(image: np.ndarray) -> bytes:
+    """Identity of a slice's content (shape, dtype and bytes): equal keys, equal embeddings."""
+    a = np.ascontiguousarray(image)
+    h = hashlib.blake2b(f"{a.shape}|{a.dtype}".encode(), digest_size=20)
+    h.update(a.data)
+    return h.digest()
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 class Backend(ABC):
     """One model family behind the embed/decode protocol."""
 
@@ -130,6 +155,64 @@ class Backend(ABC):
     def embed_batch(self, images: list[np.ndarray]) -> list[Embedding]:
         """Several slices of equal shape in one forward pass where the model allows."""
         return [self.embed(im) for im in images]
+
+    def embed_many(self, images: Iterable[np.ndarray], workers: int | None = None,
+                   prefetch: int = 2) -> Iterator[Embedding]:
+        """Embed a sequence of slices; yields their embeddings in order.
+
+        images: an iterable of (H, W) or (H, W, 3) float32 slices in [0, 1]; it
+            is read ahead (up to ``workers + prefetch`` slices) on the calling
+            thread while the encoder runs, so a lazy iterable overlaps its I/O
+            and windowing with encoding.
+        workers: slices encoded at once, each by its own thread. On the CPU the
+            default is one worker per core (at most 4), each with its share of
+            PyTorch's threads: whole slices in parallel scale better than the
+            operators' internal threads and do not stall when another program
+            takes a core. 1 on other devices.
+        A slice whose content equals an earlier one in the sequence is not
+        encoded again: it gets the same Embedding.
+        """
+        if workers is None:
+            workers = min(cpu_cores(), 4) if self.device.type == "cpu" else 1
+        workers = max(1, int(workers))
+        threads_before = torch.get_num_threads()
+        if workers > 1 and self.device.type == "cpu":
+            torch.set_num_threads(max(1, threads_before // workers))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="napari-sam-embed") if workers > 1 else None
+        pending: deque[tuple[bytes, Future[Embedding] | Embedding]] = deque()
+        recent: OrderedDict[bytes, Future[Embedding] | Embedding] = OrderedDict()  # bounded: memory
+        it = iter(images)
+        try:
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < workers + prefetch:
+                    try:
+                        image = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    key = image_key(image)
+                    if key in recent:
+                        recent.move_to_end(key)
+                    else:
+                        recent[key] = pool.submit(self.embed, image) if pool is not None else self.embed(image)
+                        while len(recent) > _RECENT_SLICES:
+                            recent.popitem(last=False)
+                    pending.append((key, recent[key]))
+                if not pending:
+                    return
+                key, item = pending.popleft()
+                emb = item.result() if isinstance(item, Future) else item
+                if recent.get(key) is item:
+                    recent[key] = emb
+                yield emb
+        finally:
+            if pool is not None:
+                for _, item in pending:
+                    if isinstance(item, Future):
+                        item.cancel()
+                pool.shutdown(wait=True)
+            torch.set_num_threads(threads_before)
 
     @abstractmethod
     def decode_low_res(self, embedding: Embedding, points_rc: np.ndarray | None = None,

@@ -35,7 +35,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepts ``.safetensors`` and torch pickles (read with ``weights_only=True``,
     so a pickle that would import or call anything is refused). Unwraps the
-    usual containers ({"model": ...}, {"state_dict": ...}).
+    usual containers ({"model": ...}, {"state_dict": ...}, and micro-sam's
+    training checkpoints {"model_state": ..., "decoder_state": ...}).
     """
     path = Path(path)
     if not path.is_file():
@@ -55,7 +56,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # truncated zip, not a checkpoint at all, ...
         raise ModelError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-    for key in ("model", "state_dict"):
+    for key in ("model", "state_dict", "model_state"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

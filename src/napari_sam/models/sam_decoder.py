@@ -6,6 +6,15 @@ Our own implementation of the architecture described in Kirillov et al.,
 MobileSAM, micro-sam, LiteMedSAM) load without conversion. Attention runs
 through ``torch.nn.functional.scaled_dot_product_attention``.
 
+Speed (CPU, one prompt): the two-way transformer's cross attentions pair a few
+prompt tokens (T ~ 7) with thousands of image tokens (N = 4096). Projecting
+every image token, as the reference does, costs ~2.7 GFLOP per prompt; the
+same attentions are computed here by moving the projections onto the side of
+the few tokens (:meth:`Attention.few_queries`, :meth:`Attention.few_keys`),
+which is exact in real arithmetic and ~2.3x cheaper. The output upscaling
+(two stride-2 transposed convolutions) runs as two per-pixel linear layers on
+channels-last tokens with a single reordering of the final logits.
+
 Coordinates here are the *model's*: (x, y) pixels of the padded square model
 input. Conversion from napari's (row, col) happens in exactly one place,
 :func:`napari_sam.models.base.rc_to_model_xy`.
@@ -18,6 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from . import onednn
 
 
 class LayerNorm2d(nn.Module):
@@ -91,6 +102,54 @@ class Attention(nn.Module):
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 
+    def few_queries(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """``forward`` for a few queries (B, T, C) against many keys/values (B or 1, N, C).
+
+        Per head h, with W_k,h and W_v,h the head's rows of the projections:
+        (q W_q,h^T) (k W_k,h^T + b_k,h)^T = ((q W_q,h^T) W_k,h) k^T + a per-query
+        constant that softmax ignores, and softmax(.) (v W_v,h^T + b_v,h) =
+        (softmax(.) v) W_v,h^T + b_v,h since softmax rows sum to one. The N keys
+        and values are thus never projected.
+        """
+        b, t, _ = q.shape
+        h = self.num_heads
+        d = self.internal_dim // h
+        qh = self.q_proj(q).view(b, t, h, d)
+        qk = torch.einsum("bthd,hdc->bhtc", qh, self.k_proj.weight.view(h, d, -1)) * (d ** -0.5)
+        attn = torch.softmax(qk.reshape(b, h * t, -1) @ k.transpose(1, 2), dim=-1)  # (B, h*T, N)
+        av = (attn @ v).view(b, h, t, -1)  # (B, h, T, C)
+        out = torch.einsum("bhtc,hdc->bthd", av, self.v_proj.weight.view(h, d, -1)) + self.v_proj.bias.view(h, d)
+        return self.out_proj(out.reshape(b, t, h * d))
+
+    def few_keys(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None) -> Tensor:
+        """``forward`` (plus ``residual``) for many queries (B, N, C) against a few keys/values (B, T, C).
+
+        Per head h: (q W_q,h^T + b_q,h) K_h^T = q (W_q,h^T K_h^T) + b_q,h K_h^T, and
+        the output projection distributes over heads: out = sum_h P_h (V_h W_o,h^T) + b_o.
+        The N queries are multiplied once by a (C, h*T) matrix and once by an
+        (h*T, C) one instead of being projected in and out.
+        """
+        b, t, _ = k.shape  # q (and residual) may be one image shared by the B prompts
+        n, c = q.shape[1:]
+        h = self.num_heads
+        d = self.internal_dim // h
+        kh = self.k_proj(k).view(b, t, h, d) * (d ** -0.5)
+        m = torch.einsum("hdc,bthd->bhtc", self.q_proj.weight.view(h, d, c), kh).reshape(b, h * t, c)
+        bias = torch.einsum("hd,bthd->bht", self.q_proj.bias.view(h, d), kh).reshape(b, h * t, 1)
+        # scores laid out (B, h, T, N): the softmax over T then runs along N-long rows
+        scores = torch.baddbmm(bias, m, q.transpose(1, 2)) if q.shape[0] == b else \
+            torch.add(m @ q.transpose(1, 2), bias)
+        attn = torch.softmax(scores.view(b, h, t, n), dim=2).view(b, h * t, n)
+        # out_proj's bias enters U: the h heads' attention weights sum to h for every query
+        vh = self.v_proj(v).view(b, t, h, d)
+        u = torch.einsum("bthd,ohd->bhto", vh, self.out_proj.weight.view(-1, h, d)).reshape(b, h * t, -1)
+        u = u + self.out_proj.bias / h
+        if residual is None:
+            return attn.transpose(1, 2) @ u
+        if residual.shape[0] != b:
+            residual = residual.expand(b, -1, -1)
+        return torch.baddbmm(residual, attn.transpose(1, 2), u)
+
 
 class TwoWayAttentionBlock(nn.Module):
     def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int = 2048,
@@ -117,12 +176,22 @@ class TwoWayAttentionBlock(nn.Module):
 
         k = keys + key_pe
         q = queries + query_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        queries = self.norm2(queries + self.cross_attn_token_to_image.few_queries(q, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(self.cross_attn_image_to_token.few_keys(k, q, queries, residual=keys))
         return queries, keys
+
+
+def _tokens(x: Tensor, add: Tensor | None = None) -> Tensor:
+    """(B, C, h, w) [+ add, same shape or broadcast] -> contiguous (B, h*w, C) tokens, in one pass."""
+    a = x.flatten(2).transpose(1, 2)
+    if add is None:
+        return a.contiguous()
+    b = add.flatten(2).transpose(1, 2)
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    return torch.add(a, b, out=torch.empty(shape, dtype=torch.result_type(a, b), device=x.device))
 
 
 class TwoWayTransformer(nn.Module):
@@ -140,17 +209,32 @@ class TwoWayTransformer(nn.Module):
         )
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
+        self._pe_cache: tuple[Tensor, Tensor] | None = None
+
+    def _pe_tokens(self, image_pe: Tensor) -> Tensor:
+        """image_pe as tokens; the prompt encoder hands the same cached tensor each time in eval mode."""
+        if self.training or torch.is_grad_enabled():
+            return _tokens(image_pe)
+        if self._pe_cache is None or self._pe_cache[0] is not image_pe:
+            self._pe_cache = (image_pe, _tokens(image_pe))  # holds image_pe: its id stays unique
+        return self._pe_cache[1]
 
     def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
-        """image_embedding, image_pe: (B, C, h, w); point_embedding: (B, N, C)."""
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        """image_embedding: (1 or B, C, h, w), or already tokens (1 or B, h*w, C);
+        image_pe: (1, C, h, w); point_embedding: (B, T, C).
+
+        Returns queries (B, T, C) and keys (B, h*w, C), the image tokens in row-major (NHWC) order.
+        """
+        keys = image_embedding if image_embedding.ndim == 3 else _tokens(image_embedding)
+        key_pe = self._pe_tokens(image_pe)
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
+        if keys.shape[0] != queries.shape[0]:
+            keys = keys.expand(queries.shape[0], -1, -1)
         q = queries + point_embedding
         k = keys + key_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image.few_queries(q, k, keys))
         return queries, keys
 
 
@@ -289,30 +373,62 @@ class MaskDecoder(nn.Module):
 
     def forward(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
                 dense_prompt_embeddings: Tensor, multimask_output: bool) -> tuple[Tensor, Tensor]:
-        """image_embeddings: (1 or B, C, h, w). Returns masks (B, K, 4h, 4w) logits and IoU (B, K)."""
-        masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                             dense_prompt_embeddings)
+        """image_embeddings: (1 or B, C, h, w). Returns masks (B, K, 4h, 4w) logits and IoU (B, K).
+
+        K is 3 with ``multimask_output`` (SAM's three candidates), else 1; only
+        the K requested masks are computed.
+        """
         sl = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, sl], iou_pred[:, sl]
+        return self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                  dense_prompt_embeddings, sl)
 
     def predict_masks(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
-                      dense_prompt_embeddings: Tensor) -> tuple[Tensor, Tensor]:
+                      dense_prompt_embeddings: Tensor, tokens_slice: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """Masks (B, K, 4h, 4w) and IoU (B, K) of the mask tokens in ``tokens_slice`` (all 4 by default)."""
         bsz = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(bsz, -1, -1), sparse_prompt_embeddings], dim=1)
-        src = image_embeddings.expand(bsz, -1, -1, -1) if image_embeddings.shape[0] != bsz else image_embeddings
-        src = src + dense_prompt_embeddings
-        pos_src = image_pe.expand(bsz, -1, -1, -1)
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, pos_src, tokens)
+        # (1, C, h, w) + a dense prompt shared by the batch stays one image until
+        # the first image-to-token attention makes the image tokens per prompt
+        if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
+            dense_prompt_embeddings = dense_prompt_embeddings[:1]  # one dense prompt, expanded
+        h, w = image_embeddings.shape[-2:]
+        src = _tokens(image_embeddings, dense_prompt_embeddings)
+        hs, keys = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        idx = range(self.num_mask_tokens)[tokens_slice]
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in idx], dim=1)
+        masks = self._upscale_masks(keys, hyper_in, h, w)
+        return masks, self.iou_prediction_head(iou_token_out)[:, tokens_slice]
+
+    def _upscale_masks(self, keys: Tensor, hyper_in: Tensor, h: int, w: int) -> Tensor:
+        """keys (B, h*w, C) NHWC image tokens, hyper_in (B, K, C/8) -> mask logits (B, K, 4h, 4w).
+
+        ``output_upscaling`` (ConvTranspose k2 s2 -> LayerNorm2d -> GELU ->
+        ConvTranspose k2 s2 -> GELU) then the dot product with ``hyper_in``,
+        computed per pixel: a stride-2 2x2 transposed convolution maps each input
+        pixel to its own 2x2 output block, so it is a linear layer to 4x the
+        channels. Sub-pixels stay in the channel axis until the final logits.
+        """
+        ct1, ln, act1, ct2, act2 = self.output_upscaling
+        if not (isinstance(act1, nn.GELU) and isinstance(act2, nn.GELU) and act1.approximate == "none"
+                and act2.approximate == "none"):
+            b, c = keys.shape[0], keys.shape[2]
+            up = self.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
+            bb, cc, hh, ww = up.shape
+            return (hyper_in @ up.reshape(bb, cc, hh * ww)).reshape(bb, -1, hh, ww)
+        b, n, c = keys.shape
+        c1, c2 = ct1.out_channels, ct2.out_channels
+        w1 = ct1.weight.permute(2, 3, 1, 0).reshape(4 * c1, c)  # rows: (i, j, out)
+        y = onednn.linear(keys, w1, ct1.bias.repeat(4)).view(b, n * 4, c1)  # (B, N*(i,j), c1)
+        y = F.gelu(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
+        w2 = ct2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)  # rows: (i2, j2, out)
+        z = onednn.linear(y, w2, ct2.bias.repeat(4), gelu=True).view(b, n * 16, c2)
+        k = hyper_in.shape[1]
+        m = torch.bmm(z, hyper_in.transpose(1, 2))  # (B, N*16, K): index (y, x, i, j, i2, j2)
+        m = m.view(b, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return m.reshape(b, k, 4 * h, 4 * w)
 
 
 def build_sam_prompt_decoder(embedding_size: int, input_size: int) -> tuple[PromptEncoder, MaskDecoder]:

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up napari-sam from scratch in ./.venv (idempotent).
+#   bash scripts/setup.sh          the package, its CLI and the napari plugin
+#   bash scripts/setup.sh --test   also the test tools, the reference model's
+#                                  dependencies and (as root, with apt) Xvfb
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+extras="qt"
+if [[ "${1:-}" == "--test" ]]; then
+  extras="qt,testing"
+  if ! command -v Xvfb >/dev/null 2>&1 || ! ldconfig -p | grep -q libxcb-icccm; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+      echo "setup: installing Xvfb and the X libraries Qt needs (apt)" >&2
+      apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb libxcb-icccm4 libxcb-keysyms1 \
+        libxcb-xinerama0 libxkbcommon-x11-0 libxcb-image0 libxcb-randr0 libxcb-render-util0 libxcb-shape0 \
+        libxcb-xfixes0 libgl1 libegl1 libfontconfig1 libdbus-1-3 >/dev/null
+    else
+      echo "setup: warning: Xvfb missing; GUI tests need it (apt-get install xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0)" >&2
+    fi
+  fi
+fi
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[${extras}]"
+echo "setup: ready ($(.venv/bin/python -c 'import torch, napari_sam; print("napari-sam", napari_sam.__version__, "torch", torch.__version__)'))" >&2

@@ -1,0 +1,184 @@
+"""The embedding cache: disk store round trip, keys, stale and corrupt entries,
+LRU bound, cache directory resolution, and the `embed` CLI with a warm cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam.cache import (CACHE_ENV, EmbeddingStore, SliceEmbeddings, content_hash, default_cache_dir,
+                              embedding_key, resolve_cache_dir)
+from napari_sam.errors import InputError
+from napari_sam.intensity import Window
+from napari_sam.models.base import Backend, Embedding
+
+
+class CountingBackend(Backend):
+    """A fake encoder: the embedding is a deterministic function of the slice."""
+
+    name = "counting"
+    image_size = 16
+    supports_points = False
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        self.calls.append(float(image.mean()))
+        feats = torch.from_numpy(np.stack([image[:8, :8] * k for k in (1.0, 2.0, 3.0)]).astype(np.float32))[None]
+        return Embedding(features=feats, original_size=image.shape[:2], input_size=(8, 8), model=self.name)
+
+    def decode_low_res(self, *a, **k):  # not used here
+        raise NotImplementedError
+
+    def upsample(self, low_res, embedding):
+        raise NotImplementedError
+
+
+@pytest.fixture()
+def volume():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 1000, size=(6, 12, 10)).astype(np.int16)
+
+
+def test_disk_round_trip_and_warm_reopen_encodes_nothing(tmp_path, volume):
+    be = CountingBackend()
+    win = Window(0, 1000)
+    cold = SliceEmbeddings(be, volume, win, cache_dir=tmp_path, dtype="float32")
+    first = [cold.get(i).features.clone() for i in (1, 3)]
+    assert cold.encoder_calls == 2 and len(be.calls) == 2
+    assert cold.missing() == [0, 2, 4, 5]
+    warm = SliceEmbeddings(be, volume, win, cache_dir=tmp_path, dtype="float32")
+    again = [warm.get(i) for i in (1, 3)]
+    assert warm.encoder_calls == 0 and warm.disk_hits == 2 and len(be.calls) == 2
+    for a, b in zip(first, again):
+        assert torch.equal(a, b.features)
+    assert again[0].original_size == (12, 10) and again[0].input_size == (8, 8) and again[0].model == "counting"
+    assert warm.fill() == 4 and warm.missing() == []
+    assert SliceEmbeddings(be, volume, win, cache_dir=tmp_path, dtype="float32").fill() == 0
+
+
+def test_float16_storage_is_close(tmp_path, volume):
+    be = CountingBackend()
+    SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path).get(2)
+    e = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path)
+    got = e.get(2).features
+    ref = be.embed(Window(0, 1000).apply(volume[2])).features
+    assert e.encoder_calls == 0 and got.dtype == torch.float32
+    assert torch.allclose(got, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_key_covers_content_model_window_and_axis(tmp_path, volume):
+    be = CountingBackend()
+    h = content_hash(volume)
+    w = Window(0, 1000)
+    keys = {embedding_key(h, "counting", w, 0), embedding_key(h, "other", w, 0),
+            embedding_key(h, "counting", Window(0, 500), 0), embedding_key(h, "counting", w, 1),
+            embedding_key(content_hash(volume[::-1]), "counting", w, 0)}
+    assert len(keys) == 5
+    SliceEmbeddings(be, volume, w, cache_dir=tmp_path).get(0)
+    for other in (SliceEmbeddings(be, volume, Window(0, 500), cache_dir=tmp_path),
+                  SliceEmbeddings(be, volume, w, axis=1, cache_dir=tmp_path),
+                  SliceEmbeddings(be, volume + 1, w, cache_dir=tmp_path)):
+        other.get(0)
+        assert other.encoder_calls == 1
+    assert len(list(tmp_path.glob("*.zarr"))) == 4
+
+
+def test_stale_entry_is_rebuilt(tmp_path, volume):
+    be = CountingBackend()
+    e = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path)
+    e.get(0)
+    e.get(1)
+    sig = e.store.path / "signature.json"
+    meta = json.loads(sig.read_text())
+    meta["format"] = -1  # an entry written by another version
+    sig.write_text(json.dumps(meta))
+    again = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path)
+    assert again.missing() == list(range(6))
+    again.get(0)
+    assert again.encoder_calls == 1
+    sig.write_text("{not json")
+    assert SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path).missing() == list(range(6))
+
+
+def test_corrupt_slice_is_detected_and_recomputed(tmp_path, volume):
+    be = CountingBackend()
+    e = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path)
+    for i in (0, 1, 2):
+        e.get(i)
+    chunks = sorted(p for p in (e.store.path / "features").rglob("*") if p.is_file() and "zarr" not in p.name)
+    assert len(chunks) == 3
+    chunks[1].write_bytes(b"\x00garbage" * 7)  # a damaged chunk
+    chunks[2].write_bytes(chunks[0].read_bytes())  # a valid chunk holding the wrong slice
+    again = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path)
+    for i in (0, 1, 2):
+        again.get(i)
+    assert again.encoder_calls == 2 and again.disk_hits == 1
+    assert again.store.recomputed_corrupt == 2
+    ref = be.embed(Window(0, 1000).apply(volume[2])).features
+    assert torch.allclose(again.get(2).features, ref, atol=1e-2)
+    third = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path)
+    for i in (0, 1, 2):
+        third.get(i)
+    assert third.encoder_calls == 0  # the recomputed slices were written back
+
+
+def test_lru_bounds_memory(volume):
+    be = CountingBackend()
+    e = SliceEmbeddings(be, volume, Window(0, 1000), max_in_memory=2)
+    for i in range(6):
+        e.get(i)
+    assert len(e._lru) == 2 and list(e._lru) == [4, 5]
+    e.get(4)
+    e.get(0)
+    assert list(e._lru) == [4, 0] and e.encoder_calls == 7
+
+
+def test_cache_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "env-cache"))
+    assert default_cache_dir() == tmp_path / "env-cache"
+    assert resolve_cache_dir(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.delenv(CACHE_ENV)
+    assert "napari-sam" in str(default_cache_dir())
+    with pytest.raises(InputError, match="dtype"):
+        EmbeddingStore(tmp_path, "k", {}, 3, dtype="int8")
+
+
+def test_cli_embed_then_segment_warm_encodes_nothing(tmp_path, data_dir, capsys, monkeypatch):
+    """End to end on the real MR volume: `embed` a few slices, then a
+    propagating `segment` in that range reads them all from the cache."""
+    from napari_sam.cli import main
+
+    mr = data_dir / "mr_small"
+    image = next(p for p in mr.iterdir() if p.name.endswith((".nii.gz", ".nii")))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    assert main(["embed", str(image), "--slices", "9:11", "--window", "auto"]) == 0
+    err = capsys.readouterr().err
+    assert "3 slice(s) encoded, 0 already cached" in err
+    assert main(["embed", str(image), "--slices", "9:11", "--quiet"]) == 0
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"objects": [{"id": 1, "name": "head", "propagate": True, "range": [9, 11],
+                                                "prompts": [{"slice": 10, "box": [20, 20, 90, 70]}]}]}))
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", str(image), "--prompts", str(prompts), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "0 slice(s) encoded, 3 from the cache" in err, err
+    assert out.exists()
+    from napari_sam.io import sidecar_path
+
+    side = json.loads(sidecar_path(out).read_text())
+    assert "1" in side["labels"]
+    # one-line errors
+    assert main(["embed", str(image), "--slices", "5:99", "--cache-dir", str(cache)]) == 2
+    assert "napari-sam: error: --slices 5:99: outside" in capsys.readouterr().err
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["embed", str(image), "--cache-dir", str(f)]) == 2
+    assert "cache directory is a file" in capsys.readouterr().err

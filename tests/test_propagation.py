@@ -1,0 +1,292 @@
+"""Propagation logic with a fake box model on synthetic volumes (fast), plus
+corrections and cancel on the real CT with the embedded model."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam.cache import SliceEmbeddings
+from napari_sam.errors import InputError, UsageError
+from napari_sam.intensity import Window
+from napari_sam.models.base import Backend, Embedding
+from napari_sam.prompts import ObjectPrompts, PromptsFile, SlicePrompt, box_of_mask
+from napari_sam.propagation import PropagationState, Propagator, StopReason, StopRules
+from napari_sam.segmentation import ObjectMasks, paint_objects, segment_volume
+
+
+class BrightInBoxBackend(Backend):
+    """A fake box model: the mask is the bright part (> 0.5) of the image inside
+    the box, its largest connected piece; predicted IoU 0.9 (0.1 when empty).
+    Works at slice resolution (low-res logits = slice logits)."""
+
+    name = "bright-in-box"
+    image_size = 64
+    supports_points = False
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.embed_calls = 0
+        self.decode_calls = 0
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        self.embed_calls += 1
+        t = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+        return Embedding(features=t, original_size=image.shape[:2], input_size=image.shape[:2], model=self.name)
+
+    def decode_low_res(self, embedding, points_rc=None, point_labels=None, boxes_rc=None, mask_input=None,
+                       multimask=False):
+        from scipy import ndimage
+
+        self.decode_calls += 1
+        img = embedding.features[0, 0].numpy()
+        boxes = np.asarray(boxes_rc, np.float32).reshape(-1, 4)
+        low = np.full((len(boxes), 1, *img.shape), -8.0, np.float32)
+        scores = np.zeros((len(boxes), 1), np.float32)
+        for i, (r0, c0, r1, c1) in enumerate(boxes):
+            m = np.zeros(img.shape, bool)
+            r0, c0 = int(np.floor(r0)), int(np.floor(c0))
+            r1, c1 = int(np.ceil(r1)), int(np.ceil(c1))
+            m[r0:r1 + 1, c0:c1 + 1] = img[r0:r1 + 1, c0:c1 + 1] > 0.5
+            lab, n = ndimage.label(m)
+            if n:
+                sizes = ndimage.sum(m, lab, range(1, n + 1))
+                m = lab == 1 + int(np.argmax(sizes))
+            low[i, 0][m] = 8.0
+            scores[i, 0] = 0.9 if m.any() else 0.1
+        return torch.from_numpy(low), torch.from_numpy(scores)
+
+    def upsample(self, low_res, embedding):
+        return low_res
+
+
+def ball(shape=(24, 64, 64), center=(12, 32, 30), radius=(7.5, 14, 12)) -> np.ndarray:
+    z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    return ((z - center[0]) / radius[0]) ** 2 + ((y - center[1]) / radius[1]) ** 2 + \
+        ((x - center[2]) / radius[2]) ** 2 <= 1.0
+
+
+def dice(a, b):
+    s = a.sum() + b.sum()
+    return 2.0 * np.logical_and(a, b).sum() / s if s else 1.0
+
+
+@pytest.fixture()
+def synthetic():
+    """A volume with one bright ellipsoid (slices 5..19) on a dark background."""
+    obj = ball()
+    vol = np.where(obj, 200.0, 0.0).astype(np.float32)
+    backend = BrightInBoxBackend()
+    emb = SliceEmbeddings(backend, vol, Window(0, 255), axis=0)
+    return vol, obj, backend, emb
+
+
+def key_prompt(obj: np.ndarray, z: int, axis: int = 0) -> SlicePrompt:
+    sl = [slice(None)] * 3
+    sl[axis] = z
+    return SlicePrompt(box=box_of_mask(obj[tuple(sl)]), slice=z)
+
+
+def test_one_box_propagates_to_the_whole_object_and_stops_where_it_ends(synthetic):
+    vol, obj, backend, emb = synthetic
+    state = PropagationState(shape=vol.shape)
+    state.add_prompt(12, key_prompt(obj, 12))
+    updates = list(Propagator(backend, emb).run(state))
+    assert dice(state.volume_mask(), obj) > 0.99
+    zs = np.flatnonzero(obj.any((1, 2)))
+    assert state.extent == (zs.min(), zs.max())
+    # one stop per direction, both because the mask vanished, right after the object's end
+    assert sorted((s.direction, s.last, s.rejected, s.reason) for s in state.stops) == [
+        (-1, zs.min(), zs.min() - 1, StopReason.EMPTY), (1, zs.max(), zs.max() + 1, StopReason.EMPTY)]
+    # progress: one update per finished slice, done counts up, ends at done == total
+    assert [u.done for u in updates] == list(range(1, len(updates) + 1))
+    assert all(u.done <= u.total for u in updates)
+    assert {u.index for u in updates} == set(range(zs.min(), zs.max() + 1))
+    assert not state.needs_run
+    assert state.info[12].source == "key" and state.info[13].source == "propagated"
+    # only slices the propagation reached were encoded (the object's + one past each end)
+    assert backend.embed_calls == zs.max() - zs.min() + 3
+
+
+def test_propagation_along_another_axis(synthetic):
+    vol, obj, backend, _ = synthetic
+    emb = SliceEmbeddings(backend, vol, Window(0, 255), axis=2)
+    state = PropagationState(shape=vol.shape, axis=2)
+    state.add_prompt(30, key_prompt(obj, 30, axis=2))
+    Propagator(backend, emb).propagate(state)
+    assert dice(state.volume_mask(), obj) > 0.99
+    assert state.slice_shape == (24, 64)
+    with pytest.raises(UsageError, match="axis"):  # embeddings along axis 2, state along axis 1
+        Propagator(backend, emb).propagate(PropagationState(shape=vol.shape, axis=1))
+
+
+def test_stop_slice_and_range_limit_propagation(synthetic):
+    vol, obj, backend, emb = synthetic
+    state = PropagationState(shape=vol.shape)
+    state.add_prompt(12, key_prompt(obj, 12))
+    state.add_stop(16)  # "the object is not here": propagation must not cross it
+    state.set_range((8, 23))
+    Propagator(backend, emb).propagate(state)
+    assert state.extent == (8, 15)
+    assert not state.mask_slice(16).any() and not state.results.get(17, np.zeros(1)).any()
+    reasons = {s.direction: s.reason for s in state.stops}
+    assert reasons == {1: StopReason.USER_STOP, -1: StopReason.RANGE}
+    with pytest.raises(InputError, match="range"):
+        state.set_range((3, 40))
+
+
+def test_between_two_key_slices_both_ends_are_reconciled_and_keys_kept(synthetic):
+    vol, obj, backend, emb = synthetic
+    state = PropagationState(shape=vol.shape)
+    state.add_prompt(8, key_prompt(obj, 8))
+    painted = obj[16].copy()
+    painted[:, 36:] = False  # the user's own (partial) mask on slice 16
+    state.set_user_mask(16, painted)
+    Propagator(backend, emb).propagate(state)
+    for i in range(9, 16):
+        assert state.info[i].source == "reconciled"
+        assert state.info[i].origin == (8 if i - 8 <= 16 - i else 16)
+    assert np.array_equal(state.results[16], painted)  # the user's slice is never overwritten
+    for i in (8, 9, 10, 11):  # nearer slice 8: its pass wins
+        assert np.array_equal(state.results[i], obj[i])
+    assert dice(state.volume_mask()[:16], obj[:16]) > 0.97
+
+
+def test_correction_redoes_only_the_affected_range(synthetic):
+    vol, obj, backend, emb = synthetic
+    prop = Propagator(backend, emb)
+    state = PropagationState(shape=vol.shape)
+    state.add_prompt(12, key_prompt(obj, 12))
+    prop.propagate(state)
+    before = {i: m.copy() for i, m in state.results.items()}
+    affected = state.add_prompt(15, key_prompt(obj, 15))
+    assert affected == (13, 23)
+    assert state.dirty == set(range(13, 24))
+    updates = list(prop.run(state))
+    assert {u.index for u in updates} <= set(range(13, 24)) | {15}
+    for i in range(0, 13):
+        assert (i in before) == (i in state.results)
+        if i in before:
+            assert np.array_equal(before[i], state.results[i])
+    assert state.affected_range(12) == (0, 14)
+    assert state.remove_prompt(15) == (13, 23)
+    assert state.remove_prompt(15) is None
+
+
+def test_cancel_keeps_finished_slices_and_next_run_resumes(synthetic):
+    vol, obj, backend, emb = synthetic
+    prop = Propagator(backend, emb)
+    full = PropagationState(shape=vol.shape)
+    full.add_prompt(12, key_prompt(obj, 12))
+    prop.propagate(full)
+
+    state = PropagationState(shape=vol.shape)
+    state.add_prompt(12, key_prompt(obj, 12))
+    stop = threading.Event()
+    seen = []
+
+    def progress(done, total, message):
+        seen.append(done)
+        if done == 4:
+            stop.set()
+
+    prop.propagate(state, progress=progress, cancel=stop)
+    assert seen[-1] == 4 and state.needs_run
+    finished = {i for i in state.results if i not in state.dirty}
+    assert len(finished) == 4 and 12 in finished
+    for i in finished:
+        assert np.array_equal(state.results[i], full.results[i])
+    # closing the generator works the same way
+    gen = prop.run(state)
+    next(gen)
+    gen.close()
+    kept = {i: state.results[i].copy() for i in state.results if i not in state.dirty}
+    assert len(kept) == 5
+    calls = backend.decode_calls
+    prop.propagate(state)
+    steps_left = len(full.results) - len(kept) + 2  # + the refused slice past each end
+    assert not state.needs_run
+    assert state.volume_mask().sum() == full.volume_mask().sum()
+    assert np.array_equal(state.volume_mask(), full.volume_mask())
+    for i, m in kept.items():
+        assert np.array_equal(state.results[i], m)
+    # resumed: the slices finished before were not decoded again
+    assert backend.decode_calls - calls <= 2 * steps_left
+
+
+def test_user_mask_is_a_key_slice_never_overwritten(synthetic):
+    vol, obj, backend, emb = synthetic
+    state = PropagationState(shape=vol.shape)
+    painted = obj[12].copy()
+    painted[:, :30] = False  # the user painted only half of it
+    state.set_user_mask(12, painted)
+    Propagator(backend, emb).propagate(state)
+    assert np.array_equal(state.results[12], painted)
+    assert state.info[12].source == "user_mask"
+    with pytest.raises(InputError, match="shape"):
+        state.set_user_mask(3, np.zeros((5, 5), bool))
+    with pytest.raises(InputError, match="outside"):
+        state.add_prompt(40, SlicePrompt(box=(1, 1, 5, 5)))
+    with pytest.raises(InputError, match="outside"):
+        state.add_prompt(3, SlicePrompt(box=(1, 1, 500, 5)))
+
+
+def test_stop_rules_refuse_leaks_and_jumps():
+    prop = Propagator.__new__(Propagator)
+    prop.rules = StopRules()
+    from napari_sam.propagation import _Step
+
+    prev = np.zeros((64, 64), bool)
+    prev[20:30, 20:30] = True
+
+    def step(mask, score=0.9, shift=0.0):
+        return _Step(mask=mask, score=score, logits=np.zeros(mask.shape, np.float32), iou_prev=0.0,
+                     area_ratio=mask.sum() / prev.sum(), intensity_shift=shift)
+
+    assert prop.check(step(prev), prev) is None
+    assert prop.check(step(np.zeros_like(prev)), prev)[0] is StopReason.EMPTY
+    assert prop.check(step(prev, score=0.3), prev)[0] is StopReason.LOW_SCORE
+    far = np.roll(prev, 25, axis=1)
+    assert prop.check(step(far), prev)[0] is StopReason.DISCONTINUITY
+    big = np.zeros_like(prev)
+    big[15:40, 15:40] = True
+    assert prop.check(step(big), prev)[0] is StopReason.GROWTH
+    assert prop.check(step(prev, shift=5.0), prev)[0] is StopReason.INTENSITY
+
+
+def test_overlap_rule_key_slices_first_then_list_order():
+    a = ObjectMasks(1, 0, {0: np.ones((4, 4), bool), 1: np.ones((4, 4), bool)}, key_slices={0})
+    b = ObjectMasks(2, 0, {0: np.ones((4, 4), bool), 1: np.eye(4, dtype=bool)}, key_slices={1})
+    labels = paint_objects((2, 4, 4), [a, b])
+    assert np.all(labels[0] == 1)  # both claim slice 0: a's key slice wins
+    assert np.all(labels[1][np.eye(4, dtype=bool)] == 2)  # b's key slice beats a's propagation
+    assert np.all(labels[1][~np.eye(4, dtype=bool)] == 1)
+    # the same objects in the other order: the key-slice tier decides, not the order
+    assert np.array_equal(paint_objects((2, 4, 4), [b, a])[1], labels[1])
+    assert np.all(paint_objects((2, 4, 4), [b, a])[0] == 1)
+
+
+def test_segment_volume_propagates_objects_from_the_prompts_file(synthetic):
+    from napari_sam.io import Volume
+
+    vol, obj, backend, _ = synthetic
+    obj2 = ball(center=(12, 10, 52), radius=(4, 6, 6))
+    raw = np.where(obj | obj2, 200.0, 0.0).astype(np.float32)
+    pf = PromptsFile(objects=[
+        ObjectPrompts(1, "big", [key_prompt(obj, 12)], window=[0, 255], propagate=True),
+        ObjectPrompts(2, "small", [key_prompt(obj2, 12)], window=[0, 255], propagate=True, range=(10, 14)),
+        ObjectPrompts(3, "flat", [key_prompt(obj, 6)], window=[0, 255]),
+    ])
+    seen = []
+    res = segment_volume(Volume(raw, metadata={"modality": "MR"}), pf, backend,
+                         progress=lambda d, t, m: seen.append((d, t)))
+    assert dice(res.labels == 1, obj & ~(np.arange(24) == 6)[:, None, None]) > 0.99
+    assert dice(res.labels == 2, obj2 & (np.arange(24)[:, None, None] >= 10) & (np.arange(24)[:, None, None] <= 14)) > 0.99
+    # object 3's prompted slice 6 beats object 1's propagation there
+    assert np.array_equal(res.labels[6] == 3, obj[6])
+    assert res.slices[2] == [10, 11, 12, 13, 14]
+    assert seen[-1][0] == seen[-1][1] and all(d <= t for d, t in seen)
+    assert not res.cancelled and set(res.states) == {1, 2}
