@@ -46,7 +46,7 @@ def test_parameters_are_visible_and_follow_the_preset(widget):
     w.quality_spin.setValue(0.35)
     w.min_size_spin.setValue(25)
     s = w.settings()
-    assert s.proposals == "blobs" and s.quality_threshold == pytest.approx(0.35) and s.min_size == 25
+    assert s.proposals == "auto" and s.quality_threshold == pytest.approx(0.35) and s.min_size == 25
 
 
 def test_segment_everything_writes_a_labels_layer(widget, qtbot):

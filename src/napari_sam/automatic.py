@@ -79,8 +79,10 @@ class AutoSettings:
     """What users tune in automatic mode. Defaults suit fluorescence
     microscopy; :meth:`for_ct` gives the CT defaults.
 
-    proposals: "auto" (point grid for point-capable models, else "blobs"),
-        "blobs", "regions", "point-grid" or "box-grid".
+    proposals: "auto" (point grid for point-capable models, as SAM's
+        generator; "blobs" for box-only models), "blobs", "regions",
+        "point-grid", "box-grid", or structure plus grid ("blobs+box-grid",
+        "regions+box-grid").
     object_diameter: typical object diameter in pixels; None estimates it.
     polarity: "bright" objects on a dark background, "dark" on bright, or "auto".
     points_per_side: density of the point grid (point-grid) per tile side.
@@ -110,7 +112,7 @@ class AutoSettings:
     proposals: str = "auto"
     object_diameter: float | None = None
     polarity: str = "auto"
-    points_per_side: int = 16
+    points_per_side: int = 32
     box_grid_sides: tuple[float, ...] = (1.0, 2.0)
     quality_threshold: float = 0.5
     stability_threshold: float = 0.6
@@ -158,8 +160,9 @@ class AutoSettings:
 
     @classmethod
     def for_microscopy(cls, **overrides) -> AutoSettings:
-        """Nuclei, cells, particles: blobs on a background."""
-        return cls(**{"proposals": "blobs", **overrides})
+        """Nuclei, cells, particles: blobs on a background (box-only models),
+        a point grid for point-capable models."""
+        return cls(**{"proposals": "auto", **overrides})
 
     @classmethod
     def for_ct(cls, **overrides) -> AutoSettings:
@@ -369,7 +372,7 @@ def intensity_region_boxes(image01: np.ndarray, diameter: float, min_size: int, 
     for k in scales:
         lab = felzenszwalb(s, scale=float(k * diameter), sigma=1.0, min_size=max(16, min_size // 2)) + 1
         sizes = np.bincount(lab.ravel())
-        means = ndimage.mean(s, lab, np.arange(len(sizes)))
+        means = np.bincount(lab.ravel(), weights=s.ravel()) / np.maximum(sizes, 1)
         edge = np.zeros(len(sizes), bool)
         edge[np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))] = True
         keep = (sizes >= max(1, min_size)) & (sizes <= max_size) & ~(edge & (np.asarray(means) <= dark))

@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--output", required=True,
                       help="label map: .tif for a 2D image (or .nii.gz to keep geometry); .nii.gz/.nrrd/.mha for 3D")
     auto.add_argument("--preset", default="auto", choices=["auto", "microscopy", "ct"],
-                      help="parameter defaults: microscopy (blobs), ct (intensity regions + box grid); "
-                           "auto picks ct for CT data")
+                      help="parameter defaults: microscopy (blobs; a point grid for point-capable models), "
+                           "ct (intensity regions); auto picks ct for CT data")
     auto.add_argument("--proposals", default=None,
                       choices=["blobs", "regions", "box-grid", "point-grid", "blobs+box-grid", "regions+box-grid"],
                       help="where the prompts come from (default: the preset's)")
