@@ -13,6 +13,10 @@ The public API (the compute core; it never imports napari or Qt)::
     p = pred.predict(points=[(r, c)], labels=[1])       # clicks work too
     p.masks, p.scores                                   # up to 3 candidates
 
+    seg = ns.AutomaticSegmenter(model, ns.AutoSettings.for_microscopy())
+    res = seg.segment(image01)                          # every object, no prompt
+    res.labels                                          # (H, W) int32 instances
+
 Coordinates are array indices in napari's order everywhere: (row, col) in
 2D, (z, row, col) in 3D; boxes are (r0, c0, r1, c1), inclusive.
 """
@@ -37,6 +41,9 @@ _EXPORTS = {
     "segment_volume": "segmentation", "SegmentationResult": "segmentation",
     "load_model": "models.registry", "REGISTRY": "models.registry", "pick_device": "models.registry",
     "fetch_checkpoint": "models.registry", "model_cache_dir": "models.download",
+    "AutomaticSegmenter": "automatic", "AutoSettings": "automatic", "AutoResult": "automatic",
+    "ZoomSettings": "zoom", "CropEmbeddings": "zoom", "TileGrid": "tiling", "stitch_tile_labels": "tiling",
+    "match_instances": "evaluation",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,4 +1,4 @@
-"""The command line: ``napari-sam segment | embed | models``.
+"""The command line: ``napari-sam segment | auto | embed | models | download``.
 
 Errors print as one line on stderr, ``napari-sam: error: ...``, with exit
 code 2 for bad input or usage and 1 for runtime failures; nothing is written
@@ -27,10 +27,10 @@ class _Parser(argparse.ArgumentParser):
 class ProgressBar:
     """A tqdm bar on stderr (silent when ``quiet``)."""
 
-    def __init__(self, desc: str, quiet: bool = False) -> None:
+    def __init__(self, desc: str, quiet: bool = False, unit: str = "slice") -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=0, desc=desc, unit="slice", disable=quiet, file=sys.stderr, leave=True)
+        self._bar = tqdm(total=0, desc=desc, unit=unit, disable=quiet, file=sys.stderr, leave=True)
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         if self._bar.total != total:
@@ -69,6 +69,30 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_model_args(seg)
 
+    auto = sub.add_parser("auto", help="segment every object automatically (no prompts)")
+    auto.add_argument("image", help="2D micrograph (TIFF/PNG/JPEG) or 3D volume (NIfTI, NRRD, MHA, DICOM folder)")
+    auto.add_argument("--output", required=True,
+                      help="label map: .tif for a 2D image (or .nii.gz to keep geometry); .nii.gz/.nrrd/.mha for 3D")
+    auto.add_argument("--preset", default="auto", choices=["auto", "microscopy", "ct"],
+                      help="parameter defaults: microscopy (blobs; a point grid for point-capable models), "
+                           "ct (intensity regions); auto picks ct for CT data")
+    auto.add_argument("--proposals", default=None,
+                      choices=["blobs", "regions", "box-grid", "point-grid", "blobs+box-grid", "regions+box-grid"],
+                      help="where the prompts come from (default: the preset's)")
+    auto.add_argument("--tile-shape", default=None, metavar="R,C",
+                      help="tile rows,cols for large images (default 512,512)")
+    auto.add_argument("--halo", type=int, default=None, help="tile overlap on each side in pixels (default 64); "
+                      "the largest object never cut at a tile border")
+    auto.add_argument("--min-size", type=int, default=None, help="smallest object kept, pixels (default: preset's)")
+    auto.add_argument("--diameter", type=float, default=None, help="typical object diameter in pixels "
+                      "(default: estimated)")
+    auto.add_argument("--quality", type=float, default=None, help="minimum predicted IoU, 0..1")
+    auto.add_argument("--stability", type=float, default=None, help="minimum stability score, 0..1")
+    auto.add_argument("--points-per-side", type=int, default=None, help="point-grid density per tile side")
+    auto.add_argument("--zoom", action="store_true",
+                      help="decode each proposal on a magnified crop (sharper small objects; one encoder run per crop)")
+    auto.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_model_args(auto)
     emb = sub.add_parser("embed", help="fill the embedding cache for an image ahead of time")
     emb.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
     emb.add_argument("--axis", type=int, default=0, choices=[0, 1, 2], help="slice axis (default 0)")
@@ -218,6 +242,86 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_tile_shape(text: str) -> tuple[int, int]:
+    parts = text.replace("x", ",").split(",")
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--tile-shape {text!r}: expected R,C in pixels (e.g. 512,512)") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) < 16:
+        raise InputError(f"--tile-shape {text!r}: expected R,C, both at least 16 pixels")
+    return vals  # type: ignore[return-value]
+
+
+def _auto_settings(args: argparse.Namespace, is_ct: bool):
+    from .automatic import AutoSettings
+    from .zoom import ZoomSettings
+
+    preset = args.preset if args.preset != "auto" else ("ct" if is_ct else "microscopy")
+    changes = {}
+    if args.proposals is not None:
+        changes["proposals"] = args.proposals
+    if args.tile_shape is not None:
+        changes["tile_shape"] = _parse_tile_shape(args.tile_shape)
+    for arg, name in (("halo", "halo"), ("min_size", "min_size"), ("diameter", "object_diameter"),
+                      ("quality", "quality_threshold"), ("stability", "stability_threshold"),
+                      ("points_per_side", "points_per_side")):
+        if getattr(args, arg) is not None:
+            changes[name] = getattr(args, arg)
+    if args.zoom:
+        changes["zoom"] = ZoomSettings()
+    settings = AutoSettings.for_ct(**changes) if preset == "ct" else AutoSettings.for_microscopy(**changes)
+    return preset, settings
+
+
+def _cmd_auto(args: argparse.Namespace) -> int:
+    from .automatic import AutomaticSegmenter
+    from .cache import content_hash, embedding_key, model_identity
+    from .intensity import looks_like_hounsfield, parse_window, resolve_window
+    from .io import Geometry, check_output_path, read_image, write_labels
+    from .models.registry import load_model
+
+    out = check_output_path(args.output, args.overwrite, inputs=(args.image,))
+    window_spec = args.window
+    if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
+        window_spec = parse_window(window_spec)
+    volume = read_image(args.image)
+    is_ct = (volume.metadata.get("modality") or "").upper() == "CT" or (
+        not volume.is_rgb and volume.metadata.get("modality") is None and looks_like_hounsfield(volume.array))
+    preset, settings = _auto_settings(args, is_ct)
+    if not volume.is_2d and out.name.lower().endswith((".tif", ".tiff")) and volume.geometry != Geometry():
+        raise InputError(f"{out}: a 3D label map keeps its geometry only as .nii.gz, .nii, .nrrd or .mha")
+    window = resolve_window(volume.array, window_spec, volume.metadata.get("modality"),
+                            volume.metadata.get("dicom_window"))
+    backend = load_model(args.model, args.checkpoint, args.device)
+    segmenter = AutomaticSegmenter(backend, settings)
+    bar = ProgressBar("auto", args.quiet, unit="step")
+    t0 = time.perf_counter()
+    try:
+        if volume.is_2d:
+            result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
+            labels = result.labels[None]
+        else:
+            key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
+            result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
+                                              progress=bar, volume_key=key)
+            labels = result.labels
+    finally:
+        bar.close()
+    n = int(labels.max(initial=0))
+    write_labels(out, labels, volume.geometry, overwrite=args.overwrite,
+                 extra={"source": str(args.image), "model": backend.name, "mode": "automatic", "preset": preset,
+                        "proposals": segmenter.proposal_kind(), "window": [window.lo, window.hi],
+                        "object_diameter": round(result.diameter, 2),
+                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}})
+    if not args.quiet:
+        print(f"wrote {out} ({n} object(s), {result.proposals} prompt(s), {result.encoder_calls} embedding(s); "
+              f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models.download import model_cache_dir
     from .models.registry import REGISTRY
@@ -243,7 +347,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"segment": _cmd_segment, "embed": _cmd_embed, "models": _cmd_models, "download": _cmd_download}
+COMMANDS = {"segment": _cmd_segment, "auto": _cmd_auto, "embed": _cmd_embed, "models": _cmd_models,
+            "download": _cmd_download}
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:

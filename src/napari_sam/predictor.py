@@ -10,6 +10,11 @@ predictor turns the clicks into *box hypotheses* (:mod:`napari_sam.clicks`),
 decodes them, and ranks the masks by agreement with every click, by how well
 each mask explains its own box, and by the model's predicted quality.
 
+Small objects (opt-in, ``SlicePredictor(backend, zoom=True)``): a prompt
+whose object is small for the whole slice is decoded on the embedding of a
+crop around it, magnified to the model's input size (:mod:`napari_sam.zoom`);
+the masks are mapped back onto the slice. Crop embeddings are cached.
+
 Coordinates are (row, col) pixels of the slice; boxes (r0, c0, r1, c1).
 """
 
@@ -23,6 +28,7 @@ from .clicks import ClickStrategy
 from .errors import InputError, UsageError
 from .models.base import Backend, Embedding
 from .prompts import SlicePrompt, as_slice_prompt
+from .zoom import Crop, CropEmbeddings, ZoomSettings, zoom_crop
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,15 @@ class Prediction:
     masks: (K, H, W) bool, K in 1..3; scores: (K,) float32, higher is better;
     low_res_logits: (K, s, s) float32 model-frame logits (for a later mask_input);
     boxes: (K, 4) float32, the box (r0, c0, r1, c1) that produced each mask.
+    crop: None when decoded on the whole slice; else the zoom crop whose
+        model frame ``low_res_logits`` are in.
     """
 
     masks: np.ndarray
     scores: np.ndarray
     low_res_logits: np.ndarray
     boxes: np.ndarray
+    crop: Crop | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -53,12 +62,22 @@ class SlicePredictor:
     """Embed one 2D slice, then predict masks from prompts many times.
 
     backend: a loaded model (:func:`napari_sam.load_model`).
+    zoom: decode small objects on a magnified crop (True for the default
+        :class:`~napari_sam.zoom.ZoomSettings`); needs the slice's pixels
+        (``set_image``, or ``set_embedding(..., image=...)``).
+    crop_embeddings: where crop embeddings are cached (shared between
+        predictors of one session); a private one by default.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, zoom: ZoomSettings | bool | None = None,
+                 crop_embeddings: CropEmbeddings | None = None) -> None:
         self.backend = backend
         self.clicks = ClickStrategy(backend)
         self._embedding: Embedding | None = None
+        self._image: np.ndarray | None = None
+        self._image_key: str | None = None
+        self.zoom: ZoomSettings | None = ZoomSettings() if zoom is True else (zoom or None)
+        self.crop_embeddings = crop_embeddings
 
     @property
     def embedding(self) -> Embedding:
@@ -79,14 +98,27 @@ class SlicePredictor:
             raise InputError(f"slice of shape {image.shape}: expected (H, W) or (H, W, 3)")
         if min(image.shape[:2]) < 2:
             raise InputError(f"slice of shape {image.shape}: too small to segment")
-        self._embedding = self.backend.embed(image.astype(np.float32, copy=False))
+        image = image.astype(np.float32, copy=False)
+        self._embedding = self.backend.embed(image)
+        self._image, self._image_key = image, None
         return self._embedding
 
-    def set_embedding(self, embedding: Embedding) -> None:
-        """Use an embedding computed earlier (e.g. from the cache)."""
+    def set_embedding(self, embedding: Embedding, image: np.ndarray | None = None,
+                      image_key: str | None = None) -> None:
+        """Use an embedding computed earlier (e.g. from the cache).
+
+        image: the slice it was computed from ((H, W[, 3]) float32 in [0, 1]),
+        needed by the zoom path; image_key: that slice's identity for the crop
+        cache (e.g. the volume's embedding key plus the slice index).
+        """
         if embedding.model != self.backend.name:
             raise InputError(f"embedding made by model {embedding.model!r}, predictor uses {self.backend.name!r}")
+        if image is not None and tuple(np.shape(image)[:2]) != tuple(embedding.original_size):
+            raise InputError(f"image of shape {np.shape(image)} does not match the embedding's slice "
+                             f"{embedding.original_size}")
         self._embedding = embedding
+        self._image = None if image is None else np.asarray(image, np.float32)
+        self._image_key = image_key
 
     def predict(self, points: np.ndarray | list | None = None, labels: np.ndarray | list | None = None,
                 box: tuple[float, float, float, float] | list | None = None,
@@ -105,4 +137,19 @@ class SlicePredictor:
             prompt = as_slice_prompt(points, labels, box)
         prompt.check_inside(self.image_shape)
         emb = self.embedding
+        if self.zoom is not None and self._image is not None:
+            from .zoom import predict_zoomed
+
+            if self.crop_embeddings is None:
+                self.crop_embeddings = CropEmbeddings(self.backend)
+            zoomed = predict_zoomed(self.backend, self.clicks, self.crop_embeddings, self._image, self._image_key,
+                                    emb, prompt, previous, multimask, self.zoom)
+            if zoomed is not None:
+                return zoomed
         return self.clicks.predict(emb, prompt, previous=previous, multimask=multimask)
+
+    def zoom_crop_for(self, box: tuple[float, float, float, float]) -> Crop | None:
+        """The crop the zoom path would embed for a box, or None (zoom off, or no gain)."""
+        if self.zoom is None or self._image is None:
+            return None
+        return zoom_crop(box, self.image_shape, self.zoom)

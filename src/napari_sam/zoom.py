@@ -1,0 +1,341 @@
+"""Small objects: embed a crop around them at the model's full input size.
+
+A model with a 256 px input sees a 512 px slice at half resolution, so a
+15 px nucleus shrinks to about 7 px and its outline is lost. The zoom path
+embeds a *crop* around the object instead, resized up to the model's input
+size, decodes the prompt there and maps the mask back onto the slice.
+
+Crops are quantised so that their embeddings can be shared and cached: the
+crop side comes from a ladder (``min_crop``, 2x, 4x, ...) chosen so that the
+object's box fills about ``object_fraction`` of it, and crops of one side sit
+on a grid of stride side / 2. Neighbouring small objects therefore fall into
+the same crop and cost one encoder run between them; :class:`CropEmbeddings`
+keeps those embeddings in an in-memory LRU keyed by the slice's identity and
+the crop.
+
+Coordinates are (row, col) pixels of the slice; boxes (r0, c0, r1, c1)
+inclusive; a :class:`Crop` is (top, left, height, width) in slice pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .cache import content_hash, model_identity
+from .errors import InputError
+from .models.base import Backend, Embedding
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A rectangle of a slice: rows ``top .. top + height - 1``, columns
+    ``left .. left + width - 1`` (pixels)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """Index a (H, W[, C]) slice with this to get the crop."""
+        return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def offset(self) -> np.ndarray:
+        """(row, col) of the crop's first pixel in the slice, float32."""
+        return np.array([self.top, self.left], np.float32)
+
+    def contains_box(self, box: tuple[float, float, float, float] | np.ndarray) -> bool:
+        r0, c0, r1, c1 = box
+        return (self.top <= r0 and r1 <= self.top + self.height - 1
+                and self.left <= c0 and c1 <= self.left + self.width - 1)
+
+    def box_to_crop(self, box: np.ndarray) -> np.ndarray:
+        """Boxes (..., 4) in slice pixels -> crop pixels."""
+        return np.asarray(box, np.float32) - np.tile(self.offset, 2)
+
+    def box_from_crop(self, box: np.ndarray) -> np.ndarray:
+        """Boxes (..., 4) in crop pixels -> slice pixels."""
+        return np.asarray(box, np.float32) + np.tile(self.offset, 2)
+
+    def points_to_crop(self, points_rc: np.ndarray) -> np.ndarray:
+        """Points (..., 2) (row, col) in slice pixels -> crop pixels."""
+        return np.asarray(points_rc, np.float32) - self.offset
+
+    def paste(self, crop_array: np.ndarray, slice_shape: tuple[int, int], fill=0) -> np.ndarray:
+        """A (..., height, width) array on the crop -> (..., H, W) on the slice, ``fill`` outside."""
+        crop_array = np.asarray(crop_array)
+        out = np.full(crop_array.shape[:-2] + tuple(slice_shape), fill, dtype=crop_array.dtype)
+        out[(..., *self.slices)] = crop_array
+        return out
+
+    def touches_inner_border(self, mask: np.ndarray, slice_shape: tuple[int, int]) -> bool:
+        """Whether a (height, width) mask on the crop reaches a crop edge that is
+        not also the slice's edge (the object may continue outside the crop)."""
+        H, W = slice_shape
+        if self.top > 0 and mask[0].any():
+            return True
+        if self.left > 0 and mask[:, 0].any():
+            return True
+        if self.top + self.height < H and mask[-1].any():
+            return True
+        return bool(self.left + self.width < W and mask[:, -1].any())
+
+    def key(self) -> str:
+        return f"{self.top},{self.left},{self.height},{self.width}"
+
+
+@dataclass(frozen=True)
+class ZoomSettings:
+    """When and how far to zoom.
+
+    object_fraction: the longer side of the object's box fills at most this
+        fraction of the crop side (the rest is context the model needs).
+    min_crop: smallest crop side in slice pixels; the crop is resized up to the
+        model's input, so this bounds the magnification (256 / 64 = 4x for the
+        embedded model).
+    min_gain: zoom only when the crop is at least this many times smaller than
+        the slice's longer side (smaller gains are not worth an encoder run).
+    quantize: snap crops to the shared grid (cacheable; neighbours share a
+        crop); False centres the crop on the object.
+    """
+
+    object_fraction: float = 0.4
+    min_crop: int = 64
+    min_gain: float = 1.5
+    quantize: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.object_fraction <= 0.9:
+            raise InputError(f"zoom object_fraction {self.object_fraction}: expected 0.05..0.9")
+        if self.min_crop < 8:
+            raise InputError(f"zoom min_crop {self.min_crop}: expected at least 8 pixels")
+        if self.min_gain < 1.0:
+            raise InputError(f"zoom min_gain {self.min_gain}: expected >= 1")
+
+
+def crop_side(box_side: float, settings: ZoomSettings) -> int:
+    """The ladder side (min_crop * 2^k) whose ``object_fraction`` holds ``box_side`` pixels."""
+    need = max(float(box_side), 1.0) / settings.object_fraction
+    side = settings.min_crop
+    while side < need:
+        side *= 2
+    return int(side)
+
+
+def _axis_start(lo: float, hi: float, side: int, extent: int, quantize: bool) -> int:
+    """Start of a crop of ``side`` along an axis of ``extent`` holding [lo, hi]."""
+    if side >= extent:
+        return 0
+    centre = (lo + hi) / 2.0
+    if not quantize:
+        return int(np.clip(round(centre - side / 2.0), 0, extent - side))
+    stride = side // 2
+    best, best_dist = None, np.inf
+    k_max = int(np.ceil((extent - side) / stride))
+    for k in range(max(0, int(lo // stride) - 2), min(k_max, int(hi // stride) + 1) + 1):
+        start = min(k * stride, extent - side)
+        if start <= lo and hi <= start + side - 1:
+            d = abs(start + (side - 1) / 2.0 - centre)
+            if d < best_dist:
+                best, best_dist = start, d
+    if best is None:  # the box is wider than the grid allows: centre it
+        best = int(np.clip(round(centre - side / 2.0), 0, extent - side))
+    return int(best)
+
+
+def zoom_crop(box: tuple[float, float, float, float] | np.ndarray, slice_shape: tuple[int, int],
+              settings: ZoomSettings = ZoomSettings()) -> Crop | None:
+    """The crop to embed for a prompt box, or None when zooming would not help.
+
+    box: (r0, c0, r1, c1) inclusive, slice pixels; slice_shape: (H, W).
+    Returns a crop that holds the box, or None when the box is too large for
+    a crop at least ``min_gain`` times smaller than the slice.
+    """
+    H, W = (int(v) for v in slice_shape)
+    r0, c0, r1, c1 = (float(v) for v in box)
+    side = crop_side(max(r1 - r0 + 1, c1 - c0 + 1), settings)
+    if side * settings.min_gain > max(H, W):
+        return None
+    top = _axis_start(r0, r1, side, H, settings.quantize)
+    left = _axis_start(c0, c1, side, W, settings.quantize)
+    return Crop(top, left, min(side, H), min(side, W))
+
+
+def crop_key(image_key: str, model: str, crop: Crop) -> str:
+    """Identity of one crop embedding: the slice's identity, the model, the crop."""
+    return hashlib.sha256(f"{image_key}|{model}|crop={crop.key()}".encode()).hexdigest()[:32]
+
+
+class CropEmbeddings:
+    """Embeddings of crops of slices, computed on first use, kept in an LRU.
+
+    The key is (slice identity, model, crop): ``image_key`` names the slice as
+    the model sees it (e.g. :func:`napari_sam.cache.content_hash` of the
+    windowed slice, or the volume's :func:`napari_sam.cache.embedding_key`
+    plus the slice index); without one the content hash is computed.
+    on_encode: called with the crop whenever the encoder runs.
+    max_in_memory: LRU bound (an embedding of the embedded model is 4 MiB).
+    """
+
+    def __init__(self, backend: Backend, max_in_memory: int = 32,
+                 on_encode: Callable[[Crop], None] | None = None) -> None:
+        if max_in_memory < 1:
+            raise InputError(f"max_in_memory {max_in_memory}: expected at least 1")
+        self.backend = backend
+        self.max_in_memory = max_in_memory
+        self.on_encode = on_encode
+        self.encoder_calls = 0
+        self._lru: OrderedDict[str, Embedding] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._lru
+
+    def get(self, image01: np.ndarray, crop: Crop, image_key: str | None = None) -> Embedding:
+        """The embedding of ``image01[crop]``; image01: (H, W[, 3]) float32 in [0, 1]."""
+        if image_key is None:
+            image_key = content_hash(np.asarray(image01))
+        key = crop_key(image_key, model_identity(self.backend), crop)
+        emb = self._lru.get(key)
+        if emb is not None:
+            self._lru.move_to_end(key)
+            return emb
+        emb = self.backend.embed(np.ascontiguousarray(np.asarray(image01)[crop.slices], dtype=np.float32))
+        self.encoder_calls += 1
+        if self.on_encode is not None:
+            self.on_encode(crop)
+        self._put(key, emb)
+        return emb
+
+    def _put(self, key: str, emb: Embedding) -> None:
+        self._lru[key] = emb
+        while len(self._lru) > self.max_in_memory:
+            self._lru.popitem(last=False)
+
+    def clear(self) -> None:
+        self._lru.clear()
+
+
+def extent_boxes(boxes_rc: np.ndarray, embedding: Embedding) -> np.ndarray:
+    """Inclusive pixel boxes -> the boxes to give the backend so that the box
+    covers the object's whole extent in the model's frame.
+
+    A box (r0, c0, r1, c1) of inclusive pixel indices spans rows r0 .. r1 + 1
+    (pixel edges). :func:`napari_sam.models.base.rc_to_model_xy` scales
+    coordinates by s = model pixels per slice pixel, so the far corner would
+    land on model pixel s * r1 although the object reaches s * (r1 + 1) - 1.
+    Moving the far corner to r1 + 1 - 1 / s makes it land exactly there: a
+    tight box in the slice stays a tight box for the model at any zoom
+    (it matters when a crop is magnified: s = 2 adds a model pixel).
+    boxes_rc: (B, 4) float; returns (B, 4) float32.
+    """
+    b = np.array(boxes_rc, dtype=np.float32).reshape(-1, 4)
+    sy = embedding.input_size[0] / embedding.original_size[0]
+    sx = embedding.input_size[1] / embedding.original_size[1]
+    b[:, 2] = np.maximum(b[:, 0], b[:, 2] + 1.0 - 1.0 / sy)
+    b[:, 3] = np.maximum(b[:, 1], b[:, 3] + 1.0 - 1.0 / sx)
+    return b
+
+
+@dataclass(frozen=True)
+class ZoomedMasks:
+    """Masks decoded in a crop and mapped back onto the slice.
+
+    masks: (B, K, H, W) bool on the slice; scores: (B, K) predicted IoU;
+    crop_logits: (B, K, height, width) float32 logits on the crop's pixels;
+    low_res_logits: (B, K, s, s) float32 logits in the crop's model frame.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    crop_logits: np.ndarray
+    low_res_logits: np.ndarray
+    crop: Crop
+
+
+@torch.inference_mode()
+def decode_boxes_in_crop(backend: Backend, embedding: Embedding, crop: Crop, boxes_rc: np.ndarray,
+                         slice_shape: tuple[int, int], multimask: bool = False) -> ZoomedMasks:
+    """Decode box prompts on a crop's embedding and map the masks onto the slice.
+
+    boxes_rc: (B, 4) (r0, c0, r1, c1) inclusive in *slice* pixels (clipped to
+    the crop). Returns masks on the slice, zero outside the crop.
+    """
+    boxes = crop.box_to_crop(np.asarray(boxes_rc, np.float32).reshape(-1, 4))
+    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, crop.height - 1)
+    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, crop.width - 1)
+    low, scores = backend.decode_low_res(embedding, boxes_rc=extent_boxes(boxes, embedding), multimask=multimask)
+    logits = backend.upsample(low, embedding).float().cpu().numpy()
+    return ZoomedMasks(masks=crop.paste(logits > 0, slice_shape, False), scores=scores.float().cpu().numpy(),
+                       crop_logits=logits, low_res_logits=low.float().cpu().numpy(), crop=crop)
+
+
+def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.ndarray, image_key: str | None,
+                   whole: Embedding, prompt, previous: np.ndarray | None, multimask: bool,
+                   settings: ZoomSettings):
+    """The zoom path of :meth:`napari_sam.predictor.SlicePredictor.predict`.
+
+    The object's extent comes from the prompt's box (grown to take in its
+    positive clicks) or, for clicks alone, from the whole-slice answer. When
+    that extent is small enough for :func:`zoom_crop`, the prompt is decoded
+    on the crop's embedding (a box alone directly, with the box's extent kept
+    exact; clicks through the predictor's click strategy, seeded with the
+    whole-slice mask) and the masks are mapped back. Returns a Prediction,
+    or None when zooming does not apply or the zoomed mask runs into the
+    crop's edge (the object is larger than it looked; the whole-slice answer
+    is then the right one).
+    """
+    from .predictor import Prediction
+    from .prompts import SlicePrompt, box_of_mask
+
+    shape = tuple(whole.original_size)
+    seed_mask = None
+    if prompt.box is not None:
+        box = np.asarray(prompt.box, np.float32)
+    else:
+        if not len(prompt.positive):
+            return None
+        first = clicks.predict(whole, prompt, previous=previous, multimask=False)
+        mb = box_of_mask(first.mask)
+        if mb is None:
+            return None
+        box = np.asarray(mb, np.float32)
+        seed_mask = first.mask
+    if len(prompt.positive):
+        pos = prompt.positive
+        box = np.array([min(box[0], pos[:, 0].min()), min(box[1], pos[:, 1].min()),
+                        max(box[2], pos[:, 0].max()), max(box[3], pos[:, 1].max())], np.float32)
+    crop = zoom_crop(box, shape, settings)
+    if crop is None:
+        return None
+    emb = crops.get(image01, crop, image_key)
+    if prompt.box is not None and not len(prompt.points):
+        z = decode_boxes_in_crop(backend, emb, crop, box[None], shape)
+        masks, scores, low = z.masks[0], z.scores[0], z.low_res_logits[0]
+        boxes = box[None].astype(np.float32)
+    else:
+        local = SlicePrompt(points=crop.points_to_crop(prompt.points), labels=prompt.labels,
+                            box=None if prompt.box is None else tuple(crop.box_to_crop(box)))
+        prev = previous if previous is not None else seed_mask
+        pred = clicks.predict(emb, local, previous=None if prev is None else prev[crop.slices],
+                              multimask=multimask)
+        masks = crop.paste(pred.masks, shape, False)
+        scores, low, boxes = pred.scores, pred.low_res_logits, crop.box_from_crop(pred.boxes)
+    if not masks[0].any() or crop.touches_inner_border(masks[0][crop.slices], shape):
+        return None
+    return Prediction(masks=masks, scores=np.asarray(scores, np.float32), low_res_logits=low,
+                      boxes=np.asarray(boxes, np.float32), crop=crop)

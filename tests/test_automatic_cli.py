@@ -1,0 +1,109 @@
+"""`napari-sam auto`: 2D -> TIFF or NIfTI, 3D -> NIfTI in the source geometry,
+one-line errors with nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import tifffile
+from fake_blob_backend import FakeBlobBackend, blob_image
+
+from napari_sam.cli import main
+from napari_sam.evaluation import match_instances
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """`--model` resolves to the fake blob model (fast logic tests)."""
+    import napari_sam.models.registry as reg
+
+    backend = FakeBlobBackend()
+    monkeypatch.setattr(reg, "load_model", lambda *a, **k: backend)
+    return backend
+
+
+def test_auto_2d_tiff_with_the_embedded_model(tmp_path: Path, data_dir: Path, capsys):
+    """A crop of the real nuclei image, end to end with the embedded model."""
+    img = tifffile.imread(data_dir / "nuclei_2d" / "image.tif")[:192, :192]
+    lab = tifffile.imread(data_dir / "nuclei_2d" / "labels.tif")[:192, :192]
+    src = tmp_path / "crop.tif"
+    tifffile.imwrite(src, img)
+    out = tmp_path / "objects.tif"
+    assert main(["auto", str(src), "--output", str(out), "--min-size", "40"]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (192, 192)
+    s = match_instances(labels, lab)
+    assert s.f1 >= 0.7, s.summary()
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["mode"] == "automatic" and side["preset"] == "microscopy" and side["model"] == "lite_medsam"
+    err = capsys.readouterr().err
+    assert "wrote" in err and "object(s)" in err
+
+
+def test_auto_2d_nifti_and_tiling_options(tmp_path: Path, fake_model):
+    img, lab = blob_image((300, 260))
+    src = tmp_path / "blobs.tif"
+    tifffile.imwrite(src, (img * 1000).astype(np.uint16))
+    out = tmp_path / "blobs_labels.nii.gz"
+    rc = main(["auto", str(src), "--output", str(out), "--tile-shape", "128,128", "--halo", "24", "--quiet"])
+    assert rc == 0
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert arr.shape == (1, 300, 260)
+    assert match_instances(arr[0], lab).f1 >= 0.95
+    assert fake_model.embed_calls > 1  # tiled
+
+
+def test_auto_3d_keeps_the_source_geometry(tmp_path: Path, fake_model):
+    img, lab = blob_image((96, 96), touching_pair=False)
+    vol = np.stack([img, img, img]) * 1000
+    src_img = sitk.GetImageFromArray(vol.astype(np.int16))
+    src_img.SetSpacing((0.5, 0.7, 2.0))
+    src_img.SetOrigin((10.0, -20.0, 5.0))
+    src_img.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
+    src = tmp_path / "vol.nii.gz"
+    sitk.WriteImage(src_img, str(src))
+    out = tmp_path / "vol_labels.nii.gz"
+    assert main(["auto", str(src), "--output", str(out), "--preset", "microscopy", "--quiet"]) == 0
+    res = sitk.ReadImage(str(out))
+    assert np.allclose(res.GetSpacing(), (0.5, 0.7, 2.0))
+    assert np.allclose(res.GetOrigin(), (10.0, -20.0, 5.0))
+    assert np.allclose(res.GetDirection(), (1, 0, 0, 0, -1, 0, 0, 0, 1))
+    arr = sitk.GetArrayFromImage(res)
+    assert arr.shape == (3, 96, 96)
+    assert arr.max() == lab.max()  # one id per object through the slices
+    # a 3D result with geometry is not written as TIFF
+    rc = main(["auto", str(src), "--output", str(tmp_path / "x.tif"), "--quiet"])
+    assert rc == 2 and not (tmp_path / "x.tif").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tile-shape", "abc"], "--tile-shape"),
+    (["--tile-shape", "64,64", "--halo", "40"], "halo"),
+    (["--quality", "3"], "quality threshold"),
+    (["--proposals", "point-grid"], "point-grid"),
+])
+def test_auto_errors_are_one_line(tmp_path: Path, fake_model, capsys, args, message):
+    img, _ = blob_image((64, 64))
+    src = tmp_path / "b.tif"
+    tifffile.imwrite(src, (img * 255).astype(np.uint8))
+    out = tmp_path / "o.tif"
+    rc = main(["auto", str(src), "--output", str(out), "--quiet", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and not out.exists()
+    assert err.startswith("napari-sam: error:") and message in err and "\n" not in err
+
+
+def test_auto_refuses_to_overwrite(tmp_path: Path, fake_model, capsys):
+    img, _ = blob_image((64, 64))
+    src = tmp_path / "b.tif"
+    tifffile.imwrite(src, (img * 255).astype(np.uint8))
+    out = tmp_path / "o.tif"
+    out.write_bytes(b"keep")
+    assert main(["auto", str(src), "--output", str(out), "--quiet"]) == 2
+    assert out.read_bytes() == b"keep"
+    assert main(["auto", str(tmp_path / "missing.tif"), "--output", str(tmp_path / "p.tif")]) == 2
+    assert "no such file" in capsys.readouterr().err

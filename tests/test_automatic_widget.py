@@ -1,0 +1,108 @@
+"""The "Segment everything" widget action, headless (pytest-qt, Xvfb):
+it runs in a background worker, reports progress, can be cancelled, and
+writes a Labels layer placed on the image.
+
+Run with: xvfb-run -a python -m pytest tests/test_automatic_widget.py
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import torch  # noqa: F401  isort: skip  (before napari: see conftest)
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from fake_blob_backend import FakeBlobBackend, blob_image  # noqa: E402
+
+from napari_sam.evaluation import match_instances  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    from napari_sam.napari.auto_widget import AutoSegmentWidget
+
+    viewer = make_napari_viewer()
+    img, lab = blob_image((160, 160))
+    viewer.add_image(img, name="blobs", scale=(0.5, 0.5), translate=(3.0, 4.0), contrast_limits=(0.0, 1.0))
+    w = AutoSegmentWidget(viewer, backend=FakeBlobBackend())
+    viewer.window.add_dock_widget(w, name="Segment everything")
+    return viewer, w, lab
+
+
+def test_parameters_are_visible_and_follow_the_preset(widget):
+    viewer, w, _ = widget
+    assert w.image_combo.currentText() == "blobs"
+    for spin in (w.density_spin, w.quality_spin, w.stability_spin, w.min_size_spin):
+        assert spin.isVisibleTo(w)
+    w.preset_combo.setCurrentText("ct")
+    s = w.settings()
+    assert s.proposals == "regions" and w.quality_spin.value() == pytest.approx(s.quality_threshold)
+    w.preset_combo.setCurrentText("microscopy")
+    w.quality_spin.setValue(0.35)
+    w.min_size_spin.setValue(25)
+    s = w.settings()
+    assert s.proposals == "auto" and s.quality_threshold == pytest.approx(0.35) and s.min_size == 25
+
+
+def test_segment_everything_writes_a_labels_layer(widget, qtbot):
+    viewer, w, lab = widget
+    w.run()
+    assert w.running and not w.run_button.isEnabled()
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    layer = viewer.layers["blobs objects"]
+    assert layer.__class__.__name__ == "Labels"
+    assert match_instances(np.asarray(layer.data), lab).f1 >= 0.95
+    assert tuple(layer.scale) == (0.5, 0.5) and tuple(layer.translate) == (3.0, 4.0)
+    assert "object(s)" in w.status.text() and w.run_button.isEnabled()
+    # a second run (other threshold) reuses the cached embedding and replaces the layer's data
+    n_layers = len(viewer.layers)
+    w.quality_spin.setValue(0.2)
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    assert len(viewer.layers) == n_layers
+    assert w.last_result.encoder_calls == 0
+
+
+def test_cancel_stops_without_writing(make_napari_viewer, qtbot):
+    from napari_sam.napari.auto_widget import AutoSegmentWidget
+
+    class SlowBackend(FakeBlobBackend):
+        def decode_low_res(self, *a, **k):
+            import time
+
+            time.sleep(0.05)
+            return super().decode_low_res(*a, **k)
+
+    viewer = make_napari_viewer()
+    img, _ = blob_image((192, 192))
+    viewer.add_image(img, name="blobs")
+    w = AutoSegmentWidget(viewer, backend=SlowBackend())
+    w.run()
+    qtbot.waitUntil(lambda: w.progress.maximum() > 1, timeout=30_000)  # it reports progress
+    w.cancel()
+    qtbot.waitUntil(lambda: not w.running, timeout=30_000)
+    assert "blobs objects" not in viewer.layers
+    assert w.status.text() == "cancelled" and w.run_button.isEnabled()
+
+
+def test_volume_layer_gives_3d_labels(make_napari_viewer, qtbot):
+    from napari_sam.napari.auto_widget import AutoSegmentWidget
+
+    viewer = make_napari_viewer()
+    img, lab = blob_image((96, 96), touching_pair=False)
+    viewer.add_image(np.stack([img, img]), name="stack", contrast_limits=(0.0, 1.0))
+    w = AutoSegmentWidget(viewer, backend=FakeBlobBackend())
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    data = np.asarray(viewer.layers["stack objects"].data)
+    assert data.shape == (2, 96, 96) and data.max() == lab.max()
+    w.current_slice_check.setChecked(True)
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    data = np.asarray(viewer.layers["stack objects"].data)
+    assert data.shape == (2, 96, 96) and data[1].max() == 0 and data[0].max() == lab.max()
