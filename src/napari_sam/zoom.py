@@ -232,7 +232,7 @@ class CropEmbeddings:
         if self.on_encode is not None:
             self.on_encode(crop)
         if store is not None:
-            store.save(0, emb)
+            emb = store.save(0, emb)
         self._put(key, emb)
         return emb
 
