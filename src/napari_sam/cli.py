@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--output", required=True, help="label map: .nii.gz/.nii/.nrrd/.mha (or .tif for 2D)")
     seg.add_argument("--overview", default=None, help="also write a PNG overview of the segmented slices")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    seg.add_argument("--zoom", action="store_true",
+                     help="decode small objects' prompts on a magnified crop around them (sharper outlines of "
+                          "nuclei and small structures; one encoder run per crop); not used for propagation")
     _add_model_args(seg)
 
     auto = sub.add_parser("auto", help="segment every object automatically (no prompts)")
@@ -134,8 +137,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     bar = ProgressBar("segment", args.quiet)
     t0 = time.perf_counter()
     try:
+        zoom = crops = None
+        if args.zoom:
+            from .zoom import CropEmbeddings, ZoomSettings
+
+            zoom, crops = ZoomSettings(quantize=False), CropEmbeddings(backend, cache_dir=_cache_dir(args))
         result = segment_volume(volume, prompts, backend, window=window, progress=bar,
-                                embeddings_for=embeddings_for)
+                                embeddings_for=embeddings_for, zoom=zoom, crop_embeddings=crops)
     finally:
         bar.close()
     enc = sum(e.total_encoder_calls for e in stats)

@@ -33,6 +33,7 @@ from .models.base import Backend
 from .predictor import SlicePredictor
 from .prompts import ObjectPrompts, PromptsFile, SlicePrompt
 from .propagation import Cancel, PropagationState, Propagator, StopRules
+from .zoom import CropEmbeddings, ZoomSettings
 
 #: progress callback: (done, total, message)
 Progress = Callable[[int, int, str], None]
@@ -116,7 +117,9 @@ def state_for_object(obj: ObjectPrompts, shape: tuple[int, int, int]) -> Propaga
 def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, window=None,
                    progress: Progress | None = None,
                    embeddings_for: Callable[[Window, int], SliceEmbeddings] | None = None,
-                   cancel: Cancel | None = None, stop_rules: StopRules | None = None) -> SegmentationResult:
+                   cancel: Cancel | None = None, stop_rules: StopRules | None = None,
+                   zoom: ZoomSettings | None = None, crop_embeddings: CropEmbeddings | None = None
+                   ) -> SegmentationResult:
     """Segment every prompted slice of every object; propagate the objects that ask for it.
 
     window: overrides every object's window (CLI ``--window``).
@@ -127,6 +130,9 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
     cancel: a callable returning True, or a threading.Event: stops between
         slices; the result then holds what was finished and ``cancelled`` is True.
     stop_rules: propagation stop rules (default :class:`StopRules()`).
+    zoom: decode the prompts of small objects on unpropagated slices on a
+        magnified crop (:mod:`napari_sam.zoom`); crop_embeddings: where those
+        crops' embeddings are kept (e.g. on disk).
     """
     from .propagation import _is_set
 
@@ -159,7 +165,7 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
             progress(finished, finished + plain_left + sum(estimates.values()), message)
 
     masks: dict[int, ObjectMasks] = {o.id: ObjectMasks(o.id, o.axis, {}, set()) for o in prompts.objects}
-    predictor = SlicePredictor(backend)
+    predictor = SlicePredictor(backend, zoom=zoom, crop_embeddings=crop_embeddings)
     for obj, z, prompt in plain:
         if _is_set(cancel):
             result.cancelled = True
@@ -167,7 +173,8 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
         win = object_window(volume, obj, prompts.window, window)
         result.windows[obj.id] = win
         report(f"{obj.name}: slice {z}")
-        predictor.set_embedding(store(win, obj.axis).get(z))
+        emb_store = store(win, obj.axis)
+        predictor.set_embedding(emb_store.get(z), image=emb_store.model_input(z) if zoom is not None else None)
         mask = predictor.predict(prompt=prompt, multimask=False).mask
         masks[obj.id].masks[z] = mask
         masks[obj.id].key_slices.add(z)
