@@ -100,9 +100,8 @@ def part_zoom(model, img, lab, cache):
     whole = SlicePredictor(model)
     emb = whole.set_image(img)
     variants = {"whole slice (core path)": whole,
-                "zoom, quantised crops (default)": SlicePredictor(model, zoom=ZoomSettings(), crop_embeddings=cache),
-                "zoom, crops centred on the box": SlicePredictor(model, zoom=ZoomSettings(quantize=False),
-                                                                  crop_embeddings=cache)}
+                "zoom, crops on the shared grid": SlicePredictor(model, zoom=ZoomSettings(), crop_embeddings=cache),
+                "zoom, centred crops (default)": SlicePredictor(model, zoom=True, crop_embeddings=cache)}
     for p in variants.values():
         if p is not whole:
             p.set_embedding(emb, image=img, image_key="nuclei_2d")

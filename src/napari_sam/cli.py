@@ -139,9 +139,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     try:
         zoom = crops = None
         if args.zoom:
-            from .zoom import CropEmbeddings, ZoomSettings
+            from .predictor import PROMPT_ZOOM
+            from .zoom import CropEmbeddings
 
-            zoom, crops = ZoomSettings(quantize=False), CropEmbeddings(backend, cache_dir=_cache_dir(args))
+            zoom, crops = PROMPT_ZOOM, CropEmbeddings(backend, cache_dir=_cache_dir(args))
         result = segment_volume(volume, prompts, backend, window=window, progress=bar,
                                 embeddings_for=embeddings_for, zoom=zoom, crop_embeddings=crops)
     finally:

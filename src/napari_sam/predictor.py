@@ -58,12 +58,18 @@ class Prediction:
         return self.masks[index % len(self.masks)]
 
 
+#: zoom for prompts: crops centred on the object. One box per nucleus on
+#: nuclei_2d: mean Dice 0.894 centred, 0.881 on the shared crop grid (which
+#: automatic mode uses, as neighbours then share one crop), 0.801 unzoomed.
+PROMPT_ZOOM = ZoomSettings(quantize=False)
+
+
 class SlicePredictor:
     """Embed one 2D slice, then predict masks from prompts many times.
 
     backend: a loaded model (:func:`napari_sam.load_model`).
-    zoom: decode small objects on a magnified crop (True for the default
-        :class:`~napari_sam.zoom.ZoomSettings`); needs the slice's pixels
+    zoom: decode small objects on a magnified crop (True: :data:`PROMPT_ZOOM`,
+        crops centred on the prompt); needs the slice's pixels
         (``set_image``, or ``set_embedding(..., image=...)``).
     crop_embeddings: where crop embeddings are cached (shared between
         predictors of one session); a private one by default.
@@ -76,7 +82,7 @@ class SlicePredictor:
         self._embedding: Embedding | None = None
         self._image: np.ndarray | None = None
         self._image_key: str | None = None
-        self.zoom: ZoomSettings | None = ZoomSettings() if zoom is True else (zoom or None)
+        self.zoom: ZoomSettings | None = PROMPT_ZOOM if zoom is True else (zoom or None)
         self.crop_embeddings = crop_embeddings
 
     @property
