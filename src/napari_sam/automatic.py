@@ -753,17 +753,7 @@ class AutomaticSegmenter:
         progress: called with (done, total, stage); should_stop: polled between
         steps, raises :class:`Cancelled` when it returns True.
         """
-        gen = self.iter_segment(image01, image_key=image_key)
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if progress is not None:
-                progress(ev.done, ev.total, ev.stage)
-            if should_stop is not None and should_stop():
-                gen.close()
-                raise Cancelled("automatic segmentation cancelled")
+        return _drive(self.iter_segment(image01, image_key=image_key), progress, should_stop)
 
     def iter_segment(self, image01: np.ndarray,
                      image_key: str | None = None) -> Generator[ProgressEvent, None, AutoResult]:
@@ -938,7 +928,13 @@ class AutomaticSegmenter:
     def segment_volume(self, volume01, n_slices: int | None = None, progress: Progress | None = None,
                        should_stop: Callable[[], bool] | None = None, volume_key: str | None = None) -> AutoResult:
         """:meth:`iter_segment_volume`, driven to the end (see :meth:`segment`)."""
-        gen = self.iter_segment_volume(volume01, n_slices, volume_key)
+        return _drive(self.iter_segment_volume(volume01, n_slices, volume_key), progress, should_stop)
+
+
+def _drive(gen: Generator[ProgressEvent, None, AutoResult], progress: Progress | None,
+           should_stop: Callable[[], bool] | None) -> AutoResult:
+    """Run an ``iter_*`` generator to its result, reporting progress and
+    raising :class:`Cancelled` when ``should_stop()`` says so."""
         while True:
             try:
                 ev = next(gen)
