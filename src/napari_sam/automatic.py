@@ -935,16 +935,16 @@ def _drive(gen: Generator[ProgressEvent, None, AutoResult], progress: Progress |
            should_stop: Callable[[], bool] | None) -> AutoResult:
     """Run an ``iter_*`` generator to its result, reporting progress and
     raising :class:`Cancelled` when ``should_stop()`` says so."""
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if progress is not None:
-                progress(ev.done, ev.total, ev.stage)
-            if should_stop is not None and should_stop():
-                gen.close()
-                raise Cancelled("automatic segmentation cancelled")
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(ev.done, ev.total, ev.stage)
+        if should_stop is not None and should_stop():
+            gen.close()
+            raise Cancelled("automatic segmentation cancelled")
 
 
 def _forward(gen: Generator[ProgressEvent, None, AutoResult], z: int, n: int
