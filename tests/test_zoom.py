@@ -175,3 +175,30 @@ def test_crop_embeddings_on_disk_survive_a_new_session(tmp_path):
     third = CropEmbeddings(backend, cache_dir=tmp_path)
     third.get(img, crop)
     assert third.encoder_calls == 1
+
+
+def test_clicks_on_a_large_object_are_decoded_once_with_zoom_on():
+    """Zoom on, a click on an object too large to zoom: the whole-slice answer
+    is computed once (not again after the zoom path declines)."""
+    img, lab = blob_image((256, 256), radius=40.0, touching_pair=False)
+    backend = FakeBlobBackend(image_size=64)
+    calls = {"n": 0}
+    decode = backend.decode_low_res
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return decode(*a, **k)
+
+    backend.decode_low_res = counting
+    rows, cols = np.nonzero(lab == 1)
+    click = [[float(rows.mean()), float(cols.mean())]]
+    results = {}
+    for zoom in (False, True):
+        pred = SlicePredictor(backend, zoom=zoom)
+        pred.set_image(img)
+        calls["n"] = 0
+        p = pred.predict(points=click, labels=[1])
+        results[zoom] = (calls["n"], p.masks)
+        assert p.crop is None
+    assert results[True][0] == results[False][0]
+    assert np.array_equal(results[True][1], results[False][1])

@@ -315,25 +315,26 @@ def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.
     that extent is small enough for :func:`zoom_crop`, the prompt is decoded
     on the crop's embedding (a box alone directly, with the box's extent kept
     exact; clicks through the predictor's click strategy, seeded with the
-    whole-slice mask) and the masks are mapped back. Returns a Prediction,
-    or None when zooming does not apply or the zoomed mask runs into the
-    crop's edge (the object is larger than it looked; the whole-slice answer
-    is then the right one).
+    whole-slice mask) and the masks are mapped back. When zooming does not
+    apply or the zoomed mask runs into the crop's edge (the object is larger
+    than it looked), the whole-slice answer is the right one: returned for
+    clicks alone (already computed, never twice), None for a box.
     """
     from .predictor import Prediction
     from .prompts import SlicePrompt, box_of_mask
 
     shape = tuple(whole.original_size)
     seed_mask = None
+    first = None  # clicks alone: the whole-slice answer, returned when zooming does not apply
     if prompt.box is not None:
         box = np.asarray(prompt.box, np.float32)
     else:
         if not len(prompt.positive):
             return None
-        first = clicks.predict(whole, prompt, previous=previous, multimask=False)
+        first = clicks.predict(whole, prompt, previous=previous, multimask=multimask)
         mb = box_of_mask(first.mask)
         if mb is None:
-            return None
+            return first
         box = np.asarray(mb, np.float32)
         seed_mask = first.mask
     if len(prompt.positive):
@@ -342,7 +343,7 @@ def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.
                         max(box[2], pos[:, 0].max()), max(box[3], pos[:, 1].max())], np.float32)
     crop = zoom_crop(box, shape, settings)
     if crop is None:
-        return None
+        return first
     emb = crops.get(image01, crop, image_key)
     if prompt.box is not None and not len(prompt.points):
         z = decode_boxes_in_crop(backend, emb, crop, box[None], shape)
@@ -357,6 +358,6 @@ def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.
         masks = crop.paste(pred.masks, shape, False)
         scores, low, boxes = pred.scores, pred.low_res_logits, crop.box_from_crop(pred.boxes)
     if not masks[0].any() or crop.touches_inner_border(masks[0][crop.slices], shape):
-        return None
+        return first
     return Prediction(masks=masks, scores=np.asarray(scores, np.float32), low_res_logits=low,
                       boxes=np.asarray(boxes, np.float32), crop=crop)
