@@ -5,6 +5,7 @@ LiteMedSAM). Subclasses only build the encoder and load the weights."""
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -29,6 +30,9 @@ class SamFamilyBackend(Backend):
 
     #: distinct slices whose embeddings are kept for a repeated embed()
     recent_embeddings = 4
+    #: embeddings whose prompt-independent decoder work (~10 MB each for 64 x 64
+    #: embeddings) is kept for the next prompts decoded on them
+    prepared_embeddings = 4
 
     def __init__(self, name: str, image_encoder: nn.Module, prompt_encoder: nn.Module,
                  mask_decoder: nn.Module, image_size: int, device: torch.device,
@@ -43,6 +47,8 @@ class SamFamilyBackend(Backend):
         self.mean, self.std = mean, std
         self.supports_points = supports_points
         self._recent: OrderedDict[bytes, Embedding] = OrderedDict()
+        # id(features) -> (weak reference to the features, MaskDecoder.prepare_image of them)
+        self._prepared: OrderedDict[int, tuple[weakref.ref, dict[str, torch.Tensor]]] = OrderedDict()
         self._lock = threading.Lock()
         self.dtype = torch.float32
         self.set_dtype(dtype)
@@ -65,6 +71,27 @@ class SamFamilyBackend(Backend):
         self.dtype = dtype
         with self._lock:
             self._recent.clear()
+            self._prepared.clear()
+
+    def _prepared_image(self, features: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The decoder's prompt-independent work on ``features`` with the no-mask dense
+        prompt ``dense``: made on the first decode of an embedding, reused by the next ones
+        (interactive prompts, a click's box hypotheses). None where it does not apply."""
+        prepare = getattr(self.mask_decoder, "prepare_image", None)
+        if prepare is None or features.shape[0] != 1 or self.prepared_embeddings <= 0:
+            return None
+        key = id(features)
+        with self._lock:
+            hit = self._prepared.get(key)
+            if hit is not None and hit[0]() is features:
+                self._prepared.move_to_end(key)
+                return hit[1]
+        prepared = prepare(features, self.prompt_encoder.get_dense_pe(), dense)
+        with self._lock:
+            self._prepared[key] = (weakref.ref(features), prepared)
+            while len(self._prepared) > self.prepared_embeddings:
+                self._prepared.popitem(last=False)
+        return prepared
 
     def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         return to_model_input(image, self.image_size, self.mean, self.std)
@@ -131,6 +158,12 @@ class SamFamilyBackend(Backend):
                                      .reshape(-1, 4)).to(dev)
         masks = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32, device=dev)
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        # without a mask input the dense prompt is the same for every prompt: the image's
+        # side of the decoder is computed once per embedding
+        prepared = self._prepared_image(embedding.features, dense) if masks is None else None
+        if prepared is not None:
+            return self.mask_decoder(None, self.prompt_encoder.get_dense_pe(), sparse, None, multimask,
+                                     prepared=prepared)
         low, scores = self.mask_decoder(
             image_embeddings=embedding.features, image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
