@@ -180,6 +180,7 @@ def part_speed(model, img, runs: int):
     # the model's own costs in this run, for scale
     enc = []
     for _ in range(3):
+        model.forget_recent()
         t = time.perf_counter()
         emb = model.embed(img)
         enc.append(time.perf_counter() - t)
@@ -193,6 +194,7 @@ def part_speed(model, img, runs: int):
           f"{1000 * statistics.median(dec):.0f} ms per prompt (median; torch threads {torch.get_num_threads()})")
     stages: dict[str, list[float]] = {}
     for _ in range(runs):
+        model.forget_recent()  # cold: the slice is encoded again in every run
         seg = AutomaticSegmenter(model, AutoSettings.for_microscopy(), CropEmbeddings(model))  # cold cache
         t = time.perf_counter()
         res = seg.segment(img)

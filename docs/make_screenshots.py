@@ -7,7 +7,8 @@ starts the widget with the embedded model, draws a box on the liver's largest
 slice (the box is taken from the reference labels, as a user would draw it
 tightly), commits, propagates, then does the same for the spleen. Writes
 docs/napari_ct_preview.png (box + live preview before commit),
-and docs/napari_ct_liver.png (liver and spleen propagated, widget docked).
+and docs/napari_ct_liver.png (liver and spleen propagated, widget docked);
+then runs "Segment everything" on the nuclei image: docs/napari_nuclei_auto.png.
 """
 
 from __future__ import annotations
@@ -29,6 +30,26 @@ from common import load_ct, shared_data_dir  # noqa: E402
 OUT = ROOT / "docs"
 
 
+def pump(cond, timeout=1800.0):
+    """Run Qt's event loop until ``cond()`` holds (or ``timeout`` seconds)."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    t0 = time.perf_counter()
+    poll = QTimer()
+    poll.setInterval(20)
+    poll.timeout.connect(lambda: loop.quit() if cond() or time.perf_counter() - t0 > timeout else None)
+    poll.start()
+    if not cond():
+        loop.exec_()
+    poll.stop()
+
+
+def settle(seconds=0.6):
+    t0 = time.perf_counter()
+    pump(lambda: time.perf_counter() - t0 > seconds)
+
+
 def main() -> None:
     import napari
     import napari._qt.qt_main_window as qt_main_window
@@ -36,7 +57,6 @@ def main() -> None:
     qt_main_window.SHOW_QT_WARNING = False  # napari's PyQt5-deprecation toast would cover the canvas
     from napari.utils._test_utils import read_only_mouse_event
     from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
-    from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_sam.models.registry import load_model
     from napari_sam.napari._widget import SegmentWidget
@@ -49,21 +69,6 @@ def main() -> None:
     image.name = "CT abdomen"
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment Anything", area="right")
-
-    def pump(cond, timeout=1800.0):
-        loop = QEventLoop()
-        t0 = time.perf_counter()
-        poll = QTimer()
-        poll.setInterval(20)
-        poll.timeout.connect(lambda: loop.quit() if cond() or time.perf_counter() - t0 > timeout else None)
-        poll.start()
-        if not cond():
-            loop.exec_()
-        poll.stop()
-
-    def settle(seconds=0.6):
-        t0 = time.perf_counter()
-        pump(lambda: time.perf_counter() - t0 > seconds)
 
     def go(z: int) -> None:
         viewer.dims.set_point(0, image.data_to_world((z, 0, 0))[0])
@@ -125,5 +130,28 @@ def main() -> None:
     viewer.close()
 
 
+def nuclei_everything() -> None:
+    """docs/napari_nuclei_auto.png: "Segment everything" on the nuclei image,
+    opened from the Plugins menu's entry as a user does."""
+    import napari
+    import napari._qt.qt_main_window as qt_main_window
+    import tifffile
+
+    qt_main_window.SHOW_QT_WARNING = False  # the PyQt5-deprecation toast would cover the canvas
+    raw = tifffile.imread(shared_data_dir() / "nuclei_2d" / "image.tif")
+    viewer = napari.Viewer(show=True, title="napari-sam")
+    viewer.window.resize(1500, 950)
+    viewer.add_image(raw, name="nuclei", colormap="gray")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Segment everything")
+    widget.run()
+    pump(lambda: not widget.running)
+    settle(1.0)
+    path = OUT / "napari_nuclei_auto.png"
+    viewer.screenshot(path=str(path), canvas_only=False, flash=False)
+    print("wrote", path)
+    viewer.close()
+
+
 if __name__ == "__main__":
     main()
+    nuclei_everything()

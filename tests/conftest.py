@@ -81,3 +81,17 @@ def ct_embeddings(lite_medsam, ct_volume):
     from napari_sam.intensity import parse_window
 
     return SliceEmbeddings(lite_medsam, ct_volume.array, parse_window("-160,240"), axis=0, max_in_memory=32)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_embedding_cache(tmp_path_factory):
+    """Tests never read or fill the user's embedding cache."""
+    import os
+
+    old = os.environ.get("NAPARI_SAM_CACHE_DIR")
+    os.environ["NAPARI_SAM_CACHE_DIR"] = str(tmp_path_factory.mktemp("embedding-cache"))
+    yield
+    if old is None:
+        os.environ.pop("NAPARI_SAM_CACHE_DIR", None)
+    else:
+        os.environ["NAPARI_SAM_CACHE_DIR"] = old

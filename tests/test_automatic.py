@@ -198,3 +198,19 @@ def test_ct_slice_recovers_the_large_organs(ct_volume, ct_labels, ct_label_names
     for name in ("liver", "spleen", "stomach"):
         k = list(ref_ids).index(ct_label_names[name])
         assert iou[:, k].max() >= 0.5, f"{name}: best IoU {iou[:, k].max():.2f}"
+
+
+def test_blobs_the_model_left_unanswered_are_kept_below_model_masks():
+    from napari_sam.automatic import Candidate, non_max_suppression, unanswered_regions
+
+    regions = np.zeros((40, 40), np.int32)
+    regions[5:15, 5:15] = 1
+    regions[25:35, 20:30] = 2
+    answer = np.full((12, 12), -3.0, np.float32)
+    answer[1:11, 1:11] = 4.0  # the model's mask of blob 1 (slightly different outline)
+    kept = [Candidate(top=4, left=4, logits=answer, score=0.9, stability=0.9, box_iou=0.9, prompt=0)]
+    extra = unanswered_regions(regions, kept)
+    assert [c.prompt for c in extra] == [1]
+    assert np.array_equal(extra[0].mask, regions[25:35, 20:30] == 2) and extra[0].rank < kept[0].rank
+    assert unanswered_regions(regions, kept + extra) == []
+    assert non_max_suppression(kept + extra, 0.5)[0] is kept[0]

@@ -107,3 +107,20 @@ def test_auto_refuses_to_overwrite(tmp_path: Path, fake_model, capsys):
     assert out.read_bytes() == b"keep"
     assert main(["auto", str(tmp_path / "missing.tif"), "--output", str(tmp_path / "p.tif")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_auto_reruns_from_the_tile_embedding_cache(tmp_path: Path, fake_model):
+    """The tiles' embeddings go to --cache-dir: a second run encodes nothing."""
+    img, _ = blob_image((300, 260))
+    src = tmp_path / "blobs.tif"
+    tifffile.imwrite(src, (img * 1000).astype(np.uint16))
+    cache = tmp_path / "cache"
+    args = ["auto", str(src), "--tile-shape", "128,128", "--halo", "24", "--quiet", "--cache-dir", str(cache)]
+    assert main(args + ["--output", str(tmp_path / "a.tif")]) == 0
+    cold = fake_model.embed_calls
+    assert cold > 1 and any(cache.iterdir())
+    assert main(args + ["--output", str(tmp_path / "b.tif")]) == 0
+    assert fake_model.embed_calls == cold
+    assert np.array_equal(tifffile.imread(tmp_path / "a.tif"), tifffile.imread(tmp_path / "b.tif"))
+    assert main(args + ["--output", str(tmp_path / "c.tif"), "--no-cache"]) == 0
+    assert fake_model.embed_calls == 2 * cold

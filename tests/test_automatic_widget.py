@@ -106,3 +106,13 @@ def test_volume_layer_gives_3d_labels(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: not w.running, timeout=60_000)
     data = np.asarray(viewer.layers["stack objects"].data)
     assert data.shape == (2, 96, 96) and data[1].max() == 0 and data[0].max() == lab.max()
+
+
+def test_the_manifest_docks_segment_everything(make_napari_viewer):
+    """A user opens it from the Plugins menu: npe2 builds it from napari.yaml."""
+    from napari_sam.napari.auto_widget import AutoSegmentWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="empty")
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-sam", "Segment everything")
+    assert isinstance(w, AutoSegmentWidget) and w.image_combo.currentText() == "empty"

@@ -73,6 +73,17 @@ def test_float16_storage_is_close(tmp_path, volume):
     assert torch.allclose(got, ref, rtol=1e-3, atol=1e-3)
 
 
+def test_cold_run_sees_what_the_warm_run_reads(tmp_path, volume):
+    """A cold run decodes the float16-rounded embedding it stores, so a
+    re-run on the warm cache gives identical masks (not merely close ones)."""
+    be = CountingBackend()
+    cold = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path).get(4).features
+    warm = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path).get(4).features
+    assert torch.equal(cold, warm)
+    exact = be.embed(Window(0, 1000).apply(volume[4])).features
+    assert not torch.equal(cold, exact)  # float16 storage does round
+
+
 def test_key_covers_content_model_window_and_axis(tmp_path, volume):
     be = CountingBackend()
     h = content_hash(volume)

@@ -529,3 +529,39 @@ def test_embed_all_slices_in_the_background(make_napari_viewer, qtbot):
     assert len(backend.calls) == 7 and set(backend.calls) == {(24, 32)}
     assert widget.embed_all() == 0  # nothing left to do
     widget.close_session()
+
+
+def test_zoom_sharpens_small_objects_in_the_preview(make_napari_viewer, qtbot, data_dir, lite_medsam, tmp_path,
+                                                     monkeypatch):
+    """A box on a small nucleus is decoded on a magnified crop (the widget's
+    "Zoom small objects", on by default): better outlines than the whole slice
+    at the model's 256 px, and the crop's embedding lands in the disk cache."""
+    import tifffile
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path / "emb"))
+    image = tifffile.imread(str(data_dir / "nuclei_2d" / "image.tif"))
+    truth_all = tifffile.imread(str(data_dir / "nuclei_2d" / "labels.tif"))
+    ids, counts = np.unique(truth_all[truth_all > 0], return_counts=True)
+    picks = ids[np.argsort(counts)][len(ids) // 4:: max(1, len(ids) // 6)][:5]  # small to mid-sized nuclei
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.zoom_check.isChecked()
+    assert widget.start(backend=lite_medsam)
+    s = widget.session
+    scores: dict[bool, list[float]] = {True: [], False: []}
+    for zoom in (True, False):
+        widget.zoom_check.setChecked(zoom)
+        for i in picks:
+            truth = truth_all == i
+            r0, c0, r1, c1 = bbox(truth)
+            s.clear_prompts()
+            n = s.previews_shown
+            draw_box(viewer, s, (r0, c0), (r1, c1))
+            assert s.current_prompt().box == (r0, c0, r1, c1)
+            scores[zoom].append(dice(wait_preview(qtbot, s, n), truth))
+            assert (s.prediction.crop is not None) == zoom
+    assert np.mean(scores[True]) > np.mean(scores[False]) + 0.03, scores
+    assert any((tmp_path / "emb").glob("crop-*.zarr"))
+    widget.close_session()

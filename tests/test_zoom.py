@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from fake_blob_backend import FakeBlobBackend, blob_image
 
 from napari_sam.errors import InputError
@@ -154,3 +155,23 @@ def test_zoom_beats_the_whole_slice_on_real_nuclei(data_dir, lite_medsam):
             out.append(2 * (m & gt).sum() / (m.sum() + gt.sum()))
     assert np.mean(dz) >= 0.85 and np.mean(dz) > np.mean(dw), (np.mean(dz), np.mean(dw))
     assert zoom.crop_embeddings.encoder_calls <= 8
+
+
+def test_crop_embeddings_on_disk_survive_a_new_session(tmp_path):
+    """With a cache folder, a crop is encoded once across sessions; a damaged
+    entry is recomputed."""
+    backend = FakeBlobBackend()
+    img, _ = blob_image((192, 192))
+    crop = Crop(32, 32, 64, 64)
+    first = CropEmbeddings(backend, cache_dir=tmp_path)
+    e1 = first.get(img, crop)
+    assert first.encoder_calls == 1 and first.disk_hits == 0
+    again = CropEmbeddings(backend, cache_dir=tmp_path)  # a new session: empty memory
+    e2 = again.get(img, crop)
+    assert again.encoder_calls == 0 and again.disk_hits == 1
+    assert torch.allclose(e1.features, e2.features, atol=1e-3) and e2.original_size == e1.original_size
+    for chunk in (p for p in tmp_path.rglob("*") if p.is_file() and "features" in p.parts and p.name != "zarr.json"):
+        chunk.write_bytes(b"garbage")  # damage the stored features
+    third = CropEmbeddings(backend, cache_dir=tmp_path)
+    third.get(img, crop)
+    assert third.encoder_calls == 1

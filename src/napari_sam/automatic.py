@@ -107,6 +107,9 @@ class AutoSettings:
         best); each round costs up to one more decode per proposal.
     batch_size: prompts per decoder call.
     link_iou: volumes: minimum IoU linking objects of neighbouring slices.
+    keep_unanswered: blob proposals: a blob that no kept mask covers (the
+        model's answer failed the filters) is kept as the blob itself, ranked
+        below every model mask.
     """
 
     proposals: str = "auto"
@@ -128,6 +131,7 @@ class AutoSettings:
     refine_rounds: int = 0
     batch_size: int = 16
     link_iou: float = 0.3
+    keep_unanswered: bool = False
 
     def __post_init__(self) -> None:
         if self.proposals not in PROPOSAL_KINDS:
@@ -162,7 +166,7 @@ class AutoSettings:
     def for_microscopy(cls, **overrides) -> AutoSettings:
         """Nuclei, cells, particles: blobs on a background (box-only models),
         a point grid for point-capable models."""
-        return cls(**{"proposals": "auto", **overrides})
+        return cls(**{"proposals": "auto", "keep_unanswered": True, **overrides})
 
     @classmethod
     def for_ct(cls, **overrides) -> AutoSettings:
@@ -552,6 +556,25 @@ def filter_candidates(cands: list[Candidate], settings: AutoSettings, min_size: 
             and c.box_iou >= settings.box_agreement and min_size <= c.area <= max_size]
 
 
+def unanswered_regions(regions: np.ndarray, kept: list[Candidate], covered: float = 0.5) -> list[Candidate]:
+    """The structure regions (label map, region i + 1 from proposal i) that
+    less than ``covered`` of is under the kept masks, as candidates ranked
+    below any model mask (score, stability and box agreement 0)."""
+    cover = np.zeros(regions.shape, bool)
+    for c in kept:
+        cover[c.slices()] |= c.mask
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(regions)):
+        if sl is None:
+            continue
+        region = regions[sl] == i + 1
+        if cover[sl][region].mean() >= covered:
+            continue
+        out.append(Candidate(top=sl[0].start, left=sl[1].start, logits=np.where(region, 1.0, -1.0).astype(np.float32),
+                             score=0.0, stability=0.0, box_iou=0.0, prompt=i))
+    return out
+
+
 def non_max_suppression(cands: list[Candidate], iou_threshold: float, part_fraction: float = 0.8,
                         group_fraction: float = 0.6) -> list[Candidate]:
     """Greedy mask NMS over candidates, best rank first.
@@ -768,11 +791,12 @@ class AutomaticSegmenter:
         min_size = self._min_size(kind, diameter)
         max_size = int(st.max_size_fraction * H * W)
         grid = TileGrid((H, W), st.tile_shape, st.halo)
+        structure: Proposals | None = None
         if kind != "point-grid":
             parts = []
             if kind.split("+")[0] in ("blobs", "regions"):
-                parts.append(structure_proposals(gray, kind.split("+")[0], diameter, polarity, min_size,
-                                                 max_size).boxes)
+                structure = structure_proposals(gray, kind.split("+")[0], diameter, polarity, min_size, max_size)
+                parts.append(structure.boxes)
             if kind.endswith("box-grid"):
                 parts.append(box_grid((H, W), tuple(s * diameter for s in st.box_grid_sides)))
             props = Proposals(boxes=np.concatenate(parts))
@@ -806,6 +830,8 @@ class AutomaticSegmenter:
         t = time.perf_counter()
         n_cands = len(cands)
         kept = filter_candidates(cands, st, min_size, max_size)
+        if st.keep_unanswered and structure is not None and structure.regions is not None:
+            kept += unanswered_regions(structure.regions, kept)
         kept = non_max_suppression(kept, st.nms_iou)
         labels, scores = resolve_overlaps(kept, (H, W), min_size)
         timings["postprocess"] = time.perf_counter() - t

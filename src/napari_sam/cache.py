@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import zlib
+from dataclasses import replace
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -220,18 +221,30 @@ class EmbeddingStore:
                          model=m["model_name"],
                          extra={k: torch.from_numpy(v.astype(np.float32))[None].to(device) for k, v in extra.items()})
 
-    def save(self, index: int, emb: Embedding) -> None:
-        """Store slice ``index``'s embedding (features first, then its checksum)."""
+    def save(self, index: int, emb: Embedding) -> Embedding:
+        """Store slice ``index``'s embedding (features first, then its checksum).
+
+        Returns the embedding as stored (rounded to the storage dtype), which
+        is what a later :meth:`load` gives: use it, so that a run on a cold
+        cache decodes exactly what a re-run on the warm cache will.
+        """
         if self._meta is None:
             self._create(emb)
         elif tuple(emb.features.shape[1:]) != tuple(self._meta["feature_shape"]) or \
                 tuple(emb.original_size) != tuple(self._meta["original_size"]):
             raise InputError(f"embedding of shape {tuple(emb.features.shape)} does not fit cache entry {self.key}")
         feats = emb.features[0].detach().float().cpu().numpy().astype(self.dtype)
+        extra = {k: emb.extra[k][0].detach().float().cpu().numpy().astype(self.dtype) for k in self._extra}
         self._features[index] = feats
         for k, a in self._extra.items():
-            a[index] = emb.extra[k][0].detach().float().cpu().numpy().astype(self.dtype)
+            a[index] = extra[k]
         self._crc[index] = _crc(feats)
+        if self.dtype == "float32":
+            return emb
+        dev = emb.features.device
+        return replace(emb, features=torch.from_numpy(feats.astype(np.float32))[None].to(dev),
+                       extra={**emb.extra, **{k: torch.from_numpy(v.astype(np.float32))[None].to(dev)
+                                              for k, v in extra.items()}})
 
 
 class SliceEmbeddings:
@@ -338,7 +351,7 @@ class SliceEmbeddings:
             if self.on_encode is not None:
                 self.on_encode(index)
             if self.store is not None:
-                self.store.save(index, emb)
+                emb = self.store.save(index, emb)
         self._remember(index, emb)
         return emb
 

@@ -282,6 +282,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     from .intensity import looks_like_hounsfield, parse_window, resolve_window
     from .io import Geometry, check_output_path, read_image, write_labels
     from .models.registry import load_model
+    from .zoom import CropEmbeddings
 
     out = check_output_path(args.output, args.overwrite, inputs=(args.image,))
     window_spec = args.window
@@ -296,7 +297,8 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     window = resolve_window(volume.array, window_spec, volume.metadata.get("modality"),
                             volume.metadata.get("dicom_window"))
     backend = load_model(args.model, args.checkpoint, args.device)
-    segmenter = AutomaticSegmenter(backend, settings)
+    segmenter = AutomaticSegmenter(backend, settings, CropEmbeddings(backend, max_in_memory=64,
+                                                                     cache_dir=_cache_dir(args)))
     bar = ProgressBar("auto", args.quiet, unit="step")
     t0 = time.perf_counter()
     try:

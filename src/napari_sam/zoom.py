@@ -20,6 +20,7 @@ inclusive; a :class:`Crop` is (top, left, height, width) in slice pixels.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -27,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .cache import content_hash, model_identity
+from .cache import EmbeddingStore, content_hash, model_identity
 from .errors import InputError
 from .models.base import Backend, Embedding
 
@@ -187,16 +188,22 @@ class CropEmbeddings:
     plus the slice index); without one the content hash is computed.
     on_encode: called with the crop whenever the encoder runs.
     max_in_memory: LRU bound (an embedding of the embedded model is 4 MiB).
+    cache_dir: also keep them on disk, like the slices' embeddings
+        (:class:`napari_sam.cache.EmbeddingStore`: one zarr entry per crop,
+        float16, checksummed; a corrupt entry is recomputed); None: memory only.
     """
 
     def __init__(self, backend: Backend, max_in_memory: int = 32,
-                 on_encode: Callable[[Crop], None] | None = None) -> None:
+                 on_encode: Callable[[Crop], None] | None = None,
+                 cache_dir: str | Path | None = None) -> None:
         if max_in_memory < 1:
             raise InputError(f"max_in_memory {max_in_memory}: expected at least 1")
         self.backend = backend
         self.max_in_memory = max_in_memory
         self.on_encode = on_encode
+        self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         self.encoder_calls = 0
+        self.disk_hits = 0
         self._lru: OrderedDict[str, Embedding] = OrderedDict()
 
     def __len__(self) -> int:
@@ -214,12 +221,26 @@ class CropEmbeddings:
         if emb is not None:
             self._lru.move_to_end(key)
             return emb
+        store = self._store(key)
+        emb = store.load(0, self.backend.device) if store is not None else None
+        if emb is not None:
+            self.disk_hits += 1
+            self._put(key, emb)
+            return emb
         emb = self.backend.embed(np.ascontiguousarray(np.asarray(image01)[crop.slices], dtype=np.float32))
         self.encoder_calls += 1
         if self.on_encode is not None:
             self.on_encode(crop)
+        if store is not None:
+            emb = store.save(0, emb)
         self._put(key, emb)
         return emb
+
+    def _store(self, key: str) -> EmbeddingStore | None:
+        if self.cache_dir is None:
+            return None
+        return EmbeddingStore(self.cache_dir, f"crop-{key}", {"kind": "crop", "key": key,
+                                                              "model": model_identity(self.backend)}, 1)
 
     def _put(self, key: str, emb: Embedding) -> None:
         self._lru[key] = emb

@@ -70,6 +70,10 @@ class SamFamilyBackend(Backend):
             raise ValueError(f"dtype {dtype}: expected float32, float16 or bfloat16")
         self.image_encoder.to(dtype)
         self.dtype = dtype
+        self.forget_recent()
+
+    def forget_recent(self) -> None:
+        """Drop the embeddings kept for repeated slices (the next embed() encodes)."""
         with self._lock:
             self._recent.clear()
             self._prepared.clear()

@@ -25,6 +25,7 @@ from ..io import write_labels
 from ..models.base import Backend
 from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
+from ..zoom import CropEmbeddings, ZoomSettings
 from . import _prompt_layers as pl
 from ._background import STORES, DecodeRunner, EmbeddingQueue, SharedSliceEmbeddings
 from ._geometry import layer_metadata
@@ -46,6 +47,11 @@ def notify(level: str, message: str) -> None:
 
     {"info": notifications.show_info, "warning": notifications.show_warning,
      "error": notifications.show_error}[level](message)
+
+
+#: interactive prompts: crops centred on the object (the best outlines; measured on
+#: nuclei_2d, one box per nucleus: Dice 0.894 centred, 0.881 on the shared grid)
+ZOOM = ZoomSettings(quantize=False)
 
 
 @dataclass
@@ -116,7 +122,10 @@ class SegmentSession(QObject):
         self._waiting: _Request | None = None
         self._asked: tuple | None = None  # the prompt of the preview shown or being decoded
         self._volume_hash = content_hash(source.volume)
-        self._decode_predictor = SlicePredictor(backend)
+        #: small objects are decoded on a magnified crop around the prompt (napari_sam.zoom)
+        self.zoom = True
+        self._decode_predictor = SlicePredictor(backend, zoom=ZOOM, crop_embeddings=CropEmbeddings(
+            backend, max_in_memory=32, cache_dir=cache_dir))
         self._ops: list[_Op] = []
         self._writing = False
         self._preview_plane: pl.SlicePosition | None = None
@@ -381,9 +390,11 @@ class SegmentSession(QObject):
         previous = self._previous_mask(req.pos, req.prompt)
         predictor = self._decode_predictor
 
+        image = req.store.model_input(req.pos.index) if self.zoom else None
+
         def job() -> Prediction:
             req.t_decode_start = time.perf_counter()
-            predictor.set_embedding(emb)
+            predictor.set_embedding(emb, image=image)
             out = predictor.predict(prompt=req.prompt, previous=previous)
             req.t_decode_end = time.perf_counter()
             return out

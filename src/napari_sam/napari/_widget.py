@@ -123,6 +123,13 @@ class SegmentWidget(QWidget):
                                          f"({default_cache_dir()}; set NAPARI_SAM_CACHE_DIR to move it), "
                                          "so that reopening the same image with the same contrast encodes nothing")
         lay.addWidget(self.disk_cache_check)
+        self.zoom_check = QCheckBox("Zoom small objects")
+        self.zoom_check.setChecked(True)
+        self.zoom_check.setToolTip("Decode a small object's prompt on a magnified crop around it (the model sees "
+                                   "it at full input size): sharper outlines of nuclei and small structures; "
+                                   "the first prompt on a new crop encodes it (~0.5 s)")
+        self.zoom_check.toggled.connect(self._set_zoom)
+        lay.addWidget(self.zoom_check)
         self.start_button = self._button("Start", None, self.start,
                                          "Load the model and add the prompt, preview and labels layers")
         lay.addWidget(self.start_button)
@@ -202,6 +209,10 @@ class SegmentWidget(QWidget):
         self.negative_button.setText("Clicks: negative" if negative else "Clicks: positive")
         self.negative_button.setChecked(negative)
         self.negative_button.setStyleSheet(f"QPushButton {{ border: 2px solid {color}; color: {color}; }}")
+
+    def _set_zoom(self, on: bool) -> None:
+        if self.session is not None:
+            self.session.zoom = bool(on)
 
     def _update_enabled(self) -> None:
         on = self.session is not None
@@ -344,6 +355,7 @@ class SegmentWidget(QWidget):
             notify("error", f"napari-sam: {exc}")
             return
         self.session = session
+        session.zoom = self.zoom_check.isChecked()
         session.status.connect(self._set_status)
         session.objects_changed.connect(self._refresh_objects)
         session.propagation_started.connect(self._update_enabled)
