@@ -73,7 +73,8 @@ class SamFamilyBackend(Backend):
         self.forget_recent()
 
     def forget_recent(self) -> None:
-        """Drop the embeddings kept for repeated slices (the next embed() encodes)."""
+        """Drop the embeddings kept for repeated slices (the next embed() encodes) and the
+        decoder's work kept per embedding (the next decodes redo it)."""
         with self._lock:
             self._recent.clear()
             self._prepared.clear()
