@@ -4,7 +4,10 @@ measured in the same run, interleaved (ours, reference, ours, ...), medians.
     python benchmarks/speed.py [--repeats 7] [--only encoder,decoder,volume,propagation,threads]
 
 - encoder / slice: one 512 x 512 CT slice, the default thread count;
-- decoder + upsampling / prompt: one box, logits resized to 512 x 512 and thresholded;
+- decoder + upsampling / prompt: one box, logits resized to 512 x 512 and thresholded,
+  on an embedding already decoded once (ours keeps its prompt-independent decoder work
+  per embedding); then the first prompt on an embedding (that work included), and the
+  single-thread CPU time (``time.thread_time``: robust to other programs' load);
 - volume: all 20 slices of the shared CT embedded from raw intensities
   (window, resize, encode); ours with ``Backend.embed_many``, the reference
   one slice after another as a plain script does;
@@ -28,23 +31,35 @@ import torch
 from common import dice, load_ct  # noqa: F401  (puts src/ on sys.path)
 
 from napari_sam.intensity import parse_window
-from napari_sam.models.base import to_model_input
+from napari_sam.models.base import Embedding, to_model_input
 from napari_sam.models.registry import load_model
 
 WINDOW = "-160,240"
 LIVER = 5
 
 
-def interleaved(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Median seconds of each function, run in turns so that all see the same load."""
-    for fn in fns:
-        fn()  # warm-up
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t)
+def interleaved(fns: list[Callable[[], object]], repeats: int,
+                clock: Callable[[], float] = time.perf_counter, threads: int | None = None) -> list[float]:
+    """Median seconds of each function, run in turns so that all see the same load.
+
+    clock: ``time.perf_counter`` (wall) or ``time.thread_time`` (this thread's CPU time,
+    with ``threads=1``: the work itself, whatever else the machine runs).
+    threads: PyTorch's thread count while measuring (default: left as it is).
+    """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        for fn in fns:
+            fn()  # warm-up
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(repeats):
+            for i, fn in enumerate(fns):
+                t = clock()
+                fn()
+                times[i].append(clock() - t)
+    finally:
+        torch.set_num_threads(before)
     return [statistics.median(t) for t in times]
 
 
@@ -132,6 +147,20 @@ def main() -> None:
             o, r = interleaved([lambda: ours.decode(emb, boxes_rc=boxes).masks,
                                 lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 3)
         add_row("decoder + upsampling / prompt", o, r, "ms")
+
+        def fresh():  # the same embedding as a new object: the decoder's per-embedding work is redone
+            return Embedding(features=emb.features.clone(), original_size=emb.original_size,
+                             input_size=emb.input_size, model=emb.model)
+
+        with torch.inference_mode():
+            o, r = interleaved([lambda: ours.decode(fresh(), boxes_rc=boxes).masks,
+                                lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 3)
+        add_row("decoder, first prompt on an embedding", o, r, "ms")
+        with torch.inference_mode():
+            o, r = interleaved([lambda: ours.decode(emb, boxes_rc=boxes).masks,
+                                lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 3,
+                               clock=time.thread_time, threads=1)
+        add_row("decoder / prompt, 1 thread, CPU time", o, r, "ms")
         m_o = ours.decode(emb, boxes_rc=boxes).masks[0, 0]
         m_r = ref.decode(feats, input_size, box0, image.shape)
         print(f"decoder: liver mask Dice ours vs reference {dice(m_o, m_r):.5f}", flush=True)

@@ -265,3 +265,76 @@ def test_real_encoder_bfloat16_path_runs(ours):
     assert half.features.dtype == torch.float32
     rel = float((half.features - full.features).norm() / full.features.norm())
     assert rel < 0.05
+
+
+# ---------------------------------------------------------------- decoder work shared by prompts
+
+def test_prepared_image_decoder_equals_plain_decoder():
+    """The first layer's image projections made once (``MaskDecoder.prepare_image``) and the
+    last attention on the needed tokens only: the same function, checked in float64 so that
+    only the algebra (not float32 rounding) is compared."""
+    torch.manual_seed(5)
+    prompt_encoder, mask_decoder = build_sam_prompt_decoder(embedding_size=16, input_size=64)
+    prompt_encoder, mask_decoder = prompt_encoder.double().eval(), mask_decoder.double().eval()
+    with torch.no_grad():  # non-trivial tokens and norms
+        for name, p in mask_decoder.named_parameters():
+            if "token" in name or "norm" in name:
+                p.copy_(p + 0.3 * torch.randn_like(p))
+    feats = torch.randn(1, 256, 16, 16, dtype=torch.float64)
+    boxes = torch.tensor([[4.0, 6.0, 40.0, 30.0], [10.0, 10.0, 60.0, 62.0], [0.0, 0.0, 63.0, 63.0]],
+                         dtype=torch.float64)
+    points = (torch.tensor([[[20.0, 22.0], [40.0, 9.0]]], dtype=torch.float64), torch.tensor([[1, 0]]))
+    with torch.inference_mode():
+        image_pe = prompt_encoder.get_dense_pe()
+        for prompts in ({"points": None, "boxes": boxes}, {"points": points, "boxes": None},
+                        {"points": points, "boxes": boxes[:1]}):
+            sparse, dense = prompt_encoder(masks=None, **prompts)
+            prepared = mask_decoder.prepare_image(feats, image_pe, dense)
+            for multimask in (False, True):
+                low, iou = mask_decoder(feats, image_pe, sparse, dense, multimask)
+                low_p, iou_p = mask_decoder(None, image_pe, sparse, None, multimask, prepared=prepared)
+                assert low_p.shape == low.shape == (sparse.shape[0], 3 if multimask else 1, 64, 64)
+                torch.testing.assert_close(low_p, low, rtol=1e-9, atol=1e-9)
+                torch.testing.assert_close(iou_p, iou, rtol=1e-9, atol=1e-9)
+            # all four mask tokens (predict_masks' default) through the same path
+            low4, iou4 = mask_decoder.predict_masks(feats, image_pe, sparse, dense)
+            low4_p, iou4_p = mask_decoder.predict_masks(None, image_pe, sparse, None, prepared=prepared)
+            torch.testing.assert_close(low4_p, low4, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(iou4_p, iou4, rtol=1e-9, atol=1e-9)
+
+
+def test_prompts_on_one_embedding_equal_each_on_a_fresh_embedding(lite_medsam, ct_embeddings):
+    """The backend keeps the decoder's prompt-independent work per embedding (made on the
+    second decode, or at once for a batch): decoding several prompts in turn on one
+    embedding gives what each gives on its own fresh embedding, and the kept work is
+    bounded and follows the embedding's identity."""
+    emb = ct_embeddings.get(10)
+
+    def fresh() -> Embedding:
+        return Embedding(features=emb.features.clone(), original_size=emb.original_size,
+                         input_size=emb.input_size, model=emb.model)
+
+    def kept_for(e: Embedding):
+        return [p for ref, p in lite_medsam._prepared.values() if ref() is e.features]
+
+    prompts = [{"boxes_rc": np.array([[150, 200, 300, 330]], np.float32)},
+               {"points_rc": np.array([[[230, 260], [300, 150]]], np.float32), "point_labels": np.array([[1, 0]])},
+               {"boxes_rc": np.array([[250, 100, 330, 180], [0, 0, 511, 511]], np.float32), "multimask": True},
+               {"boxes_rc": np.array([[200, 220, 260, 300]], np.float32), "multimask": True}]
+    shared = fresh()
+    with torch.inference_mode():
+        on_shared = []
+        for i, p in enumerate(prompts):
+            on_shared.append(lite_medsam.decode_low_res(shared, **p))
+            kept = kept_for(shared)
+            assert len(kept) == 1 and (kept[0] is None) == (i == 0)  # prepared from the second decode on
+        batch = fresh()
+        lite_medsam.decode_low_res(batch, **prompts[2])
+        assert kept_for(batch)[0] is not None  # a batch of prompts: prepared at once
+        on_fresh = [lite_medsam.decode_low_res(fresh(), **p) for p in prompts]
+    assert len(lite_medsam._prepared) <= lite_medsam.prepared_embeddings
+    for (low_s, iou_s), (low_f, iou_f) in zip(on_shared, on_fresh):
+        assert low_s.shape == low_f.shape
+        torch.testing.assert_close(low_s, low_f, rtol=1e-4, atol=2e-4)
+        torch.testing.assert_close(iou_s, iou_f, rtol=1e-4, atol=1e-5)
+        assert int(((low_s > 0) != (low_f > 0)).sum()) <= 2

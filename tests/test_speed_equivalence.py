@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import dice
+from napari_sam.evaluation import dice
 
 MIN_AREA = 30  # px: smaller label fragments give boxes of a few pixels
 

@@ -11,7 +11,11 @@ prompt tokens (T ~ 7) with thousands of image tokens (N = 4096). Projecting
 every image token, as the reference does, costs ~2.7 GFLOP per prompt; the
 same attentions are computed here by moving the projections onto the side of
 the few tokens (:meth:`Attention.few_queries`, :meth:`Attention.few_keys`),
-which is exact in real arithmetic and ~2.3x cheaper. The output upscaling
+which is exact in real arithmetic and ~2.3x cheaper. The first layer's image
+side does not depend on the prompt: :meth:`MaskDecoder.prepare_image` projects
+it once per image (the backend keeps it for the next prompts on that image),
+and the last token-to-image attention runs only on the tokens whose output is
+used. A repeated prompt then costs ~1.45 GFLOP. The output upscaling
 (two stride-2 transposed convolutions) runs as two per-pixel linear layers on
 channels-last tokens with a single reordering of the final logits.
 
@@ -121,6 +125,43 @@ class Attention(nn.Module):
         out = torch.einsum("bhtc,hdc->bthd", av, self.v_proj.weight.view(h, d, -1)) + self.v_proj.bias.view(h, d)
         return self.out_proj(out.reshape(b, t, h * d))
 
+    def project_image(self, x: Tensor, proj: nn.Linear, keys_layout: bool) -> Tensor:
+        """One image's tokens x (1, N, C) through ``proj`` (bias included), split into heads.
+
+        Returns (h, d, N) when ``keys_layout`` (the right factor of q k^T), else (h, N, d).
+        """
+        h = self.num_heads
+        n = x.shape[1]
+        y = onednn.linear(x[0], proj.weight, proj.bias).view(n, h, -1)
+        return (y.permute(1, 2, 0) if keys_layout else y.transpose(0, 1)).contiguous()
+
+    def with_image_keys(self, q: Tensor, k_heads: Tensor, v_heads: Tensor) -> Tensor:
+        """``forward`` for a few queries (B, T, C) against one image's keys and values
+        already projected (``project_image``: k_heads (h, d, N), v_heads (h, N, d)).
+
+        The B prompts share the image: their B*T queries attend in one product per head.
+        """
+        b, t, _ = q.shape
+        h = self.num_heads
+        d = self.internal_dim // h
+        qh = (self.q_proj(q) * (d ** -0.5)).view(b * t, h, d).transpose(0, 1)  # (h, B*T, d)
+        attn = torch.softmax(torch.bmm(qh, k_heads), dim=-1)  # (h, B*T, N)
+        out = torch.bmm(attn, v_heads)  # (h, B*T, d)
+        return self.out_proj(out.transpose(0, 1).reshape(b, t, h * d))
+
+    def with_image_queries(self, q_heads: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`few_keys_factors` with one image's queries already projected
+        (``project_image``: q_heads (h, d, N), the q_proj bias included)."""
+        b, t, _ = k.shape
+        h, d, n = q_heads.shape
+        kh = (self.k_proj(k) * (d ** -0.5)).view(b * t, h, d).transpose(0, 1)  # (h, B*T, d)
+        scores = torch.bmm(kh, q_heads).view(h, b, t, n)
+        attn = torch.softmax(scores, dim=2)  # over the T keys, along N-long rows
+        attn = (attn[:, 0] if b == 1 else attn.transpose(0, 1)).reshape(b, h * t, n)
+        vh = self.v_proj(v).view(b, t, h, d)
+        u = torch.einsum("bthd,ohd->bhto", vh, self.out_proj.weight.view(-1, h, d)).reshape(b, h * t, -1)
+        return attn, u + self.out_proj.bias / h
+
     def few_keys(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None) -> Tensor:
         """``forward`` (plus ``residual``) for many queries (B, N, C) against a few keys/values (B, T, C).
 
@@ -129,6 +170,17 @@ class Attention(nn.Module):
         The N queries are multiplied once by a (C, h*T) matrix and once by an
         (h*T, C) one instead of being projected in and out.
         """
+        attn, u = self.few_keys_factors(q, k, v)
+        if residual is None:
+            return attn.transpose(1, 2) @ u
+        if residual.shape[0] != attn.shape[0]:
+            residual = residual.expand(attn.shape[0], -1, -1)
+        return torch.baddbmm(residual, attn.transpose(1, 2), u)
+
+    def few_keys_factors(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`few_keys` without the residual as a product ``attn^T @ u``: the heads'
+        attention weights attn (B, h*T, N) and their values through the output
+        projection u (B, h*T, C), the output bias included."""
         b, t, _ = k.shape  # q (and residual) may be one image shared by the B prompts
         n, c = q.shape[1:]
         h = self.num_heads
@@ -143,12 +195,7 @@ class Attention(nn.Module):
         # out_proj's bias enters U: the h heads' attention weights sum to h for every query
         vh = self.v_proj(v).view(b, t, h, d)
         u = torch.einsum("bthd,ohd->bhto", vh, self.out_proj.weight.view(-1, h, d)).reshape(b, h * t, -1)
-        u = u + self.out_proj.bias / h
-        if residual is None:
-            return attn.transpose(1, 2) @ u
-        if residual.shape[0] != b:
-            residual = residual.expand(b, -1, -1)
-        return torch.baddbmm(residual, attn.transpose(1, 2), u)
+        return attn, u + self.out_proj.bias / h
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -167,12 +214,8 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
+        """queries (B, T, C), keys (1 or B, N, C) -> updated (queries, keys (B, N, C))."""
+        queries = self._self_attention(queries, query_pe)
 
         k = keys + key_pe
         q = queries + query_pe
@@ -180,8 +223,42 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(self.cross_attn_image_to_token.few_keys(k, q, queries, residual=keys))
-        return queries, keys
+        attn, u = self.cross_attn_image_to_token.few_keys_factors(k, q, queries)
+        return queries, self._update_keys(keys, attn, u)
+
+    def _update_keys(self, keys: Tensor, attn: Tensor, u: Tensor) -> Tensor:
+        """norm4(keys + attn^T @ u): the image-to-token attention's residual update."""
+        if keys.shape[0] != attn.shape[0]:
+            keys = keys.expand(attn.shape[0], -1, -1)
+        return self.norm4(torch.baddbmm(keys, attn.transpose(1, 2), u))
+
+    def _self_attention(self, queries: Tensor, query_pe: Tensor) -> Tensor:
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        return self.norm1(queries)
+
+    def prepare_image(self, keys: Tensor, key_pe: Tensor) -> dict[str, Tensor]:
+        """The prompt-independent tensors of this block for one image: keys (1, N, C), key_pe (1, N, C)."""
+        k = keys + key_pe
+        return {"keys": keys,
+                "t2i_k": self.cross_attn_token_to_image.project_image(k, self.cross_attn_token_to_image.k_proj, True),
+                "t2i_v": self.cross_attn_token_to_image.project_image(keys, self.cross_attn_token_to_image.v_proj,
+                                                                       False),
+                "i2t_q": self.cross_attn_image_to_token.project_image(k, self.cross_attn_image_to_token.q_proj, True)}
+
+    def forward_prepared(self, queries: Tensor, image: dict[str, Tensor], query_pe: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` on keys prepared by :meth:`prepare_image` (the image's projections made once)."""
+        queries = self._self_attention(queries, query_pe)
+        q = queries + query_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image.with_image_keys(q, image["t2i_k"],
+                                                                                       image["t2i_v"]))
+        queries = self.norm3(queries + self.mlp(queries))
+        q = queries + query_pe
+        attn, u = self.cross_attn_image_to_token.with_image_queries(image["i2t_q"], q, queries)
+        return queries, self._update_keys(image["keys"], attn, u)
 
 
 def _tokens(x: Tensor, add: Tensor | None = None) -> Tensor:
@@ -219,20 +296,40 @@ class TwoWayTransformer(nn.Module):
             self._pe_cache = (image_pe, _tokens(image_pe))  # holds image_pe: its id stays unique
         return self._pe_cache[1]
 
-    def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
-        """image_embedding: (1 or B, C, h, w), or already tokens (1 or B, h*w, C);
-        image_pe: (1, C, h, w); point_embedding: (B, T, C).
+    def prepare_image(self, image_tokens: Tensor, image_pe: Tensor) -> dict[str, Tensor]:
+        """What the first layer computes from the image alone, for :meth:`forward`'s ``prepared``.
 
-        Returns queries (B, T, C) and keys (B, h*w, C), the image tokens in row-major (NHWC) order.
+        image_tokens: (1, h*w, C) one image (with its dense prompt) as tokens; image_pe: (1, C, h, w).
         """
-        keys = image_embedding if image_embedding.ndim == 3 else _tokens(image_embedding)
+        return self.layers[0].prepare_image(image_tokens, self._pe_tokens(image_pe))
+
+    def forward(self, image_embedding: Tensor | None, image_pe: Tensor, point_embedding: Tensor,
+                prepared: dict[str, Tensor] | None = None,
+                final_tokens: slice | list[int] | None = None) -> tuple[Tensor, Tensor]:
+        """image_embedding: (1 or B, C, h, w), or already tokens (1 or B, h*w, C), or None with
+        ``prepared`` (:meth:`prepare_image` of the image); image_pe: (1, C, h, w);
+        point_embedding: (B, T, C). final_tokens: the tokens whose output is needed (all by
+        default): the last token-to-image attention, whose queries are independent, runs on
+        those only.
+
+        Returns queries (B, T', C) (the ``final_tokens``) and keys (B, h*w, C), the image tokens
+        in row-major (NHWC) order.
+        """
         key_pe = self._pe_tokens(image_pe)
         queries = point_embedding
-        for layer in self.layers:
+        layers = list(self.layers)
+        if prepared is not None:
+            queries, keys = layers.pop(0).forward_prepared(queries, prepared, point_embedding)
+        else:
+            keys = image_embedding if image_embedding.ndim == 3 else _tokens(image_embedding)
+        for layer in layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
         if keys.shape[0] != queries.shape[0]:
             keys = keys.expand(queries.shape[0], -1, -1)
-        q = queries + point_embedding
+        query_pe = point_embedding
+        if final_tokens is not None:
+            queries, query_pe = queries[:, final_tokens], query_pe[:, final_tokens]
+        q = queries + query_pe
         k = keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image.few_queries(q, k, keys))
         return queries, keys
@@ -253,16 +350,16 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward(self, size: tuple[int, int]) -> Tensor:
         h, w = size
-        device = self.positional_encoding_gaussian_matrix.device
-        y = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
-        x = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+        device, dtype = self.positional_encoding_gaussian_matrix.device, self.positional_encoding_gaussian_matrix.dtype
+        y = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
+        x = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
         yy, xx = torch.meshgrid(y, x, indexing="ij")
         return self._pe_encoding(torch.stack([xx, yy], dim=-1)).permute(2, 0, 1)
 
     def forward_with_coords(self, coords_input: Tensor, image_size: tuple[int, int]) -> Tensor:
         """coords_input: (B, N, 2) as (x, y) model pixels; image_size: (H, W)."""
         scale = coords_input.new_tensor([1.0 / image_size[1], 1.0 / image_size[0]])
-        return self._pe_encoding((coords_input * scale).float())
+        return self._pe_encoding((coords_input * scale).to(self.positional_encoding_gaussian_matrix.dtype))
 
 
 class PromptEncoder(nn.Module):
@@ -371,36 +468,81 @@ class MaskDecoder(nn.Module):
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
-    def forward(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
-                dense_prompt_embeddings: Tensor, multimask_output: bool) -> tuple[Tensor, Tensor]:
+    def forward(self, image_embeddings: Tensor | None, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
+                dense_prompt_embeddings: Tensor | None, multimask_output: bool,
+                prepared: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """image_embeddings: (1 or B, C, h, w). Returns masks (B, K, 4h, 4w) logits and IoU (B, K).
 
         K is 3 with ``multimask_output`` (SAM's three candidates), else 1; only
-        the K requested masks are computed.
+        the K requested masks are computed. ``prepared``: :meth:`prepare_image`
+        of the image and dense prompt, made once for many prompts (then
+        image_embeddings and dense_prompt_embeddings are not used).
         """
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                  dense_prompt_embeddings, sl)
+                                  dense_prompt_embeddings, sl, prepared=prepared)
 
-    def predict_masks(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
-                      dense_prompt_embeddings: Tensor, tokens_slice: slice = slice(None)) -> tuple[Tensor, Tensor]:
-        """Masks (B, K, 4h, 4w) and IoU (B, K) of the mask tokens in ``tokens_slice`` (all 4 by default)."""
+    def prepare_image(self, image_embeddings: Tensor, image_pe: Tensor,
+                      dense_prompt_embeddings: Tensor) -> dict[str, Tensor]:
+        """The prompt-independent part of decoding one image, computed once and reused by
+        every prompt decoded on it (pass it to :meth:`forward` as ``prepared``).
+
+        image_embeddings: (1, C, h, w); image_pe: (1, C, h, w), the prompt encoder's dense
+        positional encoding; dense_prompt_embeddings: (1 or B, C, h, w), the dense prompt
+        the decodes will use, identical for all of them (the "no mask" embedding).
+        Holds ~10 MB for a 64 x 64 x 256 embedding.
+        """
+        h, w = image_embeddings.shape[-2:]
+        src = _tokens(image_embeddings, dense_prompt_embeddings[:1])
+        prepared = self.transformer.prepare_image(src, image_pe)
+        prepared["size"] = torch.tensor([h, w])
+        return prepared
+
+    def predict_masks(self, image_embeddings: Tensor | None, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
+                      dense_prompt_embeddings: Tensor | None, tokens_slice: slice = slice(None),
+                      prepared: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Masks (B, K, 4h, 4w) and IoU (B, K) of the mask tokens in ``tokens_slice`` (all 4 by default).
+
+        With ``prepared`` (:meth:`prepare_image`), image_embeddings and
+        dense_prompt_embeddings are not used (they may be None).
+        """
         bsz = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(bsz, -1, -1), sparse_prompt_embeddings], dim=1)
-        # (1, C, h, w) + a dense prompt shared by the batch stays one image until
-        # the first image-to-token attention makes the image tokens per prompt
-        if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
-            dense_prompt_embeddings = dense_prompt_embeddings[:1]  # one dense prompt, expanded
-        h, w = image_embeddings.shape[-2:]
-        src = _tokens(image_embeddings, dense_prompt_embeddings)
-        hs, keys = self.transformer(src, image_pe, tokens)
+        idx = list(range(self.num_mask_tokens)[tokens_slice])
+        # only the IoU token and the requested mask tokens leave the transformer
+        wanted = [0] + [1 + i for i in idx]
+        final = slice(0, len(wanted)) if wanted == list(range(len(wanted))) else wanted
+        if prepared is not None:
+            h, w = (int(v) for v in prepared["size"])
+            hs, keys = self.transformer(None, image_pe, tokens, prepared=prepared, final_tokens=final)
+        else:
+            # (1, C, h, w) + a dense prompt shared by the batch stays one image until
+            # the first image-to-token attention makes the image tokens per prompt
+            if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
+                dense_prompt_embeddings = dense_prompt_embeddings[:1]  # one dense prompt, expanded
+            h, w = image_embeddings.shape[-2:]
+            src = _tokens(image_embeddings, dense_prompt_embeddings)
+            hs, keys = self.transformer(src, image_pe, tokens, final_tokens=final)
         iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
-        idx = range(self.num_mask_tokens)[tokens_slice]
-        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in idx], dim=1)
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(idx)],
+                               dim=1)
         masks = self._upscale_masks(keys, hyper_in, h, w)
         return masks, self.iou_prediction_head(iou_token_out)[:, tokens_slice]
+
+    def _per_pixel_upscaling(self) -> bool:
+        """Whether ``output_upscaling`` is SAM's (exact GELUs), which :meth:`_upscale_masks` runs per pixel."""
+        ct1, ln, act1, ct2, act2 = self.output_upscaling
+        return (isinstance(act1, nn.GELU) and isinstance(act2, nn.GELU) and act1.approximate == "none"
+                and act2.approximate == "none")
+
+    def _upscale_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The two transposed convolutions as per-pixel linear layers: w1 (4*c1, C) with rows
+        (i, j, out), b1 (4*c1,), w2 (4*c2, c1), b2 (4*c2,)."""
+        ct1, ct2 = self.output_upscaling[0], self.output_upscaling[3]
+        w1 = ct1.weight.permute(2, 3, 1, 0).reshape(4 * ct1.out_channels, ct1.in_channels)
+        w2 = ct2.weight.permute(2, 3, 1, 0).reshape(4 * ct2.out_channels, ct2.in_channels)
+        return w1, ct1.bias.repeat(4), w2, ct2.bias.repeat(4)
 
     def _upscale_masks(self, keys: Tensor, hyper_in: Tensor, h: int, w: int) -> Tensor:
         """keys (B, h*w, C) NHWC image tokens, hyper_in (B, K, C/8) -> mask logits (B, K, 4h, 4w).
@@ -412,19 +554,17 @@ class MaskDecoder(nn.Module):
         channels. Sub-pixels stay in the channel axis until the final logits.
         """
         ct1, ln, act1, ct2, act2 = self.output_upscaling
-        if not (isinstance(act1, nn.GELU) and isinstance(act2, nn.GELU) and act1.approximate == "none"
-                and act2.approximate == "none"):
+        if not self._per_pixel_upscaling():
             b, c = keys.shape[0], keys.shape[2]
             up = self.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
             bb, cc, hh, ww = up.shape
             return (hyper_in @ up.reshape(bb, cc, hh * ww)).reshape(bb, -1, hh, ww)
-        b, n, c = keys.shape
+        b, n = keys.shape[:2]
         c1, c2 = ct1.out_channels, ct2.out_channels
-        w1 = ct1.weight.permute(2, 3, 1, 0).reshape(4 * c1, c)  # rows: (i, j, out)
-        y = onednn.linear(keys, w1, ct1.bias.repeat(4)).view(b, n * 4, c1)  # (B, N*(i,j), c1)
+        w1, b1, w2, b2 = self._upscale_weights()
+        y = onednn.linear(keys, w1, b1).view(b, n * 4, c1)  # (B, N*(i,j), c1)
         y = F.gelu(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
-        w2 = ct2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)  # rows: (i2, j2, out)
-        z = onednn.linear(y, w2, ct2.bias.repeat(4), gelu=True).view(b, n * 16, c2)
+        z = onednn.linear(y, w2, b2, gelu=True).view(b, n * 16, c2)
         k = hyper_in.shape[1]
         m = torch.bmm(z, hyper_in.transpose(1, 2))  # (B, N*16, K): index (y, x, i, j, i2, j2)
         m = m.view(b, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
