@@ -32,8 +32,8 @@ import json
 import os
 import shutil
 import zlib
-from dataclasses import replace
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 

@@ -20,9 +20,9 @@ inclusive; a :class:`Crop` is (top, left, height, width) in slice pixels.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np

@@ -385,11 +385,12 @@ class SegmentSession(QObject):
         previous = self._previous_mask(req.pos, req.prompt)
         predictor = self._decode_predictor
 
-        image = req.store.model_input(req.pos.index) if self.zoom else None
+        zoom = self.zoom
 
         def job() -> Prediction:
             req.t_decode_start = time.perf_counter()
-            predictor.set_embedding(emb, image=image)
+            # the slice's pixels for the zoom path, windowed here on the decode thread
+            predictor.set_embedding(emb, image=req.store.model_input(req.pos.index) if zoom else None)
             out = predictor.predict(prompt=req.prompt, previous=previous)
             req.t_decode_end = time.perf_counter()
             return out
