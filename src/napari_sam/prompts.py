@@ -13,7 +13,8 @@ The prompts file (JSON)::
         "color": [255, 0, 0],                                # optional
         "propagate": false, "axis": 0, "range": [z0, z1],    # propagation
         "prompts": [{"slice": 10, "box": [r0, c0, r1, c1]},
-                    {"slice": 11, "points": [[r, c], [r, c]], "labels": [1, 0]}]}]}
+                    {"slice": 11, "points": [[r, c], [r, c]], "labels": [1, 0]}],
+        "corrections": [{"point": [z, r, c], "label": 0}]}]}   # optional, volume voxels
 """
 
 from __future__ import annotations
@@ -111,9 +112,13 @@ class ObjectPrompts:
     propagate: bool = False
     axis: int = 0
     range: tuple[int, int] | None = None
+    #: clicks at volume voxels ((z, row, col), label 1 add / 0 remove), applied in order after the prompts
+    corrections: list[tuple[tuple[int, int, int], int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "name": self.name, "prompts": [p.to_json() for p in self.prompts]}
+        if self.corrections:
+            out["corrections"] = [{"point": list(p), "label": lab} for p, lab in self.corrections]
         if self.window is not None:
             out["window"] = list(self.window) if not isinstance(self.window, str) else self.window
         if self.color is not None:
@@ -156,6 +161,10 @@ class PromptsFile:
                     if not 0 <= p.slice < n:
                         raise InputError(f"object {obj.id} ({obj.name}): slice {p.slice} outside 0..{n - 1}")
                 p.check_inside(plane)
+            for point, _label in obj.corrections:
+                if is_2d or not all(0 <= v < s for v, s in zip(point, shape[:3])):
+                    raise InputError(f"object {obj.id} ({obj.name}): correction point {list(point)} lies outside "
+                                     f"the volume of shape {list(shape[:3])}")
             if obj.range is not None and not (0 <= obj.range[0] <= obj.range[1] < n):
                 raise InputError(f"object {obj.id} ({obj.name}): range {list(obj.range)} outside 0..{n - 1}")
 
@@ -181,6 +190,9 @@ def parse_prompts(data: Any, where: str = "prompts") -> PromptsFile:
         _require(oid not in seen, w, f"duplicate id {oid}")
         seen.add(oid)
         prompts = o.get("prompts")
+        corrections = _parse_corrections(o.get("corrections", []), w)
+        _require(not (corrections and not prompts), w,
+                 "'corrections' need a prompt to start from: give a box or a click in 'prompts' first")
         _require(isinstance(prompts, list) and len(prompts) > 0, w, "'prompts' must be a non-empty list")
         sps = []
         for j, p in enumerate(prompts):
@@ -220,8 +232,27 @@ def parse_prompts(data: Any, where: str = "prompts") -> PromptsFile:
         objects.append(ObjectPrompts(
             id=oid, name=str(o.get("name", f"object_{oid}")), prompts=sps, window=o.get("window"),
             color=tuple(int(c) for c in color[:3]) if color else None, propagate=propagate, axis=axis,
-            range=(min(rng), max(rng)) if rng else None))
+            range=(min(rng), max(rng)) if rng else None, corrections=corrections))
     return PromptsFile(objects=objects, window=data.get("window"))
+
+
+def _parse_corrections(items: Any, where: str) -> list[tuple[tuple[int, int, int], int]]:
+    """An object's "corrections": [{"point": [z, row, col], "label": 1|0}, ...]."""
+    _require(isinstance(items, list), where, "'corrections' must be a list of {\"point\": [z, r, c], \"label\": 1|0}")
+    out = []
+    for j, c in enumerate(items):
+        cw = f"{where}.corrections[{j}]"
+        _require(isinstance(c, dict), cw, "must be an object with 'point' and 'label'")
+        unknown = set(c) - {"point", "label"}
+        _require(not unknown, cw, f"unknown key(s) {sorted(unknown)} (expected 'point', 'label')")
+        pt = c.get("point")
+        _require(isinstance(pt, list) and len(pt) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                               for v in pt),
+                 cw, "'point' must be [z, row, col] voxel indices (integers)")
+        lab = c.get("label", 1)
+        _require(lab in (0, 1) and not isinstance(lab, bool), cw, "'label' must be 1 (add) or 0 (remove)")
+        out.append((tuple(pt), int(lab)))
+    return out
 
 
 def load_prompts(path: str | Path) -> PromptsFile:

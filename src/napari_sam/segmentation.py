@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from .cache import SliceEmbeddings, slice_along
+from .corrections import Correction, apply_corrections
 from .errors import InputError
 from .intensity import Window, resolve_window
 from .io import Volume
@@ -137,6 +138,10 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
     from .propagation import _is_set
 
     prompts.check_against(volume.array.shape, volume.is_2d)
+    for o in prompts.objects:
+        if o.corrections and not o.propagate:
+            raise InputError(f"object {o.id} ({o.name}): 'corrections' act on a 3D result; "
+                             f"set \"propagate\": true")
     if volume.is_rgb and any(o.propagate for o in prompts.objects):
         raise InputError("propagation needs a 3D image; this one is a 2D RGB image")
     result = SegmentationResult(labels=np.zeros(volume.shape, np.uint16),
@@ -195,7 +200,12 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
             estimates[_id] = total - done
             report(f"{_name}: {message}")
 
-        Propagator(backend, store(win, obj.axis), rules=stop_rules).propagate(state, obj_progress, cancel)
+        propagator = Propagator(backend, store(win, obj.axis), rules=stop_rules)
+        propagator.propagate(state, obj_progress, cancel)
+        if obj.corrections and not state.needs_run and not _is_set(cancel):
+            report(f"{obj.name}: {len(obj.corrections)} correction(s)")
+            apply_corrections(state, propagator, [Correction(p, lab) for p, lab in obj.corrections],
+                              spacing_zyx=volume.geometry.scale_zyx)
         estimates[obj.id] = 0
         if state.needs_run:
             result.cancelled = True
