@@ -6,16 +6,12 @@ its prompted slices along its ``axis``, within its optional ``range``
 (:mod:`napari_sam.propagation`). All objects go into one label map on the
 image's grid.
 
-Overlaps (several objects claiming a voxel) are resolved by one
-deterministic rule, :func:`paint_objects`:
-
-1. slices the user prompted (key slices) beat propagated slices: a voxel
-   inside an object's mask on one of its own prompted slices goes to that
-   object even if another object's propagation reached it first;
-2. within the same tier, the object listed first in the prompts file wins.
-
-So the result does not depend on the order objects were computed in, and a
-user's prompt is never painted over by another object's propagation.
+Overlaps (several objects claiming a voxel) are resolved per voxel by the one
+rule of :mod:`napari_sam.overlaps` (also used by the napari widget): slices
+the user prompted beat propagated ones; otherwise the object holding the
+voxel deepest (mm from its mask's boundary) wins; ties go to the object
+listed first. A user's prompt is never painted over by another object's
+propagation.
 """
 
 from __future__ import annotations
@@ -31,6 +27,7 @@ from .errors import InputError
 from .intensity import Window, resolve_window
 from .io import Volume
 from .models.base import Backend
+from .overlaps import ObjectMasks, resolve_overlaps
 from .predictor import SlicePredictor
 from .prompts import ObjectPrompts, PromptsFile, SlicePrompt
 from .propagation import Cancel, PropagationState, Propagator, StopRules
@@ -58,30 +55,12 @@ class SegmentationResult:
     cancelled: bool = False
 
 
-@dataclass
-class ObjectMasks:
-    """One object's masks before painting: ``masks`` slice -> (rows, cols) bool
-    along ``axis``; ``key_slices``: the slices the user prompted."""
-
-    id: int
-    axis: int
-    masks: dict[int, np.ndarray]
-    key_slices: set[int]
-
-
-def paint_objects(shape: tuple[int, int, int], objects: list[ObjectMasks]) -> np.ndarray:
-    """Paint objects into one (z, y, x) uint16 label map by the overlap rule of
-    this module: key-slice masks first (in list order, first wins), then
-    propagated masks into the voxels still free (in list order, first wins)."""
-    labels = np.zeros(shape, dtype=np.uint16)
-    for tier_key in (True, False):
-        for obj in objects:
-            for z in sorted(obj.masks):
-                if (z in obj.key_slices) != tier_key:
-                    continue
-                target = slice_along(labels, obj.axis, z)  # a view: painting writes into labels
-                target[obj.masks[z] & (target == 0)] = obj.id
-    return labels
+def paint_objects(shape: tuple[int, int, int], objects: list[ObjectMasks],
+                  spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Paint objects into one (z, y, x) uint16 label map, overlaps resolved per
+    voxel by :func:`napari_sam.overlaps.resolve_overlaps` (key slices first,
+    then the deepest claim in mm, ties to the object listed first)."""
+    return resolve_overlaps(shape, objects, spacing_zyx)
 
 
 def merge_slice_prompts(prompts: list[SlicePrompt]) -> dict[int, SlicePrompt]:
@@ -212,7 +191,8 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
         result.states[obj.id] = state
         masks[obj.id] = ObjectMasks(obj.id, obj.axis, {z: m for z, m in state.results.items() if m.any()},
                                     set(state.key_slices))
-    result.labels = paint_objects(volume.shape, [masks[o.id] for o in prompts.objects])
+    result.labels = paint_objects(volume.shape, [masks[o.id] for o in prompts.objects],
+                                   volume.geometry.scale_zyx)
     for o in prompts.objects:
         present = [z for z, m in masks[o.id].masks.items() if m.any()] if o.propagate else sorted(masks[o.id].masks)
         if present:
