@@ -165,7 +165,8 @@ def protocol(name: str, steps: int, cache: Path, max_structures: int | None, out
                 o["corrections"].append(c)
         per_step.append(scores)
         print(f"step {step}: mean Dice {np.mean(list(scores.values())):.3f}  ({wall:.1f} s wall, "
-              f"{wall / len(ids):.1f} s per structure)", flush=True)
+              f"{wall / len(ids):.1f} s per structure)  " + " ".join(f"{names[k]}={v:.3f}" for k, v in scores.items()),
+              flush=True)
     curve = [float(np.mean(list(s.values()))) for s in per_step]
     auc = float(np.trapezoid(curve[1:])) if steps > 1 else float("nan")
     print(f"{'structure':32s} " + " ".join(f"{'s' + str(k):>6s}" for k in range(steps + 1)) + "    NSD2")

@@ -24,7 +24,7 @@ import numpy as np
 from .cache import SliceEmbeddings, slice_along
 from .corrections import Correction, apply_corrections
 from .errors import InputError
-from .intensity import Window, resolve_window
+from .intensity import Window, looks_like_hounsfield, resolve_window
 from .io import Volume
 from .models.base import Backend
 from .overlaps import ObjectMasks, resolve_overlaps
@@ -77,6 +77,17 @@ def merge_slice_prompts(prompts: list[SlicePrompt]) -> dict[int, SlicePrompt]:
         else:
             by_slice[z] = SlicePrompt(points=p.points, labels=p.labels, box=p.box, slice=z)
     return by_slice
+
+
+def key_choice_for(volume: Volume) -> str:
+    """How box key slices pick their mask (:class:`Propagator`'s ``key_choice``):
+    the model's single output on CT (where it is the better one: see
+    docs/propagation.md), the candidate that best explains the box elsewhere
+    (MR: the IoU head is uncalibrated there and the single output often takes
+    a sub-part of the object)."""
+    modality = volume.metadata.get("modality")
+    is_ct = (modality or "").upper() == "CT" or (modality is None and looks_like_hounsfield(volume.array))
+    return "single" if is_ct else "box_fit"
 
 
 def object_window(volume: Volume, obj: ObjectPrompts, file_window=None, override=None) -> Window:
@@ -179,7 +190,7 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
             estimates[_id] = total - done
             report(f"{_name}: {message}")
 
-        propagator = Propagator(backend, store(win, obj.axis), rules=stop_rules)
+        propagator = Propagator(backend, store(win, obj.axis), rules=stop_rules, key_choice=key_choice_for(volume))
         propagator.propagate(state, obj_progress, cancel)
         if obj.corrections and not state.needs_run and not _is_set(cancel):
             report(f"{obj.name}: {len(obj.corrections)} correction(s)")
