@@ -13,10 +13,10 @@ object most likely to own it, judged per voxel:
    where two masks touch is each object's least certain part);
 3. ties go to the object listed first.
 
-The CLI (:func:`napari_sam.segmentation.segment_volume`) and the napari
-widget both paint through this function, so the same objects give the same
-label map everywhere and the result does not depend on the order the objects
-were computed in (only exact ties do).
+The CLI and the API (:func:`napari_sam.segmentation.segment_volume`) paint
+through this function, so the result does not depend on the order the
+objects were computed in (only exact ties do). The napari widget does not
+use it yet: it still writes a propagated slice into free voxels only.
 """
 
 from __future__ import annotations
