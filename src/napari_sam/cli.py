@@ -1,4 +1,4 @@
-"""The command line: ``napari-sam segment | auto | embed | models | download``.
+"""The command line: ``napari-sam segment | auto | embed | batch | models | download``.
 
 Errors print as one line on stderr, ``napari-sam: error: ...``, with exit
 code 2 for bad input or usage and 1 for runtime failures; nothing is written
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(emb)
 
     sub.add_parser("models", help="list the available models")
+    from .batch import add_parser as _add_batch_parser
+
+    _add_batch_parser(sub)
 
     dl = sub.add_parser("download", help="download model checkpoints into the cache (for later offline use)")
     dl.add_argument("names", nargs="+", help="model names (see `napari-sam models`)")
@@ -358,8 +361,14 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import cmd_batch
+
+    return cmd_batch(args)
+
+
 COMMANDS = {"segment": _cmd_segment, "auto": _cmd_auto, "embed": _cmd_embed, "models": _cmd_models,
-            "download": _cmd_download}
+            "download": _cmd_download, "batch": _cmd_batch}
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
