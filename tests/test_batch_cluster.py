@@ -135,7 +135,8 @@ def test_worker_killed_mid_case_is_retried_and_output_identical(cohort: Path, cl
     mr = data_dir / "mr_small" / "image.nii.gz"
     (cohort / "kill.csv").write_text(f"image,prompts,output\n{mr},liver.json,killed/liver.nii.gz\n")
     result: dict = {}
-    t = threading.Thread(target=lambda: result.update(r=run(cohort / "kill.csv", client, BatchSettings())))
+    settings = BatchSettings(cache_dir=str(cohort / "cache_kill"))  # a cold cache, like the reference run
+    t = threading.Thread(target=lambda: result.update(r=run(cohort / "kill.csv", client, settings)))
     t.start()
     victim = None
     deadline = time.monotonic() + 120

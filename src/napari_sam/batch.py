@@ -79,6 +79,12 @@ class ModelPlugin(WorkerPlugin):
         self.backend = load_model(self.model, self.checkpoint, "cpu", progress=False)
 
 
+def register_model(client, model: str = "lite_medsam", checkpoint: str | None = None,
+                   torch_threads: int | None = None) -> None:
+    """Have every worker of ``client`` (and every worker that joins later) load the model once."""
+    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads), name=PLUGIN_NAME)
+
+
 def _case_task(case: Case, settings: BatchSettings) -> dict[str, Any]:
     """The Dask task of one case: run it with the worker's model."""
     from distributed import get_worker
@@ -181,8 +187,7 @@ def run(manifest: str | Path, client=None, settings: BatchSettings | None = None
         if todo:
             for c in todo:
                 remove_partials(c.output)
-            client.register_plugin(ModelPlugin(settings.model, settings.checkpoint, torch_threads),
-                                   name=PLUGIN_NAME)
+            register_model(client, settings.model, settings.checkpoint, torch_threads)
             futures = {client.submit(_case_task, c, settings, key=f"napari-sam-case-{c.row}-{os.getpid()}",
                                      pure=False): c for c in todo}
             if progress:

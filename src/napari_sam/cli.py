@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--zoom", action="store_true",
                       help="decode each proposal on a magnified crop (sharper small objects; one encoder run per crop)")
     auto.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    auto.add_argument("--scheduler", default=None, help="zarr/OME-Zarr input or .zarr output: tiles as tasks "
+                      "on this Dask scheduler (default: a local cluster); docs/scaling.md")
     _add_model_args(auto)
     emb = sub.add_parser("embed", help="fill the embedding cache for an image ahead of time")
     emb.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
@@ -294,8 +296,19 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     from .intensity import looks_like_hounsfield, parse_window, resolve_window
     from .io import Geometry, check_output_path, read_image, write_labels
     from .models.registry import load_model
+    from .large import auto_large, check_tiled_paths, wants_tiled
     from .zoom import CropEmbeddings
 
+    if wants_tiled(args.image, args.output):  # zarr in or out: tiles as Dask tasks (docs/scaling.md)
+        check_tiled_paths(args.image, args.output, args.overwrite)
+        bar = ProgressBar("auto", args.quiet, unit="tile")
+        try:
+            info = auto_large(args.image, args.output, _auto_settings(args, args.preset == "ct")[1], args.window,
+                              args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
+        finally:
+            bar.close()
+        print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
+        return 0
     out = check_output_path(args.output, args.overwrite, inputs=(args.image,))
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
