@@ -37,7 +37,7 @@ MODES = ("segment", "auto")
 
 @dataclass(frozen=True)
 class Case:
-    """One manifest row: ``row`` is its 1-based data row (the header is row 0);
+    """One manifest row: ``row`` is its line number in the file minus one (the header is row 0);
     paths are absolute; ``window`` the raw spec or None."""
 
     row: int
@@ -110,7 +110,7 @@ def read_manifest(path: str | Path) -> list[Case]:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = list(reader)
+            rows = [(reader.line_num - 1, r) for r in reader]  # row = line number - 1 (header: row 0)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: not a readable CSV file ({exc})") from None
     if not header:
@@ -124,7 +124,7 @@ def read_manifest(path: str | Path) -> list[Case]:
             raise InputError(f"{path}: missing column {col!r}")
     folder = path.resolve().parent
     cases = []
-    for i, raw in enumerate(rows, start=1):
+    for i, raw in rows:
         row = {(k or "").strip(): (v or "") for k, v in raw.items() if k is not None}
         if not any(v.strip() for v in row.values()):
             continue  # a blank line
