@@ -61,15 +61,16 @@ def manifest_for(manifest: Path, tag: str) -> Path:
 def run_cli_sequential(manifest: Path) -> float:
     """Each case as its own ``napari-sam`` process, one after the other."""
     root = manifest.parent
+    c0 = _cpu_children()
     t0 = time.perf_counter()
     for line in manifest.read_text().splitlines()[1:]:
         image, prompts, output, mode = line.split(",")
         cmd = [sys.executable, "-m", "napari_sam.cli", mode, str(root / image), "--output", str(root / output),
-               "--quiet", "--cache-dir", str(root / "cache_cli")]
+               "--quiet", "--cache-dir", str(root / f"cache_{manifest.stem}")]
         if prompts:
             cmd += ["--prompts", str(root / prompts)]
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu_children() - c0
 
 
 def run_in_process(manifest: Path) -> float:
@@ -78,22 +79,37 @@ def run_in_process(manifest: Path) -> float:
     from napari_sam.batch_manifest import BatchSettings, read_manifest
     from napari_sam.models.registry import load_model
 
+    c0 = _cpu_self()
     t0 = time.perf_counter()
     backend = load_model()
-    settings = BatchSettings(cache_dir=str(manifest.parent / "cache_inproc"))
+    settings = BatchSettings(cache_dir=str(manifest.parent / f"cache_{manifest.stem}"))
     for case in read_manifest(manifest):
         rec = run_case(case, settings, backend)
         assert rec["status"] == "done", rec
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu_self() - c0
 
 
 def _memory(dask_worker) -> dict[str, float]:
-    import resource
-
+    """A worker's RSS at the end and the CPU seconds its process used (user + system)."""
     import psutil
 
-    return {"rss_mib": psutil.Process().memory_info().rss / 2**20,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    p = psutil.Process()
+    t = p.cpu_times()
+    return {"rss_mib": p.memory_info().rss / 2**20, "cpu_s": t.user + t.system}
+
+
+def _cpu_self() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_children() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def run_batch(manifest: Path, workers: int) -> tuple[float, list[dict], dict]:
@@ -101,13 +117,15 @@ def run_batch(manifest: Path, workers: int) -> tuple[float, list[dict], dict]:
     from napari_sam.batch import local_client, run
     from napari_sam.batch_manifest import BatchSettings
 
+    c0 = _cpu_self()
     t0 = time.perf_counter()
     client = local_client(workers, 1)
     try:
-        recs = run(manifest, client, BatchSettings(cache_dir=str(manifest.parent / f"cache_b{workers}")),
+        recs = run(manifest, client, BatchSettings(cache_dir=str(manifest.parent / f"cache_{manifest.stem}")),
                    torch_threads=max(1, 2 // workers))
         wall = time.perf_counter() - t0
         mem = client.run(_memory)
+        mem["client+scheduler"] = {"rss_mib": 0.0, "cpu_s": _cpu_self() - c0}
     finally:
         cluster = client.cluster
         client.close()
@@ -120,27 +138,28 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", type=int, default=4)
     ap.add_argument("--out", default="/tmp/batch_bench")
+    ap.add_argument("--configs", default="cli,inproc,b1,b2", help="comma-separated, run in this order")
     args = ap.parse_args()
     root = Path(args.out)
     shutil.rmtree(root, ignore_errors=True)
     manifest = make_cohort(root, args.cases)
-    print(f"load average at start: {os.getloadavg()}", flush=True)
     n = args.cases
-    results = {}
-    t = run_cli_sequential(manifest_for(manifest, "cli"))
-    results["sequential napari-sam processes"] = t
-    print(f"sequential CLI processes: {t:.1f} s, {3600 * n / t:.0f} cases/h; load {os.getloadavg()}", flush=True)
-    t = run_in_process(manifest_for(manifest, "inproc"))
-    results["sequential, one process"] = t
-    print(f"sequential in one process: {t:.1f} s, {3600 * n / t:.0f} cases/h; load {os.getloadavg()}", flush=True)
-    for w in (1, 2):
-        t, recs, mem = run_batch(manifest_for(manifest, f"b{w}"), w)
-        results[f"batch, {w} worker(s)"] = t
-        busy = sum(r["seconds"] for r in recs)
-        print(f"batch {w} worker(s): {t:.1f} s, {3600 * n / t:.0f} cases/h; case seconds sum {busy:.1f}; "
-              f"memory per worker (MiB) {json.dumps({k: {m: round(v) for m, v in d.items()} for k, d in mem.items()})}"
-              f"; load {os.getloadavg()}", flush=True)
-    print(json.dumps({k: round(v, 1) for k, v in results.items()}))
+    print(f"{n} cases; load average at start: {os.getloadavg()}", flush=True)
+    for i, cfg in enumerate(args.configs.split(",")):
+        m = manifest_for(manifest, f"{cfg}_{i}")
+        extra = ""
+        if cfg == "cli":
+            wall, cpu = run_cli_sequential(m)
+        elif cfg == "inproc":
+            wall, cpu = run_in_process(m)
+        else:
+            wall, recs, mem = run_batch(m, int(cfg[1:]))
+            cpu = sum(d["cpu_s"] for d in mem.values())
+            extra = (f"; case seconds sum {sum(r['seconds'] for r in recs):.1f}; worker RSS MiB "
+                     f"{[round(d['rss_mib']) for d in mem.values() if d['rss_mib']]}; client+scheduler CPU "
+                     f"{mem['client+scheduler']['cpu_s']:.1f} s")
+        print(f"{cfg}: wall {wall:.1f} s = {3600 * n / wall:.0f} cases/h; CPU {cpu:.1f} s = {cpu / n:.1f} s/case"
+              f"{extra}; load {tuple(round(v, 1) for v in os.getloadavg())}", flush=True)
 
 
 if __name__ == "__main__":
