@@ -44,8 +44,10 @@ def label_maps(volume) -> dict[str, tuple[np.ndarray, dict[int, str]]]:
     small[12][ref[12] == 1] = 2
     small[12][ref[12] == 6] = 3
     present = {int(i) for i in np.unique(ref) if i}
-    return {"3 objects": (small, {1: "liver", 2: "spleen", 3: "stomach"}),
-            "31 structures": (ref.astype(np.uint16), {i: n for i, n in names.items() if i in present})}
+    return {
+        "3 objects": (small, {1: "liver", 2: "spleen", 3: "stomach"}),
+        "31 structures": (ref.astype(np.uint16), {i: n for i, n in names.items() if i in present}),
+    }
 
 
 def main() -> None:
@@ -56,15 +58,27 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f} (2 cores)")
     print(f"{'label map':14s} {'format':22s} {'size':>10s} {'write (median)':>15s}")
     for what, (labels, names) in label_maps(volume).items():
-        for fmt, suffix, enc in (("NIfTI + sidecar", ".nii.gz", None), ("Slicer .seg.nrrd", ".seg.nrrd", None),
-                                 ("DICOM SEG BINARY", ".dcm", "BINARY"), ("DICOM SEG LABELMAP", ".dcm", "LABELMAP")):
+        for fmt, suffix, enc in (
+            ("NIfTI + sidecar", ".nii.gz", None),
+            ("Slicer .seg.nrrd", ".seg.nrrd", None),
+            ("DICOM SEG BINARY", ".dcm", "BINARY"),
+            ("DICOM SEG LABELMAP", ".dcm", "LABELMAP"),
+        ):
             times, size = [], 0
             with tempfile.TemporaryDirectory() as d:
                 out = Path(d) / f"out{suffix}"
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
-                    write_result(out, labels, volume, names, model="lite_medsam", overwrite=True, notes=[],
-                                 seg_encoding=enc or "BINARY")
+                    write_result(
+                        out,
+                        labels,
+                        volume,
+                        names,
+                        model="lite_medsam",
+                        overwrite=True,
+                        notes=[],
+                        seg_encoding=enc or "BINARY",
+                    )
                     times.append(time.perf_counter() - t0)
                 size = out.stat().st_size
                 side = sidecar_path(out)

@@ -16,13 +16,23 @@ from napari_sam.prompts import box_of_mask
 from napari_sam.slicer_seg import write_slicer_seg
 
 
-def test_init_from_a_label_map_on_another_grid(tmp_path, data_dir, ct_dicom_dir, ct_labels, ct_label_names,
-                                               capsys):
+def test_init_from_a_label_map_on_another_grid(
+    tmp_path, data_dir, ct_dicom_dir, ct_labels, ct_label_names, capsys
+):
     """The shared CT labels are stored on a y-flipped grid: resampled by physical
     position, each label an object with its name (from labels.json), unchanged."""
     out = tmp_path / "out.nii.gz"
-    rc = main(["segment", str(ct_dicom_dir), "--init", str(data_dir / "ct_abdomen_dicom" / "labels.nii.gz"),
-               "--output", str(out), "--quiet"])
+    rc = main(
+        [
+            "segment",
+            str(ct_dicom_dir),
+            "--init",
+            str(data_dir / "ct_abdomen_dicom" / "labels.nii.gz"),
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert np.array_equal(seg, ct_labels)
@@ -32,7 +42,9 @@ def test_init_from_a_label_map_on_another_grid(tmp_path, data_dir, ct_dicom_dir,
 
 
 @pytest.mark.parametrize("fmt", ["dcm", "seg.nrrd"])
-def test_init_corrected_and_repropagated(tmp_path, fmt, ct_dicom_dir, ct_volume, ct_labels, ct_label_names):
+def test_init_corrected_and_repropagated(
+    tmp_path, fmt, ct_dicom_dir, ct_volume, ct_labels, ct_label_names
+):
     liver = ct_labels == ct_label_names["liver"]
     spleen = ct_labels == ct_label_names["spleen"]
     init = np.zeros(ct_volume.shape, np.uint16)
@@ -48,12 +60,36 @@ def test_init_corrected_and_repropagated(tmp_path, fmt, ct_dicom_dir, ct_volume,
     else:
         write_slicer_seg(path, init, ct_volume.geometry, names)
     # correct slice 10 with a box; re-propagate the liver up to slice 14
-    prompts = {"objects": [{"id": 1, "propagate": True, "range": [9, 14],
-                            "prompts": [{"slice": 10, "box": list(box_of_mask(liver[10]))}]}]}
+    prompts = {
+        "objects": [
+            {
+                "id": 1,
+                "propagate": True,
+                "range": [9, 14],
+                "prompts": [{"slice": 10, "box": list(box_of_mask(liver[10]))}],
+            }
+        ]
+    }
     (tmp_path / "p.json").write_text(json.dumps(prompts))
     out = tmp_path / "out.nii.gz"
-    assert main(["segment", str(ct_dicom_dir), "--init", str(path), "--prompts", str(tmp_path / "p.json"),
-                 "--output", str(out), "--window", "soft-tissue", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(ct_dicom_dir),
+                "--init",
+                str(path),
+                "--prompts",
+                str(tmp_path / "p.json"),
+                "--output",
+                str(out),
+                "--window",
+                "soft-tissue",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     for z in (9, 11, 12):  # the labels' slices are key slices, kept as they are
         assert np.array_equal(seg[z] == 1, init[z] == 1), z

@@ -317,15 +317,17 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     from .automatic import AutomaticSegmenter
     from .cache import content_hash, embedding_key, model_identity
     from .intensity import looks_like_hounsfield, parse_window, resolve_window
-    from .io import Geometry, check_output_path, read_image, write_labels
+    from .export import check_result_for, check_result_path, write_result
+    from .io import Geometry, read_image
     from .models.registry import load_model
     from .zoom import CropEmbeddings
 
-    out = check_output_path(args.output, args.overwrite, inputs=(args.image,))
+    out = check_result_path(args.output, args.overwrite, inputs=(args.image,))
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
         window_spec = parse_window(window_spec)
     volume = read_image(args.image)
+    check_result_for(out, volume)
     is_ct = (volume.metadata.get("modality") or "").upper() == "CT" or (
         not volume.is_rgb and volume.metadata.get("modality") is None and looks_like_hounsfield(volume.array))
     preset, settings = _auto_settings(args, is_ct)
@@ -350,12 +352,16 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     n = int(labels.max(initial=0))
-    write_labels(out, labels, volume.geometry, overwrite=args.overwrite,
+    notes: list[str] = []
+    write_result(out, labels, volume, model=backend.name, overwrite=args.overwrite, notes=notes,
+                 algorithm_type="AUTOMATIC",
                  extra={"source": str(args.image), "model": backend.name, "mode": "automatic", "preset": preset,
                         "proposals": segmenter.proposal_kind(), "window": [window.lo, window.hi],
                         "object_diameter": round(result.diameter, 2),
                         "timings_s": {k: round(v, 3) for k, v in result.timings.items()}})
     if not args.quiet:
+        for note in notes:
+            print(f"{PROG}: note: {note}", file=sys.stderr)
         print(f"wrote {out} ({n} object(s), {result.proposals} prompt(s), {result.encoder_calls} embedding(s); "
               f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 0

@@ -44,9 +44,11 @@ def check_dicom_source(volume: Volume, out: str | Path) -> None:
     """Raise InputError (one line, why) when ``volume`` is not a DICOM series."""
     if not is_dicom_series(volume):
         src = volume.metadata.get("path", "the input")
-        raise InputError(f"{out}: DICOM SEG output needs a DICOM series as input (a valid SEG references the "
-                         f"source images' Study, Series and SOP Instance UIDs); {src} is not one: write "
-                         ".nii.gz, .nrrd, .mha or .seg.nrrd instead")
+        raise InputError(
+            f"{out}: DICOM SEG output needs a DICOM series as input (a valid SEG references the "
+            f"source images' Study, Series and SOP Instance UIDs); {src} is not one: write "
+            ".nii.gz, .nrrd, .mha or .seg.nrrd instead"
+        )
 
 
 def _segmentation_type(hd, encoding: str) -> Any:
@@ -55,7 +57,9 @@ def _segmentation_type(hd, encoding: str) -> Any:
     if encoding.upper() not in ("BINARY", "LABELMAP"):
         raise InputError(f"DICOM SEG encoding {encoding!r}: expected BINARY or LABELMAP")
     if encoding.upper() == "LABELMAP" and not hasattr(values, "LABELMAP"):
-        raise InputError(f"this highdicom ({hd.__version__}) cannot write LABELMAP DICOM SEG; use BINARY")
+        raise InputError(
+            f"this highdicom ({hd.__version__}) cannot write LABELMAP DICOM SEG; use BINARY"
+        )
     return getattr(values, encoding.upper())
 
 
@@ -65,8 +69,10 @@ def _renumbered(labels: np.ndarray, ids: list[int], names: dict, colors: dict, n
         return labels, ids, names, colors
     lut = np.zeros(max(ids) + 1, np.uint16)
     lut[ids] = np.arange(1, len(ids) + 1)
-    notes.append("BINARY DICOM SEG numbers segments 1..N: object ids " +
-                 ", ".join(f"{i}->{n}" for n, i in enumerate(ids, 1) if i != n))
+    notes.append(
+        "BINARY DICOM SEG numbers segments 1..N: object ids "
+        + ", ".join(f"{i}->{n}" for n, i in enumerate(ids, 1) if i != n)
+    )
     new_names = {n: names[i] for n, i in enumerate(ids, 1) if i in names}
     new_colors = {n: colors[i] for n, i in enumerate(ids, 1) if i in colors}
     return lut[labels], list(range(1, len(ids) + 1)), new_names, new_colors
@@ -80,17 +86,27 @@ def _fill_uid(datasets: list, attr: str, notes: list[str]) -> None:
 
     values = {str(ds.get(attr, "") or "") for ds in datasets} - {""}
     if len(values) > 1:
-        raise InputError(f"the DICOM files hold {len(values)} different {attr}s; expected one series")
+        raise InputError(
+            f"the DICOM files hold {len(values)} different {attr}s; expected one series"
+        )
     if values and all(ds.get(attr) for ds in datasets):
         return
-    uid = values.pop() if values else generate_uid(
-        entropy_srcs=[attr, str(datasets[0].get("FrameOfReferenceUID", ""))] +
-        sorted(str(ds.SOPInstanceUID) for ds in datasets))
+    uid = (
+        values.pop()
+        if values
+        else generate_uid(
+            entropy_srcs=[attr, str(datasets[0].get("FrameOfReferenceUID", ""))]
+            + sorted(str(ds.SOPInstanceUID) for ds in datasets)
+        )
+    )
     for ds in datasets:
         setattr(ds, attr, uid)
     if not values:
-        notes.append(f"the source series has no {attr} (anonymised?); the SEG references {uid}, derived from "
-                     "its images' SOP Instance UIDs, which a PACS will not link to the original study")
+        notes.append(
+            f"the source series has no {attr} (anonymised?); the SEG references {uid}, "
+            "derived from "
+            "its images' SOP Instance UIDs, which a PACS will not link to the original study"
+        )
 
 
 def source_headers(volume: Volume) -> tuple[list, list[str]]:
@@ -104,8 +120,10 @@ def source_headers(volume: Volume) -> tuple[list, list[str]]:
     for f in volume.metadata["dicom_file_names"]:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         meta = getattr(ds, "file_meta", None)
-        for attr, meta_attr in (("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
-                                ("SOPClassUID", "MediaStorageSOPClassUID")):
+        for attr, meta_attr in (
+            ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+            ("SOPClassUID", "MediaStorageSOPClassUID"),
+        ):
             if not ds.get(attr):
                 value = meta.get(meta_attr) if meta is not None else None
                 if not value:
@@ -120,40 +138,67 @@ def source_headers(volume: Volume) -> tuple[list, list[str]]:
 def _source_datasets(volume: Volume, labels: np.ndarray) -> tuple[list, list[str]]:
     datasets, notes = source_headers(volume)
     if len(datasets) != labels.shape[0]:
-        raise InputError(f"label map has {labels.shape[0]} slice(s) but the DICOM series {len(datasets)}")
+        raise InputError(
+            f"label map has {labels.shape[0]} slice(s) but the DICOM series {len(datasets)}"
+        )
     rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
     if (rows, cols) != tuple(labels.shape[1:]):
-        raise InputError(f"label map slices are {labels.shape[1:]} but the DICOM images {(rows, cols)}")
+        raise InputError(
+            f"label map slices are {labels.shape[1:]} but the DICOM images {(rows, cols)}"
+        )
     return datasets, notes
 
 
-def _segment_descriptions(hd, ids: list[int], names: Mapping[int, str],
-                          colors: Mapping[int, tuple[int, int, int]], model: str | None, algorithm_type: str):
+def _segment_descriptions(
+    hd,
+    ids: list[int],
+    names: Mapping[int, str],
+    colors: Mapping[int, tuple[int, int, int]],
+    model: str | None,
+    algorithm_type: str,
+):
     from pydicom.sr.codedict import codes
 
     from . import __version__
     from .io import default_color
 
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="napari-sam", version=__version__, family=codes.cid7162.ArtificialIntelligence,
-        source="napari-sam", parameters={"model": model} if model else None)
+        name="napari-sam",
+        version=__version__,
+        family=codes.cid7162.ArtificialIntelligence,
+        source="napari-sam",
+        parameters={"model": model} if model else None,
+    )
     out = []
     for i in ids:
         name = names.get(i) or f"object_{i}"
         code = code_for_name(name)
         rgb = tuple(int(v) for v in (colors.get(i) or default_color(i))[:3])
-        out.append(hd.seg.SegmentDescription(
-            segment_number=i, segment_label=name[:64],
-            segmented_property_category=hd.sr.CodedConcept(code.category[0], code.scheme, code.category[1]),
-            segmented_property_type=hd.sr.CodedConcept(code.type[0], code.scheme, code.type[1]),
-            algorithm_type=algorithm_type, algorithm_identification=algorithm,
-            display_color=hd.color.CIELabColor.from_rgb(*rgb)))
+        out.append(
+            hd.seg.SegmentDescription(
+                segment_number=i,
+                segment_label=name[:64],
+                segmented_property_category=hd.sr.CodedConcept(
+                    code.category[0], code.scheme, code.category[1]
+                ),
+                segmented_property_type=hd.sr.CodedConcept(code.type[0], code.scheme, code.type[1]),
+                algorithm_type=algorithm_type,
+                algorithm_identification=algorithm,
+                display_color=hd.color.CIELabColor.from_rgb(*rgb),
+            )
+        )
     return out
 
 
-def build_dicom_seg(labels: np.ndarray, volume: Volume, names: Mapping[int, str] | None = None,
-                    colors: Mapping[int, tuple[int, int, int]] | None = None, model: str | None = None,
-                    algorithm_type: str = "SEMIAUTOMATIC", encoding: str = "BINARY"):
+def build_dicom_seg(
+    labels: np.ndarray,
+    volume: Volume,
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    model: str | None = None,
+    algorithm_type: str = "SEMIAUTOMATIC",
+    encoding: str = "BINARY",
+):
     """The highdicom ``Segmentation`` for a (z, row, col) label map segmented on ``volume``.
 
     ids are segment numbers (1..65535). encoding: "BINARY" (one bit per
@@ -179,7 +224,9 @@ def build_dicom_seg(labels: np.ndarray, volume: Volume, names: Mapping[int, str]
     if not ids:
         raise InputError("the segmentation is empty: a DICOM SEG needs at least one segment")
     if ids[0] < 1 or ids[-1] > 65535:
-        raise InputError(f"object ids {ids[0]}..{ids[-1]}: a DICOM SEG segment number must be in 1..65535")
+        raise InputError(
+            f"object ids {ids[0]}..{ids[-1]}: a DICOM SEG segment number must be in 1..65535"
+        )
     seg_type = _segmentation_type(hd, encoding)
     names = {i: names.get(i) or f"object_{i}" for i in ids}
     colors = {i: tuple(colors.get(i) or default_color(i))[:3] for i in ids}
@@ -188,21 +235,38 @@ def build_dicom_seg(labels: np.ndarray, volume: Volume, names: Mapping[int, str]
     pixels = labels.astype(np.uint8 if ids[-1] < 256 else np.uint16)
     ds0 = datasets[0]
     seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=pixels, segmentation_type=seg_type,
+        source_images=datasets,
+        pixel_array=pixels,
+        segmentation_type=seg_type,
         segment_descriptions=_segment_descriptions(hd, ids, names, colors, model, algorithm_type),
-        series_instance_uid=hd.UID(), series_number=int(getattr(ds0, "SeriesNumber", 0) or 0) + 1000,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="napari-sam",
+        series_instance_uid=hd.UID(),
+        series_number=int(getattr(ds0, "SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="napari-sam",
         manufacturer_model_name=f"napari-sam {model}" if model else "napari-sam",
-        software_versions=__version__, device_serial_number="1", series_description="napari-sam segmentation",
-        content_label="NAPARI_SAM", content_description=f"napari-sam segmentation ({model or 'SAM'})",
-        omit_empty_frames=True)
+        software_versions=__version__,
+        device_serial_number="1",
+        series_description="napari-sam segmentation",
+        content_label="NAPARI_SAM",
+        content_description=f"napari-sam segmentation ({model or 'SAM'})",
+        omit_empty_frames=True,
+    )
     return seg, notes
 
 
-def write_dicom_seg(path: str | Path, labels: np.ndarray, volume: Volume, names: Mapping[int, str] | None = None,
-                    colors: Mapping[int, tuple[int, int, int]] | None = None, model: str | None = None,
-                    overwrite: bool = False, algorithm_type: str = "SEMIAUTOMATIC",
-                    notes: list[str] | None = None, encoding: str = "BINARY") -> Path:
+def write_dicom_seg(
+    path: str | Path,
+    labels: np.ndarray,
+    volume: Volume,
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    model: str | None = None,
+    overwrite: bool = False,
+    algorithm_type: str = "SEMIAUTOMATIC",
+    notes: list[str] | None = None,
+    encoding: str = "BINARY",
+) -> Path:
     """Write ``labels`` (z, row, col; ids as segment numbers) as one DICOM SEG file at ``path``.
 
     ``volume`` must have been read from a DICOM series (InputError
@@ -226,7 +290,9 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, volume: Volume, names:
     def verify(tmp: Path) -> None:
         back = read_dicom_seg(tmp, volume)
         if back.labels.shape != expected.shape or not np.array_equal(back.labels, expected):
-            raise OSError(f"{path}: the DICOM SEG read back differs from the label map; not written")
+            raise OSError(
+                f"{path}: the DICOM SEG read back differs from the label map; not written"
+            )
 
     return write_atomically(path, lambda tmp: seg.save_as(str(tmp)), verify)
 
@@ -242,7 +308,9 @@ def _segment_info(seg) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]
         if lab is not None:
             import highdicom as hd
 
-            colors[int(n)] = tuple(int(v) for v in hd.color.CIELabColor.from_dicom_value(lab).to_rgb(clip=True))
+            colors[int(n)] = tuple(
+                int(v) for v in hd.color.CIELabColor.from_dicom_value(lab).to_rgb(clip=True)
+            )
         else:
             colors[int(n)] = default_color(int(n))
     return names, colors
@@ -253,7 +321,9 @@ def _geometry_from_affine(affine: np.ndarray) -> Geometry:
     cols = [affine[:3, 2], affine[:3, 1], affine[:3, 0]]  # x (col), y (row), z (slice) axes
     spacing = tuple(float(np.linalg.norm(c)) for c in cols)
     direction = np.stack([c / s for c, s in zip(cols, spacing)], axis=1)
-    return Geometry(spacing, tuple(float(v) for v in affine[:3, 3]), tuple(float(v) for v in direction.ravel()))
+    return Geometry(
+        spacing, tuple(float(v) for v in affine[:3, 3]), tuple(float(v) for v in direction.ravel())
+    )
 
 
 def _volume_array(seg) -> tuple[np.ndarray, Geometry]:
@@ -289,23 +359,33 @@ def read_dicom_seg(path: str | Path, volume: Volume | None = None) -> LabelSet:
     try:
         seg = hd.seg.segread(str(path))
     except Exception as exc:  # not DICOM, or not a SEG
-        raise InputError(f"{path}: not a readable DICOM SEG ({str(exc).splitlines()[0][:120]})") from None
+        raise InputError(
+            f"{path}: not a readable DICOM SEG ({str(exc).splitlines()[0][:120]})"
+        ) from None
     refs = seg.get_source_image_uids()
     meta: dict[str, Any] = {
         "study_uid": str(seg.StudyInstanceUID),
         "series_uid": str(refs[0][1]) if refs else None,
         "referenced_sop_uids": [str(r[2]) for r in refs],
-        "segmentation_type": str(seg.SegmentationType), "path": str(path)}
+        "segmentation_type": str(seg.SegmentationType),
+        "path": str(path),
+    }
     names, colors = _segment_info(seg)
     own = _sop_uids(volume) if volume is not None and is_dicom_series(volume) else None
     if own is not None and set(meta["referenced_sop_uids"]) <= set(own):
-        arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=own, combine_segments=True,
-                                                relabel=False, assert_missing_frames_are_empty=True)
+        arr = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=own,
+            combine_segments=True,
+            relabel=False,
+            assert_missing_frames_are_empty=True,
+        )
         return LabelSet(np.asarray(arr), volume.geometry, names, colors, meta)
     try:
         arr, geom = _volume_array(seg)
     except Exception as exc:
-        raise InputError(f"{path}: the SEG's frames do not form a regular volume ({str(exc)[:120]})") from None
+        raise InputError(
+            f"{path}: the SEG's frames do not form a regular volume ({str(exc)[:120]})"
+        ) from None
     return LabelSet(arr, geom, names, colors, meta)
 
 

@@ -16,22 +16,30 @@ from .io import Volume, check_output_path, write_labels
 
 
 def output_kind(path: str | Path) -> str:
-    """"dicom_seg" (``.dcm``), "slicer_seg" (``.seg.nrrd``) or "labels" (anything else)."""
+    """ "dicom_seg" (``.dcm``), "slicer_seg" (``.seg.nrrd``) or "labels" (anything else)."""
     name = str(path).lower()
     if name.endswith(".dcm"):
         return "dicom_seg"
     return "slicer_seg" if name.endswith(".seg.nrrd") else "labels"
 
 
-def check_result_path(path: str | Path, overwrite: bool = False, inputs: tuple[Any, ...] = ()) -> Path:
-    """Validate an output path before any work (suffix, folder, no clobbering); see :func:`io.check_output_path`."""
+def check_result_path(
+    path: str | Path, overwrite: bool = False, inputs: tuple[Any, ...] = ()
+) -> Path:
+    """Validate an output path before any work (suffix, folder, no clobbering of inputs or
+    existing files); see :func:`napari_sam.io.check_output_path`."""
     path = Path(path)
     if output_kind(path) != "dicom_seg":
         return check_output_path(path, overwrite, inputs)
     if path.parent.exists() and not path.parent.is_dir():
         raise InputError(f"{path.parent}: not a folder")
     for inp in inputs:
-        if inp is not None and Path(inp).exists() and path.exists() and path.resolve() == Path(inp).resolve():
+        if (
+            inp is not None
+            and Path(inp).exists()
+            and path.exists()
+            and path.resolve() == Path(inp).resolve()
+        ):
             raise InputError(f"{path}: refusing to overwrite an input file")
     if path.exists() and not overwrite:
         raise InputError(f"{path}: output exists; pass --overwrite to replace it")
@@ -46,11 +54,19 @@ def check_result_for(path: str | Path, volume: Volume) -> None:
         check_dicom_source(volume, path)
 
 
-def write_result(path: str | Path, labels: np.ndarray, volume: Volume, names: Mapping[int, str] | None = None,
-                 colors: Mapping[int, tuple[int, int, int]] | None = None, model: str | None = None,
-                 overwrite: bool = False, extra: Mapping[str, Any] | None = None,
-                 notes: list[str] | None = None, algorithm_type: str = "SEMIAUTOMATIC",
-                 seg_encoding: str = "BINARY") -> Path:
+def write_result(
+    path: str | Path,
+    labels: np.ndarray,
+    volume: Volume,
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    model: str | None = None,
+    overwrite: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    notes: list[str] | None = None,
+    algorithm_type: str = "SEMIAUTOMATIC",
+    seg_encoding: str = "BINARY",
+) -> Path:
     """Write a (z, y, x) label map segmented on ``volume`` in the format ``path`` names, atomically.
 
     extra: goes into the JSON sidecar of a plain label map (the one-file
@@ -62,10 +78,22 @@ def write_result(path: str | Path, labels: np.ndarray, volume: Volume, names: Ma
     if kind == "dicom_seg":
         from .dicom_seg import write_dicom_seg
 
-        return write_dicom_seg(path, labels, volume, names, colors, model=model, overwrite=overwrite,
-                               algorithm_type=algorithm_type, notes=notes, encoding=seg_encoding)
+        return write_dicom_seg(
+            path,
+            labels,
+            volume,
+            names,
+            colors,
+            model=model,
+            overwrite=overwrite,
+            algorithm_type=algorithm_type,
+            notes=notes,
+            encoding=seg_encoding,
+        )
     if kind == "slicer_seg":
         from .slicer_seg import write_slicer_seg
 
         return write_slicer_seg(path, labels, volume.geometry, names, colors, overwrite=overwrite)
-    return write_labels(path, labels, volume.geometry, names, colors, overwrite=overwrite, extra=extra)
+    return write_labels(
+        path, labels, volume.geometry, names, colors, overwrite=overwrite, extra=extra
+    )

@@ -52,7 +52,9 @@ def _read_plain(path: Path) -> LabelSet:
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError:
-        raise InputError(f"{path}: cannot read the label map (not a readable NIfTI/NRRD/MHA file)") from None
+        raise InputError(
+            f"{path}: cannot read the label map (not a readable NIfTI/NRRD/MHA file)"
+        ) from None
     if img.GetDimension() not in (2, 3) or img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: expected a 2D or 3D scalar label map")
     arr = sitk.GetArrayFromImage(img)
@@ -77,8 +79,11 @@ def _read_plain(path: Path) -> LabelSet:
             if str(k).isdigit():
                 names[int(k)] = str(v.get("name", f"object_{k}")) if isinstance(v, dict) else str(v)
                 if isinstance(v, dict) and isinstance(v.get("color"), list):
-                    colors[int(k)] = tuple(int(c) for c in v["color"][:3])  # type: ignore[assignment]
-    return LabelSet(arr.astype(np.uint16), Geometry.from_sitk(img), names, colors, {"path": str(path)})
+                    rgb = tuple(int(c) for c in v["color"][:3])
+                    colors[int(k)] = rgb  # type: ignore[assignment]
+    return LabelSet(
+        arr.astype(np.uint16), Geometry.from_sitk(img), names, colors, {"path": str(path)}
+    )
 
 
 def read_segmentation(path: str | Path, image: Volume | None = None) -> LabelSet:
@@ -102,10 +107,15 @@ def read_segmentation(path: str | Path, image: Volume | None = None) -> LabelSet
     return _read_plain(path)
 
 
-def _same_grid(a: Geometry, shape_a: tuple[int, ...], b: Geometry, shape_b: tuple[int, ...]) -> bool:
-    return (tuple(shape_a) == tuple(shape_b)
-            and np.allclose(a.spacing, b.spacing, atol=_TOL_MM) and np.allclose(a.origin, b.origin, atol=_TOL_MM)
-            and np.allclose(a.direction, b.direction, atol=1e-5))
+def _same_grid(
+    a: Geometry, shape_a: tuple[int, ...], b: Geometry, shape_b: tuple[int, ...]
+) -> bool:
+    return (
+        tuple(shape_a) == tuple(shape_b)
+        and np.allclose(a.spacing, b.spacing, atol=_TOL_MM)
+        and np.allclose(a.origin, b.origin, atol=_TOL_MM)
+        and np.allclose(a.direction, b.direction, atol=1e-5)
+    )
 
 
 def _check_series(labels: LabelSet, image: Volume, notes: list[str]) -> None:
@@ -117,16 +127,23 @@ def _check_series(labels: LabelSet, image: Volume, notes: list[str]) -> None:
         return
     where = labels.metadata.get("path", "the SEG")
     if not is_dicom_series(image):
-        notes.append(f"{where}: DICOM SEG of series {seg_series} placed on a non-DICOM image by physical position")
+        notes.append(
+            f"{where}: DICOM SEG of series {seg_series} placed on a non-DICOM image by "
+            "physical position"
+        )
         return
     ds0 = source_headers(image)[0][0]
     study, series = str(ds0.StudyInstanceUID), str(ds0.SeriesInstanceUID)
     if seg_study and seg_study != study:
-        raise InputError(f"{where}: the SEG belongs to study {seg_study}, the image to study {study}; "
-                         "refusing to put another study's segmentation on this image")
+        raise InputError(
+            f"{where}: the SEG belongs to study {seg_study}, the image to study {study}; "
+            "refusing to put another study's segmentation on this image"
+        )
     if seg_series != series:
-        notes.append(f"{where}: the SEG references series {seg_series}, the image is series {series} of the "
-                     "same study: resampled onto the image's grid by physical position (nearest neighbour)")
+        notes.append(
+            f"{where}: the SEG references series {seg_series}, the image is series {series} of the "
+            "same study: resampled onto the image's grid by physical position (nearest neighbour)"
+        )
 
 
 def labels_on_image(labels: LabelSet, image: Volume, notes: list[str] | None = None) -> LabelSet:
@@ -141,18 +158,31 @@ def labels_on_image(labels: LabelSet, image: Volume, notes: list[str] | None = N
     _check_series(labels, image, notes)
     lab = np.asarray(labels.labels)
     if _same_grid(labels.geometry, lab.shape, image.geometry, image.shape):
-        return LabelSet(lab.astype(np.uint16, copy=False), image.geometry, dict(labels.names),
-                        dict(labels.colors), dict(labels.metadata))
+        return LabelSet(
+            lab.astype(np.uint16, copy=False),
+            image.geometry,
+            dict(labels.names),
+            dict(labels.colors),
+            dict(labels.metadata),
+        )
     src = labels.geometry.apply_to(sitk.GetImageFromArray(lab.astype(np.uint16, copy=False)))
     ref = image.geometry.apply_to(sitk.Image(*reversed(image.shape), sitk.sitkUInt16))
-    out = sitk.GetArrayFromImage(sitk.Resample(src, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                                               sitk.sitkUInt16))
+    out = sitk.GetArrayFromImage(
+        sitk.Resample(src, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+    )
     if lab.any() and not out.any():
-        raise InputError(f"{labels.metadata.get('path', 'the labels')}: no labelled voxel lies inside the image "
-                         "(different physical space: another patient or frame of reference?)")
-    notes.append(f"{labels.metadata.get('path', 'labels')}: grid {lab.shape[::-1]} (x, y, z) differs from the "
-                 f"image's {image.shape[::-1]}: resampled onto the image's grid (nearest neighbour, physical space)")
-    return LabelSet(out, image.geometry, dict(labels.names), dict(labels.colors), dict(labels.metadata))
+        raise InputError(
+            f"{labels.metadata.get('path', 'the labels')}: no labelled voxel lies inside the image "
+            "(different physical space: another patient or frame of reference?)"
+        )
+    notes.append(
+        f"{labels.metadata.get('path', 'labels')}: grid {lab.shape[::-1]} (x, y, z) differs "
+        f"from the image's {image.shape[::-1]}: resampled onto the image's grid "
+        "(nearest neighbour, physical space)"
+    )
+    return LabelSet(
+        out, image.geometry, dict(labels.names), dict(labels.colors), dict(labels.metadata)
+    )
 
 
 def _slices_of(mask: np.ndarray, axis: int) -> dict[int, np.ndarray]:
@@ -161,9 +191,10 @@ def _slices_of(mask: np.ndarray, axis: int) -> dict[int, np.ndarray]:
     return {int(z): np.take(mask, z, axis=axis).copy() for z in present}
 
 
-def init_objects(labels: LabelSet, prompts: PromptsFile | None = None
-                 ) -> tuple[PromptsFile, dict[int, dict[int, np.ndarray]]]:
-    """Combine labels on the image grid with an optional prompts file (rules in the module docstring).
+def init_objects(
+    labels: LabelSet, prompts: PromptsFile | None = None
+) -> tuple[PromptsFile, dict[int, dict[int, np.ndarray]]]:
+    """Combine labels on the image grid with an optional prompts file (rules: module docstring).
 
     Returns (prompts, masks): the objects to segment, and id -> {slice ->
     (rows, cols) bool mask along the object's axis} for the key slices
@@ -174,7 +205,9 @@ def init_objects(labels: LabelSet, prompts: PromptsFile | None = None
     objects: list[ObjectPrompts] = []
     masks: dict[int, dict[int, np.ndarray]] = {}
     lab = np.asarray(labels.labels)
-    for i in sorted(int(v) for v in np.unique(lab) if v):  # named labels absent from the image are left out
+    for i in sorted(
+        int(v) for v in np.unique(lab) if v
+    ):  # named labels absent from the image are left out
         obj = given.pop(i, None)
         if obj is None:
             obj = ObjectPrompts(id=i, name=labels.name(i), prompts=[], color=labels.color(i))
@@ -188,15 +221,21 @@ def init_objects(labels: LabelSet, prompts: PromptsFile | None = None
         objects.append(obj)
     objects += [o for o in (prompts.objects if prompts else []) if o.id in given]
     if not objects:
-        raise InputError(f"{labels.metadata.get('path', 'the labels')}: no labelled voxel and no prompts: "
-                         "nothing to segment")
+        raise InputError(
+            f"{labels.metadata.get('path', 'the labels')}: no labelled voxel and no prompts: "
+            "nothing to segment"
+        )
     for o in objects:
         if not o.prompts and not masks.get(o.id):
-            raise InputError(f"object {o.id} ({o.name}): no prompts and no labelled voxel on the image")
+            raise InputError(
+                f"object {o.id} ({o.name}): no prompts and no labelled voxel on the image"
+            )
     return PromptsFile(objects=objects, window=prompts.window if prompts else None), masks
 
 
 def init_summary(labels: LabelSet) -> dict[str, Any]:
     """A JSON-able line for the sidecar: where the initial labels came from and their objects."""
-    return {"path": labels.metadata.get("path"),
-            "objects": {str(i): labels.name(i) for i in labels.ids()}}
+    return {
+        "path": labels.metadata.get("path"),
+        "objects": {str(i): labels.name(i) for i in labels.ids()},
+    }

@@ -42,7 +42,9 @@ class LabelSet:
 
     def color(self, label_id: int) -> tuple[int, int, int]:
         c = self.colors.get(label_id)
-        return tuple(int(v) for v in c[:3]) if c is not None else default_color(label_id)  # type: ignore
+        if c is None:
+            return default_color(label_id)
+        return tuple(int(v) for v in c[:3])  # type: ignore[return-value]
 
 
 def _umask() -> int:
@@ -51,8 +53,9 @@ def _umask() -> int:
     return mask
 
 
-def write_atomically(path: Path, write: Callable[[Path], None], verify: Callable[[Path], None],
-                     suffix: str = ".tmp") -> Path:
+def write_atomically(
+    path: Path, write: Callable[[Path], None], verify: Callable[[Path], None], suffix: str = ".tmp"
+) -> Path:
     """Write ``path`` through a temporary file in the same folder.
 
     write(tmp) writes the content; the file is fsynced, given the mode a new

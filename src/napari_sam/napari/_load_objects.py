@@ -30,7 +30,11 @@ def _image_volume(session: Any) -> Volume:
 
         folder = str(p if p.is_dir() else p.parent)
         ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
-        files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, s) for s in ids), key=len, default=())
+        files = max(
+            (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, s) for s in ids),
+            key=len,
+            default=(),
+        )
         if len(files) == src.shape[0]:
             meta["dicom_file_names"] = list(files)
     return Volume(src.volume, src.geometry, meta)
@@ -66,7 +70,9 @@ def load_labels_as_objects(session: Any, path: str | Path) -> tuple[list[int], l
             obj.state = session._adopted_state(mask)
     layer_paint = paint[0] if session.source.is_2d else paint
     idx = np.nonzero(layer_paint)
-    session._write(lambda: session.labels.data_setitem(idx, layer_paint[idx]), before, "load labels")
+    session._write(
+        lambda: session.labels.data_setitem(idx, layer_paint[idx]), before, "load labels"
+    )
     session.objects.current_id = new_ids[0]
     session.objects.store_in(session.labels)
     session.objects_changed.emit()

@@ -47,28 +47,41 @@ def segmentation_layer_data(path: Path) -> LayerData | None:
         return None
     table = {"labels": {str(i): {"name": ls.name(i), "color": list(ls.color(i))} for i in ls.ids()}}
     name = path.name[: -len(".seg.nrrd")] if path.name.lower().endswith(".seg.nrrd") else path.stem
-    data, kwargs, kind = labels_to_layer_data(Volume(ls.labels, ls.geometry, {"path": str(path)}), table)
+    data, kwargs, kind = labels_to_layer_data(
+        Volume(ls.labels, ls.geometry, {"path": str(path)}), table
+    )
     kwargs["name"] = name
     return data, kwargs, kind
 
 
 def source_volume(source: str | None, shape: tuple[int, int, int]) -> Volume:
-    """The DICOM series at ``source`` (folder or one of its files) read again, for a DICOM SEG export."""
+    """The DICOM series at ``source`` (folder or one of its files) read again, for a SEG export."""
     from ..io import read_image
 
     if not source:
-        raise InputError("DICOM SEG export needs the labels' source DICOM series, and this layer does not name "
-                         "one (segment an image opened from a DICOM folder)")
+        raise InputError(
+            "DICOM SEG export needs the labels' source DICOM series, and this layer does not name "
+            "one (segment an image opened from a DICOM folder)"
+        )
     p = Path(source)
     volume = read_image(p.parent if p.is_file() and p.suffix.lower() == ".dcm" else p)
     if tuple(volume.shape) != tuple(shape):
-        raise InputError(f"labels of shape {shape} do not match the DICOM series {source} {volume.shape}")
+        raise InputError(
+            f"labels of shape {shape} do not match the DICOM series {source} {volume.shape}"
+        )
     return volume
 
 
-def write_segmentation(path: Path, labels: np.ndarray, geometry: Geometry, names: Mapping[int, str],
-                       colors: Mapping[int, tuple[int, int, int]], source: str | None,
-                       model: str | None = None, notes: list[str] | None = None) -> str:
+def write_segmentation(
+    path: Path,
+    labels: np.ndarray,
+    geometry: Geometry,
+    names: Mapping[int, str],
+    colors: Mapping[int, tuple[int, int, int]],
+    source: str | None,
+    model: str | None = None,
+    notes: list[str] | None = None,
+) -> str:
     """Write ``labels`` (z, y, x) as ``.seg.nrrd`` or DICOM SEG (``.dcm``), replacing ``path``."""
     from ..export import output_kind, write_result
 
@@ -77,7 +90,9 @@ def write_segmentation(path: Path, labels: np.ndarray, geometry: Geometry, names
         volume = source_volume(source, labels.shape)
     else:
         volume = Volume(labels, geometry, {})
-    return str(write_result(path, labels, volume, names, colors, model=model, overwrite=True, notes=notes))
+    return str(
+        write_result(path, labels, volume, names, colors, model=model, overwrite=True, notes=notes)
+    )
 
 
 def write_segmentation_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -87,7 +102,11 @@ def write_segmentation_layer(path: str, data: Any, meta: dict[str, Any]) -> list
 
     arr = np.asarray(data)
     if arr.ndim not in (2, 3) or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise InputError(f"labels layer of shape {arr.shape} and dtype {arr.dtype}: expected 2D/3D integers")
+        raise InputError(
+            f"labels layer of shape {arr.shape} and dtype {arr.dtype}: expected 2D/3D integers"
+        )
     names, colors = object_table(meta.get("metadata"))
     source = ((meta.get("metadata") or {}).get(METADATA_KEY) or {}).get("source")
-    return [write_segmentation(Path(path), arr, labels_geometry(arr.shape, meta), names, colors, source)]
+    return [
+        write_segmentation(Path(path), arr, labels_geometry(arr.shape, meta), names, colors, source)
+    ]
