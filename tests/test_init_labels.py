@@ -105,3 +105,54 @@ def test_init_corrected_and_repropagated(
 def test_segment_needs_prompts_or_init(tmp_path, ct_dicom_dir, capsys):
     rc = main(["segment", str(ct_dicom_dir), "--output", str(tmp_path / "o.nii.gz")])
     assert rc == 2 and "--prompts, --init or both" in capsys.readouterr().err
+
+
+def test_prompts_combine_with_labels_by_id():
+    """Rules of docs/export.md: same id corrects (its prompted slices leave the
+    label's mask out; name and colour kept unless given), other ids are new."""
+    from napari_sam.init_labels import init_objects
+    from napari_sam.io import Geometry
+    from napari_sam.labelset import LabelSet
+    from napari_sam.prompts import parse_prompts
+
+    lab = np.zeros((5, 20, 20), np.uint16)
+    lab[1:4, 2:8, 2:8] = 3
+    lab[2, 10:15, 10:15] = 4
+    labels = LabelSet(lab, Geometry(), {3: "liver", 4: "spleen"}, {3: (1, 2, 3)})
+    prompts = parse_prompts(
+        {
+            "objects": [
+                {
+                    "id": 3,
+                    "propagate": True,
+                    "range": [0, 4],
+                    "prompts": [{"slice": 2, "box": [2, 2, 9, 9]}],
+                },
+                {"id": 9, "name": "kidney", "prompts": [{"slice": 0, "box": [1, 1, 5, 5]}]},
+                {"id": 4, "name": "lien", "prompts": []},
+            ]
+        },
+        allow_empty=True,
+    )
+    combined, masks = init_objects(labels, prompts)
+    objects = combined.objects
+    by_id = {o.id: o for o in objects}
+    assert [o.id for o in objects] == [3, 4, 9]
+    assert by_id[3].name == "liver" and by_id[3].color == (1, 2, 3) and by_id[3].propagate
+    assert sorted(masks[3]) == [1, 3]  # slice 2 is prompted: the prompt wins there
+    assert np.array_equal(masks[3][1], lab[1] == 3)
+    assert by_id[4].name == "lien" and sorted(masks[4]) == [2]
+    assert by_id[9].name == "kidney" and 9 not in masks
+    with pytest.raises(Exception, match="non-empty"):
+        parse_prompts({"objects": [{"id": 1, "prompts": []}]})  # without --init: still refused
+
+
+def test_labels_elsewhere_in_space_are_refused(ct_volume):
+    from napari_sam.errors import InputError
+    from napari_sam.init_labels import labels_on_image
+    from napari_sam.io import Geometry
+    from napari_sam.labelset import LabelSet
+
+    far = Geometry((1.0, 1.0, 1.0), (5000.0, 5000.0, 5000.0))
+    with pytest.raises(InputError, match="no labelled voxel lies inside the image"):
+        labels_on_image(LabelSet(np.ones((3, 4, 4), np.uint16), far), ct_volume)

@@ -327,7 +327,7 @@ def _geometry_from_affine(affine: np.ndarray) -> Geometry:
 
 
 def _volume_array(seg) -> tuple[np.ndarray, Geometry]:
-    vol = seg.get_volume(combine_segments=True, relabel=False)
+    vol = seg.get_volume(combine_segments=True, relabel=False, skip_overlap_checks=True)
     arr = np.asarray(vol.array)
     affine = np.asarray(vol.affine, dtype=np.float64)
     if arr.ndim == 4:  # a trailing channel axis of one
@@ -348,7 +348,8 @@ def read_dicom_seg(path: str | Path, volume: Volume | None = None) -> LabelSet:
     With ``volume`` (a DICOM series every frame of the SEG refers to), the
     label map is on the volume's grid, frame by frame through the referenced
     SOP Instance UIDs; otherwise on the SEG's own grid (its frames' plane
-    positions). metadata: ``study_uid``, ``series_uid`` (referenced),
+    positions). Overlapping segments (other tools' BINARY SEGs): the highest
+    segment number wins a voxel. metadata: ``study_uid``, ``series_uid`` (referenced),
     ``referenced_sop_uids``, ``segmentation_type``.
     """
     import highdicom as hd
@@ -377,6 +378,7 @@ def read_dicom_seg(path: str | Path, volume: Volume | None = None) -> LabelSet:
             source_sop_instance_uids=own,
             combine_segments=True,
             relabel=False,
+            skip_overlap_checks=True,
             assert_missing_frames_are_empty=True,
         )
         return LabelSet(np.asarray(arr), volume.geometry, names, colors, meta)
