@@ -139,8 +139,8 @@ def nuclei_stack(shape: tuple[int, int, int] = (31, 61, 57), spacing: tuple[floa
     # brightness: background with a smooth gradient and blotches, nuclei at `contrast` with texture
     zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
     uneven = 1.0 + 0.15 * xx - 0.1 * yy + 0.05 * zz
-    blotch = ndimage.gaussian_filter(rng.normal(size=shape), sigma=[max(1.0, 3.0 / s) for s in sp])
-    uneven *= 1.0 + 0.08 * blotch / max(1e-6, float(blotch.std()))
+    blotch = ndimage.gaussian_filter(rng.normal(size=shape), sigma=[max(1.0, 15.0 / s) for s in sp])
+    uneven *= 1.0 + 0.05 * blotch / max(1e-6, float(blotch.std()))
     per_nucleus = np.concatenate([[0.0], rng.uniform(0.8, 1.2, size=n)])
     texture = ndimage.gaussian_filter(rng.normal(size=shape), sigma=[max(0.5, 0.3 / s) for s in sp])
     texture *= 0.15 / max(1e-6, float(texture.std()))
