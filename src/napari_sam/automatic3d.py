@@ -299,3 +299,43 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
     lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
     return lut[labels]
+
+
+def parse_spacing(text: str) -> tuple[float, float, float]:
+    """"Z,Y,X" (or "Z,XY") voxel size -> (z, row, col) floats; InputError when malformed."""
+    try:
+        vals = tuple(float(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise InputError(f"--spacing {text!r}: expected Z,Y,X numbers, e.g. 1.0,0.25,0.25") from None
+    if len(vals) == 2:
+        vals = (vals[0], vals[1], vals[1])
+    if len(vals) != 3 or min(vals) <= 0:
+        raise InputError(f"--spacing {text!r}: expected three positive numbers Z,Y,X")
+    return vals  # type: ignore[return-value]
+
+
+def stack_spacing(image_path: str, geometry_zyx: tuple[float, float, float], has_header: bool,
+                  override: str | None) -> tuple[float, float, float]:
+    """The (z, row, col) spacing of a stack: ``override`` ("Z,Y,X"), else the
+    header's (NIfTI/NRRD/MHA/DICOM), else ImageJ/OME TIFF metadata, else isotropic."""
+    if override:
+        return parse_spacing(override)
+    if has_header:
+        return tuple(float(v) for v in geometry_zyx)  # type: ignore[return-value]
+    if image_path.lower().endswith((".tif", ".tiff")):
+        from .tiff_spacing import tiff_spacing
+
+        sp = tiff_spacing(image_path)
+        if sp is not None:
+            return sp
+    return (1.0, 1.0, 1.0)
+
+
+def stack_settings_from_args(args, volume, backend: Backend, embeddings: CropEmbeddings) -> StackSegmenter:
+    """The CLI's :class:`StackSegmenter` for ``napari-sam auto`` on a 3D microscopy stack."""
+    from .io import Geometry
+
+    has_header = volume.geometry != Geometry()
+    spacing = stack_spacing(str(args.image), volume.geometry.scale_zyx, has_header, args.spacing)
+    settings = Stack3DSettings(spacing=spacing, object_diameter=args.diameter)
+    return StackSegmenter(backend, settings, embeddings)

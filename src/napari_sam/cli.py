@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--points-per-side", type=int, default=None, help="point-grid density per tile side")
     auto.add_argument("--zoom", action="store_true",
                       help="decode each proposal on a magnified crop (sharper small objects; one encoder run per crop)")
+    auto.add_argument("--spacing", default=None, metavar="Z,Y,X",
+                      help="3D stacks: voxel size (z, row, col), e.g. 1.0,0.25,0.25 (default: the file's "
+                           "metadata: NIfTI/NRRD/MHA header, ImageJ or OME TIFF; else isotropic)")
+    auto.add_argument("--slicewise", action="store_true",
+                      help="3D microscopy: segment slice by slice and link (default: 3D proposals)")
     auto.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_model_args(auto)
     emb = sub.add_parser("embed", help="fill the embedding cache for an image ahead of time")
@@ -314,6 +319,12 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         if volume.is_2d:
             result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
             labels = result.labels[None]
+        elif preset == "microscopy" and not args.slicewise:
+            from .automatic3d import stack_settings_from_args
+
+            result = stack_settings_from_args(args, volume, backend, segmenter.embeddings).segment(
+                window.apply(volume.array), progress=bar)
+            labels = result.labels
         else:
             key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
             result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
