@@ -127,7 +127,7 @@ def test_model_check_uses_the_models_answers():
     fainter half of them. Fails when the model's answers are ignored."""
     s = nuclei_stack(shape=(16, 64, 64), contrast=3.0, seed=4)
     vol = _window(s.image)
-    st = Stack3DSettings(spacing=s.spacing)
+    st = Stack3DSettings(spacing=s.spacing, use_model=True)
     good = StackSegmenter(FakeBlobBackend(threshold=0.3), st).segment(vol)
     silent = StackSegmenter(_SilentModel(threshold=0.3), st).segment(vol)
     f_good = match_instances(good.labels, s.labels).f1

@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--spacing", default=None, metavar="Z,Y,X",
                       help="3D stacks: voxel size (z, row, col), e.g. 1.0,0.25,0.25 (default: the file's "
                            "metadata: NIfTI/NRRD/MHA header, ImageJ or OME TIFF; else isotropic)")
+    auto.add_argument("--model-check", action="store_true",
+                      help="3D stacks: drop faint objects the model does not confirm on their central slice")
     auto.add_argument("--slicewise", action="store_true",
                       help="3D microscopy: segment slice by slice and link (default: 3D proposals)")
     auto.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -299,6 +301,10 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     from .zoom import CropEmbeddings
 
     out = check_output_path(args.output, args.overwrite, inputs=(args.image,))
+    if args.spacing:
+        from .automatic3d import parse_spacing
+
+        parse_spacing(args.spacing)  # a malformed --spacing fails before any work
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
         window_spec = parse_window(window_spec)
@@ -314,6 +320,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     segmenter = AutomaticSegmenter(backend, settings, CropEmbeddings(backend, max_in_memory=64,
                                                                      cache_dir=_cache_dir(args)))
     bar = ProgressBar("auto", args.quiet, unit="step")
+    extra3d: dict = {}
     t0 = time.perf_counter()
     try:
         if volume.is_2d:
@@ -322,9 +329,10 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         elif preset == "microscopy" and not args.slicewise:
             from .automatic3d import stack_settings_from_args
 
-            result = stack_settings_from_args(args, volume, backend, segmenter.embeddings).segment(
-                window.apply(volume.array), progress=bar)
+            stack = stack_settings_from_args(args, volume, backend, segmenter.embeddings)
+            result = stack.segment(window.apply(volume.array), progress=bar)
             labels = result.labels
+            extra3d = {"design": "3d-proposals", "spacing_zyx": list(stack.settings.spacing)}
         else:
             key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
             result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
@@ -337,7 +345,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
                  extra={"source": str(args.image), "model": backend.name, "mode": "automatic", "preset": preset,
                         "proposals": segmenter.proposal_kind(), "window": [window.lo, window.hi],
                         "object_diameter": round(result.diameter, 2),
-                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}})
+                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, **extra3d})
     if not args.quiet:
         print(f"wrote {out} ({n} object(s), {result.proposals} prompt(s), {result.encoder_calls} embedding(s); "
               f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)
