@@ -374,7 +374,8 @@ def stack_spacing(image_path: str, geometry_zyx: tuple[float, float, float], has
     return (1.0, 1.0, 1.0)
 
 
-def stack_settings_from_args(args, volume, backend: Backend, embeddings: CropEmbeddings) -> StackSegmenter:
+def stack_settings_from_args(args, volume, backend: Backend | None,
+                             embeddings: CropEmbeddings | None) -> StackSegmenter:
     """The CLI's :class:`StackSegmenter` for ``napari-sam auto`` on a 3D microscopy stack."""
     from .io import Geometry
 

@@ -316,9 +316,11 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: a 3D label map keeps its geometry only as .nii.gz, .nii, .nrrd or .mha")
     window = resolve_window(volume.array, window_spec, volume.metadata.get("modality"),
                             volume.metadata.get("dicom_window"))
-    backend = load_model(args.model, args.checkpoint, args.device)
-    segmenter = AutomaticSegmenter(backend, settings, CropEmbeddings(backend, max_in_memory=64,
-                                                                     cache_dir=_cache_dir(args)))
+    stack3d = not volume.is_2d and preset == "microscopy" and not args.slicewise
+    # 3D proposals use no model unless --model-check: do not pay for loading one
+    backend = load_model(args.model, args.checkpoint, args.device) if not stack3d or args.model_check else None
+    segmenter = None if stack3d else AutomaticSegmenter(backend, settings, CropEmbeddings(
+        backend, max_in_memory=64, cache_dir=_cache_dir(args)))
     bar = ProgressBar("auto", args.quiet, unit="step")
     extra3d: dict = {}
     t0 = time.perf_counter()
@@ -326,10 +328,10 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         if volume.is_2d:
             result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
             labels = result.labels[None]
-        elif preset == "microscopy" and not args.slicewise:
+        elif stack3d:
             from .automatic3d import stack_settings_from_args
 
-            stack = stack_settings_from_args(args, volume, backend, segmenter.embeddings)
+            stack = stack_settings_from_args(args, volume, backend, None)
             result = stack.segment(window.apply(volume.array), progress=bar)
             labels = result.labels
             extra3d = {"design": "3d-proposals", "spacing_zyx": list(stack.settings.spacing)}
@@ -342,8 +344,9 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         bar.close()
     n = int(labels.max(initial=0))
     write_labels(out, labels, volume.geometry, overwrite=args.overwrite,
-                 extra={"source": str(args.image), "model": backend.name, "mode": "automatic", "preset": preset,
-                        "proposals": segmenter.proposal_kind(), "window": [window.lo, window.hi],
+                 extra={"source": str(args.image), "model": backend.name if backend else None, "mode": "automatic",
+                        "preset": preset, "proposals": "3d-blobs" if stack3d else segmenter.proposal_kind(),
+                        "window": [window.lo, window.hi],
                         "object_diameter": round(result.diameter, 2),
                         "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, **extra3d})
     if not args.quiet:
