@@ -1,4 +1,4 @@
-"""The command line: ``napari-sam segment | auto | embed | models | download``.
+"""The command line: ``napari-sam segment | auto | embed | models | download | finetune``.
 
 Errors print as one line on stderr, ``napari-sam: error: ...``, with exit
 code 2 for bad input or usage and 1 for runtime failures; nothing is written
@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--slices", default=None, help="FIRST:LAST (inclusive) to embed only these slices")
     _add_model_args(emb)
 
-    sub.add_parser("models", help="list the available models")
+    sub.add_parser("models", help="list the available models and local tuned checkpoints")
+    from .finetune.command import add_parser as add_finetune_parser
+
+    add_finetune_parser(sub, _Parser)
 
     dl = sub.add_parser("download", help="download model checkpoints into the cache (for later offline use)")
     dl.add_argument("names", nargs="+", help="model names (see `napari-sam models`)")
@@ -345,6 +348,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{spec.name:24s} {spec.architecture:14s} {spec.image_size:5d}px  {spec.licence:10.10s} "
               f"{where:15s} {spec.description}")
     print(f"cache: {cache} (set NAPARI_SAM_MODEL_DIR to change it)")
+    from .finetune.checkpoint import list_tuned
+
+    for t in list_tuned():
+        val = t.get("validation")
+        print(f"tuned: {t['path']}  base {t.get('base_model')}  {t.get('created')}"
+              + (f"  validation Dice {val:.3f}" if isinstance(val, float) else ""))
     return 0
 
 
@@ -358,8 +367,14 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune.command import run
+
+    return run(args)
+
+
 COMMANDS = {"segment": _cmd_segment, "auto": _cmd_auto, "embed": _cmd_embed, "models": _cmd_models,
-            "download": _cmd_download}
+            "download": _cmd_download, "finetune": _cmd_finetune}
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import InputError, ModelError
@@ -46,6 +47,24 @@ def base_state(name: str) -> tuple[dict[str, torch.Tensor], str]:
     return load_state_dict(path), spec.sha256 or sha256_of(path)
 
 
+def plain(obj: Any) -> Any:
+    """``obj`` as plain data (dict, list, str, int, float, bool, None) that a
+    weights-only load accepts; anything else becomes its str()."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, str):
+        return "".join(obj)  # an exact str (torch.__version__ is a str subclass a weights-only load refuses)
+    if obj is None or isinstance(obj, bool):
+        return obj
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj)
+    return str(obj)
+
+
 def _umask_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -65,7 +84,7 @@ def save_tuned(path: str | Path, base: dict[str, torch.Tensor], tuned: dict[str,
     if missing:
         raise ModelError(f"tuned weights {sorted(missing)[:3]} are not in the base model")
     state = {k: (tuned[k] if k in tuned else v).detach().cpu().contiguous() for k, v in base.items()}
-    doc = {"model": state, PROVENANCE_KEY: {"format": FORMAT, **provenance}}
+    doc = {"model": state, PROVENANCE_KEY: plain({"format": FORMAT, **provenance})}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
