@@ -29,7 +29,7 @@ from .pipeline import tuned_backend
 from .train import DecoderTrainer, FinetuneSettings
 
 #: the defaults of an adaptation: the output head, a high rate, no validation (measured in docs/finetuning.md)
-ADAPT_SETTINGS = FinetuneSettings(epochs=1, lr=3e-4, anchor=1e-3, trainable="head", val_fraction=0.0, batch=8,
+ADAPT_SETTINGS = FinetuneSettings(epochs=1, lr=3e-4, anchor=1e-3, trainable="head", val_fraction=0.0, batch=4,
                                   mode_weights=(0.5, 0.5, 0.0))
 
 
