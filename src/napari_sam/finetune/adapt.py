@@ -84,9 +84,12 @@ def adapt_to_slices(backend, embeddings, masks: dict[int, np.ndarray], time_budg
     trainer = DecoderTrainer(backend, s)
     losses: list[float] = []
     step = 0
-    while step < max_steps and time.perf_counter() - t0 < time_budget:
-        if cancel is not None and cancel():
-            break
+    t_train = time.perf_counter()
+    while step < max_steps:
+        now = time.perf_counter()
+        per_step = (now - t_train) / step if step else 0.0
+        if now + per_step - t0 > time_budget or (cancel is not None and cancel()):
+            break  # the next step would overrun the budget
         sample = samples[step % len(samples)]
         losses.append(trainer.train_step([sample] * s.batch))
         step += 1
