@@ -141,3 +141,31 @@ def test_adaptation_does_not_touch_the_base_model(lite_medsam, disk_samples):
     assert short.steps == 0
     with pytest.raises(InputError, match="at least one committed slice"):
         adapt_to_slices(lite_medsam, emb, {0: np.zeros((96, 96), bool)})
+
+
+def test_prompts_file_adapt_key():
+    from napari_sam.prompts import parse_prompts
+
+    obj = {"id": 1, "name": "colon", "propagate": True, "adapt": True, "prompts": [{"slice": 3, "box": [1, 1, 9, 9]}]}
+    pf = parse_prompts({"objects": [obj]})
+    assert pf.objects[0].adapt and pf.to_json()["objects"][0]["adapt"] is True
+    with pytest.raises(InputError, match="'adapt' must be true or false"):
+        parse_prompts({"objects": [{**obj, "adapt": "yes"}]})
+    with pytest.raises(InputError, match="'adapt' needs 'propagate'"):
+        parse_prompts({"objects": [{**obj, "propagate": False}]})
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--output", "tuned.nii.gz"], "must end in .pt or .pth"),
+    (["--output", "tuned.pt", "--labels", "a.tif", "b.tif"], "1 image(s) and 2 label map(s)"),
+    (["--output", "missing_folder/tuned.pt"], "no such folder"),
+])
+def test_finetune_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, extra, message):
+    from napari_sam.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["finetune", "--images", "a.tif"] + (["--labels", "a_lab.tif"] if "--labels" not in extra else []) + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not list(tmp_path.glob("*.pt"))

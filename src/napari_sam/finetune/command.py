@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from .train import FinetuneSettings
 
     out = check_checkpoint_output(args.output, args.overwrite, list(args.images) + list(args.labels))
+    if len(args.images) != len(args.labels):
+        raise InputError(f"{len(args.images)} image(s) and {len(args.labels)} label map(s): "
+                         "give one label map per image")
     settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, trainable=args.trainable,
                                 val_fraction=args.val_fraction, seed=args.seed, max_seconds=60 * args.max_minutes)
     backend = load_model(args.model)
