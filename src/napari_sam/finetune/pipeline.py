@@ -124,7 +124,8 @@ def provenance(model: str, base_sha: str, settings: FinetuneSettings, outcome_re
         "settings": settings.to_json(), "trained_parameters": n_params, "data": data,
         "samples": {"train": n_train, "validation": n_val},
         "validation": {"base_val_dice": r.base_val_dice, "best_val_dice": r.best_val_dice,
-                       "best_epoch": r.best_epoch, "per_class": r.per_class, "history": r.history,
+                       "best_epoch": r.best_epoch, "per_class": r.per_class,
+                       "base_per_class": r.base_per_class, "history": r.history,
                        "interrupted": r.interrupted, "train_seconds": r.seconds},
     }
 

@@ -98,6 +98,7 @@ class TrainResult:
     interrupted: bool = False
     seconds: float = 0.0
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    base_per_class: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class DecoderTrainer:
@@ -295,6 +296,7 @@ def train(trainer: DecoderTrainer, train_set: list[TrainingSample], val_set: lis
     res = TrainResult()
     t0 = time.perf_counter()
     res.base_val_dice, res.per_class = trainer.validate(val)
+    res.base_per_class = res.per_class
     res.best_val_dice = res.base_val_dice
     res.history.append({"epoch": 0, "train_loss": None, "val_dice": res.base_val_dice, "seconds": 0.0})
     best_state = trainer.state_dicts()
