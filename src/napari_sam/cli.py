@@ -1,4 +1,4 @@
-"""The command line: ``napari-sam segment | auto | embed | batch | models | download``.
+"""The command line: ``napari-sam segment | auto | embed | batch | models | download | finetune``.
 
 Errors print as one line on stderr, ``napari-sam: error: ...``, with exit
 code 2 for bad input or usage and 1 for runtime failures; nothing is written
@@ -117,10 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--slices", default=None, help="FIRST:LAST (inclusive) to embed only these slices")
     _add_model_args(emb)
 
-    sub.add_parser("models", help="list the available models")
+    sub.add_parser("models", help="list the available models and local tuned checkpoints")
     from .batch import add_parser as _add_batch_parser
+    from .finetune.command import add_parser as add_finetune_parser
 
     _add_batch_parser(sub)
+    add_finetune_parser(sub, _Parser)
 
     dl = sub.add_parser("download", help="download model checkpoints into the cache (for later offline use)")
     dl.add_argument("names", nargs="+", help="model names (see `napari-sam models`)")
@@ -418,6 +420,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{spec.name:24s} {spec.architecture:14s} {spec.image_size:5d}px  {spec.licence:10.10s} "
               f"{where:15s} {spec.description}")
     print(f"cache: {cache} (set NAPARI_SAM_MODEL_DIR to change it)")
+    from .finetune.checkpoint import list_tuned
+
+    for t in list_tuned():
+        val = t.get("validation")
+        print(f"tuned: {t['path']}  base {t.get('base_model')}  {t.get('created')}"
+              + (f"  validation Dice {val:.3f}" if isinstance(val, float) else ""))
     return 0
 
 
@@ -431,6 +439,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune.command import run
+
+    return run(args)
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
     from .batch import cmd_batch
 
@@ -438,7 +452,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"segment": _cmd_segment, "auto": _cmd_auto, "embed": _cmd_embed, "models": _cmd_models,
-            "download": _cmd_download, "batch": _cmd_batch}
+            "download": _cmd_download, "batch": _cmd_batch, "finetune": _cmd_finetune}
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
