@@ -89,6 +89,9 @@ def propagate(backend, emb: SliceEmbeddings, gt: np.ndarray) -> float:
 def part_ct(backend, precisions: list[str], parts: set[str]) -> list[dict]:
     vol, labels, names = load_ct()
     embs = {p: embed_volume(backend, vol, p) for p in precisions}
+    # decoding: one thread (under other programs' load 2 spinning OpenMP threads stall each
+    # of a prompt's many small parallel regions; docs/performance.md)
+    torch.set_num_threads(1)
     rows = []
     for lid in structures(labels, names):
         name = names[lid]
@@ -135,6 +138,7 @@ def part_nuclei(backend, precisions: list[str]) -> dict[str, float]:
     from napari_sam.zoom import CropEmbeddings
 
     img, lab = load_nuclei()
+    torch.set_num_threads(1)
     out = {}
     for p in precisions:
         backend.set_dtype(DTYPE_OF[p])
