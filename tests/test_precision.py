@@ -159,6 +159,25 @@ def test_bf16_and_fp32_cache_entries_never_collide(tmp_path, small_backend):
     assert model_identity(small_backend) == "tiny_lite|bf16"
 
 
+def test_parts_kept_fp32_run_and_have_their_own_identity(monkeypatch, small_backend):
+    """A bf16 encoder with a part kept fp32 (activations cast at the part's boundaries)
+    runs, stays close to fp32, and is a third cache identity."""
+    image = np.random.default_rng(5).random((64, 64), dtype=np.float32)
+    full = small_backend.embed(image)
+    monkeypatch.setattr(P, "KEEP_FP32", {"TinyViT": ("layers.0", "neck")})
+    assert P.apply_precision(small_backend, "bf16") == "bf16"
+    enc = small_backend.image_encoder
+    assert enc.get_submodule("layers.0.blocks.0.conv1").weight.dtype == torch.float32
+    assert enc.get_submodule("layers.1.blocks.0.attn.qkv").weight.dtype == torch.bfloat16
+    mixed = small_backend.embed(image)
+    rel = float((mixed.features - full.features).norm() / full.features.norm())
+    assert 0 < rel < 0.05
+    assert model_identity(small_backend) == "tiny_lite|bf16+fp32:layers.0,neck.0,neck.1,neck.2,neck.3"
+    monkeypatch.setattr(P, "KEEP_FP32", {})
+    P.apply_precision(small_backend, "bf16")
+    assert model_identity(small_backend) == "tiny_lite|bf16"
+
+
 def test_zoom_crop_cache_keys_differ_by_precision(small_backend):
     from napari_sam.zoom import Crop, crop_key
 

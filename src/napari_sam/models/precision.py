@@ -147,9 +147,15 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return "fp32"
 
 
+#: parts of an encoder (by class name) that stay fp32 when the encoder runs bf16 or fp16:
+#: measured in docs/performance.md ("Encoder precision")
+KEEP_FP32: dict[str, tuple[str, ...]] = {}
+
+
 def apply_precision(backend, precision: str) -> str:
     """Set ``backend``'s encoder to ``precision`` (resolved for its device); returns what was set.
 
+    In bf16/fp16 the parts listed in :data:`KEEP_FP32` for the encoder's class stay fp32.
     Backends without a settable encoder type (``set_dtype``) run fp32: ``auto`` and
     ``fp32`` are accepted for them, other names raise InputError.
     """
@@ -159,6 +165,10 @@ def apply_precision(backend, precision: str) -> str:
             raise InputError(f"precision {precision!r}: model {backend.name!r} runs in fp32 only")
         return "fp32"
     backend.set_dtype(DTYPES[resolved])
+    if resolved != "fp32":
+        encoder = backend.image_encoder
+        for part in KEEP_FP32.get(type(encoder).__name__, ()):
+            encoder.get_submodule(part).float()
     return resolved
 
 
@@ -166,3 +176,15 @@ def precision_of(backend) -> str:
     """The encoder precision a backend runs now: fp32, bf16 or fp16."""
     dtype = getattr(backend, "dtype", torch.float32)
     return {v: k for k, v in DTYPES.items()}.get(dtype, "fp32")
+
+
+def precision_tag(backend) -> str:
+    """What the encoder computes in, read from its parameters: "fp32", "bf16", or e.g.
+    "bf16+fp32:layers.0" when some parts (named by their first two name components)
+    are float32 in a half-precision encoder. Part of the cache identity."""
+    main = precision_of(backend)
+    encoder = getattr(backend, "image_encoder", None)
+    if main == "fp32" or encoder is None:
+        return main
+    kept = sorted({".".join(n.split(".")[:2]) for n, p in encoder.named_parameters() if p.dtype == torch.float32})
+    return f"{main}+fp32:{','.join(kept)}" if kept else main
