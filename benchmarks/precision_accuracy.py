@@ -2,6 +2,11 @@
 
     python benchmarks/precision_accuracy.py [--precisions fp32,bf16] [--json OUT]
                                             [--parts boxes,propagation,nuclei]
+                                            [--keep-fp32 layers.0,neck] [--baseline OLD.json]
+
+--keep-fp32 keeps those encoder parts in fp32 when the rest runs bf16/fp16
+(napari_sam.models.precision.KEEP_FP32); --baseline takes the first precision's
+figures from an earlier run's JSON instead of computing them again.
 
 On the shared CT, for every labelled structure of at least 1000 voxels (plus
 the structures that end inside the 20 slices, as ``propagation_ct.py``):
@@ -41,21 +46,24 @@ from propagation_ct import MIN_VOXELS, structures, window_for  # noqa: E402
 
 from napari_sam.cache import SliceEmbeddings  # noqa: E402
 from napari_sam.intensity import parse_window  # noqa: E402
+from napari_sam.models import precision as P  # noqa: E402
+from napari_sam.models.precision import apply_precision  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.prompts import SlicePrompt, box_of_mask  # noqa: E402
 from napari_sam.propagation import PropagationState, Propagator  # noqa: E402
-
-DTYPE_OF = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
 
 def load() -> str:
     a, b, c = os.getloadavg()
     return f"load average {a:.1f} {b:.1f} {c:.1f}"
 
 
+def set_precision(backend, precision: str) -> None:
+    apply_precision(backend, precision)
+
+
 def embed_volume(backend, vol, precision: str) -> dict[str, SliceEmbeddings]:
     """Both windows' embeddings of every slice, encoded once with the encoder in ``precision``."""
-    backend.set_dtype(DTYPE_OF[precision])
+    set_precision(backend, precision)
     out = {}
     for w in ("soft-tissue", "bone"):
         t = time.perf_counter()
@@ -99,7 +107,7 @@ def part_ct(backend, precisions: list[str], parts: set[str]) -> list[dict]:
         r = {"name": name, "voxels": int(gt.sum()), "slices": int(gt.any((1, 2)).sum()),
              "window": window_for(name)}
         for p in precisions:
-            backend.set_dtype(DTYPE_OF[p])  # only matters if an embedding were missing
+            set_precision(backend, p)  # only matters if an embedding were missing
             emb = embs[p][window_for(name)]
             if "boxes" in parts:
                 r[f"box_{p}"] = box_per_slice(backend, emb, gt)
@@ -141,7 +149,7 @@ def part_nuclei(backend, precisions: list[str]) -> dict[str, float]:
     torch.set_num_threads(1)
     out = {}
     for p in precisions:
-        backend.set_dtype(DTYPE_OF[p])
+        set_precision(backend, p)
         t = time.perf_counter()
         res = AutomaticSegmenter(backend, AutoSettings.for_microscopy(),
                                  CropEmbeddings(backend, max_in_memory=256)).segment(img)
@@ -158,18 +166,34 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,bf16", help="the first is the baseline")
     ap.add_argument("--parts", default="boxes,propagation,nuclei")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--keep-fp32", default="", help="encoder parts kept fp32 in bf16/fp16, e.g. layers.0,neck")
+    ap.add_argument("--baseline", default=None, help="JSON of an earlier run: the first precision's figures")
     args = ap.parse_args()
     precisions = args.precisions.split(",")
     parts = set(args.parts.split(","))
+    if args.keep_fp32:
+        P.KEEP_FP32["TinyViT"] = tuple(args.keep_fp32.split(","))
+    print(f"encoder parts kept fp32 in half precision: {P.KEEP_FP32.get('TinyViT', ())}")
+    old = json.loads(Path(args.baseline).read_text()) if args.baseline else None
+    todo = precisions[1:] if old else precisions
     print(load(), f"torch threads {torch.get_num_threads()}", flush=True)
     backend = load_model("lite_medsam")  # set_dtype picks each precision below
     result: dict = {}
     if parts & {"boxes", "propagation"}:
-        rows = part_ct(backend, precisions, parts)
+        rows = part_ct(backend, todo, parts)
+        if old:
+            base = {r["name"]: r for r in old["ct"]}
+            for r in rows:
+                r.update({k: v for k, v in base[r["name"]].items() if k.endswith("_" + precisions[0])})
         summarise(rows, precisions)
         result["ct"] = rows
     if "nuclei" in parts:
-        result["nuclei_f1"] = part_nuclei(backend, precisions)
+        f1 = part_nuclei(backend, todo)
+        if old:
+            f1 = {precisions[0]: old["nuclei_f1"][precisions[0]], **f1}
+            for p in precisions[1:]:
+                print(f"nuclei F1 loss {precisions[0]} -> {p}: {f1[precisions[0]] - f1[p]:+.4f}")
+        result["nuclei_f1"] = f1
     print(load())
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
