@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
+    torch.set_num_threads(1)  # one thread: no OpenMP barrier stalls under other programs' load
     vol, _, _ = load_ct()
     model = load_model("lite_medsam", precision="fp32")
     enc = model.image_encoder
