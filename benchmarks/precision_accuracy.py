@@ -125,7 +125,7 @@ def summarise(rows: list[dict], precisions: list[str]) -> None:
     base = precisions[0]
     big = [r for r in rows if r["voxels"] >= MIN_VOXELS]
     for kind in ("box", "prop"):
-        if f"{kind}_{base}" not in rows[0]:
+        if any(f"{kind}_{p}" not in rows[0] for p in precisions):
             continue
         for p in precisions[1:]:
             losses = [(r[f"{kind}_{base}"] - r[f"{kind}_{p}"], r["name"]) for r in big]
