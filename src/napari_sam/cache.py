@@ -64,9 +64,16 @@ def content_hash(array: np.ndarray) -> str:
 
 def model_identity(backend: Backend) -> str:
     """What identifies a model's embeddings: its name, plus ``backend.weights_id``
-    (e.g. a checkpoint's SHA-256) when the backend has one."""
+    (e.g. a checkpoint's SHA-256) when the backend has one, plus the encoder's
+    precision when it is not fp32 (``|bf16``, ``|fp16``, ``|bf16+fp32:layers.0``):
+    bf16 and fp32 embeddings never share an entry; fp32 keys are those of
+    earlier versions, still valid."""
+    from .models.precision import precision_tag
+
     wid = getattr(backend, "weights_id", None)
-    return f"{backend.name}@{wid}" if wid else backend.name
+    ident = f"{backend.name}@{wid}" if wid else backend.name
+    precision = precision_tag(backend)
+    return ident if precision == "fp32" else f"{ident}|{precision}"
 
 
 def embedding_key(image_hash: str, model: str, window: Window, axis: int) -> str:

@@ -48,6 +48,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="lite_medsam", help="model name (see `napari-sam models`); default lite_medsam")
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model (offline use)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"], help="default cpu")
+    p.add_argument("--precision", default=None,
+                   help="image encoder precision: auto (bf16 where the CPU/GPU runs it natively, else fp32), "
+                        "fp32, bf16 or fp16; default: see docs/performance.md")
     p.add_argument("--window", default=None,
                    help="intensity window LO,HI or a preset (soft-tissue, lung, bone, brain, ...), "
                         "'dicom' for the header's, 'auto' (default)")
@@ -160,7 +163,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.init is not None:
         prompts, init_masks, init_info = _init_objects(args.init, volume, prompts, notes)
     prompts.check_against(volume.array.shape, volume.is_2d)
-    backend = load_model(args.model, args.checkpoint, args.device)
+    backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
     embeddings_for, stats = _embeddings_factory(args, volume, backend)
     bar = ProgressBar("segment", args.quiet)
     t0 = time.perf_counter()
@@ -278,7 +281,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     win = resolve_window(volume.array, args.window, volume.metadata.get("modality"),
                          volume.metadata.get("dicom_window"))
     slices = _parse_slices(args.slices, volume.shape[args.axis])
-    backend = load_model(args.model, args.checkpoint, args.device)
+    backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
     factory, _ = _embeddings_factory(args, volume, backend)
     emb = factory(win, args.axis)
     bar = ProgressBar("embed", args.quiet)
@@ -366,7 +369,8 @@ def _cmd_auto(args: argparse.Namespace) -> int:
                             volume.metadata.get("dicom_window"))
     stack3d = not volume.is_2d and preset == "microscopy" and not args.slicewise
     # 3D proposals use no model unless --model-check: do not pay for loading one
-    backend = load_model(args.model, args.checkpoint, args.device) if not stack3d or args.model_check else None
+    backend = (load_model(args.model, args.checkpoint, args.device, precision=args.precision)
+               if not stack3d or args.model_check else None)
     segmenter = None if stack3d else AutomaticSegmenter(backend, settings, CropEmbeddings(
         backend, max_in_memory=64, cache_dir=_cache_dir(args)))
     bar = ProgressBar("auto", args.quiet, unit="step")
