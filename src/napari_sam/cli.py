@@ -117,13 +117,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .prompts import load_prompts
     from .segmentation import segment_volume
 
-    out = check_output_path(args.output, args.overwrite, inputs=(args.image, args.prompts))
-    if args.overview:
-        ov = Path(args.overview)
-        if ov.suffix.lower() != ".png":
-            raise InputError(f"{ov}: --overview must end in .png")
-        if ov.exists() and not args.overwrite:
-            raise InputError(f"{ov}: overview exists; pass --overwrite to replace it")
+    inputs = (args.image, args.prompts, args.checkpoint)
+    if args.overview and Path(args.overview).suffix.lower() != ".png":
+        raise InputError(f"{args.overview}: --overview must end in .png")
+    out = check_output_path(args.output, args.overwrite, inputs=inputs,
+                            also=(args.overview,) if args.overview else ())
     window = None
     if args.window is not None and args.window.strip().lower() not in ("auto", "dicom"):
         window = parse_window(args.window)
@@ -160,14 +158,16 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             for k, st in result.states.items()}
     if result.cancelled:
         raise NapariSamError("cancelled before the end; nothing written")
+    more = ()
+    if args.overview:
+        from .overview import overview_output
+
+        more = (overview_output(args.overview, volume, result.labels, result.colors,
+                                window=next(iter(result.windows.values()), None)),)
     write_labels(out, result.labels, volume.geometry, result.names, result.colors, overwrite=args.overwrite,
-                 extra=extra)
+                 extra=extra, inputs=inputs, more=more)
     msg = f"wrote {out} ({len(result.names)} object(s), {sum(map(len, result.slices.values()))} slice(s)"
     if args.overview:
-        from .overview import write_overview
-
-        write_overview(args.overview, volume, result.labels, result.colors,
-                       window=next(iter(result.windows.values()), None))
         msg += f"; overview {args.overview}"
     if not args.quiet:
         print(msg + f"; {enc} slice(s) encoded, {hits} from the cache; {time.perf_counter() - t0:.1f} s)",
@@ -293,7 +293,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     from .models.registry import load_model
     from .zoom import CropEmbeddings
 
-    out = check_output_path(args.output, args.overwrite, inputs=(args.image,))
+    out = check_output_path(args.output, args.overwrite, inputs=(args.image, args.checkpoint))
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
         window_spec = parse_window(window_spec)
@@ -322,7 +322,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     n = int(labels.max(initial=0))
-    write_labels(out, labels, volume.geometry, overwrite=args.overwrite,
+    write_labels(out, labels, volume.geometry, overwrite=args.overwrite, inputs=(args.image, args.checkpoint),
                  extra={"source": str(args.image), "model": backend.name, "mode": "automatic", "preset": preset,
                         "proposals": segmenter.proposal_kind(), "window": [window.lo, window.hi],
                         "object_diameter": round(result.diameter, 2),
@@ -392,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: out of memory", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"{PROG}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

@@ -25,6 +25,13 @@ class ModelError(NapariSamError):
     exit_code = 1
 
 
+class OutputError(NapariSamError):
+    """An output could not be written completely (full disk, I/O error, read-only
+    folder); nothing was left behind. Exit code 1."""
+
+    exit_code = 1
+
+
 class UsageError(NapariSamError, RuntimeError):
     """Methods called in the wrong order (e.g. predict before set_image)."""
 

@@ -305,21 +305,11 @@ def labels_to_sitk(labels: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply_to(sitk.GetImageFromArray(arr.astype(dtype, copy=False)))
 
 
-def _atomic_target(path: Path) -> Path:
-    suf = _suffix(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suf}", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temporary file beside ``path``, then rename over it."""
-    tmp = _atomic_target(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write text to a temporary file beside ``path``, verify it, then rename over it."""
+    from .outputs import bytes_output, write_outputs
+
+    write_outputs([bytes_output(path, text.encode("utf-8"), "text file")], overwrite=True)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -329,51 +319,25 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name[: -len(suf)] + ".json") if suf else path.with_name(path.name + ".json")
 
 
-def check_output_path(path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
-    """Validate an output path before any work: suffix, folder, no clobbering of inputs."""
+def check_output_path(path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = (),
+                      also: tuple[str | Path, ...] = ()) -> Path:
+    """Validate an output path before any work: suffix, folder, no clobbering of
+    inputs (symlinks and hard links resolved; a folder input counts with all its
+    files); the label map's sidecar and the paths in ``also`` (e.g. an overview)
+    are checked with it, and an existing one needs ``overwrite``."""
+    from .outputs import check_targets
+
     path = Path(path)
     if _suffix(path) not in LABEL_SUFFIXES:
         raise InputError(f"{path}: output must end in one of {', '.join(LABEL_SUFFIXES)}")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise InputError(f"{path.parent}: not a folder")
-    for inp in inputs:
-        if Path(inp).exists() and path.exists() and path.resolve() == Path(inp).resolve():
-            raise InputError(f"{path}: refusing to overwrite an input file")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: output exists; pass --overwrite to replace it")
+    check_targets([path, sidecar_path(path), *also], inputs, overwrite)
     return path
 
 
-def write_labels(path: str | Path, labels: np.ndarray, geometry: Geometry,
-                 names: Mapping[int, str] | None = None,
-                 colors: Mapping[int, tuple[int, int, int]] | None = None, overwrite: bool = False,
-                 extra: Mapping[str, Any] | None = None) -> Path:
-    """Write a label map in ``geometry`` plus a JSON sidecar, atomically.
-
-    labels: (z, y, x) integer array (z = 1 for a 2D image). ``.tif`` output
-    writes the 2D (or 3D) array as TIFF; NIfTI/NRRD/MHA keep the geometry.
-    Returns the path written. The sidecar ``OUT.json`` holds
-    ``{"labels": {"1": {"name": ..., "color": [r, g, b]}}, "geometry": ...}``.
-    """
-    path = check_output_path(path, overwrite)
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        labels = labels[None]
-    if labels.ndim != 3:
-        raise InputError(f"labels of shape {labels.shape}: expected (z, y, x)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_target(path)
-    try:
-        if _suffix(path) in (".tif", ".tiff"):
-            import tifffile
-
-            data = labels[0] if labels.shape[0] == 1 else labels
-            tifffile.imwrite(str(tmp), data.astype(np.uint16 if data.max(initial=0) > 255 else np.uint8))
-        else:
-            sitk.WriteImage(labels_to_sitk(labels, geometry), str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def sidecar_document(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str] | None = None,
+                     colors: Mapping[int, tuple[int, int, int]] | None = None,
+                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The sidecar JSON of a (z, y, x) label map: id -> name/colour, geometry, shape."""
     ids = sorted(set(int(i) for i in (names or {}).keys()) | set(int(i) for i in np.unique(labels) if i))
     side = {
         "labels": {str(i): {"name": (names or {}).get(i, f"object_{i}"),
@@ -383,7 +347,35 @@ def write_labels(path: str | Path, labels: np.ndarray, geometry: Geometry,
     }
     if extra:
         side.update(extra)
-    atomic_write_text(sidecar_path(path), json.dumps(side, indent=2))
+    return side
+
+
+def write_labels(path: str | Path, labels: np.ndarray, geometry: Geometry,
+                 names: Mapping[int, str] | None = None,
+                 colors: Mapping[int, tuple[int, int, int]] | None = None, overwrite: bool = False,
+                 extra: Mapping[str, Any] | None = None, inputs: tuple[str | Path, ...] = (),
+                 more: tuple = ()) -> Path:
+    """Write a label map in ``geometry`` plus a JSON sidecar, as one set.
+
+    labels: (z, y, x) whole numbers 0..2**32-1 (z = 1 for a 2D image); NaN,
+    fractions, negative or larger ids raise InputError before anything is
+    written. ``.tif`` output writes the 2D (or 3D) array as TIFF;
+    NIfTI/NRRD/MHA keep the geometry. The sidecar ``OUT.json`` holds
+    ``{"labels": {"1": {"name": ..., "color": [r, g, b]}}, "geometry": ...}``.
+    ``more``: further :class:`napari_sam.outputs.OutputFile` s written in the
+    same set (e.g. the overview). Files are written by
+    :func:`napari_sam.outputs.write_outputs`: checked against ``inputs``,
+    verified, renamed together or not at all. Returns the label map's path.
+    """
+    from .outputs import json_output, label_map_output, validated_labels, write_outputs
+
+    path = Path(path)
+    if _suffix(path) not in LABEL_SUFFIXES:
+        raise InputError(f"{path}: output must end in one of {', '.join(LABEL_SUFFIXES)}")
+    labels = validated_labels(labels)
+    side = sidecar_document(labels, geometry, names, colors, extra)
+    files = [label_map_output(path, labels, geometry), json_output(sidecar_path(path), side), *more]
+    write_outputs(files, inputs=inputs, overwrite=overwrite)
     return path
 
 
