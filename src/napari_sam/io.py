@@ -10,10 +10,10 @@ atomically, with a JSON sidecar naming each id.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,16 +116,17 @@ def _first_value(text: str) -> float | None:
         return None
 
 
-def _read_dicom_series(folder: Path) -> tuple[sitk.Image, dict[str, Any]]:
+def _read_dicom_series(folder: Path, series: str | None = None) -> tuple[sitk.Image, dict[str, Any]]:
+    from .dicom_series import check_series, choose_series
+
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise InputError(f"{folder}: no DICOM series found in this folder")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    img = reader.Execute()
-    meta: dict[str, Any] = {"dicom_files": len(files)}
+    with _native_stderr_captured():  # ITK/GDCM warnings: our checks say it once, in our words
+        uid, files = choose_series(folder, series)
+        check_series(files)
+        reader.SetFileNames(files)
+        reader.MetaDataDictionaryArrayUpdateOn()
+        img = reader.Execute()
+    meta: dict[str, Any] = {"dicom_files": len(files), "series_uid": uid}
 
     def tag(key: str) -> str | None:
         return reader.GetMetaData(0, key).strip() if reader.HasMetaDataKey(0, key) else None
@@ -204,10 +205,15 @@ def _check_nifti_complete(path: Path) -> None:
     import nibabel as nib
 
     try:
-        nii = nib.load(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nii = nib.load(str(path))
         hdr = nii.header
     except Exception as exc:
         raise InputError(f"{path}: cannot read image (not a valid NIfTI header: {str(exc)[:120]})") from None
+    if 0 in hdr.get_data_shape():
+        raise InputError(f"{path}: empty image (shape {hdr.get_data_shape()}: an axis of length 0)")
+    _check_not_sheared(path, nii.affine)
     expected = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
     if _suffix(path) == ".nii":
         actual = path.stat().st_size
@@ -228,12 +234,26 @@ def _check_nifti_complete(path: Path) -> None:
             raise InputError(f"{path}: image contains NaN or infinite values")
 
 
-def read_image(path: str | Path) -> Volume:
+def _check_not_sheared(path: Path, affine: np.ndarray) -> None:
+    """ITK silently straightens a sheared NIfTI grid; refuse it instead."""
+    m = np.asarray(affine, np.float64)[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    if not np.all(np.isfinite(m)) or np.any(norms <= 0):
+        raise InputError(f"{path}: voxel spacing is zero or not a number")
+    unit = m / norms
+    gram = unit.T @ unit
+    if np.abs(gram - np.eye(3)).max() > 1e-4:
+        raise InputError(f"{path}: sheared voxel grid (axes not perpendicular); napari-sam would have to "
+                         "straighten it, which moves the voxels: resample it onto a perpendicular grid first")
+
+
+def read_image(path: str | Path, series: str | None = None) -> Volume:
     """Read NIfTI, NRRD, MHA/MHD, a DICOM series folder, or PNG/TIFF/JPEG.
 
     Returns a :class:`Volume` with (z, y, x) array, geometry and metadata.
     Raises InputError (one line) for a missing, unreadable, corrupt, 4D,
-    empty or NaN-holding image.
+    empty, sheared or NaN-holding image, and for an irregular DICOM series or
+    a folder of several series unless ``series`` (a SeriesInstanceUID) picks one.
     """
     path = Path(path)
     if not path.exists():
@@ -241,7 +261,7 @@ def read_image(path: str | Path) -> Volume:
     meta: dict[str, Any] = {"path": str(path), "modality": None, "dicom_window": None}
     try:
         if path.is_dir():
-            img, m = _read_dicom_series(path)
+            img, m = _read_dicom_series(path, series)
             meta.update(m)
         elif _suffix(path) in IMAGE_2D_SUFFIXES:
             arr, m = _read_2d(path)
@@ -289,6 +309,9 @@ def _checked(vol: Volume, path: Path) -> Volume:
         raise InputError(f"{path}: empty image (shape {a.shape})")
     if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
         raise InputError(f"{path}: image contains NaN or infinite values")
+    sp = np.asarray(vol.geometry.spacing, np.float64)
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise InputError(f"{path}: voxel spacing {tuple(float(v) for v in sp)} mm: must be positive")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise InputError(f"{path}: unsupported voxel type {a.dtype}")
     if a.dtype == bool:

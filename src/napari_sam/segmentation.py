@@ -137,8 +137,6 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
     from .propagation import _is_set
 
     prompts.check_against(volume.array.shape, volume.is_2d)
-    if volume.is_rgb and any(o.propagate for o in prompts.objects):
-        raise InputError("propagation needs a 3D image; this one is a 2D RGB image")
     result = SegmentationResult(labels=np.zeros(volume.shape, np.uint16),
                                 names={o.id: o.name for o in prompts.objects},
                                 colors={o.id: o.color for o in prompts.objects if o.color})
