@@ -55,6 +55,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache folder (default: $NAPARI_SAM_CACHE_DIR, else the user cache folder)")
     p.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
+    p.add_argument("--series", default=None, metavar="UID",
+                   help="the DICOM series to read when the folder holds several (SeriesInstanceUID)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +130,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     elif args.window is not None:
         window = args.window
     prompts = load_prompts(args.prompts)
-    volume = read_image(args.image)
+    volume = read_image(args.image, series=args.series)
     prompts.check_against(volume.array.shape, volume.is_2d)
     backend = load_model(args.model, args.checkpoint, args.device)
     embeddings_for, stats = _embeddings_factory(args, volume, backend)
@@ -230,7 +232,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     if args.no_cache:
         raise InputError("embed fills the cache: --no-cache makes no sense here")
-    volume = read_image(args.image)
+    volume = read_image(args.image, series=args.series)
     if volume.is_2d and args.axis != 0:
         raise InputError(f"{args.image}: a 2D image has only axis 0")
     win = resolve_window(volume.array, args.window, volume.metadata.get("modality"),
@@ -297,7 +299,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
         window_spec = parse_window(window_spec)
-    volume = read_image(args.image)
+    volume = read_image(args.image, series=args.series)
     is_ct = (volume.metadata.get("modality") or "").upper() == "CT" or (
         not volume.is_rgb and volume.metadata.get("modality") is None and looks_like_hounsfield(volume.array))
     preset, settings = _auto_settings(args, is_ct)
