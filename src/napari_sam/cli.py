@@ -8,13 +8,15 @@ then, and inputs are never touched.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError, NapariSamError
+from .errors import InputError, NapariSamError, NapariSamWarning
 
 PROG = "napari-sam"
 
@@ -188,8 +190,13 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
         raise InputError(f"{d}: cache directory is a file")
     try:
         d.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{d}: cannot create the cache directory ({exc.strerror or exc})") from None
+        writable = os.access(d, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        warnings.warn(f"{d}: the cache directory cannot be written; keeping embeddings in memory only",
+                      NapariSamWarning)
+        return None
     return d
 
 
@@ -376,6 +383,17 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+_SHOWN: set[str] = set()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning (ours, or a library's) as one line, each text once per run."""
+    text = " ".join(str(message).split())[:300]
+    if text not in _SHOWN:
+        _SHOWN.add(text)
+        print(f"{PROG}: warning: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -383,7 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors (one line, already printed) and --help
         return int(exc.code or 0)
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            warnings.simplefilter("default")
+            return COMMANDS[args.command](args)
     except NapariSamError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
