@@ -10,6 +10,7 @@ atomically, with a JSON sidecar naming each id.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -170,9 +171,10 @@ class _Captured:
 def _native_stderr_captured():
     """Capture what C++ libraries (ITK's MetaImage) print straight to fd 2, so
     that a user sees our one-line error rather than their dump."""
+    fd = 2  # C++ libraries write to fd 2 whatever sys.stderr is
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, ValueError, OSError):  # no real stderr (e.g. captured)
+        os.fstat(fd)
+    except OSError:  # no stderr at all
         with tempfile.TemporaryFile() as fh:
             yield _Captured(fh)
         return
@@ -204,13 +206,22 @@ def _check_nifti_complete(path: Path) -> None:
 
     import nibabel as nib
 
+    log = logging.getLogger("nibabel")
+    level = log.level
     try:
+        log.setLevel(logging.CRITICAL)  # nibabel logs its own repairs (e.g. zero pixdim): we say it ourselves
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             nii = nib.load(str(path))
         hdr = nii.header
     except Exception as exc:
         raise InputError(f"{path}: cannot read image (not a valid NIfTI header: {str(exc)[:120]})") from None
+    finally:
+        log.setLevel(level)
+    pixdim = _raw_pixdim(path, len(hdr.get_data_shape()))
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        raise InputError(f"{path}: voxel spacing {tuple(float(v) for v in pixdim)} in the header: must be "
+                         "positive numbers")
     if 0 in hdr.get_data_shape():
         raise InputError(f"{path}: empty image (shape {hdr.get_data_shape()}: an axis of length 0)")
     _check_not_sheared(path, nii.affine)
@@ -232,6 +243,17 @@ def _check_nifti_complete(path: Path) -> None:
         raw = np.asanyarray(nii.dataobj.get_unscaled())
         if not np.all(np.isfinite(raw)):
             raise InputError(f"{path}: image contains NaN or infinite values")
+
+
+def _raw_pixdim(path: Path, ndim: int) -> np.ndarray:
+    """The header's spacing as stored (nibabel repairs zeros to 1 on load)."""
+    import gzip
+
+    opener = gzip.open if _suffix(path) == ".nii.gz" else open
+    with opener(path, "rb") as fh:
+        head = fh.read(348)
+    endian = "<" if int.from_bytes(head[:4], "little") == 348 else ">"
+    return np.frombuffer(head[76:108], dtype=f"{endian}f4")[1:1 + min(ndim, 3)].astype(np.float64)
 
 
 def _check_not_sheared(path: Path, affine: np.ndarray) -> None:
@@ -264,7 +286,8 @@ def read_image(path: str | Path, series: str | None = None) -> Volume:
             img, m = _read_dicom_series(path, series)
             meta.update(m)
         elif _suffix(path) in IMAGE_2D_SUFFIXES:
-            arr, m = _read_2d(path)
+            with _native_stderr_captured():  # libpng/libtiff print their own errors
+                arr, m = _read_2d(path)
             meta.update(m)
             return _checked(Volume(arr, Geometry(), meta), path)
         else:
