@@ -27,7 +27,7 @@ from napari_sam.models.registry import load_model
 from napari_sam.prompts import parse_prompts
 
 
-def make_case(n: int, z: int = 20, size: int = 256, seed: int = 0):
+def make_case(n: int, z: int = 5, size: int = 256, seed: int = 0):
     rng = np.random.default_rng(seed)
     vol = rng.normal(0, 20, (z, size, size)).astype(np.float32)
     yy, xx = np.mgrid[:size, :size]

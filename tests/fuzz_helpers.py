@@ -78,6 +78,8 @@ RUNNER = (
     "from fake_blob_backend import FakeBlobBackend\n"
     "class Slow(FakeBlobBackend):\n"
     "    def embed(self, image):\n"
+    "        if os.environ.get('FAKE_EMBED_MARK'):\n"
+    "            open(os.environ['FAKE_EMBED_MARK'], 'a').close()\n"
     "        time.sleep(float(os.environ.get('FAKE_EMBED_DELAY', '0')))\n"
     "        return super().embed(image)\n"
     "import napari_sam.models.registry as r\n"

@@ -146,7 +146,7 @@ class EmbeddingStore:
             return
         try:
             meta = json.loads(self._sig_path().read_text())
-            ok = all(meta.get(k) == v for k, v in self.signature.items())
+            ok = isinstance(meta, dict) and all(meta.get(k) == v for k, v in self.signature.items())
         except (OSError, ValueError):
             ok = False
         if not ok:  # stale or broken entry: rebuild

@@ -143,7 +143,13 @@ def _temp_beside(path: Path) -> Path:
 def _write_one(out: OutputFile, mode: int) -> Path:
     tmp = _temp_beside(out.path)
     try:
-        out.write(tmp)
+        try:
+            out.write(tmp)
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ITK raises RuntimeError on a short write
+            raise OSError(errno.ENOSPC if _disk_full(tmp.parent) else errno.EIO,
+                          " ".join(str(exc).split())[-160:]) from None
         with open(tmp, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
@@ -218,10 +224,21 @@ def write_outputs(files: Sequence[OutputFile], inputs: Iterable[str | Path | Non
     return [f.path for f in files]
 
 
+def _disk_full(folder: Path) -> bool:
+    """Whether ``folder``'s file system has (next to) no space left."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
 def _os_message(exc: OSError, current: OutputFile | None, files: Sequence[OutputFile]) -> str:
     what = current or files[0]
     reason = exc.strerror or str(exc)
-    if exc.errno == errno.ENOSPC:
+    if exc.errno is None and _disk_full(what.path.parent):  # e.g. tifffile's short-write OSError
+        reason = "no space left on device"
+    elif exc.errno == errno.ENOSPC:
         reason = "no space left on device"
     elif exc.errno == errno.EIO:
         reason = "input/output error"
