@@ -19,7 +19,6 @@ import time
 import torch  # noqa: F401  isort: skip  (before anything that may bring napari)
 
 import numpy as np
-import psutil
 
 from napari_sam import segmentation as seg
 from napari_sam.io import Volume
@@ -42,15 +41,20 @@ def make_case(n: int, z: int = 5, size: int = 256, seed: int = 0):
     return Volume(vol), parse_prompts({"objects": objs, "window": [-50, 350]})
 
 
+def rss() -> int:
+    """Resident set size of this process, bytes (Linux)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096
+
+
 def run(backend, n: int) -> tuple[float, float, seg.SegmentationResult]:
     volume, prompts = make_case(n)
     gc.collect()
-    proc = psutil.Process()
-    rss0 = proc.memory_info().rss
+    rss0 = rss()
     t0 = time.perf_counter()
     result = seg.segment_volume(volume, prompts, backend)
     dt = time.perf_counter() - t0
-    grown = proc.memory_info().rss - rss0
+    grown = rss() - rss0
     return n / dt, grown, result
 
 
