@@ -240,7 +240,7 @@ def _check_corrections(corr: Any, w: str) -> None:
         _require(_is_int(c.get("label")) and c["label"] in (0, 1), cw, "'label' must be 1 or 0")
 
 
-def _parse_object(o: Any, i: int, w: str, seen: set[int]) -> ObjectPrompts:
+def _parse_object(o: Any, i: int, w: str, seen: set[int], allow_empty: bool = False) -> ObjectPrompts:
     _require(isinstance(o, dict), w, "must be an object")
     check_keys(o, OBJECT_KEYS, w)
     oid = o.get("id", i + 1)
@@ -250,7 +250,8 @@ def _parse_object(o: Any, i: int, w: str, seen: set[int]) -> ObjectPrompts:
     name = o.get("name", f"object_{oid}")
     _require(isinstance(name, str), w, "'name' must be a string")
     prompts = o.get("prompts")
-    _require(isinstance(prompts, list) and len(prompts) > 0, w, "'prompts' must be a non-empty list")
+    _require(isinstance(prompts, list) and (len(prompts) > 0 or allow_empty), w,
+             "'prompts' must be a non-empty list")
     sps = [_parse_prompt(p, f"{w}.prompts[{j}]") for j, p in enumerate(prompts)]
     color = o.get("color")
     _require(color is None or (isinstance(color, list) and len(color) in (3, 4) and
@@ -271,19 +272,20 @@ def _parse_object(o: Any, i: int, w: str, seen: set[int]) -> ObjectPrompts:
                          range=(min(rng), max(rng)) if rng else None)
 
 
-def parse_prompts(data: Any, where: str = "prompts") -> PromptsFile:
+def parse_prompts(data: Any, where: str = "prompts", allow_empty: bool = False) -> PromptsFile:
     """Validate a prompts document (already decoded from JSON).
 
     Unknown keys are refused at every level (the closest valid key is
     suggested); wrong types raise InputError naming where they are.
-    """
+    allow_empty: an object may have an empty 'prompts' list (its key slices
+    come from ``segment --init`` labels)."""
     _require(isinstance(data, dict), where, "top level must be an object with an 'objects' list")
     check_keys(data, TOP_KEYS, where)
     objs = data.get("objects")
     _require(isinstance(objs, list) and len(objs) > 0, where, "'objects' must be a non-empty list")
     _check_window(data.get("window"), where)
     seen: set[int] = set()
-    objects = [_parse_object(o, i, f"{where}: objects[{i}]", seen) for i, o in enumerate(objs)]
+    objects = [_parse_object(o, i, f"{where}: objects[{i}]", seen, allow_empty) for i, o in enumerate(objs)]
     return PromptsFile(objects=objects, window=data.get("window"))
 
 
@@ -298,8 +300,9 @@ def _no_constant(text: str) -> float:
     raise InputError(f"{text} is not a number JSON allows")
 
 
-def load_prompts(path: str | Path) -> PromptsFile:
-    """Read and validate a prompts JSON file. Every problem is an InputError (one line)."""
+def load_prompts(path: str | Path, allow_empty: bool = False) -> PromptsFile:
+    """Read and validate a prompts JSON file (allow_empty: see :func:`parse_prompts`).
+    Every problem is an InputError (one line)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: prompts file not found")
@@ -315,7 +318,7 @@ def load_prompts(path: str | Path) -> PromptsFile:
     except OSError as exc:
         raise InputError(f"{path}: cannot read the prompts file ({exc.strerror or exc})") from None
     try:
-        return parse_prompts(data, where=str(path))
+        return parse_prompts(data, where=str(path), allow_empty=allow_empty)
     except RecursionError:  # pragma: no cover - json refuses such depth first
         raise InputError(f"{path}: JSON nested too deeply") from None
 
