@@ -1,4 +1,4 @@
-"""The command line: ``napari-sam segment | auto | embed | models | download``.
+"""The command line: ``napari-sam segment | auto | embed | batch | models | download | finetune``.
 
 Errors print as one line on stderr, ``napari-sam: error: ...``, with exit
 code 2 for bad input or usage and 1 for runtime failures; nothing is written
@@ -104,7 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--points-per-side", type=int, default=None, help="point-grid density per tile side")
     auto.add_argument("--zoom", action="store_true",
                       help="decode each proposal on a magnified crop (sharper small objects; one encoder run per crop)")
+    auto.add_argument("--spacing", default=None, metavar="Z,Y,X",
+                      help="3D stacks: voxel size (z, row, col), e.g. 1.0,0.25,0.25 (default: the file's "
+                           "metadata: NIfTI/NRRD/MHA header, ImageJ or OME TIFF; else isotropic)")
+    auto.add_argument("--model-check", action="store_true",
+                      help="3D stacks: drop faint objects the model does not confirm on their central slice")
+    auto.add_argument("--slicewise", action="store_true",
+                      help="3D microscopy: segment slice by slice and link (default: 3D proposals)")
     auto.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    auto.add_argument("--scheduler", default=None, help="zarr/OME-Zarr input or .zarr output: tiles as tasks "
+                      "on this Dask scheduler (default: a local cluster); docs/scaling.md")
     _add_model_args(auto)
     emb = sub.add_parser("embed", help="fill the embedding cache for an image ahead of time")
     emb.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
@@ -112,7 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--slices", default=None, help="FIRST:LAST (inclusive) to embed only these slices")
     _add_model_args(emb)
 
-    sub.add_parser("models", help="list the available models")
+    sub.add_parser("models", help="list the available models and local tuned checkpoints")
+    from .batch import add_parser as _add_batch_parser
+    from .finetune.command import add_parser as add_finetune_parser
+
+    _add_batch_parser(sub)
+    add_finetune_parser(sub, _Parser)
 
     dl = sub.add_parser("download", help="download model checkpoints into the cache (for later offline use)")
     dl.add_argument("names", nargs="+", help="model names (see `napari-sam models`)")
@@ -329,9 +343,24 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     from .export import check_result_for, check_result_path, write_result
     from .io import Geometry, read_image
     from .models.registry import load_model
+    from .large import auto_large, check_tiled_paths, wants_tiled
     from .zoom import CropEmbeddings
 
+    if wants_tiled(args.image, args.output):  # zarr in or out: tiles as Dask tasks (docs/scaling.md)
+        check_tiled_paths(args.image, args.output, args.overwrite)
+        bar = ProgressBar("auto", args.quiet, unit="tile")
+        try:
+            info = auto_large(args.image, args.output, _auto_settings(args, args.preset == "ct")[1], args.window,
+                              args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
+        finally:
+            bar.close()
+        print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
+        return 0
     out = check_result_path(args.output, args.overwrite, inputs=(args.image, args.checkpoint))
+    if args.spacing:
+        from .automatic3d import parse_spacing
+
+        parse_spacing(args.spacing)  # a malformed --spacing fails before any work
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
         window_spec = parse_window(window_spec)
@@ -344,15 +373,25 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: a 3D label map keeps its geometry only as .nii.gz, .nii, .nrrd or .mha")
     window = resolve_window(volume.array, window_spec, volume.metadata.get("modality"),
                             volume.metadata.get("dicom_window"))
-    backend = load_model(args.model, args.checkpoint, args.device)
-    segmenter = AutomaticSegmenter(backend, settings, CropEmbeddings(backend, max_in_memory=64,
-                                                                     cache_dir=_cache_dir(args)))
+    stack3d = not volume.is_2d and preset == "microscopy" and not args.slicewise
+    # 3D proposals use no model unless --model-check: do not pay for loading one
+    backend = load_model(args.model, args.checkpoint, args.device) if not stack3d or args.model_check else None
+    segmenter = None if stack3d else AutomaticSegmenter(backend, settings, CropEmbeddings(
+        backend, max_in_memory=64, cache_dir=_cache_dir(args)))
     bar = ProgressBar("auto", args.quiet, unit="step")
+    extra3d: dict = {}
     t0 = time.perf_counter()
     try:
         if volume.is_2d:
             result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
             labels = result.labels[None]
+        elif stack3d:
+            from .automatic3d import stack_settings_from_args
+
+            stack = stack_settings_from_args(args, volume, backend, None)
+            result = stack.segment(window.apply(volume.array), progress=bar)
+            labels = result.labels
+            extra3d = {"design": "3d-proposals", "spacing_zyx": list(stack.settings.spacing)}
         else:
             key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
             result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
@@ -362,12 +401,14 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         bar.close()
     n = int(labels.max(initial=0))
     notes: list[str] = []
-    write_result(out, labels, volume, model=backend.name, overwrite=args.overwrite, notes=notes,
+    model_name = backend.name if backend is not None else None
+    write_result(out, labels, volume, model=model_name, overwrite=args.overwrite, notes=notes,
                  algorithm_type="AUTOMATIC", inputs=(args.image, args.checkpoint),
-                 extra={"source": str(args.image), "model": backend.name, "mode": "automatic", "preset": preset,
-                        "proposals": segmenter.proposal_kind(), "window": [window.lo, window.hi],
+                 extra={"source": str(args.image), "model": model_name, "mode": "automatic", "preset": preset,
+                        "proposals": "3d-blobs" if stack3d else segmenter.proposal_kind(),
+                        "window": [window.lo, window.hi],
                         "object_diameter": round(result.diameter, 2),
-                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}})
+                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, **extra3d})
     if not args.quiet:
         for note in notes:
             print(f"{PROG}: note: {note}", file=sys.stderr)
@@ -388,6 +429,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{spec.name:24s} {spec.architecture:14s} {spec.image_size:5d}px  {spec.licence:10.10s} "
               f"{where:15s} {spec.description}")
     print(f"cache: {cache} (set NAPARI_SAM_MODEL_DIR to change it)")
+    from .finetune.checkpoint import list_tuned
+
+    for t in list_tuned():
+        val = t.get("validation")
+        print(f"tuned: {t['path']}  base {t.get('base_model')}  {t.get('created')}"
+              + (f"  validation Dice {val:.3f}" if isinstance(val, float) else ""))
     return 0
 
 
@@ -401,8 +448,20 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune.command import run
+
+    return run(args)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import cmd_batch
+
+    return cmd_batch(args)
+
+
 COMMANDS = {"segment": _cmd_segment, "auto": _cmd_auto, "embed": _cmd_embed, "models": _cmd_models,
-            "download": _cmd_download}
+            "download": _cmd_download, "batch": _cmd_batch, "finetune": _cmd_finetune}
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:

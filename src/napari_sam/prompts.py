@@ -111,9 +111,12 @@ class ObjectPrompts:
     propagate: bool = False
     axis: int = 0
     range: tuple[int, int] | None = None
+    adapt: bool = False  # adapt the model to this object's key slices, then propagate again
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "name": self.name, "prompts": [p.to_json() for p in self.prompts]}
+        if self.adapt:
+            out["adapt"] = True
         if self.window is not None:
             out["window"] = list(self.window) if not isinstance(self.window, str) else self.window
         if self.color is not None:
@@ -170,7 +173,8 @@ class PromptsFile:
 
 #: The keys allowed at each level of a prompts file (one place; docs/prompts.md lists them).
 TOP_KEYS = ("objects", "window")
-OBJECT_KEYS = ("id", "name", "prompts", "window", "color", "propagate", "axis", "range", "corrections")
+OBJECT_KEYS = ("id", "name", "prompts", "window", "color", "propagate", "axis", "range", "corrections",
+               "adapt")
 PROMPT_KEYS = ("slice", "box", "points", "labels")
 CORRECTION_KEYS = ("point", "label")
 
@@ -264,12 +268,15 @@ def _parse_object(o: Any, i: int, w: str, seen: set[int], allow_empty: bool = Fa
     _require(_is_int(axis) and axis in (0, 1, 2), w, "'axis' must be 0, 1 or 2")
     propagate = o.get("propagate", False)
     _require(isinstance(propagate, bool), w, "'propagate' must be true or false")
+    adapt = o.get("adapt", False)
+    _require(isinstance(adapt, bool), w, "'adapt' must be true or false")
+    _require(not adapt or propagate, w, "'adapt' needs 'propagate': true (it re-propagates the object)")
     _check_window(o.get("window"), w)
     if "corrections" in o:
         _check_corrections(o["corrections"], w)
     return ObjectPrompts(id=oid, name=name, prompts=sps, window=o.get("window"),
                          color=tuple(color[:3]) if color else None, propagate=propagate, axis=axis,
-                         range=(min(rng), max(rng)) if rng else None)
+                         range=(min(rng), max(rng)) if rng else None, adapt=adapt)
 
 
 def parse_prompts(data: Any, where: str = "prompts", allow_empty: bool = False) -> PromptsFile:

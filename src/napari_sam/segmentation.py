@@ -28,6 +28,7 @@ import numpy as np
 from .box_batches import CroppedMask, decode_boxes, is_plain_box
 from .cache import SliceEmbeddings, slice_along
 from .errors import InputError
+from .finetune.adapt import adapt_to_slices
 from .intensity import Window, resolve_window
 from .io import Volume
 from .models.base import Backend
@@ -118,6 +119,18 @@ def state_for_object(obj: ObjectPrompts, shape: tuple[int, int, int]) -> Propaga
     for z, p in sorted(merge_slice_prompts(obj.prompts).items()):
         state.add_prompt(z, p)
     return state
+
+
+def _adapt_and_repropagate(backend: Backend, embeddings: SliceEmbeddings, state: PropagationState,
+                           stop_rules: StopRules | None, progress: Progress, cancel: Cancel | None) -> None:
+    """``"adapt": true``: adapt a copy of the model to the object's key-slice masks
+    (:mod:`napari_sam.finetune.adapt`), then propagate the object again with it."""
+    keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
+    if not keys:
+        return
+    adapted = adapt_to_slices(backend, embeddings, keys, cancel=cancel).backend
+    state.mark_all()
+    Propagator(adapted, embeddings, rules=stop_rules).propagate(state, progress, cancel)
 
 
 def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, window=None,
@@ -231,6 +244,8 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
             report(f"{_name}: {message}")
 
         Propagator(backend, store(win, obj.axis), rules=stop_rules).propagate(state, obj_progress, cancel)
+        if obj.adapt and not state.needs_run and not _is_set(cancel):
+            _adapt_and_repropagate(backend, store(win, obj.axis), state, stop_rules, obj_progress, cancel)
         estimates[obj.id] = 0
         if state.needs_run:
             result.cancelled = True
