@@ -8,13 +8,15 @@ then, and inputs are never touched.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError, NapariSamError
+from .errors import InputError, NapariSamError, NapariSamWarning
 
 PROG = "napari-sam"
 
@@ -58,6 +60,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache folder (default: $NAPARI_SAM_CACHE_DIR, else the user cache folder)")
     p.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
+    p.add_argument("--series", default=None, metavar="UID",
+                   help="the DICOM series to read when the folder holds several (SeriesInstanceUID)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,21 +147,18 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     if args.prompts is None and args.init is None:
         raise InputError("segment needs --prompts, --init or both")
-    out = check_result_path(args.output, args.overwrite,
-                            inputs=tuple(p for p in (args.image, args.prompts, args.init) if p))
-    if args.overview:
-        ov = Path(args.overview)
-        if ov.suffix.lower() != ".png":
-            raise InputError(f"{ov}: --overview must end in .png")
-        if ov.exists() and not args.overwrite:
-            raise InputError(f"{ov}: overview exists; pass --overwrite to replace it")
+    inputs = tuple(p for p in (args.image, args.prompts, args.init, args.checkpoint) if p)
+    if args.overview and Path(args.overview).suffix.lower() != ".png":
+        raise InputError(f"{args.overview}: --overview must end in .png")
+    out = check_result_path(args.output, args.overwrite, inputs=inputs,
+                            also=(args.overview,) if args.overview else ())
     window = None
     if args.window is not None and args.window.strip().lower() not in ("auto", "dicom"):
         window = parse_window(args.window)
     elif args.window is not None:
         window = args.window
     prompts = load_prompts(args.prompts, allow_empty=args.init is not None) if args.prompts else None
-    volume = read_image(args.image)
+    volume = read_image(args.image, series=args.series)
     check_result_for(out, volume)
     init_masks, notes = None, []
     if args.init is not None:
@@ -194,16 +195,19 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             for k, st in result.states.items()}
     if result.cancelled:
         raise NapariSamError("cancelled before the end; nothing written")
+    more = ()
+    if args.overview:
+        from .overview import overview_output
+
+        more = (overview_output(args.overview, volume, result.labels, result.colors,
+                                window=next(iter(result.windows.values()), None)),)
     write_result(out, result.labels, volume, result.names, result.colors, model=backend.name,
-                 overwrite=args.overwrite, extra=extra, notes=notes, seg_encoding=args.seg_encoding.upper())
+                 overwrite=args.overwrite, extra=extra, notes=notes, seg_encoding=args.seg_encoding.upper(),
+                 inputs=inputs, more=more)
     for note in notes if not args.quiet else ():
         print(f"{PROG}: note: {note}", file=sys.stderr)
     msg = f"wrote {out} ({len(result.names)} object(s), {sum(map(len, result.slices.values()))} slice(s)"
     if args.overview:
-        from .overview import write_overview
-
-        write_overview(args.overview, volume, result.labels, result.colors,
-                       window=next(iter(result.windows.values()), None))
         msg += f"; overview {args.overview}"
     if not args.quiet:
         print(msg + f"; {enc} slice(s) encoded, {hits} from the cache; {time.perf_counter() - t0:.1f} s)",
@@ -231,8 +235,13 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
         raise InputError(f"{d}: cache directory is a file")
     try:
         d.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{d}: cannot create the cache directory ({exc.strerror or exc})") from None
+        writable = os.access(d, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        warnings.warn(f"{d}: the cache directory cannot be written; keeping embeddings in memory only",
+                      NapariSamWarning)
+        return None
     return d
 
 
@@ -275,7 +284,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     if args.no_cache:
         raise InputError("embed fills the cache: --no-cache makes no sense here")
-    volume = read_image(args.image)
+    volume = read_image(args.image, series=args.series)
     if volume.is_2d and args.axis != 0:
         raise InputError(f"{args.image}: a 2D image has only axis 0")
     win = resolve_window(volume.array, args.window, volume.metadata.get("modality"),
@@ -350,7 +359,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
             bar.close()
         print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
         return 0
-    out = check_result_path(args.output, args.overwrite, inputs=(args.image,))
+    out = check_result_path(args.output, args.overwrite, inputs=(args.image, args.checkpoint))
     if args.spacing:
         from .automatic3d import parse_spacing
 
@@ -358,7 +367,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
         window_spec = parse_window(window_spec)
-    volume = read_image(args.image)
+    volume = read_image(args.image, series=args.series)
     check_result_for(out, volume)
     is_ct = (volume.metadata.get("modality") or "").upper() == "CT" or (
         not volume.is_rgb and volume.metadata.get("modality") is None and looks_like_hounsfield(volume.array))
@@ -398,7 +407,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     notes: list[str] = []
     model_name = backend.name if backend is not None else None
     write_result(out, labels, volume, model=model_name, overwrite=args.overwrite, notes=notes,
-                 algorithm_type="AUTOMATIC",
+                 algorithm_type="AUTOMATIC", inputs=(args.image, args.checkpoint),
                  extra={"source": str(args.image), "model": model_name, "mode": "automatic", "preset": preset,
                         "proposals": "3d-blobs" if stack3d else segmenter.proposal_kind(),
                         "window": [window.lo, window.hi],
@@ -471,6 +480,17 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+_SHOWN: set[str] = set()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning (ours, or a library's) as one line, each text once per run."""
+    text = " ".join(str(message).split())[:300]
+    if text not in _SHOWN:
+        _SHOWN.add(text)
+        print(f"{PROG}: warning: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -478,7 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors (one line, already printed) and --help
         return int(exc.code or 0)
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            warnings.simplefilter("default")
+            return COMMANDS[args.command](args)
     except NapariSamError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -489,7 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: out of memory", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"{PROG}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

@@ -22,7 +22,7 @@ use it yet: it still writes a propagated slice into free voxels only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -36,19 +36,63 @@ KEY_SLICE_PRIORITY = 1.0e6
 @dataclass
 class ObjectMasks:
     """One object's masks before painting: ``masks`` slice -> (rows, cols) bool
-    along ``axis``; ``key_slices``: the slices the user prompted."""
+    along ``axis`` (a plain array, or any mask with ``crop``/``offset`` such as
+    :class:`napari_sam.box_batches.CroppedMask`); ``key_slices``: the slices the
+    user prompted."""
 
     id: int
     axis: int
-    masks: dict[int, np.ndarray]
+    masks: dict[int, Any]
     key_slices: set[int]
 
     def volume(self, shape: tuple[int, int, int]) -> np.ndarray:
         """The object as a (z, y, x) bool volume of ``shape``."""
         out = np.zeros(shape, bool)
         for z, m in self.masks.items():
-            out[_plane(self.axis, z)] = m
+            out[_plane(self.axis, z)] = _as_array(m)
         return out
+
+    def boxed(self, shape: tuple[int, int, int]) -> tuple[tuple[slice, ...], np.ndarray] | None:
+        """(bounding-box slices in (z, y, x), the object's bool volume inside
+        them), allocated at the box's size only; None when the object is empty."""
+        planes = {z: _crop_of(m) for z, m in self.masks.items()}
+        planes = {z: c for z, c in planes.items() if c is not None}
+        if not planes:
+            return None
+        r0 = min(o[0] for _, o in planes.values())
+        c0 = min(o[1] for _, o in planes.values())
+        r1 = max(o[0] + c.shape[0] for c, o in planes.values())
+        c1 = max(o[1] + c.shape[1] for c, o in planes.values())
+        z0, z1 = min(planes), max(planes) + 1
+        sub = np.zeros((z1 - z0, r1 - r0, c1 - c0), bool)
+        for z, (crop, (r, c)) in planes.items():
+            sub[z - z0, r - r0:r - r0 + crop.shape[0], c - c0:c - c0 + crop.shape[1]] = crop
+        in_plane = [a for a in range(3) if a != self.axis]
+        box: list[slice] = [slice(None)] * 3
+        box[self.axis] = slice(z0, z1)
+        box[in_plane[0]] = slice(r0, r1)
+        box[in_plane[1]] = slice(c0, c1)
+        # sub is (axis, rows, cols); put it in (z, y, x) order
+        order = np.argsort([self.axis] + in_plane)
+        return tuple(box), np.transpose(sub, order)
+
+
+def _as_array(mask: Any) -> np.ndarray:
+    return mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
+
+
+def _crop_of(mask: Any) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """(crop, (r0, c0)) of a non-empty plane mask, None when empty."""
+    if hasattr(mask, "crop") and hasattr(mask, "offset"):
+        crop, off = np.asarray(mask.crop, bool), tuple(mask.offset)
+    else:
+        crop, off = np.asarray(mask, bool), (0, 0)
+    rows = np.flatnonzero(crop.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(crop.any(axis=0))
+    return (crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1],
+            (off[0] + int(rows[0]), off[1] + int(cols[0])))
 
 
 def _plane(axis: int, index: int) -> tuple:
@@ -57,13 +101,11 @@ def _plane(axis: int, index: int) -> tuple:
     return tuple(sl)
 
 
-def _depth(mask: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[tuple, np.ndarray]:
-    """(bounding-box slices, depth in mm inside the box) of a non-empty (z, y, x) mask."""
-    idx = np.nonzero(mask)
-    sl = tuple(slice(int(a.min()), int(a.max()) + 1) for a in idx)
-    sub = np.pad(mask[sl], 1)
-    d = ndimage.distance_transform_edt(sub, sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
-    return sl, d.astype(np.float32)
+def _depth(sub: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Depth in mm of every voxel of a (z, y, x) bool box to the mask's boundary."""
+    padded = np.pad(sub, 1)
+    d = ndimage.distance_transform_edt(padded, sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    return d.astype(np.float32)
 
 
 def resolve_overlaps(shape: tuple[int, int, int], objects: Sequence[ObjectMasks],
@@ -71,22 +113,20 @@ def resolve_overlaps(shape: tuple[int, int, int], objects: Sequence[ObjectMasks]
     """Paint ``objects`` into one (z, y, x) uint16 label map of ``shape``,
     resolving overlaps per voxel by the rule of this module (key slices first,
     then the deepest claim, in mm with ``spacing_zyx`` = (z, y, x); ties to the
-    object listed first)."""
+    object listed first). Work and memory per object are those of its
+    bounding box, not of the whole volume."""
     labels = np.zeros(shape, np.uint16)
     best = np.full(shape, -1.0, np.float32)
     for obj in objects:
-        vol = obj.volume(shape)
-        if not vol.any():
+        boxed = obj.boxed(shape)
+        if boxed is None:
             continue
-        sl, depth = _depth(vol, spacing_zyx)
+        sl, inside = boxed
+        depth = _depth(inside, spacing_zyx)
+        lo = sl[obj.axis]
         for k in obj.key_slices:
-            if k in obj.masks:
-                plane = [slice(None)] * 3
-                lo = sl[obj.axis]
-                if lo.start <= k < lo.stop:
-                    plane[obj.axis] = k - lo.start
-                    depth[tuple(plane)] += KEY_SLICE_PRIORITY
-        inside = vol[sl]
+            if k in obj.masks and lo.start <= k < lo.stop:
+                depth[_plane(obj.axis, k - lo.start)] += KEY_SLICE_PRIORITY
         win = inside & (depth > best[sl])
         labels[sl][win] = obj.id
         best[sl][win] = depth[win]

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from .box_batches import decode_boxes, is_plain_box
 from .cache import SliceEmbeddings
 from .corrections import Correction, apply_corrections
 from .errors import InputError
@@ -148,8 +149,6 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
         if o.corrections and not o.propagate:
             raise InputError(f"object {o.id} ({o.name}): 'corrections' act on a 3D result; "
                              f"set \"propagate\": true")
-    if volume.is_rgb and any(o.propagate for o in prompts.objects):
-        raise InputError("propagation needs a 3D image; this one is a 2D RGB image")
     result = SegmentationResult(labels=np.zeros(volume.shape, np.uint16),
                                 names={o.id: o.name for o in prompts.objects},
                                 colors={o.id: o.color for o in prompts.objects if o.color})
@@ -186,25 +185,44 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
             masks[o.id].masks.update({z: np.asarray(m, bool) for z, m in init_masks.get(o.id, {}).items()})
             masks[o.id].key_slices.update(init_masks.get(o.id, {}))
     predictor = SlicePredictor(backend, zoom=zoom, crop_embeddings=crop_embeddings)
-    for obj, z, prompt in plain:
+    windows: dict[str, Window] = {}
+
+    def window_of(obj: ObjectPrompts) -> Window:  # resolved once per distinct window spec
+        spec = window if window is not None else (obj.window if obj.window is not None else prompts.window)
+        key = repr(spec)
+        if key not in windows:
+            windows[key] = object_window(volume, obj, prompts.window, window)
+        return windows[key]
+
+    # box-only prompts (no zoom) are decoded in batches per slice; the rest one by one
+    groups: dict[tuple[str, int, int], list[tuple[ObjectPrompts, int, SlicePrompt]]] = {}
+    for item in plain:
+        obj, z, prompt = item
+        win = result.windows[obj.id] = window_of(obj)
+        batchable = zoom is None and is_plain_box(prompt)
+        groups.setdefault((win.key(), obj.axis, z) if batchable else ("", -1 - len(groups), z), []).append(item)
+    for (wkey, axis, z), items in groups.items():
         if _is_set(cancel):
             result.cancelled = True
             break
-        win = object_window(volume, obj, prompts.window, window)
-        result.windows[obj.id] = win
-        report(f"{obj.name}: slice {z}")
-        emb_store = store(win, obj.axis)
-        predictor.set_embedding(emb_store.get(z), image=emb_store.model_input(z) if zoom is not None else None)
-        mask = predictor.predict(prompt=prompt, multimask=False).mask
-        masks[obj.id].masks[z] = mask
-        masks[obj.id].key_slices.add(z)
-        plain_left -= 1
-        finished += 1
+        obj0 = items[0][0]
+        report(f"{obj0.name}: slice {z}" if len(items) == 1 else f"{len(items)} objects: slice {z}")
+        emb_store = store(result.windows[obj0.id], obj0.axis)
+        if axis >= 0:
+            found = decode_boxes(backend, emb_store.get(z), [p.box for _, _, p in items])
+        else:
+            predictor.set_embedding(emb_store.get(z), image=emb_store.model_input(z) if zoom is not None else None)
+            found = [predictor.predict(prompt=items[0][2], multimask=False).mask]
+        for (obj, _, _), mask in zip(items, found):
+            masks[obj.id].masks[z] = mask
+            masks[obj.id].key_slices.add(z)
+        plain_left -= len(items)
+        finished += len(items)
     for obj in propagated:
         if result.cancelled or _is_set(cancel):
             result.cancelled = True
             break
-        win = object_window(volume, obj, prompts.window, window)
+        win = window_of(obj)
         result.windows[obj.id] = win
         state = states[obj.id]
         base = finished

@@ -868,6 +868,7 @@ class SegmentSession(QObject):
             return [out]
         out = write_labels(p, data if data.ndim == 3 else data[None], self.source.geometry,
                            names={o.id: o.name for o in self.objects},
-                           colors={o.id: o.color for o in self.objects}, overwrite=True)
+                           colors={o.id: o.color for o in self.objects}, overwrite=True,
+                           inputs=(getattr(getattr(self.source.layer, "source", None), "path", None),))
         self.status.emit(f"saved {out}")
         return [str(out), str(sidecar_path(out))]
