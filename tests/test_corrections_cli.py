@@ -19,9 +19,10 @@ def _segment(tmp_path, monkeypatch, vol, objects, name):
     image = tmp_path / "leaky.nii.gz"
     if not image.exists():
         sitk.WriteImage(sitk.GetImageFromArray(vol), str(image))
-    (tmp_path / f"{name}.json").write_text(json.dumps({"window": [0, 255], "objects": objects}))
+    prompts = tmp_path / f"{name}_prompts.json"  # not {name}.json: that is the output's sidecar
+    prompts.write_text(json.dumps({"window": [0, 255], "objects": objects}))
     out = tmp_path / f"{name}.nii.gz"
-    rc = main(["segment", str(image), "--prompts", str(tmp_path / f"{name}.json"), "--output", str(out),
+    rc = main(["segment", str(image), "--prompts", str(prompts), "--output", str(out),
                "--no-cache", "--quiet"])
     return rc, (sitk.GetArrayFromImage(sitk.ReadImage(str(out))) if rc == 0 else None)
 

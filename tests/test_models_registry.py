@@ -103,7 +103,7 @@ def test_model_without_download_says_where_to_get_it(monkeypatch, tmp_path):
 
 
 def test_docs_table_matches_registry():
-    text = (ROOT / "docs" / "models.md").read_text()
+    text = (ROOT / "docs" / "models.md").read_text(encoding="utf-8")
     assert models_table_markdown() in text, "regenerate the table in docs/models.md from models_table_markdown()"
 
 
