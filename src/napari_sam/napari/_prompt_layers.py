@@ -183,6 +183,26 @@ def clear_slice(points: Any, boxes: Any, source: ImageSource, pos: SlicePosition
         boxes.remove_selected()
 
 
+#: a box smaller than this (voxels, both sides) is a stray click of the rectangle tool
+MIN_BOX_SIDE = 3.0
+
+
+def is_stray_box(boxes: Any) -> bool:
+    """True when the newest shape of ``boxes`` is under :data:`MIN_BOX_SIDE` on both sides."""
+    if boxes is None or not len(boxes.data):
+        return False
+    verts = np.asarray(boxes.data[-1], float)[:, -2:]
+    extent = verts.max(axis=0) - verts.min(axis=0)
+    return bool(np.all(extent < MIN_BOX_SIDE))
+
+
+def drop_last(layer: Any) -> None:
+    """Remove the newest point / shape of a Points or Shapes layer."""
+    if layer is not None and len(layer.data):
+        layer.selected_data = {len(layer.data) - 1}
+        layer.remove_selected()
+
+
 def keep_newest_box(boxes: Any, source: ImageSource, pos: SlicePosition) -> bool:
     """One box per slice: drop older boxes on slice ``pos``. Returns True if any was dropped."""
     idx = box_indices_on_slice(boxes, source, pos)

@@ -131,6 +131,8 @@ class SegmentSession(QObject):
         self._prop_cancelled = False
         self._closed = False
         self._connections: list[tuple[Any, Any]] = []
+        #: asked when a click or box is added: True if the press only gave focus back (it is dropped)
+        self.focus_click: Any = None
 
         self._paint_events = 0
         self._window = source.window()
@@ -306,7 +308,11 @@ class SegmentSession(QObject):
 
     # ------------------------------------------------------------------ prompts -> preview
     def _on_points_changed(self, event: Any = None) -> None:
-        if getattr(event, "action", None) in ("adding", "removing"):
+        action = getattr(event, "action", None)
+        if action in ("adding", "removing"):
+            return
+        if action == "added" and self.focus_click is not None and self.focus_click():
+            QTimer.singleShot(0, lambda: pl.drop_last(self.points))  # it only gave focus back
             return
         self.update_preview()
 
@@ -315,7 +321,10 @@ class SegmentSession(QObject):
         if action in ("adding", "removing"):
             return
         if action == "added":
-            QTimer.singleShot(0, self._keep_newest_box)
+            stray = pl.is_stray_box(self.boxes) or (self.focus_click is not None and self.focus_click())
+            QTimer.singleShot(0, (lambda: pl.drop_last(self.boxes)) if stray else self._keep_newest_box)
+            if stray:
+                return
         self.update_preview()
 
     def _keep_newest_box(self) -> None:

@@ -21,6 +21,7 @@ from ..models.base import Backend
 from . import _prompt_layers as pl
 from ._image_source import ImageSource
 from ._session import SegmentSession, notify
+from ._shortcuts import FocusClickGuard, WindowShortcuts
 
 #: action -> (key, what it does); bound on the viewer while the widget is open
 SHORTCUTS: dict[str, tuple[str, str]] = {
@@ -72,6 +73,7 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self._bind_keys()
+        self._focus_guard = FocusClickGuard(self.viewer)
         self._update_enabled()
 
     # ------------------------------------------------------------------ UI
@@ -231,12 +233,19 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------ keys
     def _bind_keys(self) -> None:
+        actions = {}
         for action, (key, _what) in SHORTCUTS.items():
             method = getattr(self, action if action != "export" else "export_dialog")
             self.viewer.bind_key(key, lambda _viewer, m=method: m(), overwrite=True)
             self._bound_keys.append(key)
+            actions[key] = method
+        # the same keys wherever focus is in the window (the dock, the layer list)
+        self._window_shortcuts = WindowShortcuts(self.viewer, actions)
 
     def _unbind_keys(self) -> None:
+        if getattr(self, "_window_shortcuts", None) is not None:
+            self._window_shortcuts.close()
+            self._window_shortcuts = None
         for key in self._bound_keys:
             try:
                 self.viewer.bind_key(key, None, overwrite=True)
@@ -355,6 +364,7 @@ class SegmentWidget(QWidget):
             notify("error", f"napari-sam: {exc}")
             return
         self.session = session
+        session.focus_click = self._focus_guard.take_focus_click
         session.zoom = self.zoom_check.isChecked()
         session.status.connect(self._set_status)
         session.objects_changed.connect(self._refresh_objects)
@@ -521,6 +531,7 @@ class SegmentWidget(QWidget):
         """Stop background work, unbind the shortcuts (layers stay in the viewer)."""
         self._stop_session()
         self._unbind_keys()
+        self._focus_guard.close()
         try:
             self.viewer.layers.events.inserted.disconnect(self._refresh_images)
             self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
