@@ -102,3 +102,62 @@ def test_a_click_that_gives_focus_back_adds_no_prompt(shown, qtbot):
     draw_box(viewer, s, (80, 80), (81.5, 81.5))
     qtbot.waitUntil(lambda: len(s.boxes.data) == 0, timeout=2000)
     assert s.current_prompt() is None
+
+
+# ---------------------------------------------------------------- 3: propagation progress
+def _disc_volume(n: int = 128, z: int = 7) -> np.ndarray:
+    """(z, n, n) float32: a bright ball-like stack of discs (largest in the middle) on dark noise."""
+    rr, cc = np.mgrid[:n, :n]
+    vol = np.random.default_rng(1).normal(20, 3, (z, n, n))
+    for k in range(z):
+        rad = n / 5 * (1 - 0.5 * abs(k - z // 2) / (z // 2))
+        vol[k][(rr - n / 2) ** 2 + (cc - n / 2) ** 2 < rad ** 2] = 200
+    return vol.astype(np.float32)
+
+
+def test_propagation_progress_is_visible(make_napari_viewer, qtbot, lite_medsam, tmp_path, monkeypatch):
+    """Commit with Shift-C, press Propagate: the widget's bar counts slices with an
+    ETA, the view follows the front, and napari's own progress moves with it."""
+    monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path / "emb"))
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(_disc_volume(), name="balls")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment Anything")
+    viewer.dims.set_point(0, 3)
+    assert widget.start(backend=lite_medsam)
+    s = widget.session
+    panel = widget.progress_panel
+    assert not panel.isVisible()
+    n = s.previews_shown
+    draw_box(viewer, s, (3, 36, 36), (3, 92, 92))
+    wait_preview(qtbot, s, n)
+    widget.commit()
+    panel.follow_check.setChecked(True)
+    seen: list[tuple] = []
+    bars: list = []
+    s.propagation_started.connect(lambda: bars.append(s._prop_pbar))
+
+    def record(index, done, total):
+        from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+
+        dialog = viewer.window._qt_window._activity_dialog
+        ours = [b for b in dialog.findChildren(QtLabeledProgressBar) if b.progress is bars[-1]]
+        gui = ours[0].qt_progress_bar
+        seen.append((index, done, total, panel.bar.value(), panel.bar.maximum(), panel.label.text(),
+                     gui.value(), gui.maximum(), s.pos.index if s.pos else None))
+
+    s.propagation_progress.connect(record)
+    with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS):
+        qtbot.mouseClick(widget.propagate_button, Qt.LeftButton)
+    assert panel.isVisible(), (widget.isVisible(), panel.isVisibleTo(widget))
+    assert len(seen) >= 4
+    for index, done, total, value, maximum, text, pn, ptotal, _ in seen:
+        assert (value, maximum) == (done, total)  # the widget's bar shows slices done / total
+        assert (pn, ptotal) == (done, total)  # napari's activity bar is not stuck at 0
+        assert f"({done}/{total})" in text
+    assert any("left" in t[5] for t in seen)  # an ETA while running
+    qtbot.waitUntil(lambda: s.pos.index == seen[-1][0], timeout=5000)  # followed the front
+    assert panel.bar.value() == panel.bar.maximum()
+    assert "done" in panel.label.text()
+    del image
+    widget.close_session()

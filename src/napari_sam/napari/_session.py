@@ -31,6 +31,7 @@ from ._background import STORES, DecodeRunner, EmbeddingQueue, SharedSliceEmbedd
 from ._geometry import layer_metadata
 from ._image_source import ImageSource
 from ._objects import ObjectTable, SegmentedObject
+from ._progress_panel import update_napari_progress
 
 #: colour of the uncommitted preview (distinct from every object colour)
 PREVIEW_COLOR = (0.0, 0.9, 1.0, 1.0)
@@ -745,11 +746,9 @@ class SegmentSession(QObject):
             return
         pos = pl.SlicePosition(obj.state.axis, int(update.index))
         self._write_plane_live(pos, obj, update.mask)
-        pbar = self._prop_pbar  # (napari's progress events may run the finished handler re-entrantly)
-        if pbar is not None:
-            pbar.total = int(update.total)
-            pbar.n = int(update.done)
-            pbar.set_description(f"napari-sam: {obj.name}: {update.message}")
+        # (napari's progress events may run the finished handler re-entrantly: take pbar once)
+        update_napari_progress(self._prop_pbar, int(update.done), int(update.total),
+                               f"napari-sam: {obj.name}: {update.message}")
         self.propagation_progress.emit(int(update.index), int(update.done), int(update.total))
 
     def _on_propagation_finished(self, worker: Any) -> None:

@@ -21,6 +21,7 @@ from ..models.base import Backend
 from . import _prompt_layers as pl
 from ._image_source import ImageSource
 from ._session import SegmentSession, notify
+from ._progress_panel import ProgressPanel
 from ._shortcuts import FocusClickGuard, WindowShortcuts
 
 #: action -> (key, what it does); bound on the viewer while the widget is open
@@ -188,6 +189,8 @@ class SegmentWidget(QWidget):
                                              "Compute every slice's image embedding in the background "
                                              "(otherwise slices are embedded when first needed)")
         vl.addWidget(self.embed_all_button)
+        self.progress_panel = ProgressPanel(on_slice=self._show_slice)
+        vl.addWidget(self.progress_panel)
         lay.addWidget(vbox)
 
         row = QHBoxLayout()
@@ -370,6 +373,10 @@ class SegmentWidget(QWidget):
         session.objects_changed.connect(self._refresh_objects)
         session.propagation_started.connect(self._update_enabled)
         session.propagation_finished.connect(lambda _c: self._update_enabled())
+        session.propagation_started.connect(lambda: self.progress_panel.started(
+            session.objects.current.name if session.objects.current else ""))
+        session.propagation_progress.connect(self.progress_panel.advanced)
+        session.propagation_finished.connect(self.progress_panel.finished)
         self._refresh_objects()
         self._style_negative(False)
         self._update_enabled()
@@ -390,6 +397,19 @@ class SegmentWidget(QWidget):
             self.session = None
         self._refresh_objects()
         self._update_enabled()
+
+    def _show_slice(self, index: int) -> None:
+        """Move the viewer to slice ``index`` along the propagated axis (follow the front)."""
+        s = self.session
+        obj = s.objects.current if s is not None else None
+        if s is None or s.source.is_2d or obj is None or obj.state is None:
+            return
+        layer = s.source.layer
+        voxel = [0.0] * layer.ndim
+        voxel[obj.state.axis] = float(index)
+        world = layer.data_to_world(voxel)
+        offset = self.viewer.dims.ndim - layer.ndim
+        self.viewer.dims.set_point(obj.state.axis + offset, world[obj.state.axis])
 
     def _need_session(self) -> SegmentSession | None:
         if self.session is None:
