@@ -161,3 +161,34 @@ def test_propagation_progress_is_visible(make_napari_viewer, qtbot, lite_medsam,
     assert "done" in panel.label.text()
     del image
     widget.close_session()
+
+
+# ---------------------------------------------------------------- 1: candidates at a glance
+def test_candidates_shown_with_score_and_outline(shown, qtbot):
+    """A click gives several candidates: each is shown with its score and an outlined
+    thumbnail; clicking a thumbnail makes it the preview."""
+    from test_napari_widget import click
+
+    from napari_sam.napari._candidates_view import OUTLINE
+
+    viewer, widget, s = shown
+    view = widget.candidates_view
+    assert not view.isVisible()
+    n = s.previews_shown
+    click(viewer, s, (80, 53))
+    wait_preview(qtbot, s, n)
+    p = s.prediction
+    assert view.isVisible()
+    assert view.shown == [(i + 1, pytest.approx(float(sc))) for i, sc in enumerate(p.scores)]
+    for i, b in enumerate(view.buttons[:len(p.masks)]):
+        assert b.isVisible() and b.text() == f"{i + 1}: {float(p.scores[i]):.2f}"
+        img = b.icon().pixmap(64, 64).toImage()
+        px = {img.pixelColor(x, y).getRgb()[:3] for x in range(0, 64, 2) for y in range(0, 64, 2)}
+        assert any(all(abs(a - b) <= 8 for a, b in zip(c, OUTLINE)) for c in px)  # outline drawn
+    assert view.buttons[0].isChecked()
+    if len(p.masks) > 1:
+        qtbot.mouseClick(view.buttons[1], Qt.LeftButton)
+        assert s.candidate == 1 and np.array_equal(s.preview_mask, p.masks[1])
+        assert view.buttons[1].isChecked() and not view.buttons[0].isChecked()
+    s.clear_prompts()
+    qtbot.waitUntil(lambda: not view.isVisible(), timeout=2000)

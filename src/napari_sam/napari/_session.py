@@ -482,6 +482,14 @@ class SegmentSession(QObject):
         self.status.emit(f"candidate {self.candidate + 1}/{k} (score {float(self.prediction.scores[self.candidate]):.2f})")
         return self.candidate
 
+    def select_candidate(self, index: int) -> int:
+        """Show candidate ``index`` (0-based, modulo their number) as the preview. Returns it."""
+        if self.prediction is None:
+            return self.candidate
+        self.candidate = int(index) % len(self.prediction.masks)
+        self._show_preview()
+        return self.candidate
+
     def set_negative(self, negative: bool) -> None:
         """New clicks are negative (red) or positive (green)."""
         pl.set_negative(self.points, negative)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
@@ -21,6 +23,7 @@ from ..models.base import Backend
 from . import _prompt_layers as pl
 from ._image_source import ImageSource
 from ._session import SegmentSession, notify
+from ._candidates_view import CandidatesView
 from ._progress_panel import ProgressPanel
 from ._shortcuts import FocusClickGuard, WindowShortcuts
 
@@ -155,6 +158,9 @@ class SegmentWidget(QWidget):
         row.addWidget(self.candidate_button)
         row.addWidget(self.clear_button)
         bl.addLayout(row)
+        self.candidates_view = CandidatesView(self.select_candidate)
+        self.candidates_view.setVisible(False)
+        bl.addWidget(self.candidates_view)
         self.commit_button = self._button("Commit to object", "commit", self.commit, "")
         bl.addWidget(self.commit_button)
         lay.addWidget(box)
@@ -370,6 +376,7 @@ class SegmentWidget(QWidget):
         session.focus_click = self._focus_guard.take_focus_click
         session.zoom = self.zoom_check.isChecked()
         session.status.connect(self._set_status)
+        session.preview_changed.connect(self._refresh_candidates)
         session.objects_changed.connect(self._refresh_objects)
         session.propagation_started.connect(self._update_enabled)
         session.propagation_finished.connect(lambda _c: self._update_enabled())
@@ -431,6 +438,20 @@ class SegmentWidget(QWidget):
     def next_candidate(self) -> int:
         s = self._need_session()
         return s.next_candidate() if s is not None else 0
+
+    def select_candidate(self, index: int) -> int:
+        """Preview candidate ``index`` (0-based; as clicking its thumbnail does)."""
+        s = self._need_session()
+        return s.select_candidate(index) if s is not None else 0
+
+    def _refresh_candidates(self) -> None:
+        s = self.session
+        p = s.prediction if s is not None else None
+        if p is None or s.prediction_pos is None or s.preview_mask is None:
+            self.candidates_view.show_candidates(None, None, None, 0)
+            return
+        plane = np.take(s.source.volume, s.prediction_pos.index, axis=s.prediction_pos.axis)
+        self.candidates_view.show_candidates(s.source.window().apply(plane), p.masks, p.scores, s.candidate)
 
     def clear_prompts(self) -> None:
         s = self._need_session()
