@@ -192,3 +192,43 @@ def test_candidates_shown_with_score_and_outline(shown, qtbot):
         assert view.buttons[1].isChecked() and not view.buttons[0].isChecked()
     s.clear_prompts()
     qtbot.waitUntil(lambda: not view.isVisible(), timeout=2000)
+
+
+# ---------------------------------------------------------------- 6: export location and mode
+def test_export_defaults_to_a_safe_named_place_and_follows_the_umask(shown, qtbot, tmp_path, monkeypatch):
+    from napari_sam.napari import _widget
+
+    viewer, widget, s = shown
+    home = tmp_path / "home"
+    (home / "Documents").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    s.source.layer.name = "dicom"
+    _box_preview(qtbot, viewer, s)
+    assert widget.commit()
+    proposed: list[str] = []
+    answer = {"path": None}
+
+    def fake_dialog(_parent, _title, start, _filters):
+        proposed.append(start)
+        return (answer["path"] or start), ""
+
+    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", staticmethod(fake_dialog))
+    old = os.umask(0o027)
+    try:
+        qtbot.keyClick(widget.add_button, Qt.Key_E, Qt.ShiftModifier)  # Shift-E with focus in the dock
+        qtbot.waitUntil(lambda: len(proposed) == 1, timeout=5000)
+        first = Path(proposed[0])
+        assert first == home / "Documents" / "dicom_labels.nii.gz"
+        qtbot.waitUntil(first.exists, timeout=5000)
+        assert stat.S_IMODE(first.stat().st_mode) == 0o640  # 0666 less the umask, not mkstemp's 0600
+        assert stat.S_IMODE(first.with_name("dicom_labels.json").stat().st_mode) == 0o640
+        other = tmp_path / "results"
+        other.mkdir()
+        answer["path"] = str(other / "mine.nii.gz")
+        widget.export_dialog()
+        answer["path"] = None
+        widget.export_dialog()
+        assert Path(proposed[-1]) == other / "dicom_labels.nii.gz"  # the last export folder
+    finally:
+        os.umask(old)

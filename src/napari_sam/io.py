@@ -305,10 +305,28 @@ def labels_to_sitk(labels: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply_to(sitk.GetImageFromArray(arr.astype(dtype, copy=False)))
 
 
+def _current_umask() -> int:
+    """The process's umask (read from /proc where it can be, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_target(path: Path) -> Path:
+    """An empty temporary file beside ``path`` with the mode a new file gets (0666 less the umask;
+    mkstemp's 0600 would survive the rename)."""
     suf = _suffix(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suf}", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 

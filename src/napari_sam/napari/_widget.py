@@ -24,6 +24,7 @@ from . import _prompt_layers as pl
 from ._image_source import ImageSource
 from ._session import SegmentSession, notify
 from ._candidates_view import CandidatesView
+from ._settings import default_export_path, remember_export
 from ._progress_panel import ProgressPanel
 from ._shortcuts import FocusClickGuard, WindowShortcuts
 
@@ -522,11 +523,13 @@ class SegmentWidget(QWidget):
         s = self._need_session()
         if s is None:
             return []
-        src = s.source.layer.metadata.get("napari_sam", {}).get("path")
-        base = Path(src).parent if src else Path.home()
-        path, _ = QFileDialog.getSaveFileName(self, "Save labels", str(base / f"{s.labels.name}.nii.gz"),
+        proposed = default_export_path(s.source.layer.name)
+        path, _ = QFileDialog.getSaveFileName(self, "Save labels", str(proposed),
                                               "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)")
-        return self.export(path) if path else []
+        out = self.export(path) if path else []
+        if out:
+            remember_export(out[0])
+        return out
 
     # ------------------------------------------------------------------ objects list
     def _refresh_objects(self) -> None:
