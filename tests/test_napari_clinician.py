@@ -232,3 +232,38 @@ def test_export_defaults_to_a_safe_named_place_and_follows_the_umask(shown, qtbo
         assert Path(proposed[-1]) == other / "dicom_labels.nii.gz"  # the last export folder
     finally:
         os.umask(old)
+
+
+# ---------------------------------------------------------------- 7: fits a 1080 px screen
+def test_both_widgets_fit_a_1080_px_screen(make_napari_viewer, qtbot, lite_medsam):
+    from napari_sam.napari.auto_widget import AutoSegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((20, 64, 64), np.float32), name="vol")
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg, name="Segment Anything")
+    auto = AutoSegmentWidget(viewer, backend=lite_medsam)
+    viewer.window.add_dock_widget(auto, name="Segment everything")
+    win = viewer.window._qt_window
+    win.resize(1600, 1000)
+    qtbot.wait(200)
+    assert win.minimumSizeHint().height() <= 1000
+    assert win.height() <= 1080
+    slider = viewer.window._qt_viewer.dims
+    bottom = slider.mapTo(win, slider.rect().bottomLeft()).y()
+    assert slider.isVisible() and bottom <= win.height()  # the slice slider stays on screen
+    # the shortcuts are behind a help button, not a block of text
+    tip = seg.help_button.toolTip()
+    assert all(f"<b>{key}</b>" in tip for key, _ in SHORTCUTS.values())
+    seg.close_session()
+
+
+# ---------------------------------------------------------------- 8: layer controls show the real tool
+def test_layer_controls_show_the_tool_in_use_after_start(shown, qtbot):
+    viewer, widget, s = shown
+    controls = viewer.window._qt_viewer.controls.widgets
+    qtbot.wait(50)
+    assert s.boxes.mode == "add_rectangle" and controls[s.boxes].rectangle_button.isChecked()
+    assert not controls[s.boxes].panzoom_button.isChecked()
+    assert s.points.mode == "add" and controls[s.points].addition_button.isChecked()
+    assert not controls[s.points].panzoom_button.isChecked()

@@ -109,6 +109,14 @@ def make_boxes_layer(source: ImageSource, name: str = "SAM boxes") -> Any:
     return layer
 
 
+def sync_mode(layer: Any) -> None:
+    """Make the layer controls show the layer's real tool: a mode set before the layer
+    was added to the viewer is not shown by its controls (they highlight pan/zoom)."""
+    mode = str(layer.mode)
+    layer.mode = "pan_zoom"
+    layer.mode = mode
+
+
 def _marker_size(source: ImageSource) -> float:
     return float(max(6.0, min(source.shape[1:]) / 45.0))
 

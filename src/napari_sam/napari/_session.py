@@ -264,6 +264,10 @@ class SegmentSession(QObject):
                 pass
 
     # ------------------------------------------------------------------ where we are
+    def _where(self, index: int) -> str:
+        """"slice 12" in a volume, "the image" for a 2D image (status messages)."""
+        return "the image" if self.source.is_2d else f"slice {index}"
+
     def _position_or_none(self) -> pl.SlicePosition | None:
         try:
             return pl.current_position(self.viewer, self.source)
@@ -291,7 +295,7 @@ class SegmentSession(QObject):
         self.pos = pos
         self.queue.set_store(self.store())
         if not self.queue.request(pos.index):
-            self.status.emit(f"embedding slice {pos.index} in the background...")
+            self.status.emit(f"embedding {self._where(pos.index)} in the background...")
         self.update_preview()
 
     def _on_contrast(self, event: Any = None) -> None:
@@ -376,7 +380,7 @@ class SegmentSession(QObject):
             self._waiting = req
             self.queue.set_store(store)
             self.queue.request(pos.index)
-            self.status.emit(f"computing the embedding of slice {pos.index}...")
+            self.status.emit(f"computing the embedding of {self._where(pos.index)}...")
             return
         self._submit(req)
 
@@ -411,7 +415,7 @@ class SegmentSession(QObject):
     def _on_embedding_ready(self, store: SharedSliceEmbeddings, index: int) -> None:
         self.embedding_ready.emit(index)
         if index == self.pos.index and store is self.store() and self._waiting is None and not self.propagating:
-            self.status.emit(f"slice {index} ready: draw a box or click")
+            self.status.emit(f"{self._where(index)} ready: draw a box or click")
         w = self._waiting
         if w is not None and w.store is store and w.pos.index == index and w.pos == self.pos:
             self._submit(w)
@@ -437,7 +441,7 @@ class SegmentSession(QObject):
                                    "show": now - req.t_decode_end})
         self.previews_shown += 1
         k = len(result.masks)
-        self.status.emit(f"slice {req.pos.index}: candidate 1/{k} (score {float(result.scores[0]):.2f})")
+        self.status.emit(f"{self._where(req.pos.index)}: candidate 1/{k} (score {float(result.scores[0]):.2f})")
 
     def _plane_index(self, pos: pl.SlicePosition) -> tuple:
         if self.source.is_2d:
@@ -614,6 +618,7 @@ class SegmentSession(QObject):
         if self.propagating:
             notify("info", "napari-sam: cancel the propagation before undoing")
             return
+        present = set(np.unique(np.asarray(self.labels.data)).tolist())
         self._writing = True
         try:
             self.labels.undo()
@@ -622,9 +627,21 @@ class SegmentSession(QObject):
         if self._ops:
             op = self._ops.pop()
             self.objects = op.objects
+            self._drop_emptied_objects(present)
             self.objects.store_in(self.labels)
             self.objects_changed.emit()
             self.status.emit(f"undid: {op.what}")
+
+    def _drop_emptied_objects(self, present: set[int]) -> None:
+        """An unnamed object that this undo left with no pixel and no key slice goes too."""
+        if not present:
+            return
+        now = set(np.unique(np.asarray(self.labels.data)).tolist())
+        for obj in list(self.objects):
+            st = obj.state
+            if obj.id in present and obj.id not in now and obj.name == f"object {obj.id}" and (
+                    st is None or not st.key_slices):
+                self.objects.remove(obj.id)
 
     # ------------------------------------------------------------------ commit
     def commit(self) -> bool:
@@ -658,14 +675,14 @@ class SegmentSession(QObject):
         before = self.objects.snapshot()
         change = self._plane_change(pos, obj.id, None if stop else mask)
         self._write(lambda: self.labels.data_setitem(*change) if change else None, before,
-                    f"commit slice {pos.index} of {obj.name}")
+                    f"commit {self._where(pos.index)} of {obj.name}")
         if not self.source.is_2d:
             if stop:
                 obj.state.add_stop(pos.index, self.prediction_prompt.points)
             else:
                 obj.state.set_user_mask(pos.index, mask)
         self.clear_prompts()
-        self.status.emit(f"committed slice {pos.index} to {obj.name}" + (" (object absent)" if stop else ""))
+        self.status.emit(f"committed {self._where(pos.index)} to {obj.name}" + (" (object absent)" if stop else ""))
         return True
 
     def _state_for(self, obj: SegmentedObject, axis: int) -> Any:

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QStringListModel, Qt, Signal
 from qtpy.QtGui import QColor, QIcon, QPixmap
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
                             QLineEdit, QListWidget, QListWidgetItem, QPushButton, QToolButton, QVBoxLayout, QWidget)
 
 from ..errors import NapariSamError
@@ -24,6 +24,9 @@ from . import _prompt_layers as pl
 from ._image_source import ImageSource
 from ._session import SegmentSession, notify
 from ._candidates_view import CandidatesView
+from ._compact import help_button, scrolling_layout
+from ._layer_setup import widen_contrast_range
+from ._vocabulary import remember_name, vocabulary
 from ._settings import default_export_path, remember_export
 from ._progress_panel import ProgressPanel
 from ._shortcuts import FocusClickGuard, WindowShortcuts
@@ -94,7 +97,7 @@ class SegmentWidget(QWidget):
     def _build_ui(self) -> None:
         from ..models.registry import REGISTRY
 
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)  # fits a 1080 px screen with Segment everything docked too
         form = QFormLayout()
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The image layer to segment (2D grayscale or RGB, or a 3D volume)")
@@ -174,6 +177,17 @@ class SegmentWidget(QWidget):
         self.object_list.currentItemChanged.connect(self._on_object_selected)
         self.object_list.itemChanged.connect(self._on_object_edited)
         ol.addWidget(self.object_list)
+        self.name_edit = QLineEdit()
+        self.name_edit.setPlaceholderText("name the current object (liver, nucleus, ...)")
+        self.name_edit.setToolTip("Name of the current object; suggestions from anatomy and cell names "
+                                  "and the names you typed before. Enter to apply")
+        self._completer_model = QStringListModel(vocabulary())
+        completer = QCompleter(self._completer_model, self.name_edit)
+        completer.setCaseSensitivity(Qt.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchContains)
+        self.name_edit.setCompleter(completer)
+        self.name_edit.returnPressed.connect(self._apply_name)
+        ol.addWidget(self.name_edit)
         row = QHBoxLayout()
         self.add_button = self._button("Add", "add_object", self.add_object, "")
         self.rename_button = self._button("Rename", None, self.rename_object, "Rename the selected object")
@@ -209,18 +223,18 @@ class SegmentWidget(QWidget):
         self.status_label = QLabel("Choose an image layer and press Start.")
         self.status_label.setWordWrap(True)
         lay.addWidget(self.status_label)
-        keys = QLabel("<small>" + "<br>".join(f"<b>{k}</b>: {w}" for k, w in SHORTCUTS.values()) + "</small>")
-        keys.setTextFormat(Qt.RichText)
-        keys.setWordWrap(True)
-        keys.setToolTip("Keyboard shortcuts (active while this widget is open)")
-        lay.addWidget(keys)
+        self.help_button = help_button(
+            "Keyboard shortcuts (anywhere in the viewer window while this widget is open):<br>"
+            + "<br>".join(f"<b>{k}</b>: {w}" for k, w in SHORTCUTS.values()))
+        lay.addWidget(self.help_button)
         lay.addStretch(1)
 
     def _style_negative(self, negative: bool) -> None:
         color = pl.NEGATIVE_COLOR if negative else pl.POSITIVE_COLOR
         self.negative_button.setText("Clicks: negative" if negative else "Clicks: positive")
         self.negative_button.setChecked(negative)
-        self.negative_button.setStyleSheet(f"QPushButton {{ border: 2px solid {color}; color: {color}; }}")
+        style = f"QPushButton {{ border: 2px solid {color}; color: {color}; }}"
+        self.negative_button.setStyleSheet(style if self.session is not None else "")  # no colour before Start
 
     def _set_zoom(self, on: bool) -> None:
         if self.session is not None:
@@ -275,8 +289,11 @@ class SegmentWidget(QWidget):
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         self.image_combo.addItems(names)
+        active = self.viewer.layers.selection.active
         if current in names:
             self.image_combo.setCurrentText(current)
+        elif active is not None and active.name in names:
+            self.image_combo.setCurrentText(active.name)
         self.image_combo.blockSignals(False)
 
     def _on_layer_removed(self, event: Any = None) -> None:
@@ -391,7 +408,10 @@ class SegmentWidget(QWidget):
         dev = getattr(backend, "device", "cpu")
         kind = "2D image" if source.is_2d else f"volume {source.shape}"
         self._set_status(f"{backend.name} on {dev}; {kind}. Draw a box (Shapes layer) or click (Points layer).")
+        widen_contrast_range(source.layer)  # lung / bone windows stay reachable
         self.viewer.layers.selection.active = session.boxes
+        for layer in (session.points, session.boxes):
+            pl.sync_mode(layer)
         self.session_started.emit()
 
     def stop(self) -> None:
@@ -403,6 +423,7 @@ class SegmentWidget(QWidget):
         if self.session is not None:
             self.session.close()
             self.session = None
+            self._style_negative(False)
         self._refresh_objects()
         self._update_enabled()
 
@@ -502,6 +523,19 @@ class SegmentWidget(QWidget):
             name = text
         s.rename_object(oid, name)
 
+    def _apply_name(self) -> None:
+        """Rename the current object to the name field's text and remember the name."""
+        name = self.name_edit.text().strip()
+        s = self.session
+        if not name or s is None:
+            return
+        if s.objects.current is None:
+            s.add_object(name)
+        else:
+            s.rename_object(s.objects.current.id, name)
+        remember_name(name)
+        self._completer_model.setStringList(vocabulary())
+
     def delete_object(self, object_id: int | None = None) -> None:
         s = self._need_session()
         if s is None or s.objects.current is None:
@@ -561,6 +595,7 @@ class SegmentWidget(QWidget):
     def _on_object_selected(self, item: QListWidgetItem | None, _prev: Any = None) -> None:
         if item is not None and self.session is not None:
             self.session.select_object(int(item.data(Qt.UserRole)))
+            self.name_edit.setText(item.text())
 
     def _on_object_edited(self, item: QListWidgetItem) -> None:
         if self.session is not None:
