@@ -267,3 +267,81 @@ def test_layer_controls_show_the_tool_in_use_after_start(shown, qtbot):
     assert not controls[s.boxes].panzoom_button.isChecked()
     assert s.points.mode == "add" and controls[s.points].addition_button.isChecked()
     assert not controls[s.points].panzoom_button.isChecked()
+
+
+# ---------------------------------------------------------------- 9: the smaller points
+def test_name_field_completes_and_remembers_typed_names(shown, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    viewer, widget, s = shown
+    _box_preview(qtbot, viewer, s)
+    assert widget.commit()
+    edit = widget.name_edit
+    edit.setFocus()
+    qtbot.keyClicks(edit, "sple")
+    comp = edit.completer()
+    comp.setCompletionPrefix("sple")
+    found = [comp.completionModel().index(i, 0).data() for i in range(comp.completionModel().rowCount())]
+    assert "spleen" in found
+    edit.clear()
+    qtbot.keyClicks(edit, "my lesion A")  # capitals in the field stay text, not shortcuts
+    qtbot.keyClick(edit, Qt.Key_Return)
+    assert s.objects.current.name == "my lesion A" and widget.object_list.item(0).text() == "my lesion A"
+    # a new widget offers the typed name
+    other = SegmentWidget(viewer)
+    assert "my lesion A" in other._completer_model.stringList()
+    other.close_session()
+
+
+def test_undo_of_the_only_commit_leaves_no_empty_object(shown, qtbot):
+    viewer, widget, s = shown
+    _box_preview(qtbot, viewer, s)
+    qtbot.keyClick(widget.add_button, Qt.Key_C, Qt.ShiftModifier)
+    qtbot.waitUntil(lambda: len(s.objects) == 1 and np.asarray(s.labels.data).any(), timeout=5000)
+    qtbot.keyClick(widget.add_button, Qt.Key_Z, Qt.ShiftModifier)
+    qtbot.waitUntil(lambda: not np.asarray(s.labels.data).any(), timeout=5000)
+    assert len(s.objects) == 0 and widget.object_list.count() == 0
+    # a named object stays (the user made it on purpose)
+    widget.add_object("liver")
+    _box_preview(qtbot, viewer, s)
+    widget.commit()
+    widget.undo()
+    assert [o.name for o in s.objects] == ["liver"]
+
+
+def test_status_contrast_hover_names_and_idle_look(make_napari_viewer, qtbot, lite_medsam, tmp_path, monkeypatch):
+    """2D: no "slice 0"; the contrast slider's range is the data's, not the window;
+    hovering a label shows its name; "Clicks: positive" is not coloured before Start;
+    Segment everything starts on the selected image."""
+    from napari_sam.napari.auto_widget import AutoSegmentWidget
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path / "emb"))
+    viewer = make_napari_viewer(show=True)
+    ct = viewer.add_image(np.linspace(-1000, 1500, 160 * 160, dtype=np.float32).reshape(160, 160), name="ct",
+                          contrast_limits=(-110, 190))
+    disc = viewer.add_image(_disc_image(), name="disc")
+    viewer.layers.selection.active = disc
+    auto = AutoSegmentWidget(viewer, backend=lite_medsam)
+    assert auto.image_combo.currentText() == "disc"
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.image_combo.currentText() == "disc"
+    assert not widget.negative_button.isEnabled() and widget.negative_button.styleSheet() == ""
+    widget.image_combo.setCurrentText("ct")
+    assert tuple(ct.contrast_limits_range) == (-110, 190)  # napari locks it to the window
+    assert widget.start(backend=lite_medsam)
+    s = widget.session
+    assert tuple(ct.contrast_limits_range) == (-1000, 1500) and tuple(ct.contrast_limits) == (-110, 190)
+    assert widget.negative_button.styleSheet() != ""
+    statuses: list[str] = []
+    s.status.connect(statuses.append)
+    n = s.previews_shown
+    draw_box(viewer, s, (50, 24), (110, 84))
+    wait_preview(qtbot, s, n)
+    widget.commit()
+    widget.rename_object("vessel")
+    assert statuses and not any("slice 0" in t for t in statuses), statuses
+    # hover over the label: napari's status shows the object's name
+    status = s.labels.get_status((80, 50), view_direction=None, dims_displayed=[0, 1], world=True)
+    text = status["coordinates"] if isinstance(status, dict) else str(status)
+    assert "vessel" in text, text
+    widget.close_session()
