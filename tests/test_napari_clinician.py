@@ -142,9 +142,9 @@ def test_propagation_progress_is_visible(make_napari_viewer, qtbot, lite_medsam,
 
         dialog = viewer.window._qt_window._activity_dialog
         ours = [b for b in dialog.findChildren(QtLabeledProgressBar) if b.progress is bars[-1]]
-        gui = ours[0].qt_progress_bar
+        gui = ours[0].qt_progress_bar if ours else None
         seen.append((index, done, total, panel.bar.value(), panel.bar.maximum(), panel.label.text(),
-                     gui.value(), gui.maximum(), s.pos.index if s.pos else None))
+                     gui.value() if gui else None, gui.maximum() if gui else None, s.pos.index if s.pos else None))
 
     s.propagation_progress.connect(record)
     with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS):
@@ -153,10 +153,11 @@ def test_propagation_progress_is_visible(make_napari_viewer, qtbot, lite_medsam,
     assert len(seen) >= 4
     for index, done, total, value, maximum, text, pn, ptotal, _ in seen:
         assert (value, maximum) == (done, total)  # the widget's bar shows slices done / total
-        assert (pn, ptotal) == (done, total)  # napari's activity bar is not stuck at 0
+        if pn is not None or done < total:  # (napari may drop its finished bar before the last report)
+            assert (pn, ptotal) == (done, total)  # napari's activity bar is not stuck at 0
         assert f"({done}/{total})" in text
     assert any("left" in t[5] for t in seen)  # an ETA while running
-    qtbot.waitUntil(lambda: s.pos.index == seen[-1][0], timeout=5000)  # followed the front
+    qtbot.waitUntil(lambda: viewer.dims.current_step[0] == seen[-1][0], timeout=5000)  # followed the front
     assert panel.bar.value() == panel.bar.maximum()
     assert "done" in panel.label.text()
     del image
