@@ -346,3 +346,38 @@ def test_status_contrast_hover_names_and_idle_look(make_napari_viewer, qtbot, li
     text = status["coordinates"] if isinstance(status, dict) else str(status)
     assert "vessel" in text, text
     widget.close_session()
+
+
+# ---------------------------------------------------------------- 4: napari-sam as the reader
+def test_reader_offer_makes_napari_sam_the_reader_for_nifti(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """The widget offers once to set napari's reader preference; after "Yes" a .nii.gz opens
+    with napari-sam (geometry in the layer) with no plugin named and no chooser."""
+    import SimpleITK as sitk
+    from napari.settings import get_settings
+
+    from napari_sam.napari._reader_preference import PATTERNS
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    plugins = get_settings().plugins
+    saved = dict(plugins.extension2reader)
+    plugins.extension2reader = {k: v for k, v in saved.items() if k not in PATTERNS}
+    try:
+        img = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 1, (4, 16, 16)).astype(np.float32))
+        img.SetSpacing((0.5, 0.5, 2.0))
+        path = tmp_path / "scan.nii.gz"
+        sitk.WriteImage(img, str(path))
+        viewer = make_napari_viewer(show=True)
+        widget = SegmentWidget(viewer)
+        viewer.window.add_dock_widget(widget)
+        offer = widget.reader_offer
+        assert offer.isVisibleTo(widget), offer.should_offer()
+        qtbot.mouseClick(offer.yes_button, Qt.LeftButton)
+        assert not offer.isVisibleTo(widget)
+        assert all(plugins.extension2reader.get(p) == "napari-sam" for p in PATTERNS)
+        viewer.window._qt_viewer._qt_open([str(path)], stack=False)  # what File > Open does
+        [layer] = [lay for lay in viewer.layers if lay.name == "scan"]
+        assert "napari_sam" in layer.metadata and tuple(layer.scale) == (2.0, 0.5, 0.5)
+        assert not SegmentWidget(viewer).reader_offer.isVisibleTo(widget)  # offered once only
+        widget.close_session()
+    finally:
+        plugins.extension2reader = saved

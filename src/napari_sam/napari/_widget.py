@@ -27,6 +27,7 @@ from ._candidates_view import CandidatesView
 from ._compact import help_button, scrolling_layout
 from ._layer_setup import widen_contrast_range
 from ._vocabulary import remember_name, vocabulary
+from ._reader_preference import ReaderOffer
 from ._settings import default_export_path, remember_export
 from ._progress_panel import ProgressPanel
 from ._shortcuts import FocusClickGuard, WindowShortcuts
@@ -98,6 +99,9 @@ class SegmentWidget(QWidget):
         from ..models.registry import REGISTRY
 
         lay = scrolling_layout(self)  # fits a 1080 px screen with Segment everything docked too
+        self.reader_offer = ReaderOffer()  # once: make napari-sam napari's reader for medical files
+        lay.addWidget(self.reader_offer)
+        self.reader_offer.setVisible(self.reader_offer.should_offer())  # (after parenting, which hides)
         form = QFormLayout()
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The image layer to segment (2D grayscale or RGB, or a 3D volume)")
