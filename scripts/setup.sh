@@ -20,6 +20,16 @@ if [[ "${1:-}" == "--test" ]]; then
       echo "setup: warning: Xvfb missing; GUI tests need it (apt-get install xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0)" >&2
     fi
   fi
+  if ! command -v dciodvfy >/dev/null 2>&1; then  # the DICOM validator the DICOM SEG test runs
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+      echo "setup: installing dicom3tools (dciodvfy, apt)" >&2
+      apt-get update -qq >/dev/null || true
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null || \
+        echo "setup: warning: dicom3tools not installed; the validator test will be skipped" >&2
+    else
+      echo "setup: note: dciodvfy missing (apt-get install dicom3tools); the validator test will be skipped" >&2
+    fi
+  fi
 fi
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip

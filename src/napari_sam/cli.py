@@ -63,8 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment an image from a prompts file")
     seg.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
-    seg.add_argument("--prompts", required=True, help="prompts JSON (see docs/prompts.md)")
-    seg.add_argument("--output", required=True, help="label map: .nii.gz/.nii/.nrrd/.mha (or .tif for 2D)")
+    seg.add_argument("--prompts", default=None, help="prompts JSON (see docs/prompts.md); optional with --init")
+    seg.add_argument("--init", default=None, metavar="LABELS",
+                     help="existing segmentation to refine: label map, DICOM SEG or .seg.nrrd; each label becomes "
+                          "an object whose slices are key slices (see docs/export.md)")
+    seg.add_argument("--output", required=True, help="label map: .nii.gz/.nii/.nrrd/.mha (or .tif for 2D); "
+                     ".seg.nrrd (3D Slicer); .dcm (DICOM SEG, DICOM input only)")
+    seg.add_argument("--seg-encoding", default="binary", choices=["binary", "labelmap"],
+                     help="DICOM SEG encoding for a .dcm output (default binary: read everywhere)")
     seg.add_argument("--overview", default=None, help="also write a PNG overview of the segmented slices")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
     seg.add_argument("--zoom", action="store_true",
@@ -112,12 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .intensity import parse_window
-    from .io import check_output_path, read_image, write_labels
+    from .export import check_result_for, check_result_path, write_result
+    from .io import read_image
     from .models.registry import load_model
     from .prompts import load_prompts
     from .segmentation import segment_volume
 
-    out = check_output_path(args.output, args.overwrite, inputs=(args.image, args.prompts))
+    if args.prompts is None and args.init is None:
+        raise InputError("segment needs --prompts, --init or both")
+    out = check_result_path(args.output, args.overwrite,
+                            inputs=tuple(p for p in (args.image, args.prompts, args.init) if p))
     if args.overview:
         ov = Path(args.overview)
         if ov.suffix.lower() != ".png":
@@ -129,8 +139,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         window = parse_window(args.window)
     elif args.window is not None:
         window = args.window
-    prompts = load_prompts(args.prompts)
+    prompts = load_prompts(args.prompts, allow_empty=args.init is not None) if args.prompts else None
     volume = read_image(args.image)
+    check_result_for(out, volume)
+    init_masks, notes = None, []
+    if args.init is not None:
+        prompts, init_masks, init_info = _init_objects(args.init, volume, prompts, notes)
     prompts.check_against(volume.array.shape, volume.is_2d)
     backend = load_model(args.model, args.checkpoint, args.device)
     embeddings_for, stats = _embeddings_factory(args, volume, backend)
@@ -144,7 +158,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
             zoom, crops = PROMPT_ZOOM, CropEmbeddings(backend, cache_dir=_cache_dir(args))
         result = segment_volume(volume, prompts, backend, window=window, progress=bar,
-                                embeddings_for=embeddings_for, zoom=zoom, crop_embeddings=crops)
+                                embeddings_for=embeddings_for, zoom=zoom, crop_embeddings=crops,
+                                init_masks=init_masks)
     finally:
         bar.close()
     enc = sum(e.total_encoder_calls for e in stats)
@@ -152,6 +167,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     extra = {"source": str(args.image), "model": backend.name,
              "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
              "encoder_calls": enc, "cache_hits": hits}
+    if args.init is not None:
+        extra["init"] = init_info
     if result.states:
         extra["propagation"] = {
             str(k): {"axis": st.axis, "key_slices": st.key_slices, "extent": list(st.extent) if st.extent else None,
@@ -160,8 +177,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             for k, st in result.states.items()}
     if result.cancelled:
         raise NapariSamError("cancelled before the end; nothing written")
-    write_labels(out, result.labels, volume.geometry, result.names, result.colors, overwrite=args.overwrite,
-                 extra=extra)
+    write_result(out, result.labels, volume, result.names, result.colors, model=backend.name,
+                 overwrite=args.overwrite, extra=extra, notes=notes, seg_encoding=args.seg_encoding.upper())
+    for note in notes if not args.quiet else ():
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     msg = f"wrote {out} ({len(result.names)} object(s), {sum(map(len, result.slices.values()))} slice(s)"
     if args.overview:
         from .overview import write_overview
@@ -173,6 +192,15 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print(msg + f"; {enc} slice(s) encoded, {hits} from the cache; {time.perf_counter() - t0:.1f} s)",
               file=sys.stderr)
     return 0
+
+
+def _init_objects(path: str, volume, prompts, notes: list[str]):
+    """--init: the labels on the image grid as objects, combined with the prompts (docs/export.md)."""
+    from .init_labels import init_objects, init_summary, labels_on_image, read_segmentation
+
+    labels = labels_on_image(read_segmentation(path, volume), volume, notes)
+    prompts, masks = init_objects(labels, prompts)
+    return prompts, masks, init_summary(labels)
 
 
 def _cache_dir(args: argparse.Namespace) -> Path | None:
@@ -289,15 +317,17 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     from .automatic import AutomaticSegmenter
     from .cache import content_hash, embedding_key, model_identity
     from .intensity import looks_like_hounsfield, parse_window, resolve_window
-    from .io import Geometry, check_output_path, read_image, write_labels
+    from .export import check_result_for, check_result_path, write_result
+    from .io import Geometry, read_image
     from .models.registry import load_model
     from .zoom import CropEmbeddings
 
-    out = check_output_path(args.output, args.overwrite, inputs=(args.image,))
+    out = check_result_path(args.output, args.overwrite, inputs=(args.image,))
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
         window_spec = parse_window(window_spec)
     volume = read_image(args.image)
+    check_result_for(out, volume)
     is_ct = (volume.metadata.get("modality") or "").upper() == "CT" or (
         not volume.is_rgb and volume.metadata.get("modality") is None and looks_like_hounsfield(volume.array))
     preset, settings = _auto_settings(args, is_ct)
@@ -322,12 +352,16 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     n = int(labels.max(initial=0))
-    write_labels(out, labels, volume.geometry, overwrite=args.overwrite,
+    notes: list[str] = []
+    write_result(out, labels, volume, model=backend.name, overwrite=args.overwrite, notes=notes,
+                 algorithm_type="AUTOMATIC",
                  extra={"source": str(args.image), "model": backend.name, "mode": "automatic", "preset": preset,
                         "proposals": segmenter.proposal_kind(), "window": [window.lo, window.hi],
                         "object_diameter": round(result.diameter, 2),
                         "timings_s": {k: round(v, 3) for k, v in result.timings.items()}})
     if not args.quiet:
+        for note in notes:
+            print(f"{PROG}: note: {note}", file=sys.stderr)
         print(f"wrote {out} ({n} object(s), {result.proposals} prompt(s), {result.encoder_calls} embedding(s); "
               f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 0

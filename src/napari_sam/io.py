@@ -131,6 +131,8 @@ def _read_dicom_series(folder: Path) -> tuple[sitk.Image, dict[str, Any]]:
         return reader.GetMetaData(0, key).strip() if reader.HasMetaDataKey(0, key) else None
 
     meta["modality"] = tag("0008|0060") or None
+    meta["dicom_file_names"] = list(files)  # in the volume's slice order (DICOM SEG export)
+    meta["study_uid"], meta["series_uid"] = tag("0020|000d"), tag("0020|000e")
     c, w = tag("0028|1050"), tag("0028|1051")
     if c and w and _first_value(c) is not None and _first_value(w):
         meta["dicom_window"] = (_first_value(c), _first_value(w))

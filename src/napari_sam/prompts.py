@@ -165,8 +165,11 @@ def _require(cond: bool, where: str, msg: str) -> None:
         raise InputError(f"{where}: {msg}")
 
 
-def parse_prompts(data: Any, where: str = "prompts") -> PromptsFile:
-    """Validate a prompts document (already decoded from JSON)."""
+def parse_prompts(data: Any, where: str = "prompts", allow_empty: bool = False) -> PromptsFile:
+    """Validate a prompts document (already decoded from JSON).
+
+    allow_empty: an object may have an empty 'prompts' list (its key slices
+    come from ``segment --init`` labels)."""
     _require(isinstance(data, dict), where, "top level must be an object with an 'objects' list")
     objs = data.get("objects")
     _require(isinstance(objs, list) and len(objs) > 0, where, "'objects' must be a non-empty list")
@@ -181,7 +184,8 @@ def parse_prompts(data: Any, where: str = "prompts") -> PromptsFile:
         _require(oid not in seen, w, f"duplicate id {oid}")
         seen.add(oid)
         prompts = o.get("prompts")
-        _require(isinstance(prompts, list) and len(prompts) > 0, w, "'prompts' must be a non-empty list")
+        _require(isinstance(prompts, list) and (len(prompts) > 0 or allow_empty), w,
+                 "'prompts' must be a non-empty list")
         sps = []
         for j, p in enumerate(prompts):
             pw = f"{w}.prompts[{j}]"
@@ -224,8 +228,8 @@ def parse_prompts(data: Any, where: str = "prompts") -> PromptsFile:
     return PromptsFile(objects=objects, window=data.get("window"))
 
 
-def load_prompts(path: str | Path) -> PromptsFile:
-    """Read and validate a prompts JSON file."""
+def load_prompts(path: str | Path, allow_empty: bool = False) -> PromptsFile:
+    """Read and validate a prompts JSON file (allow_empty: see :func:`parse_prompts`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: prompts file not found")
@@ -233,7 +237,7 @@ def load_prompts(path: str | Path) -> PromptsFile:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
-    return parse_prompts(data, where=str(path))
+    return parse_prompts(data, where=str(path), allow_empty=allow_empty)
 
 
 def box_of_mask(mask: np.ndarray) -> tuple[int, int, int, int] | None:

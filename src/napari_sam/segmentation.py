@@ -118,8 +118,8 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
                    progress: Progress | None = None,
                    embeddings_for: Callable[[Window, int], SliceEmbeddings] | None = None,
                    cancel: Cancel | None = None, stop_rules: StopRules | None = None,
-                   zoom: ZoomSettings | None = None, crop_embeddings: CropEmbeddings | None = None
-                   ) -> SegmentationResult:
+                   zoom: ZoomSettings | None = None, crop_embeddings: CropEmbeddings | None = None,
+                   init_masks: dict[int, dict[int, np.ndarray]] | None = None) -> SegmentationResult:
     """Segment every prompted slice of every object; propagate the objects that ask for it.
 
     window: overrides every object's window (CLI ``--window``).
@@ -133,6 +133,9 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
     zoom: decode the prompts of small objects on unpropagated slices on a
         magnified crop (:mod:`napari_sam.zoom`); crop_embeddings: where those
         crops' embeddings are kept (e.g. on disk).
+    init_masks: id -> {slice -> (rows, cols) bool mask along the object's
+        axis}: key slices taken as they are (an existing segmentation,
+        :mod:`napari_sam.init_labels`); a prompt on the same slice wins.
     """
     from .propagation import _is_set
 
@@ -155,6 +158,11 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
              for z, p in sorted(merge_slice_prompts(o.prompts).items())]
     propagated = [o for o in prompts.objects if o.propagate]
     states = {o.id: state_for_object(o, volume.shape) for o in propagated}
+    init_masks = init_masks or {}
+    for o in propagated:
+        for z, m in sorted(init_masks.get(o.id, {}).items()):
+            if z not in states[o.id].prompts:
+                states[o.id].set_user_mask(z, m)
     # progress: one unit per plain slice; each propagated object's run adds its own estimate
     finished = 0
     plain_left = len(plain)
@@ -165,6 +173,10 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
             progress(finished, finished + plain_left + sum(estimates.values()), message)
 
     masks: dict[int, ObjectMasks] = {o.id: ObjectMasks(o.id, o.axis, {}, set()) for o in prompts.objects}
+    for o in prompts.objects:
+        if not o.propagate:
+            masks[o.id].masks.update({z: np.asarray(m, bool) for z, m in init_masks.get(o.id, {}).items()})
+            masks[o.id].key_slices.update(init_masks.get(o.id, {}))
     predictor = SlicePredictor(backend, zoom=zoom, crop_embeddings=crop_embeddings)
     for obj, z, prompt in plain:
         if _is_set(cancel):

@@ -44,8 +44,8 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     """npe2 reader hook: a reader function if ``path`` is ours, else None.
 
     Ours: a ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``
-    file, a ``.dcm`` file (its folder's series is read) or a folder holding a
-    DICOM series.
+    file, a ``.dcm`` file (its folder's series is read; a DICOM SEG opens as
+    labels), a Slicer ``.seg.nrrd`` (labels) or a folder holding a DICOM series.
     """
     paths = [path] if isinstance(path, str) else list(path)
     if not paths:
@@ -65,6 +65,12 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     paths = [path] if isinstance(path, str) else list(path)
     out = []
     for p in map(Path, paths):
+        from ._seg_io import segmentation_layer_data
+
+        seg = segmentation_layer_data(p)  # a .seg.nrrd or DICOM SEG file: a Labels layer with names
+        if seg is not None:
+            out.append(seg)
+            continue
         volume = read_image(_series_root(p))
         side = _our_labels_sidecar(p)
         out.append(labels_to_layer_data(volume, side) if side is not None else volume_to_layer_data(volume))

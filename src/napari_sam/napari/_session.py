@@ -172,7 +172,8 @@ class SegmentSession(QObject):
         name = src.layer.name
         if labels_layer is None:
             labels_layer = Labels(np.zeros(src.layer_shape, np.uint16), name=f"{name} labels",
-                                  opacity=0.55, metadata=layer_metadata(src.geometry), **src.transform_kwargs())
+                                  opacity=0.55, metadata=layer_metadata(src.geometry, source=self._source_path()),
+                                  **src.transform_kwargs())
             self.viewer.add_layer(labels_layer)
         elif tuple(labels_layer.data.shape) != src.layer_shape:
             raise InputError(f"labels layer {labels_layer.name!r} has shape {labels_layer.data.shape}, "
@@ -835,12 +836,25 @@ class SegmentSession(QObject):
         return self.queue.request_all(order)
 
     # ------------------------------------------------------------------ export
+    def _source_path(self) -> str | None:
+        """The file or folder the image layer was read from (our reader records it), if known."""
+        return (self.source.layer.metadata.get("napari_sam") or {}).get("path")
+
     def export(self, path: str | Path) -> list[str]:
         """Save the labels in the image's geometry with a names sidecar; returns the paths written."""
         from ..io import sidecar_path
 
         p = Path(path)
         data = np.asarray(self.labels.data)
+        if p.name.lower().endswith((".dcm", ".seg.nrrd")):  # one file: DICOM SEG or 3D Slicer
+            from ._seg_io import write_segmentation
+
+            notes: list[str] = []
+            out = write_segmentation(p, data, self.source.geometry, {o.id: o.name for o in self.objects},
+                                     {o.id: o.color for o in self.objects}, self._source_path(),
+                                     model=getattr(self.backend, "name", None), notes=notes)
+            self.status.emit(f"saved {out}" + "".join(f"; {n}" for n in notes))
+            return [out]
         out = write_labels(p, data if data.ndim == 3 else data[None], self.source.geometry,
                            names={o.id: o.name for o in self.objects},
                            colors={o.id: o.color for o in self.objects}, overwrite=True)

@@ -221,8 +221,12 @@ class SegmentWidget(QWidget):
         row = QHBoxLayout()
         self.undo_button = self._button("Undo", "undo", self.undo, "")
         self.export_button = self._button("Export...", "export", self.export_dialog, "")
+        self.load_button = self._button("Load labels as objects...", None, self.load_labels_dialog,
+                                        "Bring in an existing segmentation (label map, DICOM SEG, .seg.nrrd): "
+                                        "each label becomes an object whose slices are key slices")
         row.addWidget(self.undo_button)
         row.addWidget(self.export_button)
+        row.addWidget(self.load_button)
         lay.addLayout(row)
         self.status_label = QLabel("Choose an image layer and press Start.")
         self.status_label.setWordWrap(True)
@@ -249,7 +253,8 @@ class SegmentWidget(QWidget):
         prop = on and self.session.propagating
         volume = on and not self.session.source.is_2d
         for b in (self.negative_button, self.candidate_button, self.clear_button, self.add_button,
-                  self.rename_button, self.delete_button, self.undo_button, self.export_button):
+                  self.rename_button, self.delete_button, self.undo_button, self.export_button,
+                  self.load_button):
             b.setEnabled(on)
         self.commit_button.setEnabled(on and not prop)
         self.propagate_button.setEnabled(volume and not prop)
@@ -557,13 +562,38 @@ class SegmentWidget(QWidget):
             notify("error", f"napari-sam: {exc}")
             return []
 
+    def load_labels(self, path: str | Path) -> list[int]:
+        """Add each label of ``path`` (label map, DICOM SEG, .seg.nrrd) as an object; returns their ids."""
+        from ._load_objects import load_labels_as_objects
+
+        s = self._need_session()
+        if s is None:
+            return []
+        try:
+            ids, notes = load_labels_as_objects(s, path)
+        except NapariSamError as exc:
+            notify("error", f"napari-sam: {exc}")
+            return []
+        for note in notes:
+            notify("info", f"napari-sam: {note}")
+        self._set_status(f"loaded {len(ids)} object(s) from {Path(path).name}")
+        return ids
+
+    def load_labels_dialog(self) -> list[int]:
+        if self._need_session() is None:
+            return []
+        path, _ = QFileDialog.getOpenFileName(self, "Load labels as objects", str(Path.home()),
+                                              "Segmentations (*.nii.gz *.nii *.nrrd *.mha *.dcm);;All files (*)")
+        return self.load_labels(path) if path else []
+
     def export_dialog(self) -> list[str]:
         s = self._need_session()
         if s is None:
             return []
         proposed = default_export_path(s.source.layer.name)
         path, _ = QFileDialog.getSaveFileName(self, "Save labels", str(proposed),
-                                              "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)")
+                                              "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha);;"
+                                              "3D Slicer segmentation (*.seg.nrrd);;DICOM SEG (*.dcm)")
         out = self.export(path) if path else []
         if out:
             remember_export(out[0])

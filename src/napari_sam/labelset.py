@@ -1,0 +1,86 @@
+"""A label map with its geometry and per-label names and colours, and the
+atomic file writing the DICOM SEG and Slicer exports share.
+
+A :class:`LabelSet` is what those formats carry in and out: a (z, y, x)
+integer label map, its :class:`~napari_sam.io.Geometry` (ITK convention,
+mm, LPS), and for each label id its name and (r, g, b) 0..255 colour.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .io import Geometry, default_color
+
+
+@dataclass
+class LabelSet:
+    """labels: (z, y, x) integer array (0 = background); geometry: its grid;
+    names / colors: id -> name / (r, g, b) 0..255 for every id present;
+    metadata: format-specific extras (e.g. ``study_uid``, ``series_uid``,
+    ``referenced_sop_uids`` of a DICOM SEG)."""
+
+    labels: np.ndarray
+    geometry: Geometry
+    names: dict[int, str] = field(default_factory=dict)
+    colors: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def ids(self) -> list[int]:
+        """Sorted ids present in the label map or named."""
+        present = {int(i) for i in np.unique(self.labels) if i != 0}
+        return sorted(present | set(self.names))
+
+    def name(self, label_id: int) -> str:
+        return self.names.get(label_id) or f"object_{label_id}"
+
+    def color(self, label_id: int) -> tuple[int, int, int]:
+        c = self.colors.get(label_id)
+        if c is None:
+            return default_color(label_id)
+        return tuple(int(v) for v in c[:3])  # type: ignore[return-value]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(
+    path: Path, write: Callable[[Path], None], verify: Callable[[Path], None], suffix: str = ".tmp"
+) -> Path:
+    """Write ``path`` through a temporary file in the same folder.
+
+    write(tmp) writes the content; the file is fsynced, given the mode a new
+    file gets under the user's umask, checked by verify(tmp) (reads it back,
+    raises on a mismatch), then renamed over ``path``. Nothing is left
+    behind on failure. suffix: the temporary file's (writers that pick the
+    format by suffix need it, e.g. ``.tmp.nrrd``).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = path.name
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        verify(tmp)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
