@@ -1,4 +1,4 @@
-"""The command line: ``napari-sam segment | auto | embed | models | download``.
+"""The command line: ``napari-sam segment | auto | embed | batch | models | download``.
 
 Errors print as one line on stderr, ``napari-sam: error: ...``, with exit
 code 2 for bad input or usage and 1 for runtime failures; nothing is written
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--zoom", action="store_true",
                       help="decode each proposal on a magnified crop (sharper small objects; one encoder run per crop)")
     auto.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    auto.add_argument("--scheduler", default=None, help="zarr/OME-Zarr input or .zarr output: tiles as tasks "
+                      "on this Dask scheduler (default: a local cluster); docs/scaling.md")
     _add_model_args(auto)
     emb = sub.add_parser("embed", help="fill the embedding cache for an image ahead of time")
     emb.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
@@ -109,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(emb)
 
     sub.add_parser("models", help="list the available models")
+    from .batch import add_parser as _add_batch_parser
+
+    _add_batch_parser(sub)
 
     dl = sub.add_parser("download", help="download model checkpoints into the cache (for later offline use)")
     dl.add_argument("names", nargs="+", help="model names (see `napari-sam models`)")
@@ -320,8 +325,19 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     from .export import check_result_for, check_result_path, write_result
     from .io import Geometry, read_image
     from .models.registry import load_model
+    from .large import auto_large, check_tiled_paths, wants_tiled
     from .zoom import CropEmbeddings
 
+    if wants_tiled(args.image, args.output):  # zarr in or out: tiles as Dask tasks (docs/scaling.md)
+        check_tiled_paths(args.image, args.output, args.overwrite)
+        bar = ProgressBar("auto", args.quiet, unit="tile")
+        try:
+            info = auto_large(args.image, args.output, _auto_settings(args, args.preset == "ct")[1], args.window,
+                              args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
+        finally:
+            bar.close()
+        print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
+        return 0
     out = check_result_path(args.output, args.overwrite, inputs=(args.image,))
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
@@ -392,8 +408,14 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import cmd_batch
+
+    return cmd_batch(args)
+
+
 COMMANDS = {"segment": _cmd_segment, "auto": _cmd_auto, "embed": _cmd_embed, "models": _cmd_models,
-            "download": _cmd_download}
+            "download": _cmd_download, "batch": _cmd_batch}
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:

@@ -156,6 +156,29 @@ def _touches(mask_box: tuple[int, int, int, int], tile: Crop, edges: tuple[bool,
             or (right and c1 >= tile.width - 1))
 
 
+def tile_kept_objects(grid: TileGrid, index: int, labels: np.ndarray) -> list[tuple[int, tuple[slice, slice]]]:
+    """The objects tile ``index`` keeps: (local id, bounding slices in the tile), in id order.
+
+    labels: the tile's (height, width) integer map. An object is kept when the
+    tile owns the centre of its bounding box and it touches no edge of the
+    tile lying inside the image (the halo rule of this module).
+    """
+    t = grid.tiles[index]
+    labels = np.asarray(labels)
+    if labels.shape != t.shape:
+        raise InputError(f"tile {index}: labels of shape {labels.shape}, expected {t.shape}")
+    edges = grid.inner_edges(index)
+    kept = []
+    for lid, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        box = (sl[0].start, sl[1].start, sl[0].stop - 1, sl[1].stop - 1)
+        centre = ((box[0] + box[2]) / 2.0 + t.top, (box[1] + box[3]) / 2.0 + t.left)
+        if grid.owner(*centre) == index and not _touches(box, t, edges):
+            kept.append((lid, sl))
+    return kept
+
+
 def stitch_tile_labels(grid: TileGrid, tile_labels: Iterable[np.ndarray],
                        scores: Iterable[dict[int, float]] | None = None) -> np.ndarray:
     """Stitch per-tile instance label maps into one (H, W) int32 label map.
@@ -179,16 +202,7 @@ def stitch_tile_labels(grid: TileGrid, tile_labels: Iterable[np.ndarray],
     for k, labels in enumerate(tile_labels):
         t = tiles[k]
         labels = np.asarray(labels)
-        if labels.shape != t.shape:
-            raise InputError(f"tile {k}: labels of shape {labels.shape}, expected {t.shape}")
-        edges = grid.inner_edges(k)
-        for lid, sl in enumerate(ndimage.find_objects(labels), start=1):
-            if sl is None:
-                continue
-            box = (sl[0].start, sl[1].start, sl[0].stop - 1, sl[1].stop - 1)
-            centre = ((box[0] + box[2]) / 2.0 + t.top, (box[1] + box[3]) / 2.0 + t.left)
-            if grid.owner(*centre) != k or _touches(box, t, edges):
-                continue
+        for lid, sl in tile_kept_objects(grid, k, labels):
             m = labels[sl] == lid
             s = np.float32(score_list[k].get(lid, 0.0)) if score_list is not None else np.float32(-k)
             gsl = (slice(sl[0].start + t.top, sl[0].stop + t.top), slice(sl[1].start + t.left, sl[1].stop + t.left))

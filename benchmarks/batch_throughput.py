@@ -1,0 +1,166 @@
+"""Batch throughput: a small cohort run with ``napari_sam.batch`` on 1 and 2 local
+workers, against the same cases run one after the other as plain ``napari-sam
+segment`` / ``auto`` processes and in one process. Prints cases/hour, the
+overhead, and each worker's memory (RSS at the end, peak RSS).
+
+    PYTHONPATH=src python benchmarks/batch_throughput.py [--cases 4] [--out /tmp/batch_bench]
+
+Each configuration starts from a cold embedding cache. Needs ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch  # noqa: F401  (before anything that might import napari)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NAPARI_SAM_DATA", ROOT.parent / "shared" / "data"))
+LIVER = {"objects": [{"id": 5, "name": "liver", "propagate": True, "range": [9, 11],
+                      "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}]},
+                     {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]}]}
+KIDNEY = {"objects": [{"id": 2, "name": "kidney_right", "propagate": True, "range": [6, 8],
+                       "prompts": [{"slice": 7, "box": [53, 29, 66, 43]}]}]}
+
+
+def make_cohort(root: Path, n: int) -> Path:
+    """n cases alternating MR segment (liver+spleen, kidney) and nuclei auto crops."""
+    import tifffile
+
+    root.mkdir(parents=True, exist_ok=True)
+    nuclei = tifffile.imread(DATA / "nuclei_2d" / "image.tif")
+    (root / "liver.json").write_text(json.dumps(LIVER))
+    (root / "kidney.json").write_text(json.dumps(KIDNEY))
+    rows = ["image,prompts,output,mode"]
+    for i in range(n):
+        if i % 2 == 0:
+            rows.append(f"{DATA / 'mr_small' / 'image.nii.gz'},{'liver' if i % 4 == 0 else 'kidney'}.json,"
+                        f"OUT/case{i}.nii.gz,segment")
+        else:
+            r, c = divmod((i * 97) % 352, 176)
+            tifffile.imwrite(root / f"nuc{i}.tif", nuclei[r * 2: r * 2 + 160, c * 2: c * 2 + 160])
+            rows.append(f"nuc{i}.tif,,OUT/case{i}.tif,auto")
+    (root / "cohort.csv").write_text("\n".join(rows) + "\n")
+    return root / "cohort.csv"
+
+
+def manifest_for(manifest: Path, tag: str) -> Path:
+    m = manifest.with_name(f"{tag}.csv")
+    m.write_text(manifest.read_text().replace("OUT/", f"{tag}/"))
+    shutil.rmtree(manifest.parent / tag, ignore_errors=True)
+    return m
+
+
+def run_cli_sequential(manifest: Path) -> float:
+    """Each case as its own ``napari-sam`` process, one after the other."""
+    root = manifest.parent
+    c0 = _cpu_children()
+    t0 = time.perf_counter()
+    for line in manifest.read_text().splitlines()[1:]:
+        image, prompts, output, mode = line.split(",")
+        cmd = [sys.executable, "-m", "napari_sam.cli", mode, str(root / image), "--output", str(root / output),
+               "--quiet", "--cache-dir", str(root / f"cache_{manifest.stem}")]
+        if prompts:
+            cmd += ["--prompts", str(root / prompts)]
+        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    return time.perf_counter() - t0, _cpu_children() - c0
+
+
+def run_in_process(manifest: Path) -> float:
+    """Each case computed and written in this process, one after the other (model loaded once)."""
+    from napari_sam.batch_cases import run_case
+    from napari_sam.batch_manifest import BatchSettings, read_manifest
+    from napari_sam.models.registry import load_model
+
+    c0 = _cpu_self()
+    t0 = time.perf_counter()
+    backend = load_model()
+    settings = BatchSettings(cache_dir=str(manifest.parent / f"cache_{manifest.stem}"))
+    for case in read_manifest(manifest):
+        rec = run_case(case, settings, backend)
+        assert rec["status"] == "done", rec
+    return time.perf_counter() - t0, _cpu_self() - c0
+
+
+def _memory(dask_worker) -> dict[str, float]:
+    """A worker's RSS at the end and the CPU seconds its process used (user + system)."""
+    import psutil
+
+    p = psutil.Process()
+    t = p.cpu_times()
+    return {"rss_mib": p.memory_info().rss / 2**20, "cpu_s": t.user + t.system}
+
+
+def _cpu_self() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_children() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_batch(manifest: Path, workers: int) -> tuple[float, list[dict], dict]:
+    """The batch on a fresh LocalCluster (cluster start-up and model loading included)."""
+    from napari_sam.batch import local_client, run
+    from napari_sam.batch_manifest import BatchSettings
+
+    c0 = _cpu_self()
+    t0 = time.perf_counter()
+    client = local_client(workers, 1)
+    try:
+        recs = run(manifest, client, BatchSettings(cache_dir=str(manifest.parent / f"cache_{manifest.stem}")),
+                   torch_threads=max(1, 2 // workers))
+        wall = time.perf_counter() - t0
+        mem = client.run(_memory)
+        mem["client+scheduler"] = {"rss_mib": 0.0, "cpu_s": _cpu_self() - c0}
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+    assert all(r["status"] == "done" for r in recs), recs
+    return wall, recs, mem
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, default=4)
+    ap.add_argument("--out", default="/tmp/batch_bench")
+    ap.add_argument("--configs", default="cli,inproc,b1,b2", help="comma-separated, run in this order")
+    args = ap.parse_args()
+    root = Path(args.out)
+    shutil.rmtree(root, ignore_errors=True)
+    manifest = make_cohort(root, args.cases)
+    n = args.cases
+    print(f"{n} cases; load average at start: {os.getloadavg()}", flush=True)
+    for i, cfg in enumerate(args.configs.split(",")):
+        m = manifest_for(manifest, f"{cfg}_{i}")
+        extra = ""
+        if cfg == "cli":
+            wall, cpu = run_cli_sequential(m)
+        elif cfg == "inproc":
+            wall, cpu = run_in_process(m)
+        else:
+            wall, recs, mem = run_batch(m, int(cfg[1:]))
+            cpu = sum(d["cpu_s"] for d in mem.values())
+            extra = (f"; case seconds sum {sum(r['seconds'] for r in recs):.1f}; worker RSS MiB "
+                     f"{[round(d['rss_mib']) for d in mem.values() if d['rss_mib']]}; client+scheduler CPU "
+                     f"{mem['client+scheduler']['cpu_s']:.1f} s")
+        print(f"{cfg}: wall {wall:.1f} s = {3600 * n / wall:.0f} cases/h; CPU {cpu:.1f} s = {cpu / n:.1f} s/case"
+              f"{extra}; load {tuple(round(v, 1) for v in os.getloadavg())}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
