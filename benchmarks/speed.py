@@ -2,15 +2,17 @@
 measured in the same run, interleaved (ours, reference, ours, ...), medians.
 
     python benchmarks/speed.py [--repeats 7] [--only encoder,decoder,volume,propagation,threads]
+                               [--precisions fp32,bf16]
 
-- encoder / slice: one 512 x 512 CT slice, the default thread count;
+- encoder / slice: one 512 x 512 CT slice, the default thread count, ours with the
+  encoder in each of ``--precisions`` (interleaved with the reference, fp32);
 - decoder + upsampling / prompt: one box, logits resized to 512 x 512 and thresholded,
   on an embedding already decoded once (ours keeps its prompt-independent decoder work
   per embedding); then the first prompt on an embedding (that work included), and the
   single-thread CPU time (``time.thread_time``: robust to other programs' load);
 - volume: all 20 slices of the shared CT embedded from raw intensities
-  (window, resize, encode); ours with ``Backend.embed_many``, the reference
-  one slice after another as a plain script does;
+  (window, resize, encode); ours with ``Backend.embed_many`` in each of
+  ``--precisions``, the reference one slice after another as a plain script does;
 - propagation: the liver from a box on the middle slice, slice by slice to
   both ends (each next box from the previous mask), embedding included;
 - threads: slices per second against the number of threads.
@@ -112,6 +114,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--volume-repeats", type=int, default=3)
     ap.add_argument("--only", default="encoder,decoder,volume,propagation,threads")
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="encoder precisions of ours for the encoder and volume rows (decoder: fp32)")
     args = ap.parse_args()
     parts = set(args.only.split(","))
 
@@ -120,7 +124,9 @@ def main() -> None:
     n = vol.shape[0]
     z0 = n // 2
     image = window.apply(vol.array[z0])
-    ours = load_model("lite_medsam")
+    ours = load_model("lite_medsam", precision="fp32")
+    precisions = args.precisions.split(",")
+    variants = {p: ours if p == "fp32" else load_model("lite_medsam", precision=p) for p in precisions}
     ref = Reference()
     box0 = bbox(labels[z0] == LIVER)
     rows: list[tuple[str, float, float, str]] = []
@@ -134,9 +140,10 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; slice {image.shape}")
 
     if "encoder" in parts:
-        o, r = interleaved([lambda: (ours.forget_recent(), ours.embed(image)), lambda: ref.embed(image)],
-                           args.repeats)
-        add_row("encoder / slice", o, r, "s")
+        fns = [lambda m=m: (m.forget_recent(), m.embed(image)) for m in variants.values()]
+        *os_, r = interleaved(fns + [lambda: ref.embed(image)], args.repeats)
+        for p, o in zip(variants, os_):
+            add_row(f"encoder / slice, {p}", o, r, "s")
 
     if "decoder" in parts:
         emb = ours.embed(image)
@@ -171,15 +178,17 @@ def main() -> None:
         print(f"decoder: liver mask Dice ours vs reference {dice(m_o, m_r):.5f}", flush=True)
 
     if "volume" in parts:
-        def ours_volume():
-            ours.forget_recent()
-            return list(ours.embed_many(window.apply(vol.array[z]) for z in range(n)))
+        def ours_volume(m):
+            m.forget_recent()
+            return list(m.embed_many(window.apply(vol.array[z]) for z in range(n)))
 
         def ref_volume():
             return [ref.embed(window.apply(vol.array[z])) for z in range(n)]
 
-        o, r = interleaved([ours_volume, ref_volume], args.volume_repeats)
-        add_row(f"embed the {n}-slice CT volume", o, r, "s")
+        fns = [lambda m=m: ours_volume(m) for m in variants.values()]
+        *os_, r = interleaved(fns + [ref_volume], args.volume_repeats)
+        for p, o in zip(variants, os_):
+            add_row(f"embed the {n}-slice CT volume, {p}", o, r, "s")
 
     if "propagation" in parts:
         order = propagation_order(z0, n)

@@ -124,3 +124,27 @@ def test_auto_reruns_from_the_tile_embedding_cache(tmp_path: Path, fake_model):
     assert np.array_equal(tifffile.imread(tmp_path / "a.tif"), tifffile.imread(tmp_path / "b.tif"))
     assert main(args + ["--output", str(tmp_path / "c.tif"), "--no-cache"]) == 0
     assert fake_model.embed_calls == 2 * cold
+
+
+def test_auto_3d_tiff_stack_with_imagej_spacing(tmp_path: Path, fake_model):
+    """`napari-sam auto STACK.tif --output LABELS.tif` on a microscopy stack:
+    3D instances in the input's shape (F1 >= 0.8), spacing read from the
+    ImageJ metadata and recorded; --spacing overrides it; bad --spacing is one line, exit 2."""
+    from napari_sam.synthetic import nuclei_stack
+
+    s = nuclei_stack(contrast=1.5, seed=31)
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, s.image, imagej=True, resolution=(1 / s.spacing[2], 1 / s.spacing[1]),
+                     metadata={"spacing": s.spacing[0], "unit": "um", "axes": "ZYX"})
+    out = tmp_path / "labels.tif"
+    assert main(["auto", str(src), "--output", str(out)]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == s.image.shape
+    assert match_instances(labels, s.labels).f1 >= 0.8
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["spacing_zyx"] == pytest.approx(list(s.spacing)) and side["design"] == "3d-proposals"
+    assert main(["auto", str(src), "--output", str(out), "--overwrite", "--spacing", "2,0.5,0.5"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["spacing_zyx"] == [2.0, 0.5, 0.5]
+    bad = tmp_path / "bad.tif"
+    assert main(["auto", str(src), "--output", str(bad), "--spacing", "1,x"]) == 2
+    assert not bad.exists()

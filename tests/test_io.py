@@ -80,7 +80,7 @@ def test_volume_formats_round_trip(tmp_path, suffix):
     np.testing.assert_allclose(direction, d0, rtol=0, atol=1e-6)
     # NRRD/MHA sources are written back in their own format exactly too
     if suffix in (".nrrd", ".mha"):
-        out2 = write_labels(tmp_path / f"lab{suffix}", (vol.array > 0).astype(np.uint8), vol.geometry)
+        out2 = write_labels(tmp_path / f"lab2{suffix}", (vol.array > 0).astype(np.uint8), vol.geometry)
         for a, b in zip(_geometry_of(out2)[1:], _geometry_of(src)[1:]):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
 

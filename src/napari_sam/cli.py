@@ -1,4 +1,4 @@
-"""The command line: ``napari-sam segment | auto | embed | batch | models | download``.
+"""The command line: ``napari-sam segment | auto | embed | batch | models | download | finetune``.
 
 Errors print as one line on stderr, ``napari-sam: error: ...``, with exit
 code 2 for bad input or usage and 1 for runtime failures; nothing is written
@@ -8,13 +8,15 @@ then, and inputs are never touched.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError, NapariSamError
+from .errors import InputError, NapariSamError, NapariSamWarning
 
 PROG = "napari-sam"
 
@@ -48,6 +50,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="lite_medsam", help="model name (see `napari-sam models`); default lite_medsam")
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model (offline use)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"], help="default cpu")
+    p.add_argument("--precision", default=None,
+                   help="image encoder precision: auto (bf16 where the CPU/GPU runs it natively, else fp32), "
+                        "fp32, bf16 or fp16; default: see docs/performance.md")
     p.add_argument("--window", default=None,
                    help="intensity window LO,HI or a preset (soft-tissue, lung, bone, brain, ...), "
                         "'dicom' for the header's, 'auto' (default)")
@@ -55,6 +60,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache folder (default: $NAPARI_SAM_CACHE_DIR, else the user cache folder)")
     p.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
+    p.add_argument("--series", default=None, metavar="UID",
+                   help="the DICOM series to read when the folder holds several (SeriesInstanceUID)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--points-per-side", type=int, default=None, help="point-grid density per tile side")
     auto.add_argument("--zoom", action="store_true",
                       help="decode each proposal on a magnified crop (sharper small objects; one encoder run per crop)")
+    auto.add_argument("--spacing", default=None, metavar="Z,Y,X",
+                      help="3D stacks: voxel size (z, row, col), e.g. 1.0,0.25,0.25 (default: the file's "
+                           "metadata: NIfTI/NRRD/MHA header, ImageJ or OME TIFF; else isotropic)")
+    auto.add_argument("--model-check", action="store_true",
+                      help="3D stacks: drop faint objects the model does not confirm on their central slice")
+    auto.add_argument("--slicewise", action="store_true",
+                      help="3D microscopy: segment slice by slice and link (default: 3D proposals)")
     auto.add_argument("--overwrite", action="store_true", help="replace an existing output")
     auto.add_argument("--scheduler", default=None, help="zarr/OME-Zarr input or .zarr output: tiles as tasks "
                       "on this Dask scheduler (default: a local cluster); docs/scaling.md")
@@ -110,10 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--slices", default=None, help="FIRST:LAST (inclusive) to embed only these slices")
     _add_model_args(emb)
 
-    sub.add_parser("models", help="list the available models")
+    sub.add_parser("models", help="list the available models and local tuned checkpoints")
     from .batch import add_parser as _add_batch_parser
+    from .finetune.command import add_parser as add_finetune_parser
 
     _add_batch_parser(sub)
+    add_finetune_parser(sub, _Parser)
 
     dl = sub.add_parser("download", help="download model checkpoints into the cache (for later offline use)")
     dl.add_argument("names", nargs="+", help="model names (see `napari-sam models`)")
@@ -131,27 +147,24 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     if args.prompts is None and args.init is None:
         raise InputError("segment needs --prompts, --init or both")
-    out = check_result_path(args.output, args.overwrite,
-                            inputs=tuple(p for p in (args.image, args.prompts, args.init) if p))
-    if args.overview:
-        ov = Path(args.overview)
-        if ov.suffix.lower() != ".png":
-            raise InputError(f"{ov}: --overview must end in .png")
-        if ov.exists() and not args.overwrite:
-            raise InputError(f"{ov}: overview exists; pass --overwrite to replace it")
+    inputs = tuple(p for p in (args.image, args.prompts, args.init, args.checkpoint) if p)
+    if args.overview and Path(args.overview).suffix.lower() != ".png":
+        raise InputError(f"{args.overview}: --overview must end in .png")
+    out = check_result_path(args.output, args.overwrite, inputs=inputs,
+                            also=(args.overview,) if args.overview else ())
     window = None
     if args.window is not None and args.window.strip().lower() not in ("auto", "dicom"):
         window = parse_window(args.window)
     elif args.window is not None:
         window = args.window
     prompts = load_prompts(args.prompts, allow_empty=args.init is not None) if args.prompts else None
-    volume = read_image(args.image)
+    volume = read_image(args.image, series=args.series)
     check_result_for(out, volume)
     init_masks, notes = None, []
     if args.init is not None:
         prompts, init_masks, init_info = _init_objects(args.init, volume, prompts, notes)
     prompts.check_against(volume.array.shape, volume.is_2d)
-    backend = load_model(args.model, args.checkpoint, args.device)
+    backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
     embeddings_for, stats = _embeddings_factory(args, volume, backend)
     bar = ProgressBar("segment", args.quiet)
     t0 = time.perf_counter()
@@ -182,16 +195,19 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             for k, st in result.states.items()}
     if result.cancelled:
         raise NapariSamError("cancelled before the end; nothing written")
+    more = ()
+    if args.overview:
+        from .overview import overview_output
+
+        more = (overview_output(args.overview, volume, result.labels, result.colors,
+                                window=next(iter(result.windows.values()), None)),)
     write_result(out, result.labels, volume, result.names, result.colors, model=backend.name,
-                 overwrite=args.overwrite, extra=extra, notes=notes, seg_encoding=args.seg_encoding.upper())
+                 overwrite=args.overwrite, extra=extra, notes=notes, seg_encoding=args.seg_encoding.upper(),
+                 inputs=inputs, more=more)
     for note in notes if not args.quiet else ():
         print(f"{PROG}: note: {note}", file=sys.stderr)
     msg = f"wrote {out} ({len(result.names)} object(s), {sum(map(len, result.slices.values()))} slice(s)"
     if args.overview:
-        from .overview import write_overview
-
-        write_overview(args.overview, volume, result.labels, result.colors,
-                       window=next(iter(result.windows.values()), None))
         msg += f"; overview {args.overview}"
     if not args.quiet:
         print(msg + f"; {enc} slice(s) encoded, {hits} from the cache; {time.perf_counter() - t0:.1f} s)",
@@ -219,8 +235,13 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
         raise InputError(f"{d}: cache directory is a file")
     try:
         d.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{d}: cannot create the cache directory ({exc.strerror or exc})") from None
+        writable = os.access(d, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        warnings.warn(f"{d}: the cache directory cannot be written; keeping embeddings in memory only",
+                      NapariSamWarning)
+        return None
     return d
 
 
@@ -263,13 +284,13 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     if args.no_cache:
         raise InputError("embed fills the cache: --no-cache makes no sense here")
-    volume = read_image(args.image)
+    volume = read_image(args.image, series=args.series)
     if volume.is_2d and args.axis != 0:
         raise InputError(f"{args.image}: a 2D image has only axis 0")
     win = resolve_window(volume.array, args.window, volume.metadata.get("modality"),
                          volume.metadata.get("dicom_window"))
     slices = _parse_slices(args.slices, volume.shape[args.axis])
-    backend = load_model(args.model, args.checkpoint, args.device)
+    backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
     factory, _ = _embeddings_factory(args, volume, backend)
     emb = factory(win, args.axis)
     bar = ProgressBar("embed", args.quiet)
@@ -338,11 +359,15 @@ def _cmd_auto(args: argparse.Namespace) -> int:
             bar.close()
         print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
         return 0
-    out = check_result_path(args.output, args.overwrite, inputs=(args.image,))
+    out = check_result_path(args.output, args.overwrite, inputs=(args.image, args.checkpoint))
+    if args.spacing:
+        from .automatic3d import parse_spacing
+
+        parse_spacing(args.spacing)  # a malformed --spacing fails before any work
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
         window_spec = parse_window(window_spec)
-    volume = read_image(args.image)
+    volume = read_image(args.image, series=args.series)
     check_result_for(out, volume)
     is_ct = (volume.metadata.get("modality") or "").upper() == "CT" or (
         not volume.is_rgb and volume.metadata.get("modality") is None and looks_like_hounsfield(volume.array))
@@ -351,15 +376,26 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: a 3D label map keeps its geometry only as .nii.gz, .nii, .nrrd or .mha")
     window = resolve_window(volume.array, window_spec, volume.metadata.get("modality"),
                             volume.metadata.get("dicom_window"))
-    backend = load_model(args.model, args.checkpoint, args.device)
-    segmenter = AutomaticSegmenter(backend, settings, CropEmbeddings(backend, max_in_memory=64,
-                                                                     cache_dir=_cache_dir(args)))
+    stack3d = not volume.is_2d and preset == "microscopy" and not args.slicewise
+    # 3D proposals use no model unless --model-check: do not pay for loading one
+    backend = (load_model(args.model, args.checkpoint, args.device, precision=args.precision)
+               if not stack3d or args.model_check else None)
+    segmenter = None if stack3d else AutomaticSegmenter(backend, settings, CropEmbeddings(
+        backend, max_in_memory=64, cache_dir=_cache_dir(args)))
     bar = ProgressBar("auto", args.quiet, unit="step")
+    extra3d: dict = {}
     t0 = time.perf_counter()
     try:
         if volume.is_2d:
             result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
             labels = result.labels[None]
+        elif stack3d:
+            from .automatic3d import stack_settings_from_args
+
+            stack = stack_settings_from_args(args, volume, backend, None)
+            result = stack.segment(window.apply(volume.array), progress=bar)
+            labels = result.labels
+            extra3d = {"design": "3d-proposals", "spacing_zyx": list(stack.settings.spacing)}
         else:
             key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
             result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
@@ -369,12 +405,14 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         bar.close()
     n = int(labels.max(initial=0))
     notes: list[str] = []
-    write_result(out, labels, volume, model=backend.name, overwrite=args.overwrite, notes=notes,
-                 algorithm_type="AUTOMATIC",
-                 extra={"source": str(args.image), "model": backend.name, "mode": "automatic", "preset": preset,
-                        "proposals": segmenter.proposal_kind(), "window": [window.lo, window.hi],
+    model_name = backend.name if backend is not None else None
+    write_result(out, labels, volume, model=model_name, overwrite=args.overwrite, notes=notes,
+                 algorithm_type="AUTOMATIC", inputs=(args.image, args.checkpoint),
+                 extra={"source": str(args.image), "model": model_name, "mode": "automatic", "preset": preset,
+                        "proposals": "3d-blobs" if stack3d else segmenter.proposal_kind(),
+                        "window": [window.lo, window.hi],
                         "object_diameter": round(result.diameter, 2),
-                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}})
+                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, **extra3d})
     if not args.quiet:
         for note in notes:
             print(f"{PROG}: note: {note}", file=sys.stderr)
@@ -395,6 +433,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{spec.name:24s} {spec.architecture:14s} {spec.image_size:5d}px  {spec.licence:10.10s} "
               f"{where:15s} {spec.description}")
     print(f"cache: {cache} (set NAPARI_SAM_MODEL_DIR to change it)")
+    from .finetune.checkpoint import list_tuned
+
+    for t in list_tuned():
+        val = t.get("validation")
+        print(f"tuned: {t['path']}  base {t.get('base_model')}  {t.get('created')}"
+              + (f"  validation Dice {val:.3f}" if isinstance(val, float) else ""))
     return 0
 
 
@@ -408,6 +452,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune.command import run
+
+    return run(args)
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
     from .batch import cmd_batch
 
@@ -415,7 +465,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"segment": _cmd_segment, "auto": _cmd_auto, "embed": _cmd_embed, "models": _cmd_models,
-            "download": _cmd_download, "batch": _cmd_batch}
+            "download": _cmd_download, "batch": _cmd_batch, "finetune": _cmd_finetune}
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
@@ -430,6 +480,17 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+_SHOWN: set[str] = set()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning (ours, or a library's) as one line, each text once per run."""
+    text = " ".join(str(message).split())[:300]
+    if text not in _SHOWN:
+        _SHOWN.add(text)
+        print(f"{PROG}: warning: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -437,7 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors (one line, already printed) and --help
         return int(exc.code or 0)
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            warnings.simplefilter("default")
+            return COMMANDS[args.command](args)
     except NapariSamError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -448,7 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: out of memory", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"{PROG}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

@@ -25,7 +25,20 @@ class ModelError(NapariSamError):
     exit_code = 1
 
 
+class OutputError(NapariSamError):
+    """An output could not be written completely (full disk, I/O error, read-only
+    folder); nothing was left behind. Exit code 1."""
+
+    exit_code = 1
+
+
 class UsageError(NapariSamError, RuntimeError):
     """Methods called in the wrong order (e.g. predict before set_image)."""
 
     exit_code = 1
+
+
+class NapariSamWarning(UserWarning):
+    """Something the user should know that does not stop the job (a damaged
+    cache entry rebuilt, a read-only cache folder). The CLI prints it as one
+    line, ``napari-sam: warning: ...``; the napari layer as a notification."""

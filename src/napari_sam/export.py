@@ -24,25 +24,17 @@ def output_kind(path: str | Path) -> str:
 
 
 def check_result_path(
-    path: str | Path, overwrite: bool = False, inputs: tuple[Any, ...] = ()
+    path: str | Path, overwrite: bool = False, inputs: tuple[Any, ...] = (), also: tuple[Any, ...] = ()
 ) -> Path:
-    """Validate an output path before any work (suffix, folder, no clobbering of inputs or
-    existing files); see :func:`napari_sam.io.check_output_path`."""
+    """Validate an output path (and the paths in ``also``, e.g. an overview) before any
+    work: suffix, folder, no clobbering of inputs (symlinks and hard links resolved)
+    or existing files; see :func:`napari_sam.outputs.check_targets`."""
+    from .outputs import check_targets
+
     path = Path(path)
     if output_kind(path) != "dicom_seg":
-        return check_output_path(path, overwrite, inputs)
-    if path.parent.exists() and not path.parent.is_dir():
-        raise InputError(f"{path.parent}: not a folder")
-    for inp in inputs:
-        if (
-            inp is not None
-            and Path(inp).exists()
-            and path.exists()
-            and path.resolve() == Path(inp).resolve()
-        ):
-            raise InputError(f"{path}: refusing to overwrite an input file")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: output exists; pass --overwrite to replace it")
+        return check_output_path(path, overwrite, inputs, also=also)
+    check_targets([path, *also], inputs, overwrite)
     return path
 
 
@@ -66,19 +58,28 @@ def write_result(
     notes: list[str] | None = None,
     algorithm_type: str = "SEMIAUTOMATIC",
     seg_encoding: str = "BINARY",
+    inputs: tuple[Any, ...] = (),
+    more: tuple[Any, ...] = (),
 ) -> Path:
     """Write a (z, y, x) label map segmented on ``volume`` in the format ``path`` names, atomically.
 
     extra: goes into the JSON sidecar of a plain label map (the one-file
     formats have none). notes: gets one line per thing the user should know
     (e.g. source UIDs a DICOM SEG had to fill). seg_encoding: "BINARY" or
-    "LABELMAP" for a DICOM SEG. Returns the path written.
+    "LABELMAP" for a DICOM SEG. inputs: files no output may replace. more:
+    further :class:`napari_sam.outputs.OutputFile` s of the result (e.g. the
+    overview), written with a plain label map as one set, after a one-file
+    format. Returns the path written.
     """
+    from .outputs import check_targets, write_outputs
+
     kind = output_kind(path)
+    if kind != "labels":
+        check_targets([path, *(m.path for m in more)], inputs, overwrite)
     if kind == "dicom_seg":
         from .dicom_seg import write_dicom_seg
 
-        return write_dicom_seg(
+        out = write_dicom_seg(
             path,
             labels,
             volume,
@@ -90,10 +91,15 @@ def write_result(
             notes=notes,
             encoding=seg_encoding,
         )
+        write_outputs(more, inputs, overwrite)
+        return out
     if kind == "slicer_seg":
         from .slicer_seg import write_slicer_seg
 
-        return write_slicer_seg(path, labels, volume.geometry, names, colors, overwrite=overwrite)
+        out = write_slicer_seg(path, labels, volume.geometry, names, colors, overwrite=overwrite)
+        write_outputs(more, inputs, overwrite)
+        return out
     return write_labels(
-        path, labels, volume.geometry, names, colors, overwrite=overwrite, extra=extra
+        path, labels, volume.geometry, names, colors, overwrite=overwrite, extra=extra, inputs=inputs,
+        more=more,
     )

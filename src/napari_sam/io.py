@@ -10,10 +10,11 @@ atomically, with a JSON sidecar naming each id.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,16 +117,17 @@ def _first_value(text: str) -> float | None:
         return None
 
 
-def _read_dicom_series(folder: Path) -> tuple[sitk.Image, dict[str, Any]]:
+def _read_dicom_series(folder: Path, series: str | None = None) -> tuple[sitk.Image, dict[str, Any]]:
+    from .dicom_series import check_series, choose_series
+
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise InputError(f"{folder}: no DICOM series found in this folder")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    img = reader.Execute()
-    meta: dict[str, Any] = {"dicom_files": len(files)}
+    with _native_stderr_captured():  # ITK/GDCM warnings: our checks say it once, in our words
+        uid, files = choose_series(folder, series)
+        check_series(files)
+        reader.SetFileNames(files)
+        reader.MetaDataDictionaryArrayUpdateOn()
+        img = reader.Execute()
+    meta: dict[str, Any] = {"dicom_files": len(files), "series_uid": uid}
 
     def tag(key: str) -> str | None:
         return reader.GetMetaData(0, key).strip() if reader.HasMetaDataKey(0, key) else None
@@ -171,9 +173,10 @@ class _Captured:
 def _native_stderr_captured():
     """Capture what C++ libraries (ITK's MetaImage) print straight to fd 2, so
     that a user sees our one-line error rather than their dump."""
+    fd = 2  # C++ libraries write to fd 2 whatever sys.stderr is
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, ValueError, OSError):  # no real stderr (e.g. captured)
+        os.fstat(fd)
+    except OSError:  # no stderr at all
         with tempfile.TemporaryFile() as fh:
             yield _Captured(fh)
         return
@@ -205,11 +208,25 @@ def _check_nifti_complete(path: Path) -> None:
 
     import nibabel as nib
 
+    log = logging.getLogger("nibabel")
+    level = log.level
     try:
-        nii = nib.load(str(path))
+        log.setLevel(logging.CRITICAL)  # nibabel logs its own repairs (e.g. zero pixdim): we say it ourselves
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nii = nib.load(str(path))
         hdr = nii.header
     except Exception as exc:
         raise InputError(f"{path}: cannot read image (not a valid NIfTI header: {str(exc)[:120]})") from None
+    finally:
+        log.setLevel(level)
+    pixdim = _raw_pixdim(path, len(hdr.get_data_shape()))
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        raise InputError(f"{path}: voxel spacing {tuple(float(v) for v in pixdim)} in the header: must be "
+                         "positive numbers")
+    if 0 in hdr.get_data_shape():
+        raise InputError(f"{path}: empty image (shape {hdr.get_data_shape()}: an axis of length 0)")
+    _check_not_sheared(path, nii.affine)
     expected = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
     if _suffix(path) == ".nii":
         actual = path.stat().st_size
@@ -230,12 +247,37 @@ def _check_nifti_complete(path: Path) -> None:
             raise InputError(f"{path}: image contains NaN or infinite values")
 
 
-def read_image(path: str | Path) -> Volume:
+def _raw_pixdim(path: Path, ndim: int) -> np.ndarray:
+    """The header's spacing as stored (nibabel repairs zeros to 1 on load)."""
+    import gzip
+
+    opener = gzip.open if _suffix(path) == ".nii.gz" else open
+    with opener(path, "rb") as fh:
+        head = fh.read(348)
+    endian = "<" if int.from_bytes(head[:4], "little") == 348 else ">"
+    return np.frombuffer(head[76:108], dtype=f"{endian}f4")[1:1 + min(ndim, 3)].astype(np.float64)
+
+
+def _check_not_sheared(path: Path, affine: np.ndarray) -> None:
+    """ITK silently straightens a sheared NIfTI grid; refuse it instead."""
+    m = np.asarray(affine, np.float64)[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    if not np.all(np.isfinite(m)) or np.any(norms <= 0):
+        raise InputError(f"{path}: voxel spacing is zero or not a number")
+    unit = m / norms
+    gram = unit.T @ unit
+    if np.abs(gram - np.eye(3)).max() > 1e-4:
+        raise InputError(f"{path}: sheared voxel grid (axes not perpendicular); napari-sam would have to "
+                         "straighten it, which moves the voxels: resample it onto a perpendicular grid first")
+
+
+def read_image(path: str | Path, series: str | None = None) -> Volume:
     """Read NIfTI, NRRD, MHA/MHD, a DICOM series folder, or PNG/TIFF/JPEG.
 
     Returns a :class:`Volume` with (z, y, x) array, geometry and metadata.
     Raises InputError (one line) for a missing, unreadable, corrupt, 4D,
-    empty or NaN-holding image.
+    empty, sheared or NaN-holding image, and for an irregular DICOM series or
+    a folder of several series unless ``series`` (a SeriesInstanceUID) picks one.
     """
     path = Path(path)
     if not path.exists():
@@ -243,10 +285,11 @@ def read_image(path: str | Path) -> Volume:
     meta: dict[str, Any] = {"path": str(path), "modality": None, "dicom_window": None}
     try:
         if path.is_dir():
-            img, m = _read_dicom_series(path)
+            img, m = _read_dicom_series(path, series)
             meta.update(m)
         elif _suffix(path) in IMAGE_2D_SUFFIXES:
-            arr, m = _read_2d(path)
+            with _native_stderr_captured():  # libpng/libtiff print their own errors
+                arr, m = _read_2d(path)
             meta.update(m)
             return _checked(Volume(arr, Geometry(), meta), path)
         else:
@@ -291,6 +334,9 @@ def _checked(vol: Volume, path: Path) -> Volume:
         raise InputError(f"{path}: empty image (shape {a.shape})")
     if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
         raise InputError(f"{path}: image contains NaN or infinite values")
+    sp = np.asarray(vol.geometry.spacing, np.float64)
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise InputError(f"{path}: voxel spacing {tuple(float(v) for v in sp)} mm: must be positive")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise InputError(f"{path}: unsupported voxel type {a.dtype}")
     if a.dtype == bool:
@@ -307,39 +353,11 @@ def labels_to_sitk(labels: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply_to(sitk.GetImageFromArray(arr.astype(dtype, copy=False)))
 
 
-def _current_umask() -> int:
-    """The process's umask (read from /proc where it can be, without changing it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_target(path: Path) -> Path:
-    """An empty temporary file beside ``path`` with the mode a new file gets (0666 less the umask;
-    mkstemp's 0600 would survive the rename)."""
-    suf = _suffix(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suf}", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_current_umask())
-    finally:
-        os.close(fd)
-    return Path(tmp)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temporary file beside ``path``, then rename over it."""
-    tmp = _atomic_target(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write text to a temporary file beside ``path``, verify it, then rename over it."""
+    from .outputs import bytes_output, write_outputs
+
+    write_outputs([bytes_output(path, text.encode("utf-8"), "text file")], overwrite=True)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -349,51 +367,25 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name[: -len(suf)] + ".json") if suf else path.with_name(path.name + ".json")
 
 
-def check_output_path(path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
-    """Validate an output path before any work: suffix, folder, no clobbering of inputs."""
+def check_output_path(path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = (),
+                      also: tuple[str | Path, ...] = ()) -> Path:
+    """Validate an output path before any work: suffix, folder, no clobbering of
+    inputs (symlinks and hard links resolved; a folder input counts with all its
+    files); the label map's sidecar and the paths in ``also`` (e.g. an overview)
+    are checked with it, and an existing one needs ``overwrite``."""
+    from .outputs import check_targets
+
     path = Path(path)
     if _suffix(path) not in LABEL_SUFFIXES:
         raise InputError(f"{path}: output must end in one of {', '.join(LABEL_SUFFIXES)}")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise InputError(f"{path.parent}: not a folder")
-    for inp in inputs:
-        if Path(inp).exists() and path.exists() and path.resolve() == Path(inp).resolve():
-            raise InputError(f"{path}: refusing to overwrite an input file")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: output exists; pass --overwrite to replace it")
+    check_targets([path, sidecar_path(path), *also], inputs, overwrite)
     return path
 
 
-def write_labels(path: str | Path, labels: np.ndarray, geometry: Geometry,
-                 names: Mapping[int, str] | None = None,
-                 colors: Mapping[int, tuple[int, int, int]] | None = None, overwrite: bool = False,
-                 extra: Mapping[str, Any] | None = None) -> Path:
-    """Write a label map in ``geometry`` plus a JSON sidecar, atomically.
-
-    labels: (z, y, x) integer array (z = 1 for a 2D image). ``.tif`` output
-    writes the 2D (or 3D) array as TIFF; NIfTI/NRRD/MHA keep the geometry.
-    Returns the path written. The sidecar ``OUT.json`` holds
-    ``{"labels": {"1": {"name": ..., "color": [r, g, b]}}, "geometry": ...}``.
-    """
-    path = check_output_path(path, overwrite)
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        labels = labels[None]
-    if labels.ndim != 3:
-        raise InputError(f"labels of shape {labels.shape}: expected (z, y, x)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_target(path)
-    try:
-        if _suffix(path) in (".tif", ".tiff"):
-            import tifffile
-
-            data = labels[0] if labels.shape[0] == 1 else labels
-            tifffile.imwrite(str(tmp), data.astype(np.uint16 if data.max(initial=0) > 255 else np.uint8))
-        else:
-            sitk.WriteImage(labels_to_sitk(labels, geometry), str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def sidecar_document(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str] | None = None,
+                     colors: Mapping[int, tuple[int, int, int]] | None = None,
+                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The sidecar JSON of a (z, y, x) label map: id -> name/colour, geometry, shape."""
     ids = sorted(set(int(i) for i in (names or {}).keys()) | set(int(i) for i in np.unique(labels) if i))
     side = {
         "labels": {str(i): {"name": (names or {}).get(i, f"object_{i}"),
@@ -403,7 +395,35 @@ def write_labels(path: str | Path, labels: np.ndarray, geometry: Geometry,
     }
     if extra:
         side.update(extra)
-    atomic_write_text(sidecar_path(path), json.dumps(side, indent=2))
+    return side
+
+
+def write_labels(path: str | Path, labels: np.ndarray, geometry: Geometry,
+                 names: Mapping[int, str] | None = None,
+                 colors: Mapping[int, tuple[int, int, int]] | None = None, overwrite: bool = False,
+                 extra: Mapping[str, Any] | None = None, inputs: tuple[str | Path, ...] = (),
+                 more: tuple = ()) -> Path:
+    """Write a label map in ``geometry`` plus a JSON sidecar, as one set.
+
+    labels: (z, y, x) whole numbers 0..2**32-1 (z = 1 for a 2D image); NaN,
+    fractions, negative or larger ids raise InputError before anything is
+    written. ``.tif`` output writes the 2D (or 3D) array as TIFF;
+    NIfTI/NRRD/MHA keep the geometry. The sidecar ``OUT.json`` holds
+    ``{"labels": {"1": {"name": ..., "color": [r, g, b]}}, "geometry": ...}``.
+    ``more``: further :class:`napari_sam.outputs.OutputFile` s written in the
+    same set (e.g. the overview). Files are written by
+    :func:`napari_sam.outputs.write_outputs`: checked against ``inputs``,
+    verified, renamed together or not at all. Returns the label map's path.
+    """
+    from .outputs import json_output, label_map_output, validated_labels, write_outputs
+
+    path = Path(path)
+    if _suffix(path) not in LABEL_SUFFIXES:
+        raise InputError(f"{path}: output must end in one of {', '.join(LABEL_SUFFIXES)}")
+    labels = validated_labels(labels)
+    side = sidecar_document(labels, geometry, names, colors, extra)
+    files = [label_map_output(path, labels, geometry), json_output(sidecar_path(path), side), *more]
+    write_outputs(files, inputs=inputs, overwrite=overwrite)
     return path
 
 

@@ -3,14 +3,16 @@ each object's colour blended in and its outline drawn."""
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from .intensity import Window, resolve_window
-from .io import Volume, _atomic_target, default_color
+from .errors import InputError
+from .io import Volume, default_color
+from .outputs import OutputFile, bytes_output, write_outputs
 
 
 def render_slice(image01: np.ndarray, labels: np.ndarray, colors: dict[int, tuple[int, int, int]],
@@ -29,13 +31,12 @@ def render_slice(image01: np.ndarray, labels: np.ndarray, colors: dict[int, tupl
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
-def write_overview(path: str | Path, volume: Volume, labels: np.ndarray,
-                   colors: dict[int, tuple[int, int, int]] | None = None, window: Window | None = None,
-                   max_tiles: int = 12, tile: int = 256) -> Path:
-    """Write a grid of up to ``max_tiles`` labelled slices (axis 0) as PNG, atomically."""
+def render_overview(volume: Volume, labels: np.ndarray, colors: dict[int, tuple[int, int, int]] | None = None,
+                    window: Window | None = None, max_tiles: int = 12, tile: int = 256) -> np.ndarray:
+    """A grid of up to ``max_tiles`` labelled slices (axis 0), (H, W, 3) uint8,
+    each tile ``tile`` pixels on its longer physical side."""
     from PIL import Image
 
-    path = Path(path)
     win = window or resolve_window(volume.array, None, volume.metadata.get("modality"),
                                    volume.metadata.get("dicom_window"))
     zs = [z for z in range(labels.shape[0]) if labels[z].any()] or [labels.shape[0] // 2]
@@ -55,11 +56,26 @@ def write_overview(path: str | Path, volume: Volume, labels: np.ndarray,
     for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
         canvas[r * tile: r * tile + t.shape[0], c * tile: c * tile + t.shape[1]] = t
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_target(path)
-    try:
-        Image.fromarray(canvas).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return canvas
+
+
+def overview_output(path: str | Path, volume: Volume, labels: np.ndarray,
+                    colors: dict[int, tuple[int, int, int]] | None = None,
+                    window: Window | None = None) -> OutputFile:
+    """The overview PNG as an :class:`OutputFile` (encoded in memory, verified byte for byte)."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InputError(f"{path}: the overview must end in .png")
+    buf = io.BytesIO()
+    Image.fromarray(render_overview(volume, labels, colors, window)).save(buf, format="PNG")
+    return bytes_output(path, buf.getvalue(), "overview")
+
+
+def write_overview(path: str | Path, volume: Volume, labels: np.ndarray,
+                   colors: dict[int, tuple[int, int, int]] | None = None, window: Window | None = None,
+                   overwrite: bool = True, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Write the overview PNG alone (checked against ``inputs``, verified, atomic)."""
+    write_outputs([overview_output(path, volume, labels, colors, window)], inputs=inputs, overwrite=overwrite)
+    return Path(path)

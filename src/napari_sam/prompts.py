@@ -13,7 +13,8 @@ The prompts file (JSON)::
         "color": [255, 0, 0],                                # optional
         "propagate": false, "axis": 0, "range": [z0, z1],    # propagation
         "prompts": [{"slice": 10, "box": [r0, c0, r1, c1]},
-                    {"slice": 11, "points": [[r, c], [r, c]], "labels": [1, 0]}]}]}
+                    {"slice": 11, "points": [[r, c], [r, c]], "labels": [1, 0]}],
+        "corrections": [{"point": [z, r, c], "label": 0}]}]}   # optional, volume voxels
 """
 
 from __future__ import annotations
@@ -111,9 +112,16 @@ class ObjectPrompts:
     propagate: bool = False
     axis: int = 0
     range: tuple[int, int] | None = None
+    adapt: bool = False  # adapt the model to this object's key slices, then propagate again
+    #: clicks at volume voxels ((z, row, col), label 1 add / 0 remove), applied in order after the prompts
+    corrections: list[tuple[tuple[int, int, int], int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "name": self.name, "prompts": [p.to_json() for p in self.prompts]}
+        if self.adapt:
+            out["adapt"] = True
+        if self.corrections:
+            out["corrections"] = [{"point": list(p), "label": lab} for p, lab in self.corrections]
         if self.window is not None:
             out["window"] = list(self.window) if not isinstance(self.window, str) else self.window
         if self.color is not None:
@@ -144,6 +152,8 @@ class PromptsFile:
         for obj in self.objects:
             if obj.axis not in (0, 1, 2) or (is_2d and obj.axis != 0):
                 raise InputError(f"object {obj.id} ({obj.name}): axis must be 0, 1 or 2 (0 for a 2D image)")
+            if is_2d and obj.propagate:
+                raise InputError(f"object {obj.id} ({obj.name}): 'propagate' needs a 3D image; this one is 2D")
             n = shape[obj.axis]
             plane = tuple(s for i, s in enumerate(shape[:3]) if i != obj.axis)
             for p in obj.prompts:
@@ -156,8 +166,26 @@ class PromptsFile:
                     if not 0 <= p.slice < n:
                         raise InputError(f"object {obj.id} ({obj.name}): slice {p.slice} outside 0..{n - 1}")
                 p.check_inside(plane)
+            for point, _label in obj.corrections:
+                if is_2d or not all(0 <= v < s for v, s in zip(point, shape[:3])):
+                    raise InputError(f"object {obj.id} ({obj.name}): correction point {list(point)} lies outside "
+                                     f"the volume of shape {list(shape[:3])}")
             if obj.range is not None and not (0 <= obj.range[0] <= obj.range[1] < n):
                 raise InputError(f"object {obj.id} ({obj.name}): range {list(obj.range)} outside 0..{n - 1}")
+            outside = [p.slice for p in obj.prompts
+                       if obj.range is not None and p.slice is not None and not
+                       obj.range[0] <= p.slice <= obj.range[1]]
+            if outside:
+                raise InputError(f"object {obj.id} ({obj.name}): prompt on slice {outside[0]} lies outside the "
+                                 f"object's range {list(obj.range)}")
+
+
+#: The keys allowed at each level of a prompts file (one place; docs/prompts.md lists them).
+TOP_KEYS = ("objects", "window")
+OBJECT_KEYS = ("id", "name", "prompts", "window", "color", "propagate", "axis", "range", "corrections",
+               "adapt")
+PROMPT_KEYS = ("slice", "box", "points", "labels")
+CORRECTION_KEYS = ("point", "label")
 
 
 def _require(cond: bool, where: str, msg: str) -> None:
@@ -165,79 +193,157 @@ def _require(cond: bool, where: str, msg: str) -> None:
         raise InputError(f"{where}: {msg}")
 
 
+def check_keys(d: dict, allowed: Sequence[str], where: str) -> None:
+    """Refuse (InputError) a key of ``d`` not in ``allowed``, suggesting the closest one."""
+    import difflib
+
+    for key in d:
+        if key in allowed:
+            continue
+        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(allowed)}"
+        raise InputError(f"{where}: unknown key {str(key)[:60]!r} ({hint})")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _check_window(win: Any, where: str) -> None:
+    _require(win is None or isinstance(win, str) or (isinstance(win, list) and len(win) == 2 and
+                                                     all(_is_num(v) for v in win)),
+             where, "'window' must be a preset name or [low, high] numbers")
+
+
+def _parse_prompt(p: Any, pw: str) -> SlicePrompt:
+    _require(isinstance(p, dict), pw, "must be an object")
+    check_keys(p, PROMPT_KEYS, pw)
+    sl = p.get("slice")
+    _require(sl is None or _is_int(sl), pw, "'slice' must be an integer")
+    pts = p.get("points", [])
+    _require(isinstance(pts, list) and all(isinstance(q, list) and len(q) == 2 and all(_is_num(v) for v in q)
+                                           for q in pts), pw, "'points' must be a list of [row, col] pairs")
+    labels = p.get("labels", [1] * len(pts))
+    _require(isinstance(labels, list) and all(_is_int(v) and v in (0, 1) for v in labels), pw,
+             "labels must be 1 (positive) or 0 (negative), given as a list")
+    box = p.get("box")
+    _require(box is None or (isinstance(box, list) and len(box) == 4 and all(_is_num(v) for v in box)),
+             pw, "'box' must be [r0, c0, r1, c1] numbers")
+    _require(box is None or (box[0] <= box[2] and box[1] <= box[3]), pw,
+             f"box {box} must have r0 <= r1 and c0 <= c1 (inclusive [r0, c0, r1, c1])")
+    try:
+        return SlicePrompt(points=np.asarray(pts, np.float32).reshape(-1, 2), labels=labels,
+                           box=tuple(box) if box is not None else None, slice=sl)
+    except InputError as exc:
+        raise InputError(f"{pw}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def _parse_corrections(corr: Any, w: str) -> list[tuple[tuple[int, int, int], int]]:
+    """An object's "corrections": [{"point": [z, row, col], "label": 1|0}, ...] (voxel indices)."""
+    _require(isinstance(corr, list), w, "'corrections' must be a list of {\"point\": [z, r, c], \"label\": 0|1}")
+    out = []
+    for k, c in enumerate(corr):
+        cw = f"{w}.corrections[{k}]"
+        _require(isinstance(c, dict), cw, "must be an object")
+        check_keys(c, CORRECTION_KEYS, cw)
+        _require(isinstance(c.get("point"), list) and len(c["point"]) == 3 and all(_is_int(v) for v in c["point"]),
+                 cw, "'point' must be [z, row, col] voxel indices (integers)")
+        _require(_is_int(c.get("label", 1)) and c.get("label", 1) in (0, 1), cw,
+                 "'label' must be 1 (add) or 0 (remove)")
+        out.append((tuple(int(v) for v in c["point"]), int(c.get("label", 1))))
+    return out
+
+
+def _parse_object(o: Any, i: int, w: str, seen: set[int], allow_empty: bool = False) -> ObjectPrompts:
+    _require(isinstance(o, dict), w, "must be an object")
+    check_keys(o, OBJECT_KEYS, w)
+    oid = o.get("id", i + 1)
+    _require(_is_int(oid) and 1 <= oid <= 65535, w, "'id' must be an integer in 1..65535")
+    _require(oid not in seen, w, f"duplicate id {oid}")
+    seen.add(oid)
+    name = o.get("name", f"object_{oid}")
+    _require(isinstance(name, str), w, "'name' must be a string")
+    prompts = o.get("prompts")
+    corrections = _parse_corrections(o.get("corrections", []), w)
+    _require(not (corrections and not prompts and not allow_empty), w,
+             "'corrections' need a prompt to start from: give a box or a click in 'prompts' first")
+    _require(isinstance(prompts, list) and (len(prompts) > 0 or allow_empty), w,
+             "'prompts' must be a non-empty list")
+    sps = [_parse_prompt(p, f"{w}.prompts[{j}]") for j, p in enumerate(prompts)]
+    color = o.get("color")
+    _require(color is None or (isinstance(color, list) and len(color) in (3, 4) and
+                               all(_is_int(c) and 0 <= c <= 255 for c in color)), w,
+             "'color' must be [r, g, b] integers 0..255")
+    rng = o.get("range")
+    _require(rng is None or (isinstance(rng, list) and len(rng) == 2 and all(_is_int(v) for v in rng)),
+             w, "'range' must be [first, last] slice indices")
+    axis = o.get("axis", 0)
+    _require(_is_int(axis) and axis in (0, 1, 2), w, "'axis' must be 0, 1 or 2")
+    propagate = o.get("propagate", False)
+    _require(isinstance(propagate, bool), w, "'propagate' must be true or false")
+    adapt = o.get("adapt", False)
+    _require(isinstance(adapt, bool), w, "'adapt' must be true or false")
+    _require(not adapt or propagate, w, "'adapt' needs 'propagate': true (it re-propagates the object)")
+    _check_window(o.get("window"), w)
+    return ObjectPrompts(id=oid, name=name, prompts=sps, window=o.get("window"),
+                         color=tuple(color[:3]) if color else None, propagate=propagate, axis=axis,
+                         range=(min(rng), max(rng)) if rng else None, adapt=adapt,
+                         corrections=corrections)
+
+
 def parse_prompts(data: Any, where: str = "prompts", allow_empty: bool = False) -> PromptsFile:
     """Validate a prompts document (already decoded from JSON).
 
+    Unknown keys are refused at every level (the closest valid key is
+    suggested); wrong types raise InputError naming where they are.
     allow_empty: an object may have an empty 'prompts' list (its key slices
     come from ``segment --init`` labels)."""
     _require(isinstance(data, dict), where, "top level must be an object with an 'objects' list")
+    check_keys(data, TOP_KEYS, where)
     objs = data.get("objects")
     _require(isinstance(objs, list) and len(objs) > 0, where, "'objects' must be a non-empty list")
+    _check_window(data.get("window"), where)
     seen: set[int] = set()
-    objects = []
-    for i, o in enumerate(objs):
-        w = f"{where}: objects[{i}]"
-        _require(isinstance(o, dict), w, "must be an object")
-        oid = o.get("id", i + 1)
-        _require(isinstance(oid, int) and not isinstance(oid, bool) and 1 <= oid <= 65535, w,
-                 "'id' must be an integer in 1..65535")
-        _require(oid not in seen, w, f"duplicate id {oid}")
-        seen.add(oid)
-        prompts = o.get("prompts")
-        _require(isinstance(prompts, list) and (len(prompts) > 0 or allow_empty), w,
-                 "'prompts' must be a non-empty list")
-        sps = []
-        for j, p in enumerate(prompts):
-            pw = f"{w}.prompts[{j}]"
-            _require(isinstance(p, dict), pw, "must be an object")
-            unknown = set(p) - {"slice", "box", "points", "labels"}
-            _require(not unknown, pw, f"unknown key(s) {sorted(unknown)}")
-            sl = p.get("slice")
-            _require(sl is None or (isinstance(sl, int) and not isinstance(sl, bool)), pw,
-                     "'slice' must be an integer")
-            pts = p.get("points", [])
-            _require(isinstance(pts, list) and all(isinstance(q, list) and len(q) == 2 and
-                                                   all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                       for v in q) for q in pts),
-                     pw, "'points' must be a list of [row, col] pairs")
-            labels = p.get("labels", [1] * len(pts))
-            _require(isinstance(labels, list), pw, "'labels' must be a list of 1/0")
-            box = p.get("box")
-            _require(box is None or (isinstance(box, list) and len(box) == 4 and
-                                     all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)),
-                     pw, "'box' must be [r0, c0, r1, c1]")
-            try:
-                sps.append(SlicePrompt(points=np.asarray(pts, np.float32).reshape(-1, 2), labels=labels,
-                                       box=tuple(box) if box is not None else None, slice=sl))
-            except InputError as exc:
-                raise InputError(f"{pw}: {str(exc).split(': ', 1)[-1]}") from None
-        color = o.get("color")
-        _require(color is None or (isinstance(color, list) and len(color) in (3, 4)), w,
-                 "'color' must be [r, g, b]")
-        rng = o.get("range")
-        _require(rng is None or (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, int) for v in rng)),
-                 w, "'range' must be [first, last] slice indices")
-        axis = o.get("axis", 0)
-        _require(isinstance(axis, int) and axis in (0, 1, 2), w, "'axis' must be 0, 1 or 2")
-        propagate = o.get("propagate", False)
-        _require(isinstance(propagate, bool), w, "'propagate' must be true or false")
-        objects.append(ObjectPrompts(
-            id=oid, name=str(o.get("name", f"object_{oid}")), prompts=sps, window=o.get("window"),
-            color=tuple(int(c) for c in color[:3]) if color else None, propagate=propagate, axis=axis,
-            range=(min(rng), max(rng)) if rng else None))
+    objects = [_parse_object(o, i, f"{where}: objects[{i}]", seen, allow_empty) for i, o in enumerate(objs)]
     return PromptsFile(objects=objects, window=data.get("window"))
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):
+        raise InputError(f"number {text[:40]} is too large")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise InputError(f"{text} is not a number JSON allows")
+
+
 def load_prompts(path: str | Path, allow_empty: bool = False) -> PromptsFile:
-    """Read and validate a prompts JSON file (allow_empty: see :func:`parse_prompts`)."""
+    """Read and validate a prompts JSON file (allow_empty: see :func:`parse_prompts`).
+    Every problem is an InputError (one line)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: prompts file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), parse_float=_finite_float,
+                          parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
-    return parse_prompts(data, where=str(path), allow_empty=allow_empty)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the prompts file ({exc.strerror or exc})") from None
+    try:
+        return parse_prompts(data, where=str(path), allow_empty=allow_empty)
+    except RecursionError:  # pragma: no cover - json refuses such depth first
+        raise InputError(f"{path}: JSON nested too deeply") from None
 
 
 def box_of_mask(mask: np.ndarray) -> tuple[int, int, int, int] | None:

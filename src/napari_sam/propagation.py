@@ -72,6 +72,7 @@ from scipy import ndimage
 
 from .errors import InputError, UsageError
 from .models.base import Backend, Embedding
+from .candidates import choose_candidate
 from .predictor import SlicePredictor
 from .prompts import SlicePrompt, box_of_mask
 
@@ -549,13 +550,18 @@ class Propagator:
         ``zoom_max_fraction`` of the slice are not zoomed. The region is
         embedded separately (and cached like any volume); a pass whose mask
         reaches the region's edge goes on with the whole slice.
+    key_choice: how a box key slice picks its mask: "single", the model's
+        single-mask output; "box_fit", the candidate (single output and the
+        three multimask ones) that best explains the box
+        (:func:`napari_sam.candidates.choose_candidate`), without the IoU
+        head, which is uncalibrated on MR (segment_volume uses it for MR).
     """
 
     def __init__(self, backend: Backend, embeddings: SliceEmbeddingProvider, rules: StopRules | None = None,
                  box_margins: tuple[float, ...] = (0.0, 3.0, 6.0), grow_fraction: float = 0.15,
                  zoom: bool = False, zoom_context: float = 3.0, zoom_min_side: int = 96,
                  zoom_max_fraction: float = 0.5, method: str = "track", box_margin: float = 3.0,
-                 box_margin_fraction: float = 0.05, grow_rounds: int = 2) -> None:
+                 box_margin_fraction: float = 0.05, grow_rounds: int = 2, key_choice: str = "single") -> None:
         self.backend = backend
         self.embeddings = embeddings
         self.rules = rules or StopRules()
@@ -569,6 +575,9 @@ class Propagator:
         self.box_margin = box_margin
         self.box_margin_fraction = box_margin_fraction
         self.grow_rounds = grow_rounds
+        if key_choice not in ("single", "box_fit"):
+            raise UsageError(f"key_choice {key_choice!r}: 'single' or 'box_fit'")
+        self.key_choice = key_choice
         self._predictor = SlicePredictor(backend)
         self._counter = [0, 0]
 
@@ -851,7 +860,12 @@ class Propagator:
             local = SlicePrompt(points=prompt.points - off, labels=prompt.labels, box=box, slice=k)
         self._predictor.set_embedding(frame.provider.get(k))
         pred = self._predictor.predict(prompt=local, multimask=False)
-        return frame.paste(pred.mask.copy()), SliceInfo("key", k, score=float(pred.scores[0]))
+        mask = pred.mask
+        if self.key_choice == "box_fit" and local.box is not None and not len(local.points):
+            many = self._predictor.predict(prompt=local, multimask=True)
+            cands = [mask] + [many.masks[i] for i in range(len(many.masks))]
+            mask = cands[choose_candidate(cands, local.box)]
+        return frame.paste(mask.copy()), SliceInfo("key", k, score=float(pred.scores[0]))
 
     def _intensity(self, state: PropagationState, frame: _Frame) -> _Intensity:
         keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}

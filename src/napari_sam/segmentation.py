@@ -6,16 +6,12 @@ its prompted slices along its ``axis``, within its optional ``range``
 (:mod:`napari_sam.propagation`). All objects go into one label map on the
 image's grid.
 
-Overlaps (several objects claiming a voxel) are resolved by one
-deterministic rule, :func:`paint_objects`:
-
-1. slices the user prompted (key slices) beat propagated slices: a voxel
-   inside an object's mask on one of its own prompted slices goes to that
-   object even if another object's propagation reached it first;
-2. within the same tier, the object listed first in the prompts file wins.
-
-So the result does not depend on the order objects were computed in, and a
-user's prompt is never painted over by another object's propagation.
+Overlaps (several objects claiming a voxel) are resolved per voxel by the one
+rule of :mod:`napari_sam.overlaps`: slices
+the user prompted beat propagated ones; otherwise the object holding the
+voxel deepest (mm from its mask's boundary) wins; ties go to the object
+listed first. A user's prompt is never painted over by another object's
+propagation.
 """
 
 from __future__ import annotations
@@ -25,11 +21,15 @@ from typing import Callable
 
 import numpy as np
 
-from .cache import SliceEmbeddings, slice_along
+from .box_batches import decode_boxes, is_plain_box
+from .cache import SliceEmbeddings
+from .corrections import Correction, apply_corrections
 from .errors import InputError
-from .intensity import Window, resolve_window
+from .finetune.adapt import adapt_to_slices
+from .intensity import Window, looks_like_hounsfield, resolve_window
 from .io import Volume
 from .models.base import Backend
+from .overlaps import ObjectMasks, resolve_overlaps
 from .predictor import SlicePredictor
 from .prompts import ObjectPrompts, PromptsFile, SlicePrompt
 from .propagation import Cancel, PropagationState, Propagator, StopRules
@@ -57,30 +57,12 @@ class SegmentationResult:
     cancelled: bool = False
 
 
-@dataclass
-class ObjectMasks:
-    """One object's masks before painting: ``masks`` slice -> (rows, cols) bool
-    along ``axis``; ``key_slices``: the slices the user prompted."""
-
-    id: int
-    axis: int
-    masks: dict[int, np.ndarray]
-    key_slices: set[int]
-
-
-def paint_objects(shape: tuple[int, int, int], objects: list[ObjectMasks]) -> np.ndarray:
-    """Paint objects into one (z, y, x) uint16 label map by the overlap rule of
-    this module: key-slice masks first (in list order, first wins), then
-    propagated masks into the voxels still free (in list order, first wins)."""
-    labels = np.zeros(shape, dtype=np.uint16)
-    for tier_key in (True, False):
-        for obj in objects:
-            for z in sorted(obj.masks):
-                if (z in obj.key_slices) != tier_key:
-                    continue
-                target = slice_along(labels, obj.axis, z)  # a view: painting writes into labels
-                target[obj.masks[z] & (target == 0)] = obj.id
-    return labels
+def paint_objects(shape: tuple[int, int, int], objects: list[ObjectMasks],
+                  spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Paint objects into one (z, y, x) uint16 label map, overlaps resolved per
+    voxel by :func:`napari_sam.overlaps.resolve_overlaps` (key slices first,
+    then the deepest claim in mm, ties to the object listed first)."""
+    return resolve_overlaps(shape, objects, spacing_zyx)
 
 
 def merge_slice_prompts(prompts: list[SlicePrompt]) -> dict[int, SlicePrompt]:
@@ -99,6 +81,17 @@ def merge_slice_prompts(prompts: list[SlicePrompt]) -> dict[int, SlicePrompt]:
     return by_slice
 
 
+def key_choice_for(volume: Volume) -> str:
+    """How box key slices pick their mask (:class:`Propagator`'s ``key_choice``):
+    the model's single output on CT (where it is the better one: see
+    docs/propagation.md), the candidate that best explains the box elsewhere
+    (MR: the IoU head is uncalibrated there and the single output often takes
+    a sub-part of the object)."""
+    modality = volume.metadata.get("modality")
+    is_ct = (modality or "").upper() == "CT" or (modality is None and looks_like_hounsfield(volume.array))
+    return "single" if is_ct else "box_fit"
+
+
 def object_window(volume: Volume, obj: ObjectPrompts, file_window=None, override=None) -> Window:
     """The window for one object: --window, else the object's, else the file's, else automatic."""
     spec = override if override is not None else (obj.window if obj.window is not None else file_window)
@@ -112,6 +105,18 @@ def state_for_object(obj: ObjectPrompts, shape: tuple[int, int, int]) -> Propaga
     for z, p in sorted(merge_slice_prompts(obj.prompts).items()):
         state.add_prompt(z, p)
     return state
+
+
+def _adapt_and_repropagate(backend: Backend, embeddings: SliceEmbeddings, state: PropagationState,
+                           stop_rules: StopRules | None, progress: Progress, cancel: Cancel | None) -> None:
+    """``"adapt": true``: adapt a copy of the model to the object's key-slice masks
+    (:mod:`napari_sam.finetune.adapt`), then propagate the object again with it."""
+    keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
+    if not keys:
+        return
+    adapted = adapt_to_slices(backend, embeddings, keys, cancel=cancel).backend
+    state.mark_all()
+    Propagator(adapted, embeddings, rules=stop_rules).propagate(state, progress, cancel)
 
 
 def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, window=None,
@@ -140,8 +145,10 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
     from .propagation import _is_set
 
     prompts.check_against(volume.array.shape, volume.is_2d)
-    if volume.is_rgb and any(o.propagate for o in prompts.objects):
-        raise InputError("propagation needs a 3D image; this one is a 2D RGB image")
+    for o in prompts.objects:
+        if o.corrections and not o.propagate:
+            raise InputError(f"object {o.id} ({o.name}): 'corrections' act on a 3D result; "
+                             f"set \"propagate\": true")
     result = SegmentationResult(labels=np.zeros(volume.shape, np.uint16),
                                 names={o.id: o.name for o in prompts.objects},
                                 colors={o.id: o.color for o in prompts.objects if o.color})
@@ -178,25 +185,44 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
             masks[o.id].masks.update({z: np.asarray(m, bool) for z, m in init_masks.get(o.id, {}).items()})
             masks[o.id].key_slices.update(init_masks.get(o.id, {}))
     predictor = SlicePredictor(backend, zoom=zoom, crop_embeddings=crop_embeddings)
-    for obj, z, prompt in plain:
+    windows: dict[str, Window] = {}
+
+    def window_of(obj: ObjectPrompts) -> Window:  # resolved once per distinct window spec
+        spec = window if window is not None else (obj.window if obj.window is not None else prompts.window)
+        key = repr(spec)
+        if key not in windows:
+            windows[key] = object_window(volume, obj, prompts.window, window)
+        return windows[key]
+
+    # box-only prompts (no zoom) are decoded in batches per slice; the rest one by one
+    groups: dict[tuple[str, int, int], list[tuple[ObjectPrompts, int, SlicePrompt]]] = {}
+    for item in plain:
+        obj, z, prompt = item
+        win = result.windows[obj.id] = window_of(obj)
+        batchable = zoom is None and is_plain_box(prompt)
+        groups.setdefault((win.key(), obj.axis, z) if batchable else ("", -1 - len(groups), z), []).append(item)
+    for (wkey, axis, z), items in groups.items():
         if _is_set(cancel):
             result.cancelled = True
             break
-        win = object_window(volume, obj, prompts.window, window)
-        result.windows[obj.id] = win
-        report(f"{obj.name}: slice {z}")
-        emb_store = store(win, obj.axis)
-        predictor.set_embedding(emb_store.get(z), image=emb_store.model_input(z) if zoom is not None else None)
-        mask = predictor.predict(prompt=prompt, multimask=False).mask
-        masks[obj.id].masks[z] = mask
-        masks[obj.id].key_slices.add(z)
-        plain_left -= 1
-        finished += 1
+        obj0 = items[0][0]
+        report(f"{obj0.name}: slice {z}" if len(items) == 1 else f"{len(items)} objects: slice {z}")
+        emb_store = store(result.windows[obj0.id], obj0.axis)
+        if axis >= 0:
+            found = decode_boxes(backend, emb_store.get(z), [p.box for _, _, p in items])
+        else:
+            predictor.set_embedding(emb_store.get(z), image=emb_store.model_input(z) if zoom is not None else None)
+            found = [predictor.predict(prompt=items[0][2], multimask=False).mask]
+        for (obj, _, _), mask in zip(items, found):
+            masks[obj.id].masks[z] = mask
+            masks[obj.id].key_slices.add(z)
+        plain_left -= len(items)
+        finished += len(items)
     for obj in propagated:
         if result.cancelled or _is_set(cancel):
             result.cancelled = True
             break
-        win = object_window(volume, obj, prompts.window, window)
+        win = window_of(obj)
         result.windows[obj.id] = win
         state = states[obj.id]
         base = finished
@@ -207,14 +233,22 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
             estimates[_id] = total - done
             report(f"{_name}: {message}")
 
-        Propagator(backend, store(win, obj.axis), rules=stop_rules).propagate(state, obj_progress, cancel)
+        propagator = Propagator(backend, store(win, obj.axis), rules=stop_rules, key_choice=key_choice_for(volume))
+        propagator.propagate(state, obj_progress, cancel)
+        if obj.adapt and not state.needs_run and not _is_set(cancel):
+            _adapt_and_repropagate(backend, store(win, obj.axis), state, stop_rules, obj_progress, cancel)
+        if obj.corrections and not state.needs_run and not _is_set(cancel):
+            report(f"{obj.name}: {len(obj.corrections)} correction(s)")
+            apply_corrections(state, propagator, [Correction(p, lab) for p, lab in obj.corrections],
+                              spacing_zyx=volume.geometry.scale_zyx)
         estimates[obj.id] = 0
         if state.needs_run:
             result.cancelled = True
         result.states[obj.id] = state
         masks[obj.id] = ObjectMasks(obj.id, obj.axis, {z: m for z, m in state.results.items() if m.any()},
                                     set(state.key_slices))
-    result.labels = paint_objects(volume.shape, [masks[o.id] for o in prompts.objects])
+    result.labels = paint_objects(volume.shape, [masks[o.id] for o in prompts.objects],
+                                   volume.geometry.scale_zyx)
     for o in prompts.objects:
         present = [z for z, m in masks[o.id].masks.items() if m.any()] if o.propagate else sorted(masks[o.id].masks)
         if present:

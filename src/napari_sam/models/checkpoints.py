@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,9 +47,15 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ModelError(f"{path}: reading .safetensors needs the 'safetensors' package") from exc
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # SafetensorError, OSError, ...: not a safetensors file
+            raise ModelError(f"{path}: not a readable .safetensors checkpoint "
+                             f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings would repeat our one line
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: refused to load: the pickle holds more than tensors ({first[:160]}); "

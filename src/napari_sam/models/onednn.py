@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 _AVAILABLE: bool | None = None
+_BF16: bool | None = None
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -51,10 +52,29 @@ def _probe() -> bool:
         return False
 
 
+def bf16_available() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (checked once per process). oneDNN
+    refuses bf16 below AVX512 (e.g. an AVX2-only CPU, or ``ONEDNN_MAX_CPU_ISA=AVX2``);
+    bf16 tensors then take the plain PyTorch path."""
+    global _BF16
+    if _BF16 is None:
+        try:
+            with torch.inference_mode():
+                x = torch.ones(1, 2, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+                torch.ops.mkldnn._convolution_pointwise(x, torch.ones(2, 1, 1, 1, dtype=torch.bfloat16), None,
+                                                        [0, 0], [1, 1], [1, 1], 2, "none", [], "")
+                w = torch.ones(3, 2, dtype=torch.bfloat16)
+                torch.ops.mkldnn._linear_pointwise(torch.ones(2, 2, dtype=torch.bfloat16), w, None, "none", [], "")
+            _BF16 = True
+        except (AttributeError, RuntimeError, NotImplementedError):
+            _BF16 = False
+    return _BF16
+
+
 def _usable(x: Tensor, weight: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype in _DTYPES and weight.dtype == x.dtype
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and available())
+            and available() and (x.dtype != torch.bfloat16 or bf16_available()))
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: bool = False) -> Tensor:

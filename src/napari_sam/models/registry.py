@@ -262,7 +262,7 @@ def fetch_checkpoint(name: str, progress: bool = True) -> Path:
 
 
 def load_model(name: str = DEFAULT_MODEL, checkpoint: str | Path | None = None,
-               device: str | None = "cpu", progress: bool = True) -> Backend:
+               device: str | None = "cpu", progress: bool = True, precision: str | None = None) -> Backend:
     """Load a model by registry name (see :data:`REGISTRY`, or ``napari-sam models``).
 
     checkpoint: a local checkpoint file (offline use, fine-tuned weights of
@@ -270,21 +270,30 @@ def load_model(name: str = DEFAULT_MODEL, checkpoint: str | Path | None = None,
         cache on first use (``$NAPARI_SAM_MODEL_DIR`` overrides the folder).
     device: "cpu", "cuda", "mps", or "auto" for the best available.
     progress: show a progress bar while downloading.
-    Raises InputError (unknown name, bad device) or ModelError (download,
+    precision: the image encoder's precision, "auto", "fp32", "bf16" or "fp16"
+        (see :mod:`napari_sam.models.precision`); None takes
+        :data:`~napari_sam.models.precision.DEFAULT_PRECISION`.
+    Raises InputError (unknown name, bad device or precision) or ModelError (download,
     verification, wrong architecture, unsafe pickle).
     """
     from ..errors import ModelError
 
+    from .precision import DEFAULT_PRECISION, apply_precision, parse_precision
+
     spec = get_spec(name)
     dev = pick_device(device)
+    precision = parse_precision(DEFAULT_PRECISION if precision is None else precision)
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
             raise ModelError(f"{path}: checkpoint not found")
-        return spec.loader(path, dev)
-    if spec.name == "lite_medsam":
-        return spec.loader(None, dev)
-    return spec.loader(fetch_checkpoint(spec.name, progress=progress), dev)
+        backend = spec.loader(path, dev)
+    elif spec.name == "lite_medsam":
+        backend = spec.loader(None, dev)
+    else:
+        backend = spec.loader(fetch_checkpoint(spec.name, progress=progress), dev)
+    apply_precision(backend, precision)
+    return backend
 
 
 def models_table_markdown() -> str:

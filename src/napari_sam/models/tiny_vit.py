@@ -327,6 +327,12 @@ class BasicLayer(nn.Module):
         return self.downsample(x) if self.downsample is not None else x
 
 
+def _as_params(x: Tensor, module: nn.Module) -> Tensor:
+    """x in the dtype of ``module``'s parameters (memory format kept)."""
+    p = next(module.parameters(), None)
+    return x if p is None or p.dtype == x.dtype else x.to(p.dtype)
+
+
 class TinyViT(nn.Module):
     """TinyViT as SAM's image encoder: (B, 3, S, S) -> (B, 256, S/4 or S/16, ...)."""
 
@@ -356,10 +362,16 @@ class TinyViT(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, 3, S, S) -> (B, 256, s, s) contiguous."""
-        x = self.patch_embed(x)
+        """(B, 3, S, S) -> (B, 256, s, s) contiguous.
+
+        Each part runs in its own parameters' dtype: activations are cast at the
+        boundaries, so some parts may stay float32 in a bfloat16 encoder
+        (:func:`napari_sam.models.precision.apply_precision`).
+        """
+        x = self.patch_embed(_as_params(x, self.patch_embed))
         for layer in self.layers:
-            x = layer(x)
+            x = layer(_as_params(x, layer))
+        x = _as_params(x, self.neck)
         b, _, c = x.shape
         s = self.embedding_size
         conv1, ln1, conv2, ln2 = self.neck

@@ -71,7 +71,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
         if seg is not None:
             out.append(seg)
             continue
-        volume = read_image(_series_root(p))
+        volume = read_image(_series_root(p), series=_series_of(p))
         side = _our_labels_sidecar(p)
         out.append(labels_to_layer_data(volume, side) if side is not None else volume_to_layer_data(volume))
     return out
@@ -114,6 +114,21 @@ def labels_to_layer_data(volume: Volume, sidecar: dict[str, Any]) -> LayerData:
     except ImportError:  # pragma: no cover - napari is installed wherever this runs
         pass
     return data.astype(np.int32) if data.dtype.kind not in "iu" else data, kwargs, "labels"
+
+
+def _series_of(path: Path) -> str | None:
+    """The series a ``.dcm`` file belongs to (so opening one file of a folder of
+    several series picks that series); None for anything else. A folder of
+    several series is refused by read_image with the list (a notification)."""
+    if _suffix(path) != ".dcm":
+        return None
+    from ..dicom_series import list_series
+
+    me = path.resolve()
+    for uid, files in list_series(path.parent).items():
+        if any(Path(f).resolve() == me for f in files):
+            return uid
+    return None
 
 
 def _series_root(path: Path) -> Path:

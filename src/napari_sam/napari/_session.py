@@ -130,6 +130,8 @@ class SegmentSession(QObject):
         self._prop_object: SegmentedObject | None = None
         self._prop_before: dict[int, np.ndarray] = {}
         self._prop_cancelled = False
+        #: object id -> corrections applied so far (their negative clicks keep carving)
+        self._corrections: dict[int, list] = {}
         self._closed = False
         self._connections: list[tuple[Any, Any]] = []
         #: asked when a click or box is added: True if the press only gave focus back (it is dropped)
@@ -706,9 +708,6 @@ class SegmentSession(QObject):
         """Propagate the current object through the volume from its key slices, in
         the background (progress in the activity dock). Corrected slices are kept.
         Returns True if a run started."""
-        from napari.qt.threading import create_worker
-        from napari.utils import progress
-
         from ..propagation import Propagator
 
         if self.source.is_2d:
@@ -728,26 +727,71 @@ class SegmentSession(QObject):
         if state.axis != self.pos.axis:
             notify("warning", f"napari-sam: {obj.name} was segmented along axis {state.axis}; view that axis")
             return False
-        store = self.store()
-        propagator = Propagator(self.backend, store)
-        self._prop_before = {}
-        self._prop_object = obj
-        self._prop_cancelled = False
-        self._prop_snapshot = self.objects.snapshot()
+        propagator = Propagator(self.backend, self.store())
 
         def work():
             yield from propagator.run(state)
 
-        self._prop_pbar = progress(total=0, desc=f"napari-sam: propagating {obj.name}")
+        return self._start_propagation(obj, work, f"propagating {obj.name}")
+
+    def _start_propagation(self, obj: SegmentedObject, work: Any, what: str) -> bool:
+        """Run the generator ``work`` (yielding SliceUpdates) in the background for ``obj``."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        self._prop_before = {}
+        self._prop_object = obj
+        self._prop_cancelled = False
+        self._prop_snapshot = self.objects.snapshot()
+        self._prop_pbar = progress(total=0, desc=f"napari-sam: {what}")
         worker = create_worker(work, _ignore_errors=True)  # errors: a notification (below)
         worker.yielded.connect(self._on_propagated_slice)
         worker.finished.connect(lambda w=worker: self._on_propagation_finished(w))
-        worker.errored.connect(lambda exc: notify("error", f"napari-sam: propagation failed: {exc}"))
+        worker.errored.connect(lambda exc: notify("error", f"napari-sam: {what} failed: {exc}"))
         self._prop_worker = worker
-        self.status.emit(f"propagating {obj.name}...")
+        self.status.emit(f"{what}...")
         self.propagation_started.emit()
         worker.start()
         return True
+
+    def correct(self, point: tuple[int, int, int], label: int) -> bool:
+        """Correct the current object's 3D result with a click at volume voxel
+        ``point`` = (z, row, col): label 1 adds the missed region there, 0 removes
+        the wrongly included one (:func:`napari_sam.corrections.apply_correction`:
+        the click's slice is refined, only the affected range re-propagated, and
+        negative regions carved in 3D). Runs in the background like
+        :meth:`propagate` (``propagation_finished`` when done); one undo step.
+        Returns True if it started."""
+        from ..corrections import Correction, apply_correction, check_correction
+        from ..propagation import Propagator
+
+        obj = self.objects.current
+        if self.source.is_2d or self.propagating or obj is None or obj.state is None:
+            notify("info", "napari-sam: corrections act on a propagated object of a 3D volume "
+                           "(propagate first; wait for a running propagation)")
+            return False
+        state = obj.state
+        corr = Correction(tuple(int(v) for v in point), int(label))
+        try:
+            check_correction(corr, state)
+        except InputError as exc:
+            notify("warning", f"napari-sam: {exc}")
+            return False
+        earlier = self._corrections.setdefault(obj.id, [])
+        propagator = Propagator(self.backend, self._store_along(state.axis))
+        spacing = self.source.geometry.scale_zyx
+
+        def work():
+            apply_correction(state, propagator, corr, earlier=list(earlier), spacing_zyx=spacing)
+            earlier.append(corr)
+            yield from ()
+
+        return self._start_propagation(obj, work, f"correcting {obj.name}")
+
+    def _store_along(self, axis: int) -> SharedSliceEmbeddings:
+        if axis != self.pos.axis:
+            raise InputError(f"this object was propagated along axis {axis}; view that axis to correct it")
+        return self.store()
 
     def cancel_propagation(self) -> None:
         """Stop the running propagation after the slice in progress; finished slices are kept."""
@@ -857,6 +901,7 @@ class SegmentSession(QObject):
             return [out]
         out = write_labels(p, data if data.ndim == 3 else data[None], self.source.geometry,
                            names={o.id: o.name for o in self.objects},
-                           colors={o.id: o.color for o in self.objects}, overwrite=True)
+                           colors={o.id: o.color for o in self.objects}, overwrite=True,
+                           inputs=(getattr(getattr(self.source.layer, "source", None), "path", None),))
         self.status.emit(f"saved {out}")
         return [str(out), str(sidecar_path(out))]

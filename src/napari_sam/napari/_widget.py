@@ -74,7 +74,7 @@ class SegmentWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session: SegmentSession | None = None
-        self._backends: dict[tuple[str, str, str], Backend] = {}
+        self._backends: dict[tuple[str, str, str, str], Backend] = {}
         self._loader: Any = None
         self._bound_keys: list[str] = []
         self._build_ui()
@@ -113,6 +113,13 @@ class SegmentWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(_available_devices())
         self.device_combo.setToolTip("Where the model runs; auto picks CUDA, then Apple MPS, then the CPU")
+        from ..models.precision import DEFAULT_PRECISION, PRECISIONS
+
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(PRECISIONS)
+        self.precision_combo.setCurrentText(DEFAULT_PRECISION)
+        self.precision_combo.setToolTip("Image encoder precision: auto takes bf16 where the CPU or GPU runs it "
+                                        "natively (faster), else fp32; see docs/performance.md")
         self.checkpoint_edit = QLineEdit()
         self.checkpoint_edit.setPlaceholderText("default: embedded or downloaded once")
         self.checkpoint_edit.setToolTip("Optional local checkpoint file for the chosen model (offline use, "
@@ -128,6 +135,7 @@ class SegmentWidget(QWidget):
         form.addRow("Model", self.model_combo)
         form.addRow("Checkpoint", ckpt_row)
         form.addRow("Device", self.device_combo)
+        form.addRow("Precision", self.precision_combo)
         lay.addLayout(form)
         from ..cache import default_cache_dir
 
@@ -335,7 +343,8 @@ class SegmentWidget(QWidget):
             notify("error", f"napari-sam: {exc}")
             self._set_status(str(exc))
             return False
-        key = (self.model_combo.currentText(), self.device_combo.currentText(), self.checkpoint_edit.text().strip())
+        key = (self.model_combo.currentText(), self.device_combo.currentText(), self.checkpoint_edit.text().strip(),
+               self.precision_combo.currentText())
         s = self.session
         if s is not None and s.source.layer is source.layer and (
                 backend is s.backend or (backend is None and self._backends.get(key) is s.backend)):
@@ -354,6 +363,7 @@ class SegmentWidget(QWidget):
         from ..models.registry import load_model
 
         worker = create_worker(load_model, key[0], checkpoint=key[2] or None, device=key[1], progress=False,
+                               precision=key[3],
                                _progress={"desc": f"napari-sam: loading {key[0]} (downloading it the first time)"},
                                _ignore_errors=True)  # errors become notifications (below), not tracebacks
         worker.returned.connect(lambda b, k=key, s=source: self._on_model_loaded(k, b, s))
@@ -370,7 +380,7 @@ class SegmentWidget(QWidget):
         if path:
             self.checkpoint_edit.setText(path)
 
-    def _on_model_loaded(self, key: tuple[str, str, str], backend: Backend, source: ImageSource) -> None:
+    def _on_model_loaded(self, key: tuple[str, str, str, str], backend: Backend, source: ImageSource) -> None:
         self._loader = None
         self.start_button.setEnabled(True)
         self._backends[key] = backend

@@ -67,7 +67,9 @@ def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         raise InputError(f"labels layer of dtype {arr.dtype}: expected integers")
     geom = labels_geometry(arr.shape, meta)
     names, colors = object_table(meta.get("metadata"))
-    out = write_labels(p, arr if arr.ndim == 3 else arr[None], geom, names=names, colors=colors, overwrite=True)
+    source = ((meta.get("metadata") or {}).get(METADATA_KEY) or {}).get("path")
+    out = write_labels(p, arr if arr.ndim == 3 else arr[None], geom, names=names, colors=colors, overwrite=True,
+                       inputs=(source,) if source else ())
     from ..io import sidecar_path
 
     return [str(out), str(sidecar_path(out))]

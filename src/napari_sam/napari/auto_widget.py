@@ -8,8 +8,10 @@ bar, *Cancel* between steps, the GUI never freezes) and the result arrives as
 a Labels layer placed on the image (same scale and translation).
 
 The model sees what the user sees: the layer's contrast limits are the
-intensity window. A 3D layer is segmented slice by slice with objects linked
-across slices (or only the displayed slice, with *current slice only*).
+intensity window. A 3D microscopy layer is segmented with 3D proposals in the
+layer's physical scale (:mod:`napari_sam.automatic3d`); a CT volume slice by
+slice with objects linked across slices; *current slice only* segments the
+displayed slice.
 
 The segmentation itself is :class:`napari_sam.automatic.AutomaticSegmenter`;
 this module only adapts layers and widgets to it.
@@ -231,6 +233,9 @@ class AutoSegmentWidget(QWidget):
         if ndim == 3 and self.current_slice_check.isChecked():
             z = int(self.viewer.dims.current_step[0])
         job = _Job(layer.name, data, rgb, ndim, z, window, settings)
+        job.scale = tuple(float(abs(v)) for v in tuple(layer.scale)[-3:]) if ndim == 3 else None
+        job.stack3d = (ndim == 3 and not rgb and self.preset_combo.currentText() == "microscopy"
+                       and self.proposals_combo.currentText() in ("preset", "blobs"))
         worker = thread_worker(self._work, progress=False)(job)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result, j=job: self._on_done(j, result))
@@ -272,6 +277,12 @@ class AutoSegmentWidget(QWidget):
             result = yield from segmenter.iter_segment(win.apply(job.data))
         elif job.z is not None:
             result = yield from segmenter.iter_segment(win.apply(job.data[job.z]))
+        elif job.stack3d:
+            # microscopy stack: 3D proposals in the layer's physical scale (napari_sam.automatic3d)
+            from ..automatic3d import Stack3DSettings, StackSegmenter
+
+            st = Stack3DSettings(spacing=job.scale, object_diameter=job.settings.object_diameter)
+            result = yield from StackSegmenter(backend, st, self._embeddings).iter_segment(win.apply(job.data))
         else:
             result = yield from segmenter.iter_segment_volume(lambda k: win.apply(job.data[k]), len(job.data))
         return result
@@ -330,6 +341,8 @@ class _Job:
                  settings: AutoSettings) -> None:
         self.layer_name, self.data, self.rgb, self.ndim, self.z = layer_name, data, rgb, ndim, z
         self.window, self.settings = window, settings
+        self.scale: tuple[float, ...] | None = None
+        self.stack3d = False
 
 
 def _layer_window(layer: Any, data: np.ndarray, rgb: bool) -> Window:

@@ -1,0 +1,139 @@
+"""Corrections anywhere in the volume (napari_sam.corrections): API, prompts file, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from test_propagation import BrightInBoxBackend, ball, dice, key_prompt
+
+from napari_sam.cache import SliceEmbeddings
+from napari_sam.corrections import Correction, apply_correction, apply_corrections, carve
+from napari_sam.errors import InputError
+from napari_sam.intensity import Window
+from napari_sam.io import Volume
+from napari_sam.prompts import ObjectPrompts, PromptsFile, parse_prompts
+from napari_sam.propagation import PropagationState, Propagator
+from napari_sam.segmentation import segment_volume
+
+
+def leaky_scene():
+    """Target ellipsoid (slices 5..19) with a neighbour of the same brightness
+    fused to it on slices 12..19: a box model keeps adding the neighbour."""
+    target = ball()
+    other = ball(center=(16, 32, 52), radius=(4, 10, 9))
+    bridge = np.zeros_like(target)
+    bridge[12:20, 28:37, 38:46] = True
+    vol = np.where(target | other | bridge, 200.0, 0.0).astype(np.float32)
+    return vol, target, other & ~target
+
+
+def run(vol, z0, target, corrections=(), axis=0):
+    backend = BrightInBoxBackend()
+    emb = SliceEmbeddings(backend, vol, Window(0, 255), axis=axis)
+    prop = Propagator(backend, emb)
+    state = PropagationState(shape=vol.shape, axis=axis)
+    state.add_prompt(z0, key_prompt(target, z0, axis))
+    apply_corrections(state, prop, list(corrections))
+    return state, prop
+
+
+def test_negative_click_removes_the_neighbour_on_its_slice_and_the_neighbouring_ones():
+    vol, target, other = leaky_scene()
+    state, prop = run(vol, 10, target)
+    before = state.volume_mask()
+    assert (before & other).sum() > 500  # the leak: the neighbour came in with propagation
+    d0 = dice(before, target)
+    z, r, c = 16, 32, 54  # deep inside the neighbour
+    assert other[z, r, c]
+    affected = apply_correction(state, prop, Correction((z, r, c), 0))
+    after = state.volume_mask()
+    # removed on every slice, not just 16 (what is left: the fused part next to the target)
+    assert (after & other).sum() < 0.25 * (before & other).sum()
+    assert all((after & other)[i].sum() < 0.35 * max(1, (before & other)[i].sum()) for i in range(14, 19))
+    assert dice(after, target) > max(0.9, d0 + 0.05)
+    assert affected[0] <= z <= affected[1]
+    # slices the neighbour never reached are kept bit for bit
+    for i in range(0, 12):
+        assert np.array_equal(after[i], before[i])
+
+
+def test_positive_click_extends_an_object_cut_short_and_changes_only_the_affected_range():
+    vol = np.where(ball(), 200.0, 0.0).astype(np.float32)
+    target = ball()
+    vol[14:16] = 0.0  # two dark slices: propagation from 8 stops there (cut short)
+    backend = BrightInBoxBackend()
+    emb = SliceEmbeddings(backend, vol, Window(0, 255))
+    prop = Propagator(backend, emb)
+    state = PropagationState(shape=vol.shape)
+    state.add_prompt(8, key_prompt(target, 8))
+    state.add_prompt(3, key_prompt(target, 6))  # a second key below: 0..7 lies outside the range a click at 17 affects
+    prop.propagate(state)
+    before = {i: m.copy() for i, m in state.results.items()}
+    assert not state.mask_slice(17).any()
+    affected = apply_correction(state, prop, Correction((17, 32, 30), 1))
+    assert affected == (9, 23)
+    assert state.mask_slice(17).sum() > 0.9 * target[17].sum()
+    assert state.mask_slice(19).any()  # re-propagated outwards from the click's slice
+    for i in range(0, 9):
+        assert (i in before) == (i in state.results)
+        if i in before:
+            assert np.array_equal(before[i], state.results[i])
+
+
+def test_corrections_along_another_axis_take_volume_coordinates():
+    vol, target, other = leaky_scene()
+    state, _ = run(vol, 32, target, axis=1)
+    wrong = state.volume_mask() & other
+    assert wrong.sum() > 200
+    deepest = np.unravel_index(np.argmax(ndimage.distance_transform_edt(wrong)), wrong.shape)
+    state2, _ = run(vol, 32, target, [Correction(tuple(int(v) for v in deepest), 0)], axis=1)
+    assert (state2.volume_mask() & other).sum() < 0.6 * wrong.sum()
+    assert dice(state2.volume_mask(), target) > dice(state.volume_mask(), target) + 0.02
+
+
+def test_bad_corrections_are_refused_with_one_line():
+    vol, target, _ = leaky_scene()
+    state, prop = run(vol, 10, target)
+    with pytest.raises(InputError, match="outside the volume") as e:
+        apply_correction(state, prop, Correction((24, 3, 3), 1))
+    assert "\n" not in str(e.value)
+    empty = PropagationState(shape=vol.shape)
+    with pytest.raises(InputError, match="no prompt to start from"):
+        apply_correction(empty, prop, Correction((10, 3, 3), 0))
+    with pytest.raises(InputError, match="need a prompt to start from"):
+        parse_prompts({"objects": [{"id": 1, "propagate": True, "prompts": [],
+                                    "corrections": [{"point": [1, 2, 3], "label": 0}]}]})
+    for bad, msg in (({"point": [1, 2], "label": 0}, "point"), ({"point": [1, 2, 3], "label": 2}, "label"),
+                     ({"point": [1, 2, 3], "lable": 0}, "unknown key")):
+        with pytest.raises(InputError, match=msg):
+            parse_prompts({"objects": [{"id": 1, "propagate": True, "prompts": [{"slice": 1, "box": [1, 1, 5, 5]}],
+                                        "corrections": [bad]}]})
+    pf = PromptsFile(objects=[ObjectPrompts(1, "t", [key_prompt(target, 10)], window=[0, 255], propagate=True,
+                                            corrections=[((10, 64, 3), 0)])])
+    with pytest.raises(InputError, match="outside the volume"):
+        segment_volume(Volume(vol), pf, BrightInBoxBackend())
+
+
+def test_prompts_file_corrections_equal_the_api_applied_in_order():
+    vol, target, other = leaky_scene()
+    data = {"objects": [{"id": 1, "name": "t", "window": [0, 255], "propagate": True,
+                         "prompts": [key_prompt(target, 10).to_json()],
+                         "corrections": [{"point": [16, 32, 54], "label": 0}, {"point": [5, 32, 30], "label": 1}]}]}
+    pf = parse_prompts(data)
+    assert pf.objects[0].corrections == [((16, 32, 54), 0), ((5, 32, 30), 1)]
+    assert parse_prompts(pf.to_json()).objects[0].corrections == pf.objects[0].corrections
+    res = segment_volume(Volume(vol), pf, BrightInBoxBackend())
+    state, _ = run(vol, 10, target, [Correction((16, 32, 54), 0), Correction((5, 32, 30), 1)])
+    assert np.array_equal(res.labels == 1, state.volume_mask())
+    assert (res.labels == 1)[16, 32, 54] == 0
+
+
+def test_carve_splits_at_the_neck_between_seeds():
+    m = np.zeros((1, 20, 41), bool)
+    m[0, 2:18, 2:16] = True   # left blob
+    m[0, 2:18, 25:39] = True  # right blob
+    m[0, 9:11, 16:25] = True  # thin neck
+    cut = carve(m, positive=[(0, 10, 8)], negative=[(0, 10, 32)])
+    assert cut[0, 2:18, 25:39].all() and not cut[0, 2:18, 2:16].any()
+    assert not carve(m, [(0, 10, 8)], [(0, 0, 0)]).any()  # a seed outside the mask removes nothing
