@@ -46,7 +46,41 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=6, help="slices encoded in each of the three ways")
     ap.add_argument("--boxes", type=int, default=20, help="box changes for the latency median")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
+    ap.add_argument("--load", type=int, default=0, help="busy processes (a pure-Python spin each) running "
+                    "during the measurements: a loaded machine")
+    ap.add_argument("--preview-only", action="store_true", help="only part 3 (prompt -> preview latency)")
     args = ap.parse_args()
+    busy = _start_load(args.load)
+    try:
+        _measure(args)
+    finally:
+        for proc in busy:
+            proc.terminate()
+            proc.join()
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def _start_load(n: int) -> list:
+    """``n`` processes each keeping one core busy, until terminated."""
+    import multiprocessing as mp
+
+    procs = [mp.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(max(0, n))]
+    for proc in procs:
+        proc.start()
+    return procs
+
+
+def _loadavg() -> str:
+    import os
+
+    return "load average " + " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def _measure(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -64,7 +98,8 @@ def main() -> None:
     liver = labels == {v: k for k, v in names.items()}["liver"]
     k = int(np.argmax(liver.sum(axis=(1, 2))))
     model = load_model("lite_medsam", device="cpu")
-    print(f"torch threads: {torch.get_num_threads()}, napari {napari.__version__}")
+    print(f"torch threads: {torch.get_num_threads()}, napari {napari.__version__}, "
+          f"{args.load} busy processes added, {_loadavg()}")
 
     viewer = napari.Viewer(show=True)
 
@@ -112,7 +147,7 @@ def main() -> None:
 
     from napari_sam.intensity import Window
     win = Window(*image.contrast_limits)
-    slices = [i for i in range(vol.shape[0]) if i != k][: args.slices]
+    slices = [i for i in range(vol.shape[0]) if i != k][: 0 if args.preview_only else args.slices]
 
     # the same encoder three ways, interleaved slice by slice so that load changes on a
     # shared machine hit all alike: on the GUI thread, in a plain Python thread, and in
@@ -152,23 +187,24 @@ def main() -> None:
         w.start()
         pump(lambda: done)
 
-    model.embed(win.apply(vol.array[k]))  # warm-up
-    for n, i in enumerate(slices):
-        runs = [(modes[0], lambda: encode(i, modes[0])), (modes[1], lambda: in_thread(i)),
-                (modes[2], lambda: in_worker(i)), (modes[3], lambda: in_worker(i, True))]
-        for mode, run in runs[n % 4:] + runs[: n % 4]:  # rotate the order too
-            ticks[mode] += ticks_during(run)
-    idle_ticks = idle
-    print("\nUI event latency (10 ms QTimer, delay of each tick, ms): median / p95 / max")
-    for name, d in (("idle", idle_ticks), *((f"encoding: {m}", ticks[m]) for m in modes)):
-        print(f"  {name:34s} {statistics.median(d):8.1f} / {_pct(d, 95):8.1f} / {max(d):8.1f}   ({len(d)} ticks)")
-    print(f"\nencoder per slice, {len(slices)} slices interleaved (micro-sam #740 check): "
-          "median wall s, median process CPU s")
-    base = statistics.median(wall[modes[0]])
-    for m in modes:
-        print(f"  {m:28s} {statistics.median(wall[m]):7.3f}  ({statistics.median(wall[m]) / base:4.2f}x)  "
-              f"cpu {statistics.median(cpu[m]):7.3f}   [{', '.join(f'{t:.2f}' for t in wall[m])}]")
-    print(f"  torch intra-op threads: main {torch.get_num_threads()}, in the worker {worker_threads[0]}")
+    if slices:  # (--preview-only skips parts 1 and 2)
+        model.embed(win.apply(vol.array[k]))  # warm-up
+        for n, i in enumerate(slices):
+            runs = [(modes[0], lambda: encode(i, modes[0])), (modes[1], lambda: in_thread(i)),
+                    (modes[2], lambda: in_worker(i)), (modes[3], lambda: in_worker(i, True))]
+            for mode, run in runs[n % 4:] + runs[: n % 4]:  # rotate the order too
+                ticks[mode] += ticks_during(run)
+        idle_ticks = idle
+        print("\nUI event latency (10 ms QTimer, delay of each tick, ms): median / p95 / max")
+        for name, d in (("idle", idle_ticks), *((f"encoding: {m}", ticks[m]) for m in modes)):
+            print(f"  {name:34s} {statistics.median(d):8.1f} / {_pct(d, 95):8.1f} / {max(d):8.1f}   ({len(d)} ticks)")
+        print(f"\nencoder per slice, {len(slices)} slices interleaved (micro-sam #740 check): "
+              "median wall s, median process CPU s")
+        base = statistics.median(wall[modes[0]])
+        for m in modes:
+            print(f"  {m:28s} {statistics.median(wall[m]):7.3f}  ({statistics.median(wall[m]) / base:4.2f}x)  "
+                  f"cpu {statistics.median(cpu[m]):7.3f}   [{', '.join(f'{t:.2f}' for t in wall[m])}]")
+        print(f"  torch intra-op threads: main {torch.get_num_threads()}, in the worker {worker_threads[0]}")
 
     # -------------------------------------------------- 3: prompt -> preview latency
     STORES.clear()
@@ -224,7 +260,7 @@ def main() -> None:
         click_core.append(core_ms(s.prediction_prompt))
         widget.clear_prompts()
     print(f"\nprompt change -> preview shown on the CT (slice {k}, 512x512), ms: median / p95;"
-          " the core's SlicePredictor.predict on the same prompt, measured in the same run")
+          f" the core's SlicePredictor.predict on the same prompt, measured in the same run; {_loadavg()}")
     parts = s.latency_parts
     n_box = len(box_lat)
     for name, lat, ref, pp in (("box", box_lat, box_core, parts[-n_box - len(click_lat):-len(click_lat)]),

@@ -21,6 +21,15 @@ except ImportError:
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The GUI tests run on PyQt6 (the `qt` extra) where it is installed; QT_API=pyqt5 keeps PyQt5.
+# Set before qtpy is imported and before pytest-qt picks its binding (pytest_configure).
+if "QT_API" not in os.environ:
+    import importlib.util
+
+    if importlib.util.find_spec("PyQt6") is not None:
+        os.environ["QT_API"] = "pyqt6"
+os.environ.setdefault("PYTEST_QT_API", os.environ.get("QT_API", "pyqt5"))
+
 
 def shared_data_dir() -> Path:
     """NAPARI_SAM_DATA, else ../shared/data beside the repository."""

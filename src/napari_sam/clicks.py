@@ -51,6 +51,14 @@ TRUNCATED_EDGE = 0.3
 FIRST_ROUND_TOP = 5
 #: two candidates with IoU above this are the same answer
 DISTINCT_IOU = 0.85
+#: ranking of the candidates shown (see :func:`candidate_order`), weights of
+#: stability, truncation and area (fraction of the slice) against predicted IoU
+#: (shared CT, one click at the deepest point of every structure on every slice,
+#: 268 clicks: candidate 1 is the best shown in 61.9 % of clicks, was 47.4 %;
+#: mean Dice of candidate 1 0.551, was 0.408; benchmarks/candidate_ranking.py)
+ORDER_STABILITY = 1.0
+ORDER_TRUNCATION = 1.5
+ORDER_AREA = 2.0
 
 
 @dataclass
@@ -63,6 +71,8 @@ class _Hyp:
     consistency: float = 0.0
     #: fraction of each box edge (top, left, bottom, right) the mask runs along
     edges: np.ndarray = field(default_factory=lambda: np.zeros(4))
+    #: stability: pixels with logit > 1 over pixels with logit > -1 (1: a crisp mask)
+    stability: float = 0.0
 
     @property
     def truncation(self) -> float:
@@ -77,7 +87,20 @@ class _Hyp:
 
     @property
     def rank_key(self) -> tuple[float, float]:
+        """Order of refinement: click agreement, then quality."""
         return (self.violations, -self.quality)
+
+    @property
+    def area(self) -> float:
+        """Fraction of the slice the mask covers."""
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    @property
+    def order_key(self) -> tuple[float, float]:
+        """Order of the candidates shown: click agreement, then predicted IoU +
+        stability - truncation - area (a leak is large, blurred and cut by its box)."""
+        return (self.violations, -(self.score + ORDER_STABILITY * self.stability
+                                   - ORDER_TRUNCATION * self.truncation - ORDER_AREA * self.area))
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -107,7 +130,7 @@ class ClickStrategy:
         if self.backend.supports_points:
             return self._predict_with_points(emb, prompt, multimask, Prediction)
         hyps = self._box_hypotheses(emb, prompt, previous)
-        chosen = self._distinct(hyps, 3 if multimask else 1)
+        chosen = distinct(candidate_order(hyps), 3 if multimask else 1)
         low = torch.stack([h.low for h in chosen])[None]
         masks = (self.backend.upsample(low, emb)[0] > 0).cpu().numpy()
         return Prediction(masks=masks, scores=np.array([h.score for h in chosen], np.float32),
@@ -149,6 +172,9 @@ class ClickStrategy:
         self._low_size = low.shape[-1]
         _, (h, w) = self._grid(emb)
         masks = (low[:, 0, :h, :w] > 0).cpu().numpy()
+        logits = low[:, 0].float()
+        loose = (logits > -1).sum(dim=(1, 2)).cpu().numpy()
+        stability = np.where(loose > 0, (logits > 1).sum(dim=(1, 2)).cpu().numpy() / np.maximum(loose, 1), 0.0)
         pos = self._to_low_rc(emb, prompt.positive)
         neg = self._to_low_rc(emb, prompt.negative)
         sy, sx = h / emb.original_size[0], w / emb.original_size[1]
@@ -165,7 +191,8 @@ class ClickStrategy:
             if mb is not None:
                 cons = _box_iou(lb, np.asarray(mb, float))
             out.append(_Hyp(box=np.asarray(box, np.float32), low=low[i, 0], score=float(scores[i, 0]), mask=m,
-                            violations=viol, consistency=cons, edges=_edge_occupancy(m, lb)))
+                            violations=viol, consistency=cons, edges=_edge_occupancy(m, lb),
+                            stability=float(stability[i])))
         return out
 
     def _clip_box(self, box, shape) -> np.ndarray:
@@ -257,13 +284,23 @@ class ClickStrategy:
 
     @staticmethod
     def _distinct(hyps: list[_Hyp], k: int) -> list[_Hyp]:
-        chosen: list[_Hyp] = []
-        for h in hyps:
-            if all(_mask_iou(h.mask, c.mask) < DISTINCT_IOU for c in chosen):
-                chosen.append(h)
-            if len(chosen) == k:
-                break
-        return chosen or hyps[:1]
+        return distinct(hyps, k)
+
+
+def candidate_order(hyps: list[_Hyp]) -> list[_Hyp]:
+    """The hypotheses in the order their masks are offered (best first, :attr:`_Hyp.order_key`)."""
+    return sorted(hyps, key=lambda h: h.order_key)
+
+
+def distinct(hyps: list[_Hyp], k: int) -> list[_Hyp]:
+    """The first ``k`` hypotheses whose masks differ (IoU < :data:`DISTINCT_IOU`), in order."""
+    chosen: list[_Hyp] = []
+    for h in hyps:
+        if all(_mask_iou(h.mask, c.mask) < DISTINCT_IOU for c in chosen):
+            chosen.append(h)
+        if len(chosen) == k:
+            break
+    return chosen or hyps[:1]
 
 
 def _edge_occupancy(mask: np.ndarray, box: np.ndarray) -> np.ndarray:

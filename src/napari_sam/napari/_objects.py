@@ -122,5 +122,8 @@ class ObjectTable:
         meta[METADATA_KEY] = entry
         labels_layer.metadata = meta
         labels_layer.colormap = self.colormap()
+        from ._layer_setup import object_features
+
+        labels_layer.features = object_features({o.id: o.name for o in self.objects})  # hover shows names
         if self.current_id is not None:
             labels_layer.selected_label = self.current_id

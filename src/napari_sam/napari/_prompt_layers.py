@@ -109,6 +109,14 @@ def make_boxes_layer(source: ImageSource, name: str = "SAM boxes") -> Any:
     return layer
 
 
+def sync_mode(layer: Any) -> None:
+    """Make the layer controls show the layer's real tool: a mode set before the layer
+    was added to the viewer is not shown by its controls (they highlight pan/zoom)."""
+    mode = str(layer.mode)
+    layer.mode = "pan_zoom"
+    layer.mode = mode
+
+
 def _marker_size(source: ImageSource) -> float:
     return float(max(6.0, min(source.shape[1:]) / 45.0))
 
@@ -181,6 +189,26 @@ def clear_slice(points: Any, boxes: Any, source: ImageSource, pos: SlicePosition
     if idx:
         boxes.selected_data = set(idx)
         boxes.remove_selected()
+
+
+#: a box smaller than this (voxels, both sides) is a stray click of the rectangle tool
+MIN_BOX_SIDE = 3.0
+
+
+def is_stray_box(boxes: Any) -> bool:
+    """True when the newest shape of ``boxes`` is under :data:`MIN_BOX_SIDE` on both sides."""
+    if boxes is None or not len(boxes.data):
+        return False
+    verts = np.asarray(boxes.data[-1], float)[:, -2:]
+    extent = verts.max(axis=0) - verts.min(axis=0)
+    return bool(np.all(extent < MIN_BOX_SIDE))
+
+
+def drop_last(layer: Any) -> None:
+    """Remove the newest point / shape of a Points or Shapes layer."""
+    if layer is not None and len(layer.data):
+        layer.selected_data = {len(layer.data) - 1}
+        layer.remove_selected()
 
 
 def keep_newest_box(boxes: Any, source: ImageSource, pos: SlicePosition) -> bool:

@@ -99,6 +99,9 @@ def labels_to_layer_data(volume: Volume, sidecar: dict[str, Any]) -> LayerData:
         kwargs.pop(key, None)
     objects = {str(k): v for k, v in sidecar["labels"].items() if isinstance(v, dict)}
     kwargs["metadata"]["napari_sam"]["objects"] = objects
+    from ._layer_setup import object_features
+
+    kwargs["features"] = object_features({int(k): v.get("name", str(k)) for k, v in objects.items()})
     kwargs["name"] = f"{kwargs['name']}"
     try:
         from napari.utils.colormaps import DirectLabelColormap

@@ -31,6 +31,7 @@ from ._background import STORES, DecodeRunner, EmbeddingQueue, SharedSliceEmbedd
 from ._geometry import layer_metadata
 from ._image_source import ImageSource
 from ._objects import ObjectTable, SegmentedObject
+from ._progress_panel import update_napari_progress
 
 #: colour of the uncommitted preview (distinct from every object colour)
 PREVIEW_COLOR = (0.0, 0.9, 1.0, 1.0)
@@ -133,6 +134,8 @@ class SegmentSession(QObject):
         self._corrections: dict[int, list] = {}
         self._closed = False
         self._connections: list[tuple[Any, Any]] = []
+        #: asked when a click or box is added: True if the press only gave focus back (it is dropped)
+        self.focus_click: Any = None
 
         self._paint_events = 0
         self._window = source.window()
@@ -264,6 +267,10 @@ class SegmentSession(QObject):
                 pass
 
     # ------------------------------------------------------------------ where we are
+    def _where(self, index: int) -> str:
+        """"slice 12" in a volume, "the image" for a 2D image (status messages)."""
+        return "the image" if self.source.is_2d else f"slice {index}"
+
     def _position_or_none(self) -> pl.SlicePosition | None:
         try:
             return pl.current_position(self.viewer, self.source)
@@ -291,7 +298,7 @@ class SegmentSession(QObject):
         self.pos = pos
         self.queue.set_store(self.store())
         if not self.queue.request(pos.index):
-            self.status.emit(f"embedding slice {pos.index} in the background...")
+            self.status.emit(f"embedding {self._where(pos.index)} in the background...")
         self.update_preview()
 
     def _on_contrast(self, event: Any = None) -> None:
@@ -309,7 +316,11 @@ class SegmentSession(QObject):
 
     # ------------------------------------------------------------------ prompts -> preview
     def _on_points_changed(self, event: Any = None) -> None:
-        if getattr(event, "action", None) in ("adding", "removing"):
+        action = getattr(event, "action", None)
+        if action in ("adding", "removing"):
+            return
+        if action == "added" and self.focus_click is not None and self.focus_click():
+            QTimer.singleShot(0, lambda: pl.drop_last(self.points))  # it only gave focus back
             return
         self.update_preview()
 
@@ -318,7 +329,10 @@ class SegmentSession(QObject):
         if action in ("adding", "removing"):
             return
         if action == "added":
-            QTimer.singleShot(0, self._keep_newest_box)
+            stray = pl.is_stray_box(self.boxes) or (self.focus_click is not None and self.focus_click())
+            QTimer.singleShot(0, (lambda: pl.drop_last(self.boxes)) if stray else self._keep_newest_box)
+            if stray:
+                return
         self.update_preview()
 
     def _keep_newest_box(self) -> None:
@@ -369,7 +383,7 @@ class SegmentSession(QObject):
             self._waiting = req
             self.queue.set_store(store)
             self.queue.request(pos.index)
-            self.status.emit(f"computing the embedding of slice {pos.index}...")
+            self.status.emit(f"computing the embedding of {self._where(pos.index)}...")
             return
         self._submit(req)
 
@@ -404,7 +418,7 @@ class SegmentSession(QObject):
     def _on_embedding_ready(self, store: SharedSliceEmbeddings, index: int) -> None:
         self.embedding_ready.emit(index)
         if index == self.pos.index and store is self.store() and self._waiting is None and not self.propagating:
-            self.status.emit(f"slice {index} ready: draw a box or click")
+            self.status.emit(f"{self._where(index)} ready: draw a box or click")
         w = self._waiting
         if w is not None and w.store is store and w.pos.index == index and w.pos == self.pos:
             self._submit(w)
@@ -430,7 +444,7 @@ class SegmentSession(QObject):
                                    "show": now - req.t_decode_end})
         self.previews_shown += 1
         k = len(result.masks)
-        self.status.emit(f"slice {req.pos.index}: candidate 1/{k} (score {float(result.scores[0]):.2f})")
+        self.status.emit(f"{self._where(req.pos.index)}: candidate 1/{k} (score {float(result.scores[0]):.2f})")
 
     def _plane_index(self, pos: pl.SlicePosition) -> tuple:
         if self.source.is_2d:
@@ -473,6 +487,14 @@ class SegmentSession(QObject):
         self._show_preview()
         k = len(self.prediction.masks)
         self.status.emit(f"candidate {self.candidate + 1}/{k} (score {float(self.prediction.scores[self.candidate]):.2f})")
+        return self.candidate
+
+    def select_candidate(self, index: int) -> int:
+        """Show candidate ``index`` (0-based, modulo their number) as the preview. Returns it."""
+        if self.prediction is None:
+            return self.candidate
+        self.candidate = int(index) % len(self.prediction.masks)
+        self._show_preview()
         return self.candidate
 
     def set_negative(self, negative: bool) -> None:
@@ -599,6 +621,7 @@ class SegmentSession(QObject):
         if self.propagating:
             notify("info", "napari-sam: cancel the propagation before undoing")
             return
+        present = set(np.unique(np.asarray(self.labels.data)).tolist())
         self._writing = True
         try:
             self.labels.undo()
@@ -607,9 +630,21 @@ class SegmentSession(QObject):
         if self._ops:
             op = self._ops.pop()
             self.objects = op.objects
+            self._drop_emptied_objects(present)
             self.objects.store_in(self.labels)
             self.objects_changed.emit()
             self.status.emit(f"undid: {op.what}")
+
+    def _drop_emptied_objects(self, present: set[int]) -> None:
+        """An unnamed object that this undo left with no pixel and no key slice goes too."""
+        if not present:
+            return
+        now = set(np.unique(np.asarray(self.labels.data)).tolist())
+        for obj in list(self.objects):
+            st = obj.state
+            if obj.id in present and obj.id not in now and obj.name == f"object {obj.id}" and (
+                    st is None or not st.key_slices):
+                self.objects.remove(obj.id)
 
     # ------------------------------------------------------------------ commit
     def commit(self) -> bool:
@@ -643,14 +678,14 @@ class SegmentSession(QObject):
         before = self.objects.snapshot()
         change = self._plane_change(pos, obj.id, None if stop else mask)
         self._write(lambda: self.labels.data_setitem(*change) if change else None, before,
-                    f"commit slice {pos.index} of {obj.name}")
+                    f"commit {self._where(pos.index)} of {obj.name}")
         if not self.source.is_2d:
             if stop:
                 obj.state.add_stop(pos.index, self.prediction_prompt.points)
             else:
                 obj.state.set_user_mask(pos.index, mask)
         self.clear_prompts()
-        self.status.emit(f"committed slice {pos.index} to {obj.name}" + (" (object absent)" if stop else ""))
+        self.status.emit(f"committed {self._where(pos.index)} to {obj.name}" + (" (object absent)" if stop else ""))
         return True
 
     def _state_for(self, obj: SegmentedObject, axis: int) -> Any:
@@ -781,11 +816,9 @@ class SegmentSession(QObject):
             return
         pos = pl.SlicePosition(obj.state.axis, int(update.index))
         self._write_plane_live(pos, obj, update.mask)
-        pbar = self._prop_pbar  # (napari's progress events may run the finished handler re-entrantly)
-        if pbar is not None:
-            pbar.total = int(update.total)
-            pbar.n = int(update.done)
-            pbar.set_description(f"napari-sam: {obj.name}: {update.message}")
+        # (napari's progress events may run the finished handler re-entrantly: take pbar once)
+        update_napari_progress(self._prop_pbar, int(update.done), int(update.total),
+                               f"napari-sam: {obj.name}: {update.message}")
         self.propagation_progress.emit(int(update.index), int(update.done), int(update.total))
 
     def _on_propagation_finished(self, worker: Any) -> None:

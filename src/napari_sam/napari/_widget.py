@@ -11,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from qtpy.QtCore import Qt, Signal
+import numpy as np
+
+from qtpy.QtCore import QStringListModel, Qt, Signal
 from qtpy.QtGui import QColor, QIcon, QPixmap
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
                             QLineEdit, QListWidget, QListWidgetItem, QPushButton, QToolButton, QVBoxLayout, QWidget)
 
 from ..errors import NapariSamError
@@ -21,6 +23,14 @@ from ..models.base import Backend
 from . import _prompt_layers as pl
 from ._image_source import ImageSource
 from ._session import SegmentSession, notify
+from ._candidates_view import CandidatesView
+from ._compact import help_button, scrolling_layout
+from ._layer_setup import widen_contrast_range
+from ._vocabulary import remember_name, vocabulary
+from ._reader_preference import ReaderOffer
+from ._settings import default_export_path, remember_export
+from ._progress_panel import ProgressPanel
+from ._shortcuts import FocusClickGuard, WindowShortcuts
 
 #: action -> (key, what it does); bound on the viewer while the widget is open
 SHORTCUTS: dict[str, tuple[str, str]] = {
@@ -72,6 +82,7 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self._bind_keys()
+        self._focus_guard = FocusClickGuard(self.viewer)
         self._update_enabled()
 
     # ------------------------------------------------------------------ UI
@@ -87,7 +98,10 @@ class SegmentWidget(QWidget):
     def _build_ui(self) -> None:
         from ..models.registry import REGISTRY
 
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)  # fits a 1080 px screen with Segment everything docked too
+        self.reader_offer = ReaderOffer()  # once: make napari-sam napari's reader for medical files
+        lay.addWidget(self.reader_offer)
+        self.reader_offer.setVisible(self.reader_offer.should_offer())  # (after parenting, which hides)
         form = QFormLayout()
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The image layer to segment (2D grayscale or RGB, or a 3D volume)")
@@ -160,6 +174,9 @@ class SegmentWidget(QWidget):
         row.addWidget(self.candidate_button)
         row.addWidget(self.clear_button)
         bl.addLayout(row)
+        self.candidates_view = CandidatesView(self.select_candidate)
+        self.candidates_view.setVisible(False)
+        bl.addWidget(self.candidates_view)
         self.commit_button = self._button("Commit to object", "commit", self.commit, "")
         bl.addWidget(self.commit_button)
         lay.addWidget(box)
@@ -172,6 +189,17 @@ class SegmentWidget(QWidget):
         self.object_list.currentItemChanged.connect(self._on_object_selected)
         self.object_list.itemChanged.connect(self._on_object_edited)
         ol.addWidget(self.object_list)
+        self.name_edit = QLineEdit()
+        self.name_edit.setPlaceholderText("name the current object (liver, nucleus, ...)")
+        self.name_edit.setToolTip("Name of the current object; suggestions from anatomy and cell names "
+                                  "and the names you typed before. Enter to apply")
+        self._completer_model = QStringListModel(vocabulary())
+        completer = QCompleter(self._completer_model, self.name_edit)
+        completer.setCaseSensitivity(Qt.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchContains)
+        self.name_edit.setCompleter(completer)
+        self.name_edit.returnPressed.connect(self._apply_name)
+        ol.addWidget(self.name_edit)
         row = QHBoxLayout()
         self.add_button = self._button("Add", "add_object", self.add_object, "")
         self.rename_button = self._button("Rename", None, self.rename_object, "Rename the selected object")
@@ -194,6 +222,8 @@ class SegmentWidget(QWidget):
                                              "Compute every slice's image embedding in the background "
                                              "(otherwise slices are embedded when first needed)")
         vl.addWidget(self.embed_all_button)
+        self.progress_panel = ProgressPanel(on_slice=self._show_slice)
+        vl.addWidget(self.progress_panel)
         lay.addWidget(vbox)
 
         row = QHBoxLayout()
@@ -209,18 +239,18 @@ class SegmentWidget(QWidget):
         self.status_label = QLabel("Choose an image layer and press Start.")
         self.status_label.setWordWrap(True)
         lay.addWidget(self.status_label)
-        keys = QLabel("<small>" + "<br>".join(f"<b>{k}</b>: {w}" for k, w in SHORTCUTS.values()) + "</small>")
-        keys.setTextFormat(Qt.RichText)
-        keys.setWordWrap(True)
-        keys.setToolTip("Keyboard shortcuts (active while this widget is open)")
-        lay.addWidget(keys)
+        self.help_button = help_button(
+            "Keyboard shortcuts (anywhere in the viewer window while this widget is open):<br>"
+            + "<br>".join(f"<b>{k}</b>: {w}" for k, w in SHORTCUTS.values()))
+        lay.addWidget(self.help_button)
         lay.addStretch(1)
 
     def _style_negative(self, negative: bool) -> None:
         color = pl.NEGATIVE_COLOR if negative else pl.POSITIVE_COLOR
         self.negative_button.setText("Clicks: negative" if negative else "Clicks: positive")
         self.negative_button.setChecked(negative)
-        self.negative_button.setStyleSheet(f"QPushButton {{ border: 2px solid {color}; color: {color}; }}")
+        style = f"QPushButton {{ border: 2px solid {color}; color: {color}; }}"
+        self.negative_button.setStyleSheet(style if self.session is not None else "")  # no colour before Start
 
     def _set_zoom(self, on: bool) -> None:
         if self.session is not None:
@@ -244,12 +274,19 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------ keys
     def _bind_keys(self) -> None:
+        actions = {}
         for action, (key, _what) in SHORTCUTS.items():
             method = getattr(self, action if action != "export" else "export_dialog")
             self.viewer.bind_key(key, lambda _viewer, m=method: m(), overwrite=True)
             self._bound_keys.append(key)
+            actions[key] = method
+        # the same keys wherever focus is in the window (the dock, the layer list)
+        self._window_shortcuts = WindowShortcuts(self.viewer, actions)
 
     def _unbind_keys(self) -> None:
+        if getattr(self, "_window_shortcuts", None) is not None:
+            self._window_shortcuts.close()
+            self._window_shortcuts = None
         for key in self._bound_keys:
             try:
                 self.viewer.bind_key(key, None, overwrite=True)
@@ -269,8 +306,11 @@ class SegmentWidget(QWidget):
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         self.image_combo.addItems(names)
+        active = self.viewer.layers.selection.active
         if current in names:
             self.image_combo.setCurrentText(current)
+        elif active is not None and active.name in names:
+            self.image_combo.setCurrentText(active.name)
         self.image_combo.blockSignals(False)
 
     def _on_layer_removed(self, event: Any = None) -> None:
@@ -370,18 +410,27 @@ class SegmentWidget(QWidget):
             notify("error", f"napari-sam: {exc}")
             return
         self.session = session
+        session.focus_click = self._focus_guard.take_focus_click
         session.zoom = self.zoom_check.isChecked()
         session.status.connect(self._set_status)
+        session.preview_changed.connect(self._refresh_candidates)
         session.objects_changed.connect(self._refresh_objects)
         session.propagation_started.connect(self._update_enabled)
         session.propagation_finished.connect(lambda _c: self._update_enabled())
+        session.propagation_started.connect(lambda: self.progress_panel.started(
+            session.objects.current.name if session.objects.current else ""))
+        session.propagation_progress.connect(self.progress_panel.advanced)
+        session.propagation_finished.connect(self.progress_panel.finished)
         self._refresh_objects()
         self._style_negative(False)
         self._update_enabled()
         dev = getattr(backend, "device", "cpu")
         kind = "2D image" if source.is_2d else f"volume {source.shape}"
         self._set_status(f"{backend.name} on {dev}; {kind}. Draw a box (Shapes layer) or click (Points layer).")
+        widen_contrast_range(source.layer)  # lung / bone windows stay reachable
         self.viewer.layers.selection.active = session.boxes
+        for layer in (session.points, session.boxes):
+            pl.sync_mode(layer)
         self.session_started.emit()
 
     def stop(self) -> None:
@@ -393,8 +442,22 @@ class SegmentWidget(QWidget):
         if self.session is not None:
             self.session.close()
             self.session = None
+            self._style_negative(False)
         self._refresh_objects()
         self._update_enabled()
+
+    def _show_slice(self, index: int) -> None:
+        """Move the viewer to slice ``index`` along the propagated axis (follow the front)."""
+        s = self.session
+        obj = s.objects.current if s is not None else None
+        if s is None or s.source.is_2d or obj is None or obj.state is None:
+            return
+        layer = s.source.layer
+        voxel = [0.0] * layer.ndim
+        voxel[obj.state.axis] = float(index)
+        world = layer.data_to_world(voxel)
+        offset = self.viewer.dims.ndim - layer.ndim
+        self.viewer.dims.set_point(obj.state.axis + offset, world[obj.state.axis])
 
     def _need_session(self) -> SegmentSession | None:
         if self.session is None:
@@ -416,6 +479,20 @@ class SegmentWidget(QWidget):
     def next_candidate(self) -> int:
         s = self._need_session()
         return s.next_candidate() if s is not None else 0
+
+    def select_candidate(self, index: int) -> int:
+        """Preview candidate ``index`` (0-based; as clicking its thumbnail does)."""
+        s = self._need_session()
+        return s.select_candidate(index) if s is not None else 0
+
+    def _refresh_candidates(self) -> None:
+        s = self.session
+        p = s.prediction if s is not None else None
+        if p is None or s.prediction_pos is None or s.preview_mask is None:
+            self.candidates_view.show_candidates(None, None, None, 0)
+            return
+        plane = np.take(s.source.volume, s.prediction_pos.index, axis=s.prediction_pos.axis)
+        self.candidates_view.show_candidates(s.source.window().apply(plane), p.masks, p.scores, s.candidate)
 
     def clear_prompts(self) -> None:
         s = self._need_session()
@@ -465,6 +542,19 @@ class SegmentWidget(QWidget):
             name = text
         s.rename_object(oid, name)
 
+    def _apply_name(self) -> None:
+        """Rename the current object to the name field's text and remember the name."""
+        name = self.name_edit.text().strip()
+        s = self.session
+        if not name or s is None:
+            return
+        if s.objects.current is None:
+            s.add_object(name)
+        else:
+            s.rename_object(s.objects.current.id, name)
+        remember_name(name)
+        self._completer_model.setStringList(vocabulary())
+
     def delete_object(self, object_id: int | None = None) -> None:
         s = self._need_session()
         if s is None or s.objects.current is None:
@@ -510,12 +600,14 @@ class SegmentWidget(QWidget):
         s = self._need_session()
         if s is None:
             return []
-        src = s.source.layer.metadata.get("napari_sam", {}).get("path")
-        base = Path(src).parent if src else Path.home()
-        path, _ = QFileDialog.getSaveFileName(self, "Save labels", str(base / f"{s.labels.name}.nii.gz"),
+        proposed = default_export_path(s.source.layer.name)
+        path, _ = QFileDialog.getSaveFileName(self, "Save labels", str(proposed),
                                               "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha);;"
                                               "3D Slicer segmentation (*.seg.nrrd);;DICOM SEG (*.dcm)")
-        return self.export(path) if path else []
+        out = self.export(path) if path else []
+        if out:
+            remember_export(out[0])
+        return out
 
     # ------------------------------------------------------------------ objects list
     def _refresh_objects(self) -> None:
@@ -547,6 +639,7 @@ class SegmentWidget(QWidget):
     def _on_object_selected(self, item: QListWidgetItem | None, _prev: Any = None) -> None:
         if item is not None and self.session is not None:
             self.session.select_object(int(item.data(Qt.UserRole)))
+            self.name_edit.setText(item.text())
 
     def _on_object_edited(self, item: QListWidgetItem) -> None:
         if self.session is not None:
@@ -561,6 +654,7 @@ class SegmentWidget(QWidget):
         """Stop background work, unbind the shortcuts (layers stay in the viewer)."""
         self._stop_session()
         self._unbind_keys()
+        self._focus_guard.close()
         try:
             self.viewer.layers.events.inserted.disconnect(self._refresh_images)
             self.viewer.layers.events.removed.disconnect(self._on_layer_removed)

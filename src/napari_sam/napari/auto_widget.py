@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                            QPushButton, QSpinBox, QWidget)
 
 from ..automatic import AutomaticSegmenter, AutoSettings, ProgressEvent
 from ..errors import NapariSamError
@@ -133,13 +133,14 @@ class AutoSegmentWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        layout = QVBoxLayout()
+        from ._compact import scrolling_layout
+
+        layout = scrolling_layout(self)  # fits a 1080 px screen beside the Segment Anything widget
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
-        self.setLayout(layout)
 
     @staticmethod
     def _unit_spin(tip: str) -> QDoubleSpinBox:
@@ -157,8 +158,11 @@ class AutoSegmentWidget(QWidget):
         names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
         self.image_combo.clear()
         self.image_combo.addItems(names)
+        active = self.viewer.layers.selection.active
         if current in names:
             self.image_combo.setCurrentText(current)
+        elif isinstance(active, Image):  # first fill: the image the user has selected, not the first one
+            self.image_combo.setCurrentText(active.name)
 
     def _apply_preset(self) -> None:
         """Show the chosen preset's defaults in the parameter fields."""
