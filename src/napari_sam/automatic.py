@@ -62,6 +62,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from .cache import content_hash
+from .label_ops import relabel_sequential
 from .errors import InputError, NapariSamError
 from .models.base import Backend, Embedding
 from .tiling import DEFAULT_HALO, DEFAULT_TILE_SHAPE, TileGrid
@@ -300,14 +301,6 @@ def _boxes_of_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(ids, np.int32)
 
 
-def _relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    return lut[labels]
-
-
 def _split_touching(fg: np.ndarray, depth: float, smooth: float) -> np.ndarray:
     """Split a foreground mask into objects by a watershed on its distance transform.
 
@@ -401,7 +394,7 @@ def structure_proposals(image01: np.ndarray, kind: str, diameter: float, polarit
     sizes = np.bincount(regions.ravel())
     bad = (sizes < max(1, min_size)) | (sizes > max_size)
     bad[0] = False
-    regions = _relabel_sequential(np.where(bad[regions], 0, regions))
+    regions = relabel_sequential(np.where(bad[regions], 0, regions))
     boxes, _ = _boxes_of_labels(regions)
     return Proposals(boxes=boxes, regions=regions)
 
@@ -693,7 +686,7 @@ def link_slices(labels: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
             lut[k] = v
         out[z] = lut[labels[z]]
         prev_map = cur_map
-    return _relabel_sequential(out)
+    return relabel_sequential(out)
 
 
 # --------------------------------------------------------------------------- the segmenter

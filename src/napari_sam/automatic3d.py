@@ -46,6 +46,7 @@ from scipy import ndimage
 
 from .automatic import AutoResult, Progress, ProgressEvent, _drive, estimate_object_diameter, refine_diameter
 from .errors import InputError
+from .label_ops import drop_small, relabel_sequential
 from .models.base import Backend
 from .zoom import CropEmbeddings
 
@@ -172,12 +173,7 @@ def split_instances_3d(fg: np.ndarray, flat: np.ndarray, spacing: np.ndarray, di
     relief = dist / max(float(dist.max()), 1e-6) + (bright - lo) / max(hi - lo, 1e-6)
     markers, _ = ndimage.label(h_maxima(relief, depth) & fg)
     labels = watershed(-relief, markers, mask=fg).astype(np.int32)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_voxels
-    keep[0] = False
-    lut = np.zeros(len(sizes), np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+    return drop_small(labels, min_voxels)
 
 
 def _central_boxes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
@@ -250,7 +246,7 @@ class StackSegmenter:
         if st.use_model and self.backend is not None and labels.max() > 0:
             labels, n_prompts = yield from self._model_check(vol, labels, flat, timings, volume_key)
         t = time.perf_counter()
-        labels = _relabel(labels)
+        labels = relabel_sequential(labels)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         enc = self.encoder_calls - enc0
@@ -334,14 +330,6 @@ class StackSegmenter:
                 out[k] = np.logical_and(back, ref).sum() / max(1, np.logical_or(back, ref).sum())
         timings["decoder"] += time.perf_counter() - t
         return out
-
-
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    return lut[labels]
 
 
 def parse_spacing(text: str) -> tuple[float, float, float]:

@@ -290,11 +290,9 @@ def write_dicom_seg(
     def verify(tmp: Path) -> None:
         back = read_dicom_seg(tmp, volume)
         if back.labels.shape != expected.shape or not np.array_equal(back.labels, expected):
-            raise OSError(
-                f"{path}: the DICOM SEG read back differs from the label map; not written"
-            )
+            raise ValueError("the DICOM SEG read back differs from the label map")
 
-    return write_atomically(path, lambda tmp: seg.save_as(str(tmp)), verify)
+    return write_atomically(path, lambda tmp: seg.save_as(str(tmp)), verify, kind="DICOM SEG")
 
 
 def _segment_info(seg) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]:

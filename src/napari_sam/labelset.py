@@ -8,8 +8,6 @@ mm, LPS), and for each label id its name and (r, g, b) 0..255 colour.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .io import Geometry, default_color
+from .outputs import OutputFile, write_outputs
 
 
 @dataclass
@@ -47,40 +46,13 @@ class LabelSet:
         return tuple(int(v) for v in c[:3])  # type: ignore[return-value]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_atomically(
-    path: Path, write: Callable[[Path], None], verify: Callable[[Path], None], suffix: str = ".tmp"
+    path: Path, write: Callable[[Path], None], verify: Callable[[Path], None], kind: str = "segmentation"
 ) -> Path:
-    """Write ``path`` through a temporary file in the same folder.
-
-    write(tmp) writes the content; the file is fsynced, given the mode a new
-    file gets under the user's umask, checked by verify(tmp) (reads it back,
-    raises on a mismatch), then renamed over ``path``. Nothing is left
-    behind on failure. suffix: the temporary file's (writers that pick the
-    format by suffix need it, e.g. ``.tmp.nrrd``).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    name = path.name
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        verify(tmp)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write ``path`` through a temporary file in the same folder, verified,
+    with the umask's permissions: one file through
+    :func:`napari_sam.outputs.write_outputs` (callers check overwriting and
+    inputs before they build the file). write(tmp) writes the content;
+    verify(tmp) reads it back and raises on a mismatch."""
+    write_outputs([OutputFile(Path(path), write, verify, kind)], overwrite=True)
+    return Path(path)

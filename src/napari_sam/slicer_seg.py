@@ -120,13 +120,13 @@ def write_slicer_seg(
         if not np.array_equal(back.labels, labels) or any(
             back.names.get(i) != (names.get(i) or f"object_{i}") for i in back.names
         ):
-            raise OSError(f"{path}: the segmentation read back differs; not written")
+            raise ValueError("the segmentation read back differs")
 
     return write_atomically(
         path,
         lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True),
         verify,
-        suffix=".tmp.nrrd",
+        kind="Slicer segmentation",
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
+from .label_ops import drop_small
 
 
 @dataclass(frozen=True)
@@ -95,16 +96,6 @@ def _render(shape: tuple[int, int, int], spacing: np.ndarray,
     return labels
 
 
-def _relabel_by_size(labels: np.ndarray, min_voxels: int) -> np.ndarray:
-    """Drop objects smaller than ``min_voxels`` (clipped at the stack's edge) and number the rest 1..N."""
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_voxels
-    keep[0] = False
-    lut = np.zeros(len(sizes), np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
-
-
 def nuclei_stack(shape: tuple[int, int, int] = (31, 61, 57), spacing: tuple[float, float, float] = (1.0, 0.25, 0.25),
                  n_nuclei: int | None = None, radius_um: tuple[float, float] = (1.4, 2.0),
                  contrast: float = 1.3, background: float = 178.0, touching: float = 0.35,
@@ -134,7 +125,7 @@ def nuclei_stack(shape: tuple[int, int, int] = (31, 61, 57), spacing: tuple[floa
     objects = [(c, a, _rotation(rng)) for c, a in placed]
     labels = _render(shape, sp, objects)
     min_vox = max(4, int(0.15 * 4.0 / 3.0 * np.pi * r_mean ** 3 / np.prod(sp)))
-    labels = _relabel_by_size(labels, min_vox)
+    labels = drop_small(labels, min_vox)
     n = int(labels.max())
     # brightness: background with a smooth gradient and blotches, nuclei at `contrast` with texture
     zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
@@ -162,5 +153,5 @@ def nuclei_image(shape: tuple[int, int] = (256, 256), pixel_um: float = 0.5, con
     depth = 2.0 * float(np.mean(kw.get("radius_um", (3.0, 4.5))))
     kw.setdefault("radius_um", (3.0, 4.5))
     st = nuclei_stack((3,) + tuple(shape), (depth / 6.0,) + (pixel_um,) * 2, contrast=contrast, seed=seed, **kw)
-    return SyntheticStack(image=st.image[1:2], labels=_relabel_by_size(st.labels[1:2], 4),
+    return SyntheticStack(image=st.image[1:2], labels=drop_small(st.labels[1:2], 4),
                           spacing=st.spacing, contrast=st.contrast)
