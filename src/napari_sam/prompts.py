@@ -180,7 +180,7 @@ class PromptsFile:
                                  f"object's range {list(obj.range)}")
 
 
-#: The keys allowed at each level of a prompts file (one place; docs/prompts.md lists them).
+#: The keys allowed at each level of a prompts file (one place; the README's "The prompts file" describes them).
 TOP_KEYS = ("objects", "window")
 OBJECT_KEYS = ("id", "name", "prompts", "window", "color", "propagate", "axis", "range", "corrections",
                "adapt")
