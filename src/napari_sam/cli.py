@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment an image from a prompts file")
     seg.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
-    seg.add_argument("--prompts", default=None, help="prompts JSON (its format: README, "The prompts file"); optional with --init")
+    seg.add_argument("--prompts", default=None, help="prompts JSON (format: the README's section 'The prompts file'); optional with --init")
     seg.add_argument("--init", default=None, metavar="LABELS",
                      help="existing segmentation to refine: label map, DICOM SEG or .seg.nrrd; each label becomes "
                           "an object whose slices are key slices (see docs/export.md)")
