@@ -47,6 +47,13 @@ def rss() -> int:
         return int(fh.read().split()[1]) * 4096
 
 
+def peak_rss() -> int:
+    """Peak resident set size of this process so far, bytes (Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def run(backend, n: int) -> tuple[float, float, seg.SegmentationResult]:
     volume, prompts = make_case(n)
     gc.collect()
@@ -67,7 +74,7 @@ def main() -> None:
     for m in (n // 10, n):
         rate, grown, _ = run(backend, m)
         print(f"batched   {m:6d} objects: {rate:7.1f} objects/s, RSS growth {grown / 2**20:7.1f} MiB "
-              f"({grown / m / 1024:.1f} KiB/object)")
+              f"({grown / m / 1024:.1f} KiB/object); process peak RSS so far {peak_rss() / 2**20:.0f} MiB")
     rate_b, _, batched = run(backend, k)
     real = seg.is_plain_box
     seg.is_plain_box = lambda p: False  # the per-object path
