@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import locale
 import os
 import subprocess
 import sys
@@ -32,7 +33,21 @@ def write_dicom_series(folder: Path, n: int = 6, spacing: float = 2.0, positions
                        series_uid: str = "1.2.826.0.1.3680043.2.1125.1.1", size: tuple[int, int] = (16, 16),
                        orientations: list[str] | None = None, sizes: list[tuple[int, int]] | None = None,
                        start: int = 0) -> list[Path]:
-    """A CT series of ``n`` slices along z, one file each; returns the files."""
+    """A CT series of ``n`` slices along z, one file each; returns the files.
+
+    GDCM's DICOM writer switches the process's locale to "C", which would make
+    every later ``subprocess.run(..., text=True)`` of the test session decode
+    as ASCII: the locale is restored afterwards."""
+    saved = locale.setlocale(locale.LC_CTYPE)
+    try:
+        return _write_dicom_series(folder, n, spacing, positions, series_uid, size, orientations, sizes, start)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+
+
+def _write_dicom_series(folder: Path, n: int, spacing: float, positions: list[float] | None, series_uid: str,
+                        size: tuple[int, int], orientations: list[str] | None,
+                        sizes: list[tuple[int, int]] | None, start: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     zs = positions if positions is not None else [k * spacing for k in range(n)]
     files = []

@@ -342,11 +342,12 @@ def _auto_settings(args: argparse.Namespace, is_ct: bool):
 def _cmd_auto(args: argparse.Namespace) -> int:
     from .automatic import AutomaticSegmenter
     from .cache import content_hash, embedding_key, model_identity
-    from .intensity import looks_like_hounsfield, parse_window, resolve_window
+    from .intensity import parse_window, resolve_window
     from .export import check_result_for, check_result_path, write_result
     from .io import Geometry, read_image
     from .models.registry import load_model
     from .large import auto_large, check_tiled_paths, wants_tiled
+    from .segmentation import is_ct
     from .zoom import CropEmbeddings
 
     if wants_tiled(args.image, args.output):  # zarr in or out: tiles as Dask tasks (docs/scaling.md)
@@ -357,7 +358,8 @@ def _cmd_auto(args: argparse.Namespace) -> int:
                               args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
         finally:
             bar.close()
-        print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
+        if not args.quiet:
+            print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
         return 0
     out = check_result_path(args.output, args.overwrite, inputs=(args.image, args.checkpoint))
     if args.spacing:
@@ -369,9 +371,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         window_spec = parse_window(window_spec)
     volume = read_image(args.image, series=args.series)
     check_result_for(out, volume)
-    is_ct = (volume.metadata.get("modality") or "").upper() == "CT" or (
-        not volume.is_rgb and volume.metadata.get("modality") is None and looks_like_hounsfield(volume.array))
-    preset, settings = _auto_settings(args, is_ct)
+    preset, settings = _auto_settings(args, is_ct(volume))
     if not volume.is_2d and out.name.lower().endswith((".tif", ".tiff")) and volume.geometry != Geometry():
         raise InputError(f"{out}: a 3D label map keeps its geometry only as .nii.gz, .nii, .nrrd or .mha")
     window = resolve_window(volume.array, window_spec, volume.metadata.get("modality"),

@@ -29,7 +29,8 @@ import numpy as np
 from .anatomy_codes import code_for_name
 from .errors import InputError
 from .io import Geometry, Volume
-from .labelset import LabelSet, write_atomically
+from .labelset import LabelSet
+from .outputs import OutputFile, write_outputs
 
 SEG_SUFFIX = ".dcm"
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -255,30 +256,27 @@ def build_dicom_seg(
     return seg, notes
 
 
-def write_dicom_seg(
+def dicom_seg_output(
     path: str | Path,
     labels: np.ndarray,
     volume: Volume,
     names: Mapping[int, str] | None = None,
     colors: Mapping[int, tuple[int, int, int]] | None = None,
     model: str | None = None,
-    overwrite: bool = False,
     algorithm_type: str = "SEMIAUTOMATIC",
     notes: list[str] | None = None,
     encoding: str = "BINARY",
-) -> Path:
-    """Write ``labels`` (z, row, col; ids as segment numbers) as one DICOM SEG file at ``path``.
+) -> OutputFile:
+    """``labels`` (z, row, col; ids as segment numbers) as one DICOM SEG file at
+    ``path``: the :class:`~napari_sam.outputs.OutputFile` that writes it and
+    verifies it voxel for voxel, for :func:`~napari_sam.outputs.write_outputs`.
 
     ``volume`` must have been read from a DICOM series (InputError
-    otherwise). The file is written atomically (temporary file beside it,
-    fsync, read back and compared voxel for voxel, rename). Returns ``path``.
-    notes: a list that gets one line per source UID that had to be filled
-    (an anonymised series); print them for the user.
+    otherwise). notes: a list that gets one line per source UID that had to
+    be filled (an anonymised series); print them for the user.
     """
     path = Path(path)
     check_dicom_source(volume, path)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: output exists; pass --overwrite to replace it")
     seg, filled = build_dicom_seg(labels, volume, names, colors, model, algorithm_type, encoding)
     if notes is not None:
         notes.extend(filled)
@@ -292,7 +290,26 @@ def write_dicom_seg(
         if back.labels.shape != expected.shape or not np.array_equal(back.labels, expected):
             raise ValueError("the DICOM SEG read back differs from the label map")
 
-    return write_atomically(path, lambda tmp: seg.save_as(str(tmp)), verify, kind="DICOM SEG")
+    return OutputFile(path, lambda tmp: seg.save_as(str(tmp)), verify, "DICOM SEG")
+
+
+def write_dicom_seg(
+    path: str | Path,
+    labels: np.ndarray,
+    volume: Volume,
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    model: str | None = None,
+    overwrite: bool = False,
+    algorithm_type: str = "SEMIAUTOMATIC",
+    notes: list[str] | None = None,
+    encoding: str = "BINARY",
+) -> Path:
+    """Write :func:`dicom_seg_output` atomically (temporary file beside it,
+    fsync, read back and compared voxel for voxel, rename). Returns ``path``."""
+    out = dicom_seg_output(path, labels, volume, names, colors, model, algorithm_type, notes, encoding)
+    write_outputs([out], overwrite=overwrite)
+    return out.path
 
 
 def _segment_info(seg) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]:

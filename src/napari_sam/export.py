@@ -11,7 +11,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import InputError
 from .io import Volume, check_output_path, write_labels
 
 
@@ -68,38 +67,24 @@ def write_result(
     (e.g. source UIDs a DICOM SEG had to fill). seg_encoding: "BINARY" or
     "LABELMAP" for a DICOM SEG. inputs: files no output may replace. more:
     further :class:`napari_sam.outputs.OutputFile` s of the result (e.g. the
-    overview), written with a plain label map as one set, after a one-file
-    format. Returns the path written.
+    overview), written with it as one set: all land or none. Returns the
+    path written.
     """
-    from .outputs import check_targets, write_outputs
+    from .outputs import write_outputs
 
     kind = output_kind(path)
-    if kind != "labels":
-        check_targets([path, *(m.path for m in more)], inputs, overwrite)
-    if kind == "dicom_seg":
-        from .dicom_seg import write_dicom_seg
-
-        out = write_dicom_seg(
-            path,
-            labels,
-            volume,
-            names,
-            colors,
-            model=model,
-            overwrite=overwrite,
-            algorithm_type=algorithm_type,
-            notes=notes,
-            encoding=seg_encoding,
+    if kind == "labels":
+        return write_labels(
+            path, labels, volume.geometry, names, colors, overwrite=overwrite, extra=extra, inputs=inputs,
+            more=more,
         )
-        write_outputs(more, inputs, overwrite)
-        return out
-    if kind == "slicer_seg":
-        from .slicer_seg import write_slicer_seg
+    if kind == "dicom_seg":
+        from .dicom_seg import dicom_seg_output
 
-        out = write_slicer_seg(path, labels, volume.geometry, names, colors, overwrite=overwrite)
-        write_outputs(more, inputs, overwrite)
-        return out
-    return write_labels(
-        path, labels, volume.geometry, names, colors, overwrite=overwrite, extra=extra, inputs=inputs,
-        more=more,
-    )
+        main = dicom_seg_output(path, labels, volume, names, colors, model, algorithm_type, notes, seg_encoding)
+    else:
+        from .slicer_seg import slicer_seg_output
+
+        main = slicer_seg_output(path, labels, volume.geometry, names, colors)
+    write_outputs([main, *more], inputs, overwrite)  # the segmentation and its overview land together
+    return main.path

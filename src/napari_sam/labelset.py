@@ -1,5 +1,6 @@
-"""A label map with its geometry and per-label names and colours, and the
-atomic file writing the DICOM SEG and Slicer exports share.
+"""A label map with its geometry and per-label names and colours: what the
+DICOM SEG and Slicer exports carry (they write through
+:func:`napari_sam.outputs.write_outputs`).
 
 A :class:`LabelSet` is what those formats carry in and out: a (z, y, x)
 integer label map, its :class:`~napari_sam.io.Geometry` (ITK convention,
@@ -9,13 +10,11 @@ mm, LPS), and for each label id its name and (r, g, b) 0..255 colour.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .io import Geometry, default_color
-from .outputs import OutputFile, write_outputs
 
 
 @dataclass
@@ -44,15 +43,3 @@ class LabelSet:
         if c is None:
             return default_color(label_id)
         return tuple(int(v) for v in c[:3])  # type: ignore[return-value]
-
-
-def write_atomically(
-    path: Path, write: Callable[[Path], None], verify: Callable[[Path], None], kind: str = "segmentation"
-) -> Path:
-    """Write ``path`` through a temporary file in the same folder, verified,
-    with the umask's permissions: one file through
-    :func:`napari_sam.outputs.write_outputs` (callers check overwriting and
-    inputs before they build the file). write(tmp) writes the content;
-    verify(tmp) reads it back and raises on a mismatch."""
-    write_outputs([OutputFile(Path(path), write, verify, kind)], overwrite=True)
-    return Path(path)

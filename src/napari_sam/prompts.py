@@ -154,6 +154,9 @@ class PromptsFile:
                 raise InputError(f"object {obj.id} ({obj.name}): axis must be 0, 1 or 2 (0 for a 2D image)")
             if is_2d and obj.propagate:
                 raise InputError(f"object {obj.id} ({obj.name}): 'propagate' needs a 3D image; this one is 2D")
+            if obj.corrections and not obj.propagate:
+                raise InputError(f"object {obj.id} ({obj.name}): 'corrections' act on a 3D result; "
+                                 f"set \"propagate\": true")
             n = shape[obj.axis]
             plane = tuple(s for i, s in enumerate(shape[:3]) if i != obj.axis)
             for p in obj.prompts:

@@ -24,7 +24,6 @@ import numpy as np
 from .box_batches import decode_boxes, is_plain_box
 from .cache import SliceEmbeddings
 from .corrections import Correction, apply_corrections
-from .errors import InputError
 from .finetune.adapt import adapt_to_slices
 from .intensity import Window, looks_like_hounsfield, resolve_window
 from .io import Volume
@@ -81,15 +80,21 @@ def merge_slice_prompts(prompts: list[SlicePrompt]) -> dict[int, SlicePrompt]:
     return by_slice
 
 
+def is_ct(volume: Volume) -> bool:
+    """Whether ``volume`` is CT: its DICOM modality says so, or, without one,
+    a grey image whose values look like Hounsfield units."""
+    modality = volume.metadata.get("modality")
+    return (modality or "").upper() == "CT" or (
+        modality is None and not volume.is_rgb and looks_like_hounsfield(volume.array))
+
+
 def key_choice_for(volume: Volume) -> str:
     """How box key slices pick their mask (:class:`Propagator`'s ``key_choice``):
     the model's single output on CT (where it is the better one: see
     docs/propagation.md), the candidate that best explains the box elsewhere
     (MR: the IoU head is uncalibrated there and the single output often takes
     a sub-part of the object)."""
-    modality = volume.metadata.get("modality")
-    is_ct = (modality or "").upper() == "CT" or (modality is None and looks_like_hounsfield(volume.array))
-    return "single" if is_ct else "box_fit"
+    return "single" if is_ct(volume) else "box_fit"
 
 
 def object_window(volume: Volume, obj: ObjectPrompts, file_window=None, override=None) -> Window:
@@ -108,7 +113,8 @@ def state_for_object(obj: ObjectPrompts, shape: tuple[int, int, int]) -> Propaga
 
 
 def _adapt_and_repropagate(backend: Backend, embeddings: SliceEmbeddings, state: PropagationState,
-                           stop_rules: StopRules | None, progress: Progress, cancel: Cancel | None) -> None:
+                           stop_rules: StopRules | None, progress: Progress, cancel: Cancel | None,
+                           key_choice: str = "single") -> None:
     """``"adapt": true``: adapt a copy of the model to the object's key-slice masks
     (:mod:`napari_sam.finetune.adapt`), then propagate the object again with it."""
     keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
@@ -116,7 +122,7 @@ def _adapt_and_repropagate(backend: Backend, embeddings: SliceEmbeddings, state:
         return
     adapted = adapt_to_slices(backend, embeddings, keys, cancel=cancel).backend
     state.mark_all()
-    Propagator(adapted, embeddings, rules=stop_rules).propagate(state, progress, cancel)
+    Propagator(adapted, embeddings, rules=stop_rules, key_choice=key_choice).propagate(state, progress, cancel)
 
 
 def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, window=None,
@@ -145,10 +151,6 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
     from .propagation import _is_set
 
     prompts.check_against(volume.array.shape, volume.is_2d)
-    for o in prompts.objects:
-        if o.corrections and not o.propagate:
-            raise InputError(f"object {o.id} ({o.name}): 'corrections' act on a 3D result; "
-                             f"set \"propagate\": true")
     result = SegmentationResult(labels=np.zeros(volume.shape, np.uint16),
                                 names={o.id: o.name for o in prompts.objects},
                                 colors={o.id: o.color for o in prompts.objects if o.color})
@@ -236,7 +238,8 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
         propagator = Propagator(backend, store(win, obj.axis), rules=stop_rules, key_choice=key_choice_for(volume))
         propagator.propagate(state, obj_progress, cancel)
         if obj.adapt and not state.needs_run and not _is_set(cancel):
-            _adapt_and_repropagate(backend, store(win, obj.axis), state, stop_rules, obj_progress, cancel)
+            _adapt_and_repropagate(backend, store(win, obj.axis), state, stop_rules, obj_progress, cancel,
+                                   propagator.key_choice)
         if obj.corrections and not state.needs_run and not _is_set(cancel):
             report(f"{obj.name}: {len(obj.corrections)} correction(s)")
             apply_corrections(state, propagator, [Correction(p, lab) for p, lab in obj.corrections],

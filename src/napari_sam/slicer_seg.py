@@ -24,7 +24,8 @@ import SimpleITK as sitk
 from .anatomy_codes import code_for_name
 from .errors import InputError
 from .io import Geometry, default_color, labels_to_sitk
-from .labelset import LabelSet, write_atomically
+from .labelset import LabelSet
+from .outputs import OutputFile, write_outputs
 
 SUFFIX = ".seg.nrrd"
 _CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
@@ -86,25 +87,20 @@ def slicer_fields(
     return fields
 
 
-def write_slicer_seg(
+def slicer_seg_output(
     path: str | Path,
     labels: np.ndarray,
     geometry: Geometry,
     names: Mapping[int, str] | None = None,
     colors: Mapping[int, tuple[int, int, int]] | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a (z, y, x) label map as a Slicer ``.seg.nrrd`` (gzip), atomically.
-
-    Each id becomes a segment with its name, colour and label value (= id).
-    The file is written to a temporary file beside ``path``, fsynced, read
-    back and compared (voxels, names, colours), then renamed. Returns ``path``.
-    """
+) -> OutputFile:
+    """A (z, y, x) label map as a Slicer ``.seg.nrrd`` (gzip): the
+    :class:`~napari_sam.outputs.OutputFile` that writes it and verifies it
+    (voxels, names), for :func:`~napari_sam.outputs.write_outputs`. Each id
+    becomes a segment with its name, colour and label value (= id)."""
     path = Path(path)
     if not is_slicer_seg(path):
         raise InputError(f"{path}: a Slicer segmentation must end in {SUFFIX}")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: output exists; pass --overwrite to replace it")
     labels = np.asarray(labels)
     if labels.ndim == 2:
         labels = labels[None]
@@ -122,14 +118,23 @@ def write_slicer_seg(
         ):
             raise ValueError("the segmentation read back differs")
 
-    return write_atomically(
-        path,
-        lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True),
-        verify,
-        kind="Slicer segmentation",
-    )
+    return OutputFile(path, lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True), verify,
+                      "Slicer segmentation")
 
 
+def write_slicer_seg(
+    path: str | Path,
+    labels: np.ndarray,
+    geometry: Geometry,
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write :func:`slicer_seg_output` atomically: a temporary file beside
+    ``path``, fsynced, read back and compared, then renamed. Returns ``path``."""
+    out = slicer_seg_output(path, labels, geometry, names, colors)
+    write_outputs([out], overwrite=overwrite)
+    return out.path
 def _segments(img: sitk.Image) -> list[dict[str, str]]:
     keys = set(img.GetMetaDataKeys())
     out, n = [], 0
