@@ -91,8 +91,8 @@ def _measure(args: argparse.Namespace) -> None:
     from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_sam.models.registry import load_model
-    from napari_sam.napari._background import STORES
-    from napari_sam.napari._widget import SegmentWidget
+    from napari_sam.plugin._background import STORES
+    from napari_sam.plugin.segment_widget import SegmentWidget
 
     vol, labels, names = load_ct()
     liver = labels == {v: k for k, v in names.items()}["liver"]

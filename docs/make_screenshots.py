@@ -59,7 +59,7 @@ def main() -> None:
     from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
     from napari_sam.models.registry import load_model
-    from napari_sam.napari._widget import SegmentWidget
+    from napari_sam.plugin.segment_widget import SegmentWidget
 
     vol, labels, names = load_ct()
     ids = {v: k for k, v in names.items()}

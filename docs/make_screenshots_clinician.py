@@ -37,8 +37,8 @@ def main() -> None:
 
     qt_main_window.SHOW_QT_WARNING = False
     from napari_sam.models.registry import load_model
-    from napari_sam.napari._settings import default_export_path
-    from napari_sam.napari._widget import SegmentWidget
+    from napari_sam.plugin._settings import default_export_path
+    from napari_sam.plugin.segment_widget import SegmentWidget
 
     vol, labels, names = load_ct()
     ids = {v: k for k, v in names.items()}

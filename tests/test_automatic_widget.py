@@ -24,7 +24,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def widget(make_napari_viewer):
-    from napari_sam.napari.auto_widget import AutoSegmentWidget
+    from napari_sam.plugin.auto_widget import AutoSegmentWidget
 
     viewer = make_napari_viewer()
     img, lab = blob_image((160, 160))
@@ -69,7 +69,7 @@ def test_segment_everything_writes_a_labels_layer(widget, qtbot):
 
 
 def test_cancel_stops_without_writing(make_napari_viewer, qtbot):
-    from napari_sam.napari.auto_widget import AutoSegmentWidget
+    from napari_sam.plugin.auto_widget import AutoSegmentWidget
 
     class SlowBackend(FakeBlobBackend):
         def decode_low_res(self, *a, **k):
@@ -91,7 +91,7 @@ def test_cancel_stops_without_writing(make_napari_viewer, qtbot):
 
 
 def test_volume_layer_gives_3d_labels(make_napari_viewer, qtbot):
-    from napari_sam.napari.auto_widget import AutoSegmentWidget
+    from napari_sam.plugin.auto_widget import AutoSegmentWidget
 
     viewer = make_napari_viewer()
     img, lab = blob_image((96, 96), touching_pair=False)
@@ -110,7 +110,7 @@ def test_volume_layer_gives_3d_labels(make_napari_viewer, qtbot):
 
 def test_the_manifest_docks_segment_everything(make_napari_viewer):
     """A user opens it from the Plugins menu: npe2 builds it from napari.yaml."""
-    from napari_sam.napari.auto_widget import AutoSegmentWidget
+    from napari_sam.plugin.auto_widget import AutoSegmentWidget
 
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32), np.float32), name="empty")
@@ -123,7 +123,7 @@ def test_microscopy_stack_gets_3d_instances_in_the_layers_scale(make_napari_view
     (one id per nucleus across slices, F1 >= 0.8 at 1.5:1 contrast), with
     progress, and the Labels layer takes the image's scale; Cancel stops it."""
     from napari_sam.intensity import resolve_window
-    from napari_sam.napari.auto_widget import AutoSegmentWidget
+    from napari_sam.plugin.auto_widget import AutoSegmentWidget
     from napari_sam.synthetic import nuclei_stack
 
     s = nuclei_stack(contrast=1.5, seed=21)

@@ -12,7 +12,7 @@ from test_corrections import leaky_scene  # noqa: E402
 from test_propagation import BrightInBoxBackend, key_prompt  # noqa: E402
 
 from napari_sam.corrections import Correction, apply_correction  # noqa: E402
-from napari_sam.napari._widget import SegmentWidget  # noqa: E402
+from napari_sam.plugin.segment_widget import SegmentWidget  # noqa: E402
 from napari_sam.propagation import PropagationState  # noqa: E402
 
 TIMEOUT_MS = 120_000

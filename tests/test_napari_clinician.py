@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 from qtpy.QtCore import QPoint, Qt  # noqa: E402
 
-from napari_sam.napari._widget import SHORTCUTS, SegmentWidget  # noqa: E402
+from napari_sam.plugin.segment_widget import SHORTCUTS, SegmentWidget  # noqa: E402
 from test_napari_widget import TIMEOUT_MS, draw_box, wait_preview  # noqa: E402
 
 
@@ -170,7 +170,7 @@ def test_candidates_shown_with_score_and_outline(shown, qtbot):
     thumbnail; clicking a thumbnail makes it the preview."""
     from test_napari_widget import click
 
-    from napari_sam.napari._candidates_view import OUTLINE
+    from napari_sam.plugin._candidates_view import OUTLINE
 
     viewer, widget, s = shown
     view = widget.candidates_view
@@ -197,7 +197,7 @@ def test_candidates_shown_with_score_and_outline(shown, qtbot):
 
 # ---------------------------------------------------------------- 6: export location and mode
 def test_export_defaults_to_a_safe_named_place_and_follows_the_umask(shown, qtbot, tmp_path, monkeypatch):
-    from napari_sam.napari import _widget
+    from napari_sam.plugin import _widget
 
     viewer, widget, s = shown
     home = tmp_path / "home"
@@ -237,7 +237,7 @@ def test_export_defaults_to_a_safe_named_place_and_follows_the_umask(shown, qtbo
 
 # ---------------------------------------------------------------- 7: fits a 1080 px screen
 def test_both_widgets_fit_a_1080_px_screen(make_napari_viewer, qtbot, lite_medsam):
-    from napari_sam.napari.auto_widget import AutoSegmentWidget
+    from napari_sam.plugin.auto_widget import AutoSegmentWidget
 
     viewer = make_napari_viewer(show=True)
     viewer.add_image(np.zeros((20, 64, 64), np.float32), name="vol")
@@ -313,7 +313,7 @@ def test_status_contrast_hover_names_and_idle_look(make_napari_viewer, qtbot, li
     """2D: no "slice 0"; the contrast slider's range is the data's, not the window;
     hovering a label shows its name; "Clicks: positive" is not coloured before Start;
     Segment everything starts on the selected image."""
-    from napari_sam.napari.auto_widget import AutoSegmentWidget
+    from napari_sam.plugin.auto_widget import AutoSegmentWidget
 
     monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path / "emb"))
     viewer = make_napari_viewer(show=True)
@@ -355,7 +355,7 @@ def test_reader_offer_makes_napari_sam_the_reader_for_nifti(make_napari_viewer, 
     import SimpleITK as sitk
     from napari.settings import get_settings
 
-    from napari_sam.napari._reader_preference import PATTERNS
+    from napari_sam.plugin._reader_preference import PATTERNS
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     plugins = get_settings().plugins

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.gui
 import SimpleITK as sitk  # noqa: E402
 
 from napari_sam.io import Geometry, read_image  # noqa: E402
-from napari_sam.napari._geometry import geometry_from_transform, layer_transform  # noqa: E402
-from napari_sam.napari._reader import get_reader  # noqa: E402
-from napari_sam.napari._writer import write_labels_layer  # noqa: E402
+from napari_sam.plugin._geometry import geometry_from_transform, layer_transform  # noqa: E402
+from napari_sam.plugin._reader import get_reader  # noqa: E402
+from napari_sam.plugin._writer import write_labels_layer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,7 +159,7 @@ def test_viewer_open_and_save_layers_through_napari(make_napari_viewer, tmp_path
 
 
 def test_sample_data_needs_no_download(make_napari_viewer):
-    from napari_sam.napari._sample_data import PHANTOM_STRUCTURES, ct_phantom_arrays
+    from napari_sam.plugin._sample_data import PHANTOM_STRUCTURES, ct_phantom_arrays
 
     viewer = make_napari_viewer()
     [ct] = viewer.open_sample("napari-sam", "ct_phantom")

@@ -82,7 +82,7 @@ def test_writer_saves_slicer_and_dicom_seg(
 def test_widget_loads_labels_as_objects_and_exports_dicom_seg(
     make_napari_viewer, qtbot, files, ct_dicom_dir, ct_volume, lite_medsam, tmp_path, monkeypatch
 ):
-    from napari_sam.napari._widget import SegmentWidget
+    from napari_sam.plugin.segment_widget import SegmentWidget
 
     d, lab = files
     monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path / "cache"))

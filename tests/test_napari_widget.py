@@ -24,8 +24,8 @@ from napari.utils.interactions import (mouse_move_callbacks, mouse_press_callbac
                                        mouse_release_callbacks)
 from scipy import ndimage  # noqa: E402
 
-from napari_sam.napari import _prompt_layers as pl  # noqa: E402
-from napari_sam.napari._widget import SHORTCUTS, SegmentWidget  # noqa: E402
+from napari_sam.plugin import _prompt_layers as pl  # noqa: E402
+from napari_sam.plugin.segment_widget import SHORTCUTS, SegmentWidget  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = 600_000  # a loaded 2-core CI machine encodes a CT slice in 1-10 s

@@ -9,7 +9,7 @@ pytest.importorskip("napari")
 pytestmark = [pytest.mark.gui]
 
 from napari_sam.models import precision as P  # noqa: E402
-from napari_sam.napari._widget import SegmentWidget  # noqa: E402
+from napari_sam.plugin.segment_widget import SegmentWidget  # noqa: E402
 
 
 def test_precision_choice_is_passed_to_load_model(make_napari_viewer, qtbot, monkeypatch):
