@@ -18,7 +18,7 @@ from napari_sam.cache import SliceEmbeddings
 from napari_sam.intensity import parse_window
 from napari_sam.models.registry import load_model
 from napari_sam.predictor import SlicePredictor
-from napari_sam.prompts import box_of_mask
+from napari_sam.geometry import box_of_mask
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from napari_sam.finetune.train import FinetuneSettings  # noqa: E402
 from napari_sam.intensity import resolve_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.predictor import SlicePredictor  # noqa: E402
-from napari_sam.prompts import box_of_mask  # noqa: E402
+from napari_sam.geometry import box_of_mask  # noqa: E402
 
 
 def halves(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

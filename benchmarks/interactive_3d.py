@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, dice, load_ct, shared_data_dir  # noqa: E402
 
 from napari_sam.io import read_image, read_labels_aligned  # noqa: E402
-from napari_sam.prompts import box_of_mask  # noqa: E402
+from napari_sam.geometry import box_of_mask  # noqa: E402
 
 SKELETAL = ("vertebrae", "rib", "humerus", "costal_cartilages", "sternum", "scapula", "clavicula", "femur", "hip",
             "sacrum", "skull")

@@ -29,7 +29,7 @@ from napari_sam.cache import SliceEmbeddings, resolve_cache_dir  # noqa: E402
 from napari_sam.intensity import parse_window, resolve_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.overlaps import ObjectMasks, resolve_overlaps  # noqa: E402
-from napari_sam.prompts import box_of_mask  # noqa: E402
+from napari_sam.geometry import box_of_mask  # noqa: E402
 
 
 def first_listed_wins(shape, objects):

@@ -49,7 +49,8 @@ from napari_sam.intensity import parse_window  # noqa: E402
 from napari_sam.models import precision as P  # noqa: E402
 from napari_sam.models.precision import apply_precision  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
-from napari_sam.prompts import SlicePrompt, box_of_mask  # noqa: E402
+from napari_sam.prompts import SlicePrompt  # noqa: E402
+from napari_sam.geometry import box_of_mask  # noqa: E402
 from napari_sam.propagation import PropagationState, Propagator  # noqa: E402
 
 def load() -> str:

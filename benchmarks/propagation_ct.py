@@ -52,7 +52,8 @@ from common import ROOT, dice, load_ct  # noqa: E402
 from napari_sam.cache import SliceEmbeddings  # noqa: E402
 from napari_sam.intensity import parse_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
-from napari_sam.prompts import SlicePrompt, box_of_mask  # noqa: E402
+from napari_sam.prompts import SlicePrompt  # noqa: E402
+from napari_sam.geometry import box_of_mask  # noqa: E402
 from napari_sam.propagation import PropagationState, Propagator  # noqa: E402
 
 SKELETAL = ("vertebrae", "rib", "humerus", "costal_cartilages", "sternum", "scapula", "clavicula", "femur", "hip",
@@ -254,7 +255,8 @@ from common import load_ct
 from napari_sam.cache import SliceEmbeddings
 from napari_sam.intensity import parse_window
 from napari_sam.models.registry import load_model
-from napari_sam.prompts import SlicePrompt, box_of_mask
+from napari_sam.prompts import SlicePrompt
+from napari_sam.geometry import box_of_mask
 from napari_sam.propagation import PropagationState, Propagator
 vol, labels, names = load_ct()
 ids = {{v: k for k, v in names.items()}}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_sam.candidates import box_fit, choose_candidate
-from napari_sam.prompts import box_of_mask
+from napari_sam.geometry import box_of_mask
 
 
 def test_the_candidate_touching_all_four_sides_of_a_tight_box_wins():

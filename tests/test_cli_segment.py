@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from napari_sam.evaluation import dice
 from napari_sam.io import read_image
-from napari_sam.prompts import box_of_mask
+from napari_sam.geometry import box_of_mask
 
 
 def test_segment_dicom_to_nifti_with_overview(tmp_path, ct_dicom_dir, ct_volume, ct_labels, ct_label_names):

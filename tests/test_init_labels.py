@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from napari_sam.cli import main
 from napari_sam.dicom_seg import write_dicom_seg
 from napari_sam.evaluation import dice
-from napari_sam.prompts import box_of_mask
+from napari_sam.geometry import box_of_mask
 from napari_sam.slicer_seg import write_slicer_seg
 
 

@@ -9,7 +9,7 @@ import pytest
 from napari_sam.errors import InputError, UsageError
 from napari_sam.evaluation import deepest_point, dice, simulate_clicks
 from napari_sam.predictor import SlicePredictor
-from napari_sam.prompts import box_of_mask
+from napari_sam.geometry import box_of_mask
 
 STRUCTURES = ("liver", "spleen", "stomach", "aorta")
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from napari_sam.errors import InputError
-from napari_sam.prompts import SlicePrompt, box_of_mask, load_prompts, parse_prompts
+from napari_sam.prompts import SlicePrompt, load_prompts, parse_prompts
+from napari_sam.geometry import box_of_mask
 
 
 def test_prompts_file_round_trip(tmp_path):

@@ -13,7 +13,8 @@ from napari_sam.cache import SliceEmbeddings
 from napari_sam.errors import InputError, UsageError
 from napari_sam.intensity import Window
 from napari_sam.models.base import Backend, Embedding
-from napari_sam.prompts import ObjectPrompts, PromptsFile, SlicePrompt, box_of_mask
+from napari_sam.prompts import ObjectPrompts, PromptsFile, SlicePrompt
+from napari_sam.geometry import box_of_mask
 from napari_sam.propagation import PropagationState, Propagator, StopReason, StopRules
 from napari_sam.segmentation import ObjectMasks, paint_objects, segment_volume
 

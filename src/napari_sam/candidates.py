@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .prompts import box_of_mask
+from .geometry import box_of_mask
 
 __all__ = ["box_fit", "choose_candidate"]
 

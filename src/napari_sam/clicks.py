@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from .models.base import Backend, Embedding, rc_to_model_xy
-from .prompts import SlicePrompt, box_of_mask
+from .prompts import SlicePrompt
+from .geometry import box_iou, box_of_mask, mask_iou
 
 #: box side of the seed hypotheses, as fractions of the slice's longer side
 SEED_SCALES = (0.04, 0.08, 0.14, 0.24, 0.40, 0.65)
@@ -101,19 +102,6 @@ class _Hyp:
         stability - truncation - area (a leak is large, blurred and cut by its box)."""
         return (self.violations, -(self.score + ORDER_STABILITY * self.stability
                                    - ORDER_TRUNCATION * self.truncation - ORDER_AREA * self.area))
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    r0, c0 = max(a[0], b[0]), max(a[1], b[1])
-    r1, c1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, r1 - r0 + 1) * max(0.0, c1 - c0 + 1)
-    area = lambda x: (x[2] - x[0] + 1) * (x[3] - x[1] + 1)  # noqa: E731
-    return float(inter / (area(a) + area(b) - inter))
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 class ClickStrategy:
@@ -189,7 +177,7 @@ class ClickStrategy:
             cons = 0.0
             lb = np.array([box[0] * sy, box[1] * sx, (box[2] + 1) * sy - 1, (box[3] + 1) * sx - 1])
             if mb is not None:
-                cons = _box_iou(lb, np.asarray(mb, float))
+                cons = box_iou(lb, np.asarray(mb, float))
             out.append(_Hyp(box=np.asarray(box, np.float32), low=low[i, 0], score=float(scores[i, 0]), mask=m,
                             violations=viol, consistency=cons, edges=_edge_occupancy(m, lb),
                             stability=float(stability[i])))
@@ -296,7 +284,7 @@ def distinct(hyps: list[_Hyp], k: int) -> list[_Hyp]:
     """The first ``k`` hypotheses whose masks differ (IoU < :data:`DISTINCT_IOU`), in order."""
     chosen: list[_Hyp] = []
     for h in hyps:
-        if all(_mask_iou(h.mask, c.mask) < DISTINCT_IOU for c in chosen):
+        if all(mask_iou(h.mask, c.mask) < DISTINCT_IOU for c in chosen):
             chosen.append(h)
         if len(chosen) == k:
             break

@@ -44,7 +44,7 @@ import torch
 from scipy import ndimage
 
 from .errors import InputError
-from .prompts import box_of_mask
+from .geometry import box_of_mask
 from .propagation import PropagationState, Propagator
 
 __all__ = ["Correction", "plane_point", "check_correction", "apply_correction", "apply_corrections",

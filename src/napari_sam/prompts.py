@@ -349,15 +349,6 @@ def load_prompts(path: str | Path, allow_empty: bool = False) -> PromptsFile:
         raise InputError(f"{path}: JSON nested too deeply") from None
 
 
-def box_of_mask(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Inclusive (r0, c0, r1, c1) bounding box of a 2D mask, None if empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
-
-
 def as_slice_prompt(points: Sequence[Sequence[float]] | np.ndarray | None = None,
                     labels: Sequence[int] | np.ndarray | None = None,
                     box: Sequence[float] | None = None, slice: int | None = None) -> SlicePrompt:

@@ -74,7 +74,8 @@ from .errors import InputError, UsageError
 from .models.base import Backend, Embedding
 from .candidates import choose_candidate
 from .predictor import SlicePredictor
-from .prompts import SlicePrompt, box_of_mask
+from .prompts import SlicePrompt
+from .geometry import box_of_mask, mask_iou
 
 __all__ = [
     "StopReason", "StopDecision", "SliceInfo", "SliceUpdate", "PropagationState", "StopRules",
@@ -439,11 +440,6 @@ class _Step:
     feature_similarity: float = 1.0
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    u = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / u) if u else 1.0
-
-
 def _is_set(cancel: Cancel | None) -> bool:
     if cancel is None:
         return False
@@ -690,7 +686,7 @@ class Propagator:
         if prev_index is not None and best.mask.any() and best.iou_prev < self.rules.min_iou:
             back_emb = frame.provider.get(prev_index)
             back = self._decode(back_emb, [self._pad(box_of_mask(best.mask), shape)], best.mask)[0]
-            best.backward_iou = _iou(back.mask, fprev)
+            best.backward_iou = mask_iou(back.mask, fprev)
         if intensity is not None and best.mask.any():
             if intensity.median is not None:
                 img = frame.provider.model_input(index)
@@ -842,7 +838,7 @@ class Propagator:
         out = []
         for i in range(len(boxes)):
             m = logits[i] > 0
-            out.append(_Step(mask=m, score=float(scores[i, 0]), logits=logits[i], iou_prev=_iou(m, prev),
+            out.append(_Step(mask=m, score=float(scores[i, 0]), logits=logits[i], iou_prev=mask_iou(m, prev),
                              area_ratio=float(m.sum()) / prev_area, box=boxes[i]))
         return out
 

@@ -321,7 +321,8 @@ def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.
     clicks alone (already computed, never twice), None for a box.
     """
     from .predictor import Prediction
-    from .prompts import SlicePrompt, box_of_mask
+    from .prompts import SlicePrompt
+    from .geometry import box_of_mask
 
     shape = tuple(whole.original_size)
     seed_mask = None

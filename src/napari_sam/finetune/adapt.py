@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
-from ..prompts import box_of_mask
+from ..geometry import box_of_mask
 from .data import MIN_AREA, TrainingSample, target_on_model_grid
 from .pipeline import tuned_backend
 from .train import DecoderTrainer, FinetuneSettings

@@ -35,7 +35,7 @@ from ..cache import SliceEmbeddings
 from ..errors import InputError
 from ..evaluation import deepest_point
 from ..intensity import Window
-from ..prompts import box_of_mask
+from ..geometry import box_of_mask
 
 #: smallest object (pixels on the slice grid) used for training
 MIN_AREA = 16
