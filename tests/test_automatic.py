@@ -245,7 +245,8 @@ def test_ct_slice_recovers_the_large_organs(ct_volume, ct_labels, ct_label_names
     _, ref_ids, iou = iou_matrix(res.labels, gt)
     for name in ("liver", "spleen", "stomach"):
         k = list(ref_ids).index(ct_label_names[name])
-        assert iou[:, k].max() >= 0.5, f"{name}: best IoU {iou[:, k].max():.2f}"
+        best = float(iou[:, k].max()) if iou.shape[0] else 0.0
+        assert best >= 0.5, f"{name}: best IoU {best:.2f}"
 
 
 def test_blobs_the_model_left_unanswered_are_kept_below_model_masks():
