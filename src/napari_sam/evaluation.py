@@ -18,8 +18,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from .errors import InputError
-from .geometry import box_of_mask
-from .geometry import iou_matrix  # re-exported: benchmarks and tests measure with it
+from .geometry import box_of_mask, iou_matrix  # iou_matrix re-exported: benchmarks and tests use it
 from .prompts import ObjectPrompts, PromptsFile, SlicePrompt
 
 

@@ -64,9 +64,9 @@ def square_crop(box: Sequence[float], scale: float, min_side: int = 8) -> tuple[
     """(top, left, side) of the square crop centred on ``box`` whose side is
     ``scale`` times the box's longer side (at least ``min_side`` pixels)."""
     r0, c0, r1, c1 = (float(v) for v in box)
-    side = max(min_side, int(round(scale * max(r1 - r0 + 1, c1 - c0 + 1))))
-    top = int(round((r0 + r1) / 2.0 - side / 2.0))
-    left = int(round((c0 + c1) / 2.0 - side / 2.0))
+    side = max(min_side, round(scale * max(r1 - r0 + 1, c1 - c0 + 1)))
+    top = round((r0 + r1) / 2.0 - side / 2.0)
+    left = round((c0 + c1) / 2.0 - side / 2.0)
     return top, left, side
 
 
