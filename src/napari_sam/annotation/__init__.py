@@ -47,6 +47,8 @@ from .changes import ChangeSet
 from .keyslices import KEY_CHOICES, decode_key
 from .model import Annotation
 from .objects import AnnotatedObject
+from .persist import annotation_from_dict, annotation_to_dict
 from .runs import Run
 
-__all__ = ["Annotation", "AnnotatedObject", "ChangeSet", "Run", "decode_key", "KEY_CHOICES"]
+__all__ = ["Annotation", "AnnotatedObject", "ChangeSet", "Run", "decode_key", "KEY_CHOICES",
+           "annotation_to_dict", "annotation_from_dict"]

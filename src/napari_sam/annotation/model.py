@@ -422,15 +422,30 @@ class Annotation:
         return self.start_run(object_id, work, f"correct {obj.name}", corrections=[correction])
 
     def apply(self, run: Run, event: Any) -> ChangeSet:
-        """Show one event of ``run`` (its finished slice) at once; not an undo step."""
+        """Show one event of ``run`` (its finished slice) at once; not an undo step.
+
+        The slice is shown provisionally, on its own plane only: the object takes
+        the voxels there that are free or its own (a full repaint per slice would
+        stall a GUI). :meth:`finish` paints the whole map by the overlap rule."""
         payload = getattr(event, "payload", event)
         with self._lock:
             obj = self._objects.get(run.object_id)
-            if (obj is None or self._runs.get(run.object_id) is not run or not hasattr(payload, "mask")
-                    or int(payload.index) in run.user_slices):
+            if (obj is None or obj.state is None or self._runs.get(run.object_id) is not run
+                    or not hasattr(payload, "mask") or int(payload.index) in run.user_slices):
                 return ChangeSet(self.shape)
-            obj.pending[int(payload.index)] = payload.mask
-            return self._repaint({obj.id}, False, f"{run.what}: slice {payload.index}")
+            index, mask = int(payload.index), np.asarray(payload.mask, bool)
+            obj.pending[index] = mask
+            plane: list[Any] = [slice(None)] * 3
+            plane[obj.state.axis] = index
+            now = self._labels[tuple(plane)]
+            before = now.copy()
+            now[(now == obj.id) & ~mask] = 0
+            now[mask & (now == 0)] = obj.id
+            rc = list(np.nonzero(before != now))
+            rc.insert(obj.state.axis, np.full(rc[0].shape, index, np.intp))
+            idx = tuple(rc)
+            return ChangeSet(self.shape, frozenset({obj.id}), idx, self._labels[idx],  # type: ignore[arg-type]
+                             False, f"{run.what}: slice {index}")
 
     def finish(self, run: Run) -> ChangeSet:
         """End ``run`` (finished or cancelled): its state, with the user's changes
