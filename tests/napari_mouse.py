@@ -43,7 +43,15 @@ def mouse(layer: Any, kind: str, world: Any, **kw: Any) -> None:
     """Press, move or release (``kind``: mouse_press, mouse_move, mouse_release) at the
     world position ``world`` on ``layer``, in a 2D view of its last two axes."""
     n = len(world)
-    event = MouseEvent(type=kind, position=tuple(float(v) for v in world), dims_displayed=list(range(n))[-2:],
-                       view_direction=[1.0] + [0.0] * (n - 1), **kw)
-    {"mouse_press": mouse_press_callbacks, "mouse_move": mouse_move_callbacks,
-     "mouse_release": mouse_release_callbacks}[kind](layer, wrapt.ObjectProxy(event))
+    event = MouseEvent(
+        type=kind,
+        position=tuple(float(v) for v in world),
+        dims_displayed=list(range(n))[-2:],
+        view_direction=[1.0] + [0.0] * (n - 1),
+        **kw,
+    )
+    {
+        "mouse_press": mouse_press_callbacks,
+        "mouse_move": mouse_move_callbacks,
+        "mouse_release": mouse_release_callbacks,
+    }[kind](layer, wrapt.ObjectProxy(event))

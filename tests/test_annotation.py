@@ -46,8 +46,9 @@ def key_mask(backend, emb, prompt: SlicePrompt, z: int) -> np.ndarray:
 
 def painted_objects(model: Annotation) -> np.ndarray:
     """The label map the overlap rule gives for the model's objects (the invariant)."""
-    return resolve_overlaps(model.shape, [o.masks() for o in model.objects if o.masks() is not None],
-                            model.spacing_zyx)
+    return resolve_overlaps(
+        model.shape, [o.masks() for o in model.objects if o.masks() is not None], model.spacing_zyx
+    )
 
 
 def apply(labels: np.ndarray, cs: ChangeSet) -> None:
@@ -136,8 +137,9 @@ def test_overlap_rule_is_the_one_rule_key_slices_first(scene):
     assert (key_big & claims_small).any(), "the scene must have an overlap on the key slice"
     assert np.all(m.labels[12][key_big] == 1) and np.all(m.labels[12][claims_small & ~key_big] == 2)
     # the model's map is the CLI's: segment_volume paints the same rule
-    assert np.array_equal(m.labels, resolve_overlaps(vol.shape, [m.object(1).masks(), m.object(2).masks()],
-                                                     (2.0, 1.0, 1.0)))
+    assert np.array_equal(
+        m.labels, resolve_overlaps(vol.shape, [m.object(1).masks(), m.object(2).masks()], (2.0, 1.0, 1.0))
+    )
 
 
 # ---------------------------------------------------------------- undo and redo
@@ -146,15 +148,22 @@ def test_undo_and_redo_step_labels_and_key_slices_together(scene):
     m = Annotation(vol.shape)
     layer = np.zeros(vol.shape, np.uint16)
     seen = []
-    for step in (lambda: m.add_object("big"),
-                 lambda: m.commit(1, 12, key_prompt(big, 12), key_mask(backend, emb, key_prompt(big, 12), 12)),
-                 lambda: m.propagate(1, Propagator(backend, emb)),
-                 lambda: m.paint(np.where(np.arange(24)[:, None, None] == 8, 0, m.labels)),
-                 lambda: m.delete_object(1)):
+    for step in (
+        lambda: m.add_object("big"),
+        lambda: m.commit(1, 12, key_prompt(big, 12), key_mask(backend, emb, key_prompt(big, 12), 12)),
+        lambda: m.propagate(1, Propagator(backend, emb)),
+        lambda: m.paint(np.where(np.arange(24)[:, None, None] == 8, 0, m.labels)),
+        lambda: m.delete_object(1),
+    ):
         apply(layer, step())
         seen.append((np.array(m.labels), [(o.id, o.name, tuple(o.key_slices)) for o in m.objects]))
-    assert m.history.descriptions() == ["add object 1", "commit slice 12 of big", "propagate big", "paint",
-                                        "delete big"]
+    assert m.history.descriptions() == [
+        "add object 1",
+        "commit slice 12 of big",
+        "propagate big",
+        "paint",
+        "delete big",
+    ]
     for i in range(len(seen) - 2, -1, -1):  # undo back to the first step, checking every state on the way
         apply(layer, m.undo())
         assert np.array_equal(m.labels, seen[i][0]) and np.array_equal(layer, m.labels)
@@ -194,11 +203,13 @@ def test_a_run_is_a_job_on_a_copy_and_equals_the_propagator(scene):
     job = run.steps()
     first = next(job)
     assert isinstance(first, Progress) and first.payload.index != 12 and first.total >= first.done == 1
-    assert first.payload.index in run.state.results and first.payload.index not in live.results, \
+    assert first.payload.index in run.state.results and first.payload.index not in live.results, (
         "the run works on a copy: the object's state is untouched until finish"
+    )
     cs = m.apply(run, first)
-    assert cs.slices(0) == [first.payload.index] and np.array_equal(m.labels[first.payload.index] == 1,
-                                                                     first.payload.mask)
+    assert cs.slices(0) == [first.payload.index] and np.array_equal(
+        m.labels[first.payload.index] == 1, first.payload.mask
+    )
     with pytest.raises(UsageError):
         m.undo()  # not while the run works on the object
     for event in job:
@@ -297,8 +308,13 @@ def test_painting_during_a_running_propagation_corrupts_nothing(scene):
     assert st.needs_run, "the painted slice's neighbourhood is marked for the next run"
     m.propagate(1, Propagator(backend, emb))
     assert np.array_equal(m.labels, ref.labels)
-    assert m.history.descriptions() == ["add object 1", "commit slice 12 of big", "paint", "propagate big",
-                                        "propagate big"]
+    assert m.history.descriptions() == [
+        "add object 1",
+        "commit slice 12 of big",
+        "paint",
+        "propagate big",
+        "propagate big",
+    ]
 
 
 def test_correction_run_and_its_refusals(scene):
@@ -342,8 +358,9 @@ def test_saved_and_restored_annotation_continues(scene, tmp_path):
     with np.load(tmp_path / "a.npz") as npz:
         back = annotation_from_dict(join_arrays(meta, {k.replace("|", "/"): npz[k] for k in npz.files}))
     assert np.array_equal(back.labels, m.labels) and back.current_id == m.current_id
-    assert [(o.id, o.name, o.color, o.key_slices, o.painted) for o in back.objects] == \
-           [(o.id, o.name, o.color, o.key_slices, o.painted) for o in m.objects]
+    assert [(o.id, o.name, o.color, o.key_slices, o.painted) for o in back.objects] == [
+        (o.id, o.name, o.color, o.key_slices, o.painted) for o in m.objects
+    ]
     assert back.object(1).state.stops == m.object(1).state.stops
     assert back.object(1).state.dirty == m.object(1).state.dirty and back.object(1).state.needs_run
     back.propagate(1, Propagator(backend, emb))
@@ -356,9 +373,12 @@ def test_saved_and_restored_annotation_continues(scene, tmp_path):
 
 def test_segment_volume_is_a_replay_through_the_model(scene):
     vol, big, small, backend, emb = scene
-    pf = PromptsFile(objects=[
-        ObjectPrompts(1, "big", [key_prompt(big, 12)], window=[0, 255], propagate=True),
-        ObjectPrompts(2, "small", [key_prompt(small, 10)], window=[0, 255], propagate=True)])
+    pf = PromptsFile(
+        objects=[
+            ObjectPrompts(1, "big", [key_prompt(big, 12)], window=[0, 255], propagate=True),
+            ObjectPrompts(2, "small", [key_prompt(small, 10)], window=[0, 255], propagate=True),
+        ]
+    )
     res = segment_volume(Volume(vol, metadata={"modality": "CT"}), pf, backend)
     model = res.annotation
     assert np.array_equal(model.labels, res.labels) and [o.name for o in model.objects] == ["big", "small"]
@@ -383,8 +403,12 @@ class _StubPredictor:
     def predict(self, prompt=None, previous=None, multimask=True) -> Prediction:
         masks = np.stack(self.many if multimask else [self.single])
         k = len(masks)
-        return Prediction(masks, np.linspace(0.9, 0.5, k, dtype=np.float32), np.zeros((k, 4, 4), np.float32),
-                          np.zeros((k, 4), np.float32))
+        return Prediction(
+            masks,
+            np.linspace(0.9, 0.5, k, dtype=np.float32),
+            np.zeros((k, 4, 4), np.float32),
+            np.zeros((k, 4), np.float32),
+        )
 
 
 def test_decode_key_box_fit_puts_the_candidate_that_explains_the_box_first():
@@ -396,7 +420,11 @@ def test_decode_key_box_fit_puts_the_candidate_that_explains_the_box_first():
     stub = _StubPredictor(single=part, many=[part, whole])
     assert np.array_equal(decode_key(stub, box, key_choice="single").mask, part)
     chosen = decode_key(stub, box, key_choice="box_fit")
-    assert np.array_equal(chosen.mask, whole) and np.array_equal(chosen.masks[1], part) and len(chosen.masks) == 2
+    assert (
+        np.array_equal(chosen.mask, whole)
+        and np.array_equal(chosen.masks[1], part)
+        and len(chosen.masks) == 2
+    )
     clicks = SlicePrompt(points=np.array([[6.0, 6.0]], np.float32), labels=np.array([1]))
     assert np.array_equal(decode_key(stub, clicks, key_choice="box_fit").mask, part)  # boxes only
     with pytest.raises(InputError):

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from test_annotation import SlowBackend, key_mask  # noqa: E402
+from test_annotation import SlowBackend  # noqa: E402
 from test_napari_widget import draw_box, notifications, wait_preview  # noqa: E402
 from test_propagation import ball  # noqa: E402
 
@@ -99,7 +99,9 @@ def test_undo_and_redo_in_the_widget_go_through_the_model(ball_widget, qtbot):
     after = np.array(s.labels.data)
     assert (after == 1).sum() > 2 * (after[12] == 1).sum()
     widget.undo()
-    assert np.array_equal(np.asarray(s.labels.data) == 1, np.isin(np.arange(24), [12])[:, None, None] & (after == 1))
+    assert np.array_equal(
+        np.asarray(s.labels.data) == 1, np.isin(np.arange(24), [12])[:, None, None] & (after == 1)
+    )
     assert s.model.history.descriptions() == ["commit slice 12"]
     widget.redo()
     np.testing.assert_array_equal(np.asarray(s.labels.data), after)

@@ -50,5 +50,13 @@ from .objects import AnnotatedObject
 from .persist import annotation_from_dict, annotation_to_dict
 from .runs import Run
 
-__all__ = ["Annotation", "AnnotatedObject", "ChangeSet", "Run", "decode_key", "KEY_CHOICES",
-           "annotation_to_dict", "annotation_from_dict"]
+__all__ = [
+    "Annotation",
+    "AnnotatedObject",
+    "ChangeSet",
+    "Run",
+    "decode_key",
+    "KEY_CHOICES",
+    "annotation_to_dict",
+    "annotation_from_dict",
+]

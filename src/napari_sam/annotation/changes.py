@@ -34,12 +34,19 @@ class ChangeSet:
     what: str = ""
 
     @classmethod
-    def between(cls, old: np.ndarray, new: np.ndarray, objects=(), table: bool = False,
-                what: str = "") -> ChangeSet:
+    def between(
+        cls, old: np.ndarray, new: np.ndarray, objects=(), table: bool = False, what: str = ""
+    ) -> ChangeSet:
         """The change from label map ``old`` to ``new`` (both (z, y, x), same shape)."""
         idx = np.nonzero(old != new)
-        return cls(tuple(old.shape), frozenset(int(o) for o in objects), idx,  # type: ignore[arg-type]
-                   new[idx].astype(np.uint16), table, what)
+        return cls(
+            tuple(old.shape),
+            frozenset(int(o) for o in objects),
+            idx,  # type: ignore[arg-type]
+            new[idx].astype(np.uint16),
+            table,
+            what,
+        )
 
     @property
     def n_voxels(self) -> int:
@@ -62,13 +69,20 @@ class ChangeSet:
         elif later.n_voxels == 0:
             index, values = self.index, self.values
         else:
-            flat = np.concatenate([np.ravel_multi_index(self.index, self.shape),
-                                   np.ravel_multi_index(later.index, self.shape)])
+            flat = np.concatenate(
+                [np.ravel_multi_index(self.index, self.shape), np.ravel_multi_index(later.index, self.shape)]
+            )
             vals = np.concatenate([self.values, later.values])
             # keep the last write of each voxel
             uniq, first_in_reversed = np.unique(flat[::-1], return_index=True)
             values = vals[::-1][first_in_reversed]
             index = np.unravel_index(uniq, self.shape)
         what = "; ".join(w for w in (self.what, later.what) if w)
-        return ChangeSet(self.shape, self.objects | later.objects, tuple(index),  # type: ignore[arg-type]
-                         values, self.table or later.table, what)
+        return ChangeSet(
+            self.shape,
+            self.objects | later.objects,
+            tuple(index),  # type: ignore[arg-type]
+            values,
+            self.table or later.table,
+            what,
+        )

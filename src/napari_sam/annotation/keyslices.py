@@ -27,8 +27,12 @@ __all__ = ["decode_key", "key_op", "paint_op", "KEY_CHOICES"]
 KEY_CHOICES = ("single", "box_fit")
 
 
-def decode_key(predictor: SlicePredictor, prompt: SlicePrompt, previous: np.ndarray | None = None,
-               key_choice: str = "single") -> Prediction:
+def decode_key(
+    predictor: SlicePredictor,
+    prompt: SlicePrompt,
+    previous: np.ndarray | None = None,
+    key_choice: str = "single",
+) -> Prediction:
     """Candidate masks for a key slice's ``prompt``, the key mask first.
 
     predictor: holds the slice's embedding (and its pixels when it zooms);
@@ -52,10 +56,13 @@ def decode_key(predictor: SlicePredictor, prompt: SlicePrompt, previous: np.ndar
     for p, j in items:
         if len(order) < 3 and not any(np.array_equal(p.masks[j], q.masks[k]) for q, k in order):
             order.append((p, j))
-    return Prediction(masks=np.stack([p.masks[j] for p, j in order]),
-                      scores=np.array([p.scores[j] for p, j in order], np.float32),
-                      low_res_logits=np.stack([p.low_res_logits[j] for p, j in order]),
-                      boxes=np.stack([p.boxes[j] for p, j in order]), crop=pred.crop)
+    return Prediction(
+        masks=np.stack([p.masks[j] for p, j in order]),
+        scores=np.array([p.scores[j] for p, j in order], np.float32),
+        low_res_logits=np.stack([p.low_res_logits[j] for p, j in order]),
+        boxes=np.stack([p.boxes[j] for p, j in order]),
+        crop=pred.crop,
+    )
 
 
 def _prefill(state: PropagationState, index: int, mask: Any, source: str) -> None:
@@ -72,6 +79,7 @@ def key_op(index: int, prompt: SlicePrompt | None, mask: Any, exact: bool) -> St
     """The change a commit makes (see :meth:`Annotation.commit`): a stop slice for
     clicks that are all negative; a prompt key slice (its mask kept as its result
     when given and ``exact``); else the mask as a user mask (the prompt kept too)."""
+
     def op(state: PropagationState) -> None:
         if prompt is not None and prompt.only_negative:
             state.add_stop(index, prompt.points)

@@ -6,23 +6,22 @@ See the package documentation (:mod:`napari_sam.annotation`) for the design.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from ..corrections import Correction, apply_correction, check_correction
 from ..errors import InputError, UsageError
 from ..io import default_color
-from ..jobs import Cancel, Cancelled, ProgressCallback, drive
 from ..overlaps import resolve_overlaps
 from ..prompts import SlicePrompt
-from ..propagation import PropagationState, Propagator
+from ..propagation import PropagationState
 from .changes import ChangeSet
 from .history import Entry, History
 from .keyslices import key_op, paint_op
-from .objects import AnnotatedObject, adopt_state
+from .objects import AnnotatedObject
+from .running import RunMethods
 from .runs import Run, StateOp
 
 __all__ = ["Annotation", "Step"]
@@ -48,7 +47,7 @@ class Step:
             self.before[object_id] = None if obj is None else obj.snapshot()
 
 
-class Annotation:
+class Annotation(RunMethods):
     """One annotation session over one image (Qt-free; the widget and the
     prompts-file replay both drive it).
 
@@ -67,8 +66,14 @@ class Annotation:
     on a private copy of an object's state, on any thread.
     """
 
-    def __init__(self, shape: Sequence[int], spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
-                 is_2d: bool = False, key_choice: str = "single", max_undo: int = 100) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+        is_2d: bool = False,
+        key_choice: str = "single",
+        max_undo: int = 100,
+    ) -> None:
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1:
             raise InputError(f"image shape {shape}: expected (z, y, x)")
@@ -129,8 +134,9 @@ class Annotation:
         """Where object ``object_id`` shows on plane ``index`` along ``axis``: (rows, cols) bool."""
         return np.take(self._labels, index, axis=axis) == object_id
 
-    def previous_for(self, object_id: int | None, axis: int, index: int,
-                     prompt: SlicePrompt) -> np.ndarray | None:
+    def previous_for(
+        self, object_id: int | None, axis: int, index: int, prompt: SlicePrompt
+    ) -> np.ndarray | None:
         """The mask that clicks refine (SAM's interactive loop): the object's pixels on
         the plane when the prompt is clicks alone with a positive one, else None."""
         if object_id not in self._objects or prompt.box is not None or not np.any(prompt.labels == 1):
@@ -160,13 +166,26 @@ class Annotation:
             self._close(step)
 
     def _close(self, step: Step) -> None:
-        after = {oid: (obj.snapshot() if (obj := self._objects.get(oid)) is not None else None)
-                 for oid in step.before}
-        table = step.table or list(self._objects) != step.order_before or self.current_id != step.current_before
+        after = {
+            oid: (obj.snapshot() if (obj := self._objects.get(oid)) is not None else None)
+            for oid in step.before
+        }
+        table = (
+            step.table or list(self._objects) != step.order_before or self.current_id != step.current_before
+        )
         step.changes = self._repaint(set(step.before), table, step.what)
         if step.record and step.before:
-            self.history.push(Entry(step.what, step.before, after, step.order_before, list(self._objects),
-                                    step.current_before, self.current_id))
+            self.history.push(
+                Entry(
+                    step.what,
+                    step.before,
+                    after,
+                    step.order_before,
+                    list(self._objects),
+                    step.current_before,
+                    self.current_id,
+                )
+            )
 
     def _repaint(self, objects: set[int], table: bool, what: str) -> ChangeSet:
         painted = [m for o in self._objects.values() if (m := o.masks()) is not None]
@@ -175,7 +194,9 @@ class Annotation:
         self._labels = new
         return changes
 
-    def _restore(self, snaps: dict[int, AnnotatedObject | None], order: list[int], current: int | None) -> None:
+    def _restore(
+        self, snaps: dict[int, AnnotatedObject | None], order: list[int], current: int | None
+    ) -> None:
         for oid, snap in snaps.items():
             if snap is None:
                 self._objects.pop(oid, None)
@@ -225,8 +246,13 @@ class Annotation:
             return self._repaint(entry.objects, True, f"redo {entry.what}")
 
     # ------------------------------------------------------------------ objects
-    def add_object(self, name: str | None = None, color: Sequence[int] | None = None,
-                   object_id: int | None = None, axis: int | None = None) -> ChangeSet:
+    def add_object(
+        self,
+        name: str | None = None,
+        color: Sequence[int] | None = None,
+        object_id: int | None = None,
+        axis: int | None = None,
+    ) -> ChangeSet:
         """Add an object (the new current one): id ``object_id`` or the next free one,
         ``name`` (default "object <id>"), ``color`` (r, g, b) 0..255 (default by id);
         ``axis``: the axis of its key slices, if known now. The new id is the
@@ -238,8 +264,11 @@ class Annotation:
             raise InputError(f"object id {oid}: must be in 1..65535")
         with self.batch(f"add object {oid}") as step:
             step.touch(self, oid)
-            obj = AnnotatedObject(oid, (name or "").strip() or f"object {oid}",
-                                  tuple(int(c) for c in (color or default_color(oid))))  # type: ignore[arg-type]
+            obj = AnnotatedObject(
+                oid,
+                (name or "").strip() or f"object {oid}",
+                tuple(int(c) for c in (color or default_color(oid))),
+            )  # type: ignore[arg-type]
             if axis is not None:
                 obj.state = self._new_state(axis)
             self._objects[oid] = obj
@@ -304,8 +333,15 @@ class Annotation:
         return PropagationState(shape=self.shape, axis=axis)
 
     # ------------------------------------------------------------------ key slices
-    def commit(self, object_id: int, index: int, prompt: SlicePrompt | None = None,
-               mask: np.ndarray | None = None, axis: int = 0, exact: bool = True) -> ChangeSet:
+    def commit(
+        self,
+        object_id: int,
+        index: int,
+        prompt: SlicePrompt | None = None,
+        mask: np.ndarray | None = None,
+        axis: int = 0,
+        exact: bool = True,
+    ) -> ChangeSet:
         """Make slice ``index`` (along the object's axis) a key slice of ``object_id``.
 
         prompt: the user's clicks and/or box there ((row, col) of the slice);
@@ -352,8 +388,9 @@ class Annotation:
                     self._key_change(obj, int(i), paint_op(int(i), plane, obj.painted), ax)
         return step.changes
 
-    def load_masks(self, object_id: int, masks: dict[int, np.ndarray], axis: int = 0,
-                   up_to_date: bool = True) -> ChangeSet:
+    def load_masks(
+        self, object_id: int, masks: dict[int, np.ndarray], axis: int = 0, up_to_date: bool = True
+    ) -> ChangeSet:
         """Give object ``object_id`` the (rows, cols) bool ``masks`` (slice -> mask, along
         ``axis``) as key slices, e.g. from an existing segmentation. ``up_to_date``:
         the slices in between hold no object, nothing is left to propagate."""
@@ -372,8 +409,10 @@ class Annotation:
         if obj.state is None:
             obj.state = self._new_state(axis)
         elif obj.state.axis != axis:
-            raise InputError(f"{obj.name} has its key slices along axis {obj.state.axis}, not {axis}: "
-                             "view that axis, or add a new object")
+            raise InputError(
+                f"{obj.name} has its key slices along axis {obj.state.axis}, not {axis}: "
+                "view that axis, or add a new object"
+            )
         if self._step is not None:
             self._step.touch(self, obj.id)
         op(obj.state)
@@ -382,116 +421,3 @@ class Annotation:
             run.queued.append(op)
             run.user_slices.add(index)
             obj.pending.pop(index, None)
-
-    # ------------------------------------------------------------------ runs
-    def start_run(self, object_id: int, work: Callable[[PropagationState], Iterator[Any]], what: str,
-                  corrections: Sequence[Correction] = (), propagates: bool = True) -> Run:
-        """A :class:`Run` of ``work`` on a copy of the object's state (see :mod:`.runs`)."""
-        from .objects import copy_state
-
-        with self._lock:
-            obj = self.object(object_id)
-            if obj.state is None or not obj.state.key_slices:
-                raise UsageError(f"{obj.name}: commit at least one key slice first")
-            if obj.id in self._runs:
-                raise UsageError(f"{obj.name}: a run is already in progress")
-            if self.is_2d and propagates:
-                raise UsageError("propagation needs a 3D volume (this image is 2D)")
-            run = Run(obj.id, copy_state(obj.state), work, what, list(corrections), propagates)  # type: ignore
-            self._runs[obj.id] = run
-            return run
-
-    def propagation(self, object_id: int, propagator: Propagator) -> Run:
-        """A run that propagates the object from its key slices (only what is out of date)."""
-        obj = self.object(object_id)
-        return self.start_run(object_id, propagator.run, f"propagate {obj.name}")
-
-    def correction(self, object_id: int, correction: Correction, propagator: Propagator) -> Run:
-        """A run that applies a 3D correction (:func:`napari_sam.corrections.apply_correction`).
-        InputError (one line) for a click outside the volume or an object with no prompt."""
-        obj = self.object(object_id)
-        if obj.state is None:
-            raise InputError(f"{obj.name}: a correction needs a prompt to start from")
-        check_correction(correction, obj.state)
-        earlier, painted, spacing = list(obj.corrections), set(obj.painted), self.spacing_zyx
-
-        def work(state: PropagationState) -> Iterator[Any]:
-            apply_correction(state, propagator, correction, earlier=earlier, spacing_zyx=spacing, painted=painted)
-            yield from ()
-
-        return self.start_run(object_id, work, f"correct {obj.name}", corrections=[correction])
-
-    def apply(self, run: Run, event: Any) -> ChangeSet:
-        """Show one event of ``run`` (its finished slice) at once; not an undo step.
-
-        The slice is shown provisionally, on its own plane only: the object takes
-        the voxels there that are free or its own (a full repaint per slice would
-        stall a GUI). :meth:`finish` paints the whole map by the overlap rule."""
-        payload = getattr(event, "payload", event)
-        with self._lock:
-            obj = self._objects.get(run.object_id)
-            if (obj is None or obj.state is None or self._runs.get(run.object_id) is not run
-                    or not hasattr(payload, "mask") or int(payload.index) in run.user_slices):
-                return ChangeSet(self.shape)
-            index, mask = int(payload.index), np.asarray(payload.mask, bool)
-            obj.pending[index] = mask
-            plane: list[Any] = [slice(None)] * 3
-            plane[obj.state.axis] = index
-            now = self._labels[tuple(plane)]
-            before = now.copy()
-            now[(now == obj.id) & ~mask] = 0
-            now[mask & (now == 0)] = obj.id
-            rc = list(np.nonzero(before != now))
-            rc.insert(obj.state.axis, np.full(rc[0].shape, index, np.intp))
-            idx = tuple(rc)
-            return ChangeSet(self.shape, frozenset({obj.id}), idx, self._labels[idx],  # type: ignore[arg-type]
-                             False, f"{run.what}: slice {index}")
-
-    def finish(self, run: Run) -> ChangeSet:
-        """End ``run`` (finished or cancelled): its state, with the user's changes
-        made meanwhile, becomes the object's, in one undoable step."""
-        with self._lock:
-            if self._runs.get(run.object_id) is not run:
-                raise UsageError(f"{run.what}: not a running run of this annotation")
-            del self._runs[run.object_id]
-            obj = self._objects.get(run.object_id)
-            if obj is None:
-                return ChangeSet(self.shape)
-            obj.pending.clear()
-            for op in run.queued:
-                op(run.state)
-            with self.batch(run.what) as step:
-                step.touch(self, obj.id)
-                adopt_state(obj.state, run.state)  # type: ignore[arg-type]
-                obj.propagated = obj.propagated or run.propagates
-                if run.completed:
-                    obj.corrections.extend(run.corrections)
-            return step.changes
-
-    def run_to_end(self, run: Run, progress: ProgressCallback | None = None, cancel: Cancel | None = None,
-                   live: bool = False) -> ChangeSet:
-        """Drive ``run`` on this thread (scripts, the CLI) and finish it. progress: called
-        with each event; cancel: stops between steps (finished slices are kept);
-        live: show each slice as it finishes (slower: a repaint per slice)."""
-        def on_event(event: Any) -> None:
-            if live:
-                self.apply(run, event)
-            if progress is not None:
-                progress(event)
-
-        try:
-            drive(run.steps(), on_event, cancel, what=run.what)
-        except Cancelled:
-            pass
-        finally:
-            changes = self.finish(run)
-        return changes
-
-    def propagate(self, object_id: int, propagator: Propagator, progress: ProgressCallback | None = None,
-                  cancel: Cancel | None = None) -> ChangeSet:
-        """Propagate the object on this thread (see :meth:`run_to_end`)."""
-        return self.run_to_end(self.propagation(object_id, propagator), progress, cancel)
-
-    def correct(self, object_id: int, correction: Correction, propagator: Propagator) -> ChangeSet:
-        """Apply a 3D correction on this thread."""
-        return self.run_to_end(self.correction(object_id, correction, propagator))

@@ -82,8 +82,16 @@ class AnnotatedObject:
 
     def snapshot(self) -> AnnotatedObject:
         """A copy for the history (containers copied, masks shared)."""
-        return AnnotatedObject(self.id, self.name, tuple(self.color), copy_state(self.state),  # type: ignore
-                               list(self.corrections), set(self.painted), self.propagated, {})
+        return AnnotatedObject(
+            self.id,
+            self.name,
+            tuple(self.color),
+            copy_state(self.state),  # type: ignore
+            list(self.corrections),
+            set(self.painted),
+            self.propagated,
+            {},
+        )
 
     def masks(self) -> ObjectMasks | None:
         """The object's current result for painting the label map (None when it has none):

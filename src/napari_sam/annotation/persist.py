@@ -30,17 +30,36 @@ VERSION = 1
 
 def _state_to_dict(st: PropagationState) -> dict[str, Any]:
     return {
-        "axis": st.axis, "range": list(st.range) if st.range is not None else None,
+        "axis": st.axis,
+        "range": list(st.range) if st.range is not None else None,
         "roi": list(st.roi) if st.roi is not None else None,
         "prompts": {str(i): p.to_json() for i, p in st.prompts.items()},
         "user_masks": {str(i): np.asarray(m, bool) for i, m in st.user_masks.items()},
         "results": {str(i): as_mask(m) for i, m in st.results.items()},
-        "info": {str(i): {"source": f.source, "origin": f.origin, "score": f.score, "iou_prev": f.iou_prev,
-                          "area_ratio": f.area_ratio, "intensity_shift": f.intensity_shift}
-                 for i, f in st.info.items()},
-        "stops": [{"origin": s.origin, "direction": s.direction, "last": s.last, "rejected": s.rejected,
-                   "reason": s.reason.value, "detail": s.detail} for s in st.stops],
-        "dirty": sorted(st.dirty), "dirty_keys": sorted(st.dirty_keys),
+        "info": {
+            str(i): {
+                "source": f.source,
+                "origin": f.origin,
+                "score": f.score,
+                "iou_prev": f.iou_prev,
+                "area_ratio": f.area_ratio,
+                "intensity_shift": f.intensity_shift,
+            }
+            for i, f in st.info.items()
+        },
+        "stops": [
+            {
+                "origin": s.origin,
+                "direction": s.direction,
+                "last": s.last,
+                "rejected": s.rejected,
+                "reason": s.reason.value,
+                "detail": s.detail,
+            }
+            for s in st.stops
+        ],
+        "dirty": sorted(st.dirty),
+        "dirty_keys": sorted(st.dirty_keys),
     }
 
 
@@ -53,8 +72,12 @@ def _state_from_dict(d: dict[str, Any], shape: tuple[int, int, int]) -> Propagat
     st.user_masks = {int(i): np.asarray(m, bool) for i, m in d["user_masks"].items()}
     st.results = {int(i): np.asarray(m, bool) for i, m in d["results"].items()}
     st.info = {int(i): SliceInfo(**f) for i, f in d["info"].items()}
-    st.stops = [StopDecision(s["origin"], s["direction"], s["last"], s["rejected"], StopReason(s["reason"]),
-                             s["detail"]) for s in d["stops"]]
+    st.stops = [
+        StopDecision(
+            s["origin"], s["direction"], s["last"], s["rejected"], StopReason(s["reason"]), s["detail"]
+        )
+        for s in d["stops"]
+    ]
     st.dirty, st.dirty_keys = set(d["dirty"]), set(d["dirty_keys"])
     return st
 
@@ -63,13 +86,28 @@ def annotation_to_dict(model: Annotation) -> dict[str, Any]:
     """Everything of ``model`` but its undo history, as plain values and numpy arrays."""
     objects = []
     for o in model.objects:
-        objects.append({"id": o.id, "name": o.name, "color": list(o.color), "propagated": o.propagated,
-                        "painted": sorted(o.painted),
-                        "corrections": [c.to_json() for c in o.corrections],
-                        "state": None if o.state is None else _state_to_dict(o.state)})
-    return {"format": FORMAT, "version": VERSION, "shape": list(model.shape), "spacing_zyx": list(model.spacing_zyx),
-            "is_2d": model.is_2d, "key_choice": model.key_choice, "current_id": model.current_id,
-            "objects": objects, "labels": np.array(model.labels)}
+        objects.append(
+            {
+                "id": o.id,
+                "name": o.name,
+                "color": list(o.color),
+                "propagated": o.propagated,
+                "painted": sorted(o.painted),
+                "corrections": [c.to_json() for c in o.corrections],
+                "state": None if o.state is None else _state_to_dict(o.state),
+            }
+        )
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "shape": list(model.shape),
+        "spacing_zyx": list(model.spacing_zyx),
+        "is_2d": model.is_2d,
+        "key_choice": model.key_choice,
+        "current_id": model.current_id,
+        "objects": objects,
+        "labels": np.array(model.labels),
+    }
 
 
 def annotation_from_dict(d: dict[str, Any]) -> Annotation:
@@ -78,15 +116,22 @@ def annotation_from_dict(d: dict[str, Any]) -> Annotation:
     if d.get("format") != FORMAT:
         raise InputError(f"not a napari-sam annotation (format {d.get('format')!r})")
     if int(d.get("version", 0)) > VERSION:
-        raise InputError(f"annotation format version {d['version']} is newer than this napari-sam "
-                         f"reads ({VERSION}): update napari-sam")
+        raise InputError(
+            f"annotation format version {d['version']} is newer than this napari-sam "
+            f"reads ({VERSION}): update napari-sam"
+        )
     shape = tuple(int(s) for s in d["shape"])
     model = Annotation(shape, d["spacing_zyx"], is_2d=bool(d["is_2d"]), key_choice=d["key_choice"])
     for od in d["objects"]:
-        obj = AnnotatedObject(int(od["id"]), od["name"], tuple(od["color"]),  # type: ignore[arg-type]
-                              None if od["state"] is None else _state_from_dict(od["state"], shape),  # type: ignore
-                              [Correction(tuple(c["point"]), int(c["label"])) for c in od["corrections"]],
-                              set(od["painted"]), bool(od["propagated"]))
+        obj = AnnotatedObject(
+            int(od["id"]),
+            od["name"],
+            tuple(od["color"]),  # type: ignore[arg-type]
+            None if od["state"] is None else _state_from_dict(od["state"], shape),  # type: ignore
+            [Correction(tuple(c["point"]), int(c["label"])) for c in od["corrections"]],
+            set(od["painted"]),
+            bool(od["propagated"]),
+        )
         model._objects[obj.id] = obj
     model.current_id = d.get("current_id")
     model._repaint(set(model._objects), True, "restore")

@@ -60,9 +60,12 @@ def merge_slice_prompts(prompts: list[SlicePrompt]) -> dict[int, SlicePrompt]:
         z = 0 if p.slice is None else p.slice
         if z in by_slice:
             old = by_slice[z]
-            by_slice[z] = SlicePrompt(points=np.concatenate([old.points, p.points]),
-                                      labels=np.concatenate([old.labels, p.labels]),
-                                      box=p.box if p.box is not None else old.box, slice=z)
+            by_slice[z] = SlicePrompt(
+                points=np.concatenate([old.points, p.points]),
+                labels=np.concatenate([old.labels, p.labels]),
+                box=p.box if p.box is not None else old.box,
+                slice=z,
+            )
         else:
             by_slice[z] = SlicePrompt(points=p.points, labels=p.labels, box=p.box, slice=z)
     return by_slice
@@ -71,7 +74,9 @@ def merge_slice_prompts(prompts: list[SlicePrompt]) -> dict[int, SlicePrompt]:
 def object_window(volume: Volume, obj: ObjectPrompts, file_window=None, override=None) -> Window:
     """The window for one object: --window, else the object's, else the file's, else automatic."""
     spec = override if override is not None else (obj.window if obj.window is not None else file_window)
-    return resolve_window(volume.array, spec, volume.metadata.get("modality"), volume.metadata.get("dicom_window"))
+    return resolve_window(
+        volume.array, spec, volume.metadata.get("modality"), volume.metadata.get("dicom_window")
+    )
 
 
 class _StopFlag:
@@ -91,9 +96,20 @@ class _StopFlag:
 class _Replay:
     """The state of one replay: embeddings per (window, axis), windows, progress."""
 
-    def __init__(self, model: Annotation, volume: Volume, prompts: PromptsFile, backend: Backend, window: Any,
-                 progress: ProgressFn | None, embeddings_for: Any, cancel: Any, stop_rules: StopRules | None,
-                 zoom: ZoomSettings | None, crop_embeddings: CropEmbeddings | None) -> None:
+    def __init__(
+        self,
+        model: Annotation,
+        volume: Volume,
+        prompts: PromptsFile,
+        backend: Backend,
+        window: Any,
+        progress: ProgressFn | None,
+        embeddings_for: Any,
+        cancel: Any,
+        stop_rules: StopRules | None,
+        zoom: ZoomSettings | None,
+        crop_embeddings: CropEmbeddings | None,
+    ) -> None:
         self.model, self.volume, self.prompts, self.backend = model, volume, prompts, backend
         self.window_override, self.progress, self.embeddings_for = window, progress, embeddings_for
         self.stop = _StopFlag(cancel)
@@ -113,14 +129,21 @@ class _Replay:
     def store(self, win: Window, axis: int) -> SliceEmbeddings:
         key = (win.key(), axis)
         if key not in self._stores:
-            self._stores[key] = self.embeddings_for(win, axis) if self.embeddings_for else SliceEmbeddings(
-                self.backend, self.volume.array, win, axis)
+            self._stores[key] = (
+                self.embeddings_for(win, axis)
+                if self.embeddings_for
+                else SliceEmbeddings(self.backend, self.volume.array, win, axis)
+            )
         return self._stores[key]
 
     def window_of(self, obj: ObjectPrompts) -> Window:
         """Resolved once per distinct window spec."""
         override = self.window_override
-        spec = override if override is not None else (obj.window if obj.window is not None else self.prompts.window)
+        spec = (
+            override
+            if override is not None
+            else (obj.window if obj.window is not None else self.prompts.window)
+        )
         key = repr(spec)
         if key not in self._windows:
             self._windows[key] = object_window(self.volume, obj, self.prompts.window, override)
@@ -135,7 +158,9 @@ class _Replay:
     def decode(self, obj: ObjectPrompts, z: int, prompt: SlicePrompt) -> None:
         """Decode one key slice by the one key-slice rule and commit it."""
         store = self.store(self.window_of(obj), obj.axis)
-        self.predictor.set_embedding(store.get(z), image=store.model_input(z) if self.zoom is not None else None)
+        self.predictor.set_embedding(
+            store.get(z), image=store.model_input(z) if self.zoom is not None else None
+        )
         previous = self.model.previous_for(obj.id, obj.axis, z, prompt)
         pred = decode_key(self.predictor, prompt, previous, self.model.key_choice)
         self.model.commit(obj.id, z, prompt, pred.mask, axis=obj.axis, exact=pred.crop is None)
@@ -158,7 +183,9 @@ class _Replay:
             self.report(f"{obj0.name}: slice {z}" if len(items) == 1 else f"{len(items)} objects: slice {z}")
             if axis >= 0:
                 emb = self.store(self.window_of(obj0), obj0.axis).get(z)
-                for (o, _, p), mask in zip(items, decode_boxes(self.backend, emb, [p.box for _, _, p in items])):
+                for (o, _, p), mask in zip(
+                    items, decode_boxes(self.backend, emb, [p.box for _, _, p in items])
+                ):
                     self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True)
             else:
                 self.decode(obj0, z, items[0][2])
@@ -173,8 +200,12 @@ class _Replay:
         if state is None or not state.key_slices:
             return
         self.estimates[obj.id] = state.n_slices
-        propagator = Propagator(self.backend, self.store(self.window_of(obj), obj.axis), rules=self.stop_rules,
-                                key_choice=self.model.key_choice)
+        propagator = Propagator(
+            self.backend,
+            self.store(self.window_of(obj), obj.axis),
+            rules=self.stop_rules,
+            key_choice=self.model.key_choice,
+        )
         self.run(obj, self.model.propagation(obj.id, propagator))
         if obj.adapt and not state.needs_run and not self.cancelled():
             self.run(obj, self.model.start_run(obj.id, self._adapting(propagator), f"adapt {obj.name}"))
@@ -190,14 +221,20 @@ class _Replay:
     def _adapting(self, propagator: Propagator):
         """``"adapt": true``: adapt a copy of the model to the object's key-slice masks
         (:mod:`napari_sam.finetune.adapt`), then propagate the object again with it."""
+
         def work(state: PropagationState):
-            keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
+            keys = {
+                k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()
+            }
             if not keys:
                 return
-            adapted = adapt_to_slices(self.backend, propagator.embeddings, keys, cancel=self.stop.cancel).backend
+            adapted = adapt_to_slices(
+                self.backend, propagator.embeddings, keys, cancel=self.stop.cancel
+            ).backend
             state.mark_all()
-            yield from Propagator(adapted, propagator.embeddings, rules=self.stop_rules,
-                                  key_choice=propagator.key_choice).run(state)
+            yield from Propagator(
+                adapted, propagator.embeddings, rules=self.stop_rules, key_choice=propagator.key_choice
+            ).run(state)
 
         return work
 
@@ -212,11 +249,20 @@ class _Replay:
         self.model.run_to_end(run, on_event, self.stop)  # type: ignore[arg-type]
 
 
-def replay(model: Annotation, volume: Volume, prompts: PromptsFile, backend: Backend, window: Any = None,
-           progress: ProgressFn | None = None, embeddings_for: Callable[[Window, int], Any] | None = None,
-           cancel: Any = None, stop_rules: StopRules | None = None, zoom: ZoomSettings | None = None,
-           crop_embeddings: CropEmbeddings | None = None,
-           init_masks: dict[int, dict[int, np.ndarray]] | None = None) -> ReplayOutcome:
+def replay(
+    model: Annotation,
+    volume: Volume,
+    prompts: PromptsFile,
+    backend: Backend,
+    window: Any = None,
+    progress: ProgressFn | None = None,
+    embeddings_for: Callable[[Window, int], Any] | None = None,
+    cancel: Any = None,
+    stop_rules: StopRules | None = None,
+    zoom: ZoomSettings | None = None,
+    crop_embeddings: CropEmbeddings | None = None,
+    init_masks: dict[int, dict[int, np.ndarray]] | None = None,
+) -> ReplayOutcome:
     """Replay ``prompts`` through ``model`` (an empty :class:`Annotation` of ``volume``'s shape).
 
     Arguments as :func:`napari_sam.segmentation.segment_volume`. The objects are
@@ -226,8 +272,19 @@ def replay(model: Annotation, volume: Volume, prompts: PromptsFile, backend: Bac
     states and the label map; the whole replay is two undo steps.
     """
     prompts.check_against(volume.array.shape, volume.is_2d)
-    job = _Replay(model, volume, prompts, backend, window, progress, embeddings_for, cancel, stop_rules, zoom,
-                  crop_embeddings)
+    job = _Replay(
+        model,
+        volume,
+        prompts,
+        backend,
+        window,
+        progress,
+        embeddings_for,
+        cancel,
+        stop_rules,
+        zoom,
+        crop_embeddings,
+    )
     init_masks = init_masks or {}
     with model.batch("objects of the prompts file"):
         for o in prompts.objects:

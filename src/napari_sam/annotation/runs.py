@@ -47,9 +47,15 @@ class Run:
     (the object is then marked as propagated).
     """
 
-    def __init__(self, object_id: int, state: PropagationState,
-                 work: Callable[[PropagationState], Iterator[Any]], what: str,
-                 corrections: list[Correction] | None = None, propagates: bool = True) -> None:
+    def __init__(
+        self,
+        object_id: int,
+        state: PropagationState,
+        work: Callable[[PropagationState], Iterator[Any]],
+        what: str,
+        corrections: list[Correction] | None = None,
+        propagates: bool = True,
+    ) -> None:
         self.object_id = object_id
         self.state = state
         self.what = what

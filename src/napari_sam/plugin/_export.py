@@ -27,11 +27,26 @@ def export_labels(session: SegmentSession, path: str | Path) -> list[str]:
         from ._seg_io import write_segmentation
 
         notes: list[str] = []
-        out = write_segmentation(p, data[0] if s.source.is_2d else data, s.source.geometry, names, colors,
-                                 s.source_path(), model=getattr(s.backend, "name", None), notes=notes)
+        out = write_segmentation(
+            p,
+            data[0] if s.source.is_2d else data,
+            s.source.geometry,
+            names,
+            colors,
+            s.source_path(),
+            model=getattr(s.backend, "name", None),
+            notes=notes,
+        )
         s.status.emit(f"saved {out}" + "".join(f"; {n}" for n in notes))
         return [out]
-    out = write_labels(p, data, s.source.geometry, names=names, colors=colors, overwrite=True,
-                       inputs=(getattr(getattr(s.source.layer, "source", None), "path", None),))
+    out = write_labels(
+        p,
+        data,
+        s.source.geometry,
+        names=names,
+        colors=colors,
+        overwrite=True,
+        inputs=(getattr(getattr(s.source.layer, "source", None), "path", None),),
+    )
     s.status.emit(f"saved {out}")
     return [str(out), str(sidecar_path(out))]

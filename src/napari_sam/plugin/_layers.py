@@ -33,21 +33,28 @@ class SessionLayers:
     (recorded in the labels layer's metadata).
     """
 
-    def __init__(self, viewer: Any, source: ImageSource, labels_layer: Any = None,
-                 source_path: str | None = None) -> None:
+    def __init__(
+        self, viewer: Any, source: ImageSource, labels_layer: Any = None, source_path: str | None = None
+    ) -> None:
         from napari.layers import Labels, Points, Shapes
 
         self.viewer = viewer
         self.source = source
         name = source.layer.name
         if labels_layer is None:
-            labels_layer = Labels(np.zeros(source.layer_shape, np.uint16), name=f"{name} labels", opacity=0.55,
-                                  metadata=layer_metadata(source.geometry, source=source_path),
-                                  **source.transform_kwargs())
+            labels_layer = Labels(
+                np.zeros(source.layer_shape, np.uint16),
+                name=f"{name} labels",
+                opacity=0.55,
+                metadata=layer_metadata(source.geometry, source=source_path),
+                **source.transform_kwargs(),
+            )
             viewer.add_layer(labels_layer)
         elif tuple(labels_layer.data.shape) != source.layer_shape:
-            raise InputError(f"labels layer {labels_layer.name!r} has shape {labels_layer.data.shape}, "
-                             f"the image {source.layer_shape}")
+            raise InputError(
+                f"labels layer {labels_layer.name!r} has shape {labels_layer.data.shape}, "
+                f"the image {source.layer_shape}"
+            )
         self.labels = labels_layer
         self.preview = self._preview_layer(Labels)
         boxes = self._reusable(f"{name} SAM boxes", Shapes)
@@ -65,10 +72,15 @@ class SessionLayers:
         name = f"{src.layer.name} SAM preview"
         preview = self._reusable(name, labels_type)
         if preview is None or tuple(preview.data.shape) != src.layer_shape:
-            preview = self.viewer.add_layer(labels_type(np.zeros(src.layer_shape, np.uint8), name=name,
-                                                        opacity=0.5, **src.transform_kwargs()))
+            preview = self.viewer.add_layer(
+                labels_type(
+                    np.zeros(src.layer_shape, np.uint8), name=name, opacity=0.5, **src.transform_kwargs()
+                )
+            )
         preview.data[...] = 0
-        preview.colormap = DirectLabelColormap(color_dict={None: PREVIEW_COLOR, 0: (0, 0, 0, 0), 1: PREVIEW_COLOR})
+        preview.colormap = DirectLabelColormap(
+            color_dict={None: PREVIEW_COLOR, 0: (0, 0, 0, 0), 1: PREVIEW_COLOR}
+        )
         preview.editable = False
         preview.refresh()
         return preview

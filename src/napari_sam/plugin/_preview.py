@@ -71,8 +71,11 @@ class Preview(QObject):
         self._shown_version = 0
         self._waiting: _Request | None = None
         self._asked: tuple | None = None  # the prompt of the preview shown or being decoded
-        self._predictor = SlicePredictor(session.backend, zoom=True, crop_embeddings=CropEmbeddings(
-            session.backend, max_in_memory=32, cache_dir=cache_dir))
+        self._predictor = SlicePredictor(
+            session.backend,
+            zoom=True,
+            crop_embeddings=CropEmbeddings(session.backend, max_in_memory=32, cache_dir=cache_dir),
+        )
         self.decoder = DecodeRunner(self)
         self.decoder.done.connect(self._on_decoded)
 
@@ -91,7 +94,9 @@ class Preview(QObject):
             return
         s.pos = pos
         prompt = pl.slice_prompt(s.points, s.boxes, s.source, pos)
-        key = None if prompt is None else (pos, id(s.store()), json.dumps(prompt.to_json()), s.model.current_id)
+        key = (
+            None if prompt is None else (pos, id(s.store()), json.dumps(prompt.to_json()), s.model.current_id)
+        )
         if key is not None and key == self._asked:
             return  # same prompt as the preview shown or being computed (e.g. a selection change)
         self._asked = None
@@ -99,10 +104,14 @@ class Preview(QObject):
         self._waiting = None
         if prompt is None or prompt.only_negative:
             self.prediction = None
-            self.prediction_pos, self.prediction_prompt = (pos, prompt) if prompt is not None else (None, None)
+            self.prediction_pos, self.prediction_prompt = (
+                (pos, prompt) if prompt is not None else (None, None)
+            )
             self.clear()
             if prompt is not None:
-                s.status.emit("only negative clicks: commit marks this slice as 'object absent' (stops propagation)")
+                s.status.emit(
+                    "only negative clicks: commit marks this slice as 'object absent' (stops propagation)"
+                )
             return
         previous = s.model.previous_for(s.model.current_id, pos.axis, pos.index, prompt)
         req = _Request(self._version, pos, s.store(), prompt, previous, t_change)
@@ -158,11 +167,19 @@ class Preview(QObject):
         self._show()
         now = time.perf_counter()
         self.latencies.append(now - req.t_change)
-        self.latency_parts.append({"prompt": req.t_submit - req.t_change, "wait": req.t_decode_start - req.t_submit,
-                                   "decode": req.t_decode_end - req.t_decode_start, "show": now - req.t_decode_end})
+        self.latency_parts.append(
+            {
+                "prompt": req.t_submit - req.t_change,
+                "wait": req.t_decode_start - req.t_submit,
+                "decode": req.t_decode_end - req.t_decode_start,
+                "show": now - req.t_decode_end,
+            }
+        )
         self.previews_shown += 1
-        s.status.emit(f"{s.where(req.pos.index)}: candidate 1/{len(result.masks)} "  # type: ignore[union-attr]
-                      f"(score {float(result.scores[0]):.2f})")  # type: ignore[union-attr]
+        s.status.emit(
+            f"{s.where(req.pos.index)}: candidate 1/{len(result.masks)} "  # type: ignore[union-attr]
+            f"(score {float(result.scores[0]):.2f})"
+        )  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ showing
     def _show(self) -> None:

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import QObject, Signal
 
 from ..annotation import Run
+from ..corrections import Correction
+from ..errors import NapariSamError
+from ..propagation import Propagator
 from ._notify import notify
 from ._progress_panel import update_napari_progress
 
@@ -64,6 +67,47 @@ class RunWorker(QObject):
         worker.start()
         return True
 
+    def _propagator_for(self, obj: Any, action: str) -> Propagator | None:
+        """A propagator along the object's axis, or None (with a notification)."""
+        s = self.s
+        if s.source.is_2d:
+            notify("info", "napari-sam: propagation needs a 3D volume (this image is 2D)")
+            return None
+        if self.busy:
+            notify("info", "napari-sam: a propagation is already running")
+            return None
+        if obj is None or obj.state is None or not obj.state.key_slices:
+            notify("info", f"napari-sam: commit at least one slice of the object before you {action}")
+            return None
+        if obj.state.axis != s.pos.axis:
+            notify(
+                "warning", f"napari-sam: {obj.name} was segmented along axis {obj.state.axis}; view that axis"
+            )
+            return None
+        return Propagator(s.backend, s.store(), key_choice=s.model.key_choice)
+
+    def propagate(self, obj: Any) -> bool:
+        """Propagate ``obj`` (an annotation object) in the background. Returns True if it started."""
+        propagator = self._propagator_for(obj, "propagate")
+        if propagator is None:
+            return False
+        if not obj.state.needs_run:
+            self.s.status.emit(f"{obj.name}: already propagated (commit a correction to redo part of it)")
+            return False
+        return self.start(self.s.model.propagation(obj.id, propagator), f"propagating {obj.name}")
+
+    def correct(self, obj: Any, correction: Correction) -> bool:
+        """Apply a 3D correction to ``obj`` in the background. Returns True if it started."""
+        propagator = self._propagator_for(obj, "correct it")
+        if propagator is None:
+            return False
+        try:
+            run = self.s.model.correction(obj.id, correction, propagator)
+        except NapariSamError as exc:
+            notify("warning", f"napari-sam: {exc}")
+            return False
+        return self.start(run, f"correcting {obj.name}")
+
     def cancel(self) -> None:
         """Stop after the slice in progress; finished slices are kept."""
         if self._worker is not None:
@@ -75,8 +119,9 @@ class RunWorker(QObject):
         if run is None or s.closed:
             return
         s.layers.apply(s.model.apply(run, event))
-        update_napari_progress(self.pbar, int(event.done), int(event.total),
-                               f"napari-sam: {run.what}: {event.stage}")
+        update_napari_progress(
+            self.pbar, int(event.done), int(event.total), f"napari-sam: {run.what}: {event.stage}"
+        )
         index = getattr(event.payload, "index", -1)
         self.progressed.emit(int(index), int(event.done), int(event.total))
 

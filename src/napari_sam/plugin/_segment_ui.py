@@ -12,8 +12,21 @@ from typing import Any, Callable
 
 from qtpy.QtCore import QStringListModel, Qt
 from qtpy.QtGui import QColor, QIcon, QPixmap
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-                            QLabel, QLineEdit, QListWidget, QPushButton, QToolButton, QVBoxLayout)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QCompleter,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+)
 
 from . import _prompt_layers as pl
 from ._candidates_view import CandidatesView
@@ -88,12 +101,16 @@ def _model_form(w: Any, lay: Any) -> None:
     w.precision_combo = QComboBox()
     w.precision_combo.addItems(PRECISIONS)
     w.precision_combo.setCurrentText(DEFAULT_PRECISION)
-    w.precision_combo.setToolTip("Image encoder precision: auto takes bf16 where the CPU or GPU runs it "
-                                 "natively (faster), else fp32; see docs/performance.md")
+    w.precision_combo.setToolTip(
+        "Image encoder precision: auto takes bf16 where the CPU or GPU runs it "
+        "natively (faster), else fp32; see docs/performance.md"
+    )
     w.checkpoint_edit = QLineEdit()
     w.checkpoint_edit.setPlaceholderText("default: embedded or downloaded once")
-    w.checkpoint_edit.setToolTip("Optional local checkpoint file for the chosen model (offline use, "
-                                 "fine-tuned weights, models without a direct download)")
+    w.checkpoint_edit.setToolTip(
+        "Optional local checkpoint file for the chosen model (offline use, "
+        "fine-tuned weights, models without a direct download)"
+    )
     browse = QToolButton()
     browse.setText("...")
     browse.setToolTip("Choose a checkpoint file")
@@ -101,15 +118,24 @@ def _model_form(w: Any, lay: Any) -> None:
     ckpt_row = QHBoxLayout()
     ckpt_row.addWidget(w.checkpoint_edit)
     ckpt_row.addWidget(browse)
-    for label, field in (("Image", w.image_combo), ("Model", w.model_combo), ("Checkpoint", ckpt_row),
-                         ("Device", w.device_combo), ("Precision", w.precision_combo)):
+    for label, field in (
+        ("Image", w.image_combo),
+        ("Model", w.model_combo),
+        ("Checkpoint", ckpt_row),
+        ("Device", w.device_combo),
+        ("Precision", w.precision_combo),
+    ):
         form.addRow(label, field)
     lay.addLayout(form)
 
 
 def _browse_checkpoint(w: Any) -> None:
-    path, _ = QFileDialog.getOpenFileName(w, "Model checkpoint", str(Path.home()),
-                                          "Checkpoints (*.pt *.pth *.ckpt *.safetensors);;All files (*)")
+    path, _ = QFileDialog.getOpenFileName(
+        w,
+        "Model checkpoint",
+        str(Path.home()),
+        "Checkpoints (*.pt *.pth *.ckpt *.safetensors);;All files (*)",
+    )
     if path:
         w.checkpoint_edit.setText(path)
 
@@ -119,32 +145,43 @@ def _options(w: Any, lay: Any) -> None:
 
     w.disk_cache_check = QCheckBox("Keep embeddings on disk")
     w.disk_cache_check.setChecked(True)
-    w.disk_cache_check.setToolTip("Store slice embeddings in the napari-sam cache folder "
-                                  f"({default_cache_dir()}; set NAPARI_SAM_CACHE_DIR to move it), "
-                                  "so that reopening the same image with the same contrast encodes nothing")
+    w.disk_cache_check.setToolTip(
+        "Store slice embeddings in the napari-sam cache folder "
+        f"({default_cache_dir()}; set NAPARI_SAM_CACHE_DIR to move it), "
+        "so that reopening the same image with the same contrast encodes nothing"
+    )
     lay.addWidget(w.disk_cache_check)
     w.zoom_check = QCheckBox("Zoom small objects")
     w.zoom_check.setChecked(True)
-    w.zoom_check.setToolTip("Decode a small object's prompt on a magnified crop around it (the model sees "
-                            "it at full input size): sharper outlines of nuclei and small structures; "
-                            "the first prompt on a new crop encodes it (~0.5 s)")
+    w.zoom_check.setToolTip(
+        "Decode a small object's prompt on a magnified crop around it (the model sees "
+        "it at full input size): sharper outlines of nuclei and small structures; "
+        "the first prompt on a new crop encodes it (~0.5 s)"
+    )
     w.zoom_check.toggled.connect(w._set_zoom)
     lay.addWidget(w.zoom_check)
-    w.start_button = make_button("Start", None, w.start,
-                                 "Load the model and add the prompt, preview and labels layers")
+    w.start_button = make_button(
+        "Start", None, w.start, "Load the model and add the prompt, preview and labels layers"
+    )
     lay.addWidget(w.start_button)
 
 
 def _prompts_box(w: Any, lay: Any) -> None:
     box = QGroupBox("Prompts on this slice")
     bl = QVBoxLayout(box)
-    legend = QLabel(f'Boxes: <span style="color:{pl.BOX_COLOR}">&#9633;</span> &nbsp; clicks: '
-                    f'<span style="color:{pl.POSITIVE_COLOR}">&#9679; positive</span> &nbsp; '
-                    f'<span style="color:{pl.NEGATIVE_COLOR}">&#9679; negative</span>')
+    legend = QLabel(
+        f'Boxes: <span style="color:{pl.BOX_COLOR}">&#9633;</span> &nbsp; clicks: '
+        f'<span style="color:{pl.POSITIVE_COLOR}">&#9679; positive</span> &nbsp; '
+        f'<span style="color:{pl.NEGATIVE_COLOR}">&#9679; negative</span>'
+    )
     legend.setTextFormat(Qt.RichText)
     bl.addWidget(legend)
-    w.negative_button = make_button("Clicks: positive", "toggle_negative", w.toggle_negative,
-                                    "Switch new clicks between positive (green) and negative (red)")
+    w.negative_button = make_button(
+        "Clicks: positive",
+        "toggle_negative",
+        w.toggle_negative,
+        "Switch new clicks between positive (green) and negative (red)",
+    )
     w.negative_button.setCheckable(True)
     bl.addWidget(w.negative_button)
     row = QHBoxLayout()
@@ -172,8 +209,10 @@ def _objects_box(w: Any, lay: Any) -> None:
     ol.addWidget(w.object_list)
     w.name_edit = QLineEdit()
     w.name_edit.setPlaceholderText("name the current object (liver, nucleus, ...)")
-    w.name_edit.setToolTip("Name of the current object; suggestions from anatomy and cell names "
-                           "and the names you typed before. Enter to apply")
+    w.name_edit.setToolTip(
+        "Name of the current object; suggestions from anatomy and cell names "
+        "and the names you typed before. Enter to apply"
+    )
     w._completer_model = QStringListModel(vocabulary())
     completer = QCompleter(w._completer_model, w.name_edit)
     completer.setCaseSensitivity(Qt.CaseInsensitive)
@@ -184,8 +223,9 @@ def _objects_box(w: Any, lay: Any) -> None:
     row = QHBoxLayout()
     w.add_button = make_button("Add", "add_object", w.add_object, "")
     w.rename_button = make_button("Rename", None, w.rename_object, "Rename the selected object")
-    w.delete_button = make_button("Delete", None, w.delete_object,
-                                  "Delete the selected object and its pixels (undoable)")
+    w.delete_button = make_button(
+        "Delete", None, w.delete_object, "Delete the selected object and its pixels (undoable)"
+    )
     for b in (w.add_button, w.rename_button, w.delete_button):
         row.addWidget(b)
     ol.addLayout(row)
@@ -201,9 +241,13 @@ def _volume_box(w: Any, lay: Any) -> None:
     row.addWidget(w.propagate_button)
     row.addWidget(w.cancel_button)
     vl.addLayout(row)
-    w.embed_all_button = make_button("Embed all slices", None, w.embed_all,
-                                     "Compute every slice's image embedding in the background "
-                                     "(otherwise slices are embedded when first needed)")
+    w.embed_all_button = make_button(
+        "Embed all slices",
+        None,
+        w.embed_all,
+        "Compute every slice's image embedding in the background "
+        "(otherwise slices are embedded when first needed)",
+    )
     vl.addWidget(w.embed_all_button)
     w.progress_panel = ProgressPanel(on_slice=w._show_slice)
     vl.addWidget(w.progress_panel)
@@ -215,9 +259,13 @@ def _bottom(w: Any, lay: Any) -> None:
     w.undo_button = make_button("Undo", "undo", w.undo, "")
     w.redo_button = make_button("Redo", "redo", w.redo, "")
     w.export_button = make_button("Export...", "export", w.export_dialog, "")
-    w.load_button = make_button("Load labels as objects...", None, w.load_labels_dialog,
-                                "Bring in an existing segmentation (label map, DICOM SEG, .seg.nrrd) as objects: "
-                                "each label becomes an object whose slices are key slices")
+    w.load_button = make_button(
+        "Load labels as objects...",
+        None,
+        w.load_labels_dialog,
+        "Bring in an existing segmentation (label map, DICOM SEG, .seg.nrrd) as objects: "
+        "each label becomes an object whose slices are key slices",
+    )
     for b in (w.undo_button, w.redo_button, w.export_button, w.load_button):
         row.addWidget(b)
     lay.addLayout(row)
@@ -226,7 +274,8 @@ def _bottom(w: Any, lay: Any) -> None:
     lay.addWidget(w.status_label)
     w.help_button = help_button(
         "Keyboard shortcuts (anywhere in the viewer window while this widget is open):<br>"
-        + "<br>".join(f"<b>{k}</b>: {what}" for k, what in SHORTCUTS.values()))
+        + "<br>".join(f"<b>{k}</b>: {what}" for k, what in SHORTCUTS.values())
+    )
     lay.addWidget(w.help_button)
     lay.addStretch(1)
 

@@ -28,7 +28,6 @@ from ..errors import InputError, NapariSamError, UsageError
 from ..io import Volume
 from ..models.base import Backend
 from ..prompts import SlicePrompt
-from ..propagation import Propagator
 from ..segmentation import key_choice_for
 from . import _prompt_layers as pl
 from ._background import STORES, EmbeddingQueue, SharedSliceEmbeddings
@@ -65,8 +64,15 @@ class SegmentSession(QObject):
     propagation_finished = Signal(bool)
     embedding_ready = Signal(int)
 
-    def __init__(self, viewer: Any, source: ImageSource, backend: Backend, parent: QObject | None = None,
-                 labels_layer: Any = None, cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        viewer: Any,
+        source: ImageSource,
+        backend: Backend,
+        parent: QObject | None = None,
+        labels_layer: Any = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         super().__init__(parent)
         self.viewer, self.source, self.backend = viewer, source, backend
         #: where slice embeddings are kept on disk (None: in memory only)
@@ -76,8 +82,12 @@ class SegmentSession(QObject):
         self.focus_click: Any = None
         self._volume_hash = content_hash(source.volume)
         self._window = source.window()
-        self.model = Annotation(source.shape, source.geometry.scale_zyx, is_2d=source.is_2d,
-                                key_choice=key_choice_for(self._volume()))
+        self.model = Annotation(
+            source.shape,
+            source.geometry.scale_zyx,
+            is_2d=source.is_2d,
+            key_choice=key_choice_for(self._volume()),
+        )
         self.objects = ObjectsView(self.model)
         self.layers = SessionLayers(viewer, source, labels_layer, self.source_path())
         self._adopt_existing_objects()
@@ -96,9 +106,12 @@ class SegmentSession(QObject):
 
     # ------------------------------------------------------------------ setup
     def _volume(self) -> Volume:
-        meta = (self.source.layer.metadata.get("napari_sam") or {})
-        return Volume(self.source.volume, self.source.geometry,
-                      {k: meta.get(k) for k in ("modality", "dicom_window", "path") if meta.get(k)})
+        meta = self.source.layer.metadata.get("napari_sam") or {}
+        return Volume(
+            self.source.volume,
+            self.source.geometry,
+            {k: meta.get(k) for k in ("modality", "dicom_window", "path") if meta.get(k)},
+        )
 
     def _adopt_existing_objects(self) -> None:
         """Objects named in an existing labels layer's metadata (e.g. reopened from our
@@ -156,7 +169,7 @@ class SegmentSession(QObject):
 
     # ------------------------------------------------------------------ where we are
     def where(self, index: int) -> str:
-        """"slice 12" in a volume, "the image" for a 2D image (status messages)."""
+        """ "slice 12" in a volume, "the image" for a 2D image (status messages)."""
         return "the image" if self.source.is_2d else f"slice {index}"
 
     def position(self) -> pl.SlicePosition | None:
@@ -168,8 +181,14 @@ class SegmentSession(QObject):
 
     def store(self) -> SharedSliceEmbeddings:
         """The embeddings for the current window and slicing axis (created on first use)."""
-        return STORES.get(self.backend, self.source.volume, self._volume_hash, self._window, self.pos.axis,
-                          cache_dir=self.cache_dir)
+        return STORES.get(
+            self.backend,
+            self.source.volume,
+            self._volume_hash,
+            self._window,
+            self.pos.axis,
+            cache_dir=self.cache_dir,
+        )
 
     def on_slice_settled(self) -> None:
         pos = self.position()
@@ -193,7 +212,12 @@ class SegmentSession(QObject):
 
     def _on_embedding_ready(self, store: SharedSliceEmbeddings, index: int) -> None:
         self.embedding_ready.emit(index)
-        if index == self.pos.index and store is self.store() and not self.previewer.waiting and not self.propagating:
+        if (
+            index == self.pos.index
+            and store is self.store()
+            and not self.previewer.waiting
+            and not self.propagating
+        ):
             self.status.emit(f"{self.where(index)} ready: draw a box or click")
         self.previewer.on_embedding_ready(store, index)
 
@@ -300,7 +324,9 @@ class SegmentSession(QObject):
         try:
             changes = call(*args, **kwargs)
         except (NapariSamError, KeyError) as exc:
-            notify("warning" if isinstance(exc, UsageError) else "info", f"napari-sam: {str(exc).strip(chr(39))}")
+            notify(
+                "warning" if isinstance(exc, UsageError) else "info", f"napari-sam: {str(exc).strip(chr(39))}"
+            )
             return None
         self.apply(changes)
         return changes
@@ -354,31 +380,54 @@ class SegmentSession(QObject):
             notify("info", "napari-sam: wait for the propagation to finish (or cancel it) before committing")
             return False
         pv = self.previewer
-        stop = pv.prediction is None and pv.prediction_pos == pos and pv.prediction_prompt is not None \
+        stop = (
+            pv.prediction is None
+            and pv.prediction_pos == pos
+            and pv.prediction_prompt is not None
             and pv.prediction_prompt.only_negative
+        )
         mask = pv.mask
         if mask is None and not stop:
-            notify("info", "napari-sam: nothing to commit on this slice: draw a box or click, wait for the preview")
+            notify(
+                "info",
+                "napari-sam: nothing to commit on this slice: draw a box or click, wait for the preview",
+            )
             return False
         latest = pl.slice_prompt(self.points, self.boxes, self.source, pos)
-        if latest is None or pv.prediction_prompt is None or latest.to_json() != pv.prediction_prompt.to_json():
-            notify("info", "napari-sam: the preview is being updated for your latest prompt; commit once it shows")
+        if (
+            latest is None
+            or pv.prediction_prompt is None
+            or latest.to_json() != pv.prediction_prompt.to_json()
+        ):
+            notify(
+                "info",
+                "napari-sam: the preview is being updated for your latest prompt; commit once it shows",
+            )
             return False
         changes = self._do(self._commit, pos, pv.prediction_prompt, None if stop else mask, pv.exact)
         if changes is None:
             return False
         self.clear_prompts()
         name = self.model.current.name if self.model.current else "the object"
-        self.status.emit(f"committed {self.where(pos.index)} to {name}" + (" (object absent)" if stop else ""))
+        self.status.emit(
+            f"committed {self.where(pos.index)} to {name}" + (" (object absent)" if stop else "")
+        )
         return True
 
-    def _commit(self, pos: pl.SlicePosition, prompt: SlicePrompt, mask: np.ndarray | None,
-                exact: bool) -> ChangeSet:
+    def _commit(
+        self, pos: pl.SlicePosition, prompt: SlicePrompt, mask: np.ndarray | None, exact: bool
+    ) -> ChangeSet:
         with self.model.batch(f"commit {self.where(pos.index)}") as step:
             if self.model.current is None:
                 self.model.add_object()
-            self.model.commit(self.model.current_id, pos.index, prompt, mask, axis=pos.axis,  # type: ignore
-                              exact=exact)
+            self.model.commit(
+                self.model.current_id,
+                pos.index,
+                prompt,
+                mask,
+                axis=pos.axis,  # type: ignore
+                exact=exact,
+            )
         return step.changes
 
     # ------------------------------------------------------------------ propagation and corrections
@@ -391,34 +440,11 @@ class SegmentSession(QObject):
         """napari's progress bar of the run in progress (None when idle)."""
         return self.runs.pbar
 
-    def _propagator_for(self, obj: Any, action: str) -> Propagator | None:
-        """A propagator along the object's axis, or None (with a notification)."""
-        if self.source.is_2d:
-            notify("info", "napari-sam: propagation needs a 3D volume (this image is 2D)")
-            return None
-        if self.propagating:
-            notify("info", "napari-sam: a propagation is already running")
-            return None
-        if obj is None or obj.state is None or not obj.state.key_slices:
-            notify("info", f"napari-sam: commit at least one slice of the object before you {action}")
-            return None
-        if obj.state.axis != self.pos.axis:
-            notify("warning", f"napari-sam: {obj.name} was segmented along axis {obj.state.axis}; view that axis")
-            return None
-        return Propagator(self.backend, self.store(), key_choice=self.model.key_choice)
-
     def propagate(self) -> bool:
         """Propagate the current object through the volume from its key slices, in
         the background (progress in the activity dock). Corrected slices are kept.
         Returns True if a run started."""
-        obj = self.model.current
-        propagator = self._propagator_for(obj, "propagate")
-        if propagator is None:
-            return False
-        if not obj.state.needs_run:
-            self.status.emit(f"{obj.name}: already propagated (commit a correction to redo part of it)")
-            return False
-        return self.runs.start(self.model.propagation(obj.id, propagator), f"propagating {obj.name}")
+        return self.runs.propagate(self.model.current)
 
     def correct(self, point: tuple[int, int, int], label: int) -> bool:
         """Correct the current object's 3D result with a click at volume voxel
@@ -428,16 +454,7 @@ class SegmentSession(QObject):
         negative regions carved in 3D). Runs in the background like
         :meth:`propagate` (``propagation_finished`` when done); one undo step.
         Returns True if it started."""
-        obj = self.model.current
-        propagator = self._propagator_for(obj, "correct it")
-        if propagator is None:
-            return False
-        try:
-            run = self.model.correction(obj.id, Correction(tuple(int(v) for v in point), int(label)), propagator)
-        except NapariSamError as exc:
-            notify("warning", f"napari-sam: {exc}")
-            return False
-        return self.runs.start(run, f"correcting {obj.name}")
+        return self.runs.correct(self.model.current, Correction(tuple(int(v) for v in point), int(label)))
 
     def cancel_propagation(self) -> None:
         """Stop the running propagation after the slice in progress; finished slices are kept."""
