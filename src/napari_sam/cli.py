@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
     seg.add_argument("--zoom", action="store_true",
                      help="decode small objects' prompts on a magnified crop around them (sharper outlines of "
-                          "nuclei and small structures; one encoder run per crop); not used for propagation")
+                          "nuclei and small structures; one encoder run per crop), as the napari widget does; "
+                          "propagation itself is not zoomed")
     _add_model_args(seg)
 
     auto = sub.add_parser("auto", help="segment every object automatically (no prompts)")

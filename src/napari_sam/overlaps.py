@@ -13,10 +13,14 @@ object most likely to own it, judged per voxel:
    where two masks touch is each object's least certain part);
 3. ties go to the object listed first.
 
-The CLI and the API (:func:`napari_sam.segmentation.segment_volume`) paint
-through this function, so the result does not depend on the order the
-objects were computed in (only exact ties do). The napari widget does not
-use it yet: it still writes a propagated slice into free voxels only.
+The annotation model (:class:`napari_sam.annotation.Annotation`) paints its
+label map through this function after every change, and both the napari
+widget and the CLI (:func:`napari_sam.segmentation.segment_volume`, a replay
+of the prompts file through the model) use that model: one rule, and the
+result does not depend on the order the objects were computed in (only
+exact ties do). While a propagation runs, the widget shows each finished
+slice at once in the voxels that are free or the object's own; the finished
+run is painted by this rule.
 """
 
 from __future__ import annotations
