@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--init", default=None, metavar="LABELS",
                      help="existing segmentation to refine: label map, DICOM SEG or .seg.nrrd; each label becomes "
                           "an object whose slices are key slices (see docs/export.md)")
+    seg.add_argument("--text", default=None, metavar="NAMES",
+                     help="find these classes by name, with no prompt, e.g. 'liver,spleen' (a --checkpoint "
+                          "taught them: napari-sam finetune; docs/finetuning.md); in 3D each propagates")
     seg.add_argument("--output", required=True, help="label map: .nii.gz/.nii/.nrrd/.mha (or .tif for 2D); "
                      ".seg.nrrd (3D Slicer); .dcm (DICOM SEG, DICOM input only)")
     seg.add_argument("--seg-encoding", default="binary", choices=["binary", "labelmap"],
@@ -145,8 +148,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .prompts import load_prompts
     from .segmentation import segment_volume
 
-    if args.prompts is None and args.init is None:
-        raise InputError("segment needs --prompts, --init or both")
+    if args.prompts is None and args.init is None and args.text is None:
+        raise InputError("segment needs --prompts, --text or --init")
+    if args.text is not None and (args.prompts is not None or args.init is not None):
+        raise InputError("--text finds its own prompts: give it without --prompts and --init")
     inputs = tuple(p for p in (args.image, args.prompts, args.init, args.checkpoint) if p)
     if args.overview and Path(args.overview).suffix.lower() != ".png":
         raise InputError(f"{args.overview}: --overview must end in .png")
@@ -163,9 +168,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     init_masks, notes = None, []
     if args.init is not None:
         prompts, init_masks, init_info = _init_objects(args.init, volume, prompts, notes)
-    prompts.check_against(volume.array.shape, volume.is_2d)
     backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
     embeddings_for, stats = _embeddings_factory(args, volume, backend)
+    if args.text is not None:
+        prompts = _text_prompts(args, volume, backend, window, embeddings_for, notes)
+    prompts.check_against(volume.array.shape, volume.is_2d)
     bar = ProgressBar("segment", args.quiet)
     t0 = time.perf_counter()
     try:
@@ -213,6 +220,29 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print(msg + f"; {enc} slice(s) encoded, {hits} from the cache; {time.perf_counter() - t0:.1f} s)",
               file=sys.stderr)
     return 0
+
+
+def _text_prompts(args: argparse.Namespace, volume, backend, window, embeddings_for, notes: list[str]):
+    """--text: the prompts file that boxes each named class where the taught head finds it."""
+    from .finetune.classes import load_class_head
+    from .intensity import resolve_window
+    from .prompts import parse_prompts
+    from .text_prompts import parse_class_names, text_prompts_file
+
+    names = parse_class_names(args.text)
+    head = load_class_head(args.checkpoint)
+    for name in names:
+        head.index_of(name)  # refuse an untaught class before any encoder run
+    md = volume.metadata
+    win = resolve_window(volume.array, window, md.get("modality"), md.get("dicom_window"))
+    store = embeddings_for(win, 0)
+    embs = [store.get(z) for z in range(volume.shape[0])]
+    doc, found = text_prompts_file(head, names, embs, backend.image_size, propagate=volume.shape[0] > 1,
+                                   warn=notes.append)
+    doc["window"] = [win.lo, win.hi]
+    for f in found:
+        notes.append(f"{f.name}: found on slice {f.slice}, box {list(f.box)}, confidence {f.confidence:.2f}")
+    return parse_prompts(doc, where="--text")
 
 
 def _init_objects(path: str, volume, prompts, notes: list[str]):
