@@ -17,7 +17,7 @@ from napari_sam.errors import InputError
 from napari_sam.finetune.checkpoint import base_state, read_class_state, save_tuned
 from napari_sam.finetune.classes import ClassHead, grid_labels, load_class_head, teach
 from napari_sam.models.base import Embedding
-from napari_sam.text_prompts import find_class, parse_class_names, text_prompts_file
+from napari_sam.text_prompts import find_class, name_instances, parse_class_names, text_prompts_file
 
 SIZE = 64  # model input side of the synthetic embeddings (16 x 16 cells of 4 px)
 
@@ -61,6 +61,20 @@ def test_taught_head_finds_each_class_on_unseen_slices(method):
     assert found.box == (40, 36, 55, 59)  # the spleen's cells, in pixels (4 px per cell)
     liver = find_class(head, "liver", probs, test_embs, SIZE)
     assert liver.box[0] in (8, 12) and liver.box[2] in (27, 31) and liver.confidence > 0.5
+
+
+def test_automatic_instances_get_their_taught_class_and_confidence():
+    train = [_phantom(s) for s in (0, 4)]
+    embs = [_synthetic_slice(t, i) for i, t in enumerate(train)]
+    head = teach(embs, [grid_labels(t, [1, 2], e, SIZE) for t, e in zip(train, embs)], ["liver", "spleen"])
+    test = _phantom(2)
+    instances = np.zeros((1, SIZE, SIZE), np.int32)
+    instances[0][test == 2] = 7           # the spleen, as automatic mode would find it
+    instances[0][12:24, 10:36] = 3        # most of the liver
+    instances[0][0:6, 0:6] = 9            # background debris
+    named = name_instances(head, instances, [_synthetic_slice(test, 5)], SIZE)
+    assert named[7][0] == "spleen" and named[3][0] == "liver" and named[9][0] == "unknown"
+    assert min(named[7][1], named[3][1]) > 0.5
 
 
 def test_unknown_class_is_refused_with_the_taught_classes_and_the_closest():

@@ -24,10 +24,10 @@ import torch
 from scipy import ndimage
 
 from .errors import InputError
-from .finetune.classes import ClassHead
+from .finetune.classes import ClassHead, grid_fractions
 from .models.base import Embedding
 
-__all__ = ["Found", "class_probabilities", "find_class", "text_prompts_file"]
+__all__ = ["Found", "class_probabilities", "find_class", "name_instances", "text_prompts_file"]
 
 #: a cell counts for a class when the class is its most probable one and at least this probable
 MIN_PROBABILITY = 0.5
@@ -111,3 +111,37 @@ def text_prompts_file(head: ClassHead, names: Sequence[str], embeddings: Sequenc
     if not objects:
         raise InputError(f"none of the classes {', '.join(names)} was found in this image")
     return {"objects": objects}, found
+
+
+def name_instances(head: ClassHead, labels: np.ndarray, embeddings: Sequence[Embedding],
+                   image_size: int) -> dict[int, tuple[str, float]]:
+    """The taught class of every instance of a (z, rows, cols) label map, with its confidence.
+
+    An instance's class is the one with the highest mean probability over the
+    feature cells it covers (area-weighted, so partial cells count by their
+    share); confidence is that mean probability. The background counts as a
+    class: an instance the head calls background gets ``("unknown", p)``.
+    Slices of ``labels`` go with ``embeddings`` in order.
+    """
+    ids = [int(v) for v in np.unique(labels) if v != 0]
+    if not ids:
+        return {}
+    sums = np.zeros((len(ids), len(head.names) + 1))
+    weights = np.zeros(len(ids))
+    for z, emb in enumerate(embeddings):
+        present = [i for i in ids if (labels[z] == i).any()]
+        if not present:
+            continue
+        with torch.no_grad():
+            p = head.probabilities(emb).numpy().reshape(len(head.names) + 1, -1)
+        frac = grid_fractions(np.stack([labels[z] == i for i in present]), emb, image_size).numpy()
+        frac = frac.reshape(len(present), -1)
+        rows = [ids.index(i) for i in present]
+        sums[rows] += frac @ p.T
+        weights[rows] += frac.sum(1)
+    out = {}
+    for row, i in enumerate(ids):
+        mean = sums[row] / max(weights[row], 1e-9)
+        k = int(mean.argmax())
+        out[i] = (head.names[k - 1] if k else "unknown", float(mean[k]))
+    return out

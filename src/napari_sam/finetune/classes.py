@@ -33,14 +33,15 @@ import torch.nn.functional as F
 from ..errors import InputError, ModelError
 from ..models.base import Embedding
 
-__all__ = ["ClassHead", "grid_labels", "load_class_head", "teach", "teach_from_files", "unknown_class_error"]
+__all__ = ["ClassHead", "grid_fractions", "grid_labels", "load_class_head", "teach", "teach_from_files",
+           "unknown_class_error"]
 
 METHODS = ("logistic", "prototype")
 #: a cell belongs to a class (or to the background) when that covers this fraction of it
 CELL_FRACTION = 0.5
 
 
-def _grid_fractions(masks: np.ndarray, emb: Embedding, image_size: int) -> torch.Tensor:
+def grid_fractions(masks: np.ndarray, emb: Embedding, image_size: int) -> torch.Tensor:
     """(K, H, W) masks of one slice -> (K, h, w) fraction of each feature cell each covers."""
     _c, h, w = emb.features.shape[1:]
     ih, iw = emb.input_size
@@ -54,7 +55,7 @@ def grid_labels(labels2d: np.ndarray, ids: Sequence[int], emb: Embedding, image_
     """The class of each feature cell of one slice: (h, w) int, ``i + 1`` for ``ids[i]``,
     0 for background, -1 for cells no class covers by :data:`CELL_FRACTION` (edges, padding)."""
     stack = np.stack([labels2d == 0] + [labels2d == i for i in ids])
-    frac = _grid_fractions(stack, emb, image_size).numpy()
+    frac = grid_fractions(stack, emb, image_size).numpy()
     out = np.where(frac.max(0) >= CELL_FRACTION, frac.argmax(0), -1)
     ih, iw = emb.input_size
     h, w = out.shape
