@@ -19,9 +19,7 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
-from napari.utils._test_utils import read_only_mouse_event  # noqa: E402
-from napari.utils.interactions import (mouse_move_callbacks, mouse_press_callbacks,  # noqa: E402
-                                       mouse_release_callbacks)
+from napari_mouse import mouse  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from napari_sam.plugin import _prompt_layers as pl  # noqa: E402
@@ -48,12 +46,7 @@ def deepest_point(region: np.ndarray) -> tuple[int, int]:
     return int(r), int(c)
 
 
-def _mouse(layer, kind: str, world, **kw):
-    ev = read_only_mouse_event(type=kind, position=tuple(float(v) for v in world), button=1,
-                               dims_displayed=list(range(len(world)))[-2:],
-                               view_direction=[1.0] + [0.0] * (len(world) - 1), **kw)
-    {"mouse_press": mouse_press_callbacks, "mouse_move": mouse_move_callbacks,
-     "mouse_release": mouse_release_callbacks}[kind](layer, ev)
+_mouse = mouse
 
 
 def draw_box(viewer, session, voxel_a, voxel_b) -> None:
