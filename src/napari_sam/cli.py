@@ -369,32 +369,70 @@ def _auto_settings(args: argparse.Namespace, is_ct: bool):
     return preset, settings
 
 
-def _cmd_auto(args: argparse.Namespace) -> int:
-    from .automatic import AutomaticSegmenter
+def _auto_tiled(args: argparse.Namespace) -> int:
+    """``auto`` with a zarr input or output: tiles as Dask tasks (docs/scaling.md)."""
+    from .large import auto_large, check_tiled_paths
+
+    check_tiled_paths(args.image, args.output, args.overwrite)
+    bar = ProgressBar("auto", args.quiet, unit="tile")
+    try:
+        info = auto_large(args.image, args.output, _auto_settings(args, args.preset == "ct")[1], args.window,
+                          args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
+    return 0
+
+
+def _auto_run(args: argparse.Namespace, volume, window, settings, stack3d: bool):
+    """Automatic mode on a read volume, with a progress bar. Returns (AutoResult,
+    labels (z, y, x), the backend or None, sidecar extras)."""
+    from .automatic import AutomaticSegmenter, stack_settings_from_args
     from .cache import content_hash, embedding_key, model_identity
-    from .intensity import parse_window, resolve_window
-    from .export import check_result_for, check_result_path, write_result
-    from .io import Geometry, read_image
     from .models.registry import load_model
-    from .large import auto_large, check_tiled_paths, wants_tiled
-    from .segmentation import is_ct
     from .zoom import CropEmbeddings
 
-    if wants_tiled(args.image, args.output):  # zarr in or out: tiles as Dask tasks (docs/scaling.md)
-        check_tiled_paths(args.image, args.output, args.overwrite)
-        bar = ProgressBar("auto", args.quiet, unit="tile")
-        try:
-            info = auto_large(args.image, args.output, _auto_settings(args, args.preset == "ct")[1], args.window,
-                              args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
-        finally:
-            bar.close()
-        if not args.quiet:
-            print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
-        return 0
+    # 3D proposals use no model unless --model-check: do not pay for loading one
+    backend = (load_model(args.model, args.checkpoint, args.device, precision=args.precision)
+               if not stack3d or args.model_check else None)
+    bar = ProgressBar("auto", args.quiet, unit="step")
+
+    def show(p) -> None:  # a jobs.Progress event on the bar
+        bar(p.done, p.total, p.stage)
+
+    try:
+        if stack3d:
+            stack = stack_settings_from_args(args, volume, backend, None)
+            result = stack.segment(window.apply(volume.array), progress=show)
+            return result, result.labels, backend, {"proposals": "3d-blobs", "design": "3d-proposals",
+                                                    "spacing_zyx": list(stack.settings.spacing)}
+        segmenter = AutomaticSegmenter(backend, settings, CropEmbeddings(
+            backend, max_in_memory=64, cache_dir=_cache_dir(args)))
+        extra = {"proposals": segmenter.proposal_kind()}
+        if volume.is_2d:
+            result = segmenter.segment(window.apply(volume.array[0]), progress=show)
+            return result, result.labels[None], backend, extra
+        key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
+        result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
+                                          progress=show, volume_key=key)
+        return result, result.labels, backend, extra
+    finally:
+        bar.close()
+
+
+def _cmd_auto(args: argparse.Namespace) -> int:
+    from .automatic import parse_spacing
+    from .export import check_result_for, check_result_path, write_result
+    from .intensity import parse_window, resolve_window
+    from .io import Geometry, read_image
+    from .large import wants_tiled
+    from .segmentation import is_ct
+
+    if wants_tiled(args.image, args.output):
+        return _auto_tiled(args)
     out = check_result_path(args.output, args.overwrite, inputs=(args.image, args.checkpoint))
     if args.spacing:
-        from .automatic3d import parse_spacing
-
         parse_spacing(args.spacing)  # a malformed --spacing fails before any work
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
@@ -407,47 +445,21 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     window = resolve_window(volume.array, window_spec, volume.metadata.get("modality"),
                             volume.metadata.get("dicom_window"))
     stack3d = not volume.is_2d and preset == "microscopy" and not args.slicewise
-    # 3D proposals use no model unless --model-check: do not pay for loading one
-    backend = (load_model(args.model, args.checkpoint, args.device, precision=args.precision)
-               if not stack3d or args.model_check else None)
-    segmenter = None if stack3d else AutomaticSegmenter(backend, settings, CropEmbeddings(
-        backend, max_in_memory=64, cache_dir=_cache_dir(args)))
-    bar = ProgressBar("auto", args.quiet, unit="step")
-    extra3d: dict = {}
     t0 = time.perf_counter()
-    try:
-        if volume.is_2d:
-            result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
-            labels = result.labels[None]
-        elif stack3d:
-            from .automatic3d import stack_settings_from_args
-
-            stack = stack_settings_from_args(args, volume, backend, None)
-            result = stack.segment(window.apply(volume.array), progress=bar)
-            labels = result.labels
-            extra3d = {"design": "3d-proposals", "spacing_zyx": list(stack.settings.spacing)}
-        else:
-            key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
-            result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
-                                              progress=bar, volume_key=key)
-            labels = result.labels
-    finally:
-        bar.close()
-    n = int(labels.max(initial=0))
+    result, labels, backend, extra = _auto_run(args, volume, window, settings, stack3d)
     notes: list[str] = []
     model_name = backend.name if backend is not None else None
     write_result(out, labels, volume, model=model_name, overwrite=args.overwrite, notes=notes,
                  algorithm_type="AUTOMATIC", inputs=(args.image, args.checkpoint),
                  extra={"source": str(args.image), "model": model_name, "mode": "automatic", "preset": preset,
-                        "proposals": "3d-blobs" if stack3d else segmenter.proposal_kind(),
-                        "window": [window.lo, window.hi],
+                        "proposals": extra.pop("proposals"), "window": [window.lo, window.hi],
                         "object_diameter": round(result.diameter, 2),
-                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, **extra3d})
+                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, **extra})
     if not args.quiet:
         for note in notes:
             print(f"{PROG}: note: {note}", file=sys.stderr)
-        print(f"wrote {out} ({n} object(s), {result.proposals} prompt(s), {result.encoder_calls} embedding(s); "
-              f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        print(f"wrote {out} ({int(labels.max(initial=0))} object(s), {result.proposals} prompt(s), "
+              f"{result.encoder_calls} embedding(s); {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 0
 
 
