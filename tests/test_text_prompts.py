@@ -72,7 +72,7 @@ def test_automatic_instances_get_their_taught_class_and_confidence():
     instances[0][test == 2] = 7           # the spleen, as automatic mode would find it
     instances[0][12:24, 10:36] = 3        # most of the liver
     instances[0][0:6, 0:6] = 9            # background debris
-    named = name_instances(head, instances, [_synthetic_slice(test, 5)], SIZE)
+    named = name_instances(head, instances, lambda z: _synthetic_slice(test, 5), SIZE)
     assert named[7][0] == "spleen" and named[3][0] == "liver" and named[9][0] == "unknown"
     assert min(named[7][1], named[3][1]) > 0.5
 
@@ -160,3 +160,32 @@ def test_cli_segments_a_class_by_name(tmp_path, ct_head, ct_dicom_dir, ct_labels
     r = _cli("segment", str(ct_dicom_dir), "--text", "pancreas", "--checkpoint", str(ckpt),
              "--output", str(tmp_path / "p.nii.gz"))
     assert r.returncode == 2 and "knows: aorta, liver, spleen, stomach" in r.stderr
+
+
+@pytest.mark.slow
+def test_auto_names_its_instances_with_a_taught_checkpoint(tmp_path, data_dir, lite_medsam):
+    """A head taught 'nucleus' on the left half of nuclei_2d names the instances automatic mode finds."""
+    import json
+
+    import tifffile
+
+    from napari_sam.cache import SliceEmbeddings
+    from napari_sam.intensity import resolve_window
+
+    image = data_dir / "nuclei_2d" / "image.tif"
+    truth = tifffile.imread(data_dir / "nuclei_2d" / "labels.tif")
+    arr = tifffile.imread(image).astype(np.float32)[None]
+    win = resolve_window(arr, None)
+    emb = SliceEmbeddings(lite_medsam, arr, win, 0).get(0)
+    left = np.where(np.arange(truth.shape[1])[None] < truth.shape[1] // 2, truth > 0, 0).astype(np.int32)
+    grid = grid_labels(left, [1], emb, lite_medsam.image_size)
+    grid[:, grid.shape[1] // 2:] = -1  # the right half is not taught
+    head = teach([emb], [grid], ["nucleus"])
+    base, _ = base_state("lite_medsam")
+    ckpt = save_tuned(tmp_path / "nuclei.pt", base, {}, {"kind": "test"}, classes=head.to_state())
+    out = tmp_path / "auto.tif"
+    r = _cli("auto", str(image), "--output", str(out), "--checkpoint", str(ckpt), "--quiet")
+    assert r.returncode == 0, r.stderr
+    side = json.loads(out.with_suffix(".json").read_text())
+    classes = [c["class"] for c in side["classes"].values()]
+    assert len(classes) > 50 and classes.count("nucleus") / len(classes) > 0.9

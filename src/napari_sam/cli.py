@@ -421,6 +421,25 @@ def _auto_run(args: argparse.Namespace, volume, window, settings, stack3d: bool)
         bar.close()
 
 
+def _auto_classes(args: argparse.Namespace, volume, window, labels, backend):
+    """With a checkpoint taught classes: each instance's class name and confidence
+    (text_prompts.name_instances), as (names for the sidecar, {id: {class, confidence}})."""
+    from .finetune.checkpoint import read_class_state
+    from .finetune.classes import ClassHead
+    from .models.registry import load_model
+    from .text_prompts import name_instances
+
+    state = read_class_state(args.checkpoint) if args.checkpoint else None
+    if state is None:
+        return None, None
+    head = ClassHead.from_state(state)
+    backend = backend or load_model(args.model, args.checkpoint, args.device, precision=args.precision)
+    store = _embeddings_factory(args, volume, backend)[0](window, 0)
+    named = name_instances(head, labels, store.get, backend.image_size)
+    names = {i: f"{name} {i}" for i, (name, _p) in named.items()}
+    return names, {str(i): {"class": name, "confidence": round(p, 4)} for i, (name, p) in named.items()}
+
+
 def _cmd_auto(args: argparse.Namespace) -> int:
     from .automatic import parse_spacing
     from .export import check_result_for, check_result_path, write_result
@@ -448,8 +467,11 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result, labels, backend, extra = _auto_run(args, volume, window, settings, stack3d)
     notes: list[str] = []
+    names, classes = _auto_classes(args, volume, window, labels, backend)
+    if classes:
+        extra["classes"] = classes
     model_name = backend.name if backend is not None else None
-    write_result(out, labels, volume, model=model_name, overwrite=args.overwrite, notes=notes,
+    write_result(out, labels, volume, names, model=model_name, overwrite=args.overwrite, notes=notes,
                  algorithm_type="AUTOMATIC", inputs=(args.image, args.checkpoint),
                  extra={"source": str(args.image), "model": model_name, "mode": "automatic", "preset": preset,
                         "proposals": extra.pop("proposals"), "window": [window.lo, window.hi],

@@ -113,7 +113,7 @@ def text_prompts_file(head: ClassHead, names: Sequence[str], embeddings: Sequenc
     return {"objects": objects}, found
 
 
-def name_instances(head: ClassHead, labels: np.ndarray, embeddings: Sequence[Embedding],
+def name_instances(head: ClassHead, labels: np.ndarray, embedding_of: Callable[[int], Embedding],
                    image_size: int) -> dict[int, tuple[str, float]]:
     """The taught class of every instance of a (z, rows, cols) label map, with its confidence.
 
@@ -121,17 +121,19 @@ def name_instances(head: ClassHead, labels: np.ndarray, embeddings: Sequence[Emb
     feature cells it covers (area-weighted, so partial cells count by their
     share); confidence is that mean probability. The background counts as a
     class: an instance the head calls background gets ``("unknown", p)``.
-    Slices of ``labels`` go with ``embeddings`` in order.
+    ``embedding_of(z)`` gives slice z's embedding; it is asked only for slices
+    that hold an instance.
     """
     ids = [int(v) for v in np.unique(labels) if v != 0]
     if not ids:
         return {}
     sums = np.zeros((len(ids), len(head.names) + 1))
     weights = np.zeros(len(ids))
-    for z, emb in enumerate(embeddings):
-        present = [i for i in ids if (labels[z] == i).any()]
+    for z in range(labels.shape[0]):
+        present = [int(i) for i in np.unique(labels[z]) if i != 0]
         if not present:
             continue
+        emb = embedding_of(z)
         with torch.no_grad():
             p = head.probabilities(emb).numpy().reshape(len(head.names) + 1, -1)
         frac = grid_fractions(np.stack([labels[z] == i for i in present]), emb, image_size).numpy()
