@@ -34,6 +34,7 @@ from ..errors import InputError, ModelError
 from ..models.base import Embedding
 
 __all__ = ["ClassHead", "grid_fractions", "grid_labels", "load_class_head", "teach", "teach_from_files",
+           "teach_from_volumes",
            "unknown_class_error"]
 
 METHODS = ("logistic", "prototype")
@@ -208,37 +209,51 @@ def teach(embeddings: Sequence[Embedding], grids: Sequence[np.ndarray], names: S
     return ClassHead(list(names), weight.float(), bias.float(), row_class.long(), method, window)
 
 
-def teach_from_files(backend, images: Sequence[str | Path], labels: Sequence[str | Path], window=None,
-                     cache_dir: str | Path | None = None, method: str = "logistic") -> ClassHead:
-    """Teach a head from image/label-map pairs: every named label is a class (one name, one
-    class across pairs). Each image is read in ``window`` (else its default window, the one
-    ``napari-sam segment`` uses); embeddings come from (and go to) the cache."""
+def teach_from_volumes(backend, pairs: Sequence[tuple], window=None, cache_dir: str | Path | None = None,
+                       method: str = "logistic") -> ClassHead:
+    """Teach a head from ``(Volume, labels (z, y, x), {id: name})`` triples: every named label
+    is a class (one name, one class across volumes). Each volume is seen in ``window``
+    (else its default window, the one ``napari-sam segment`` uses); embeddings come from
+    (and go to) the cache."""
     from ..cache import SliceEmbeddings, content_hash
     from ..intensity import resolve_window
-    from .pipeline import label_names, read_pair
 
-    embs, grids, per_pair, order = [], [], [], []
-    for img, lab in zip(images, labels):
-        vol, lmap = read_pair(img, lab)
-        ids = [int(v) for v in np.unique(lmap) if v != 0]
-        names = label_names(Path(lab), ids)
-        order += [n for n in names.values() if n not in order]
-        win = resolve_window(vol.array, window, vol.metadata.get("modality"), vol.metadata.get("dicom_window"))
+    embs, grids, order = [], [], []
+    for vol, lmap, names in pairs:
+        order += [n for n in dict.fromkeys(names.values()) if n not in order]
+    windows = []
+    for vol, lmap, names in pairs:
+        md = vol.metadata
+        win = resolve_window(vol.array, window, md.get("modality"), md.get("dicom_window"))
+        windows.append(win.key())
         store = SliceEmbeddings(backend, vol.array, win, 0, cache_dir=cache_dir, image_hash=content_hash(vol.array))
-        per_pair.append((store, lmap, names, win))
-    for store, lmap, names, win in per_pair:
         ids = sorted(names)
+        remap = np.array([0] + [order.index(names[i]) + 1 for i in ids])
         for z in range(lmap.shape[0]):
+            if not lmap[z].any():
+                continue
             emb = store.get(z)
             local = grid_labels(lmap[z], ids, emb, backend.image_size)
-            remap = np.array([0] + [order.index(names[i]) + 1 for i in ids])
             grids.append(np.where(local >= 0, remap[np.clip(local, 0, None)], -1))
             embs.append(emb)
     covered = sorted({int(v) for g in grids for v in np.unique(g) if v > 0})
-    keep = {old: new for new, old in enumerate(covered, 1)}
-    grids = [np.vectorize(lambda v: keep.get(v, 0) if v > 0 else v, otypes=[np.int64])(g) for g in grids]
+    lookup = np.zeros(len(order) + 1, np.int64)
+    lookup[covered] = np.arange(1, len(covered) + 1)
+    grids = [np.where(g > 0, lookup[np.clip(g, 0, None)], g) for g in grids]
     return teach(embs, grids, [order[k - 1] for k in covered], method=method,
-                 window=",".join(sorted({w.key() for *_, w in per_pair})))
+                 window=",".join(sorted(set(windows))))
+
+
+def teach_from_files(backend, images: Sequence[str | Path], labels: Sequence[str | Path], window=None,
+                     cache_dir: str | Path | None = None, method: str = "logistic") -> ClassHead:
+    """:func:`teach_from_volumes` on image / label-map files (names from the labels' JSON)."""
+    from .pipeline import label_names, read_pair
+
+    pairs = []
+    for img, lab in zip(images, labels):
+        vol, lmap = read_pair(img, lab)
+        pairs.append((vol, lmap, label_names(Path(lab), [int(v) for v in np.unique(lmap) if v != 0])))
+    return teach_from_volumes(backend, pairs, window, cache_dir, method)
 
 
 def load_class_head(checkpoint: str | Path | None) -> ClassHead:
