@@ -94,3 +94,15 @@ def test_unknown_class_is_a_notification_not_a_crash(panel, qtbot, monkeypatch):
     qtbot.mouseClick(w.find_button, Qt.LeftButton)
     assert not w.running and messages and "'liver' has not been taught" in messages[-1][1]
     assert "it knows: nucleus" in messages[-1][1]
+
+
+def test_use_in_segment_anything_switches_its_checkpoint(panel, qtbot):
+    from napari_sam.plugin.segment_widget import SegmentWidget
+
+    viewer, w, _lab, ckpt = panel
+    assert w.use_tuned() is False  # no Segment Anything widget open yet
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg, name="Segment Anything")
+    w.use_button.setEnabled(True)
+    qtbot.mouseClick(w.use_button, Qt.LeftButton)
+    assert seg.checkpoint_edit.text() == str(ckpt)
