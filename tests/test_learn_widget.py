@@ -106,3 +106,22 @@ def test_use_in_segment_anything_switches_its_checkpoint(panel, qtbot):
     w.use_button.setEnabled(True)
     qtbot.mouseClick(w.use_button, Qt.LeftButton)
     assert seg.checkpoint_edit.text() == str(ckpt)
+
+
+def test_folder_of_pairs_is_read_by_file_name(tmp_path):
+    import tifffile
+
+    from napari_sam.errors import NapariSamError
+    from napari_sam.plugin.learn_widget import folder_pairs
+
+    img, lab = _disks(seed=1, n=1)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(tmp_path / "images" / name, img[0])
+        tifffile.imwrite(tmp_path / "labels" / name, lab[0])
+    pairs = folder_pairs(tmp_path)
+    assert len(pairs) == 2 and pairs[0][1].shape == (1, 96, 96) and sorted(pairs[0][2]) == [1, 2, 3, 4]
+    (tmp_path / "labels" / "b.tif").unlink()
+    with pytest.raises(NapariSamError, match="b.tif: no label map"):
+        folder_pairs(tmp_path)

@@ -55,6 +55,26 @@ def _label_names(layer: Any, ids: list[int]) -> dict[int, str]:
     return {i: table.get(i, layer.name) for i in ids}
 
 
+def folder_pairs(folder: Path) -> list[tuple[Volume, np.ndarray, dict[int, str]]]:
+    """The image/label pairs of ``folder/images`` and ``folder/labels`` (matched by file name;
+    names from the labels' JSON, as ``napari-sam finetune`` reads them)."""
+    from ..finetune.pipeline import label_names, read_pair
+
+    images, labels = folder / "images", folder / "labels"
+    if not images.is_dir() or not labels.is_dir():
+        raise NapariSamError(f"{folder}: expected the sub-folders images/ and labels/")
+    pairs = []
+    for img in sorted(p for p in images.iterdir() if not p.name.startswith(".")):
+        lab = labels / img.name
+        if not lab.exists():
+            raise NapariSamError(f"{img.name}: no label map of that name in {labels}")
+        vol, lmap = read_pair(img, lab)
+        pairs.append((vol, lmap, label_names(lab, [int(v) for v in np.unique(lmap) if v != 0])))
+    if not pairs:
+        raise NapariSamError(f"{images}: no image to train on")
+    return pairs
+
+
 class LearnWidget(QWidget):
     """Dock widget: fine-tune on a Labels layer's objects; segment taught classes by name."""
 
@@ -82,6 +102,10 @@ class LearnWidget(QWidget):
         self.minutes = QDoubleSpinBox()
         self.minutes.setRange(0.5, 240)
         self.minutes.setValue(10)
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("or a folder with images/ and labels/ (same file names)")
+        self.folder_edit.setToolTip("train on a folder of image/label pairs instead of the layers above: "
+                                    "FOLDER/images/X and FOLDER/labels/X, any reader format")
         self.output_edit = QLineEdit()
         self.output_edit.setPlaceholderText("default: ~/napari-sam/<image>_tuned.pt")
         self.output_edit.setToolTip("where the tuned checkpoint is written (atomically; never over an input)")
@@ -90,7 +114,8 @@ class LearnWidget(QWidget):
         self.use_button.clicked.connect(self.use_tuned)
         self.use_button.setEnabled(False)
         form = QFormLayout()
-        for label, field in (("Image", self.image_combo), ("Objects", self.labels_combo), ("Epochs", self.epochs),
+        for label, field in (("Image", self.image_combo), ("Objects", self.labels_combo),
+                             ("Folder", self.folder_edit), ("Epochs", self.epochs),
                              ("Max minutes", self.minutes), ("Checkpoint", self.output_edit)):
             form.addRow(label, field)
         tune = QGroupBox("Fine-tune on my objects")
@@ -166,14 +191,7 @@ class LearnWidget(QWidget):
         from ..finetune.volumes import finetune_volumes
         from ..models.registry import load_model
 
-        image, labels_layer = self._layer(self.image_combo), self._layer(self.labels_combo)
-        if labels_layer is None:
-            raise NapariSamError("choose a Labels layer holding your objects (commit some first)")
-        volume = _layer_volume(image)
-        labels = np.asarray(labels_layer.data).astype(np.int64)
-        labels = labels[None] if volume.is_2d else labels
-        ids = [int(v) for v in np.unique(labels) if v != 0]
-        names = _label_names(labels_layer, ids)
+        pairs = self._training_pairs()
         out = self.checkpoint_path()
         if out.suffix != ".pt":
             raise NapariSamError(f"{out}: the checkpoint must end in .pt")
@@ -182,7 +200,7 @@ class LearnWidget(QWidget):
 
         def work(progress, cancel):
             backend = load_model("lite_medsam")
-            return finetune_volumes(backend, [(volume, labels, names)], settings, out,
+            return finetune_volumes(backend, pairs, settings, out,
                                     progress=lambda d, t, s: progress(Progress(d, t, s)), cancel=cancel.is_set)
 
         def done(outcome) -> None:
@@ -193,6 +211,19 @@ class LearnWidget(QWidget):
                                 f"{' (stopped early: best kept)' if r.interrupted else ''}")
 
         return work, done
+
+    def _training_pairs(self) -> list[tuple[Volume, np.ndarray, dict[int, str]]]:
+        """(volume, labels, names) to train on: the folder's pairs, else the chosen layers."""
+        folder = self.folder_edit.text().strip()
+        if folder:
+            return folder_pairs(Path(folder).expanduser())
+        image, labels_layer = self._layer(self.image_combo), self._layer(self.labels_combo)
+        if labels_layer is None:
+            raise NapariSamError("choose a Labels layer holding your objects (commit some first)")
+        volume = _layer_volume(image)
+        labels = np.asarray(labels_layer.data).astype(np.int64)
+        labels = labels[None] if volume.is_2d else labels
+        return [(volume, labels, _label_names(labels_layer, [int(v) for v in np.unique(labels) if v != 0]))]
 
     def find(self) -> None:
         """Segment the named classes on the chosen image with the tuned checkpoint."""
