@@ -3,7 +3,10 @@
 :func:`mouse` builds the event napari's mouse callbacks read (world
 ``position``, ``button``, ``modifiers``, ``dims_displayed``,
 ``view_direction``, ``is_dragging``) and calls the layer's press, move or
-release callbacks through napari's public ``napari.utils.interactions``.
+release callbacks through napari's public ``napari.utils.interactions``. The
+event is wrapped in a ``wrapt.ObjectProxy``, as napari's own events are: a
+drag callback keeps the press event, and napari points its ``__wrapped__`` at
+each later move.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import wrapt
 from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
 __all__ = ["MouseEvent", "mouse"]
@@ -42,4 +46,4 @@ def mouse(layer: Any, kind: str, world: Any, **kw: Any) -> None:
     event = MouseEvent(type=kind, position=tuple(float(v) for v in world), dims_displayed=list(range(n))[-2:],
                        view_direction=[1.0] + [0.0] * (n - 1), **kw)
     {"mouse_press": mouse_press_callbacks, "mouse_move": mouse_move_callbacks,
-     "mouse_release": mouse_release_callbacks}[kind](layer, event)
+     "mouse_release": mouse_release_callbacks}[kind](layer, wrapt.ObjectProxy(event))

@@ -69,8 +69,8 @@ class SessionEvents(QObject):
         pos = s.position()
         if pos is not None and pos != s.pos:
             s.pos = pos
-            s.preview.clear()
-            s.preview.forget()
+            s.previewer.clear()
+            s.previewer.forget()
 
     def _on_contrast(self, event: Any = None) -> None:
         self._window_timer.start(WINDOW_DEBOUNCE_MS)

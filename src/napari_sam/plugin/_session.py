@@ -81,7 +81,7 @@ class SegmentSession(QObject):
         self.objects = ObjectsView(self.model)
         self.layers = SessionLayers(viewer, source, labels_layer, self.source_path())
         self._adopt_existing_objects()
-        self.preview = Preview(self, cache_dir)
+        self.previewer = Preview(self, cache_dir)
         self.runs = RunWorker(self)
         self.runs.started.connect(self.propagation_started)
         self.runs.progressed.connect(self.propagation_progress)
@@ -128,7 +128,7 @@ class SegmentSession(QObject):
         self.cancel_propagation()
         self.closed = True
         self.queue.cancel()
-        self.preview.shutdown()
+        self.previewer.shutdown()
         self.events.close()
         for key in self._layer_keys:  # back to napari's own undo / redo on the labels layer
             try:
@@ -148,6 +148,11 @@ class SegmentSession(QObject):
     @property
     def boxes(self) -> Any:
         return self.layers.boxes
+
+    @property
+    def preview(self) -> Any:
+        """The preview layer (the uncommitted mask)."""
+        return self.layers.preview
 
     # ------------------------------------------------------------------ where we are
     def where(self, index: int) -> str:
@@ -188,9 +193,9 @@ class SegmentSession(QObject):
 
     def _on_embedding_ready(self, store: SharedSliceEmbeddings, index: int) -> None:
         self.embedding_ready.emit(index)
-        if index == self.pos.index and store is self.store() and not self.preview.waiting and not self.propagating:
+        if index == self.pos.index and store is self.store() and not self.previewer.waiting and not self.propagating:
             self.status.emit(f"{self.where(index)} ready: draw a box or click")
-        self.preview.on_embedding_ready(store, index)
+        self.previewer.on_embedding_ready(store, index)
 
     def embed_all(self) -> int:
         """Compute every slice's embedding in the background, nearest slices first."""
@@ -208,62 +213,62 @@ class SegmentSession(QObject):
     def update_preview(self) -> None:
         """Re-predict the current slice from its prompts (decoder only, in the background)."""
         if not self.closed:
-            self.preview.update()
+            self.previewer.update()
 
     @property
     def prediction(self) -> Any:
-        return self.preview.prediction
+        return self.previewer.prediction
 
     @property
     def prediction_pos(self) -> pl.SlicePosition | None:
-        return self.preview.prediction_pos
+        return self.previewer.prediction_pos
 
     @property
     def prediction_prompt(self) -> SlicePrompt | None:
-        return self.preview.prediction_prompt
+        return self.previewer.prediction_prompt
 
     @property
     def candidate(self) -> int:
-        return self.preview.candidate
+        return self.previewer.candidate
 
     @property
     def previews_shown(self) -> int:
-        return self.preview.previews_shown
+        return self.previewer.previews_shown
 
     @property
     def latencies(self) -> list[float]:
-        return self.preview.latencies
+        return self.previewer.latencies
 
     @property
     def latency_parts(self) -> list[dict[str, float]]:
-        return self.preview.latency_parts
+        return self.previewer.latency_parts
 
     @property
     def zoom(self) -> bool:
-        return self.preview.zoom
+        return self.previewer.zoom
 
     @zoom.setter
     def zoom(self, on: bool) -> None:
-        self.preview.zoom = bool(on)
+        self.previewer.zoom = bool(on)
 
     @property
     def preview_mask(self) -> np.ndarray | None:
         """The mask shown as preview on the current slice, (rows, cols) bool, or None."""
-        return self.preview.mask
+        return self.previewer.mask
 
     def next_candidate(self) -> int:
         """Show the next candidate mask (ambiguity: part / whole). Returns its index."""
-        p = self.preview.prediction
+        p = self.previewer.prediction
         if p is None:
             notify("info", "napari-sam: no preview yet: draw a box or click on the object first")
-            return self.preview.candidate
-        i = self.preview.select(self.preview.candidate + 1)
+            return self.previewer.candidate
+        i = self.previewer.select(self.previewer.candidate + 1)
         self.status.emit(f"candidate {i + 1}/{len(p.masks)} (score {float(p.scores[i]):.2f})")
         return i
 
     def select_candidate(self, index: int) -> int:
         """Show candidate ``index`` (0-based, modulo their number) as the preview. Returns it."""
-        return self.preview.select(index)
+        return self.previewer.select(index)
 
     def set_negative(self, negative: bool) -> None:
         """New clicks are negative (red) or positive (green)."""
@@ -278,7 +283,7 @@ class SegmentSession(QObject):
         pos = self.position()
         if pos is not None:
             pl.clear_slice(self.points, self.boxes, self.source, pos)
-            self.preview.drop()
+            self.previewer.drop()
 
     # ------------------------------------------------------------------ changes of the annotation
     def apply(self, changes: ChangeSet | None) -> None:
@@ -348,7 +353,7 @@ class SegmentSession(QObject):
         if self.propagating:
             notify("info", "napari-sam: wait for the propagation to finish (or cancel it) before committing")
             return False
-        pv = self.preview
+        pv = self.previewer
         stop = pv.prediction is None and pv.prediction_pos == pos and pv.prediction_prompt is not None \
             and pv.prediction_prompt.only_negative
         mask = pv.mask

@@ -126,7 +126,7 @@ class SegmentWidget(QWidget):
         s = self.session
         if s is None:
             return
-        gone = [lay.name for lay in (s.source.layer, s.labels, s.preview, s.points, s.boxes)
+        gone = [lay.name for lay in s.layers.all()
                 if lay not in self.viewer.layers]
         if gone:
             self._stop_session()
