@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .box_batches import decode_boxes, is_plain_box
-from .cache import SliceEmbeddings
+from .embeddings import SliceEmbeddings
 from .corrections import Correction, apply_corrections
 from .finetune.adapt import adapt_to_slices
 from .intensity import Window, looks_like_hounsfield, resolve_window
@@ -31,12 +31,9 @@ from .models.base import Backend
 from .overlaps import ObjectMasks, resolve_overlaps
 from .predictor import SlicePredictor
 from .prompts import ObjectPrompts, PromptsFile, SlicePrompt
-from .propagation import Cancel, PropagationState, Propagator, StopRules
+from .jobs import Cancel, Progress, ProgressCallback
+from .propagation import PropagationState, Propagator, StopRules
 from .zoom import CropEmbeddings, ZoomSettings
-
-#: progress callback: (done, total, message)
-Progress = Callable[[int, int, str], None]
-
 
 @dataclass
 class SegmentationResult:
@@ -113,7 +110,7 @@ def state_for_object(obj: ObjectPrompts, shape: tuple[int, int, int]) -> Propaga
 
 
 def _adapt_and_repropagate(backend: Backend, embeddings: SliceEmbeddings, state: PropagationState,
-                           stop_rules: StopRules | None, progress: Progress, cancel: Cancel | None,
+                           stop_rules: StopRules | None, progress: ProgressCallback, cancel: Cancel | None,
                            key_choice: str = "single") -> None:
     """``"adapt": true``: adapt a copy of the model to the object's key-slice masks
     (:mod:`napari_sam.finetune.adapt`), then propagate the object again with it."""
@@ -126,7 +123,7 @@ def _adapt_and_repropagate(backend: Backend, embeddings: SliceEmbeddings, state:
 
 
 def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, window=None,
-                   progress: Progress | None = None,
+                   progress: ProgressCallback | None = None,
                    embeddings_for: Callable[[Window, int], SliceEmbeddings] | None = None,
                    cancel: Cancel | None = None, stop_rules: StopRules | None = None,
                    zoom: ZoomSettings | None = None, crop_embeddings: CropEmbeddings | None = None,
@@ -134,12 +131,12 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
     """Segment every prompted slice of every object; propagate the objects that ask for it.
 
     window: overrides every object's window (CLI ``--window``).
-    progress: (done, total, message) over the whole job.
+    progress: called with a :class:`napari_sam.jobs.Progress` event per step of the whole job.
     embeddings_for: (window, axis) -> SliceEmbeddings, to share or cache
         embeddings (e.g. on disk); by default a fresh in-memory one per
         window and axis.
-    cancel: a callable returning True, or a threading.Event: stops between
-        slices; the result then holds what was finished and ``cancelled`` is True.
+    cancel: a :class:`napari_sam.jobs.Cancel` token (a threading.Event): stops
+        between slices; the result then holds what was finished and ``cancelled`` is True.
     stop_rules: propagation stop rules (default :class:`StopRules()`).
     zoom: decode the prompts of small objects on unpropagated slices on a
         magnified crop (:mod:`napari_sam.zoom`); crop_embeddings: where those
@@ -148,7 +145,8 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
         axis}: key slices taken as they are (an existing segmentation,
         :mod:`napari_sam.init_labels`); a prompt on the same slice wins.
     """
-    from .propagation import _is_set
+    def cancelled() -> bool:
+        return cancel is not None and cancel.is_set()
 
     prompts.check_against(volume.array.shape, volume.is_2d)
     result = SegmentationResult(labels=np.zeros(volume.shape, np.uint16),
@@ -179,7 +177,7 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
 
     def report(message: str) -> None:
         if progress:
-            progress(finished, finished + plain_left + sum(estimates.values()), message)
+            progress(Progress(finished, finished + plain_left + sum(estimates.values()), message))
 
     masks: dict[int, ObjectMasks] = {o.id: ObjectMasks(o.id, o.axis, {}, set()) for o in prompts.objects}
     for o in prompts.objects:
@@ -204,7 +202,7 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
         batchable = zoom is None and is_plain_box(prompt)
         groups.setdefault((win.key(), obj.axis, z) if batchable else ("", -1 - len(groups), z), []).append(item)
     for (wkey, axis, z), items in groups.items():
-        if _is_set(cancel):
+        if cancelled():
             result.cancelled = True
             break
         obj0 = items[0][0]
@@ -221,7 +219,7 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
         plain_left -= len(items)
         finished += len(items)
     for obj in propagated:
-        if result.cancelled or _is_set(cancel):
+        if result.cancelled or cancelled():
             result.cancelled = True
             break
         win = window_of(obj)
@@ -229,18 +227,18 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
         state = states[obj.id]
         base = finished
 
-        def obj_progress(done: int, total: int, message: str, _name=obj.name, _id=obj.id, _base=base) -> None:
+        def obj_progress(event: Progress, _name=obj.name, _id=obj.id, _base=base) -> None:
             nonlocal finished
-            finished = _base + done
-            estimates[_id] = total - done
-            report(f"{_name}: {message}")
+            finished = _base + event.done
+            estimates[_id] = event.total - event.done
+            report(f"{_name}: {event.stage}")
 
         propagator = Propagator(backend, store(win, obj.axis), rules=stop_rules, key_choice=key_choice_for(volume))
         propagator.propagate(state, obj_progress, cancel)
-        if obj.adapt and not state.needs_run and not _is_set(cancel):
+        if obj.adapt and not state.needs_run and not cancelled():
             _adapt_and_repropagate(backend, store(win, obj.axis), state, stop_rules, obj_progress, cancel,
                                    propagator.key_choice)
-        if obj.corrections and not state.needs_run and not _is_set(cancel):
+        if obj.corrections and not state.needs_run and not cancelled():
             report(f"{obj.name}: {len(obj.corrections)} correction(s)")
             apply_corrections(state, propagator, [Correction(p, lab) for p, lab in obj.corrections],
                               spacing_zyx=volume.geometry.scale_zyx)
@@ -257,5 +255,5 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
         if present:
             result.slices[o.id] = sorted(present)
     if progress:
-        progress(finished, finished, "cancelled" if result.cancelled else "done")
+        progress(Progress(finished, finished, "cancelled" if result.cancelled else "done"))
     return result

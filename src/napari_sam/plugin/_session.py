@@ -121,7 +121,7 @@ class SegmentSession(QObject):
         #: small objects are decoded on a magnified crop around the prompt (napari_sam.zoom)
         self.zoom = True
         self._decode_predictor = SlicePredictor(backend, zoom=True, crop_embeddings=CropEmbeddings(
-            backend, max_in_memory=32, cache_dir=cache_dir))
+            backend, provider=STORES.provider(backend, cache_dir)))
         self._ops: list[_Op] = []
         self._writing = False
         self._preview_plane: pl.SlicePosition | None = None
@@ -735,7 +735,7 @@ class SegmentSession(QObject):
         return self._start_propagation(obj, work, f"propagating {obj.name}")
 
     def _start_propagation(self, obj: SegmentedObject, work: Any, what: str) -> bool:
-        """Run the generator ``work`` (yielding SliceUpdates) in the background for ``obj``."""
+        """Run the job ``work`` (yielding jobs.Progress events) in the background for ``obj``."""
         from napari.qt.threading import create_worker
         from napari.utils import progress
 
@@ -810,16 +810,20 @@ class SegmentSession(QObject):
         self.labels.data[idx] = values
         self.labels.refresh()
 
-    def _on_propagated_slice(self, update: Any) -> None:
+    def _on_propagated_slice(self, event: Any) -> None:
+        """A :class:`napari_sam.jobs.Progress` of the propagation job (payload: a SliceUpdate, or None)."""
         obj = self._prop_object
         if obj is None or self._closed:
             return
-        pos = pl.SlicePosition(obj.state.axis, int(update.index))
-        self._write_plane_live(pos, obj, update.mask)
+        update = event.payload
+        if update is not None:
+            pos = pl.SlicePosition(obj.state.axis, int(update.index))
+            self._write_plane_live(pos, obj, update.mask)
         # (napari's progress events may run the finished handler re-entrantly: take pbar once)
-        update_napari_progress(self._prop_pbar, int(update.done), int(update.total),
-                               f"napari-sam: {obj.name}: {update.message}")
-        self.propagation_progress.emit(int(update.index), int(update.done), int(update.total))
+        update_napari_progress(self._prop_pbar, int(event.done), int(event.total),
+                               f"napari-sam: {obj.name}: {event.stage}")
+        if update is not None:
+            self.propagation_progress.emit(int(update.index), int(event.done), int(event.total))
 
     def _on_propagation_finished(self, worker: Any) -> None:
         if worker is not self._prop_worker:
