@@ -169,7 +169,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.init is not None:
         prompts, init_masks, init_info = _init_objects(args.init, volume, prompts, notes)
     backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
-    embeddings_for, stats = _embeddings_factory(args, volume, backend)
+    embeddings_for, provider = _embeddings_factory(args, volume, backend)
     if args.text is not None:
         prompts = _text_prompts(args, volume, backend, window, embeddings_for, notes)
     prompts.check_against(volume.array.shape, volume.is_2d)
@@ -178,17 +178,16 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     try:
         zoom = crops = None
         if args.zoom:
+            from .embeddings import CropEmbeddings
             from .predictor import PROMPT_ZOOM
-            from .zoom import CropEmbeddings
 
-            zoom, crops = PROMPT_ZOOM, CropEmbeddings(backend, cache_dir=_cache_dir(args))
+            zoom, crops = PROMPT_ZOOM, CropEmbeddings(backend, provider=provider)
         result = segment_volume(volume, prompts, backend, window=window, progress=bar,
                                 embeddings_for=embeddings_for, zoom=zoom, crop_embeddings=crops,
                                 init_masks=init_masks)
     finally:
         bar.close()
-    enc = sum(e.total_encoder_calls for e in stats)
-    hits = sum(e.total_disk_hits for e in stats)
+    enc, hits = provider.encoder_calls, provider.disk_hits
     extra = {"source": str(args.image), "model": backend.name,
              "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
              "encoder_calls": enc, "cache_hits": hits}
@@ -276,22 +275,23 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _embeddings_factory(args: argparse.Namespace, volume, backend):
-    """(window, axis) -> SliceEmbeddings on the cache directory, and the list of those made."""
-    from .cache import SliceEmbeddings, content_hash
+    """(window, axis) -> SliceEmbeddings, all on one provider (memory tier, the
+    cache directory, the encoder lock), and that provider (it counts encoder
+    calls and cache hits; zoom crops go through it too)."""
+    from .cache import content_hash
+    from .embeddings import EmbeddingProvider, SliceEmbeddings
 
     cache_dir = _cache_dir(args)
-    made: list[SliceEmbeddings] = []
+    provider = EmbeddingProvider(backend, cache_dir, max_in_memory=64)
     image_hash: list[str] = []
 
     def factory(win, axis: int) -> SliceEmbeddings:
         if cache_dir is not None and not image_hash:
             image_hash.append(content_hash(volume.array))
-        e = SliceEmbeddings(backend, volume.array, win, axis, cache_dir=cache_dir,
-                            image_hash=image_hash[0] if image_hash else None)
-        made.append(e)
-        return e
+        return SliceEmbeddings(backend, volume.array, win, axis, image_hash=image_hash[0] if image_hash else None,
+                               provider=provider)
 
-    return factory, made
+    return factory, provider
 
 
 def _parse_slices(spec: str | None, n: int) -> range:

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..cache import SliceEmbeddings, content_hash
+from ..cache import content_hash
+from ..embeddings import SliceEmbeddings
 from ..errors import InputError
 from ..intensity import Window, looks_like_hounsfield, parse_window, resolve_window
 from ..io import Volume, read_image, read_labels_aligned, sidecar_path
