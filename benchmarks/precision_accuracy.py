@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dice, load_ct  # noqa: E402
 from propagation_ct import MIN_VOXELS, structures, window_for  # noqa: E402
 
-from napari_sam.cache import SliceEmbeddings  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.intensity import parse_window  # noqa: E402
 from napari_sam.models import precision as P  # noqa: E402
 from napari_sam.models.precision import apply_precision  # noqa: E402

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from fake_blob_backend import FakeBlobBackend, blob_image
 
-from napari_sam.automatic import (AutomaticSegmenter, AutoSettings, Cancelled, Candidate, estimate_object_diameter,
+from napari_sam.automatic import (AutomaticSegmenter, AutoSettings, Candidate, estimate_object_diameter,
                                   estimate_polarity, link_slices, non_max_suppression, point_grid, resolve_overlaps,
                                   structure_proposals)
 from napari_sam.errors import InputError
+from napari_sam.jobs import Cancel, Cancelled, Progress
 from napari_sam.evaluation import iou_matrix, match_instances
 
 
@@ -133,13 +134,24 @@ def test_zoomed_automatic_mode_embeds_crops_and_caches_them():
 
 
 def test_progress_and_cancel():
+    """A run reports jobs.Progress events through its stages, and a Cancel
+    token set mid-run (here: at the first decoding step) stops it there."""
     img, _ = blob_image((128, 128))
-    events = []
+    events: list[Progress] = []
     seg = AutomaticSegmenter(FakeBlobBackend(), AutoSettings.for_microscopy(batch_size=2))
-    seg.segment(img, progress=lambda d, t, m: events.append((d, t, m)))
-    assert any("decoding" in m for _, _, m in events) and events[-1][2] == "done"
+    seg.segment(img, progress=events.append)
+    assert any("decoding" in e.stage for e in events) and events[-1].stage == "done"
+    assert all(isinstance(e.done, int) and 0 <= e.done <= e.total for e in events)
+    cancel, seen = Cancel(), []
+
+    def stop_at_decoding(e: Progress) -> None:
+        seen.append(e.stage)
+        if "decoding" in e.stage:
+            cancel.set()
+
     with pytest.raises(Cancelled):
-        seg.segment(img, should_stop=lambda: True)
+        seg.segment(img, progress=stop_at_decoding, cancel=cancel)
+    assert "decoding" in seen[-1] and len(seen) < len(events)
 
 
 def test_volume_objects_keep_one_id_across_slices():

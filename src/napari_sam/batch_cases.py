@@ -51,7 +51,8 @@ def _window_spec(text: str | None):
 
 
 def _segment(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
-    from .cache import SliceEmbeddings, content_hash
+    from .cache import content_hash
+    from .embeddings import EmbeddingProvider, SliceEmbeddings
     from .io import read_image
     from .prompts import load_prompts
     from .segmentation import segment_volume
@@ -60,16 +61,14 @@ def _segment(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult
     prompts = load_prompts(case.prompts)
     volume = read_image(case.image)
     prompts.check_against(volume.array.shape, volume.is_2d)
-    made: list[SliceEmbeddings] = []
+    provider = EmbeddingProvider(backend, cache_dir, max_in_memory=64)
     image_hash = content_hash(volume.array) if cache_dir is not None else None
 
     def factory(win, axis: int) -> SliceEmbeddings:
-        made.append(SliceEmbeddings(backend, volume.array, win, axis, cache_dir=cache_dir, image_hash=image_hash))
-        return made[-1]
+        return SliceEmbeddings(backend, volume.array, win, axis, image_hash=image_hash, provider=provider)
 
     result = segment_volume(volume, prompts, backend, window=window, embeddings_for=factory)
-    enc = sum(e.total_encoder_calls for e in made)
-    hits = sum(e.total_disk_hits for e in made)
+    enc, hits = provider.encoder_calls, provider.disk_hits
     extra = {"source": str(case.image), "model": backend.name,
              "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
              "encoder_calls": enc, "cache_hits": hits}
@@ -79,13 +78,13 @@ def _segment(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult
 def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
     from .automatic import AutomaticSegmenter, AutoSettings
     from .cache import content_hash, embedding_key, model_identity
-    from .intensity import looks_like_hounsfield, resolve_window
+    from .embeddings import CropEmbeddings
+    from .intensity import resolve_window
     from .io import read_image
-    from .zoom import CropEmbeddings
+    from .segmentation import is_ct as volume_is_ct
 
     volume = read_image(case.image)
-    is_ct = (volume.metadata.get("modality") or "").upper() == "CT" or (
-        not volume.is_rgb and volume.metadata.get("modality") is None and looks_like_hounsfield(volume.array))
+    is_ct = volume_is_ct(volume)
     settings = AutoSettings.for_ct() if is_ct else AutoSettings.for_microscopy()
     window = resolve_window(volume.array, _window_spec(case.window), volume.metadata.get("modality"),
                             volume.metadata.get("dicom_window"))

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--init", default=None, metavar="LABELS",
                      help="existing segmentation to refine: label map, DICOM SEG or .seg.nrrd; each label becomes "
                           "an object whose slices are key slices (see docs/export.md)")
+    seg.add_argument("--text", default=None, metavar="NAMES",
+                     help="find these classes by name, with no prompt, e.g. 'liver,spleen' (a --checkpoint "
+                          "taught them: napari-sam finetune; docs/finetuning.md); in 3D each propagates")
     seg.add_argument("--output", required=True, help="label map: .nii.gz/.nii/.nrrd/.mha (or .tif for 2D); "
                      ".seg.nrrd (3D Slicer); .dcm (DICOM SEG, DICOM input only)")
     seg.add_argument("--seg-encoding", default="binary", choices=["binary", "labelmap"],
@@ -146,8 +149,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .prompts import load_prompts
     from .segmentation import segment_volume
 
-    if args.prompts is None and args.init is None:
-        raise InputError("segment needs --prompts, --init or both")
+    if args.prompts is None and args.init is None and args.text is None:
+        raise InputError("segment needs --prompts, --text or --init")
+    if args.text is not None and (args.prompts is not None or args.init is not None):
+        raise InputError("--text finds its own prompts: give it without --prompts and --init")
     inputs = tuple(p for p in (args.image, args.prompts, args.init, args.checkpoint) if p)
     if args.overview and Path(args.overview).suffix.lower() != ".png":
         raise InputError(f"{args.overview}: --overview must end in .png")
@@ -164,25 +169,26 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     init_masks, notes = None, []
     if args.init is not None:
         prompts, init_masks, init_info = _init_objects(args.init, volume, prompts, notes)
-    prompts.check_against(volume.array.shape, volume.is_2d)
     backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
-    embeddings_for, stats = _embeddings_factory(args, volume, backend)
+    embeddings_for, provider = _embeddings_factory(args, volume, backend)
+    if args.text is not None:
+        prompts = _text_prompts(args, volume, backend, window, embeddings_for, notes)
+    prompts.check_against(volume.array.shape, volume.is_2d)
     bar = ProgressBar("segment", args.quiet)
     t0 = time.perf_counter()
     try:
         zoom = crops = None
         if args.zoom:
+            from .embeddings import CropEmbeddings
             from .predictor import PROMPT_ZOOM
-            from .zoom import CropEmbeddings
 
-            zoom, crops = PROMPT_ZOOM, CropEmbeddings(backend, cache_dir=_cache_dir(args))
+            zoom, crops = PROMPT_ZOOM, CropEmbeddings(backend, provider=provider)
         result = segment_volume(volume, prompts, backend, window=window, progress=bar,
                                 embeddings_for=embeddings_for, zoom=zoom, crop_embeddings=crops,
                                 init_masks=init_masks)
     finally:
         bar.close()
-    enc = sum(e.total_encoder_calls for e in stats)
-    hits = sum(e.total_disk_hits for e in stats)
+    enc, hits = provider.encoder_calls, provider.disk_hits
     extra = {"source": str(args.image), "model": backend.name,
              "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
              "encoder_calls": enc, "cache_hits": hits}
@@ -216,6 +222,29 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_prompts(args: argparse.Namespace, volume, backend, window, embeddings_for, notes: list[str]):
+    """--text: the prompts file that boxes each named class where the taught head finds it."""
+    from .finetune.classes import load_class_head
+    from .intensity import resolve_window
+    from .prompts import parse_prompts
+    from .text_prompts import parse_class_names, text_prompts_file
+
+    names = parse_class_names(args.text)
+    head = load_class_head(args.checkpoint)
+    for name in names:
+        head.index_of(name)  # refuse an untaught class before any encoder run
+    md = volume.metadata
+    win = resolve_window(volume.array, window, md.get("modality"), md.get("dicom_window"))
+    store = embeddings_for(win, 0)
+    embs = [store.get(z) for z in range(volume.shape[0])]
+    doc, found = text_prompts_file(head, names, embs, backend.image_size, propagate=volume.shape[0] > 1,
+                                   warn=notes.append)
+    doc["window"] = [win.lo, win.hi]
+    for f in found:
+        notes.append(f"{f.name}: found on slice {f.slice}, box {list(f.box)}, confidence {f.confidence:.2f}")
+    return parse_prompts(doc, where="--text")
+
+
 def _init_objects(path: str, volume, prompts, notes: list[str]):
     """--init: the labels on the image grid as objects, combined with the prompts (docs/export.md)."""
     from .init_labels import init_objects, init_summary, labels_on_image, read_segmentation
@@ -247,22 +276,23 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _embeddings_factory(args: argparse.Namespace, volume, backend):
-    """(window, axis) -> SliceEmbeddings on the cache directory, and the list of those made."""
-    from .cache import SliceEmbeddings, content_hash
+    """(window, axis) -> SliceEmbeddings, all on one provider (memory tier, the
+    cache directory, the encoder lock), and that provider (it counts encoder
+    calls and cache hits; zoom crops go through it too)."""
+    from .cache import content_hash
+    from .embeddings import EmbeddingProvider, SliceEmbeddings
 
     cache_dir = _cache_dir(args)
-    made: list[SliceEmbeddings] = []
+    provider = EmbeddingProvider(backend, cache_dir, max_in_memory=64)
     image_hash: list[str] = []
 
     def factory(win, axis: int) -> SliceEmbeddings:
         if cache_dir is not None and not image_hash:
             image_hash.append(content_hash(volume.array))
-        e = SliceEmbeddings(backend, volume.array, win, axis, cache_dir=cache_dir,
-                            image_hash=image_hash[0] if image_hash else None)
-        made.append(e)
-        return e
+        return SliceEmbeddings(backend, volume.array, win, axis, image_hash=image_hash[0] if image_hash else None,
+                               provider=provider)
 
-    return factory, made
+    return factory, provider
 
 
 def _parse_slices(spec: str | None, n: int) -> range:
@@ -340,32 +370,89 @@ def _auto_settings(args: argparse.Namespace, is_ct: bool):
     return preset, settings
 
 
-def _cmd_auto(args: argparse.Namespace) -> int:
-    from .automatic import AutomaticSegmenter
+def _auto_tiled(args: argparse.Namespace) -> int:
+    """``auto`` with a zarr input or output: tiles as Dask tasks (docs/scaling.md)."""
+    from .large import auto_large, check_tiled_paths
+
+    check_tiled_paths(args.image, args.output, args.overwrite)
+    bar = ProgressBar("auto", args.quiet, unit="tile")
+    try:
+        info = auto_large(args.image, args.output, _auto_settings(args, args.preset == "ct")[1], args.window,
+                          args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
+    return 0
+
+
+def _auto_run(args: argparse.Namespace, volume, window, settings, stack3d: bool):
+    """Automatic mode on a read volume, with a progress bar. Returns (AutoResult,
+    labels (z, y, x), the backend or None, sidecar extras)."""
+    from .automatic import AutomaticSegmenter, stack_settings_from_args
     from .cache import content_hash, embedding_key, model_identity
-    from .intensity import parse_window, resolve_window
-    from .export import check_result_for, check_result_path, write_result
-    from .io import Geometry, read_image
     from .models.registry import load_model
-    from .large import auto_large, check_tiled_paths, wants_tiled
-    from .segmentation import is_ct
     from .zoom import CropEmbeddings
 
-    if wants_tiled(args.image, args.output):  # zarr in or out: tiles as Dask tasks (docs/scaling.md)
-        check_tiled_paths(args.image, args.output, args.overwrite)
-        bar = ProgressBar("auto", args.quiet, unit="tile")
-        try:
-            info = auto_large(args.image, args.output, _auto_settings(args, args.preset == "ct")[1], args.window,
-                              args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
-        finally:
-            bar.close()
-        if not args.quiet:
-            print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
-        return 0
+    # 3D proposals use no model unless --model-check: do not pay for loading one
+    backend = (load_model(args.model, args.checkpoint, args.device, precision=args.precision)
+               if not stack3d or args.model_check else None)
+    bar = ProgressBar("auto", args.quiet, unit="step")
+
+    def show(p) -> None:  # a jobs.Progress event on the bar
+        bar(p.done, p.total, p.stage)
+
+    try:
+        if stack3d:
+            stack = stack_settings_from_args(args, volume, backend, None)
+            result = stack.segment(window.apply(volume.array), progress=show)
+            return result, result.labels, backend, {"proposals": "3d-blobs", "design": "3d-proposals",
+                                                    "spacing_zyx": list(stack.settings.spacing)}
+        segmenter = AutomaticSegmenter(backend, settings, CropEmbeddings(
+            backend, max_in_memory=64, cache_dir=_cache_dir(args)))
+        extra = {"proposals": segmenter.proposal_kind()}
+        if volume.is_2d:
+            result = segmenter.segment(window.apply(volume.array[0]), progress=show)
+            return result, result.labels[None], backend, extra
+        key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
+        result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
+                                          progress=show, volume_key=key)
+        return result, result.labels, backend, extra
+    finally:
+        bar.close()
+
+
+def _auto_classes(args: argparse.Namespace, volume, window, labels, backend):
+    """With a checkpoint taught classes: each instance's class name and confidence
+    (text_prompts.name_instances), as (names for the sidecar, {id: {class, confidence}})."""
+    from .finetune.checkpoint import read_class_state
+    from .finetune.classes import ClassHead
+    from .models.registry import load_model
+    from .text_prompts import name_instances
+
+    state = read_class_state(args.checkpoint) if args.checkpoint else None
+    if state is None:
+        return None, None
+    head = ClassHead.from_state(state)
+    backend = backend or load_model(args.model, args.checkpoint, args.device, precision=args.precision)
+    store = _embeddings_factory(args, volume, backend)[0](window, 0)
+    named = name_instances(head, labels, store.get, backend.image_size)
+    names = {i: f"{name} {i}" for i, (name, _p) in named.items()}
+    return names, {str(i): {"class": name, "confidence": round(p, 4)} for i, (name, p) in named.items()}
+
+
+def _cmd_auto(args: argparse.Namespace) -> int:
+    from .automatic import parse_spacing
+    from .export import check_result_for, check_result_path, write_result
+    from .intensity import parse_window, resolve_window
+    from .io import Geometry, read_image
+    from .large import wants_tiled
+    from .segmentation import is_ct
+
+    if wants_tiled(args.image, args.output):
+        return _auto_tiled(args)
     out = check_result_path(args.output, args.overwrite, inputs=(args.image, args.checkpoint))
     if args.spacing:
-        from .automatic3d import parse_spacing
-
         parse_spacing(args.spacing)  # a malformed --spacing fails before any work
     window_spec = args.window
     if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
@@ -378,47 +465,24 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     window = resolve_window(volume.array, window_spec, volume.metadata.get("modality"),
                             volume.metadata.get("dicom_window"))
     stack3d = not volume.is_2d and preset == "microscopy" and not args.slicewise
-    # 3D proposals use no model unless --model-check: do not pay for loading one
-    backend = (load_model(args.model, args.checkpoint, args.device, precision=args.precision)
-               if not stack3d or args.model_check else None)
-    segmenter = None if stack3d else AutomaticSegmenter(backend, settings, CropEmbeddings(
-        backend, max_in_memory=64, cache_dir=_cache_dir(args)))
-    bar = ProgressBar("auto", args.quiet, unit="step")
-    extra3d: dict = {}
     t0 = time.perf_counter()
-    try:
-        if volume.is_2d:
-            result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
-            labels = result.labels[None]
-        elif stack3d:
-            from .automatic3d import stack_settings_from_args
-
-            stack = stack_settings_from_args(args, volume, backend, None)
-            result = stack.segment(window.apply(volume.array), progress=bar)
-            labels = result.labels
-            extra3d = {"design": "3d-proposals", "spacing_zyx": list(stack.settings.spacing)}
-        else:
-            key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
-            result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
-                                              progress=bar, volume_key=key)
-            labels = result.labels
-    finally:
-        bar.close()
-    n = int(labels.max(initial=0))
+    result, labels, backend, extra = _auto_run(args, volume, window, settings, stack3d)
     notes: list[str] = []
+    names, classes = _auto_classes(args, volume, window, labels, backend)
+    if classes:
+        extra["classes"] = classes
     model_name = backend.name if backend is not None else None
-    write_result(out, labels, volume, model=model_name, overwrite=args.overwrite, notes=notes,
+    write_result(out, labels, volume, names, model=model_name, overwrite=args.overwrite, notes=notes,
                  algorithm_type="AUTOMATIC", inputs=(args.image, args.checkpoint),
                  extra={"source": str(args.image), "model": model_name, "mode": "automatic", "preset": preset,
-                        "proposals": "3d-blobs" if stack3d else segmenter.proposal_kind(),
-                        "window": [window.lo, window.hi],
+                        "proposals": extra.pop("proposals"), "window": [window.lo, window.hi],
                         "object_diameter": round(result.diameter, 2),
-                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, **extra3d})
+                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, **extra})
     if not args.quiet:
         for note in notes:
             print(f"{PROG}: note: {note}", file=sys.stderr)
-        print(f"wrote {out} ({n} object(s), {result.proposals} prompt(s), {result.encoder_calls} embedding(s); "
-              f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        print(f"wrote {out} ({int(labels.max(initial=0))} object(s), {result.proposals} prompt(s), "
+              f"{result.encoder_calls} embedding(s); {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 0
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from .errors import InputError
 from .intensity import Window, resolve_window
 from .tiling import TileGrid, tile_kept_objects
-from .zoom import Crop
+from .geometry import Crop
 
 LAZY_SUFFIXES = (".zarr", ".tif", ".tiff", ".ome.zarr")
 

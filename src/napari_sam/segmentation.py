@@ -109,7 +109,7 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
     """Segment every prompted slice of every object; propagate the objects that ask for it.
 
     window: overrides every object's window (CLI ``--window``).
-    progress: (done, total, message) over the whole job.
+    progress: called with (done, total, message) over the whole job.
     embeddings_for: (window, axis) -> SliceEmbeddings, to share or cache
         embeddings (e.g. on disk); by default a fresh in-memory one per
         window and axis.
