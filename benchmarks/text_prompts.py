@@ -23,7 +23,8 @@ from common import dice, load_ct  # noqa: F401  (puts src/ on sys.path)
 
 import numpy as np  # noqa: E402
 
-from napari_sam.cache import SliceEmbeddings, content_hash  # noqa: E402
+from napari_sam.cache import content_hash  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.finetune.classes import grid_labels, teach  # noqa: E402
 from napari_sam.intensity import resolve_window  # noqa: E402
 from napari_sam.io import Volume  # noqa: E402

@@ -15,7 +15,7 @@ from test_napari_widget import draw_box, notifications, wait_preview  # noqa: E4
 from test_propagation import ball  # noqa: E402
 
 from napari_sam.annotation import Annotation  # noqa: E402
-from napari_sam.cache import SliceEmbeddings  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.intensity import Window  # noqa: E402
 from napari_sam.plugin.segment_widget import SegmentWidget  # noqa: E402
 from napari_sam.propagation import Propagator  # noqa: E402

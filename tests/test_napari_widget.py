@@ -128,7 +128,7 @@ def test_box_commit_propagate_export_matches_core(ct_widget, qtbot, tmp_path, ct
     """Box on a slice -> preview -> commit -> propagate -> export; the exported
     NIfTI's Dice equals what the core computes on its own from the same box
     (its own embeddings, key mask and propagation)."""
-    from napari_sam.cache import SliceEmbeddings
+    from napari_sam.embeddings import SliceEmbeddings
     from napari_sam.io import read_labels_aligned
     from napari_sam.prompts import parse_prompts
     from napari_sam.segmentation import segment_volume

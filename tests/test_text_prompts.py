@@ -116,7 +116,7 @@ def test_cli_text_needs_a_taught_checkpoint(tmp_path, ct_dicom_dir):
 @pytest.fixture(scope="module")
 def ct_head(lite_medsam, ct_volume, ct_labels, ct_label_names):
     """A head taught from slices 0-9 of the shared CT in the window the CLI uses by default."""
-    from napari_sam.cache import SliceEmbeddings
+    from napari_sam.embeddings import SliceEmbeddings
     from napari_sam.intensity import resolve_window
 
     md = ct_volume.metadata
@@ -169,7 +169,7 @@ def test_auto_names_its_instances_with_a_taught_checkpoint(tmp_path, data_dir, l
 
     import tifffile
 
-    from napari_sam.cache import SliceEmbeddings
+    from napari_sam.embeddings import SliceEmbeddings
     from napari_sam.intensity import resolve_window
 
     image = data_dir / "nuclei_2d" / "image.tif"

@@ -34,7 +34,10 @@ class ProgressBar:
 
         self._bar = tqdm(total=0, desc=desc, unit=unit, disable=quiet, file=sys.stderr, leave=True)
 
-    def __call__(self, done: int, total: int, message: str = "") -> None:
+    def __call__(self, done, total: int | None = None, message: str = "") -> None:
+        """Show a :class:`napari_sam.jobs.Progress` event (or done, total, message)."""
+        if total is None:  # a jobs.Progress event
+            done, total, message = done.done, done.total, done.stage
         if self._bar.total != total:
             self._bar.total = total
         self._bar.n = done
@@ -392,31 +395,28 @@ def _auto_run(args: argparse.Namespace, volume, window, settings, stack3d: bool)
     from .automatic import AutomaticSegmenter, stack_settings_from_args
     from .cache import content_hash, embedding_key, model_identity
     from .models.registry import load_model
-    from .zoom import CropEmbeddings
+    from .embeddings import CropEmbeddings
 
     # 3D proposals use no model unless --model-check: do not pay for loading one
     backend = (load_model(args.model, args.checkpoint, args.device, precision=args.precision)
                if not stack3d or args.model_check else None)
     bar = ProgressBar("auto", args.quiet, unit="step")
 
-    def show(p) -> None:  # a jobs.Progress event on the bar
-        bar(p.done, p.total, p.stage)
-
     try:
         if stack3d:
             stack = stack_settings_from_args(args, volume, backend, None)
-            result = stack.segment(window.apply(volume.array), progress=show)
+            result = stack.segment(window.apply(volume.array), progress=bar)
             return result, result.labels, backend, {"proposals": "3d-blobs", "design": "3d-proposals",
                                                     "spacing_zyx": list(stack.settings.spacing)}
         segmenter = AutomaticSegmenter(backend, settings, CropEmbeddings(
             backend, max_in_memory=64, cache_dir=_cache_dir(args)))
         extra = {"proposals": segmenter.proposal_kind()}
         if volume.is_2d:
-            result = segmenter.segment(window.apply(volume.array[0]), progress=show)
+            result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
             return result, result.labels[None], backend, extra
         key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
         result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
-                                          progress=show, volume_key=key)
+                                          progress=bar, volume_key=key)
         return result, result.labels, backend, extra
     finally:
         bar.close()

@@ -24,21 +24,19 @@ import numpy as np
 
 from .annotation import Annotation
 from .annotation.replay import merge_slice_prompts, object_window, replay
-from .cache import SliceEmbeddings
+from .embeddings import SliceEmbeddings
 from .intensity import Window, looks_like_hounsfield
 from .io import Volume
+from .jobs import ProgressCallback
 from .models.base import Backend
 from .overlaps import ObjectMasks, resolve_overlaps
 from .prompts import ObjectPrompts, PromptsFile
 from .propagation import PropagationState, StopRules
-from .zoom import CropEmbeddings, ZoomSettings
+from .zoom import ZoomSettings
+from .embeddings import CropEmbeddings
 
 __all__ = ["SegmentationResult", "segment_volume", "paint_objects", "merge_slice_prompts", "is_ct",
            "key_choice_for", "object_window", "state_for_object"]
-
-#: progress callback: (done, total, message)
-Progress = Callable[[int, int, str], None]
-
 
 @dataclass
 class SegmentationResult:
@@ -101,7 +99,7 @@ def annotation_for(volume: Volume) -> Annotation:
 
 
 def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, window=None,
-                   progress: Progress | None = None,
+                   progress: ProgressCallback | None = None,
                    embeddings_for: Callable[[Window, int], SliceEmbeddings] | None = None,
                    cancel=None, stop_rules: StopRules | None = None,
                    zoom: ZoomSettings | None = None, crop_embeddings: CropEmbeddings | None = None,
@@ -109,7 +107,7 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
     """Segment every prompted slice of every object; propagate the objects that ask for it.
 
     window: overrides every object's window (CLI ``--window``).
-    progress: called with (done, total, message) over the whole job.
+    progress: called with a :class:`napari_sam.jobs.Progress` event per step of the whole job.
     embeddings_for: (window, axis) -> SliceEmbeddings, to share or cache
         embeddings (e.g. on disk); by default a fresh in-memory one per
         window and axis.

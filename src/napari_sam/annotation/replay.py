@@ -23,24 +23,23 @@ from typing import Any
 import numpy as np
 
 from ..box_batches import decode_boxes, is_plain_box
-from ..cache import SliceEmbeddings
+from ..embeddings import CropEmbeddings, SliceEmbeddings
 from ..corrections import Correction
 from ..finetune.adapt import adapt_to_slices
 from ..intensity import Window, resolve_window
 from ..io import Volume
-from ..jobs import Progress
+from ..jobs import Progress, ProgressCallback
 from ..models.base import Backend
 from ..predictor import SlicePredictor
 from ..prompts import ObjectPrompts, PromptsFile, SlicePrompt
 from ..propagation import PropagationState, Propagator, StopRules
-from ..zoom import CropEmbeddings, ZoomSettings
+from ..zoom import ZoomSettings
 from .keyslices import decode_key
 from .model import Annotation
 
 __all__ = ["replay", "ReplayOutcome", "merge_slice_prompts", "object_window"]
 
 #: (done, total, message) over the whole replay
-ProgressFn = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -103,7 +102,7 @@ class _Replay:
         prompts: PromptsFile,
         backend: Backend,
         window: Any,
-        progress: ProgressFn | None,
+        progress: ProgressCallback | None,
         embeddings_for: Any,
         cancel: Any,
         stop_rules: StopRules | None,
@@ -124,7 +123,7 @@ class _Replay:
     # -------------------------------------------------------------- helpers
     def report(self, message: str) -> None:
         if self.progress:
-            self.progress(self.finished, self.finished + sum(self.estimates.values()), message)
+            self.progress(Progress(self.finished, self.finished + sum(self.estimates.values()), message))
 
     def store(self, win: Window, axis: int) -> SliceEmbeddings:
         key = (win.key(), axis)
@@ -255,7 +254,7 @@ def replay(
     prompts: PromptsFile,
     backend: Backend,
     window: Any = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressCallback | None = None,
     embeddings_for: Callable[[Window, int], Any] | None = None,
     cancel: Any = None,
     stop_rules: StopRules | None = None,
@@ -302,5 +301,5 @@ def replay(
                 job.window_of(o)
                 job.propagated_object(o)
     if progress:
-        progress(job.finished, job.finished, "cancelled" if job.outcome.cancelled else "done")
+        progress(Progress(job.finished, job.finished, "cancelled" if job.outcome.cancelled else "done"))
     return job.outcome

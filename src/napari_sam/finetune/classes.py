@@ -215,7 +215,8 @@ def teach_from_volumes(backend, pairs: Sequence[tuple], window=None, cache_dir: 
     is a class (one name, one class across volumes). Each volume is seen in ``window``
     (else its default window, the one ``napari-sam segment`` uses); embeddings come from
     (and go to) the cache."""
-    from ..cache import SliceEmbeddings, content_hash
+    from ..cache import content_hash
+    from ..embeddings import SliceEmbeddings
     from ..intensity import resolve_window
 
     embs, grids, order = [], [], []

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import SliceEmbeddings, content_hash
+from ..cache import content_hash
+from ..embeddings import SliceEmbeddings
 from ..errors import InputError
 from ..io import Volume
 from ..models.sam_family import SamFamilyBackend

@@ -20,7 +20,7 @@ from qtpy.QtCore import QObject
 from ..annotation import decode_key
 from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
-from ..zoom import CropEmbeddings
+from ..embeddings import CropEmbeddings
 from . import _prompt_layers as pl
 from ._background import SharedSliceEmbeddings
 from ._notify import notify_error

@@ -254,7 +254,7 @@ class LearnWidget(QWidget):
         transform = ImageSource.from_layer(image).transform_kwargs()
 
         def work(progress, cancel):
-            from ..cache import SliceEmbeddings
+            from ..embeddings import SliceEmbeddings
 
             backend = load_model("lite_medsam", checkpoint=ckpt)
             store = SliceEmbeddings(backend, volume.array, window, 0)
