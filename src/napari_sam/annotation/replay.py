@@ -39,8 +39,6 @@ from .model import Annotation
 
 __all__ = ["replay", "ReplayOutcome", "merge_slice_prompts", "object_window"]
 
-#: (done, total, message) over the whole replay
-
 
 @dataclass
 class ReplayOutcome:

@@ -22,7 +22,7 @@ from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
 from ..embeddings import CropEmbeddings
 from . import _prompt_layers as pl
-from ._background import SharedSliceEmbeddings
+from ._background import STORES, SharedSliceEmbeddings
 from ._notify import notify_error
 
 if TYPE_CHECKING:
@@ -71,11 +71,9 @@ class Preview(QObject):
         self._shown_version = 0
         self._waiting: _Request | None = None
         self._asked: tuple | None = None  # the prompt of the preview shown or being decoded
-        self._predictor = SlicePredictor(
-            session.backend,
-            zoom=True,
-            crop_embeddings=CropEmbeddings(session.backend, max_in_memory=32, cache_dir=cache_dir),
-        )
+        # zoom crops go through the widgets' shared provider (one memory tier, one encoder lock)
+        crops = CropEmbeddings(session.backend, provider=STORES.provider(session.backend, cache_dir))
+        self._predictor = SlicePredictor(session.backend, zoom=True, crop_embeddings=crops)
         self.decoder = DecodeRunner(self)
         self.decoder.done.connect(self._on_decoded)
 

@@ -122,8 +122,8 @@ class RunWorker(QObject):
         update_napari_progress(
             self.pbar, int(event.done), int(event.total), f"napari-sam: {run.what}: {event.stage}"
         )
-        index = getattr(event.payload, "index", -1)
-        self.progressed.emit(int(index), int(event.done), int(event.total))
+        if event.payload is not None:  # a finished slice (not the run's closing event)
+            self.progressed.emit(int(event.payload.index), int(event.done), int(event.total))
 
     def _on_finished(self, worker: Any) -> None:
         if worker is not self._worker:
