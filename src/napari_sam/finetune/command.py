@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.classes != "none":
         from .classes import teach_from_files
 
-        head = teach_from_files(backend, args.images, args.labels, args.window, _cache_dir(args), args.classes)
+        head = teach_from_files(backend, args.images, args.labels, args.window,
+                                usable_cache_dir(args.cache_dir, args.no_cache), args.classes)
         classes = head.to_state()
         if not args.quiet:
             print(f"taught {len(head.names)} classes ({args.classes}): {', '.join(head.names)}", file=sys.stderr)
