@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--proposals", default=None,
                       choices=["blobs", "regions", "box-grid", "point-grid", "blobs+box-grid", "regions+box-grid"],
                       help="where the prompts come from (default: the preset's)")
+    auto.add_argument("--model-role", default=None, choices=["masks", "split-check"],
+                      help="blobs: the model's masks replace them (masks), or blob outlines are kept and the "
+                           "model checks which touching blobs to split (split-check; the microscopy default)")
     auto.add_argument("--tile-shape", default=None, metavar="R,C",
                       help="tile rows,cols for large images (default 512,512)")
     auto.add_argument("--halo", type=int, default=None, help="tile overlap on each side in pixels (default 64); "
@@ -323,6 +326,8 @@ def _auto_settings(args: argparse.Namespace, is_ct: bool):
     changes = {}
     if args.proposals is not None:
         changes["proposals"] = args.proposals
+    if getattr(args, "model_role", None) is not None:
+        changes["model_role"] = args.model_role
     if args.tile_shape is not None:
         changes["tile_shape"] = _parse_tile_shape(args.tile_shape)
     for arg, name in (("halo", "halo"), ("min_size", "min_size"), ("diameter", "object_diameter"),
@@ -373,7 +378,7 @@ def _auto_run(args: argparse.Namespace, volume, window, settings, stack3d: bool)
                                                     "spacing_zyx": list(stack.settings.spacing)}
         segmenter = AutomaticSegmenter(backend, settings, CropEmbeddings(
             backend, max_in_memory=64, cache_dir=_cache_dir(args)))
-        extra = {"proposals": segmenter.proposal_kind()}
+        extra = {"proposals": segmenter.proposal_kind(), "model_role": settings.model_role}
         if volume.is_2d:
             result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
             return result, result.labels[None], backend, extra

@@ -39,6 +39,7 @@ from .masks import (
     resolve_overlaps,
     unanswered_regions,
 )
+from .mosaic import iter_decode_in_mosaics
 from .proposals import (
     Proposals,
     box_grid,
@@ -50,6 +51,8 @@ from .proposals import (
     structure_proposals,
 )
 from .settings import AutoSettings
+from .split_check import apply_splits, judge_split, split_requests
+from .splits import split_hypotheses
 
 
 @dataclass
@@ -169,6 +172,8 @@ class AutomaticSegmenter:
         plan = self._plan(gray)
         props, structure = self._proposals(gray, plan)
         timings["proposals"] = time.perf_counter() - t0
+        if structure is not None and plan.kind == "blobs" and self.settings.model_role == "split-check":
+            return (yield from self._split_checked(gray, structure.regions, plan, timings, t0))
         key = image_key if image_key is not None else content_hash(image01)
         clock = {"encoder": 0.0, "decoder": 0.0}
         cands: list[Candidate] = yield from self._decode_all(image01, key, props, plan.grid, clock, "")
@@ -182,6 +187,36 @@ class AutomaticSegmenter:
         return AutoResult(labels=labels, scores=scores, proposals=n_prompts, timings=timings,
                           diameter=plan.diameter, encoder_calls=self.embeddings.encoder_calls - enc0,
                           candidates=len(cands))
+
+    def _split_checked(self, gray: np.ndarray, regions: np.ndarray, plan: _Plan, timings: dict[str, float],
+                       t0: float) -> Job[AutoResult]:
+        """Blob outlines, with the cuts the model confirms (model_role "split-check")."""
+        st = self.settings
+        t = time.perf_counter()
+        hyps = split_hypotheses(regions, plan.diameter, plan.min_size, st.split_concavity)
+        requests = split_requests(hyps, st.split_crop_scale)
+        timings["proposals"] += time.perf_counter() - t
+        clock = {"encoder": 0.0, "decoder": 0.0}
+        answers = yield from iter_decode_in_mosaics(self.backend, [gray], requests, st.mosaic_side,
+                                                    st.batch_size, clock, "checking splits")
+        timings.update(clock)
+        t = time.perf_counter()
+        verdicts = [judge_split(h, r, a, st.split_quality, st.split_min_iou)
+                    for h, r, a in zip(hyps, requests, answers)]
+        labels = apply_splits(regions, hyps, verdicts)
+        scores = np.full(int(labels.max(initial=0)), np.nan)
+        next_id = int(regions.max(initial=0)) + 1
+        for h, v in zip(hyps, verdicts):
+            scores[h.region - 1] = v.scores[0] if v.accepted else v.whole_score
+            if v.accepted:
+                scores[next_id - 1: next_id - 2 + h.n_parts] = v.scores[1:]
+                next_id += h.n_parts - 1
+        timings["postprocess"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        yield Progress(1, 1, "done")
+        n_mosaics = int(np.ceil(len(requests) / st.mosaic_side ** 2))
+        return AutoResult(labels=labels, scores=scores.tolist(), proposals=sum(len(r.boxes) for r in requests),
+                          timings=timings, diameter=plan.diameter, encoder_calls=n_mosaics, candidates=len(hyps))
 
     def _postprocess(self, cands: list[Candidate], structure: Proposals | None,
                      plan: _Plan) -> tuple[np.ndarray, list[float]]:

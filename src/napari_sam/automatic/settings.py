@@ -9,6 +9,7 @@ from ..errors import InputError
 from ..tiling import DEFAULT_HALO, DEFAULT_TILE_SHAPE, TileGrid
 from ..zoom import ZoomSettings
 
+MODEL_ROLES = ("masks", "split-check")
 PROPOSAL_KINDS = ("auto", "blobs", "regions", "point-grid", "box-grid", "blobs+box-grid", "regions+box-grid")
 
 
@@ -48,6 +49,17 @@ class AutoSettings:
     keep_unanswered: blob proposals: a blob that no kept mask covers (the
         model's answer failed the filters) is kept as the blob itself, ranked
         below every model mask.
+    model_role: blob proposals: "masks" (each blob is decoded and the model's
+        mask replaces it, filtered as above) or "split-check" (the blobs'
+        outlines are kept; blobs that concavity analysis would cut are checked
+        by the model at zoom, and a cut is kept when the model answers every
+        part as an object: :mod:`napari_sam.automatic.split_check`).
+    split_concavity: smallest concavity score of a cut worth checking (0..1;
+        lower: more hypotheses, more model work).
+    split_quality: a part's answer must have at least this predicted IoU.
+    split_min_iou: and cover its part at least this well (IoU).
+    split_crop_scale: the crop around a checked blob, in blob sizes.
+    mosaic_side: crops per mosaic side in one encoder run (1: one crop per run).
     """
 
     proposals: str = "auto"
@@ -70,13 +82,26 @@ class AutoSettings:
     batch_size: int = 16
     link_iou: float = 0.3
     keep_unanswered: bool = False
+    model_role: str = "masks"
+    split_concavity: float = 0.15
+    split_quality: float = 0.7
+    split_min_iou: float = 0.4
+    split_crop_scale: float = 1.5
+    mosaic_side: int = 2
 
     def __post_init__(self) -> None:
         if self.proposals not in PROPOSAL_KINDS:
             raise InputError(f"proposals {self.proposals!r}: expected one of {', '.join(PROPOSAL_KINDS)}")
+        if self.model_role not in MODEL_ROLES:
+            raise InputError(f"model role {self.model_role!r}: expected one of {', '.join(MODEL_ROLES)}")
+        if not 1 <= self.mosaic_side <= 8:
+            raise InputError(f"mosaic side {self.mosaic_side}: expected 1..8 crops")
+        if not 1.0 <= self.split_crop_scale <= 4.0:
+            raise InputError(f"split crop scale {self.split_crop_scale}: expected 1..4 blob sizes")
         if self.polarity not in ("auto", "bright", "dark"):
             raise InputError(f"polarity {self.polarity!r}: expected auto, bright or dark")
-        for name in ("quality_threshold", "stability_threshold", "box_agreement", "nms_iou", "link_iou"):
+        for name in ("quality_threshold", "stability_threshold", "box_agreement", "nms_iou", "link_iou",
+                     "split_concavity", "split_quality", "split_min_iou"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"{name.replace('_', ' ')} {v}: expected a number between 0 and 1")
@@ -102,9 +127,10 @@ class AutoSettings:
 
     @classmethod
     def for_microscopy(cls, **overrides) -> AutoSettings:
-        """Nuclei, cells, particles: blobs on a background (box-only models),
-        a point grid for point-capable models."""
-        return cls(**{"proposals": "auto", "keep_unanswered": True, **overrides})
+        """Nuclei, cells, particles: blobs on a background whose touching
+        objects the model splits (box-only models), a point grid for
+        point-capable models."""
+        return cls(**{"proposals": "auto", "keep_unanswered": True, "model_role": "split-check", **overrides})
 
     @classmethod
     def for_ct(cls, **overrides) -> AutoSettings:
