@@ -330,7 +330,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     from .models.registry import load_model
     from .large import auto_large, check_tiled_paths, wants_tiled
     from .segmentation import is_ct
-    from .zoom import CropEmbeddings
+    from .embeddings import CropEmbeddings
 
     if wants_tiled(args.image, args.output):  # zarr in or out: tiles as Dask tasks (docs/scaling.md)
         check_tiled_paths(args.image, args.output, args.overwrite)

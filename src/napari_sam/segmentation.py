@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .box_batches import decode_boxes, is_plain_box
-from .embeddings import SliceEmbeddings
+from .embeddings import CropEmbeddings, SliceEmbeddings
 from .corrections import Correction, apply_corrections
 from .finetune.adapt import adapt_to_slices
 from .intensity import Window, looks_like_hounsfield, resolve_window
@@ -33,7 +33,8 @@ from .predictor import SlicePredictor
 from .prompts import ObjectPrompts, PromptsFile, SlicePrompt
 from .jobs import Cancel, Progress, ProgressCallback
 from .propagation import PropagationState, Propagator, StopRules
-from .zoom import CropEmbeddings, ZoomSettings
+from .zoom import ZoomSettings
+
 
 @dataclass
 class SegmentationResult:
