@@ -201,7 +201,8 @@ def batch_job(manifest: str | Path, client=None, settings: BatchSettings | None 
     if own:
         client = local_client(workers, threads_per_worker)
         if torch_threads is None:
-            torch_threads = max(1, cpu_cores() // (len(client.scheduler_info()["workers"]) * threads_per_worker))
+            n_workers = len(client.scheduler_info()["workers"])
+            torch_threads = max(1, cpu_cores() // (n_workers * threads_per_worker))
     futures: dict = {}
     try:
         if todo:
@@ -226,9 +227,9 @@ def batch_job(manifest: str | Path, client=None, settings: BatchSettings | None 
     return sorted(records, key=lambda r: r["row"])
 
 
-def run(manifest: str | Path, client=None, settings: BatchSettings | None = None, *, workers: int | None = None,
-        threads_per_worker: int = 1, torch_threads: int | None = None, progress: ProgressCallback | None = None,
-        cancel: Cancel | None = None) -> list[dict[str, Any]]:
+def run(manifest: str | Path, client=None, settings: BatchSettings | None = None, *,
+        workers: int | None = None, threads_per_worker: int = 1, torch_threads: int | None = None,
+        progress: ProgressCallback | None = None, cancel: Cancel | None = None) -> list[dict[str, Any]]:
     """:func:`batch_job` driven to its end (:func:`napari_sam.jobs.drive`); returns the summary records.
 
     progress: called with each case's Progress event (payload: its record);

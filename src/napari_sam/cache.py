@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -43,6 +44,8 @@ from .errors import InputError, NapariSamWarning
 from .intensity import Window
 from .models.base import Backend, Embedding
 from .models.precision import precision_tag
+
+log = logging.getLogger(__name__)
 
 #: bump when the on-disk layout changes: older entries are then stale
 STORE_FORMAT = 2  # 2: each checksum bound to its slice index and entry key
@@ -175,6 +178,8 @@ class EmbeddingStore:
         except (OSError, ValueError):
             ok = False
         if not ok:  # stale or broken entry: rebuild
+            log.info("embedding cache entry %s is stale (another format, model or volume): rebuilding it",
+                     self.path)
             self.wipe()
             return
         try:

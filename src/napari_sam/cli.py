@@ -2,12 +2,16 @@
 
 Errors print as one line on stderr, ``napari-sam: error: ...``, with exit
 code 2 for bad input or usage and 1 for runtime failures; nothing is written
-then, and inputs are never touched.
+then, and inputs are never touched. ``-v`` shows the package's log on stderr
+(INFO: what is loaded, read, propagated; ``-vv`` adds DEBUG: every encoder
+run and cache hit, every stop decision); the library itself configures no
+log handler.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 import time
@@ -44,13 +48,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="the DICOM series to read when the folder holds several (SeriesInstanceUID)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Segment Anything for medical and microscopy images.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_segment_parser(sub) -> None:
     seg = sub.add_parser("segment", help="segment an image from a prompts file")
     seg.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
-    seg.add_argument("--prompts", default=None, help="prompts JSON (format: the README's section 'The prompts file'); optional with --init")
+    seg.add_argument("--prompts", default=None, help="prompts JSON (format: the README's section "
+                     "'The prompts file'); optional with --init")
     seg.add_argument("--init", default=None, metavar="LABELS",
                      help="existing segmentation to refine: label map, DICOM SEG or .seg.nrrd; each label becomes "
                           "an object whose slices are key slices (see docs/export.md)")
@@ -68,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "nuclei and small structures; one encoder run per crop), as the napari widget does; "
                           "propagation itself is not zoomed")
     _add_model_args(seg)
+
+
+def _add_verbose(p: argparse.ArgumentParser, dest: str = "verbose") -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, dest=dest,
+                   help="log what happens on stderr: -v for steps (INFO), -vv for details (DEBUG)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Segment Anything for medical and microscopy images.")
+    _add_verbose(parser, dest="verbose_before")  # `napari-sam -v segment ...` and `napari-sam segment ... -v`
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_segment_parser(sub)
 
     auto = sub.add_parser("auto", help="segment every object automatically (no prompts)")
     auto.add_argument("image", help="2D micrograph (TIFF/PNG/JPEG) or 3D volume (NIfTI, NRRD, MHA, DICOM folder)")
@@ -121,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="download model checkpoints into the cache (for later offline use)")
     dl.add_argument("names", nargs="+", help="model names (see `napari-sam models`)")
     dl.add_argument("--quiet", action="store_true", help="no progress bar")
+    for command in sub.choices.values():
+        _add_verbose(command)
     return parser
 
 
@@ -524,12 +540,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         print(f"{PROG}: warning: {text}", file=sys.stderr)
 
 
+def _log_to_stderr(verbosity: int) -> logging.Handler | None:
+    """Show the package's log (logger ``napari_sam``) on stderr: INFO with -v,
+    DEBUG with -vv; nothing is configured without -v. Returns the handler added."""
+    if verbosity <= 0:
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("napari_sam")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # usage errors (one line, already printed) and --help
         return int(exc.code or 0)
+    handler = _log_to_stderr(args.verbose_before + args.verbose)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -548,6 +578,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        if handler is not None:  # main() may run again in one process (tests, scripts)
+            logger = logging.getLogger("napari_sam")
+            logger.removeHandler(handler)
+            logger.setLevel(logging.NOTSET)
 
 
 if __name__ == "__main__":  # pragma: no cover

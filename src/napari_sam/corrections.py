@@ -255,8 +255,8 @@ def correction_job(state: PropagationState, propagator: Propagator, correction: 
         affected = state.add_stop(index, np.array([[r, c]], np.float32))
     else:
         affected = state.set_user_mask(index, new)
-    log.info("correction %s (label %d): slices %d-%d re-propagated", tuple(correction.point), correction.label,
-             *affected)
+    log.info("correction %s (label %d): slices %d-%d re-propagated", tuple(correction.point),
+             correction.label, *affected)
     yield from propagator.run(state)
     _apply_carve(state, everything, sp, painted)
     return affected
@@ -269,8 +269,8 @@ def apply_correction(state: PropagationState, propagator: Propagator, correction
     """:func:`correction_job` driven to its end (:func:`napari_sam.jobs.drive`):
     returns the inclusive range of slices re-propagated. A set ``cancel`` token
     raises :class:`napari_sam.jobs.Cancelled`."""
-    return drive(correction_job(state, propagator, correction, earlier, spacing_zyx, painted), progress, cancel,
-                 what="correction")
+    job = correction_job(state, propagator, correction, earlier, spacing_zyx, painted)
+    return drive(job, progress, cancel, what="correction")
 
 
 def _plane(axis: int, index: int) -> tuple:
@@ -291,7 +291,8 @@ def corrections_job(state: PropagationState, propagator: Propagator, corrections
 
 
 def apply_corrections(state: PropagationState, propagator: Propagator, corrections: Sequence[Correction],
-                      spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0), progress: ProgressCallback | None = None,
+                      spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+                      progress: ProgressCallback | None = None,
                       cancel: Cancel | None = None) -> PropagationState:
     """:func:`corrections_job` driven to its end; returns ``state``."""
     return drive(corrections_job(state, propagator, corrections, spacing_zyx), progress, cancel,

@@ -205,6 +205,7 @@ class EmbeddingProvider:
         """Store a freshly encoded embedding (e.g. from a batch): on disk, or in
         memory when the entry has no disk store. Returns it as stored."""
         self.encoder_calls += 1
+        log.debug("embedding %s[%d]: encoded (batch)", entry.key[:8], index)
         if self.store(entry) is not None:
             emb = self._save(entry, index, emb)
         if self.store(entry) is None:  # memory only (from the start, or the disk failed just now)
@@ -234,7 +235,8 @@ class SliceEmbeddings:
                  cache_dir: str | Path | None = None, dtype: str = "float16",
                  image_hash: str | None = None, provider: EmbeddingProvider | None = None) -> None:
         if volume.ndim not in (3, 4) or axis not in (0, 1, 2):
-            raise InputError(f"volume of shape {volume.shape} along axis {axis}: expected (z, y, x) and axis 0-2")
+            raise InputError(f"volume of shape {volume.shape} along axis {axis}: "
+                             "expected (z, y, x) and axis 0-2")
         if provider is None:
             provider = EmbeddingProvider(backend, cache_dir, max_in_memory, dtype)
         elif provider.backend is not backend or cache_dir is not None:
@@ -299,8 +301,10 @@ class SliceEmbeddings:
         if crop is None or crop.is_whole(self.slice_shape):
             emb, source = self.provider.get(self.entry, index, lambda: self.model_input(index))
         else:
-            emb, source = self.provider.get(self._crop_entry(crop), index,
-                                            lambda: np.ascontiguousarray(self.model_input(index)[crop.slices]))
+            def pixels() -> np.ndarray:
+                return np.ascontiguousarray(self.model_input(index)[crop.slices])
+
+            emb, source = self.provider.get(self._crop_entry(crop), index, pixels)
         self._count(index, source)
         return emb
 
@@ -314,7 +318,8 @@ class SliceEmbeddings:
 
     def is_cached(self, index: int) -> bool:
         """Whether slice ``index`` is in memory or on disk (no encoder needed)."""
-        return self.provider.peek(self.entry, index) is not None or bool(self.provider.on_disk(self.entry)[index])
+        in_memory = self.provider.peek(self.entry, index) is not None
+        return in_memory or bool(self.provider.on_disk(self.entry)[index])
 
     def missing(self, indices: range | list[int] | None = None) -> list[int]:
         """The slices (of ``indices``, default all) not yet in memory or on disk."""

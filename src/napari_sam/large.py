@@ -207,7 +207,8 @@ def segment_large(client, image: str | Path, output: str | Path, settings: AutoS
                   window=None, progress: ProgressCallback | None = None,
                   cancel: Cancel | None = None) -> dict[str, Any]:
     """:func:`segment_large_job` driven to its end (:func:`napari_sam.jobs.drive`)."""
-    return drive(segment_large_job(client, image, output, settings, window), progress, cancel, what="tiled run")
+    job = segment_large_job(client, image, output, settings, window)
+    return drive(job, progress, cancel, what="tiled run")
 
 
 def wants_tiled(image: str | Path, output: str | Path) -> bool:

@@ -15,9 +15,9 @@ name there is a third-party upload), it needs hydra/iopath and initialises a
 global hydra config on import, and its build tries to compile a CUDA
 extension. Module and parameter names follow ``facebookresearch/sam2`` so
 that the official ``sam2.1_hiera_*.pt`` files (``{"model": state_dict}``)
-load without conversion; ``tests/test_models_sam2.py`` checks every key and
-shape against a manifest made from the reference implementation, and the
-outputs against it when it is importable.
+load without conversion; ``tests/test_models_registry.py`` checks every key
+and shape against a manifest made from the reference implementation, and
+``tests/test_models_parity.py`` the outputs against it when it is importable.
 
 The video-memory modules of the checkpoint (``memory_attention``,
 ``memory_encoder``, object pointers, ...) are not used for 2D segmentation:

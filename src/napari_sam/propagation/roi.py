@@ -38,12 +38,13 @@ class RoiZoom:
 
     def __post_init__(self) -> None:
         if self.context < 1.0 or self.min_side < 8 or not 0.0 < self.max_fraction <= 1.0:
-            raise InputError(f"RoiZoom{(self.context, self.min_side, self.max_fraction)}: expected context >= 1, "
-                             "min_side >= 8 px and 0 < max_fraction <= 1")
+            raise InputError(f"RoiZoom{(self.context, self.min_side, self.max_fraction)}: expected "
+                             "context >= 1, min_side >= 8 px and 0 < max_fraction <= 1")
 
 
 def key_extent(state: PropagationState) -> tuple[int, int, int, int] | None:
-    """Inclusive (r0, c0, r1, c1) around every positive key prompt and painted mask, None when there is none."""
+    """Inclusive (r0, c0, r1, c1) around every positive key prompt and painted
+    mask, None when there is none."""
     boxes = []
     for k in state.key_slices:
         if k in state.user_masks:

@@ -108,8 +108,9 @@ def check_step(rules: StopRules, step: StepAnswer, prev: np.ndarray) -> tuple[St
     if prev_area >= r.growth_min_area and step.area_ratio > r.max_growth:
         return StopReason.GROWTH, f"area x{step.area_ratio:.2f} of the neighbour's (> x{r.max_growth:.2f})"
     if step.iou_prev < r.min_iou and step.backward_iou < r.min_backward_iou:
-        return StopReason.DISCONTINUITY, (f"IoU {step.iou_prev:.2f} with the neighbour (< {r.min_iou:.2f}) and "
-                                          f"backward check {step.backward_iou:.2f} (< {r.min_backward_iou:.2f})")
+        return StopReason.DISCONTINUITY, (f"IoU {step.iou_prev:.2f} with the neighbour (< {r.min_iou:.2f}) "
+                                          f"and backward check {step.backward_iou:.2f} "
+                                          f"(< {r.min_backward_iou:.2f})")
     if r.max_intensity_shift is not None and step.intensity_shift > r.max_intensity_shift:
         return StopReason.INTENSITY, (f"median intensity {step.intensity_shift:.1f} spreads from the "
                                       f"object's (> {r.max_intensity_shift:.1f})")
@@ -149,7 +150,8 @@ class ObjectAppearance:
     key_masks: dict[int, np.ndarray] = field(default_factory=dict)
     prototypes: dict[Crop, torch.Tensor | None] = field(default_factory=dict)
 
-    def prototype(self, frame: Crop, embedding: Callable[[int], Embedding], image_size: int) -> torch.Tensor | None:
+    def prototype(self, frame: Crop, embedding: Callable[[int], Embedding],
+                  image_size: int) -> torch.Tensor | None:
         """Mean features of the key slices' masks seen in ``frame``;
         embedding: slice index -> that slice's embedding of the frame."""
         if frame not in self.prototypes:

@@ -67,11 +67,12 @@ class SliceInfo:
     source: "key" (the user's prompt), "user_mask" (painted by the user),
     "stop" (a stop slice), "propagated" (one pass), "bridged" (a slice the
     stop rules refused but the next one continued the object: re-prompted
-    from both neighbours), "reconciled" (two passes between key slices); origin: the key slice it was propagated from (the
-    nearer one when reconciled); score: the model's predicted IoU;
-    iou_prev: IoU with the neighbour it was prompted from; area_ratio: area /
-    neighbour's area; intensity_shift: distance of the mask's median intensity
-    from the key slices' object in units of its spread (0 when unknown).
+    from both neighbours), "reconciled" (two passes between key slices);
+    origin: the key slice it was propagated from (the nearer one when
+    reconciled); score: the model's predicted IoU; iou_prev: IoU with the
+    neighbour it was prompted from; area_ratio: area / neighbour's area;
+    intensity_shift: distance of the mask's median intensity from the key
+    slices' object in units of its spread (0 when unknown).
     """
 
     source: str
@@ -232,7 +233,8 @@ class PropagationState:
             points = np.array([[(self.slice_shape[0] - 1) / 2, (self.slice_shape[1] - 1) / 2]], np.float32)
         pts = np.asarray(points, np.float32).reshape(-1, 2)
         self.user_masks.pop(index, None)
-        return self.add_prompt(index, SlicePrompt(points=pts, labels=np.zeros(len(pts), np.int64), slice=index))
+        stop = SlicePrompt(points=pts, labels=np.zeros(len(pts), np.int64), slice=index)
+        return self.add_prompt(index, stop)
 
     def remove_prompt(self, index: int) -> tuple[int, int] | None:
         """Remove the user's prompt and painted mask on slice ``index``; the

@@ -64,8 +64,9 @@ class BoxDecoder:
         out = []
         for i in range(len(boxes)):
             m = logits[i] > 0
-            out.append(StepAnswer(mask=m, score=float(scores[i, 0]), logits=logits[i], iou_prev=mask_iou(m, prev),
-                                  area_ratio=float(m.sum()) / prev_area, box=boxes[i]))
+            out.append(StepAnswer(mask=m, score=float(scores[i, 0]), logits=logits[i],
+                                  iou_prev=mask_iou(m, prev), area_ratio=float(m.sum()) / prev_area,
+                                  box=boxes[i]))
         return out
 
 

@@ -162,7 +162,8 @@ class Propagator:
 
     def __init__(self, backend: Backend, embeddings: SliceEmbeddingProvider, rules: StopRules | None = None,
                  strategy: StepStrategy | None = None, zoom: RoiZoom | bool | None = None,
-                 box_margin: float = 3.0, box_margin_fraction: float = 0.05, key_choice: str = "single") -> None:
+                 box_margin: float = 3.0, box_margin_fraction: float = 0.05,
+                 key_choice: str = "single") -> None:
         if key_choice not in ("single", "box_fit"):
             raise UsageError(f"key_choice {key_choice!r}: 'single' or 'box_fit'")
         self.backend = backend
@@ -220,8 +221,11 @@ class Propagator:
             yield from self._segment(state, seg, appearance, frame, tally)
         state.stops.sort(key=lambda st: (st.origin, st.direction))
         for st in state.stops:
-            log.debug("pass from key %d (%+d) ended after slice %d: %s %s", st.origin, st.direction, st.last,
-                      st.reason.value, st.detail)
+            log.debug("pass from key slice %d (%+d) kept up to slice %d: %s %s", st.origin, st.direction,
+                      st.last, st.reason.value, st.detail)
+        stops = ", ".join(f"{st.direction:+d}@{st.last}:{st.reason.value}" for st in state.stops)
+        log.info("propagation along axis %d: %d slice(s) computed, object on slices %s; stops: %s",
+                 state.axis, tally.done, state.extent, stops or "none")
         yield Progress(tally.done, tally.done, "done")
         return state
 
@@ -306,7 +310,8 @@ class Propagator:
 
     def _appearance(self, state: PropagationState, frame: Crop) -> ObjectAppearance:
         """The object on its (finished, non-empty) key slices."""
-        keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
+        keys = {k: state.results[k] for k in state.key_slices
+                if k in state.results and state.results[k].any()}
         med = spread = None
         if keys and self.rules.max_intensity_shift is not None:
             v = np.concatenate([self.embeddings.model_input(k)[frame.slices][m[frame.slices]]
@@ -416,7 +421,8 @@ class Propagator:
             out = []
             for k in range(i, j, direction):
                 emb = self._embedding(k, frame, full)
-                st = self.decoder.decode(emb, [self.decoder.pad(union, emb.original_size)], prev[frame.slices])[0]
+                box = self.decoder.pad(union, emb.original_size)
+                st = self.decoder.decode(emb, [box], prev[frame.slices])[0]
                 st.mask, st.logits = _paste(frame, st.mask, full), _paste(frame, st.logits, full, _OUTSIDE)
                 st.bridged = True
                 out.append((k, st))
@@ -441,7 +447,8 @@ class Propagator:
         """Outwards from key slice ``origin`` to ``limit`` (inclusive), resuming
         after the slices a cancelled run already finished."""
         start = origin
-        while start != limit and (start + direction) not in state.dirty and (start + direction) in state.results:
+        while (start != limit and (start + direction) not in state.dirty
+               and (start + direction) in state.results):
             start += direction
         n_planned = abs(limit - start)
         n_done = 0
