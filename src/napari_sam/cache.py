@@ -101,6 +101,27 @@ def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
+def usable_cache_dir(cache_dir: str | Path | None = None, no_cache: bool = False) -> Path | None:
+    """The cache folder a command uses: :func:`resolve_cache_dir`, created if
+    needed; None when ``no_cache``, or (with a warning) when it cannot be
+    written: embeddings then stay in memory. Raises InputError when it is a file."""
+    if no_cache:
+        return None
+    d = resolve_cache_dir(cache_dir)
+    if d.exists() and not d.is_dir():
+        raise InputError(f"{d}: cache directory is a file")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        writable = os.access(d, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        warnings.warn(f"{d}: the cache directory cannot be written; keeping embeddings in memory only",
+                      NapariSamWarning)
+        return None
+    return d
+
+
 def _crc(a: np.ndarray, index: int, key: str) -> int:
     """Checksum of slice ``index`` of entry ``key``, never 0 (0 marks "not
     computed"). Bound to the index and key, so a chunk and its checksum copied

@@ -8,7 +8,6 @@ then, and inputs are never touched.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -16,7 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError, NapariSamError, NapariSamWarning
+from .errors import InputError, NapariSamError
+from .jobs import ProgressBar
 
 PROG = "napari-sam"
 
@@ -24,29 +24,6 @@ PROG = "napari-sam"
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like our own errors
         self.exit(2, f"{PROG}: error: {message} (see: {self.prog} --help)\n")
-
-
-class ProgressBar:
-    """A tqdm bar on stderr (silent when ``quiet``)."""
-
-    def __init__(self, desc: str, quiet: bool = False, unit: str = "slice") -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=0, desc=desc, unit=unit, disable=quiet, file=sys.stderr, leave=True)
-
-    def __call__(self, done, total: int | None = None, message: str = "") -> None:
-        """Show a :class:`napari_sam.jobs.Progress` event (or done, total, message)."""
-        if total is None:  # a jobs.Progress event
-            done, total, message = done.done, done.total, done.stage
-        if self._bar.total != total:
-            self._bar.total = total
-        self._bar.n = done
-        if message:
-            self._bar.set_postfix_str(message, refresh=False)
-        self._bar.refresh()
-
-    def close(self) -> None:
-        self._bar.close()
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -259,23 +236,9 @@ def _init_objects(path: str, volume, prompts, notes: list[str]):
 
 def _cache_dir(args: argparse.Namespace) -> Path | None:
     """--cache-dir, else $NAPARI_SAM_CACHE_DIR, else the platform default; None with --no-cache."""
-    from .cache import resolve_cache_dir
+    from .cache import usable_cache_dir
 
-    if args.no_cache:
-        return None
-    d = resolve_cache_dir(args.cache_dir)
-    if d.exists() and not d.is_dir():
-        raise InputError(f"{d}: cache directory is a file")
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        writable = os.access(d, os.W_OK | os.X_OK)
-    except OSError:
-        writable = False
-    if not writable:
-        warnings.warn(f"{d}: the cache directory cannot be written; keeping embeddings in memory only",
-                      NapariSamWarning)
-        return None
-    return d
+    return usable_cache_dir(args.cache_dir, args.no_cache)
 
 
 def _embeddings_factory(args: argparse.Namespace, volume, backend):

@@ -52,7 +52,8 @@ def check_checkpoint_output(output: str, overwrite: bool, inputs: list[str]) -> 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``napari-sam finetune``; returns the exit code (130 when interrupted, checkpoint kept)."""
-    from ..cli import ProgressBar, _cache_dir
+    from ..cache import usable_cache_dir
+    from ..jobs import ProgressBar
     from ..models.registry import load_model
     from .pipeline import finetune_samples, samples_from_files
     from .train import FinetuneSettings
@@ -67,14 +68,16 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bar = ProgressBar("embeddings", args.quiet)
     try:
-        samples, data = samples_from_files(backend, args.images, args.labels, args.window, _cache_dir(args), bar)
+        samples, data = samples_from_files(backend, args.images, args.labels, args.window,
+                                           usable_cache_dir(args.cache_dir, args.no_cache), bar)
     finally:
         bar.close()
     classes = None
     if args.classes != "none":
         from .classes import teach_from_files
 
-        head = teach_from_files(backend, args.images, args.labels, args.window, _cache_dir(args), args.classes)
+        head = teach_from_files(backend, args.images, args.labels, args.window,
+                                usable_cache_dir(args.cache_dir, args.no_cache), args.classes)
         classes = head.to_state()
         if not args.quiet:
             print(f"taught {len(head.names)} classes ({args.classes}): {', '.join(head.names)}", file=sys.stderr)
