@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gui
 
 from test_annotation import SlowBackend  # noqa: E402
 from test_napari_widget import draw_box, notifications, wait_preview  # noqa: E402
-from test_propagation import ball  # noqa: E402
+from test_propagation import BrightInBoxBackend, ball  # noqa: E402
 
 from napari_sam.annotation import Annotation  # noqa: E402
 from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
@@ -128,3 +128,101 @@ def test_two_widgets_share_one_loaded_model(make_napari_viewer, qtbot):
     assert auto._get_backend() is first.session.backend
     for w in (first, second):
         w.close_session()
+
+
+# ---------------------------------------------------------------- sessions (issue #20)
+def _start(make_napari_viewer, vol, backend):
+    viewer = make_napari_viewer()
+    viewer.add_image(vol, name="ball", contrast_limits=(0.0, 255.0))
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment Anything")
+    viewer.dims.set_current_step(0, 12)
+    assert widget.start(backend=backend)
+    return viewer, widget, widget.session
+
+
+def _objects(s):
+    return [(o.id, o.name, o.color, o.key_slices, sorted(o.painted)) for o in s.objects]
+
+
+def test_save_close_open_then_correct_and_repropagate(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """Commit and propagate with the mouse and keys, paint, save with Shift-W; close the
+    viewer; a new viewer opens the session with the Open session button: the same
+    labels and objects; then a correction on another slice is propagated."""
+    from qtpy.QtCore import Qt
+
+    from napari_sam.plugin import _session_files
+    from napari_sam.plugin.segment_widget import SHORTCUTS
+    from test_napari_widget import _bound
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path / "cache"))
+    obj = ball()
+    vol = np.where(obj, 200.0, 0.0).astype(np.float32)
+    viewer, widget, s = _start(make_napari_viewer, vol, BrightInBoxBackend())
+    _commit_box(qtbot, viewer, s, obj, 12)
+    with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS):
+        _bound(viewer, SHORTCUTS["propagate"][0])(viewer)
+    s.labels.brush_size = 3
+    s.labels.paint((9, 32, 30), 0)  # an eraser stroke on slice 9
+    qtbot.waitUntil(lambda: 9 in s.model.object(1).painted, timeout=5000)
+    labels, objects = np.array(s.labels.data), _objects(s)
+    folder = tmp_path / "ball.session"
+    monkeypatch.setattr(_session_files.QFileDialog, "getSaveFileName", staticmethod(lambda *a: (str(folder), "")))
+    _bound(viewer, SHORTCUTS["save_session"][0])(viewer)
+    assert (folder / "session.json").is_file()
+    widget.close_session()
+    viewer.close()
+
+    viewer, widget, s = _start(make_napari_viewer, vol, BrightInBoxBackend())
+    assert not widget.recovery_offer.isVisibleTo(widget), "a clean close leaves no unsaved work"
+    monkeypatch.setattr(_session_files.QFileDialog, "getExistingDirectory", staticmethod(lambda *a: str(folder)))
+    qtbot.mouseClick(widget.open_session_button, Qt.LeftButton)
+    np.testing.assert_array_equal(np.asarray(s.labels.data), labels)
+    assert _objects(s) == objects and widget.object_list.count() == 1
+    # continue as if napari had never closed: a box on slice 16, committed and propagated
+    viewer.dims.set_current_step(0, 16)
+    qtbot.waitUntil(lambda: s.pos.index == 16, timeout=5000)
+    before = np.array(s.labels.data)
+    _commit_box(qtbot, viewer, s, obj, 16)
+    affected = s.model.object(1).state.affected_range(16)
+    with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS):
+        assert widget.propagate()
+    after = np.asarray(s.labels.data)
+    assert s.model.object(1).key_slices == [9, 12, 16]
+    assert all(np.array_equal(after[i], before[i]) for i in range(24) if not affected[0] <= i <= affected[1])
+    widget.close_session()
+
+
+def test_unsaved_work_is_offered_after_a_crash(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """The journal's recovery copy, as a crash leaves it, is offered when the same image is
+    started again; Restore brings back the objects and labels up to the last finished action."""
+    import shutil
+
+    from qtpy.QtCore import Qt
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path / "cache"))
+    obj = ball()
+    vol = np.where(obj, 200.0, 0.0).astype(np.float32)
+    viewer, widget, s = _start(make_napari_viewer, vol, BrightInBoxBackend())
+    _commit_box(qtbot, viewer, s, obj, 12)
+    with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS):
+        assert widget.propagate()
+    widget.rename_object("ball")
+    assert s.files.journal.flush()
+    labels, objects = np.array(s.labels.data), _objects(s)
+    copy = tmp_path / "as-a-crash-leaves-it"
+    shutil.copytree(s.files.journal.folder, copy)
+    journal_folder = s.files.journal.folder
+    widget.close_session()  # (a crash would not get here: put the copy back as it was left)
+    viewer.close()
+    shutil.copytree(copy, journal_folder)
+
+    viewer, widget, s = _start(make_napari_viewer, vol, BrightInBoxBackend())
+    assert widget.recovery_offer.isVisibleTo(widget) and len(s.objects) == 0
+    qtbot.mouseClick(widget.recovery_offer.restore_button, Qt.LeftButton)
+    assert not widget.recovery_offer.isVisibleTo(widget)
+    np.testing.assert_array_equal(np.asarray(s.labels.data), labels)
+    assert _objects(s) == objects and [widget.object_list.item(0).text()] == ["ball"]
+    widget.undo()  # and the session goes on: its own undo history starts here
+    np.testing.assert_array_equal(np.asarray(s.labels.data), labels)
+    widget.close_session()

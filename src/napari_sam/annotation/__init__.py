@@ -36,7 +36,9 @@ applies what they return; the CLI's prompts file is *replayed* through it
   during a run is applied at once and replayed onto the run's state when it
   finishes: never lost, never overwritten.
 - **Saved and restored** as plain data: :func:`annotation_to_dict` /
-  :func:`annotation_from_dict`.
+  :func:`annotation_from_dict`; as a session folder, with a crash-recovery
+  journal: :mod:`.sessions` (:func:`save_session`, :func:`open_session`,
+  :class:`Journal`).
 
 Coordinates: the image is (z, y, x) (a 2D image is one slice, ``is_2d``);
 an object's key slices lie along its axis (0, 1 or 2) and are (rows, cols)
@@ -49,6 +51,7 @@ from .model import Annotation
 from .objects import AnnotatedObject
 from .persist import annotation_from_dict, annotation_to_dict
 from .runs import Run
+from .sessions import ImageRef, Journal, Session, find_recovery, open_session, save_session
 
 __all__ = [
     "Annotation",
@@ -59,4 +62,10 @@ __all__ = [
     "KEY_CHOICES",
     "annotation_to_dict",
     "annotation_from_dict",
+    "ImageRef",
+    "Session",
+    "save_session",
+    "open_session",
+    "Journal",
+    "find_recovery",
 ]

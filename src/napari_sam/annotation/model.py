@@ -6,7 +6,7 @@ See the package documentation (:mod:`napari_sam.annotation`) for the design.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -90,6 +90,9 @@ class Annotation(RunMethods):
         self._runs: dict[int, Run] = {}
         self._step: Step | None = None
         self._lock = threading.RLock()
+        #: called with (annotation, what) on the owner's thread after every finished action
+        #: (a recorded step, an undo, a redo), e.g. a crash-recovery journal
+        self.listeners: list[Callable[[Annotation, str], None]] = []
 
     # ------------------------------------------------------------------ reading
     @property
@@ -186,6 +189,12 @@ class Annotation(RunMethods):
                     self.current_id,
                 )
             )
+            self._finished(step.what)
+
+    def _finished(self, what: str) -> None:
+        """Tell the listeners that an action finished (a step was recorded, undone or redone)."""
+        for listener in list(self.listeners):
+            listener(self, what)
 
     def _repaint(self, objects: set[int], table: bool, what: str) -> ChangeSet:
         painted = [m for o in self._objects.values() if (m := o.masks()) is not None]
@@ -232,7 +241,9 @@ class Annotation(RunMethods):
             self._check_idle(entry.objects, "undo")
             self.history.undone()
             self._restore(entry.before, entry.order_before, entry.current_before)
-            return self._repaint(entry.objects, True, f"undo {entry.what}")
+            changes = self._repaint(entry.objects, True, f"undo {entry.what}")
+            self._finished(changes.what)
+            return changes
 
     def redo(self) -> ChangeSet | None:
         """Redo the last undone step (None when there is none)."""
@@ -243,7 +254,9 @@ class Annotation(RunMethods):
             self._check_idle(entry.objects, "redo")
             self.history.redone()
             self._restore(entry.after, entry.order_after, entry.current_after)
-            return self._repaint(entry.objects, True, f"redo {entry.what}")
+            changes = self._repaint(entry.objects, True, f"redo {entry.what}")
+            self._finished(changes.what)
+            return changes
 
     # ------------------------------------------------------------------ objects
     def add_object(

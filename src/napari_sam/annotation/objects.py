@@ -93,15 +93,16 @@ class AnnotatedObject:
             {},
         )
 
-    def masks(self) -> ObjectMasks | None:
+    def masks(self, pending: bool = True) -> ObjectMasks | None:
         """The object's current result for painting the label map (None when it has none):
-        every non-empty slice result (a running propagation's provisional ones
-        included), its key slices claiming their voxels first."""
+        every non-empty slice result (with ``pending``, a running propagation's
+        provisional ones included), its key slices claiming their voxels first."""
         st = self.state
         if st is None:
             return None
         results = dict(st.results)
-        results.update({i: m for i, m in self.pending.items() if i not in st.key_slices})
+        if pending:
+            results.update({i: m for i, m in self.pending.items() if i not in st.key_slices})
         keep = {i: m for i, m in results.items() if _any(m)}
         return ObjectMasks(self.id, st.axis, keep, set(st.key_slices))
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..corrections import Correction
 from ..errors import InputError
+from ..overlaps import resolve_overlaps
 from ..prompts import as_slice_prompt
 from ..propagation import PropagationState, SliceInfo, StopDecision, StopReason
 from .model import Annotation
@@ -82,6 +83,14 @@ def _state_from_dict(d: dict[str, Any], shape: tuple[int, int, int]) -> Propagat
     return st
 
 
+def _finished_labels(model: Annotation) -> np.ndarray:
+    """The label map of the finished work: a running propagation's provisional slices left out."""
+    if not any(o.pending for o in model.objects):
+        return np.array(model.labels)
+    painted = [m for o in model.objects if (m := o.masks(pending=False)) is not None]
+    return resolve_overlaps(model.shape, painted, model.spacing_zyx)
+
+
 def annotation_to_dict(model: Annotation) -> dict[str, Any]:
     """Everything of ``model`` but its undo history, as plain values and numpy arrays."""
     objects = []
@@ -106,7 +115,7 @@ def annotation_to_dict(model: Annotation) -> dict[str, Any]:
         "key_choice": model.key_choice,
         "current_id": model.current_id,
         "objects": objects,
-        "labels": np.array(model.labels),
+        "labels": _finished_labels(model),
     }
 
 

@@ -33,9 +33,10 @@ from ._candidates_view import CandidatesView
 from ._compact import help_button, scrolling_layout
 from ._progress_panel import ProgressPanel
 from ._reader_preference import ReaderOffer
+from ._session_files import RecoveryOffer
 from ._vocabulary import vocabulary
 
-__all__ = ["SHORTCUTS", "build_segment_ui", "make_button", "swatch", "available_devices"]
+__all__ = ["SHORTCUTS", "SHORTCUT_METHODS", "build_segment_ui", "make_button", "swatch", "available_devices"]
 
 #: action -> (key, what it does); bound on the viewer while the widget is open
 SHORTCUTS: dict[str, tuple[str, str]] = {
@@ -49,7 +50,11 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
     "undo": ("Shift-Z", "undo the last commit / propagation / paint (also Ctrl+Z on the labels layer)"),
     "redo": ("Shift-Y", "redo what the last undo took back (also Ctrl+Shift+Z on the labels layer)"),
     "export": ("Shift-E", "save the labels as NIfTI in the image's geometry"),
+    "save_session": ("Shift-W", "save the session (objects, key slices, prompts, labels) to a folder"),
 }
+
+#: the widget method each shortcut calls (the action's name when not listed)
+SHORTCUT_METHODS = {"export": "export_dialog", "save_session": "save_session_dialog"}
 
 
 def available_devices() -> list[str]:
@@ -269,6 +274,13 @@ def _bottom(w: Any, lay: Any) -> None:
     for b in (w.undo_button, w.redo_button, w.export_button, w.load_button):
         row.addWidget(b)
     lay.addLayout(row)
+    row = QHBoxLayout()
+    w.save_session_button = make_button("Save session...", "save_session", w.save_session_dialog, "")
+    w.open_session_button = make_button("Open session...", None, w.open_session_dialog,
+                                        "Continue a session saved on this image (objects, key slices, prompts)")
+    row.addWidget(w.save_session_button)
+    row.addWidget(w.open_session_button)
+    lay.addLayout(row)
     w.status_label = QLabel("Choose an image layer and press Start.")
     w.status_label.setWordWrap(True)
     lay.addWidget(w.status_label)
@@ -286,6 +298,9 @@ def build_segment_ui(w: Any) -> None:
     w.reader_offer = ReaderOffer()  # once: make napari-sam napari's reader for medical files
     lay.addWidget(w.reader_offer)
     w.reader_offer.setVisible(w.reader_offer.should_offer())  # (after parenting, which hides)
+    w.recovery_offer = RecoveryOffer(w._on_recovery_answer)  # shown when a crashed session left work
+    lay.addWidget(w.recovery_offer)
+    w.recovery_offer.setVisible(False)
     _model_form(w, lay)
     _options(w, lay)
     _prompts_box(w, lay)

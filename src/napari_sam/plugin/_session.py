@@ -39,8 +39,22 @@ from ._notify import notify
 from ._objects import ObjectsView
 from ._preview import Preview
 from ._runs import RunWorker
+from ._session_files import SessionFiles
 
 __all__ = ["SegmentSession", "notify", "PREVIEW_COLOR"]
+
+#: what the session reads from its preview (see SegmentSession.__getattr__)
+_PREVIEW_STATE = frozenset(
+    {
+        "prediction",
+        "prediction_pos",
+        "prediction_prompt",
+        "candidate",
+        "previews_shown",
+        "latencies",
+        "latency_parts",
+    }
+)
 
 
 class SegmentSession(QObject):
@@ -92,6 +106,7 @@ class SegmentSession(QObject):
         self.layers = SessionLayers(viewer, source, labels_layer, self.source_path())
         self._adopt_existing_objects()
         self.previewer = Preview(self, cache_dir)
+        self.files = SessionFiles(self, self._volume_hash)
         self.runs = RunWorker(self)
         self.runs.started.connect(self.propagation_started)
         self.runs.progressed.connect(self.propagation_progress)
@@ -140,6 +155,7 @@ class SegmentSession(QObject):
             return
         self.cancel_propagation()
         self.closed = True
+        self.files.close()  # a clean end: no recovery copy left
         self.queue.cancel()
         self.previewer.shutdown()
         self.events.close()
@@ -239,33 +255,12 @@ class SegmentSession(QObject):
         if not self.closed:
             self.previewer.update()
 
-    @property
-    def prediction(self) -> Any:
-        return self.previewer.prediction
-
-    @property
-    def prediction_pos(self) -> pl.SlicePosition | None:
-        return self.previewer.prediction_pos
-
-    @property
-    def prediction_prompt(self) -> SlicePrompt | None:
-        return self.previewer.prediction_prompt
-
-    @property
-    def candidate(self) -> int:
-        return self.previewer.candidate
-
-    @property
-    def previews_shown(self) -> int:
-        return self.previewer.previews_shown
-
-    @property
-    def latencies(self) -> list[float]:
-        return self.previewer.latencies
-
-    @property
-    def latency_parts(self) -> list[dict[str, float]]:
-        return self.previewer.latency_parts
+    def __getattr__(self, name: str) -> Any:
+        """The preview's state, read through the session (``prediction``, ``prediction_pos``,
+        ``prediction_prompt``, ``candidate``, ``previews_shown``, ``latencies``, ``latency_parts``)."""
+        if name in _PREVIEW_STATE and "previewer" in self.__dict__:
+            return getattr(self.__dict__["previewer"], name)
+        raise AttributeError(name)
 
     @property
     def zoom(self) -> bool:
@@ -459,6 +454,39 @@ class SegmentSession(QObject):
     def cancel_propagation(self) -> None:
         """Stop the running propagation after the slice in progress; finished slices are kept."""
         self.runs.cancel()
+
+    # ------------------------------------------------------------------ session files
+    def save_session(self, folder: str | Path) -> Path | None:
+        """Save the session (objects, key slices, prompts, results, labels) to ``folder``."""
+        try:
+            out = self.files.save(folder)
+        except (NapariSamError, OSError) as exc:
+            notify("error", f"napari-sam: cannot save the session: {exc}")
+            return None
+        self.status.emit(f"session saved to {out}")
+        return out
+
+    def open_session(self, folder: str | Path) -> bool:
+        """Continue the session saved in ``folder`` (made on this image). Returns True if opened."""
+        if self.propagating:
+            notify("info", "napari-sam: cancel the propagation before opening a session")
+            return False
+        try:
+            self.replace_annotation(self.files.open(folder))
+        except NapariSamError as exc:
+            notify("warning", f"napari-sam: {exc}")
+            return False
+        self.status.emit(f"opened the session {folder}: {len(self.model)} object(s)")
+        return True
+
+    def replace_annotation(self, model: Annotation) -> None:
+        """Show ``model`` (an opened or recovered session on this image) instead of the current one."""
+        old = self.layers.label_map()
+        self.model = self.objects.model = model
+        self.files.adopt(model)
+        self.apply(ChangeSet.between(old, np.asarray(model.labels), {o.id for o in model.objects}, True))
+        self.objects.store_in(self.labels)
+        self.objects_changed.emit()
 
     # ------------------------------------------------------------------ export
     def source_path(self) -> str | None:

@@ -24,14 +24,15 @@ from . import _prompt_layers as pl
 from ._image_source import ImageSource
 from ._layer_setup import widen_contrast_range
 from ._notify import notify
-from ._segment_ui import SHORTCUTS, build_segment_ui, swatch
+from ._segment_ui import SHORTCUT_METHODS, SHORTCUTS, build_segment_ui, swatch
 from ._session import SegmentSession
+from ._session_files import SessionFileActions
 from ._settings import default_export_path, remember_export
 from ._shortcuts import FocusClickGuard, WindowShortcuts
 from ._vocabulary import remember_name, vocabulary
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(SessionFileActions, QWidget):
     """Segment Anything in napari: boxes and clicks on a slice, live preview,
     objects, propagation through the volume, export."""
 
@@ -70,7 +71,7 @@ class SegmentWidget(QWidget):
         volume = on and not self.session.source.is_2d
         for b in (self.negative_button, self.candidate_button, self.clear_button, self.add_button,
                   self.rename_button, self.delete_button, self.undo_button, self.redo_button,
-                  self.export_button, self.load_button):
+                  self.export_button, self.load_button, self.save_session_button, self.open_session_button):
             b.setEnabled(on)
         self.commit_button.setEnabled(on and not prop)
         self.propagate_button.setEnabled(volume and not prop)
@@ -84,7 +85,7 @@ class SegmentWidget(QWidget):
     def _bind_keys(self) -> None:
         actions = {}
         for action, (key, _what) in SHORTCUTS.items():
-            method = getattr(self, action if action != "export" else "export_dialog")
+            method = getattr(self, SHORTCUT_METHODS.get(action, action))
             self.viewer.bind_key(key, lambda _viewer, m=method: m(), overwrite=True)
             self._bound_keys.append(key)
             actions[key] = method
@@ -236,6 +237,7 @@ class SegmentWidget(QWidget):
         self.viewer.layers.selection.active = session.boxes
         for layer in (session.points, session.boxes):
             pl.sync_mode(layer)
+        self.recovery_offer.offer(session.files.previous)
         self.session_started.emit()
 
     def stop(self) -> None:
