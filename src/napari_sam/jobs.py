@@ -147,13 +147,16 @@ class ProgressBar:
     """
 
     def __init__(self, desc: str, quiet: bool = False, unit: str = "slice") -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=0, desc=desc, unit=unit, disable=quiet, file=sys.stderr, leave=True)
+        self._args = {"desc": desc, "unit": unit, "disable": quiet}
+        self._bar = None  # made on the first event: an error before any work prints no empty bar
 
     def __call__(self, event: Progress | int, total: int | None = None, stage: str = "") -> None:
         if not isinstance(event, Progress):
             event = Progress(int(event), int(total or 0), stage)
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, file=sys.stderr, leave=True, **self._args)
         if self._bar.total != event.total:
             self._bar.total = event.total
         self._bar.n = event.done
@@ -162,4 +165,5 @@ class ProgressBar:
         self._bar.refresh()
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
