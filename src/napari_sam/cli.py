@@ -134,12 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .intensity import parse_window
     from .export import check_result_for, check_result_path, write_result
+    from .intensity import check_window_spec
     from .io import read_image
     from .models.registry import load_model
     from .prompts import load_prompts
-    from .segmentation import segment_volume
 
     if args.prompts is None and args.init is None:
         raise InputError("segment needs --prompts, --init or both")
@@ -148,48 +147,26 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         raise InputError(f"{args.overview}: --overview must end in .png")
     out = check_result_path(args.output, args.overwrite, inputs=inputs,
                             also=(args.overview,) if args.overview else ())
-    window = None
-    if args.window is not None and args.window.strip().lower() not in ("auto", "dicom"):
-        window = parse_window(args.window)
-    elif args.window is not None:
-        window = args.window
+    window = check_window_spec(args.window)
     prompts = load_prompts(args.prompts, allow_empty=args.init is not None) if args.prompts else None
     volume = read_image(args.image, series=args.series)
     check_result_for(out, volume)
-    init_masks, notes = None, []
+    init_masks, init_info, notes = None, None, []
     if args.init is not None:
         prompts, init_masks, init_info = _init_objects(args.init, volume, prompts, notes)
     prompts.check_against(volume.array.shape, volume.is_2d)
     backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
-    embeddings_for, provider = _embeddings_factory(args, volume, backend)
-    bar = ProgressBar("segment", args.quiet)
     t0 = time.perf_counter()
-    try:
-        zoom = crops = None
-        if args.zoom:
-            from .embeddings import CropEmbeddings
-            from .predictor import PROMPT_ZOOM
-
-            zoom, crops = PROMPT_ZOOM, CropEmbeddings(backend, provider=provider)
-        result = segment_volume(volume, prompts, backend, window=window, progress=bar,
-                                embeddings_for=embeddings_for, zoom=zoom, crop_embeddings=crops,
-                                init_masks=init_masks)
-    finally:
-        bar.close()
-    enc, hits = provider.encoder_calls, provider.disk_hits
-    extra = {"source": str(args.image), "model": backend.name,
-             "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
-             "encoder_calls": enc, "cache_hits": hits}
-    if args.init is not None:
-        extra["init"] = init_info
-    if result.states:
-        extra["propagation"] = {
-            str(k): {"axis": st.axis, "key_slices": st.key_slices, "extent": list(st.extent) if st.extent else None,
-                     "stops": [{"from": s.origin, "direction": s.direction, "last": s.last, "refused": s.rejected,
-                                "reason": s.reason.value, "detail": s.detail} for s in st.stops]}
-            for k, st in result.states.items()}
+    result, provider = _segment(args, volume, prompts, backend, window, init_masks)
     if result.cancelled:
         raise NapariSamError("cancelled before the end; nothing written")
+    extra = {"source": str(args.image), "model": backend.name,
+             "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
+             "encoder_calls": provider.encoder_calls, "cache_hits": provider.disk_hits}
+    if init_info is not None:
+        extra["init"] = init_info
+    if result.states:
+        extra["propagation"] = {str(k): st.summary() for k, st in result.states.items()}
     more = ()
     if args.overview:
         from .overview import overview_output
@@ -199,15 +176,35 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     write_result(out, result.labels, volume, result.names, result.colors, model=backend.name,
                  overwrite=args.overwrite, extra=extra, notes=notes, seg_encoding=args.seg_encoding.upper(),
                  inputs=inputs, more=more)
-    for note in notes if not args.quiet else ():
-        print(f"{PROG}: note: {note}", file=sys.stderr)
-    msg = f"wrote {out} ({len(result.names)} object(s), {sum(map(len, result.slices.values()))} slice(s)"
-    if args.overview:
-        msg += f"; overview {args.overview}"
     if not args.quiet:
-        print(msg + f"; {enc} slice(s) encoded, {hits} from the cache; {time.perf_counter() - t0:.1f} s)",
-              file=sys.stderr)
+        for note in notes:
+            print(f"{PROG}: note: {note}", file=sys.stderr)
+        print(f"wrote {out} ({len(result.names)} object(s), {sum(map(len, result.slices.values()))} slice(s)"
+              + (f"; overview {args.overview}" if args.overview else "")
+              + f"; {provider.encoder_calls} slice(s) encoded, {provider.disk_hits} from the cache; "
+              f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 0
+
+
+def _segment(args: argparse.Namespace, volume, prompts, backend, window, init_masks):
+    """Run segment_volume with the command's progress bar and one embedding provider;
+    returns its result and the provider (encoder calls, cache hits)."""
+    from .embeddings import CropEmbeddings, EmbeddingProvider
+    from .predictor import PROMPT_ZOOM
+    from .segmentation import segment_volume
+
+    # one provider for the run: its memory tier, the cache folder and the encoder lock, for slices and crops
+    provider = EmbeddingProvider(backend, _cache_dir(args), max_in_memory=64)
+    embeddings_for = provider.views_of(volume.array)
+    zoom, crops = (PROMPT_ZOOM, CropEmbeddings(backend, provider=provider)) if args.zoom else (None, None)
+    bar = ProgressBar("segment", args.quiet)
+    try:
+        result = segment_volume(volume, prompts, backend, window=window, progress=bar,
+                                embeddings_for=embeddings_for, zoom=zoom, crop_embeddings=crops,
+                                init_masks=init_masks)
+    finally:
+        bar.close()
+    return result, provider
 
 
 def _init_objects(path: str, volume, prompts, notes: list[str]):
@@ -224,26 +221,6 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
     from .cache import usable_cache_dir
 
     return usable_cache_dir(args.cache_dir, args.no_cache)
-
-
-def _embeddings_factory(args: argparse.Namespace, volume, backend):
-    """(window, axis) -> SliceEmbeddings, all on one provider (memory tier, the
-    cache directory, the encoder lock), and that provider (it counts encoder
-    calls and cache hits; zoom crops go through it too)."""
-    from .cache import content_hash
-    from .embeddings import EmbeddingProvider, SliceEmbeddings
-
-    cache_dir = _cache_dir(args)
-    provider = EmbeddingProvider(backend, cache_dir, max_in_memory=64)
-    image_hash: list[str] = []
-
-    def factory(win, axis: int) -> SliceEmbeddings:
-        if cache_dir is not None and not image_hash:
-            image_hash.append(content_hash(volume.array))
-        return SliceEmbeddings(backend, volume.array, win, axis, image_hash=image_hash[0] if image_hash else None,
-                               provider=provider)
-
-    return factory, provider
 
 
 def _parse_slices(spec: str | None, n: int) -> range:
@@ -273,8 +250,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                          volume.metadata.get("dicom_window"))
     slices = _parse_slices(args.slices, volume.shape[args.axis])
     backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
-    factory, _ = _embeddings_factory(args, volume, backend)
-    emb = factory(win, args.axis)
+    from .embeddings import EmbeddingProvider
+
+    emb = EmbeddingProvider(backend, _cache_dir(args)).views_of(volume.array)(win, args.axis)
     bar = ProgressBar("embed", args.quiet)
     t0 = time.perf_counter()
     try:
@@ -282,8 +260,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if not args.quiet:
+        where = emb.store.path if emb.store is not None else "memory only (the cache folder cannot be written)"
         print(f"{n} slice(s) encoded, {len(slices) - n} already cached (window [{win.lo:g}, {win.hi:g}], "
-              f"axis {args.axis}) in {emb.store.path}; {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+              f"axis {args.axis}) in {where}; {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -324,7 +303,7 @@ def _auto_settings(args: argparse.Namespace, is_ct: bool):
 def _cmd_auto(args: argparse.Namespace) -> int:
     from .automatic import AutomaticSegmenter
     from .cache import content_hash, embedding_key, model_identity
-    from .intensity import parse_window, resolve_window
+    from .intensity import check_window_spec, resolve_window
     from .export import check_result_for, check_result_path, write_result
     from .io import Geometry, read_image
     from .models.registry import load_model
@@ -348,9 +327,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         from .automatic3d import parse_spacing
 
         parse_spacing(args.spacing)  # a malformed --spacing fails before any work
-    window_spec = args.window
-    if window_spec is not None and window_spec.strip().lower() not in ("auto", "dicom"):
-        window_spec = parse_window(window_spec)
+    window_spec = check_window_spec(args.window)
     volume = read_image(args.image, series=args.series)
     check_result_for(out, volume)
     preset, settings = _auto_settings(args, is_ct(volume))

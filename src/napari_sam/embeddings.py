@@ -118,6 +118,22 @@ class EmbeddingProvider:
         self._lock = threading.Lock()  # the memory tier and the table of stores
         self.encoder = encoder_lock(backend)
 
+    def views_of(self, volume: np.ndarray, image_hash: str | None = None,
+                 ) -> Callable[[Window, int], SliceEmbeddings]:
+        """(window, axis) -> the :class:`SliceEmbeddings` of ``volume`` on this
+        provider (what :func:`napari_sam.segmentation.segment_volume` takes as
+        ``embeddings_for``). The volume's content hash, the disk entries' key,
+        is computed once, on first use, when the provider has a disk store."""
+        known = [image_hash] if image_hash is not None else []
+
+        def view(window: Window, axis: int) -> SliceEmbeddings:
+            if self.cache_dir is not None and not known:
+                known.append(content_hash(volume))
+            return SliceEmbeddings(self.backend, volume, window, axis, image_hash=known[0] if known else None,
+                                   provider=self)
+
+        return view
+
     # ------------------------------------------------------------ memory
     def peek(self, entry: Entry, index: int) -> Embedding | None:
         """The embedding if it is in memory, else None (never reads the disk or encodes)."""
