@@ -23,8 +23,7 @@ from pathlib import Path
 import torch  # noqa: F401  (before anything that could import napari)
 import numpy as np
 
-from napari_sam.automatic import AutomaticSegmenter, AutoSettings
-from napari_sam.automatic3d import Stack3DSettings, StackSegmenter
+from napari_sam.automatic import AutomaticSegmenter, AutoSettings, Stack3DSettings, StackSegmenter
 from napari_sam.evaluation import match_instances
 from napari_sam.instance_errors import merge_split_counts
 from napari_sam.intensity import resolve_window

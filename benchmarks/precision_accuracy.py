@@ -144,7 +144,7 @@ def part_nuclei(backend, precisions: list[str]) -> dict[str, float]:
 
     from napari_sam.automatic import AutomaticSegmenter, AutoSettings
     from napari_sam.evaluation import match_instances
-    from napari_sam.zoom import CropEmbeddings
+    from napari_sam.embeddings import CropEmbeddings
 
     img, lab = load_nuclei()
     torch.set_num_threads(1)

@@ -11,7 +11,8 @@ import pytest
 
 CORE = ["napari_sam", "napari_sam.models.registry", "napari_sam.models.lite_medsam", "napari_sam.intensity",
         "napari_sam.prompts", "napari_sam.clicks", "napari_sam.predictor", "napari_sam.io", "napari_sam.cache",
-        "napari_sam.segmentation", "napari_sam.cli", "napari_sam.overview"]
+        "napari_sam.segmentation", "napari_sam.annotation", "napari_sam.annotation.replay", "napari_sam.cli",
+        "napari_sam.overview"]
 
 
 def test_core_imports_without_napari_or_qt():

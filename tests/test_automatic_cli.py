@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import tifffile
-from fake_blob_backend import FakeBlobBackend, blob_image
+from fake_blob_backend import FakeBlobBackend, blob_image, touching_pairs_image
 
 from napari_sam.cli import main
 from napari_sam.evaluation import match_instances
@@ -45,16 +45,33 @@ def test_auto_2d_tiff_with_the_embedded_model(tmp_path: Path, data_dir: Path, ca
 
 
 def test_auto_2d_nifti_and_tiling_options(tmp_path: Path, fake_model):
+    """`--model-role masks` with tiles: every blob decoded on its tile's
+    embedding (several tiles), the model's masks written as a NIfTI label map."""
     img, lab = blob_image((300, 260))
     src = tmp_path / "blobs.tif"
     tifffile.imwrite(src, (img * 1000).astype(np.uint16))
     out = tmp_path / "blobs_labels.nii.gz"
-    rc = main(["auto", str(src), "--output", str(out), "--tile-shape", "128,128", "--halo", "24", "--quiet"])
+    rc = main(["auto", str(src), "--output", str(out), "--tile-shape", "128,128", "--halo", "24", "--quiet",
+               "--model-role", "masks"])
     assert rc == 0
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert arr.shape == (1, 300, 260)
     assert match_instances(arr[0], lab).f1 >= 0.95
     assert fake_model.embed_calls > 1  # tiled
+
+
+def test_auto_2d_splits_touching_nuclei_with_the_models_answers(tmp_path: Path, fake_model):
+    """The microscopy default (split-check) through the CLI: touching pairs
+    that the blobs merge come out split because the (fake) model answers each
+    half as an object (F1 1.0; the blobs alone score about 0.5)."""
+    img, lab = touching_pairs_image()
+    src = tmp_path / "pairs.tif"
+    tifffile.imwrite(src, (img * 1000).astype(np.uint16))
+    out = tmp_path / "pairs_labels.tif"
+    assert main(["auto", str(src), "--output", str(out), "--quiet"]) == 0
+    assert match_instances(tifffile.imread(out), lab).f1 >= 0.95
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["model_role"] == "split-check" and side["proposals"] == "blobs"
 
 
 def test_auto_3d_keeps_the_source_geometry(tmp_path: Path, fake_model):
@@ -115,7 +132,8 @@ def test_auto_reruns_from_the_tile_embedding_cache(tmp_path: Path, fake_model):
     src = tmp_path / "blobs.tif"
     tifffile.imwrite(src, (img * 1000).astype(np.uint16))
     cache = tmp_path / "cache"
-    args = ["auto", str(src), "--tile-shape", "128,128", "--halo", "24", "--quiet", "--cache-dir", str(cache)]
+    args = ["auto", str(src), "--tile-shape", "128,128", "--halo", "24", "--quiet", "--cache-dir", str(cache),
+            "--model-role", "masks"]
     assert main(args + ["--output", str(tmp_path / "a.tif")]) == 0
     cold = fake_model.embed_calls
     assert cold > 1 and any(cache.iterdir())

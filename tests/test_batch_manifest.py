@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sam import batch_outputs
+from napari_sam import outputs
 from napari_sam.batch_manifest import (BatchSettings, Case, case_settings, input_hashes, is_finished,
                                        read_manifest)
 from napari_sam.batch_outputs import remove_partials, write_case_outputs
@@ -90,7 +90,10 @@ def test_finished_case_needs_same_inputs_settings_and_output(tmp_path: Path) -> 
 def test_case_outputs_all_or_nothing_when_verification_fails(tmp_path: Path, monkeypatch) -> None:
     case, settings = _case(tmp_path), BatchSettings()
     labels = np.ones((1, 6, 6), np.uint8)
-    monkeypatch.setattr(batch_outputs, "_read_back", lambda p: np.zeros((1, 6, 6), np.uint8))
+    def differs(tmp, expected, geometry):
+        raise ValueError("voxel values differ from what was written")
+
+    monkeypatch.setattr(outputs, "_read_back_label_map", differs)
     with pytest.raises(NapariSamError, match="does not read back"):
         _write(case, settings, labels)
     assert sorted(os.listdir(case.output.parent)) == []

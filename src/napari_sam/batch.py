@@ -65,16 +65,19 @@ class ModelPlugin(WorkerPlugin):
 
     torch_threads: threads for torch on each worker; None: the worker's
     share of its host's cores (cores // the worker's Dask threads, for the
-    usual one-worker-per-job layout of dask-jobqueue).
+    usual one-worker-per-job layout of dask-jobqueue). precision: the image
+    encoder's precision (``--precision``: auto, fp32, bf16, fp16; None: the
+    default), as :func:`napari_sam.models.registry.load_model` takes it.
     """
 
     name = PLUGIN_NAME
 
     def __init__(self, model: str = "lite_medsam", checkpoint: str | None = None,
-                 torch_threads: int | None = None) -> None:
+                 torch_threads: int | None = None, precision: str | None = None) -> None:
         self.model = model
         self.checkpoint = checkpoint
         self.torch_threads = torch_threads
+        self.precision = precision
         self.backend = None
 
     def setup(self, worker) -> None:  # noqa: D401 - Dask's hook
@@ -82,13 +85,21 @@ class ModelPlugin(WorkerPlugin):
 
         threads = self.torch_threads or max(1, cpu_cores() // max(1, worker.state.nthreads))
         torch.set_num_threads(threads)
-        self.backend = load_model(self.model, self.checkpoint, "cpu", progress=False)
+        self.backend = load_model(self.model, self.checkpoint, "cpu", progress=False, precision=self.precision)
 
 
 def register_model(client, model: str = "lite_medsam", checkpoint: str | None = None,
-                   torch_threads: int | None = None) -> None:
-    """Have every worker of ``client`` (and every worker that joins later) load the model once."""
-    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads), name=PLUGIN_NAME)
+                   torch_threads: int | None = None, precision: str | None = None) -> None:
+    """Have every worker of ``client`` (and every worker that joins later) load the model once.
+
+    A model, checkpoint or precision the workers cannot load fails here: Dask
+    raises the workers' error (e.g. ModelError "...: checkpoint not found").
+    """
+    from .models.precision import parse_precision
+
+    if precision is not None:
+        parse_precision(precision)  # a bad value is refused before any worker loads anything
+    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads, precision), name=PLUGIN_NAME)
 
 
 def _case_task(case: Case, settings: BatchSettings) -> dict[str, Any]:
@@ -197,7 +208,7 @@ def batch_job(manifest: str | Path, client=None, settings: BatchSettings | None 
         if todo:
             for c in todo:
                 remove_partials(c.output)
-            register_model(client, settings.model, settings.checkpoint, torch_threads)
+            register_model(client, settings.model, settings.checkpoint, torch_threads, settings.precision)
             futures = {client.submit(_case_task, c, settings, key=f"napari-sam-case-{c.row}-{os.getpid()}",
                                      pure=False): c for c in todo}
             log.info("batch: %d case(s) sent to %s, %d need no run", len(todo), client, len(records))
@@ -250,6 +261,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
     p.add_argument("--model", default="lite_medsam", help="model name (default lite_medsam)")
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model")
+    p.add_argument("--precision", default=None, help="image encoder precision on the workers: auto, fp32, "
+                   "bf16 or fp16 (default: see docs/performance.md); recorded with each case")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that are not a finished run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -259,7 +272,7 @@ def cmd_batch(args) -> int:
     if args.threads_per_worker < 1:
         raise InputError("--threads-per-worker must be at least 1")
     cache = None if args.no_cache else str(resolve_cache_dir(args.cache_dir))
-    settings = BatchSettings(args.model, args.checkpoint, cache, args.overwrite)
+    settings = BatchSettings(args.model, args.checkpoint, cache, args.overwrite, args.precision)
     client = None
     if args.scheduler:
         from distributed import Client

@@ -23,7 +23,8 @@ import numpy as np
 from .batch_manifest import BatchSettings, Case, case_settings, input_hashes
 from .batch_outputs import remove_partials, write_case_outputs
 from .errors import NapariSamError
-from .io import Geometry
+from .export import check_result_for
+from .io import Geometry, Volume
 from .models.base import Backend
 
 
@@ -31,7 +32,8 @@ from .models.base import Backend
 class CaseResult:
     """labels: (z, y, x) integer label map on ``geometry``'s grid; names/colors
     per id; extra: sidecar fields; encoder_calls / cache_hits: embeddings
-    computed / read from the disk cache."""
+    computed / read from the disk cache; volume: the image read (the source
+    of a DICOM SEG output); model: the model's name."""
 
     labels: np.ndarray
     geometry: Geometry
@@ -40,6 +42,8 @@ class CaseResult:
     extra: dict[str, Any] = field(default_factory=dict)
     encoder_calls: int = 0
     cache_hits: int = 0
+    volume: Volume | None = None
+    model: str | None = None
 
 
 def _segment(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
@@ -52,6 +56,7 @@ def _segment(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult
     window = check_window_spec(case.window)
     prompts = load_prompts(case.prompts)
     volume = read_image(case.image)
+    check_result_for(case.output, volume)  # a DICOM SEG of a non-DICOM image fails before any work
     prompts.check_against(volume.array.shape, volume.is_2d)
     provider = EmbeddingProvider(backend, cache_dir, max_in_memory=64)
     result = segment_volume(volume, prompts, backend, window=window,
@@ -60,7 +65,8 @@ def _segment(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult
     extra = {"source": str(case.image), "model": backend.name,
              "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
              "encoder_calls": enc, "cache_hits": hits}
-    return CaseResult(result.labels, volume.geometry, result.names, result.colors, extra, enc, hits)
+    return CaseResult(result.labels, volume.geometry, result.names, result.colors, extra, enc, hits, volume,
+                      backend.name)
 
 
 def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
@@ -72,6 +78,7 @@ def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
     from .segmentation import is_ct as volume_is_ct
 
     volume = read_image(case.image)
+    check_result_for(case.output, volume)
     is_ct = volume_is_ct(volume)
     settings = AutoSettings.for_ct() if is_ct else AutoSettings.for_microscopy()
     window = resolve_window(volume.array, check_window_spec(case.window), volume.metadata.get("modality"),
@@ -91,7 +98,7 @@ def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
              "window": [window.lo, window.hi], "object_diameter": round(result.diameter, 2),
              "encoder_calls": result.encoder_calls, "cache_hits": crops.disk_hits}
     return CaseResult(labels, volume.geometry, extra=extra, encoder_calls=result.encoder_calls,
-                      cache_hits=crops.disk_hits)
+                      cache_hits=crops.disk_hits, volume=volume, model=backend.name)
 
 
 def compute_case(case: Case, backend: Backend, cache_dir: str | Path | None = None) -> CaseResult:
@@ -127,7 +134,9 @@ def run_case(case: Case, settings: BatchSettings, backend: Backend, worker: str 
         hashes = input_hashes(case)
         res = compute_case(case, backend, settings.cache_dir)
         write_case_outputs(case.output, res.labels, res.geometry, res.names, res.colors, res.extra,
-                           {"inputs": hashes, "settings": case_settings(case, settings)})
+                           {"inputs": hashes, "settings": case_settings(case, settings)}, volume=res.volume,
+                           model=res.model, algorithm_type="SEMIAUTOMATIC" if case.mode == "segment"
+                           else "AUTOMATIC")
         rec.update(encoder_calls=res.encoder_calls, cache_hits=res.cache_hits)
     except (NapariSamError, OSError, ValueError, RuntimeError, MemoryError) as exc:
         rec.update(status="failed", reason=one_line(exc))

@@ -56,6 +56,9 @@ def _add_segment_parser(sub) -> None:
     seg.add_argument("--init", default=None, metavar="LABELS",
                      help="existing segmentation to refine: label map, DICOM SEG or .seg.nrrd; each label becomes "
                           "an object whose slices are key slices (see docs/export.md)")
+    seg.add_argument("--text", default=None, metavar="NAMES",
+                     help="find these classes by name, with no prompt, e.g. 'liver,spleen' (a --checkpoint "
+                          "taught them: napari-sam finetune; docs/finetuning.md); in 3D each propagates")
     seg.add_argument("--output", required=True, help="label map: .nii.gz/.nii/.nrrd/.mha (or .tif for 2D); "
                      ".seg.nrrd (3D Slicer); .dcm (DICOM SEG, DICOM input only)")
     seg.add_argument("--seg-encoding", default="binary", choices=["binary", "labelmap"],
@@ -64,7 +67,8 @@ def _add_segment_parser(sub) -> None:
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
     seg.add_argument("--zoom", action="store_true",
                      help="decode small objects' prompts on a magnified crop around them (sharper outlines of "
-                          "nuclei and small structures; one encoder run per crop); not used for propagation")
+                          "nuclei and small structures; one encoder run per crop), as the napari widget does; "
+                          "propagation itself is not zoomed")
     _add_model_args(seg)
 
 
@@ -89,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--proposals", default=None,
                       choices=["blobs", "regions", "box-grid", "point-grid", "blobs+box-grid", "regions+box-grid"],
                       help="where the prompts come from (default: the preset's)")
+    auto.add_argument("--model-role", default=None, choices=["masks", "split-check"],
+                      help="blobs: the model's masks replace them (masks), or blob outlines are kept and the "
+                           "model checks which touching blobs to split (split-check; the microscopy default)")
     auto.add_argument("--tile-shape", default=None, metavar="R,C",
                       help="tile rows,cols for large images (default 512,512)")
     auto.add_argument("--halo", type=int, default=None, help="tile overlap on each side in pixels (default 64); "
@@ -137,11 +144,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .export import check_result_for, check_result_path, write_result
     from .intensity import check_window_spec
     from .io import read_image
+    from .embeddings import EmbeddingProvider
     from .models.registry import load_model
     from .prompts import load_prompts
 
-    if args.prompts is None and args.init is None:
-        raise InputError("segment needs --prompts, --init or both")
+    if args.prompts is None and args.init is None and args.text is None:
+        raise InputError("segment needs --prompts, --text or --init")
+    if args.text is not None and (args.prompts is not None or args.init is not None):
+        raise InputError("--text finds its own prompts: give it without --prompts and --init")
     inputs = tuple(p for p in (args.image, args.prompts, args.init, args.checkpoint) if p)
     if args.overview and Path(args.overview).suffix.lower() != ".png":
         raise InputError(f"{args.overview}: --overview must end in .png")
@@ -154,10 +164,15 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     init_masks, init_info, notes = None, None, []
     if args.init is not None:
         prompts, init_masks, init_info = _init_objects(args.init, volume, prompts, notes)
-    prompts.check_against(volume.array.shape, volume.is_2d)
     backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
+    # one provider for the run: its memory tier, the cache folder and the encoder lock, for slices and crops
+    provider = EmbeddingProvider(backend, _cache_dir(args), max_in_memory=64)
+    embeddings_for = provider.views_of(volume.array)
+    if args.text is not None:
+        prompts = _text_prompts(args, volume, backend, window, embeddings_for, notes)
+    prompts.check_against(volume.array.shape, volume.is_2d)
     t0 = time.perf_counter()
-    result, provider = _segment(args, volume, prompts, backend, window, init_masks)
+    result = _segment(args, volume, prompts, backend, window, init_masks, provider, embeddings_for)
     if result.cancelled:
         raise NapariSamError("cancelled before the end; nothing written")
     extra = {"source": str(args.image), "model": backend.name,
@@ -186,25 +201,43 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment(args: argparse.Namespace, volume, prompts, backend, window, init_masks):
-    """Run segment_volume with the command's progress bar and one embedding provider;
-    returns its result and the provider (encoder calls, cache hits)."""
-    from .embeddings import CropEmbeddings, EmbeddingProvider
+def _segment(args: argparse.Namespace, volume, prompts, backend, window, init_masks, provider, embeddings_for):
+    """Run segment_volume with the command's progress bar, on the run's embedding provider."""
+    from .embeddings import CropEmbeddings
     from .predictor import PROMPT_ZOOM
     from .segmentation import segment_volume
 
-    # one provider for the run: its memory tier, the cache folder and the encoder lock, for slices and crops
-    provider = EmbeddingProvider(backend, _cache_dir(args), max_in_memory=64)
-    embeddings_for = provider.views_of(volume.array)
     zoom, crops = (PROMPT_ZOOM, CropEmbeddings(backend, provider=provider)) if args.zoom else (None, None)
     bar = ProgressBar("segment", args.quiet)
     try:
-        result = segment_volume(volume, prompts, backend, window=window, progress=bar,
-                                embeddings_for=embeddings_for, zoom=zoom, crop_embeddings=crops,
-                                init_masks=init_masks)
+        return segment_volume(volume, prompts, backend, window=window, progress=bar,
+                              embeddings_for=embeddings_for, zoom=zoom, crop_embeddings=crops,
+                              init_masks=init_masks)
     finally:
         bar.close()
-    return result, provider
+
+
+def _text_prompts(args: argparse.Namespace, volume, backend, window, embeddings_for, notes: list[str]):
+    """--text: the prompts file that boxes each named class where the taught head finds it."""
+    from .finetune.classes import load_class_head
+    from .intensity import resolve_window
+    from .prompts import parse_prompts
+    from .text_prompts import parse_class_names, text_prompts_file
+
+    names = parse_class_names(args.text)
+    head = load_class_head(args.checkpoint)
+    for name in names:
+        head.index_of(name)  # refuse an untaught class before any encoder run
+    md = volume.metadata
+    win = resolve_window(volume.array, window, md.get("modality"), md.get("dicom_window"))
+    store = embeddings_for(win, 0)
+    embs = [store.get(z) for z in range(volume.shape[0])]
+    doc, found = text_prompts_file(head, names, embs, backend.image_size, propagate=volume.shape[0] > 1,
+                                   warn=notes.append)
+    doc["window"] = [win.lo, win.hi]
+    for f in found:
+        notes.append(f"{f.name}: found on slice {f.slice}, box {list(f.box)}, confidence {f.confidence:.2f}")
+    return parse_prompts(doc, where="--text")
 
 
 def _init_objects(path: str, volume, prompts, notes: list[str]):
@@ -287,6 +320,8 @@ def _auto_settings(args: argparse.Namespace, is_ct: bool):
     changes = {}
     if args.proposals is not None:
         changes["proposals"] = args.proposals
+    if getattr(args, "model_role", None) is not None:
+        changes["model_role"] = args.model_role
     if args.tile_shape is not None:
         changes["tile_shape"] = _parse_tile_shape(args.tile_shape)
     for arg, name in (("halo", "halo"), ("min_size", "min_size"), ("diameter", "object_diameter"),
@@ -300,32 +335,87 @@ def _auto_settings(args: argparse.Namespace, is_ct: bool):
     return preset, settings
 
 
-def _cmd_auto(args: argparse.Namespace) -> int:
-    from .automatic import AutomaticSegmenter
+def _auto_tiled(args: argparse.Namespace) -> int:
+    """``auto`` with a zarr input or output: tiles as Dask tasks (docs/scaling.md)."""
+    from .large import auto_large, check_tiled_paths
+
+    check_tiled_paths(args.image, args.output, args.overwrite)
+    bar = ProgressBar("auto", args.quiet, unit="tile")
+    try:
+        info = auto_large(args.image, args.output, _auto_settings(args, args.preset == "ct")[1], args.window,
+                          args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
+    return 0
+
+
+def _auto_run(args: argparse.Namespace, volume, window, settings, stack3d: bool):
+    """Automatic mode on a read volume, with a progress bar. Returns (AutoResult,
+    labels (z, y, x), the backend or None, sidecar extras)."""
+    from .automatic import AutomaticSegmenter, stack_settings_from_args
     from .cache import content_hash, embedding_key, model_identity
-    from .intensity import check_window_spec, resolve_window
-    from .export import check_result_for, check_result_path, write_result
-    from .io import Geometry, read_image
     from .models.registry import load_model
-    from .large import auto_large, check_tiled_paths, wants_tiled
-    from .segmentation import is_ct
     from .embeddings import CropEmbeddings
 
-    if wants_tiled(args.image, args.output):  # zarr in or out: tiles as Dask tasks (docs/scaling.md)
-        check_tiled_paths(args.image, args.output, args.overwrite)
-        bar = ProgressBar("auto", args.quiet, unit="tile")
-        try:
-            info = auto_large(args.image, args.output, _auto_settings(args, args.preset == "ct")[1], args.window,
-                              args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
-        finally:
-            bar.close()
-        if not args.quiet:
-            print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
-        return 0
+    # 3D proposals use no model unless --model-check: do not pay for loading one
+    backend = (load_model(args.model, args.checkpoint, args.device, precision=args.precision)
+               if not stack3d or args.model_check else None)
+    bar = ProgressBar("auto", args.quiet, unit="step")
+
+    try:
+        if stack3d:
+            stack = stack_settings_from_args(args, volume, backend, None)
+            result = stack.segment(window.apply(volume.array), progress=bar)
+            return result, result.labels, backend, {"proposals": "3d-blobs", "design": "3d-proposals",
+                                                    "spacing_zyx": list(stack.settings.spacing)}
+        segmenter = AutomaticSegmenter(backend, settings, CropEmbeddings(
+            backend, max_in_memory=64, cache_dir=_cache_dir(args)))
+        extra = {"proposals": segmenter.proposal_kind(), "model_role": settings.model_role}
+        if volume.is_2d:
+            result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
+            return result, result.labels[None], backend, extra
+        key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
+        result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
+                                          progress=bar, volume_key=key)
+        return result, result.labels, backend, extra
+    finally:
+        bar.close()
+
+
+def _auto_classes(args: argparse.Namespace, volume, window, labels, backend):
+    """With a checkpoint taught classes: each instance's class name and confidence
+    (text_prompts.name_instances), as (names for the sidecar, {id: {class, confidence}})."""
+    from .embeddings import EmbeddingProvider
+    from .finetune.checkpoint import read_class_state
+    from .finetune.classes import ClassHead
+    from .models.registry import load_model
+    from .text_prompts import name_instances
+
+    state = read_class_state(args.checkpoint) if args.checkpoint else None
+    if state is None:
+        return None, None
+    head = ClassHead.from_state(state)
+    backend = backend or load_model(args.model, args.checkpoint, args.device, precision=args.precision)
+    store = EmbeddingProvider(backend, _cache_dir(args)).views_of(volume.array)(window, 0)
+    named = name_instances(head, labels, store.get, backend.image_size)
+    names = {i: f"{name} {i}" for i, (name, _p) in named.items()}
+    return names, {str(i): {"class": name, "confidence": round(p, 4)} for i, (name, p) in named.items()}
+
+
+def _cmd_auto(args: argparse.Namespace) -> int:
+    from .automatic import parse_spacing
+    from .export import check_result_for, check_result_path, write_result
+    from .intensity import check_window_spec, resolve_window
+    from .io import Geometry, read_image
+    from .large import wants_tiled
+    from .segmentation import is_ct
+
+    if wants_tiled(args.image, args.output):
+        return _auto_tiled(args)
     out = check_result_path(args.output, args.overwrite, inputs=(args.image, args.checkpoint))
     if args.spacing:
-        from .automatic3d import parse_spacing
-
         parse_spacing(args.spacing)  # a malformed --spacing fails before any work
     window_spec = check_window_spec(args.window)
     volume = read_image(args.image, series=args.series)
@@ -336,47 +426,24 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     window = resolve_window(volume.array, window_spec, volume.metadata.get("modality"),
                             volume.metadata.get("dicom_window"))
     stack3d = not volume.is_2d and preset == "microscopy" and not args.slicewise
-    # 3D proposals use no model unless --model-check: do not pay for loading one
-    backend = (load_model(args.model, args.checkpoint, args.device, precision=args.precision)
-               if not stack3d or args.model_check else None)
-    segmenter = None if stack3d else AutomaticSegmenter(backend, settings, CropEmbeddings(
-        backend, max_in_memory=64, cache_dir=_cache_dir(args)))
-    bar = ProgressBar("auto", args.quiet, unit="step")
-    extra3d: dict = {}
     t0 = time.perf_counter()
-    try:
-        if volume.is_2d:
-            result = segmenter.segment(window.apply(volume.array[0]), progress=bar)
-            labels = result.labels[None]
-        elif stack3d:
-            from .automatic3d import stack_settings_from_args
-
-            stack = stack_settings_from_args(args, volume, backend, None)
-            result = stack.segment(window.apply(volume.array), progress=bar)
-            labels = result.labels
-            extra3d = {"design": "3d-proposals", "spacing_zyx": list(stack.settings.spacing)}
-        else:
-            key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
-            result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
-                                              progress=bar, volume_key=key)
-            labels = result.labels
-    finally:
-        bar.close()
-    n = int(labels.max(initial=0))
+    result, labels, backend, extra = _auto_run(args, volume, window, settings, stack3d)
     notes: list[str] = []
+    names, classes = _auto_classes(args, volume, window, labels, backend)
+    if classes:
+        extra["classes"] = classes
     model_name = backend.name if backend is not None else None
-    write_result(out, labels, volume, model=model_name, overwrite=args.overwrite, notes=notes,
+    write_result(out, labels, volume, names, model=model_name, overwrite=args.overwrite, notes=notes,
                  algorithm_type="AUTOMATIC", inputs=(args.image, args.checkpoint),
                  extra={"source": str(args.image), "model": model_name, "mode": "automatic", "preset": preset,
-                        "proposals": "3d-blobs" if stack3d else segmenter.proposal_kind(),
-                        "window": [window.lo, window.hi],
+                        "proposals": extra.pop("proposals"), "window": [window.lo, window.hi],
                         "object_diameter": round(result.diameter, 2),
-                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, **extra3d})
+                        "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, **extra})
     if not args.quiet:
         for note in notes:
             print(f"{PROG}: note: {note}", file=sys.stderr)
-        print(f"wrote {out} ({n} object(s), {result.proposals} prompt(s), {result.encoder_calls} embedding(s); "
-              f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        print(f"wrote {out} ({int(labels.max(initial=0))} object(s), {result.proposals} prompt(s), "
+              f"{result.encoder_calls} embedding(s); {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 0
 
 

@@ -4,7 +4,8 @@ Coordinates are napari's: (row, col); boxes are ``(r0, c0, r1, c1)`` with both
 ends inclusive, in pixels; a :class:`Crop` is a rectangle (top, left, height,
 width) of a slice. One implementation of each lives here: the zoom path's
 crops, propagation's region of interest and the tiles of large images are all
-:class:`Crop` objects.
+:class:`Crop` objects; ``iou_matrix`` compares two instance label maps of any
+dimension.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Crop", "box_iou", "box_of_mask", "mask_iou"]
+from .errors import InputError
+
+__all__ = ["Crop", "box_iou", "box_of_mask", "iou_matrix", "mask_iou"]
 
 
 @dataclass(frozen=True)
@@ -124,3 +127,25 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two boolean masks of one shape; 1.0 when both are empty."""
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def iou_matrix(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU of every instance of the label map ``pred`` with every instance of
+    ``ref`` (integer maps of one shape, any dimension; 0 is background).
+
+    Returns (pred_ids (P,), ref_ids (R,), iou (P, R) float64).
+    """
+    pred = np.asarray(pred)
+    ref = np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise InputError(f"label maps of shapes {pred.shape} and {ref.shape}: expected the same shape")
+    p_ids, p_inv = np.unique(pred.ravel(), return_inverse=True)
+    r_ids, r_inv = np.unique(ref.ravel(), return_inverse=True)
+    counts = np.zeros((len(p_ids), len(r_ids)), np.int64)
+    np.add.at(counts, (p_inv, r_inv), 1)
+    p_area = counts.sum(1, keepdims=True)
+    r_area = counts.sum(0, keepdims=True)
+    union = p_area + r_area - counts
+    iou = np.where(union > 0, counts / np.maximum(union, 1), 0.0)
+    pk, rk = p_ids != 0, r_ids != 0
+    return p_ids[pk], r_ids[rk], iou[np.ix_(pk, rk)]

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from .errors import NapariSamError
 
-__all__ = ["Cancel", "Cancelled", "Job", "Progress", "ProgressBar", "ProgressCallback", "drive"]
+__all__ = ["Cancel", "Cancelled", "Job", "Progress", "ProgressBar", "ProgressCallback", "drive", "threaded"]
 
 R = TypeVar("R")
 
@@ -97,6 +97,43 @@ def drive(job: Job[R], progress: ProgressCallback | None = None, cancel: Cancel 
             return stop.value
         if progress is not None:
             progress(event)
+
+
+def threaded(work: Callable[[ProgressCallback, Cancel], R], cancel: Cancel | None = None) -> Job[R]:
+    """A callback-style computation as a job.
+
+    ``work(progress, cancel)`` runs on its own thread; every :class:`Progress` it
+    reports is yielded here, on the consumer's thread, and its return value is
+    the job's result (its exception is re-raised here). Closing the job sets
+    ``cancel`` and waits for ``work`` to notice it and return, so a job driven
+    by napari's ``thread_worker`` can be aborted like any other.
+    """
+    import queue
+
+    cancel = cancel if cancel is not None else Cancel()
+    events: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work(events.put, cancel)
+        except BaseException as exc:  # re-raised on the consumer's thread
+            outcome["error"] = exc
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=target, name="napari-sam job", daemon=True)
+    thread.start()
+    try:
+        while (event := events.get()) is not None:
+            yield event
+    finally:
+        if thread.is_alive():
+            cancel.set()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 class ProgressBar:

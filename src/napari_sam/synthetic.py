@@ -152,6 +152,6 @@ def nuclei_image(shape: tuple[int, int] = (256, 256), pixel_um: float = 0.5, con
     are (1, row, col))."""
     depth = 2.0 * float(np.mean(kw.get("radius_um", (3.0, 4.5))))
     kw.setdefault("radius_um", (3.0, 4.5))
-    st = nuclei_stack((3,) + tuple(shape), (depth / 6.0,) + (pixel_um,) * 2, contrast=contrast, seed=seed, **kw)
-    return SyntheticStack(image=st.image[1:2], labels=drop_small(st.labels[1:2], 4),
+    st = nuclei_stack((5,) + tuple(shape), (depth / 10.0,) + (pixel_um,) * 2, contrast=contrast, seed=seed, **kw)
+    return SyntheticStack(image=st.image[2:3], labels=drop_small(st.labels[2:3], 4),
                           spacing=st.spacing, contrast=st.contrast)

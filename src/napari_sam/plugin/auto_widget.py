@@ -9,7 +9,7 @@ a Labels layer placed on the image (same scale and translation).
 
 The model sees what the user sees: the layer's contrast limits are the
 intensity window. A 3D microscopy layer is segmented with 3D proposals in the
-layer's physical scale (:mod:`napari_sam.automatic3d`); a CT volume slice by
+layer's physical scale (:mod:`napari_sam.automatic.volume`); a CT volume slice by
 slice with objects linked across slices; *current slice only* segments the
 displayed slice.
 
@@ -25,11 +25,13 @@ import numpy as np
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
                             QPushButton, QSpinBox, QWidget)
 
-from ..automatic import AutomaticSegmenter, AutoSettings, ProgressEvent
+from ..automatic import AutomaticSegmenter, AutoSettings, Stack3DSettings, StackSegmenter
 from ..errors import NapariSamError
 from ..intensity import Window
+from ..jobs import Progress
 from ..models.base import Backend
-from ..zoom import CropEmbeddings, ZoomSettings
+from ..zoom import ZoomSettings
+from ..embeddings import CropEmbeddings
 
 PRESETS = ("microscopy", "ct")
 PROPOSALS = ("preset", "blobs", "regions", "box-grid", "point-grid", "blobs+box-grid", "regions+box-grid")
@@ -268,8 +270,8 @@ class AutoSegmentWidget(QWidget):
         return self._backend
 
     def _work(self, job: "_Job"):
-        """Runs in the worker thread: a generator of ProgressEvents, returning the AutoResult."""
-        yield ProgressEvent(0, 1, "loading model")
+        """Runs in the worker thread: a job (generator of jobs.Progress) returning the AutoResult."""
+        yield Progress(0, 1, "loading model")
         backend = self._get_backend()
         segmenter = AutomaticSegmenter(backend, job.settings, self._embeddings)
         win = job.window
@@ -278,16 +280,14 @@ class AutoSegmentWidget(QWidget):
         elif job.z is not None:
             result = yield from segmenter.iter_segment(win.apply(job.data[job.z]))
         elif job.stack3d:
-            # microscopy stack: 3D proposals in the layer's physical scale (napari_sam.automatic3d)
-            from ..automatic3d import Stack3DSettings, StackSegmenter
-
+            # microscopy stack: 3D proposals in the layer's physical scale (napari_sam.automatic.volume)
             st = Stack3DSettings(spacing=job.scale, object_diameter=job.settings.object_diameter)
             result = yield from StackSegmenter(backend, st, self._embeddings).iter_segment(win.apply(job.data))
         else:
             result = yield from segmenter.iter_segment_volume(lambda k: win.apply(job.data[k]), len(job.data))
         return result
 
-    def _on_progress(self, ev: ProgressEvent) -> None:
+    def _on_progress(self, ev: Progress) -> None:
         if ev.total > 0:
             self.progress.setRange(0, ev.total)
             self.progress.setValue(min(ev.done, ev.total))

@@ -38,17 +38,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Generator
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from .automatic import AutoResult, Progress, ProgressEvent, _drive, estimate_object_diameter, refine_diameter
-from .errors import InputError
-from .label_ops import drop_small, relabel_sequential
-from .models.base import Backend
-from .zoom import CropEmbeddings
+from ..errors import InputError
+from ..io import Geometry
+from ..jobs import Cancel, Job, Progress, ProgressCallback, drive
+from ..label_ops import drop_small, relabel_sequential
+from ..models.base import Backend
+from ..tiff_spacing import tiff_spacing
+from ..embeddings import CropEmbeddings
+from .proposals import estimate_object_diameter, refine_diameter
+from .segmenter import AutoResult
 
 
 @dataclass(frozen=True)
@@ -215,15 +218,17 @@ class StackSegmenter:
         self.embeddings = embeddings
         self.encoder_calls = 0
 
-    def segment(self, volume01: np.ndarray, progress: Progress | None = None,
-                should_stop: Callable[[], bool] | None = None, volume_key: str | None = None) -> AutoResult:
+    def segment(self, volume01: np.ndarray, progress: ProgressCallback | None = None,
+                cancel: Cancel | None = None, volume_key: str | None = None) -> AutoResult:
         """Segment a (z, row, col) float32 stack in [0, 1]; returns an
-        :class:`AutoResult` with (z, row, col) int32 labels (one id per 3D object)."""
-        return _drive(self.iter_segment(volume01, volume_key), progress, should_stop)
+        :class:`AutoResult` with (z, row, col) int32 labels (one id per 3D object).
+        progress: called with each :class:`~napari_sam.jobs.Progress`; cancel:
+        checked between steps."""
+        return drive(self.iter_segment(volume01, volume_key), progress, cancel, "automatic segmentation")
 
-    def iter_segment(self, volume01: np.ndarray, volume_key: str | None = None
-                     ) -> Generator[ProgressEvent, None, AutoResult]:
-        """:meth:`segment` as a generator of :class:`ProgressEvent` (abortable between steps)."""
+    def iter_segment(self, volume01: np.ndarray, volume_key: str | None = None) -> Job[AutoResult]:
+        """:meth:`segment` as a job (a generator of :class:`~napari_sam.jobs.Progress`,
+        abortable between steps) returning the :class:`AutoResult`."""
         st = self.settings
         vol = np.asarray(volume01, np.float32)
         if vol.ndim != 3 or min(vol.shape[1:]) < 8:
@@ -231,33 +236,34 @@ class StackSegmenter:
         spacing = np.asarray(st.spacing if st.spacing is not None else (1.0, 1.0, 1.0), float)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        yield ProgressEvent(0, 4, "proposals: object size")
+        yield Progress(0, 4, "proposals: object size")
         d_px = st.object_diameter or stack_diameter(vol, st.polarity)
         d_phys = d_px * float(np.sqrt(spacing[1] * spacing[2]))
-        yield ProgressEvent(1, 4, "proposals: foreground")
+        yield Progress(1, 4, "proposals: foreground")
         fg, flat = foreground_3d(vol, spacing, d_phys, st.polarity)
-        yield ProgressEvent(2, 4, "proposals: splitting touching objects")
+        yield Progress(2, 4, "proposals: splitting touching objects")
         typical = 4.0 / 3.0 * np.pi * (d_phys / 2.0) ** 3 / float(np.prod(spacing))
         min_vox = max(4, int(st.min_size_fraction * typical))
         labels = split_instances_3d(fg, flat, spacing, d_phys, st.split_depth, min_vox)
         timings["proposals"] = time.perf_counter() - t0
-        n_prompts, enc0 = 0, self.encoder_calls
+        n_prompts, enc0, total = 0, self.encoder_calls, 4
         timings["encoder"] = timings["decoder"] = 0.0
         if st.use_model and self.backend is not None and labels.max() > 0:
-            labels, n_prompts = yield from self._model_check(vol, labels, flat, timings, volume_key)
+            labels, n_prompts, total = yield from self._model_check(vol, labels, flat, timings, volume_key)
         t = time.perf_counter()
         labels = relabel_sequential(labels)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         enc = self.encoder_calls - enc0
-        yield ProgressEvent(4, 4, "done")
+        yield Progress(total, total, "done")
         return AutoResult(labels=labels, scores=[], proposals=n_prompts, timings=timings, diameter=float(d_px),
                           encoder_calls=enc, candidates=n_prompts)
 
     def _model_check(self, vol: np.ndarray, labels: np.ndarray, flat: np.ndarray, timings: dict[str, float],
-                     volume_key: str | None) -> Generator[ProgressEvent, None, tuple[np.ndarray, int]]:
+                     volume_key: str | None) -> Job[tuple[np.ndarray, int, int]]:
         """Prompt each object's box on its central slice; drop objects the model
-        does not confirm when their contrast is weak. Returns (labels, prompts)."""
+        does not confirm when their contrast is weak. Returns (labels, prompts,
+        the job's total steps)."""
         st = self.settings
         zs, boxes, objs = _central_boxes(labels)
         n = len(objs)
@@ -273,11 +279,11 @@ class StackSegmenter:
         for k in range(steps):
             group = todo[k * per: (k + 1) * per]
             ious[group] = self._check_group(vol, labels, zs, boxes, group, timings)
-            yield ProgressEvent(2 + (k + 1) / steps, 4, f"model check: {min(len(todo), (k + 1) * per)}/{len(todo)}")
+            yield Progress(3 + k, 4 + steps, f"model check: {min(len(todo), (k + 1) * per)}/{len(todo)}")
         weak = contrast < np.median(contrast)
         confirm = ~((ious < st.model_iou) & weak)
         lut = np.concatenate([[0], np.where(confirm, ids, 0)]).astype(np.int32)
-        return lut[labels], len(todo)
+        return lut[labels], len(todo), 4 + steps
 
     @torch.inference_mode()
     def _check_group(self, vol: np.ndarray, labels: np.ndarray, zs: np.ndarray, boxes: np.ndarray,
@@ -354,8 +360,6 @@ def stack_spacing(image_path: str, geometry_zyx: tuple[float, float, float], has
     if has_header:
         return tuple(float(v) for v in geometry_zyx)  # type: ignore[return-value]
     if image_path.lower().endswith((".tif", ".tiff")):
-        from .tiff_spacing import tiff_spacing
-
         sp = tiff_spacing(image_path)
         if sp is not None:
             return sp
@@ -365,8 +369,6 @@ def stack_spacing(image_path: str, geometry_zyx: tuple[float, float, float], has
 def stack_settings_from_args(args, volume, backend: Backend | None,
                              embeddings: CropEmbeddings | None) -> StackSegmenter:
     """The CLI's :class:`StackSegmenter` for ``napari-sam auto`` on a 3D microscopy stack."""
-    from .io import Geometry
-
     has_header = volume.geometry != Geometry()
     spacing = stack_spacing(str(args.image), volume.geometry.scale_zyx, has_header, args.spacing)
     settings = Stack3DSettings(spacing=spacing, object_diameter=args.diameter,
