@@ -229,6 +229,18 @@ class EmbeddingProvider:
         return emb
 
 
+def _provider_for(view: str, backend: Backend, provider: EmbeddingProvider | None,
+                  cache_dir: str | Path | None, max_in_memory: int,
+                  dtype: str = "float16") -> EmbeddingProvider:
+    """A view's provider: ``provider`` (shared, of the same backend), or a private one."""
+    if provider is None:
+        return EmbeddingProvider(backend, cache_dir, max_in_memory, dtype)
+    if provider.backend is not backend or cache_dir is not None:
+        raise UsageError(f"a {view} on a shared provider takes the provider's backend and cache folder: "
+                         "pass neither another backend nor cache_dir")
+    return provider
+
+
 class SliceEmbeddings:
     """Lazily computed embeddings of the slices of one volume along one axis.
 
@@ -253,13 +265,9 @@ class SliceEmbeddings:
         if volume.ndim not in (3, 4) or axis not in (0, 1, 2):
             raise InputError(f"volume of shape {volume.shape} along axis {axis}: "
                              "expected (z, y, x) and axis 0-2")
-        if provider is None:
-            provider = EmbeddingProvider(backend, cache_dir, max_in_memory, dtype)
-        elif provider.backend is not backend or cache_dir is not None:
-            raise UsageError("a SliceEmbeddings on a shared provider takes the provider's backend and cache "
-                             "folder: pass neither another backend nor cache_dir")
         self.backend = backend
-        self.provider = provider
+        self.provider = provider = _provider_for("SliceEmbeddings", backend, provider, cache_dir,
+                                                 max_in_memory, dtype)
         self.volume = volume
         self.window = window
         self.axis = axis
@@ -406,13 +414,8 @@ class CropEmbeddings:
     def __init__(self, backend: Backend, max_in_memory: int = 32,
                  on_encode: Callable[[Crop], None] | None = None,
                  cache_dir: str | Path | None = None, provider: EmbeddingProvider | None = None) -> None:
-        if provider is None:
-            provider = EmbeddingProvider(backend, cache_dir, max_in_memory)
-        elif provider.backend is not backend or cache_dir is not None:
-            raise UsageError("a CropEmbeddings on a shared provider takes the provider's backend and cache "
-                             "folder: pass neither another backend nor cache_dir")
         self.backend = backend
-        self.provider = provider
+        self.provider = _provider_for("CropEmbeddings", backend, provider, cache_dir, max_in_memory)
         self.on_encode = on_encode
         self.encoder_calls = 0
         self.disk_hits = 0
