@@ -4,7 +4,6 @@ LRU bound, cache directory resolution, and the `embed` CLI with a warm cache."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

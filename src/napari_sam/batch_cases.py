@@ -46,33 +46,21 @@ class CaseResult:
     model: str | None = None
 
 
-def _window_spec(text: str | None):
-    from .intensity import parse_window
-
-    if text is not None and text.strip().lower() not in ("auto", "dicom"):
-        return parse_window(text)
-    return text
-
-
 def _segment(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
-    from .cache import content_hash
-    from .embeddings import EmbeddingProvider, SliceEmbeddings
+    from .embeddings import EmbeddingProvider
+    from .intensity import check_window_spec
     from .io import read_image
     from .prompts import load_prompts
     from .segmentation import segment_volume
 
-    window = _window_spec(case.window)
+    window = check_window_spec(case.window)
     prompts = load_prompts(case.prompts)
     volume = read_image(case.image)
     check_result_for(case.output, volume)  # a DICOM SEG of a non-DICOM image fails before any work
     prompts.check_against(volume.array.shape, volume.is_2d)
     provider = EmbeddingProvider(backend, cache_dir, max_in_memory=64)
-    image_hash = content_hash(volume.array) if cache_dir is not None else None
-
-    def factory(win, axis: int) -> SliceEmbeddings:
-        return SliceEmbeddings(backend, volume.array, win, axis, image_hash=image_hash, provider=provider)
-
-    result = segment_volume(volume, prompts, backend, window=window, embeddings_for=factory)
+    result = segment_volume(volume, prompts, backend, window=window,
+                            embeddings_for=provider.views_of(volume.array))
     enc, hits = provider.encoder_calls, provider.disk_hits
     extra = {"source": str(case.image), "model": backend.name,
              "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
@@ -85,7 +73,7 @@ def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
     from .automatic import AutomaticSegmenter, AutoSettings
     from .cache import content_hash, embedding_key, model_identity
     from .embeddings import CropEmbeddings
-    from .intensity import resolve_window
+    from .intensity import check_window_spec, resolve_window
     from .io import read_image
     from .segmentation import is_ct as volume_is_ct
 
@@ -93,7 +81,7 @@ def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
     check_result_for(case.output, volume)
     is_ct = volume_is_ct(volume)
     settings = AutoSettings.for_ct() if is_ct else AutoSettings.for_microscopy()
-    window = resolve_window(volume.array, _window_spec(case.window), volume.metadata.get("modality"),
+    window = resolve_window(volume.array, check_window_spec(case.window), volume.metadata.get("modality"),
                             volume.metadata.get("dicom_window"))
     crops = CropEmbeddings(backend, max_in_memory=64, cache_dir=cache_dir)
     segmenter = AutomaticSegmenter(backend, settings, crops)

@@ -118,6 +118,22 @@ class EmbeddingProvider:
         self._lock = threading.Lock()  # the memory tier and the table of stores
         self.encoder = encoder_lock(backend)
 
+    def views_of(self, volume: np.ndarray, image_hash: str | None = None,
+                 ) -> Callable[[Window, int], SliceEmbeddings]:
+        """(window, axis) -> the :class:`SliceEmbeddings` of ``volume`` on this
+        provider (what :func:`napari_sam.segmentation.segment_volume` takes as
+        ``embeddings_for``). The volume's content hash, the disk entries' key,
+        is computed once, on first use, when the provider has a disk store."""
+        known = [image_hash] if image_hash is not None else []
+
+        def view(window: Window, axis: int) -> SliceEmbeddings:
+            if self.cache_dir is not None and not known:
+                known.append(content_hash(volume))
+            return SliceEmbeddings(self.backend, volume, window, axis, image_hash=known[0] if known else None,
+                                   provider=self)
+
+        return view
+
     # ------------------------------------------------------------ memory
     def peek(self, entry: Entry, index: int) -> Embedding | None:
         """The embedding if it is in memory, else None (never reads the disk or encodes)."""
@@ -213,6 +229,18 @@ class EmbeddingProvider:
         return emb
 
 
+def _provider_for(view: str, backend: Backend, provider: EmbeddingProvider | None,
+                  cache_dir: str | Path | None, max_in_memory: int,
+                  dtype: str = "float16") -> EmbeddingProvider:
+    """A view's provider: ``provider`` (shared, of the same backend), or a private one."""
+    if provider is None:
+        return EmbeddingProvider(backend, cache_dir, max_in_memory, dtype)
+    if provider.backend is not backend or cache_dir is not None:
+        raise UsageError(f"a {view} on a shared provider takes the provider's backend and cache folder: "
+                         "pass neither another backend nor cache_dir")
+    return provider
+
+
 class SliceEmbeddings:
     """Lazily computed embeddings of the slices of one volume along one axis.
 
@@ -237,13 +265,9 @@ class SliceEmbeddings:
         if volume.ndim not in (3, 4) or axis not in (0, 1, 2):
             raise InputError(f"volume of shape {volume.shape} along axis {axis}: "
                              "expected (z, y, x) and axis 0-2")
-        if provider is None:
-            provider = EmbeddingProvider(backend, cache_dir, max_in_memory, dtype)
-        elif provider.backend is not backend or cache_dir is not None:
-            raise UsageError("a SliceEmbeddings on a shared provider takes the provider's backend and cache "
-                             "folder: pass neither another backend nor cache_dir")
         self.backend = backend
-        self.provider = provider
+        self.provider = provider = _provider_for("SliceEmbeddings", backend, provider, cache_dir,
+                                                 max_in_memory, dtype)
         self.volume = volume
         self.window = window
         self.axis = axis
@@ -390,13 +414,8 @@ class CropEmbeddings:
     def __init__(self, backend: Backend, max_in_memory: int = 32,
                  on_encode: Callable[[Crop], None] | None = None,
                  cache_dir: str | Path | None = None, provider: EmbeddingProvider | None = None) -> None:
-        if provider is None:
-            provider = EmbeddingProvider(backend, cache_dir, max_in_memory)
-        elif provider.backend is not backend or cache_dir is not None:
-            raise UsageError("a CropEmbeddings on a shared provider takes the provider's backend and cache "
-                             "folder: pass neither another backend nor cache_dir")
         self.backend = backend
-        self.provider = provider
+        self.provider = _provider_for("CropEmbeddings", backend, provider, cache_dir, max_in_memory)
         self.on_encode = on_encode
         self.encoder_calls = 0
         self.disk_hits = 0

@@ -142,8 +142,9 @@ class ProgressBar:
 
     desc: the bar's label; unit: what a step is ("slice", "case", "tile").
     Called with a :class:`Progress` event it shows done / total and the stage.
-    It also takes ``(done, total, stage)`` for jobs not yet converted to the
-    protocol (automatic mode's ``segment(progress=...)`` at the time of writing).
+    It also takes ``(done, total, stage)``, for the computations that report
+    through such a callback rather than as a job (fine-tuning's training and
+    its embedding of the training volumes).
     """
 
     def __init__(self, desc: str, quiet: bool = False, unit: str = "slice") -> None:

@@ -11,6 +11,8 @@ The package, in the order a reader needs it:
   (:class:`TrackStrategy`, the default, or :class:`HypothesesStrategy`);
 - :mod:`.roi`: the region-of-interest zoom for small objects (:class:`RoiZoom`,
   off by default);
+- :mod:`.segments`: the segments between key slices, and how the two passes
+  across a gap are reconciled;
 - :mod:`.tracker`: the :class:`Propagator` loop. :meth:`Propagator.run` is a
   job (:mod:`napari_sam.jobs`): it yields one :class:`~napari_sam.jobs.Progress`
   per finished slice, whose payload is a :class:`SliceUpdate`, so that a GUI

@@ -294,6 +294,14 @@ class PropagationState:
         idx = [i for i, m in self.results.items() if m.any()]
         return (min(idx), max(idx)) if idx else None
 
+    def summary(self) -> dict:
+        """Plain data (JSON-ready) about the object's propagation: axis, key
+        slices, extent and every stop decision (a label map's sidecar)."""
+        return {"axis": self.axis, "key_slices": self.key_slices,
+                "extent": list(self.extent) if self.extent else None,
+                "stops": [{"from": s.origin, "direction": s.direction, "last": s.last, "refused": s.rejected,
+                           "reason": s.reason.value, "detail": s.detail} for s in self.stops]}
+
     def stops_at(self, index: int) -> list[StopDecision]:
         """Stop decisions whose pass ended at (last kept) or was refused on slice ``index``."""
         return [s for s in self.stops if s.last == index or s.rejected == index]

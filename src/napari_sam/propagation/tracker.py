@@ -21,8 +21,7 @@ How a run works (see the package docstring for the whole method):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch
@@ -36,7 +35,8 @@ from ..predictor import SlicePredictor
 from ..prompts import SlicePrompt
 from .roi import RoiZoom, choose_roi, frame_of
 from .rules import ObjectAppearance, StepAnswer, StopRules, check_step, pooled_features
-from .state import PropagationState, SliceInfo, SliceUpdate, StopDecision, StopReason
+from .segments import Segment, Tally, drop, info_of, paste, plan_segments, reconcile, store
+from .state import PropagationState, SliceInfo, StopDecision, StopReason
 from .strategy import BoxDecoder, StepStrategy, TrackStrategy
 
 __all__ = ["Propagator", "SliceEmbeddingProvider"]
@@ -65,77 +65,6 @@ class SliceEmbeddingProvider(Protocol):
     def get(self, index: int, crop: Crop | None = None) -> Embedding: ...
 
     def model_input(self, index: int) -> np.ndarray: ...
-
-
-class _Segment(NamedTuple):
-    """Slices first..last (inclusive) between key slices ``below`` and ``above``
-    (None: no positive key slice on that side); work: planned steps."""
-
-    first: int
-    last: int
-    kind: str  # "gap" | "out_up" | "out_down" | "none"
-    work: int
-    below: int | None
-    above: int | None
-
-
-@dataclass
-class _Tally:
-    """Steps done and the current estimate of a run's total (an upper bound
-    that shrinks when a pass stops early)."""
-
-    done: int
-    total: int
-
-    def event(self, state: PropagationState, index: int, message: str) -> Progress:
-        self.done += 1
-        self.total = max(self.total, self.done)
-        mask = state.results.get(index, np.zeros(state.slice_shape, bool))
-        return Progress(self.done, self.total, message, SliceUpdate(index, mask))
-
-
-def _paste(frame: Crop, a: np.ndarray, full: tuple[int, int], fill: float | bool = False) -> np.ndarray:
-    """A frame-grid array on the whole (rows, cols) slice (itself when the frame is the slice)."""
-    return a if frame.is_whole(full) else frame.paste(a, full, fill)
-
-
-def _store(state: PropagationState, i: int, mask: np.ndarray, info: SliceInfo) -> None:
-    state.results[i] = mask
-    state.info[i] = info
-
-
-def _drop(state: PropagationState, i: int) -> None:
-    state.results.pop(i, None)
-    state.info.pop(i, None)
-
-
-def _info(step: StepAnswer, origin: int) -> SliceInfo:
-    return SliceInfo("bridged" if step.bridged else "propagated", origin, step.score, step.iou_prev,
-                     step.area_ratio, step.intensity_shift)
-
-
-def plan_segments(state: PropagationState, lo: int, hi: int) -> list[_Segment]:
-    """The segments between key slices (within [lo, hi]) that hold slices to recompute."""
-    keys = [k for k in state.key_slices if lo <= k <= hi]
-    positive = {k for k in keys if not state.is_stop_slice(k)}
-    bounds = [lo - 1] + keys + [hi + 1]
-    out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        first, last = a + 1, b - 1
-        if first > last or not any(first <= i <= last for i in state.dirty):
-            continue
-        n = last - first + 1
-        below = a if a in positive else None
-        above = b if b in positive else None
-        if below is not None and above is not None:
-            out.append(_Segment(first, last, "gap", 2 * n, below, above))  # both passes, at most
-        elif below is not None:
-            out.append(_Segment(first, last, "out_up", n, below, None))
-        elif above is not None:
-            out.append(_Segment(first, last, "out_down", n, None, above))
-        else:
-            out.append(_Segment(first, last, "none", 0, None, None))
-    return out
 
 
 class Propagator:
@@ -206,12 +135,12 @@ class Propagator:
         segments = plan_segments(state, lo, hi)
         for k in list(state.dirty_keys):  # keys outside the range hold nothing
             if not lo <= k <= hi:
-                _drop(state, k)
+                drop(state, k)
                 state.dirty_keys.discard(k)
         todo_keys = sorted(state.dirty_keys)
-        tally = _Tally(0, len(todo_keys) + sum(seg.work for seg in segments))
+        tally = Tally(0, len(todo_keys) + sum(seg.work for seg in segments))
         for k in todo_keys:
-            _store(state, k, *self._key_result(state, k, frame))
+            store(state, k, *self._key_result(state, k, frame))
             state.dirty_keys.discard(k)
             state.dirty.discard(k)
             yield tally.event(state, k, f"key slice {k}")
@@ -267,8 +196,8 @@ class Propagator:
                 if proto is not None and here is not None:
                     best.feature_similarity = float(torch.nn.functional.cosine_similarity(here[None],
                                                                                           proto[None])[0])
-        best.mask = _paste(frame, best.mask, full)
-        best.logits = _paste(frame, best.logits, full, _OUTSIDE)
+        best.mask = paste(frame, best.mask, full)
+        best.logits = paste(frame, best.logits, full, _OUTSIDE)
         return best
 
     # ------------------------------------------------------------ internals
@@ -306,7 +235,7 @@ class Propagator:
             many = self._predictor.predict(prompt=local, multimask=True)
             cands = [mask] + [many.masks[i] for i in range(len(many.masks))]
             mask = cands[choose_candidate(cands, local.box)]
-        return _paste(frame, mask.copy(), full), SliceInfo("key", k, score=float(pred.scores[0]))
+        return paste(frame, mask.copy(), full), SliceInfo("key", k, score=float(pred.scores[0]))
 
     def _appearance(self, state: PropagationState, frame: Crop) -> ObjectAppearance:
         """The object on its (finished, non-empty) key slices."""
@@ -330,14 +259,14 @@ class Propagator:
             if i in keys and lo <= i <= hi:
                 state.dirty.discard(i)
                 continue
-            _drop(state, i)
+            drop(state, i)
             if not lo <= i <= hi:
                 state.dirty.discard(i)
         positive = {k for k in keys if lo <= k <= hi and not state.is_stop_slice(k)}
         state.stops = [st for st in state.stops if st.origin in positive]
 
-    def _segment(self, state: PropagationState, seg: _Segment, appearance: ObjectAppearance, frame: Crop,
-                 tally: _Tally) -> Iterator[Progress]:
+    def _segment(self, state: PropagationState, seg: Segment, appearance: ObjectAppearance, frame: Crop,
+                 tally: Tally) -> Iterator[Progress]:
         if seg.kind == "out_up":
             yield from self._single_pass(state, seg.below, +1, seg.last, appearance, frame, tally)
         elif seg.kind == "out_down":
@@ -423,7 +352,7 @@ class Propagator:
                 emb = self._embedding(k, frame, full)
                 box = self.decoder.pad(union, emb.original_size)
                 st = self.decoder.decode(emb, [box], prev[frame.slices])[0]
-                st.mask, st.logits = _paste(frame, st.mask, full), _paste(frame, st.logits, full, _OUTSIDE)
+                st.mask, st.logits = paste(frame, st.mask, full), paste(frame, st.logits, full, _OUTSIDE)
                 st.bridged = True
                 out.append((k, st))
             out.append((j, step))
@@ -443,7 +372,7 @@ class Propagator:
         return StopReason.KEY_SLICE
 
     def _single_pass(self, state: PropagationState, origin: int, direction: int, limit: int,
-                     appearance: ObjectAppearance, frame: Crop, tally: _Tally) -> Iterator[Progress]:
+                     appearance: ObjectAppearance, frame: Crop, tally: Tally) -> Iterator[Progress]:
         """Outwards from key slice ``origin`` to ``limit`` (inclusive), resuming
         after the slices a cancelled run already finished."""
         start = origin
@@ -454,18 +383,18 @@ class Propagator:
         n_done = 0
         for i, step in self._walk(state, origin, direction, start, limit, appearance,
                                   self._end_reason(state, limit, direction), frame):
-            _store(state, i, step.mask, _info(step, origin))
+            store(state, i, step.mask, info_of(step, origin))
             state.dirty.discard(i)
             n_done += 1
             yield tally.event(state, i, f"slice {i} (from key {origin})")
         # the rest of the segment holds no object
         for j in range(start + direction * (n_done + 1), limit + direction, direction):
-            _drop(state, j)
+            drop(state, j)
             state.dirty.discard(j)
         tally.total -= n_planned - n_done
 
     def _gap(self, state: PropagationState, a: int, b: int, appearance: ObjectAppearance, frame: Crop,
-             tally: _Tally) -> Iterator[Progress]:
+             tally: Tally) -> Iterator[Progress]:
         """Between key slices a < b: a pass up from a, then a pass down from b
         that reconciles each slice as it goes (see the package docstring)."""
         n = b - a - 1
@@ -473,33 +402,15 @@ class Propagator:
         for i, step in self._walk(state, a, +1, a, b - 1, appearance, StopReason.KEY_SLICE, frame):
             up[i] = step
             # provisional result, shown while the second pass runs (the slice stays dirty)
-            _store(state, i, step.mask, _info(step, a))
+            store(state, i, step.mask, info_of(step, a))
             yield tally.event(state, i, f"slice {i} (from key {a}, first pass)")
         tally.total -= n - len(up)
         finished = set()
         for i, sd in self._walk(state, b, -1, b, a + 1, appearance, StopReason.KEY_SLICE, frame):
-            _reconcile(state, i, a, b, up.get(i), sd)
+            reconcile(state, i, a, b, up.get(i), sd)
             finished.add(i)
             yield tally.event(state, i, f"slice {i} (keys {a} and {b} reconciled)")
         for i in range(b - 1, a, -1):
             if i not in finished:
-                _reconcile(state, i, a, b, up.get(i), None)
+                reconcile(state, i, a, b, up.get(i), None)
                 yield tally.event(state, i, f"slice {i} (from key {a})")
-
-
-def _reconcile(state: PropagationState, i: int, a: int, b: int, su: StepAnswer | None,
-               sd: StepAnswer | None) -> None:
-    """Slice i between key slices a < b from the pass up (su) and the pass down (sd):
-    the distance-weighted mean probability when both reached it, else the one that did."""
-    if su is None and sd is None:
-        _drop(state, i)
-    elif su is not None and sd is not None:
-        wa = (b - i) / (b - a)
-        prob = wa / (1 + np.exp(-su.logits)) + (1 - wa) / (1 + np.exp(-sd.logits))
-        near, o = (su, a) if wa >= 0.5 else (sd, b)
-        _store(state, i, prob > 0.5, SliceInfo("reconciled", o, near.score, near.iou_prev, near.area_ratio,
-                                               near.intensity_shift))
-    else:
-        s, o = (su, a) if su is not None else (sd, b)
-        _store(state, i, s.mask, _info(s, o))
-    state.dirty.discard(i)
