@@ -40,6 +40,6 @@ def add_verbose(p: argparse.ArgumentParser, dest: str = "verbose") -> None:
 
 def cache_dir_of(args: argparse.Namespace) -> Path | None:
     """--cache-dir, else $NAPARI_SAM_CACHE_DIR, else the platform default; None with --no-cache."""
-    from .cache import usable_cache_dir
+    from ..cache import usable_cache_dir
 
     return usable_cache_dir(args.cache_dir, args.no_cache)
