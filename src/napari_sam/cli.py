@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     seg = sub.add_parser("segment", help="segment an image from a prompts file")
-    seg.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
+    seg.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG; zarr/OME-Zarr (read lazily)")
     seg.add_argument("--prompts", default=None, help="prompts JSON (format: the README's section 'The prompts file'); optional with --init")
     seg.add_argument("--init", default=None, metavar="LABELS",
                      help="existing segmentation to refine: label map, DICOM SEG or .seg.nrrd; each label becomes "
@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="find these classes by name, with no prompt, e.g. 'liver,spleen' (a --checkpoint "
                           "taught them: napari-sam finetune; docs/finetuning.md); in 3D each propagates")
     seg.add_argument("--output", required=True, help="label map: .nii.gz/.nii/.nrrd/.mha (or .tif for 2D); "
-                     ".seg.nrrd (3D Slicer); .dcm (DICOM SEG, DICOM input only)")
+                     ".seg.nrrd (3D Slicer); .dcm (DICOM SEG, DICOM input only); .zarr (written chunk by chunk, "
+                     "the image read lazily: docs/scaling.md)")
     seg.add_argument("--seg-encoding", default="binary", choices=["binary", "labelmap"],
                      help="DICOM SEG encoding for a .dcm output (default binary: read everywhere)")
     seg.add_argument("--overview", default=None, help="also write a PNG overview of the segmented slices")
@@ -124,10 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--scheduler", default=None, help="zarr/OME-Zarr input or .zarr output: tiles as tasks "
                       "on this Dask scheduler (default: a local cluster); docs/scaling.md")
     _add_model_args(auto)
+    from .cli_large import add_cluster_args
+
     emb = sub.add_parser("embed", help="fill the embedding cache for an image ahead of time")
     emb.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
     emb.add_argument("--axis", type=int, default=0, choices=[0, 1, 2], help="slice axis (default 0)")
     emb.add_argument("--slices", default=None, help="FIRST:LAST (inclusive) to embed only these slices")
+    add_cluster_args(emb)
     _add_model_args(emb)
 
     sub.add_parser("models", help="list the available models and local tuned checkpoints")
@@ -144,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    from .cli_large import segment_extra, segment_large, wants_lazy_segment
     from .intensity import parse_window
     from .export import check_result_for, check_result_path, write_result
     from .io import read_image
@@ -153,6 +158,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     if args.prompts is None and args.init is None and args.text is None:
         raise InputError("segment needs --prompts, --text or --init")
+    if wants_lazy_segment(args.image, args.output):  # zarr in or out: slices read lazily (docs/scaling.md)
+        bar = ProgressBar("segment", args.quiet)
+        try:
+            return segment_large(args, bar, lambda: _cache_dir(args))
+        finally:
+            bar.close()
     if args.text is not None and (args.prompts is not None or args.init is not None):
         raise InputError("--text finds its own prompts: give it without --prompts and --init")
     inputs = tuple(p for p in (args.image, args.prompts, args.init, args.checkpoint) if p)
@@ -191,17 +202,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     enc, hits = provider.encoder_calls, provider.disk_hits
-    extra = {"source": str(args.image), "model": backend.name,
-             "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
-             "encoder_calls": enc, "cache_hits": hits}
+    extra = segment_extra(args.image, backend.name, result.windows, result.states, enc, hits)
     if args.init is not None:
         extra["init"] = init_info
-    if result.states:
-        extra["propagation"] = {
-            str(k): {"axis": st.axis, "key_slices": st.key_slices, "extent": list(st.extent) if st.extent else None,
-                     "stops": [{"from": s.origin, "direction": s.direction, "last": s.last, "refused": s.rejected,
-                                "reason": s.reason.value, "detail": s.detail} for s in st.stops]}
-            for k, st in result.states.items()}
     if result.cancelled:
         raise NapariSamError("cancelled before the end; nothing written")
     more = ()
@@ -317,6 +320,14 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     if args.no_cache:
         raise InputError("embed fills the cache: --no-cache makes no sense here")
+    if args.scheduler or args.workers is not None:  # on a Dask cluster (docs/scaling.md)
+        from .cli_large import embed_cluster
+
+        bar = ProgressBar("embed", args.quiet)
+        try:
+            return embed_cluster(args, bar, lambda: _cache_dir(args))
+        finally:
+            bar.close()
     volume = read_image(args.image, series=args.series)
     if volume.is_2d and args.axis != 0:
         raise InputError(f"{args.image}: a 2D image has only axis 0")
@@ -380,7 +391,8 @@ def _auto_tiled(args: argparse.Namespace) -> int:
     bar = ProgressBar("auto", args.quiet, unit="tile")
     try:
         info = auto_large(args.image, args.output, _auto_settings(args, args.preset == "ct")[1], args.window,
-                          args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
+                          args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar,
+                          precision=args.precision)
     finally:
         bar.close()
     if not args.quiet:

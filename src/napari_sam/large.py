@@ -217,27 +217,21 @@ def check_tiled_paths(image: str | Path, output: str | Path, overwrite: bool = F
 
 def auto_large(image: str | Path, output: str | Path, settings, window=None, scheduler: str | None = None,
                workers: int | None = None, model: str = "lite_medsam", checkpoint: str | None = None,
-               overwrite: bool = False, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+               overwrite: bool = False, progress: Callable[[int, int, str], None] | None = None,
+               precision: str | None = None) -> dict[str, Any]:
     """``napari-sam auto`` for a zarr / OME-Zarr / TIFF image into a ``.zarr`` label map, on Dask.
 
     scheduler: a running scheduler's address; None: a LocalCluster of
     ``workers`` single-threaded processes (default: one per core), closed at
-    the end. Returns :func:`segment_large`'s summary.
+    the end; precision: the workers' encoder precision (``--precision``).
+    Returns :func:`segment_large`'s summary.
     """
-    from .batch import local_client, register_model
+    from .batch import connect, local_client, register_model
 
     out = check_tiled_paths(image, output, overwrite)
-    if scheduler:
-        from distributed import Client
-
-        try:
-            client = Client(scheduler, timeout="20s")
-        except OSError as exc:
-            raise InputError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
-    else:
-        client = local_client(workers, 1)
+    client = connect(scheduler) if scheduler else local_client(workers, 1)
     try:
-        register_model(client, model, checkpoint)
+        register_model(client, model, checkpoint, precision=precision)
         tmp_old = None
         if out.exists():  # --overwrite: set the old one aside until the new one is complete
             tmp_old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
