@@ -38,6 +38,7 @@ from .cache import resolve_cache_dir
 from .errors import InputError
 from .io import atomic_write_text
 from .jobs import Cancel, Job, Progress, ProgressBar, ProgressCallback, drive
+from .models.precision import parse_precision
 from .models.registry import load_model
 
 log = logging.getLogger(__name__)
@@ -67,17 +68,19 @@ class ModelPlugin(WorkerPlugin):
     share of its host's cores (cores // the worker's Dask threads, for the
     usual one-worker-per-job layout of dask-jobqueue). precision: the image
     encoder's precision (``--precision``: auto, fp32, bf16, fp16; None: the
-    default), as :func:`napari_sam.models.registry.load_model` takes it.
+    default), as :func:`napari_sam.models.registry.load_model` takes it;
+    device: "cpu" (default), "cuda", "mps" or "auto" (each worker's best).
     """
 
     name = PLUGIN_NAME
 
     def __init__(self, model: str = "lite_medsam", checkpoint: str | None = None,
-                 torch_threads: int | None = None, precision: str | None = None) -> None:
+                 torch_threads: int | None = None, precision: str | None = None, device: str = "cpu") -> None:
         self.model = model
         self.checkpoint = checkpoint
         self.torch_threads = torch_threads
         self.precision = precision
+        self.device = device
         self.backend = None
 
     def setup(self, worker) -> None:  # noqa: D401 - Dask's hook
@@ -85,11 +88,12 @@ class ModelPlugin(WorkerPlugin):
 
         threads = self.torch_threads or max(1, cpu_cores() // max(1, worker.state.nthreads))
         torch.set_num_threads(threads)
-        self.backend = load_model(self.model, self.checkpoint, "cpu", progress=False, precision=self.precision)
+        self.backend = load_model(self.model, self.checkpoint, self.device, progress=False,
+                                  precision=self.precision)
 
 
 def register_model(client, model: str = "lite_medsam", checkpoint: str | None = None,
-                   torch_threads: int | None = None, precision: str | None = None) -> None:
+                   torch_threads: int | None = None, precision: str | None = None, device: str = "cpu") -> None:
     """Have every worker of ``client`` (and every worker that joins later) load the model once.
 
     A model, checkpoint or precision the workers cannot load fails here: Dask
@@ -99,7 +103,22 @@ def register_model(client, model: str = "lite_medsam", checkpoint: str | None = 
 
     if precision is not None:
         parse_precision(precision)  # a bad value is refused before any worker loads anything
-    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads, precision), name=PLUGIN_NAME)
+    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads, precision, device), name=PLUGIN_NAME)
+
+
+def connect(address: str, timeout: str = "20s"):
+    """A ``Client`` of the running Dask scheduler at ``address``; InputError (one line) when none answers."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"--scheduler {address}: cannot connect ({exc})") from None
+
+
+def local_threads(client, threads_per_worker: int = 1) -> int:
+    """Torch threads per worker of a local cluster: the cores shared out among its worker threads."""
+    return max(1, cpu_cores() // (max(1, len(client.scheduler_info()["workers"])) * threads_per_worker))
 
 
 def _case_task(case: Case, settings: BatchSettings) -> dict[str, Any]:
@@ -201,8 +220,7 @@ def batch_job(manifest: str | Path, client=None, settings: BatchSettings | None 
     if own:
         client = local_client(workers, threads_per_worker)
         if torch_threads is None:
-            n_workers = len(client.scheduler_info()["workers"])
-            torch_threads = max(1, cpu_cores() // (n_workers * threads_per_worker))
+            torch_threads = local_threads(client, threads_per_worker)
     futures: dict = {}
     try:
         if todo:
@@ -273,14 +291,9 @@ def cmd_batch(args) -> int:
         raise InputError("--threads-per-worker must be at least 1")
     cache = None if args.no_cache else str(resolve_cache_dir(args.cache_dir))
     settings = BatchSettings(args.model, args.checkpoint, cache, args.overwrite, args.precision)
-    client = None
-    if args.scheduler:
-        from distributed import Client
-
-        try:
-            client = Client(args.scheduler, timeout="20s")
-        except OSError as exc:
-            raise InputError(f"--scheduler {args.scheduler}: cannot connect ({exc})") from None
+    if args.precision is not None:
+        parse_precision(args.precision)  # refused before a cluster starts
+    client = connect(args.scheduler) if args.scheduler else None
 
     told: set[int] = set()
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .automatic import AutomaticSegmenter, AutoSettings
-from .batch import PLUGIN_NAME, local_client, register_model
+from .batch import PLUGIN_NAME, connect, local_client, register_model
 from .errors import InputError
 from .geometry import Crop
 from .intensity import Window, resolve_window
@@ -232,26 +232,19 @@ def check_tiled_paths(image: str | Path, output: str | Path, overwrite: bool = F
 def auto_large(image: str | Path, output: str | Path, settings, window=None, scheduler: str | None = None,
                workers: int | None = None, model: str = "lite_medsam", checkpoint: str | None = None,
                overwrite: bool = False, progress: ProgressCallback | None = None,
-               cancel: Cancel | None = None) -> dict[str, Any]:
+               cancel: Cancel | None = None, precision: str | None = None) -> dict[str, Any]:
     """``napari-sam auto`` for a zarr / OME-Zarr / TIFF image into a ``.zarr`` label map, on Dask.
 
     scheduler: a running scheduler's address; None: a LocalCluster of
     ``workers`` single-threaded processes (default: one per core), closed at
-    the end. Returns :func:`segment_large`'s summary. progress, cancel: as
-    for :func:`napari_sam.jobs.drive`.
+    the end; precision: the workers' encoder precision (``--precision``).
+    Returns :func:`segment_large`'s summary. progress, cancel: as for
+    :func:`napari_sam.jobs.drive`.
     """
     out = check_tiled_paths(image, output, overwrite)
-    if scheduler:
-        from distributed import Client
-
-        try:
-            client = Client(scheduler, timeout="20s")
-        except OSError as exc:
-            raise InputError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
-    else:
-        client = local_client(workers, 1)
+    client = connect(scheduler) if scheduler else local_client(workers, 1)
     try:
-        register_model(client, model, checkpoint)
+        register_model(client, model, checkpoint, precision=precision)
         tmp_old = None
         if out.exists():  # --overwrite: set the old one aside until the new one is complete
             tmp_old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")

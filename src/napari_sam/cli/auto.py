@@ -96,7 +96,8 @@ def _auto_tiled(args: argparse.Namespace) -> int:
     bar = ProgressBar("auto", args.quiet, unit="tile")
     try:
         info = auto_large(args.image, args.output, _auto_settings(args, args.preset == "ct")[1], args.window,
-                          args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar)
+                          args.scheduler, None, args.model, args.checkpoint, args.overwrite, bar,
+                          precision=args.precision)
     finally:
         bar.close()
     if not args.quiet:

@@ -11,12 +11,14 @@ from pathlib import Path
 from ..errors import InputError, NapariSamError
 from ..jobs import ProgressBar
 from .common import PROG, add_model_args, cache_dir_of
+from .large import add_cluster_args, embed_cluster, segment_extra, segment_large, wants_lazy_segment
 
 
 def add_parser(sub) -> None:
     """The ``segment`` and ``embed`` sub-commands."""
     seg = sub.add_parser("segment", help="segment an image from a prompts file")
-    seg.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
+    seg.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG; zarr/OME-Zarr "
+                     "(read lazily)")
     seg.add_argument("--prompts", default=None, help="prompts JSON (format: the README's section "
                      "'The prompts file'); optional with --init")
     seg.add_argument("--init", default=None, metavar="LABELS",
@@ -26,7 +28,8 @@ def add_parser(sub) -> None:
                      help="find these classes by name, with no prompt, e.g. 'liver,spleen' (a --checkpoint "
                           "taught them: napari-sam finetune; docs/finetuning.md); in 3D each propagates")
     seg.add_argument("--output", required=True, help="label map: .nii.gz/.nii/.nrrd/.mha (or .tif for 2D); "
-                     ".seg.nrrd (3D Slicer); .dcm (DICOM SEG, DICOM input only)")
+                     ".seg.nrrd (3D Slicer); .dcm (DICOM SEG, DICOM input only); .zarr (written chunk by "
+                     "chunk, the image read lazily: docs/scaling.md)")
     seg.add_argument("--seg-encoding", default="binary", choices=["binary", "labelmap"],
                      help="DICOM SEG encoding for a .dcm output (default binary: read everywhere)")
     seg.add_argument("--overview", default=None, help="also write a PNG overview of the segmented slices")
@@ -40,6 +43,7 @@ def add_parser(sub) -> None:
     emb.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
     emb.add_argument("--axis", type=int, default=0, choices=[0, 1, 2], help="slice axis (default 0)")
     emb.add_argument("--slices", default=None, help="FIRST:LAST (inclusive) to embed only these slices")
+    add_cluster_args(emb)
     add_model_args(emb)
 
 
@@ -53,6 +57,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if args.prompts is None and args.init is None and args.text is None:
         raise InputError("segment needs --prompts, --text or --init")
+    if wants_lazy_segment(args.image, args.output):  # zarr in or out: slices read lazily (docs/scaling.md)
+        bar = ProgressBar("segment", args.quiet)
+        try:
+            return segment_large(args, bar, lambda: cache_dir_of(args))
+        finally:
+            bar.close()
     if args.text is not None and (args.prompts is not None or args.init is not None):
         raise InputError("--text finds its own prompts: give it without --prompts and --init")
     inputs = tuple(p for p in (args.image, args.prompts, args.init, args.checkpoint) if p)
@@ -78,13 +88,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     result = _segment(args, volume, prompts, backend, window, init_masks, provider, embeddings_for)
     if result.cancelled:
         raise NapariSamError("cancelled before the end; nothing written")
-    extra = {"source": str(args.image), "model": backend.name,
-             "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
-             "encoder_calls": provider.encoder_calls, "cache_hits": provider.disk_hits}
+    extra = segment_extra(args.image, backend.name, result.windows, result.states, provider.encoder_calls,
+                          provider.disk_hits)
     if init_info is not None:
         extra["init"] = init_info
-    if result.states:
-        extra["propagation"] = {str(k): st.summary() for k, st in result.states.items()}
     more = ()
     if args.overview:
         from ..overview import overview_output
@@ -172,6 +179,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if args.no_cache:
         raise InputError("embed fills the cache: --no-cache makes no sense here")
+    if args.scheduler or args.workers is not None:  # on a Dask cluster (docs/scaling.md)
+        bar = ProgressBar("embed", args.quiet)
+        try:
+            return embed_cluster(args, bar, lambda: cache_dir_of(args))
+        finally:
+            bar.close()
     volume = read_image(args.image, series=args.series)
     if volume.is_2d and args.axis != 0:
         raise InputError(f"{args.image}: a 2D image has only axis 0")
