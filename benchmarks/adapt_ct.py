@@ -18,7 +18,8 @@ from common import dice, load_ct  # noqa: F401  (puts src/ on sys.path)
 
 import numpy as np  # noqa: E402
 
-from napari_sam.cache import SliceEmbeddings, content_hash  # noqa: E402
+from napari_sam.cache import content_hash  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.finetune.adapt import adapt_to_slices  # noqa: E402
 from napari_sam.intensity import resolve_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402

@@ -48,7 +48,8 @@ from napari_sam.evaluation import iou_matrix, match_instances  # noqa: E402
 from napari_sam.intensity import parse_window, resolve_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.predictor import SlicePredictor  # noqa: E402
-from napari_sam.zoom import CropEmbeddings, ZoomSettings  # noqa: E402
+from napari_sam.zoom import ZoomSettings  # noqa: E402
+from napari_sam.embeddings import CropEmbeddings  # noqa: E402
 
 PARTS = ("nuclei", "options", "cv", "zoom", "tiling", "ct", "speed")
 

@@ -27,7 +27,8 @@ import torch
 from common import deepest_point, dice, load_ct  # noqa: E402
 
 from napari_sam import load_model, resolve_window
-from napari_sam.cache import SliceEmbeddings, default_cache_dir
+from napari_sam.cache import default_cache_dir
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.clicks import ClickStrategy, candidate_order, distinct
 from napari_sam.prompts import as_slice_prompt
 

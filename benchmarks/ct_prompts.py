@@ -14,7 +14,7 @@ import numpy as np
 
 from common import dice, load_ct, simulate_clicks
 
-from napari_sam.cache import SliceEmbeddings
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.intensity import parse_window
 from napari_sam.models.registry import load_model
 from napari_sam.predictor import SlicePredictor

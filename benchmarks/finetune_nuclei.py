@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tifffile  # noqa: E402
 
 from napari_sam.automatic import AutomaticSegmenter, AutoSettings  # noqa: E402
-from napari_sam.cache import SliceEmbeddings  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.evaluation import dice, match_instances  # noqa: E402
 from napari_sam.finetune.data import samples_from_volume  # noqa: E402
 from napari_sam.finetune.pipeline import finetune_samples, tuned_backend  # noqa: E402

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dice  # noqa: E402
 from interactive_3d import dataset  # noqa: E402
 
-from napari_sam.cache import SliceEmbeddings, resolve_cache_dir  # noqa: E402
+from napari_sam.cache import resolve_cache_dir  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.intensity import parse_window, resolve_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.overlaps import ObjectMasks, resolve_overlaps  # noqa: E402

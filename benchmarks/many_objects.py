@@ -21,6 +21,7 @@ import torch  # noqa: F401  isort: skip  (before anything that may bring napari)
 import numpy as np
 
 from napari_sam import segmentation as seg
+from napari_sam.annotation import replay
 from napari_sam.io import Volume
 from napari_sam.models.registry import load_model
 from napari_sam.prompts import parse_prompts
@@ -76,12 +77,12 @@ def main() -> None:
         print(f"batched   {m:6d} objects: {rate:7.1f} objects/s, RSS growth {grown / 2**20:7.1f} MiB "
               f"({grown / m / 1024:.1f} KiB/object); process peak RSS so far {peak_rss() / 2**20:.0f} MiB")
     rate_b, _, batched = run(backend, k)
-    real = seg.is_plain_box
-    seg.is_plain_box = lambda p: False  # the per-object path
+    real = replay.is_plain_box
+    replay.is_plain_box = lambda p: False  # the per-object path
     try:
         rate_s, _, single = run(backend, k)
     finally:
-        seg.is_plain_box = real
+        replay.is_plain_box = real
     same = int(np.array_equal(batched.labels, single.labels))
     diff = int((batched.labels != single.labels).sum())
     print(f"reference {k:6d} objects: per-object {rate_s:.1f} objects/s vs batched {rate_b:.1f} objects/s; "

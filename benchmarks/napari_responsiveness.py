@@ -162,7 +162,7 @@ def _measure(args: argparse.Namespace) -> None:
 
     def encode(i, mode):
         t, c = time.perf_counter(), time.process_time()
-        model.forget_recent()  # every run encodes (the backend skips a slice it has just embedded)
+        model.forget_recent()  # every run starts cold (the decoder's work kept per embedding dropped)
         model.embed(win.apply(vol.array[i]))
         wall[mode].append(time.perf_counter() - t)
         cpu[mode].append(time.process_time() - c)

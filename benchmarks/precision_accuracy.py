@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dice, load_ct  # noqa: E402
 from propagation_ct import MIN_VOXELS, structures, window_for  # noqa: E402
 
-from napari_sam.cache import SliceEmbeddings  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.intensity import parse_window  # noqa: E402
 from napari_sam.models import precision as P  # noqa: E402
 from napari_sam.models.precision import apply_precision  # noqa: E402
@@ -144,7 +144,7 @@ def part_nuclei(backend, precisions: list[str]) -> dict[str, float]:
 
     from napari_sam.automatic import AutomaticSegmenter, AutoSettings
     from napari_sam.evaluation import match_instances
-    from napari_sam.zoom import CropEmbeddings
+    from napari_sam.embeddings import CropEmbeddings
 
     img, lab = load_nuclei()
     torch.set_num_threads(1)

@@ -49,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, dice, load_ct  # noqa: E402
 
-from napari_sam.cache import SliceEmbeddings  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.intensity import parse_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.prompts import SlicePrompt  # noqa: E402
@@ -252,7 +252,7 @@ import resource, sys, time, numpy as np
 from scipy import ndimage
 sys.path.insert(0, {bench!r})
 from common import load_ct
-from napari_sam.cache import SliceEmbeddings
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.intensity import parse_window
 from napari_sam.models.registry import load_model
 from napari_sam.prompts import SlicePrompt

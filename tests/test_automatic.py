@@ -136,7 +136,7 @@ def test_zoomed_automatic_mode_embeds_crops_and_caches_them():
     img, lab = blob_image((256, 256), radius=5.0, touching_pair=False)
     from napari_sam.zoom import ZoomSettings
 
-    from napari_sam.zoom import CropEmbeddings
+    from napari_sam.embeddings import CropEmbeddings
 
     backend = FakeBlobBackend(image_size=64)
     seg = AutomaticSegmenter(backend, AutoSettings.for_microscopy(zoom=ZoomSettings(min_crop=32), model_role="masks",

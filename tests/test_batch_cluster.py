@@ -154,3 +154,23 @@ def test_worker_killed_mid_case_is_retried_and_output_identical(cohort: Path, cl
     assert (cohort / "killed" / "liver.nii.gz").read_bytes() == alone["liver.nii.gz"]
     assert not list((cohort / "killed").glob(".*partial*"))
     client.wait_for_workers(2, timeout=120)
+
+
+def test_precision_and_checkpoint_reach_the_workers(cohort: Path, client) -> None:
+    from napari_sam.batch import PLUGIN_NAME, run
+    from napari_sam.batch_manifest import BatchSettings
+    from napari_sam.errors import ModelError
+
+    (cohort / "prec.csv").write_text("image,prompts,output\nmissing.nii.gz,liver.json,prec/x.nii.gz\n")
+    recs = run(cohort / "prec.csv", client, BatchSettings(cache_dir=str(cohort / "cache"), precision="bf16"))
+    assert recs[0]["status"] == "failed"  # the case's own failure; the workers loaded the model meanwhile
+
+    def tag(dask_worker) -> str:
+        from napari_sam.models.precision import precision_tag
+
+        return precision_tag(dask_worker.plugins[PLUGIN_NAME].backend)
+
+    tags = client.run(tag)
+    assert len(tags) == 2 and all(t.startswith("bf16") for t in tags.values()), tags
+    with pytest.raises(ModelError, match="checkpoint not found"):
+        run(cohort / "prec.csv", client, BatchSettings(checkpoint=str(cohort / "no_such.pt")))

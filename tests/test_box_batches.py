@@ -7,6 +7,7 @@ import numpy as np
 from fake_blob_backend import FakeBlobBackend
 
 from napari_sam import segmentation as seg
+from napari_sam.annotation import replay
 from napari_sam.box_batches import CroppedMask
 from napari_sam.io import Volume
 from napari_sam.prompts import parse_prompts
@@ -30,7 +31,7 @@ def _case(n: int = 120):
 def test_batched_boxes_equal_the_per_object_path(monkeypatch):
     volume, prompts = _case()
     batched = seg.segment_volume(volume, prompts, FakeBlobBackend())
-    monkeypatch.setattr(seg, "is_plain_box", lambda p: False)
+    monkeypatch.setattr(replay, "is_plain_box", lambda p: False)
     single = seg.segment_volume(volume, prompts, FakeBlobBackend())
     assert batched.labels.any()
     np.testing.assert_array_equal(batched.labels, single.labels)

@@ -31,7 +31,7 @@ def test_on_mr_box_fit_beats_the_single_mask_output(data_dir, lite_medsam):
     """The shared MR, one tight box per labelled structure on its largest
     slice: the box-fit choice among the single and the three multimask
     outputs beats the single-mask output the IoU head would keep."""
-    from napari_sam.cache import SliceEmbeddings
+    from napari_sam.embeddings import SliceEmbeddings
     from napari_sam.intensity import resolve_window
     from napari_sam.io import read_image, read_labels_aligned
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from test_propagation import BrightInBoxBackend, ball, dice, key_prompt
 
-from napari_sam.cache import SliceEmbeddings
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.corrections import Correction, apply_correction, apply_corrections, carve
 from napari_sam.errors import InputError
 from napari_sam.intensity import Window

@@ -50,7 +50,7 @@ def test_widget_correction_removes_the_leak_in_3d_and_matches_the_core(leaky_wid
     # the same as the core's apply_correction from the same start
     core = PropagationState(shape=vol.shape)
     core.add_prompt(10, key_prompt(target, 10))
-    from napari_sam.cache import SliceEmbeddings
+    from napari_sam.embeddings import SliceEmbeddings
     from napari_sam.intensity import Window
     from napari_sam.propagation import Propagator
     prop = Propagator(BrightInBoxBackend(), SliceEmbeddings(BrightInBoxBackend(), vol, Window(0, 255)))

@@ -224,13 +224,16 @@ def test_embed_many_stops_cleanly_when_abandoned(tiny_backend):
     assert tiny_backend.image_encoder.slices < 50
 
 
-def test_repeated_embed_is_not_recomputed(tiny_backend):
+def test_a_slice_repeated_in_a_batch_is_encoded_once(tiny_backend):
+    """Within one batch equal slices share one encoder pass; across calls the backend keeps nothing
+    (embeddings are cached by napari_sam.embeddings, the one cache)."""
     image = np.random.default_rng(2).random((40, 40), dtype=np.float32)
-    first = tiny_backend.embed(image)
-    again = tiny_backend.embed(image.copy())
     batch = tiny_backend.embed_batch([image, image * 0.5, image * 0.5])
-    assert again is first and batch[0] is first and batch[1] is batch[2]
+    assert batch[1] is batch[2] and batch[0] is not batch[1]
     assert tiny_backend.image_encoder.slices == 2
+    again = tiny_backend.embed(image.copy())
+    assert again is not batch[0] and tiny_backend.image_encoder.slices == 3
+    torch.testing.assert_close(again.features, batch[0].features)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", torch.bfloat16])
@@ -253,8 +256,9 @@ def test_encoder_dtype_rejects_others(tiny_backend):
         tiny_backend.set_dtype("fp8")
 
 
-def test_real_encoder_bfloat16_path_runs(ours):
-    """The big encoder in bfloat16 (oneDNN's bf16 kernels on CPUs that have them) stays close."""
+def test_random_weight_encoder_bfloat16_path_runs(ours):
+    """The full-size encoder architecture (random weights) runs in bfloat16 (oneDNN's bf16 kernels on
+    CPUs that have them) and stays close to float32. The real weights: the next test."""
     image = np.random.default_rng(4).random((256, 256), dtype=np.float32)
     full = ours.embed(image)
     try:
@@ -265,6 +269,26 @@ def test_real_encoder_bfloat16_path_runs(ours):
     assert half.features.dtype == torch.float32
     rel = float((half.features - full.features).norm() / full.features.norm())
     assert rel < 0.05
+
+
+def test_real_lite_medsam_encoder_in_bfloat16_stays_close(lite_medsam, ct_volume):
+    """The embedded LiteMedSAM's real weights with the encoder in bfloat16 (a second shared backend,
+    ``precision="bf16"``), on a real CT slice: the embedding is within 5% (relative norm) of float32's,
+    and a box on the liver decodes nearly the same mask."""
+    from napari_sam.intensity import resolve_window
+    from napari_sam.models.registry import load_model
+
+    bf16 = load_model("lite_medsam", precision="bf16")
+    assert bf16 is not lite_medsam and next(bf16.image_encoder.parameters()).dtype == torch.bfloat16
+    image = resolve_window(ct_volume.array, "soft-tissue").apply(ct_volume.array[10])
+    full, half = lite_medsam.embed(image), bf16.embed(image)
+    assert half.features.dtype == torch.float32
+    rel = float((half.features - full.features).norm() / full.features.norm())
+    assert rel < 0.05, rel
+    box = np.array([[196, 107, 374, 269]], np.float32)  # the README's liver box on slice 10
+    m32 = lite_medsam.decode(full, boxes_rc=box).masks[0, 0]
+    m16 = bf16.decode(half, boxes_rc=box).masks[0, 0]
+    assert m32.sum() > 1000 and (m32 & m16).sum() / (m32 | m16).sum() > 0.95
 
 
 # ---------------------------------------------------------------- decoder work shared by prompts

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.cache import SliceEmbeddings, content_hash
+from napari_sam.cache import content_hash
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.errors import InputError, ModelError
 from napari_sam.finetune.adapt import adapt_to_slices
 from napari_sam.finetune.checkpoint import read_provenance

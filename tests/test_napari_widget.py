@@ -19,9 +19,7 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
-from napari.utils._test_utils import read_only_mouse_event  # noqa: E402
-from napari.utils.interactions import (mouse_move_callbacks, mouse_press_callbacks,  # noqa: E402
-                                       mouse_release_callbacks)
+from napari_mouse import mouse  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from napari_sam.plugin import _prompt_layers as pl  # noqa: E402
@@ -48,12 +46,7 @@ def deepest_point(region: np.ndarray) -> tuple[int, int]:
     return int(r), int(c)
 
 
-def _mouse(layer, kind: str, world, **kw):
-    ev = read_only_mouse_event(type=kind, position=tuple(float(v) for v in world), button=1,
-                               dims_displayed=list(range(len(world)))[-2:],
-                               view_direction=[1.0] + [0.0] * (len(world) - 1), **kw)
-    {"mouse_press": mouse_press_callbacks, "mouse_move": mouse_move_callbacks,
-     "mouse_release": mouse_release_callbacks}[kind](layer, ev)
+_mouse = mouse
 
 
 def draw_box(viewer, session, voxel_a, voxel_b) -> None:
@@ -133,15 +126,19 @@ def liver_slice(ct_labels) -> int:
 # ---------------------------------------------------------------- the CT
 def test_box_commit_propagate_export_matches_core(ct_widget, qtbot, tmp_path, ct_labels, ct_volume, lite_medsam):
     """Box on a slice -> preview -> commit -> propagate -> export; the exported
-    NIfTI's Dice equals what the core's Propagator gets from the same key slice."""
+    NIfTI's Dice equals what the core computes on its own from the same box
+    (its own embeddings, key mask and propagation)."""
+    from napari_sam.embeddings import SliceEmbeddings
     from napari_sam.io import read_labels_aligned
-    from napari_sam.propagation import PropagationState, Propagator
+    from napari_sam.prompts import parse_prompts
+    from napari_sam.segmentation import segment_volume
 
     viewer, widget, s = ct_widget
     k = liver_slice(ct_labels)
     truth = ct_labels == LIVER
     assert s.pos.index == k and s.pos.axis == 0
-    r0, c0, r1, c1 = bbox(truth[k])
+    box = bbox(truth[k])
+    r0, c0, r1, c1 = box
     n = s.previews_shown
     draw_box(viewer, s, (k, r0, c0), (k, r1, c1))
     assert len(s.boxes.data) == 1
@@ -158,7 +155,7 @@ def test_box_commit_propagate_export_matches_core(ct_widget, qtbot, tmp_path, ct
     committed = np.asarray(s.labels.data[k]) == obj.id
     assert np.array_equal(committed, preview)
     assert len(s.boxes.data) == 0 and s.preview.data[k].max() == 0  # prompts cleared after commit
-    assert obj.state.key_slices == [k]
+    assert obj.state.key_slices == [k] and obj.state.prompts[k].box == prompt.box  # the prompt is kept
 
     with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS) as fin:
         assert widget.propagate()
@@ -175,12 +172,18 @@ def test_box_commit_propagate_export_matches_core(ct_widget, qtbot, tmp_path, ct
     np.testing.assert_array_equal(exported, gui)
     dice_gui = dice(exported, truth)
 
-    state = PropagationState(shape=ct_volume.shape, axis=0)
-    state.set_user_mask(k, committed)
-    Propagator(lite_medsam, s.store().inner).propagate(state)
-    dice_core = dice(state.volume_mask(), truth)
-    print(f"\nliver Dice from one box on slice {k}: widget export {dice_gui:.4f}, core {dice_core:.4f}")
-    assert dice_gui == pytest.approx(dice_core, abs=1e-12)
+    # the core on its own: the same box and window, embeddings computed afresh (stored as the widget stores them)
+    window = s.store().window
+    pf = parse_prompts({"window": [window.lo, window.hi], "objects": [
+        {"id": 1, "name": "liver", "propagate": True, "prompts": [{"slice": k, "box": list(box)}]}]})
+    fresh = tmp_path / "core-embeddings"
+    core = segment_volume(ct_volume, pf, lite_medsam, embeddings_for=lambda w, a: SliceEmbeddings(
+        lite_medsam, ct_volume.array, w, a, cache_dir=fresh))
+    assert core.states[1].key_slices == [k] and any(fresh.iterdir())
+    dice_core = dice(core.labels == 1, truth)
+    print(f"\nliver Dice from one box on slice {k}: widget export {dice_gui:.4f}, core on its own {dice_core:.4f} "
+          f"({int(((core.labels == 1) != exported).sum())} voxels differ)")
+    np.testing.assert_array_equal(core.labels == 1, exported)
     assert dice_gui > 0.85
 
     # a correction on the worst slice: only its affected range is redone, the rest is kept bit for bit
@@ -212,6 +215,46 @@ def test_box_commit_propagate_export_matches_core(ct_widget, qtbot, tmp_path, ct
     widget.undo()
     assert s.objects.current.state.key_slices == [k]
     np.testing.assert_array_equal(np.asarray(s.labels.data) == obj.id, before)
+
+
+def test_widget_and_cli_give_the_same_label_map(ct_widget, qtbot, tmp_path, ct_volume, ct_dicom_dir, embedding_dir):
+    """The quick start's liver box and aorta click on slice 10, given with the mouse
+    in the widget, committed and propagated with its keys; ``napari-sam segment`` on
+    a prompts file of the same prompts gives the same label map, voxel for voxel
+    (with ``--zoom``, as the widget zooms small objects by default)."""
+    from napari_sam.cli import main
+    from napari_sam.io import read_labels_aligned
+
+    viewer, widget, s = ct_widget
+    go_to_slice(viewer, s.source.layer, 10)
+    qtbot.waitUntil(lambda: s.pos.index == 10, timeout=5000)
+    for name, give in (("liver", lambda: draw_box(viewer, s, (10, 196, 107), (10, 374, 269))),
+                       ("aorta", lambda: click(viewer, s, (10, 298, 263)))):
+        widget.add_object(name)
+        n = s.previews_shown
+        give()
+        wait_preview(qtbot, s, n)
+        _bound(viewer, SHORTCUTS["commit"][0])(viewer)
+        assert s.objects.current.key_slices == [10]
+        with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS):
+            _bound(viewer, SHORTCUTS["propagate"][0])(viewer)
+    gui = np.array(s.labels.data)
+    assert set(np.unique(gui)) == {0, 1, 2}
+    window = s.store().window
+    prompts = {"window": [window.lo, window.hi],
+               "objects": [{"id": o.id, "name": o.name, "propagate": True, "prompts": [o.state.prompts[10].to_json()]}
+                           for o in s.objects]}
+    assert prompts["objects"][0]["prompts"] == [{"slice": 10, "box": [196.0, 107.0, 374.0, 269.0]}]
+    assert prompts["objects"][1]["prompts"] == [{"slice": 10, "points": [[298.0, 263.0]], "labels": [1]}]
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    out = tmp_path / "cli.nii.gz"
+    argv = ["segment", str(ct_dicom_dir), "--prompts", str(tmp_path / "prompts.json"), "--output", str(out),
+            "--cache-dir", str(embedding_dir), "--quiet"] + (["--zoom"] if widget.zoom_check.isChecked() else [])
+    assert main(argv) == 0
+    cli = read_labels_aligned(out, ct_volume)
+    print(f"\nwidget vs CLI: {int((cli != gui).sum())} voxels differ of {gui.size}; objects' voxels "
+          f"{[int((gui == i).sum()) for i in (1, 2)]}")
+    np.testing.assert_array_equal(cli, gui)
 
 
 def test_cancel_mid_propagation_keeps_finished_slices(ct_widget, qtbot, ct_labels):

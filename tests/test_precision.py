@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.cache import SliceEmbeddings, model_identity
+from napari_sam.cache import model_identity
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.errors import InputError
 from napari_sam.intensity import Window
 from napari_sam.models import precision as P
@@ -179,7 +180,8 @@ def test_parts_kept_fp32_run_and_have_their_own_identity(monkeypatch, small_back
 
 
 def test_zoom_crop_cache_keys_differ_by_precision(small_backend):
-    from napari_sam.zoom import Crop, crop_key
+    from napari_sam.embeddings import crop_key
+    from napari_sam.geometry import Crop
 
     crop = Crop(0, 0, 32, 32)
     k32 = crop_key("img", model_identity(small_backend), crop)

@@ -3,19 +3,19 @@ corrections and cancel on the real CT with the embedded model."""
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
 import torch
 
-from napari_sam.cache import SliceEmbeddings
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.errors import InputError, UsageError
 from napari_sam.intensity import Window
 from napari_sam.models.base import Backend, Embedding
 from napari_sam.prompts import ObjectPrompts, PromptsFile, SlicePrompt
 from napari_sam.geometry import box_of_mask
-from napari_sam.propagation import PropagationState, Propagator, StopReason, StopRules
+from napari_sam.jobs import Cancel
+from napari_sam.propagation import PropagationState, Propagator, StepAnswer, StopReason, StopRules
 from napari_sam.segmentation import ObjectMasks, paint_objects, segment_volume
 
 
@@ -100,17 +100,21 @@ def test_one_box_propagates_to_the_whole_object_and_stops_where_it_ends(syntheti
     vol, obj, backend, emb = synthetic
     state = PropagationState(shape=vol.shape)
     state.add_prompt(12, key_prompt(obj, 12))
-    updates = list(Propagator(backend, emb).run(state))
+    events = list(Propagator(backend, emb).run(state))
+    updates = [e for e in events if e.payload is not None]
     assert dice(state.volume_mask(), obj) > 0.99
     zs = np.flatnonzero(obj.any((1, 2)))
     assert state.extent == (zs.min(), zs.max())
     # one stop per direction, both because the mask vanished, right after the object's end
     assert sorted((s.direction, s.last, s.rejected, s.reason) for s in state.stops) == [
         (-1, zs.min(), zs.min() - 1, StopReason.EMPTY), (1, zs.max(), zs.max() + 1, StopReason.EMPTY)]
-    # progress: one update per finished slice, done counts up, ends at done == total
+    # progress: one event per finished slice (its payload the slice), done counts up, then one last
+    # event without payload at done == total
     assert [u.done for u in updates] == list(range(1, len(updates) + 1))
     assert all(u.done <= u.total for u in updates)
-    assert {u.index for u in updates} == set(range(zs.min(), zs.max() + 1))
+    assert {u.payload.index for u in updates} == set(range(zs.min(), zs.max() + 1))
+    assert all(np.array_equal(u.payload.mask, state.results[u.payload.index]) for u in updates[-3:])
+    assert events[-1].payload is None and events[-1].done == events[-1].total == len(updates)
     assert not state.needs_run
     assert state.info[12].source == "key" and state.info[13].source == "propagated"
     # only slices the propagation reached were encoded: the object's, the refused one past each
@@ -172,7 +176,7 @@ def test_correction_redoes_only_the_affected_range(synthetic):
     affected = state.add_prompt(15, key_prompt(obj, 15))
     assert affected == (13, 23)
     assert state.dirty == set(range(13, 24))
-    updates = list(prop.run(state))
+    updates = [e.payload for e in prop.run(state) if e.payload is not None]
     assert {u.index for u in updates} <= set(range(13, 24)) | {15}
     for i in range(0, 13):
         assert (i in before) == (i in state.results)
@@ -192,12 +196,12 @@ def test_cancel_keeps_finished_slices_and_next_run_resumes(synthetic):
 
     state = PropagationState(shape=vol.shape)
     state.add_prompt(12, key_prompt(obj, 12))
-    stop = threading.Event()
+    stop = Cancel()
     seen = []
 
-    def progress(done, total, message):
-        seen.append(done)
-        if done == 4:
+    def progress(event):
+        seen.append(event.done)
+        if event.done == 4:
             stop.set()
 
     prop.propagate(state, progress=progress, cancel=stop)
@@ -244,16 +248,15 @@ def test_user_mask_is_a_key_slice_never_overwritten(synthetic):
 def test_stop_rules_refuse_leaks_and_jumps():
     prop = Propagator.__new__(Propagator)
     prop.rules = StopRules()
-    from napari_sam.propagation import _Step
 
     prev = np.zeros((64, 64), bool)
     prev[20:30, 20:30] = True
 
     def step(mask, score=0.9, shift=0.0, backward=1.0, features=1.0):
         inter, union = np.logical_and(mask, prev).sum(), np.logical_or(mask, prev).sum()
-        return _Step(mask=mask, score=score, logits=np.zeros(mask.shape, np.float32), iou_prev=inter / union,
-                     area_ratio=mask.sum() / prev.sum(), intensity_shift=shift, backward_iou=backward,
-                     feature_similarity=features)
+        return StepAnswer(mask=mask, score=score, logits=np.zeros(mask.shape, np.float32), iou_prev=inter / union,
+                          area_ratio=mask.sum() / prev.sum(), intensity_shift=shift, backward_iou=backward,
+                          feature_similarity=features)
 
     assert prop.check(step(prev), prev) is None
     assert prop.check(step(np.zeros_like(prev)), prev)[0] is StopReason.EMPTY
@@ -295,7 +298,7 @@ def test_segment_volume_propagates_objects_from_the_prompts_file(synthetic):
     ])
     seen = []
     res = segment_volume(Volume(raw, metadata={"modality": "MR"}), pf, backend,
-                         progress=lambda d, t, m: seen.append((d, t)))
+                         progress=lambda ev: seen.append((ev.done, ev.total)))
     assert dice(res.labels == 1, obj & ~(np.arange(24) == 6)[:, None, None]) > 0.99
     assert dice(res.labels == 2, obj2 & (np.arange(24)[:, None, None] >= 10) & (np.arange(24)[:, None, None] <= 14)) > 0.99
     # object 3's prompted slice 6 beats object 1's propagation there
@@ -328,7 +331,7 @@ def test_correction_on_ct_recovers_dice_and_keeps_slices_outside_the_affected_ra
     # a cancelled run keeps its finished slices: the key, then the gap 13-14
     # (first pass up from 12, then the pass down from 15 finishes 14 before 13)
     gen = prop.run(state)
-    first = [next(gen) for _ in range(4)]
+    first = [next(gen).payload for _ in range(4)]
     gen.close()
     assert [u.index for u in first] == [15, 13, 14, 14] and state.needs_run
     assert 15 not in state.dirty and 14 not in state.dirty and 13 in state.dirty and 16 in state.dirty

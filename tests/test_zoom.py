@@ -11,7 +11,9 @@ from fake_blob_backend import FakeBlobBackend, blob_image
 from napari_sam.errors import InputError
 from napari_sam.models.base import Embedding, rc_to_model_xy
 from napari_sam.predictor import SlicePredictor
-from napari_sam.zoom import Crop, CropEmbeddings, ZoomSettings, crop_side, extent_boxes, zoom_crop
+from napari_sam.zoom import ZoomSettings, crop_side, extent_boxes, zoom_crop
+from napari_sam.embeddings import CropEmbeddings
+from napari_sam.geometry import Crop
 
 
 def test_crop_side_ladder_and_no_zoom_for_large_boxes():

@@ -34,15 +34,15 @@ _EXPORTS = {
     "CT_PRESETS": "intensity",
     "SlicePrompt": "prompts", "ObjectPrompts": "prompts", "PromptsFile": "prompts",
     "load_prompts": "prompts", "parse_prompts": "prompts",
-    "SlicePredictor": "predictor", "Prediction": "predictor",
+    "SlicePredictor": "predictor", "Prediction": "prediction", "Crop": "geometry",
     "Volume": "io", "Geometry": "io", "read_image": "io", "write_labels": "io",
     "read_labels_aligned": "io",
-    "SliceEmbeddings": "cache",
+    "SliceEmbeddings": "embeddings", "CropEmbeddings": "embeddings", "EmbeddingProvider": "embeddings",
     "segment_volume": "segmentation", "SegmentationResult": "segmentation",
     "load_model": "models.registry", "REGISTRY": "models.registry", "pick_device": "models.registry",
     "fetch_checkpoint": "models.registry", "model_cache_dir": "models.download",
     "AutomaticSegmenter": "automatic", "AutoSettings": "automatic", "AutoResult": "automatic",
-    "ZoomSettings": "zoom", "CropEmbeddings": "zoom", "TileGrid": "tiling", "stitch_tile_labels": "tiling",
+    "ZoomSettings": "zoom", "TileGrid": "tiling", "stitch_tile_labels": "tiling",
     "match_instances": "evaluation",
 }
 

@@ -1,8 +1,9 @@
 """Batch segmentation of a cohort on a Dask cluster: ``napari-sam batch MANIFEST.csv``.
 
 The manifest (:mod:`napari_sam.batch_manifest`) lists one case per row.
-:func:`run` sends each unfinished case to a Dask worker as one task and
-returns the summary records, also written as ``MANIFEST_summary.csv`` next to
+:func:`batch_job` (a job of :mod:`napari_sam.jobs`; :func:`run` drives it)
+sends each unfinished case to a Dask worker as one task and returns the
+summary records, also written as ``MANIFEST_summary.csv`` next to
 the manifest (status, seconds, encoder calls, cache hits, worker, reason).
 
 - **Cluster:** the given ``client``, else a ``dask.distributed.LocalCluster``
@@ -23,16 +24,24 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .batch_cases import one_line, run_case
 from .batch_manifest import BatchSettings, Case, is_finished, read_manifest
 from .batch_outputs import remove_partials
+from .cache import resolve_cache_dir
 from .errors import InputError
 from .io import atomic_write_text
+from .jobs import Cancel, Job, Progress, ProgressBar, ProgressCallback, drive
+from .models.precision import parse_precision
+from .models.registry import load_model
+
+log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "napari-sam-model"
 SUMMARY_COLUMNS = ("row", "image", "output", "mode", "status", "seconds", "encoder_calls", "cache_hits",
@@ -57,32 +66,59 @@ class ModelPlugin(WorkerPlugin):
 
     torch_threads: threads for torch on each worker; None: the worker's
     share of its host's cores (cores // the worker's Dask threads, for the
-    usual one-worker-per-job layout of dask-jobqueue).
+    usual one-worker-per-job layout of dask-jobqueue). precision: the image
+    encoder's precision (``--precision``: auto, fp32, bf16, fp16; None: the
+    default), as :func:`napari_sam.models.registry.load_model` takes it;
+    device: "cpu" (default), "cuda", "mps" or "auto" (each worker's best).
     """
 
     name = PLUGIN_NAME
 
     def __init__(self, model: str = "lite_medsam", checkpoint: str | None = None,
-                 torch_threads: int | None = None) -> None:
+                 torch_threads: int | None = None, precision: str | None = None, device: str = "cpu") -> None:
         self.model = model
         self.checkpoint = checkpoint
         self.torch_threads = torch_threads
+        self.precision = precision
+        self.device = device
         self.backend = None
 
     def setup(self, worker) -> None:  # noqa: D401 - Dask's hook
         import torch
 
-        from .models.registry import load_model
-
         threads = self.torch_threads or max(1, cpu_cores() // max(1, worker.state.nthreads))
         torch.set_num_threads(threads)
-        self.backend = load_model(self.model, self.checkpoint, "cpu", progress=False)
+        self.backend = load_model(self.model, self.checkpoint, self.device, progress=False,
+                                  precision=self.precision)
 
 
 def register_model(client, model: str = "lite_medsam", checkpoint: str | None = None,
-                   torch_threads: int | None = None) -> None:
-    """Have every worker of ``client`` (and every worker that joins later) load the model once."""
-    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads), name=PLUGIN_NAME)
+                   torch_threads: int | None = None, precision: str | None = None, device: str = "cpu") -> None:
+    """Have every worker of ``client`` (and every worker that joins later) load the model once.
+
+    A model, checkpoint or precision the workers cannot load fails here: Dask
+    raises the workers' error (e.g. ModelError "...: checkpoint not found").
+    """
+    from .models.precision import parse_precision
+
+    if precision is not None:
+        parse_precision(precision)  # a bad value is refused before any worker loads anything
+    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads, precision, device), name=PLUGIN_NAME)
+
+
+def connect(address: str, timeout: str = "20s"):
+    """A ``Client`` of the running Dask scheduler at ``address``; InputError (one line) when none answers."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"--scheduler {address}: cannot connect ({exc})") from None
+
+
+def local_threads(client, threads_per_worker: int = 1) -> int:
+    """Torch threads per worker of a local cluster: the cores shared out among its worker threads."""
+    return max(1, cpu_cores() // (max(1, len(client.scheduler_info()["workers"])) * threads_per_worker))
 
 
 def _case_task(case: Case, settings: BatchSettings) -> dict[str, Any]:
@@ -145,10 +181,10 @@ def plan(cases: list[Case], settings: BatchSettings) -> tuple[list[Case], list[d
     return todo, done
 
 
-def _gather(futures: dict, on_done: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+def _finished(futures: dict) -> Iterator[dict[str, Any]]:
+    """The cases' records as their tasks finish (a failed task: this case only)."""
     from distributed import as_completed
 
-    out = []
     for fut in as_completed(list(futures)):
         case = futures[fut]
         try:
@@ -156,44 +192,51 @@ def _gather(futures: dict, on_done: Callable[[dict[str, Any]], None] | None) -> 
         except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker after too many deaths: this case only
             rec = _record(case, "failed", one_line(exc))
             remove_partials(case.output)
-        out.append(rec)
-        if on_done is not None:
-            on_done(rec)
-    return out
+        yield rec
 
 
-def run(manifest: str | Path, client=None, settings: BatchSettings | None = None, *, workers: int | None = None,
-        threads_per_worker: int = 1, torch_threads: int | None = None, progress: bool = False,
-        on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run every unfinished case of ``manifest`` on a Dask cluster; returns the summary records.
+def batch_job(manifest: str | Path, client=None, settings: BatchSettings | None = None, *,
+              workers: int | None = None, threads_per_worker: int = 1,
+              torch_threads: int | None = None) -> Job[list[dict[str, Any]]]:
+    """Run every unfinished case of ``manifest`` on a Dask cluster: a job
+    (:mod:`napari_sam.jobs`) yielding a Progress per case (payload: its summary
+    record; the cases that need no run first) and returning the records.
 
     client: a ``distributed.Client`` (any scheduler); None: a LocalCluster of
     ``workers`` processes x ``threads_per_worker`` threads, closed at the end.
     torch_threads: torch threads per worker (default: the worker's share of
-    its host's cores). progress: show Dask's progress bar on stderr.
-    Each record: row, image, output, mode, status (done | skipped | failed),
-    seconds, encoder_calls, cache_hits, worker, reason. The records are also
-    written to :func:`summary_path` (``MANIFEST_summary.csv``).
+    its host's cores). Each record: row, image, output, mode, status (done |
+    skipped | failed), seconds, encoder_calls, cache_hits, worker, reason. The
+    records are also written to :func:`summary_path` (``MANIFEST_summary.csv``)
+    when the job ends; closed before, the unfinished tasks are cancelled.
     """
     settings = settings or BatchSettings()
     cases = read_manifest(manifest)
     todo, records = plan(cases, settings)
+    total = len(cases)
+    for i, rec in enumerate(list(records)):
+        yield Progress(i + 1, total, f"row {rec['row']}: {rec['status']}", rec)
     own = client is None and bool(todo)
     if own:
         client = local_client(workers, threads_per_worker)
         if torch_threads is None:
-            torch_threads = max(1, cpu_cores() // (len(client.scheduler_info()["workers"]) * threads_per_worker))
+            torch_threads = local_threads(client, threads_per_worker)
+    futures: dict = {}
     try:
         if todo:
             for c in todo:
                 remove_partials(c.output)
-            register_model(client, settings.model, settings.checkpoint, torch_threads)
+            register_model(client, settings.model, settings.checkpoint, torch_threads, settings.precision)
             futures = {client.submit(_case_task, c, settings, key=f"napari-sam-case-{c.row}-{os.getpid()}",
                                      pure=False): c for c in todo}
-            if progress:
-                _show_progress(client, list(futures))
-            records += _gather(futures, on_done)
+            log.info("batch: %d case(s) sent to %s, %d need no run", len(todo), client, len(records))
+            for rec in _finished(futures):
+                records.append(rec)
+                yield Progress(len(records), total, f"row {rec['row']}: {rec['status']}", rec)
+            futures = {}
     finally:
+        if futures:  # closed early: stop what is still queued
+            client.cancel(list(futures))
         if own:
             cluster = client.cluster
             client.close()
@@ -202,14 +245,24 @@ def run(manifest: str | Path, client=None, settings: BatchSettings | None = None
     return sorted(records, key=lambda r: r["row"])
 
 
-def _show_progress(client, futures: list) -> None:
-    from distributed import progress
+def run(manifest: str | Path, client=None, settings: BatchSettings | None = None, *,
+        workers: int | None = None, threads_per_worker: int = 1, torch_threads: int | None = None,
+        progress: ProgressCallback | None = None, cancel: Cancel | None = None) -> list[dict[str, Any]]:
+    """:func:`batch_job` driven to its end (:func:`napari_sam.jobs.drive`); returns the summary records.
 
+    progress: called with each case's Progress event (payload: its record);
+    cancel: a :class:`napari_sam.jobs.Cancel` token (queued cases are then
+    cancelled and :class:`napari_sam.jobs.Cancelled` raised).
+    """
+    return drive(batch_job(manifest, client, settings, workers=workers, threads_per_worker=threads_per_worker,
+                           torch_threads=torch_threads), progress, cancel, what="batch")
+
+
+def _show_dashboard(client) -> None:
+    """Print the scheduler's dashboard address, when it has one."""
     link = getattr(client, "dashboard_link", None)
     if link and client.scheduler_info().get("services", {}).get("dashboard"):
         print(f"dashboard: {link}", file=sys.stderr)
-    progress(futures, notebook=False)
-    print(file=sys.stderr)
 
 
 def add_parser(sub) -> None:
@@ -226,26 +279,21 @@ def add_parser(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
     p.add_argument("--model", default="lite_medsam", help="model name (default lite_medsam)")
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model")
+    p.add_argument("--precision", default=None, help="image encoder precision on the workers: auto, fp32, "
+                   "bf16 or fp16 (default: see docs/performance.md); recorded with each case")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that are not a finished run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_batch(args) -> int:
     """``napari-sam batch``: exit 0 when every case is done or skipped, 1 when some failed."""
-    from .cache import resolve_cache_dir
-
     if args.threads_per_worker < 1:
         raise InputError("--threads-per-worker must be at least 1")
     cache = None if args.no_cache else str(resolve_cache_dir(args.cache_dir))
-    settings = BatchSettings(args.model, args.checkpoint, cache, args.overwrite)
-    client = None
-    if args.scheduler:
-        from distributed import Client
-
-        try:
-            client = Client(args.scheduler, timeout="20s")
-        except OSError as exc:
-            raise InputError(f"--scheduler {args.scheduler}: cannot connect ({exc})") from None
+    settings = BatchSettings(args.model, args.checkpoint, cache, args.overwrite, args.precision)
+    if args.precision is not None:
+        parse_precision(args.precision)  # refused before a cluster starts
+    client = connect(args.scheduler) if args.scheduler else None
 
     told: set[int] = set()
 
@@ -254,10 +302,20 @@ def cmd_batch(args) -> int:
             told.add(rec["row"])
             print(f"row {rec['row']}: failed: {rec['reason']}", file=sys.stderr)
 
+    bar = ProgressBar("batch", quiet=args.quiet, unit="case")
+
+    def on_event(event: Progress) -> None:
+        bar(event)
+        if event.payload is not None:
+            tell(event.payload)
+
     try:
+        if client is not None and not args.quiet:
+            _show_dashboard(client)
         records = run(args.manifest, client, settings, workers=args.workers,
-                      threads_per_worker=args.threads_per_worker, progress=not args.quiet, on_done=tell)
+                      threads_per_worker=args.threads_per_worker, progress=on_event)
     finally:
+        bar.close()
         if client is not None:
             client.close()
     counts = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed")}

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .models.base import Backend, Embedding, rc_to_model_xy
-from .prompts import SlicePrompt
 from .geometry import box_iou, box_of_mask, mask_iou
+from .models.base import Backend, Embedding, rc_to_model_xy
+from .prediction import Prediction
+from .prompts import SlicePrompt
 
 #: box side of the seed hypotheses, as fractions of the slice's longer side
 SEED_SCALES = (0.04, 0.08, 0.14, 0.24, 0.40, 0.65)
@@ -112,11 +113,9 @@ class ClickStrategy:
 
     # ------------------------------------------------------------------ public
     def predict(self, emb: Embedding, prompt: SlicePrompt, previous: np.ndarray | None = None,
-                multimask: bool = True):
-        from .predictor import Prediction
-
+                multimask: bool = True) -> Prediction:
         if self.backend.supports_points:
-            return self._predict_with_points(emb, prompt, multimask, Prediction)
+            return self._predict_with_points(emb, prompt, multimask)
         hyps = self._box_hypotheses(emb, prompt, previous)
         chosen = distinct(candidate_order(hyps), 3 if multimask else 1)
         low = torch.stack([h.low for h in chosen])[None]
@@ -126,7 +125,7 @@ class ClickStrategy:
                           boxes=np.stack([h.box for h in chosen]).astype(np.float32))
 
     # ------------------------------------------------------- point-capable models
-    def _predict_with_points(self, emb, prompt, multimask, Prediction):
+    def _predict_with_points(self, emb: Embedding, prompt: SlicePrompt, multimask: bool) -> Prediction:
         pts = prompt.points[None] if len(prompt.points) else None
         labels = prompt.labels[None] if len(prompt.points) else None
         box = np.asarray(prompt.box, np.float32)[None] if prompt.box is not None else None

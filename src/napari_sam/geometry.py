@@ -1,19 +1,107 @@
-"""Plane geometry shared by every layer: boxes and masks (a leaf module).
+"""Plane geometry shared by every layer: boxes, masks and crops (a leaf module).
 
 Coordinates are napari's: (row, col); boxes are ``(r0, c0, r1, c1)`` with both
-ends inclusive, in pixels. One implementation of each measure lives here
-(``iou_matrix`` compares two instance label maps of any dimension).
+ends inclusive, in pixels; a :class:`Crop` is a rectangle (top, left, height,
+width) of a slice. One implementation of each lives here: the zoom path's
+crops, propagation's region of interest and the tiles of large images are all
+:class:`Crop` objects; ``iou_matrix`` compares two instance label maps of any
+dimension.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InputError
 
-__all__ = ["box_iou", "box_of_mask", "iou_matrix", "mask_iou"]
+__all__ = ["Crop", "box_iou", "box_of_mask", "iou_matrix", "mask_iou"]
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A rectangle of a slice: rows ``top .. top + height - 1``, columns
+    ``left .. left + width - 1`` (pixels)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    @classmethod
+    def whole(cls, slice_shape: tuple[int, int]) -> Crop:
+        """The crop that is the whole (H, W) slice."""
+        return cls(0, 0, int(slice_shape[0]), int(slice_shape[1]))
+
+    @classmethod
+    def from_box(cls, box: Sequence[int]) -> Crop:
+        """The crop covering an inclusive ``(r0, c0, r1, c1)`` box of whole pixels."""
+        r0, c0, r1, c1 = (int(v) for v in box)
+        return cls(r0, c0, r1 - r0 + 1, c1 - c0 + 1)
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """The inclusive ``(r0, c0, r1, c1)`` box of the crop's pixels."""
+        return self.top, self.left, self.top + self.height - 1, self.left + self.width - 1
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """Index a (H, W[, C]) slice with this to get the crop."""
+        return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def offset(self) -> np.ndarray:
+        """(row, col) of the crop's first pixel in the slice, float32."""
+        return np.array([self.top, self.left], np.float32)
+
+    def is_whole(self, slice_shape: tuple[int, int]) -> bool:
+        """Whether the crop is the whole (H, W) slice."""
+        return self.top == 0 and self.left == 0 and self.shape == tuple(slice_shape)
+
+    def contains_box(self, box: tuple[float, float, float, float] | np.ndarray) -> bool:
+        r0, c0, r1, c1 = box
+        return (self.top <= r0 and r1 <= self.top + self.height - 1
+                and self.left <= c0 and c1 <= self.left + self.width - 1)
+
+    def box_to_crop(self, box: np.ndarray) -> np.ndarray:
+        """Boxes (..., 4) in slice pixels -> crop pixels."""
+        return np.asarray(box, np.float32) - np.tile(self.offset, 2)
+
+    def box_from_crop(self, box: np.ndarray) -> np.ndarray:
+        """Boxes (..., 4) in crop pixels -> slice pixels."""
+        return np.asarray(box, np.float32) + np.tile(self.offset, 2)
+
+    def points_to_crop(self, points_rc: np.ndarray) -> np.ndarray:
+        """Points (..., 2) (row, col) in slice pixels -> crop pixels."""
+        return np.asarray(points_rc, np.float32) - self.offset
+
+    def paste(self, crop_array: np.ndarray, slice_shape: tuple[int, int], fill=0) -> np.ndarray:
+        """A (..., height, width) array on the crop -> (..., H, W) on the slice, ``fill`` outside."""
+        crop_array = np.asarray(crop_array)
+        out = np.full(crop_array.shape[:-2] + tuple(slice_shape), fill, dtype=crop_array.dtype)
+        out[(..., *self.slices)] = crop_array
+        return out
+
+    def touches_inner_border(self, mask: np.ndarray, slice_shape: tuple[int, int]) -> bool:
+        """Whether a (height, width) mask on the crop reaches a crop edge that is
+        not also the slice's edge (the object may continue outside the crop)."""
+        H, W = slice_shape
+        if self.top > 0 and mask[0].any():
+            return True
+        if self.left > 0 and mask[:, 0].any():
+            return True
+        if self.top + self.height < H and mask[-1].any():
+            return True
+        return bool(self.left + self.width < W and mask[:, -1].any())
+
+    def key(self) -> str:
+        return f"{self.top},{self.left},{self.height},{self.width}"
 
 
 def box_of_mask(mask: np.ndarray) -> tuple[int, int, int, int] | None:

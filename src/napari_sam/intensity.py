@@ -88,6 +88,16 @@ def parse_window(spec: str | Sequence[float] | Window) -> Window:
     return Window(lo, hi)
 
 
+def check_window_spec(spec: str | Sequence[float] | Window | None) -> Window | str | None:
+    """A window given by a user (``--window``, a manifest's column), checked
+    before any image is read: None, "auto" and "dicom" (resolved per image by
+    :func:`resolve_window`) as they are, anything else parsed into a Window
+    (:func:`parse_window`: LO,HI or a preset). Raises InputError when malformed."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("auto", "dicom")):
+        return spec
+    return parse_window(spec)
+
+
 def looks_like_hounsfield(volume: np.ndarray) -> bool:
     """True for CT-like data in HU: air near -1000 and values above 200."""
     if not np.issubdtype(volume.dtype, np.number) or volume.ndim < 2:

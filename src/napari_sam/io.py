@@ -25,6 +25,8 @@ import SimpleITK as sitk
 
 from .errors import InputError
 
+log = logging.getLogger(__name__)
+
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 LABEL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".tif", ".tiff")
@@ -341,6 +343,9 @@ def _checked(vol: Volume, path: Path) -> Volume:
         raise InputError(f"{path}: unsupported voxel type {a.dtype}")
     if a.dtype == bool:
         vol.array = a.astype(np.uint8)
+    log.info("read %s: (z, y, x) %s %s, spacing (z, y, x) %s mm, modality %s", path, vol.array.shape,
+             vol.array.dtype, tuple(round(float(v), 4) for v in vol.geometry.scale_zyx),
+             vol.metadata.get("modality"))
     return vol
 
 

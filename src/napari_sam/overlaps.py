@@ -13,10 +13,14 @@ object most likely to own it, judged per voxel:
    where two masks touch is each object's least certain part);
 3. ties go to the object listed first.
 
-The CLI and the API (:func:`napari_sam.segmentation.segment_volume`) paint
-through this function, so the result does not depend on the order the
-objects were computed in (only exact ties do). The napari widget does not
-use it yet: it still writes a propagated slice into free voxels only.
+The annotation model (:class:`napari_sam.annotation.Annotation`) paints its
+label map through this function after every change, and both the napari
+widget and the CLI (:func:`napari_sam.segmentation.segment_volume`, a replay
+of the prompts file through the model) use that model: one rule, and the
+result does not depend on the order the objects were computed in (only
+exact ties do). While a propagation runs, the widget shows each finished
+slice at once in the voxels that are free or the object's own; the finished
+run is painted by this rule.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["ObjectMasks", "resolve_overlaps", "KEY_SLICE_PRIORITY"]
+__all__ = ["ObjectMasks", "resolve_overlaps", "resolve_overlaps_into", "KEY_SLICE_PRIORITY"]
 
 #: depth bonus (mm) that makes a key-slice claim beat any propagated one
 KEY_SLICE_PRIORITY = 1.0e6
@@ -116,9 +120,23 @@ def resolve_overlaps(shape: tuple[int, int, int], objects: Sequence[ObjectMasks]
     object listed first). Work and memory per object are those of its
     bounding box, not of the whole volume."""
     labels = np.zeros(shape, np.uint16)
-    best = np.full(shape, -1.0, np.float32)
+    resolve_overlaps_into(labels, np.full(shape, -1.0, np.float32), objects, spacing_zyx)
+    return labels
+
+
+def resolve_overlaps_into(labels: Any, best: Any, objects: Sequence[ObjectMasks],
+                          spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+    """:func:`resolve_overlaps` painting into array-likes that may live on disk.
+
+    labels: (z, y, x) integer array-like holding 0; best: float32 array-like of
+    the same shape holding -1 (each voxel's winning depth so far). Any object
+    with numpy-style region reads and writes (``a[sl]``, ``a[sl] = v``) works,
+    e.g. a zarr array: each object reads and writes only its bounding box, so
+    a label map larger than memory is painted chunk by chunk.
+    """
+    shape = tuple(labels.shape)
     for obj in objects:
-        boxed = obj.boxed(shape)
+        boxed = obj.boxed(shape)  # type: ignore[arg-type]
         if boxed is None:
             continue
         sl, inside = boxed
@@ -127,7 +145,9 @@ def resolve_overlaps(shape: tuple[int, int, int], objects: Sequence[ObjectMasks]
         for k in obj.key_slices:
             if k in obj.masks and lo.start <= k < lo.stop:
                 depth[_plane(obj.axis, k - lo.start)] += KEY_SLICE_PRIORITY
-        win = inside & (depth > best[sl])
-        labels[sl][win] = obj.id
-        best[sl][win] = depth[win]
-    return labels
+        region, claim = np.array(labels[sl]), np.array(best[sl], np.float32)
+        win = inside & (depth > claim)
+        region[win] = obj.id
+        claim[win] = depth[win]
+        labels[sl] = region
+        best[sl] = claim

@@ -20,42 +20,18 @@ Coordinates are (row, col) pixels of the slice; boxes (r0, c0, r1, c1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .clicks import ClickStrategy
+from .embeddings import CropEmbeddings
 from .errors import InputError, UsageError
+from .geometry import Crop
 from .models.base import Backend, Embedding
+from .prediction import Prediction
 from .prompts import SlicePrompt, as_slice_prompt
-from .zoom import Crop, CropEmbeddings, ZoomSettings, zoom_crop
+from .zoom import ZoomSettings, predict_zoomed, zoom_crop
 
-
-@dataclass(frozen=True)
-class Prediction:
-    """Candidate masks for one prompt, best first.
-
-    masks: (K, H, W) bool, K in 1..3; scores: (K,) float32, higher is better;
-    low_res_logits: (K, s, s) float32 model-frame logits (for a later mask_input);
-    boxes: (K, 4) float32, the box (r0, c0, r1, c1) that produced each mask.
-    crop: None when decoded on the whole slice; else the zoom crop whose
-        model frame ``low_res_logits`` are in.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    low_res_logits: np.ndarray
-    boxes: np.ndarray
-    crop: Crop | None = None
-
-    @property
-    def mask(self) -> np.ndarray:
-        """The best candidate, (H, W) bool."""
-        return self.masks[0]
-
-    def candidate(self, index: int) -> np.ndarray:
-        """Candidate ``index`` modulo the number of candidates (for cycling)."""
-        return self.masks[index % len(self.masks)]
+__all__ = ["PROMPT_ZOOM", "Prediction", "SlicePredictor"]
 
 
 #: zoom for prompts: crops centred on the object. One box per nucleus on
@@ -144,8 +120,6 @@ class SlicePredictor:
         prompt.check_inside(self.image_shape)
         emb = self.embedding
         if self.zoom is not None and self._image is not None:
-            from .zoom import predict_zoomed
-
             if self.crop_embeddings is None:
                 self.crop_embeddings = CropEmbeddings(self.backend)
             zoomed = predict_zoomed(self.backend, self.clicks, self.crop_embeddings, self._image, self._image_key,

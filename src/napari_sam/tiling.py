@@ -12,13 +12,13 @@ Two ways to use it:
 - box proposals known for the whole image (the automatic mode's structure
   proposals): :meth:`TileGrid.tile_for_box` picks the tile each box is
   decoded in; the embeddings of the tiles are cached like crops
-  (:class:`napari_sam.zoom.CropEmbeddings`);
+  (:class:`napari_sam.embeddings.CropEmbeddings`);
 - tiles segmented independently (point-grid proposals, or any per-tile
   segmenter): :func:`stitch_tile_labels` keeps each tile's owned objects,
   drops the ones cut by an inner tile edge and writes one label map with no
   seams and no duplicates.
 
-Coordinates: (row, col) pixels; tiles are :class:`napari_sam.zoom.Crop`.
+Coordinates: (row, col) pixels; tiles are :class:`napari_sam.geometry.Crop`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
-from .zoom import Crop
+from .geometry import Crop
 
 #: default tile (what the model sees in one embedding) and halo, in pixels
 DEFAULT_TILE_SHAPE = (512, 512)

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..geometry import box_iou, box_of_mask
-from ..zoom import Crop
+from ..geometry import Crop
 from .settings import AutoSettings
 
 

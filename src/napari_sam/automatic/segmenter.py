@@ -27,7 +27,9 @@ from ..geometry import box_of_mask
 from ..jobs import Cancel, Job, Progress, ProgressCallback, drive
 from ..models.base import Backend, Embedding
 from ..tiling import TileGrid
-from ..zoom import Crop, CropEmbeddings, extent_boxes, zoom_crop
+from ..zoom import extent_boxes, zoom_crop
+from ..embeddings import CropEmbeddings
+from ..geometry import Crop
 from .linking import link_slices
 from .masks import (
     Candidate,

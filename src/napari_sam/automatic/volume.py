@@ -49,7 +49,7 @@ from ..jobs import Cancel, Job, Progress, ProgressCallback, drive
 from ..label_ops import drop_small, relabel_sequential
 from ..models.base import Backend
 from ..tiff_spacing import tiff_spacing
-from ..zoom import CropEmbeddings
+from ..embeddings import CropEmbeddings
 from .proposals import estimate_object_diameter, refine_diameter
 from .segmenter import AutoResult
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from ..errors import InputError
 from ..geometry import box_of_mask
+from ..jobs import Cancel
 from .data import MIN_AREA, TrainingSample, target_on_model_grid
 from .pipeline import tuned_backend
 from .train import DecoderTrainer, FinetuneSettings
@@ -67,13 +67,15 @@ def _samples(embeddings, masks: dict[int, np.ndarray], out_side: int, model_size
 
 def adapt_to_slices(backend, embeddings, masks: dict[int, np.ndarray], time_budget: float = 30.0,
                     max_steps: int = 60, settings: FinetuneSettings | None = None,
-                    cancel: Callable[[], bool] | None = None) -> AdaptResult:
+                    cancel: Cancel | None = None) -> AdaptResult:
     """Adapt a copy of ``backend``'s decoder to one object's committed slices.
 
     embeddings: the slices' embeddings along the propagation axis (``get(index)``,
-        e.g. :class:`napari_sam.cache.SliceEmbeddings`).
+        e.g. :class:`napari_sam.embeddings.SliceEmbeddings`).
     masks: slice index -> (rows, cols) bool mask the user committed.
     time_budget: seconds at most (checked between steps); max_steps: steps at most.
+    cancel: a :class:`napari_sam.jobs.Cancel` token, checked between steps
+        (a cancelled adaptation returns what it learnt so far).
     Raises InputError when no committed mask has at least 16 pixels.
     """
     t0 = time.perf_counter()
@@ -88,7 +90,7 @@ def adapt_to_slices(backend, embeddings, masks: dict[int, np.ndarray], time_budg
     while step < max_steps:
         now = time.perf_counter()
         per_step = (now - t_train) / step if step else 0.0
-        if now + per_step - t0 > time_budget or (cancel is not None and cancel()):
+        if now + per_step - t0 > time_budget or (cancel is not None and cancel.is_set()):
             break  # the next step would overrun the budget
         sample = samples[step % len(samples)]
         losses.append(trainer.train_step([sample] * s.batch))

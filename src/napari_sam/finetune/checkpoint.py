@@ -32,6 +32,8 @@ from ..models.checkpoints import load_state_dict, sha256_of
 
 #: the provenance key of a tuned checkpoint, and the format version under it
 PROVENANCE_KEY = "napari_sam"
+#: where a tuned checkpoint keeps its taught class head (finetune/classes.py)
+CLASSES_KEY = "napari_sam_classes"
 FORMAT = 1
 INDEX_NAME = "tuned.json"
 
@@ -72,8 +74,11 @@ def _umask_mode() -> int:
 
 
 def save_tuned(path: str | Path, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
-               provenance: dict[str, Any]) -> Path:
+               provenance: dict[str, Any], classes: dict[str, Any] | None = None) -> Path:
     """Write ``base`` with the ``tuned`` keys replaced, plus ``provenance``, atomically.
+
+    classes: a taught class head (:meth:`ClassHead.to_state`), stored under
+    ``CLASSES_KEY`` for text prompts and named automatic instances.
 
     The file is written beside ``path`` under a temporary name, flushed to disk,
     read back (weights-only) and compared, then renamed over ``path`` with the
@@ -85,6 +90,8 @@ def save_tuned(path: str | Path, base: dict[str, torch.Tensor], tuned: dict[str,
         raise ModelError(f"tuned weights {sorted(missing)[:3]} are not in the base model")
     state = {k: (tuned[k] if k in tuned else v).detach().cpu().contiguous() for k, v in base.items()}
     doc = {"model": state, PROVENANCE_KEY: plain({"format": FORMAT, **provenance})}
+    if classes is not None:
+        doc[CLASSES_KEY] = classes
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -164,3 +171,16 @@ def list_tuned() -> list[dict[str, Any]]:
 def now_utc() -> str:
     """ISO 8601 UTC time stamp."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_class_state(path: str | Path) -> dict[str, Any] | None:
+    """The taught class head stored in a checkpoint (None when it holds none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise ModelError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__})") from None
+    state = obj.get(CLASSES_KEY) if isinstance(obj, dict) else None
+    return state if isinstance(state, dict) else None

@@ -26,6 +26,9 @@ def add_parser(sub, parser_class) -> argparse.ArgumentParser:
                    help="what is trained (default head: the mask decoder's output head, ~0.35 M parameters)")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     p.add_argument("--max-minutes", type=float, default=15.0, help="stop training after this long (default 15)")
+    p.add_argument("--classes", default="logistic", choices=["logistic", "prototype", "none"],
+                   help="teach the label names as classes for text prompts and named automatic instances "
+                        "(default logistic: a class head over the encoder's features; docs/finetuning.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: the usual one)")
@@ -49,7 +52,8 @@ def check_checkpoint_output(output: str, overwrite: bool, inputs: list[str]) -> 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``napari-sam finetune``; returns the exit code (130 when interrupted, checkpoint kept)."""
-    from ..cli import ProgressBar, _cache_dir
+    from ..cache import usable_cache_dir
+    from ..jobs import ProgressBar
     from ..models.registry import load_model
     from .pipeline import finetune_samples, samples_from_files
     from .train import FinetuneSettings
@@ -64,13 +68,23 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bar = ProgressBar("embeddings", args.quiet)
     try:
-        samples, data = samples_from_files(backend, args.images, args.labels, args.window, _cache_dir(args), bar)
+        samples, data = samples_from_files(backend, args.images, args.labels, args.window,
+                                           usable_cache_dir(args.cache_dir, args.no_cache), bar)
     finally:
         bar.close()
+    classes = None
+    if args.classes != "none":
+        from .classes import teach_from_files
+
+        head = teach_from_files(backend, args.images, args.labels, args.window,
+                                usable_cache_dir(args.cache_dir, args.no_cache), args.classes)
+        classes = head.to_state()
+        if not args.quiet:
+            print(f"taught {len(head.names)} classes ({args.classes}): {', '.join(head.names)}", file=sys.stderr)
     t_embed = time.perf_counter() - t0
     bar = ProgressBar("training", args.quiet, unit="step")
     try:
-        outcome = finetune_samples(backend, samples, settings, out, data, args.model, bar)
+        outcome = finetune_samples(backend, samples, settings, out, data, args.model, bar, classes=classes)
     finally:
         bar.close()
     r = outcome.result

@@ -3,7 +3,7 @@ and prompts simulated the way users prompt.
 
 A :class:`TrainingSample` is one object on one slice: the slice's encoder
 embedding (shared by every object of the slice, read from the embedding cache
-:class:`napari_sam.cache.SliceEmbeddings`), the object's mask on the slice
+:class:`napari_sam.embeddings.SliceEmbeddings`), the object's mask on the slice
 grid (rows, cols) and the same mask on the model's low-resolution output grid
 (the padded model input; LiteMedSAM: 256 x 256), plus the boxes of the same
 object on the neighbouring slices (what propagation prompts with).
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cache import SliceEmbeddings
+from ..embeddings import SliceEmbeddings
 from ..errors import InputError
 from ..evaluation import deepest_point
 from ..intensity import Window

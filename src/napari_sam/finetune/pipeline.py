@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..cache import SliceEmbeddings, content_hash
+from ..cache import content_hash
+from ..embeddings import SliceEmbeddings
 from ..errors import InputError
 from ..intensity import Window, looks_like_hounsfield, parse_window, resolve_window
 from ..io import Volume, read_image, read_labels_aligned, sidecar_path
@@ -133,9 +134,11 @@ def provenance(model: str, base_sha: str, settings: FinetuneSettings, outcome_re
 def finetune_samples(backend: SamFamilyBackend, samples: list[TrainingSample], settings: FinetuneSettings,
                      output: str | Path | None = None, data: list[dict] | None = None,
                      model: str = "lite_medsam", progress: Progress | None = None,
-                     cancel: Callable[[], bool] | None = None) -> FinetuneOutcome:
+                     cancel: Callable[[], bool] | None = None, classes: dict | None = None) -> FinetuneOutcome:
     """Split, train and (when ``output`` is given) write the best checkpoint at every
-    improvement and at the end, so Ctrl-C keeps the best weights so far."""
+    improvement and at the end, so Ctrl-C keeps the best weights so far.
+
+    classes: a taught class head's state (:mod:`.classes`), stored in the checkpoint."""
     train_set, val_set = split_samples(samples, settings.val_fraction, np.random.default_rng(settings.seed))
     trainer = DecoderTrainer(backend, settings)
     base, base_sha = base_state(model) if output is not None else ({}, "")
@@ -144,7 +147,7 @@ def finetune_samples(backend: SamFamilyBackend, samples: list[TrainingSample], s
         if output is not None:
             prov = provenance(model, base_sha, settings, res, data or [], len(train_set), len(val_set),
                               trainer.n_trainable)
-            save_tuned(output, base, trainer.state_dicts(), prov)
+            save_tuned(output, base, trainer.state_dicts(), prov, classes=classes)
 
     res = train(trainer, train_set, val_set, progress, on_best=write, cancel=cancel)
     write(res)  # the trainer holds the best weights now; the final figures go in

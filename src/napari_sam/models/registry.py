@@ -15,6 +15,8 @@ wrong architecture is named for what it is.
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,8 +24,11 @@ from typing import Callable
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from .base import Backend
+from .precision import DEFAULT_PRECISION, apply_precision, parse_precision
+
+log = logging.getLogger(__name__)
 
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
@@ -79,15 +84,16 @@ class ModelSpec:
 
 
 def _load_lite_medsam(checkpoint: Path | None, device: torch.device) -> Backend:
-    from .lite_medsam import load_lite_medsam
+    from .lite_medsam import expected_sha256_for, load_lite_medsam
 
-    if checkpoint is not None:
+    expected = expected_sha256_for(checkpoint)
+    if checkpoint is not None and expected is None:  # a user's own weights: no published hash to check
         from .checkpoints import load_state_dict
         from .layout import check_architecture, normalise_keys
 
         check_architecture(checkpoint, normalise_keys(load_state_dict(checkpoint)), "tiny_vit_256",
                            "lite_medsam", MODEL_FOR_ARCHITECTURE)
-    return load_lite_medsam(checkpoint, device)
+    return load_lite_medsam(checkpoint, device, expected_sha256=expected)
 
 
 def _load_sam_vit(variant: str, name: str, preprocessing: str, checkpoint: Path, device: torch.device) -> Backend:
@@ -247,8 +253,7 @@ def fetch_checkpoint(name: str, progress: bool = True) -> Path:
     Raises ModelError for models without a direct download (the message says
     where to get the file) and for every download failure.
     """
-    from ..errors import ModelError
-    from .download import fetch
+    from .download import fetch  # (pooch: slow to import, only needed to download)
 
     spec = get_spec(name)
     if spec.url is None:
@@ -261,8 +266,23 @@ def fetch_checkpoint(name: str, progress: bool = True) -> Path:
     return fetch(spec.url, spec.filename or f"{spec.name}.pt", spec.known_hash, progress=progress, what=spec.name)
 
 
+#: backends loaded so far, shared by every caller of :func:`load_model` with the same key
+_LOADED: dict[tuple, Backend] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _checkpoint_identity(path: Path | None) -> tuple | None:
+    """A local checkpoint's identity for sharing: its resolved path, size and
+    modification time (a file replaced in place is loaded anew)."""
+    if path is None:
+        return None
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
 def load_model(name: str = DEFAULT_MODEL, checkpoint: str | Path | None = None,
-               device: str | None = "cpu", progress: bool = True, precision: str | None = None) -> Backend:
+               device: str | None = "cpu", progress: bool = True, precision: str | None = None,
+               shared: bool = True) -> Backend:
     """Load a model by registry name (see :data:`REGISTRY`, or ``napari-sam models``).
 
     checkpoint: a local checkpoint file (offline use, fine-tuned weights of
@@ -273,20 +293,35 @@ def load_model(name: str = DEFAULT_MODEL, checkpoint: str | Path | None = None,
     precision: the image encoder's precision, "auto", "fp32", "bf16" or "fp16"
         (see :mod:`napari_sam.models.precision`); None takes
         :data:`~napari_sam.models.precision.DEFAULT_PRECISION`.
+    shared: return the backend already loaded in this process for the same
+        model, checkpoint file, device and precision (each model is loaded
+        once per process: the napari widgets and scripts share it). Do not
+        change a shared backend (``set_dtype``, its modules): ask for another
+        precision instead, or pass ``shared=False`` for a private copy.
     Raises InputError (unknown name, bad device or precision) or ModelError (download,
     verification, wrong architecture, unsafe pickle).
     """
-    from ..errors import ModelError
-
-    from .precision import DEFAULT_PRECISION, apply_precision, parse_precision
-
     spec = get_spec(name)
     dev = pick_device(device)
     precision = parse_precision(DEFAULT_PRECISION if precision is None else precision)
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise ModelError(f"{path}: checkpoint not found")
+    path = None if checkpoint is None else Path(checkpoint)
+    if path is not None and not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    if not shared:
+        return _load(spec, path, dev, precision, progress)
+    key = (spec.name, _checkpoint_identity(path), str(dev), precision)
+    with _LOADED_LOCK:  # held while loading: two threads asking at once load the model once
+        backend = _LOADED.get(key)
+        if backend is None:
+            backend = _LOADED[key] = _load(spec, path, dev, precision, progress)
+            log.info("loaded %s (%s, %s) on %s", spec.name, path or "official weights", precision, dev)
+        else:
+            log.debug("%s (%s) already loaded: shared", spec.name, precision)
+    return backend
+
+
+def _load(spec: ModelSpec, path: Path | None, dev: torch.device, precision: str, progress: bool) -> Backend:
+    if path is not None:
         backend = spec.loader(path, dev)
     elif spec.name == "lite_medsam":
         backend = spec.loader(None, dev)

@@ -28,8 +28,6 @@ class SamFamilyBackend(Backend):
     embeddings are float32 whatever the encoder's type.
     """
 
-    #: distinct slices whose embeddings are kept for a repeated embed()
-    recent_embeddings = 4
     #: embeddings whose prompt-independent decoder work (~10 MB each for 64 x 64
     #: embeddings) is kept for the next prompts decoded on them
     prepared_embeddings = 4
@@ -46,7 +44,6 @@ class SamFamilyBackend(Backend):
         self.device = device
         self.mean, self.std = mean, std
         self.supports_points = supports_points
-        self._recent: OrderedDict[bytes, Embedding] = OrderedDict()
         # id(features) -> (weak reference to the features, MaskDecoder.prepare_image of them,
         # or None for an embedding decoded once so far)
         self._prepared: OrderedDict[int, tuple[weakref.ref, dict[str, torch.Tensor] | None]] = OrderedDict()
@@ -75,10 +72,11 @@ class SamFamilyBackend(Backend):
         self.forget_recent()
 
     def forget_recent(self) -> None:
-        """Drop the embeddings kept for repeated slices (the next embed() encodes) and the
-        decoder's work kept per embedding (the next decodes redo it)."""
+        """Drop the decoder's work kept per embedding (the next decodes redo it).
+
+        (Embeddings themselves are kept by :mod:`napari_sam.embeddings`, the one
+        embedding cache; the backend keeps none: every embed() encodes.)"""
         with self._lock:
-            self._recent.clear()
             self._prepared.clear()
 
     def _prepared_image(self, features: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor] | None:
@@ -123,34 +121,18 @@ class SamFamilyBackend(Backend):
 
     @torch.inference_mode()
     def embed_batch(self, images: list[np.ndarray]) -> list[Embedding]:
-        """Embed slices of equal shape in one forward pass.
-
-        A slice equal (same shape, dtype and values) to one of the last
-        ``recent_embeddings`` slices embedded, or to another slice of the
-        batch, is not encoded again.
-        """
+        """Embed slices of equal shape in one forward pass; a slice equal (same
+        shape, dtype and values) to another of the batch is encoded once."""
         keys = [image_key(im) for im in images]
-        out: dict[bytes, Embedding] = {}
-        with self._lock:
-            for k in keys:
-                if k in self._recent:
-                    self._recent.move_to_end(k)
-                    out[k] = self._recent[k]
-        todo = list(dict.fromkeys(k for k in keys if k not in out))
-        if todo:
-            first = {k: im for k, im in zip(reversed(keys), reversed(images))}
-            todo_images = [first[k] for k in todo]
-            prepared = [self._prepare(im) for im in todo_images]
-            batch = torch.cat([p[0] for p in prepared]).to(self.device, self.dtype)
-            feats = self.image_encoder(batch).float()
-            for i, (k, im, p) in enumerate(zip(todo, todo_images, prepared)):
-                out[k] = Embedding(features=feats[i: i + 1].clone(), original_size=tuple(im.shape[:2]),
-                                   input_size=p[1], model=self.name)
-            with self._lock:
-                for k in todo:
-                    self._recent[k] = out[k]
-                while len(self._recent) > self.recent_embeddings:
-                    self._recent.popitem(last=False)
+        todo = list(dict.fromkeys(keys))
+        first = {k: im for k, im in zip(reversed(keys), reversed(images))}
+        todo_images = [first[k] for k in todo]
+        prepared = [self._prepare(im) for im in todo_images]
+        batch = torch.cat([p[0] for p in prepared]).to(self.device, self.dtype)
+        feats = self.image_encoder(batch).float()
+        out = {k: Embedding(features=feats[i: i + 1].clone(), original_size=tuple(im.shape[:2]), input_size=p[1],
+                            model=self.name)
+               for i, (k, im, p) in enumerate(zip(todo, todo_images, prepared))}
         return [out[k] for k in keys]
 
     def upsample(self, low_res: torch.Tensor, embedding: Embedding) -> torch.Tensor:

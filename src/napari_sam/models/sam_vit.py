@@ -7,8 +7,9 @@ blocks, global attention in four, decomposed relative position biases, and a
 convolutional neck to 256 channels at 1/16 resolution. Module and parameter
 names follow ``segment_anything.modeling.ImageEncoderViT``, so Meta's,
 MedSAM's and micro-sam's checkpoints load as they are, strictly.
-``tests/test_models_sam_vit.py`` checks keys, shapes and outputs against the
-official ``segment-anything`` package when it is installed.
+``tests/test_models_registry.py`` checks keys and shapes against a manifest
+made from the official ``segment-anything`` package, and
+``tests/test_models_parity.py`` the outputs against it when it is installed.
 
 Speed and memory: attention runs through ``scaled_dot_product_attention`` with
 the relative-position bias as an additive mask; global attention (4096 tokens)

@@ -30,7 +30,8 @@ from ..errors import NapariSamError
 from ..intensity import Window
 from ..jobs import Progress
 from ..models.base import Backend
-from ..zoom import CropEmbeddings, ZoomSettings
+from ..zoom import ZoomSettings
+from ..embeddings import CropEmbeddings
 
 PRESETS = ("microscopy", "ct")
 PROPOSALS = ("preset", "blobs", "regions", "box-grid", "point-grid", "blobs+box-grid", "regions+box-grid")
