@@ -148,13 +148,17 @@ class ProgressBar:
     """
 
     def __init__(self, desc: str, quiet: bool = False, unit: str = "slice") -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=0, desc=desc, unit=unit, disable=quiet, file=sys.stderr, leave=True)
+        self.desc, self.quiet, self.unit = desc, quiet, unit
+        self._bar = None  # made at the first event: a job that fails before any step prints no bar
 
     def __call__(self, event: Progress | int, total: int | None = None, stage: str = "") -> None:
         if not isinstance(event, Progress):
             event = Progress(int(event), int(total or 0), stage)
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, desc=self.desc, unit=self.unit, disable=self.quiet, file=sys.stderr,
+                             leave=True)
         if self._bar.total != event.total:
             self._bar.total = event.total
         self._bar.n = event.done
@@ -163,4 +167,5 @@ class ProgressBar:
         self._bar.refresh()
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
