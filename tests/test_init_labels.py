@@ -104,7 +104,7 @@ def test_init_corrected_and_repropagated(
 
 def test_segment_needs_prompts_or_init(tmp_path, ct_dicom_dir, capsys):
     rc = main(["segment", str(ct_dicom_dir), "--output", str(tmp_path / "o.nii.gz")])
-    assert rc == 2 and "--prompts, --init or both" in capsys.readouterr().err
+    assert rc == 2 and "segment needs --prompts, --text or --init" in capsys.readouterr().err
 
 
 def test_prompts_combine_with_labels_by_id():

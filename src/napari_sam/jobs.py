@@ -148,8 +148,8 @@ class ProgressBar:
     """
 
     def __init__(self, desc: str, quiet: bool = False, unit: str = "slice") -> None:
-        self._args = {"desc": desc, "unit": unit, "disable": quiet}
-        self._bar = None  # made on the first event: an error before any work prints no empty bar
+        self.desc, self.quiet, self.unit = desc, quiet, unit
+        self._bar = None  # made at the first event: a job that fails before any step prints no bar
 
     def __call__(self, event: Progress | int, total: int | None = None, stage: str = "") -> None:
         if not isinstance(event, Progress):
@@ -157,7 +157,8 @@ class ProgressBar:
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=0, file=sys.stderr, leave=True, **self._args)
+            self._bar = tqdm(total=0, desc=self.desc, unit=self.unit, disable=self.quiet, file=sys.stderr,
+                             leave=True)
         if self._bar.total != event.total:
             self._bar.total = event.total
         self._bar.n = event.done

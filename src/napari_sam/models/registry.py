@@ -294,7 +294,7 @@ def load_model(name: str = DEFAULT_MODEL, checkpoint: str | Path | None = None,
         (see :mod:`napari_sam.models.precision`); None takes
         :data:`~napari_sam.models.precision.DEFAULT_PRECISION`.
     shared: return the backend already loaded in this process for the same
-        model, checkpoint file, device and precision (each model is loaded
+        model (registry entry), checkpoint file, device and precision (each model is loaded
         once per process: the napari widgets and scripts share it). Do not
         change a shared backend (``set_dtype``, its modules): ask for another
         precision instead, or pass ``shared=False`` for a private copy.
@@ -309,7 +309,7 @@ def load_model(name: str = DEFAULT_MODEL, checkpoint: str | Path | None = None,
         raise ModelError(f"{path}: checkpoint not found")
     if not shared:
         return _load(spec, path, dev, precision, progress)
-    key = (spec.name, _checkpoint_identity(path), str(dev), precision)
+    key = (spec, _checkpoint_identity(path), str(dev), precision)  # the spec: its URL and checksum too
     with _LOADED_LOCK:  # held while loading: two threads asking at once load the model once
         backend = _LOADED.get(key)
         if backend is None:
