@@ -75,6 +75,7 @@ def test_lazy_ome_zarr_gives_the_in_memory_label_file(tmp_path, data_dir, mr) ->
     assert main(["segment", str(src), "--output", str(tmp_path / "mem.nii.gz"), *common]) == 0
     assert main(["segment", str(tmp_path / "mr.ome.zarr"), "--output", str(tmp_path / "lazy.nii.gz"), *common]) == 0
     assert main(["segment", str(tmp_path / "mr.ome.zarr"), "--output", str(tmp_path / "lazy.zarr"), *common]) == 0
+    assert main(["segment", str(src), "--output", str(tmp_path / "nifti_in.zarr"), *common]) == 0
     mem = (tmp_path / "mem.nii.gz").read_bytes()
     assert (tmp_path / "lazy.nii.gz").read_bytes() == mem
     side = json.loads((tmp_path / "lazy.json").read_text())
@@ -84,6 +85,7 @@ def test_lazy_ome_zarr_gives_the_in_memory_label_file(tmp_path, data_dir, mr) ->
     want = read_image(tmp_path / "mem.nii.gz").array
     z = zarr.open_array(str(tmp_path / "lazy.zarr"), mode="r")
     assert np.array_equal(z[:], want) and set(np.unique(want)) == {0, 1, 5}
+    assert np.array_equal(zarr.open_array(str(tmp_path / "nifti_in.zarr"), mode="r")[:], want)
     assert z.attrs["labels"]["5"]["name"] == "liver" and z.attrs["geometry"]["spacing"] == [3.0, 3.0, 3.0]
     assert z.attrs["propagation"]["5"]["key_slices"] == [10]
 
