@@ -141,3 +141,24 @@ def test_volume_several_times_larger_than_the_memory_budget(tmp_path, mr) -> Non
     assert np.array_equal(out[k0: k0 + 20], want) and set(np.unique(want)) == {0, 1, 5}
     stored = out.nchunks_initialized  # chunks holding any label: only on the MR's slices
     assert stored == sum(1 for z in range(20) if want[z].any())
+
+
+def test_tiff_read_lazily_into_zarr_gives_the_in_memory_labels(tmp_path, data_dir) -> None:
+    import tifffile
+
+    from napari_sam.cli import main
+
+    src = data_dir / "nuclei_2d" / "image.tif"
+    truth = tifffile.imread(data_dir / "nuclei_2d" / "labels.tif")
+    objects = []
+    for oid in np.unique(truth)[1:4]:
+        rows, cols = np.nonzero(truth == oid)
+        objects.append({"id": int(oid), "prompts": [{"box": [int(rows.min()), int(cols.min()), int(rows.max()),
+                                                             int(cols.max())]}]})
+    (tmp_path / "p.json").write_text(json.dumps({"objects": objects}))
+    common = ["--prompts", str(tmp_path / "p.json"), "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main(["segment", str(src), "--output", str(tmp_path / "mem.tif"), *common]) == 0
+    assert main(["segment", str(src), "--output", str(tmp_path / "lazy.zarr"), *common]) == 0
+    want = tifffile.imread(tmp_path / "mem.tif")
+    got = zarr.open_array(str(tmp_path / "lazy.zarr"), mode="r")
+    assert got.shape == (1, *want.shape) and np.array_equal(got[0], want) and len(np.unique(want)) == 4
