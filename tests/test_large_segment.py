@@ -75,6 +75,7 @@ def test_lazy_ome_zarr_gives_the_in_memory_label_file(tmp_path, data_dir, mr) ->
     assert main(["segment", str(src), "--output", str(tmp_path / "mem.nii.gz"), *common]) == 0
     assert main(["segment", str(tmp_path / "mr.ome.zarr"), "--output", str(tmp_path / "lazy.nii.gz"), *common]) == 0
     assert main(["segment", str(tmp_path / "mr.ome.zarr"), "--output", str(tmp_path / "lazy.zarr"), *common]) == 0
+    assert main(["segment", str(src), "--output", str(tmp_path / "nifti_in.zarr"), *common]) == 0
     mem = (tmp_path / "mem.nii.gz").read_bytes()
     assert (tmp_path / "lazy.nii.gz").read_bytes() == mem
     side = json.loads((tmp_path / "lazy.json").read_text())
@@ -84,6 +85,7 @@ def test_lazy_ome_zarr_gives_the_in_memory_label_file(tmp_path, data_dir, mr) ->
     want = read_image(tmp_path / "mem.nii.gz").array
     z = zarr.open_array(str(tmp_path / "lazy.zarr"), mode="r")
     assert np.array_equal(z[:], want) and set(np.unique(want)) == {0, 1, 5}
+    assert np.array_equal(zarr.open_array(str(tmp_path / "nifti_in.zarr"), mode="r")[:], want)
     assert z.attrs["labels"]["5"]["name"] == "liver" and z.attrs["geometry"]["spacing"] == [3.0, 3.0, 3.0]
     assert z.attrs["propagation"]["5"]["key_slices"] == [10]
 
@@ -139,3 +141,24 @@ def test_volume_several_times_larger_than_the_memory_budget(tmp_path, mr) -> Non
     assert np.array_equal(out[k0: k0 + 20], want) and set(np.unique(want)) == {0, 1, 5}
     stored = out.nchunks_initialized  # chunks holding any label: only on the MR's slices
     assert stored == sum(1 for z in range(20) if want[z].any())
+
+
+def test_tiff_read_lazily_into_zarr_gives_the_in_memory_labels(tmp_path, data_dir) -> None:
+    import tifffile
+
+    from napari_sam.cli import main
+
+    src = data_dir / "nuclei_2d" / "image.tif"
+    truth = tifffile.imread(data_dir / "nuclei_2d" / "labels.tif")
+    objects = []
+    for oid in np.unique(truth)[1:4]:
+        rows, cols = np.nonzero(truth == oid)
+        objects.append({"id": int(oid), "prompts": [{"box": [int(rows.min()), int(cols.min()), int(rows.max()),
+                                                             int(cols.max())]}]})
+    (tmp_path / "p.json").write_text(json.dumps({"objects": objects}))
+    common = ["--prompts", str(tmp_path / "p.json"), "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main(["segment", str(src), "--output", str(tmp_path / "mem.tif"), *common]) == 0
+    assert main(["segment", str(src), "--output", str(tmp_path / "lazy.zarr"), *common]) == 0
+    want = tifffile.imread(tmp_path / "mem.tif")
+    got = zarr.open_array(str(tmp_path / "lazy.zarr"), mode="r")
+    assert got.shape == (1, *want.shape) and np.array_equal(got[0], want) and len(np.unique(want)) == 4

@@ -8,12 +8,12 @@ import pytest
 
 zarr = pytest.importorskip("zarr")
 
-from napari_sam.cache import content_hash as memory_hash  # noqa: E402
-from napari_sam.errors import InputError, OutputError  # noqa: E402
-from napari_sam.io import Geometry  # noqa: E402
-from napari_sam.large_segment import LazySegmentation, write_zarr_labels  # noqa: E402
-from napari_sam.lazy_volume import content_hash, open_volume, sample_of  # noqa: E402
-from napari_sam.overlaps import ObjectMasks, resolve_overlaps  # noqa: E402
+from napari_sam.cache import content_hash as memory_hash
+from napari_sam.errors import InputError, OutputError
+from napari_sam.io import Geometry
+from napari_sam.large_segment import LazySegmentation, write_zarr_labels
+from napari_sam.lazy_volume import content_hash, open_volume, sample_of
+from napari_sam.overlaps import ObjectMasks, resolve_overlaps
 
 
 def _ome(path, arr, scale, unit="micrometer", translation=None, version="0.5"):

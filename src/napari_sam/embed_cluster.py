@@ -36,7 +36,7 @@ from .intensity import Window, resolve_window
 from .io import Volume, read_image
 from .lazy_volume import content_hash, is_zarr_path, open_volume, sample_volume
 
-__all__ = ["EmbedJob", "EmbedReport", "embed_on_cluster", "prepare_task", "fill_task"]
+__all__ = ["EmbedJob", "EmbedReport", "embed_on_cluster", "fill_task", "prepare_task"]
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,13 +51,19 @@ from .jobs import ProgressCallback
 from .lazy_volume import content_hash, sample_volume
 from .models.base import Backend
 from .overlaps import ObjectMasks, resolve_overlaps, resolve_overlaps_into
-from .propagation import PropagationState
 from .prompts import PromptsFile
+from .propagation import PropagationState
 from .segmentation import key_choice_for
 from .zoom import ZoomSettings
 
-__all__ = ["UnpaintedAnnotation", "LazySegmentation", "segment_lazy", "lazy_embeddings", "write_zarr_labels",
-           "label_chunks"]
+__all__ = [
+    "LazySegmentation",
+    "UnpaintedAnnotation",
+    "label_chunks",
+    "lazy_embeddings",
+    "segment_lazy",
+    "write_zarr_labels",
+]
 
 
 class UnpaintedAnnotation(Annotation):

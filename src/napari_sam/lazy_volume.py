@@ -36,7 +36,7 @@ import numpy as np
 from .errors import InputError
 from .io import Geometry, Volume
 
-__all__ = ["open_volume", "is_lazy_path", "content_hash", "sample_of", "sample_volume", "SAMPLE_VOXELS"]
+__all__ = ["SAMPLE_VOXELS", "content_hash", "is_lazy_path", "open_volume", "sample_of", "sample_volume"]
 
 #: voxels of the strided sample that stands for a lazy volume's intensities
 SAMPLE_VOXELS = 8_000_000

@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputError, NapariSamError
 from ..lazy_volume import is_lazy_path, is_zarr_path
 
-__all__ = ["wants_lazy_segment", "segment_large", "embed_cluster", "segment_extra", "check_zarr_output",
-           "add_cluster_args"]
+__all__ = [
+    "add_cluster_args",
+    "check_zarr_output",
+    "embed_cluster",
+    "segment_extra",
+    "segment_large",
+    "wants_lazy_segment",
+]
 
 
 def wants_lazy_segment(image: str | Path, output: str | Path) -> bool:
