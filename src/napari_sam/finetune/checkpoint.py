@@ -111,15 +111,20 @@ def save_tuned(path: str | Path, base: dict[str, torch.Tensor], tuned: dict[str,
     return path
 
 
-def read_provenance(path: str | Path) -> dict[str, Any]:
-    """The provenance of a tuned checkpoint (ModelError when the file is not one)."""
-    path = Path(path)
+def _load_weights_only(path: Path) -> Any:
+    """A checkpoint file's content, read weights-only (ModelError when it cannot be)."""
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
         raise ModelError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__})") from None
+
+
+def read_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance of a tuned checkpoint (ModelError when the file is not one)."""
+    path = Path(path)
+    obj = _load_weights_only(path)
     if not isinstance(obj, dict) or not isinstance(obj.get(PROVENANCE_KEY), dict):
         raise ModelError(f"{path}: not a napari-sam tuned checkpoint (no provenance)")
     return obj[PROVENANCE_KEY]
@@ -175,12 +180,6 @@ def now_utc() -> str:
 
 def read_class_state(path: str | Path) -> dict[str, Any] | None:
     """The taught class head stored in a checkpoint (None when it holds none)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise ModelError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__})") from None
+    obj = _load_weights_only(Path(path))
     state = obj.get(CLASSES_KEY) if isinstance(obj, dict) else None
     return state if isinstance(state, dict) else None
