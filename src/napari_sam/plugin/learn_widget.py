@@ -179,12 +179,16 @@ class LearnWidget(QWidget):
 
     def train(self) -> None:
         """Fine-tune on the chosen Labels layer's objects in a background worker."""
+        self._launch(self._training_job, "fine-tuning")
+
+    def _launch(self, make_job, what: str) -> None:
+        """Prepare a job on the GUI thread (bad input: a notification), then run it."""
         try:
-            work, done = self._training_job()
+            work, done = make_job()
         except NapariSamError as exc:
             notify("error", f"napari-sam: {exc}")
             return
-        self._start(work, done, "fine-tuning")
+        self._start(work, done, what)
 
     def _training_job(self):
         from ..finetune.train import FinetuneSettings
@@ -227,12 +231,7 @@ class LearnWidget(QWidget):
 
     def find(self) -> None:
         """Segment the named classes on the chosen image with the tuned checkpoint."""
-        try:
-            work, done = self._find_job()
-        except NapariSamError as exc:
-            notify("error", f"napari-sam: {exc}")
-            return
-        self._start(work, done, "finding")
+        self._launch(self._find_job, "finding")
 
     def _find_job(self):
         from ..finetune.classes import load_class_head
