@@ -35,11 +35,15 @@ def widget(make_napari_viewer):
 
 
 def test_parameters_are_visible_and_follow_the_preset(widget):
-    """The tuned parameters are on screen and the preset sets their defaults."""
+    """The tuned parameters are on screen, the preset sets their defaults, and
+    the model's role (split-check or masks) follows its check box."""
     viewer, w, _ = widget
     assert w.image_combo.currentText() == "blobs"
     for spin in (w.density_spin, w.quality_spin, w.stability_spin, w.min_size_spin):
         assert spin.isVisibleTo(w)
+    assert w.split_check.isChecked() and w.settings().model_role == "split-check"
+    w.split_check.setChecked(False)  # the model's masks replace the blobs
+    assert w.settings().model_role == "masks"
     w.preset_combo.setCurrentText("ct")
     s = w.settings()
     assert s.proposals == "regions" and w.quality_spin.value() == pytest.approx(s.quality_threshold)

@@ -70,7 +70,8 @@ class AutoSegmentWidget(QWidget):
         self._apply_preset()
 
     # ------------------------------------------------------------------ UI
-    def _build_ui(self) -> None:
+    def _build_form(self) -> QFormLayout:
+        """The parameter fields users tune, in a form."""
         form = QFormLayout()
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("the image layer to segment")
@@ -104,6 +105,11 @@ class AutoSegmentWidget(QWidget):
         self.diameter_spin.setSpecialValueText("auto")
         self.diameter_spin.setToolTip("typical object diameter in pixels (auto: estimated from the image)")
         form.addRow("Object diameter", self.diameter_spin)
+        self.split_check = QCheckBox("keep blob outlines; the model splits touching ones")
+        self.split_check.setToolTip("blobs: the outlines found in the image are kept and the model, at zoom, "
+                                    "decides which touching blobs hold several objects (microscopy default); "
+                                    "unchecked, the model's masks replace the blobs")
+        form.addRow("", self.split_check)
         self.zoom_check = QCheckBox("zoom small objects")
         self.zoom_check.setToolTip("decode each proposal on a magnified crop: sharper outlines, one encoder run "
                                    "per crop (slower)")
@@ -119,7 +125,10 @@ class AutoSegmentWidget(QWidget):
         form.addRow("Halo", self.halo_spin)
         self.current_slice_check = QCheckBox("current slice only (3D)")
         form.addRow("", self.current_slice_check)
+        return form
 
+    def _build_ui(self) -> None:
+        form = self._build_form()
         self.run_button = QPushButton("Segment everything")
         self.run_button.setToolTip("find and segment every object of the image, in the background")
         self.run_button.clicked.connect(lambda _c=False: self.run())
@@ -176,6 +185,7 @@ class AutoSegmentWidget(QWidget):
         self.min_size_spin.setValue(s.min_size or 0)
         self.diameter_spin.setValue(s.object_diameter or 0.0)
         self.zoom_check.setChecked(s.zoom is not None)
+        self.split_check.setChecked(s.model_role == "split-check")
         self.tile_spin.setValue(int(s.tile_shape[0]))
         self.halo_spin.setValue(int(s.halo))
 
@@ -191,6 +201,7 @@ class AutoSegmentWidget(QWidget):
             "zoom": ZoomSettings() if self.zoom_check.isChecked() else None,
             "tile_shape": (self.tile_spin.value(), self.tile_spin.value()),
             "halo": self.halo_spin.value(),
+            "model_role": "split-check" if self.split_check.isChecked() else "masks",
         }
         if self.proposals_combo.currentText() != "preset":
             changes["proposals"] = self.proposals_combo.currentText()
