@@ -13,12 +13,11 @@ import time
 import numpy as np
 
 from common import dice, load_ct, simulate_clicks
-
 from napari_sam.embeddings import SliceEmbeddings
+from napari_sam.geometry import box_of_mask
 from napari_sam.intensity import parse_window
 from napari_sam.models.registry import load_model
 from napari_sam.predictor import SlicePredictor
-from napari_sam.geometry import box_of_mask
 
 
 def main() -> None:
@@ -32,10 +31,14 @@ def main() -> None:
     model = load_model("lite_medsam")
     emb = SliceEmbeddings(model, vol.array, parse_window("soft-tissue"), max_in_memory=64)
     pred = SlicePredictor(model)
-    print(f"{'structure':12s} {'slices':>6s} {'box Dice':>9s} {'NoC@85':>7s} {'1-click':>8s} {'ms/click':>9s}")
+    print(
+        f"{'structure':12s} {'slices':>6s} {'box Dice':>9s} {'NoC@85':>7s} {'1-click':>8s} {'ms/click':>9s}"
+    )
     for name in args.structures.split(","):
         lid = ids[name]
-        zs = [z for z in range(vol.shape[0]) if (labels[z] == lid).sum() >= args.min_pixels][:: args.every]
+        zs = [z for z in range(vol.shape[0]) if (labels[z] == lid).sum() >= args.min_pixels][
+            :: args.every
+        ]
         box_d, nocs, first, times = [], [], [], []
         for z in zs:
             gt = labels[z] == lid
@@ -46,8 +49,10 @@ def main() -> None:
             times.append((time.perf_counter() - t) / len(run.dices))
             nocs.append(run.clicks_to(0.85, cap=10))
             first.append(run.dices[0])
-        print(f"{name:12s} {len(zs):6d} {np.mean(box_d):9.4f} {np.mean(nocs):7.2f} {np.mean(first):8.3f} "
-              f"{statistics.median(times) * 1000:9.0f}")
+        print(
+            f"{name:12s} {len(zs):6d} {np.mean(box_d):9.4f} {np.mean(nocs):7.2f} {np.mean(first):8.3f} "
+            f"{statistics.median(times) * 1000:9.0f}"
+        )
 
 
 if __name__ == "__main__":

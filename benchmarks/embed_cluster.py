@@ -30,8 +30,23 @@ DATA = Path(os.environ.get("NAPARI_SAM_DATA", ROOT.parent / "shared" / "data"))
 def _embed(extra: list[str], cache: Path, slices: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "napari_sam.cli", "embed", str(DATA / "ct_abdomen_dicom" / "dicom"),
-                    "--slices", slices, "--cache-dir", str(cache), "--quiet", *extra], env=env, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_sam.cli",
+            "embed",
+            str(DATA / "ct_abdomen_dicom" / "dicom"),
+            "--slices",
+            slices,
+            "--cache-dir",
+            str(cache),
+            "--quiet",
+            *extra,
+        ],
+        env=env,
+        check=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -53,16 +68,25 @@ def main() -> None:
     n = b - a + 1
     print(f"{n} CT slices (512 x 512); load average at start: {os.getloadavg()}", flush=True)
     stored = []
-    for name, extra in (("one process", []), ("--workers 1", ["--workers", "1"]),
-                        ("--workers 2", ["--workers", "2"])):
+    for name, extra in (
+        ("one process", []),
+        ("--workers 1", ["--workers", "1"]),
+        ("--workers 2", ["--workers", "2"]),
+    ):
         cache = root / name.replace(" ", "_").strip("-")
         wall = _embed(extra, cache, args.slices)
         stored.append(_stored(cache))
-        print(f"{name}: wall {wall:.1f} s = {n / wall:.2f} slices/s; load {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"{name}: wall {wall:.1f} s = {n / wall:.2f} slices/s; load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
     print(f"same slices stored by all three: {all(np.array_equal(s, stored[0]) for s in stored)}")
     warm = _embed(["--workers", "2"], root / "workers_2", args.slices)
-    print(f"--workers 2 again, all cached (the fixed cost: cluster start, model loads, image read and hash): "
-          f"wall {warm:.1f} s; load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"--workers 2 again, all cached (the fixed cost: cluster start, model loads, image read and hash): "
+        f"wall {warm:.1f} s; load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch  # noqa: F401  (before anything that could import napari)
 import numpy as np
+import torch  # noqa: F401  (before anything that could import napari)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -37,7 +37,6 @@ from napari_sam.propagation import StopRules  # noqa: E402
 from napari_sam.segmentation import segment_volume  # noqa: E402
 from napari_sam.synthetic import nuclei_stack  # noqa: E402
 
-
 #: stop rules for nuclei (as tests/test_cells_interactive3d.py): stop where the intensity under the
 #: answer leaves the nucleus' own by one robust spread, bridge no slice; "ct": the defaults (tuned on CT)
 RULES = {"cells": StopRules(patience=0, max_intensity_shift=1.0, min_iou=0.5), "ct": StopRules()}
@@ -45,7 +44,9 @@ RULES = {"cells": StopRules(patience=0, max_intensity_shift=1.0, min_iou=0.5), "
 LARGE = {"shape": (31, 128, 128), "radius_um": (2.5, 3.5)}
 
 
-def run(model, contrast: float, seed: int, prompt: str, n_nuclei: int, large: bool, rules: str) -> dict:
+def run(
+    model, contrast: float, seed: int, prompt: str, n_nuclei: int, large: bool, rules: str
+) -> dict:
     s = nuclei_stack(contrast=contrast, seed=seed, **(LARGE if large else {}))
     vol = Volume(np.asarray(s.image), Geometry(spacing=tuple(reversed(s.spacing))), {})
     n = int(s.labels.max())
@@ -55,8 +56,13 @@ def run(model, contrast: float, seed: int, prompt: str, n_nuclei: int, large: bo
     res = segment_volume(vol, prompts, model, stop_rules=RULES[rules])
     wall = time.perf_counter() - t
     d = per_object_dice(res.labels, s.labels, ids)
-    spans = [(len(np.unique(np.nonzero(res.labels == i)[0])), len(np.unique(np.nonzero(s.labels == i)[0])))
-             for i in ids]
+    spans = [
+        (
+            len(np.unique(np.nonzero(res.labels == i)[0])),
+            len(np.unique(np.nonzero(s.labels == i)[0])),
+        )
+        for i in ids
+    ]
     return {"dice": d, "wall": wall, "n": len(d), "spans": spans}
 
 
@@ -66,13 +72,21 @@ def main() -> None:
     ap.add_argument("--seeds", default="40")
     ap.add_argument("--prompt", choices=["box", "click", "both"], default="both")
     ap.add_argument("--nuclei", type=int, default=20, help="nuclei prompted per stack")
-    ap.add_argument("--rules", choices=sorted(RULES), default="cells", help="propagation stop rules")
-    ap.add_argument("--large", action="store_true", help="31 x 128 x 128 stacks of 5-7 um nuclei (default: the "
-                    "issue's 31 x 61 x 57 stack, 2.8-4 um nuclei spanning 3-4 slices)")
+    ap.add_argument(
+        "--rules", choices=sorted(RULES), default="cells", help="propagation stop rules"
+    )
+    ap.add_argument(
+        "--large",
+        action="store_true",
+        help="31 x 128 x 128 stacks of 5-7 um nuclei (default: the "
+        "issue's 31 x 61 x 57 stack, 2.8-4 um nuclei spanning 3-4 slices)",
+    )
     args = ap.parse_args()
     model = load_model()
     kinds = ["box", "click"] if args.prompt == "both" else [args.prompt]
-    print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPU(s)")
+    print(
+        f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPU(s)"
+    )
     for kind in kinds:
         for c in (float(v) for v in args.contrasts.split(",")):
             dices, walls, short = [], [], 0
@@ -82,9 +96,12 @@ def main() -> None:
                 walls.append(r["wall"])
                 short += sum(got < want for got, want in r["spans"])
             d = np.asarray(dices)
-            print(f"{args.rules} rules, {kind:5s} contrast {c:.1f}:1  3D Dice per nucleus mean {d.mean():.3f} median {np.median(d):.3f}"
-                  f"  >= 0.7: {np.mean(d >= 0.7):.0%}  ({len(d)} nuclei; {short} cover fewer slices than the "
-                  f"truth)  [{np.sum(walls):.1f} s wall, loaded]", flush=True)
+            print(
+                f"{args.rules} rules, {kind:5s} contrast {c:.1f}:1  3D Dice per nucleus mean {d.mean():.3f} median {np.median(d):.3f}"
+                f"  >= 0.7: {np.mean(d >= 0.7):.0%}  ({len(d)} nuclei; {short} cover fewer slices than the "
+                f"truth)  [{np.sum(walls):.1f} s wall, loaded]",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

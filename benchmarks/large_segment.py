@@ -26,10 +26,19 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_SAM_DATA", ROOT.parent / "shared" / "data"))
-PROMPTS = {"window": [0, 600],
-           "objects": [{"id": 5, "name": "liver", "propagate": True, "range": [9, 11],
-                        "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}]},
-                       {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]}]}
+PROMPTS = {
+    "window": [0, 600],
+    "objects": [
+        {
+            "id": 5,
+            "name": "liver",
+            "propagate": True,
+            "range": [9, 11],
+            "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}],
+        },
+        {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]},
+    ],
+}
 SIDE = 512
 
 
@@ -47,7 +56,9 @@ def _run(args: list) -> tuple[float, float]:
     """(peak RSS MiB, wall s) of one ``napari-sam`` process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "napari_sam.cli", *map(str, args), "--quiet"], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_sam.cli", *map(str, args), "--quiet"], env=env
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {args}")
@@ -75,29 +86,70 @@ def main() -> None:
     sitk.WriteImage(img, str(root / "sub.nii.gz"))
     (root / "p.json").write_text(json.dumps(PROMPTS))
     print(f"load average at start: {os.getloadavg()}", flush=True)
-    peak, wall = _run(["segment", root / "sub.nii.gz", "--prompts", root / "p.json", "--output",
-                       root / "ref.nii.gz", "--cache-dir", root / "cache_ref"])
+    peak, wall = _run(
+        [
+            "segment",
+            root / "sub.nii.gz",
+            "--prompts",
+            root / "p.json",
+            "--output",
+            root / "ref.nii.gz",
+            "--cache-dir",
+            root / "cache_ref",
+        ]
+    )
     want = read_image(root / "ref.nii.gz").array
-    print(f"in memory, 20 slices ({sub.nbytes / 2**30:.2f} GiB): peak RSS {peak:.0f} MiB, wall {wall:.1f} s",
-          flush=True)
+    print(
+        f"in memory, 20 slices ({sub.nbytes / 2**30:.2f} GiB): peak RSS {peak:.0f} MiB, wall {wall:.1f} s",
+        flush=True,
+    )
     for n in (int(v) for v in args.slices.split(",")):
         k0 = (n - 20) // 2
         store = root / f"v{n}.ome.zarr"
         g = zarr.open_group(str(store), mode="w")
-        arr = g.create_array("0", shape=(n, SIDE, SIDE), chunks=(1, SIDE, SIDE), dtype="float64", fill_value=0.0)
-        arr[k0: k0 + 20] = sub
-        g.attrs["ome"] = {"version": "0.5", "multiscales": [{
-            "axes": [{"name": a, "type": "space", "unit": "millimeter"} for a in "zyx"],
-            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [3.0, 3.0, 3.0]}]}]}]}
+        arr = g.create_array(
+            "0", shape=(n, SIDE, SIDE), chunks=(1, SIDE, SIDE), dtype="float64", fill_value=0.0
+        )
+        arr[k0 : k0 + 20] = sub
+        g.attrs["ome"] = {
+            "version": "0.5",
+            "multiscales": [
+                {
+                    "axes": [{"name": a, "type": "space", "unit": "millimeter"} for a in "zyx"],
+                    "datasets": [
+                        {
+                            "path": "0",
+                            "coordinateTransformations": [
+                                {"type": "scale", "scale": [3.0, 3.0, 3.0]}
+                            ],
+                        }
+                    ],
+                }
+            ],
+        }
         (root / f"p{n}.json").write_text(json.dumps(_shifted(k0)))
-        peak, wall = _run(["segment", store, "--prompts", root / f"p{n}.json", "--output", root / f"o{n}.zarr",
-                           "--cache-dir", root / f"cache{n}"])
+        peak, wall = _run(
+            [
+                "segment",
+                store,
+                "--prompts",
+                root / f"p{n}.json",
+                "--output",
+                root / f"o{n}.zarr",
+                "--cache-dir",
+                root / f"cache{n}",
+            ]
+        )
         out = zarr.open_array(str(root / f"o{n}.zarr"), mode="r")
-        same = np.array_equal(out[k0: k0 + 20], want) and out.nchunks_initialized == sum(
-            1 for z in range(20) if want[z].any())
-        print(f"lazy, {n} slices ({arr.nbytes / 2**30:.2f} GiB image, {out.nbytes / 2**30:.2f} GiB labels): "
-              f"peak RSS {peak:.0f} MiB, wall {wall:.1f} s, labels as in memory: {same}; "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)
+        same = np.array_equal(out[k0 : k0 + 20], want) and out.nchunks_initialized == sum(
+            1 for z in range(20) if want[z].any()
+        )
+        print(
+            f"lazy, {n} slices ({arr.nbytes / 2**30:.2f} GiB image, {out.nbytes / 2**30:.2f} GiB labels): "
+            f"peak RSS {peak:.0f} MiB, wall {wall:.1f} s, labels as in memory: {same}; "
+            f"load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

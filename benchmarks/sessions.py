@@ -33,19 +33,35 @@ CT = ROOT.parent / "shared" / "data" / "ct_abdomen_dicom" / "dicom"
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cache-dir", default=None, help="embedding cache (a second run encodes nothing)")
+    ap.add_argument(
+        "--cache-dir", default=None, help="embedding cache (a second run encodes nothing)"
+    )
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     volume = read_image(CT)
     prompts = json.loads((ROOT / "examples" / "ct_abdomen_prompts.json").read_text())
-    prompts["objects"].append({"id": 5, "name": "vertebra T12", "propagate": True,
-                               "prompts": [{"slice": 10, "box": [310, 224, 380, 269]}]})
+    prompts["objects"].append(
+        {
+            "id": 5,
+            "name": "vertebra T12",
+            "propagate": True,
+            "prompts": [{"slice": 10, "box": [310, 224, 380, 269]}],
+        }
+    )
     backend = load_model()
     t0 = time.perf_counter()
-    result = segment_volume(volume, parse_prompts(prompts), backend, embeddings_for=lambda w, a: SliceEmbeddings(
-        backend, volume.array, w, a, cache_dir=args.cache_dir))
-    print(f"replayed 5 objects in {time.perf_counter() - t0:.1f} s; labelled voxels "
-          f"{int((result.labels > 0).sum())}")
+    result = segment_volume(
+        volume,
+        parse_prompts(prompts),
+        backend,
+        embeddings_for=lambda w, a: SliceEmbeddings(
+            backend, volume.array, w, a, cache_dir=args.cache_dir
+        ),
+    )
+    print(
+        f"replayed 5 objects in {time.perf_counter() - t0:.1f} s; labelled voxels "
+        f"{int((result.labels > 0).sum())}"
+    )
     model = result.annotation
     image = ImageRef.of(volume.array, CT)
     saves, opens, records = [], [], []
@@ -65,10 +81,14 @@ def main() -> None:
             journal.close()
         size = sum(p.stat().st_size for p in folder.iterdir())
         files = {p.name: p.stat().st_size for p in folder.iterdir()}
-    print(f"session size on disk: {size / 2**20:.2f} MiB ({', '.join(f'{k} {v / 1024:.0f} KiB' for k, v in files.items())})")
-    print(f"save: median {statistics.median(saves):.2f} s; open (with the image check): median "
-          f"{statistics.median(opens):.2f} s; journal snapshot on the caller's thread: median "
-          f"{statistics.median(records) * 1000:.0f} ms ({args.repeat} runs)")
+    print(
+        f"session size on disk: {size / 2**20:.2f} MiB ({', '.join(f'{k} {v / 1024:.0f} KiB' for k, v in files.items())})"
+    )
+    print(
+        f"save: median {statistics.median(saves):.2f} s; open (with the image check): median "
+        f"{statistics.median(opens):.2f} s; journal snapshot on the caller's thread: median "
+        f"{statistics.median(records) * 1000:.0f} ms ({args.repeat} runs)"
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from common import dice, load_ct  # noqa: F401  (puts src/ on sys.path)
-
 from napari_sam.intensity import parse_window
 from napari_sam.models.base import Embedding, to_model_input
 from napari_sam.models.registry import load_model
@@ -40,8 +39,12 @@ WINDOW = "-160,240"
 LIVER = 5
 
 
-def interleaved(fns: list[Callable[[], object]], repeats: int,
-                clock: Callable[[], float] = time.perf_counter, threads: int | None = None) -> list[float]:
+def interleaved(
+    fns: list[Callable[[], object]],
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+    threads: int | None = None,
+) -> list[float]:
     """Median seconds of each function, run in turns so that all see the same load.
 
     clock: ``time.perf_counter`` (wall) or ``time.thread_time`` (this thread's CPU time,
@@ -99,7 +102,9 @@ def propagation_order(z0: int, n: int) -> list[int]:
     return list(range(z0, n)) + list(range(z0 - 1, -1, -1))
 
 
-def propagate(masks_out: dict, z0: int, n: int, box0, decode_at: Callable[[int, tuple], np.ndarray]) -> None:
+def propagate(
+    masks_out: dict, z0: int, n: int, box0, decode_at: Callable[[int, tuple], np.ndarray]
+) -> None:
     """Slice-by-slice box propagation: up from z0, then down; stops on an empty mask."""
     for direction in (1, -1):
         z, box = (z0, box0) if direction == 1 else (z0 - 1, bbox(masks_out[z0]))
@@ -110,12 +115,17 @@ def propagate(masks_out: dict, z0: int, n: int, box0, decode_at: Callable[[int, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--volume-repeats", type=int, default=3)
     ap.add_argument("--only", default="encoder,decoder,volume,propagation,threads")
-    ap.add_argument("--precisions", default="fp32,bf16",
-                    help="encoder precisions of ours for the encoder and volume rows (decoder: fp32)")
+    ap.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help="encoder precisions of ours for the encoder and volume rows (decoder: fp32)",
+    )
     args = ap.parse_args()
     parts = set(args.only.split(","))
 
@@ -126,7 +136,9 @@ def main() -> None:
     image = window.apply(vol.array[z0])
     ours = load_model("lite_medsam", precision="fp32")
     precisions = args.precisions.split(",")
-    variants = {p: ours if p == "fp32" else load_model("lite_medsam", precision=p) for p in precisions}
+    variants = {
+        p: ours if p == "fp32" else load_model("lite_medsam", precision=p) for p in precisions
+    }
     ref = Reference()
     box0 = bbox(labels[z0] == LIVER)
     rows: list[tuple[str, float, float, str]] = []
@@ -134,10 +146,16 @@ def main() -> None:
     def add_row(name: str, o: float, r: float, unit: str) -> None:
         rows.append((name, o, r, unit))
         k = 1000 if unit == "ms" else 1
-        print(f"{name}: ours {o * k:.3f} {unit}, reference {r * k:.3f} {unit}, ratio {o / r:.2f}x", flush=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; slice {image.shape}")
+        print(
+            f"{name}: ours {o * k:.3f} {unit}, reference {r * k:.3f} {unit}, ratio {o / r:.2f}x",
+            flush=True,
+        )
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; slice {image.shape}"
+    )
 
     if "encoder" in parts:
         fns = [lambda m=m: (m.forget_recent(), m.embed(image)) for m in variants.values()]
@@ -150,34 +168,57 @@ def main() -> None:
         feats, input_size = ref.embed(image)
         boxes = np.array([box0], np.float32)
         with torch.inference_mode():
-            o, r = interleaved([lambda: ours.decode(emb, boxes_rc=boxes).masks,
-                                lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 3)
+            o, r = interleaved(
+                [
+                    lambda: ours.decode(emb, boxes_rc=boxes).masks,
+                    lambda: ref.decode(feats, input_size, box0, image.shape),
+                ],
+                args.repeats * 3,
+            )
         add_row("decoder + upsampling / prompt", o, r, "ms")
         # each model alone, prompt after prompt on its slice, as a user's session runs it
         # (interleaving the two models above makes each evict the other's memory from the caches)
         with torch.inference_mode():
             [o] = interleaved([lambda: ours.decode(emb, boxes_rc=boxes).masks], args.repeats * 5)
-            [r] = interleaved([lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 5)
+            [r] = interleaved(
+                [lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 5
+            )
         add_row("decoder + upsampling / prompt, each alone", o, r, "ms")
 
         def fresh():  # the same embedding as a new object: the decoder's per-embedding work is redone
-            return Embedding(features=emb.features.clone(), original_size=emb.original_size,
-                             input_size=emb.input_size, model=emb.model)
+            return Embedding(
+                features=emb.features.clone(),
+                original_size=emb.original_size,
+                input_size=emb.input_size,
+                model=emb.model,
+            )
 
         with torch.inference_mode():
-            o, r = interleaved([lambda: ours.decode(fresh(), boxes_rc=boxes).masks,
-                                lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 3)
+            o, r = interleaved(
+                [
+                    lambda: ours.decode(fresh(), boxes_rc=boxes).masks,
+                    lambda: ref.decode(feats, input_size, box0, image.shape),
+                ],
+                args.repeats * 3,
+            )
         add_row("decoder, first prompt on an embedding", o, r, "ms")
         with torch.inference_mode():
-            o, r = interleaved([lambda: ours.decode(emb, boxes_rc=boxes).masks,
-                                lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 3,
-                               clock=time.thread_time, threads=1)
+            o, r = interleaved(
+                [
+                    lambda: ours.decode(emb, boxes_rc=boxes).masks,
+                    lambda: ref.decode(feats, input_size, box0, image.shape),
+                ],
+                args.repeats * 3,
+                clock=time.thread_time,
+                threads=1,
+            )
         add_row("decoder / prompt, 1 thread, CPU time", o, r, "ms")
         m_o = ours.decode(emb, boxes_rc=boxes).masks[0, 0]
         m_r = ref.decode(feats, input_size, box0, image.shape)
         print(f"decoder: liver mask Dice ours vs reference {dice(m_o, m_r):.5f}", flush=True)
 
     if "volume" in parts:
+
         def ours_volume(m):
             m.forget_recent()
             return list(m.embed_many(window.apply(vol.array[z]) for z in range(n)))
@@ -197,7 +238,9 @@ def main() -> None:
 
         def ours_propagation():
             ours.forget_recent()
-            stream = ours.embed_many(window.apply(vol.array[z]) for z in order)  # read ahead, in order
+            stream = ours.embed_many(
+                window.apply(vol.array[z]) for z in order
+            )  # read ahead, in order
             embs: dict[int, object] = {}
 
             def decode_at(z, box):
@@ -223,8 +266,10 @@ def main() -> None:
         common_z = sorted(set(result_o) & set(result_r))
         d = [dice(result_o[z], result_r[z]) for z in common_z]
         gt = [dice(result_o[z], labels[z] == LIVER) for z in common_z]
-        print(f"propagation: slices ours {len(result_o)}, reference {len(result_r)}; "
-              f"Dice ours vs reference min {min(d):.4f}; ours vs ground truth mean {np.mean(gt):.3f}")
+        print(
+            f"propagation: slices ours {len(result_o)}, reference {len(result_r)}; "
+            f"Dice ours vs reference min {min(d):.4f}; ours vs ground truth mean {np.mean(gt):.3f}"
+        )
 
     print(f"\n{'':36s} {'ours':>9s} {'reference':>10s} {'ratio':>7s}")
     for name, o, r, unit in rows:
@@ -235,7 +280,9 @@ def main() -> None:
         slices = [window.apply(vol.array[z]) for z in range(0, n, 3)]
         cores = os.cpu_count() or 1
         default = torch.get_num_threads()
-        print(f"\nslices/s against threads ({len(slices)} slices each, medians of {args.volume_repeats})")
+        print(
+            f"\nslices/s against threads ({len(slices)} slices each, medians of {args.volume_repeats})"
+        )
         configs = []
         for t in sorted({1, 2, cores} - {0}):
             if t > cores:
@@ -255,8 +302,10 @@ def main() -> None:
                 torch.set_num_threads(t)
                 [ref.embed(s) for s in slices]
 
-            configs += [(f"ours, {t} operator threads", ours_intra),
-                        (f"reference, {t} operator threads", ref_intra)]
+            configs += [
+                (f"ours, {t} operator threads", ours_intra),
+                (f"reference, {t} operator threads", ref_intra),
+            ]
             if t > 1:
                 configs.append((f"ours, {t} slice workers x 1 thread", ours_workers))
         times = interleaved([c[1] for c in configs], args.volume_repeats)

@@ -17,12 +17,10 @@ import argparse
 import statistics
 import time
 
+import numpy as np  # noqa: E402
 import torch  # before anything that may import napari
 
 from common import dice, load_ct  # noqa: F401  (puts src/ on sys.path)
-
-import numpy as np  # noqa: E402
-
 from napari_sam.cache import content_hash  # noqa: E402
 from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.finetune.classes import grid_labels, teach  # noqa: E402
@@ -49,11 +47,17 @@ def taught(backend, emb, labels, names, method):
 def run(method, backend, vol, labels, names, emb, sub_emb):
     head, covered, secs = taught(backend, emb, labels, names, method)
     test_ids = [i for i in covered if (labels[list(TEST)] == i).sum() >= 1000]
-    sub = Volume(vol.array[TEST.start:TEST.stop], vol.geometry, dict(vol.metadata))
-    doc, found = text_prompts_file(head, [names[i] for i in test_ids], [sub_emb.get(z) for z in range(10)],
-                                   backend.image_size, propagate=True, warn=print)
+    sub = Volume(vol.array[TEST.start : TEST.stop], vol.geometry, dict(vol.metadata))
+    doc, found = text_prompts_file(
+        head,
+        [names[i] for i in test_ids],
+        [sub_emb.get(z) for z in range(10)],
+        backend.image_size,
+        propagate=True,
+        warn=print,
+    )
     result = segment_volume(sub, parse_prompts(doc), backend, embeddings_for=lambda w, a: sub_emb)
-    gt = labels[TEST.start:TEST.stop]
+    gt = labels[TEST.start : TEST.stop]
     by_name = {n: i for i, n in names.items()}
     scores, confusions = {}, []
     for oid, name in result.names.items():
@@ -67,14 +71,18 @@ def run(method, backend, vol, labels, names, emb, sub_emb):
     missing = [names[i] for i in test_ids if names[i] not in scores]
     for name in missing:
         scores[name] = 0.0
-    print(f"\n== {method}: taught {len(covered)} classes from slices 0-9 in {secs:.1f} s; "
-          f"{len(test_ids)} classes on slices 10-19 (>= 1000 voxels)")
+    print(
+        f"\n== {method}: taught {len(covered)} classes from slices 0-9 in {secs:.1f} s; "
+        f"{len(test_ids)} classes on slices 10-19 (>= 1000 voxels)"
+    )
     for name in sorted(scores, key=lambda n: -scores[n]):
         f = next((f for f in found if f.name == name), None)
         where = f"slice {f.slice + 10}, conf {f.confidence:.2f}" if f else "not found"
         print(f"  {name:32s} Dice {scores[name]:.3f}  ({where})")
     vals = list(scores.values())
-    print(f"  mean Dice {np.mean(vals):.3f}, median {statistics.median(vals):.3f}; not found: {missing or 'none'}")
+    print(
+        f"  mean Dice {np.mean(vals):.3f}, median {statistics.median(vals):.3f}; not found: {missing or 'none'}"
+    )
     print(f"  confused (found object overlaps another structure most): {confusions or 'none'}")
 
 
@@ -86,11 +94,16 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     vol, labels, names = load_ct()
     backend = load_model()
-    win = resolve_window(vol.array, None, vol.metadata.get("modality"), vol.metadata.get("dicom_window"))
-    emb = SliceEmbeddings(backend, vol.array, win, 0, cache_dir=args.cache_dir,
-                          image_hash=content_hash(vol.array))
-    sub_arr = np.ascontiguousarray(vol.array[TEST.start:TEST.stop])
-    sub_emb = SliceEmbeddings(backend, sub_arr, win, 0, cache_dir=args.cache_dir, image_hash=content_hash(sub_arr))
+    win = resolve_window(
+        vol.array, None, vol.metadata.get("modality"), vol.metadata.get("dicom_window")
+    )
+    emb = SliceEmbeddings(
+        backend, vol.array, win, 0, cache_dir=args.cache_dir, image_hash=content_hash(vol.array)
+    )
+    sub_arr = np.ascontiguousarray(vol.array[TEST.start : TEST.stop])
+    sub_emb = SliceEmbeddings(
+        backend, sub_arr, win, 0, cache_dir=args.cache_dir, image_hash=content_hash(sub_arr)
+    )
     for method in args.methods.split(","):
         run(method.strip(), backend, vol, labels, names, emb, sub_emb)
 

@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
 
 import numpy as np  # noqa: E402
+from make_screenshots import pump, settle  # noqa: E402
 
 from common import deepest_point, load_ct, shared_data_dir  # noqa: E402
-from make_screenshots import pump, settle  # noqa: E402
 
 OUT = ROOT / "docs"
 
@@ -46,7 +46,9 @@ def main() -> None:
     k = int(np.argmax(spleen.sum(axis=(1, 2))))
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1500, 1000)
-    [image] = viewer.open(str(shared_data_dir() / "ct_abdomen_dicom" / "dicom"), plugin="napari-sam")
+    [image] = viewer.open(
+        str(shared_data_dir() / "ct_abdomen_dicom" / "dicom"), plugin="napari-sam"
+    )
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment Anything")
     viewer.dims.set_point(0, image.data_to_world((k, 0, 0))[0])
@@ -66,8 +68,12 @@ def main() -> None:
     s.points.mode = "add"
     ev = dict(button=1, dims_displayed=[1, 2], view_direction=[1.0, 0, 0])
     n = s.previews_shown
-    mouse_press_callbacks(s.points, read_only_mouse_event(type="mouse_press", position=tuple(w), **ev))
-    mouse_release_callbacks(s.points, read_only_mouse_event(type="mouse_release", position=tuple(w), **ev))
+    mouse_press_callbacks(
+        s.points, read_only_mouse_event(type="mouse_press", position=tuple(w), **ev)
+    )
+    mouse_release_callbacks(
+        s.points, read_only_mouse_event(type="mouse_release", position=tuple(w), **ev)
+    )
     pump(lambda: s.previews_shown > n)
     settle(0.8)
     shoot("napari_candidates.png")
@@ -81,8 +87,12 @@ def main() -> None:
     shoot("napari_propagating.png")
     pump(lambda: not s.propagating)
     settle(0.5)
-    dlg = QFileDialog(widget, "Save labels", str(default_export_path(image.name).parent),
-                      "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)")
+    dlg = QFileDialog(
+        widget,
+        "Save labels",
+        str(default_export_path(image.name).parent),
+        "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)",
+    )
     dlg.setOption(QFileDialog.DontUseNativeDialog, True)
     dlg.setAcceptMode(QFileDialog.AcceptSave)
     dlg.selectFile(default_export_path(image.name).name)

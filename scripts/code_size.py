@@ -29,10 +29,14 @@ def main() -> None:
     modules, functions = sizes(root)
     big = {k: v for k, v in modules.items() if v > 500}
     long = {k: v for k, v in functions.items() if v > 60}
-    print(f"modules: {len(modules)}, lines: {sum(modules.values())}, "
-          f"median module {statistics.median(modules.values()):.0f} lines, largest {max(modules.values())}")
-    print(f"functions: {len(functions)}, median {statistics.median(functions.values()):.0f} lines, "
-          f"longest {max(functions.values())}")
+    print(
+        f"modules: {len(modules)}, lines: {sum(modules.values())}, "
+        f"median module {statistics.median(modules.values()):.0f} lines, largest {max(modules.values())}"
+    )
+    print(
+        f"functions: {len(functions)}, median {statistics.median(functions.values()):.0f} lines, "
+        f"longest {max(functions.values())}"
+    )
     print(f"modules over 500 lines: {len(big)}")
     for k, v in sorted(big.items(), key=lambda kv: -kv[1]):
         print(f"  {v:5d}  {k}")

@@ -12,14 +12,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_annotation import SlowBackend  # noqa: E402
-from test_sessions import finished_actions, scene_volume  # noqa: E402
-
 from napari_sam.annotation import ImageRef, Journal  # noqa: E402
 from napari_sam.annotation.sessions import recovery_folder  # noqa: E402
 from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.intensity import Window  # noqa: E402
 from napari_sam.propagation import Propagator  # noqa: E402
+from test_annotation import SlowBackend  # noqa: E402
+from test_sessions import finished_actions, scene_volume  # noqa: E402
 
 
 class VerySlowBackend(SlowBackend):

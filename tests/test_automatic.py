@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_blob_backend import FakeBlobBackend, SilentBackend, blob_image
 
-from napari_sam.automatic import (AutomaticSegmenter, AutoSettings, Candidate, estimate_object_diameter,
-                                  estimate_polarity, link_slices, non_max_suppression, point_grid, resolve_overlaps,
-                                  structure_proposals)
+from fake_blob_backend import FakeBlobBackend, SilentBackend, blob_image
+from napari_sam.automatic import (
+    AutomaticSegmenter,
+    AutoSettings,
+    Candidate,
+    estimate_object_diameter,
+    estimate_polarity,
+    link_slices,
+    non_max_suppression,
+    point_grid,
+    resolve_overlaps,
+    structure_proposals,
+)
 from napari_sam.errors import InputError
-from napari_sam.jobs import Cancel, Cancelled, Progress
 from napari_sam.evaluation import iou_matrix, match_instances
+from napari_sam.jobs import Cancel, Cancelled, Progress
 
 
 # ----------------------------------------------------------------------------- image structure
@@ -54,13 +63,24 @@ def test_settings_are_validated_with_actionable_errors():
     with pytest.raises(InputError, match="halo"):
         AutoSettings(tile_shape=(64, 64), halo=40)
     with pytest.raises(InputError, match="point-grid"):
-        AutomaticSegmenter(FakeBlobBackend(), AutoSettings(proposals="point-grid")).segment(np.zeros((32, 32)))
+        AutomaticSegmenter(FakeBlobBackend(), AutoSettings(proposals="point-grid")).segment(
+            np.zeros((32, 32))
+        )
 
 
 # ----------------------------------------------------------------------------- NMS and overlaps
-def _cand(mask: np.ndarray, score: float, top: int = 0, left: int = 0, logit: float = 4.0) -> Candidate:
-    return Candidate(top=top, left=left, logits=np.where(mask, logit, -logit).astype(np.float32), score=score,
-                     stability=0.9, box_iou=0.9, prompt=0)
+def _cand(
+    mask: np.ndarray, score: float, top: int = 0, left: int = 0, logit: float = 4.0
+) -> Candidate:
+    return Candidate(
+        top=top,
+        left=left,
+        logits=np.where(mask, logit, -logit).astype(np.float32),
+        score=score,
+        stability=0.9,
+        box_iou=0.9,
+        prompt=0,
+    )
 
 
 def test_nms_drops_duplicates_parts_and_groups():
@@ -74,8 +94,9 @@ def test_nms_drops_duplicates_parts_and_groups():
     part = np.zeros((40, 40), bool)
     part[8:15, 8:15] = True  # inside a
     group = a | b  # a and b together
-    kept = non_max_suppression([_cand(a, 0.9), _cand(b, 0.9), _cand(dup, 0.8), _cand(part, 0.7),
-                                _cand(group, 0.6)], 0.5)
+    kept = non_max_suppression(
+        [_cand(a, 0.9), _cand(b, 0.9), _cand(dup, 0.8), _cand(part, 0.7), _cand(group, 0.6)], 0.5
+    )
     assert [c.score for c in kept] == [0.9, 0.9]
     # a group that ranks higher than its parts wins instead
     kept = non_max_suppression([_cand(group, 0.99), _cand(a, 0.5), _cand(b, 0.5)], 0.5)
@@ -134,14 +155,17 @@ def test_zoomed_automatic_mode_embeds_crops_and_caches_them():
     encoder runs), cached, so a second run encodes nothing and gives the same
     labels."""
     img, lab = blob_image((256, 256), radius=5.0, touching_pair=False)
+    from napari_sam.embeddings import CropEmbeddings
     from napari_sam.zoom import ZoomSettings
 
-    from napari_sam.embeddings import CropEmbeddings
-
     backend = FakeBlobBackend(image_size=64)
-    seg = AutomaticSegmenter(backend, AutoSettings.for_microscopy(zoom=ZoomSettings(min_crop=32), model_role="masks",
-                                                                  keep_unanswered=False),
-                             embeddings=CropEmbeddings(backend, max_in_memory=1000))
+    seg = AutomaticSegmenter(
+        backend,
+        AutoSettings.for_microscopy(
+            zoom=ZoomSettings(min_crop=32), model_role="masks", keep_unanswered=False
+        ),
+        embeddings=CropEmbeddings(backend, max_in_memory=1000),
+    )
     res = seg.segment(img)
     assert res.encoder_calls > 1
     assert match_instances(res.labels, lab).f1 >= 0.95
@@ -155,7 +179,9 @@ def test_progress_and_cancel():
     token set mid-run (here: at the first decoding step) stops it there."""
     img, _ = blob_image((128, 128))
     events: list[Progress] = []
-    seg = AutomaticSegmenter(FakeBlobBackend(), AutoSettings.for_microscopy(batch_size=2, model_role="masks"))
+    seg = AutomaticSegmenter(
+        FakeBlobBackend(), AutoSettings.for_microscopy(batch_size=2, model_role="masks")
+    )
     seg.segment(img, progress=events.append)
     assert any("decoding" in e.stage for e in events) and events[-1].stage == "done"
     assert all(isinstance(e.done, int) and 0 <= e.done <= e.total for e in events)
@@ -187,7 +213,7 @@ def test_link_slices_starts_new_ids_for_new_objects():
     """Linking: a moved object keeps its id, an object that appears gets a new one."""
     a = np.zeros((3, 20, 20), np.int32)
     a[0, 2:8, 2:8] = 5
-    a[1, 2:8, 3:9] = 9   # same object, moved
+    a[1, 2:8, 3:9] = 9  # same object, moved
     a[1, 12:18, 12:18] = 4  # a new one
     a[2, 12:18, 12:18] = 1
     out = link_slices(a)
@@ -258,9 +284,13 @@ def test_blobs_the_model_left_unanswered_are_kept_below_model_masks():
     regions[25:35, 20:30] = 2
     answer = np.full((12, 12), -3.0, np.float32)
     answer[1:11, 1:11] = 4.0  # the model's mask of blob 1 (slightly different outline)
-    kept = [Candidate(top=4, left=4, logits=answer, score=0.9, stability=0.9, box_iou=0.9, prompt=0)]
+    kept = [
+        Candidate(top=4, left=4, logits=answer, score=0.9, stability=0.9, box_iou=0.9, prompt=0)
+    ]
     extra = unanswered_regions(regions, kept)
     assert [c.prompt for c in extra] == [1]
-    assert np.array_equal(extra[0].mask, regions[25:35, 20:30] == 2) and extra[0].rank < kept[0].rank
+    assert (
+        np.array_equal(extra[0].mask, regions[25:35, 20:30] == 2) and extra[0].rank < kept[0].rank
+    )
     assert unanswered_regions(regions, kept + extra) == []
     assert non_max_suppression(kept + extra, 0.5)[0] is kept[0]

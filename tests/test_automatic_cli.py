@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import tifffile
-from fake_blob_backend import FakeBlobBackend, blob_image, touching_pairs_image
 
+from fake_blob_backend import FakeBlobBackend, blob_image, touching_pairs_image
 from napari_sam.cli import main
 from napari_sam.evaluation import match_instances
 
@@ -42,7 +42,11 @@ def test_auto_2d_tiff_with_the_embedded_model(tmp_path: Path, data_dir: Path, ca
     s = match_instances(labels, lab)
     assert s.f1 >= 0.7, s.summary()
     side = json.loads(out.with_suffix(".json").read_text())
-    assert side["mode"] == "automatic" and side["preset"] == "microscopy" and side["model"] == "lite_medsam"
+    assert (
+        side["mode"] == "automatic"
+        and side["preset"] == "microscopy"
+        and side["model"] == "lite_medsam"
+    )
     err = capsys.readouterr().err
     assert "wrote" in err and "object(s)" in err
 
@@ -54,8 +58,21 @@ def test_auto_2d_nifti_and_tiling_options(tmp_path: Path, fake_model):
     src = tmp_path / "blobs.tif"
     tifffile.imwrite(src, (img * 1000).astype(np.uint16))
     out = tmp_path / "blobs_labels.nii.gz"
-    rc = main(["auto", str(src), "--output", str(out), "--tile-shape", "128,128", "--halo", "24", "--quiet",
-               "--model-role", "masks"])
+    rc = main(
+        [
+            "auto",
+            str(src),
+            "--output",
+            str(out),
+            "--tile-shape",
+            "128,128",
+            "--halo",
+            "24",
+            "--quiet",
+            "--model-role",
+            "masks",
+        ]
+    )
     assert rc == 0
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert arr.shape == (1, 300, 260)
@@ -100,12 +117,15 @@ def test_auto_3d_keeps_the_source_geometry(tmp_path: Path, fake_model):
     assert rc == 2 and not (tmp_path / "x.tif").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--tile-shape", "abc"], "--tile-shape"),
-    (["--tile-shape", "64,64", "--halo", "40"], "halo"),
-    (["--quality", "3"], "quality threshold"),
-    (["--proposals", "point-grid"], "point-grid"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tile-shape", "abc"], "--tile-shape"),
+        (["--tile-shape", "64,64", "--halo", "40"], "halo"),
+        (["--quality", "3"], "quality threshold"),
+        (["--proposals", "point-grid"], "point-grid"),
+    ],
+)
 def test_auto_errors_are_one_line(tmp_path: Path, fake_model, capsys, args, message):
     img, _ = blob_image((64, 64))
     src = tmp_path / "b.tif"
@@ -135,8 +155,19 @@ def test_auto_reruns_from_the_tile_embedding_cache(tmp_path: Path, fake_model):
     src = tmp_path / "blobs.tif"
     tifffile.imwrite(src, (img * 1000).astype(np.uint16))
     cache = tmp_path / "cache"
-    args = ["auto", str(src), "--tile-shape", "128,128", "--halo", "24", "--quiet", "--cache-dir", str(cache),
-            "--model-role", "masks"]
+    args = [
+        "auto",
+        str(src),
+        "--tile-shape",
+        "128,128",
+        "--halo",
+        "24",
+        "--quiet",
+        "--cache-dir",
+        str(cache),
+        "--model-role",
+        "masks",
+    ]
     assert main(args + ["--output", str(tmp_path / "a.tif")]) == 0
     cold = fake_model.embed_calls
     assert cold > 1 and any(cache.iterdir())
@@ -155,16 +186,25 @@ def test_auto_3d_tiff_stack_with_imagej_spacing(tmp_path: Path, fake_model):
 
     s = nuclei_stack(contrast=1.5, seed=31)
     src = tmp_path / "stack.tif"
-    tifffile.imwrite(src, s.image, imagej=True, resolution=(1 / s.spacing[2], 1 / s.spacing[1]),
-                     metadata={"spacing": s.spacing[0], "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        src,
+        s.image,
+        imagej=True,
+        resolution=(1 / s.spacing[2], 1 / s.spacing[1]),
+        metadata={"spacing": s.spacing[0], "unit": "um", "axes": "ZYX"},
+    )
     out = tmp_path / "labels.tif"
     assert main(["auto", str(src), "--output", str(out)]) == 0
     labels = tifffile.imread(out)
     assert labels.shape == s.image.shape
     assert match_instances(labels, s.labels).f1 >= 0.8
     side = json.loads(out.with_suffix(".json").read_text())
-    assert side["spacing_zyx"] == pytest.approx(list(s.spacing)) and side["design"] == "3d-proposals"
-    assert main(["auto", str(src), "--output", str(out), "--overwrite", "--spacing", "2,0.5,0.5"]) == 0
+    assert (
+        side["spacing_zyx"] == pytest.approx(list(s.spacing)) and side["design"] == "3d-proposals"
+    )
+    assert (
+        main(["auto", str(src), "--output", str(out), "--overwrite", "--spacing", "2,0.5,0.5"]) == 0
+    )
     assert json.loads(out.with_suffix(".json").read_text())["spacing_zyx"] == [2.0, 0.5, 0.5]
     bad = tmp_path / "bad.tif"
     assert main(["auto", str(src), "--output", str(bad), "--spacing", "1,x"]) == 2

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_blob_backend import FakeBlobBackend, SilentBackend, blob_image, touching_pairs_image
 
+from fake_blob_backend import FakeBlobBackend, SilentBackend, blob_image, touching_pairs_image
 from napari_sam.automatic import AutomaticSegmenter, AutoSettings, structure_proposals
 from napari_sam.automatic.mosaic import MosaicAnswer, MosaicRequest, decode_in_mosaics
 from napari_sam.automatic.split_check import apply_splits, judge_split, split_requests
@@ -37,7 +37,7 @@ def test_concavity_cut_separates_two_touching_nuclei_and_leaves_a_convex_one():
     assert len(hyps) == 1 and hyps[0].n_parts == 2
     parts = np.zeros((60, 60), np.int32)
     h = hyps[0]
-    parts[h.top: h.top + h.parts.shape[0], h.left: h.left + h.parts.shape[1]] = h.parts
+    parts[h.top : h.top + h.parts.shape[0], h.left : h.left + h.parts.shape[1]] = h.parts
     truth = np.where(a, 1, np.where(b, 2, 0))
     assert match_instances(parts, truth, 0.85).f1 == 1.0
     assert split_hypotheses(single, diameter=20.0, min_size=60, min_score=0.15) == []
@@ -68,9 +68,11 @@ def test_a_cut_is_kept_only_when_the_model_answers_every_part_as_an_object():
     h = SplitHypothesis(region=1, top=10, left=10, parts=parts, score=0.5)
     req = split_requests([h], crop_scale=1.5)[0]
     on_crop = np.zeros((req.side, req.side), np.int32)
-    on_crop[10 - req.top: 30 - req.top, 10 - req.left: 50 - req.left] = parts
+    on_crop[10 - req.top : 30 - req.top, 10 - req.left : 50 - req.left] = parts
     good = judge_split(h, req, _answer(on_crop, [0.9, 0.85, 0.8], True), quality=0.7, min_iou=0.4)
-    doubtful = judge_split(h, req, _answer(on_crop, [0.9, 0.85, 0.5], True), quality=0.7, min_iou=0.4)
+    doubtful = judge_split(
+        h, req, _answer(on_crop, [0.9, 0.85, 0.5], True), quality=0.7, min_iou=0.4
+    )
     empty = judge_split(h, req, _answer(on_crop, [0.9, 0.85, 0.8], False), quality=0.7, min_iou=0.4)
     assert good.accepted and not doubtful.accepted and not empty.accepted
     out = apply_splits(regions, [h, h, h], [good, doubtful, empty])
@@ -86,7 +88,9 @@ def test_mosaic_crops_come_back_where_they_were_taken():
     for i in (1, 2, 5, 7):
         rows, cols = np.nonzero(lab == i)
         box = np.array([[rows.min(), cols.min(), rows.max(), cols.max()]], np.float32)
-        reqs.append(MosaicRequest(0, int(rows.min()) - 6, int(cols.min()) - 6, int(np.ptp(rows)) + 13, box))
+        reqs.append(
+            MosaicRequest(0, int(rows.min()) - 6, int(cols.min()) - 6, int(np.ptp(rows)) + 13, box)
+        )
     backend = FakeBlobBackend(image_size=128)
     four = decode_in_mosaics(backend, [img], reqs, per_side=2)
     one = decode_in_mosaics(backend, [img], reqs, per_side=1)
@@ -95,7 +99,10 @@ def test_mosaic_crops_come_back_where_they_were_taken():
         truth = (lab == i)[req.slices]
         m = a.logits[0] > 0
         assert np.logical_and(m, truth).sum() / np.logical_or(m, truth).sum() >= 0.8
-        assert np.logical_and(m, b.logits[0] > 0).sum() / np.logical_or(m, b.logits[0] > 0).sum() >= 0.8
+        assert (
+            np.logical_and(m, b.logits[0] > 0).sum() / np.logical_or(m, b.logits[0] > 0).sum()
+            >= 0.8
+        )
 
 
 def test_split_check_splits_touching_pairs_only_with_the_models_answers():

@@ -16,7 +16,6 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from fake_blob_backend import FakeBlobBackend, blob_image, touching_pairs_image  # noqa: E402
-
 from napari_sam.evaluation import match_instances  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -28,7 +27,9 @@ def widget(make_napari_viewer):
 
     viewer = make_napari_viewer()
     img, lab = touching_pairs_image()
-    viewer.add_image(img, name="blobs", scale=(0.5, 0.5), translate=(3.0, 4.0), contrast_limits=(0.0, 1.0))
+    viewer.add_image(
+        img, name="blobs", scale=(0.5, 0.5), translate=(3.0, 4.0), contrast_limits=(0.0, 1.0)
+    )
     w = AutoSegmentWidget(viewer, backend=FakeBlobBackend())
     viewer.window.add_dock_widget(w, name="Segment everything")
     return viewer, w, lab
@@ -93,10 +94,14 @@ def test_cancel_stops_without_writing(make_napari_viewer, qtbot):
 
     viewer = make_napari_viewer()
     img, _ = touching_pairs_image()
-    viewer.add_image(np.block([[img, img], [img, img]]), name="blobs")  # ~20 splits to check: ~5 mosaics
+    viewer.add_image(
+        np.block([[img, img], [img, img]]), name="blobs"
+    )  # ~20 splits to check: ~5 mosaics
     w = AutoSegmentWidget(viewer, backend=SlowBackend())
     w.run()
-    qtbot.waitUntil(lambda: "checking splits" in w.status.text(), timeout=30_000)  # it reports progress
+    qtbot.waitUntil(
+        lambda: "checking splits" in w.status.text(), timeout=30_000
+    )  # it reports progress
     w.cancel()
     qtbot.waitUntil(lambda: not w.running, timeout=30_000)
     assert "blobs objects" not in viewer.layers

@@ -23,11 +23,29 @@ pytestmark = pytest.mark.slow
 
 distributed = pytest.importorskip("distributed")
 
-LIVER = {"objects": [{"id": 5, "name": "liver", "propagate": True, "range": [9, 11],
-                      "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}]},
-                     {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]}]}
-KIDNEY = {"objects": [{"id": 2, "name": "kidney_right", "propagate": True, "range": [6, 8],
-                       "prompts": [{"slice": 7, "box": [53, 29, 66, 43]}]}]}
+LIVER = {
+    "objects": [
+        {
+            "id": 5,
+            "name": "liver",
+            "propagate": True,
+            "range": [9, 11],
+            "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}],
+        },
+        {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]},
+    ]
+}
+KIDNEY = {
+    "objects": [
+        {
+            "id": 2,
+            "name": "kidney_right",
+            "propagate": True,
+            "range": [6, 8],
+            "prompts": [{"slice": 7, "box": [53, 29, 66, 43]}],
+        }
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +60,14 @@ def cohort(data_dir: Path, tmp_path_factory) -> Path:
     tifffile.imwrite(root / "nuc_b.tif", nuclei[300:460, 300:460])
     (root / "liver.json").write_text(json.dumps(LIVER))
     (root / "kidney.json").write_text(json.dumps(KIDNEY))
-    rows = ["image,prompts,output,mode",
-            f"{mr},liver.json,out/liver.nii.gz,segment",
-            f"{mr},kidney.json,out/kidney.nii.gz,segment",
-            "nuc_a.tif,,out/nuc_a.tif,auto",
-            "nuc_b.tif,,out/nuc_b.tif,auto",
-            "missing.nii.gz,liver.json,out/missing.nii.gz,segment"]
+    rows = [
+        "image,prompts,output,mode",
+        f"{mr},liver.json,out/liver.nii.gz,segment",
+        f"{mr},kidney.json,out/kidney.nii.gz,segment",
+        "nuc_a.tif,,out/nuc_a.tif,auto",
+        "nuc_b.tif,,out/nuc_b.tif,auto",
+        "missing.nii.gz,liver.json,out/missing.nii.gz,segment",
+    ]
     (root / "cohort.csv").write_text("\n".join(rows) + "\n")
     return root
 
@@ -56,8 +76,13 @@ def cohort(data_dir: Path, tmp_path_factory) -> Path:
 def client():
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GB",
-                           dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit="3GB",
+        dashboard_address=None,
+    )
     c = Client(cluster)
     yield c
     c.close()
@@ -73,11 +98,23 @@ def alone(cohort: Path) -> dict[str, bytes]:
     for line in (cohort / "cohort.csv").read_text().splitlines()[1:5]:
         image, prompts, output, mode = line.split(",")
         dest = out / Path(output).name
-        args = [mode, str(cohort / image), "--output", str(dest), "--quiet", "--cache-dir", str(out / "cache")]
+        args = [
+            mode,
+            str(cohort / image),
+            "--output",
+            str(dest),
+            "--quiet",
+            "--cache-dir",
+            str(out / "cache"),
+        ]
         if prompts:
             args += ["--prompts", str(cohort / prompts)]
         assert main(args) == 0
-    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.endswith(".json")}
+    return {
+        p.name: p.read_bytes()
+        for p in out.iterdir()
+        if p.is_file() and not p.name.endswith(".json")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +133,25 @@ def test_cohort_outputs_byte_identical_to_each_case_alone(cohort: Path, first_ru
         assert (cohort / "out" / name).read_bytes() == data, name
     assert by_row[1]["encoder_calls"] > 0
     side = json.loads((cohort / "out" / "liver.json").read_text())
-    assert side["batch"]["settings"]["mode"] == "segment" and set(side["batch"]["inputs"]) == {"image", "prompts"}
+    assert side["batch"]["settings"]["mode"] == "segment" and set(side["batch"]["inputs"]) == {
+        "image",
+        "prompts",
+    }
     assert not list((cohort / "out").glob(".*partial*"))
 
 
 def test_failing_case_reported_while_others_finish(cohort: Path, first_run) -> None:
     bad = next(r for r in first_run if r["row"] == 5)
-    assert bad["status"] == "failed" and "missing.nii.gz" in bad["reason"] and "\n" not in bad["reason"]
+    assert (
+        bad["status"] == "failed"
+        and "missing.nii.gz" in bad["reason"]
+        and "\n" not in bad["reason"]
+    )
     assert not (cohort / "out" / "missing.nii.gz").exists()
     summary = (cohort / "cohort_summary.csv").read_text().splitlines()
-    assert summary[0].startswith("row,image,output,mode,status,seconds,encoder_calls,cache_hits,worker")
+    assert summary[0].startswith(
+        "row,image,output,mode,status,seconds,encoder_calls,cache_hits,worker"
+    )
     assert len(summary) == 6 and sum(",done," in s for s in summary) == 4
 
 
@@ -118,7 +164,9 @@ def test_second_run_does_nothing(cohort: Path, client, first_run) -> None:
     again = run(cohort / "cohort.csv", client, BatchSettings(cache_dir=str(cohort / "cache")))
     assert [r["status"] for r in again[:4]] == ["skipped"] * 4
     assert sum(r["encoder_calls"] for r in again) == 0
-    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((cohort / "out").iterdir())} == before
+    assert {
+        p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((cohort / "out").iterdir())
+    } == before
 
 
 def _executing(client) -> dict[str, list[str]]:
@@ -128,20 +176,27 @@ def _executing(client) -> dict[str, list[str]]:
     return client.run(keys)
 
 
-def test_worker_killed_mid_case_is_retried_and_output_identical(cohort: Path, client, alone, data_dir) -> None:
+def test_worker_killed_mid_case_is_retried_and_output_identical(
+    cohort: Path, client, alone, data_dir
+) -> None:
     from napari_sam.batch import run
     from napari_sam.batch_manifest import BatchSettings
 
     mr = data_dir / "mr_small" / "image.nii.gz"
     (cohort / "kill.csv").write_text(f"image,prompts,output\n{mr},liver.json,killed/liver.nii.gz\n")
     result: dict = {}
-    settings = BatchSettings(cache_dir=str(cohort / "cache_kill"))  # a cold cache, like the reference run
+    settings = BatchSettings(
+        cache_dir=str(cohort / "cache_kill")
+    )  # a cold cache, like the reference run
     t = threading.Thread(target=lambda: result.update(r=run(cohort / "kill.csv", client, settings)))
     t.start()
     victim = None
     deadline = time.monotonic() + 120
     while victim is None and time.monotonic() < deadline:
-        victim = next((a for a, ks in _executing(client).items() if any("napari-sam-case" in k for k in ks)), None)
+        victim = next(
+            (a for a, ks in _executing(client).items() if any("napari-sam-case" in k for k in ks)),
+            None,
+        )
         time.sleep(0.2)
     assert victim is not None, "the case never started"
     time.sleep(1.0)  # mid-case: the liver case takes several seconds
@@ -161,9 +216,17 @@ def test_precision_and_checkpoint_reach_the_workers(cohort: Path, client) -> Non
     from napari_sam.batch_manifest import BatchSettings
     from napari_sam.errors import ModelError
 
-    (cohort / "prec.csv").write_text("image,prompts,output\nmissing.nii.gz,liver.json,prec/x.nii.gz\n")
-    recs = run(cohort / "prec.csv", client, BatchSettings(cache_dir=str(cohort / "cache"), precision="bf16"))
-    assert recs[0]["status"] == "failed"  # the case's own failure; the workers loaded the model meanwhile
+    (cohort / "prec.csv").write_text(
+        "image,prompts,output\nmissing.nii.gz,liver.json,prec/x.nii.gz\n"
+    )
+    recs = run(
+        cohort / "prec.csv",
+        client,
+        BatchSettings(cache_dir=str(cohort / "cache"), precision="bf16"),
+    )
+    assert (
+        recs[0]["status"] == "failed"
+    )  # the case's own failure; the workers loaded the model meanwhile
 
     def tag(dask_worker) -> str:
         from napari_sam.models.precision import precision_tag

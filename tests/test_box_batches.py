@@ -4,8 +4,8 @@ per-object path gives, and keep each mask cropped."""
 from __future__ import annotations
 
 import numpy as np
-from fake_blob_backend import FakeBlobBackend
 
+from fake_blob_backend import FakeBlobBackend
 from napari_sam import segmentation as seg
 from napari_sam.annotation import replay
 from napari_sam.box_batches import CroppedMask
@@ -18,13 +18,26 @@ def _case(n: int = 120):
     vol = np.zeros((3, 96, 96), np.float32)
     for z in range(3):
         for r, c in rng.integers(8, 88, (25, 2)):
-            vol[z, r - 4:r + 4, c - 4:c + 4] = 1.0
+            vol[z, r - 4 : r + 4, c - 4 : c + 4] = 1.0
     objs = []
     for i in range(n):
         r, c = rng.integers(-4, 90, 2)
-        objs.append({"id": i + 1, "prompts": [{"slice": int(i % 3), "box": [int(max(r, 0)), int(max(c, 0)),
-                                                                           int(min(r + 14, 95)),
-                                                                           int(min(c + 14, 95))]}]})
+        objs.append(
+            {
+                "id": i + 1,
+                "prompts": [
+                    {
+                        "slice": int(i % 3),
+                        "box": [
+                            int(max(r, 0)),
+                            int(max(c, 0)),
+                            int(min(r + 14, 95)),
+                            int(min(c + 14, 95)),
+                        ],
+                    }
+                ],
+            }
+        )
     return Volume(vol), parse_prompts({"objects": objs, "window": [0, 1]})
 
 
@@ -48,4 +61,9 @@ def test_cropped_mask_round_trip():
     target = np.zeros((10, 12), np.uint16)
     target[3, 4] = 9
     c.paint_into(target, 5, only_where_zero=True)
-    assert target[3, 4] == 9 and target[2, 3] == 5 and target[7, 1] == 5 and (target > 0).sum() == m.sum()
+    assert (
+        target[3, 4] == 9
+        and target[2, 3] == 5
+        and target[7, 1] == 5
+        and (target > 0).sum() == m.sum()
+    )

@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.cache import CACHE_ENV, EmbeddingStore, content_hash, default_cache_dir, embedding_key, resolve_cache_dir
+from napari_sam.cache import (
+    CACHE_ENV,
+    EmbeddingStore,
+    content_hash,
+    default_cache_dir,
+    embedding_key,
+    resolve_cache_dir,
+)
 from napari_sam.embeddings import SliceEmbeddings
-from napari_sam.geometry import Crop
 from napari_sam.errors import InputError
+from napari_sam.geometry import Crop
 from napari_sam.intensity import Window
 from napari_sam.models.base import Backend, Embedding
 
@@ -30,8 +37,12 @@ class CountingBackend(Backend):
 
     def embed(self, image: np.ndarray) -> Embedding:
         self.calls.append(float(image.mean()))
-        feats = torch.from_numpy(np.stack([image[:8, :8] * k for k in (1.0, 2.0, 3.0)]).astype(np.float32))[None]
-        return Embedding(features=feats, original_size=image.shape[:2], input_size=(8, 8), model=self.name)
+        feats = torch.from_numpy(
+            np.stack([image[:8, :8] * k for k in (1.0, 2.0, 3.0)]).astype(np.float32)
+        )[None]
+        return Embedding(
+            features=feats, original_size=image.shape[:2], input_size=(8, 8), model=self.name
+        )
 
     def decode_low_res(self, *a, **k):  # not used here
         raise NotImplementedError
@@ -58,7 +69,11 @@ def test_disk_round_trip_and_warm_reopen_encodes_nothing(tmp_path, volume):
     assert warm.encoder_calls == 0 and warm.disk_hits == 2 and len(be.calls) == 2
     for a, b in zip(first, again):
         assert torch.equal(a, b.features)
-    assert again[0].original_size == (12, 10) and again[0].input_size == (8, 8) and again[0].model == "counting"
+    assert (
+        again[0].original_size == (12, 10)
+        and again[0].input_size == (8, 8)
+        and again[0].model == "counting"
+    )
     assert warm.fill() == 4 and warm.missing() == []
     assert SliceEmbeddings(be, volume, win, cache_dir=tmp_path, dtype="float32").fill() == 0
 
@@ -88,14 +103,20 @@ def test_key_covers_content_model_window_and_axis(tmp_path, volume):
     be = CountingBackend()
     h = content_hash(volume)
     w = Window(0, 1000)
-    keys = {embedding_key(h, "counting", w, 0), embedding_key(h, "other", w, 0),
-            embedding_key(h, "counting", Window(0, 500), 0), embedding_key(h, "counting", w, 1),
-            embedding_key(content_hash(volume[::-1]), "counting", w, 0)}
+    keys = {
+        embedding_key(h, "counting", w, 0),
+        embedding_key(h, "other", w, 0),
+        embedding_key(h, "counting", Window(0, 500), 0),
+        embedding_key(h, "counting", w, 1),
+        embedding_key(content_hash(volume[::-1]), "counting", w, 0),
+    }
     assert len(keys) == 5
     SliceEmbeddings(be, volume, w, cache_dir=tmp_path).get(0)
-    for other in (SliceEmbeddings(be, volume, Window(0, 500), cache_dir=tmp_path),
-                  SliceEmbeddings(be, volume, w, axis=1, cache_dir=tmp_path),
-                  SliceEmbeddings(be, volume + 1, w, cache_dir=tmp_path)):
+    for other in (
+        SliceEmbeddings(be, volume, Window(0, 500), cache_dir=tmp_path),
+        SliceEmbeddings(be, volume, w, axis=1, cache_dir=tmp_path),
+        SliceEmbeddings(be, volume + 1, w, cache_dir=tmp_path),
+    ):
         other.get(0)
         assert other.encoder_calls == 1
     assert len(list(tmp_path.glob("*.zarr"))) == 4
@@ -115,7 +136,9 @@ def test_stale_entry_is_rebuilt(tmp_path, volume):
     again.get(0)
     assert again.encoder_calls == 1
     sig.write_text("{not json")
-    assert SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path).missing() == list(range(6))
+    assert SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path).missing() == list(
+        range(6)
+    )
 
 
 def test_corrupt_slice_is_detected_and_recomputed(tmp_path, volume):
@@ -123,7 +146,9 @@ def test_corrupt_slice_is_detected_and_recomputed(tmp_path, volume):
     e = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path)
     for i in (0, 1, 2):
         e.get(i)
-    chunks = sorted(p for p in (e.store.path / "features").rglob("*") if p.is_file() and "zarr" not in p.name)
+    chunks = sorted(
+        p for p in (e.store.path / "features").rglob("*") if p.is_file() and "zarr" not in p.name
+    )
     assert len(chunks) == 3
     chunks[1].write_bytes(b"\x00garbage" * 7)  # a damaged chunk
     chunks[2].write_bytes(chunks[0].read_bytes())  # a valid chunk holding the wrong slice
@@ -176,8 +201,21 @@ def test_cli_embed_then_segment_warm_encodes_nothing(tmp_path, data_dir, capsys,
     assert "3 slice(s) encoded, 0 already cached" in err
     assert main(["embed", str(image), "--slices", "9:11", "--quiet"]) == 0
     prompts = tmp_path / "p.json"
-    prompts.write_text(json.dumps({"objects": [{"id": 1, "name": "head", "propagate": True, "range": [9, 11],
-                                                "prompts": [{"slice": 10, "box": [20, 20, 90, 70]}]}]}))
+    prompts.write_text(
+        json.dumps(
+            {
+                "objects": [
+                    {
+                        "id": 1,
+                        "name": "head",
+                        "propagate": True,
+                        "range": [9, 11],
+                        "prompts": [{"slice": 10, "box": [20, 20, 90, 70]}],
+                    }
+                ]
+            }
+        )
+    )
     out = tmp_path / "seg.nii.gz"
     assert main(["segment", str(image), "--prompts", str(prompts), "--output", str(out)]) == 0
     err = capsys.readouterr().err
@@ -202,10 +240,14 @@ def test_a_crop_of_the_slices_is_its_own_cached_entry(tmp_path, volume):
     e = SliceEmbeddings(be, volume, win, cache_dir=tmp_path)
     crop = Crop.from_box((2, 1, 9, 8))
     got = e.get(3, crop)
-    assert be.calls == [float(win.apply(volume[3, 2:10, 1:9]).mean())]  # the encoder saw the crop only
+    assert be.calls == [
+        float(win.apply(volume[3, 2:10, 1:9]).mean())
+    ]  # the encoder saw the crop only
     assert got.original_size == (8, 8) and e.encoder_calls == 1
     assert e.get(3, crop) is got and len(be.calls) == 1  # from memory
-    assert e.get(3, Crop.whole((12, 10))) is e.get(3) and len(be.calls) == 2  # the whole slice is no crop
+    assert (
+        e.get(3, Crop.whole((12, 10))) is e.get(3) and len(be.calls) == 2
+    )  # the whole slice is no crop
     again = SliceEmbeddings(be, volume, win, cache_dir=tmp_path)
     assert again.get(3, crop).original_size == (8, 8)
     assert again.encoder_calls == 0 and again.disk_hits == 1

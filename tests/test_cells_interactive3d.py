@@ -31,8 +31,10 @@ def test_a_box_and_a_click_on_one_slice_propagate_through_the_nucleus(lite_medsa
     s = nuclei_stack(shape=(16, 64, 64), radius_um=(2.5, 3.5), contrast=2.0, seed=2)
     vol = Volume(s.image, Geometry(spacing=tuple(reversed(s.spacing))), {})
     boxed, clicked = 2, 4
-    prompts = PromptsFile(objects=prompts_from_labels(s.labels, "box", ids=[boxed]).objects
-                          + prompts_from_labels(s.labels, "click", ids=[clicked]).objects)
+    prompts = PromptsFile(
+        objects=prompts_from_labels(s.labels, "box", ids=[boxed]).objects
+        + prompts_from_labels(s.labels, "click", ids=[clicked]).objects
+    )
     res = segment_volume(vol, prompts, lite_medsam, stop_rules=CELL_STOP_RULES)
     dice = per_object_dice(res.labels, s.labels, [boxed, clicked])
     for i, d in zip((boxed, clicked), dice):

@@ -15,9 +15,9 @@ import SimpleITK as sitk
 from napari_sam.cli import main
 from napari_sam.dicom_seg import read_dicom_seg, source_headers, write_dicom_seg
 from napari_sam.errors import InputError
+from napari_sam.geometry import box_of_mask
 from napari_sam.init_labels import labels_on_image
 from napari_sam.io import read_image
-from napari_sam.geometry import box_of_mask
 
 NAMES = {1: "liver", 2: "spleen", 3: "stomach"}
 

@@ -51,15 +51,28 @@ def ours(reference_net):
     encoder = TinyViT(TinyViTConfig(img_size=256, patch_kernel=1))
     prompt_encoder, mask_decoder = build_sam_prompt_decoder(embedding_size=64, input_size=256)
     state = reference_net.state_dict()
-    for prefix, module in (("image_encoder", encoder), ("prompt_encoder", prompt_encoder),
-                           ("mask_decoder", mask_decoder)):
-        module.load_state_dict({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")})
+    for prefix, module in (
+        ("image_encoder", encoder),
+        ("prompt_encoder", prompt_encoder),
+        ("mask_decoder", mask_decoder),
+    ):
+        module.load_state_dict(
+            {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        )
     fold_batchnorm(encoder)
-    return SamFamilyBackend("random_lite", encoder, prompt_encoder, mask_decoder, 256, torch.device("cpu"),
-                            supports_points=False)
+    return SamFamilyBackend(
+        "random_lite",
+        encoder,
+        prompt_encoder,
+        mask_decoder,
+        256,
+        torch.device("cpu"),
+        supports_points=False,
+    )
 
 
 # ---------------------------------------------------------------- kernels
+
 
 def test_onednn_kernels_equal_plain_pytorch():
     g = torch.Generator().manual_seed(0)
@@ -67,16 +80,26 @@ def test_onednn_kernels_equal_plain_pytorch():
     other = torch.randn(2, 16, 9, 11, generator=g).contiguous(memory_format=torch.channels_last)
     dw, b = torch.randn(16, 1, 3, 3, generator=g), torch.randn(16, generator=g)
     pw = torch.randn(16, 16, 1, 1, generator=g)
-    lin_x, lin_w, lin_b = torch.randn(3, 5, 8, generator=g), torch.randn(12, 8, generator=g), torch.randn(12)
+    lin_x, lin_w, lin_b = (
+        torch.randn(3, 5, 8, generator=g),
+        torch.randn(12, 8, generator=g),
+        torch.randn(12),
+    )
     with torch.inference_mode():
         for stride in (1, 2):
-            torch.testing.assert_close(onednn.conv2d(x, dw, b, 1, stride, 16, gelu=True),
-                                       F.gelu(F.conv2d(x, dw, b, stride, 1, 1, 16)))
+            torch.testing.assert_close(
+                onednn.conv2d(x, dw, b, 1, stride, 16, gelu=True),
+                F.gelu(F.conv2d(x, dw, b, stride, 1, 1, 16)),
+            )
         torch.testing.assert_close(onednn.conv2d_add(x, other, pw, b), F.conv2d(x, pw, b) + other)
-        torch.testing.assert_close(onednn.linear(lin_x, lin_w, lin_b, gelu=True), F.gelu(F.linear(lin_x, lin_w, lin_b)))
+        torch.testing.assert_close(
+            onednn.linear(lin_x, lin_w, lin_b, gelu=True), F.gelu(F.linear(lin_x, lin_w, lin_b))
+        )
         torch.testing.assert_close(onednn.linear(lin_x, lin_w, None), F.linear(lin_x, lin_w))
         res = torch.randn(3, 5, 12, generator=g)
-        torch.testing.assert_close(onednn.linear_add(lin_x, res, lin_w, lin_b), F.linear(lin_x, lin_w, lin_b) + res)
+        torch.testing.assert_close(
+            onednn.linear_add(lin_x, res, lin_w, lin_b), F.linear(lin_x, lin_w, lin_b) + res
+        )
 
 
 def test_onednn_falls_back_for_autograd_and_when_disabled(monkeypatch):
@@ -99,7 +122,9 @@ def test_banded_convolutions_equal_whole_image(monkeypatch, stride, residual):
     conv1 = torch.nn.Conv2d(c, hidden, 1)
     conv2 = torch.nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden)
     conv3 = torch.nn.Conv2d(hidden, out, 1)
-    x = torch.randn(2, c, 37, 29).contiguous(memory_format=torch.channels_last)  # odd sizes, batch 2
+    x = torch.randn(2, c, 37, 29).contiguous(
+        memory_format=torch.channels_last
+    )  # odd sizes, batch 2
     with torch.no_grad():
         whole = conv3(F.gelu(conv2(F.gelu(conv1(x)))))
         whole = F.gelu(whole + x) if residual else whole
@@ -118,14 +143,22 @@ def test_few_token_attentions_equal_plain_attention():
     residual = torch.randn(1, 200, 64)
     with torch.inference_mode():
         # a few queries against one image shared by the batch of 3 prompts
-        torch.testing.assert_close(attn.few_queries(tokens, image, image), attn(tokens, image.expand(3, -1, -1),
-                                                                             image.expand(3, -1, -1)),
-                                   rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(attn.few_keys(image, tokens, tokens, residual=residual),
-                                   residual + attn(image.expand(3, -1, -1), tokens, tokens), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            attn.few_queries(tokens, image, image),
+            attn(tokens, image.expand(3, -1, -1), image.expand(3, -1, -1)),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        torch.testing.assert_close(
+            attn.few_keys(image, tokens, tokens, residual=residual),
+            residual + attn(image.expand(3, -1, -1), tokens, tokens),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 # ---------------------------------------------------------------- whole models
+
 
 def test_encoder_equals_reference_architecture(reference_net, ours):
     x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))
@@ -168,14 +201,21 @@ def test_decoder_equals_reference(reference_weights, lite_medsam, ct_embeddings,
     with torch.inference_mode():
         xyxy = torch.from_numpy(boxes_rc[:, [1, 0, 3, 2]] * scale)[:, None]
         check({"points": None, "boxes": xyxy, "masks": None}, {"boxes_rc": boxes_rc})
-        check({"points": None, "boxes": xyxy, "masks": torch.from_numpy(mask_input)},
-              {"boxes_rc": boxes_rc, "mask_input": mask_input})
-        xy = torch.from_numpy(pts[..., ::-1].copy() * scale)  # points alone (with the padding point)
-        check({"points": (xy, torch.from_numpy(lab)), "boxes": None, "masks": None},
-              {"points_rc": pts, "point_labels": lab})
+        check(
+            {"points": None, "boxes": xyxy, "masks": torch.from_numpy(mask_input)},
+            {"boxes_rc": boxes_rc, "mask_input": mask_input},
+        )
+        xy = torch.from_numpy(
+            pts[..., ::-1].copy() * scale
+        )  # points alone (with the padding point)
+        check(
+            {"points": (xy, torch.from_numpy(lab)), "boxes": None, "masks": None},
+            {"points_rc": pts, "point_labels": lab},
+        )
 
 
 # ---------------------------------------------------------------- volumes and dtypes
+
 
 class _CountingEncoder(torch.nn.Module):
     """A tiny encoder (B, 3, S, S) -> (B, 256, S/4, S/4) that counts the slices it sees."""
@@ -194,7 +234,9 @@ class _CountingEncoder(torch.nn.Module):
 def tiny_backend():
     torch.manual_seed(0)
     prompt_encoder, mask_decoder = build_sam_prompt_decoder(embedding_size=16, input_size=64)
-    return SamFamilyBackend("tiny", _CountingEncoder(), prompt_encoder, mask_decoder, 64, torch.device("cpu"))
+    return SamFamilyBackend(
+        "tiny", _CountingEncoder(), prompt_encoder, mask_decoder, 64, torch.device("cpu")
+    )
 
 
 def test_embed_many_in_order_each_distinct_slice_once(tiny_backend):
@@ -208,8 +250,14 @@ def test_embed_many_in_order_each_distinct_slice_once(tiny_backend):
     assert tiny_backend.image_encoder.slices == 4  # a, blank, b, c
     assert embs[1] is embs[3] is embs[4] and embs[0] is embs[6]
     for image, emb in zip(sequence, embs):
-        alone = SamFamilyBackend("tiny", tiny_backend.image_encoder, tiny_backend.prompt_encoder,
-                                 tiny_backend.mask_decoder, 64, torch.device("cpu")).embed(image)
+        alone = SamFamilyBackend(
+            "tiny",
+            tiny_backend.image_encoder,
+            tiny_backend.prompt_encoder,
+            tiny_backend.mask_decoder,
+            64,
+            torch.device("cpu"),
+        ).embed(image)
         torch.testing.assert_close(emb.features, alone.features)
         assert emb.original_size == (48, 40) and emb.input_size == alone.input_size
 
@@ -217,7 +265,9 @@ def test_embed_many_in_order_each_distinct_slice_once(tiny_backend):
 def test_embed_many_stops_cleanly_when_abandoned(tiny_backend):
     rng = np.random.default_rng(1)
     threads = torch.get_num_threads()
-    gen = tiny_backend.embed_many((rng.random((32, 32), dtype=np.float32) for _ in range(50)), workers=2)
+    gen = tiny_backend.embed_many(
+        (rng.random((32, 32), dtype=np.float32) for _ in range(50)), workers=2
+    )
     next(gen)
     gen.close()
     assert torch.get_num_threads() == threads
@@ -293,6 +343,7 @@ def test_real_lite_medsam_encoder_in_bfloat16_stays_close(lite_medsam, ct_volume
 
 # ---------------------------------------------------------------- decoder work shared by prompts
 
+
 def test_prepared_image_decoder_equals_plain_decoder():
     """The first layer's image projections made once (``MaskDecoder.prepare_image``) and the
     last attention on the needed tokens only: the same function, checked in float64 so that
@@ -305,24 +356,36 @@ def test_prepared_image_decoder_equals_plain_decoder():
             if "token" in name or "norm" in name:
                 p.copy_(p + 0.3 * torch.randn_like(p))
     feats = torch.randn(1, 256, 16, 16, dtype=torch.float64)
-    boxes = torch.tensor([[4.0, 6.0, 40.0, 30.0], [10.0, 10.0, 60.0, 62.0], [0.0, 0.0, 63.0, 63.0]],
-                         dtype=torch.float64)
-    points = (torch.tensor([[[20.0, 22.0], [40.0, 9.0]]], dtype=torch.float64), torch.tensor([[1, 0]]))
+    boxes = torch.tensor(
+        [[4.0, 6.0, 40.0, 30.0], [10.0, 10.0, 60.0, 62.0], [0.0, 0.0, 63.0, 63.0]],
+        dtype=torch.float64,
+    )
+    points = (
+        torch.tensor([[[20.0, 22.0], [40.0, 9.0]]], dtype=torch.float64),
+        torch.tensor([[1, 0]]),
+    )
     with torch.inference_mode():
         image_pe = prompt_encoder.get_dense_pe()
-        for prompts in ({"points": None, "boxes": boxes}, {"points": points, "boxes": None},
-                        {"points": points, "boxes": boxes[:1]}):
+        for prompts in (
+            {"points": None, "boxes": boxes},
+            {"points": points, "boxes": None},
+            {"points": points, "boxes": boxes[:1]},
+        ):
             sparse, dense = prompt_encoder(masks=None, **prompts)
             prepared = mask_decoder.prepare_image(feats, image_pe, dense)
             for multimask in (False, True):
                 low, iou = mask_decoder(feats, image_pe, sparse, dense, multimask)
-                low_p, iou_p = mask_decoder(None, image_pe, sparse, None, multimask, prepared=prepared)
+                low_p, iou_p = mask_decoder(
+                    None, image_pe, sparse, None, multimask, prepared=prepared
+                )
                 assert low_p.shape == low.shape == (sparse.shape[0], 3 if multimask else 1, 64, 64)
                 torch.testing.assert_close(low_p, low, rtol=1e-9, atol=1e-9)
                 torch.testing.assert_close(iou_p, iou, rtol=1e-9, atol=1e-9)
             # all four mask tokens (predict_masks' default) through the same path
             low4, iou4 = mask_decoder.predict_masks(feats, image_pe, sparse, dense)
-            low4_p, iou4_p = mask_decoder.predict_masks(None, image_pe, sparse, None, prepared=prepared)
+            low4_p, iou4_p = mask_decoder.predict_masks(
+                None, image_pe, sparse, None, prepared=prepared
+            )
             torch.testing.assert_close(low4_p, low4, rtol=1e-9, atol=1e-9)
             torch.testing.assert_close(iou4_p, iou4, rtol=1e-9, atol=1e-9)
 
@@ -335,23 +398,37 @@ def test_prompts_on_one_embedding_equal_each_on_a_fresh_embedding(lite_medsam, c
     emb = ct_embeddings.get(10)
 
     def fresh() -> Embedding:
-        return Embedding(features=emb.features.clone(), original_size=emb.original_size,
-                         input_size=emb.input_size, model=emb.model)
+        return Embedding(
+            features=emb.features.clone(),
+            original_size=emb.original_size,
+            input_size=emb.input_size,
+            model=emb.model,
+        )
 
     def kept_for(e: Embedding):
         return [p for ref, p in lite_medsam._prepared.values() if ref() is e.features]
 
-    prompts = [{"boxes_rc": np.array([[150, 200, 300, 330]], np.float32)},
-               {"points_rc": np.array([[[230, 260], [300, 150]]], np.float32), "point_labels": np.array([[1, 0]])},
-               {"boxes_rc": np.array([[250, 100, 330, 180], [0, 0, 511, 511]], np.float32), "multimask": True},
-               {"boxes_rc": np.array([[200, 220, 260, 300]], np.float32), "multimask": True}]
+    prompts = [
+        {"boxes_rc": np.array([[150, 200, 300, 330]], np.float32)},
+        {
+            "points_rc": np.array([[[230, 260], [300, 150]]], np.float32),
+            "point_labels": np.array([[1, 0]]),
+        },
+        {
+            "boxes_rc": np.array([[250, 100, 330, 180], [0, 0, 511, 511]], np.float32),
+            "multimask": True,
+        },
+        {"boxes_rc": np.array([[200, 220, 260, 300]], np.float32), "multimask": True},
+    ]
     shared = fresh()
     with torch.inference_mode():
         on_shared = []
         for i, p in enumerate(prompts):
             on_shared.append(lite_medsam.decode_low_res(shared, **p))
             kept = kept_for(shared)
-            assert len(kept) == 1 and (kept[0] is None) == (i == 0)  # prepared from the second decode on
+            assert len(kept) == 1 and (kept[0] is None) == (
+                i == 0
+            )  # prepared from the second decode on
         batch = fresh()
         lite_medsam.decode_low_res(batch, **prompts[2])
         assert kept_for(batch)[0] is not None  # a batch of prompts: prepared at once

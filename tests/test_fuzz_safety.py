@@ -16,8 +16,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from fuzz_helpers import digest, write_dicom_series, write_volume
 
+from fuzz_helpers import digest, write_dicom_series, write_volume
 from napari_sam.errors import InputError, ModelError
 from napari_sam.io import read_image
 from napari_sam.prompts import load_prompts
@@ -56,7 +56,10 @@ PROMPT_CASES = {
     "top-list": ([1, 2], "top level must be"),
     "objects-empty": ({"objects": []}, "non-empty"),
     "prompts-null": ({"objects": [{"id": 1, "prompts": None}]}, "'prompts' must be"),
-    "corrections-bad": ({"objects": [_obj(corrections=[{"point": [1, 2], "label": 1}])]}, "'point' must be"),
+    "corrections-bad": (
+        {"objects": [_obj(corrections=[{"point": [1, 2], "label": 1}])]},
+        "'point' must be",
+    ),
 }
 
 UNKNOWN_KEY_CASES = {
@@ -64,7 +67,11 @@ UNKNOWN_KEY_CASES = {
     "object-propagte": ({"objects": [_obj(propagte=True)]}, "'propagte'", "'propagate'"),
     "object-colour": ({"objects": [_obj(colour=[1, 2, 3])]}, "'colour'", "'color'"),
     "prompt-bx": (_prompt(bx=[1, 1, 2, 2]), "'bx'", "'box'"),
-    "correction-pont": ({"objects": [_obj(corrections=[{"pont": [1, 2, 3], "label": 1}])]}, "'pont'", "'point'"),
+    "correction-pont": (
+        {"objects": [_obj(corrections=[{"pont": [1, 2, 3], "label": 1}])]},
+        "'pont'",
+        "'point'",
+    ),
     "object-unrelated": ({"objects": [_obj(zzzzzz=1)]}, "'zzzzzz'", "valid keys"),
 }
 
@@ -95,14 +102,26 @@ def test_unknown_keys_refused_with_closest_valid_key(tmp_path, case):
     assert key in str(err.value) and hint in str(err.value)
 
 
-@pytest.mark.parametrize("text,expect", [
-    ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1e400, 1, 2, 2]}]}]}', "too large"),
-    ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [NaN, 1, 2, 2]}]}]}', "not a number"),
-    ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "points": [[Infinity, 1]]}]}]}', "not a number"),
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    ("", "not valid JSON"),
-    ("\udcff", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text,expect",
+    [
+        (
+            '{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1e400, 1, 2, 2]}]}]}',
+            "too large",
+        ),
+        (
+            '{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [NaN, 1, 2, 2]}]}]}',
+            "not a number",
+        ),
+        (
+            '{"objects": [{"id": 1, "prompts": [{"slice": 1, "points": [[Infinity, 1]]}]}]}',
+            "not a number",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("", "not valid JSON"),
+        ("\udcff", "not valid JSON"),
+    ],
+)
 def test_hostile_json_is_an_input_error(tmp_path, text, expect):
     p = tmp_path / "p.json"
     p.write_bytes(text.encode("utf-8", "surrogateescape"))
@@ -111,13 +130,42 @@ def test_hostile_json_is_an_input_error(tmp_path, text, expect):
     assert expect in str(err.value)
 
 
-@pytest.mark.parametrize("objects,shape,is_2d,expect", [
-    ([{"id": 1, "propagate": True, "range": [3, 5], "prompts": [{"slice": 1, "box": [1, 1, 4, 4]}]}],
-     (8, 16, 16), False, "outside the object's range"),
-    ([{"id": 1, "propagate": True, "prompts": [{"box": [1, 1, 4, 4]}]}], (1, 16, 16), True, "needs a 3D image"),
-    ([{"id": 1, "prompts": [{"slice": 9, "box": [1, 1, 4, 4]}]}], (8, 16, 16), False, "outside 0..7"),
-    ([{"id": 1, "prompts": [{"slice": 1, "box": [1, 1, 40, 4]}]}], (8, 16, 16), False, "lies outside"),
-])
+@pytest.mark.parametrize(
+    "objects,shape,is_2d,expect",
+    [
+        (
+            [
+                {
+                    "id": 1,
+                    "propagate": True,
+                    "range": [3, 5],
+                    "prompts": [{"slice": 1, "box": [1, 1, 4, 4]}],
+                }
+            ],
+            (8, 16, 16),
+            False,
+            "outside the object's range",
+        ),
+        (
+            [{"id": 1, "propagate": True, "prompts": [{"box": [1, 1, 4, 4]}]}],
+            (1, 16, 16),
+            True,
+            "needs a 3D image",
+        ),
+        (
+            [{"id": 1, "prompts": [{"slice": 9, "box": [1, 1, 4, 4]}]}],
+            (8, 16, 16),
+            False,
+            "outside 0..7",
+        ),
+        (
+            [{"id": 1, "prompts": [{"slice": 1, "box": [1, 1, 40, 4]}]}],
+            (8, 16, 16),
+            False,
+            "lies outside",
+        ),
+    ],
+)
 def test_prompts_checked_against_the_image(objects, shape, is_2d, expect):
     from napari_sam.prompts import parse_prompts
 
@@ -131,9 +179,14 @@ def test_propagate_on_2d_refused_alike_for_grey_and_rgb(tmp_path):
     from napari_sam.prompts import parse_prompts
     from napari_sam.segmentation import segment_volume
 
-    doc = parse_prompts({"objects": [{"id": 1, "propagate": True, "prompts": [{"box": [1, 1, 4, 4]}]}]})
+    doc = parse_prompts(
+        {"objects": [{"id": 1, "propagate": True, "prompts": [{"box": [1, 1, 4, 4]}]}]}
+    )
     msgs = []
-    for arr, rgb in ((np.zeros((1, 16, 16), np.uint8), False), (np.zeros((1, 16, 16, 3), np.uint8), True)):
+    for arr, rgb in (
+        (np.zeros((1, 16, 16), np.uint8), False),
+        (np.zeros((1, 16, 16, 3), np.uint8), True),
+    ):
         with pytest.raises(InputError) as err:
             segment_volume(Volume(arr, metadata={"is_2d": True, "is_rgb": rgb}), doc, backend=None)
         msgs.append(str(err.value))
@@ -141,6 +194,7 @@ def test_propagate_on_2d_refused_alike_for_grey_and_rgb(tmp_path):
 
 
 # ----------------------------------------------------------------------------- DICOM series
+
 
 def _series(tmp_path: Path, kind: str) -> Path:
     d = tmp_path / "dicom"
@@ -157,7 +211,9 @@ def _series(tmp_path: Path, kind: str) -> Path:
     elif kind in ("truncated-slice", "garbage-slice"):
         files = write_dicom_series(d)
         data = files[3].read_bytes()
-        files[3].write_bytes(data[: len(data) - 200] if kind == "truncated-slice" else data[:132] + b"\xff" * 300)
+        files[3].write_bytes(
+            data[: len(data) - 200] if kind == "truncated-slice" else data[:132] + b"\xff" * 300
+        )
     elif kind == "two-series":
         write_dicom_series(d, series_uid="1.2.3.4.1")
         write_dicom_series(d, series_uid="1.2.3.4.2", start=100)
@@ -168,17 +224,20 @@ def _series(tmp_path: Path, kind: str) -> Path:
     return d
 
 
-@pytest.mark.parametrize("kind,expect", [
-    ("missing-slice", "missing slice"),
-    ("duplicate-position", "duplicate slice position"),
-    ("shifted-slice", "irregular series"),
-    ("mixed-size", "slice of size"),
-    ("mixed-orientation", "orientation differs"),
-    ("truncated-slice", "slice"),
-    ("garbage-slice", "slice"),
-    ("two-series", "pick one with --series"),
-    ("empty-folder", "no DICOM series"),
-])
+@pytest.mark.parametrize(
+    "kind,expect",
+    [
+        ("missing-slice", "missing slice"),
+        ("duplicate-position", "duplicate slice position"),
+        ("shifted-slice", "irregular series"),
+        ("mixed-size", "slice of size"),
+        ("mixed-orientation", "orientation differs"),
+        ("truncated-slice", "slice"),
+        ("garbage-slice", "slice"),
+        ("two-series", "pick one with --series"),
+        ("empty-folder", "no DICOM series"),
+    ],
+)
 def test_irregular_dicom_refused(tmp_path, capfd, kind, expect):
     d = _series(tmp_path, kind)
     before = {p.name: digest(p) for p in d.iterdir()}
@@ -200,14 +259,20 @@ def test_series_option_picks_one_of_two(tmp_path):
 
 
 def test_regular_series_reads_on_its_grid(tmp_path):
-    vol = read_image(_series(tmp_path, "regular"))  # the helper's default series: 6 slices 2 mm apart
+    vol = read_image(
+        _series(tmp_path, "regular")
+    )  # the helper's default series: 6 slices 2 mm apart
     assert vol.shape == (6, 16, 16) and vol.geometry.spacing[2] == pytest.approx(2.0)
 
 
 # ----------------------------------------------------------------------------- broken image files
 
+
 def _nifti(path: Path, shape=(4, 8, 8), affine=None, dtype=np.int16, fill=1) -> Path:
-    nib.save(nib.Nifti1Image(np.full(shape, fill, dtype), np.eye(4) if affine is None else affine), str(path))
+    nib.save(
+        nib.Nifti1Image(np.full(shape, fill, dtype), np.eye(4) if affine is None else affine),
+        str(path),
+    )
     return path
 
 
@@ -260,19 +325,22 @@ def _broken_image(tmp_path: Path, kind: str) -> Path:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind,expect", [
-    ("nifti-zero-axis", "empty image"),
-    ("nifti-shear", "sheared"),
-    ("nifti-zero-spacing", "spacing"),
-    ("nifti-nan", "NaN"),
-    ("nifti-truncated", "cannot read image"),
-    ("nifti-garbage", "cannot read image"),
-    ("nrrd-truncated", "cannot read image"),
-    ("nrrd-garbage-header", "cannot read image"),
-    ("tiff-garbage", ""),
-    ("png-truncated", ""),
-    ("png-empty", ""),
-])
+@pytest.mark.parametrize(
+    "kind,expect",
+    [
+        ("nifti-zero-axis", "empty image"),
+        ("nifti-shear", "sheared"),
+        ("nifti-zero-spacing", "spacing"),
+        ("nifti-nan", "NaN"),
+        ("nifti-truncated", "cannot read image"),
+        ("nifti-garbage", "cannot read image"),
+        ("nrrd-truncated", "cannot read image"),
+        ("nrrd-garbage-header", "cannot read image"),
+        ("tiff-garbage", ""),
+        ("png-truncated", ""),
+        ("png-empty", ""),
+    ],
+)
 def test_broken_images_refused(tmp_path, capfd, kind, expect):
     p = _broken_image(tmp_path, kind)
     before = digest(p)

@@ -22,10 +22,12 @@ def _tiny_volume(path):
 
 
 def test_library_configures_no_log_handler():
-    code = ("import logging, napari_sam.cli, napari_sam.embeddings, napari_sam.propagation, napari_sam.io, "
-            "napari_sam.models.registry\n"
-            "from napari_sam.models.registry import load_model\nload_model()\n"
-            "lg = logging.getLogger('napari_sam')\nprint(len(lg.handlers), lg.level, lg.propagate)")
+    code = (
+        "import logging, napari_sam.cli, napari_sam.embeddings, napari_sam.propagation, napari_sam.io, "
+        "napari_sam.models.registry\n"
+        "from napari_sam.models.registry import load_model\nload_model()\n"
+        "lg = logging.getLogger('napari_sam')\nprint(len(lg.handlers), lg.level, lg.propagate)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "0", "True"]
 
@@ -40,9 +42,13 @@ def test_verbose_shows_info_and_very_verbose_debug(tmp_path, capsys):
     assert "napari-sam: INFO napari_sam.io: read " in err and "(z, y, x) (2, 40, 48) int16" in err
     assert "DEBUG" not in err
 
-    assert main(["embed", str(image), "--cache-dir", str(tmp_path / "debug"), "--quiet", "-vv"]) == 0
+    assert (
+        main(["embed", str(image), "--cache-dir", str(tmp_path / "debug"), "--quiet", "-vv"]) == 0
+    )
     err = capsys.readouterr().err
     assert "napari-sam: DEBUG napari_sam.embeddings: embedding " in err and "encoded (batch)" in err
     assert err.count("encoded (batch)") == 2  # one line per slice encoded
     lg = logging.getLogger("napari_sam")
-    assert lg.handlers == [] and lg.level == logging.NOTSET  # main() leaves the logger as it found it
+    assert (
+        lg.handlers == [] and lg.level == logging.NOTSET
+    )  # main() leaves the logger as it found it

@@ -45,8 +45,15 @@ def test_sam_vit_key_layout_is_metas(variant):
     assert detect_architecture(state) == f"sam_{variant}"
 
 
-@pytest.mark.parametrize(("size", "cfg"), [("t", "sam2.1_hiera_t"), ("s", "sam2.1_hiera_s"),
-                                           ("b+", "sam2.1_hiera_b+"), ("l", "sam2.1_hiera_l")])
+@pytest.mark.parametrize(
+    ("size", "cfg"),
+    [
+        ("t", "sam2.1_hiera_t"),
+        ("s", "sam2.1_hiera_s"),
+        ("b+", "sam2.1_hiera_b+"),
+        ("l", "sam2.1_hiera_l"),
+    ],
+)
 def test_sam2_image_path_key_layout_is_metas(size, cfg):
     """Every image-path key of the official checkpoint, with its shape; the rest are the memory modules."""
     with torch.device("meta"):
@@ -55,8 +62,10 @@ def test_sam2_image_path_key_layout_is_metas(size, cfg):
     image_path = {k: v for k, v in official.items() if not k.startswith(sam2.MEMORY_PREFIXES)}
     assert shapes(state) == image_path
     assert all(k.startswith(sam2.MEMORY_PREFIXES) for k in set(official) - set(state))
-    assert detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()}) == \
-        f"sam2_hiera_{size}"
+    assert (
+        detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()})
+        == f"sam2_hiera_{size}"
+    )
 
 
 def test_mobile_sam_key_layout_is_the_official_one():
@@ -67,25 +76,59 @@ def test_mobile_sam_key_layout_is_the_official_one():
     with torch.device("meta"):
         state = nn.ModuleDict(mobile_sam.build_mobile_sam_modules()).state_dict()
     official = manifest("mobile_sam_official_keys.json.gz")["vit_t"]
-    head = {k for k in official if k.startswith(("image_encoder.head.", "image_encoder.norm_head."))}
-    assert head == {"image_encoder.head.weight", "image_encoder.head.bias", "image_encoder.norm_head.weight",
-                    "image_encoder.norm_head.bias"}
+    head = {
+        k for k in official if k.startswith(("image_encoder.head.", "image_encoder.norm_head."))
+    }
+    assert head == {
+        "image_encoder.head.weight",
+        "image_encoder.head.bias",
+        "image_encoder.norm_head.weight",
+        "image_encoder.norm_head.bias",
+    }
     assert shapes(state) == {k: v for k, v in official.items() if k not in head}
-    assert official["image_encoder.patch_embed.seq.0.c.weight"] == [32, 3, 3, 3]  # 1024 px: 3x3 stride 2
-    assert detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()}) == "tiny_vit_1024"
+    assert official["image_encoder.patch_embed.seq.0.c.weight"] == [
+        32,
+        3,
+        3,
+        3,
+    ]  # 1024 px: 3x3 stride 2
+    assert (
+        detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()})
+        == "tiny_vit_1024"
+    )
 
 
 def test_registry_entries_are_complete():
-    required = {"vit_b", "vit_l", "vit_h", "medsam_vit_b", "vit_t", "vit_t_lm", "vit_b_lm", "vit_l_lm", "vit_h_lm",
-                "vit_t_em_organelles", "vit_b_em_organelles", "vit_l_em_organelles", "sam2.1_hiera_tiny",
-                "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large", "lite_medsam"}
+    required = {
+        "vit_b",
+        "vit_l",
+        "vit_h",
+        "medsam_vit_b",
+        "vit_t",
+        "vit_t_lm",
+        "vit_b_lm",
+        "vit_l_lm",
+        "vit_h_lm",
+        "vit_t_em_organelles",
+        "vit_b_em_organelles",
+        "vit_l_em_organelles",
+        "sam2.1_hiera_tiny",
+        "sam2.1_hiera_small",
+        "sam2.1_hiera_base_plus",
+        "sam2.1_hiera_large",
+        "lite_medsam",
+    }
     assert required <= set(REGISTRY)
     filenames = [s.filename for s in REGISTRY.values()]
     assert len(set(filenames)) == len(filenames), "cache file names must be unique"
     for spec in REGISTRY.values():
-        assert spec.image_size in (256, 1024) and spec.licence and spec.architecture and spec.homepage
+        assert (
+            spec.image_size in (256, 1024) and spec.licence and spec.architecture and spec.homepage
+        )
         assert spec.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", spec.sha256), spec.name
-        assert spec.checksum is None or re.fullmatch(r"xxh128:[0-9a-f]{32}", spec.checksum), spec.name
+        assert spec.checksum is None or re.fullmatch(r"xxh128:[0-9a-f]{32}", spec.checksum), (
+            spec.name
+        )
         assert spec.url is None or spec.url.startswith("https://"), spec.name
         if spec.sha256 is None and spec.checksum is None:
             assert spec.checksum_source, f"{spec.name}: say why there is no checksum"
@@ -101,14 +144,19 @@ def test_unknown_model_and_alias():
 
 def test_model_without_download_says_where_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setenv("NAPARI_SAM_MODEL_DIR", str(tmp_path))
-    with pytest.raises(ModelError, match=r"'medsam_vit_b' has no direct download: get medsam_vit_b.pth from "
-                                         r"https://drive.google.com/.*--checkpoint PATH"):
+    with pytest.raises(
+        ModelError,
+        match=r"'medsam_vit_b' has no direct download: get medsam_vit_b.pth from "
+        r"https://drive.google.com/.*--checkpoint PATH",
+    ):
         load_model("medsam_vit_b")
 
 
 def test_docs_table_matches_registry():
     text = (ROOT / "docs" / "models.md").read_text(encoding="utf-8")
-    assert models_table_markdown() in text, "regenerate the table in docs/models.md from models_table_markdown()"
+    assert models_table_markdown() in text, (
+        "regenerate the table in docs/models.md from models_table_markdown()"
+    )
 
 
 # ----------------------------------------------------------------------------- malicious pickles
@@ -150,9 +198,24 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, wrap, capsys):
     from napari_sam.cli import main
 
     tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint8))
-    (tmp_path / "p.json").write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"box": [4, 4, 20, 20]}]}]}))
-    rc = main(["segment", str(tmp_path / "img.tif"), "--prompts", str(tmp_path / "p.json"),
-               "--output", str(tmp_path / "o.tif"), "--model", "vit_b", "--checkpoint", str(path), "--quiet"])
+    (tmp_path / "p.json").write_text(
+        json.dumps({"objects": [{"id": 1, "prompts": [{"box": [4, 4, 20, 20]}]}]})
+    )
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "img.tif"),
+            "--prompts",
+            str(tmp_path / "p.json"),
+            "--output",
+            str(tmp_path / "o.tif"),
+            "--model",
+            "vit_b",
+            "--checkpoint",
+            str(path),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "refused to load" in err and "Traceback" not in err
     assert not (tmp_path / "o.tif").exists()
@@ -192,14 +255,18 @@ def test_each_model_is_loaded_once_per_process_and_shared():
     registry._LOADED.clear()
     try:
         got: list = []
-        threads = [threading.Thread(target=lambda: got.append(load_model("lite_medsam"))) for _ in range(2)]
+        threads = [
+            threading.Thread(target=lambda: got.append(load_model("lite_medsam"))) for _ in range(2)
+        ]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         first = load_model()
         assert got[0] is got[1] is first and len(calls) == 1
-        assert load_model("lite_medsam", device="cpu", precision="fp32") is first  # the same key spelled out
+        assert (
+            load_model("lite_medsam", device="cpu", precision="fp32") is first
+        )  # the same key spelled out
         other = load_model("lite_medsam", precision="bf16")
         assert other is not first and len(calls) == 2  # another precision: another backend
         private = load_model("lite_medsam", shared=False)

@@ -33,7 +33,9 @@ def test_manifest_ships_inside_the_package_and_validates():
 
     shipped = ROOT / "src" / "napari_sam" / "napari.yaml"
     root = ROOT / "napari.yaml"
-    assert shipped.read_text() == root.read_text(), "root napari.yaml must match the packaged manifest"
+    assert shipped.read_text() == root.read_text(), (
+        "root napari.yaml must match the packaged manifest"
+    )
     mf = PluginManifest.from_file(shipped)
     assert mf.name == "napari-sam"
     for cmd in mf.contributions.commands:  # every python_name imports
@@ -49,7 +51,9 @@ def test_reader_dicom_folder_gives_geometry_scale_and_ct_window(ct_dicom_dir, ct
     assert kind == "image" and data.shape == (20, 512, 512)
     np.testing.assert_allclose(kwargs["scale"], (2.0, 0.9765625, 0.9765625))
     np.testing.assert_allclose(kwargs["translate"], ct_volume.geometry.origin[::-1])
-    _same_geometry(Geometry.from_json(kwargs["metadata"]["napari_sam"]["geometry"]), ct_volume.geometry)
+    _same_geometry(
+        Geometry.from_json(kwargs["metadata"]["napari_sam"]["geometry"]), ct_volume.geometry
+    )
     assert kwargs["metadata"]["napari_sam"]["modality"] == "CT"
     # the DICOM header's window 40/300
     assert kwargs["contrast_limits"] == [-110.0, 190.0]
@@ -71,11 +75,14 @@ def test_reader_claims_only_its_formats(tmp_path, data_dir):
         assert lo < hi and hi <= float(data.max())  # robust percentiles, not min/max of a CT window
 
 
-@pytest.mark.parametrize("direction", [
-    (1, 0, 0, 0, 1, 0, 0, 0, 1),
-    (1, 0, 0, 0, -1, 0, 0, 0, 1),   # y-flipped (like the CT's labels file)
-    (-1, 0, 0, 0, -1, 0, 0, 0, 1),  # RAS-stored
-])
+@pytest.mark.parametrize(
+    "direction",
+    [
+        (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        (1, 0, 0, 0, -1, 0, 0, 0, 1),  # y-flipped (like the CT's labels file)
+        (-1, 0, 0, 0, -1, 0, 0, 0, 1),  # RAS-stored
+    ],
+)
 def test_layer_transform_round_trips_geometry(direction):
     g = Geometry((0.8, 0.7, 2.5), (-120.5, 33.0, -804.5), tuple(float(v) for v in direction))
     kw = layer_transform(g)
@@ -87,22 +94,32 @@ def test_flipped_labels_overlay_the_image_in_world_space(ct_volume, data_dir):
     from napari.layers import Image
 
     [(img_data, img_kw, _)] = get_reader(str(data_dir / "ct_abdomen_dicom" / "dicom"))(
-        str(data_dir / "ct_abdomen_dicom" / "dicom"))
+        str(data_dir / "ct_abdomen_dicom" / "dicom")
+    )
     lab_path = str(data_dir / "ct_abdomen_dicom" / "labels.nii.gz")
     [(lab_data, lab_kw, _)] = get_reader(lab_path)(lab_path)
     img, lab = Image(img_data, **img_kw), Image(lab_data, **lab_kw)
     for voxel in [(0, 0, 0), (10, 100, 400), (19, 511, 7)]:
         world = img.data_to_world(voxel)
-        np.testing.assert_allclose(np.round(lab.world_to_data(world)), (voxel[0], 511 - voxel[1], voxel[2]))
+        np.testing.assert_allclose(
+            np.round(lab.world_to_data(world)), (voxel[0], 511 - voxel[1], voxel[2])
+        )
 
 
 def test_writer_restores_source_geometry_from_metadata(tmp_path, ct_volume, ct_dicom_dir):
     [(_, kwargs, _)] = get_reader(str(ct_dicom_dir))(str(ct_dicom_dir))
     labels = np.zeros(ct_volume.shape, np.uint16)
     labels[5:9, 100:200, 150:260] = 3
-    meta = {"metadata": {"napari_sam": {**kwargs["metadata"]["napari_sam"],
-                                        "objects": {"3": {"name": "liver", "color": [200, 40, 40]}}}},
-            "scale": np.ones(3), "translate": np.zeros(3)}  # transform deliberately wrong: metadata wins
+    meta = {
+        "metadata": {
+            "napari_sam": {
+                **kwargs["metadata"]["napari_sam"],
+                "objects": {"3": {"name": "liver", "color": [200, 40, 40]}},
+            }
+        },
+        "scale": np.ones(3),
+        "translate": np.zeros(3),
+    }  # transform deliberately wrong: metadata wins
     paths = write_labels_layer(str(tmp_path / "seg.nii.gz"), labels, meta)
     assert paths == [str(tmp_path / "seg.nii.gz"), str(tmp_path / "seg.json")]
     back = read_image(paths[0])
@@ -113,7 +130,9 @@ def test_writer_restores_source_geometry_from_metadata(tmp_path, ct_volume, ct_d
 
 
 def test_writer_without_metadata_uses_scale_translate_affine(tmp_path):
-    g = Geometry((0.5, 0.6, 3.0), (10.0, -20.0, 30.0), (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    g = Geometry(
+        (0.5, 0.6, 3.0), (10.0, -20.0, 30.0), (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+    )
     kw = layer_transform(g)
     labels = np.zeros((4, 6, 8), np.uint8)
     labels[1, 2, 3] = 1
@@ -130,7 +149,9 @@ def test_writer_rejects_bad_layers_with_a_message(tmp_path):
         write_labels_layer(str(tmp_path / "x.png"), np.zeros((2, 2), np.uint8), {})
 
 
-def test_viewer_open_and_save_layers_through_napari(make_napari_viewer, tmp_path, ct_dicom_dir, ct_volume):
+def test_viewer_open_and_save_layers_through_napari(
+    make_napari_viewer, tmp_path, ct_dicom_dir, ct_volume
+):
     """What a user's script does: viewer.open(..., plugin=...) and napari.save_layers(..., plugin=...)."""
     import napari
     from napari.layers import Labels
@@ -141,9 +162,20 @@ def test_viewer_open_and_save_layers_through_napari(make_napari_viewer, tmp_path
     assert tuple(image.contrast_limits) == (-110.0, 190.0)
     labels = np.zeros(ct_volume.shape, np.uint8)
     labels[10, 200:260, 100:180] = 1
-    layer = viewer.add_layer(Labels(labels, name="seg", scale=image.scale, translate=image.translate,
-                                    metadata={"napari_sam": {"geometry": image.metadata["napari_sam"]["geometry"],
-                                                             "objects": {"1": {"name": "kidney"}}}}))
+    layer = viewer.add_layer(
+        Labels(
+            labels,
+            name="seg",
+            scale=image.scale,
+            translate=image.translate,
+            metadata={
+                "napari_sam": {
+                    "geometry": image.metadata["napari_sam"]["geometry"],
+                    "objects": {"1": {"name": "kidney"}},
+                }
+            },
+        )
+    )
     out = tmp_path / "seg.nii.gz"
     written = napari.save_layers(str(out), [layer], plugin="napari-sam")
     assert str(out) in written

@@ -14,14 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_annotation import key_mask
-from test_propagation import BrightInBoxBackend, ball, key_prompt
 
-from napari_sam.annotation import Annotation, ImageRef, Journal, find_recovery, open_session, save_session
+from napari_sam.annotation import (
+    Annotation,
+    ImageRef,
+    Journal,
+    find_recovery,
+    open_session,
+    save_session,
+)
 from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.errors import InputError
 from napari_sam.intensity import Window
 from napari_sam.propagation import Propagator
+from test_annotation import key_mask
+from test_propagation import BrightInBoxBackend, ball, key_prompt
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,11 +58,19 @@ def same(a: Annotation, b: Annotation) -> None:
     assert np.array_equal(a.labels, b.labels)
     assert a.current_id == b.current_id
     for x, y in zip(a.objects, b.objects, strict=True):
-        assert (x.id, x.name, x.color, x.key_slices, x.painted, x.corrections) == \
-               (y.id, y.name, y.color, y.key_slices, y.painted, y.corrections)
+        assert (x.id, x.name, x.color, x.key_slices, x.painted, x.corrections) == (
+            y.id,
+            y.name,
+            y.color,
+            y.key_slices,
+            y.painted,
+            y.corrections,
+        )
         if x.state is not None:
             assert sorted(x.state.results) == sorted(y.state.results)
-            assert all(np.array_equal(x.state.results[i], y.state.results[i]) for i in x.state.results)
+            assert all(
+                np.array_equal(x.state.results[i], y.state.results[i]) for i in x.state.results
+            )
             assert x.state.stops == y.state.stops and x.state.dirty == y.state.dirty
 
 
@@ -66,7 +81,11 @@ def test_save_open_continue(tmp_path):
     folder = save_session(tmp_path / "s", m, image, {"name": backend.name}, {"window": [0, 255]})
     assert sorted(p.name for p in folder.iterdir()) == ["arrays.npz", "session.json"]
     doc = json.loads((folder / "session.json").read_text())
-    assert doc["format"] == "napari-sam session" and doc["version"] == 1 and doc["settings"] == {"window": [0, 255]}
+    assert (
+        doc["format"] == "napari-sam session"
+        and doc["version"] == 1
+        and doc["settings"] == {"window": [0, 255]}
+    )
     back = open_session(folder, image=vol)
     same(back.annotation, m)
     assert back.image == image and back.model == {"name": backend.name}
@@ -105,10 +124,19 @@ def test_a_killed_session_is_recovered_up_to_its_last_finished_action(tmp_path):
     middle of a propagation; its recovery copy holds every action finished before."""
     vol, big, small = scene_volume()
     root = tmp_path / "recovery"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "src"),
-                                                                    os.environ.get("PYTHONPATH")])))
-    child = subprocess.Popen([sys.executable, str(HERE / "session_child.py"), str(root)], stdout=subprocess.PIPE,
-                             text=True, env=env, cwd=HERE.parent)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")])
+        ),
+    )
+    child = subprocess.Popen(
+        [sys.executable, str(HERE / "session_child.py"), str(root)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=HERE.parent,
+    )
     try:
         lines = []
         while "propagating" not in lines:

@@ -34,8 +34,8 @@ def _synthetic_slice(labels: np.ndarray, seed: int) -> Embedding:
 
 def _phantom(shift: int) -> np.ndarray:
     lab = np.zeros((SIZE, SIZE), np.int32)
-    lab[8 + shift:28 + shift, 8:40] = 1      # "liver"
-    lab[40:56, 36 + shift:60] = 2            # "spleen"
+    lab[8 + shift : 28 + shift, 8:40] = 1  # "liver"
+    lab[40:56, 36 + shift : 60] = 2  # "spleen"
     return lab
 
 
@@ -51,8 +51,12 @@ def test_grid_labels_marks_each_cell_by_the_class_covering_most_of_it():
 def test_taught_head_finds_each_class_on_unseen_slices(method):
     train = [_phantom(s) for s in (0, 4)]
     embs = [_synthetic_slice(t, i) for i, t in enumerate(train)]
-    head = teach(embs, [grid_labels(t, [1, 2], e, SIZE) for t, e in zip(train, embs)], ["liver", "spleen"],
-                 method=method)
+    head = teach(
+        embs,
+        [grid_labels(t, [1, 2], e, SIZE) for t, e in zip(train, embs)],
+        ["liver", "spleen"],
+        method=method,
+    )
     test = [_phantom(2), np.zeros((SIZE, SIZE), np.int32)]
     test_embs = [_synthetic_slice(t, 10 + i) for i, t in enumerate(test)]
     probs = np.stack([head.probabilities(e).numpy() for e in test_embs])
@@ -66,19 +70,23 @@ def test_taught_head_finds_each_class_on_unseen_slices(method):
 def test_automatic_instances_get_their_taught_class_and_confidence():
     train = [_phantom(s) for s in (0, 4)]
     embs = [_synthetic_slice(t, i) for i, t in enumerate(train)]
-    head = teach(embs, [grid_labels(t, [1, 2], e, SIZE) for t, e in zip(train, embs)], ["liver", "spleen"])
+    head = teach(
+        embs, [grid_labels(t, [1, 2], e, SIZE) for t, e in zip(train, embs)], ["liver", "spleen"]
+    )
     test = _phantom(2)
     instances = np.zeros((1, SIZE, SIZE), np.int32)
-    instances[0][test == 2] = 7           # the spleen, as automatic mode would find it
-    instances[0][12:24, 10:36] = 3        # most of the liver
-    instances[0][0:6, 0:6] = 9            # background debris
+    instances[0][test == 2] = 7  # the spleen, as automatic mode would find it
+    instances[0][12:24, 10:36] = 3  # most of the liver
+    instances[0][0:6, 0:6] = 9  # background debris
     named = name_instances(head, instances, lambda z: _synthetic_slice(test, 5), SIZE)
     assert named[7][0] == "spleen" and named[3][0] == "liver" and named[9][0] == "unknown"
     assert min(named[7][1], named[3][1]) > 0.5
 
 
 def test_unknown_class_is_refused_with_the_taught_classes_and_the_closest():
-    head = ClassHead(["liver", "spleen"], torch.zeros(3, 8), torch.zeros(3), torch.arange(3), "logistic")
+    head = ClassHead(
+        ["liver", "spleen"], torch.zeros(3, 8), torch.zeros(3), torch.arange(3), "logistic"
+    )
     with pytest.raises(InputError, match=r"'livr'.*did you mean 'liver'.*knows: liver, spleen"):
         head.index_of("livr")
     with pytest.raises(InputError, match="it knows: liver, spleen"):
@@ -90,11 +98,17 @@ def test_unknown_class_is_refused_with_the_taught_classes_and_the_closest():
 
 
 def test_class_head_travels_in_a_weights_only_checkpoint(tmp_path):
-    head = ClassHead(["liver"], torch.randn(2, 8), torch.randn(2), torch.arange(2), "logistic", "-110,190")
+    head = ClassHead(
+        ["liver"], torch.randn(2, 8), torch.randn(2), torch.arange(2), "logistic", "-110,190"
+    )
     base, _ = base_state("lite_medsam")
     path = save_tuned(tmp_path / "tuned.pt", base, {}, {"kind": "test"}, classes=head.to_state())
     back = load_class_head(path)
-    assert back.names == ["liver"] and torch.equal(back.weight, head.weight) and back.window == "-110,190"
+    assert (
+        back.names == ["liver"]
+        and torch.equal(back.weight, head.weight)
+        and back.window == "-110,190"
+    )
     plain = save_tuned(tmp_path / "plain.pt", base, {}, {"kind": "test"})
     assert read_class_state(plain) is None
     with pytest.raises(InputError, match="has not been taught any class"):
@@ -102,14 +116,22 @@ def test_class_head_travels_in_a_weights_only_checkpoint(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "napari_sam.cli", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_sam.cli", *args], capture_output=True, text=True
+    )
 
 
 def test_cli_text_needs_a_taught_checkpoint(tmp_path, ct_dicom_dir):
     out = str(tmp_path / "o.nii.gz")
     r = _cli("segment", str(ct_dicom_dir), "--text", "liver", "--output", out)
-    assert r.returncode == 2 and "text prompts need a checkpoint" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("segment", str(ct_dicom_dir), "--text", "liver", "--prompts", "x.json", "--output", out)
+    assert (
+        r.returncode == 2
+        and "text prompts need a checkpoint" in r.stderr
+        and "Traceback" not in r.stderr
+    )
+    r = _cli(
+        "segment", str(ct_dicom_dir), "--text", "liver", "--prompts", "x.json", "--output", out
+    )
     assert r.returncode == 2 and "without --prompts" in r.stderr
 
 
@@ -124,18 +146,23 @@ def ct_head(lite_medsam, ct_volume, ct_labels, ct_label_names):
     store = SliceEmbeddings(lite_medsam, ct_volume.array, win, 0)
     names = ["liver", "spleen", "stomach", "aorta"]
     ids = [ct_label_names[n] for n in names]
-    grids = [grid_labels(ct_labels[z], ids, store.get(z), lite_medsam.image_size) for z in range(10)]
+    grids = [
+        grid_labels(ct_labels[z], ids, store.get(z), lite_medsam.image_size) for z in range(10)
+    ]
     return teach([store.get(z) for z in range(10)], grids, names), store
 
 
 @pytest.mark.slow
-def test_text_prompt_finds_liver_and_spleen_on_slices_it_was_not_taught_on(ct_head, ct_labels, ct_label_names,
-                                                                           lite_medsam):
+def test_text_prompt_finds_liver_and_spleen_on_slices_it_was_not_taught_on(
+    ct_head, ct_labels, ct_label_names, lite_medsam
+):
     from napari_sam.geometry import box_iou, box_of_mask
 
     head, store = ct_head
     embs = [store.get(z) for z in range(10, 20)]
-    doc, found = text_prompts_file(head, ["liver", "spleen"], embs, lite_medsam.image_size, propagate=True)
+    doc, found = text_prompts_file(
+        head, ["liver", "spleen"], embs, lite_medsam.image_size, propagate=True
+    )
     assert [o["name"] for o in doc["objects"]] == ["liver", "spleen"]
     for f in found:
         truth = box_of_mask(ct_labels[10 + f.slice] == ct_label_names[f.name])
@@ -150,15 +177,32 @@ def test_cli_segments_a_class_by_name(tmp_path, ct_head, ct_dicom_dir, ct_labels
     base, _ = base_state("lite_medsam")
     ckpt = save_tuned(tmp_path / "taught.pt", base, {}, {"kind": "test"}, classes=head.to_state())
     out = tmp_path / "liver.nii.gz"
-    r = _cli("segment", str(ct_dicom_dir), "--text", "liver", "--checkpoint", str(ckpt), "--output", str(out),
-             "--quiet")
+    r = _cli(
+        "segment",
+        str(ct_dicom_dir),
+        "--text",
+        "liver",
+        "--checkpoint",
+        str(ckpt),
+        "--output",
+        str(out),
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     labels = read_image(out).array
     truth = ct_labels == ct_label_names["liver"]
     dice = 2 * ((labels == 1) & truth).sum() / ((labels == 1).sum() + truth.sum())
     assert dice > 0.9, dice
-    r = _cli("segment", str(ct_dicom_dir), "--text", "pancreas", "--checkpoint", str(ckpt),
-             "--output", str(tmp_path / "p.nii.gz"))
+    r = _cli(
+        "segment",
+        str(ct_dicom_dir),
+        "--text",
+        "pancreas",
+        "--checkpoint",
+        str(ckpt),
+        "--output",
+        str(tmp_path / "p.nii.gz"),
+    )
     assert r.returncode == 2 and "knows: aorta, liver, spleen, stomach" in r.stderr
 
 
@@ -177,9 +221,11 @@ def test_auto_names_its_instances_with_a_taught_checkpoint(tmp_path, data_dir, l
     arr = tifffile.imread(image).astype(np.float32)[None]
     win = resolve_window(arr, None)
     emb = SliceEmbeddings(lite_medsam, arr, win, 0).get(0)
-    left = np.where(np.arange(truth.shape[1])[None] < truth.shape[1] // 2, truth > 0, 0).astype(np.int32)
+    left = np.where(np.arange(truth.shape[1])[None] < truth.shape[1] // 2, truth > 0, 0).astype(
+        np.int32
+    )
     grid = grid_labels(left, [1], emb, lite_medsam.image_size)
-    grid[:, grid.shape[1] // 2:] = -1  # the right half is not taught
+    grid[:, grid.shape[1] // 2 :] = -1  # the right half is not taught
     head = teach([emb], [grid], ["nucleus"])
     base, _ = base_state("lite_medsam")
     ckpt = save_tuned(tmp_path / "nuclei.pt", base, {}, {"kind": "test"}, classes=head.to_state())

@@ -44,8 +44,18 @@ from .models.registry import load_model
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "napari-sam-model"
-SUMMARY_COLUMNS = ("row", "image", "output", "mode", "status", "seconds", "encoder_calls", "cache_hits",
-                   "worker", "reason")
+SUMMARY_COLUMNS = (
+    "row",
+    "image",
+    "output",
+    "mode",
+    "status",
+    "seconds",
+    "encoder_calls",
+    "cache_hits",
+    "worker",
+    "reason",
+)
 
 try:  # a plain base class when distributed is absent: the module still imports
     from distributed.diagnostics.plugin import WorkerPlugin
@@ -74,8 +84,14 @@ class ModelPlugin(WorkerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, model: str = "lite_medsam", checkpoint: str | None = None,
-                 torch_threads: int | None = None, precision: str | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: str = "lite_medsam",
+        checkpoint: str | None = None,
+        torch_threads: int | None = None,
+        precision: str | None = None,
+        device: str = "cpu",
+    ) -> None:
         self.model = model
         self.checkpoint = checkpoint
         self.torch_threads = torch_threads
@@ -88,12 +104,19 @@ class ModelPlugin(WorkerPlugin):
 
         threads = self.torch_threads or max(1, cpu_cores() // max(1, worker.state.nthreads))
         torch.set_num_threads(threads)
-        self.backend = load_model(self.model, self.checkpoint, self.device, progress=False,
-                                  precision=self.precision)
+        self.backend = load_model(
+            self.model, self.checkpoint, self.device, progress=False, precision=self.precision
+        )
 
 
-def register_model(client, model: str = "lite_medsam", checkpoint: str | None = None,
-                   torch_threads: int | None = None, precision: str | None = None, device: str = "cpu") -> None:
+def register_model(
+    client,
+    model: str = "lite_medsam",
+    checkpoint: str | None = None,
+    torch_threads: int | None = None,
+    precision: str | None = None,
+    device: str = "cpu",
+) -> None:
     """Have every worker of ``client`` (and every worker that joins later) load the model once.
 
     A model, checkpoint or precision the workers cannot load fails here: Dask
@@ -103,7 +126,9 @@ def register_model(client, model: str = "lite_medsam", checkpoint: str | None = 
 
     if precision is not None:
         parse_precision(precision)  # a bad value is refused before any worker loads anything
-    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads, precision, device), name=PLUGIN_NAME)
+    client.register_plugin(
+        ModelPlugin(model, checkpoint, torch_threads, precision, device), name=PLUGIN_NAME
+    )
 
 
 def connect(address: str, timeout: str = "20s"):
@@ -118,7 +143,9 @@ def connect(address: str, timeout: str = "20s"):
 
 def local_threads(client, threads_per_worker: int = 1) -> int:
     """Torch threads per worker of a local cluster: the cores shared out among its worker threads."""
-    return max(1, cpu_cores() // (max(1, len(client.scheduler_info()["workers"])) * threads_per_worker))
+    return max(
+        1, cpu_cores() // (max(1, len(client.scheduler_info()["workers"])) * threads_per_worker)
+    )
 
 
 def _case_task(case: Case, settings: BatchSettings) -> dict[str, Any]:
@@ -130,7 +157,9 @@ def _case_task(case: Case, settings: BatchSettings) -> dict[str, Any]:
     return run_case(case, settings, plugin.backend, worker=worker.address)
 
 
-def local_client(workers: int | None = None, threads_per_worker: int = 1, memory_limit: str | float = "auto"):
+def local_client(
+    workers: int | None = None, threads_per_worker: int = 1, memory_limit: str | float = "auto"
+):
     """A ``Client`` on a new LocalCluster of worker processes sized to this machine.
 
     workers: worker processes (default: cores // threads_per_worker).
@@ -140,15 +169,29 @@ def local_client(workers: int | None = None, threads_per_worker: int = 1, memory
     if threads_per_worker < 1 or (workers is not None and workers < 1):
         raise InputError("--workers and --threads-per-worker must be at least 1")
     n = workers or max(1, cpu_cores() // threads_per_worker)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                           memory_limit=memory_limit, dashboard_address=":0")
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        memory_limit=memory_limit,
+        dashboard_address=":0",
+    )
     return Client(cluster)
 
 
 def _record(case: Case, status: str, reason: str = "") -> dict[str, Any]:
-    return {"row": case.row, "image": str(case.image), "output": str(case.output), "mode": case.mode,
-            "status": status, "seconds": 0.0, "encoder_calls": 0, "cache_hits": 0, "worker": "",
-            "reason": reason}
+    return {
+        "row": case.row,
+        "image": str(case.image),
+        "output": str(case.output),
+        "mode": case.mode,
+        "status": status,
+        "seconds": 0.0,
+        "encoder_calls": 0,
+        "cache_hits": 0,
+        "worker": "",
+        "reason": reason,
+    }
 
 
 def summary_path(manifest: str | Path) -> Path:
@@ -175,7 +218,9 @@ def plan(cases: list[Case], settings: BatchSettings) -> tuple[list[Case], list[d
         if is_finished(c, settings):
             done.append(_record(c, "skipped", "finished earlier with the same inputs and settings"))
         elif c.output.exists() and not settings.overwrite:
-            done.append(_record(c, "failed", f"{c.output}: output exists; pass --overwrite to replace it"))
+            done.append(
+                _record(c, "failed", f"{c.output}: output exists; pass --overwrite to replace it")
+            )
         else:
             todo.append(c)
     return todo, done
@@ -195,9 +240,15 @@ def _finished(futures: dict) -> Iterator[dict[str, Any]]:
         yield rec
 
 
-def batch_job(manifest: str | Path, client=None, settings: BatchSettings | None = None, *,
-              workers: int | None = None, threads_per_worker: int = 1,
-              torch_threads: int | None = None) -> Job[list[dict[str, Any]]]:
+def batch_job(
+    manifest: str | Path,
+    client=None,
+    settings: BatchSettings | None = None,
+    *,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    torch_threads: int | None = None,
+) -> Job[list[dict[str, Any]]]:
     """Run every unfinished case of ``manifest`` on a Dask cluster: a job
     (:mod:`napari_sam.jobs`) yielding a Progress per case (payload: its summary
     record; the cases that need no run first) and returning the records.
@@ -226,10 +277,22 @@ def batch_job(manifest: str | Path, client=None, settings: BatchSettings | None 
         if todo:
             for c in todo:
                 remove_partials(c.output)
-            register_model(client, settings.model, settings.checkpoint, torch_threads, settings.precision)
-            futures = {client.submit(_case_task, c, settings, key=f"napari-sam-case-{c.row}-{os.getpid()}",
-                                     pure=False): c for c in todo}
-            log.info("batch: %d case(s) sent to %s, %d need no run", len(todo), client, len(records))
+            register_model(
+                client, settings.model, settings.checkpoint, torch_threads, settings.precision
+            )
+            futures = {
+                client.submit(
+                    _case_task,
+                    c,
+                    settings,
+                    key=f"napari-sam-case-{c.row}-{os.getpid()}",
+                    pure=False,
+                ): c
+                for c in todo
+            }
+            log.info(
+                "batch: %d case(s) sent to %s, %d need no run", len(todo), client, len(records)
+            )
             for rec in _finished(futures):
                 records.append(rec)
                 yield Progress(len(records), total, f"row {rec['row']}: {rec['status']}", rec)
@@ -245,17 +308,36 @@ def batch_job(manifest: str | Path, client=None, settings: BatchSettings | None 
     return sorted(records, key=lambda r: r["row"])
 
 
-def run(manifest: str | Path, client=None, settings: BatchSettings | None = None, *,
-        workers: int | None = None, threads_per_worker: int = 1, torch_threads: int | None = None,
-        progress: ProgressCallback | None = None, cancel: Cancel | None = None) -> list[dict[str, Any]]:
+def run(
+    manifest: str | Path,
+    client=None,
+    settings: BatchSettings | None = None,
+    *,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    torch_threads: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: Cancel | None = None,
+) -> list[dict[str, Any]]:
     """:func:`batch_job` driven to its end (:func:`napari_sam.jobs.drive`); returns the summary records.
 
     progress: called with each case's Progress event (payload: its record);
     cancel: a :class:`napari_sam.jobs.Cancel` token (queued cases are then
     cancelled and :class:`napari_sam.jobs.Cancelled` raised).
     """
-    return drive(batch_job(manifest, client, settings, workers=workers, threads_per_worker=threads_per_worker,
-                           torch_threads=torch_threads), progress, cancel, what="batch")
+    return drive(
+        batch_job(
+            manifest,
+            client,
+            settings,
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+            torch_threads=torch_threads,
+        ),
+        progress,
+        cancel,
+        what="batch",
+    )
 
 
 def _show_dashboard(client) -> None:
@@ -268,20 +350,43 @@ def _show_dashboard(client) -> None:
 def add_parser(sub) -> None:
     """Add the ``batch`` sub-command to the CLI's sub-parsers."""
     p = sub.add_parser("batch", help="segment a cohort listed in a manifest CSV on a Dask cluster")
-    p.add_argument("manifest", help="CSV with columns image,prompts,output[,mode][,window] (docs/scaling.md)")
+    p.add_argument(
+        "manifest", help="CSV with columns image,prompts,output[,mode][,window] (docs/scaling.md)"
+    )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, "
-                       "e.g. tcp://host:8786 (default: a local cluster sized to this machine)")
-    where.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores)")
-    p.add_argument("--threads-per-worker", type=int, default=1, help="Dask threads per local worker (default 1)")
-    p.add_argument("--cache-dir", default=None, help="embedding cache shared by the workers "
-                   "(default: $NAPARI_SAM_CACHE_DIR, else the user cache folder)")
+    where.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a running Dask scheduler, "
+        "e.g. tcp://host:8786 (default: a local cluster sized to this machine)",
+    )
+    where.add_argument(
+        "--workers", type=int, default=None, help="local worker processes (default: cores)"
+    )
+    p.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=1,
+        help="Dask threads per local worker (default 1)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="embedding cache shared by the workers "
+        "(default: $NAPARI_SAM_CACHE_DIR, else the user cache folder)",
+    )
     p.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
     p.add_argument("--model", default="lite_medsam", help="model name (default lite_medsam)")
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model")
-    p.add_argument("--precision", default=None, help="image encoder precision on the workers: auto, fp32, "
-                   "bf16 or fp16 (default: see docs/performance.md); recorded with each case")
-    p.add_argument("--overwrite", action="store_true", help="replace outputs that are not a finished run")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="image encoder precision on the workers: auto, fp32, "
+        "bf16 or fp16 (default: see docs/performance.md); recorded with each case",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace outputs that are not a finished run"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -312,8 +417,14 @@ def cmd_batch(args) -> int:
     try:
         if client is not None and not args.quiet:
             _show_dashboard(client)
-        records = run(args.manifest, client, settings, workers=args.workers,
-                      threads_per_worker=args.threads_per_worker, progress=on_event)
+        records = run(
+            args.manifest,
+            client,
+            settings,
+            workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            progress=on_event,
+        )
     finally:
         bar.close()
         if client is not None:
@@ -322,6 +433,9 @@ def cmd_batch(args) -> int:
     for r in records:
         tell(r)
     if not args.quiet:
-        print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
-              f"summary {summary_path(args.manifest)}", file=sys.stderr)
+        print(
+            f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+            f"summary {summary_path(args.manifest)}",
+            file=sys.stderr,
+        )
     return 1 if counts["failed"] else 0

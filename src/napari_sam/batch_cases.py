@@ -59,14 +59,28 @@ def _segment(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult
     check_result_for(case.output, volume)  # a DICOM SEG of a non-DICOM image fails before any work
     prompts.check_against(volume.array.shape, volume.is_2d)
     provider = EmbeddingProvider(backend, cache_dir, max_in_memory=64)
-    result = segment_volume(volume, prompts, backend, window=window,
-                            embeddings_for=provider.views_of(volume.array))
+    result = segment_volume(
+        volume, prompts, backend, window=window, embeddings_for=provider.views_of(volume.array)
+    )
     enc, hits = provider.encoder_calls, provider.disk_hits
-    extra = {"source": str(case.image), "model": backend.name,
-             "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
-             "encoder_calls": enc, "cache_hits": hits}
-    return CaseResult(result.labels, volume.geometry, result.names, result.colors, extra, enc, hits, volume,
-                      backend.name)
+    extra = {
+        "source": str(case.image),
+        "model": backend.name,
+        "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
+        "encoder_calls": enc,
+        "cache_hits": hits,
+    }
+    return CaseResult(
+        result.labels,
+        volume.geometry,
+        result.names,
+        result.colors,
+        extra,
+        enc,
+        hits,
+        volume,
+        backend.name,
+    )
 
 
 def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
@@ -81,8 +95,12 @@ def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
     check_result_for(case.output, volume)
     is_ct = volume_is_ct(volume)
     settings = AutoSettings.for_ct() if is_ct else AutoSettings.for_microscopy()
-    window = resolve_window(volume.array, check_window_spec(case.window), volume.metadata.get("modality"),
-                            volume.metadata.get("dicom_window"))
+    window = resolve_window(
+        volume.array,
+        check_window_spec(case.window),
+        volume.metadata.get("modality"),
+        volume.metadata.get("dicom_window"),
+    )
     crops = CropEmbeddings(backend, max_in_memory=64, cache_dir=cache_dir)
     segmenter = AutomaticSegmenter(backend, settings, crops)
     if volume.is_2d:
@@ -90,15 +108,30 @@ def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
         labels = result.labels[None]
     else:
         key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
-        result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
-                                          volume_key=key)
+        result = segmenter.segment_volume(
+            lambda z: window.apply(volume.array[z]), len(volume.array), volume_key=key
+        )
         labels = result.labels
-    extra = {"source": str(case.image), "model": backend.name, "mode": "automatic",
-             "preset": "ct" if is_ct else "microscopy", "proposals": segmenter.proposal_kind(),
-             "window": [window.lo, window.hi], "object_diameter": round(result.diameter, 2),
-             "encoder_calls": result.encoder_calls, "cache_hits": crops.disk_hits}
-    return CaseResult(labels, volume.geometry, extra=extra, encoder_calls=result.encoder_calls,
-                      cache_hits=crops.disk_hits, volume=volume, model=backend.name)
+    extra = {
+        "source": str(case.image),
+        "model": backend.name,
+        "mode": "automatic",
+        "preset": "ct" if is_ct else "microscopy",
+        "proposals": segmenter.proposal_kind(),
+        "window": [window.lo, window.hi],
+        "object_diameter": round(result.diameter, 2),
+        "encoder_calls": result.encoder_calls,
+        "cache_hits": crops.disk_hits,
+    }
+    return CaseResult(
+        labels,
+        volume.geometry,
+        extra=extra,
+        encoder_calls=result.encoder_calls,
+        cache_hits=crops.disk_hits,
+        volume=volume,
+        model=backend.name,
+    )
 
 
 def compute_case(case: Case, backend: Backend, cache_dir: str | Path | None = None) -> CaseResult:
@@ -119,24 +152,43 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}{at}"
 
 
-def run_case(case: Case, settings: BatchSettings, backend: Backend, worker: str = "") -> dict[str, Any]:
+def run_case(
+    case: Case, settings: BatchSettings, backend: Backend, worker: str = ""
+) -> dict[str, Any]:
     """Compute and write one case; returns its summary record (never raises for a case's own failure).
 
     Record keys: row, image, output, mode, status (done | failed), seconds,
     encoder_calls, cache_hits, worker, reason.
     """
     t0 = time.perf_counter()
-    rec: dict[str, Any] = {"row": case.row, "image": str(case.image), "output": str(case.output),
-                           "mode": case.mode, "status": "done", "seconds": 0.0, "encoder_calls": 0,
-                           "cache_hits": 0, "worker": worker or socket.gethostname(), "reason": ""}
+    rec: dict[str, Any] = {
+        "row": case.row,
+        "image": str(case.image),
+        "output": str(case.output),
+        "mode": case.mode,
+        "status": "done",
+        "seconds": 0.0,
+        "encoder_calls": 0,
+        "cache_hits": 0,
+        "worker": worker or socket.gethostname(),
+        "reason": "",
+    }
     try:
         remove_partials(case.output)
         hashes = input_hashes(case)
         res = compute_case(case, backend, settings.cache_dir)
-        write_case_outputs(case.output, res.labels, res.geometry, res.names, res.colors, res.extra,
-                           {"inputs": hashes, "settings": case_settings(case, settings)}, volume=res.volume,
-                           model=res.model, algorithm_type="SEMIAUTOMATIC" if case.mode == "segment"
-                           else "AUTOMATIC")
+        write_case_outputs(
+            case.output,
+            res.labels,
+            res.geometry,
+            res.names,
+            res.colors,
+            res.extra,
+            {"inputs": hashes, "settings": case_settings(case, settings)},
+            volume=res.volume,
+            model=res.model,
+            algorithm_type="SEMIAUTOMATIC" if case.mode == "segment" else "AUTOMATIC",
+        )
         rec.update(encoder_calls=res.encoder_calls, cache_hits=res.cache_hits)
     except (NapariSamError, OSError, ValueError, RuntimeError, MemoryError) as exc:
         rec.update(status="failed", reason=one_line(exc))

@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -60,9 +61,17 @@ def remove_partials(output: Path) -> int:
     return n
 
 
-def _segmentation_file(tmp: Path, output: Path, labels: np.ndarray, geometry: Geometry,
-                       names: Mapping[int, str] | None, colors: Mapping[int, tuple[int, int, int]] | None,
-                       volume: Volume | None, model: str | None, algorithm_type: str) -> OutputFile:
+def _segmentation_file(
+    tmp: Path,
+    output: Path,
+    labels: np.ndarray,
+    geometry: Geometry,
+    names: Mapping[int, str] | None,
+    colors: Mapping[int, tuple[int, int, int]] | None,
+    volume: Volume | None,
+    model: str | None,
+    algorithm_type: str,
+) -> OutputFile:
     """The OutputFile writing ``output``'s format at ``tmp`` (as ``napari-sam segment`` writes it)."""
     kind = output_kind(output)
     if kind == "labels":
@@ -86,13 +95,23 @@ def _verify(out: OutputFile, final: Path) -> None:
         out.verify(out.path)
     except Exception as exc:  # noqa: BLE001 - any failure to read back is a bad write
         reason = " ".join(str(exc).split())[:120]
-        raise NapariSamError(f"{final}: the written {out.kind} does not read back as computed ({reason})") from None
+        raise NapariSamError(
+            f"{final}: the written {out.kind} does not read back as computed ({reason})"
+        ) from None
 
 
-def write_case_outputs(output: Path, labels: np.ndarray, geometry: Geometry, names: Mapping[int, str] | None,
-                       colors: Mapping[int, tuple[int, int, int]] | None, extra: dict[str, Any],
-                       batch_record: dict[str, Any], volume: Volume | None = None, model: str | None = None,
-                       algorithm_type: str = "SEMIAUTOMATIC") -> str:
+def write_case_outputs(
+    output: Path,
+    labels: np.ndarray,
+    geometry: Geometry,
+    names: Mapping[int, str] | None,
+    colors: Mapping[int, tuple[int, int, int]] | None,
+    extra: dict[str, Any],
+    batch_record: dict[str, Any],
+    volume: Volume | None = None,
+    model: str | None = None,
+    algorithm_type: str = "SEMIAUTOMATIC",
+) -> str:
     """Write ``output`` and its sidecar atomically and verified; returns the output file's SHA-256.
 
     labels: (z, y, x) integer array on ``geometry``'s grid; extra: sidecar
@@ -108,7 +127,9 @@ def write_case_outputs(output: Path, labels: np.ndarray, geometry: Geometry, nam
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp, tmp_side = partial_names(output)
     try:
-        main = _segmentation_file(tmp, output, labels, geometry, names, colors, volume, model, algorithm_type)
+        main = _segmentation_file(
+            tmp, output, labels, geometry, names, colors, volume, model, algorithm_type
+        )
         main.write(tmp)
         digest = file_sha256(tmp)
         side = sidecar_document(validated_labels(labels), geometry, names, colors, extra)

@@ -60,7 +60,7 @@ class CroppedMask:
         if h == 0:
             return
         r0, c0 = self.offset
-        view = target[r0:r0 + h, c0:c0 + w]
+        view = target[r0 : r0 + h, c0 : c0 + w]
         sel = self.crop & (view == 0) if only_where_zero else self.crop
         view[sel] = value
 
@@ -79,8 +79,12 @@ def _clip(box: tuple[float, float, float, float], shape: tuple[int, int]) -> np.
 
 
 @torch.inference_mode()
-def decode_boxes(backend: Backend, emb: Embedding, boxes: list[tuple[float, float, float, float]],
-                 batch: int = BATCH) -> list[CroppedMask]:
+def decode_boxes(
+    backend: Backend,
+    emb: Embedding,
+    boxes: list[tuple[float, float, float, float]],
+    batch: int = BATCH,
+) -> list[CroppedMask]:
     """One mask per box (r0, c0, r1, c1), inclusive pixel indices on ``emb``'s slice.
 
     Returns :class:`CroppedMask` s in the order of ``boxes``.
@@ -88,7 +92,7 @@ def decode_boxes(backend: Backend, emb: Embedding, boxes: list[tuple[float, floa
     out: list[CroppedMask] = []
     shape = tuple(emb.original_size)
     for s in range(0, len(boxes), batch):
-        chunk = boxes[s:s + batch]
+        chunk = boxes[s : s + batch]
         if backend.supports_points:
             arr = np.asarray(chunk, np.float32).reshape(-1, 4)
         else:

@@ -61,7 +61,7 @@ def content_hash(array: np.ndarray) -> str:
     flat = a.reshape(-1).view(np.uint8)
     step = 64 << 20
     for i in range(0, flat.size, step):  # in pieces: no copy of a large volume
-        h.update(flat[i:i + step].data)
+        h.update(flat[i : i + step].data)
     return h.hexdigest()
 
 
@@ -79,7 +79,9 @@ def model_identity(backend: Backend) -> str:
 
 def embedding_key(image_hash: str, model: str, window: Window, axis: int) -> str:
     """The identity of a volume's embeddings: content, model, window, axis."""
-    return hashlib.sha256(f"{image_hash}|{model}|{window.key()}|axis={axis}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{image_hash}|{model}|{window.key()}|axis={axis}".encode()).hexdigest()[
+        :32
+    ]
 
 
 def slice_along(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -119,8 +121,11 @@ def usable_cache_dir(cache_dir: str | Path | None = None, no_cache: bool = False
     except OSError:
         writable = False
     if not writable:
-        warnings.warn(f"{d}: the cache directory cannot be written; keeping embeddings in memory only",
-                      NapariSamWarning)
+        warnings.warn(
+            f"{d}: the cache directory cannot be written; keeping embeddings in memory only",
+            NapariSamWarning,
+            stacklevel=2,
+        )
         return None
     return d
 
@@ -148,8 +153,14 @@ class EmbeddingStore:
     first embedding written, so the store works for any backend.
     """
 
-    def __init__(self, root: str | Path, key: str, signature: dict[str, Any], n_slices: int,
-                 dtype: str = "float16") -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        key: str,
+        signature: dict[str, Any],
+        n_slices: int,
+        dtype: str = "float16",
+    ) -> None:
         if dtype not in ("float16", "float32"):
             raise InputError(f"embedding storage dtype {dtype!r}: use float16 or float32")
         self.root = Path(root)
@@ -178,8 +189,10 @@ class EmbeddingStore:
         except (OSError, ValueError):
             ok = False
         if not ok:  # stale or broken entry: rebuild
-            log.info("embedding cache entry %s is stale (another format, model or volume): rebuilding it",
-                     self.path)
+            log.info(
+                "embedding cache entry %s is stale (another format, model or volume): rebuilding it",
+                self.path,
+            )
             self.wipe()
             return
         try:
@@ -187,7 +200,9 @@ class EmbeddingStore:
             if self._crc.shape != (self.n_slices,) or self._features.shape[0] != self.n_slices:
                 raise ValueError("arrays of the wrong shape")
         except Exception as exc:  # noqa: BLE001 - garbage zarr.json, a missing array, ...
-            _warn(f"embedding cache entry {self.path} is damaged ({type(exc).__name__}); rebuilding it")
+            _warn(
+                f"embedding cache entry {self.path} is damaged ({type(exc).__name__}); rebuilding it"
+            )
             self.wipe()
             return
         self._meta = meta
@@ -199,23 +214,44 @@ class EmbeddingStore:
         if mode == "r+":
             self._features = zarr.open_array(str(self.path / "features"), mode="r+")
             self._crc = zarr.open_array(str(self.path / "crc"), mode="r+")
-            self._extra = {name: zarr.open_array(str(self.path / f"extra_{name}"), mode="r+")
-                           for name in meta.get("extra", {})}
+            self._extra = {
+                name: zarr.open_array(str(self.path / f"extra_{name}"), mode="r+")
+                for name in meta.get("extra", {})
+            }
             return
         fshape = tuple(meta["feature_shape"])
-        self._features = zarr.open_array(str(self.path / "features"), mode="w", shape=(n, *fshape),
-                                         chunks=(1, *fshape), dtype=self.dtype, fill_value=0)
-        self._crc = zarr.open_array(str(self.path / "crc"), mode="w", shape=(n,), chunks=(1,),
-                                    dtype="uint64", fill_value=0)
-        self._extra = {name: zarr.open_array(str(self.path / f"extra_{name}"), mode="w", shape=(n, *s),
-                                             chunks=(1, *s), dtype=self.dtype, fill_value=0)
-                       for name, s in meta.get("extra", {}).items()}
+        self._features = zarr.open_array(
+            str(self.path / "features"),
+            mode="w",
+            shape=(n, *fshape),
+            chunks=(1, *fshape),
+            dtype=self.dtype,
+            fill_value=0,
+        )
+        self._crc = zarr.open_array(
+            str(self.path / "crc"), mode="w", shape=(n,), chunks=(1,), dtype="uint64", fill_value=0
+        )
+        self._extra = {
+            name: zarr.open_array(
+                str(self.path / f"extra_{name}"),
+                mode="w",
+                shape=(n, *s),
+                chunks=(1, *s),
+                dtype=self.dtype,
+                fill_value=0,
+            )
+            for name, s in meta.get("extra", {}).items()
+        }
 
     def _create(self, emb: Embedding) -> None:
-        meta = dict(self.signature, feature_shape=list(emb.features.shape[1:]),
-                    original_size=list(emb.original_size), input_size=list(emb.input_size),
-                    model_name=emb.model,
-                    extra={k: list(v.shape[1:]) for k, v in emb.extra.items()})
+        meta = dict(
+            self.signature,
+            feature_shape=list(emb.features.shape[1:]),
+            original_size=list(emb.original_size),
+            input_size=list(emb.input_size),
+            model_name=emb.model,
+            extra={k: list(v.shape[1:]) for k, v in emb.extra.items()},
+        )
         self.path.mkdir(parents=True, exist_ok=True)
         self._open_arrays(meta, mode="w")
         tmp = self._sig_path().with_suffix(".json.tmp")
@@ -262,9 +298,15 @@ class EmbeddingStore:
             return None
         m = self._meta
         t = torch.from_numpy(feats.astype(np.float32))[None].to(device)
-        return Embedding(features=t, original_size=tuple(m["original_size"]), input_size=tuple(m["input_size"]),
-                         model=m["model_name"],
-                         extra={k: torch.from_numpy(v.astype(np.float32))[None].to(device) for k, v in extra.items()})
+        return Embedding(
+            features=t,
+            original_size=tuple(m["original_size"]),
+            input_size=tuple(m["input_size"]),
+            model=m["model_name"],
+            extra={
+                k: torch.from_numpy(v.astype(np.float32))[None].to(device) for k, v in extra.items()
+            },
+        )
 
     def save(self, index: int, emb: Embedding) -> Embedding:
         """Store slice ``index``'s embedding (features first, then its checksum).
@@ -275,11 +317,17 @@ class EmbeddingStore:
         """
         if self._meta is None:
             self._create(emb)
-        elif tuple(emb.features.shape[1:]) != tuple(self._meta["feature_shape"]) or \
-                tuple(emb.original_size) != tuple(self._meta["original_size"]):
-            raise InputError(f"embedding of shape {tuple(emb.features.shape)} does not fit cache entry {self.key}")
+        elif tuple(emb.features.shape[1:]) != tuple(self._meta["feature_shape"]) or tuple(
+            emb.original_size
+        ) != tuple(self._meta["original_size"]):
+            raise InputError(
+                f"embedding of shape {tuple(emb.features.shape)} does not fit cache entry {self.key}"
+            )
         feats = emb.features[0].detach().float().cpu().numpy().astype(self.dtype)
-        extra = {k: emb.extra[k][0].detach().float().cpu().numpy().astype(self.dtype) for k in self._extra}
+        extra = {
+            k: emb.extra[k][0].detach().float().cpu().numpy().astype(self.dtype)
+            for k in self._extra
+        }
         self._features[index] = feats
         for k, a in self._extra.items():
             a[index] = extra[k]
@@ -287,6 +335,14 @@ class EmbeddingStore:
         if self.dtype == "float32":
             return emb
         dev = emb.features.device
-        return replace(emb, features=torch.from_numpy(feats.astype(np.float32))[None].to(dev),
-                       extra={**emb.extra, **{k: torch.from_numpy(v.astype(np.float32))[None].to(dev)
-                                              for k, v in extra.items()}})
+        return replace(
+            emb,
+            features=torch.from_numpy(feats.astype(np.float32))[None].to(dev),
+            extra={
+                **emb.extra,
+                **{
+                    k: torch.from_numpy(v.astype(np.float32))[None].to(dev)
+                    for k, v in extra.items()
+                },
+            },
+        )

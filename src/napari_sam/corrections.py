@@ -38,8 +38,8 @@ from, raises :class:`InputError` with one line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -52,8 +52,14 @@ from .propagation import PropagationState, Propagator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Correction", "plane_point", "check_correction", "apply_correction", "apply_corrections",
-           "carve"]
+__all__ = [
+    "Correction",
+    "plane_point",
+    "check_correction",
+    "apply_correction",
+    "apply_corrections",
+    "carve",
+]
 
 #: radius (mm) of the region a positive click adds when the model's answer misses the click
 MIN_ADD_RADIUS_MM = 3.0
@@ -85,9 +91,13 @@ def check_correction(c: Correction, state: PropagationState, where: str = "corre
     if c.label not in (0, 1):
         raise InputError(f"{where}: 'label' must be 1 (add) or 0 (remove)")
     if not all(0 <= int(v) < n for v, n in zip(c.point, state.shape)):
-        raise InputError(f"{where}: point {list(c.point)} lies outside the volume of shape {list(state.shape)}")
+        raise InputError(
+            f"{where}: point {list(c.point)} lies outside the volume of shape {list(state.shape)}"
+        )
     if not state.key_slices:
-        raise InputError(f"{where}: the object has no prompt to start from; give a box or a click first")
+        raise InputError(
+            f"{where}: the object has no prompt to start from; give a box or a click first"
+        )
 
 
 def _full_embedding(propagator: Propagator, index: int):
@@ -102,13 +112,21 @@ def _nearest_nonempty(state: PropagationState, index: int) -> np.ndarray | None:
 
 
 def _disk(shape: tuple[int, int], r: int, c: int, radius_px: tuple[float, float]) -> np.ndarray:
-    rr, cc = np.ogrid[:shape[0], :shape[1]]
-    return ((rr - r) / max(radius_px[0], 0.5)) ** 2 + ((cc - c) / max(radius_px[1], 0.5)) ** 2 <= 1.0
+    rr, cc = np.ogrid[: shape[0], : shape[1]]
+    return ((rr - r) / max(radius_px[0], 0.5)) ** 2 + (
+        (cc - c) / max(radius_px[1], 0.5)
+    ) ** 2 <= 1.0
 
 
 @torch.inference_mode()
-def _added_region(state: PropagationState, propagator: Propagator, index: int, r: int, c: int,
-                  spacing_rc: tuple[float, float]) -> np.ndarray:
+def _added_region(
+    state: PropagationState,
+    propagator: Propagator,
+    index: int,
+    r: int,
+    c: int,
+    spacing_rc: tuple[float, float],
+) -> np.ndarray:
     """The region a positive click at (r, c) of slice ``index`` adds: the part of
     the model's answer to a box around the current mask and the click that is
     connected to the click (a small disk when the answer misses it)."""
@@ -126,9 +144,13 @@ def _added_region(state: PropagationState, propagator: Propagator, index: int, r
             h, w = b[2] - b[0] + 1, b[3] - b[1] + 1
         r0, c0, r1, c1 = r - h // 2, c - w // 2, r + h // 2, c + w // 2
     m = 3
-    box = np.array([[max(0, r0 - m), max(0, c0 - m), min(H - 1, r1 + m), min(W - 1, c1 + m)]], np.float32)
+    box = np.array(
+        [[max(0, r0 - m), max(0, c0 - m), min(H - 1, r1 + m), min(W - 1, c1 + m)]], np.float32
+    )
     answer = propagator.backend.decode(_full_embedding(propagator, index), boxes_rc=box).masks[0, 0]
-    disk = _disk(cur.shape, r, c, (MIN_ADD_RADIUS_MM / spacing_rc[0], MIN_ADD_RADIUS_MM / spacing_rc[1]))
+    disk = _disk(
+        cur.shape, r, c, (MIN_ADD_RADIUS_MM / spacing_rc[0], MIN_ADD_RADIUS_MM / spacing_rc[1])
+    )
     if answer[r, c]:
         lab, _n = ndimage.label(answer & ~cur)
         part = lab == lab[r, c] if lab[r, c] else answer & ~cur
@@ -157,8 +179,12 @@ def _seeds(state: PropagationState, corrections: Sequence[Correction]) -> tuple[
     return pos, neg
 
 
-def carve(mask: np.ndarray, positive: Sequence[Sequence[int]], negative: Sequence[Sequence[int]],
-          spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def carve(
+    mask: np.ndarray,
+    positive: Sequence[Sequence[int]],
+    negative: Sequence[Sequence[int]],
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
     """The voxels of ``mask`` (z, y, x) bool that the ``negative`` seeds (z, y, x)
     claim against the ``positive`` ones. Each voxel goes to the seed set it is
     nearer to along paths inside the mask, a path costing 1 / depth per mm
@@ -194,7 +220,9 @@ def carve(mask: np.ndarray, positive: Sequence[Sequence[int]], negative: Sequenc
         starts = local(points)
         if not starts:
             return np.full(sub.shape, np.inf)
-        cum, _ = MCP_Geometric(costs, sampling=tuple(float(s) for s in spacing_zyx)).find_costs(starts)
+        cum, _ = MCP_Geometric(costs, sampling=tuple(float(s) for s in spacing_zyx)).find_costs(
+            starts
+        )
         return cum
 
     dn, dp = reach(neg), reach(positive)
@@ -202,7 +230,9 @@ def carve(mask: np.ndarray, positive: Sequence[Sequence[int]], negative: Sequenc
     return out & mask
 
 
-def _apply_carve(state: PropagationState, corrections: Sequence[Correction], spacing_zyx, painted: set[int]) -> None:
+def _apply_carve(
+    state: PropagationState, corrections: Sequence[Correction], spacing_zyx, painted: set[int]
+) -> None:
     pos, neg = _seeds(state, corrections)
     if not neg:
         return
@@ -219,9 +249,14 @@ def _apply_carve(state: PropagationState, corrections: Sequence[Correction], spa
                 state.user_masks[i] = state.results[i].copy()
 
 
-def correction_job(state: PropagationState, propagator: Propagator, correction: Correction,
-                   earlier: Sequence[Correction] = (), spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
-                   painted: set[int] | None = None) -> Job[tuple[int, int]]:
+def correction_job(
+    state: PropagationState,
+    propagator: Propagator,
+    correction: Correction,
+    earlier: Sequence[Correction] = (),
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+    painted: set[int] | None = None,
+) -> Job[tuple[int, int]]:
     """Apply one click to an object's propagated result, in place: a job
     (:mod:`napari_sam.jobs`) yielding the Progress events of the propagation
     runs it makes, returning the inclusive range of slices (along
@@ -247,7 +282,10 @@ def correction_job(state: PropagationState, propagator: Propagator, correction: 
         new = cur | _added_region(state, propagator, index, r, c, sp_rc)
     else:
         pos, neg = _seeds(state, everything)
-        new = cur & ~carve(state.volume_mask(), pos, [correction.point], sp)[_plane(state.axis, index)]
+        new = (
+            cur
+            & ~carve(state.volume_mask(), pos, [correction.point], sp)[_plane(state.axis, index)]
+        )
         if cur[r, c] and new[r, c]:  # the click's own voxel always goes
             lab, _n = ndimage.label(cur)
             new = cur & (lab != lab[r, c])
@@ -255,17 +293,27 @@ def correction_job(state: PropagationState, propagator: Propagator, correction: 
         affected = state.add_stop(index, np.array([[r, c]], np.float32))
     else:
         affected = state.set_user_mask(index, new)
-    log.info("correction %s (label %d): slices %d-%d re-propagated", tuple(correction.point),
-             correction.label, *affected)
+    log.info(
+        "correction %s (label %d): slices %d-%d re-propagated",
+        tuple(correction.point),
+        correction.label,
+        *affected,
+    )
     yield from propagator.run(state)
     _apply_carve(state, everything, sp, painted)
     return affected
 
 
-def apply_correction(state: PropagationState, propagator: Propagator, correction: Correction,
-                     earlier: Sequence[Correction] = (), spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
-                     painted: set[int] | None = None, progress: ProgressCallback | None = None,
-                     cancel: Cancel | None = None) -> tuple[int, int]:
+def apply_correction(
+    state: PropagationState,
+    propagator: Propagator,
+    correction: Correction,
+    earlier: Sequence[Correction] = (),
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+    painted: set[int] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: Cancel | None = None,
+) -> tuple[int, int]:
     """:func:`correction_job` driven to its end (:func:`napari_sam.jobs.drive`):
     returns the inclusive range of slices re-propagated. A set ``cancel`` token
     raises :class:`napari_sam.jobs.Cancelled`."""
@@ -279,21 +327,35 @@ def _plane(axis: int, index: int) -> tuple:
     return tuple(sl)
 
 
-def corrections_job(state: PropagationState, propagator: Propagator, corrections: Sequence[Correction],
-                    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> Job[PropagationState]:
+def corrections_job(
+    state: PropagationState,
+    propagator: Propagator,
+    corrections: Sequence[Correction],
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+) -> Job[PropagationState]:
     """Apply ``corrections`` in order, each as if clicked after seeing the
     previous result (see :func:`correction_job`): a job returning ``state``."""
     for i, c in enumerate(corrections):
-        yield from correction_job(state, propagator, c, earlier=corrections[:i], spacing_zyx=spacing_zyx)
+        yield from correction_job(
+            state, propagator, c, earlier=corrections[:i], spacing_zyx=spacing_zyx
+        )
     if not corrections:
         yield from propagator.run(state)
     return state
 
 
-def apply_corrections(state: PropagationState, propagator: Propagator, corrections: Sequence[Correction],
-                      spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
-                      progress: ProgressCallback | None = None,
-                      cancel: Cancel | None = None) -> PropagationState:
+def apply_corrections(
+    state: PropagationState,
+    propagator: Propagator,
+    corrections: Sequence[Correction],
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+    progress: ProgressCallback | None = None,
+    cancel: Cancel | None = None,
+) -> PropagationState:
     """:func:`corrections_job` driven to its end; returns ``state``."""
-    return drive(corrections_job(state, propagator, corrections, spacing_zyx), progress, cancel,
-                 what="corrections")
+    return drive(
+        corrections_job(state, propagator, corrections, spacing_zyx),
+        progress,
+        cancel,
+        what="corrections",
+    )

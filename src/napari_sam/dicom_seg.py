@@ -21,8 +21,9 @@ by :func:`napari_sam.io.read_image` (SimpleITK's, by position).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -307,7 +308,9 @@ def write_dicom_seg(
 ) -> Path:
     """Write :func:`dicom_seg_output` atomically (temporary file beside it,
     fsync, read back and compared voxel for voxel, rename). Returns ``path``."""
-    out = dicom_seg_output(path, labels, volume, names, colors, model, algorithm_type, notes, encoding)
+    out = dicom_seg_output(
+        path, labels, volume, names, colors, model, algorithm_type, notes, encoding
+    )
     write_outputs([out], overwrite=overwrite)
     return out.path
 

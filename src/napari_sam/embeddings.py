@@ -53,7 +53,14 @@ from .intensity import Window
 from .jobs import Cancel, Job, Progress, ProgressCallback, drive
 from .models.base import Backend, Embedding
 
-__all__ = ["CropEmbeddings", "EmbeddingProvider", "Entry", "SliceEmbeddings", "crop_key", "encoder_lock"]
+__all__ = [
+    "CropEmbeddings",
+    "EmbeddingProvider",
+    "Entry",
+    "SliceEmbeddings",
+    "crop_key",
+    "encoder_lock",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +107,13 @@ class EmbeddingProvider:
     and embeddings read from disk.
     """
 
-    def __init__(self, backend: Backend, cache_dir: str | Path | None = None, max_in_memory: int = 32,
-                 dtype: str = "float16") -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        cache_dir: str | Path | None = None,
+        max_in_memory: int = 32,
+        dtype: str = "float16",
+    ) -> None:
         if max_in_memory < 1:
             raise InputError(f"max_in_memory {max_in_memory}: expected at least 1")
         if dtype not in ("float16", "float32"):
@@ -118,8 +130,11 @@ class EmbeddingProvider:
         self._lock = threading.Lock()  # the memory tier and the table of stores
         self.encoder = encoder_lock(backend)
 
-    def views_of(self, volume: np.ndarray, image_hash: str | None = None,
-                 ) -> Callable[[Window, int], SliceEmbeddings]:
+    def views_of(
+        self,
+        volume: np.ndarray,
+        image_hash: str | None = None,
+    ) -> Callable[[Window, int], SliceEmbeddings]:
         """(window, axis) -> the :class:`SliceEmbeddings` of ``volume`` on this
         provider (what :func:`napari_sam.segmentation.segment_volume` takes as
         ``embeddings_for``). The volume's content hash, the disk entries' key,
@@ -129,8 +144,14 @@ class EmbeddingProvider:
         def view(window: Window, axis: int) -> SliceEmbeddings:
             if self.cache_dir is not None and not known:
                 known.append(content_hash(volume))
-            return SliceEmbeddings(self.backend, volume, window, axis, image_hash=known[0] if known else None,
-                                   provider=self)
+            return SliceEmbeddings(
+                self.backend,
+                volume,
+                window,
+                axis,
+                image_hash=known[0] if known else None,
+                provider=self,
+            )
 
         return view
 
@@ -165,8 +186,9 @@ class EmbeddingProvider:
             return None
         with self._lock:
             if entry.key not in self._stores:
-                self._stores[entry.key] = EmbeddingStore(self.cache_dir, entry.key, entry.signature, entry.n,
-                                                         self.dtype)
+                self._stores[entry.key] = EmbeddingStore(
+                    self.cache_dir, entry.key, entry.signature, entry.n, self.dtype
+                )
             return self._stores[entry.key]
 
     def on_disk(self, entry: Entry) -> np.ndarray:
@@ -183,15 +205,21 @@ class EmbeddingProvider:
         try:
             return st.save(index, emb)
         except OSError as exc:
-            warnings.warn(f"cannot write the embedding cache {st.root} ({exc.strerror or exc}); "
-                          "keeping embeddings in memory only", NapariSamWarning, stacklevel=4)
+            warnings.warn(
+                f"cannot write the embedding cache {st.root} ({exc.strerror or exc}); "
+                "keeping embeddings in memory only",
+                NapariSamWarning,
+                stacklevel=4,
+            )
             with self._lock:
                 self._stores[entry.key] = None
                 self.max_in_memory = max(self.max_in_memory, entry.n)
             return emb
 
     # ------------------------------------------------------------ access
-    def get(self, entry: Entry, index: int, pixels: Callable[[], np.ndarray]) -> tuple[Embedding, str]:
+    def get(
+        self, entry: Entry, index: int, pixels: Callable[[], np.ndarray]
+    ) -> tuple[Embedding, str]:
         """Slice ``index`` of ``entry``: from memory, else disk, else the encoder
         (run on ``pixels()``, the (H, W[, 3]) float32 [0, 1] image the model sees).
         Returns the embedding and where it came from: "memory", "disk" or "encoder"."""
@@ -199,7 +227,9 @@ class EmbeddingProvider:
         if emb is not None:
             self.remember(entry, index, emb)
             return emb, "memory"
-        with self.encoder:  # one encoder run at a time; the disk entry is read and written under it too
+        with (
+            self.encoder
+        ):  # one encoder run at a time; the disk entry is read and written under it too
             emb = self.peek(entry, index)
             if emb is not None:
                 return emb, "memory"
@@ -229,15 +259,22 @@ class EmbeddingProvider:
         return emb
 
 
-def _provider_for(view: str, backend: Backend, provider: EmbeddingProvider | None,
-                  cache_dir: str | Path | None, max_in_memory: int,
-                  dtype: str = "float16") -> EmbeddingProvider:
+def _provider_for(
+    view: str,
+    backend: Backend,
+    provider: EmbeddingProvider | None,
+    cache_dir: str | Path | None,
+    max_in_memory: int,
+    dtype: str = "float16",
+) -> EmbeddingProvider:
     """A view's provider: ``provider`` (shared, of the same backend), or a private one."""
     if provider is None:
         return EmbeddingProvider(backend, cache_dir, max_in_memory, dtype)
     if provider.backend is not backend or cache_dir is not None:
-        raise UsageError(f"a {view} on a shared provider takes the provider's backend and cache folder: "
-                         "pass neither another backend nor cache_dir")
+        raise UsageError(
+            f"a {view} on a shared provider takes the provider's backend and cache folder: "
+            "pass neither another backend nor cache_dir"
+        )
     return provider
 
 
@@ -258,16 +295,27 @@ class SliceEmbeddings:
     ``disk_hits`` the embeddings it read from disk.
     """
 
-    def __init__(self, backend: Backend, volume: np.ndarray, window: Window, axis: int = 0,
-                 max_in_memory: int = 32, on_encode: Callable[[int], None] | None = None,
-                 cache_dir: str | Path | None = None, dtype: str = "float16",
-                 image_hash: str | None = None, provider: EmbeddingProvider | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        volume: np.ndarray,
+        window: Window,
+        axis: int = 0,
+        max_in_memory: int = 32,
+        on_encode: Callable[[int], None] | None = None,
+        cache_dir: str | Path | None = None,
+        dtype: str = "float16",
+        image_hash: str | None = None,
+        provider: EmbeddingProvider | None = None,
+    ) -> None:
         if volume.ndim not in (3, 4) or axis not in (0, 1, 2):
-            raise InputError(f"volume of shape {volume.shape} along axis {axis}: "
-                             "expected (z, y, x) and axis 0-2")
+            raise InputError(
+                f"volume of shape {volume.shape} along axis {axis}: expected (z, y, x) and axis 0-2"
+            )
         self.backend = backend
-        self.provider = provider = _provider_for("SliceEmbeddings", backend, provider, cache_dir,
-                                                 max_in_memory, dtype)
+        self.provider = provider = _provider_for(
+            "SliceEmbeddings", backend, provider, cache_dir, max_in_memory, dtype
+        )
         self.volume = volume
         self.window = window
         self.axis = axis
@@ -280,8 +328,13 @@ class SliceEmbeddings:
             key = f"mem-{uuid.uuid4().hex}"
         else:
             key = embedding_key(image_hash, provider.model, window, axis)
-        sig = {"image_hash": image_hash, "model": provider.model, "window": window.key(), "axis": axis,
-               "volume_shape": list(volume.shape)}
+        sig = {
+            "image_hash": image_hash,
+            "model": provider.model,
+            "window": window.key(),
+            "axis": axis,
+            "volume_shape": list(volume.shape),
+        }
         self.entry = Entry(key, volume.shape[axis], sig)
         self._crops: dict[Crop, Entry] = {}
 
@@ -304,13 +357,21 @@ class SliceEmbeddings:
 
     def _crop_entry(self, crop: Crop) -> Entry:
         rows, cols = self.slice_shape
-        if not (0 <= crop.top and 0 <= crop.left and crop.height >= 1 and crop.width >= 1
-                and crop.top + crop.height <= rows and crop.left + crop.width <= cols):
+        if not (
+            0 <= crop.top
+            and 0 <= crop.left
+            and crop.height >= 1
+            and crop.width >= 1
+            and crop.top + crop.height <= rows
+            and crop.left + crop.width <= cols
+        ):
             raise InputError(f"region {list(crop.box)} outside a slice of shape ({rows}, {cols})")
         entry = self._crops.get(crop)
         if entry is None:
             key = hashlib.sha256(f"{self.entry.key}|crop={crop.key()}".encode()).hexdigest()[:32]
-            entry = self._crops[crop] = Entry(key, self.entry.n, dict(self.entry.signature, crop=crop.key()))
+            entry = self._crops[crop] = Entry(
+                key, self.entry.n, dict(self.entry.signature, crop=crop.key())
+            )
         return entry
 
     def get(self, index: int, crop: Crop | None = None) -> Embedding:
@@ -325,6 +386,7 @@ class SliceEmbeddings:
         if crop is None or crop.is_whole(self.slice_shape):
             emb, source = self.provider.get(self.entry, index, lambda: self.model_input(index))
         else:
+
             def pixels() -> np.ndarray:
                 return np.ascontiguousarray(self.model_input(index)[crop.slices])
 
@@ -377,15 +439,22 @@ class SliceEmbeddings:
                     stream.close()
                 return done
             for s in range(0, total, batch):
-                chunk = todo[s:s + batch]
-                for i, emb in zip(chunk, self.backend.embed_batch([self.model_input(i) for i in chunk])):
+                chunk = todo[s : s + batch]
+                for i, emb in zip(
+                    chunk, self.backend.embed_batch([self.model_input(i) for i in chunk])
+                ):
                     self._put(i, emb)
                 done += len(chunk)
                 yield Progress(done, total, f"slice {chunk[-1]}")
         return done
 
-    def fill(self, indices: range | list[int] | None = None, batch: int = 1,
-             progress: ProgressCallback | None = None, cancel: Cancel | None = None) -> int:
+    def fill(
+        self,
+        indices: range | list[int] | None = None,
+        batch: int = 1,
+        progress: ProgressCallback | None = None,
+        cancel: Cancel | None = None,
+    ) -> int:
         """:meth:`fill_job` driven to its end (:func:`napari_sam.jobs.drive`); returns
         the number of slices encoded. A set ``cancel`` token raises
         :class:`napari_sam.jobs.Cancelled` (the slices stored so far stay)."""
@@ -411,9 +480,14 @@ class CropEmbeddings:
     ``encoder_calls`` and ``disk_hits`` count this view's encoder runs and disk reads.
     """
 
-    def __init__(self, backend: Backend, max_in_memory: int = 32,
-                 on_encode: Callable[[Crop], None] | None = None,
-                 cache_dir: str | Path | None = None, provider: EmbeddingProvider | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        max_in_memory: int = 32,
+        on_encode: Callable[[Crop], None] | None = None,
+        cache_dir: str | Path | None = None,
+        provider: EmbeddingProvider | None = None,
+    ) -> None:
         self.backend = backend
         self.provider = _provider_for("CropEmbeddings", backend, provider, cache_dir, max_in_memory)
         self.on_encode = on_encode
@@ -438,8 +512,10 @@ class CropEmbeddings:
         if image_key is None:
             image_key = content_hash(np.asarray(image01))
         emb, source = self.provider.get(
-            self.entry(image_key, crop), 0,
-            lambda: np.ascontiguousarray(np.asarray(image01)[crop.slices], dtype=np.float32))
+            self.entry(image_key, crop),
+            0,
+            lambda: np.ascontiguousarray(np.asarray(image01)[crop.slices], dtype=np.float32),
+        )
         if source == "disk":
             self.disk_hits += 1
         elif source == "encoder":

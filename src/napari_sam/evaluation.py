@@ -68,7 +68,9 @@ class ClickRun:
         return cap
 
 
-def simulate_clicks(predictor, gt: np.ndarray, max_clicks: int = 10, stop_at: float | None = 0.85) -> ClickRun:
+def simulate_clicks(
+    predictor, gt: np.ndarray, max_clicks: int = 10, stop_at: float | None = 0.85
+) -> ClickRun:
     """Run the click protocol on a predictor whose slice is already set.
 
     predictor: a :class:`napari_sam.predictor.SlicePredictor`; gt: (H, W) bool.
@@ -124,8 +126,10 @@ class InstanceScores:
         return 2 * self.tp / d if d else 1.0
 
     def summary(self) -> str:
-        return (f"F1@{self.threshold:g} {self.f1:.3f}  precision {self.precision:.3f}  recall {self.recall:.3f}  "
-                f"mean matched IoU {self.mean_matched_iou:.3f}  (TP {self.tp}, FP {self.fp}, FN {self.fn})")
+        return (
+            f"F1@{self.threshold:g} {self.f1:.3f}  precision {self.precision:.3f}  recall {self.recall:.3f}  "
+            f"mean matched IoU {self.mean_matched_iou:.3f}  (TP {self.tp}, FP {self.fp}, FN {self.fn})"
+        )
 
 
 def match_instances(pred: np.ndarray, ref: np.ndarray, threshold: float = 0.5) -> InstanceScores:
@@ -142,13 +146,22 @@ def match_instances(pred: np.ndarray, ref: np.ndarray, threshold: float = 0.5) -
     keep = iou[rows, cols] >= threshold
     rows, cols = rows[keep], cols[keep]
     tp = int(keep.sum())
-    pairs = np.stack([p_ids[rows], r_ids[cols], iou[rows, cols]], axis=1) if tp else np.zeros((0, 3))
-    return InstanceScores(threshold, tp, len(p_ids) - tp, len(r_ids) - tp,
-                          float(iou[rows, cols].mean()) if tp else 0.0, pairs)
+    pairs = (
+        np.stack([p_ids[rows], r_ids[cols], iou[rows, cols]], axis=1) if tp else np.zeros((0, 3))
+    )
+    return InstanceScores(
+        threshold,
+        tp,
+        len(p_ids) - tp,
+        len(r_ids) - tp,
+        float(iou[rows, cols].mean()) if tp else 0.0,
+        pairs,
+    )
 
 
-def prompts_from_labels(labels: np.ndarray, kind: str = "box", ids: list[int] | None = None,
-                        propagate: bool = True) -> PromptsFile:
+def prompts_from_labels(
+    labels: np.ndarray, kind: str = "box", ids: list[int] | None = None, propagate: bool = True
+) -> PromptsFile:
     """A simulated user's prompts for a (z, y, x) instance label map: one
     prompt per object on the slice of its largest cross-section, its box
     there (``kind="box"``) or a click at the cross-section's deepest point
@@ -169,8 +182,12 @@ def prompts_from_labels(labels: np.ndarray, kind: str = "box", ids: list[int] | 
         if kind == "box":
             prompt = SlicePrompt(box=box_of_mask(plane), slice=z)
         else:
-            prompt = SlicePrompt(points=np.asarray([deepest_point(plane)], np.float32), labels=np.ones(1), slice=z)
-        out.append(ObjectPrompts(id=int(i), name=f"object {i}", prompts=[prompt], propagate=propagate))
+            prompt = SlicePrompt(
+                points=np.asarray([deepest_point(plane)], np.float32), labels=np.ones(1), slice=z
+            )
+        out.append(
+            ObjectPrompts(id=int(i), name=f"object {i}", prompts=[prompt], propagate=propagate)
+        )
     return PromptsFile(objects=out)
 
 

@@ -75,7 +75,7 @@ def _read_plain(path: Path) -> LabelSet:
         except (OSError, ValueError):
             data = {}
         table = data.get("labels", data) if isinstance(data, dict) else {}
-        for k, v in (table.items() if isinstance(table, dict) else []):
+        for k, v in table.items() if isinstance(table, dict) else []:
             if str(k).isdigit():
                 names[int(k)] = str(v.get("name", f"object_{k}")) if isinstance(v, dict) else str(v)
                 if isinstance(v, dict) and isinstance(v.get("color"), list):

@@ -48,8 +48,9 @@ LAZY_SUFFIXES = (".zarr", ".tif", ".tiff", ".ome.zarr")
 def is_zarr_path(path: str | Path) -> bool:
     """Whether ``path`` names a zarr store (a folder ending in .zarr, or one holding zarr metadata)."""
     p = Path(path)
-    return p.name.lower().endswith(".zarr") or (p.is_dir() and any(
-        (p / m).exists() for m in ("zarr.json", ".zarray", ".zgroup")))
+    return p.name.lower().endswith(".zarr") or (
+        p.is_dir() and any((p / m).exists() for m in ("zarr.json", ".zarray", ".zgroup"))
+    )
 
 
 def _ome_level0(group) -> Any:
@@ -119,7 +120,7 @@ def sample_window(arr, spec=None, max_pixels: int = 4_000_000) -> Window:
     step = max(1, int(np.ceil(np.sqrt(H * W / max_pixels))))
     rows = []
     for r0 in range(0, H, max(step, 512 // step * step)):  # strips: bounded memory
-        strip = np.asarray(arr[r0: min(H, r0 + max(step, 512 // step * step)), :])
+        strip = np.asarray(arr[r0 : min(H, r0 + max(step, 512 // step * step)), :])
         rows.append(strip[::step, ::step])
     sample = np.concatenate(rows)[None]
     return resolve_window(sample, spec)
@@ -130,7 +131,9 @@ def segment_tile(path: str, tile: Crop, window: Window, settings, backend) -> np
     pixels = np.asarray(open_lazy(path)[tile.slices])
     if pixels.size == 0 or pixels.min() == pixels.max():
         return None
-    return AutomaticSegmenter(backend, settings).segment(window.apply(pixels)).labels.astype(np.int32)
+    return (
+        AutomaticSegmenter(backend, settings).segment(window.apply(pixels)).labels.astype(np.int32)
+    )
 
 
 def _tile_task(path: str, tile: Crop, window: Window, settings) -> np.ndarray | None:
@@ -153,8 +156,9 @@ def paint_tile(out, grid: TileGrid, k: int, labels: np.ndarray | None, next_id: 
     return next_id
 
 
-def segment_large_job(client, image: str | Path, output: str | Path, settings: AutoSettings | None = None,
-                      window=None) -> Job[dict[str, Any]]:
+def segment_large_job(
+    client, image: str | Path, output: str | Path, settings: AutoSettings | None = None, window=None
+) -> Job[dict[str, Any]]:
     """Segment a large 2D image tile by tile on ``client``'s cluster into a zarr
     label map: a job (:mod:`napari_sam.jobs`) yielding a Progress per tile
     painted, returning {"objects", "tiles", "empty_tiles", "shape"}.
@@ -176,17 +180,23 @@ def segment_large_job(client, image: str | Path, output: str | Path, settings: A
     grid = TileGrid(tuple(arr.shape), settings.tile_shape, settings.halo)
     tmp = out_path.with_name(f".{out_path.name}.{secrets.token_hex(4)}.partial")
     core = grid.cores[0].shape
-    out = zarr.open_array(str(tmp), mode="w", shape=grid.shape, chunks=core, dtype="int32", fill_value=0)
+    out = zarr.open_array(
+        str(tmp), mode="w", shape=grid.shape, chunks=core, dtype="int32", fill_value=0
+    )
     futures: dict = {}
     try:
-        futures = {client.submit(_tile_task, str(image), t, win, settings, pure=False): k
-                   for k, t in enumerate(grid.tiles)}
+        futures = {
+            client.submit(_tile_task, str(image), t, win, settings, pure=False): k
+            for k, t in enumerate(grid.tiles)
+        }
         log.info("%d tile(s) of %s sent to %s", len(grid), image, client)
         waiting: dict[int, Any] = {}
         next_k, next_id, empty = 0, 1, 0
         for fut in as_completed(list(futures)):
             waiting[futures[fut]] = fut
-            while next_k in waiting:  # paint in tile order: the earlier tile keeps a contested pixel
+            while (
+                next_k in waiting
+            ):  # paint in tile order: the earlier tile keeps a contested pixel
                 labels = waiting.pop(next_k).result()
                 empty += labels is None
                 next_id = paint_tile(out, grid, next_k, labels, next_id)
@@ -203,9 +213,15 @@ def segment_large_job(client, image: str | Path, output: str | Path, settings: A
     return {"objects": next_id - 1, "tiles": len(grid), "empty_tiles": empty, "shape": grid.shape}
 
 
-def segment_large(client, image: str | Path, output: str | Path, settings: AutoSettings | None = None,
-                  window=None, progress: ProgressCallback | None = None,
-                  cancel: Cancel | None = None) -> dict[str, Any]:
+def segment_large(
+    client,
+    image: str | Path,
+    output: str | Path,
+    settings: AutoSettings | None = None,
+    window=None,
+    progress: ProgressCallback | None = None,
+    cancel: Cancel | None = None,
+) -> dict[str, Any]:
     """:func:`segment_large_job` driven to its end (:func:`napari_sam.jobs.drive`)."""
     job = segment_large_job(client, image, output, settings, window)
     return drive(job, progress, cancel, what="tiled run")
@@ -229,10 +245,20 @@ def check_tiled_paths(image: str | Path, output: str | Path, overwrite: bool = F
     return out
 
 
-def auto_large(image: str | Path, output: str | Path, settings, window=None, scheduler: str | None = None,
-               workers: int | None = None, model: str = "lite_medsam", checkpoint: str | None = None,
-               overwrite: bool = False, progress: ProgressCallback | None = None,
-               cancel: Cancel | None = None, precision: str | None = None) -> dict[str, Any]:
+def auto_large(
+    image: str | Path,
+    output: str | Path,
+    settings,
+    window=None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    model: str = "lite_medsam",
+    checkpoint: str | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: Cancel | None = None,
+    precision: str | None = None,
+) -> dict[str, Any]:
     """``napari-sam auto`` for a zarr / OME-Zarr / TIFF image into a ``.zarr`` label map, on Dask.
 
     scheduler: a running scheduler's address; None: a LocalCluster of
@@ -250,7 +276,9 @@ def auto_large(image: str | Path, output: str | Path, settings, window=None, sch
             tmp_old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
             os.replace(out, tmp_old)
         try:
-            info = segment_large(client, image, out, settings, window, progress=progress, cancel=cancel)
+            info = segment_large(
+                client, image, out, settings, window, progress=progress, cancel=cancel
+            )
         except BaseException:
             if tmp_old is not None:
                 os.replace(tmp_old, out)

@@ -73,8 +73,13 @@ class UnpaintedAnnotation(Annotation):
     either (it is painted when the replay's step closes), so a replay through
     this model decodes and propagates exactly as through the painted one."""
 
-    def __init__(self, shape: tuple[int, int, int], spacing_zyx=(1.0, 1.0, 1.0), is_2d: bool = False,
-                 key_choice: str = "single") -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        spacing_zyx=(1.0, 1.0, 1.0),
+        is_2d: bool = False,
+        key_choice: str = "single",
+    ) -> None:
         super().__init__((1, 1, 1), spacing_zyx, False, key_choice)
         self.shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
         self.is_2d = bool(is_2d)
@@ -117,12 +122,16 @@ def _resolved_windows(prompts: PromptsFile, sample: Volume, override: Any) -> Pr
     """The prompts with every object's window resolved on ``sample`` (the rule of
     :func:`~napari_sam.annotation.replay.object_window`), so that the replay never
     reads the whole volume for a window."""
-    objects = [replace(o, window=object_window(sample, o, prompts.window, override)) for o in prompts.objects]
+    objects = [
+        replace(o, window=object_window(sample, o, prompts.window, override))
+        for o in prompts.objects
+    ]
     return replace(prompts, objects=objects)
 
 
-def lazy_embeddings(volume: Volume, backend: Backend, cache_dir: str | Path | None = None,
-                    max_in_memory: int = 16) -> tuple[Callable[[Window, int], SliceEmbeddings], EmbeddingProvider]:
+def lazy_embeddings(
+    volume: Volume, backend: Backend, cache_dir: str | Path | None = None, max_in_memory: int = 16
+) -> tuple[Callable[[Window, int], SliceEmbeddings], EmbeddingProvider]:
     """(window, axis) -> SliceEmbeddings of a lazily read ``volume`` on one provider, and
     that provider. The volume's content hash (the cache key) is computed once, slab by slab."""
     provider = EmbeddingProvider(backend, cache_dir, max_in_memory=max_in_memory)
@@ -131,17 +140,29 @@ def lazy_embeddings(volume: Volume, backend: Backend, cache_dir: str | Path | No
     def factory(win: Window, axis: int) -> SliceEmbeddings:
         if provider.cache_dir is not None and not digest:
             digest.append(content_hash(volume.array))
-        return SliceEmbeddings(backend, volume.array, win, axis, image_hash=digest[0] if digest else None,
-                               provider=provider)
+        return SliceEmbeddings(
+            backend,
+            volume.array,
+            win,
+            axis,
+            image_hash=digest[0] if digest else None,
+            provider=provider,
+        )
 
     return factory, provider
 
 
-def segment_lazy(volume: Volume, prompts: PromptsFile, backend: Backend, window: Any = None,
-                 progress: ProgressCallback | None = None,
-                 embeddings_for: Callable[[Window, int], SliceEmbeddings] | None = None, cancel: Any = None,
-                 zoom: ZoomSettings | None = None,
-                 crop_embeddings: CropEmbeddings | None = None) -> LazySegmentation:
+def segment_lazy(
+    volume: Volume,
+    prompts: PromptsFile,
+    backend: Backend,
+    window: Any = None,
+    progress: ProgressCallback | None = None,
+    embeddings_for: Callable[[Window, int], SliceEmbeddings] | None = None,
+    cancel: Any = None,
+    zoom: ZoomSettings | None = None,
+    crop_embeddings: CropEmbeddings | None = None,
+) -> LazySegmentation:
     """Segment a lazily read ``volume`` from ``prompts`` (arguments as
     :func:`napari_sam.segmentation.segment_volume`); nothing is painted yet.
 
@@ -151,21 +172,38 @@ def segment_lazy(volume: Volume, prompts: PromptsFile, backend: Backend, window:
     """
     sample = sample_volume(volume)
     prompts = _resolved_windows(prompts, sample, window)
-    model = UnpaintedAnnotation(volume.shape, volume.geometry.scale_zyx, volume.is_2d, key_choice_for(sample))
+    model = UnpaintedAnnotation(
+        volume.shape, volume.geometry.scale_zyx, volume.is_2d, key_choice_for(sample)
+    )
     if embeddings_for is None:
         embeddings_for = lazy_embeddings(volume, backend)[0]
-    outcome = replay(model, volume, prompts, backend, progress=progress, embeddings_for=embeddings_for,
-                     cancel=cancel, zoom=zoom, crop_embeddings=crop_embeddings)
-    out = LazySegmentation(volume.shape, volume.geometry.scale_zyx,
-                           [m for o in model.objects if (m := o.masks()) is not None],
-                           {o.id: o.name for o in prompts.objects},
-                           {o.id: o.color for o in prompts.objects if o.color}, outcome.windows,
-                           cancelled=outcome.cancelled)
+    outcome = replay(
+        model,
+        volume,
+        prompts,
+        backend,
+        progress=progress,
+        embeddings_for=embeddings_for,
+        cancel=cancel,
+        zoom=zoom,
+        crop_embeddings=crop_embeddings,
+    )
+    out = LazySegmentation(
+        volume.shape,
+        volume.geometry.scale_zyx,
+        [m for o in model.objects if (m := o.masks()) is not None],
+        {o.id: o.name for o in prompts.objects},
+        {o.id: o.color for o in prompts.objects if o.color},
+        outcome.windows,
+        cancelled=outcome.cancelled,
+    )
     for o in prompts.objects:
         obj = model.object(o.id)
         if o.propagate and obj.state is not None:
             out.states[o.id] = obj.state
-        present = obj.slices_holding() if o.propagate else sorted(obj.state.results) if obj.state else []
+        present = (
+            obj.slices_holding() if o.propagate else sorted(obj.state.results) if obj.state else []
+        )
         if present:
             out.slices[o.id] = present
     return out
@@ -189,22 +227,39 @@ class _ReadBack:
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
         self._arr[key] = value
         if not np.array_equal(np.asarray(self._arr[key]), value):
-            raise OutputError(f"{self._name}: a region of the label map does not read back as written; "
-                              "nothing written")
+            raise OutputError(
+                f"{self._name}: a region of the label map does not read back as written; "
+                "nothing written"
+            )
 
 
-def label_document(seg: LazySegmentation, geometry: Geometry, extra: dict[str, Any] | None = None) -> dict:
+def label_document(
+    seg: LazySegmentation, geometry: Geometry, extra: dict[str, Any] | None = None
+) -> dict:
     """The sidecar document of a zarr label map (kept in its attributes): as a
     plain label map's JSON sidecar (id -> name/colour, geometry, shape)."""
-    doc = {"labels": {str(i): {"name": seg.names.get(i, f"object_{i}"),
-                               "color": list(seg.colors.get(i, default_color(i)))} for i in sorted(seg.names)},
-           "geometry": geometry.to_json(), "shape_zyx": list(seg.shape)}
+    doc = {
+        "labels": {
+            str(i): {
+                "name": seg.names.get(i, f"object_{i}"),
+                "color": list(seg.colors.get(i, default_color(i))),
+            }
+            for i in sorted(seg.names)
+        },
+        "geometry": geometry.to_json(),
+        "shape_zyx": list(seg.shape),
+    }
     doc.update(extra or {})
     return doc
 
 
-def write_zarr_labels(path: str | Path, seg: LazySegmentation, geometry: Geometry,
-                      extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+def write_zarr_labels(
+    path: str | Path,
+    seg: LazySegmentation,
+    geometry: Geometry,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Paint ``seg`` into a new zarr array at ``path`` (uint16, :func:`label_chunks`),
     one object's bounding box at a time, every region read back; the sidecar
     document (:func:`label_document`) goes into its attributes. Written under a
@@ -223,9 +278,12 @@ def write_zarr_labels(path: str | Path, seg: LazySegmentation, geometry: Geometr
     old = out.with_name(f".{out.name}.{token}.old")
     chunks = label_chunks(seg.shape)
     try:
-        labels = zarr.open_array(str(tmp), mode="w", shape=seg.shape, chunks=chunks, dtype="uint16", fill_value=0)
-        best = zarr.open_array(str(scratch), mode="w", shape=seg.shape, chunks=chunks, dtype="float32",
-                               fill_value=-1.0)
+        labels = zarr.open_array(
+            str(tmp), mode="w", shape=seg.shape, chunks=chunks, dtype="uint16", fill_value=0
+        )
+        best = zarr.open_array(
+            str(scratch), mode="w", shape=seg.shape, chunks=chunks, dtype="float32", fill_value=-1.0
+        )
         seg.paint(_ReadBack(labels, out), best)
         labels.attrs.update(label_document(seg, geometry, extra))
         if out.exists():
@@ -237,7 +295,9 @@ def write_zarr_labels(path: str | Path, seg: LazySegmentation, geometry: Geometr
                 os.replace(old, out)
             raise
     except OSError as exc:
-        raise OutputError(f"{out}: cannot write the label map ({exc.strerror or exc}); nothing written") from None
+        raise OutputError(
+            f"{out}: cannot write the label map ({exc.strerror or exc}); nothing written"
+        ) from None
     finally:
         for p in (tmp, scratch, old):
             if p.exists():

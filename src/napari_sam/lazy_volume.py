@@ -36,20 +36,34 @@ import numpy as np
 from .errors import InputError
 from .io import Geometry, Volume
 
-__all__ = ["SAMPLE_VOXELS", "content_hash", "is_lazy_path", "open_volume", "sample_of", "sample_volume"]
+__all__ = [
+    "SAMPLE_VOXELS",
+    "content_hash",
+    "is_lazy_path",
+    "open_volume",
+    "sample_of",
+    "sample_volume",
+]
 
 #: voxels of the strided sample that stands for a lazy volume's intensities
 SAMPLE_VOXELS = 8_000_000
 #: OME-Zarr unit names -> millimetres
-_UNIT_MM = {"meter": 1e3, "centimeter": 10.0, "millimeter": 1.0, "micrometer": 1e-3, "nanometer": 1e-6,
-            "angstrom": 1e-7}
+_UNIT_MM = {
+    "meter": 1e3,
+    "centimeter": 10.0,
+    "millimeter": 1.0,
+    "micrometer": 1e-3,
+    "nanometer": 1e-6,
+    "angstrom": 1e-7,
+}
 
 
 def is_zarr_path(path: str | Path) -> bool:
     """Whether ``path`` names a zarr store (a folder ending in .zarr, or one holding zarr metadata)."""
     p = Path(path)
-    return p.name.lower().endswith(".zarr") or (p.is_dir() and any(
-        (p / m).exists() for m in ("zarr.json", ".zarray", ".zgroup")))
+    return p.name.lower().endswith(".zarr") or (
+        p.is_dir() and any((p / m).exists() for m in ("zarr.json", ".zarray", ".zgroup"))
+    )
 
 
 def is_lazy_path(path: str | Path) -> bool:
@@ -154,8 +168,10 @@ def open_volume(path: str | Path) -> Volume:
         while arr.ndim - lead > 3 and arr.shape[lead] == 1:
             lead += 1
         if arr.ndim - lead not in (2, 3):
-            raise InputError(f"{p}: image of shape {tuple(arr.shape)}; expected a 2D or 3D image "
-                             "(leading axes of size 1 are dropped)")
+            raise InputError(
+                f"{p}: image of shape {tuple(arr.shape)}; expected a 2D or 3D image "
+                "(leading axes of size 1 are dropped)"
+            )
         geometry = _ome_geometry(ms, arr.ndim - lead) if ms is not None else Geometry()
     except InputError:
         raise
@@ -167,11 +183,19 @@ def open_volume(path: str | Path) -> Volume:
     if min(view.shape) == 0:
         raise InputError(f"{p}: empty image (shape {tuple(arr.shape)})")
     if view.shape[-1] in (3, 4) and view.shape[0] > 4:
-        raise InputError(f"{p}: looks like RGB (shape {tuple(arr.shape)}); RGB images are not read lazily")
+        raise InputError(
+            f"{p}: looks like RGB (shape {tuple(arr.shape)}); RGB images are not read lazily"
+        )
     if not np.issubdtype(np.dtype(view.dtype), np.number) and np.dtype(view.dtype) != bool:
         raise InputError(f"{p}: unsupported voxel type {view.dtype}")
-    meta = {"path": str(p), "modality": None, "dicom_window": None, "is_2d": view.shape[0] == 1,
-            "is_rgb": False, "lazy": True}
+    meta = {
+        "path": str(p),
+        "modality": None,
+        "dicom_window": None,
+        "is_2d": view.shape[0] == 1,
+        "is_rgb": False,
+        "lazy": True,
+    }
     return Volume(view, geometry, meta)
 
 
@@ -184,7 +208,7 @@ def content_hash(array: Any, slab_bytes: int = 64 << 20) -> str:
     per = int(np.prod(array.shape[1:])) * np.dtype(array.dtype).itemsize
     step = max(1, slab_bytes // max(1, per))
     for z in range(0, array.shape[0], step):
-        h.update(np.ascontiguousarray(array[z: z + step]).reshape(-1).view(np.uint8).data)
+        h.update(np.ascontiguousarray(array[z : z + step]).reshape(-1).view(np.uint8).data)
     return h.hexdigest()
 
 
@@ -207,7 +231,9 @@ def sample_volume(volume: Volume, max_voxels: int = SAMPLE_VOXELS) -> Volume:
     and metadata. InputError when the sample holds NaN or infinite values."""
     sample = sample_of(volume.array, max_voxels)
     if np.issubdtype(sample.dtype, np.floating) and not np.all(np.isfinite(sample)):
-        raise InputError(f"{volume.metadata.get('path', 'image')}: image contains NaN or infinite values")
+        raise InputError(
+            f"{volume.metadata.get('path', 'image')}: image contains NaN or infinite values"
+        )
     if sample.dtype == bool:
         sample = sample.astype(np.uint8)
     return Volume(sample, volume.geometry, dict(volume.metadata))

@@ -27,9 +27,10 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,8 +89,9 @@ def expand_inputs(inputs: Iterable[str | Path | None]) -> list[Path]:
     return out
 
 
-def check_targets(paths: Sequence[str | Path], inputs: Iterable[str | Path | None] = (),
-                  overwrite: bool = False) -> list[Path]:
+def check_targets(
+    paths: Sequence[str | Path], inputs: Iterable[str | Path | None] = (), overwrite: bool = False
+) -> list[Path]:
     """Refuse (InputError) any target that is an input, repeats another target,
     is a folder, lies in a folder that cannot be written, or exists without
     ``overwrite``. Run before any work, and again just before writing."""
@@ -103,7 +105,9 @@ def check_targets(paths: Sequence[str | Path], inputs: Iterable[str | Path | Non
     for t in targets:
         st = _stat(t)
         if st is not None and (st.st_dev, st.st_ino) in ids:
-            raise InputError(f"{t}: refusing to overwrite an input file ({ids[(st.st_dev, st.st_ino)]})")
+            raise InputError(
+                f"{t}: refusing to overwrite an input file ({ids[(st.st_dev, st.st_ino)]})"
+            )
         key = Path(os.path.abspath(t))
         if key in seen:
             raise InputError(f"{t}: the same file is named for two outputs")
@@ -135,7 +139,9 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _temp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{full_suffix(path)}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{full_suffix(path)}", dir=path.parent
+    )
     os.close(fd)
     return Path(tmp)
 
@@ -148,8 +154,10 @@ def _write_one(out: OutputFile, mode: int) -> Path:
         except OSError:
             raise
         except Exception as exc:  # noqa: BLE001 - ITK raises RuntimeError on a short write
-            raise OSError(errno.ENOSPC if _disk_full(tmp.parent) else errno.EIO,
-                          " ".join(str(exc).split())[-160:]) from None
+            raise OSError(
+                errno.ENOSPC if _disk_full(tmp.parent) else errno.EIO,
+                " ".join(str(exc).split())[-160:],
+            ) from None
         with open(tmp, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
@@ -159,8 +167,10 @@ def _write_one(out: OutputFile, mode: int) -> Path:
             except OSError:
                 raise
             except Exception as exc:
-                raise OutputError(f"{out.path}: the {out.kind} written does not read back correctly "
-                                  f"({str(exc)[:120]}); nothing written") from None
+                raise OutputError(
+                    f"{out.path}: the {out.kind} written does not read back correctly "
+                    f"({str(exc)[:120]}); nothing written"
+                ) from None
         os.chmod(tmp, mode)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -193,8 +203,9 @@ def _install(pairs: list[tuple[OutputFile, Path]]) -> None:
                 backup.unlink(missing_ok=True)
 
 
-def write_outputs(files: Sequence[OutputFile], inputs: Iterable[str | Path | None] = (),
-                  overwrite: bool = False) -> list[Path]:
+def write_outputs(
+    files: Sequence[OutputFile], inputs: Iterable[str | Path | None] = (), overwrite: bool = False
+) -> list[Path]:
     """Write ``files`` as one set (see the module docstring); returns their paths.
 
     Raises InputError for a target that is an input, exists without
@@ -298,7 +309,9 @@ def validated_labels(labels: Any) -> np.ndarray:
         raise InputError(f"labels of type {arr.dtype}: expected integers")
     lo, hi = arr.min(), arr.max()
     if lo < 0:
-        raise InputError(f"labels hold a negative id ({lo:g}); ids must be 0 (background) or positive")
+        raise InputError(
+            f"labels hold a negative id ({lo:g}); ids must be 0 (background) or positive"
+        )
     if hi > LABEL_ID_MAX:
         raise InputError(f"labels hold id {hi:g}, above the largest storable id {LABEL_ID_MAX}")
     dtype = np.uint8 if hi < 2**8 else np.uint16 if hi < 2**16 else np.uint32
@@ -347,4 +360,6 @@ def label_map_output(path: str | Path, labels: np.ndarray, geometry) -> OutputFi
             img = geometry.apply_to(sitk.GetImageFromArray(labels))
             sitk.WriteImage(img, str(tmp), useCompression=True)
 
-    return OutputFile(path, write, lambda tmp: _read_back_label_map(tmp, labels, geometry), "label map")
+    return OutputFile(
+        path, write, lambda tmp: _read_back_label_map(tmp, labels, geometry), "label map"
+    )

@@ -25,8 +25,9 @@ run is painted by this rule.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -70,7 +71,7 @@ class ObjectMasks:
         z0, z1 = min(planes), max(planes) + 1
         sub = np.zeros((z1 - z0, r1 - r0, c1 - c0), bool)
         for z, (crop, (r, c)) in planes.items():
-            sub[z - z0, r - r0:r - r0 + crop.shape[0], c - c0:c - c0 + crop.shape[1]] = crop
+            sub[z - z0, r - r0 : r - r0 + crop.shape[0], c - c0 : c - c0 + crop.shape[1]] = crop
         in_plane = [a for a in range(3) if a != self.axis]
         box: list[slice] = [slice(None)] * 3
         box[self.axis] = slice(z0, z1)
@@ -95,8 +96,10 @@ def _crop_of(mask: Any) -> tuple[np.ndarray, tuple[int, int]] | None:
     if rows.size == 0:
         return None
     cols = np.flatnonzero(crop.any(axis=0))
-    return (crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1],
-            (off[0] + int(rows[0]), off[1] + int(cols[0])))
+    return (
+        crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1],
+        (off[0] + int(rows[0]), off[1] + int(cols[0])),
+    )
 
 
 def _plane(axis: int, index: int) -> tuple:
@@ -112,8 +115,11 @@ def _depth(sub: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
     return d.astype(np.float32)
 
 
-def resolve_overlaps(shape: tuple[int, int, int], objects: Sequence[ObjectMasks],
-                     spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def resolve_overlaps(
+    shape: tuple[int, int, int],
+    objects: Sequence[ObjectMasks],
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
     """Paint ``objects`` into one (z, y, x) uint16 label map of ``shape``,
     resolving overlaps per voxel by the rule of this module (key slices first,
     then the deepest claim, in mm with ``spacing_zyx`` = (z, y, x); ties to the
@@ -124,8 +130,12 @@ def resolve_overlaps(shape: tuple[int, int, int], objects: Sequence[ObjectMasks]
     return labels
 
 
-def resolve_overlaps_into(labels: Any, best: Any, objects: Sequence[ObjectMasks],
-                          spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+def resolve_overlaps_into(
+    labels: Any,
+    best: Any,
+    objects: Sequence[ObjectMasks],
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+) -> None:
     """:func:`resolve_overlaps` painting into array-likes that may live on disk.
 
     labels: (z, y, x) integer array-like holding 0; best: float32 array-like of

@@ -51,8 +51,12 @@ class SlicePredictor:
         predictors of one session); a private one by default.
     """
 
-    def __init__(self, backend: Backend, zoom: ZoomSettings | bool | None = None,
-                 crop_embeddings: CropEmbeddings | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        zoom: ZoomSettings | bool | None = None,
+        crop_embeddings: CropEmbeddings | None = None,
+    ) -> None:
         self.backend = backend
         self.clicks = ClickStrategy(backend)
         self._embedding: Embedding | None = None
@@ -64,7 +68,9 @@ class SlicePredictor:
     @property
     def embedding(self) -> Embedding:
         if self._embedding is None:
-            raise UsageError("no image set: call .set_image(image) or .set_embedding(embedding) first")
+            raise UsageError(
+                "no image set: call .set_image(image) or .set_embedding(embedding) first"
+            )
         return self._embedding
 
     @property
@@ -85,8 +91,9 @@ class SlicePredictor:
         self._image, self._image_key = image, None
         return self._embedding
 
-    def set_embedding(self, embedding: Embedding, image: np.ndarray | None = None,
-                      image_key: str | None = None) -> None:
+    def set_embedding(
+        self, embedding: Embedding, image: np.ndarray | None = None, image_key: str | None = None
+    ) -> None:
         """Use an embedding computed earlier (e.g. from the cache).
 
         image: the slice it was computed from ((H, W[, 3]) float32 in [0, 1]),
@@ -94,18 +101,27 @@ class SlicePredictor:
         cache (e.g. the volume's embedding key plus the slice index).
         """
         if embedding.model != self.backend.name:
-            raise InputError(f"embedding made by model {embedding.model!r}, predictor uses {self.backend.name!r}")
+            raise InputError(
+                f"embedding made by model {embedding.model!r}, predictor uses {self.backend.name!r}"
+            )
         if image is not None and tuple(np.shape(image)[:2]) != tuple(embedding.original_size):
-            raise InputError(f"image of shape {np.shape(image)} does not match the embedding's slice "
-                             f"{embedding.original_size}")
+            raise InputError(
+                f"image of shape {np.shape(image)} does not match the embedding's slice "
+                f"{embedding.original_size}"
+            )
         self._embedding = embedding
         self._image = None if image is None else np.asarray(image, np.float32)
         self._image_key = image_key
 
-    def predict(self, points: np.ndarray | list | None = None, labels: np.ndarray | list | None = None,
-                box: tuple[float, float, float, float] | list | None = None,
-                prompt: SlicePrompt | None = None, previous: np.ndarray | None = None,
-                multimask: bool = True) -> Prediction:
+    def predict(
+        self,
+        points: np.ndarray | list | None = None,
+        labels: np.ndarray | list | None = None,
+        box: tuple[float, float, float, float] | list | None = None,
+        prompt: SlicePrompt | None = None,
+        previous: np.ndarray | None = None,
+        multimask: bool = True,
+    ) -> Prediction:
         """Predict candidate masks from clicks and/or a box.
 
         points: (N, 2) (row, col); labels: (N,) 1 positive / 0 negative
@@ -122,8 +138,18 @@ class SlicePredictor:
         if self.zoom is not None and self._image is not None:
             if self.crop_embeddings is None:
                 self.crop_embeddings = CropEmbeddings(self.backend)
-            zoomed = predict_zoomed(self.backend, self.clicks, self.crop_embeddings, self._image, self._image_key,
-                                    emb, prompt, previous, multimask, self.zoom)
+            zoomed = predict_zoomed(
+                self.backend,
+                self.clicks,
+                self.crop_embeddings,
+                self._image,
+                self._image_key,
+                emb,
+                prompt,
+                previous,
+                multimask,
+                self.zoom,
+            )
             if zoomed is not None:
                 return zoomed
         return self.clicks.predict(emb, prompt, previous=previous, multimask=multimask)

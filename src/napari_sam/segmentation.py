@@ -17,14 +17,14 @@ painted over by another object's propagation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from .annotation import Annotation
 from .annotation.replay import merge_slice_prompts, object_window, replay
-from .embeddings import SliceEmbeddings
+from .embeddings import CropEmbeddings, SliceEmbeddings
 from .intensity import Window, looks_like_hounsfield
 from .io import Volume
 from .jobs import ProgressCallback
@@ -33,10 +33,18 @@ from .overlaps import ObjectMasks, resolve_overlaps
 from .prompts import ObjectPrompts, PromptsFile
 from .propagation import PropagationState, StopRules
 from .zoom import ZoomSettings
-from .embeddings import CropEmbeddings
 
-__all__ = ["SegmentationResult", "segment_volume", "paint_objects", "merge_slice_prompts", "is_ct",
-           "key_choice_for", "object_window", "state_for_object"]
+__all__ = [
+    "SegmentationResult",
+    "segment_volume",
+    "paint_objects",
+    "merge_slice_prompts",
+    "is_ct",
+    "key_choice_for",
+    "object_window",
+    "state_for_object",
+]
+
 
 @dataclass
 class SegmentationResult:
@@ -58,8 +66,11 @@ class SegmentationResult:
     annotation: Annotation | None = None
 
 
-def paint_objects(shape: tuple[int, int, int], objects: list[ObjectMasks],
-                  spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def paint_objects(
+    shape: tuple[int, int, int],
+    objects: list[ObjectMasks],
+    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
     """Paint objects into one (z, y, x) uint16 label map, overlaps resolved per
     voxel by :func:`napari_sam.overlaps.resolve_overlaps` (key slices first,
     then the deepest claim in mm, ties to the object listed first)."""
@@ -71,7 +82,8 @@ def is_ct(volume: Volume) -> bool:
     a grey image whose values look like Hounsfield units."""
     modality = volume.metadata.get("modality")
     return (modality or "").upper() == "CT" or (
-        modality is None and not volume.is_rgb and looks_like_hounsfield(volume.array))
+        modality is None and not volume.is_rgb and looks_like_hounsfield(volume.array)
+    )
 
 
 def key_choice_for(volume: Volume) -> str:
@@ -94,16 +106,27 @@ def state_for_object(obj: ObjectPrompts, shape: tuple[int, int, int]) -> Propaga
 
 def annotation_for(volume: Volume) -> Annotation:
     """An empty annotation of ``volume`` (its shape, spacing and key-slice rule)."""
-    return Annotation(volume.shape, volume.geometry.scale_zyx, is_2d=volume.is_2d,
-                      key_choice=key_choice_for(volume))
+    return Annotation(
+        volume.shape,
+        volume.geometry.scale_zyx,
+        is_2d=volume.is_2d,
+        key_choice=key_choice_for(volume),
+    )
 
 
-def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, window=None,
-                   progress: ProgressCallback | None = None,
-                   embeddings_for: Callable[[Window, int], SliceEmbeddings] | None = None,
-                   cancel=None, stop_rules: StopRules | None = None,
-                   zoom: ZoomSettings | None = None, crop_embeddings: CropEmbeddings | None = None,
-                   init_masks: dict[int, dict[int, np.ndarray]] | None = None) -> SegmentationResult:
+def segment_volume(
+    volume: Volume,
+    prompts: PromptsFile,
+    backend: Backend,
+    window=None,
+    progress: ProgressCallback | None = None,
+    embeddings_for: Callable[[Window, int], SliceEmbeddings] | None = None,
+    cancel=None,
+    stop_rules: StopRules | None = None,
+    zoom: ZoomSettings | None = None,
+    crop_embeddings: CropEmbeddings | None = None,
+    init_masks: dict[int, dict[int, np.ndarray]] | None = None,
+) -> SegmentationResult:
     """Segment every prompted slice of every object; propagate the objects that ask for it.
 
     window: overrides every object's window (CLI ``--window``).
@@ -123,17 +146,35 @@ def segment_volume(volume: Volume, prompts: PromptsFile, backend: Backend, windo
         :mod:`napari_sam.init_labels`); a prompt on the same slice wins.
     """
     model = annotation_for(volume)
-    outcome = replay(model, volume, prompts, backend, window=window, progress=progress,
-                     embeddings_for=embeddings_for, cancel=cancel, stop_rules=stop_rules, zoom=zoom,
-                     crop_embeddings=crop_embeddings, init_masks=init_masks)
-    result = SegmentationResult(labels=np.array(model.labels), names={o.id: o.name for o in prompts.objects},
-                                colors={o.id: o.color for o in prompts.objects if o.color},
-                                windows=outcome.windows, cancelled=outcome.cancelled, annotation=model)
+    outcome = replay(
+        model,
+        volume,
+        prompts,
+        backend,
+        window=window,
+        progress=progress,
+        embeddings_for=embeddings_for,
+        cancel=cancel,
+        stop_rules=stop_rules,
+        zoom=zoom,
+        crop_embeddings=crop_embeddings,
+        init_masks=init_masks,
+    )
+    result = SegmentationResult(
+        labels=np.array(model.labels),
+        names={o.id: o.name for o in prompts.objects},
+        colors={o.id: o.color for o in prompts.objects if o.color},
+        windows=outcome.windows,
+        cancelled=outcome.cancelled,
+        annotation=model,
+    )
     for o in prompts.objects:
         obj = model.object(o.id)
         if o.propagate and obj.state is not None:
             result.states[o.id] = obj.state
-        present = obj.slices_holding() if o.propagate else sorted(obj.state.results) if obj.state else []
+        present = (
+            obj.slices_holding() if o.propagate else sorted(obj.state.results) if obj.state else []
+        )
         if present:
             result.slices[o.id] = present
     return result

@@ -15,8 +15,8 @@ Arrays are (z, y, x) = NRRD axes (k, j, i); geometry in ITK's convention.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -118,8 +118,12 @@ def slicer_seg_output(
         ):
             raise ValueError("the segmentation read back differs")
 
-    return OutputFile(path, lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True), verify,
-                      "Slicer segmentation")
+    return OutputFile(
+        path,
+        lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True),
+        verify,
+        "Slicer segmentation",
+    )
 
 
 def write_slicer_seg(
@@ -135,6 +139,8 @@ def write_slicer_seg(
     out = slicer_seg_output(path, labels, geometry, names, colors)
     write_outputs([out], overwrite=overwrite)
     return out.path
+
+
 def _segments(img: sitk.Image) -> list[dict[str, str]]:
     keys = set(img.GetMetaDataKeys())
     out, n = [], 0

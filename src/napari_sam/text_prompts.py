@@ -63,8 +63,14 @@ def _cell_box(cells: np.ndarray, emb: Embedding, image_size: int) -> tuple[int, 
     return r0, c0, min(r1, oh - 1), min(c1, ow - 1)
 
 
-def find_class(head: ClassHead, name: str, probs: np.ndarray, embeddings: Sequence[Embedding],
-               image_size: int, min_probability: float = MIN_PROBABILITY) -> Found | None:
+def find_class(
+    head: ClassHead,
+    name: str,
+    probs: np.ndarray,
+    embeddings: Sequence[Embedding],
+    image_size: int,
+    min_probability: float = MIN_PROBABILITY,
+) -> Found | None:
     """Locate class ``name`` (InputError listing the taught classes if unknown); None if no cell is its."""
     k = head.index_of(name)
     cells = (probs.argmax(1) == k) & (probs[:, k] >= min_probability)
@@ -82,16 +88,23 @@ def parse_class_names(text: str) -> list[str]:
     """``"liver, spleen"`` -> ["liver", "spleen"]; empty or repeated names are refused."""
     names = [t.strip() for t in text.split(",")]
     if not text.strip() or any(not n for n in names):
-        raise InputError(f"--text {text!r}: give class names separated by commas, e.g. 'liver,spleen'")
+        raise InputError(
+            f"--text {text!r}: give class names separated by commas, e.g. 'liver,spleen'"
+        )
     lowered = [n.lower() for n in names]
     if len(set(lowered)) != len(lowered):
         raise InputError(f"--text {text!r}: a class is named twice")
     return names
 
 
-def text_prompts_file(head: ClassHead, names: Sequence[str], embeddings: Sequence[Embedding],
-                      image_size: int, propagate: bool,
-                      warn: Callable[[str], None] | None = None) -> tuple[dict, list[Found]]:
+def text_prompts_file(
+    head: ClassHead,
+    names: Sequence[str],
+    embeddings: Sequence[Embedding],
+    image_size: int,
+    propagate: bool,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[dict, list[Found]]:
     """The prompts-file document (``{"objects": [...]}``) that boxes each found class on its
     key slice (and propagates it in 3D), and what was found. Classes not found are
     left out and reported through ``warn``; InputError when none is found."""
@@ -103,18 +116,27 @@ def text_prompts_file(head: ClassHead, names: Sequence[str], embeddings: Sequenc
         hit = find_class(head, name, probs, embeddings, image_size)
         if hit is None:
             if warn is not None:
-                warn(f"class {name!r}: not found in this image (no region where it is the most probable class)")
+                warn(
+                    f"class {name!r}: not found in this image (no region where it is the most probable class)"
+                )
             continue
         found.append(hit)
-        objects.append({"id": len(objects) + 1, "name": hit.name, "propagate": propagate,
-                        "prompts": [{"slice": hit.slice, "box": list(hit.box)}]})
+        objects.append(
+            {
+                "id": len(objects) + 1,
+                "name": hit.name,
+                "propagate": propagate,
+                "prompts": [{"slice": hit.slice, "box": list(hit.box)}],
+            }
+        )
     if not objects:
         raise InputError(f"none of the classes {', '.join(names)} was found in this image")
     return {"objects": objects}, found
 
 
-def name_instances(head: ClassHead, labels: np.ndarray, embedding_of: Callable[[int], Embedding],
-                   image_size: int) -> dict[int, tuple[str, float]]:
+def name_instances(
+    head: ClassHead, labels: np.ndarray, embedding_of: Callable[[int], Embedding], image_size: int
+) -> dict[int, tuple[str, float]]:
     """The taught class of every instance of a (z, rows, cols) label map, with its confidence.
 
     An instance's class is the one with the highest mean probability over the

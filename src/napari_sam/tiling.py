@@ -23,8 +23,8 @@ Coordinates: (row, col) pixels; tiles are :class:`napari_sam.geometry.Crop`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -79,8 +79,10 @@ class TileGrid:
             raise InputError(f"halo {self.halo}: expected >= 0 pixels")
         for t, ext in ((th, H), (tw, W)):
             if ext > t and 2 * self.halo >= t:
-                raise InputError(f"halo {self.halo} too large for tiles of {t} pixels: "
-                                 f"needs 2 * halo < tile side (try --halo {max(0, t // 4)})")
+                raise InputError(
+                    f"halo {self.halo} too large for tiles of {t} pixels: "
+                    f"needs 2 * halo < tile side (try --halo {max(0, t // 4)})"
+                )
         object.__setattr__(self, "shape", (H, W))
         object.__setattr__(self, "tile_shape", (min(th, H), min(tw, W)))
 
@@ -109,8 +111,11 @@ class TileGrid:
     def cores(self) -> list[Crop]:
         """The owned region of each tile (same order as :attr:`tiles`); they partition the image."""
         rc, cc = self.row_cuts, self.col_cuts
-        return [Crop(rc[i], cc[j], rc[i + 1] - rc[i], cc[j + 1] - cc[j])
-                for i in range(len(rc) - 1) for j in range(len(cc) - 1)]
+        return [
+            Crop(rc[i], cc[j], rc[i + 1] - rc[i], cc[j + 1] - cc[j])
+            for i in range(len(rc) - 1)
+            for j in range(len(cc) - 1)
+        ]
 
     def __len__(self) -> int:
         return len(self.row_starts) * len(self.col_starts)
@@ -134,9 +139,12 @@ class TileGrid:
             return own
         best, best_key = own, (-np.inf, -np.inf)
         for k, t in enumerate(tiles):
-            margin = min(r0 - t.top, c0 - t.left, t.top + t.height - 1 - r1, t.left + t.width - 1 - c1)
-            ov = (max(0.0, min(r1, t.top + t.height - 1) - max(r0, t.top) + 1)
-                  * max(0.0, min(c1, t.left + t.width - 1) - max(c0, t.left) + 1))
+            margin = min(
+                r0 - t.top, c0 - t.left, t.top + t.height - 1 - r1, t.left + t.width - 1 - c1
+            )
+            ov = max(0.0, min(r1, t.top + t.height - 1) - max(r0, t.top) + 1) * max(
+                0.0, min(c1, t.left + t.width - 1) - max(c0, t.left) + 1
+            )
             key = (1.0 if margin >= 0 else 0.0, margin if margin >= 0 else ov)
             if key > best_key:
                 best, best_key = k, key
@@ -149,14 +157,22 @@ class TileGrid:
         return t.top > 0, t.left > 0, t.top + t.height < H, t.left + t.width < W
 
 
-def _touches(mask_box: tuple[int, int, int, int], tile: Crop, edges: tuple[bool, bool, bool, bool]) -> bool:
+def _touches(
+    mask_box: tuple[int, int, int, int], tile: Crop, edges: tuple[bool, bool, bool, bool]
+) -> bool:
     r0, c0, r1, c1 = mask_box
     top, left, bottom, right = edges
-    return ((top and r0 <= 0) or (left and c0 <= 0) or (bottom and r1 >= tile.height - 1)
-            or (right and c1 >= tile.width - 1))
+    return (
+        (top and r0 <= 0)
+        or (left and c0 <= 0)
+        or (bottom and r1 >= tile.height - 1)
+        or (right and c1 >= tile.width - 1)
+    )
 
 
-def tile_kept_objects(grid: TileGrid, index: int, labels: np.ndarray) -> list[tuple[int, tuple[slice, slice]]]:
+def tile_kept_objects(
+    grid: TileGrid, index: int, labels: np.ndarray
+) -> list[tuple[int, tuple[slice, slice]]]:
     """The objects tile ``index`` keeps: (local id, bounding slices in the tile), in id order.
 
     labels: the tile's (height, width) integer map. An object is kept when the
@@ -179,8 +195,11 @@ def tile_kept_objects(grid: TileGrid, index: int, labels: np.ndarray) -> list[tu
     return kept
 
 
-def stitch_tile_labels(grid: TileGrid, tile_labels: Iterable[np.ndarray],
-                       scores: Iterable[dict[int, float]] | None = None) -> np.ndarray:
+def stitch_tile_labels(
+    grid: TileGrid,
+    tile_labels: Iterable[np.ndarray],
+    scores: Iterable[dict[int, float]] | None = None,
+) -> np.ndarray:
     """Stitch per-tile instance label maps into one (H, W) int32 label map.
 
     tile_labels: one (height, width) integer map per tile of ``grid`` (in
@@ -204,8 +223,15 @@ def stitch_tile_labels(grid: TileGrid, tile_labels: Iterable[np.ndarray],
         labels = np.asarray(labels)
         for lid, sl in tile_kept_objects(grid, k, labels):
             m = labels[sl] == lid
-            s = np.float32(score_list[k].get(lid, 0.0)) if score_list is not None else np.float32(-k)
-            gsl = (slice(sl[0].start + t.top, sl[0].stop + t.top), slice(sl[1].start + t.left, sl[1].stop + t.left))
+            s = (
+                np.float32(score_list[k].get(lid, 0.0))
+                if score_list is not None
+                else np.float32(-k)
+            )
+            gsl = (
+                slice(sl[0].start + t.top, sl[0].stop + t.top),
+                slice(sl[1].start + t.left, sl[1].stop + t.left),
+            )
             win = m & (s > best[gsl])
             out[gsl][win] = next_id
             best[gsl][win] = s

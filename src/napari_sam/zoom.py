@@ -92,8 +92,11 @@ def _axis_start(lo: float, hi: float, side: int, extent: int, quantize: bool) ->
     return int(best)
 
 
-def zoom_crop(box: tuple[float, float, float, float] | np.ndarray, slice_shape: tuple[int, int],
-              settings: ZoomSettings = ZoomSettings()) -> Crop | None:
+def zoom_crop(
+    box: tuple[float, float, float, float] | np.ndarray,
+    slice_shape: tuple[int, int],
+    settings: ZoomSettings = ZoomSettings(),
+) -> Crop | None:
     """The crop to embed for a prompt box, or None when zooming would not help.
 
     box: (r0, c0, r1, c1) inclusive, slice pixels; slice_shape: (H, W).
@@ -148,8 +151,14 @@ class ZoomedMasks:
 
 
 @torch.inference_mode()
-def decode_boxes_in_crop(backend: Backend, embedding: Embedding, crop: Crop, boxes_rc: np.ndarray,
-                         slice_shape: tuple[int, int], multimask: bool = False) -> ZoomedMasks:
+def decode_boxes_in_crop(
+    backend: Backend,
+    embedding: Embedding,
+    crop: Crop,
+    boxes_rc: np.ndarray,
+    slice_shape: tuple[int, int],
+    multimask: bool = False,
+) -> ZoomedMasks:
     """Decode box prompts on a crop's embedding and map the masks onto the slice.
 
     boxes_rc: (B, 4) (r0, c0, r1, c1) inclusive in *slice* pixels (clipped to
@@ -158,15 +167,31 @@ def decode_boxes_in_crop(backend: Backend, embedding: Embedding, crop: Crop, box
     boxes = crop.box_to_crop(np.asarray(boxes_rc, np.float32).reshape(-1, 4))
     boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, crop.height - 1)
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, crop.width - 1)
-    low, scores = backend.decode_low_res(embedding, boxes_rc=extent_boxes(boxes, embedding), multimask=multimask)
+    low, scores = backend.decode_low_res(
+        embedding, boxes_rc=extent_boxes(boxes, embedding), multimask=multimask
+    )
     logits = backend.upsample(low, embedding).float().cpu().numpy()
-    return ZoomedMasks(masks=crop.paste(logits > 0, slice_shape, False), scores=scores.float().cpu().numpy(),
-                       crop_logits=logits, low_res_logits=low.float().cpu().numpy(), crop=crop)
+    return ZoomedMasks(
+        masks=crop.paste(logits > 0, slice_shape, False),
+        scores=scores.float().cpu().numpy(),
+        crop_logits=logits,
+        low_res_logits=low.float().cpu().numpy(),
+        crop=crop,
+    )
 
 
-def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.ndarray, image_key: str | None,
-                   whole: Embedding, prompt, previous: np.ndarray | None, multimask: bool,
-                   settings: ZoomSettings):
+def predict_zoomed(
+    backend: Backend,
+    clicks,
+    crops: CropEmbeddings,
+    image01: np.ndarray,
+    image_key: str | None,
+    whole: Embedding,
+    prompt,
+    previous: np.ndarray | None,
+    multimask: bool,
+    settings: ZoomSettings,
+):
     """The zoom path of :meth:`napari_sam.predictor.SlicePredictor.predict`.
 
     The object's extent comes from the prompt's box (grown to take in its
@@ -195,8 +220,15 @@ def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.
         seed_mask = first.mask
     if len(prompt.positive):
         pos = prompt.positive
-        box = np.array([min(box[0], pos[:, 0].min()), min(box[1], pos[:, 1].min()),
-                        max(box[2], pos[:, 0].max()), max(box[3], pos[:, 1].max())], np.float32)
+        box = np.array(
+            [
+                min(box[0], pos[:, 0].min()),
+                min(box[1], pos[:, 1].min()),
+                max(box[2], pos[:, 0].max()),
+                max(box[3], pos[:, 1].max()),
+            ],
+            np.float32,
+        )
     crop = zoom_crop(box, shape, settings)
     if crop is None:
         return first
@@ -206,14 +238,23 @@ def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.
         masks, scores, low = z.masks[0], z.scores[0], z.low_res_logits[0]
         boxes = box[None].astype(np.float32)
     else:
-        local = SlicePrompt(points=crop.points_to_crop(prompt.points), labels=prompt.labels,
-                            box=None if prompt.box is None else tuple(crop.box_to_crop(box)))
+        local = SlicePrompt(
+            points=crop.points_to_crop(prompt.points),
+            labels=prompt.labels,
+            box=None if prompt.box is None else tuple(crop.box_to_crop(box)),
+        )
         prev = previous if previous is not None else seed_mask
-        pred = clicks.predict(emb, local, previous=None if prev is None else prev[crop.slices],
-                              multimask=multimask)
+        pred = clicks.predict(
+            emb, local, previous=None if prev is None else prev[crop.slices], multimask=multimask
+        )
         masks = crop.paste(pred.masks, shape, False)
         scores, low, boxes = pred.scores, pred.low_res_logits, crop.box_from_crop(pred.boxes)
     if not masks[0].any() or crop.touches_inner_border(masks[0][crop.slices], shape):
         return first
-    return Prediction(masks=masks, scores=np.asarray(scores, np.float32), low_res_logits=low,
-                      boxes=np.asarray(boxes, np.float32), crop=crop)
+    return Prediction(
+        masks=masks,
+        scores=np.asarray(scores, np.float32),
+        low_res_logits=low,
+        boxes=np.asarray(boxes, np.float32),
+        crop=crop,
+    )

@@ -70,7 +70,10 @@ class ChangeSet:
             index, values = self.index, self.values
         else:
             flat = np.concatenate(
-                [np.ravel_multi_index(self.index, self.shape), np.ravel_multi_index(later.index, self.shape)]
+                [
+                    np.ravel_multi_index(self.index, self.shape),
+                    np.ravel_multi_index(later.index, self.shape),
+                ]
             )
             vals = np.concatenate([self.values, later.values])
             # keep the last write of each voxel

@@ -142,7 +142,11 @@ class Annotation(RunMethods):
     ) -> np.ndarray | None:
         """The mask that clicks refine (SAM's interactive loop): the object's pixels on
         the plane when the prompt is clicks alone with a positive one, else None."""
-        if object_id not in self._objects or prompt.box is not None or not np.any(prompt.labels == 1):
+        if (
+            object_id not in self._objects
+            or prompt.box is not None
+            or not np.any(prompt.labels == 1)
+        ):
             return None
         plane = self.plane_of(object_id, axis, index)
         return plane if plane.any() else None
@@ -174,7 +178,9 @@ class Annotation(RunMethods):
             for oid in step.before
         }
         table = (
-            step.table or list(self._objects) != step.order_before or self.current_id != step.current_before
+            step.table
+            or list(self._objects) != step.order_before
+            or self.current_id != step.current_before
         )
         step.changes = self._repaint(set(step.before), table, step.what)
         if step.record and step.before:
@@ -295,7 +301,9 @@ class Annotation(RunMethods):
 
     def recolor(self, object_id: int, color: Sequence[int]) -> ChangeSet:
         """Give an object a new (r, g, b) colour, 0..255."""
-        return self._edit(object_id, f"recolour object {object_id}", color=tuple(int(c) for c in color))
+        return self._edit(
+            object_id, f"recolour object {object_id}", color=tuple(int(c) for c in color)
+        )
 
     def _edit(self, object_id: int, what: str, **values: Any) -> ChangeSet:
         obj = self.object(object_id)
@@ -383,11 +391,15 @@ class Annotation(RunMethods):
         none is left. A label that is no object yet becomes a new object."""
         labels = np.asarray(labels)
         if labels.shape != self.shape:
-            raise InputError(f"painted labels of shape {labels.shape}, the annotation's is {self.shape}")
+            raise InputError(
+                f"painted labels of shape {labels.shape}, the annotation's is {self.shape}"
+            )
         diff = labels != self._labels
         if not diff.any():
             return ChangeSet(self.shape, what=what)
-        touched = (set(np.unique(labels[diff]).tolist()) | set(np.unique(self._labels[diff]).tolist())) - {0}
+        touched = (
+            set(np.unique(labels[diff]).tolist()) | set(np.unique(self._labels[diff]).tolist())
+        ) - {0}
         with self.batch(what) as step:
             for oid in sorted(int(v) for v in touched):
                 if oid not in self._objects:

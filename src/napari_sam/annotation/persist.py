@@ -23,7 +23,14 @@ from ..propagation import PropagationState, SliceInfo, StopDecision, StopReason
 from .model import Annotation
 from .objects import AnnotatedObject, as_mask
 
-__all__ = ["annotation_to_dict", "annotation_from_dict", "split_arrays", "join_arrays", "FORMAT", "VERSION"]
+__all__ = [
+    "annotation_to_dict",
+    "annotation_from_dict",
+    "split_arrays",
+    "join_arrays",
+    "FORMAT",
+    "VERSION",
+]
 
 FORMAT = "napari-sam annotation"
 VERSION = 1
@@ -75,7 +82,12 @@ def _state_from_dict(d: dict[str, Any], shape: tuple[int, int, int]) -> Propagat
     st.info = {int(i): SliceInfo(**f) for i, f in d["info"].items()}
     st.stops = [
         StopDecision(
-            s["origin"], s["direction"], s["last"], s["rejected"], StopReason(s["reason"]), s["detail"]
+            s["origin"],
+            s["direction"],
+            s["last"],
+            s["rejected"],
+            StopReason(s["reason"]),
+            s["detail"],
         )
         for s in d["stops"]
     ]
@@ -150,7 +162,9 @@ def annotation_from_dict(d: dict[str, Any]) -> Annotation:
     return model
 
 
-def split_arrays(d: Any, arrays: dict[str, np.ndarray] | None = None, path: str = "") -> tuple[Any, dict]:
+def split_arrays(
+    d: Any, arrays: dict[str, np.ndarray] | None = None, path: str = ""
+) -> tuple[Any, dict]:
     """``d`` with every numpy array replaced by ``{"array": KEY}``, and KEY -> array."""
     arrays = {} if arrays is None else arrays
     if isinstance(d, np.ndarray):

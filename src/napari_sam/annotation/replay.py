@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..box_batches import decode_boxes, is_plain_box
-from ..embeddings import CropEmbeddings, SliceEmbeddings
 from ..corrections import Correction
+from ..embeddings import CropEmbeddings, SliceEmbeddings
 from ..finetune.adapt import adapt_to_slices
 from ..intensity import Window, resolve_window
 from ..io import Volume
@@ -70,7 +70,11 @@ def merge_slice_prompts(prompts: list[SlicePrompt]) -> dict[int, SlicePrompt]:
 
 def object_window(volume: Volume, obj: ObjectPrompts, file_window=None, override=None) -> Window:
     """The window for one object: --window, else the object's, else the file's, else automatic."""
-    spec = override if override is not None else (obj.window if obj.window is not None else file_window)
+    spec = (
+        override
+        if override is not None
+        else (obj.window if obj.window is not None else file_window)
+    )
     return resolve_window(
         volume.array, spec, volume.metadata.get("modality"), volume.metadata.get("dicom_window")
     )
@@ -121,7 +125,9 @@ class _Replay:
     # -------------------------------------------------------------- helpers
     def report(self, message: str) -> None:
         if self.progress:
-            self.progress(Progress(self.finished, self.finished + sum(self.estimates.values()), message))
+            self.progress(
+                Progress(self.finished, self.finished + sum(self.estimates.values()), message)
+            )
 
     def store(self, win: Window, axis: int) -> SliceEmbeddings:
         key = (win.key(), axis)
@@ -170,14 +176,20 @@ class _Replay:
         for o in objects:
             win = self.window_of(o)
             for z, p in sorted(merge_slice_prompts(o.prompts).items()):
-                key = (win.key(), o.axis, z) if batch and is_plain_box(p) else ("", -1 - len(groups), z)
+                key = (
+                    (win.key(), o.axis, z)
+                    if batch and is_plain_box(p)
+                    else ("", -1 - len(groups), z)
+                )
                 groups.setdefault(key, []).append((o, z, p))
         self.estimates[0] = sum(len(g) for g in groups.values())
         for (_wkey, axis, z), items in groups.items():
             if self.cancelled():
                 return
             obj0 = items[0][0]
-            self.report(f"{obj0.name}: slice {z}" if len(items) == 1 else f"{len(items)} objects: slice {z}")
+            self.report(
+                f"{obj0.name}: slice {z}" if len(items) == 1 else f"{len(items)} objects: slice {z}"
+            )
             if axis >= 0:
                 emb = self.store(self.window_of(obj0), obj0.axis).get(z)
                 for (o, _, p), mask in zip(
@@ -205,12 +217,16 @@ class _Replay:
         )
         self.run(obj, self.model.propagation(obj.id, propagator))
         if obj.adapt and not state.needs_run and not self.cancelled():
-            self.run(obj, self.model.start_run(obj.id, self._adapting(propagator), f"adapt {obj.name}"))
+            self.run(
+                obj, self.model.start_run(obj.id, self._adapting(propagator), f"adapt {obj.name}")
+            )
         for point, label in obj.corrections:
             if self.cancelled() or state.needs_run:
                 break
             self.report(f"{obj.name}: correction at {tuple(point)}")
-            self.run(obj, self.model.correction(obj.id, Correction(tuple(point), label), propagator))
+            self.run(
+                obj, self.model.correction(obj.id, Correction(tuple(point), label), propagator)
+            )
         self.estimates[obj.id] = 0
         if state.needs_run:
             self.outcome.cancelled = True
@@ -221,7 +237,9 @@ class _Replay:
 
         def work(state: PropagationState):
             keys = {
-                k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()
+                k: state.results[k]
+                for k in state.key_slices
+                if k in state.results and state.results[k].any()
             }
             if not keys:
                 return
@@ -230,7 +248,10 @@ class _Replay:
             ).backend
             state.mark_all()
             yield from Propagator(
-                adapted, propagator.embeddings, rules=self.stop_rules, key_choice=propagator.key_choice
+                adapted,
+                propagator.embeddings,
+                rules=self.stop_rules,
+                key_choice=propagator.key_choice,
             ).run(state)
 
         return work
@@ -299,5 +320,7 @@ def replay(
                 job.window_of(o)
                 job.propagated_object(o)
     if progress:
-        progress(Progress(job.finished, job.finished, "cancelled" if job.outcome.cancelled else "done"))
+        progress(
+            Progress(job.finished, job.finished, "cancelled" if job.outcome.cancelled else "done")
+        )
     return job.outcome

@@ -55,7 +55,9 @@ class RunMethods:
         obj = self.object(object_id)
         return self.start_run(object_id, propagator.run, f"propagate {obj.name}")
 
-    def correction(self: Annotation, object_id: int, correction: Correction, propagator: Propagator) -> Run:
+    def correction(
+        self: Annotation, object_id: int, correction: Correction, propagator: Propagator
+    ) -> Run:
         """A run that applies a 3D correction (:func:`napari_sam.corrections.apply_correction`).
         InputError (one line) for a click outside the volume or an object with no prompt."""
         obj = self.object(object_id)

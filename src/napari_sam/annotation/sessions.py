@@ -50,8 +50,17 @@ from ..errors import InputError
 from .model import Annotation
 from .persist import annotation_from_dict, annotation_to_dict, join_arrays, split_arrays
 
-__all__ = ["ImageRef", "Session", "save_session", "open_session", "Journal", "recovery_folder",
-           "find_recovery", "SESSION_FORMAT", "SESSION_VERSION"]
+__all__ = [
+    "ImageRef",
+    "Session",
+    "save_session",
+    "open_session",
+    "Journal",
+    "recovery_folder",
+    "find_recovery",
+    "SESSION_FORMAT",
+    "SESSION_VERSION",
+]
 
 SESSION_FORMAT = "napari-sam session"
 SESSION_VERSION = 1
@@ -69,7 +78,11 @@ class ImageRef:
 
     @classmethod
     def of(cls, array: np.ndarray, path: str | Path | None = None) -> ImageRef:
-        return cls(None if path is None else str(path), content_hash(np.asarray(array)), tuple(np.shape(array)))
+        return cls(
+            None if path is None else str(path),
+            content_hash(np.asarray(array)),
+            tuple(np.shape(array)),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "content_hash": self.content_hash, "shape": list(self.shape)}
@@ -86,11 +99,21 @@ class Session:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def _session_dict(snapshot: dict[str, Any], image: ImageRef, model: Mapping[str, Any],
-                  settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _session_dict(
+    snapshot: dict[str, Any], image: ImageRef, model: Mapping[str, Any], settings: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     meta, arrays = split_arrays(snapshot)
-    return ({"format": SESSION_FORMAT, "version": SESSION_VERSION, "image": image.to_json(), "model": dict(model),
-             "settings": dict(settings), "annotation": meta}, arrays)
+    return (
+        {
+            "format": SESSION_FORMAT,
+            "version": SESSION_VERSION,
+            "image": image.to_json(),
+            "model": dict(model),
+            "settings": dict(settings),
+            "annotation": meta,
+        },
+        arrays,
+    )
 
 
 def _fsync(path: Path) -> None:
@@ -130,8 +153,13 @@ def _write_folder(folder: Path, doc: dict[str, Any], arrays: dict[str, np.ndarra
     return folder
 
 
-def save_session(folder: str | Path, annotation: Annotation, image: ImageRef,
-                 model: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None) -> Path:
+def save_session(
+    folder: str | Path,
+    annotation: Annotation,
+    image: ImageRef,
+    model: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> Path:
     """Save ``annotation`` (of ``image``) as the session folder ``folder``, replacing it
     whole. model / settings: what to record with it (plain JSON values, e.g.
     ``{"name": "lite_medsam"}`` and ``{"window": [lo, hi]}``). Returns the folder."""
@@ -149,8 +177,10 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if not isinstance(doc, dict) or doc.get("format") != SESSION_FORMAT:
         raise InputError(f"{folder}: not a napari-sam session")
     if int(doc.get("version", 0)) > SESSION_VERSION:
-        raise InputError(f"{folder}: session format version {doc['version']} is newer than this napari-sam "
-                         f"reads ({SESSION_VERSION}): update napari-sam")
+        raise InputError(
+            f"{folder}: session format version {doc['version']} is newer than this napari-sam "
+            f"reads ({SESSION_VERSION}): update napari-sam"
+        )
     try:
         with np.load(folder / _ARRAYS) as npz:
             arrays = {k: npz[name] for k, name in doc.get("arrays", {}).items()}
@@ -159,8 +189,9 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return doc, arrays
 
 
-def open_session(folder: str | Path, image: np.ndarray | None = None,
-                 image_path: str | Path | None = None) -> Session:
+def open_session(
+    folder: str | Path, image: np.ndarray | None = None, image_path: str | Path | None = None
+) -> Session:
     """Open the session folder ``folder``.
 
     image: the (z, y, x) array of the image to continue on; it must be the
@@ -176,8 +207,10 @@ def open_session(folder: str | Path, image: np.ndarray | None = None,
         got = content_hash(np.asarray(image))
         if got != recorded.content_hash:
             where = f" ({recorded.path})" if recorded.path else ""
-            raise InputError(f"{folder}: this session belongs to another image{where}; the image given differs "
-                             f"(content {got[:12]}..., the session's {recorded.content_hash[:12]}...)")
+            raise InputError(
+                f"{folder}: this session belongs to another image{where}; the image given differs "
+                f"(content {got[:12]}..., the session's {recorded.content_hash[:12]}...)"
+            )
     if image_path is not None:
         recorded = ImageRef(str(image_path), recorded.content_hash, recorded.shape)
     annotation = annotation_from_dict(join_arrays(doc["annotation"], arrays))
@@ -206,8 +239,13 @@ class Journal:
     removes the copy (a session that ended cleanly leaves nothing to recover).
     """
 
-    def __init__(self, image: ImageRef, folder: str | Path | None = None, model: Mapping[str, Any] | None = None,
-                 settings: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        image: ImageRef,
+        folder: str | Path | None = None,
+        model: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
         self.image = image
         self.folder = Path(folder) if folder is not None else recovery_folder(image)
         self.model, self.settings = dict(model or {}), dict(settings or {})

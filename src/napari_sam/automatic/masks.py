@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..geometry import box_iou, box_of_mask
-from ..geometry import Crop
+from ..geometry import Crop, box_iou, box_of_mask
 from .settings import AutoSettings
 
 
@@ -62,9 +61,16 @@ class Candidate:
         return slice(self.top, self.top + h), slice(self.left, self.left + w)
 
 
-def candidates_from_logits(logits: np.ndarray, scores: np.ndarray, view: Crop, prompt_ids: list[int],
-                           prompt_boxes: np.ndarray | None, offset: float, clip_margin: float | None,
-                           slice_shape: tuple[int, int]) -> list[Candidate]:
+def candidates_from_logits(
+    logits: np.ndarray,
+    scores: np.ndarray,
+    view: Crop,
+    prompt_ids: list[int],
+    prompt_boxes: np.ndarray | None,
+    offset: float,
+    clip_margin: float | None,
+    slice_shape: tuple[int, int],
+) -> list[Candidate]:
     """Turn a view's logit maps into candidates: clip each to its prompt box
     (plus a margin), drop masks cut by an inner edge of the view, cut the
     logits down to a patch around the mask and score its stability there.
@@ -80,8 +86,12 @@ def candidates_from_logits(logits: np.ndarray, scores: np.ndarray, view: Crop, p
             b = view.box_to_crop(prompt_boxes[j])
             mr = max(1.0, clip_margin * (b[2] - b[0] + 1))
             mc = max(1.0, clip_margin * (b[3] - b[1] + 1))
-            clip = (max(0, int(np.floor(b[0] - mr))), max(0, int(np.floor(b[1] - mc))),
-                    min(h, int(np.ceil(b[2] + mr)) + 1), min(w, int(np.ceil(b[3] + mc)) + 1))
+            clip = (
+                max(0, int(np.floor(b[0] - mr))),
+                max(0, int(np.floor(b[1] - mc))),
+                min(h, int(np.ceil(b[2] + mr)) + 1),
+                min(w, int(np.ceil(b[3] + mc)) + 1),
+            )
         for k in range(logits.shape[1]):
             lg = logits[j, k]
             if clip is not None:  # a box prompt says where the object is: nothing outside the box
@@ -99,40 +109,68 @@ def candidates_from_logits(logits: np.ndarray, scores: np.ndarray, view: Crop, p
             m = patch > 0
             if not m.any():
                 continue
-            full_box_view = Crop(view.top + int(r0), view.left + int(c0), patch.shape[0], patch.shape[1])
+            full_box_view = Crop(
+                view.top + int(r0), view.left + int(c0), patch.shape[0], patch.shape[1]
+            )
             if _reaches_inner_edge(m, full_box_view, view, slice_shape):
                 continue  # cut by the view's edge: another view holds the object whole
             n_lo = int(loose[r0:r1, c0:c1].sum())
             stab = float((patch > offset).sum()) / n_lo if n_lo else 0.0
             mbox = view.box_from_crop(np.asarray(box_of_mask(m)) + np.array([r0, c0, r0, c0]))
             biou = box_iou(mbox, prompt_boxes[j]) if prompt_boxes is not None else 1.0
-            out.append(Candidate(top=view.top + int(r0), left=view.left + int(c0), logits=patch,
-                                 score=float(scores[j, k]), stability=stab, box_iou=biou, prompt=prompt_ids[j]))
+            out.append(
+                Candidate(
+                    top=view.top + int(r0),
+                    left=view.left + int(c0),
+                    logits=patch,
+                    score=float(scores[j, k]),
+                    stability=stab,
+                    box_iou=biou,
+                    prompt=prompt_ids[j],
+                )
+            )
     return out
 
 
-def _reaches_inner_edge(mask: np.ndarray, patch: Crop, view: Crop, slice_shape: tuple[int, int]) -> bool:
+def _reaches_inner_edge(
+    mask: np.ndarray, patch: Crop, view: Crop, slice_shape: tuple[int, int]
+) -> bool:
     """Whether a patch mask touches an edge of its view that lies inside the slice."""
     H, W = slice_shape
     if view.top > 0 and patch.top == view.top and mask[0].any():
         return True
     if view.left > 0 and patch.left == view.left and mask[:, 0].any():
         return True
-    if view.top + view.height < H and patch.top + patch.height == view.top + view.height and mask[-1].any():
+    if (
+        view.top + view.height < H
+        and patch.top + patch.height == view.top + view.height
+        and mask[-1].any()
+    ):
         return True
-    return bool(view.left + view.width < W and patch.left + patch.width == view.left + view.width
-                and mask[:, -1].any())
+    return bool(
+        view.left + view.width < W
+        and patch.left + patch.width == view.left + view.width
+        and mask[:, -1].any()
+    )
 
 
-def filter_candidates(cands: list[Candidate], settings: AutoSettings, min_size: int,
-                      max_size: int) -> list[Candidate]:
+def filter_candidates(
+    cands: list[Candidate], settings: AutoSettings, min_size: int, max_size: int
+) -> list[Candidate]:
     """Keep candidates passing the quality, stability, box-agreement and size thresholds."""
-    return [c for c in cands
-            if c.score >= settings.quality_threshold and c.stability >= settings.stability_threshold
-            and c.box_iou >= settings.box_agreement and min_size <= c.area <= max_size]
+    return [
+        c
+        for c in cands
+        if c.score >= settings.quality_threshold
+        and c.stability >= settings.stability_threshold
+        and c.box_iou >= settings.box_agreement
+        and min_size <= c.area <= max_size
+    ]
 
 
-def unanswered_regions(regions: np.ndarray, kept: list[Candidate], covered: float = 0.5) -> list[Candidate]:
+def unanswered_regions(
+    regions: np.ndarray, kept: list[Candidate], covered: float = 0.5
+) -> list[Candidate]:
     """The structure regions (label map, region i + 1 from proposal i) that
     less than ``covered`` of is under the kept masks, as candidates ranked
     below any model mask (score, stability and box agreement 0)."""
@@ -147,13 +185,26 @@ def unanswered_regions(regions: np.ndarray, kept: list[Candidate], covered: floa
         if cover[sl][region].mean() >= covered:
             continue
         logits = np.where(region, 1.0, -1.0).astype(np.float32)
-        out.append(Candidate(top=sl[0].start, left=sl[1].start, logits=logits, score=0.0, stability=0.0,
-                             box_iou=0.0, prompt=i))
+        out.append(
+            Candidate(
+                top=sl[0].start,
+                left=sl[1].start,
+                logits=logits,
+                score=0.0,
+                stability=0.0,
+                box_iou=0.0,
+                prompt=i,
+            )
+        )
     return out
 
 
-def non_max_suppression(cands: list[Candidate], iou_threshold: float, part_fraction: float = 0.8,
-                        group_fraction: float = 0.6) -> list[Candidate]:
+def non_max_suppression(
+    cands: list[Candidate],
+    iou_threshold: float,
+    part_fraction: float = 0.8,
+    group_fraction: float = 0.6,
+) -> list[Candidate]:
     """Greedy mask NMS over candidates, best rank first.
 
     A candidate is dropped when its mask overlaps a kept one with IoU above
@@ -169,7 +220,12 @@ def non_max_suppression(cands: list[Candidate], iou_threshold: float, part_fract
         drop, inside_c = False, 0
         for k in kept:
             kr, kc = k.slices()
-            if rs.start >= kr.stop or kr.start >= rs.stop or cs.start >= kc.stop or kc.start >= cs.stop:
+            if (
+                rs.start >= kr.stop
+                or kr.start >= rs.stop
+                or cs.start >= kc.stop
+                or kc.start >= cs.stop
+            ):
                 continue
             inter = _intersection(c, k)
             union = c.area + k.area - inter
@@ -192,12 +248,17 @@ def _intersection(a: Candidate, b: Candidate) -> int:
     c0, c1 = max(ac.start, bc.start), min(ac.stop, bc.stop)
     if r0 >= r1 or c0 >= c1:
         return 0
-    return int(np.logical_and(a.mask[r0 - ar.start: r1 - ar.start, c0 - ac.start: c1 - ac.start],
-                              b.mask[r0 - br.start: r1 - br.start, c0 - bc.start: c1 - bc.start]).sum())
+    return int(
+        np.logical_and(
+            a.mask[r0 - ar.start : r1 - ar.start, c0 - ac.start : c1 - ac.start],
+            b.mask[r0 - br.start : r1 - br.start, c0 - bc.start : c1 - bc.start],
+        ).sum()
+    )
 
 
-def resolve_overlaps(cands: list[Candidate], shape: tuple[int, int],
-                     min_size: int) -> tuple[np.ndarray, list[float]]:
+def resolve_overlaps(
+    cands: list[Candidate], shape: tuple[int, int], min_size: int
+) -> tuple[np.ndarray, list[float]]:
     """Paint candidates into one (H, W) int32 instance map.
 
     A pixel claimed by several masks (after NMS: only along the borders of

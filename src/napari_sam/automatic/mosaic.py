@@ -26,7 +26,13 @@ from scipy import ndimage
 from ..jobs import Job, Progress, drive
 from ..models.base import Backend
 
-__all__ = ["MosaicAnswer", "MosaicRequest", "decode_in_mosaics", "iter_decode_in_mosaics", "square_crop"]
+__all__ = [
+    "MosaicAnswer",
+    "MosaicRequest",
+    "decode_in_mosaics",
+    "iter_decode_in_mosaics",
+    "square_crop",
+]
 
 
 @dataclass(frozen=True)
@@ -82,27 +88,45 @@ def _resize(a: np.ndarray, size: int, order: int) -> np.ndarray:
     """A square (n, n) array resized to (size, size) (pixel-area aligned)."""
     if a.shape[0] == size:
         return a.astype(np.float32, copy=False)
-    out = ndimage.zoom(a.astype(np.float32, copy=False), size / a.shape[0], order=order, grid_mode=True,
-                       mode="nearest")
+    out = ndimage.zoom(
+        a.astype(np.float32, copy=False),
+        size / a.shape[0],
+        order=order,
+        grid_mode=True,
+        mode="nearest",
+    )
     return out[:size, :size]
 
 
 @torch.inference_mode()
-def _one_mosaic(backend: Backend, images: Sequence[np.ndarray], group: Sequence[MosaicRequest],
-                per_side: int, batch_size: int, clock: dict[str, float]) -> list[MosaicAnswer]:
+def _one_mosaic(
+    backend: Backend,
+    images: Sequence[np.ndarray],
+    group: Sequence[MosaicRequest],
+    per_side: int,
+    batch_size: int,
+    clock: dict[str, float],
+) -> list[MosaicAnswer]:
     size = int(getattr(backend, "image_size", 256))
     cell = size // per_side
     mosaic = np.zeros((size, size), np.float32)
     boxes, owner = [], []
     for k, req in enumerate(group):
         gy, gx = divmod(k, per_side)
-        mosaic[gy * cell:(gy + 1) * cell, gx * cell:(gx + 1) * cell] = _resize(
-            _crop_pixels(images[req.image], req), cell, 1)
+        mosaic[gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell] = _resize(
+            _crop_pixels(images[req.image], req), cell, 1
+        )
         f = cell / req.side
         for b in np.asarray(req.boxes, np.float32).reshape(-1, 4):
             # pixel edges: rows r0 .. r1 + 1 of the crop land on cell rows f * r0 .. f * (r1 + 1)
-            boxes.append([gy * cell + (b[0] - req.top) * f, gx * cell + (b[1] - req.left) * f,
-                          gy * cell + (b[2] + 1 - req.top) * f - 1, gx * cell + (b[3] + 1 - req.left) * f - 1])
+            boxes.append(
+                [
+                    gy * cell + (b[0] - req.top) * f,
+                    gx * cell + (b[1] - req.left) * f,
+                    gy * cell + (b[2] + 1 - req.top) * f - 1,
+                    gx * cell + (b[3] + 1 - req.left) * f - 1,
+                ]
+            )
             owner.append(k)
     t = time.perf_counter()
     emb = backend.embed(mosaic)
@@ -111,7 +135,7 @@ def _one_mosaic(backend: Backend, images: Sequence[np.ndarray], group: Sequence[
     mb = np.clip(np.asarray(boxes, np.float32).reshape(-1, 4), 0, size - 1)
     logits, scores = [], []
     for b0 in range(0, len(mb), batch_size):
-        low, sc = backend.decode_low_res(emb, boxes_rc=mb[b0: b0 + batch_size])
+        low, sc = backend.decode_low_res(emb, boxes_rc=mb[b0 : b0 + batch_size])
         logits.append(backend.upsample(low, emb)[:, 0].float().cpu().numpy())
         scores.append(sc[:, 0].float().cpu().numpy())
     all_logits = np.concatenate(logits) if logits else np.zeros((0, size, size), np.float32)
@@ -121,16 +145,26 @@ def _one_mosaic(backend: Backend, images: Sequence[np.ndarray], group: Sequence[
     for k, req in enumerate(group):
         gy, gx = divmod(k, per_side)
         idx = np.flatnonzero(owner_arr == k)
-        cells = all_logits[idx, gy * cell:(gy + 1) * cell, gx * cell:(gx + 1) * cell]
-        back = np.stack([_resize(c, req.side, 1) for c in cells]) if len(idx) else np.zeros((0, req.side, req.side))
+        cells = all_logits[idx, gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell]
+        back = (
+            np.stack([_resize(c, req.side, 1) for c in cells])
+            if len(idx)
+            else np.zeros((0, req.side, req.side))
+        )
         out.append(MosaicAnswer(logits=back.astype(np.float32), scores=all_scores[idx]))
     clock["decoder"] = clock.get("decoder", 0.0) + time.perf_counter() - t
     return out
 
 
-def iter_decode_in_mosaics(backend: Backend, images: Sequence[np.ndarray], requests: Sequence[MosaicRequest],
-                           per_side: int = 2, batch_size: int = 32, clock: dict[str, float] | None = None,
-                           stage: str = "model check") -> Job[list[MosaicAnswer]]:
+def iter_decode_in_mosaics(
+    backend: Backend,
+    images: Sequence[np.ndarray],
+    requests: Sequence[MosaicRequest],
+    per_side: int = 2,
+    batch_size: int = 32,
+    clock: dict[str, float] | None = None,
+    stage: str = "model check",
+) -> Job[list[MosaicAnswer]]:
     """Decode every request's boxes, ``per_side`` ** 2 crops per encoder run.
 
     images: 2D float32 images in [0, 1] (the requests index them);
@@ -144,13 +178,18 @@ def iter_decode_in_mosaics(backend: Backend, images: Sequence[np.ndarray], reque
     n = int(np.ceil(len(requests) / per))
     out: list[MosaicAnswer] = []
     for k, g0 in enumerate(range(0, len(requests), per)):
-        out += _one_mosaic(backend, images, requests[g0: g0 + per], per_side, batch_size, clock)
+        out += _one_mosaic(backend, images, requests[g0 : g0 + per], per_side, batch_size, clock)
         yield Progress(k + 1, n, f"{stage}: {min(len(requests), g0 + per)}/{len(requests)} crops")
     return out
 
 
-def decode_in_mosaics(backend: Backend, images: Sequence[np.ndarray], requests: Sequence[MosaicRequest],
-                      per_side: int = 2, batch_size: int = 32,
-                      clock: dict[str, float] | None = None) -> list[MosaicAnswer]:
+def decode_in_mosaics(
+    backend: Backend,
+    images: Sequence[np.ndarray],
+    requests: Sequence[MosaicRequest],
+    per_side: int = 2,
+    batch_size: int = 32,
+    clock: dict[str, float] | None = None,
+) -> list[MosaicAnswer]:
     """:func:`iter_decode_in_mosaics` driven to its end."""
     return drive(iter_decode_in_mosaics(backend, images, requests, per_side, batch_size, clock))

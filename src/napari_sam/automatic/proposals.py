@@ -36,7 +36,7 @@ def gray_image(image01: np.ndarray) -> np.ndarray:
 
 
 def estimate_polarity(gray: np.ndarray) -> str:
-    """"bright" when the image is mostly dark with bright objects (right-skewed
+    """ "bright" when the image is mostly dark with bright objects (right-skewed
     histogram: fluorescence), "dark" for dark objects on a bright background."""
     sample = gray[:: max(1, gray.shape[0] // 256), :: max(1, gray.shape[1] // 256)]
     mean, median = float(sample.mean()), float(np.median(sample))
@@ -50,8 +50,12 @@ def _downsample(img: np.ndarray, f: int) -> np.ndarray:
     return img[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
 
 
-def estimate_object_diameter(image01: np.ndarray, polarity: str = "auto",
-                             min_diameter: float = 4.0, max_diameter: float | None = None) -> float:
+def estimate_object_diameter(
+    image01: np.ndarray,
+    polarity: str = "auto",
+    min_diameter: float = 4.0,
+    max_diameter: float | None = None,
+) -> float:
     """Typical diameter (pixels) of the blob-like objects of an image.
 
     The scale-normalised Laplacian of Gaussian of a disc of diameter d peaks
@@ -81,7 +85,7 @@ def estimate_object_diameter(image01: np.ndarray, polarity: str = "auto",
             r = float(np.sort(peaks)[-50:].mean())
             if r > best_r:
                 best_r, best_d = r, d
-        d *= 2 ** 0.25
+        d *= 2**0.25
     return float(best_d)
 
 
@@ -112,7 +116,11 @@ class Proposals:
     regions: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.boxes) if self.boxes is not None else (len(self.points) if self.points is not None else 0)
+        return (
+            len(self.boxes)
+            if self.boxes is not None
+            else (len(self.points) if self.points is not None else 0)
+        )
 
     @property
     def kind(self) -> str:
@@ -176,8 +184,13 @@ def blob_regions(image01: np.ndarray, diameter: float, polarity: str = "bright")
     return _split_touching(fg, depth=0.05 * diameter, smooth=max(1.0, diameter / 20.0))
 
 
-def intensity_region_boxes(image01: np.ndarray, diameter: float, min_size: int, max_size: int,
-                           scales: tuple[float, ...] = (4.0, 8.0)) -> np.ndarray:
+def intensity_region_boxes(
+    image01: np.ndarray,
+    diameter: float,
+    min_size: int,
+    max_size: int,
+    scales: tuple[float, ...] = (4.0, 8.0),
+) -> np.ndarray:
     """Box proposals for regions of similar intensity (organs in a windowed CT
     slice, tissues in MR), (N, 4) float32 inclusive boxes.
 
@@ -196,12 +209,19 @@ def intensity_region_boxes(image01: np.ndarray, diameter: float, min_size: int, 
     dark = float(np.median(s))
     boxes: list[np.ndarray] = []
     for k in scales:
-        lab = felzenszwalb(s, scale=float(k * diameter), sigma=1.0, min_size=max(16, min_size // 2)) + 1
+        lab = (
+            felzenszwalb(s, scale=float(k * diameter), sigma=1.0, min_size=max(16, min_size // 2))
+            + 1
+        )
         sizes = np.bincount(lab.ravel())
         means = np.bincount(lab.ravel(), weights=s.ravel()) / np.maximum(sizes, 1)
         edge = np.zeros(len(sizes), bool)
         edge[np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))] = True
-        keep = (sizes >= max(1, min_size)) & (sizes <= max_size) & ~(edge & (np.asarray(means) <= dark))
+        keep = (
+            (sizes >= max(1, min_size))
+            & (sizes <= max_size)
+            & ~(edge & (np.asarray(means) <= dark))
+        )
         keep[0] = False
         b, _ = _boxes_of_labels(np.where(keep[lab], lab, 0))
         boxes.append(b)
@@ -213,8 +233,9 @@ def intensity_region_boxes(image01: np.ndarray, diameter: float, min_size: int, 
     return np.asarray(out, np.float32).reshape(-1, 4)
 
 
-def structure_proposals(image01: np.ndarray, kind: str, diameter: float, polarity: str,
-                        min_size: int, max_size: int) -> Proposals:
+def structure_proposals(
+    image01: np.ndarray, kind: str, diameter: float, polarity: str, min_size: int, max_size: int
+) -> Proposals:
     """Box proposals from image structure: "blobs" (one per blob, with the
     blob label map) or "regions" (a two-scale hierarchy of intensity regions)."""
     if kind == "regions":

@@ -22,14 +22,13 @@ import numpy as np
 import torch
 
 from ..cache import content_hash
+from ..embeddings import CropEmbeddings
 from ..errors import InputError
-from ..geometry import box_of_mask
+from ..geometry import Crop, box_of_mask
 from ..jobs import Cancel, Job, Progress, ProgressCallback, drive
 from ..models.base import Backend, Embedding
 from ..tiling import TileGrid
 from ..zoom import extent_boxes, zoom_crop
-from ..embeddings import CropEmbeddings
-from ..geometry import Crop
 from .linking import link_slices
 from .masks import (
     Candidate,
@@ -93,11 +92,17 @@ class AutomaticSegmenter:
     cached there; re-running with other thresholds costs no encoder run).
     """
 
-    def __init__(self, backend: Backend, settings: AutoSettings | None = None,
-                 embeddings: CropEmbeddings | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: AutoSettings | None = None,
+        embeddings: CropEmbeddings | None = None,
+    ) -> None:
         self.backend = backend
         self.settings = settings or AutoSettings()
-        self.embeddings = embeddings if embeddings is not None else CropEmbeddings(backend, max_in_memory=64)
+        self.embeddings = (
+            embeddings if embeddings is not None else CropEmbeddings(backend, max_in_memory=64)
+        )
 
     # ------------------------------------------------------------------ helpers
     def proposal_kind(self) -> str:
@@ -105,8 +110,10 @@ class AutomaticSegmenter:
         if kind == "auto":
             return "point-grid" if self.backend.supports_points else "blobs"
         if kind == "point-grid" and not self.backend.supports_points:
-            raise InputError(f"proposals 'point-grid': model {self.backend.name!r} takes boxes only; "
-                             "use 'blobs', 'regions' or 'box-grid'")
+            raise InputError(
+                f"proposals 'point-grid': model {self.backend.name!r} takes boxes only; "
+                "use 'blobs', 'regions' or 'box-grid'"
+            )
         return kind
 
     def _min_size(self, kind: str, diameter: float) -> int:
@@ -127,8 +134,14 @@ class AutomaticSegmenter:
                 diameter = max(8.0, min(H, W) / 16.0)
             else:
                 diameter = refine_diameter(gray, estimate_object_diameter(gray, polarity), polarity)
-        return _Plan(kind, polarity, float(diameter), self._min_size(kind, diameter),
-                     int(st.max_size_fraction * H * W), TileGrid((H, W), st.tile_shape, st.halo))
+        return _Plan(
+            kind,
+            polarity,
+            float(diameter),
+            self._min_size(kind, diameter),
+            int(st.max_size_fraction * H * W),
+            TileGrid((H, W), st.tile_shape, st.halo),
+        )
 
     def _proposals(self, gray: np.ndarray, plan: _Plan) -> tuple[Proposals, Proposals | None]:
         """The prompts of one image, and the structure proposals (with their
@@ -136,26 +149,41 @@ class AutomaticSegmenter:
         st = self.settings
         if plan.kind == "point-grid":
             tiles = plan.grid.tiles
-            return Proposals(points=np.concatenate([point_grid(t.shape, st.points_per_side) + t.offset
-                                                    for t in tiles])), None
+            return Proposals(
+                points=np.concatenate(
+                    [point_grid(t.shape, st.points_per_side) + t.offset for t in tiles]
+                )
+            ), None
         structure, parts = None, []
         base = plan.kind.split("+")[0]
         if base in ("blobs", "regions"):
-            structure = structure_proposals(gray, base, plan.diameter, plan.polarity, plan.min_size, plan.max_size)
+            structure = structure_proposals(
+                gray, base, plan.diameter, plan.polarity, plan.min_size, plan.max_size
+            )
             parts.append(structure.boxes)
         if plan.kind.endswith("box-grid"):
             parts.append(box_grid(gray.shape, tuple(s * plan.diameter for s in st.box_grid_sides)))
         return Proposals(boxes=np.concatenate(parts)), structure
 
     # ------------------------------------------------------------------ 2D
-    def segment(self, image01: np.ndarray, progress: ProgressCallback | None = None,
-                cancel: Cancel | None = None, image_key: str | None = None) -> AutoResult:
+    def segment(
+        self,
+        image01: np.ndarray,
+        progress: ProgressCallback | None = None,
+        cancel: Cancel | None = None,
+        image_key: str | None = None,
+    ) -> AutoResult:
         """Segment one 2D image; image01: (H, W) or (H, W, 3) float32 in [0, 1].
 
         progress: called with each :class:`~napari_sam.jobs.Progress`; cancel:
         checked between steps (:class:`~napari_sam.jobs.Cancelled` when set).
         """
-        return drive(self.iter_segment(image01, image_key=image_key), progress, cancel, "automatic segmentation")
+        return drive(
+            self.iter_segment(image01, image_key=image_key),
+            progress,
+            cancel,
+            "automatic segmentation",
+        )
 
     def iter_segment(self, image01: np.ndarray, image_key: str | None = None) -> Job[AutoResult]:
         """:meth:`segment` as a job: a generator of :class:`~napari_sam.jobs.Progress`
@@ -172,11 +200,17 @@ class AutomaticSegmenter:
         plan = self._plan(gray)
         props, structure = self._proposals(gray, plan)
         timings["proposals"] = time.perf_counter() - t0
-        if structure is not None and plan.kind == "blobs" and self.settings.model_role == "split-check":
+        if (
+            structure is not None
+            and plan.kind == "blobs"
+            and self.settings.model_role == "split-check"
+        ):
             return (yield from self._split_checked(gray, structure.regions, plan, timings, t0))
         key = image_key if image_key is not None else content_hash(image01)
         clock = {"encoder": 0.0, "decoder": 0.0}
-        cands: list[Candidate] = yield from self._decode_all(image01, key, props, plan.grid, clock, "")
+        cands: list[Candidate] = yield from self._decode_all(
+            image01, key, props, plan.grid, clock, ""
+        )
         n_prompts = yield from self._refine(image01, key, props, cands, plan.grid, clock)
         timings.update(clock)
         t = time.perf_counter()
@@ -184,12 +218,24 @@ class AutomaticSegmenter:
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         yield Progress(1, 1, "done")
-        return AutoResult(labels=labels, scores=scores, proposals=n_prompts, timings=timings,
-                          diameter=plan.diameter, encoder_calls=self.embeddings.encoder_calls - enc0,
-                          candidates=len(cands))
+        return AutoResult(
+            labels=labels,
+            scores=scores,
+            proposals=n_prompts,
+            timings=timings,
+            diameter=plan.diameter,
+            encoder_calls=self.embeddings.encoder_calls - enc0,
+            candidates=len(cands),
+        )
 
-    def _split_checked(self, gray: np.ndarray, regions: np.ndarray, plan: _Plan, timings: dict[str, float],
-                       t0: float) -> Job[AutoResult]:
+    def _split_checked(
+        self,
+        gray: np.ndarray,
+        regions: np.ndarray,
+        plan: _Plan,
+        timings: dict[str, float],
+        t0: float,
+    ) -> Job[AutoResult]:
         """Blob outlines, with the cuts the model confirms (model_role "split-check")."""
         st = self.settings
         t = time.perf_counter()
@@ -197,29 +243,40 @@ class AutomaticSegmenter:
         requests = split_requests(hyps, st.split_crop_scale)
         timings["proposals"] += time.perf_counter() - t
         clock = {"encoder": 0.0, "decoder": 0.0}
-        answers = yield from iter_decode_in_mosaics(self.backend, [gray], requests, st.mosaic_side,
-                                                    st.batch_size, clock, "checking splits")
+        answers = yield from iter_decode_in_mosaics(
+            self.backend, [gray], requests, st.mosaic_side, st.batch_size, clock, "checking splits"
+        )
         timings.update(clock)
         t = time.perf_counter()
-        verdicts = [judge_split(h, r, a, st.split_quality, st.split_min_iou)
-                    for h, r, a in zip(hyps, requests, answers)]
+        verdicts = [
+            judge_split(h, r, a, st.split_quality, st.split_min_iou)
+            for h, r, a in zip(hyps, requests, answers)
+        ]
         labels = apply_splits(regions, hyps, verdicts)
         scores = np.full(int(labels.max(initial=0)), np.nan)
         next_id = int(regions.max(initial=0)) + 1
         for h, v in zip(hyps, verdicts):
             scores[h.region - 1] = v.scores[0] if v.accepted else v.whole_score
             if v.accepted:
-                scores[next_id - 1: next_id - 2 + h.n_parts] = v.scores[1:]
+                scores[next_id - 1 : next_id - 2 + h.n_parts] = v.scores[1:]
                 next_id += h.n_parts - 1
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         yield Progress(1, 1, "done")
-        n_mosaics = int(np.ceil(len(requests) / st.mosaic_side ** 2))
-        return AutoResult(labels=labels, scores=scores.tolist(), proposals=sum(len(r.boxes) for r in requests),
-                          timings=timings, diameter=plan.diameter, encoder_calls=n_mosaics, candidates=len(hyps))
+        n_mosaics = int(np.ceil(len(requests) / st.mosaic_side**2))
+        return AutoResult(
+            labels=labels,
+            scores=scores.tolist(),
+            proposals=sum(len(r.boxes) for r in requests),
+            timings=timings,
+            diameter=plan.diameter,
+            encoder_calls=n_mosaics,
+            candidates=len(hyps),
+        )
 
-    def _postprocess(self, cands: list[Candidate], structure: Proposals | None,
-                     plan: _Plan) -> tuple[np.ndarray, list[float]]:
+    def _postprocess(
+        self, cands: list[Candidate], structure: Proposals | None, plan: _Plan
+    ) -> tuple[np.ndarray, list[float]]:
         """Filter, add the unanswered blobs, suppress duplicates, paint one label map."""
         st = self.settings
         kept = filter_candidates(cands, st, plan.min_size, plan.max_size)
@@ -228,8 +285,15 @@ class AutomaticSegmenter:
         kept = non_max_suppression(kept, st.nms_iou)
         return resolve_overlaps(kept, plan.grid.shape, plan.min_size)
 
-    def _refine(self, image01: np.ndarray, image_key: str, props: Proposals, cands: list[Candidate],
-                grid: TileGrid, clock: dict[str, float]) -> Job[int]:
+    def _refine(
+        self,
+        image01: np.ndarray,
+        image_key: str,
+        props: Proposals,
+        cands: list[Candidate],
+        grid: TileGrid,
+        clock: dict[str, float],
+    ) -> Job[int]:
         """Re-ask with the box of each good mask that left its box (a box model
         answers a tight box best), ``refine_rounds`` times; the new candidates
         are appended to ``cands``. Returns the number of prompts decoded."""
@@ -248,8 +312,15 @@ class AutomaticSegmenter:
                 break
             first = round_start = len(boxes)
             boxes = np.concatenate([boxes, np.asarray(new_boxes, np.float32)])
-            cands += yield from self._decode_all(image01, image_key, Proposals(boxes=boxes), grid, clock,
-                                                 f"refining ({rnd + 1}) ", only=range(first, len(boxes)))
+            cands += yield from self._decode_all(
+                image01,
+                image_key,
+                Proposals(boxes=boxes),
+                grid,
+                clock,
+                f"refining ({rnd + 1}) ",
+                only=range(first, len(boxes)),
+            )
         return len(boxes)
 
     def _views(self, props: Proposals, grid: TileGrid, only) -> dict[Crop, list[int]]:
@@ -257,7 +328,7 @@ class AutomaticSegmenter:
         st = self.settings
         views: dict[Crop, list[int]] = {}
         tiles = grid.tiles
-        for i in (only if only is not None else range(len(props))):
+        for i in only if only is not None else range(len(props)):
             if props.boxes is not None:
                 box = props.boxes[i]
                 crop = zoom_crop(box, grid.shape, st.zoom) if st.zoom is not None else None
@@ -267,8 +338,16 @@ class AutomaticSegmenter:
             views.setdefault(view, []).append(i)
         return views
 
-    def _decode_all(self, image01: np.ndarray, image_key: str, props: Proposals, grid: TileGrid,
-                    clock: dict[str, float], label: str, only=None) -> Job[list[Candidate]]:
+    def _decode_all(
+        self,
+        image01: np.ndarray,
+        image_key: str,
+        props: Proposals,
+        grid: TileGrid,
+        clock: dict[str, float],
+        label: str,
+        only=None,
+    ) -> Job[list[Candidate]]:
         st = self.settings
         views = self._views(props, grid, only)
         n_steps = len(views) + sum(int(np.ceil(len(v) / st.batch_size)) for v in views.values())
@@ -284,7 +363,7 @@ class AutomaticSegmenter:
             yield Progress(step, n_steps, f"{label}embedding {k + 1}/{len(views)}")
             for b0 in range(0, len(idx), st.batch_size):
                 t = time.perf_counter()
-                batch = idx[b0: b0 + st.batch_size]
+                batch = idx[b0 : b0 + st.batch_size]
                 cands += self._decode(emb, view, props, batch, grid.shape)
                 clock["decoder"] += time.perf_counter() - t
                 step += 1
@@ -293,8 +372,9 @@ class AutomaticSegmenter:
         return cands
 
     @torch.inference_mode()
-    def _decode(self, emb: Embedding, view: Crop, props: Proposals, batch: list[int],
-                shape: tuple[int, int]) -> list[Candidate]:
+    def _decode(
+        self, emb: Embedding, view: Crop, props: Proposals, batch: list[int], shape: tuple[int, int]
+    ) -> list[Candidate]:
         st = self.settings
         if props.boxes is not None:
             boxes_slice = props.boxes[batch]
@@ -305,17 +385,29 @@ class AutomaticSegmenter:
             prompt_boxes = boxes_slice
         else:
             pts = view.points_to_crop(props.points[batch])[:, None, :]
-            low, scores = self.backend.decode_low_res(emb, points_rc=pts,
-                                                      point_labels=np.ones(pts.shape[:2], np.int64),
-                                                      multimask=True)
+            low, scores = self.backend.decode_low_res(
+                emb, points_rc=pts, point_labels=np.ones(pts.shape[:2], np.int64), multimask=True
+            )
             prompt_boxes = None
         logits = self.backend.upsample(low, emb).float().cpu().numpy()
-        return candidates_from_logits(logits, scores.float().cpu().numpy(), view, batch, prompt_boxes,
-                                      st.stability_offset, st.box_clip_margin, shape)
+        return candidates_from_logits(
+            logits,
+            scores.float().cpu().numpy(),
+            view,
+            batch,
+            prompt_boxes,
+            st.stability_offset,
+            st.box_clip_margin,
+            shape,
+        )
 
     # ------------------------------------------------------------------ 3D, slice by slice
-    def iter_segment_volume(self, volume01: Callable[[int], np.ndarray] | np.ndarray, n_slices: int | None = None,
-                            volume_key: str | None = None) -> Job[AutoResult]:
+    def iter_segment_volume(
+        self,
+        volume01: Callable[[int], np.ndarray] | np.ndarray,
+        n_slices: int | None = None,
+        volume_key: str | None = None,
+    ) -> Job[AutoResult]:
         """Segment every slice of a volume and link objects across slices.
 
         volume01: (z, H, W[, 3]) float32 in [0, 1], or a function z -> that
@@ -325,7 +417,11 @@ class AutomaticSegmenter:
         object has one id.
         """
         get = volume01 if callable(volume01) else (lambda z: np.asarray(volume01[z], np.float32))
-        n = n_slices if n_slices is not None else (len(volume01) if not callable(volume01) else None)
+        n = (
+            n_slices
+            if n_slices is not None
+            else (len(volume01) if not callable(volume01) else None)
+        )
         if n is None:
             raise InputError("n_slices is needed when the volume is given as a function")
         per_slice, timings = [], {}
@@ -345,14 +441,31 @@ class AutomaticSegmenter:
         t = time.perf_counter()
         labels = link_slices(np.stack(per_slice), self.settings.link_iou)
         timings["linking"] = time.perf_counter() - t
-        return AutoResult(labels=labels, scores=[], proposals=proposals, timings=timings, diameter=diam,
-                          encoder_calls=enc, candidates=cands)
+        return AutoResult(
+            labels=labels,
+            scores=[],
+            proposals=proposals,
+            timings=timings,
+            diameter=diam,
+            encoder_calls=enc,
+            candidates=cands,
+        )
 
-    def segment_volume(self, volume01, n_slices: int | None = None, progress: ProgressCallback | None = None,
-                       cancel: Cancel | None = None, volume_key: str | None = None) -> AutoResult:
+    def segment_volume(
+        self,
+        volume01,
+        n_slices: int | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: Cancel | None = None,
+        volume_key: str | None = None,
+    ) -> AutoResult:
         """:meth:`iter_segment_volume`, driven to the end (see :meth:`segment`)."""
-        return drive(self.iter_segment_volume(volume01, n_slices, volume_key), progress, cancel,
-                     "automatic segmentation")
+        return drive(
+            self.iter_segment_volume(volume01, n_slices, volume_key),
+            progress,
+            cancel,
+            "automatic segmentation",
+        )
 
 
 def _forward(job: Job[AutoResult], z: int, n: int) -> Job[AutoResult]:

@@ -56,12 +56,13 @@ def _parts_on_crop(h: SplitHypothesis, req: MosaicRequest) -> np.ndarray:
     r0, c0 = h.top - req.top, h.left - req.left
     rs = slice(max(0, r0), min(req.side, r0 + ph))
     cs = slice(max(0, c0), min(req.side, c0 + pw))
-    out[rs, cs] = h.parts[rs.start - r0: rs.stop - r0, cs.start - c0: cs.stop - c0]
+    out[rs, cs] = h.parts[rs.start - r0 : rs.stop - r0, cs.start - c0 : cs.stop - c0]
     return out
 
 
-def judge_split(h: SplitHypothesis, req: MosaicRequest, answer: MosaicAnswer, quality: float,
-                min_iou: float) -> SplitVerdict:
+def judge_split(
+    h: SplitHypothesis, req: MosaicRequest, answer: MosaicAnswer, quality: float, min_iou: float
+) -> SplitVerdict:
     """Keep a cut when every part's answer is confident (predicted IoU >=
     ``quality``) and covers its part (IoU >= ``min_iou``)."""
     parts = _parts_on_crop(h, req)
@@ -76,8 +77,9 @@ def judge_split(h: SplitHypothesis, req: MosaicRequest, answer: MosaicAnswer, qu
     return SplitVerdict(accepted, scores, ious, float(answer.scores[0]))
 
 
-def apply_splits(regions: np.ndarray, hyps: Sequence[SplitHypothesis],
-                 verdicts: Sequence[SplitVerdict]) -> np.ndarray:
+def apply_splits(
+    regions: np.ndarray, hyps: Sequence[SplitHypothesis], verdicts: Sequence[SplitVerdict]
+) -> np.ndarray:
     """The blob label map with each accepted hypothesis' parts as objects of
     their own (new ids after the existing ones); (H, W) int32."""
     out = np.array(regions, np.int32, copy=True)
@@ -85,7 +87,7 @@ def apply_splits(regions: np.ndarray, hyps: Sequence[SplitHypothesis],
     for h, v in zip(hyps, verdicts):
         if not v.accepted:
             continue
-        patch = out[h.top: h.top + h.parts.shape[0], h.left: h.left + h.parts.shape[1]]
+        patch = out[h.top : h.top + h.parts.shape[0], h.left : h.left + h.parts.shape[1]]
         for k in range(2, h.n_parts + 1):
             patch[h.parts == k] = next_id
             next_id += 1

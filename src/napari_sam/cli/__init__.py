@@ -19,7 +19,7 @@ import logging
 import re
 import sys
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import NapariSamError
 from . import auto, segment
@@ -28,7 +28,9 @@ from .common import PROG, Parser, add_verbose
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description="Segment Anything for medical and microscopy images.")
-    add_verbose(parser, dest="verbose_before")  # `napari-sam -v segment ...` and `napari-sam segment ... -v`
+    add_verbose(
+        parser, dest="verbose_before"
+    )  # `napari-sam -v segment ...` and `napari-sam segment ... -v`
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     segment.add_parser(sub)
     auto.add_parser(sub)
@@ -39,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch_parser(sub)
     add_finetune_parser(sub, Parser)
 
-    dl = sub.add_parser("download", help="download model checkpoints into the cache (for later offline use)")
+    dl = sub.add_parser(
+        "download", help="download model checkpoints into the cache (for later offline use)"
+    )
     dl.add_argument("names", nargs="+", help="model names (see `napari-sam models`)")
     dl.add_argument("--quiet", action="store_true", help="no progress bar")
     for command in sub.choices.values():
@@ -53,18 +57,30 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     cache = model_cache_dir()
     for spec in REGISTRY.values():
-        where = "embedded" if spec.name == "lite_medsam" else (
-            "cached" if spec.filename and (cache / spec.filename).is_file() else
-            "download" if spec.url else "manual download")
-        print(f"{spec.name:24s} {spec.architecture:14s} {spec.image_size:5d}px  {spec.licence:10.10s} "
-              f"{where:15s} {spec.description}")
+        where = (
+            "embedded"
+            if spec.name == "lite_medsam"
+            else (
+                "cached"
+                if spec.filename and (cache / spec.filename).is_file()
+                else "download"
+                if spec.url
+                else "manual download"
+            )
+        )
+        print(
+            f"{spec.name:24s} {spec.architecture:14s} {spec.image_size:5d}px  {spec.licence:10.10s} "
+            f"{where:15s} {spec.description}"
+        )
     print(f"cache: {cache} (set NAPARI_SAM_MODEL_DIR to change it)")
     from ..finetune.checkpoint import list_tuned
 
     for t in list_tuned():
         val = t.get("validation")
-        print(f"tuned: {t['path']}  base {t.get('base_model')}  {t.get('created')}"
-              + (f"  validation Dice {val:.3f}" if isinstance(val, float) else ""))
+        print(
+            f"tuned: {t['path']}  base {t.get('base_model')}  {t.get('created')}"
+            + (f"  validation Dice {val:.3f}" if isinstance(val, float) else "")
+        )
     return 0
 
 
@@ -90,8 +106,15 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return cmd_batch(args)
 
 
-COMMANDS = {"segment": segment.cmd_segment, "auto": auto.cmd_auto, "embed": segment.cmd_embed, "models": _cmd_models,
-            "download": _cmd_download, "batch": _cmd_batch, "finetune": _cmd_finetune}
+COMMANDS = {
+    "segment": segment.cmd_segment,
+    "auto": auto.cmd_auto,
+    "embed": segment.cmd_embed,
+    "models": _cmd_models,
+    "download": _cmd_download,
+    "batch": _cmd_batch,
+    "finetune": _cmd_finetune,
+}
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:

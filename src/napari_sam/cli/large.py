@@ -37,13 +37,18 @@ def wants_lazy_segment(image: str | Path, output: str | Path) -> bool:
     return is_zarr_path(image) or str(output).lower().rstrip("/").endswith(".zarr")
 
 
-def segment_extra(source: str, model: str, windows: dict, states: dict, encoder_calls: int,
-                  cache_hits: int) -> dict[str, Any]:
+def segment_extra(
+    source: str, model: str, windows: dict, states: dict, encoder_calls: int, cache_hits: int
+) -> dict[str, Any]:
     """The sidecar fields of a ``segment`` run: source, model, windows, embedding
     counts and each propagated object's axis, key slices, extent and stop decisions."""
-    extra: dict[str, Any] = {"source": str(source), "model": model,
-                             "windows": {str(k): [w.lo, w.hi] for k, w in windows.items()},
-                             "encoder_calls": encoder_calls, "cache_hits": cache_hits}
+    extra: dict[str, Any] = {
+        "source": str(source),
+        "model": model,
+        "windows": {str(k): [w.lo, w.hi] for k, w in windows.items()},
+        "encoder_calls": encoder_calls,
+        "cache_hits": cache_hits,
+    }
     if states:
         extra["propagation"] = {str(k): st.summary() for k, st in states.items()}
     return extra
@@ -68,7 +73,9 @@ def check_zarr_output(out: Path, inputs: tuple[Any, ...], overwrite: bool) -> Pa
             raise InputError(f"{out}: refusing to overwrite an input or write inside one ({inp})")
     parent = next((a for a in (out.parent, *out.parent.parents) if a.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{out}: cannot write into {parent} (not a folder, permission denied or read-only)")
+        raise InputError(
+            f"{out}: cannot write into {parent} (not a folder, permission denied or read-only)"
+        )
     return out
 
 
@@ -81,10 +88,16 @@ def _window_arg(spec: str | None) -> Any:
 
 
 def _check_lazy_flags(args) -> None:
-    for flag, value in (("--init", args.init), ("--text", args.text), ("--overview", args.overview)):
+    for flag, value in (
+        ("--init", args.init),
+        ("--text", args.text),
+        ("--overview", args.overview),
+    ):
         if value:
-            raise InputError(f"{flag} is not available when segmenting lazily (a zarr input or a .zarr output); "
-                             "convert the image to NIfTI/NRRD and write .nii.gz for it")
+            raise InputError(
+                f"{flag} is not available when segmenting lazily (a zarr input or a .zarr output); "
+                "convert the image to NIfTI/NRRD and write .nii.gz for it"
+            )
     if args.prompts is None:
         raise InputError("segmenting lazily (a zarr input or a .zarr output) needs --prompts")
 
@@ -97,15 +110,18 @@ def segment_large(args, progress: Callable, cache_dir: Callable[[], Path | None]
     from ..io import read_image
     from ..large_segment import lazy_embeddings, segment_lazy, write_zarr_labels
     from ..lazy_volume import open_volume
-    from .models.registry import load_model
     from ..prompts import load_prompts
+    from .models.registry import load_model
 
     _check_lazy_flags(args)
     out = Path(args.output)
     inputs = tuple(p for p in (args.image, args.prompts, args.checkpoint) if p)
     zarr_out = out.name.lower().endswith(".zarr")
-    out = check_zarr_output(out, inputs, args.overwrite) if zarr_out else check_result_path(
-        out, args.overwrite, inputs=inputs)
+    out = (
+        check_zarr_output(out, inputs, args.overwrite)
+        if zarr_out
+        else check_result_path(out, args.overwrite, inputs=inputs)
+    )
     window = _window_arg(args.window)
     prompts = load_prompts(args.prompts)
     lazy = is_zarr_path(args.image) or (zarr_out and is_lazy_path(args.image))
@@ -122,8 +138,16 @@ def segment_large(args, progress: Callable, cache_dir: Callable[[], Path | None]
 
         zoom, crops = PROMPT_ZOOM, CropEmbeddings(backend, provider=provider)
     t0 = time.perf_counter()
-    seg = segment_lazy(volume, prompts, backend, window, progress=progress, embeddings_for=factory, zoom=zoom,
-                       crop_embeddings=crops)
+    seg = segment_lazy(
+        volume,
+        prompts,
+        backend,
+        window,
+        progress=progress,
+        embeddings_for=factory,
+        zoom=zoom,
+        crop_embeddings=crops,
+    )
     if seg.cancelled:
         raise NapariSamError("cancelled before the end; nothing written")
     enc, hits = provider.encoder_calls, provider.disk_hits
@@ -132,26 +156,51 @@ def segment_large(args, progress: Callable, cache_dir: Callable[[], Path | None]
     if zarr_out:
         write_zarr_labels(out, seg, volume.geometry, extra, overwrite=args.overwrite)
     else:
-        write_result(out, seg.label_map(), volume, seg.names, seg.colors, model=backend.name,
-                     overwrite=args.overwrite, extra=extra, notes=notes, seg_encoding=args.seg_encoding.upper(),
-                     inputs=inputs)
+        write_result(
+            out,
+            seg.label_map(),
+            volume,
+            seg.names,
+            seg.colors,
+            model=backend.name,
+            overwrite=args.overwrite,
+            extra=extra,
+            notes=notes,
+            seg_encoding=args.seg_encoding.upper(),
+            inputs=inputs,
+        )
     if not args.quiet:
         for note in notes:
             print(f"napari-sam: note: {note}", file=sys.stderr)
-        print(f"wrote {out} ({len(seg.names)} object(s), {sum(map(len, seg.slices.values()))} slice(s); "
-              f"{enc} slice(s) encoded, {hits} from the cache; {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        print(
+            f"wrote {out} ({len(seg.names)} object(s), {sum(map(len, seg.slices.values()))} slice(s); "
+            f"{enc} slice(s) encoded, {hits} from the cache; {time.perf_counter() - t0:.1f} s)",
+            file=sys.stderr,
+        )
     return 0
 
 
 def add_cluster_args(parser) -> None:
     """``embed``'s options for filling the cache on a Dask cluster."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", default=None, help="fill the cache on this running Dask scheduler, "
-                       "e.g. tcp://host:8786 (the image and --cache-dir on a filesystem all workers see)")
-    where.add_argument("--workers", type=int, default=None, help="fill the cache on a local Dask cluster of "
-                       "this many single-threaded worker processes")
-    parser.add_argument("--slices-per-task", type=int, default=None,
-                        help="with --scheduler/--workers: slices per task (default: about 4 tasks per worker)")
+    where.add_argument(
+        "--scheduler",
+        default=None,
+        help="fill the cache on this running Dask scheduler, "
+        "e.g. tcp://host:8786 (the image and --cache-dir on a filesystem all workers see)",
+    )
+    where.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="fill the cache on a local Dask cluster of this many single-threaded worker processes",
+    )
+    parser.add_argument(
+        "--slices-per-task",
+        type=int,
+        default=None,
+        help="with --scheduler/--workers: slices per task (default: about 4 tasks per worker)",
+    )
 
 
 def _slices_arg(spec: str | None) -> tuple[int, int] | None:
@@ -164,7 +213,9 @@ def _slices_arg(spec: str | None) -> tuple[int, int] | None:
     return (min(a, b), max(a, b))
 
 
-def embed_cluster(args, progress: Callable[[int, int, str], None], cache_dir: Callable[[], Path | None]) -> int:
+def embed_cluster(
+    args, progress: Callable[[int, int, str], None], cache_dir: Callable[[], Path | None]
+) -> int:
     """``napari-sam embed IMAGE --scheduler ADDR | --workers N``: fill ``cache_dir`` on a Dask cluster."""
     from ..batch import connect, local_client, local_threads, register_model
     from ..embed_cluster import EmbedJob, embed_on_cluster
@@ -178,8 +229,14 @@ def embed_cluster(args, progress: Callable[[int, int, str], None], cache_dir: Ca
     folder = cache_dir()
     if folder is None:
         raise InputError("embed fills the cache: the cache folder cannot be written")
-    job = EmbedJob(str(Path(args.image).resolve()), str(Path(folder).resolve()), _window_arg(args.window),
-                   args.axis, _slices_arg(args.slices), args.series)
+    job = EmbedJob(
+        str(Path(args.image).resolve()),
+        str(Path(folder).resolve()),
+        _window_arg(args.window),
+        args.axis,
+        _slices_arg(args.slices),
+        args.series,
+    )
     t0 = time.perf_counter()
     client = connect(args.scheduler) if args.scheduler else local_client(args.workers, 1)
     try:
@@ -193,7 +250,10 @@ def embed_cluster(args, progress: Callable[[int, int, str], None], cache_dir: Ca
             cluster.close()
     if not args.quiet:
         w = report.window
-        print(f"{report.encoded} slice(s) encoded in {report.tasks} task(s) on {len(report.workers)} worker(s), "
-              f"{report.cached} already cached (window [{w.lo:g}, {w.hi:g}], axis {args.axis}) in {report.entry}; "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        print(
+            f"{report.encoded} slice(s) encoded in {report.tasks} task(s) on {len(report.workers)} worker(s), "
+            f"{report.cached} already cached (window [{w.lo:g}, {w.hi:g}], axis {args.axis}) in {report.entry}; "
+            f"{time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
     return 0

@@ -29,8 +29,15 @@ from .pipeline import tuned_backend
 from .train import DecoderTrainer, FinetuneSettings
 
 #: the defaults of an adaptation: the output head, a high rate, no validation (measured in docs/finetuning.md)
-ADAPT_SETTINGS = FinetuneSettings(epochs=1, lr=3e-4, anchor=1e-3, trainable="head", val_fraction=0.0, batch=4,
-                                  mode_weights=(0.5, 0.5, 0.0))
+ADAPT_SETTINGS = FinetuneSettings(
+    epochs=1,
+    lr=3e-4,
+    anchor=1e-3,
+    trainable="head",
+    val_fraction=0.0,
+    batch=4,
+    mode_weights=(0.5, 0.5, 0.0),
+)
 
 
 @dataclass
@@ -49,7 +56,9 @@ class AdaptResult:
     loss_last: float
 
 
-def _samples(embeddings, masks: dict[int, np.ndarray], out_side: int, model_size: int) -> list[TrainingSample]:
+def _samples(
+    embeddings, masks: dict[int, np.ndarray], out_side: int, model_size: int
+) -> list[TrainingSample]:
     keys = sorted(k for k, m in masks.items() if int(np.asarray(m).sum()) >= MIN_AREA)
     out = []
     for k in keys:
@@ -57,17 +66,31 @@ def _samples(embeddings, masks: dict[int, np.ndarray], out_side: int, model_size
         feats = emb.features.detach().float().cpu().clone()
         m = np.asarray(masks[k], bool)
         near = [np.asarray(box_of_mask(masks[j]), np.float32) for j in keys if 0 < abs(j - k) <= 3]
-        out.append(TrainingSample(features=feats, original_size=tuple(emb.original_size),
-                                  input_size=tuple(emb.input_size), mask=m,
-                                  target=target_on_model_grid(m, emb.input_size, model_size, out_side),
-                                  name="object", label=1, group=f"slice {k}",
-                                  neighbour_boxes=near + [np.asarray(box_of_mask(m), np.float32)]))
+        out.append(
+            TrainingSample(
+                features=feats,
+                original_size=tuple(emb.original_size),
+                input_size=tuple(emb.input_size),
+                mask=m,
+                target=target_on_model_grid(m, emb.input_size, model_size, out_side),
+                name="object",
+                label=1,
+                group=f"slice {k}",
+                neighbour_boxes=near + [np.asarray(box_of_mask(m), np.float32)],
+            )
+        )
     return out
 
 
-def adapt_to_slices(backend, embeddings, masks: dict[int, np.ndarray], time_budget: float = 30.0,
-                    max_steps: int = 60, settings: FinetuneSettings | None = None,
-                    cancel: Cancel | None = None) -> AdaptResult:
+def adapt_to_slices(
+    backend,
+    embeddings,
+    masks: dict[int, np.ndarray],
+    time_budget: float = 30.0,
+    max_steps: int = 60,
+    settings: FinetuneSettings | None = None,
+    cancel: Cancel | None = None,
+) -> AdaptResult:
     """Adapt a copy of ``backend``'s decoder to one object's committed slices.
 
     embeddings: the slices' embeddings along the propagation axis (``get(index)``,
@@ -79,9 +102,13 @@ def adapt_to_slices(backend, embeddings, masks: dict[int, np.ndarray], time_budg
     Raises InputError when no committed mask has at least 16 pixels.
     """
     t0 = time.perf_counter()
-    samples = _samples(embeddings, masks, 4 * backend.prompt_encoder.image_embedding_size[0], backend.image_size)
+    samples = _samples(
+        embeddings, masks, 4 * backend.prompt_encoder.image_embedding_size[0], backend.image_size
+    )
     if not samples:
-        raise InputError("adaptation needs at least one committed slice of the object (16 pixels or more)")
+        raise InputError(
+            "adaptation needs at least one committed slice of the object (16 pixels or more)"
+        )
     s = settings or ADAPT_SETTINGS
     trainer = DecoderTrainer(backend, s)
     losses: list[float] = []
@@ -96,5 +123,10 @@ def adapt_to_slices(backend, embeddings, masks: dict[int, np.ndarray], time_budg
         losses.append(trainer.train_step([sample] * s.batch))
         step += 1
     adapted = tuned_backend(backend, trainer)
-    return AdaptResult(adapted, time.perf_counter() - t0, step, losses[0] if losses else float("nan"),
-                       losses[-1] if losses else float("nan"))
+    return AdaptResult(
+        adapted,
+        time.perf_counter() - t0,
+        step,
+        losses[0] if losses else float("nan"),
+        losses[-1] if losses else float("nan"),
+    )

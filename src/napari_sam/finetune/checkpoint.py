@@ -57,7 +57,9 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]
     if isinstance(obj, str):
-        return "".join(obj)  # an exact str (torch.__version__ is a str subclass a weights-only load refuses)
+        return "".join(
+            obj
+        )  # an exact str (torch.__version__ is a str subclass a weights-only load refuses)
     if obj is None or isinstance(obj, bool):
         return obj
     if isinstance(obj, (int, np.integer)):
@@ -73,8 +75,13 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def save_tuned(path: str | Path, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
-               provenance: dict[str, Any], classes: dict[str, Any] | None = None) -> Path:
+def save_tuned(
+    path: str | Path,
+    base: dict[str, torch.Tensor],
+    tuned: dict[str, torch.Tensor],
+    provenance: dict[str, Any],
+    classes: dict[str, Any] | None = None,
+) -> Path:
     """Write ``base`` with the ``tuned`` keys replaced, plus ``provenance``, atomically.
 
     classes: a taught class head (:meth:`ClassHead.to_state`), stored under
@@ -88,7 +95,9 @@ def save_tuned(path: str | Path, base: dict[str, torch.Tensor], tuned: dict[str,
     missing = set(tuned) - set(base)
     if missing:
         raise ModelError(f"tuned weights {sorted(missing)[:3]} are not in the base model")
-    state = {k: (tuned[k] if k in tuned else v).detach().cpu().contiguous() for k, v in base.items()}
+    state = {
+        k: (tuned[k] if k in tuned else v).detach().cpu().contiguous() for k, v in base.items()
+    }
     doc = {"model": state, PROVENANCE_KEY: plain({"format": FORMAT, **provenance})}
     if classes is not None:
         doc[CLASSES_KEY] = classes
@@ -99,8 +108,9 @@ def save_tuned(path: str | Path, base: dict[str, torch.Tensor], tuned: dict[str,
             fh.flush()
             os.fsync(fh.fileno())
         back = torch.load(tmp, map_location="cpu", weights_only=True)
-        if set(back["model"]) != set(state) or not all(torch.equal(back["model"][k], tuned[k].cpu())
-                                                        for k in tuned):
+        if set(back["model"]) != set(state) or not all(
+            torch.equal(back["model"][k], tuned[k].cpu()) for k in tuned
+        ):
             raise ModelError(f"{path}: the checkpoint read back differs from what was written")
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
@@ -118,7 +128,9 @@ def _load_weights_only(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise ModelError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__})") from None
+        raise ModelError(
+            f"{path}: not a readable weights-only checkpoint ({type(exc).__name__})"
+        ) from None
 
 
 def read_provenance(path: str | Path) -> dict[str, Any]:
@@ -145,9 +157,15 @@ def _record(path: Path, provenance: dict[str, Any]) -> None:
     except (OSError, ValueError):
         entries = []
     entries = [e for e in entries if e.get("path") != str(path.resolve())]
-    entries.append({"path": str(path.resolve()), "base_model": provenance.get("base_model"),
-                    "created": provenance.get("created"), "kind": provenance.get("kind"),
-                    "validation": provenance.get("validation", {}).get("best_val_dice")})
+    entries.append(
+        {
+            "path": str(path.resolve()),
+            "base_model": provenance.get("base_model"),
+            "created": provenance.get("created"),
+            "kind": provenance.get("kind"),
+            "validation": provenance.get("validation", {}).get("best_val_dice"),
+        }
+    )
     fd, tmp = tempfile.mkstemp(prefix=".tuned.", suffix=".tmp", dir=index.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,9 +33,16 @@ import torch.nn.functional as F
 from ..errors import InputError, ModelError
 from ..models.base import Embedding
 
-__all__ = ["ClassHead", "grid_fractions", "grid_labels", "load_class_head", "teach", "teach_from_files",
-           "teach_from_volumes",
-           "unknown_class_error"]
+__all__ = [
+    "ClassHead",
+    "grid_fractions",
+    "grid_labels",
+    "load_class_head",
+    "teach",
+    "teach_from_files",
+    "teach_from_volumes",
+    "unknown_class_error",
+]
 
 METHODS = ("logistic", "prototype")
 #: a cell belongs to a class (or to the background) when that covers this fraction of it
@@ -52,7 +59,9 @@ def grid_fractions(masks: np.ndarray, emb: Embedding, image_size: int) -> torch.
     return F.interpolate(m, size=(h, w), mode="area")[:, 0]
 
 
-def grid_labels(labels2d: np.ndarray, ids: Sequence[int], emb: Embedding, image_size: int) -> np.ndarray:
+def grid_labels(
+    labels2d: np.ndarray, ids: Sequence[int], emb: Embedding, image_size: int
+) -> np.ndarray:
     """The class of each feature cell of one slice: (h, w) int, ``i + 1`` for ``ids[i]``,
     0 for background, -1 for cells no class covers by :data:`CELL_FRACTION` (edges, padding)."""
     stack = np.stack([labels2d == 0] + [labels2d == i for i in ids])
@@ -60,8 +69,8 @@ def grid_labels(labels2d: np.ndarray, ids: Sequence[int], emb: Embedding, image_
     out = np.where(frac.max(0) >= CELL_FRACTION, frac.argmax(0), -1)
     ih, iw = emb.input_size
     h, w = out.shape
-    out[int(np.ceil(ih * h / image_size)):, :] = -1  # padding rows / cols are not image
-    out[:, int(np.ceil(iw * w / image_size)):] = -1
+    out[int(np.ceil(ih * h / image_size)) :, :] = -1  # padding rows / cols are not image
+    out[:, int(np.ceil(iw * w / image_size)) :] = -1
     return out
 
 
@@ -105,17 +114,32 @@ class ClassHead:
 
     def to_state(self) -> dict:
         """Plain tensors and strings (what a weights-only checkpoint may hold)."""
-        return {"names": list(self.names), "weight": self.weight.contiguous(), "bias": self.bias.contiguous(),
-                "row_class": self.row_class.contiguous(), "method": self.method, "window": self.window}
+        return {
+            "names": list(self.names),
+            "weight": self.weight.contiguous(),
+            "bias": self.bias.contiguous(),
+            "row_class": self.row_class.contiguous(),
+            "method": self.method,
+            "window": self.window,
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> ClassHead:
         try:
-            head = cls([str(n) for n in state["names"]], state["weight"].float(), state["bias"].float(),
-                       state["row_class"].long(), str(state["method"]), str(state.get("window", "")))
+            head = cls(
+                [str(n) for n in state["names"]],
+                state["weight"].float(),
+                state["bias"].float(),
+                state["row_class"].long(),
+                str(state["method"]),
+                str(state.get("window", "")),
+            )
         except (KeyError, AttributeError, TypeError) as exc:
             raise ModelError(f"the checkpoint's class head is malformed ({exc})") from None
-        if head.weight.shape[0] != head.bias.shape[0] or head.weight.shape[0] != head.row_class.shape[0]:
+        if (
+            head.weight.shape[0] != head.bias.shape[0]
+            or head.weight.shape[0] != head.row_class.shape[0]
+        ):
             raise ModelError("the checkpoint's class head is malformed (row counts differ)")
         return head
 
@@ -124,15 +148,21 @@ def unknown_class_error(name: str, known: Iterable[str]) -> InputError:
     """One line naming the taught classes (and the closest, when one is close)."""
     known = list(known)
     if not known:
-        return InputError(f"class {name!r}: this model has not been taught any class "
-                          "(fine-tune it with named labels: napari-sam finetune)")
+        return InputError(
+            f"class {name!r}: this model has not been taught any class "
+            "(fine-tune it with named labels: napari-sam finetune)"
+        )
     close = difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return InputError(f"class {name!r} has not been taught to this model{hint}; "
-                      f"it knows: {', '.join(sorted(known))}")
+    return InputError(
+        f"class {name!r} has not been taught to this model{hint}; "
+        f"it knows: {', '.join(sorted(known))}"
+    )
 
 
-def _cells(embeddings: Sequence[Embedding], grids: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+def _cells(
+    embeddings: Sequence[Embedding], grids: Sequence[np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
     feats, labs = [], []
     for emb, grid in zip(embeddings, grids):
         keep = torch.from_numpy(grid.reshape(-1) >= 0)
@@ -154,8 +184,14 @@ def _kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 20) -> torch.Tensor
     return c
 
 
-def _prototype_rows(x: torch.Tensor, y: torch.Tensor, n_classes: int, n_background: int, seed: int,
-                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _prototype_rows(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    n_background: int,
+    seed: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     rows, classes = [], []
     bg = x[y == 0]
     if len(bg):
@@ -167,12 +203,17 @@ def _prototype_rows(x: torch.Tensor, y: torch.Tensor, n_classes: int, n_backgrou
     return torch.cat(rows) * temperature, torch.tensor(classes)
 
 
-def _logistic_rows(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-                   iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _logistic_rows(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, iters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     counts = torch.bincount(y, minlength=n_classes + 1).float()
-    weights = torch.where(counts > 0, counts.sum() / (counts.clamp(min=1) * (counts > 0).sum()), 0.0)
+    weights = torch.where(
+        counts > 0, counts.sum() / (counts.clamp(min=1) * (counts > 0).sum()), 0.0
+    )
     layer = torch.nn.Linear(x.shape[1], n_classes + 1)
-    opt = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        layer.parameters(), lr=1.0, max_iter=iters, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -184,9 +225,18 @@ def _logistic_rows(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
     return layer.weight.detach().clone(), layer.bias.detach().clone()
 
 
-def teach(embeddings: Sequence[Embedding], grids: Sequence[np.ndarray], names: Sequence[str],
-          method: str = "logistic", window: str = "", n_background: int = 8, temperature: float = 20.0,
-          l2: float = 1e-4, iters: int = 200, seed: int = 0) -> ClassHead:
+def teach(
+    embeddings: Sequence[Embedding],
+    grids: Sequence[np.ndarray],
+    names: Sequence[str],
+    method: str = "logistic",
+    window: str = "",
+    n_background: int = 8,
+    temperature: float = 20.0,
+    l2: float = 1e-4,
+    iters: int = 200,
+    seed: int = 0,
+) -> ClassHead:
     """Teach a head from slices: ``grids[i]`` is :func:`grid_labels` of ``embeddings[i]``
     (class ``j + 1`` = ``names[j]``). Classes no cell covers are refused."""
     if method not in METHODS:
@@ -195,8 +245,10 @@ def teach(embeddings: Sequence[Embedding], grids: Sequence[np.ndarray], names: S
     present = set(torch.unique(y).tolist())
     missing = [n for k, n in enumerate(names, 1) if k not in present]
     if missing:
-        raise InputError(f"cannot teach {', '.join(missing)}: no feature cell is mostly covered by it "
-                         "(too small for the encoder's grid on these slices)")
+        raise InputError(
+            f"cannot teach {', '.join(missing)}: no feature cell is mostly covered by it "
+            "(too small for the encoder's grid on these slices)"
+        )
     with torch.no_grad():
         if method == "prototype":
             weight, row_class = _prototype_rows(x, y, len(names), n_background, seed, temperature)
@@ -209,8 +261,13 @@ def teach(embeddings: Sequence[Embedding], grids: Sequence[np.ndarray], names: S
     return ClassHead(list(names), weight.float(), bias.float(), row_class.long(), method, window)
 
 
-def teach_from_volumes(backend, pairs: Sequence[tuple], window=None, cache_dir: str | Path | None = None,
-                       method: str = "logistic") -> ClassHead:
+def teach_from_volumes(
+    backend,
+    pairs: Sequence[tuple],
+    window=None,
+    cache_dir: str | Path | None = None,
+    method: str = "logistic",
+) -> ClassHead:
     """Teach a head from ``(Volume, labels (z, y, x), {id: name})`` triples: every named label
     is a class (one name, one class across volumes). Each volume is seen in ``window``
     (else its default window, the one ``napari-sam segment`` uses); embeddings come from
@@ -220,14 +277,16 @@ def teach_from_volumes(backend, pairs: Sequence[tuple], window=None, cache_dir: 
     from ..intensity import resolve_window
 
     embs, grids, order = [], [], []
-    for vol, lmap, names in pairs:
+    for _vol, _lmap, names in pairs:
         order += [n for n in dict.fromkeys(names.values()) if n not in order]
     windows = []
     for vol, lmap, names in pairs:
         md = vol.metadata
         win = resolve_window(vol.array, window, md.get("modality"), md.get("dicom_window"))
         windows.append(win.key())
-        store = SliceEmbeddings(backend, vol.array, win, 0, cache_dir=cache_dir, image_hash=content_hash(vol.array))
+        store = SliceEmbeddings(
+            backend, vol.array, win, 0, cache_dir=cache_dir, image_hash=content_hash(vol.array)
+        )
         ids = sorted(names)
         remap = np.array([0] + [order.index(names[i]) + 1 for i in ids])
         for z in range(lmap.shape[0]):
@@ -241,19 +300,32 @@ def teach_from_volumes(backend, pairs: Sequence[tuple], window=None, cache_dir: 
     lookup = np.zeros(len(order) + 1, np.int64)
     lookup[covered] = np.arange(1, len(covered) + 1)
     grids = [np.where(g > 0, lookup[np.clip(g, 0, None)], g) for g in grids]
-    return teach(embs, grids, [order[k - 1] for k in covered], method=method,
-                 window=",".join(sorted(set(windows))))
+    return teach(
+        embs,
+        grids,
+        [order[k - 1] for k in covered],
+        method=method,
+        window=",".join(sorted(set(windows))),
+    )
 
 
-def teach_from_files(backend, images: Sequence[str | Path], labels: Sequence[str | Path], window=None,
-                     cache_dir: str | Path | None = None, method: str = "logistic") -> ClassHead:
+def teach_from_files(
+    backend,
+    images: Sequence[str | Path],
+    labels: Sequence[str | Path],
+    window=None,
+    cache_dir: str | Path | None = None,
+    method: str = "logistic",
+) -> ClassHead:
     """:func:`teach_from_volumes` on image / label-map files (names from the labels' JSON)."""
     from .pipeline import label_names, read_pair
 
     pairs = []
     for img, lab in zip(images, labels):
         vol, lmap = read_pair(img, lab)
-        pairs.append((vol, lmap, label_names(Path(lab), [int(v) for v in np.unique(lmap) if v != 0])))
+        pairs.append(
+            (vol, lmap, label_names(Path(lab), [int(v) for v in np.unique(lmap) if v != 0]))
+        )
     return teach_from_volumes(backend, pairs, window, cache_dir, method)
 
 
@@ -262,10 +334,14 @@ def load_class_head(checkpoint: str | Path | None) -> ClassHead:
     from .checkpoint import read_class_state
 
     if checkpoint is None:
-        raise InputError("text prompts need a checkpoint taught with named labels "
-                         "(napari-sam finetune ... --output TUNED.pt, then --checkpoint TUNED.pt)")
+        raise InputError(
+            "text prompts need a checkpoint taught with named labels "
+            "(napari-sam finetune ... --output TUNED.pt, then --checkpoint TUNED.pt)"
+        )
     state = read_class_state(checkpoint)
     if state is None:
-        raise InputError(f"{checkpoint}: this checkpoint has not been taught any class "
-                         "(fine-tune it with named labels: napari-sam finetune)")
+        raise InputError(
+            f"{checkpoint}: this checkpoint has not been taught any class "
+            "(fine-tune it with named labels: napari-sam finetune)"
+        )
     return ClassHead.from_state(state)

@@ -24,8 +24,8 @@ slice-pixel order, inclusive:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -34,14 +34,27 @@ import torch.nn.functional as F
 from ..embeddings import SliceEmbeddings
 from ..errors import InputError
 from ..evaluation import deepest_point
-from ..intensity import Window
 from ..geometry import box_of_mask
+from ..intensity import Window
 
 #: smallest object (pixels on the slice grid) used for training
 MIN_AREA = 16
 #: label names that suggest the bone / lung window (a user's choice for those structures)
-_BONE_WORDS = ("vertebra", "rib", "sacrum", "hip", "femur", "humerus", "scapula", "clavicula", "sternum",
-               "skull", "costal", "bone", "spine")
+_BONE_WORDS = (
+    "vertebra",
+    "rib",
+    "sacrum",
+    "hip",
+    "femur",
+    "humerus",
+    "scapula",
+    "clavicula",
+    "sternum",
+    "skull",
+    "costal",
+    "bone",
+    "spine",
+)
 _LUNG_WORDS = ("lung", "trachea", "bronch")
 
 Progress = Callable[[int, int, str], None]
@@ -72,7 +85,9 @@ class TrainingSample:
     neighbour_boxes: list[np.ndarray] = field(default_factory=list)
 
 
-def window_for_structure(name: str, default: Window, bone: Window | None, lung: Window | None) -> Window:
+def window_for_structure(
+    name: str, default: Window, bone: Window | None, lung: Window | None
+) -> Window:
     """The window a user would pick for a structure: bone for bones, lung for lungs, else ``default``."""
     low = name.lower()
     if bone is not None and any(w in low for w in _BONE_WORDS):
@@ -82,8 +97,9 @@ def window_for_structure(name: str, default: Window, bone: Window | None, lung: 
     return default
 
 
-def target_on_model_grid(mask: np.ndarray, input_size: tuple[int, int], model_size: int,
-                         side: int) -> torch.Tensor:
+def target_on_model_grid(
+    mask: np.ndarray, input_size: tuple[int, int], model_size: int, side: int
+) -> torch.Tensor:
     """(H, W) bool mask -> (side, side) float32 target on the decoder's padded output grid.
 
     input_size: (h', w') of the slice inside the model's square input of
@@ -99,9 +115,15 @@ def target_on_model_grid(mask: np.ndarray, input_size: tuple[int, int], model_si
     return out
 
 
-def samples_for_slice(embeddings: SliceEmbeddings, index: int, labels2d: dict[int, np.ndarray],
-                      names: dict[int, str], group: str, out_side: int,
-                      neighbours: dict[int, list[np.ndarray]] | None = None) -> list[TrainingSample]:
+def samples_for_slice(
+    embeddings: SliceEmbeddings,
+    index: int,
+    labels2d: dict[int, np.ndarray],
+    names: dict[int, str],
+    group: str,
+    out_side: int,
+    neighbours: dict[int, list[np.ndarray]] | None = None,
+) -> list[TrainingSample]:
     """The samples of one slice: one per label present with at least :data:`MIN_AREA` pixels.
 
     labels2d: label id -> (H, W) bool mask on slice ``index``.
@@ -114,10 +136,21 @@ def samples_for_slice(embeddings: SliceEmbeddings, index: int, labels2d: dict[in
     feats = emb.features.detach().float().cpu().clone()  # a normal tensor (not an inference one)
     out = []
     for lab, m in present.items():
-        out.append(TrainingSample(
-            features=feats, original_size=tuple(emb.original_size), input_size=tuple(emb.input_size),
-            mask=m, target=target_on_model_grid(m, emb.input_size, embeddings.backend.image_size, out_side), name=names.get(lab, f"label_{lab}"),
-            label=int(lab), group=group, neighbour_boxes=list((neighbours or {}).get(lab, []))))
+        out.append(
+            TrainingSample(
+                features=feats,
+                original_size=tuple(emb.original_size),
+                input_size=tuple(emb.input_size),
+                mask=m,
+                target=target_on_model_grid(
+                    m, emb.input_size, embeddings.backend.image_size, out_side
+                ),
+                name=names.get(lab, f"label_{lab}"),
+                label=int(lab),
+                group=group,
+                neighbour_boxes=list((neighbours or {}).get(lab, [])),
+            )
+        )
     return out
 
 
@@ -131,9 +164,15 @@ def _neighbour_boxes(labels: np.ndarray, z: int, lab: int) -> list[np.ndarray]:
     return boxes
 
 
-def samples_from_volume(embeddings_for: Callable[[Window], SliceEmbeddings], labels: np.ndarray,
-                        names: dict[int, str], windows: dict[int, Window], source: str, out_side: int,
-                        progress: Progress | None = None) -> list[TrainingSample]:
+def samples_from_volume(
+    embeddings_for: Callable[[Window], SliceEmbeddings],
+    labels: np.ndarray,
+    names: dict[int, str],
+    windows: dict[int, Window],
+    source: str,
+    out_side: int,
+    progress: Progress | None = None,
+) -> list[TrainingSample]:
     """Training samples of every labelled object on every slice of one volume.
 
     embeddings_for: window -> the volume's SliceEmbeddings (axis 0) in that window.
@@ -164,8 +203,9 @@ def samples_from_volume(embeddings_for: Callable[[Window], SliceEmbeddings], lab
     return samples
 
 
-def split_samples(samples: list[TrainingSample], val_fraction: float,
-                  rng: np.random.Generator) -> tuple[list[TrainingSample], list[TrainingSample]]:
+def split_samples(
+    samples: list[TrainingSample], val_fraction: float, rng: np.random.Generator
+) -> tuple[list[TrainingSample], list[TrainingSample]]:
     """Hold out whole groups (slices) for validation; with a single group, hold out objects.
 
     Returns (train, validation); validation is empty when ``val_fraction`` is 0.
@@ -178,11 +218,16 @@ def split_samples(samples: list[TrainingSample], val_fraction: float,
     if len(groups) >= 3:
         n_val = max(1, int(round(val_fraction * len(groups))))
         val_groups = set(rng.permutation(groups)[:n_val].tolist())
-        return ([s for s in samples if s.group not in val_groups], [s for s in samples if s.group in val_groups])
+        return (
+            [s for s in samples if s.group not in val_groups],
+            [s for s in samples if s.group in val_groups],
+        )
     order = rng.permutation(len(samples))
     n_val = max(1, int(round(val_fraction * len(samples))))
     val = set(order[:n_val].tolist())
-    return [s for i, s in enumerate(samples) if i not in val], [s for i, s in enumerate(samples) if i in val]
+    return [s for i, s in enumerate(samples) if i not in val], [
+        s for i, s in enumerate(samples) if i in val
+    ]
 
 
 # ------------------------------------------------------------------ prompts
@@ -196,8 +241,9 @@ def _clip_box(b: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.array([r0, c0, r1, c1], np.float32)
 
 
-def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.08,
-                 max_pixels: float = 20.0) -> np.ndarray:
+def jittered_box(
+    mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.08, max_pixels: float = 20.0
+) -> np.ndarray:
     """The mask's box with each side moved by N(0, jitter x side length), at most ``max_pixels``."""
     b = np.asarray(box_of_mask(mask), np.float32)
     size = np.array([b[2] - b[0] + 1, b[3] - b[1] + 1] * 2, np.float32)
@@ -205,11 +251,18 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.0
     return _clip_box(b + d, mask.shape)
 
 
-def propagation_box(sample: TrainingSample, rng: np.random.Generator, margin: float = 3.0,
-                    margin_fraction: float = 0.05) -> np.ndarray:
+def propagation_box(
+    sample: TrainingSample,
+    rng: np.random.Generator,
+    margin: float = 3.0,
+    margin_fraction: float = 0.05,
+) -> np.ndarray:
     """A neighbour's box plus propagation's margin (falls back to the object's own box)."""
-    b = (sample.neighbour_boxes[rng.integers(len(sample.neighbour_boxes))] if sample.neighbour_boxes
-         else np.asarray(box_of_mask(sample.mask), np.float32))
+    b = (
+        sample.neighbour_boxes[rng.integers(len(sample.neighbour_boxes))]
+        if sample.neighbour_boxes
+        else np.asarray(box_of_mask(sample.mask), np.float32)
+    )
     m = max(margin, margin_fraction * max(b[2] - b[0] + 1, b[3] - b[1] + 1))
     return _clip_box(b + np.array([-m, -m, m, m], np.float32), sample.mask.shape)
 
@@ -228,7 +281,9 @@ def correction_box(gt: np.ndarray, pred: np.ndarray, box: np.ndarray) -> np.ndar
     if fn.sum() >= fp.sum():
         r, c = deepest_point(fn)
         base = box_of_mask(pred) if pred.any() else (r, c, r, c)
-        b = np.array([min(base[0], r), min(base[1], c), max(base[2], r), max(base[3], c)], np.float32)
+        b = np.array(
+            [min(base[0], r), min(base[1], c), max(base[2], r), max(base[3], c)], np.float32
+        )
         return _clip_box(b + np.array([-3, -3, 3, 3], np.float32), gt.shape)
     r, c = deepest_point(fp)
     b = box.astype(np.float32).copy()

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,8 +39,13 @@ from .data import TrainingSample, correction_box, jittered_box, propagation_box
 #: trainable parts: name -> parameter-name prefixes of the mask decoder ("prompt_encoder." for the prompt encoder)
 TRAINABLE = {
     "head": ("output_hypernetworks_mlps.0.", "output_upscaling.", "iou_prediction_head."),
-    "head+tokens": ("mask_tokens.", "iou_token.", "output_hypernetworks_mlps.0.", "output_upscaling.",
-                    "iou_prediction_head."),
+    "head+tokens": (
+        "mask_tokens.",
+        "iou_token.",
+        "output_hypernetworks_mlps.0.",
+        "output_upscaling.",
+        "iou_prediction_head.",
+    ),
     "decoder": ("",),
     "decoder+prompt": ("", "prompt_encoder."),
 }
@@ -73,7 +78,9 @@ class FinetuneSettings:
 
     def __post_init__(self) -> None:
         if self.trainable not in TRAINABLE:
-            raise InputError(f"trainable {self.trainable!r}: expected one of {', '.join(TRAINABLE)}")
+            raise InputError(
+                f"trainable {self.trainable!r}: expected one of {', '.join(TRAINABLE)}"
+            )
         if self.epochs < 1:
             raise InputError(f"--epochs {self.epochs}: expected at least 1")
 
@@ -124,8 +131,9 @@ class DecoderTrainer:
         named += list(self.mask_decoder.named_parameters())
         chosen = []
         for n, p in named:
-            on = any(n.startswith(pre) for pre in prefixes if pre) or ("" in prefixes and
-                                                                      not n.startswith("prompt_encoder."))
+            on = any(n.startswith(pre) for pre in prefixes if pre) or (
+                "" in prefixes and not n.startswith("prompt_encoder.")
+            )
             p.requires_grad_(on)
             if on:
                 chosen.append(p)
@@ -138,39 +146,65 @@ class DecoderTrainer:
 
     def state_dicts(self) -> dict[str, torch.Tensor]:
         """The trained modules' weights, keyed as in a SAM checkpoint (prompt_encoder.*, mask_decoder.*)."""
-        out = {f"prompt_encoder.{k}": v.detach().clone() for k, v in self.prompt_encoder.state_dict().items()}
-        out.update({f"mask_decoder.{k}": v.detach().clone() for k, v in self.mask_decoder.state_dict().items()})
+        out = {
+            f"prompt_encoder.{k}": v.detach().clone()
+            for k, v in self.prompt_encoder.state_dict().items()
+        }
+        out.update(
+            {
+                f"mask_decoder.{k}": v.detach().clone()
+                for k, v in self.mask_decoder.state_dict().items()
+            }
+        )
         return out
 
     def load_state_dicts(self, state: dict[str, torch.Tensor]) -> None:
         """Put weights from :meth:`state_dicts` back."""
-        self.prompt_encoder.load_state_dict({k[15:]: v for k, v in state.items() if k.startswith("prompt_encoder.")})
-        self.mask_decoder.load_state_dict({k[13:]: v for k, v in state.items() if k.startswith("mask_decoder.")})
+        self.prompt_encoder.load_state_dict(
+            {k[15:]: v for k, v in state.items() if k.startswith("prompt_encoder.")}
+        )
+        self.mask_decoder.load_state_dict(
+            {k[13:]: v for k, v in state.items() if k.startswith("mask_decoder.")}
+        )
 
     # ------------------------------------------------------------ forward
-    def forward(self, sample: TrainingSample, boxes_rc: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, sample: TrainingSample, boxes_rc: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes (B, 4) (r0, c0, r1, c1) on one sample's slice -> logits (B, s, s) and predicted IoU (B,)."""
         b = np.asarray(boxes_rc, np.float32).reshape(-1, 2, 2)
-        xy = torch.from_numpy(rc_to_model_xy(b, sample.original_size, sample.input_size).reshape(-1, 4))
+        xy = torch.from_numpy(
+            rc_to_model_xy(b, sample.original_size, sample.input_size).reshape(-1, 4)
+        )
         if self.settings.trainable == "head":
             return self._forward_head(sample, xy)
         sparse, dense = self.prompt_encoder(points=None, boxes=xy, masks=None)
-        low, iou = self.mask_decoder(image_embeddings=sample.features, image_pe=self.prompt_encoder.get_dense_pe(),
-                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                     multimask_output=False)
+        low, iou = self.mask_decoder(
+            image_embeddings=sample.features,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
         return low[:, 0], iou[:, 0]
 
-    def _forward_head(self, sample: TrainingSample, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_head(
+        self, sample: TrainingSample, xy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` when only the output head trains: the prompt encoder and the
         two-way transformer run without gradients, as :meth:`MaskDecoder.predict_masks` does."""
         md = self.mask_decoder
         with torch.no_grad():
             sparse, dense = self.prompt_encoder(points=None, boxes=xy, masks=None)
             out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
-            tokens = torch.cat([out_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)
+            tokens = torch.cat(
+                [out_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1
+            )
             h, w = sample.features.shape[-2:]
             src = _tokens(sample.features, dense[:1])
-            hs, keys = md.transformer(src, self.prompt_encoder.get_dense_pe(), tokens, final_tokens=slice(0, 2))
+            hs, keys = md.transformer(
+                src, self.prompt_encoder.get_dense_pe(), tokens, final_tokens=slice(0, 2)
+            )
         hyper = md.output_hypernetworks_mlps[0](hs[:, 1, :])[:, None]
         masks = md._upscale_masks(keys, hyper, h, w)
         return masks[:, 0], md.iou_prediction_head(hs[:, 0, :])[:, 0]
@@ -188,15 +222,20 @@ class DecoderTrainer:
         return (dice + bce + F.mse_loss(iou, actual, reduction="none")).mean()
 
     def _anchor_penalty(self) -> torch.Tensor:
-        return sum(((p - a) ** 2).sum() for p, a in zip(self.params, self.anchor)) * self.settings.anchor
+        return (
+            sum(((p - a) ** 2).sum() for p, a in zip(self.params, self.anchor))
+            * self.settings.anchor
+        )
 
     # ------------------------------------------------------------ prompts
     def prompts_for(self, group: list[TrainingSample]) -> np.ndarray:
         """One simulated prompt box per sample (see :mod:`napari_sam.finetune.data`)."""
         w = np.asarray(self.settings.mode_weights, float)
         modes = self.rng.choice(3, size=len(group), p=w / w.sum())
-        boxes = [jittered_box(s.mask, self.rng) if m != 1 else propagation_box(s, self.rng)
-                 for s, m in zip(group, modes)]
+        boxes = [
+            jittered_box(s.mask, self.rng) if m != 1 else propagation_box(s, self.rng)
+            for s, m in zip(group, modes)
+        ]
         fix = [i for i, m in enumerate(modes) if m == 2]
         if fix:
             with torch.no_grad():
@@ -210,7 +249,9 @@ class DecoderTrainer:
         """(s, s) low-resolution logits -> (H, W) bool on the slice grid."""
         from ..models.base import logits_to_slice
 
-        up = logits_to_slice(logits[None, None].detach(), sample.input_size, self.image_size, sample.original_size)
+        up = logits_to_slice(
+            logits[None, None].detach(), sample.input_size, self.image_size, sample.original_size
+        )
         return (up[0, 0] > 0).numpy()
 
     # ------------------------------------------------------------ epochs
@@ -234,7 +275,7 @@ class DecoderTrainer:
         for group in by_slice.values():
             order = self.rng.permutation(len(group))
             g = [group[i] for i in order]
-            out += [g[i:i + self.settings.batch] for i in range(0, len(g), self.settings.batch)]
+            out += [g[i : i + self.settings.batch] for i in range(0, len(g), self.settings.batch)]
         return [out[i] for i in self.rng.permutation(len(out))]
 
     def n_batches(self, samples: list[TrainingSample]) -> int:
@@ -256,8 +297,13 @@ class DecoderTrainer:
                 owners.append(s)
                 for nb in s.neighbour_boxes:
                     m = max(3.0, 0.05 * max(nb[2] - nb[0] + 1, nb[3] - nb[1] + 1))
-                    boxes.append(np.clip(nb + np.array([-m, -m, m, m], np.float32), 0,
-                                         [s.mask.shape[0] - 1, s.mask.shape[1] - 1] * 2))
+                    boxes.append(
+                        np.clip(
+                            nb + np.array([-m, -m, m, m], np.float32),
+                            0,
+                            [s.mask.shape[0] - 1, s.mask.shape[1] - 1] * 2,
+                        )
+                    )
                     owners.append(s)
             logits, _ = self.forward(group[0], np.stack(boxes))
             hard = (logits > 0).float()
@@ -275,13 +321,17 @@ class DecoderTrainer:
         for s in samples:
             by_slice.setdefault(id(s.features), []).append(s)
         step = max(1, self.settings.batch // 3)
-        return [g[i:i + step] for g in by_slice.values() for i in range(0, len(g), step)]
+        return [g[i : i + step] for g in by_slice.values() for i in range(0, len(g), step)]
 
 
-def train(trainer: DecoderTrainer, train_set: list[TrainingSample], val_set: list[TrainingSample],
-          progress: Callable[[int, int, str], None] | None = None,
-          on_best: Callable[[TrainResult], None] | None = None,
-          cancel: Callable[[], bool] | None = None) -> TrainResult:
+def train(
+    trainer: DecoderTrainer,
+    train_set: list[TrainingSample],
+    val_set: list[TrainingSample],
+    progress: Callable[[int, int, str], None] | None = None,
+    on_best: Callable[[TrainResult], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> TrainResult:
     """Train with early stopping on the validation Dice; the trainer ends holding the best weights.
 
     progress: (done, total, message) per step. on_best: called whenever the
@@ -298,7 +348,9 @@ def train(trainer: DecoderTrainer, train_set: list[TrainingSample], val_set: lis
     res.base_val_dice, res.per_class = trainer.validate(val)
     res.base_per_class = res.per_class
     res.best_val_dice = res.base_val_dice
-    res.history.append({"epoch": 0, "train_loss": None, "val_dice": res.base_val_dice, "seconds": 0.0})
+    res.history.append(
+        {"epoch": 0, "train_loss": None, "val_dice": res.base_val_dice, "seconds": 0.0}
+    )
     best_state = trainer.state_dicts()
     stale = 0
     steps_per_epoch = trainer.n_batches(train_set)
@@ -310,13 +362,22 @@ def train(trainer: DecoderTrainer, train_set: list[TrainingSample], val_set: lis
                     raise KeyboardInterrupt
                 losses.append(trainer.train_step(group))
                 if progress:
-                    progress((epoch - 1) * steps_per_epoch + i + 1, s.epochs * steps_per_epoch,
-                             f"epoch {epoch} loss {np.mean(losses):.3f} best val Dice {res.best_val_dice:.3f}")
+                    progress(
+                        (epoch - 1) * steps_per_epoch + i + 1,
+                        s.epochs * steps_per_epoch,
+                        f"epoch {epoch} loss {np.mean(losses):.3f} best val Dice {res.best_val_dice:.3f}",
+                    )
                 if time.perf_counter() - t0 > s.max_seconds:
                     break
             vd, table = trainer.validate(val)
-            res.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": vd,
-                                "seconds": time.perf_counter() - t0})
+            res.history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": float(np.mean(losses)),
+                    "val_dice": vd,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             if vd > res.best_val_dice:
                 res.best_val_dice, res.best_epoch, res.per_class = vd, epoch, table
                 best_state = trainer.state_dicts()

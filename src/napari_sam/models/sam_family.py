@@ -32,10 +32,19 @@ class SamFamilyBackend(Backend):
     #: embeddings) is kept for the next prompts decoded on them
     prepared_embeddings = 4
 
-    def __init__(self, name: str, image_encoder: nn.Module, prompt_encoder: nn.Module,
-                 mask_decoder: nn.Module, image_size: int, device: torch.device,
-                 mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
-                 supports_points: bool = True, dtype: torch.dtype | str = torch.float32) -> None:
+    def __init__(
+        self,
+        name: str,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        image_size: int,
+        device: torch.device,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        supports_points: bool = True,
+        dtype: torch.dtype | str = torch.float32,
+    ) -> None:
         self.name = name
         self.image_encoder = image_encoder.eval().to(device)
         self.prompt_encoder = prompt_encoder.eval().to(device)
@@ -46,7 +55,9 @@ class SamFamilyBackend(Backend):
         self.supports_points = supports_points
         # id(features) -> (weak reference to the features, MaskDecoder.prepare_image of them,
         # or None for an embedding decoded once so far)
-        self._prepared: OrderedDict[int, tuple[weakref.ref, dict[str, torch.Tensor] | None]] = OrderedDict()
+        self._prepared: OrderedDict[int, tuple[weakref.ref, dict[str, torch.Tensor] | None]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
         self.dtype = torch.float32
         self.set_dtype(dtype)
@@ -79,7 +90,9 @@ class SamFamilyBackend(Backend):
         with self._lock:
             self._prepared.clear()
 
-    def _prepared_image(self, features: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    def _prepared_image(
+        self, features: torch.Tensor, dense: torch.Tensor
+    ) -> dict[str, torch.Tensor] | None:
         """The decoder's prompt-independent work on ``features`` with the no-mask dense
         prompt ``dense`` (B, C, h, w), or None to decode without it.
 
@@ -106,7 +119,9 @@ class SamFamilyBackend(Backend):
             self._remember_prepared(key, features, prepared)
         return prepared
 
-    def _remember_prepared(self, key: int, features: torch.Tensor, prepared: dict[str, torch.Tensor] | None) -> None:
+    def _remember_prepared(
+        self, key: int, features: torch.Tensor, prepared: dict[str, torch.Tensor] | None
+    ) -> None:
         self._prepared[key] = (weakref.ref(features), prepared)
         self._prepared.move_to_end(key)
         while len(self._prepared) > self.prepared_embeddings:
@@ -130,20 +145,33 @@ class SamFamilyBackend(Backend):
         prepared = [self._prepare(im) for im in todo_images]
         batch = torch.cat([p[0] for p in prepared]).to(self.device, self.dtype)
         feats = self.image_encoder(batch).float()
-        out = {k: Embedding(features=feats[i: i + 1].clone(), original_size=tuple(im.shape[:2]), input_size=p[1],
-                            model=self.name)
-               for i, (k, im, p) in enumerate(zip(todo, todo_images, prepared))}
+        out = {
+            k: Embedding(
+                features=feats[i : i + 1].clone(),
+                original_size=tuple(im.shape[:2]),
+                input_size=p[1],
+                model=self.name,
+            )
+            for i, (k, im, p) in enumerate(zip(todo, todo_images, prepared))
+        }
         return [out[k] for k in keys]
 
     def upsample(self, low_res: torch.Tensor, embedding: Embedding) -> torch.Tensor:
         """Low-resolution logits (B, K, s, s) -> logits on the slice grid (B, K, H, W)."""
-        return logits_to_slice(low_res, embedding.input_size, self.image_size, embedding.original_size)
+        return logits_to_slice(
+            low_res, embedding.input_size, self.image_size, embedding.original_size
+        )
 
     @torch.inference_mode()
-    def decode_low_res(self, embedding: Embedding, points_rc: np.ndarray | None = None,
-                       point_labels: np.ndarray | None = None, boxes_rc: np.ndarray | None = None,
-                       mask_input: np.ndarray | None = None,
-                       multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_low_res(
+        self,
+        embedding: Embedding,
+        points_rc: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes_rc: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode without the final resize: low-resolution logits (B, K, s, s)
         in the padded model frame, and predicted IoU scores (B, K)."""
         if embedding.model != self.name:
@@ -151,23 +179,37 @@ class SamFamilyBackend(Backend):
         dev = self.device
         points = None
         if points_rc is not None and np.asarray(points_rc).size:
-            xy = rc_to_model_xy(np.asarray(points_rc), embedding.original_size, embedding.input_size)
-            points = (torch.from_numpy(xy).to(dev),
-                      torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev))
+            xy = rc_to_model_xy(
+                np.asarray(points_rc), embedding.original_size, embedding.input_size
+            )
+            points = (
+                torch.from_numpy(xy).to(dev),
+                torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev),
+            )
         boxes = None
         if boxes_rc is not None:
             b = np.asarray(boxes_rc, dtype=np.float32).reshape(-1, 2, 2)
-            boxes = torch.from_numpy(rc_to_model_xy(b, embedding.original_size, embedding.input_size)
-                                     .reshape(-1, 4)).to(dev)
-        masks = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32, device=dev)
+            boxes = torch.from_numpy(
+                rc_to_model_xy(b, embedding.original_size, embedding.input_size).reshape(-1, 4)
+            ).to(dev)
+        masks = (
+            None
+            if mask_input is None
+            else torch.as_tensor(mask_input, dtype=torch.float32, device=dev)
+        )
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         # without a mask input the dense prompt is the same for every prompt: the image's
         # side of the decoder is computed once per embedding
         prepared = self._prepared_image(embedding.features, dense) if masks is None else None
         if prepared is not None:
-            return self.mask_decoder(None, self.prompt_encoder.get_dense_pe(), sparse, None, multimask,
-                                     prepared=prepared)
+            return self.mask_decoder(
+                None, self.prompt_encoder.get_dense_pe(), sparse, None, multimask, prepared=prepared
+            )
         low, scores = self.mask_decoder(
-            image_embeddings=embedding.features, image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+            image_embeddings=embedding.features,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
         return low, scores

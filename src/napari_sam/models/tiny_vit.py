@@ -47,7 +47,9 @@ class TinyViTConfig:
 
 
 class Conv2d_BN(nn.Sequential):  # noqa: N801  (name kept: checkpoint keys are ".c." and ".bn.")
-    def __init__(self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1) -> None:
+    def __init__(
+        self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1
+    ) -> None:
         super().__init__()
         self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(b))
@@ -56,8 +58,15 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801  (name kept: checkpoint keys are "
 def _fold(module: Conv2d_BN) -> nn.Conv2d:
     conv, bn = module.c, module.bn
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      groups=conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        groups=conv.groups,
+        bias=True,
+    ).to(conv.weight.device, conv.weight.dtype)
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale[:, None, None, None])
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
@@ -94,8 +103,14 @@ def _linear(m: nn.Linear, x: Tensor, gelu: bool = False) -> Tensor:
 BAND_BYTES = 4 << 20
 
 
-def _pw_dw_pw(x: Tensor, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, residual: bool,
-              final_gelu: bool) -> Tensor:
+def _pw_dw_pw(
+    x: Tensor,
+    conv1: nn.Module,
+    conv2: nn.Module,
+    conv3: nn.Module,
+    residual: bool,
+    final_gelu: bool,
+) -> Tensor:
     """GELU(conv1) -> GELU(depthwise 3x3 conv2) -> conv3 [+ x] [-> GELU], as in MBConv and PatchMerging.
 
     On the CPU the expanded intermediates (256 channels at 256 x 256 in
@@ -106,8 +121,13 @@ def _pw_dw_pw(x: Tensor, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, r
     same as the three whole-image convolutions.
     """
     b, _, h, w = x.shape
-    if x.device.type != "cpu" or not isinstance(conv2, nn.Conv2d) or conv2.kernel_size != (3, 3) \
-            or conv2.padding != (1, 1) or torch.is_grad_enabled():
+    if (
+        x.device.type != "cpu"
+        or not isinstance(conv2, nn.Conv2d)
+        or conv2.kernel_size != (3, 3)
+        or conv2.padding != (1, 1)
+        or torch.is_grad_enabled()
+    ):
         y = _conv(conv2, _conv(conv1, x, gelu=True), gelu=True)
         return _conv(conv3, y, gelu=final_gelu, residual=x if residual else None)
     s = conv2.stride[0]
@@ -116,10 +136,14 @@ def _pw_dw_pw(x: Tensor, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, r
     if band >= ho:
         y = _conv(conv2, _conv(conv1, x, gelu=True), gelu=True)
         return _conv(conv3, y, gelu=final_gelu, residual=x if residual else None)
-    out = torch.empty((b, conv3.out_channels, ho, wo), dtype=x.dtype, device=x.device,
-                      memory_format=torch.channels_last)
+    out = torch.empty(
+        (b, conv3.out_channels, ho, wo),
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=torch.channels_last,
+    )
     for i in range(b):
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         for o0 in range(0, ho, band):
             o1 = min(o0 + band, ho)
             # input rows [i0, i1): i0 a multiple of s keeps the stride aligned; output
@@ -127,9 +151,12 @@ def _pw_dw_pw(x: Tensor, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, r
             i0 = max(0, s * o0 - s)
             i1 = min(h, s * (o1 - 1) + 2)
             j0 = o0 - i0 // s
-            y = _conv(conv2, _conv(conv1, xi[:, :, i0:i1], gelu=True), gelu=True)[:, :, j0:j0 + o1 - o0]
-            out[i:i + 1, :, o0:o1] = _conv(conv3, y, gelu=final_gelu,
-                                           residual=xi[:, :, o0:o1] if residual else None)
+            y = _conv(conv2, _conv(conv1, xi[:, :, i0:i1], gelu=True), gelu=True)[
+                :, :, j0 : j0 + o1 - o0
+            ]
+            out[i : i + 1, :, o0:o1] = _conv(
+                conv3, y, gelu=final_gelu, residual=xi[:, :, o0:o1] if residual else None
+            )
     return out
 
 
@@ -186,8 +213,9 @@ class PatchMerging(nn.Module):
 
 
 class ConvLayer(nn.Module):
-    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, out_dim: int,
-                 expand_ratio: float) -> None:
+    def __init__(
+        self, dim: int, resolution: tuple[int, int], depth: int, out_dim: int, expand_ratio: float
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
         self.downsample = PatchMerging(resolution, dim, out_dim)
@@ -235,8 +263,9 @@ class WindowAttention(nn.Module):
                 idxs.append(offsets.setdefault(off, len(offsets)))
         n = len(points)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
-        self.register_buffer("attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(n, n),
-                             persistent=False)
+        self.register_buffer(
+            "attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(n, n), persistent=False
+        )
         self._bias: Tensor | None = None
 
     def train(self, mode: bool = True) -> WindowAttention:
@@ -248,8 +277,17 @@ class WindowAttention(nn.Module):
         """(1, heads, N, N): 4D, so that SDPA takes its fused CPU kernel."""
         if self.training:
             return self.attention_biases[:, self.attention_bias_idxs].to(dtype)[None]
-        if self._bias is None or self._bias.dtype != dtype or self._bias.device != self.attention_biases.device:
-            self._bias = self.attention_biases[:, self.attention_bias_idxs].detach().to(dtype)[None].contiguous()
+        if (
+            self._bias is None
+            or self._bias.dtype != dtype
+            or self._bias.device != self.attention_biases.device
+        ):
+            self._bias = (
+                self.attention_biases[:, self.attention_bias_idxs]
+                .detach()
+                .to(dtype)[None]
+                .contiguous()
+            )
         return self._bias
 
     def forward(self, x: Tensor) -> Tensor:  # (B, N, C)
@@ -259,7 +297,9 @@ class WindowAttention(nn.Module):
     def _attend(self, qkv: Tensor) -> Tensor:
         """(B, N, heads * (2 key_dim + d)) projections -> (B, N, heads * d) before ``proj``."""
         b, n, _ = qkv.shape
-        q, k, v = qkv.view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.d], dim=3)
+        q, k, v = qkv.view(b, n, self.num_heads, -1).split(
+            [self.key_dim, self.key_dim, self.d], dim=3
+        )
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._attn_bias(q.dtype))
         return out.transpose(1, 2).reshape(b, n, -1)
@@ -288,13 +328,25 @@ class WindowAttention(nn.Module):
         y = y.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
         y = self._attend(_linear(self.qkv, self.norm(y)))
         dv = y.shape[-1]
-        y = y.view(b, nh, nw, ws, ws, dv).transpose(2, 3).reshape(b, ph, pw, dv)[:, :h, :w].reshape(b, n, dv)
+        y = (
+            y.view(b, nh, nw, ws, ws, dv)
+            .transpose(2, 3)
+            .reshape(b, ph, pw, dv)[:, :h, :w]
+            .reshape(b, n, dv)
+        )
         return onednn.linear_add(y, x, self.proj.weight, self.proj.bias)
 
 
 class TinyViTBlock(nn.Module):
-    def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, window_size: int,
-                 mlp_ratio: float, local_conv_size: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        local_conv_size: int,
+    ) -> None:
         super().__init__()
         self.input_resolution = resolution
         self.window_size = window_size
@@ -313,12 +365,22 @@ class TinyViTBlock(nn.Module):
 
 
 class BasicLayer(nn.Module):
-    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 mlp_ratio: float, local_conv_size: int, out_dim: int | None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        local_conv_size: int,
+        out_dim: int | None,
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             TinyViTBlock(dim, resolution, num_heads, window_size, mlp_ratio, local_conv_size)
-            for _ in range(depth))
+            for _ in range(depth)
+        )
         self.downsample = PatchMerging(resolution, dim, out_dim) if out_dim is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -348,11 +410,24 @@ class TinyViT(nn.Module):
             r = res0 // (2 ** (i - 1 if i == 3 else i))
             out_dim = cfg.embed_dims[i + 1] if i < n - 1 else None
             if i == 0:
-                self.layers.append(ConvLayer(cfg.embed_dims[0], (r, r), cfg.depths[0], out_dim,
-                                             cfg.mbconv_expand_ratio))
+                self.layers.append(
+                    ConvLayer(
+                        cfg.embed_dims[0], (r, r), cfg.depths[0], out_dim, cfg.mbconv_expand_ratio
+                    )
+                )
             else:
-                self.layers.append(BasicLayer(cfg.embed_dims[i], (r, r), cfg.depths[i], cfg.num_heads[i],
-                                              cfg.window_sizes[i], cfg.mlp_ratio, cfg.local_conv_size, out_dim))
+                self.layers.append(
+                    BasicLayer(
+                        cfg.embed_dims[i],
+                        (r, r),
+                        cfg.depths[i],
+                        cfg.num_heads[i],
+                        cfg.window_sizes[i],
+                        cfg.mlp_ratio,
+                        cfg.local_conv_size,
+                        out_dim,
+                    )
+                )
         self.embedding_size = res0 // 4
         self.neck = nn.Sequential(
             nn.Conv2d(cfg.embed_dims[-1], cfg.out_chans, kernel_size=1, bias=False),

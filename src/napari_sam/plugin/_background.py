@@ -20,9 +20,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from pathlib import Path
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, Signal
@@ -45,9 +46,17 @@ class SharedSliceEmbeddings(SliceEmbeddings):
     ``encode_seconds``: the time of every slice fetched from disk or encoded.
     """
 
-    def __init__(self, provider: EmbeddingProvider, volume: np.ndarray, window: Window, axis: int = 0,
-                 image_hash: str | None = None) -> None:
-        super().__init__(provider.backend, volume, window, axis, image_hash=image_hash, provider=provider)
+    def __init__(
+        self,
+        provider: EmbeddingProvider,
+        volume: np.ndarray,
+        window: Window,
+        axis: int = 0,
+        image_hash: str | None = None,
+    ) -> None:
+        super().__init__(
+            provider.backend, volume, window, axis, image_hash=image_hash, provider=provider
+        )
         self.model_name = provider.backend.name
         self.encode_seconds: list[float] = []
 
@@ -89,15 +98,29 @@ class StoreRegistry:
 
     def provider(self, backend: Backend, cache_dir: str | Path | None = None) -> EmbeddingProvider:
         """The shared provider of ``backend`` with the disk store in ``cache_dir`` (None: memory only)."""
-        key = (id(backend), model_identity(backend), str(getattr(backend, "device", "")), str(cache_dir))
+        key = (
+            id(backend),
+            model_identity(backend),
+            str(getattr(backend, "device", "")),
+            str(cache_dir),
+        )
         with self._lock:
             prov = self._providers.get(key)
             if prov is None or prov.backend is not backend:
-                prov = self._providers[key] = EmbeddingProvider(backend, cache_dir, self.max_in_memory)
+                prov = self._providers[key] = EmbeddingProvider(
+                    backend, cache_dir, self.max_in_memory
+                )
             return prov
 
-    def get(self, backend: Backend, volume: np.ndarray, volume_hash: str, window: Window,
-            axis: int, cache_dir: str | Path | None = None) -> SharedSliceEmbeddings:
+    def get(
+        self,
+        backend: Backend,
+        volume: np.ndarray,
+        volume_hash: str,
+        window: Window,
+        axis: int,
+        cache_dir: str | Path | None = None,
+    ) -> SharedSliceEmbeddings:
         """The embeddings of ``volume`` (content hash ``volume_hash``) for this
         model, window and axis; ``cache_dir``: the disk store (None: memory only)."""
         prov = self.provider(backend, cache_dir)
@@ -105,8 +128,9 @@ class StoreRegistry:
         with self._lock:
             view = self._views.get(key)
             if view is None:
-                view = self._views[key] = SharedSliceEmbeddings(prov, volume, window, axis=axis,
-                                                                 image_hash=volume_hash)
+                view = self._views[key] = SharedSliceEmbeddings(
+                    prov, volume, window, axis=axis, image_hash=volume_hash
+                )
             self._views.move_to_end(key)
             while len(self._views) > 16:  # views are small; the embeddings live in the provider
                 self._views.popitem(last=False)

@@ -41,28 +41,42 @@ class ImageSource:
         from napari.layers import Image
 
         if layer is None:
-            raise InputError("no image layer: open an image (File > Open, or a sample) and choose it in the widget")
+            raise InputError(
+                "no image layer: open an image (File > Open, or a sample) and choose it in the widget"
+            )
         if not isinstance(layer, Image):
-            raise InputError(f"layer {layer.name!r} is a {type(layer).__name__} layer; choose an Image layer")
+            raise InputError(
+                f"layer {layer.name!r} is a {type(layer).__name__} layer; choose an Image layer"
+            )
         if layer.multiscale:
-            raise InputError(f"layer {layer.name!r} is multiscale; napari-sam segments single-resolution images")
+            raise InputError(
+                f"layer {layer.name!r} is multiscale; napari-sam segments single-resolution images"
+            )
         data = layer.data
         rgb = bool(layer.rgb)
         spatial = data.ndim - (1 if rgb else 0)
         if spatial not in (2, 3):
-            raise InputError(f"layer {layer.name!r} has {spatial} spatial dimensions (shape {tuple(data.shape)}); "
-                             "napari-sam segments 2D images and 3D volumes (take a 3D subset first)")
+            raise InputError(
+                f"layer {layer.name!r} has {spatial} spatial dimensions (shape {tuple(data.shape)}); "
+                "napari-sam segments 2D images and 3D volumes (take a 3D subset first)"
+            )
         arr = np.asarray(data)
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise InputError(f"layer {layer.name!r}: unsupported data type {arr.dtype}")
         if rgb:
             if arr.shape[-1] not in (3, 4):
-                raise InputError(f"layer {layer.name!r}: RGB with {arr.shape[-1]} channels; expected 3 or 4")
+                raise InputError(
+                    f"layer {layer.name!r}: RGB with {arr.shape[-1]} channels; expected 3 or 4"
+                )
             arr = arr[..., :3]
         if min(arr.shape[:spatial]) < 2 and spatial == 2:
-            raise InputError(f"layer {layer.name!r}: image of shape {arr.shape} is too small to segment")
+            raise InputError(
+                f"layer {layer.name!r}: image of shape {arr.shape} is too small to segment"
+            )
         volume = arr[None] if spatial == 2 else arr
-        if np.issubdtype(volume.dtype, np.floating) and not np.all(np.isfinite(volume[:: max(1, len(volume) // 8)])):
+        if np.issubdtype(volume.dtype, np.floating) and not np.all(
+            np.isfinite(volume[:: max(1, len(volume) // 8)])
+        ):
             raise InputError(f"layer {layer.name!r}: image holds NaN or infinite values")
         geom = geometry_from_metadata(layer.metadata)
         if geom is None:
@@ -89,6 +103,10 @@ class ImageSource:
     def transform_kwargs(self) -> dict[str, Any]:
         """scale/translate/rotate/shear/affine of the image layer, for layers that must overlay it."""
         lay = self.layer
-        return {"scale": np.asarray(lay.scale), "translate": np.asarray(lay.translate),
-                "rotate": np.asarray(lay.rotate), "shear": np.asarray(lay.shear),
-                "affine": np.asarray(lay.affine.affine_matrix)}
+        return {
+            "scale": np.asarray(lay.scale),
+            "translate": np.asarray(lay.translate),
+            "rotate": np.asarray(lay.rotate),
+            "shear": np.asarray(lay.shear),
+            "affine": np.asarray(lay.affine.affine_matrix),
+        }

@@ -34,7 +34,11 @@ class SessionLayers:
     """
 
     def __init__(
-        self, viewer: Any, source: ImageSource, labels_layer: Any = None, source_path: str | None = None
+        self,
+        viewer: Any,
+        source: ImageSource,
+        labels_layer: Any = None,
+        source_path: str | None = None,
     ) -> None:
         from napari.layers import Labels, Points, Shapes
 
@@ -74,7 +78,10 @@ class SessionLayers:
         if preview is None or tuple(preview.data.shape) != src.layer_shape:
             preview = self.viewer.add_layer(
                 labels_type(
-                    np.zeros(src.layer_shape, np.uint8), name=name, opacity=0.5, **src.transform_kwargs()
+                    np.zeros(src.layer_shape, np.uint8),
+                    name=name,
+                    opacity=0.5,
+                    **src.transform_kwargs(),
                 )
             )
         preview.data[...] = 0

@@ -41,9 +41,14 @@ def _image_volume(session: Any) -> Volume:
     return Volume(src.volume, src.geometry, meta)
 
 
-def add_label_map(model: Annotation, labels: np.ndarray, names: dict[int, str] | None = None,
-                  colors: dict[int, tuple[int, int, int]] | None = None, what: str = "load labels",
-                  keep_ids: bool = False) -> tuple[ChangeSet, list[int]]:
+def add_label_map(
+    model: Annotation,
+    labels: np.ndarray,
+    names: dict[int, str] | None = None,
+    colors: dict[int, tuple[int, int, int]] | None = None,
+    what: str = "load labels",
+    keep_ids: bool = False,
+) -> tuple[ChangeSet, list[int]]:
     """Add each label of the (z, y, x) ``labels`` (and each named id, even without
     pixels) to ``model`` as an object whose slices (along axis 0) are accepted key
     slices, in one undoable step. A label whose id is taken gets the next free id
@@ -60,7 +65,9 @@ def add_label_map(model: Annotation, labels: np.ndarray, names: dict[int, str] |
             new_ids.append(oid)
             if i in present:
                 mask = labels == i
-                model.load_masks(oid, {int(z): mask[z] for z in np.flatnonzero(mask.any(axis=(1, 2)))})
+                model.load_masks(
+                    oid, {int(z): mask[z] for z in np.flatnonzero(mask.any(axis=(1, 2)))}
+                )
     return step.changes, new_ids
 
 

@@ -18,9 +18,9 @@ import numpy as np
 from qtpy.QtCore import QObject
 
 from ..annotation import decode_key
+from ..embeddings import CropEmbeddings
 from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
-from ..embeddings import CropEmbeddings
 from . import _prompt_layers as pl
 from ._background import STORES, SharedSliceEmbeddings
 from ._notify import notify_error
@@ -72,7 +72,9 @@ class Preview(QObject):
         self._waiting: _Request | None = None
         self._asked: tuple | None = None  # the prompt of the preview shown or being decoded
         # zoom crops go through the widgets' shared provider (one memory tier, one encoder lock)
-        crops = CropEmbeddings(session.backend, provider=STORES.provider(session.backend, cache_dir))
+        crops = CropEmbeddings(
+            session.backend, provider=STORES.provider(session.backend, cache_dir)
+        )
         self._predictor = SlicePredictor(session.backend, zoom=True, crop_embeddings=crops)
         self.decoder = DecodeRunner(self)
         self.decoder.done.connect(self._on_decoded)
@@ -93,7 +95,9 @@ class Preview(QObject):
         s.pos = pos
         prompt = pl.slice_prompt(s.points, s.boxes, s.source, pos)
         key = (
-            None if prompt is None else (pos, id(s.store()), json.dumps(prompt.to_json()), s.model.current_id)
+            None
+            if prompt is None
+            else (pos, id(s.store()), json.dumps(prompt.to_json()), s.model.current_id)
         )
         if key is not None and key == self._asked:
             return  # same prompt as the preview shown or being computed (e.g. a selection change)
@@ -123,14 +127,21 @@ class Preview(QObject):
 
     def _submit(self, req: _Request) -> None:
         self._waiting = None
-        self._asked = (req.pos, id(req.store), json.dumps(req.prompt.to_json()), self.s.model.current_id)
+        self._asked = (
+            req.pos,
+            id(req.store),
+            json.dumps(req.prompt.to_json()),
+            self.s.model.current_id,
+        )
         emb = req.store.peek(req.pos.index)
         predictor, zoom, key_choice = self._predictor, self.zoom, self.s.model.key_choice
 
         def job() -> Prediction:
             req.t_decode_start = time.perf_counter()
             # the slice's pixels for the zoom path, windowed here on the decode thread
-            predictor.set_embedding(emb, image=req.store.model_input(req.pos.index) if zoom else None)
+            predictor.set_embedding(
+                emb, image=req.store.model_input(req.pos.index) if zoom else None
+            )
             out = decode_key(predictor, req.prompt, req.previous, key_choice)
             req.t_decode_end = time.perf_counter()
             return out
@@ -148,7 +159,9 @@ class Preview(QObject):
     def waiting(self) -> bool:
         return self._waiting is not None
 
-    def _on_decoded(self, req: _Request, result: Prediction | None, error: Exception | None) -> None:
+    def _on_decoded(
+        self, req: _Request, result: Prediction | None, error: Exception | None
+    ) -> None:
         s = self.s
         if s.closed:
             return

@@ -41,16 +41,20 @@ def current_position(viewer: Any, source: ImageSource) -> SlicePosition:
     if source.is_2d:
         return SlicePosition(0, 0)
     if viewer.dims.ndisplay != 2:
-        raise InputError("the viewer is in 3D display; switch to 2D (Ctrl+Y) to give prompts on a slice")
+        raise InputError(
+            "the viewer is in 3D display; switch to 2D (Ctrl+Y) to give prompts on a slice"
+        )
     layer = source.layer
     offset = viewer.dims.ndim - layer.ndim
     displayed_world = set(viewer.dims.displayed)
     hidden = [d for d in range(layer.ndim) if d + offset not in displayed_world]
     if len(hidden) != 1:
-        raise InputError(f"cannot tell which slice of {layer.name!r} is shown (hidden axes {hidden})")
+        raise InputError(
+            f"cannot tell which slice of {layer.name!r} is shown (hidden axes {hidden})"
+        )
     axis = hidden[0]
     point = np.asarray(viewer.dims.point, dtype=float)
-    data = np.asarray(layer.world_to_data(point[-layer.ndim:]), dtype=float)
+    data = np.asarray(layer.world_to_data(point[-layer.ndim :]), dtype=float)
     index = int(np.clip(np.round(data[axis]), 0, source.shape[axis] - 1))
     return SlicePosition(axis, index)
 
@@ -64,12 +68,19 @@ def _to_image_data(layer: Any, source: ImageSource, coords: np.ndarray) -> np.nd
     """(N, ndim) data coordinates of ``layer`` -> (N, 3) (z, y, x) voxel coordinates of the image."""
     coords = np.asarray(coords, dtype=float).reshape(-1, layer.ndim)
     img = source.layer
-    if layer.ndim == img.ndim and np.allclose(layer.scale, img.scale) and np.allclose(layer.translate, img.translate) \
-            and np.allclose(layer.affine.affine_matrix, img.affine.affine_matrix) \
-            and np.allclose(layer.rotate, img.rotate) and np.allclose(layer.shear, img.shear):
+    if (
+        layer.ndim == img.ndim
+        and np.allclose(layer.scale, img.scale)
+        and np.allclose(layer.translate, img.translate)
+        and np.allclose(layer.affine.affine_matrix, img.affine.affine_matrix)
+        and np.allclose(layer.rotate, img.rotate)
+        and np.allclose(layer.shear, img.shear)
+    ):
         out = coords
     else:
-        out = np.array([img.world_to_data(layer.data_to_world(c)) for c in coords]).reshape(-1, img.ndim)
+        out = np.array([img.world_to_data(layer.data_to_world(c)) for c in coords]).reshape(
+            -1, img.ndim
+        )
     if source.is_2d:
         out = np.concatenate([np.zeros((len(out), 1)), out], axis=1)
     return out
@@ -89,9 +100,18 @@ def make_points_layer(source: ImageSource, name: str = "SAM clicks") -> Any:
 
     ndim = source.layer.ndim
     features = pd.DataFrame({"sign": pd.Categorical([], categories=["positive", "negative"])})
-    layer = Points(np.zeros((0, ndim)), ndim=ndim, name=name, features=features, face_color="sign",
-                   face_color_cycle={"positive": POSITIVE_COLOR, "negative": NEGATIVE_COLOR},
-                   border_color="white", border_width=0.12, size=_marker_size(source), **source.transform_kwargs())
+    layer = Points(
+        np.zeros((0, ndim)),
+        ndim=ndim,
+        name=name,
+        features=features,
+        face_color="sign",
+        face_color_cycle={"positive": POSITIVE_COLOR, "negative": NEGATIVE_COLOR},
+        border_color="white",
+        border_width=0.12,
+        size=_marker_size(source),
+        **source.transform_kwargs(),
+    )
     layer.feature_defaults = {"sign": "positive"}
     layer.mode = "add"
     return layer
@@ -101,8 +121,14 @@ def make_boxes_layer(source: ImageSource, name: str = "SAM boxes") -> Any:
     """An empty Shapes layer for boxes (rectangle mode)."""
     from napari.layers import Shapes
 
-    layer = Shapes(ndim=source.layer.ndim, name=name, edge_color=BOX_COLOR, face_color="transparent",
-                   edge_width=max(1.0, _marker_size(source) / 6), **source.transform_kwargs())
+    layer = Shapes(
+        ndim=source.layer.ndim,
+        name=name,
+        edge_color=BOX_COLOR,
+        face_color="transparent",
+        edge_width=max(1.0, _marker_size(source) / 6),
+        **source.transform_kwargs(),
+    )
     layer.current_edge_color = BOX_COLOR
     layer.current_face_color = "transparent"
     layer.mode = "add_rectangle"
@@ -130,7 +156,9 @@ def is_negative(points: Any) -> bool:
     return str(points.feature_defaults["sign"].iloc[0]) == "negative"
 
 
-def slice_prompt(points: Any, boxes: Any, source: ImageSource, pos: SlicePosition) -> SlicePrompt | None:
+def slice_prompt(
+    points: Any, boxes: Any, source: ImageSource, pos: SlicePosition
+) -> SlicePrompt | None:
     """The prompt drawn on slice ``pos``: its clicks and the newest box there.
 
     Coordinates are clipped to the slice; None when the slice holds no prompt.
@@ -142,7 +170,9 @@ def slice_prompt(points: Any, boxes: Any, source: ImageSource, pos: SlicePositio
         zyx = _to_image_data(points, source, points.data)
         on = _on_plane(zyx, pos)
         rc = _plane_rc(zyx[on], pos.axis)
-        inside = (rc[:, 0] >= -0.5) & (rc[:, 0] <= h - 0.5) & (rc[:, 1] >= -0.5) & (rc[:, 1] <= w - 0.5)
+        inside = (
+            (rc[:, 0] >= -0.5) & (rc[:, 0] <= h - 0.5) & (rc[:, 1] >= -0.5) & (rc[:, 1] <= w - 0.5)
+        )
         signs = np.asarray(points.features["sign"].astype(str))[on][inside]
         pts = np.clip(rc[inside], 0, [h - 1, w - 1]).astype(np.float32)
         labels = (signs == "positive").astype(np.int64)
@@ -157,7 +187,9 @@ def slice_prompt(points: Any, boxes: Any, source: ImageSource, pos: SlicePositio
             box = (float(r0), float(c0), float(r1), float(c1))
     if box is None and len(pts) == 0:
         return None
-    return SlicePrompt(points=pts, labels=labels, box=box, slice=None if source.is_2d else pos.index)
+    return SlicePrompt(
+        points=pts, labels=labels, box=box, slice=None if source.is_2d else pos.index
+    )
 
 
 def box_indices_on_slice(boxes: Any, source: ImageSource, pos: SlicePosition) -> list[int]:

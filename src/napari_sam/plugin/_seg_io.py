@@ -9,8 +9,9 @@ through the layer's ``metadata["napari_sam"]["source"]``, else refused).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

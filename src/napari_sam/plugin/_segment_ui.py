@@ -7,8 +7,9 @@ holds the actions. :data:`SHORTCUTS` lists each action's key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qtpy.QtCore import QStringListModel, Qt
 from qtpy.QtGui import QColor, QIcon, QPixmap
@@ -36,7 +37,14 @@ from ._reader_preference import ReaderOffer
 from ._session_files import RecoveryOffer
 from ._vocabulary import vocabulary
 
-__all__ = ["SHORTCUTS", "SHORTCUT_METHODS", "build_segment_ui", "make_button", "swatch", "available_devices"]
+__all__ = [
+    "SHORTCUTS",
+    "SHORTCUT_METHODS",
+    "build_segment_ui",
+    "make_button",
+    "swatch",
+    "available_devices",
+]
 
 #: action -> (key, what it does); bound on the viewer while the widget is open
 SHORTCUTS: dict[str, tuple[str, str]] = {
@@ -45,12 +53,24 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
     "commit": ("Shift-C", "commit the preview to the current object on this slice"),
     "clear_prompts": ("Shift-X", "clear the clicks and box on this slice"),
     "propagate": ("Shift-S", "propagate the current object through the volume"),
-    "cancel_propagation": ("Shift-Escape", "cancel the running propagation (finished slices are kept)"),
+    "cancel_propagation": (
+        "Shift-Escape",
+        "cancel the running propagation (finished slices are kept)",
+    ),
     "add_object": ("Shift-O", "add a new object"),
-    "undo": ("Shift-Z", "undo the last commit / propagation / paint (also Ctrl+Z on the labels layer)"),
-    "redo": ("Shift-Y", "redo what the last undo took back (also Ctrl+Shift+Z on the labels layer)"),
+    "undo": (
+        "Shift-Z",
+        "undo the last commit / propagation / paint (also Ctrl+Z on the labels layer)",
+    ),
+    "redo": (
+        "Shift-Y",
+        "redo what the last undo took back (also Ctrl+Shift+Z on the labels layer)",
+    ),
     "export": ("Shift-E", "save the labels as NIfTI in the image's geometry"),
-    "save_session": ("Shift-W", "save the session (objects, key slices, prompts, labels) to a folder"),
+    "save_session": (
+        "Shift-W",
+        "save the session (objects, key slices, prompts, labels) to a folder",
+    ),
 }
 
 #: the widget method each shortcut calls (the action's name when not listed)
@@ -207,7 +227,9 @@ def _objects_box(w: Any, lay: Any) -> None:
     obox = QGroupBox("Objects")
     ol = QVBoxLayout(obox)
     w.object_list = QListWidget()
-    w.object_list.setToolTip("Objects (one label id each). Double-click to rename; select to make current")
+    w.object_list.setToolTip(
+        "Objects (one label id each). Double-click to rename; select to make current"
+    )
     w.object_list.setMaximumHeight(120)
     w.object_list.currentItemChanged.connect(w._on_object_selected)
     w.object_list.itemChanged.connect(w._on_object_edited)
@@ -275,9 +297,15 @@ def _bottom(w: Any, lay: Any) -> None:
         row.addWidget(b)
     lay.addLayout(row)
     row = QHBoxLayout()
-    w.save_session_button = make_button("Save session...", "save_session", w.save_session_dialog, "")
-    w.open_session_button = make_button("Open session...", None, w.open_session_dialog,
-                                        "Continue a session saved on this image (objects, key slices, prompts)")
+    w.save_session_button = make_button(
+        "Save session...", "save_session", w.save_session_dialog, ""
+    )
+    w.open_session_button = make_button(
+        "Open session...",
+        None,
+        w.open_session_dialog,
+        "Continue a session saved on this image (objects, key slices, prompts)",
+    )
     row.addWidget(w.save_session_button)
     row.addWidget(w.open_session_button)
     lay.addLayout(row)
@@ -298,7 +326,9 @@ def build_segment_ui(w: Any) -> None:
     w.reader_offer = ReaderOffer()  # once: make napari-sam napari's reader for medical files
     lay.addWidget(w.reader_offer)
     w.reader_offer.setVisible(w.reader_offer.should_offer())  # (after parenting, which hides)
-    w.recovery_offer = RecoveryOffer(w._on_recovery_answer)  # shown when a crashed session left work
+    w.recovery_offer = RecoveryOffer(
+        w._on_recovery_answer
+    )  # shown when a crashed session left work
     lay.addWidget(w.recovery_offer)
     w.recovery_offer.setVisible(False)
     _model_form(w, lay)

@@ -135,7 +135,9 @@ class SegmentSession(QObject):
         from ._writer import object_table
 
         names, colors = object_table(self.labels.metadata)
-        add_label_map(self.model, self.layers.label_map(), names, colors, "labels layer", keep_ids=True)
+        add_label_map(
+            self.model, self.layers.label_map(), names, colors, "labels layer", keep_ids=True
+        )
         self.model.history.clear()
         if len(self.model):
             self.model.select(self.model.objects[0].id)
@@ -145,7 +147,10 @@ class SegmentSession(QObject):
         """Ctrl+Z / Ctrl+Shift+Z on the labels layer undo and redo through the annotation."""
         from app_model.types import KeyCode, KeyMod
 
-        self._layer_keys = [KeyMod.CtrlCmd | KeyCode.KeyZ, KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ]
+        self._layer_keys = [
+            KeyMod.CtrlCmd | KeyCode.KeyZ,
+            KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ,
+        ]
         self.labels.bind_key(self._layer_keys[0], lambda _layer: self.undo(), overwrite=True)
         self.labels.bind_key(self._layer_keys[1], lambda _layer: self.redo(), overwrite=True)
 
@@ -222,7 +227,9 @@ class SegmentSession(QObject):
             return
         self._window = window
         self.queue.set_store(self.store())
-        self.status.emit(f"window {window.lo:g}..{window.hi:g}: the model now sees these contrast limits")
+        self.status.emit(
+            f"window {window.lo:g}..{window.hi:g}: the model now sees these contrast limits"
+        )
         self.queue.request(self.pos.index)
         self.update_preview()
 
@@ -320,7 +327,8 @@ class SegmentSession(QObject):
             changes = call(*args, **kwargs)
         except (NapariSamError, KeyError) as exc:
             notify(
-                "warning" if isinstance(exc, UsageError) else "info", f"napari-sam: {str(exc).strip(chr(39))}"
+                "warning" if isinstance(exc, UsageError) else "info",
+                f"napari-sam: {str(exc).strip(chr(39))}",
             )
             return None
         self.apply(changes)
@@ -372,7 +380,10 @@ class SegmentSession(QObject):
             notify("warning", "napari-sam: switch to a 2D view to commit a slice")
             return False
         if self.propagating:
-            notify("info", "napari-sam: wait for the propagation to finish (or cancel it) before committing")
+            notify(
+                "info",
+                "napari-sam: wait for the propagation to finish (or cancel it) before committing",
+            )
             return False
         pv = self.previewer
         stop = (
@@ -399,7 +410,9 @@ class SegmentSession(QObject):
                 "napari-sam: the preview is being updated for your latest prompt; commit once it shows",
             )
             return False
-        changes = self._do(self._commit, pos, pv.prediction_prompt, None if stop else mask, pv.exact)
+        changes = self._do(
+            self._commit, pos, pv.prediction_prompt, None if stop else mask, pv.exact
+        )
         if changes is None:
             return False
         self.clear_prompts()
@@ -449,7 +462,9 @@ class SegmentSession(QObject):
         negative regions carved in 3D). Runs in the background like
         :meth:`propagate` (``propagation_finished`` when done); one undo step.
         Returns True if it started."""
-        return self.runs.correct(self.model.current, Correction(tuple(int(v) for v in point), int(label)))
+        return self.runs.correct(
+            self.model.current, Correction(tuple(int(v) for v in point), int(label))
+        )
 
     def cancel_propagation(self) -> None:
         """Stop the running propagation after the slice in progress; finished slices are kept."""
@@ -484,7 +499,9 @@ class SegmentSession(QObject):
         old = self.layers.label_map()
         self.model = self.objects.model = model
         self.files.adopt(model)
-        self.apply(ChangeSet.between(old, np.asarray(model.labels), {o.id for o in model.objects}, True))
+        self.apply(
+            ChangeSet.between(old, np.asarray(model.labels), {o.id for o in model.objects}, True)
+        )
         self.objects.store_in(self.labels)
         self.objects_changed.emit()
 

@@ -60,7 +60,10 @@ class SessionFiles:
 
     def _settings(self) -> dict[str, Any]:
         w = self.s.source.window()
-        return {"window": [w.lo, w.hi], "zoom": bool(self.s.zoom) if hasattr(self.s, "previewer") else True}
+        return {
+            "window": [w.lo, w.hi],
+            "zoom": bool(self.s.zoom) if hasattr(self.s, "previewer") else True,
+        }
 
     def save(self, folder: str | Path) -> Path:
         """Save the session (objects, key slices, prompts, results, label map) to ``folder``."""
@@ -68,7 +71,9 @@ class SessionFiles:
 
     def open(self, folder: str | Path) -> Annotation:
         """The annotation saved in ``folder``; InputError when it belongs to another image."""
-        return open_session(folder, image=self.s.source.volume, image_path=self.image.path).annotation
+        return open_session(
+            folder, image=self.s.source.volume, image_path=self.image.path
+        ).annotation
 
     def restore_previous(self) -> Annotation | None:
         """The annotation of the copy left by a session that did not end cleanly (None when none)."""

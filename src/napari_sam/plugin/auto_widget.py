@@ -19,22 +19,41 @@ this module only adapts layers and widgets to it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
-                            QPushButton, QSpinBox, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
 
 from ..automatic import AutomaticSegmenter, AutoSettings, Stack3DSettings, StackSegmenter
+from ..embeddings import CropEmbeddings
 from ..errors import NapariSamError
 from ..intensity import Window
 from ..jobs import Progress
 from ..models.base import Backend
 from ..zoom import ZoomSettings
-from ..embeddings import CropEmbeddings
 
 PRESETS = ("microscopy", "ct")
-PROPOSALS = ("preset", "blobs", "regions", "box-grid", "point-grid", "blobs+box-grid", "regions+box-grid")
+PROPOSALS = (
+    "preset",
+    "blobs",
+    "regions",
+    "box-grid",
+    "point-grid",
+    "blobs+box-grid",
+    "regions+box-grid",
+)
 
 
 def _notify(level: str, message: str) -> None:
@@ -54,8 +73,12 @@ class AutoSegmentWidget(QWidget):
     default: the embedded model, loaded on first run.
     """
 
-    def __init__(self, napari_viewer: Any, backend: Backend | Callable[[], Backend] | None = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        napari_viewer: Any,
+        backend: Backend | Callable[[], Backend] | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
         self._backend_source = backend
@@ -78,13 +101,17 @@ class AutoSegmentWidget(QWidget):
         form.addRow("Image", self.image_combo)
         self.preset_combo = QComboBox()
         self.preset_combo.addItems(PRESETS)
-        self.preset_combo.setToolTip("defaults for fluorescence microscopy (blobs) or CT (intensity regions)")
+        self.preset_combo.setToolTip(
+            "defaults for fluorescence microscopy (blobs) or CT (intensity regions)"
+        )
         self.preset_combo.currentTextChanged.connect(lambda _t: self._apply_preset())
         form.addRow("Preset", self.preset_combo)
         self.proposals_combo = QComboBox()
         self.proposals_combo.addItems(PROPOSALS)
-        self.proposals_combo.setToolTip("where the prompts come from: image structure (blobs, regions), "
-                                        "a box grid, or a point grid (point-capable models)")
+        self.proposals_combo.setToolTip(
+            "where the prompts come from: image structure (blobs, regions), "
+            "a box grid, or a point grid (point-capable models)"
+        )
         form.addRow("Proposals", self.proposals_combo)
         self.density_spin = QSpinBox()
         self.density_spin.setRange(1, 128)
@@ -92,27 +119,37 @@ class AutoSegmentWidget(QWidget):
         form.addRow("Grid density", self.density_spin)
         self.quality_spin = self._unit_spin("minimum predicted IoU of a kept mask")
         form.addRow("Quality threshold", self.quality_spin)
-        self.stability_spin = self._unit_spin("minimum stability of a kept mask (IoU of masks at logit -1 and +1)")
+        self.stability_spin = self._unit_spin(
+            "minimum stability of a kept mask (IoU of masks at logit -1 and +1)"
+        )
         form.addRow("Stability threshold", self.stability_spin)
         self.min_size_spin = QSpinBox()
         self.min_size_spin.setRange(0, 10_000_000)
         self.min_size_spin.setSpecialValueText("auto")
-        self.min_size_spin.setToolTip("smallest object kept, pixels (auto: from the object diameter)")
+        self.min_size_spin.setToolTip(
+            "smallest object kept, pixels (auto: from the object diameter)"
+        )
         form.addRow("Min size (px)", self.min_size_spin)
         self.diameter_spin = QDoubleSpinBox()
         self.diameter_spin.setRange(0.0, 10000.0)
         self.diameter_spin.setDecimals(1)
         self.diameter_spin.setSpecialValueText("auto")
-        self.diameter_spin.setToolTip("typical object diameter in pixels (auto: estimated from the image)")
+        self.diameter_spin.setToolTip(
+            "typical object diameter in pixels (auto: estimated from the image)"
+        )
         form.addRow("Object diameter", self.diameter_spin)
         self.split_check = QCheckBox("keep blob outlines; the model splits touching ones")
-        self.split_check.setToolTip("blobs: the outlines found in the image are kept and the model, at zoom, "
-                                    "decides which touching blobs hold several objects (microscopy default); "
-                                    "unchecked, the model's masks replace the blobs")
+        self.split_check.setToolTip(
+            "blobs: the outlines found in the image are kept and the model, at zoom, "
+            "decides which touching blobs hold several objects (microscopy default); "
+            "unchecked, the model's masks replace the blobs"
+        )
         form.addRow("", self.split_check)
         self.zoom_check = QCheckBox("zoom small objects")
-        self.zoom_check.setToolTip("decode each proposal on a magnified crop: sharper outlines, one encoder run "
-                                   "per crop (slower)")
+        self.zoom_check.setToolTip(
+            "decode each proposal on a magnified crop: sharper outlines, one encoder run "
+            "per crop (slower)"
+        )
         form.addRow("", self.zoom_check)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(64, 8192)
@@ -121,7 +158,9 @@ class AutoSegmentWidget(QWidget):
         form.addRow("Tile size", self.tile_spin)
         self.halo_spin = QSpinBox()
         self.halo_spin.setRange(0, 2048)
-        self.halo_spin.setToolTip("tile overlap on each side, pixels (the largest object never cut)")
+        self.halo_spin.setToolTip(
+            "tile overlap on each side, pixels (the largest object never cut)"
+        )
         form.addRow("Halo", self.halo_spin)
         self.current_slice_check = QCheckBox("current slice only (3D)")
         form.addRow("", self.current_slice_check)
@@ -172,12 +211,18 @@ class AutoSegmentWidget(QWidget):
         active = self.viewer.layers.selection.active
         if current in names:
             self.image_combo.setCurrentText(current)
-        elif isinstance(active, Image):  # first fill: the image the user has selected, not the first one
+        elif isinstance(
+            active, Image
+        ):  # first fill: the image the user has selected, not the first one
             self.image_combo.setCurrentText(active.name)
 
     def _apply_preset(self) -> None:
         """Show the chosen preset's defaults in the parameter fields."""
-        s = AutoSettings.for_ct() if self.preset_combo.currentText() == "ct" else AutoSettings.for_microscopy()
+        s = (
+            AutoSettings.for_ct()
+            if self.preset_combo.currentText() == "ct"
+            else AutoSettings.for_microscopy()
+        )
         self.proposals_combo.setCurrentText("preset")
         self.density_spin.setValue(s.points_per_side)
         self.quality_spin.setValue(s.quality_threshold)
@@ -239,7 +284,10 @@ class AutoSegmentWidget(QWidget):
         rgb = bool(getattr(layer, "rgb", False))
         ndim = data.ndim - (1 if rgb else 0)
         if ndim not in (2, 3):
-            _notify("error", f"napari-sam: layer {layer.name!r} has {ndim} dimensions; expected 2D or 3D")
+            _notify(
+                "error",
+                f"napari-sam: layer {layer.name!r} has {ndim} dimensions; expected 2D or 3D",
+            )
             return
         window = _layer_window(layer, data, rgb)
         z = None
@@ -247,8 +295,12 @@ class AutoSegmentWidget(QWidget):
             z = int(self.viewer.dims.current_step[0])
         job = _Job(layer.name, data, rgb, ndim, z, window, settings)
         job.scale = tuple(float(abs(v)) for v in tuple(layer.scale)[-3:]) if ndim == 3 else None
-        job.stack3d = (ndim == 3 and not rgb and self.preset_combo.currentText() == "microscopy"
-                       and self.proposals_combo.currentText() in ("preset", "blobs"))
+        job.stack3d = (
+            ndim == 3
+            and not rgb
+            and self.preset_combo.currentText() == "microscopy"
+            and self.proposals_combo.currentText() in ("preset", "blobs")
+        )
         worker = thread_worker(self._work, progress=False)(job)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result, j=job: self._on_done(j, result))
@@ -280,7 +332,7 @@ class AutoSegmentWidget(QWidget):
             self._embeddings = CropEmbeddings(self._backend, max_in_memory=64)
         return self._backend
 
-    def _work(self, job: "_Job"):
+    def _work(self, job: _Job):
         """Runs in the worker thread: a job (generator of jobs.Progress) returning the AutoResult."""
         yield Progress(0, 1, "loading model")
         backend = self._get_backend()
@@ -293,9 +345,13 @@ class AutoSegmentWidget(QWidget):
         elif job.stack3d:
             # microscopy stack: 3D proposals in the layer's physical scale (napari_sam.automatic.volume)
             st = Stack3DSettings(spacing=job.scale, object_diameter=job.settings.object_diameter)
-            result = yield from StackSegmenter(backend, st, self._embeddings).iter_segment(win.apply(job.data))
+            result = yield from StackSegmenter(backend, st, self._embeddings).iter_segment(
+                win.apply(job.data)
+            )
         else:
-            result = yield from segmenter.iter_segment_volume(lambda k: win.apply(job.data[k]), len(job.data))
+            result = yield from segmenter.iter_segment_volume(
+                lambda k: win.apply(job.data[k]), len(job.data)
+            )
         return result
 
     def _on_progress(self, ev: Progress) -> None:
@@ -304,11 +360,13 @@ class AutoSegmentWidget(QWidget):
             self.progress.setValue(min(ev.done, ev.total))
         self.status.setText(ev.stage)
 
-    def _on_done(self, job: "_Job", result) -> None:
+    def _on_done(self, job: _Job, result) -> None:
         self.last_result = result
         layer = self.viewer.layers[job.layer_name] if job.layer_name in self.viewer.layers else None
         labels = result.labels
-        if job.z is not None:  # one slice of a volume: a full-size labels layer with that slice filled
+        if (
+            job.z is not None
+        ):  # one slice of a volume: a full-size labels layer with that slice filled
             full = np.zeros(job.data.shape[:3], labels.dtype)
             full[job.z] = labels
             labels = full
@@ -323,11 +381,16 @@ class AutoSegmentWidget(QWidget):
             out = self.viewer.layers[name]
         else:
             out = self.viewer.add_labels(labels, **kwargs)
-        out.metadata["napari_sam_auto"] = {"timings": result.timings, "proposals": result.proposals,
-                                           "diameter": result.diameter}
+        out.metadata["napari_sam_auto"] = {
+            "timings": result.timings,
+            "proposals": result.proposals,
+            "diameter": result.diameter,
+        }
         n = int(labels.max(initial=0))
-        self.status.setText(f"{n} object(s) in {result.timings.get('total', 0.0):.1f} s "
-                            f"({result.proposals} prompts)")
+        self.status.setText(
+            f"{n} object(s) in {result.timings.get('total', 0.0):.1f} s "
+            f"({result.proposals} prompts)"
+        )
 
     def _on_error(self, exc: Exception) -> None:
         msg = str(exc) if isinstance(exc, NapariSamError) else f"{type(exc).__name__}: {exc}"
@@ -348,8 +411,16 @@ class AutoSegmentWidget(QWidget):
 class _Job:
     """What one run needs, captured on the GUI thread."""
 
-    def __init__(self, layer_name: str, data: np.ndarray, rgb: bool, ndim: int, z: int | None, window: Window,
-                 settings: AutoSettings) -> None:
+    def __init__(
+        self,
+        layer_name: str,
+        data: np.ndarray,
+        rgb: bool,
+        ndim: int,
+        z: int | None,
+        window: Window,
+        settings: AutoSettings,
+    ) -> None:
         self.layer_name, self.data, self.rgb, self.ndim, self.z = layer_name, data, rgb, ndim, z
         self.window, self.settings = window, settings
         self.scale: tuple[float, ...] | None = None
@@ -359,7 +430,9 @@ class _Job:
 def _layer_window(layer: Any, data: np.ndarray, rgb: bool) -> Window:
     """The intensity window the model sees: the layer's contrast limits (what the user sees)."""
     if rgb:
-        return Window(0.0, 255.0 if data.dtype == np.uint8 else float(max(1.0, data.max())), "dtype")
+        return Window(
+            0.0, 255.0 if data.dtype == np.uint8 else float(max(1.0, data.max())), "dtype"
+        )
     lo, hi = (float(v) for v in layer.contrast_limits)
     if not hi > lo:
         hi = lo + 1.0

@@ -24,8 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..errors import NapariSamError
 from ..io import Volume
@@ -95,7 +106,9 @@ class LearnWidget(QWidget):
 
         self.image_combo, self.labels_combo = QComboBox(), QComboBox()
         self.image_combo.setToolTip("the image the objects were drawn on")
-        self.labels_combo.setToolTip("the Labels layer holding your committed objects (names: its 'name' feature)")
+        self.labels_combo.setToolTip(
+            "the Labels layer holding your committed objects (names: its 'name' feature)"
+        )
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 50)
         self.epochs.setValue(4)
@@ -103,20 +116,34 @@ class LearnWidget(QWidget):
         self.minutes.setRange(0.5, 240)
         self.minutes.setValue(10)
         self.folder_edit = QLineEdit()
-        self.folder_edit.setPlaceholderText("or a folder with images/ and labels/ (same file names)")
-        self.folder_edit.setToolTip("train on a folder of image/label pairs instead of the layers above: "
-                                    "FOLDER/images/X and FOLDER/labels/X, any reader format")
+        self.folder_edit.setPlaceholderText(
+            "or a folder with images/ and labels/ (same file names)"
+        )
+        self.folder_edit.setToolTip(
+            "train on a folder of image/label pairs instead of the layers above: "
+            "FOLDER/images/X and FOLDER/labels/X, any reader format"
+        )
         self.output_edit = QLineEdit()
         self.output_edit.setPlaceholderText("default: ~/napari-sam/<image>_tuned.pt")
-        self.output_edit.setToolTip("where the tuned checkpoint is written (atomically; never over an input)")
-        self.train_button, self.use_button = QPushButton("Fine-tune"), QPushButton("Use in Segment Anything")
+        self.output_edit.setToolTip(
+            "where the tuned checkpoint is written (atomically; never over an input)"
+        )
+        self.train_button, self.use_button = (
+            QPushButton("Fine-tune"),
+            QPushButton("Use in Segment Anything"),
+        )
         self.train_button.clicked.connect(self.train)
         self.use_button.clicked.connect(self.use_tuned)
         self.use_button.setEnabled(False)
         form = QFormLayout()
-        for label, field in (("Image", self.image_combo), ("Objects", self.labels_combo),
-                             ("Folder", self.folder_edit), ("Epochs", self.epochs),
-                             ("Max minutes", self.minutes), ("Checkpoint", self.output_edit)):
+        for label, field in (
+            ("Image", self.image_combo),
+            ("Objects", self.labels_combo),
+            ("Folder", self.folder_edit),
+            ("Epochs", self.epochs),
+            ("Max minutes", self.minutes),
+            ("Checkpoint", self.output_edit),
+        ):
             form.addRow(label, field)
         tune = QGroupBox("Fine-tune on my objects")
         tv = QVBoxLayout(tune)
@@ -169,7 +196,10 @@ class LearnWidget(QWidget):
         text = self.output_edit.text().strip()
         if text:
             return Path(text).expanduser()
-        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.image_combo.currentText()) or "image"
+        stem = (
+            "".join(c if c.isalnum() or c in "-_" else "_" for c in self.image_combo.currentText())
+            or "image"
+        )
         return Path.home() / "napari-sam" / f"{stem}_tuned.pt"
 
     # ------------------------------------------------------------------ jobs
@@ -200,19 +230,29 @@ class LearnWidget(QWidget):
         if out.suffix != ".pt":
             raise NapariSamError(f"{out}: the checkpoint must end in .pt")
         out.parent.mkdir(parents=True, exist_ok=True)
-        settings = FinetuneSettings(epochs=self.epochs.value(), max_seconds=60 * self.minutes.value())
+        settings = FinetuneSettings(
+            epochs=self.epochs.value(), max_seconds=60 * self.minutes.value()
+        )
 
         def work(progress, cancel):
             backend = load_model("lite_medsam")
-            return finetune_volumes(backend, pairs, settings, out,
-                                    progress=lambda d, t, s: progress(Progress(d, t, s)), cancel=cancel.is_set)
+            return finetune_volumes(
+                backend,
+                pairs,
+                settings,
+                out,
+                progress=lambda d, t, s: progress(Progress(d, t, s)),
+                cancel=cancel.is_set,
+            )
 
         def done(outcome) -> None:
             self.last_outcome = outcome
             r = outcome.result
             self.use_button.setEnabled(True)
-            self.status.setText(f"wrote {out}: validation Dice {r.base_val_dice:.3f} -> {r.best_val_dice:.3f}"
-                                f"{' (stopped early: best kept)' if r.interrupted else ''}")
+            self.status.setText(
+                f"wrote {out}: validation Dice {r.base_val_dice:.3f} -> {r.best_val_dice:.3f}"
+                f"{' (stopped early: best kept)' if r.interrupted else ''}"
+            )
 
         return work, done
 
@@ -227,7 +267,13 @@ class LearnWidget(QWidget):
         volume = _layer_volume(image)
         labels = np.asarray(labels_layer.data).astype(np.int64)
         labels = labels[None] if volume.is_2d else labels
-        return [(volume, labels, _label_names(labels_layer, [int(v) for v in np.unique(labels) if v != 0]))]
+        return [
+            (
+                volume,
+                labels,
+                _label_names(labels_layer, [int(v) for v in np.unique(labels) if v != 0]),
+            )
+        ]
 
     def find(self) -> None:
         """Segment the named classes on the chosen image with the tuned checkpoint."""
@@ -261,18 +307,33 @@ class LearnWidget(QWidget):
             for z in range(volume.shape[0]):
                 cancel.raise_if_set("finding")
                 embs.append(store.get(z))
-                progress(Progress(z + 1, volume.shape[0], f"reading slice {z + 1}/{volume.shape[0]}"))
-            doc, _found = text_prompts_file(head, names, embs, backend.image_size, volume.shape[0] > 1,
-                                            warn=lambda m: notify("info", f"napari-sam: {m}"))
+                progress(
+                    Progress(z + 1, volume.shape[0], f"reading slice {z + 1}/{volume.shape[0]}")
+                )
+            doc, _found = text_prompts_file(
+                head,
+                names,
+                embs,
+                backend.image_size,
+                volume.shape[0] > 1,
+                warn=lambda m: notify("info", f"napari-sam: {m}"),
+            )
             doc["window"] = [window.lo, window.hi]
-            return segment_volume(volume, parse_prompts(doc, where="text"), backend,
-                                  embeddings_for=lambda w, a: store, cancel=cancel)
+            return segment_volume(
+                volume,
+                parse_prompts(doc, where="text"),
+                backend,
+                embeddings_for=lambda w, a: store,
+                cancel=cancel,
+            )
 
         def done(result) -> None:
             labels = result.labels[0] if volume.is_2d else result.labels
             layer = self.viewer.add_labels(labels, name=f"found: {', '.join(names)}", **transform)
             layer.features = {"index": list(result.names), "name": list(result.names.values())}
-            self.status.setText(f"found {len(result.names)} of {len(names)}: {', '.join(result.names.values())}")
+            self.status.setText(
+                f"found {len(result.names)} of {len(names)}: {', '.join(result.names.values())}"
+            )
 
         return work, done
 
@@ -324,8 +385,12 @@ class LearnWidget(QWidget):
             if isinstance(widget, SegmentWidget):
                 widget.checkpoint_edit.setText(str(self.checkpoint_path()))
                 found = True
-        notify("info", f"napari-sam: segment with {self.checkpoint_path()}" if found else
-               "napari-sam: open Segment Anything first, then press this again")
+        notify(
+            "info",
+            f"napari-sam: segment with {self.checkpoint_path()}"
+            if found
+            else "napari-sam: open Segment Anything first, then press this again",
+        )
         return found
 
 

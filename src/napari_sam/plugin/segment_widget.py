@@ -59,7 +59,9 @@ class SegmentWidget(SessionFileActions, QWidget):
         self.negative_button.setText("Clicks: negative" if negative else "Clicks: positive")
         self.negative_button.setChecked(negative)
         style = f"QPushButton {{ border: 2px solid {color}; color: {color}; }}"
-        self.negative_button.setStyleSheet(style if self.session is not None else "")  # no colour before Start
+        self.negative_button.setStyleSheet(
+            style if self.session is not None else ""
+        )  # no colour before Start
 
     def _set_zoom(self, on: bool) -> None:
         if self.session is not None:
@@ -69,9 +71,20 @@ class SegmentWidget(SessionFileActions, QWidget):
         on = self.session is not None
         prop = on and self.session.propagating
         volume = on and not self.session.source.is_2d
-        for b in (self.negative_button, self.candidate_button, self.clear_button, self.add_button,
-                  self.rename_button, self.delete_button, self.undo_button, self.redo_button,
-                  self.export_button, self.load_button, self.save_session_button, self.open_session_button):
+        for b in (
+            self.negative_button,
+            self.candidate_button,
+            self.clear_button,
+            self.add_button,
+            self.rename_button,
+            self.delete_button,
+            self.undo_button,
+            self.redo_button,
+            self.export_button,
+            self.load_button,
+            self.save_session_button,
+            self.open_session_button,
+        ):
             b.setEnabled(on)
         self.commit_button.setEnabled(on and not prop)
         self.propagate_button.setEnabled(volume and not prop)
@@ -127,12 +140,14 @@ class SegmentWidget(SessionFileActions, QWidget):
         s = self.session
         if s is None:
             return
-        gone = [lay.name for lay in s.layers.all()
-                if lay not in self.viewer.layers]
+        gone = [lay.name for lay in s.layers.all() if lay not in self.viewer.layers]
         if gone:
             self._stop_session()
-            notify("info", f"napari-sam: layer {gone[0]!r} was removed; the segmentation session stopped "
-                           "(press Start to begin again; committed labels are kept)")
+            notify(
+                "info",
+                f"napari-sam: layer {gone[0]!r} was removed; the segmentation session stopped "
+                "(press Start to begin again; committed labels are kept)",
+            )
 
     def selected_layer(self) -> Any:
         name = self.image_combo.currentText()
@@ -152,11 +167,18 @@ class SegmentWidget(SessionFileActions, QWidget):
             notify("error", f"napari-sam: {exc}")
             self._set_status(str(exc))
             return False
-        key = (self.model_combo.currentText(), self.device_combo.currentText(), self.checkpoint_edit.text().strip(),
-               self.precision_combo.currentText())
+        key = (
+            self.model_combo.currentText(),
+            self.device_combo.currentText(),
+            self.checkpoint_edit.text().strip(),
+            self.precision_combo.currentText(),
+        )
         s = self.session
-        if s is not None and s.source.layer is source.layer and (
-                backend is s.backend or (backend is None and key == self._session_key)):
+        if (
+            s is not None
+            and s.source.layer is source.layer
+            and (backend is s.backend or (backend is None and key == self._session_key))
+        ):
             self._set_status("already segmenting this image with this model")
             return True
         if backend is not None:
@@ -174,10 +196,16 @@ class SegmentWidget(SessionFileActions, QWidget):
 
         from ..models.registry import load_model
 
-        worker = create_worker(load_model, key[0], checkpoint=key[2] or None, device=key[1], progress=False,
-                               precision=key[3],
-                               _progress={"desc": f"napari-sam: loading {key[0]} (downloading it the first time)"},
-                               _ignore_errors=True)  # errors become notifications (below), not tracebacks
+        worker = create_worker(
+            load_model,
+            key[0],
+            checkpoint=key[2] or None,
+            device=key[1],
+            progress=False,
+            precision=key[3],
+            _progress={"desc": f"napari-sam: loading {key[0]} (downloading it the first time)"},
+            _ignore_errors=True,
+        )  # errors become notifications (below), not tracebacks
         worker.returned.connect(lambda b, k=key, s=source: self._on_model_loaded(k, b, s))
         worker.errored.connect(self._on_model_error)
         self._loader = worker
@@ -186,7 +214,9 @@ class SegmentWidget(SessionFileActions, QWidget):
         worker.start()
         return True
 
-    def _on_model_loaded(self, key: tuple[str, str, str, str], backend: Backend, source: ImageSource) -> None:
+    def _on_model_loaded(
+        self, key: tuple[str, str, str, str], backend: Backend, source: ImageSource
+    ) -> None:
         self._loader = None
         self.start_button.setEnabled(True)
         if source.layer in self.viewer.layers:
@@ -204,14 +234,18 @@ class SegmentWidget(SessionFileActions, QWidget):
         self._stop_session()
         labels = None
         name = f"{source.layer.name} labels"
-        if name in self.viewer.layers and tuple(self.viewer.layers[name].data.shape) == source.layer_shape:
+        if (
+            name in self.viewer.layers
+            and tuple(self.viewer.layers[name].data.shape) == source.layer_shape
+        ):
             labels = self.viewer.layers[name]
         try:
             from ..cache import default_cache_dir
 
             cache_dir = default_cache_dir() if self.disk_cache_check.isChecked() else None
-            session = SegmentSession(self.viewer, source, backend, parent=self, labels_layer=labels,
-                                     cache_dir=cache_dir)
+            session = SegmentSession(
+                self.viewer, source, backend, parent=self, labels_layer=labels, cache_dir=cache_dir
+            )
         except NapariSamError as exc:
             notify("error", f"napari-sam: {exc}")
             return
@@ -223,8 +257,11 @@ class SegmentWidget(SessionFileActions, QWidget):
         session.objects_changed.connect(self._refresh_objects)
         session.propagation_started.connect(self._update_enabled)
         session.propagation_finished.connect(lambda _c: self._update_enabled())
-        session.propagation_started.connect(lambda: self.progress_panel.started(
-            session.objects.current.name if session.objects.current else ""))
+        session.propagation_started.connect(
+            lambda: self.progress_panel.started(
+                session.objects.current.name if session.objects.current else ""
+            )
+        )
         session.propagation_progress.connect(self.progress_panel.advanced)
         session.propagation_finished.connect(self.progress_panel.finished)
         self._refresh_objects()
@@ -232,7 +269,9 @@ class SegmentWidget(SessionFileActions, QWidget):
         self._update_enabled()
         dev = getattr(backend, "device", "cpu")
         kind = "2D image" if source.is_2d else f"volume {source.shape}"
-        self._set_status(f"{backend.name} on {dev}; {kind}. Draw a box (Shapes layer) or click (Points layer).")
+        self._set_status(
+            f"{backend.name} on {dev}; {kind}. Draw a box (Shapes layer) or click (Points layer)."
+        )
         widen_contrast_range(source.layer)  # lung / bone windows stay reachable
         self.viewer.layers.selection.active = session.boxes
         for layer in (session.points, session.boxes):
@@ -299,7 +338,9 @@ class SegmentWidget(SessionFileActions, QWidget):
             self.candidates_view.show_candidates(None, None, None, 0)
             return
         plane = np.take(s.source.volume, s.prediction_pos.index, axis=s.prediction_pos.axis)
-        self.candidates_view.show_candidates(s.source.window().apply(plane), p.masks, p.scores, s.candidate)
+        self.candidates_view.show_candidates(
+            s.source.window().apply(plane), p.masks, p.scores, s.candidate
+        )
 
     def clear_prompts(self) -> None:
         s = self._need_session()
@@ -344,7 +385,9 @@ class SegmentWidget(SessionFileActions, QWidget):
             return
         oid = object_id if object_id is not None else s.objects.current.id
         if name is None:
-            text, ok = QInputDialog.getText(self, "Rename object", "Name:", text=s.objects.get(oid).name)
+            text, ok = QInputDialog.getText(
+                self, "Rename object", "Name:", text=s.objects.get(oid).name
+            )
             if not ok:
                 return
             name = text
@@ -400,8 +443,12 @@ class SegmentWidget(SessionFileActions, QWidget):
     def load_labels_dialog(self) -> list[int]:
         if self._need_session() is None:
             return []
-        path, _ = QFileDialog.getOpenFileName(self, "Load labels as objects", str(Path.home()),
-                                              "Segmentations (*.nii.gz *.nii *.nrrd *.mha *.dcm);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "Load labels as objects",
+            str(Path.home()),
+            "Segmentations (*.nii.gz *.nii *.nrrd *.mha *.dcm);;All files (*)",
+        )
         return self.load_labels(path) if path else []
 
     def export_dialog(self) -> list[str]:
@@ -409,9 +456,13 @@ class SegmentWidget(SessionFileActions, QWidget):
         if s is None:
             return []
         proposed = default_export_path(s.source.layer.name)
-        path, _ = QFileDialog.getSaveFileName(self, "Save labels", str(proposed),
-                                              "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha);;"
-                                              "3D Slicer segmentation (*.seg.nrrd);;DICOM SEG (*.dcm)")
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Save labels",
+            str(proposed),
+            "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha);;"
+            "3D Slicer segmentation (*.seg.nrrd);;DICOM SEG (*.dcm)",
+        )
         out = self.export(path) if path else []
         if out:
             remember_export(out[0])
@@ -422,8 +473,12 @@ class SegmentWidget(SessionFileActions, QWidget):
         self.object_list.blockSignals(True)
         s = self.session
         ids = [o.id for o in s.objects] if s is not None else []
-        listed = [int(self.object_list.item(i).data(Qt.UserRole)) for i in range(self.object_list.count())]
-        if ids == listed and s is not None:  # same objects: update in place (safe inside an edit signal)
+        listed = [
+            int(self.object_list.item(i).data(Qt.UserRole)) for i in range(self.object_list.count())
+        ]
+        if (
+            ids == listed and s is not None
+        ):  # same objects: update in place (safe inside an edit signal)
             for i, o in enumerate(s.objects):
                 item = self.object_list.item(i)
                 if item.text() != o.name:

@@ -76,7 +76,20 @@ from .strategy import BoxDecoder, HypothesesStrategy, StepStrategy, TrackStrateg
 from .tracker import Propagator, SliceEmbeddingProvider
 
 __all__ = [
-    "BoxDecoder", "HypothesesStrategy", "ObjectAppearance", "PropagationState", "Propagator", "RoiZoom",
-    "SliceEmbeddingProvider", "SliceInfo", "SliceUpdate", "StepAnswer", "StepStrategy", "StopDecision",
-    "StopReason", "StopRules", "TrackStrategy", "check_step",
+    "BoxDecoder",
+    "HypothesesStrategy",
+    "ObjectAppearance",
+    "PropagationState",
+    "Propagator",
+    "RoiZoom",
+    "SliceEmbeddingProvider",
+    "SliceInfo",
+    "SliceUpdate",
+    "StepAnswer",
+    "StepStrategy",
+    "StopDecision",
+    "StopReason",
+    "StopRules",
+    "TrackStrategy",
+    "check_step",
 ]

@@ -38,8 +38,10 @@ class RoiZoom:
 
     def __post_init__(self) -> None:
         if self.context < 1.0 or self.min_side < 8 or not 0.0 < self.max_fraction <= 1.0:
-            raise InputError(f"RoiZoom{(self.context, self.min_side, self.max_fraction)}: expected "
-                             "context >= 1, min_side >= 8 px and 0 < max_fraction <= 1")
+            raise InputError(
+                f"RoiZoom{(self.context, self.min_side, self.max_fraction)}: expected "
+                "context >= 1, min_side >= 8 px and 0 < max_fraction <= 1"
+            )
 
 
 def key_extent(state: PropagationState) -> tuple[int, int, int, int] | None:
@@ -61,18 +63,30 @@ def key_extent(state: PropagationState) -> tuple[int, int, int, int] | None:
     if not boxes:
         return None
     b = np.asarray(boxes, np.float64)
-    return (int(np.floor(b[:, 0].min())), int(np.floor(b[:, 1].min())), int(np.ceil(b[:, 2].max())),
-            int(np.ceil(b[:, 3].max())))
+    return (
+        int(np.floor(b[:, 0].min())),
+        int(np.floor(b[:, 1].min())),
+        int(np.ceil(b[:, 2].max())),
+        int(np.ceil(b[:, 3].max())),
+    )
 
 
-def _fits_inside(ext: tuple[int, int, int, int], roi: tuple[int, int, int, int], zoom: RoiZoom,
-                 shape: tuple[int, int]) -> bool:
+def _fits_inside(
+    ext: tuple[int, int, int, int],
+    roi: tuple[int, int, int, int],
+    zoom: RoiZoom,
+    shape: tuple[int, int],
+) -> bool:
     """Whether the key extent sits well inside the current region (its inner part, away from inner edges)."""
     H, W = shape
     r0, c0, r1, c1 = roi
     margin = (r1 - r0 + 1) / (2 * zoom.context)
-    inner = (r0 + margin if r0 > 0 else 0, c0 + margin if c0 > 0 else 0,
-             r1 - margin if r1 < H - 1 else H - 1, c1 - margin if c1 < W - 1 else W - 1)
+    inner = (
+        r0 + margin if r0 > 0 else 0,
+        c0 + margin if c0 > 0 else 0,
+        r1 - margin if r1 < H - 1 else H - 1,
+        c1 - margin if c1 < W - 1 else W - 1,
+    )
     return ext[0] >= inner[0] and ext[1] >= inner[1] and ext[2] <= inner[2] and ext[3] <= inner[3]
 
 

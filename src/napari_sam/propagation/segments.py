@@ -50,7 +50,9 @@ class Tally:
         return Progress(self.done, self.total, message, SliceUpdate(index, mask))
 
 
-def paste(frame: Crop, a: np.ndarray, full: tuple[int, int], fill: float | bool = False) -> np.ndarray:
+def paste(
+    frame: Crop, a: np.ndarray, full: tuple[int, int], fill: float | bool = False
+) -> np.ndarray:
     """A frame-grid array on the whole (rows, cols) slice (itself when the frame is the slice)."""
     return a if frame.is_whole(full) else frame.paste(a, full, fill)
 
@@ -66,8 +68,14 @@ def drop(state: PropagationState, i: int) -> None:
 
 
 def info_of(step: StepAnswer, origin: int) -> SliceInfo:
-    return SliceInfo("bridged" if step.bridged else "propagated", origin, step.score, step.iou_prev,
-                     step.area_ratio, step.intensity_shift)
+    return SliceInfo(
+        "bridged" if step.bridged else "propagated",
+        origin,
+        step.score,
+        step.iou_prev,
+        step.area_ratio,
+        step.intensity_shift,
+    )
 
 
 def plan_segments(state: PropagationState, lo: int, hi: int) -> list[Segment]:
@@ -94,8 +102,9 @@ def plan_segments(state: PropagationState, lo: int, hi: int) -> list[Segment]:
     return out
 
 
-def reconcile(state: PropagationState, i: int, a: int, b: int, su: StepAnswer | None,
-               sd: StepAnswer | None) -> None:
+def reconcile(
+    state: PropagationState, i: int, a: int, b: int, su: StepAnswer | None, sd: StepAnswer | None
+) -> None:
     """Slice i between key slices a < b from the pass up (su) and the pass down (sd):
     the distance-weighted mean probability when both reached it, else the one that did."""
     if su is None and sd is None:
@@ -104,8 +113,14 @@ def reconcile(state: PropagationState, i: int, a: int, b: int, su: StepAnswer | 
         wa = (b - i) / (b - a)
         prob = wa / (1 + np.exp(-su.logits)) + (1 - wa) / (1 + np.exp(-sd.logits))
         near, o = (su, a) if wa >= 0.5 else (sd, b)
-        store(state, i, prob > 0.5, SliceInfo("reconciled", o, near.score, near.iou_prev, near.area_ratio,
-                                               near.intensity_shift))
+        store(
+            state,
+            i,
+            prob > 0.5,
+            SliceInfo(
+                "reconciled", o, near.score, near.iou_prev, near.area_ratio, near.intensity_shift
+            ),
+        )
     else:
         s, o = (su, a) if su is not None else (sd, b)
         store(state, i, s.mask, info_of(s, o))

@@ -29,16 +29,16 @@ __all__ = ["PropagationState", "SliceInfo", "SliceUpdate", "StopDecision", "Stop
 class StopReason(str, Enum):
     """Why propagation in one direction ended."""
 
-    EDGE = "edge"                  #: reached the first/last slice of the volume
-    RANGE = "range"                #: reached the end of the user's range
-    USER_STOP = "user_stop"        #: next slice is a stop slice (only negative clicks)
-    KEY_SLICE = "key_slice"        #: reached another key slice (the gap is reconciled)
-    EMPTY = "empty"                #: the mask vanished
-    LOW_SCORE = "low_score"        #: the model's predicted IoU fell under the threshold
+    EDGE = "edge"  #: reached the first/last slice of the volume
+    RANGE = "range"  #: reached the end of the user's range
+    USER_STOP = "user_stop"  #: next slice is a stop slice (only negative clicks)
+    KEY_SLICE = "key_slice"  #: reached another key slice (the gap is reconciled)
+    EMPTY = "empty"  #: the mask vanished
+    LOW_SCORE = "low_score"  #: the model's predicted IoU fell under the threshold
     DISCONTINUITY = "discontinuity"  #: too little overlap with the neighbouring slice
-    GROWTH = "growth"              #: the area grew suddenly (leak into a neighbour)
-    INTENSITY = "intensity"        #: intensities unlike the object on the key slices
-    APPEARANCE = "appearance"      #: image features unlike the object on the key slices
+    GROWTH = "growth"  #: the area grew suddenly (leak into a neighbour)
+    INTENSITY = "intensity"  #: intensities unlike the object on the key slices
+    APPEARANCE = "appearance"  #: image features unlike the object on the key slices
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,9 @@ class PropagationState:
     @property
     def stop_slices(self) -> list[int]:
         """Sorted key slices that say "the object is not here" (only negative clicks)."""
-        return sorted(z for z, p in self.prompts.items() if p.only_negative and z not in self.user_masks)
+        return sorted(
+            z for z, p in self.prompts.items() if p.only_negative and z not in self.user_masks
+        )
 
     def is_stop_slice(self, index: int) -> bool:
         p = self.prompts.get(index)
@@ -208,7 +210,9 @@ class PropagationState:
         index = self._check_index(index)
         prompt.check_inside(self.slice_shape)
         if prompt.slice != index:
-            prompt = SlicePrompt(points=prompt.points, labels=prompt.labels, box=prompt.box, slice=index)
+            prompt = SlicePrompt(
+                points=prompt.points, labels=prompt.labels, box=prompt.box, slice=index
+            )
         affected = self.affected_range(index)
         self.prompts[index] = prompt
         self.dirty_keys.add(index)
@@ -230,7 +234,9 @@ class PropagationState:
         """Mark slice ``index`` as a stop slice (the object is absent there).
         points: optional (N, 2) (row, col) negative clicks; the slice centre otherwise."""
         if points is None:
-            points = np.array([[(self.slice_shape[0] - 1) / 2, (self.slice_shape[1] - 1) / 2]], np.float32)
+            points = np.array(
+                [[(self.slice_shape[0] - 1) / 2, (self.slice_shape[1] - 1) / 2]], np.float32
+            )
         pts = np.asarray(points, np.float32).reshape(-1, 2)
         self.user_masks.pop(index, None)
         stop = SlicePrompt(points=pts, labels=np.zeros(len(pts), np.int64), slice=index)
@@ -257,7 +263,9 @@ class PropagationState:
             a, b = (int(v) for v in rng)
             a, b = min(a, b), max(a, b)
             if not (0 <= a and b < self.n_slices):
-                raise InputError(f"range [{a}, {b}] outside 0..{self.n_slices - 1} along axis {self.axis}")
+                raise InputError(
+                    f"range [{a}, {b}] outside 0..{self.n_slices - 1} along axis {self.axis}"
+                )
             rng = (a, b)
         self.range = rng
         self._mark(0, self.n_slices - 1)
@@ -297,12 +305,23 @@ class PropagationState:
     def summary(self) -> dict:
         """Plain data (JSON-ready) about the object's propagation: axis, key
         slices, extent and every stop decision (a label map's sidecar)."""
-        return {"axis": self.axis, "key_slices": self.key_slices,
-                "extent": list(self.extent) if self.extent else None,
-                "stops": [{"from": s.origin, "direction": s.direction, "last": s.last, "refused": s.rejected,
-                           "reason": s.reason.value, "detail": s.detail} for s in self.stops]}
+        return {
+            "axis": self.axis,
+            "key_slices": self.key_slices,
+            "extent": list(self.extent) if self.extent else None,
+            "stops": [
+                {
+                    "from": s.origin,
+                    "direction": s.direction,
+                    "last": s.last,
+                    "refused": s.rejected,
+                    "reason": s.reason.value,
+                    "detail": s.detail,
+                }
+                for s in self.stops
+            ],
+        }
 
     def stops_at(self, index: int) -> list[StopDecision]:
         """Stop decisions whose pass ended at (last kept) or was refused on slice ``index``."""
         return [s for s in self.stops if s.last == index or s.rejected == index]
-

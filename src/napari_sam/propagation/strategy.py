@@ -34,8 +34,15 @@ __all__ = ["BoxDecoder", "HypothesesStrategy", "StepStrategy", "TrackStrategy"]
 def clip_box(r0: float, c0: float, r1: float, c1: float, shape: tuple[int, int]) -> np.ndarray:
     """A (4,) float32 box (r0, c0, r1, c1) clipped to a (rows, cols) grid."""
     h, w = shape
-    return np.array([np.clip(r0, 0, h - 1), np.clip(c0, 0, w - 1), np.clip(r1, 0, h - 1),
-                     np.clip(c1, 0, w - 1)], np.float32)
+    return np.array(
+        [
+            np.clip(r0, 0, h - 1),
+            np.clip(c0, 0, w - 1),
+            np.clip(r1, 0, h - 1),
+            np.clip(c1, 0, w - 1),
+        ],
+        np.float32,
+    )
 
 
 @dataclass(frozen=True)
@@ -64,16 +71,25 @@ class BoxDecoder:
         out = []
         for i in range(len(boxes)):
             m = logits[i] > 0
-            out.append(StepAnswer(mask=m, score=float(scores[i, 0]), logits=logits[i],
-                                  iou_prev=mask_iou(m, prev), area_ratio=float(m.sum()) / prev_area,
-                                  box=boxes[i]))
+            out.append(
+                StepAnswer(
+                    mask=m,
+                    score=float(scores[i, 0]),
+                    logits=logits[i],
+                    iou_prev=mask_iou(m, prev),
+                    area_ratio=float(m.sum()) / prev_area,
+                    box=boxes[i],
+                )
+            )
         return out
 
 
 class StepStrategy(Protocol):
     """Answers the next slice of a pass from the neighbour's mask."""
 
-    def answer(self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules) -> StepAnswer:
+    def answer(
+        self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules
+    ) -> StepAnswer:
         """The answer on ``emb``'s slice, prompted from ``prev``, the neighbour's
         non-empty (rows, cols) bool mask on the same grid."""
         ...
@@ -84,8 +100,12 @@ def _touches(mask: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> bool:
     mb = box_of_mask(mask)
     r0, c0, r1, c1 = (int(round(v)) for v in box)
     H, W = shape
-    return bool((r0 > 0 and mb[0] <= r0) or (c0 > 0 and mb[1] <= c0) or (r1 < H - 1 and mb[2] >= r1) or
-                (c1 < W - 1 and mb[3] >= c1))
+    return bool(
+        (r0 > 0 and mb[0] <= r0)
+        or (c0 > 0 and mb[1] <= c0)
+        or (r1 < H - 1 and mb[2] >= r1)
+        or (c1 < W - 1 and mb[3] >= c1)
+    )
 
 
 @dataclass(frozen=True)
@@ -95,14 +115,19 @@ class TrackStrategy:
 
     grow_rounds: int = 2
 
-    def answer(self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules) -> StepAnswer:
+    def answer(
+        self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules
+    ) -> StepAnswer:
         shape = emb.original_size
         best = decoder.decode(emb, [decoder.pad(box_of_mask(prev), shape)], prev)[0]
         for _ in range(self.grow_rounds):
             if not best.mask.any() or not _touches(best.mask, best.box, shape):
                 break
             grown = decoder.decode(emb, [decoder.pad(box_of_mask(best.mask), shape)], prev)[0]
-            if grown.area_ratio > rules.max_growth * max(best.area_ratio, 1e-6) or not grown.mask.any():
+            if (
+                grown.area_ratio > rules.max_growth * max(best.area_ratio, 1e-6)
+                or not grown.mask.any()
+            ):
                 break
             best = grown
         return best
@@ -118,7 +143,9 @@ class HypothesesStrategy:
     box_margins: tuple[float, ...] = (0.0, 3.0, 6.0)
     grow_fraction: float = 0.15
 
-    def answer(self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules) -> StepAnswer:
+    def answer(
+        self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules
+    ) -> StepAnswer:
         shape = emb.original_size
         r0, c0, r1, c1 = box_of_mask(prev)
         h, w = r1 - r0 + 1, c1 - c0 + 1
@@ -130,7 +157,9 @@ class HypothesesStrategy:
         if best.mask.any() and len(self.box_margins) > 1:
             b = box_of_mask(best.mask)
             m = self.box_margins[len(self.box_margins) // 2]
-            refined = decoder.decode(emb, [clip_box(b[0] - m, b[1] - m, b[2] + m, b[3] + m, shape)], prev)[0]
+            refined = decoder.decode(
+                emb, [clip_box(b[0] - m, b[1] - m, b[2] + m, b[3] + m, shape)], prev
+            )[0]
             if refined.score + refined.iou_prev > best.score + best.iou_prev:
                 best = refined
         return best
