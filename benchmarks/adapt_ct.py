@@ -50,17 +50,9 @@ def main() -> None:
     vol, labels, names = load_ct()
     ids = {v: k for k, v in names.items()}
     base = load_model()
-    win = resolve_window(
-        vol.array, None, vol.metadata.get("modality"), vol.metadata.get("dicom_window")
-    )
+    win = resolve_window(vol.array, None, vol.metadata.get("modality"), vol.metadata.get("dicom_window"))
     emb = SliceEmbeddings(
-        base,
-        vol.array,
-        win,
-        0,
-        cache_dir=args.cache_dir,
-        image_hash=content_hash(vol.array),
-        max_in_memory=64,
+        base, vol.array, win, 0, cache_dir=args.cache_dir, image_hash=content_hash(vol.array), max_in_memory=64
     )
     print(f"window {win.key()}; torch threads 1; adaptation budget {args.budget:.0f} s")
     print("structure             k  keys        3D Dice base  adapted  adapt s  steps")

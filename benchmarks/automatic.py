@@ -117,11 +117,7 @@ def part_cv(model, img, lab):
         reqs = split_requests(hyps)
         answers = decode_in_mosaics(model, [img], reqs)
         for q in (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85):
-            out = apply_splits(
-                regions,
-                hyps,
-                [judge_split(h, r, a, q, 0.4) for h, r, a in zip(hyps, reqs, answers)],
-            )
+            out = apply_splits(regions, hyps, [judge_split(h, r, a, q, 0.4) for h, r, a in zip(hyps, reqs, answers)])
             grid[(conc, q)] = (
                 match_instances(out[:, :256], lab[:, :256]),
                 match_instances(out[:, 256:], lab[:, 256:]),
@@ -139,10 +135,7 @@ def part_cv(model, img, lab):
             f"cv: chosen on the {name} half: concavity {conc}, quality {q} ({name} F1 {row[tune].f1:.3f}); "
             f"the other half: F1 {row[test].f1:.3f}, mean matched IoU {row[test].mean_matched_iou:.3f}"
         )
-    b = (
-        match_instances(regions[:, :256], lab[:, :256]),
-        match_instances(regions[:, 256:], lab[:, 256:]),
-    )
+    b = (match_instances(regions[:, :256], lab[:, :256]), match_instances(regions[:, 256:], lab[:, 256:]))
     print(f"cv: blobs alone: left F1 {b[0].f1:.3f}, right F1 {b[1].f1:.3f}")
 
 
@@ -153,12 +146,7 @@ def structure_proposals_regions(img, d, pol, ms):
 
 
 def part_options(model, img, lab, cache, with_grids: bool = True):
-    from napari_sam.automatic import (
-        estimate_object_diameter,
-        estimate_polarity,
-        refine_diameter,
-        structure_proposals,
-    )
+    from napari_sam.automatic import estimate_object_diameter, estimate_polarity, refine_diameter, structure_proposals
 
     pol = estimate_polarity(img)
     d = refine_diameter(img, estimate_object_diameter(img, pol), pol)
@@ -167,25 +155,18 @@ def part_options(model, img, lab, cache, with_grids: bool = True):
     props = structure_proposals(img, "blobs", d, pol, ms, img.size // 2)
     dt = time.perf_counter() - t
     print(
-        f"options  blob proposals alone (no model)        {match_instances(props.regions, lab).summary()}"
-        f"  [{dt:.1f} s]"
+        f"options  blob proposals alone (no model)        {match_instances(props.regions, lab).summary()}  [{dt:.1f} s]"
     )
     print(f"           {halves(props.regions, lab)}")
     from napari_sam.automatic.split_check import SplitVerdict, apply_splits
     from napari_sam.automatic.splits import split_hypotheses
 
     hyps = split_hypotheses(props.regions, d, ms, AutoSettings().split_concavity)
-    every = apply_splits(
-        props.regions, hyps, [SplitVerdict(True, np.ones(1), np.ones(1), 1.0)] * len(hyps)
-    )
-    print(
-        f"options  blobs + every concavity cut (no model) {match_instances(every, lab).summary()}"
-    )
+    every = apply_splits(props.regions, hyps, [SplitVerdict(True, np.ones(1), np.ones(1), 1.0)] * len(hyps))
+    print(f"options  blobs + every concavity cut (no model) {match_instances(every, lab).summary()}")
     print(f"           {halves(every, lab)}")
     res = AutomaticSegmenter(_Silent(model), AutoSettings.for_microscopy(), cache).segment(img)
-    print(
-        f"options  split-check, decoder answering nothing  {match_instances(res.labels, lab).summary()}"
-    )
+    print(f"options  split-check, decoder answering nothing  {match_instances(res.labels, lab).summary()}")
     masks = AutoSettings.for_microscopy(model_role="masks")
     rows = [
         ("split-check: blobs + model (default)", AutoSettings.for_microscopy()),
@@ -194,14 +175,8 @@ def part_options(model, img, lab, cache, with_grids: bool = True):
         ("model masks, zoom crops", masks.with_(zoom=ZoomSettings())),
     ]
     grids = [
-        (
-            "box grid (1x, 2x diameter) + model",
-            AutoSettings(proposals="box-grid", box_grid_sides=(1.0, 2.0)),
-        ),
-        (
-            "blobs + box grid + model",
-            AutoSettings(proposals="blobs+box-grid", box_grid_sides=(1.0, 2.0)),
-        ),
+        ("box grid (1x, 2x diameter) + model", AutoSettings(proposals="box-grid", box_grid_sides=(1.0, 2.0))),
+        ("blobs + box grid + model", AutoSettings(proposals="blobs+box-grid", box_grid_sides=(1.0, 2.0))),
     ]
     for name, st in rows + (grids if with_grids else []):
         t = time.perf_counter()
@@ -223,17 +198,13 @@ def part_zoom(model, img, lab, cache):
     emb = whole.set_image(img)
     variants = {
         "whole slice (core path)": whole,
-        "zoom, crops on the shared grid": SlicePredictor(
-            model, zoom=ZoomSettings(), crop_embeddings=cache
-        ),
+        "zoom, crops on the shared grid": SlicePredictor(model, zoom=ZoomSettings(), crop_embeddings=cache),
         "zoom, centred crops (default)": SlicePredictor(model, zoom=True, crop_embeddings=cache),
     }
     for p in variants.values():
         if p is not whole:
             p.set_embedding(emb, image=img, image_key="nuclei_2d")
-    print(
-        f"zoom: one box per nucleus ({sum(s is not None for s in objs)} nuclei), mean / median Dice:"
-    )
+    print(f"zoom: one box per nucleus ({sum(s is not None for s in objs)} nuclei), mean / median Dice:")
     results = {}
     for name, pred in variants.items():
         ds = []
@@ -257,10 +228,7 @@ def part_zoom(model, img, lab, cache):
 def part_tiling(model, img, lab, cache, single_f1=None):
     if single_f1 is None:
         single_f1 = match_instances(
-            AutomaticSegmenter(model, AutoSettings.for_microscopy(model_role="masks"), cache)
-            .segment(img)
-            .labels,
-            lab,
+            AutomaticSegmenter(model, AutoSettings.for_microscopy(model_role="masks"), cache).segment(img).labels, lab
         ).f1
     mosaic = np.block([[img, img], [img, img]])
     off = int(lab.max())
@@ -270,9 +238,7 @@ def part_tiling(model, img, lab, cache, single_f1=None):
             [np.where(lab > 0, lab + 2 * off, 0), np.where(lab > 0, lab + 3 * off, 0)],
         ]
     )
-    st = AutoSettings.for_microscopy(
-        tile_shape=(512, 512), halo=64, model_role="masks"
-    )  # decoded on tiles
+    st = AutoSettings.for_microscopy(tile_shape=(512, 512), halo=64, model_role="masks")  # decoded on tiles
     res = AutomaticSegmenter(model, st, cache).segment(mosaic)
     s = match_instances(res.labels, mlab)
     from napari_sam.tiling import TileGrid
@@ -282,17 +248,12 @@ def part_tiling(model, img, lab, cache, single_f1=None):
     crossing = split = 0
     for k in np.unique(mlab)[1:]:
         rr, cc = np.nonzero(mlab == k)
-        if any(rr.min() < c <= rr.max() for c in cuts_r) or any(
-            cc.min() < c <= cc.max() for c in cuts_c
-        ):
+        if any(rr.min() < c <= rr.max() for c in cuts_r) or any(cc.min() < c <= cc.max() for c in cuts_c):
             crossing += 1
             ids, counts = np.unique(res.labels[mlab == k], return_counts=True)
             if np.sum((ids > 0) & (counts >= 0.25 * len(rr))) > 1:
                 split += 1
-    print(
-        f"tiling: 2x2 mosaic {mosaic.shape}, {len(grid)} tiles of {st.tile_shape} (halo {st.halo}): "
-        f"{s.summary()}"
-    )
+    print(f"tiling: 2x2 mosaic {mosaic.shape}, {len(grid)} tiles of {st.tile_shape} (halo {st.halo}): {s.summary()}")
     print(
         f"  single image F1 {single_f1:.3f}, mosaic F1 {s.f1:.3f} (difference {s.f1 - single_f1:+.3f}); "
         f"{crossing} reference objects cross a tile-core border, {split} of them split; "
@@ -311,10 +272,7 @@ def part_ct(model, slices):
         ids, counts = np.unique(gt, return_counts=True)
         big = [int(i) for i, c in zip(ids, counts) if i and c >= 2000]
         _, ref_ids, iou = iou_matrix(res.labels, gt)
-        best = {
-            names[i]: float(iou[:, list(ref_ids).index(i)].max()) if iou.shape[0] else 0.0
-            for i in big
-        }
+        best = {names[i]: float(iou[:, list(ref_ids).index(i)].max()) if iou.shape[0] else 0.0 for i in big}
         ok = sum(v >= 0.5 for v in best.values())
         found += ok
         total += len(big)
@@ -350,9 +308,7 @@ def part_speed(model, img, runs: int):
     stages: dict[str, list[float]] = {}
     for _ in range(runs):
         model.forget_recent()  # cold: the slice is encoded again in every run
-        seg = AutomaticSegmenter(
-            model, AutoSettings.for_microscopy(), CropEmbeddings(model)
-        )  # cold cache
+        seg = AutomaticSegmenter(model, AutoSettings.for_microscopy(), CropEmbeddings(model))  # cold cache
         t, c = time.perf_counter(), time.process_time()
         res = seg.segment(img)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
@@ -372,9 +328,7 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {PARTS}")
     ap.add_argument("--ct-slices", default="10", help="CT slices, e.g. 10 or 0-19")
     ap.add_argument("--runs", type=int, default=3, help="speed runs")
-    ap.add_argument(
-        "--no-grids", action="store_true", help="options: skip the box-grid rows (2400+ prompts)"
-    )
+    ap.add_argument("--no-grids", action="store_true", help="options: skip the box-grid rows (2400+ prompts)")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     print(load())

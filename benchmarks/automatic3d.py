@@ -54,13 +54,7 @@ def accuracy(seeds):
             s = nuclei_stack(contrast=c, seed=seed)
             res = StackSegmenter(None, Stack3DSettings(spacing=s.spacing)).segment(_vol(s))
             m, ms = match_instances(res.labels, s.labels), merge_split_counts(res.labels, s.labels)
-            (
-                f.append(m.f1),
-                p.append(m.precision),
-                r.append(m.recall),
-                mg.append(ms.merges),
-                sp.append(ms.splits),
-            )
+            (f.append(m.f1), p.append(m.precision), r.append(m.recall), mg.append(ms.merges), sp.append(ms.splits))
         print(
             f"contrast {c}: F1 {np.mean(f):.3f} (min {np.min(f):.3f}) P {np.mean(p):.3f} R {np.mean(r):.3f} "
             f"merges {np.mean(mg):.1f} splits {np.mean(sp):.1f} per stack (~98 nuclei; seeds {seeds})",
@@ -82,30 +76,21 @@ def designs(seed, contrasts=(3.0, 1.3)):
         _row("slice-wise + linking (model)", res.labels, s.labels, res.timings)
         res = StackSegmenter(None, Stack3DSettings(spacing=s.spacing)).segment(vol)
         _row("3D proposals (default)", res.labels, s.labels, res.timings)
-        res = StackSegmenter(backend, Stack3DSettings(spacing=s.spacing, use_model=True)).segment(
-            vol
-        )
+        res = StackSegmenter(backend, Stack3DSettings(spacing=s.spacing, use_model=True)).segment(vol)
         _row("3D proposals + model check", res.labels, s.labels, res.timings)
 
 
 def big():
     t = time.perf_counter()
-    s = nuclei_stack(
-        (100, 512, 512), spacing=(1.0, 0.25, 0.25), n_nuclei=6000, contrast=1.3, seed=2
-    )
-    print(
-        f"generated 100x512x512, {int(s.labels.max())} nuclei, {time.perf_counter() - t:.1f} s",
-        flush=True,
-    )
+    s = nuclei_stack((100, 512, 512), spacing=(1.0, 0.25, 0.25), n_nuclei=6000, contrast=1.3, seed=2)
+    print(f"generated 100x512x512, {int(s.labels.max())} nuclei, {time.perf_counter() - t:.1f} s", flush=True)
     t, c = time.perf_counter(), time.process_time()
     vol = _vol(s)
     tw = time.perf_counter() - t
     res = StackSegmenter(None, Stack3DSettings(spacing=s.spacing)).segment(vol)
     res.timings["window"] = tw
     res.timings["wall incl. window"] = time.perf_counter() - t
-    res.timings["cpu s (process_time)"] = (
-        time.process_time() - c
-    )  # load-independent: mostly one thread
+    res.timings["cpu s (process_time)"] = time.process_time() - c  # load-independent: mostly one thread
     _row("100x512x512 3D proposals", res.labels, s.labels, res.timings)
 
 
@@ -144,8 +129,7 @@ def cli(seed, runs=3):
             times.append(time.perf_counter() - t)
         labels = tifffile.imread(out)
     print(
-        f"CLI cold 31x61x57 (new process, model loading incl.): median {np.median(times):.1f} s of {times}",
-        flush=True,
+        f"CLI cold 31x61x57 (new process, model loading incl.): median {np.median(times):.1f} s of {times}", flush=True
     )
     _row("CLI output", labels, s.labels)
 

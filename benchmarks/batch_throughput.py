@@ -175,9 +175,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", type=int, default=4)
     ap.add_argument("--out", default="/tmp/batch_bench")
-    ap.add_argument(
-        "--configs", default="cli,inproc,b1,b2", help="comma-separated, run in this order"
-    )
+    ap.add_argument("--configs", default="cli,inproc,b1,b2", help="comma-separated, run in this order")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     root = Path(args.out)

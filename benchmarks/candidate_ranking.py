@@ -34,9 +34,7 @@ from napari_sam.prompts import as_slice_prompt
 
 def old_order(hyps):
     """The ranking before #14 (clicks.py's rank_key at commit 08eb605)."""
-    return sorted(
-        hyps, key=lambda h: (h.violations, -(h.score + 1.0 * h.consistency - 0.5 * h.truncation))
-    )
+    return sorted(hyps, key=lambda h: (h.violations, -(h.score + 1.0 * h.consistency - 0.5 * h.truncation)))
 
 
 def evaluate(strategy, emb, prompt, truth):
@@ -79,15 +77,7 @@ def main() -> None:
                 ("box", as_slice_prompt(None, None, box)),
             ):
                 r = evaluate(strategy, emb, prompt, truth)
-                rows.append(
-                    {
-                        "z": z,
-                        "id": int(lid),
-                        "name": names.get(int(lid), str(lid)),
-                        "kind": kind,
-                        **r,
-                    }
-                )
+                rows.append({"z": z, "id": int(lid), "name": names.get(int(lid), str(lid)), "kind": kind, **r})
     print(f"{len(rows)} prompts in {time.perf_counter() - t0:.0f} s")
     for kind in ("click", "box"):
         sel = [r for r in rows if r["kind"] == kind]

@@ -31,14 +31,10 @@ def main() -> None:
     model = load_model("lite_medsam")
     emb = SliceEmbeddings(model, vol.array, parse_window("soft-tissue"), max_in_memory=64)
     pred = SlicePredictor(model)
-    print(
-        f"{'structure':12s} {'slices':>6s} {'box Dice':>9s} {'NoC@85':>7s} {'1-click':>8s} {'ms/click':>9s}"
-    )
+    print(f"{'structure':12s} {'slices':>6s} {'box Dice':>9s} {'NoC@85':>7s} {'1-click':>8s} {'ms/click':>9s}")
     for name in args.structures.split(","):
         lid = ids[name]
-        zs = [z for z in range(vol.shape[0]) if (labels[z] == lid).sum() >= args.min_pixels][
-            :: args.every
-        ]
+        zs = [z for z in range(vol.shape[0]) if (labels[z] == lid).sum() >= args.min_pixels][:: args.every]
         box_d, nocs, first, times = [], [], [], []
         for z in zs:
             gt = labels[z] == lid

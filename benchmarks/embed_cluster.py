@@ -68,18 +68,11 @@ def main() -> None:
     n = b - a + 1
     print(f"{n} CT slices (512 x 512); load average at start: {os.getloadavg()}", flush=True)
     stored = []
-    for name, extra in (
-        ("one process", []),
-        ("--workers 1", ["--workers", "1"]),
-        ("--workers 2", ["--workers", "2"]),
-    ):
+    for name, extra in (("one process", []), ("--workers 1", ["--workers", "1"]), ("--workers 2", ["--workers", "2"])):
         cache = root / name.replace(" ", "_").strip("-")
         wall = _embed(extra, cache, args.slices)
         stored.append(_stored(cache))
-        print(
-            f"{name}: wall {wall:.1f} s = {n / wall:.2f} slices/s; load {os.getloadavg()[0]:.1f}",
-            flush=True,
-        )
+        print(f"{name}: wall {wall:.1f} s = {n / wall:.2f} slices/s; load {os.getloadavg()[0]:.1f}", flush=True)
     print(f"same slices stored by all three: {all(np.array_equal(s, stored[0]) for s in stored)}")
     warm = _embed(["--workers", "2"], root / "workers_2", args.slices)
     print(

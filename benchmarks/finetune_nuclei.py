@@ -103,9 +103,7 @@ def main() -> None:
     if not args.no_auto:
         for name, b in (("base", base), ("tuned", tuned)):
             res = AutomaticSegmenter(b, AutoSettings.for_microscopy()).segment(r01)
-            print(
-                f"right half, automatic ({name}): {match_instances(res.labels, right_lab).summary()}"
-            )
+            print(f"right half, automatic ({name}): {match_instances(res.labels, right_lab).summary()}")
     sys.stdout.flush()
 
 

@@ -125,9 +125,7 @@ def next_correction(pred: np.ndarray, gt: np.ndarray, spacing) -> dict | None:
 def run_cli(args: list[str]) -> float:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     t0 = time.perf_counter()
-    p = subprocess.run(
-        [sys.executable, "-m", "napari_sam.cli", *args], env=env, capture_output=True, text=True
-    )
+    p = subprocess.run([sys.executable, "-m", "napari_sam.cli", *args], env=env, capture_output=True, text=True)
     if p.returncode:
         sys.exit(f"napari-sam {args[0]} failed: {p.stderr.strip()}")
     return time.perf_counter() - t0
@@ -139,18 +137,13 @@ def read_map(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def protocol(
-    name: str, steps: int, cache: Path, max_structures: int | None, out_json: str | None
-) -> None:
+def protocol(name: str, steps: int, cache: Path, max_structures: int | None, out_json: str | None) -> None:
     vol, labels, names, path, ids, windows = dataset(name)
     if max_structures:
         ids = ids[:max_structures]
     spacing = vol.geometry.scale_zyx
     for w in sorted({w for w in windows.values()}, key=str):
-        run_cli(
-            ["embed", str(path), "--cache-dir", str(cache), "--quiet"]
-            + (["--window", w] if w else [])
-        )
+        run_cli(["embed", str(path), "--cache-dir", str(cache), "--quiet"] + (["--window", w] if w else []))
     objects = []
     for i in ids:
         gt = labels == i
@@ -169,9 +162,7 @@ def protocol(
     per_step: list[dict[int, float]] = []
     seconds: list[float] = []
     final_nsd: dict[int, float] = {}
-    print(
-        f"== {name}: {len(ids)} structures, {steps} click step(s), spacing {spacing} mm", flush=True
-    )
+    print(f"== {name}: {len(ids)} structures, {steps} click step(s), spacing {spacing} mm", flush=True)
     for step in range(steps + 1):
         (work / "prompts.json").write_text(json.dumps({"objects": objects}))
         out = work / f"seg_{step}.nii.gz"
@@ -202,17 +193,12 @@ def protocol(
         per_step.append(scores)
         print(
             f"step {step}: mean Dice {np.mean(list(scores.values())):.3f}  ({wall:.1f} s wall, "
-            f"{wall / len(ids):.1f} s per structure)  "
-            + " ".join(f"{names[k]}={v:.3f}" for k, v in scores.items()),
+            f"{wall / len(ids):.1f} s per structure)  " + " ".join(f"{names[k]}={v:.3f}" for k, v in scores.items()),
             flush=True,
         )
     curve = [float(np.mean(list(s.values()))) for s in per_step]
     auc = float(np.trapezoid(curve[1:])) if steps > 1 else float("nan")
-    print(
-        f"{'structure':32s} "
-        + " ".join(f"{'s' + str(k):>6s}" for k in range(steps + 1))
-        + "    NSD2"
-    )
+    print(f"{'structure':32s} " + " ".join(f"{'s' + str(k):>6s}" for k in range(steps + 1)) + "    NSD2")
     rows = []
     for i in ids:
         d = [per_step[k][i] for k in range(steps + 1)]
@@ -235,10 +221,7 @@ def protocol(
     )
     if out_json:
         Path(out_json).write_text(
-            json.dumps(
-                {"dataset": name, "curve": curve, "auc": auc, "seconds": seconds, "rows": rows},
-                indent=1,
-            )
+            json.dumps({"dataset": name, "curve": curve, "auc": auc, "seconds": seconds, "rows": rows}, indent=1)
         )
 
 
@@ -246,17 +229,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("datasets", nargs="*", default=["ct", "mr"], choices=["ct", "mr"])
     ap.add_argument("--steps", type=int, default=5, help="click steps after the box (default 5)")
-    ap.add_argument(
-        "--cache-dir", default=None, help="embedding cache (default: a folder under the user cache)"
-    )
-    ap.add_argument(
-        "--max-structures", type=int, default=None, help="only the first N structures (by label id)"
-    )
-    ap.add_argument(
-        "--json",
-        default=None,
-        help="save per-structure rows here (one file per dataset: NAME.json)",
-    )
+    ap.add_argument("--cache-dir", default=None, help="embedding cache (default: a folder under the user cache)")
+    ap.add_argument("--max-structures", type=int, default=None, help="only the first N structures (by label id)")
+    ap.add_argument("--json", default=None, help="save per-structure rows here (one file per dataset: NAME.json)")
     args = ap.parse_args()
     from napari_sam.cache import resolve_cache_dir
 

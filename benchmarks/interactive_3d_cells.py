@@ -44,9 +44,7 @@ RULES = {"cells": StopRules(patience=0, max_intensity_shift=1.0, min_iou=0.5), "
 LARGE = {"shape": (31, 128, 128), "radius_um": (2.5, 3.5)}
 
 
-def run(
-    model, contrast: float, seed: int, prompt: str, n_nuclei: int, large: bool, rules: str
-) -> dict:
+def run(model, contrast: float, seed: int, prompt: str, n_nuclei: int, large: bool, rules: str) -> dict:
     s = nuclei_stack(contrast=contrast, seed=seed, **(LARGE if large else {}))
     vol = Volume(np.asarray(s.image), Geometry(spacing=tuple(reversed(s.spacing))), {})
     n = int(s.labels.max())
@@ -57,11 +55,7 @@ def run(
     wall = time.perf_counter() - t
     d = per_object_dice(res.labels, s.labels, ids)
     spans = [
-        (
-            len(np.unique(np.nonzero(res.labels == i)[0])),
-            len(np.unique(np.nonzero(s.labels == i)[0])),
-        )
-        for i in ids
+        (len(np.unique(np.nonzero(res.labels == i)[0])), len(np.unique(np.nonzero(s.labels == i)[0]))) for i in ids
     ]
     return {"dice": d, "wall": wall, "n": len(d), "spans": spans}
 
@@ -72,9 +66,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="40")
     ap.add_argument("--prompt", choices=["box", "click", "both"], default="both")
     ap.add_argument("--nuclei", type=int, default=20, help="nuclei prompted per stack")
-    ap.add_argument(
-        "--rules", choices=sorted(RULES), default="cells", help="propagation stop rules"
-    )
+    ap.add_argument("--rules", choices=sorted(RULES), default="cells", help="propagation stop rules")
     ap.add_argument(
         "--large",
         action="store_true",
@@ -84,9 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     model = load_model()
     kinds = ["box", "click"] if args.prompt == "both" else [args.prompt]
-    print(
-        f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPU(s)"
-    )
+    print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPU(s)")
     for kind in kinds:
         for c in (float(v) for v in args.contrasts.split(",")):
             dices, walls, short = [], [], 0

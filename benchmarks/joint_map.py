@@ -47,11 +47,7 @@ def run(name: str, backend, cache: Path) -> None:
     for i in ids:
         w = windows[i]
         if w not in embs:
-            win = (
-                parse_window(w)
-                if w
-                else resolve_window(vol.array, None, vol.metadata.get("modality"))
-            )
+            win = parse_window(w) if w else resolve_window(vol.array, None, vol.metadata.get("modality"))
             embs[w] = SliceEmbeddings(backend, vol.array, win, 0, cache_dir=cache)
         gt = labels == i
         masks = {}

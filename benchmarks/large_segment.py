@@ -56,9 +56,7 @@ def _run(args: list) -> tuple[float, float]:
     """(peak RSS MiB, wall s) of one ``napari-sam`` process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "napari_sam.cli", *map(str, args), "--quiet"], env=env
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "napari_sam.cli", *map(str, args), "--quiet"], env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {args}")
@@ -100,16 +98,13 @@ def main() -> None:
     )
     want = read_image(root / "ref.nii.gz").array
     print(
-        f"in memory, 20 slices ({sub.nbytes / 2**30:.2f} GiB): peak RSS {peak:.0f} MiB, wall {wall:.1f} s",
-        flush=True,
+        f"in memory, 20 slices ({sub.nbytes / 2**30:.2f} GiB): peak RSS {peak:.0f} MiB, wall {wall:.1f} s", flush=True
     )
     for n in (int(v) for v in args.slices.split(",")):
         k0 = (n - 20) // 2
         store = root / f"v{n}.ome.zarr"
         g = zarr.open_group(str(store), mode="w")
-        arr = g.create_array(
-            "0", shape=(n, SIDE, SIDE), chunks=(1, SIDE, SIDE), dtype="float64", fill_value=0.0
-        )
+        arr = g.create_array("0", shape=(n, SIDE, SIDE), chunks=(1, SIDE, SIDE), dtype="float64", fill_value=0.0)
         arr[k0 : k0 + 20] = sub
         g.attrs["ome"] = {
             "version": "0.5",
@@ -117,12 +112,7 @@ def main() -> None:
                 {
                     "axes": [{"name": a, "type": "space", "unit": "millimeter"} for a in "zyx"],
                     "datasets": [
-                        {
-                            "path": "0",
-                            "coordinateTransformations": [
-                                {"type": "scale", "scale": [3.0, 3.0, 3.0]}
-                            ],
-                        }
+                        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [3.0, 3.0, 3.0]}]}
                     ],
                 }
             ],

@@ -38,12 +38,7 @@ def make_case(n: int, z: int = 5, size: int = 256, seed: int = 0):
     for i in range(n):
         r, c = rng.integers(0, size - 24, 2)
         h, w = rng.integers(6, 24, 2)
-        objs.append(
-            {
-                "id": i + 1,
-                "prompts": [{"slice": int(i % z), "box": [int(r), int(c), int(r + h), int(c + w)]}],
-            }
-        )
+        objs.append({"id": i + 1, "prompts": [{"slice": int(i % z), "box": [int(r), int(c), int(r + h), int(c + w)]}]})
     return Volume(vol), parse_prompts({"objects": objs, "window": [-50, 350]})
 
 

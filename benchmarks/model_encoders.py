@@ -34,9 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     x = torch.randn(1, 3, 1024, 1024)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} runs"
-    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} runs")
     for name in args.models:
         if name.startswith("vit_") and name != "vit_t":
             from napari_sam.models.sam_vit import build_sam_vit_modules
@@ -56,26 +54,20 @@ def main() -> None:
             with torch.inference_mode():
                 theirs = _time(lambda: ref(x), args.repeats)
                 diff = (ref(x) - enc(x)).abs().max().item()
-            print(
-                f"{line}; segment_anything: {theirs:.2f} s; ratio {theirs / ours:.2f}x; max |diff| {diff:.1e}"
-            )
+            print(f"{line}; segment_anything: {theirs:.2f} s; ratio {theirs / ours:.2f}x; max |diff| {diff:.1e}")
         elif name == "vit_t":
             from napari_sam.models.mobile_sam import build_mobile_sam_modules
             from napari_sam.models.tiny_vit import fold_batchnorm
 
             enc = fold_batchnorm(build_mobile_sam_modules()["image_encoder"].eval())
             with torch.inference_mode():
-                print(
-                    f"MobileSAM encoder (napari-sam): {_time(lambda: enc(x), args.repeats):.2f} s"
-                )
+                print(f"MobileSAM encoder (napari-sam): {_time(lambda: enc(x), args.repeats):.2f} s")
         elif name.startswith("sam2_"):
             from napari_sam.models.sam2 import build_sam2_modules
 
             enc = build_sam2_modules(name.removeprefix("sam2_"))["image_encoder"].eval()
             with torch.inference_mode():
-                print(
-                    f"SAM 2.1 Hiera-{name[5:]} encoder (napari-sam): {_time(lambda: enc(x), args.repeats):.2f} s"
-                )
+                print(f"SAM 2.1 Hiera-{name[5:]} encoder (napari-sam): {_time(lambda: enc(x), args.repeats):.2f} s")
 
 
 if __name__ == "__main__":

@@ -43,23 +43,16 @@ def _pct(xs: list[float], q: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--slices", type=int, default=6, help="slices encoded in each of the three ways"
-    )
+    ap.add_argument("--slices", type=int, default=6, help="slices encoded in each of the three ways")
     ap.add_argument("--boxes", type=int, default=20, help="box changes for the latency median")
-    ap.add_argument(
-        "--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)"
-    )
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
     ap.add_argument(
         "--load",
         type=int,
         default=0,
-        help="busy processes (a pure-Python spin each) running "
-        "during the measurements: a loaded machine",
+        help="busy processes (a pure-Python spin each) running during the measurements: a loaded machine",
     )
-    ap.add_argument(
-        "--preview-only", action="store_true", help="only part 3 (prompt -> preview latency)"
-    )
+    ap.add_argument("--preview-only", action="store_true", help="only part 3 (prompt -> preview latency)")
     args = ap.parse_args()
     busy = _start_load(args.load)
     try:
@@ -98,11 +91,7 @@ def _measure(args: argparse.Namespace) -> None:
     import napari
     from napari.qt.threading import create_worker
     from napari.utils._test_utils import read_only_mouse_event
-    from napari.utils.interactions import (
-        mouse_move_callbacks,
-        mouse_press_callbacks,
-        mouse_release_callbacks,
-    )
+    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
     from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_sam.models.registry import load_model
@@ -120,9 +109,7 @@ def _measure(args: argparse.Namespace) -> None:
 
     viewer = napari.Viewer(show=True)
 
-    [image] = viewer.open(
-        str(shared_data_dir() / "ct_abdomen_dicom" / "dicom"), plugin="napari-sam"
-    )
+    [image] = viewer.open(str(shared_data_dir() / "ct_abdomen_dicom" / "dicom"), plugin="napari-sam")
     widget = SegmentWidget(viewer)
     widget.disk_cache_check.setChecked(False)
     viewer.window.add_dock_widget(widget, name="Segment Anything")
@@ -134,9 +121,7 @@ def _measure(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         poll = QTimer()
         poll.setInterval(5)
-        poll.timeout.connect(
-            lambda: loop.quit() if cond() or time.perf_counter() - t0 > timeout else None
-        )
+        poll.timeout.connect(lambda: loop.quit() if cond() or time.perf_counter() - t0 > timeout else None)
         poll.start()
         if not cond():
             loop.exec_()
@@ -176,12 +161,7 @@ def _measure(args: argparse.Namespace) -> None:
     # napari's thread_worker (what the widget does), the viewer running throughout.
     import threading
 
-    modes = (
-        "GUI thread",
-        "threading.Thread",
-        "thread_worker (widget)",
-        "thread_worker+progress bar",
-    )
+    modes = ("GUI thread", "threading.Thread", "thread_worker (widget)", "thread_worker+progress bar")
     wall: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     ticks: dict[str, list[float]] = {m: [] for m in modes}
@@ -228,9 +208,7 @@ def _measure(args: argparse.Namespace) -> None:
         idle_ticks = idle
         print("\nUI event latency (10 ms QTimer, delay of each tick, ms): median / p95 / max")
         for name, d in (("idle", idle_ticks), *((f"encoding: {m}", ticks[m]) for m in modes)):
-            print(
-                f"  {name:34s} {statistics.median(d):8.1f} / {_pct(d, 95):8.1f} / {max(d):8.1f}   ({len(d)} ticks)"
-            )
+            print(f"  {name:34s} {statistics.median(d):8.1f} / {_pct(d, 95):8.1f} / {max(d):8.1f}   ({len(d)} ticks)")
         print(
             f"\nencoder per slice, {len(slices)} slices interleaved (micro-sam #740 check): "
             "median wall s, median process CPU s"
@@ -241,9 +219,7 @@ def _measure(args: argparse.Namespace) -> None:
                 f"  {m:28s} {statistics.median(wall[m]):7.3f}  ({statistics.median(wall[m]) / base:4.2f}x)  "
                 f"cpu {statistics.median(cpu[m]):7.3f}   [{', '.join(f'{t:.2f}' for t in wall[m])}]"
             )
-        print(
-            f"  torch intra-op threads: main {torch.get_num_threads()}, in the worker {worker_threads[0]}"
-        )
+        print(f"  torch intra-op threads: main {torch.get_num_threads()}, in the worker {worker_threads[0]}")
 
     # -------------------------------------------------- 3: prompt -> preview latency
     STORES.clear()
@@ -258,17 +234,12 @@ def _measure(args: argparse.Namespace) -> None:
         a, b = np.asarray(image.data_to_world(a)), np.asarray(image.data_to_world(b))
         viewer.layers.selection.active = s.boxes
         s.boxes.mode = "add_rectangle"
-        mouse_press_callbacks(
-            s.boxes, read_only_mouse_event(type="mouse_press", position=tuple(a), **ev)
-        )
+        mouse_press_callbacks(s.boxes, read_only_mouse_event(type="mouse_press", position=tuple(a), **ev))
         mouse_move_callbacks(
-            s.boxes,
-            read_only_mouse_event(type="mouse_move", position=tuple(b), is_dragging=True, **ev),
+            s.boxes, read_only_mouse_event(type="mouse_move", position=tuple(b), is_dragging=True, **ev)
         )
         # (the release repeats the last prompt: the widget does not decode it again)
-        mouse_release_callbacks(
-            s.boxes, read_only_mouse_event(type="mouse_release", position=tuple(b), **ev)
-        )
+        mouse_release_callbacks(s.boxes, read_only_mouse_event(type="mouse_release", position=tuple(b), **ev))
 
     from napari_sam.predictor import SlicePredictor
 
@@ -299,21 +270,13 @@ def _measure(args: argparse.Namespace) -> None:
         mouse_press_callbacks(
             s.points,
             read_only_mouse_event(
-                type="mouse_press",
-                position=tuple(w),
-                button=1,
-                dims_displayed=[1, 2],
-                view_direction=[1.0, 0, 0],
+                type="mouse_press", position=tuple(w), button=1, dims_displayed=[1, 2], view_direction=[1.0, 0, 0]
             ),
         )
         mouse_release_callbacks(
             s.points,
             read_only_mouse_event(
-                type="mouse_release",
-                position=tuple(w),
-                button=1,
-                dims_displayed=[1, 2],
-                view_direction=[1.0, 0, 0],
+                type="mouse_release", position=tuple(w), button=1, dims_displayed=[1, 2], view_direction=[1.0, 0, 0]
             ),
         )
         pump(lambda: s.previews_shown > n)
@@ -337,8 +300,7 @@ def _measure(args: argparse.Namespace) -> None:
         print(
             "        widget parts, median ms: "
             + ", ".join(
-                f"{k} {statistics.median(p[k] for p in pp) * 1000:.1f}"
-                for k in ("prompt", "wait", "decode", "show")
+                f"{k} {statistics.median(p[k] for p in pp) * 1000:.1f}" for k in ("prompt", "wait", "decode", "show")
             )
         )
     widget.close_session()

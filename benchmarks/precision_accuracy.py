@@ -71,10 +71,7 @@ def embed_volume(backend, vol, precision: str) -> dict[str, SliceEmbeddings]:
         emb = SliceEmbeddings(backend, vol.array, parse_window(w), cache_dir=None, max_in_memory=64)
         emb.fill()
         out[w] = emb
-        print(
-            f"  {precision} {w}: {emb.encoder_calls} slices encoded in {time.perf_counter() - t:.1f} s",
-            flush=True,
-        )
+        print(f"  {precision} {w}: {emb.encoder_calls} slices encoded in {time.perf_counter() - t:.1f} s", flush=True)
     return out
 
 
@@ -107,12 +104,7 @@ def part_ct(backend, precisions: list[str], parts: set[str]) -> list[dict]:
     for lid in structures(labels, names):
         name = names[lid]
         gt = labels == lid
-        r = {
-            "name": name,
-            "voxels": int(gt.sum()),
-            "slices": int(gt.any((1, 2)).sum()),
-            "window": window_for(name),
-        }
+        r = {"name": name, "voxels": int(gt.sum()), "slices": int(gt.any((1, 2)).sum()), "window": window_for(name)}
         for p in precisions:
             set_precision(backend, p)  # only matters if an embedding were missing
             emb = embs[p][window_for(name)]
@@ -167,10 +159,7 @@ def part_nuclei(backend, precisions: list[str]) -> dict[str, float]:
         ).segment(img)
         s = match_instances(res.labels, lab)
         out[p] = s.f1
-        print(
-            f"nuclei automatic, encoder {p}: {s.summary()} ({time.perf_counter() - t:.1f} s)",
-            flush=True,
-        )
+        print(f"nuclei automatic, encoder {p}: {s.summary()} ({time.perf_counter() - t:.1f} s)", flush=True)
     for p in precisions[1:]:
         print(f"nuclei F1 loss {precisions[0]} -> {p}: {out[precisions[0]] - out[p]:+.4f}")
     return out
@@ -181,12 +170,8 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,bf16", help="the first is the baseline")
     ap.add_argument("--parts", default="boxes,propagation,nuclei")
     ap.add_argument("--json", default=None, help="write the rows here")
-    ap.add_argument(
-        "--keep-fp32", default="", help="encoder parts kept fp32 in bf16/fp16, e.g. layers.0,neck"
-    )
-    ap.add_argument(
-        "--baseline", default=None, help="JSON of an earlier run: the first precision's figures"
-    )
+    ap.add_argument("--keep-fp32", default="", help="encoder parts kept fp32 in bf16/fp16, e.g. layers.0,neck")
+    ap.add_argument("--baseline", default=None, help="JSON of an earlier run: the first precision's figures")
     args = ap.parse_args()
     precisions = args.precisions.split(",")
     parts = set(args.parts.split(","))
@@ -203,9 +188,7 @@ def main() -> None:
         if old:
             base = {r["name"]: r for r in old["ct"]}
             for r in rows:
-                r.update(
-                    {k: v for k, v in base[r["name"]].items() if k.endswith("_" + precisions[0])}
-                )
+                r.update({k: v for k, v in base[r["name"]].items() if k.endswith("_" + precisions[0])})
         summarise(rows, precisions)
         result["ct"] = rows
     if "nuclei" in parts:

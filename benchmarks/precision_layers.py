@@ -65,8 +65,7 @@ def main() -> None:
     for h in hooks:
         h.remove()
     print(
-        "largest |activation| at each part's output (fp32): "
-        + ", ".join(f"{n} {v:.3g}" for n, v in peaks.items()),
+        "largest |activation| at each part's output (fp32): " + ", ".join(f"{n} {v:.3g}" for n, v in peaks.items()),
         flush=True,
     )
 
@@ -80,8 +79,7 @@ def main() -> None:
     print(f"all but patch_embed, neck: {err(set(PARTS) - cheap):.4f}", flush=True)
     for p in PARTS[1:-1]:
         print(
-            f"all but patch_embed, neck, {p}: {err(set(PARTS) - cheap - {p}):.4f}   "
-            f"only {p}: {err({p}):.4f}",
+            f"all but patch_embed, neck, {p}: {err(set(PARTS) - cheap - {p}):.4f}   only {p}: {err({p}):.4f}",
             flush=True,
         )
     set_parts(enc, set(), torch.float32)

@@ -112,9 +112,7 @@ def reference_protocol(backend, emb: SliceEmbeddings, z0: int, box) -> dict[int,
         while 0 <= z < n and prev.any():
             r0, c0, r1, c1 = box_of_mask(prev)
             h, w = prev.shape
-            m, s = decode(
-                z, (max(0, r0 - 3), max(0, c0 - 3), min(h - 1, r1 + 3), min(w - 1, c1 + 3))
-            )
+            m, s = decode(z, (max(0, r0 - 3), max(0, c0 - 3), min(h - 1, r1 + 3), min(w - 1, c1 + 3)))
             if not m.any() or s < 0.5:
                 break
             out[z], prev, z = m, m, z + step
@@ -125,9 +123,7 @@ def reference_protocol(backend, emb: SliceEmbeddings, z0: int, box) -> dict[int,
 def box_ceiling(backend, emb: SliceEmbeddings, gt: np.ndarray) -> np.ndarray:
     out = np.zeros_like(gt)
     for z in np.flatnonzero(gt.any((1, 2))):
-        out[z] = backend.decode(
-            emb.get(int(z)), boxes_rc=np.asarray(box_of_mask(gt[z]), np.float32)[None]
-        ).masks[0, 0]
+        out[z] = backend.decode(emb.get(int(z)), boxes_rc=np.asarray(box_of_mask(gt[z]), np.float32)[None]).masks[0, 0]
     return out
 
 
@@ -138,25 +134,17 @@ def stop_errors(pred_slices: set[int], gt_slices: set[int], n: int) -> tuple[int
     added = short = 0
     if g0 > 0:
         added += sum(1 for z in pred_slices if z < g0)
-        short += sum(
-            1 for z in range(g0, g1 + 1) if z not in pred_slices and z < min(pred_slices, default=n)
-        )
+        short += sum(1 for z in range(g0, g1 + 1) if z not in pred_slices and z < min(pred_slices, default=n))
     if g1 < n - 1:
         added += sum(1 for z in pred_slices if z > g1)
-        short += sum(
-            1
-            for z in range(g0, g1 + 1)
-            if z not in pred_slices and z > max(pred_slices, default=-1)
-        )
+        short += sum(1 for z in range(g0, g1 + 1) if z not in pred_slices and z > max(pred_slices, default=-1))
     return added, short
 
 
 def part_accuracy(backend, cache_dir: Path) -> None:
     vol, labels, names = load_ct()
     embs = {
-        w: SliceEmbeddings(
-            backend, vol.array, parse_window(w), cache_dir=cache_dir, max_in_memory=64
-        )
+        w: SliceEmbeddings(backend, vol.array, parse_window(w), cache_dir=cache_dir, max_in_memory=64)
         for w in ("soft-tissue", "bone")
     }
     n = vol.array.shape[0]
@@ -214,10 +202,7 @@ def part_accuracy(backend, cache_dir: Path) -> None:
     big = [r for r in rows if r["voxels"] >= MIN_VOXELS]
     ends = [r for r in rows if r["ends_inside"]]
     print()
-    for label, group in (
-        (f"all structures >= {MIN_VOXELS} voxels", big),
-        ("structures ending inside", ends),
-    ):
+    for label, group in ((f"all structures >= {MIN_VOXELS} voxels", big), ("structures ending inside", ends)):
         o, f, c = (np.mean([r[k] for r in group]) for k in ("ours", "ref", "ceiling"))
         print(
             f"mean Dice, {label} (n={len(group)}): ours {o:.3f}, reference {f:.3f} "
@@ -240,12 +225,8 @@ def part_fp16(backend, cache_dir: Path) -> None:
     vol, labels, names = load_ct()
     agree = []
     for w in ("soft-tissue", "bone"):
-        e16 = SliceEmbeddings(
-            backend, vol.array, parse_window(w), cache_dir=cache_dir, dtype="float16"
-        )
-        e32 = SliceEmbeddings(
-            backend, vol.array, parse_window(w), cache_dir=cache_dir, dtype="float32"
-        )
+        e16 = SliceEmbeddings(backend, vol.array, parse_window(w), cache_dir=cache_dir, dtype="float16")
+        e32 = SliceEmbeddings(backend, vol.array, parse_window(w), cache_dir=cache_dir, dtype="float32")
         for lid in structures(labels, names):
             if window_for(names[lid]) != w:
                 continue
@@ -272,9 +253,7 @@ def part_cli(cache_root: Path) -> None:
     vol, labels, names = load_ct()
     ids = {v: k for k, v in names.items()}
     objects = []
-    for i, name in enumerate(
-        ("liver", "spleen", "aorta", "adrenal_gland_right", "portal_vein_and_splenic_vein")
-    ):
+    for i, name in enumerate(("liver", "spleen", "aorta", "adrenal_gland_right", "portal_vein_and_splenic_vein")):
         gt = labels == ids[name]
         z0 = int(gt.sum((1, 2)).argmax())
         objects.append(
@@ -325,9 +304,7 @@ def part_cli(cache_root: Path) -> None:
     same = np.array_equal(
         *(
             np.asarray(
-                __import__("SimpleITK").GetArrayFromImage(
-                    __import__("SimpleITK").ReadImage(str(d / f"seg_{r}.nii.gz"))
-                )
+                __import__("SimpleITK").GetArrayFromImage(__import__("SimpleITK").ReadImage(str(d / f"seg_{r}.nii.gz")))
             )
             for r in ("cold", "warm")
         )
@@ -372,9 +349,7 @@ print(f'peak RSS {{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f
 
 
 def part_memory(cache_root: Path) -> None:
-    code = MEMORY_CHILD.format(
-        bench=str(Path(__file__).resolve().parent), cache=str(cache_root / "memory")
-    )
+    code = MEMORY_CHILD.format(bench=str(Path(__file__).resolve().parent), cache=str(cache_root / "memory"))
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     subprocess.run([sys.executable, "-c", code], env=env, check=False)
 
@@ -382,14 +357,9 @@ def part_memory(cache_root: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "parts",
-        nargs="*",
-        default=["accuracy", "fp16", "cli", "memory"],
-        choices=["accuracy", "fp16", "cli", "memory"],
+        "parts", nargs="*", default=["accuracy", "fp16", "cli", "memory"], choices=["accuracy", "fp16", "cli", "memory"]
     )
-    ap.add_argument(
-        "--cache-dir", default=None, help="embedding cache (default: the user cache folder)"
-    )
+    ap.add_argument("--cache-dir", default=None, help="embedding cache (default: the user cache folder)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     from napari_sam.cache import resolve_cache_dir

@@ -26,9 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dicom_dir")
     ap.add_argument("--window", default="-160,240")
     ap.add_argument("--out", required=True)

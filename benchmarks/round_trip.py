@@ -29,29 +29,20 @@ def main() -> None:
     cases = {
         "DICOM series": (
             ct,
-            (
-                np.array(src_img.GetOrigin()),
-                np.array(src_img.GetSpacing()),
-                np.array(src_img.GetDirection()),
-            ),
+            (np.array(src_img.GetOrigin()), np.array(src_img.GetSpacing()), np.array(src_img.GetDirection())),
         )
     }
     # the same CT saved in each volume format, as acquired (axis-aligned) and
     # rotated 0.2 rad (oblique): NIfTI stores directions in float32, so an
     # oblique float64 direction from NRRD/MHA can only come back to ~1e-8
     c, s = np.cos(0.2), np.sin(0.2)
-    for tag, direction in (
-        ("", src_img.GetDirection()),
-        (" oblique", (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)),
-    ):
+    for tag, direction in (("", src_img.GetDirection()), (" oblique", (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))):
         src_img.SetDirection(direction)
         for suffix in (".nii.gz", ".nrrd", ".mha"):
             p = tmp / f"ct{tag.strip()}{suffix}"
             sitk.WriteImage(src_img, str(p))
             cases[suffix + tag] = (p, geometry(p))
-    print(
-        f"{'input':16s} {'max |d origin| mm':>18s} {'max |d spacing|':>16s} {'max |d direction|':>18s} exact"
-    )
+    print(f"{'input':16s} {'max |d origin| mm':>18s} {'max |d spacing|':>16s} {'max |d direction|':>18s} exact")
     for name, (path, (o, sp, d)) in cases.items():
         v = read_image(path) if name != "DICOM series" else vol
         out = write_labels(
@@ -63,9 +54,7 @@ def main() -> None:
         )
         o2, sp2, d2 = geometry(out)
         diffs = [np.abs(o - o2).max(), np.abs(sp - sp2).max(), np.abs(d - d2).max()]
-        print(
-            f"{name:16s} {diffs[0]:18.3g} {diffs[1]:16.3g} {diffs[2]:18.3g} {all(x == 0 for x in diffs)}"
-        )
+        print(f"{name:16s} {diffs[0]:18.3g} {diffs[1]:16.3g} {diffs[2]:18.3g} {all(x == 0 for x in diffs)}")
 
 
 if __name__ == "__main__":

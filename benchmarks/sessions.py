@@ -33,20 +33,13 @@ CT = ROOT.parent / "shared" / "data" / "ct_abdomen_dicom" / "dicom"
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument(
-        "--cache-dir", default=None, help="embedding cache (a second run encodes nothing)"
-    )
+    ap.add_argument("--cache-dir", default=None, help="embedding cache (a second run encodes nothing)")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     volume = read_image(CT)
     prompts = json.loads((ROOT / "examples" / "ct_abdomen_prompts.json").read_text())
     prompts["objects"].append(
-        {
-            "id": 5,
-            "name": "vertebra T12",
-            "propagate": True,
-            "prompts": [{"slice": 10, "box": [310, 224, 380, 269]}],
-        }
+        {"id": 5, "name": "vertebra T12", "propagate": True, "prompts": [{"slice": 10, "box": [310, 224, 380, 269]}]}
     )
     backend = load_model()
     t0 = time.perf_counter()
@@ -54,14 +47,9 @@ def main() -> None:
         volume,
         parse_prompts(prompts),
         backend,
-        embeddings_for=lambda w, a: SliceEmbeddings(
-            backend, volume.array, w, a, cache_dir=args.cache_dir
-        ),
+        embeddings_for=lambda w, a: SliceEmbeddings(backend, volume.array, w, a, cache_dir=args.cache_dir),
     )
-    print(
-        f"replayed 5 objects in {time.perf_counter() - t0:.1f} s; labelled voxels "
-        f"{int((result.labels > 0).sum())}"
-    )
+    print(f"replayed 5 objects in {time.perf_counter() - t0:.1f} s; labelled voxels {int((result.labels > 0).sum())}")
     model = result.annotation
     image = ImageRef.of(volume.array, CT)
     saves, opens, records = [], [], []

@@ -102,9 +102,7 @@ def propagation_order(z0: int, n: int) -> list[int]:
     return list(range(z0, n)) + list(range(z0 - 1, -1, -1))
 
 
-def propagate(
-    masks_out: dict, z0: int, n: int, box0, decode_at: Callable[[int, tuple], np.ndarray]
-) -> None:
+def propagate(masks_out: dict, z0: int, n: int, box0, decode_at: Callable[[int, tuple], np.ndarray]) -> None:
     """Slice-by-slice box propagation: up from z0, then down; stops on an empty mask."""
     for direction in (1, -1):
         z, box = (z0, box0) if direction == 1 else (z0 - 1, bbox(masks_out[z0]))
@@ -115,9 +113,7 @@ def propagate(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--volume-repeats", type=int, default=3)
     ap.add_argument("--only", default="encoder,decoder,volume,propagation,threads")
@@ -136,9 +132,7 @@ def main() -> None:
     image = window.apply(vol.array[z0])
     ours = load_model("lite_medsam", precision="fp32")
     precisions = args.precisions.split(",")
-    variants = {
-        p: ours if p == "fp32" else load_model("lite_medsam", precision=p) for p in precisions
-    }
+    variants = {p: ours if p == "fp32" else load_model("lite_medsam", precision=p) for p in precisions}
     ref = Reference()
     box0 = bbox(labels[z0] == LIVER)
     rows: list[tuple[str, float, float, str]] = []
@@ -146,10 +140,7 @@ def main() -> None:
     def add_row(name: str, o: float, r: float, unit: str) -> None:
         rows.append((name, o, r, unit))
         k = 1000 if unit == "ms" else 1
-        print(
-            f"{name}: ours {o * k:.3f} {unit}, reference {r * k:.3f} {unit}, ratio {o / r:.2f}x",
-            flush=True,
-        )
+        print(f"{name}: ours {o * k:.3f} {unit}, reference {r * k:.3f} {unit}, ratio {o / r:.2f}x", flush=True)
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -180,9 +171,7 @@ def main() -> None:
         # (interleaving the two models above makes each evict the other's memory from the caches)
         with torch.inference_mode():
             [o] = interleaved([lambda: ours.decode(emb, boxes_rc=boxes).masks], args.repeats * 5)
-            [r] = interleaved(
-                [lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 5
-            )
+            [r] = interleaved([lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 5)
         add_row("decoder + upsampling / prompt, each alone", o, r, "ms")
 
         def fresh():  # the same embedding as a new object: the decoder's per-embedding work is redone
@@ -238,9 +227,7 @@ def main() -> None:
 
         def ours_propagation():
             ours.forget_recent()
-            stream = ours.embed_many(
-                window.apply(vol.array[z]) for z in order
-            )  # read ahead, in order
+            stream = ours.embed_many(window.apply(vol.array[z]) for z in order)  # read ahead, in order
             embs: dict[int, object] = {}
 
             def decode_at(z, box):
@@ -280,9 +267,7 @@ def main() -> None:
         slices = [window.apply(vol.array[z]) for z in range(0, n, 3)]
         cores = os.cpu_count() or 1
         default = torch.get_num_threads()
-        print(
-            f"\nslices/s against threads ({len(slices)} slices each, medians of {args.volume_repeats})"
-        )
+        print(f"\nslices/s against threads ({len(slices)} slices each, medians of {args.volume_repeats})")
         configs = []
         for t in sorted({1, 2, cores} - {0}):
             if t > cores:
@@ -302,10 +287,7 @@ def main() -> None:
                 torch.set_num_threads(t)
                 [ref.embed(s) for s in slices]
 
-            configs += [
-                (f"ours, {t} operator threads", ours_intra),
-                (f"reference, {t} operator threads", ref_intra),
-            ]
+            configs += [(f"ours, {t} operator threads", ours_intra), (f"reference, {t} operator threads", ref_intra)]
             if t > 1:
                 configs.append((f"ours, {t} slice workers x 1 thread", ours_workers))
         times = interleaved([c[1] for c in configs], args.volume_repeats)

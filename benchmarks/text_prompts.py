@@ -80,9 +80,7 @@ def run(method, backend, vol, labels, names, emb, sub_emb):
         where = f"slice {f.slice + 10}, conf {f.confidence:.2f}" if f else "not found"
         print(f"  {name:32s} Dice {scores[name]:.3f}  ({where})")
     vals = list(scores.values())
-    print(
-        f"  mean Dice {np.mean(vals):.3f}, median {statistics.median(vals):.3f}; not found: {missing or 'none'}"
-    )
+    print(f"  mean Dice {np.mean(vals):.3f}, median {statistics.median(vals):.3f}; not found: {missing or 'none'}")
     print(f"  confused (found object overlaps another structure most): {confusions or 'none'}")
 
 
@@ -94,16 +92,10 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     vol, labels, names = load_ct()
     backend = load_model()
-    win = resolve_window(
-        vol.array, None, vol.metadata.get("modality"), vol.metadata.get("dicom_window")
-    )
-    emb = SliceEmbeddings(
-        backend, vol.array, win, 0, cache_dir=args.cache_dir, image_hash=content_hash(vol.array)
-    )
+    win = resolve_window(vol.array, None, vol.metadata.get("modality"), vol.metadata.get("dicom_window"))
+    emb = SliceEmbeddings(backend, vol.array, win, 0, cache_dir=args.cache_dir, image_hash=content_hash(vol.array))
     sub_arr = np.ascontiguousarray(vol.array[TEST.start : TEST.stop])
-    sub_emb = SliceEmbeddings(
-        backend, sub_arr, win, 0, cache_dir=args.cache_dir, image_hash=content_hash(sub_arr)
-    )
+    sub_emb = SliceEmbeddings(backend, sub_arr, win, 0, cache_dir=args.cache_dir, image_hash=content_hash(sub_arr))
     for method in args.methods.split(","):
         run(method.strip(), backend, vol, labels, names, emb, sub_emb)
 

@@ -38,9 +38,7 @@ def pump(cond, timeout=1800.0):
     t0 = time.perf_counter()
     poll = QTimer()
     poll.setInterval(20)
-    poll.timeout.connect(
-        lambda: loop.quit() if cond() or time.perf_counter() - t0 > timeout else None
-    )
+    poll.timeout.connect(lambda: loop.quit() if cond() or time.perf_counter() - t0 > timeout else None)
     poll.start()
     if not cond():
         loop.exec_()
@@ -56,15 +54,9 @@ def main() -> None:
     import napari
     import napari._qt.qt_main_window as qt_main_window
 
-    qt_main_window.SHOW_QT_WARNING = (
-        False  # napari's PyQt5-deprecation toast would cover the canvas
-    )
+    qt_main_window.SHOW_QT_WARNING = False  # napari's PyQt5-deprecation toast would cover the canvas
     from napari.utils._test_utils import read_only_mouse_event
-    from napari.utils.interactions import (
-        mouse_move_callbacks,
-        mouse_press_callbacks,
-        mouse_release_callbacks,
-    )
+    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
     from napari_sam.models.registry import load_model
     from napari_sam.plugin.segment_widget import SegmentWidget
@@ -73,9 +65,7 @@ def main() -> None:
     ids = {v: k for k, v in names.items()}
     viewer = napari.Viewer(show=True, title="napari-sam")
     viewer.window.resize(1500, 950)
-    [image] = viewer.open(
-        str(shared_data_dir() / "ct_abdomen_dicom" / "dicom"), plugin="napari-sam"
-    )
+    [image] = viewer.open(str(shared_data_dir() / "ct_abdomen_dicom" / "dicom"), plugin="napari-sam")
     image.name = "CT abdomen"
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment Anything", area="right")
@@ -91,16 +81,11 @@ def main() -> None:
         viewer.layers.selection.active = s.boxes
         s.boxes.mode = "add_rectangle"
         ev = dict(button=1, dims_displayed=[1, 2], view_direction=[1.0, 0.0, 0.0])
-        mouse_press_callbacks(
-            s.boxes, read_only_mouse_event(type="mouse_press", position=tuple(a), **ev)
-        )
+        mouse_press_callbacks(s.boxes, read_only_mouse_event(type="mouse_press", position=tuple(a), **ev))
         mouse_move_callbacks(
-            s.boxes,
-            read_only_mouse_event(type="mouse_move", position=tuple(b), is_dragging=True, **ev),
+            s.boxes, read_only_mouse_event(type="mouse_move", position=tuple(b), is_dragging=True, **ev)
         )
-        mouse_release_callbacks(
-            s.boxes, read_only_mouse_event(type="mouse_release", position=tuple(b), **ev)
-        )
+        mouse_release_callbacks(s.boxes, read_only_mouse_event(type="mouse_release", position=tuple(b), **ev))
 
     def segment(name: str, organ_id: int, shoot: Path | None = None) -> None:
         truth = labels == organ_id

@@ -46,9 +46,7 @@ def main() -> None:
     k = int(np.argmax(spleen.sum(axis=(1, 2))))
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1500, 1000)
-    [image] = viewer.open(
-        str(shared_data_dir() / "ct_abdomen_dicom" / "dicom"), plugin="napari-sam"
-    )
+    [image] = viewer.open(str(shared_data_dir() / "ct_abdomen_dicom" / "dicom"), plugin="napari-sam")
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment Anything")
     viewer.dims.set_point(0, image.data_to_world((k, 0, 0))[0])
@@ -68,12 +66,8 @@ def main() -> None:
     s.points.mode = "add"
     ev = dict(button=1, dims_displayed=[1, 2], view_direction=[1.0, 0, 0])
     n = s.previews_shown
-    mouse_press_callbacks(
-        s.points, read_only_mouse_event(type="mouse_press", position=tuple(w), **ev)
-    )
-    mouse_release_callbacks(
-        s.points, read_only_mouse_event(type="mouse_release", position=tuple(w), **ev)
-    )
+    mouse_press_callbacks(s.points, read_only_mouse_event(type="mouse_press", position=tuple(w), **ev))
+    mouse_release_callbacks(s.points, read_only_mouse_event(type="mouse_release", position=tuple(w), **ev))
     pump(lambda: s.previews_shown > n)
     settle(0.8)
     shoot("napari_candidates.png")

@@ -39,9 +39,7 @@ def shared_data_dir() -> Path:
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(
-            f"real test data not found at {path} (set NAPARI_SAM_DATA to the shared data folder)"
-        )
+        pytest.skip(f"real test data not found at {path} (set NAPARI_SAM_DATA to the shared data folder)")
     return path
 
 
@@ -91,9 +89,7 @@ def ct_embeddings(lite_medsam, ct_volume):
     from napari_sam.embeddings import SliceEmbeddings
     from napari_sam.intensity import parse_window
 
-    return SliceEmbeddings(
-        lite_medsam, ct_volume.array, parse_window("-160,240"), axis=0, max_in_memory=32
-    )
+    return SliceEmbeddings(lite_medsam, ct_volume.array, parse_window("-160,240"), axis=0, max_in_memory=32)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,19 +14,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_sam.models.base import (
-    Backend,
-    Embedding,
-    logits_to_slice,
-    rc_to_model_xy,
-    to_model_input,
-)
+from napari_sam.models.base import Backend, Embedding, logits_to_slice, rc_to_model_xy, to_model_input
 
 
 class FakeBlobBackend(Backend):
-    def __init__(
-        self, image_size: int = 128, supports_points: bool = False, threshold: float = 0.5
-    ) -> None:
+    def __init__(self, image_size: int = 128, supports_points: bool = False, threshold: float = 0.5) -> None:
         self.name = "fake_blobs"
         self.image_size = image_size
         self.supports_points = supports_points
@@ -39,20 +31,11 @@ class FakeBlobBackend(Backend):
         self.embed_calls += 1
         t, (h, w) = to_model_input(np.asarray(image, np.float32), self.image_size)
         return Embedding(
-            features=t[:, :1].clone(),
-            original_size=tuple(image.shape[:2]),
-            input_size=(h, w),
-            model=self.name,
+            features=t[:, :1].clone(), original_size=tuple(image.shape[:2]), input_size=(h, w), model=self.name
         )
 
     def decode_low_res(
-        self,
-        embedding,
-        points_rc=None,
-        point_labels=None,
-        boxes_rc=None,
-        mask_input=None,
-        multimask=False,
+        self, embedding, points_rc=None, point_labels=None, boxes_rc=None, mask_input=None, multimask=False
     ):
         img = embedding.features[0, 0].numpy()
         fg = img > self.threshold
@@ -64,9 +47,7 @@ class FakeBlobBackend(Backend):
             m = np.zeros((s, s), bool)
             if boxes_rc is not None:
                 b = rc_to_model_xy(
-                    np.asarray(boxes_rc[i], np.float32).reshape(2, 2),
-                    embedding.original_size,
-                    embedding.input_size,
+                    np.asarray(boxes_rc[i], np.float32).reshape(2, 2), embedding.original_size, embedding.input_size
                 )
                 x0, y0 = np.floor(b[0]).astype(int) - 1
                 x1, y1 = np.ceil(b[1]).astype(int) + 1
@@ -79,9 +60,7 @@ class FakeBlobBackend(Backend):
                     m = lab == int(np.argmax(sizes))
             else:
                 x, y = rc_to_model_xy(
-                    np.asarray(points_rc[i][0], np.float32),
-                    embedding.original_size,
-                    embedding.input_size,
+                    np.asarray(points_rc[i][0], np.float32), embedding.original_size, embedding.input_size
                 )
                 lab, _ = ndimage.label(fg)
                 v = lab[min(s - 1, int(y)), min(s - 1, int(x))]
@@ -94,9 +73,7 @@ class FakeBlobBackend(Backend):
         return torch.from_numpy(np.stack(outs)), torch.from_numpy(np.stack(scores))
 
     def upsample(self, low_res, embedding):
-        return logits_to_slice(
-            low_res, embedding.input_size, self.image_size, embedding.original_size
-        )
+        return logits_to_slice(low_res, embedding.input_size, self.image_size, embedding.original_size)
 
 
 def blob_image(shape=(192, 192), centres=None, radius=7.0, seed=0, touching_pair: bool = True):
@@ -124,9 +101,7 @@ def blob_image(shape=(192, 192), centres=None, radius=7.0, seed=0, touching_pair
     return np.clip(img, 0, 1).astype(np.float32), labels
 
 
-def touching_pairs_image(
-    shape=(160, 160), seed: int = 0, a: float = 11.0, b: float = 6.0, seam: float = 0.35
-):
+def touching_pairs_image(shape=(160, 160), seed: int = 0, a: float = 11.0, b: float = 6.0, seam: float = 0.35):
     """Elongated nuclei, half of them in pairs pressed together along their
     long sides (no neck for a distance-transform watershed to cut: the blob
     proposals merge each pair), with a faint seam between the two that the
@@ -146,23 +121,15 @@ def touching_pairs_image(
             th = rng.uniform(0, np.pi)
             ca, sa = np.cos(th), np.sin(th)
             pair = (r // step + c // step) % 2 == 0
-            offs = (
-                [(-0.98 * b * sa, 0.98 * b * ca), (0.98 * b * sa, -0.98 * b * ca)]
-                if pair
-                else [(0.0, 0.0)]
-            )
+            offs = [(-0.98 * b * sa, 0.98 * b * ca), (0.98 * b * sa, -0.98 * b * ca)] if pair else [(0.0, 0.0)]
             for dr, dc in offs:
                 y, x = rr - (r + dr), cc - (c + dc)
                 u, v = x * ca + y * sa, -x * sa + y * ca
                 k += 1
                 labels[((u / a) ** 2 + (v / b) ** 2 <= 1) & (labels == 0)] = k
     img = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
-    other = ndimage.grey_dilation(labels, 3) != ndimage.grey_erosion(
-        np.where(labels == 0, labels.max() + 1, labels), 3
-    )
-    inside = (
-        ndimage.grey_erosion(np.where(labels == 0, labels.max() + 1, labels), 3) <= labels.max()
-    )
+    other = ndimage.grey_dilation(labels, 3) != ndimage.grey_erosion(np.where(labels == 0, labels.max() + 1, labels), 3)
+    inside = ndimage.grey_erosion(np.where(labels == 0, labels.max() + 1, labels), 3) <= labels.max()
     img[other & inside & (labels > 0)] = seam  # where two nuclei meet
     img = ndimage.gaussian_filter(img, 0.7) + rng.normal(0, 0.02, shape).astype(np.float32)
     return np.clip(img, 0, 1).astype(np.float32), labels

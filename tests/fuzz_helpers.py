@@ -47,9 +47,7 @@ def write_dicom_series(
     as ASCII: the locale is restored afterwards."""
     saved = locale.setlocale(locale.LC_CTYPE)
     try:
-        return _write_dicom_series(
-            folder, n, spacing, positions, series_uid, size, orientations, sizes, start
-        )
+        return _write_dicom_series(folder, n, spacing, positions, series_uid, size, orientations, sizes, start)
     finally:
         locale.setlocale(locale.LC_CTYPE, saved)
 
@@ -132,17 +130,13 @@ def cli_command(args: list) -> list[str]:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(
-        os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra
-    )
+    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
     return env
 
 
 def run_cli(args: list, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     """The CLI with the fake model, in a subprocess (real exit code and stderr)."""
-    return subprocess.run(
-        cli_command(args), capture_output=True, text=True, timeout=timeout, env=cli_env(**env)
-    )
+    return subprocess.run(cli_command(args), capture_output=True, text=True, timeout=timeout, env=cli_env(**env))
 
 
 def wait_for(predicate, timeout: float = 60.0) -> bool:

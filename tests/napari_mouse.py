@@ -16,11 +16,7 @@ from typing import Any
 
 import numpy as np
 import wrapt
-from napari.utils.interactions import (
-    mouse_move_callbacks,
-    mouse_press_callbacks,
-    mouse_release_callbacks,
-)
+from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
 __all__ = ["MouseEvent", "mouse"]
 

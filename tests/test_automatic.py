@@ -63,15 +63,11 @@ def test_settings_are_validated_with_actionable_errors():
     with pytest.raises(InputError, match="halo"):
         AutoSettings(tile_shape=(64, 64), halo=40)
     with pytest.raises(InputError, match="point-grid"):
-        AutomaticSegmenter(FakeBlobBackend(), AutoSettings(proposals="point-grid")).segment(
-            np.zeros((32, 32))
-        )
+        AutomaticSegmenter(FakeBlobBackend(), AutoSettings(proposals="point-grid")).segment(np.zeros((32, 32)))
 
 
 # ----------------------------------------------------------------------------- NMS and overlaps
-def _cand(
-    mask: np.ndarray, score: float, top: int = 0, left: int = 0, logit: float = 4.0
-) -> Candidate:
+def _cand(mask: np.ndarray, score: float, top: int = 0, left: int = 0, logit: float = 4.0) -> Candidate:
     return Candidate(
         top=top,
         left=left,
@@ -161,9 +157,7 @@ def test_zoomed_automatic_mode_embeds_crops_and_caches_them():
     backend = FakeBlobBackend(image_size=64)
     seg = AutomaticSegmenter(
         backend,
-        AutoSettings.for_microscopy(
-            zoom=ZoomSettings(min_crop=32), model_role="masks", keep_unanswered=False
-        ),
+        AutoSettings.for_microscopy(zoom=ZoomSettings(min_crop=32), model_role="masks", keep_unanswered=False),
         embeddings=CropEmbeddings(backend, max_in_memory=1000),
     )
     res = seg.segment(img)
@@ -179,9 +173,7 @@ def test_progress_and_cancel():
     token set mid-run (here: at the first decoding step) stops it there."""
     img, _ = blob_image((128, 128))
     events: list[Progress] = []
-    seg = AutomaticSegmenter(
-        FakeBlobBackend(), AutoSettings.for_microscopy(batch_size=2, model_role="masks")
-    )
+    seg = AutomaticSegmenter(FakeBlobBackend(), AutoSettings.for_microscopy(batch_size=2, model_role="masks"))
     seg.segment(img, progress=events.append)
     assert any("decoding" in e.stage for e in events) and events[-1].stage == "done"
     assert all(isinstance(e.done, int) and 0 <= e.done <= e.total for e in events)
@@ -284,13 +276,9 @@ def test_blobs_the_model_left_unanswered_are_kept_below_model_masks():
     regions[25:35, 20:30] = 2
     answer = np.full((12, 12), -3.0, np.float32)
     answer[1:11, 1:11] = 4.0  # the model's mask of blob 1 (slightly different outline)
-    kept = [
-        Candidate(top=4, left=4, logits=answer, score=0.9, stability=0.9, box_iou=0.9, prompt=0)
-    ]
+    kept = [Candidate(top=4, left=4, logits=answer, score=0.9, stability=0.9, box_iou=0.9, prompt=0)]
     extra = unanswered_regions(regions, kept)
     assert [c.prompt for c in extra] == [1]
-    assert (
-        np.array_equal(extra[0].mask, regions[25:35, 20:30] == 2) and extra[0].rank < kept[0].rank
-    )
+    assert np.array_equal(extra[0].mask, regions[25:35, 20:30] == 2) and extra[0].rank < kept[0].rank
     assert unanswered_regions(regions, kept + extra) == []
     assert non_max_suppression(kept + extra, 0.5)[0] is kept[0]

@@ -12,13 +12,7 @@ import pytest
 import tifffile
 
 from fake_blob_backend import FakeBlobBackend
-from napari_sam.automatic import (
-    Stack3DSettings,
-    StackSegmenter,
-    parse_spacing,
-    split_instances_3d,
-    stack_spacing,
-)
+from napari_sam.automatic import Stack3DSettings, StackSegmenter, parse_spacing, split_instances_3d, stack_spacing
 from napari_sam.errors import InputError
 from napari_sam.evaluation import match_instances
 from napari_sam.instance_errors import merge_split_counts
@@ -53,9 +47,7 @@ def test_3d_auto_finds_faint_nuclei_whole(faint_stack):
     proposals find the nuclei (F1@0.5 >= 0.80) with few merges of touching
     nuclei and few splits (fails when the spacing is ignored)."""
     s = faint_stack
-    res = StackSegmenter(None, Stack3DSettings(spacing=s.spacing, use_model=False)).segment(
-        _window(s.image)
-    )
+    res = StackSegmenter(None, Stack3DSettings(spacing=s.spacing, use_model=False)).segment(_window(s.image))
     m = match_instances(res.labels, s.labels)
     ms = merge_split_counts(res.labels, s.labels)
     assert res.labels.shape == s.image.shape and res.labels.dtype == np.int32
@@ -67,9 +59,7 @@ def test_linking_no_object_is_fragmented_across_slices(faint_stack):
     """Each matched nucleus is one id over (nearly) all the slices it spans:
     the 3D object is not cut into per-slice pieces (the slice-wise design's failure)."""
     s = faint_stack
-    res = StackSegmenter(None, Stack3DSettings(spacing=s.spacing, use_model=False)).segment(
-        _window(s.image)
-    )
+    res = StackSegmenter(None, Stack3DSettings(spacing=s.spacing, use_model=False)).segment(_window(s.image))
     m = match_instances(res.labels, s.labels)
     covered = []
     for p, r, _ in m.pairs:
@@ -118,9 +108,7 @@ def test_stack_spacing_from_option_header_and_imagej_tiff(tmp_path):
         resolution=(4.0, 4.0),
         metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"},
     )
-    assert stack_spacing(str(path), (1.0, 1.0, 1.0), False, None) == pytest.approx(
-        (1.5, 0.25, 0.25)
-    )
+    assert stack_spacing(str(path), (1.0, 1.0, 1.0), False, None) == pytest.approx((1.5, 0.25, 0.25))
     assert stack_spacing(str(path), (2.0, 0.5, 0.5), True, None) == (2.0, 0.5, 0.5)
     assert stack_spacing(str(path), (2.0, 0.5, 0.5), True, "3,1,1") == (3.0, 1.0, 1.0)
     plain = tmp_path / "plain.tif"

@@ -42,11 +42,7 @@ def test_auto_2d_tiff_with_the_embedded_model(tmp_path: Path, data_dir: Path, ca
     s = match_instances(labels, lab)
     assert s.f1 >= 0.7, s.summary()
     side = json.loads(out.with_suffix(".json").read_text())
-    assert (
-        side["mode"] == "automatic"
-        and side["preset"] == "microscopy"
-        and side["model"] == "lite_medsam"
-    )
+    assert side["mode"] == "automatic" and side["preset"] == "microscopy" and side["model"] == "lite_medsam"
     err = capsys.readouterr().err
     assert "wrote" in err and "object(s)" in err
 
@@ -199,12 +195,8 @@ def test_auto_3d_tiff_stack_with_imagej_spacing(tmp_path: Path, fake_model):
     assert labels.shape == s.image.shape
     assert match_instances(labels, s.labels).f1 >= 0.8
     side = json.loads(out.with_suffix(".json").read_text())
-    assert (
-        side["spacing_zyx"] == pytest.approx(list(s.spacing)) and side["design"] == "3d-proposals"
-    )
-    assert (
-        main(["auto", str(src), "--output", str(out), "--overwrite", "--spacing", "2,0.5,0.5"]) == 0
-    )
+    assert side["spacing_zyx"] == pytest.approx(list(s.spacing)) and side["design"] == "3d-proposals"
+    assert main(["auto", str(src), "--output", str(out), "--overwrite", "--spacing", "2,0.5,0.5"]) == 0
     assert json.loads(out.with_suffix(".json").read_text())["spacing_zyx"] == [2.0, 0.5, 0.5]
     bad = tmp_path / "bad.tif"
     assert main(["auto", str(src), "--output", str(bad), "--spacing", "1,x"]) == 2

@@ -70,9 +70,7 @@ def test_a_cut_is_kept_only_when_the_model_answers_every_part_as_an_object():
     on_crop = np.zeros((req.side, req.side), np.int32)
     on_crop[10 - req.top : 30 - req.top, 10 - req.left : 50 - req.left] = parts
     good = judge_split(h, req, _answer(on_crop, [0.9, 0.85, 0.8], True), quality=0.7, min_iou=0.4)
-    doubtful = judge_split(
-        h, req, _answer(on_crop, [0.9, 0.85, 0.5], True), quality=0.7, min_iou=0.4
-    )
+    doubtful = judge_split(h, req, _answer(on_crop, [0.9, 0.85, 0.5], True), quality=0.7, min_iou=0.4)
     empty = judge_split(h, req, _answer(on_crop, [0.9, 0.85, 0.8], False), quality=0.7, min_iou=0.4)
     assert good.accepted and not doubtful.accepted and not empty.accepted
     out = apply_splits(regions, [h, h, h], [good, doubtful, empty])
@@ -88,9 +86,7 @@ def test_mosaic_crops_come_back_where_they_were_taken():
     for i in (1, 2, 5, 7):
         rows, cols = np.nonzero(lab == i)
         box = np.array([[rows.min(), cols.min(), rows.max(), cols.max()]], np.float32)
-        reqs.append(
-            MosaicRequest(0, int(rows.min()) - 6, int(cols.min()) - 6, int(np.ptp(rows)) + 13, box)
-        )
+        reqs.append(MosaicRequest(0, int(rows.min()) - 6, int(cols.min()) - 6, int(np.ptp(rows)) + 13, box))
     backend = FakeBlobBackend(image_size=128)
     four = decode_in_mosaics(backend, [img], reqs, per_side=2)
     one = decode_in_mosaics(backend, [img], reqs, per_side=1)
@@ -99,10 +95,7 @@ def test_mosaic_crops_come_back_where_they_were_taken():
         truth = (lab == i)[req.slices]
         m = a.logits[0] > 0
         assert np.logical_and(m, truth).sum() / np.logical_or(m, truth).sum() >= 0.8
-        assert (
-            np.logical_and(m, b.logits[0] > 0).sum() / np.logical_or(m, b.logits[0] > 0).sum()
-            >= 0.8
-        )
+        assert np.logical_and(m, b.logits[0] > 0).sum() / np.logical_or(m, b.logits[0] > 0).sum() >= 0.8
 
 
 def test_split_check_splits_touching_pairs_only_with_the_models_answers():

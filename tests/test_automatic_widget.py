@@ -27,9 +27,7 @@ def widget(make_napari_viewer):
 
     viewer = make_napari_viewer()
     img, lab = touching_pairs_image()
-    viewer.add_image(
-        img, name="blobs", scale=(0.5, 0.5), translate=(3.0, 4.0), contrast_limits=(0.0, 1.0)
-    )
+    viewer.add_image(img, name="blobs", scale=(0.5, 0.5), translate=(3.0, 4.0), contrast_limits=(0.0, 1.0))
     w = AutoSegmentWidget(viewer, backend=FakeBlobBackend())
     viewer.window.add_dock_widget(w, name="Segment everything")
     return viewer, w, lab
@@ -94,14 +92,10 @@ def test_cancel_stops_without_writing(make_napari_viewer, qtbot):
 
     viewer = make_napari_viewer()
     img, _ = touching_pairs_image()
-    viewer.add_image(
-        np.block([[img, img], [img, img]]), name="blobs"
-    )  # ~20 splits to check: ~5 mosaics
+    viewer.add_image(np.block([[img, img], [img, img]]), name="blobs")  # ~20 splits to check: ~5 mosaics
     w = AutoSegmentWidget(viewer, backend=SlowBackend())
     w.run()
-    qtbot.waitUntil(
-        lambda: "checking splits" in w.status.text(), timeout=30_000
-    )  # it reports progress
+    qtbot.waitUntil(lambda: "checking splits" in w.status.text(), timeout=30_000)  # it reports progress
     w.cancel()
     qtbot.waitUntil(lambda: not w.running, timeout=30_000)
     assert "blobs objects" not in viewer.layers

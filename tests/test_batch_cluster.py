@@ -77,11 +77,7 @@ def client():
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit="3GB",
-        dashboard_address=None,
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GB", dashboard_address=None
     )
     c = Client(cluster)
     yield c
@@ -98,23 +94,11 @@ def alone(cohort: Path) -> dict[str, bytes]:
     for line in (cohort / "cohort.csv").read_text().splitlines()[1:5]:
         image, prompts, output, mode = line.split(",")
         dest = out / Path(output).name
-        args = [
-            mode,
-            str(cohort / image),
-            "--output",
-            str(dest),
-            "--quiet",
-            "--cache-dir",
-            str(out / "cache"),
-        ]
+        args = [mode, str(cohort / image), "--output", str(dest), "--quiet", "--cache-dir", str(out / "cache")]
         if prompts:
             args += ["--prompts", str(cohort / prompts)]
         assert main(args) == 0
-    return {
-        p.name: p.read_bytes()
-        for p in out.iterdir()
-        if p.is_file() and not p.name.endswith(".json")
-    }
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.endswith(".json")}
 
 
 @pytest.fixture(scope="module")
@@ -133,25 +117,16 @@ def test_cohort_outputs_byte_identical_to_each_case_alone(cohort: Path, first_ru
         assert (cohort / "out" / name).read_bytes() == data, name
     assert by_row[1]["encoder_calls"] > 0
     side = json.loads((cohort / "out" / "liver.json").read_text())
-    assert side["batch"]["settings"]["mode"] == "segment" and set(side["batch"]["inputs"]) == {
-        "image",
-        "prompts",
-    }
+    assert side["batch"]["settings"]["mode"] == "segment" and set(side["batch"]["inputs"]) == {"image", "prompts"}
     assert not list((cohort / "out").glob(".*partial*"))
 
 
 def test_failing_case_reported_while_others_finish(cohort: Path, first_run) -> None:
     bad = next(r for r in first_run if r["row"] == 5)
-    assert (
-        bad["status"] == "failed"
-        and "missing.nii.gz" in bad["reason"]
-        and "\n" not in bad["reason"]
-    )
+    assert bad["status"] == "failed" and "missing.nii.gz" in bad["reason"] and "\n" not in bad["reason"]
     assert not (cohort / "out" / "missing.nii.gz").exists()
     summary = (cohort / "cohort_summary.csv").read_text().splitlines()
-    assert summary[0].startswith(
-        "row,image,output,mode,status,seconds,encoder_calls,cache_hits,worker"
-    )
+    assert summary[0].startswith("row,image,output,mode,status,seconds,encoder_calls,cache_hits,worker")
     assert len(summary) == 6 and sum(",done," in s for s in summary) == 4
 
 
@@ -164,9 +139,7 @@ def test_second_run_does_nothing(cohort: Path, client, first_run) -> None:
     again = run(cohort / "cohort.csv", client, BatchSettings(cache_dir=str(cohort / "cache")))
     assert [r["status"] for r in again[:4]] == ["skipped"] * 4
     assert sum(r["encoder_calls"] for r in again) == 0
-    assert {
-        p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((cohort / "out").iterdir())
-    } == before
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((cohort / "out").iterdir())} == before
 
 
 def _executing(client) -> dict[str, list[str]]:
@@ -176,27 +149,20 @@ def _executing(client) -> dict[str, list[str]]:
     return client.run(keys)
 
 
-def test_worker_killed_mid_case_is_retried_and_output_identical(
-    cohort: Path, client, alone, data_dir
-) -> None:
+def test_worker_killed_mid_case_is_retried_and_output_identical(cohort: Path, client, alone, data_dir) -> None:
     from napari_sam.batch import run
     from napari_sam.batch_manifest import BatchSettings
 
     mr = data_dir / "mr_small" / "image.nii.gz"
     (cohort / "kill.csv").write_text(f"image,prompts,output\n{mr},liver.json,killed/liver.nii.gz\n")
     result: dict = {}
-    settings = BatchSettings(
-        cache_dir=str(cohort / "cache_kill")
-    )  # a cold cache, like the reference run
+    settings = BatchSettings(cache_dir=str(cohort / "cache_kill"))  # a cold cache, like the reference run
     t = threading.Thread(target=lambda: result.update(r=run(cohort / "kill.csv", client, settings)))
     t.start()
     victim = None
     deadline = time.monotonic() + 120
     while victim is None and time.monotonic() < deadline:
-        victim = next(
-            (a for a, ks in _executing(client).items() if any("napari-sam-case" in k for k in ks)),
-            None,
-        )
+        victim = next((a for a, ks in _executing(client).items() if any("napari-sam-case" in k for k in ks)), None)
         time.sleep(0.2)
     assert victim is not None, "the case never started"
     time.sleep(1.0)  # mid-case: the liver case takes several seconds
@@ -216,17 +182,9 @@ def test_precision_and_checkpoint_reach_the_workers(cohort: Path, client) -> Non
     from napari_sam.batch_manifest import BatchSettings
     from napari_sam.errors import ModelError
 
-    (cohort / "prec.csv").write_text(
-        "image,prompts,output\nmissing.nii.gz,liver.json,prec/x.nii.gz\n"
-    )
-    recs = run(
-        cohort / "prec.csv",
-        client,
-        BatchSettings(cache_dir=str(cohort / "cache"), precision="bf16"),
-    )
-    assert (
-        recs[0]["status"] == "failed"
-    )  # the case's own failure; the workers loaded the model meanwhile
+    (cohort / "prec.csv").write_text("image,prompts,output\nmissing.nii.gz,liver.json,prec/x.nii.gz\n")
+    recs = run(cohort / "prec.csv", client, BatchSettings(cache_dir=str(cohort / "cache"), precision="bf16"))
+    assert recs[0]["status"] == "failed"  # the case's own failure; the workers loaded the model meanwhile
 
     def tag(dask_worker) -> str:
         from napari_sam.models.precision import precision_tag

@@ -10,14 +10,7 @@ import numpy as np
 import pytest
 
 from napari_sam import outputs
-from napari_sam.batch_manifest import (
-    BatchSettings,
-    Case,
-    case_settings,
-    input_hashes,
-    is_finished,
-    read_manifest,
-)
+from napari_sam.batch_manifest import BatchSettings, Case, case_settings, input_hashes, is_finished, read_manifest
 from napari_sam.batch_outputs import remove_partials, write_case_outputs
 from napari_sam.errors import InputError, NapariSamError
 from napari_sam.io import Geometry
@@ -33,16 +26,9 @@ def test_manifest_resolves_relative_paths_and_modes(tmp_path: Path) -> None:
     sub = tmp_path / "cohort"
     sub.mkdir()
     m = sub / "m.csv"
-    m.write_text(
-        "image,prompts,output,window\na.nii.gz,p.json,out/a.nii.gz,soft-tissue\n\n"
-        "/abs/b.tif,,out/b.tif,\n"
-    )
+    m.write_text("image,prompts,output,window\na.nii.gz,p.json,out/a.nii.gz,soft-tissue\n\n/abs/b.tif,,out/b.tif,\n")
     a, b = read_manifest(m)
-    assert (
-        a.image == sub / "a.nii.gz"
-        and a.prompts == sub / "p.json"
-        and a.output == sub / "out" / "a.nii.gz"
-    )
+    assert a.image == sub / "a.nii.gz" and a.prompts == sub / "p.json" and a.output == sub / "out" / "a.nii.gz"
     assert (a.mode, a.window, a.row) == ("segment", "soft-tissue", 1)
     assert b.image == Path("/abs/b.tif") and b.mode == "auto" and b.prompts is None and b.row == 3
 
@@ -148,9 +134,7 @@ def test_case_outputs_follow_umask_and_partials_are_removed(tmp_path: Path) -> N
 
 
 def test_manifest_takes_slicer_and_dicom_seg_outputs_and_refuses_zarr(tmp_path: Path) -> None:
-    a, b = read_manifest(
-        _manifest(tmp_path, "image,prompts,output\nct,p.json,o/a.seg.nrrd\nct,p.json,o/b.dcm\n")
-    )
+    a, b = read_manifest(_manifest(tmp_path, "image,prompts,output\nct,p.json,o/a.seg.nrrd\nct,p.json,o/b.dcm\n"))
     assert a.output.name == "a.seg.nrrd" and b.output.name == "b.dcm"
     with pytest.raises(InputError, match=r"must end in one of .*\.seg\.nrrd, \.dcm"):
         read_manifest(_manifest(tmp_path, "image,output\na.zarr,o.zarr\n"))
@@ -182,18 +166,10 @@ def test_slicer_seg_case_output_with_its_batch_record(tmp_path: Path) -> None:
     ]
 
 
-def test_dicom_seg_case_output_of_the_ct_series(
-    tmp_path: Path, ct_dicom_dir: Path, ct_volume
-) -> None:
+def test_dicom_seg_case_output_of_the_ct_series(tmp_path: Path, ct_dicom_dir: Path, ct_volume) -> None:
     import pydicom
 
-    case = Case(
-        row=1,
-        image=ct_dicom_dir,
-        output=tmp_path / "seg.dcm",
-        mode="segment",
-        prompts=_case(tmp_path).prompts,
-    )
+    case = Case(row=1, image=ct_dicom_dir, output=tmp_path / "seg.dcm", mode="segment", prompts=_case(tmp_path).prompts)
     labels = np.zeros(ct_volume.shape, np.uint8)
     labels[10, 200:260, 150:230] = 5
     write_case_outputs(
@@ -212,9 +188,7 @@ def test_dicom_seg_case_output_of_the_ct_series(
     assert is_finished(case, BatchSettings()) and (tmp_path / "seg.json").is_file()
 
 
-def test_dicom_seg_case_of_a_non_dicom_image_fails_with_one_line(
-    tmp_path: Path, data_dir: Path
-) -> None:
+def test_dicom_seg_case_of_a_non_dicom_image_fails_with_one_line(tmp_path: Path, data_dir: Path) -> None:
     from napari_sam.batch_cases import run_case
 
     (tmp_path / "p.json").write_text(
@@ -237,9 +211,7 @@ def test_precision_is_recorded_and_a_changed_one_reruns_the_case(tmp_path: Path)
     _write(case, BatchSettings(precision="bf16"), np.ones((1, 6, 6), np.uint8))
     assert case_settings(case, BatchSettings(precision="bf16"))["precision"] == "bf16"
     assert is_finished(case, BatchSettings(precision="bf16"))
-    assert not is_finished(case, BatchSettings()) and not is_finished(
-        case, BatchSettings(precision="fp16")
-    )
+    assert not is_finished(case, BatchSettings()) and not is_finished(case, BatchSettings(precision="fp16"))
 
 
 def test_cli_batch_bad_precision_refused_before_a_cluster_starts(tmp_path: Path, capsys) -> None:

@@ -28,12 +28,7 @@ def _case(n: int = 120):
                 "prompts": [
                     {
                         "slice": int(i % 3),
-                        "box": [
-                            int(max(r, 0)),
-                            int(max(c, 0)),
-                            int(min(r + 14, 95)),
-                            int(min(c + 14, 95)),
-                        ],
+                        "box": [int(max(r, 0)), int(max(c, 0)), int(min(r + 14, 95)), int(min(c + 14, 95))],
                     }
                 ],
             }
@@ -61,9 +56,4 @@ def test_cropped_mask_round_trip():
     target = np.zeros((10, 12), np.uint16)
     target[3, 4] = 9
     c.paint_into(target, 5, only_where_zero=True)
-    assert (
-        target[3, 4] == 9
-        and target[2, 3] == 5
-        and target[7, 1] == 5
-        and (target > 0).sum() == m.sum()
-    )
+    assert target[3, 4] == 9 and target[2, 3] == 5 and target[7, 1] == 5 and (target > 0).sum() == m.sum()

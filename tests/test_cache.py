@@ -37,12 +37,8 @@ class CountingBackend(Backend):
 
     def embed(self, image: np.ndarray) -> Embedding:
         self.calls.append(float(image.mean()))
-        feats = torch.from_numpy(
-            np.stack([image[:8, :8] * k for k in (1.0, 2.0, 3.0)]).astype(np.float32)
-        )[None]
-        return Embedding(
-            features=feats, original_size=image.shape[:2], input_size=(8, 8), model=self.name
-        )
+        feats = torch.from_numpy(np.stack([image[:8, :8] * k for k in (1.0, 2.0, 3.0)]).astype(np.float32))[None]
+        return Embedding(features=feats, original_size=image.shape[:2], input_size=(8, 8), model=self.name)
 
     def decode_low_res(self, *a, **k):  # not used here
         raise NotImplementedError
@@ -69,11 +65,7 @@ def test_disk_round_trip_and_warm_reopen_encodes_nothing(tmp_path, volume):
     assert warm.encoder_calls == 0 and warm.disk_hits == 2 and len(be.calls) == 2
     for a, b in zip(first, again):
         assert torch.equal(a, b.features)
-    assert (
-        again[0].original_size == (12, 10)
-        and again[0].input_size == (8, 8)
-        and again[0].model == "counting"
-    )
+    assert again[0].original_size == (12, 10) and again[0].input_size == (8, 8) and again[0].model == "counting"
     assert warm.fill() == 4 and warm.missing() == []
     assert SliceEmbeddings(be, volume, win, cache_dir=tmp_path, dtype="float32").fill() == 0
 
@@ -136,9 +128,7 @@ def test_stale_entry_is_rebuilt(tmp_path, volume):
     again.get(0)
     assert again.encoder_calls == 1
     sig.write_text("{not json")
-    assert SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path).missing() == list(
-        range(6)
-    )
+    assert SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path).missing() == list(range(6))
 
 
 def test_corrupt_slice_is_detected_and_recomputed(tmp_path, volume):
@@ -146,9 +136,7 @@ def test_corrupt_slice_is_detected_and_recomputed(tmp_path, volume):
     e = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path)
     for i in (0, 1, 2):
         e.get(i)
-    chunks = sorted(
-        p for p in (e.store.path / "features").rglob("*") if p.is_file() and "zarr" not in p.name
-    )
+    chunks = sorted(p for p in (e.store.path / "features").rglob("*") if p.is_file() and "zarr" not in p.name)
     assert len(chunks) == 3
     chunks[1].write_bytes(b"\x00garbage" * 7)  # a damaged chunk
     chunks[2].write_bytes(chunks[0].read_bytes())  # a valid chunk holding the wrong slice
@@ -240,14 +228,10 @@ def test_a_crop_of_the_slices_is_its_own_cached_entry(tmp_path, volume):
     e = SliceEmbeddings(be, volume, win, cache_dir=tmp_path)
     crop = Crop.from_box((2, 1, 9, 8))
     got = e.get(3, crop)
-    assert be.calls == [
-        float(win.apply(volume[3, 2:10, 1:9]).mean())
-    ]  # the encoder saw the crop only
+    assert be.calls == [float(win.apply(volume[3, 2:10, 1:9]).mean())]  # the encoder saw the crop only
     assert got.original_size == (8, 8) and e.encoder_calls == 1
     assert e.get(3, crop) is got and len(be.calls) == 1  # from memory
-    assert (
-        e.get(3, Crop.whole((12, 10))) is e.get(3) and len(be.calls) == 2
-    )  # the whole slice is no crop
+    assert e.get(3, Crop.whole((12, 10))) is e.get(3) and len(be.calls) == 2  # the whole slice is no crop
     again = SliceEmbeddings(be, volume, win, cache_dir=tmp_path)
     assert again.get(3, crop).original_size == (8, 8)
     assert again.encoder_calls == 0 and again.disk_hits == 1

@@ -8,9 +8,7 @@ import torch
 from napari_sam.clicks import _Hyp, candidate_order, distinct
 
 
-def _hyp(
-    mask: np.ndarray, score: float, stability: float, edges=(0, 0, 0, 0), violations=0.0
-) -> _Hyp:
+def _hyp(mask: np.ndarray, score: float, stability: float, edges=(0, 0, 0, 0), violations=0.0) -> _Hyp:
     return _Hyp(
         box=np.zeros(4, np.float32),
         low=torch.zeros(2, 2),

@@ -39,9 +39,7 @@ def test_on_mr_box_fit_beats_the_single_mask_output(data_dir, lite_medsam):
     vol = read_image(d / "image.nii.gz")
     labels = read_labels_aligned(d / "labels.nii.gz", vol)
     assert len(json.loads((d / "labels.json").read_text())) == 23
-    emb = SliceEmbeddings(
-        lite_medsam, vol.array, resolve_window(vol.array, None, vol.metadata.get("modality"))
-    )
+    emb = SliceEmbeddings(lite_medsam, vol.array, resolve_window(vol.array, None, vol.metadata.get("modality")))
     single, chosen = [], []
     for i in [int(v) for v in np.unique(labels) if v]:
         gt = labels == i

@@ -34,11 +34,7 @@ def small_volume(tmp_path: Path) -> Path:
 @pytest.fixture()
 def prompts(tmp_path: Path) -> Path:
     path = tmp_path / "prompts.json"
-    path.write_text(
-        json.dumps(
-            {"objects": [{"id": 1, "name": "x", "prompts": [{"slice": 1, "box": [4, 4, 20, 20]}]}]}
-        )
-    )
+    path.write_text(json.dumps({"objects": [{"id": 1, "name": "x", "prompts": [{"slice": 1, "box": [4, 4, 20, 20]}]}]}))
     return path
 
 
@@ -50,10 +46,7 @@ def _run(args, capsys, expect_code: int, expect: str, output: Path, inputs: list
     assert len(err) == 1, err  # one line, no traceback
     assert err[0].startswith("napari-sam: error: ") and expect in err[0], err[0]
     assert "Traceback" not in err[0]
-    assert (
-        not output.exists()
-        and not output.with_name(output.name.replace(".nii.gz", ".json")).exists()
-    )
+    assert not output.exists() and not output.with_name(output.name.replace(".nii.gz", ".json")).exists()
     assert {p: _digest(p) for p in before} == before
 
 
@@ -74,28 +67,14 @@ def test_truncated_image(tmp_path, small_volume, prompts, capsys):
     bad = tmp_path / "trunc.nii.gz"
     bad.write_bytes(data[: len(data) // 2])
     out = tmp_path / "o.nii.gz"
-    _run(
-        ["segment", bad, "--prompts", prompts, "--output", out],
-        capsys,
-        2,
-        "cannot read image",
-        out,
-        [bad],
-    )
+    _run(["segment", bad, "--prompts", prompts, "--output", out], capsys, 2, "cannot read image", out, [bad])
 
 
 def test_corrupt_image(tmp_path, prompts, capsys):
     bad = tmp_path / "corrupt.nii.gz"
     bad.write_bytes(gzip.compress(b"this is not a nifti header" * 20))
     out = tmp_path / "o.nii.gz"
-    _run(
-        ["segment", bad, "--prompts", prompts, "--output", out],
-        capsys,
-        2,
-        "cannot read image",
-        out,
-        [bad],
-    )
+    _run(["segment", bad, "--prompts", prompts, "--output", out], capsys, 2, "cannot read image", out, [bad])
 
 
 def test_4d_image(tmp_path, prompts, capsys):
@@ -113,9 +92,7 @@ def test_empty_image(tmp_path, prompts, capsys):
     import tifffile
 
     p = tmp_path / "empty.tif"
-    with (
-        warnings.catch_warnings()
-    ):  # tifffile warns about writing an empty image: this test's setup, not ours
+    with warnings.catch_warnings():  # tifffile warns about writing an empty image: this test's setup, not ours
         warnings.simplefilter("ignore")
         tifffile.imwrite(str(p), np.zeros((0, 16), np.uint8))
     out = tmp_path / "o.nii.gz"
@@ -136,28 +113,14 @@ def test_nan_image(tmp_path, prompts, capsys):
     [
         ("{not json", "not valid JSON"),
         (json.dumps({"objects": []}), "non-empty list"),
+        (json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1, 2, 3]}]}]}), "'box' must be"),
         (
-            json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1, 2, 3]}]}]}),
-            "'box' must be",
-        ),
-        (
-            json.dumps(
-                {
-                    "objects": [
-                        {"id": 1, "prompts": [{"slice": 1, "points": [[3, 3]], "labels": [2]}]}
-                    ]
-                }
-            ),
+            json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 1, "points": [[3, 3]], "labels": [2]}]}]}),
             "labels must be 1",
         ),
+        (json.dumps({"objects": [{"id": "a", "prompts": [{"slice": 1, "box": [1, 2, 3, 4]}]}]}), "'id' must be"),
         (
-            json.dumps({"objects": [{"id": "a", "prompts": [{"slice": 1, "box": [1, 2, 3, 4]}]}]}),
-            "'id' must be",
-        ),
-        (
-            json.dumps(
-                {"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1, 2, 3, 4], "boxx": 1}]}]}
-            ),
+            json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1, 2, 3, 4], "boxx": 1}]}]}),
             "unknown key",
         ),
     ],
@@ -166,14 +129,7 @@ def test_malformed_prompts(tmp_path, small_volume, capsys, content, expect):
     p = tmp_path / "bad.json"
     p.write_text(content)
     out = tmp_path / "o.nii.gz"
-    _run(
-        ["segment", small_volume, "--prompts", p, "--output", out],
-        capsys,
-        2,
-        expect,
-        out,
-        [p, small_volume],
-    )
+    _run(["segment", small_volume, "--prompts", p, "--output", out], capsys, 2, expect, out, [p, small_volume])
 
 
 @pytest.mark.parametrize(
@@ -189,14 +145,7 @@ def test_prompt_outside_image(tmp_path, small_volume, capsys, prompt, expect):
     p = tmp_path / "p.json"
     p.write_text(json.dumps({"objects": [{"id": 1, "prompts": [prompt]}]}))
     out = tmp_path / "o.nii.gz"
-    _run(
-        ["segment", small_volume, "--prompts", p, "--output", out],
-        capsys,
-        2,
-        expect,
-        out,
-        [p, small_volume],
-    )
+    _run(["segment", small_volume, "--prompts", p, "--output", out], capsys, 2, expect, out, [p, small_volume])
 
 
 def test_unknown_model(tmp_path, small_volume, prompts, capsys):
@@ -222,17 +171,7 @@ def test_existing_output_without_overwrite(tmp_path, small_volume, prompts, caps
 
 def test_output_over_input_is_refused(tmp_path, small_volume, prompts, capsys):
     before = _digest(small_volume)
-    code = main(
-        [
-            "segment",
-            str(small_volume),
-            "--prompts",
-            str(prompts),
-            "--output",
-            str(small_volume),
-            "--overwrite",
-        ]
-    )
+    code = main(["segment", str(small_volume), "--prompts", str(prompts), "--output", str(small_volume), "--overwrite"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "input" in err[0]
     assert _digest(small_volume) == before

@@ -14,19 +14,13 @@ from napari_sam.geometry import box_of_mask
 from napari_sam.io import read_image
 
 
-def test_segment_dicom_to_nifti_with_overview(
-    tmp_path, ct_dicom_dir, ct_volume, ct_labels, ct_label_names
-):
+def test_segment_dicom_to_nifti_with_overview(tmp_path, ct_dicom_dir, ct_volume, ct_labels, ct_label_names):
     liver, spleen = ct_label_names["liver"], ct_label_names["spleen"]
     z = 12
     prompts = {
         "window": "soft-tissue",
         "objects": [
-            {
-                "id": 1,
-                "name": "liver",
-                "prompts": [{"slice": z, "box": list(box_of_mask(ct_labels[z] == liver))}],
-            },
+            {"id": 1, "name": "liver", "prompts": [{"slice": z, "box": list(box_of_mask(ct_labels[z] == liver))}]},
             {
                 "id": 2,
                 "name": "spleen",
@@ -64,9 +58,7 @@ def test_segment_dicom_to_nifti_with_overview(
     seg = sitk.GetArrayFromImage(img)
     assert dice(seg[z] == 1, ct_labels[z] == liver) > 0.95
     assert dice(seg[z] == 2, ct_labels[z] == spleen) > 0.93
-    assert (
-        seg[:z].max() == 0 and seg[z + 1 :].max() == 0
-    )  # only prompted slices (no propagation asked)
+    assert seg[:z].max() == 0 and seg[z + 1 :].max() == 0  # only prompted slices (no propagation asked)
     side = json.loads((tmp_path / "seg.json").read_text())
     assert side["labels"]["1"]["name"] == "liver" and side["labels"]["2"]["name"] == "spleen"
     assert ov.stat().st_size > 1000 and ov.read_bytes()[:4] == b"\x89PNG"
@@ -81,23 +73,13 @@ def test_segment_2d_tiff_with_clicks(tmp_path, data_dir):
     gt = lab == nid
     box = box_of_mask(gt)
     p = tmp_path / "p.json"
-    p.write_text(
-        json.dumps({"objects": [{"id": 3, "name": "nucleus", "prompts": [{"box": list(box)}]}]})
-    )
+    p.write_text(json.dumps({"objects": [{"id": 3, "name": "nucleus", "prompts": [{"box": list(box)}]}]}))
     out = tmp_path / "nuc.tif"
     from napari_sam.cli import main
 
     assert (
         main(
-            [
-                "segment",
-                str(data_dir / "nuclei_2d" / "image.tif"),
-                "--prompts",
-                str(p),
-                "--output",
-                str(out),
-                "--quiet",
-            ]
+            ["segment", str(data_dir / "nuclei_2d" / "image.tif"), "--prompts", str(p), "--output", str(out), "--quiet"]
         )
         == 0
     )

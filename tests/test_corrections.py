@@ -50,9 +50,7 @@ def test_negative_click_removes_the_neighbour_on_its_slice_and_the_neighbouring_
     after = state.volume_mask()
     # removed on every slice, not just 16 (what is left: the fused part next to the target)
     assert (after & other).sum() < 0.25 * (before & other).sum()
-    assert all(
-        (after & other)[i].sum() < 0.35 * max(1, (before & other)[i].sum()) for i in range(14, 19)
-    )
+    assert all((after & other)[i].sum() < 0.35 * max(1, (before & other)[i].sum()) for i in range(14, 19))
     assert dice(after, target) > max(0.9, d0 + 0.05)
     assert affected[0] <= z <= affected[1]
     # slices the neighbour never reached are kept bit for bit
@@ -69,9 +67,7 @@ def test_positive_click_extends_an_object_cut_short_and_changes_only_the_affecte
     prop = Propagator(backend, emb)
     state = PropagationState(shape=vol.shape)
     state.add_prompt(8, key_prompt(target, 8))
-    state.add_prompt(
-        3, key_prompt(target, 6)
-    )  # a second key below: 0..7 lies outside the range a click at 17 affects
+    state.add_prompt(3, key_prompt(target, 6))  # a second key below: 0..7 lies outside the range a click at 17 affects
     prop.propagate(state)
     before = {i: m.copy() for i, m in state.results.items()}
     assert not state.mask_slice(17).any()
@@ -109,12 +105,7 @@ def test_bad_corrections_are_refused_with_one_line():
         parse_prompts(
             {
                 "objects": [
-                    {
-                        "id": 1,
-                        "propagate": True,
-                        "prompts": [],
-                        "corrections": [{"point": [1, 2, 3], "label": 0}],
-                    }
+                    {"id": 1, "propagate": True, "prompts": [], "corrections": [{"point": [1, 2, 3], "label": 0}]}
                 ]
             }
         )
@@ -139,12 +130,7 @@ def test_bad_corrections_are_refused_with_one_line():
     pf = PromptsFile(
         objects=[
             ObjectPrompts(
-                1,
-                "t",
-                [key_prompt(target, 10)],
-                window=[0, 255],
-                propagate=True,
-                corrections=[((10, 64, 3), 0)],
+                1, "t", [key_prompt(target, 10)], window=[0, 255], propagate=True, corrections=[((10, 64, 3), 0)]
             )
         ]
     )
@@ -162,10 +148,7 @@ def test_prompts_file_corrections_equal_the_api_applied_in_order():
                 "window": [0, 255],
                 "propagate": True,
                 "prompts": [key_prompt(target, 10).to_json()],
-                "corrections": [
-                    {"point": [16, 32, 54], "label": 0},
-                    {"point": [5, 32, 30], "label": 1},
-                ],
+                "corrections": [{"point": [16, 32, 54], "label": 0}, {"point": [5, 32, 30], "label": 1}],
             }
         ]
     }

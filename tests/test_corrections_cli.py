@@ -22,31 +22,13 @@ def _segment(tmp_path, monkeypatch, vol, objects, name):
     prompts = tmp_path / f"{name}_prompts.json"  # not {name}.json: that is the output's sidecar
     prompts.write_text(json.dumps({"window": [0, 255], "objects": objects}))
     out = tmp_path / f"{name}.nii.gz"
-    rc = main(
-        [
-            "segment",
-            str(image),
-            "--prompts",
-            str(prompts),
-            "--output",
-            str(out),
-            "--no-cache",
-            "--quiet",
-        ]
-    )
+    rc = main(["segment", str(image), "--prompts", str(prompts), "--output", str(out), "--no-cache", "--quiet"])
     return rc, (sitk.GetArrayFromImage(sitk.ReadImage(str(out))) if rc == 0 else None)
 
 
-def test_cli_correction_removes_the_leak_and_keeps_the_slices_it_does_not_reach(
-    tmp_path, monkeypatch
-):
+def test_cli_correction_removes_the_leak_and_keeps_the_slices_it_does_not_reach(tmp_path, monkeypatch):
     vol, target, other = leaky_scene()
-    obj = {
-        "id": 1,
-        "name": "target",
-        "propagate": True,
-        "prompts": [key_prompt(target, 10).to_json()],
-    }
+    obj = {"id": 1, "name": "target", "propagate": True, "prompts": [key_prompt(target, 10).to_json()]}
     rc, plain = _segment(tmp_path, monkeypatch, vol, [obj], "plain")
     assert rc == 0
     corrected_obj = dict(obj, corrections=[{"point": [16, 32, 54], "label": 0}])

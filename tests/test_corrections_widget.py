@@ -45,9 +45,7 @@ def test_widget_correction_removes_the_leak_in_3d_and_matches_the_core(leaky_wid
     after = np.asarray(s.labels.data) == obj.id
     assert np.array_equal(after, obj.state.volume_mask())  # the layer shows the corrected state
     assert (after & other).sum() < 0.25 * (before & other).sum()
-    assert all(
-        np.array_equal(after[i], before[i]) for i in range(12)
-    )  # slices the leak never reached
+    assert all(np.array_equal(after[i], before[i]) for i in range(12))  # slices the leak never reached
     # the same as the core's apply_correction from the same start
     core = PropagationState(shape=vol.shape)
     core.add_prompt(10, key_prompt(target, 10))
@@ -55,9 +53,7 @@ def test_widget_correction_removes_the_leak_in_3d_and_matches_the_core(leaky_wid
     from napari_sam.intensity import Window
     from napari_sam.propagation import Propagator
 
-    prop = Propagator(
-        BrightInBoxBackend(), SliceEmbeddings(BrightInBoxBackend(), vol, Window(0, 255))
-    )
+    prop = Propagator(BrightInBoxBackend(), SliceEmbeddings(BrightInBoxBackend(), vol, Window(0, 255)))
     apply_correction(core, prop, Correction((16, 32, 54), 0))
     assert np.array_equal(core.volume_mask(), after)
     # one undo step brings the leak back

@@ -79,23 +79,13 @@ def test_right_checksum_is_cached_and_second_call_makes_no_request(server, tmp_p
     assert server.requests == ["/model.pt"]
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "no temporary file left behind"
     again = fetch(f"{server.url}/model.pt", "model.pt", f"sha256:{SHA256}", progress=False)
-    assert again == path and server.requests == ["/model.pt"], (
-        "the cached, verified file was downloaded again"
-    )
+    assert again == path and server.requests == ["/model.pt"], "the cached, verified file was downloaded again"
 
 
 def test_wrong_checksum_is_refused_and_removed(server, tmp_path):
     wrong = "0" * 64
-    with pytest.raises(
-        ModelError, match="checksum does not match.*the downloaded file was deleted"
-    ) as err:
-        fetch(
-            f"{server.url}/model.pt",
-            "model.pt",
-            f"sha256:{wrong}",
-            directory=tmp_path,
-            progress=False,
-        )
+    with pytest.raises(ModelError, match="checksum does not match.*the downloaded file was deleted") as err:
+        fetch(f"{server.url}/model.pt", "model.pt", f"sha256:{wrong}", directory=tmp_path, progress=False)
     assert "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == [], "a refused download must leave nothing in the cache"
     assert server.requests == ["/model.pt"]
@@ -108,19 +98,11 @@ def test_corrupted_cache_is_detected_and_replaced(server, tmp_path):
 
 
 def test_xxh128_checksum(server, tmp_path):
-    xxhash = pytest.importorskip(
-        "xxhash", reason="xxhash verifies micro-sam's published xxh128 checksums"
-    )
+    xxhash = pytest.importorskip("xxhash", reason="xxhash verifies micro-sam's published xxh128 checksums")
     good = xxhash.xxh128(PAYLOAD).hexdigest()
     fetch(f"{server.url}/model.pt", "a.pt", f"xxh128:{good}", directory=tmp_path, progress=False)
     with pytest.raises(ModelError, match="checksum does not match"):
-        fetch(
-            f"{server.url}/model.pt",
-            "b.pt",
-            "xxh128:" + "0" * 32,
-            directory=tmp_path,
-            progress=False,
-        )
+        fetch(f"{server.url}/model.pt", "b.pt", "xxh128:" + "0" * 32, directory=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
 
 
@@ -151,14 +133,7 @@ def test_offline_error_says_what_to_do(tmp_path, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(ModelError) as err:
-        fetch(
-            f"http://127.0.0.1:{port}/model.pt",
-            "model.pt",
-            SHA256,
-            directory=tmp_path,
-            progress=False,
-            what="vit_b",
-        )
+        fetch(f"http://127.0.0.1:{port}/model.pt", "model.pt", SHA256, directory=tmp_path, progress=False, what="vit_b")
     msg = str(err.value)
     assert msg.startswith("could not download vit_b from 127.0.0.1: no network connection")
     assert "--checkpoint PATH" in msg and "\n" not in msg
@@ -169,16 +144,8 @@ def test_unwritable_cache_error_says_what_to_do(server, tmp_path):
     """A cache folder that cannot be created (its parent is a file): no request is made."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(
-        ModelError, match=r"model cache .* is not writable .*set NAPARI_SAM_MODEL_DIR"
-    ):
-        fetch(
-            f"{server.url}/model.pt",
-            "model.pt",
-            SHA256,
-            directory=blocker / "models",
-            progress=False,
-        )
+    with pytest.raises(ModelError, match=r"model cache .* is not writable .*set NAPARI_SAM_MODEL_DIR"):
+        fetch(f"{server.url}/model.pt", "model.pt", SHA256, directory=blocker / "models", progress=False)
     assert server.requests == []
 
 
@@ -190,10 +157,7 @@ def test_read_only_cache_with_the_file_already_there_works(server, tmp_path, mon
         raise AssertionError("no write check needed for a cached file")
 
     monkeypatch.setattr(download, "_check_writable", refuse)
-    assert (
-        fetch(f"{server.url}/model.pt", "model.pt", SHA256, directory=tmp_path).read_bytes()
-        == PAYLOAD
-    )
+    assert fetch(f"{server.url}/model.pt", "model.pt", SHA256, directory=tmp_path).read_bytes() == PAYLOAD
     assert server.requests == ["/model.pt"]
 
 
@@ -235,9 +199,7 @@ def test_cli_download_and_models(server, tmp_path, monkeypatch, capsys):
     from napari_sam.cli import main
     from napari_sam.models import registry as reg
 
-    spec = dataclasses.replace(
-        reg.REGISTRY["vit_b_lm"], url=f"{server.url}/model.pt", sha256=SHA256, checksum=None
-    )
+    spec = dataclasses.replace(reg.REGISTRY["vit_b_lm"], url=f"{server.url}/model.pt", sha256=SHA256, checksum=None)
     monkeypatch.setitem(reg.REGISTRY, "vit_b_lm", spec)
     monkeypatch.setenv("NAPARI_SAM_MODEL_DIR", str(tmp_path))
     assert main(["download", "vit_b_lm", "--quiet"]) == 0
@@ -245,10 +207,6 @@ def test_cli_download_and_models(server, tmp_path, monkeypatch, capsys):
     assert main(["download", "vit_b_lm", "--quiet"]) == 0 and server.requests == ["/model.pt"]
     assert main(["models"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert (
-        "cached" in lines["vit_b_lm"]
-        and "download" in lines["vit_b"]
-        and "embedded" in lines["lite_medsam"]
-    )
+    assert "cached" in lines["vit_b_lm"] and "download" in lines["vit_b"] and "embedded" in lines["lite_medsam"]
     assert main(["download", "nope"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err

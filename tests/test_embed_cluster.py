@@ -28,11 +28,7 @@ def client():
     from napari_sam.batch import register_model
 
     cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit="3GB",
-        dashboard_address=None,
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GB", dashboard_address=None
     )
     c = Client(cluster)
     register_model(c, torch_threads=1)
@@ -43,14 +39,10 @@ def client():
 
 def _entry(cache: Path):
     [path] = list(cache.glob("*.zarr"))
-    return zarr.open_array(str(path / "features"), mode="r"), zarr.open_array(
-        str(path / "crc"), mode="r"
-    )
+    return zarr.open_array(str(path / "features"), mode="r"), zarr.open_array(str(path / "crc"), mode="r")
 
 
-def test_two_workers_fill_one_entry_and_a_rerun_finds_everything(
-    client, data_dir, tmp_path
-) -> None:
+def test_two_workers_fill_one_entry_and_a_rerun_finds_everything(client, data_dir, tmp_path) -> None:
     import torch
 
     from napari_sam.embed_cluster import EmbedJob, embed_on_cluster
@@ -69,9 +61,7 @@ def test_two_workers_fill_one_entry_and_a_rerun_finds_everything(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as on the workers
     try:
-        local = SliceEmbeddings(
-            load_model(), vol.array, resolve_window(vol.array), 0, cache_dir=tmp_path / "local"
-        )
+        local = SliceEmbeddings(load_model(), vol.array, resolve_window(vol.array), 0, cache_dir=tmp_path / "local")
         assert local.fill(range(4, 12)) == 8
     finally:
         torch.set_num_threads(threads)
@@ -84,27 +74,14 @@ def test_two_workers_fill_one_entry_and_a_rerun_finds_everything(
     assert (again.encoded, again.cached, again.tasks) == (0, 8, 0)
 
 
-def test_cli_embed_on_a_local_cluster_then_segment_encodes_nothing(
-    data_dir, tmp_path, capsys
-) -> None:
+def test_cli_embed_on_a_local_cluster_then_segment_encodes_nothing(data_dir, tmp_path, capsys) -> None:
     from napari_sam.cli import main
 
     mr = data_dir / "mr_small" / "image.nii.gz"
     cache = tmp_path / "cache"
     assert (
         main(
-            [
-                "embed",
-                str(mr),
-                "--workers",
-                "2",
-                "--slices",
-                "6:8",
-                "--slices-per-task",
-                "1",
-                "--cache-dir",
-                str(cache),
-            ]
+            ["embed", str(mr), "--workers", "2", "--slices", "6:8", "--slices-per-task", "1", "--cache-dir", str(cache)]
         )
         == 0
     )
@@ -140,10 +117,7 @@ def test_cli_embed_on_a_local_cluster_then_segment_encodes_nothing(
     )
     side = json.loads((tmp_path / "k.json").read_text())
     assert side["encoder_calls"] == 0 and side["cache_hits"] >= 1
-    assert (
-        main(["embed", str(mr), "--workers", "2", "--slices", "6:8", "--cache-dir", str(cache)])
-        == 0
-    )
+    assert main(["embed", str(mr), "--workers", "2", "--slices", "6:8", "--cache-dir", str(cache)]) == 0
     assert "0 slice(s) encoded in 0 task(s)" in capsys.readouterr().err
 
 

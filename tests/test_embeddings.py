@@ -43,9 +43,7 @@ class SlowBackend(Backend):
         with self._count:
             self.active -= 1
         feats = torch.full((1, 2, 4, 4), float(image.mean()))
-        return Embedding(
-            features=feats, original_size=image.shape[:2], input_size=(8, 8), model=self.name
-        )
+        return Embedding(features=feats, original_size=image.shape[:2], input_size=(8, 8), model=self.name)
 
     def decode_low_res(self, *a, **k):
         raise NotImplementedError
@@ -61,12 +59,8 @@ def test_one_encoder_lock_for_slices_and_crops_of_every_provider():
     vol = np.random.default_rng(0).random((8, 32, 32)).astype(np.float32)
     slices = SliceEmbeddings(be, vol, Window(0, 1))
     crops = CropEmbeddings(be)  # another provider, same backend
-    assert (
-        slices.provider is not crops.provider and slices.provider.encoder is crops.provider.encoder
-    )
-    assert encoder_lock(be) is slices.provider.encoder and encoder_lock(
-        SlowBackend()
-    ) is not encoder_lock(be)
+    assert slices.provider is not crops.provider and slices.provider.encoder is crops.provider.encoder
+    assert encoder_lock(be) is slices.provider.encoder and encoder_lock(SlowBackend()) is not encoder_lock(be)
 
     def crop_work():
         for k in range(8):

@@ -56,18 +56,10 @@ def ours(reference_net):
         ("prompt_encoder", prompt_encoder),
         ("mask_decoder", mask_decoder),
     ):
-        module.load_state_dict(
-            {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        )
+        module.load_state_dict({k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")})
     fold_batchnorm(encoder)
     return SamFamilyBackend(
-        "random_lite",
-        encoder,
-        prompt_encoder,
-        mask_decoder,
-        256,
-        torch.device("cpu"),
-        supports_points=False,
+        "random_lite", encoder, prompt_encoder, mask_decoder, 256, torch.device("cpu"), supports_points=False
     )
 
 
@@ -80,26 +72,17 @@ def test_onednn_kernels_equal_plain_pytorch():
     other = torch.randn(2, 16, 9, 11, generator=g).contiguous(memory_format=torch.channels_last)
     dw, b = torch.randn(16, 1, 3, 3, generator=g), torch.randn(16, generator=g)
     pw = torch.randn(16, 16, 1, 1, generator=g)
-    lin_x, lin_w, lin_b = (
-        torch.randn(3, 5, 8, generator=g),
-        torch.randn(12, 8, generator=g),
-        torch.randn(12),
-    )
+    lin_x, lin_w, lin_b = (torch.randn(3, 5, 8, generator=g), torch.randn(12, 8, generator=g), torch.randn(12))
     with torch.inference_mode():
         for stride in (1, 2):
             torch.testing.assert_close(
-                onednn.conv2d(x, dw, b, 1, stride, 16, gelu=True),
-                F.gelu(F.conv2d(x, dw, b, stride, 1, 1, 16)),
+                onednn.conv2d(x, dw, b, 1, stride, 16, gelu=True), F.gelu(F.conv2d(x, dw, b, stride, 1, 1, 16))
             )
         torch.testing.assert_close(onednn.conv2d_add(x, other, pw, b), F.conv2d(x, pw, b) + other)
-        torch.testing.assert_close(
-            onednn.linear(lin_x, lin_w, lin_b, gelu=True), F.gelu(F.linear(lin_x, lin_w, lin_b))
-        )
+        torch.testing.assert_close(onednn.linear(lin_x, lin_w, lin_b, gelu=True), F.gelu(F.linear(lin_x, lin_w, lin_b)))
         torch.testing.assert_close(onednn.linear(lin_x, lin_w, None), F.linear(lin_x, lin_w))
         res = torch.randn(3, 5, 12, generator=g)
-        torch.testing.assert_close(
-            onednn.linear_add(lin_x, res, lin_w, lin_b), F.linear(lin_x, lin_w, lin_b) + res
-        )
+        torch.testing.assert_close(onednn.linear_add(lin_x, res, lin_w, lin_b), F.linear(lin_x, lin_w, lin_b) + res)
 
 
 def test_onednn_falls_back_for_autograd_and_when_disabled(monkeypatch):
@@ -122,9 +105,7 @@ def test_banded_convolutions_equal_whole_image(monkeypatch, stride, residual):
     conv1 = torch.nn.Conv2d(c, hidden, 1)
     conv2 = torch.nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden)
     conv3 = torch.nn.Conv2d(hidden, out, 1)
-    x = torch.randn(2, c, 37, 29).contiguous(
-        memory_format=torch.channels_last
-    )  # odd sizes, batch 2
+    x = torch.randn(2, c, 37, 29).contiguous(memory_format=torch.channels_last)  # odd sizes, batch 2
     with torch.no_grad():
         whole = conv3(F.gelu(conv2(F.gelu(conv1(x)))))
         whole = F.gelu(whole + x) if residual else whole
@@ -205,9 +186,7 @@ def test_decoder_equals_reference(reference_weights, lite_medsam, ct_embeddings,
             {"points": None, "boxes": xyxy, "masks": torch.from_numpy(mask_input)},
             {"boxes_rc": boxes_rc, "mask_input": mask_input},
         )
-        xy = torch.from_numpy(
-            pts[..., ::-1].copy() * scale
-        )  # points alone (with the padding point)
+        xy = torch.from_numpy(pts[..., ::-1].copy() * scale)  # points alone (with the padding point)
         check(
             {"points": (xy, torch.from_numpy(lab)), "boxes": None, "masks": None},
             {"points_rc": pts, "point_labels": lab},
@@ -234,9 +213,7 @@ class _CountingEncoder(torch.nn.Module):
 def tiny_backend():
     torch.manual_seed(0)
     prompt_encoder, mask_decoder = build_sam_prompt_decoder(embedding_size=16, input_size=64)
-    return SamFamilyBackend(
-        "tiny", _CountingEncoder(), prompt_encoder, mask_decoder, 64, torch.device("cpu")
-    )
+    return SamFamilyBackend("tiny", _CountingEncoder(), prompt_encoder, mask_decoder, 64, torch.device("cpu"))
 
 
 def test_embed_many_in_order_each_distinct_slice_once(tiny_backend):
@@ -265,9 +242,7 @@ def test_embed_many_in_order_each_distinct_slice_once(tiny_backend):
 def test_embed_many_stops_cleanly_when_abandoned(tiny_backend):
     rng = np.random.default_rng(1)
     threads = torch.get_num_threads()
-    gen = tiny_backend.embed_many(
-        (rng.random((32, 32), dtype=np.float32) for _ in range(50)), workers=2
-    )
+    gen = tiny_backend.embed_many((rng.random((32, 32), dtype=np.float32) for _ in range(50)), workers=2)
     next(gen)
     gen.close()
     assert torch.get_num_threads() == threads
@@ -357,13 +332,9 @@ def test_prepared_image_decoder_equals_plain_decoder():
                 p.copy_(p + 0.3 * torch.randn_like(p))
     feats = torch.randn(1, 256, 16, 16, dtype=torch.float64)
     boxes = torch.tensor(
-        [[4.0, 6.0, 40.0, 30.0], [10.0, 10.0, 60.0, 62.0], [0.0, 0.0, 63.0, 63.0]],
-        dtype=torch.float64,
+        [[4.0, 6.0, 40.0, 30.0], [10.0, 10.0, 60.0, 62.0], [0.0, 0.0, 63.0, 63.0]], dtype=torch.float64
     )
-    points = (
-        torch.tensor([[[20.0, 22.0], [40.0, 9.0]]], dtype=torch.float64),
-        torch.tensor([[1, 0]]),
-    )
+    points = (torch.tensor([[[20.0, 22.0], [40.0, 9.0]]], dtype=torch.float64), torch.tensor([[1, 0]]))
     with torch.inference_mode():
         image_pe = prompt_encoder.get_dense_pe()
         for prompts in (
@@ -375,17 +346,13 @@ def test_prepared_image_decoder_equals_plain_decoder():
             prepared = mask_decoder.prepare_image(feats, image_pe, dense)
             for multimask in (False, True):
                 low, iou = mask_decoder(feats, image_pe, sparse, dense, multimask)
-                low_p, iou_p = mask_decoder(
-                    None, image_pe, sparse, None, multimask, prepared=prepared
-                )
+                low_p, iou_p = mask_decoder(None, image_pe, sparse, None, multimask, prepared=prepared)
                 assert low_p.shape == low.shape == (sparse.shape[0], 3 if multimask else 1, 64, 64)
                 torch.testing.assert_close(low_p, low, rtol=1e-9, atol=1e-9)
                 torch.testing.assert_close(iou_p, iou, rtol=1e-9, atol=1e-9)
             # all four mask tokens (predict_masks' default) through the same path
             low4, iou4 = mask_decoder.predict_masks(feats, image_pe, sparse, dense)
-            low4_p, iou4_p = mask_decoder.predict_masks(
-                None, image_pe, sparse, None, prepared=prepared
-            )
+            low4_p, iou4_p = mask_decoder.predict_masks(None, image_pe, sparse, None, prepared=prepared)
             torch.testing.assert_close(low4_p, low4, rtol=1e-9, atol=1e-9)
             torch.testing.assert_close(iou4_p, iou4, rtol=1e-9, atol=1e-9)
 
@@ -399,10 +366,7 @@ def test_prompts_on_one_embedding_equal_each_on_a_fresh_embedding(lite_medsam, c
 
     def fresh() -> Embedding:
         return Embedding(
-            features=emb.features.clone(),
-            original_size=emb.original_size,
-            input_size=emb.input_size,
-            model=emb.model,
+            features=emb.features.clone(), original_size=emb.original_size, input_size=emb.input_size, model=emb.model
         )
 
     def kept_for(e: Embedding):
@@ -410,14 +374,8 @@ def test_prompts_on_one_embedding_equal_each_on_a_fresh_embedding(lite_medsam, c
 
     prompts = [
         {"boxes_rc": np.array([[150, 200, 300, 330]], np.float32)},
-        {
-            "points_rc": np.array([[[230, 260], [300, 150]]], np.float32),
-            "point_labels": np.array([[1, 0]]),
-        },
-        {
-            "boxes_rc": np.array([[250, 100, 330, 180], [0, 0, 511, 511]], np.float32),
-            "multimask": True,
-        },
+        {"points_rc": np.array([[[230, 260], [300, 150]]], np.float32), "point_labels": np.array([[1, 0]])},
+        {"boxes_rc": np.array([[250, 100, 330, 180], [0, 0, 511, 511]], np.float32), "multimask": True},
         {"boxes_rc": np.array([[200, 220, 260, 300]], np.float32), "multimask": True},
     ]
     shared = fresh()
@@ -426,9 +384,7 @@ def test_prompts_on_one_embedding_equal_each_on_a_fresh_embedding(lite_medsam, c
         for i, p in enumerate(prompts):
             on_shared.append(lite_medsam.decode_low_res(shared, **p))
             kept = kept_for(shared)
-            assert len(kept) == 1 and (kept[0] is None) == (
-                i == 0
-            )  # prepared from the second decode on
+            assert len(kept) == 1 and (kept[0] is None) == (i == 0)  # prepared from the second decode on
         batch = fresh()
         lite_medsam.decode_low_res(batch, **prompts[2])
         assert kept_for(batch)[0] is not None  # a batch of prompts: prepared at once

@@ -44,9 +44,7 @@ def disk_samples(lite_medsam):
     img, lab = _disks()
     win = Window(0.0, 1.0)
     emb = SliceEmbeddings(lite_medsam, img, win, 0)
-    samples = samples_from_volume(
-        lambda w: emb, lab, {}, {i: win for i in range(1, 5)}, "disks", 256
-    )
+    samples = samples_from_volume(lambda w: emb, lab, {}, {i: win for i in range(1, 5)}, "disks", 256)
     return img, lab, emb, samples
 
 
@@ -54,9 +52,7 @@ def _fixed_loss(trainer: DecoderTrainer, samples) -> float:
     with torch.no_grad():
         total = []
         for s in samples:
-            logits, iou = trainer.forward(
-                s, jittered_box(s.mask, np.random.default_rng(0), jitter=0.0)[None]
-            )
+            logits, iou = trainer.forward(s, jittered_box(s.mask, np.random.default_rng(0), jitter=0.0)[None])
             total.append(float(trainer.loss(logits, iou, s.target[None])))
     return float(np.mean(total))
 
@@ -69,9 +65,7 @@ def _decoder_state(backend) -> dict[str, torch.Tensor]:
     }
 
 
-def test_tiny_finetune_lowers_its_training_loss_and_reloads_safely(
-    lite_medsam, disk_samples, tmp_path
-):
+def test_tiny_finetune_lowers_its_training_loss_and_reloads_safely(lite_medsam, disk_samples, tmp_path):
     _, _, _, samples = disk_samples
     settings = FinetuneSettings(epochs=3, lr=1e-3, val_fraction=0.0, patience=3, anchor=0.0)
     before = _fixed_loss(DecoderTrainer(lite_medsam, settings), samples)
@@ -94,9 +88,7 @@ def test_tiny_finetune_lowers_its_training_loss_and_reloads_safely(
 
 def test_checkpoint_records_its_provenance(lite_medsam, disk_samples, tmp_path):
     img, lab, _, samples = disk_samples
-    data = [
-        {"image": "disks", "image_sha256": content_hash(img), "labels_sha256": content_hash(lab)}
-    ]
+    data = [{"image": "disks", "image_sha256": content_hash(img), "labels_sha256": content_hash(lab)}]
     settings = FinetuneSettings(epochs=1, lr=1e-4, val_fraction=0.25, seed=3)
     out = tmp_path / "tuned.pt"
     res = finetune_samples(lite_medsam, samples, settings, output=out, data=data)
@@ -134,12 +126,7 @@ def test_interruption_keeps_the_best_checkpoint_so_far(lite_medsam, disk_samples
     assert prov["validation"]["interrupted"] is True
     assert prov["validation"]["best_epoch"] == res.result.best_epoch
     loaded = load_model("lite_medsam", checkpoint=out)
-    for (
-        k,
-        v,
-    ) in (
-        res.trainer.mask_decoder.state_dict().items()
-    ):  # the trainer holds the best epoch's weights
+    for k, v in res.trainer.mask_decoder.state_dict().items():  # the trainer holds the best epoch's weights
         assert torch.equal(loaded.mask_decoder.state_dict()[k], v), k
     assert not list(tmp_path.glob(".tuned.pt.*"))  # no temporary file left behind
 
@@ -147,20 +134,14 @@ def test_interruption_keeps_the_best_checkpoint_so_far(lite_medsam, disk_samples
 def test_adaptation_does_not_touch_the_base_model(lite_medsam, disk_samples):
     _, lab, emb, _ = disk_samples
     before = _decoder_state(lite_medsam)
-    res = adapt_to_slices(
-        lite_medsam, emb, {0: lab[0] == 1, 2: lab[2] == 1}, time_budget=600, max_steps=2
-    )
+    res = adapt_to_slices(lite_medsam, emb, {0: lab[0] == 1, 2: lab[2] == 1}, time_budget=600, max_steps=2)
     after = _decoder_state(lite_medsam)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert res.steps == 2
     adapted = _decoder_state(res.backend)
     assert any(not torch.equal(before[k], adapted[k]) for k in before)
-    assert (
-        res.backend.image_encoder is lite_medsam.image_encoder
-    )  # shared, frozen: embeddings stay valid
-    short = adapt_to_slices(
-        lite_medsam, emb, {0: lab[0] == 1}, time_budget=0.0
-    )  # the budget is obeyed
+    assert res.backend.image_encoder is lite_medsam.image_encoder  # shared, frozen: embeddings stay valid
+    short = adapt_to_slices(lite_medsam, emb, {0: lab[0] == 1}, time_budget=0.0)  # the budget is obeyed
     assert short.steps == 0
     with pytest.raises(InputError, match="at least one committed slice"):
         adapt_to_slices(lite_medsam, emb, {0: np.zeros((96, 96), bool)})
@@ -169,13 +150,7 @@ def test_adaptation_does_not_touch_the_base_model(lite_medsam, disk_samples):
 def test_prompts_file_adapt_key():
     from napari_sam.prompts import parse_prompts
 
-    obj = {
-        "id": 1,
-        "name": "colon",
-        "propagate": True,
-        "adapt": True,
-        "prompts": [{"slice": 3, "box": [1, 1, 9, 9]}],
-    }
+    obj = {"id": 1, "name": "colon", "propagate": True, "adapt": True, "prompts": [{"slice": 3, "box": [1, 1, 9, 9]}]}
     pf = parse_prompts({"objects": [obj]})
     assert pf.objects[0].adapt and pf.to_json()["objects"][0]["adapt"] is True
     with pytest.raises(InputError, match="'adapt' must be true or false"):
@@ -196,11 +171,7 @@ def test_finetune_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys
     from napari_sam.cli import main
 
     monkeypatch.chdir(tmp_path)
-    args = (
-        ["finetune", "--images", "a.tif"]
-        + (["--labels", "a_lab.tif"] if "--labels" not in extra else [])
-        + extra
-    )
+    args = ["finetune", "--images", "a.tif"] + (["--labels", "a_lab.tif"] if "--labels" not in extra else []) + extra
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err

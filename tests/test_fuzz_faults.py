@@ -47,18 +47,7 @@ def case(tmp_path):
 
 def _segment(tmp_path, img, prompts, out, *extra, **env):
     return run_cli(
-        [
-            "segment",
-            img,
-            "--prompts",
-            prompts,
-            "--output",
-            out,
-            "--quiet",
-            "--cache-dir",
-            tmp_path / "cache",
-            *extra,
-        ],
+        ["segment", img, "--prompts", prompts, "--output", out, "--quiet", "--cache-dir", tmp_path / "cache", *extra],
         **env,
     )
 
@@ -150,19 +139,7 @@ def test_output_inside_dicom_folder_hardlinked_to_a_slice(tmp_path):
     os.link(files[2], out)
     prompts = write_prompts(tmp_path / "p.json")
     before = tree(d)
-    proc = run_cli(
-        [
-            "segment",
-            d,
-            "--prompts",
-            prompts,
-            "--output",
-            out,
-            "--overwrite",
-            "--quiet",
-            "--no-cache",
-        ]
-    )
+    proc = run_cli(["segment", d, "--prompts", prompts, "--output", out, "--overwrite", "--quiet", "--no-cache"])
     _one_line_error(proc, 2, "input")
     assert tree(d) == before
 
@@ -215,9 +192,7 @@ def test_files_get_the_umask_permissions(tmp_path, umask, mode):
         out = write_labels(tmp_path / "l.nii.gz", np.ones((1, 4, 4), np.uint8), Geometry())
     finally:
         os.umask(old)
-    assert (out.stat().st_mode & 0o777) == mode and (
-        sidecar_path(out).stat().st_mode & 0o777
-    ) == mode
+    assert (out.stat().st_mode & 0o777) == mode and (sidecar_path(out).stat().st_mode & 0o777) == mode
 
 
 def test_a_failing_file_leaves_nothing_of_the_set(tmp_path):
@@ -246,10 +221,7 @@ def test_a_failing_verification_leaves_nothing_and_keeps_the_old_files(tmp_path)
     ]
     with pytest.raises(OutputError, match="does not read back"):
         write_outputs(files, overwrite=True)
-    assert (
-        tree(tmp_path) == {"a.json": digest(tmp_path / "a.json")}
-        and (tmp_path / "a.json").read_bytes() == b"old a"
-    )
+    assert tree(tmp_path) == {"a.json": digest(tmp_path / "a.json")} and (tmp_path / "a.json").read_bytes() == b"old a"
 
 
 def test_a_failing_rename_rolls_back_the_renamed(tmp_path, monkeypatch):
@@ -286,10 +258,7 @@ def tiny_tmpfs(tmp_path):
         pytest.skip("mounting a small tmpfs needs root")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    if (
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(mnt)]).returncode
-        != 0
-    ):
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(mnt)]).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)])
@@ -303,17 +272,13 @@ def test_full_disk_leaves_nothing_and_names_the_output(tmp_path, tiny_tmpfs, suf
         from PIL import Image
 
         img = tmp_path / "big.png"
-        Image.fromarray(
-            np.random.default_rng(0).integers(0, 255, (160, 160)).astype(np.uint8)
-        ).save(img)
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (160, 160)).astype(np.uint8)).save(img)
     filler = tiny_tmpfs / "filler"
     filler.write_bytes(os.urandom(12 * 1024))
     before = tree(tiny_tmpfs)
     out = tiny_tmpfs / f"seg{suffix}"
     if suffix == ".tif":
-        prompts = write_prompts(
-            tmp_path / "p2.json", [{"id": 1, "prompts": [{"box": [6, 6, 150, 150]}]}]
-        )
+        prompts = write_prompts(tmp_path / "p2.json", [{"id": 1, "prompts": [{"box": [6, 6, 150, 150]}]}])
     proc = _segment(tmp_path, img, prompts, out, "--overview", tiny_tmpfs / "ov.png")
     _one_line_error(proc, 1, str(out.parent), "no space left on device", "nothing written")
     assert tree(tiny_tmpfs) == before
@@ -323,9 +288,7 @@ def test_read_only_overview_folder_refused_before_any_work(tmp_path, tiny_tmpfs)
     img = write_volume(tmp_path / "img.nii.gz")
     prompts = write_prompts(tmp_path / "p.json")
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
-    proc = _segment(
-        tmp_path, img, prompts, tmp_path / "o.nii.gz", "--overview", tiny_tmpfs / "ov.png"
-    )
+    proc = _segment(tmp_path, img, prompts, tmp_path / "o.nii.gz", "--overview", tiny_tmpfs / "ov.png")
     _one_line_error(proc, 2, "read-only")
     assert not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "o.json").exists()
 
@@ -335,19 +298,7 @@ def test_read_only_cache_dir_falls_back_to_memory(tmp_path, tiny_tmpfs):
     prompts = write_prompts(tmp_path / "p.json")
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
     out = tmp_path / "o.nii.gz"
-    proc = run_cli(
-        [
-            "segment",
-            img,
-            "--prompts",
-            prompts,
-            "--output",
-            out,
-            "--quiet",
-            "--cache-dir",
-            tiny_tmpfs,
-        ]
-    )
+    proc = run_cli(["segment", img, "--prompts", prompts, "--output", out, "--quiet", "--cache-dir", tiny_tmpfs])
     assert proc.returncode == 0, proc.stderr
     assert "warning" in proc.stderr and "memory" in proc.stderr and out.exists()
 
@@ -385,9 +336,7 @@ def test_damaged_cache_entry_is_rebuilt_with_a_warning(cached_run, damage):
         proc = _segment(tmp_path, img, prompts, out)
         assert proc.returncode == 0, proc.stderr
         assert digest(out) == digest(first)
-        if (
-            k == 0 and damage != "garbage-signature"
-        ):  # a stale signature is rebuilt silently, as before
+        if k == 0 and damage != "garbage-signature":  # a stale signature is rebuilt silently, as before
             assert "napari-sam: warning: " in proc.stderr and "damaged" in proc.stderr, proc.stderr
 
 
@@ -402,16 +351,7 @@ def test_damaged_entry_warning_is_given(cached_run):
         k: v
         for k, v in sig.items()
         if k
-        not in (
-            "format",
-            "n_slices",
-            "dtype",
-            "feature_shape",
-            "original_size",
-            "input_size",
-            "model_name",
-            "extra",
-        )
+        not in ("format", "n_slices", "dtype", "feature_shape", "original_size", "input_size", "model_name", "extra")
     }
     key = entry.name.rsplit("-", 1)[0]
     with pytest.warns(NapariSamWarning, match="damaged"):
@@ -429,12 +369,7 @@ def test_chunk_copied_from_another_slice_is_detected(tmp_path):
     for i in (9, 10):
         store.save(
             i,
-            Embedding(
-                features=torch.full((1, 2, 4, 4), float(i)),
-                original_size=(8, 8),
-                input_size=(8, 8),
-                model="m",
-            ),
+            Embedding(features=torch.full((1, 2, 4, 4), float(i)), original_size=(8, 8), input_size=(8, 8), model="m"),
         )
     store._features[10] = store._features[9]
     store._crc[10] = store._crc[9]
@@ -448,30 +383,11 @@ def test_chunk_copied_from_another_slice_is_detected(tmp_path):
 def test_sigkill_during_embedding_then_rerun_is_byte_identical(case):
     tmp_path, img, prompts = case
     clean = tmp_path / "clean.nii.gz"
-    assert (
-        run_cli(
-            ["segment", img, "--prompts", prompts, "--output", clean, "--quiet", "--no-cache"]
-        ).returncode
-        == 0
-    )
+    assert run_cli(["segment", img, "--prompts", prompts, "--output", clean, "--quiet", "--no-cache"]).returncode == 0
     out = tmp_path / "o.nii.gz"
-    argv = [
-        "segment",
-        img,
-        "--prompts",
-        prompts,
-        "--output",
-        out,
-        "--quiet",
-        "--cache-dir",
-        tmp_path / "cache",
-    ]
-    proc = subprocess.Popen(
-        cli_command(argv), env=cli_env(FAKE_EMBED_DELAY="0.5"), stderr=subprocess.PIPE
-    )
-    assert wait_for(
-        lambda: (tmp_path / "cache").exists() and any((tmp_path / "cache").glob("*.zarr"))
-    )
+    argv = ["segment", img, "--prompts", prompts, "--output", out, "--quiet", "--cache-dir", tmp_path / "cache"]
+    proc = subprocess.Popen(cli_command(argv), env=cli_env(FAKE_EMBED_DELAY="0.5"), stderr=subprocess.PIPE)
+    assert wait_for(lambda: (tmp_path / "cache").exists() and any((tmp_path / "cache").glob("*.zarr")))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
@@ -527,23 +443,13 @@ def test_two_concurrent_runs_sharing_a_cache_agree(case):
             tmp_path / "cache",
         ]
         procs.append(
-            subprocess.Popen(
-                cli_command(argv),
-                env=cli_env(FAKE_EMBED_DELAY="0.05"),
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            subprocess.Popen(cli_command(argv), env=cli_env(FAKE_EMBED_DELAY="0.05"), stderr=subprocess.PIPE, text=True)
         )
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     clean = tmp_path / "clean.nii.gz"
-    assert (
-        run_cli(
-            ["segment", img, "--prompts", prompts, "--output", clean, "--quiet", "--no-cache"]
-        ).returncode
-        == 0
-    )
+    assert run_cli(["segment", img, "--prompts", prompts, "--output", clean, "--quiet", "--no-cache"]).returncode == 0
     assert digest(outs[0]) == digest(outs[1]) == digest(clean)
 
 
@@ -551,26 +457,9 @@ def test_cli_bad_prompt_is_one_line_exit_2(case):
     tmp_path, img, _ = case
     bad = tmp_path / "bad.json"
     bad.write_text(
-        json.dumps(
-            {
-                "objects": [
-                    {"id": 1, "propagte": True, "prompts": [{"slice": 1, "box": [1, 1, 5, 5]}]}
-                ]
-            }
-        )
+        json.dumps({"objects": [{"id": 1, "propagte": True, "prompts": [{"slice": 1, "box": [1, 1, 5, 5]}]}]})
     )
-    proc = run_cli(
-        [
-            "segment",
-            img,
-            "--prompts",
-            bad,
-            "--output",
-            tmp_path / "o.nii.gz",
-            "--quiet",
-            "--no-cache",
-        ]
-    )
+    proc = run_cli(["segment", img, "--prompts", bad, "--output", tmp_path / "o.nii.gz", "--quiet", "--no-cache"])
     _one_line_error(proc, 2, "'propagte'", "did you mean 'propagate'")
 
 

@@ -56,10 +56,7 @@ PROMPT_CASES = {
     "top-list": ([1, 2], "top level must be"),
     "objects-empty": ({"objects": []}, "non-empty"),
     "prompts-null": ({"objects": [{"id": 1, "prompts": None}]}, "'prompts' must be"),
-    "corrections-bad": (
-        {"objects": [_obj(corrections=[{"point": [1, 2], "label": 1}])]},
-        "'point' must be",
-    ),
+    "corrections-bad": ({"objects": [_obj(corrections=[{"point": [1, 2], "label": 1}])]}, "'point' must be"),
 }
 
 UNKNOWN_KEY_CASES = {
@@ -67,11 +64,7 @@ UNKNOWN_KEY_CASES = {
     "object-propagte": ({"objects": [_obj(propagte=True)]}, "'propagte'", "'propagate'"),
     "object-colour": ({"objects": [_obj(colour=[1, 2, 3])]}, "'colour'", "'color'"),
     "prompt-bx": (_prompt(bx=[1, 1, 2, 2]), "'bx'", "'box'"),
-    "correction-pont": (
-        {"objects": [_obj(corrections=[{"pont": [1, 2, 3], "label": 1}])]},
-        "'pont'",
-        "'point'",
-    ),
+    "correction-pont": ({"objects": [_obj(corrections=[{"pont": [1, 2, 3], "label": 1}])]}, "'pont'", "'point'"),
     "object-unrelated": ({"objects": [_obj(zzzzzz=1)]}, "'zzzzzz'", "valid keys"),
 }
 
@@ -105,18 +98,9 @@ def test_unknown_keys_refused_with_closest_valid_key(tmp_path, case):
 @pytest.mark.parametrize(
     "text,expect",
     [
-        (
-            '{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1e400, 1, 2, 2]}]}]}',
-            "too large",
-        ),
-        (
-            '{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [NaN, 1, 2, 2]}]}]}',
-            "not a number",
-        ),
-        (
-            '{"objects": [{"id": 1, "prompts": [{"slice": 1, "points": [[Infinity, 1]]}]}]}',
-            "not a number",
-        ),
+        ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1e400, 1, 2, 2]}]}]}', "too large"),
+        ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [NaN, 1, 2, 2]}]}]}', "not a number"),
+        ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "points": [[Infinity, 1]]}]}]}', "not a number"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         ("", "not valid JSON"),
         ("\udcff", "not valid JSON"),
@@ -134,36 +118,14 @@ def test_hostile_json_is_an_input_error(tmp_path, text, expect):
     "objects,shape,is_2d,expect",
     [
         (
-            [
-                {
-                    "id": 1,
-                    "propagate": True,
-                    "range": [3, 5],
-                    "prompts": [{"slice": 1, "box": [1, 1, 4, 4]}],
-                }
-            ],
+            [{"id": 1, "propagate": True, "range": [3, 5], "prompts": [{"slice": 1, "box": [1, 1, 4, 4]}]}],
             (8, 16, 16),
             False,
             "outside the object's range",
         ),
-        (
-            [{"id": 1, "propagate": True, "prompts": [{"box": [1, 1, 4, 4]}]}],
-            (1, 16, 16),
-            True,
-            "needs a 3D image",
-        ),
-        (
-            [{"id": 1, "prompts": [{"slice": 9, "box": [1, 1, 4, 4]}]}],
-            (8, 16, 16),
-            False,
-            "outside 0..7",
-        ),
-        (
-            [{"id": 1, "prompts": [{"slice": 1, "box": [1, 1, 40, 4]}]}],
-            (8, 16, 16),
-            False,
-            "lies outside",
-        ),
+        ([{"id": 1, "propagate": True, "prompts": [{"box": [1, 1, 4, 4]}]}], (1, 16, 16), True, "needs a 3D image"),
+        ([{"id": 1, "prompts": [{"slice": 9, "box": [1, 1, 4, 4]}]}], (8, 16, 16), False, "outside 0..7"),
+        ([{"id": 1, "prompts": [{"slice": 1, "box": [1, 1, 40, 4]}]}], (8, 16, 16), False, "lies outside"),
     ],
 )
 def test_prompts_checked_against_the_image(objects, shape, is_2d, expect):
@@ -179,14 +141,9 @@ def test_propagate_on_2d_refused_alike_for_grey_and_rgb(tmp_path):
     from napari_sam.prompts import parse_prompts
     from napari_sam.segmentation import segment_volume
 
-    doc = parse_prompts(
-        {"objects": [{"id": 1, "propagate": True, "prompts": [{"box": [1, 1, 4, 4]}]}]}
-    )
+    doc = parse_prompts({"objects": [{"id": 1, "propagate": True, "prompts": [{"box": [1, 1, 4, 4]}]}]})
     msgs = []
-    for arr, rgb in (
-        (np.zeros((1, 16, 16), np.uint8), False),
-        (np.zeros((1, 16, 16, 3), np.uint8), True),
-    ):
+    for arr, rgb in ((np.zeros((1, 16, 16), np.uint8), False), (np.zeros((1, 16, 16, 3), np.uint8), True)):
         with pytest.raises(InputError) as err:
             segment_volume(Volume(arr, metadata={"is_2d": True, "is_rgb": rgb}), doc, backend=None)
         msgs.append(str(err.value))
@@ -211,9 +168,7 @@ def _series(tmp_path: Path, kind: str) -> Path:
     elif kind in ("truncated-slice", "garbage-slice"):
         files = write_dicom_series(d)
         data = files[3].read_bytes()
-        files[3].write_bytes(
-            data[: len(data) - 200] if kind == "truncated-slice" else data[:132] + b"\xff" * 300
-        )
+        files[3].write_bytes(data[: len(data) - 200] if kind == "truncated-slice" else data[:132] + b"\xff" * 300)
     elif kind == "two-series":
         write_dicom_series(d, series_uid="1.2.3.4.1")
         write_dicom_series(d, series_uid="1.2.3.4.2", start=100)
@@ -259,9 +214,7 @@ def test_series_option_picks_one_of_two(tmp_path):
 
 
 def test_regular_series_reads_on_its_grid(tmp_path):
-    vol = read_image(
-        _series(tmp_path, "regular")
-    )  # the helper's default series: 6 slices 2 mm apart
+    vol = read_image(_series(tmp_path, "regular"))  # the helper's default series: 6 slices 2 mm apart
     assert vol.shape == (6, 16, 16) and vol.geometry.spacing[2] == pytest.approx(2.0)
 
 
@@ -269,10 +222,7 @@ def test_regular_series_reads_on_its_grid(tmp_path):
 
 
 def _nifti(path: Path, shape=(4, 8, 8), affine=None, dtype=np.int16, fill=1) -> Path:
-    nib.save(
-        nib.Nifti1Image(np.full(shape, fill, dtype), np.eye(4) if affine is None else affine),
-        str(path),
-    )
+    nib.save(nib.Nifti1Image(np.full(shape, fill, dtype), np.eye(4) if affine is None else affine), str(path))
     return path
 
 

@@ -32,13 +32,9 @@ def test_dicom_series_geometry_and_metadata(ct_volume):
 
 def test_labels_on_flipped_grid_are_aligned_by_geometry(ct_volume, ct_labels, data_dir):
     """labels.nii.gz stores y flipped: index-wise comparison would be wrong."""
-    raw = sitk.GetArrayFromImage(
-        sitk.ReadImage(str(data_dir / "ct_abdomen_dicom" / "labels.nii.gz"))
-    )
+    raw = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "ct_abdomen_dicom" / "labels.nii.gz")))
     assert ct_labels.shape == ct_volume.shape
-    np.testing.assert_array_equal(
-        ct_labels, raw[:, ::-1, :]
-    )  # the flip, recovered from geometry alone
+    np.testing.assert_array_equal(ct_labels, raw[:, ::-1, :])  # the flip, recovered from geometry alone
     # liver (5) lies in the patient's right = image left in LPS display (low column index)
     cols = np.nonzero(ct_labels == 5)[2]
     assert cols.mean() < 256
@@ -84,9 +80,7 @@ def test_volume_formats_round_trip(tmp_path, suffix):
     np.testing.assert_allclose(direction, d0, rtol=0, atol=1e-6)
     # NRRD/MHA sources are written back in their own format exactly too
     if suffix in (".nrrd", ".mha"):
-        out2 = write_labels(
-            tmp_path / f"lab2{suffix}", (vol.array > 0).astype(np.uint8), vol.geometry
-        )
+        out2 = write_labels(tmp_path / f"lab2{suffix}", (vol.array > 0).astype(np.uint8), vol.geometry)
         for a, b in zip(_geometry_of(out2)[1:], _geometry_of(src)[1:]):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
 

@@ -31,9 +31,7 @@ def test_paint_tile_into_zarr_equals_in_memory_stitch(tmp_path, seed: int) -> No
     grid = TileGrid((300, 250), (96, 80), 16)
     tiles = _random_tile_labels(grid, seed)
     want = stitch_tile_labels(grid, tiles)
-    out = zarr.open_array(
-        str(tmp_path / "l.zarr"), mode="w", shape=grid.shape, chunks=(64, 64), dtype="int32"
-    )
+    out = zarr.open_array(str(tmp_path / "l.zarr"), mode="w", shape=grid.shape, chunks=(64, 64), dtype="int32")
     next_id = 1
     for k, lab in enumerate(tiles):
         next_id = paint_tile(out, grid, k, lab, next_id)
@@ -45,13 +43,9 @@ def test_open_lazy_zarr_ome_zarr_and_tiff(tmp_path) -> None:
     import tifffile
 
     img = (np.arange(200 * 300) % 251).astype(np.uint16).reshape(200, 300)
-    zarr.open_array(
-        str(tmp_path / "a.zarr"), mode="w", shape=img.shape, chunks=(64, 64), dtype="uint16"
-    )[:] = img
+    zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=img.shape, chunks=(64, 64), dtype="uint16")[:] = img
     g = zarr.open_group(str(tmp_path / "ome.zarr"), mode="w")
-    g.create_array("0", shape=(1, 1, *img.shape), chunks=(1, 1, 64, 64), dtype="uint16")[:] = img[
-        None, None
-    ]
+    g.create_array("0", shape=(1, 1, *img.shape), chunks=(1, 1, 64, 64), dtype="uint16")[:] = img[None, None]
     g.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}]}]
     tifffile.imwrite(tmp_path / "t.tif", img, tile=(64, 64))
     for name in ("a.zarr", "ome.zarr", "t.tif"):

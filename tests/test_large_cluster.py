@@ -44,12 +44,7 @@ def test_zarr_larger_than_worker_memory_segmented_tile_by_tile(data_dir, tmp_pat
     nuclei = tifffile.imread(data_dir / "nuclei_2d" / "image.tif").astype(np.float64)
     side = int(np.ceil(np.sqrt(1.1 * LIMIT / 8)))
     src = zarr.open_array(
-        str(tmp_path / "big.zarr"),
-        mode="w",
-        shape=(side, side),
-        chunks=(1024, 1024),
-        dtype="float64",
-        fill_value=0.0,
+        str(tmp_path / "big.zarr"), mode="w", shape=(side, side), chunks=(1024, 1024), dtype="float64", fill_value=0.0
     )
     assert src.nbytes > LIMIT
     grid = TileGrid((side, side), (TILE, TILE), HALO)
@@ -63,19 +58,13 @@ def test_zarr_larger_than_worker_memory_segmented_tile_by_tile(data_dir, tmp_pat
     settings = AutoSettings.for_microscopy(tile_shape=(TILE, TILE), halo=HALO)
 
     cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit=LIMIT,
-        dashboard_address=None,
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit=LIMIT, dashboard_address=None
     )
     client = Client(cluster)
     try:
         register_model(client, torch_threads=1)
         before = set(client.scheduler_info()["workers"])
-        info = segment_large(
-            client, tmp_path / "big.zarr", tmp_path / "labels.zarr", settings, window
-        )
+        info = segment_large(client, tmp_path / "big.zarr", tmp_path / "labels.zarr", settings, window)
         after = set(client.scheduler_info()["workers"])
     finally:
         client.close()
@@ -92,9 +81,7 @@ def test_zarr_larger_than_worker_memory_segmented_tile_by_tile(data_dir, tmp_pat
     torch.set_num_threads(1)  # as on the workers
     try:
         wants = [
-            AutomaticSegmenter(backend, settings)
-            .segment(window.apply(np.asarray(src[grid.tiles[k].slices])))
-            .labels
+            AutomaticSegmenter(backend, settings).segment(window.apply(np.asarray(src[grid.tiles[k].slices]))).labels
             for k in picks
         ]
     finally:

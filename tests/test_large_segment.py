@@ -52,9 +52,7 @@ def _shifted(k0: int) -> dict:
 
 def _ome_zarr(path: Path, shape, dtype, spacing_zyx, origin_zyx=(0.0, 0.0, 0.0), chunks=None):
     g = zarr.open_group(str(path), mode="w")
-    arr = g.create_array(
-        "0", shape=shape, chunks=chunks or (1, *shape[1:]), dtype=dtype, fill_value=0
-    )
+    arr = g.create_array("0", shape=shape, chunks=chunks or (1, *shape[1:]), dtype=dtype, fill_value=0)
     g.attrs["ome"] = {
         "version": "0.5",
         "multiscales": [
@@ -78,10 +76,7 @@ def _ome_zarr(path: Path, shape, dtype, spacing_zyx, origin_zyx=(0.0, 0.0, 0.0),
 def _cli(args: list) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen(
-        [sys.executable, "-m", "napari_sam.cli", *map(str, args)],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "napari_sam.cli", *map(str, args)], env=env, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -97,60 +92,24 @@ def test_lazy_ome_zarr_gives_the_in_memory_label_file(tmp_path, data_dir, mr) ->
 
     src = data_dir / "mr_small" / "image.nii.gz"
     g = mr.geometry
-    _ome_zarr(
-        tmp_path / "mr.ome.zarr", mr.array.shape, mr.array.dtype, g.scale_zyx, g.origin[::-1]
-    )[:] = mr.array
+    _ome_zarr(tmp_path / "mr.ome.zarr", mr.array.shape, mr.array.dtype, g.scale_zyx, g.origin[::-1])[:] = mr.array
     (tmp_path / "p.json").write_text(json.dumps(PROMPTS))
-    common = [
-        "--prompts",
-        str(tmp_path / "p.json"),
-        "--quiet",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
+    common = ["--prompts", str(tmp_path / "p.json"), "--quiet", "--cache-dir", str(tmp_path / "cache")]
     assert main(["segment", str(src), "--output", str(tmp_path / "mem.nii.gz"), *common]) == 0
-    assert (
-        main(
-            [
-                "segment",
-                str(tmp_path / "mr.ome.zarr"),
-                "--output",
-                str(tmp_path / "lazy.nii.gz"),
-                *common,
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "segment",
-                str(tmp_path / "mr.ome.zarr"),
-                "--output",
-                str(tmp_path / "lazy.zarr"),
-                *common,
-            ]
-        )
-        == 0
-    )
+    assert main(["segment", str(tmp_path / "mr.ome.zarr"), "--output", str(tmp_path / "lazy.nii.gz"), *common]) == 0
+    assert main(["segment", str(tmp_path / "mr.ome.zarr"), "--output", str(tmp_path / "lazy.zarr"), *common]) == 0
     assert main(["segment", str(src), "--output", str(tmp_path / "nifti_in.zarr"), *common]) == 0
     mem = (tmp_path / "mem.nii.gz").read_bytes()
     assert (tmp_path / "lazy.nii.gz").read_bytes() == mem
     side = json.loads((tmp_path / "lazy.json").read_text())
-    assert (
-        side["encoder_calls"] == 0 and side["cache_hits"] > 0
-    )  # the in-memory run's cache entry, reused
+    assert side["encoder_calls"] == 0 and side["cache_hits"] > 0  # the in-memory run's cache entry, reused
     from napari_sam.io import read_image
 
     want = read_image(tmp_path / "mem.nii.gz").array
     z = zarr.open_array(str(tmp_path / "lazy.zarr"), mode="r")
     assert np.array_equal(z[:], want) and set(np.unique(want)) == {0, 1, 5}
     assert np.array_equal(zarr.open_array(str(tmp_path / "nifti_in.zarr"), mode="r")[:], want)
-    assert z.attrs["labels"]["5"]["name"] == "liver" and z.attrs["geometry"]["spacing"] == [
-        3.0,
-        3.0,
-        3.0,
-    ]
+    assert z.attrs["labels"]["5"]["name"] == "liver" and z.attrs["geometry"]["spacing"] == [3.0, 3.0, 3.0]
     assert z.attrs["propagation"]["5"]["key_slices"] == [10]
 
 
@@ -163,15 +122,9 @@ def test_cli_refuses_what_the_lazy_path_cannot_do(tmp_path, capsys) -> None:
     )
     (tmp_path / "out.zarr").mkdir()
     cases = [
-        (
-            ["--output", tmp_path / "o.zarr", "--overview", tmp_path / "o.png"],
-            "--overview is not available",
-        ),
+        (["--output", tmp_path / "o.zarr", "--overview", tmp_path / "o.png"], "--overview is not available"),
         (["--output", tmp_path / "out.zarr"], "output exists"),
-        (
-            ["--output", tmp_path / "v.zarr" / "x.zarr", "--overwrite"],
-            "refusing to overwrite an input",
-        ),
+        (["--output", tmp_path / "v.zarr" / "x.zarr", "--overwrite"], "refusing to overwrite an input"),
     ]
     for extra, message in cases:
         assert (
@@ -261,25 +214,12 @@ def test_tiff_read_lazily_into_zarr_gives_the_in_memory_labels(tmp_path, data_di
     for oid in np.unique(truth)[1:4]:
         rows, cols = np.nonzero(truth == oid)
         objects.append(
-            {
-                "id": int(oid),
-                "prompts": [
-                    {"box": [int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())]}
-                ],
-            }
+            {"id": int(oid), "prompts": [{"box": [int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())]}]}
         )
     (tmp_path / "p.json").write_text(json.dumps({"objects": objects}))
-    common = [
-        "--prompts",
-        str(tmp_path / "p.json"),
-        "--quiet",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
+    common = ["--prompts", str(tmp_path / "p.json"), "--quiet", "--cache-dir", str(tmp_path / "cache")]
     assert main(["segment", str(src), "--output", str(tmp_path / "mem.tif"), *common]) == 0
     assert main(["segment", str(src), "--output", str(tmp_path / "lazy.zarr"), *common]) == 0
     want = tifffile.imread(tmp_path / "mem.tif")
     got = zarr.open_array(str(tmp_path / "lazy.zarr"), mode="r")
-    assert (
-        got.shape == (1, *want.shape) and np.array_equal(got[0], want) and len(np.unique(want)) == 4
-    )
+    assert got.shape == (1, *want.shape) and np.array_equal(got[0], want) and len(np.unique(want)) == 4

@@ -18,9 +18,7 @@ from napari_sam.overlaps import ObjectMasks, resolve_overlaps
 
 def _ome(path, arr, scale, unit="micrometer", translation=None, version="0.5"):
     g = zarr.open_group(str(path), mode="w")
-    g.create_array(
-        "0", shape=arr.shape, chunks=(1,) * (arr.ndim - 2) + arr.shape[-2:], dtype=arr.dtype
-    )[:] = arr
+    g.create_array("0", shape=arr.shape, chunks=(1,) * (arr.ndim - 2) + arr.shape[-2:], dtype=arr.dtype)[:] = arr
     names = "tczyx"[-arr.ndim :]
     ts = [{"type": "scale", "scale": list(scale)}]
     if translation is not None:
@@ -43,13 +41,9 @@ def test_zarr_and_tiff_read_lazily_as_volumes(tmp_path) -> None:
 
     rng = np.random.default_rng(0)
     vol = rng.integers(0, 4000, (6, 40, 50)).astype(np.uint16)
-    zarr.open_array(
-        str(tmp_path / "v.zarr"), mode="w", shape=vol.shape, chunks=(1, 40, 50), dtype="uint16"
-    )[:] = vol
+    zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=vol.shape, chunks=(1, 40, 50), dtype="uint16")[:] = vol
     v = open_volume(tmp_path / "v.zarr")
-    assert (
-        v.shape == (6, 40, 50) and not v.is_2d and v.metadata["lazy"] and v.geometry == Geometry()
-    )
+    assert v.shape == (6, 40, 50) and not v.is_2d and v.metadata["lazy"] and v.geometry == Geometry()
     assert np.array_equal(v.array[3], vol[3]) and np.array_equal(v.array[:, 5, :], vol[:, 5, :])
     tifffile.imwrite(tmp_path / "s.tif", vol)
     t = open_volume(tmp_path / "s.tif")
@@ -62,17 +56,11 @@ def test_zarr_and_tiff_read_lazily_as_volumes(tmp_path) -> None:
 
 def test_ome_zarr_level0_geometry_in_mm_and_leading_axes_dropped(tmp_path) -> None:
     arr = np.arange(1 * 1 * 4 * 8 * 9, dtype=np.float32).reshape(1, 1, 4, 8, 9)
-    v = open_volume(
-        _ome(tmp_path / "a.ome.zarr", arr, [1, 1, 2.0, 0.5, 0.25], translation=[0, 0, 10, 20, 30])
-    )
+    v = open_volume(_ome(tmp_path / "a.ome.zarr", arr, [1, 1, 2.0, 0.5, 0.25], translation=[0, 0, 10, 20, 30]))
     assert v.shape == (4, 8, 9) and np.array_equal(v.array[2], arr[0, 0, 2])
-    assert v.geometry.spacing == pytest.approx(
-        (0.00025, 0.0005, 0.002)
-    )  # (x, y, z) in mm from micrometres
+    assert v.geometry.spacing == pytest.approx((0.00025, 0.0005, 0.002))  # (x, y, z) in mm from micrometres
     assert v.geometry.origin == pytest.approx((0.03, 0.02, 0.01))
-    v4 = open_volume(
-        _ome(tmp_path / "b.ome.zarr", arr[0, 0], [3.0, 1.5, 1.5], unit="millimeter", version="0.4")
-    )
+    v4 = open_volume(_ome(tmp_path / "b.ome.zarr", arr[0, 0], [3.0, 1.5, 1.5], unit="millimeter", version="0.4"))
     assert v4.geometry.scale_zyx == pytest.approx((3.0, 1.5, 1.5))
 
 
@@ -80,10 +68,7 @@ def test_ome_zarr_level0_geometry_in_mm_and_leading_axes_dropped(tmp_path) -> No
     "make, message",
     [
         (lambda p: None, "no such file"),
-        (
-            lambda p: zarr.open_array(str(p), mode="w", shape=(2, 3, 8, 8), dtype="f4"),
-            "expected a 2D or 3D",
-        ),
+        (lambda p: zarr.open_array(str(p), mode="w", shape=(2, 3, 8, 8), dtype="f4"), "expected a 2D or 3D"),
         (lambda p: zarr.open_array(str(p), mode="w", shape=(16, 16, 3), dtype="u1"), "RGB"),
         (lambda p: zarr.open_group(str(p), mode="w"), "multiscales"),
         (lambda p: p.mkdir(), "cannot open lazily"),
@@ -99,9 +84,7 @@ def test_bad_lazy_inputs_are_one_line(tmp_path, make, message) -> None:
 
 def test_content_hash_read_slab_by_slab_equals_the_in_memory_one(tmp_path) -> None:
     vol = np.random.default_rng(1).normal(size=(37, 20, 30)).astype(np.float32)
-    z = zarr.open_array(
-        str(tmp_path / "h.zarr"), mode="w", shape=vol.shape, chunks=(4, 20, 30), dtype="f4"
-    )
+    z = zarr.open_array(str(tmp_path / "h.zarr"), mode="w", shape=vol.shape, chunks=(4, 20, 30), dtype="f4")
     z[:] = vol
     lazy = open_volume(tmp_path / "h.zarr")
     assert content_hash(lazy.array, slab_bytes=5 * 20 * 30 * 4) == memory_hash(vol)
@@ -125,11 +108,7 @@ def _objects(shape, seed) -> list[ObjectMasks]:
         plane = tuple(s for i, s in enumerate(shape) if i != axis)
         rr, cc = np.mgrid[: plane[0], : plane[1]]
         masks = {}
-        r, c, rad = (
-            rng.integers(5, plane[0] - 5),
-            rng.integers(5, plane[1] - 5),
-            rng.integers(4, 10),
-        )
+        r, c, rad = (rng.integers(5, plane[0] - 5), rng.integers(5, plane[1] - 5), rng.integers(4, 10))
         for i in range(rng.integers(0, n // 2), rng.integers(n // 2, n)):
             masks[i] = (rr - r) ** 2 + (cc - c) ** 2 <= rad * rad
         objs.append(ObjectMasks(oid, axis, masks, {min(masks)}))
@@ -152,9 +131,7 @@ def test_zarr_painting_equals_the_in_memory_overlap_rule(tmp_path, seed) -> None
         write_zarr_labels(out, seg, Geometry())
 
 
-def test_zarr_region_not_reading_back_leaves_nothing_and_keeps_the_old_output(
-    tmp_path, monkeypatch
-) -> None:
+def test_zarr_region_not_reading_back_leaves_nothing_and_keeps_the_old_output(tmp_path, monkeypatch) -> None:
     shape = (12, 30, 30)
     seg = LazySegmentation(shape, (1.0, 1.0, 1.0), _objects(shape, 2)[:1], {3: "a"})
     out = write_zarr_labels(tmp_path / "l.zarr", seg, Geometry())

@@ -56,10 +56,7 @@ def test_fine_tune_on_my_objects_then_find_them_by_name(panel, qtbot):
     w.text_edit.setFocus()
     qtbot.keyClicks(w.text_edit, "Nucleus")
     qtbot.keyClick(w.text_edit, Qt.Key_Return)
-    qtbot.waitUntil(
-        lambda: not w.running and "found:" in " ".join(viewer.layers[-1].name.split()[:1]),
-        timeout=600_000,
-    )
+    qtbot.waitUntil(lambda: not w.running and "found:" in " ".join(viewer.layers[-1].name.split()[:1]), timeout=600_000)
     found = np.asarray(viewer.layers["found: Nucleus"].data) > 0
     assert found.any()
     ious = [((found & (lab == k)).sum() / (found | (lab == k)).sum()) for k in range(1, 5)]
@@ -71,8 +68,7 @@ def test_cancel_stops_fine_tuning_and_keeps_the_best_checkpoint(panel, qtbot):
     w.epochs.setValue(50)
     qtbot.mouseClick(w.train_button, Qt.LeftButton)
     qtbot.waitUntil(
-        lambda: w.progress.maximum() > 0 and "epoch" in w.status.text().lower() or ckpt.is_file(),
-        timeout=600_000,
+        lambda: w.progress.maximum() > 0 and "epoch" in w.status.text().lower() or ckpt.is_file(), timeout=600_000
     )
     qtbot.mouseClick(w.cancel_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: not w.running, timeout=600_000)
@@ -89,9 +85,7 @@ def test_unknown_class_is_a_notification_not_a_crash(panel, qtbot, monkeypatch):
     w.text_edit.setText("liver")
     head = ClassHead(["nucleus"], torch.randn(2, 256), torch.zeros(2), torch.arange(2), "logistic")
     save_tuned(ckpt, base_state("lite_medsam")[0], {}, {"kind": "test"}, classes=head.to_state())
-    monkeypatch.setattr(
-        "napari_sam.plugin.learn_widget.notify", lambda level, m: messages.append((level, m))
-    )
+    monkeypatch.setattr("napari_sam.plugin.learn_widget.notify", lambda level, m: messages.append((level, m)))
     ckpt.rename(ckpt.with_suffix(".away"))
     qtbot.mouseClick(w.find_button, Qt.LeftButton)  # no checkpoint: says so
     assert not w.running and "checkpoint not found" in messages[-1][1]
@@ -126,9 +120,7 @@ def test_folder_of_pairs_is_read_by_file_name(tmp_path):
         tifffile.imwrite(tmp_path / "images" / name, img[0])
         tifffile.imwrite(tmp_path / "labels" / name, lab[0])
     pairs = folder_pairs(tmp_path)
-    assert (
-        len(pairs) == 2 and pairs[0][1].shape == (1, 96, 96) and sorted(pairs[0][2]) == [1, 2, 3, 4]
-    )
+    assert len(pairs) == 2 and pairs[0][1].shape == (1, 96, 96) and sorted(pairs[0][2]) == [1, 2, 3, 4]
     (tmp_path / "labels" / "b.tif").unlink()
     with pytest.raises(NapariSamError, match="b.tif: no label map"):
         folder_pairs(tmp_path)

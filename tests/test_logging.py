@@ -42,13 +42,9 @@ def test_verbose_shows_info_and_very_verbose_debug(tmp_path, capsys):
     assert "napari-sam: INFO napari_sam.io: read " in err and "(z, y, x) (2, 40, 48) int16" in err
     assert "DEBUG" not in err
 
-    assert (
-        main(["embed", str(image), "--cache-dir", str(tmp_path / "debug"), "--quiet", "-vv"]) == 0
-    )
+    assert main(["embed", str(image), "--cache-dir", str(tmp_path / "debug"), "--quiet", "-vv"]) == 0
     err = capsys.readouterr().err
     assert "napari-sam: DEBUG napari_sam.embeddings: embedding " in err and "encoded (batch)" in err
     assert err.count("encoded (batch)") == 2  # one line per slice encoded
     lg = logging.getLogger("napari_sam")
-    assert (
-        lg.handlers == [] and lg.level == logging.NOTSET
-    )  # main() leaves the logger as it found it
+    assert lg.handlers == [] and lg.level == logging.NOTSET  # main() leaves the logger as it found it

@@ -44,12 +44,7 @@ def official_keys(manifest: str, model: str) -> dict[str, list[int]]:
         return json.load(fh)[model]
 
 
-SAM2_CFG = {
-    "t": "sam2.1_hiera_t",
-    "s": "sam2.1_hiera_s",
-    "b+": "sam2.1_hiera_b+",
-    "l": "sam2.1_hiera_l",
-}
+SAM2_CFG = {"t": "sam2.1_hiera_t", "s": "sam2.1_hiera_s", "b+": "sam2.1_hiera_b+", "l": "sam2.1_hiera_l"}
 
 
 def random_checkpoint(arch: str, path: Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -58,9 +53,7 @@ def random_checkpoint(arch: str, path: Path, dtype: torch.dtype = torch.float32)
     if arch.startswith("sam_vit_"):
         variant = arch.removeprefix("sam_")
         state = nn.ModuleDict(sam_vit.build_sam_vit_modules(variant)).state_dict()
-        assert {k: list(v.shape) for k, v in state.items()} == official_keys(
-            "sam_vit_official_keys.json.gz", variant
-        )
+        assert {k: list(v.shape) for k, v in state.items()} == official_keys("sam_vit_official_keys.json.gz", variant)
         obj = state
     elif arch == "tiny_vit_1024":
         obj = nn.ModuleDict(mobile_sam.build_mobile_sam_modules()).state_dict()
@@ -69,10 +62,7 @@ def random_checkpoint(arch: str, path: Path, dtype: torch.dtype = torch.float32)
         size = arch.removeprefix("sam2_hiera_")
         state = sam2.state_dict_of(sam2.build_sam2_modules(size))
         ref = official_keys("sam2.1_official_keys.json.gz", SAM2_CFG[size])
-        for (
-            key,
-            shape,
-        ) in ref.items():  # the video-memory modules: random, official names and shapes
+        for key, shape in ref.items():  # the video-memory modules: random, official names and shapes
             if key not in state:
                 state[key] = torch.randn(shape) * 0.02
         assert {k: list(v.shape) for k, v in state.items()} == ref
@@ -114,20 +104,14 @@ def image_and_prompts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     d = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[: IMAGE_SHAPE[0], : IMAGE_SHAPE[1]]
-    img = (
-        100 + 80 * ((yy - 40) ** 2 + (xx - 60) ** 2 < 400) + rng.normal(0, 10, IMAGE_SHAPE)
-    ).clip(0, 255)
+    img = (100 + 80 * ((yy - 40) ** 2 + (xx - 60) ** 2 < 400) + rng.normal(0, 10, IMAGE_SHAPE)).clip(0, 255)
     tifffile.imwrite(d / "image.tif", img.astype(np.uint8))
     (d / "prompts.json").write_text(
         json.dumps(
             {
                 "objects": [
                     {"id": 1, "name": "blob", "prompts": [{"box": list(BOX)}]},
-                    {
-                        "id": 2,
-                        "name": "clicked",
-                        "prompts": [{"points": [[40, 60]], "labels": [1]}],
-                    },
+                    {"id": 2, "name": "clicked", "prompts": [{"points": [[40, 60]], "labels": [1]}]},
                 ]
             }
         )
@@ -164,11 +148,7 @@ def run_cli(name: str, ckpt: Path, image_and_prompts: tuple[Path, Path], out: Pa
 
 # ----------------------------------------------------------------------------- light models: API + CLI
 
-LIGHT = [
-    ("vit_t", "tiny_vit_1024"),
-    ("sam2.1_hiera_tiny", "sam2_hiera_t"),
-    ("sam2.1_hiera_small", "sam2_hiera_s"),
-]
+LIGHT = [("vit_t", "tiny_vit_1024"), ("sam2.1_hiera_tiny", "sam2_hiera_t"), ("sam2.1_hiera_small", "sam2_hiera_s")]
 
 
 @pytest.mark.parametrize(("name", "arch"), LIGHT[:2])
@@ -269,27 +249,19 @@ def test_safetensors_checkpoint_loads(checkpoint_for, tmp_path):
         (
             "vit_b",
             "sam2_hiera_t",
-            "a SAM 2 Hiera-T checkpoint, but model 'vit_b' needs a SAM ViT-B checkpoint; "
-            "use --model sam2.1_hiera_tiny",
+            "a SAM 2 Hiera-T checkpoint, but model 'vit_b' needs a SAM ViT-B checkpoint; use --model sam2.1_hiera_tiny",
         ),
         (
             "sam2.1_hiera_small",
             "sam2_hiera_t",
-            "a SAM 2 Hiera-T checkpoint, but model 'sam2.1_hiera_small' needs a "
-            "SAM 2 Hiera-S checkpoint",
+            "a SAM 2 Hiera-T checkpoint, but model 'sam2.1_hiera_small' needs a SAM 2 Hiera-S checkpoint",
         ),
         ("vit_t", "sam_vit_b", "a SAM ViT-B checkpoint, but model 'vit_t' needs a MobileSAM"),
-        (
-            "lite_medsam",
-            "tiny_vit_1024",
-            "a MobileSAM (TinyViT, 1024 px) checkpoint, but model 'lite_medsam'",
-        ),
+        ("lite_medsam", "tiny_vit_1024", "a MobileSAM (TinyViT, 1024 px) checkpoint, but model 'lite_medsam'"),
         ("vit_h", "sam_vit_b", "use --model vit_b"),
     ],
 )
-def test_wrong_architecture_gives_clear_error(
-    name, arch, says, checkpoint_for, image_and_prompts, tmp_path, capsys
-):
+def test_wrong_architecture_gives_clear_error(name, arch, says, checkpoint_for, image_and_prompts, tmp_path, capsys):
     ckpt = checkpoint_for(arch)
     with pytest.raises(ModelError) as err:
         load_model(name, checkpoint=ckpt)

@@ -47,12 +47,7 @@ def test_sam_vit_key_layout_is_metas(variant):
 
 @pytest.mark.parametrize(
     ("size", "cfg"),
-    [
-        ("t", "sam2.1_hiera_t"),
-        ("s", "sam2.1_hiera_s"),
-        ("b+", "sam2.1_hiera_b+"),
-        ("l", "sam2.1_hiera_l"),
-    ],
+    [("t", "sam2.1_hiera_t"), ("s", "sam2.1_hiera_s"), ("b+", "sam2.1_hiera_b+"), ("l", "sam2.1_hiera_l")],
 )
 def test_sam2_image_path_key_layout_is_metas(size, cfg):
     """Every image-path key of the official checkpoint, with its shape; the rest are the memory modules."""
@@ -62,10 +57,7 @@ def test_sam2_image_path_key_layout_is_metas(size, cfg):
     image_path = {k: v for k, v in official.items() if not k.startswith(sam2.MEMORY_PREFIXES)}
     assert shapes(state) == image_path
     assert all(k.startswith(sam2.MEMORY_PREFIXES) for k in set(official) - set(state))
-    assert (
-        detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()})
-        == f"sam2_hiera_{size}"
-    )
+    assert detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()}) == f"sam2_hiera_{size}"
 
 
 def test_mobile_sam_key_layout_is_the_official_one():
@@ -76,9 +68,7 @@ def test_mobile_sam_key_layout_is_the_official_one():
     with torch.device("meta"):
         state = nn.ModuleDict(mobile_sam.build_mobile_sam_modules()).state_dict()
     official = manifest("mobile_sam_official_keys.json.gz")["vit_t"]
-    head = {
-        k for k in official if k.startswith(("image_encoder.head.", "image_encoder.norm_head."))
-    }
+    head = {k for k in official if k.startswith(("image_encoder.head.", "image_encoder.norm_head."))}
     assert head == {
         "image_encoder.head.weight",
         "image_encoder.head.bias",
@@ -86,16 +76,8 @@ def test_mobile_sam_key_layout_is_the_official_one():
         "image_encoder.norm_head.bias",
     }
     assert shapes(state) == {k: v for k, v in official.items() if k not in head}
-    assert official["image_encoder.patch_embed.seq.0.c.weight"] == [
-        32,
-        3,
-        3,
-        3,
-    ]  # 1024 px: 3x3 stride 2
-    assert (
-        detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()})
-        == "tiny_vit_1024"
-    )
+    assert official["image_encoder.patch_embed.seq.0.c.weight"] == [32, 3, 3, 3]  # 1024 px: 3x3 stride 2
+    assert detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()}) == "tiny_vit_1024"
 
 
 def test_registry_entries_are_complete():
@@ -122,13 +104,9 @@ def test_registry_entries_are_complete():
     filenames = [s.filename for s in REGISTRY.values()]
     assert len(set(filenames)) == len(filenames), "cache file names must be unique"
     for spec in REGISTRY.values():
-        assert (
-            spec.image_size in (256, 1024) and spec.licence and spec.architecture and spec.homepage
-        )
+        assert spec.image_size in (256, 1024) and spec.licence and spec.architecture and spec.homepage
         assert spec.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", spec.sha256), spec.name
-        assert spec.checksum is None or re.fullmatch(r"xxh128:[0-9a-f]{32}", spec.checksum), (
-            spec.name
-        )
+        assert spec.checksum is None or re.fullmatch(r"xxh128:[0-9a-f]{32}", spec.checksum), spec.name
         assert spec.url is None or spec.url.startswith("https://"), spec.name
         if spec.sha256 is None and spec.checksum is None:
             assert spec.checksum_source, f"{spec.name}: say why there is no checksum"
@@ -154,9 +132,7 @@ def test_model_without_download_says_where_to_get_it(monkeypatch, tmp_path):
 
 def test_docs_table_matches_registry():
     text = (ROOT / "docs" / "models.md").read_text(encoding="utf-8")
-    assert models_table_markdown() in text, (
-        "regenerate the table in docs/models.md from models_table_markdown()"
-    )
+    assert models_table_markdown() in text, "regenerate the table in docs/models.md from models_table_markdown()"
 
 
 # ----------------------------------------------------------------------------- malicious pickles
@@ -198,9 +174,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, wrap, capsys):
     from napari_sam.cli import main
 
     tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint8))
-    (tmp_path / "p.json").write_text(
-        json.dumps({"objects": [{"id": 1, "prompts": [{"box": [4, 4, 20, 20]}]}]})
-    )
+    (tmp_path / "p.json").write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"box": [4, 4, 20, 20]}]}]}))
     rc = main(
         [
             "segment",
@@ -255,18 +229,14 @@ def test_each_model_is_loaded_once_per_process_and_shared():
     registry._LOADED.clear()
     try:
         got: list = []
-        threads = [
-            threading.Thread(target=lambda: got.append(load_model("lite_medsam"))) for _ in range(2)
-        ]
+        threads = [threading.Thread(target=lambda: got.append(load_model("lite_medsam"))) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         first = load_model()
         assert got[0] is got[1] is first and len(calls) == 1
-        assert (
-            load_model("lite_medsam", device="cpu", precision="fp32") is first
-        )  # the same key spelled out
+        assert load_model("lite_medsam", device="cpu", precision="fp32") is first  # the same key spelled out
         other = load_model("lite_medsam", precision="bf16")
         assert other is not first and len(calls) == 2  # another precision: another backend
         private = load_model("lite_medsam", shared=False)

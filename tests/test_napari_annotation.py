@@ -64,10 +64,7 @@ def test_painting_during_a_running_propagation_in_the_widget(ball_widget, qtbot)
             painted.append(done)
 
     s.propagation_progress.connect(paint_once)
-    with (
-        notifications() as got,
-        qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS) as fin,
-    ):
+    with notifications() as got, qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS) as fin:
         assert widget.propagate()
     assert painted and fin.args == [False]
     assert not [n for n in got if "failed" in str(n.message)]
@@ -75,9 +72,7 @@ def test_painting_during_a_running_propagation_in_the_widget(ball_widget, qtbot)
     qtbot.waitUntil(lambda: 6 in state.user_masks, timeout=5000)
     stroke = state.user_masks[6]
     assert stroke[32, 22] and 6 in s.model.object(1).painted
-    np.testing.assert_array_equal(
-        np.asarray(s.labels.data), s.model.labels
-    )  # the layer shows the model
+    np.testing.assert_array_equal(np.asarray(s.labels.data), s.model.labels)  # the layer shows the model
     np.testing.assert_array_equal(s.model.labels[6] == 1, stroke), "the run painted over the stroke"
     assert state.needs_run  # the stroke's neighbourhood is redone on the next run
     with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS):
@@ -103,19 +98,13 @@ def test_undo_and_redo_in_the_widget_go_through_the_model(ball_widget, qtbot):
     after = np.array(s.labels.data)
     assert (after == 1).sum() > 2 * (after[12] == 1).sum()
     widget.undo()
-    assert np.array_equal(
-        np.asarray(s.labels.data) == 1, np.isin(np.arange(24), [12])[:, None, None] & (after == 1)
-    )
+    assert np.array_equal(np.asarray(s.labels.data) == 1, np.isin(np.arange(24), [12])[:, None, None] & (after == 1))
     assert s.model.history.descriptions() == ["commit slice 12"]
     widget.redo()
     np.testing.assert_array_equal(np.asarray(s.labels.data), after)
     widget.undo()
     widget.undo()  # the commit made the object: it goes too
-    assert (
-        len(s.objects) == 0
-        and not np.asarray(s.labels.data).any()
-        and widget.object_list.count() == 0
-    )
+    assert len(s.objects) == 0 and not np.asarray(s.labels.data).any() and widget.object_list.count() == 0
     widget.redo()
     assert [o.name for o in s.objects] == ["object 1"] and widget.object_list.count() == 1
 
@@ -153,9 +142,7 @@ def _objects(s):
     return [(o.id, o.name, o.color, o.key_slices, sorted(o.painted)) for o in s.objects]
 
 
-def test_save_close_open_then_correct_and_repropagate(
-    make_napari_viewer, qtbot, tmp_path, monkeypatch
-):
+def test_save_close_open_then_correct_and_repropagate(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     """Commit and propagate with the mouse and keys, paint, save with Shift-W; close the
     viewer; a new viewer opens the session with the Open session button: the same
     labels and objects; then a correction on another slice is propagated."""
@@ -177,9 +164,7 @@ def test_save_close_open_then_correct_and_repropagate(
     qtbot.waitUntil(lambda: 9 in s.model.object(1).painted, timeout=5000)
     labels, objects = np.array(s.labels.data), _objects(s)
     folder = tmp_path / "ball.session"
-    monkeypatch.setattr(
-        _session_files.QFileDialog, "getSaveFileName", staticmethod(lambda *a: (str(folder), ""))
-    )
+    monkeypatch.setattr(_session_files.QFileDialog, "getSaveFileName", staticmethod(lambda *a: (str(folder), "")))
     _bound(viewer, SHORTCUTS["save_session"][0])(viewer)
     assert (folder / "session.json").is_file()
     widget.close_session()
@@ -187,9 +172,7 @@ def test_save_close_open_then_correct_and_repropagate(
 
     viewer, widget, s = _start(make_napari_viewer, vol, BrightInBoxBackend())
     assert not widget.recovery_offer.isVisibleTo(widget), "a clean close leaves no unsaved work"
-    monkeypatch.setattr(
-        _session_files.QFileDialog, "getExistingDirectory", staticmethod(lambda *a: str(folder))
-    )
+    monkeypatch.setattr(_session_files.QFileDialog, "getExistingDirectory", staticmethod(lambda *a: str(folder)))
     qtbot.mouseClick(widget.open_session_button, Qt.LeftButton)
     np.testing.assert_array_equal(np.asarray(s.labels.data), labels)
     assert _objects(s) == objects and widget.object_list.count() == 1
@@ -203,11 +186,7 @@ def test_save_close_open_then_correct_and_repropagate(
         assert widget.propagate()
     after = np.asarray(s.labels.data)
     assert s.model.object(1).key_slices == [9, 12, 16]
-    assert all(
-        np.array_equal(after[i], before[i])
-        for i in range(24)
-        if not affected[0] <= i <= affected[1]
-    )
+    assert all(np.array_equal(after[i], before[i]) for i in range(24) if not affected[0] <= i <= affected[1])
     widget.close_session()
 
 

@@ -115,9 +115,7 @@ def _disc_volume(n: int = 128, z: int = 7) -> np.ndarray:
     return vol.astype(np.float32)
 
 
-def test_propagation_progress_is_visible(
-    make_napari_viewer, qtbot, lite_medsam, tmp_path, monkeypatch
-):
+def test_propagation_progress_is_visible(make_napari_viewer, qtbot, lite_medsam, tmp_path, monkeypatch):
     """Commit with Shift-C, press Propagate: the widget's bar counts slices with an
     ETA, the view follows the front, and napari's own progress moves with it."""
     monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path / "emb"))
@@ -166,15 +164,11 @@ def test_propagation_progress_is_visible(
     assert len(seen) >= 4
     for _index, done, total, value, maximum, text, pn, ptotal, _ in seen:
         assert (value, maximum) == (done, total)  # the widget's bar shows slices done / total
-        if (
-            pn is not None or done < total
-        ):  # (napari may drop its finished bar before the last report)
+        if pn is not None or done < total:  # (napari may drop its finished bar before the last report)
             assert (pn, ptotal) == (done, total)  # napari's activity bar is not stuck at 0
         assert f"({done}/{total})" in text
     assert any("left" in t[5] for t in seen)  # an ETA while running
-    qtbot.waitUntil(
-        lambda: viewer.dims.current_step[0] == seen[-1][0], timeout=5000
-    )  # followed the front
+    qtbot.waitUntil(lambda: viewer.dims.current_step[0] == seen[-1][0], timeout=5000)  # followed the front
     assert panel.bar.value() == panel.bar.maximum()
     assert "done" in panel.label.text()
     del image
@@ -212,9 +206,7 @@ def test_candidates_shown_with_score_and_outline(shown, qtbot):
 
 
 # ---------------------------------------------------------------- 6: export location and mode
-def test_export_defaults_to_a_safe_named_place_and_follows_the_umask(
-    shown, qtbot, tmp_path, monkeypatch
-):
+def test_export_defaults_to_a_safe_named_place_and_follows_the_umask(shown, qtbot, tmp_path, monkeypatch):
     from napari_sam.plugin import segment_widget
 
     viewer, widget, s = shown
@@ -235,16 +227,12 @@ def test_export_defaults_to_a_safe_named_place_and_follows_the_umask(
     monkeypatch.setattr(segment_widget.QFileDialog, "getSaveFileName", staticmethod(fake_dialog))
     old = os.umask(0o027)
     try:
-        qtbot.keyClick(
-            widget.add_button, Qt.Key_E, Qt.ShiftModifier
-        )  # Shift-E with focus in the dock
+        qtbot.keyClick(widget.add_button, Qt.Key_E, Qt.ShiftModifier)  # Shift-E with focus in the dock
         qtbot.waitUntil(lambda: len(proposed) == 1, timeout=5000)
         first = Path(proposed[0])
         assert first == home / "Documents" / "dicom_labels.nii.gz"
         qtbot.waitUntil(first.exists, timeout=5000)
-        assert (
-            stat.S_IMODE(first.stat().st_mode) == 0o640
-        )  # 0666 less the umask, not mkstemp's 0600
+        assert stat.S_IMODE(first.stat().st_mode) == 0o640  # 0666 less the umask, not mkstemp's 0600
         assert stat.S_IMODE(first.with_name("dicom_labels.json").stat().st_mode) == 0o640
         other = tmp_path / "results"
         other.mkdir()
@@ -303,17 +291,12 @@ def test_name_field_completes_and_remembers_typed_names(shown, qtbot, tmp_path, 
     qtbot.keyClicks(edit, "sple")
     comp = edit.completer()
     comp.setCompletionPrefix("sple")
-    found = [
-        comp.completionModel().index(i, 0).data() for i in range(comp.completionModel().rowCount())
-    ]
+    found = [comp.completionModel().index(i, 0).data() for i in range(comp.completionModel().rowCount())]
     assert "spleen" in found
     edit.clear()
     qtbot.keyClicks(edit, "my lesion A")  # capitals in the field stay text, not shortcuts
     qtbot.keyClick(edit, Qt.Key_Return)
-    assert (
-        s.objects.current.name == "my lesion A"
-        and widget.object_list.item(0).text() == "my lesion A"
-    )
+    assert s.objects.current.name == "my lesion A" and widget.object_list.item(0).text() == "my lesion A"
     # a new widget offers the typed name
     other = SegmentWidget(viewer)
     assert "my lesion A" in other._completer_model.stringList()
@@ -336,9 +319,7 @@ def test_undo_of_the_only_commit_leaves_no_empty_object(shown, qtbot):
     assert [o.name for o in s.objects] == ["liver"]
 
 
-def test_status_contrast_hover_names_and_idle_look(
-    make_napari_viewer, qtbot, lite_medsam, tmp_path, monkeypatch
-):
+def test_status_contrast_hover_names_and_idle_look(make_napari_viewer, qtbot, lite_medsam, tmp_path, monkeypatch):
     """2D: no "slice 0"; the contrast slider's range is the data's, not the window;
     hovering a label shows its name; "Clicks: positive" is not coloured before Start;
     Segment everything starts on the selected image."""
@@ -347,9 +328,7 @@ def test_status_contrast_hover_names_and_idle_look(
     monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path / "emb"))
     viewer = make_napari_viewer(show=True)
     ct = viewer.add_image(
-        np.linspace(-1000, 1500, 160 * 160, dtype=np.float32).reshape(160, 160),
-        name="ct",
-        contrast_limits=(-110, 190),
+        np.linspace(-1000, 1500, 160 * 160, dtype=np.float32).reshape(160, 160), name="ct", contrast_limits=(-110, 190)
     )
     disc = viewer.add_image(_disc_image(), name="disc")
     viewer.layers.selection.active = disc
@@ -363,10 +342,7 @@ def test_status_contrast_hover_names_and_idle_look(
     assert tuple(ct.contrast_limits_range) == (-110, 190)  # napari locks it to the window
     assert widget.start(backend=lite_medsam)
     s = widget.session
-    assert tuple(ct.contrast_limits_range) == (-1000, 1500) and tuple(ct.contrast_limits) == (
-        -110,
-        190,
-    )
+    assert tuple(ct.contrast_limits_range) == (-1000, 1500) and tuple(ct.contrast_limits) == (-110, 190)
     assert widget.negative_button.styleSheet() != ""
     statuses: list[str] = []
     s.status.connect(statuses.append)
@@ -384,9 +360,7 @@ def test_status_contrast_hover_names_and_idle_look(
 
 
 # ---------------------------------------------------------------- 4: napari-sam as the reader
-def test_reader_offer_makes_napari_sam_the_reader_for_nifti(
-    make_napari_viewer, qtbot, tmp_path, monkeypatch
-):
+def test_reader_offer_makes_napari_sam_the_reader_for_nifti(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     """The widget offers once to set napari's reader preference; after "Yes" a .nii.gz opens
     with napari-sam (geometry in the layer) with no plugin named and no chooser."""
     import SimpleITK as sitk
@@ -399,9 +373,7 @@ def test_reader_offer_makes_napari_sam_the_reader_for_nifti(
     saved = dict(plugins.extension2reader)
     plugins.extension2reader = {k: v for k, v in saved.items() if k not in PATTERNS}
     try:
-        img = sitk.GetImageFromArray(
-            np.random.default_rng(0).normal(0, 1, (4, 16, 16)).astype(np.float32)
-        )
+        img = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 1, (4, 16, 16)).astype(np.float32))
         img.SetSpacing((0.5, 0.5, 2.0))
         path = tmp_path / "scan.nii.gz"
         sitk.WriteImage(img, str(path))

@@ -33,9 +33,7 @@ def test_manifest_ships_inside_the_package_and_validates():
 
     shipped = ROOT / "src" / "napari_sam" / "napari.yaml"
     root = ROOT / "napari.yaml"
-    assert shipped.read_text() == root.read_text(), (
-        "root napari.yaml must match the packaged manifest"
-    )
+    assert shipped.read_text() == root.read_text(), "root napari.yaml must match the packaged manifest"
     mf = PluginManifest.from_file(shipped)
     assert mf.name == "napari-sam"
     for cmd in mf.contributions.commands:  # every python_name imports
@@ -51,9 +49,7 @@ def test_reader_dicom_folder_gives_geometry_scale_and_ct_window(ct_dicom_dir, ct
     assert kind == "image" and data.shape == (20, 512, 512)
     np.testing.assert_allclose(kwargs["scale"], (2.0, 0.9765625, 0.9765625))
     np.testing.assert_allclose(kwargs["translate"], ct_volume.geometry.origin[::-1])
-    _same_geometry(
-        Geometry.from_json(kwargs["metadata"]["napari_sam"]["geometry"]), ct_volume.geometry
-    )
+    _same_geometry(Geometry.from_json(kwargs["metadata"]["napari_sam"]["geometry"]), ct_volume.geometry)
     assert kwargs["metadata"]["napari_sam"]["modality"] == "CT"
     # the DICOM header's window 40/300
     assert kwargs["contrast_limits"] == [-110.0, 190.0]
@@ -101,9 +97,7 @@ def test_flipped_labels_overlay_the_image_in_world_space(ct_volume, data_dir):
     img, lab = Image(img_data, **img_kw), Image(lab_data, **lab_kw)
     for voxel in [(0, 0, 0), (10, 100, 400), (19, 511, 7)]:
         world = img.data_to_world(voxel)
-        np.testing.assert_allclose(
-            np.round(lab.world_to_data(world)), (voxel[0], 511 - voxel[1], voxel[2])
-        )
+        np.testing.assert_allclose(np.round(lab.world_to_data(world)), (voxel[0], 511 - voxel[1], voxel[2]))
 
 
 def test_writer_restores_source_geometry_from_metadata(tmp_path, ct_volume, ct_dicom_dir):
@@ -130,9 +124,7 @@ def test_writer_restores_source_geometry_from_metadata(tmp_path, ct_volume, ct_d
 
 
 def test_writer_without_metadata_uses_scale_translate_affine(tmp_path):
-    g = Geometry(
-        (0.5, 0.6, 3.0), (10.0, -20.0, 30.0), (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-    )
+    g = Geometry((0.5, 0.6, 3.0), (10.0, -20.0, 30.0), (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
     kw = layer_transform(g)
     labels = np.zeros((4, 6, 8), np.uint8)
     labels[1, 2, 3] = 1
@@ -149,9 +141,7 @@ def test_writer_rejects_bad_layers_with_a_message(tmp_path):
         write_labels_layer(str(tmp_path / "x.png"), np.zeros((2, 2), np.uint8), {})
 
 
-def test_viewer_open_and_save_layers_through_napari(
-    make_napari_viewer, tmp_path, ct_dicom_dir, ct_volume
-):
+def test_viewer_open_and_save_layers_through_napari(make_napari_viewer, tmp_path, ct_dicom_dir, ct_volume):
     """What a user's script does: viewer.open(..., plugin=...) and napari.save_layers(..., plugin=...)."""
     import napari
     from napari.layers import Labels

@@ -77,8 +77,7 @@ def go_to_slice(viewer, image, z: int) -> None:
 
 def wait_preview(qtbot, session, count_before: int) -> np.ndarray:
     qtbot.waitUntil(
-        lambda: session.previews_shown > count_before and session.preview_mask is not None,
-        timeout=TIMEOUT_MS,
+        lambda: session.previews_shown > count_before and session.preview_mask is not None, timeout=TIMEOUT_MS
     )
     return session.preview_mask
 
@@ -126,9 +125,7 @@ def liver_slice(ct_labels) -> int:
 
 
 # ---------------------------------------------------------------- the CT
-def test_box_commit_propagate_export_matches_core(
-    ct_widget, qtbot, tmp_path, ct_labels, ct_volume, lite_medsam
-):
+def test_box_commit_propagate_export_matches_core(ct_widget, qtbot, tmp_path, ct_labels, ct_volume, lite_medsam):
     """Box on a slice -> preview -> commit -> propagate -> export; the exported
     NIfTI's Dice equals what the core computes on its own from the same box
     (its own embeddings, key mask and propagation)."""
@@ -159,9 +156,7 @@ def test_box_commit_propagate_export_matches_core(
     committed = np.asarray(s.labels.data[k]) == obj.id
     assert np.array_equal(committed, preview)
     assert len(s.boxes.data) == 0 and s.preview.data[k].max() == 0  # prompts cleared after commit
-    assert (
-        obj.state.key_slices == [k] and obj.state.prompts[k].box == prompt.box
-    )  # the prompt is kept
+    assert obj.state.key_slices == [k] and obj.state.prompts[k].box == prompt.box  # the prompt is kept
 
     with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS) as fin:
         assert widget.propagate()
@@ -183,14 +178,7 @@ def test_box_commit_propagate_export_matches_core(
     pf = parse_prompts(
         {
             "window": [window.lo, window.hi],
-            "objects": [
-                {
-                    "id": 1,
-                    "name": "liver",
-                    "propagate": True,
-                    "prompts": [{"slice": k, "box": list(box)}],
-                }
-            ],
+            "objects": [{"id": 1, "name": "liver", "propagate": True, "prompts": [{"slice": k, "box": list(box)}]}],
         }
     )
     fresh = tmp_path / "core-embeddings"
@@ -198,9 +186,7 @@ def test_box_commit_propagate_export_matches_core(
         ct_volume,
         pf,
         lite_medsam,
-        embeddings_for=lambda w, a: SliceEmbeddings(
-            lite_medsam, ct_volume.array, w, a, cache_dir=fresh
-        ),
+        embeddings_for=lambda w, a: SliceEmbeddings(lite_medsam, ct_volume.array, w, a, cache_dir=fresh),
     )
     assert core.states[1].key_slices == [k] and any(fresh.iterdir())
     dice_core = dice(core.labels == 1, truth)
@@ -212,9 +198,7 @@ def test_box_commit_propagate_export_matches_core(
     assert dice_gui > 0.85
 
     # a correction on the worst slice: only its affected range is redone, the rest is kept bit for bit
-    per_slice = [
-        dice(gui[i], truth[i]) if truth[i].any() or gui[i].any() else 1.0 for i in range(len(gui))
-    ]
+    per_slice = [dice(gui[i], truth[i]) if truth[i].any() or gui[i].any() else 1.0 for i in range(len(gui))]
     j = int(np.argmin(per_slice))
     if j == k or not truth[j].any():
         pytest.skip("no slice worth correcting")
@@ -244,9 +228,7 @@ def test_box_commit_propagate_export_matches_core(
     np.testing.assert_array_equal(np.asarray(s.labels.data) == obj.id, before)
 
 
-def test_widget_and_cli_give_the_same_label_map(
-    ct_widget, qtbot, tmp_path, ct_volume, ct_dicom_dir, embedding_dir
-):
+def test_widget_and_cli_give_the_same_label_map(ct_widget, qtbot, tmp_path, ct_volume, ct_dicom_dir, embedding_dir):
     """The quick start's liver box and aorta click on slice 10, given with the mouse
     in the widget, committed and propagated with its keys; ``napari-sam segment`` on
     a prompts file of the same prompts gives the same label map, voxel for voxel
@@ -275,19 +257,12 @@ def test_widget_and_cli_give_the_same_label_map(
     prompts = {
         "window": [window.lo, window.hi],
         "objects": [
-            {
-                "id": o.id,
-                "name": o.name,
-                "propagate": True,
-                "prompts": [o.state.prompts[10].to_json()],
-            }
+            {"id": o.id, "name": o.name, "propagate": True, "prompts": [o.state.prompts[10].to_json()]}
             for o in s.objects
         ],
     }
     assert prompts["objects"][0]["prompts"] == [{"slice": 10, "box": [196.0, 107.0, 374.0, 269.0]}]
-    assert prompts["objects"][1]["prompts"] == [
-        {"slice": 10, "points": [[298.0, 263.0]], "labels": [1]}
-    ]
+    assert prompts["objects"][1]["prompts"] == [{"slice": 10, "points": [[298.0, 263.0]], "labels": [1]}]
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     out = tmp_path / "cli.nii.gz"
     argv = [
@@ -370,9 +345,7 @@ def test_cancel_mid_propagation_keeps_finished_slices(ct_widget, qtbot, ct_label
     assert not s.negative
     widget.toggle_negative()
     click(viewer, s, (m, r, c))
-    qtbot.waitUntil(
-        lambda: s.prediction_prompt is not None and s.prediction_prompt.only_negative, timeout=5000
-    )
+    qtbot.waitUntil(lambda: s.prediction_prompt is not None and s.prediction_prompt.only_negative, timeout=5000)
     assert widget.commit()
     assert obj.state.is_stop_slice(m) and not np.any(np.asarray(s.labels.data[m]) == obj.id)
     widget.undo()
@@ -409,15 +382,8 @@ def test_clicks_negative_switch_and_candidate_cycling(ct_widget, qtbot, ct_label
     # N switches new clicks to negative (red); a negative click re-predicts
     key_func = _bound(viewer, SHORTCUTS["toggle_negative"][0])
     key_func(viewer)
-    assert (
-        s.negative
-        and widget.negative_button.isChecked()
-        and "negative" in widget.negative_button.text()
-    )
-    outside = np.argwhere(
-        ndimage.binary_dilation(first, iterations=15)
-        & ~ndimage.binary_dilation(first, iterations=5)
-    )
+    assert s.negative and widget.negative_button.isChecked() and "negative" in widget.negative_button.text()
+    outside = np.argwhere(ndimage.binary_dilation(first, iterations=15) & ~ndimage.binary_dilation(first, iterations=5))
     rr, cc = outside[len(outside) // 2]
     n = s.previews_shown
     click(viewer, s, (k, rr, cc))
@@ -489,9 +455,7 @@ def _rgb(hex_color: str) -> tuple[float, float, float]:
 
 
 # ---------------------------------------------------------------- 2D images
-def test_2d_grayscale_anisotropic_scale(
-    make_napari_viewer, qtbot, data_dir, lite_medsam, tmp_path, monkeypatch
-):
+def test_2d_grayscale_anisotropic_scale(make_napari_viewer, qtbot, data_dir, lite_medsam, tmp_path, monkeypatch):
     import tifffile
 
     from napari_sam.io import read_image
@@ -531,9 +495,7 @@ def test_2d_grayscale_anisotropic_scale(
     back = read_image(paths[0])
     assert back.array.shape == (1,) + image.shape
     np.testing.assert_array_equal(back.array[0] > 0, preview)
-    np.testing.assert_allclose(
-        back.geometry.spacing[:2], (0.25, 0.5)
-    )  # (x, y) spacing from the layer scale
+    np.testing.assert_allclose(back.geometry.spacing[:2], (0.25, 0.5))  # (x, y) spacing from the layer scale
     widget.close_session()
 
 
@@ -618,17 +580,13 @@ class _FakeBackend:
         from napari_sam.models.base import Embedding
 
         self.calls.append(tuple(image.shape[:2]))
-        return Embedding(
-            torch.zeros(1, 1, 1, 1), tuple(image.shape[:2]), tuple(image.shape[:2]), self.name
-        )
+        return Embedding(torch.zeros(1, 1, 1, 1), tuple(image.shape[:2]), tuple(image.shape[:2]), self.name)
 
 
 def test_embed_all_slices_in_the_background(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(
-        np.random.default_rng(0).normal(size=(7, 24, 32)).astype(np.float32),
-        name="vol",
-        scale=(3.0, 1.0, 0.5),
+        np.random.default_rng(0).normal(size=(7, 24, 32)).astype(np.float32), name="vol", scale=(3.0, 1.0, 0.5)
     )
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
@@ -638,9 +596,7 @@ def test_embed_all_slices_in_the_background(make_napari_viewer, qtbot):
     assert widget.start(backend=backend)
     s = widget.session
     assert s.pos.index == 3
-    qtbot.waitUntil(
-        lambda: s.store().peek(3) is not None, timeout=10_000
-    )  # the slice on screen first
+    qtbot.waitUntil(lambda: s.store().peek(3) is not None, timeout=10_000)  # the slice on screen first
     assert widget.embed_all_button.isEnabled()
     assert widget.embed_all() == 6
     qtbot.waitUntil(lambda: s.store().ready() == list(range(7)), timeout=10_000)
@@ -661,9 +617,7 @@ def test_zoom_sharpens_small_objects_in_the_preview(
     image = tifffile.imread(str(data_dir / "nuclei_2d" / "image.tif"))
     truth_all = tifffile.imread(str(data_dir / "nuclei_2d" / "labels.tif"))
     ids, counts = np.unique(truth_all[truth_all > 0], return_counts=True)
-    picks = ids[np.argsort(counts)][len(ids) // 4 :: max(1, len(ids) // 6)][
-        :5
-    ]  # small to mid-sized nuclei
+    picks = ids[np.argsort(counts)][len(ids) // 4 :: max(1, len(ids) // 6)][:5]  # small to mid-sized nuclei
     viewer = make_napari_viewer()
     viewer.add_image(image, name="nuclei")
     widget = SegmentWidget(viewer)

@@ -26,12 +26,8 @@ def test_contested_voxels_go_to_the_object_holding_them_deepest_whatever_the_ord
     assert np.all(lab[1][both & (np.arange(60) < 29)[None, :]] == 1)
     assert np.all(lab[1][both & (np.arange(60) > 29)[None, :]] == 2)
     assert cols.min() < 29 < cols.max()
-    assert np.array_equal(
-        resolve_overlaps(shape, [ob, oa], spacing_zyx=(50.0, 1.0, 1.0))[:, :, :29], lab[:, :, :29]
-    )
-    assert np.array_equal(
-        resolve_overlaps(shape, [ob, oa], spacing_zyx=(50.0, 1.0, 1.0))[:, :, 30:], lab[:, :, 30:]
-    )
+    assert np.array_equal(resolve_overlaps(shape, [ob, oa], spacing_zyx=(50.0, 1.0, 1.0))[:, :, :29], lab[:, :, :29])
+    assert np.array_equal(resolve_overlaps(shape, [ob, oa], spacing_zyx=(50.0, 1.0, 1.0))[:, :, 30:], lab[:, :, 30:])
     assert np.all(lab[1][a & ~b] == 1) and np.all(lab[1][b & ~a] == 2)
 
 
@@ -46,6 +42,4 @@ def test_key_slices_beat_deeper_propagated_claims_and_list_order_does_not_decide
     os_prop = ObjectMasks(2, 0, {2: small}, key_slices=set())
     assert np.all(resolve_overlaps(shape, [ob, os_prop])[2][small] == 1)  # deeper claim wins
     # listed first but shallower: the small object (depth <= 3 mm) loses to the big one (15 mm deep at 10 mm a slice)
-    assert np.all(
-        resolve_overlaps(shape, [os_prop, ob], spacing_zyx=(10.0, 1.0, 1.0))[2][small] == 1
-    )
+    assert np.all(resolve_overlaps(shape, [os_prop, ob], spacing_zyx=(10.0, 1.0, 1.0))[2][small] == 1)

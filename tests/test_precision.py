@@ -39,9 +39,7 @@ def small_backend():
     )
     encoder = fold_batchnorm(TinyViT(cfg).eval())
     prompt_encoder, mask_decoder = build_sam_prompt_decoder(embedding_size=16, input_size=64)
-    return SamFamilyBackend(
-        "tiny_lite", encoder, prompt_encoder, mask_decoder, 64, torch.device("cpu")
-    )
+    return SamFamilyBackend("tiny_lite", encoder, prompt_encoder, mask_decoder, 64, torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- names
@@ -80,9 +78,7 @@ def test_auto_resolves_to_a_supported_precision_that_runs(monkeypatch):
     # the decision follows the measurement, not an assumption about the CPU
     assert resolved == ("bf16" if probe.ratio <= P.NATIVE_RATIO else "fp32")
     x = torch.randn(64, 32)
-    y = torch.nn.functional.linear(
-        x.to(P.DTYPES[resolved]), torch.randn(16, 32).to(P.DTYPES[resolved])
-    )
+    y = torch.nn.functional.linear(x.to(P.DTYPES[resolved]), torch.randn(16, 32).to(P.DTYPES[resolved]))
     assert y.dtype == P.DTYPES[resolved] and torch.isfinite(y.float()).all()
     assert P.resolve_precision("auto", "mps") == "fp32"
     assert P.resolve_precision("fp16", "cpu") == "fp16"  # explicit names are kept
@@ -143,9 +139,7 @@ def test_cpu_without_bf16_kernels_falls_back(tmp_path):
     """With oneDNN capped to AVX2 (no bf16 kernels: an older CPU), bf16 tensors take the plain
     PyTorch path instead of failing, the probe measures it slower and ``auto`` keeps fp32."""
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=SRC, NAPARI_SAM_BF16="")
-    p = subprocess.run(
-        [sys.executable, "-c", _NO_BF16_CHILD], env=env, capture_output=True, text=True, timeout=300
-    )
+    p = subprocess.run([sys.executable, "-c", _NO_BF16_CHILD], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])
     if out["bf16_onednn"]:
@@ -176,11 +170,7 @@ def test_bf16_and_fp32_cache_entries_never_collide(tmp_path, small_backend):
     # and back: the fp32 entry is intact and still served from disk
     small_backend.set_dtype("float32")
     again = SliceEmbeddings(small_backend, volume, window, cache_dir=tmp_path, dtype="float32")
-    assert (
-        torch.equal(again.get(1).features, f32)
-        and again.disk_hits == 1
-        and again.encoder_calls == 0
-    )
+    assert torch.equal(again.get(1).features, f32) and again.disk_hits == 1 and again.encoder_calls == 0
     assert model_identity(small_backend) == "tiny_lite"
     small_backend.set_dtype("bfloat16")
     assert model_identity(small_backend) == "tiny_lite|bf16"
@@ -199,9 +189,7 @@ def test_parts_kept_fp32_run_and_have_their_own_identity(monkeypatch, small_back
     mixed = small_backend.embed(image)
     rel = float((mixed.features - full.features).norm() / full.features.norm())
     assert 0 < rel < 0.05
-    assert (
-        model_identity(small_backend) == "tiny_lite|bf16+fp32:layers.0,neck.0,neck.1,neck.2,neck.3"
-    )
+    assert model_identity(small_backend) == "tiny_lite|bf16+fp32:layers.0,neck.0,neck.1,neck.2,neck.3"
     monkeypatch.setattr(P, "KEEP_FP32", {})
     P.apply_precision(small_backend, "bf16")
     assert model_identity(small_backend) == "tiny_lite|bf16"
@@ -272,12 +260,7 @@ def test_cuda_encoder_half_precision_path(small_backend):
     assert resolved in ("bf16", "fp16")
     dev = torch.device("cuda")
     b = SamFamilyBackend(
-        "tiny_lite",
-        small_backend.image_encoder,
-        small_backend.prompt_encoder,
-        small_backend.mask_decoder,
-        64,
-        dev,
+        "tiny_lite", small_backend.image_encoder, small_backend.prompt_encoder, small_backend.mask_decoder, 64, dev
     )
     image = np.random.default_rng(1).random((64, 64), dtype=np.float32)
     full = b.embed(image)

@@ -20,9 +20,7 @@ def test_precision_choice_is_passed_to_load_model(make_napari_viewer, qtbot, mon
     class _Loaded:  # load_model's result; the session start on it is not this test's concern
         name = "lite_medsam"
 
-    monkeypatch.setattr(
-        registry, "load_model", lambda *a, **k: calls.append(k["precision"]) or _Loaded()
-    )
+    monkeypatch.setattr(registry, "load_model", lambda *a, **k: calls.append(k["precision"]) or _Loaded())
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32), np.float32), name="img")
     widget = SegmentWidget(viewer)

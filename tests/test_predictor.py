@@ -64,9 +64,7 @@ def test_clicks_reach_target_quickly(predictor, ct_embeddings, ct_labels, ct_lab
     assert first["liver"] >= 0.80
 
 
-def test_click_candidates_are_ranked_and_distinct(
-    predictor, ct_embeddings, ct_labels, ct_label_names
-):
+def test_click_candidates_are_ranked_and_distinct(predictor, ct_embeddings, ct_labels, ct_label_names):
     lid = ct_label_names["liver"]
     gt = ct_labels[10] == lid
     predictor.set_embedding(ct_embeddings.get(10))
@@ -95,16 +93,13 @@ def test_negative_click_removes_region(predictor, ct_embeddings, ct_labels, ct_l
     predictor.set_embedding(ct_embeddings.get(z))
     r0, c0, r1, c1 = box_of_mask(gt)
     big = predictor.predict(
-        box=(max(0, r0 - 60), max(0, c0 - 60), min(511, r1 + 60), min(511, c1 + 60)),
-        multimask=False,
+        box=(max(0, r0 - 60), max(0, c0 - 60), min(511, r1 + 60), min(511, c1 + 60)), multimask=False
     ).mask
     outside = big & ~gt
     if outside.sum() < 200:
         pytest.skip("the enlarged box did not overshoot on this slice")
     neg = deepest_point(outside)
-    fixed = predictor.predict(
-        points=[deepest_point(gt), neg], labels=[1, 0], previous=big, multimask=False
-    ).mask
+    fixed = predictor.predict(points=[deepest_point(gt), neg], labels=[1, 0], previous=big, multimask=False).mask
     assert not fixed[neg]
     assert dice(fixed, gt) > dice(big, gt)
 

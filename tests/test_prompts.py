@@ -42,9 +42,7 @@ def test_prompts_file_round_trip(tmp_path):
     assert liver.prompts[0].box == (10, 20, 30, 40)
     np.testing.assert_array_equal(liver.prompts[1].labels, [1, 0])
     assert pf.objects[1].propagate and pf.objects[1].range == (2, 9)
-    np.testing.assert_array_equal(
-        pf.objects[1].prompts[0].labels, [1]
-    )  # labels default to positive
+    np.testing.assert_array_equal(pf.objects[1].prompts[0].labels, [1])  # labels default to positive
     assert parse_prompts(pf.to_json()).to_json() == pf.to_json()
 
 
@@ -73,12 +71,7 @@ def test_check_against_shape():
         {"objects": "x"},
         {"objects": [{"id": 1, "prompts": []}]},
         {"objects": [{"id": 1, "prompts": [{"slice": 0}]}]},
-        {
-            "objects": [
-                {"id": 1, "prompts": [{"box": [0, 0, 1, 1]}]},
-                {"id": 1, "prompts": [{"box": [0, 0, 1, 1]}]},
-            ]
-        },
+        {"objects": [{"id": 1, "prompts": [{"box": [0, 0, 1, 1]}]}, {"id": 1, "prompts": [{"box": [0, 0, 1, 1]}]}]},
         {"objects": [{"id": 1, "prompts": [{"points": [[1, np.nan]]}]}]},
     ],
 )

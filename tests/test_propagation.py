@@ -39,20 +39,11 @@ class BrightInBoxBackend(Backend):
         t = np.zeros((self.image_size, self.image_size), np.float32)
         t[:h, :w] = image
         return Embedding(
-            features=torch.from_numpy(t)[None, None],
-            original_size=(h, w),
-            input_size=(h, w),
-            model=self.name,
+            features=torch.from_numpy(t)[None, None], original_size=(h, w), input_size=(h, w), model=self.name
         )
 
     def decode_low_res(
-        self,
-        embedding,
-        points_rc=None,
-        point_labels=None,
-        boxes_rc=None,
-        mask_input=None,
-        multimask=False,
+        self, embedding, points_rc=None, point_labels=None, boxes_rc=None, mask_input=None, multimask=False
     ):
         from scipy import ndimage
 
@@ -285,9 +276,7 @@ def test_stop_rules_refuse_leaks_and_jumps():
     assert prop.check(step(prev, score=0.3), prev)[0] is StopReason.LOW_SCORE
     far = np.roll(prev, 25, axis=1)
     assert prop.check(step(far, backward=0.2), prev)[0] is StopReason.DISCONTINUITY
-    assert (
-        prop.check(step(far, backward=0.9), prev) is None
-    )  # the backward check vouches for the jump
+    assert prop.check(step(far, backward=0.9), prev) is None  # the backward check vouches for the jump
     assert prop.check(step(prev, features=0.3), prev)[0] is StopReason.APPEARANCE
     big = np.zeros_like(prev)
     big[15:40, 15:40] = True
@@ -316,26 +305,17 @@ def test_segment_volume_propagates_objects_from_the_prompts_file(synthetic):
     pf = PromptsFile(
         objects=[
             ObjectPrompts(1, "big", [key_prompt(obj, 12)], window=[0, 255], propagate=True),
-            ObjectPrompts(
-                2, "small", [key_prompt(obj2, 12)], window=[0, 255], propagate=True, range=(10, 14)
-            ),
+            ObjectPrompts(2, "small", [key_prompt(obj2, 12)], window=[0, 255], propagate=True, range=(10, 14)),
             ObjectPrompts(3, "flat", [key_prompt(obj, 6)], window=[0, 255]),
         ]
     )
     seen = []
     res = segment_volume(
-        Volume(raw, metadata={"modality": "MR"}),
-        pf,
-        backend,
-        progress=lambda ev: seen.append((ev.done, ev.total)),
+        Volume(raw, metadata={"modality": "MR"}), pf, backend, progress=lambda ev: seen.append((ev.done, ev.total))
     )
     assert dice(res.labels == 1, obj & ~(np.arange(24) == 6)[:, None, None]) > 0.99
     assert (
-        dice(
-            res.labels == 2,
-            obj2 & (np.arange(24)[:, None, None] >= 10) & (np.arange(24)[:, None, None] <= 14),
-        )
-        > 0.99
+        dice(res.labels == 2, obj2 & (np.arange(24)[:, None, None] >= 10) & (np.arange(24)[:, None, None] <= 14)) > 0.99
     )
     # object 3's prompted slice 6 beats object 1's propagation there
     assert np.array_equal(res.labels[6] == 3, obj[6])
@@ -371,9 +351,7 @@ def test_correction_on_ct_recovers_dice_and_keeps_slices_outside_the_affected_ra
     first = [next(gen).payload for _ in range(4)]
     gen.close()
     assert [u.index for u in first] == [15, 13, 14, 14] and state.needs_run
-    assert (
-        15 not in state.dirty and 14 not in state.dirty and 13 in state.dirty and 16 in state.dirty
-    )
+    assert 15 not in state.dirty and 14 not in state.dirty and 13 in state.dirty and 16 in state.dirty
     kept = state.results[14].copy()
     prop.propagate(state)
     assert state.info[14].source == "reconciled" and np.array_equal(state.results[14], kept)

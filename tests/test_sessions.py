@@ -15,14 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sam.annotation import (
-    Annotation,
-    ImageRef,
-    Journal,
-    find_recovery,
-    open_session,
-    save_session,
-)
+from napari_sam.annotation import Annotation, ImageRef, Journal, find_recovery, open_session, save_session
 from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.errors import InputError
 from napari_sam.intensity import Window
@@ -68,9 +61,7 @@ def same(a: Annotation, b: Annotation) -> None:
         )
         if x.state is not None:
             assert sorted(x.state.results) == sorted(y.state.results)
-            assert all(
-                np.array_equal(x.state.results[i], y.state.results[i]) for i in x.state.results
-            )
+            assert all(np.array_equal(x.state.results[i], y.state.results[i]) for i in x.state.results)
             assert x.state.stops == y.state.stops and x.state.dirty == y.state.dirty
 
 
@@ -81,11 +72,7 @@ def test_save_open_continue(tmp_path):
     folder = save_session(tmp_path / "s", m, image, {"name": backend.name}, {"window": [0, 255]})
     assert sorted(p.name for p in folder.iterdir()) == ["arrays.npz", "session.json"]
     doc = json.loads((folder / "session.json").read_text())
-    assert (
-        doc["format"] == "napari-sam session"
-        and doc["version"] == 1
-        and doc["settings"] == {"window": [0, 255]}
-    )
+    assert doc["format"] == "napari-sam session" and doc["version"] == 1 and doc["settings"] == {"window": [0, 255]}
     back = open_session(folder, image=vol)
     same(back.annotation, m)
     assert back.image == image and back.model == {"name": backend.name}
@@ -125,10 +112,7 @@ def test_a_killed_session_is_recovered_up_to_its_last_finished_action(tmp_path):
     vol, big, small = scene_volume()
     root = tmp_path / "recovery"
     env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(
-            filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")])
-        ),
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")]))
     )
     child = subprocess.Popen(
         [sys.executable, str(HERE / "session_child.py"), str(root)],

@@ -81,9 +81,7 @@ def test_reference_preprocessing_matches_ours_on_square_slices(reference):
     assert not torch.allclose(ours, _reference_input(wide), atol=1e-3)  # stretched vs padded
 
 
-def test_masks_equal_reference_on_every_ct_slice_and_prompt(
-    reference, lite_medsam, ct_volume, ct_labels
-):
+def test_masks_equal_reference_on_every_ct_slice_and_prompt(reference, lite_medsam, ct_volume, ct_labels):
     from napari_sam.intensity import parse_window
 
     window = parse_window("-160,240")
@@ -99,7 +97,5 @@ def test_masks_equal_reference_on_every_ct_slice_and_prompt(
         results += [(z, i, int(e.sum()), dice(g, e)) for i, g, e in zip(ids, got, expected)]
     assert len(results) > 300, "expected a box for most labelled structures of the 20 slices"
     worst = min(results, key=lambda r: r[3])
-    assert worst[3] >= 0.99, (
-        f"slice {worst[0]}, label {worst[1]} ({worst[2]} px): Dice {worst[3]:.4f}"
-    )
+    assert worst[3] >= 0.99, f"slice {worst[0]}, label {worst[1]} ({worst[2]} px): Dice {worst[3]:.4f}"
     assert float(np.mean([r[3] for r in results])) >= 0.999

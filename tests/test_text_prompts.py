@@ -52,10 +52,7 @@ def test_taught_head_finds_each_class_on_unseen_slices(method):
     train = [_phantom(s) for s in (0, 4)]
     embs = [_synthetic_slice(t, i) for i, t in enumerate(train)]
     head = teach(
-        embs,
-        [grid_labels(t, [1, 2], e, SIZE) for t, e in zip(train, embs)],
-        ["liver", "spleen"],
-        method=method,
+        embs, [grid_labels(t, [1, 2], e, SIZE) for t, e in zip(train, embs)], ["liver", "spleen"], method=method
     )
     test = [_phantom(2), np.zeros((SIZE, SIZE), np.int32)]
     test_embs = [_synthetic_slice(t, 10 + i) for i, t in enumerate(test)]
@@ -70,9 +67,7 @@ def test_taught_head_finds_each_class_on_unseen_slices(method):
 def test_automatic_instances_get_their_taught_class_and_confidence():
     train = [_phantom(s) for s in (0, 4)]
     embs = [_synthetic_slice(t, i) for i, t in enumerate(train)]
-    head = teach(
-        embs, [grid_labels(t, [1, 2], e, SIZE) for t, e in zip(train, embs)], ["liver", "spleen"]
-    )
+    head = teach(embs, [grid_labels(t, [1, 2], e, SIZE) for t, e in zip(train, embs)], ["liver", "spleen"])
     test = _phantom(2)
     instances = np.zeros((1, SIZE, SIZE), np.int32)
     instances[0][test == 2] = 7  # the spleen, as automatic mode would find it
@@ -84,9 +79,7 @@ def test_automatic_instances_get_their_taught_class_and_confidence():
 
 
 def test_unknown_class_is_refused_with_the_taught_classes_and_the_closest():
-    head = ClassHead(
-        ["liver", "spleen"], torch.zeros(3, 8), torch.zeros(3), torch.arange(3), "logistic"
-    )
+    head = ClassHead(["liver", "spleen"], torch.zeros(3, 8), torch.zeros(3), torch.arange(3), "logistic")
     with pytest.raises(InputError, match=r"'livr'.*did you mean 'liver'.*knows: liver, spleen"):
         head.index_of("livr")
     with pytest.raises(InputError, match="it knows: liver, spleen"):
@@ -98,17 +91,11 @@ def test_unknown_class_is_refused_with_the_taught_classes_and_the_closest():
 
 
 def test_class_head_travels_in_a_weights_only_checkpoint(tmp_path):
-    head = ClassHead(
-        ["liver"], torch.randn(2, 8), torch.randn(2), torch.arange(2), "logistic", "-110,190"
-    )
+    head = ClassHead(["liver"], torch.randn(2, 8), torch.randn(2), torch.arange(2), "logistic", "-110,190")
     base, _ = base_state("lite_medsam")
     path = save_tuned(tmp_path / "tuned.pt", base, {}, {"kind": "test"}, classes=head.to_state())
     back = load_class_head(path)
-    assert (
-        back.names == ["liver"]
-        and torch.equal(back.weight, head.weight)
-        and back.window == "-110,190"
-    )
+    assert back.names == ["liver"] and torch.equal(back.weight, head.weight) and back.window == "-110,190"
     plain = save_tuned(tmp_path / "plain.pt", base, {}, {"kind": "test"})
     assert read_class_state(plain) is None
     with pytest.raises(InputError, match="has not been taught any class"):
@@ -116,22 +103,14 @@ def test_class_head_travels_in_a_weights_only_checkpoint(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "napari_sam.cli", *args], capture_output=True, text=True
-    )
+    return subprocess.run([sys.executable, "-m", "napari_sam.cli", *args], capture_output=True, text=True)
 
 
 def test_cli_text_needs_a_taught_checkpoint(tmp_path, ct_dicom_dir):
     out = str(tmp_path / "o.nii.gz")
     r = _cli("segment", str(ct_dicom_dir), "--text", "liver", "--output", out)
-    assert (
-        r.returncode == 2
-        and "text prompts need a checkpoint" in r.stderr
-        and "Traceback" not in r.stderr
-    )
-    r = _cli(
-        "segment", str(ct_dicom_dir), "--text", "liver", "--prompts", "x.json", "--output", out
-    )
+    assert r.returncode == 2 and "text prompts need a checkpoint" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("segment", str(ct_dicom_dir), "--text", "liver", "--prompts", "x.json", "--output", out)
     assert r.returncode == 2 and "without --prompts" in r.stderr
 
 
@@ -146,9 +125,7 @@ def ct_head(lite_medsam, ct_volume, ct_labels, ct_label_names):
     store = SliceEmbeddings(lite_medsam, ct_volume.array, win, 0)
     names = ["liver", "spleen", "stomach", "aorta"]
     ids = [ct_label_names[n] for n in names]
-    grids = [
-        grid_labels(ct_labels[z], ids, store.get(z), lite_medsam.image_size) for z in range(10)
-    ]
+    grids = [grid_labels(ct_labels[z], ids, store.get(z), lite_medsam.image_size) for z in range(10)]
     return teach([store.get(z) for z in range(10)], grids, names), store
 
 
@@ -160,9 +137,7 @@ def test_text_prompt_finds_liver_and_spleen_on_slices_it_was_not_taught_on(
 
     head, store = ct_head
     embs = [store.get(z) for z in range(10, 20)]
-    doc, found = text_prompts_file(
-        head, ["liver", "spleen"], embs, lite_medsam.image_size, propagate=True
-    )
+    doc, found = text_prompts_file(head, ["liver", "spleen"], embs, lite_medsam.image_size, propagate=True)
     assert [o["name"] for o in doc["objects"]] == ["liver", "spleen"]
     for f in found:
         truth = box_of_mask(ct_labels[10 + f.slice] == ct_label_names[f.name])
@@ -178,15 +153,7 @@ def test_cli_segments_a_class_by_name(tmp_path, ct_head, ct_dicom_dir, ct_labels
     ckpt = save_tuned(tmp_path / "taught.pt", base, {}, {"kind": "test"}, classes=head.to_state())
     out = tmp_path / "liver.nii.gz"
     r = _cli(
-        "segment",
-        str(ct_dicom_dir),
-        "--text",
-        "liver",
-        "--checkpoint",
-        str(ckpt),
-        "--output",
-        str(out),
-        "--quiet",
+        "segment", str(ct_dicom_dir), "--text", "liver", "--checkpoint", str(ckpt), "--output", str(out), "--quiet"
     )
     assert r.returncode == 0, r.stderr
     labels = read_image(out).array
@@ -221,9 +188,7 @@ def test_auto_names_its_instances_with_a_taught_checkpoint(tmp_path, data_dir, l
     arr = tifffile.imread(image).astype(np.float32)[None]
     win = resolve_window(arr, None)
     emb = SliceEmbeddings(lite_medsam, arr, win, 0).get(0)
-    left = np.where(np.arange(truth.shape[1])[None] < truth.shape[1] // 2, truth > 0, 0).astype(
-        np.int32
-    )
+    left = np.where(np.arange(truth.shape[1])[None] < truth.shape[1] // 2, truth > 0, 0).astype(np.int32)
     grid = grid_labels(left, [1], emb, lite_medsam.image_size)
     grid[:, grid.shape[1] // 2 :] = -1  # the right half is not taught
     head = teach([emb], [grid], ["nucleus"])

@@ -86,9 +86,7 @@ def test_automatic_on_a_mosaic_matches_the_single_image():
     F1 would be 0."""
     img, lab = blob_image((160, 160), seed=3, touching_pair=False)
     masks = {"model_role": "masks", "keep_unanswered": False}
-    single = AutomaticSegmenter(FakeBlobBackend(), AutoSettings.for_microscopy(**masks)).segment(
-        img
-    )
+    single = AutomaticSegmenter(FakeBlobBackend(), AutoSettings.for_microscopy(**masks)).segment(img)
     f1_single = match_instances(single.labels, lab).f1
     mosaic = np.block([[img, img], [img, img]])
     off = lab.max()
@@ -99,9 +97,7 @@ def test_automatic_on_a_mosaic_matches_the_single_image():
         ]
     )
     backend = FakeBlobBackend()
-    seg = AutomaticSegmenter(
-        backend, AutoSettings.for_microscopy(tile_shape=(112, 112), halo=24, **masks)
-    )
+    seg = AutomaticSegmenter(backend, AutoSettings.for_microscopy(tile_shape=(112, 112), halo=24, **masks))
     res = seg.segment(mosaic)
     grid = TileGrid(mosaic.shape, (112, 112), 24)
     assert len(grid) > 4 and res.encoder_calls == len(grid)

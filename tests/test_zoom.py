@@ -35,12 +35,7 @@ def test_zoom_crop_holds_the_box_and_stays_inside(quantize):
         box = (r0, c0, r0 + h - 1, c0 + w - 1)
         crop = zoom_crop(box, (500, 700), st)
         assert crop is not None and crop.contains_box(box)
-        assert (
-            0 <= crop.top
-            and crop.top + crop.height <= 500
-            and 0 <= crop.left
-            and crop.left + crop.width <= 700
-        )
+        assert 0 <= crop.top and crop.top + crop.height <= 500 and 0 <= crop.left and crop.left + crop.width <= 700
         if quantize and crop.height < 500:
             assert crop.top % (crop.height // 2) == 0 or crop.top == 500 - crop.height
 
@@ -149,11 +144,7 @@ def test_zoom_beats_the_whole_slice_on_real_nuclei(data_dir, lite_medsam):
     cands = [
         (i + 1, s)
         for i, s in enumerate(objs)
-        if s is not None
-        and s[0].start > 2
-        and s[1].start > 2
-        and s[0].stop < 509
-        and s[1].stop < 509
+        if s is not None and s[0].start > 2 and s[1].start > 2 and s[0].stop < 509 and s[1].stop < 509
     ]
     cands.sort(key=lambda t: (t[1][0].start - 150) ** 2 + (t[1][1].start - 150) ** 2)
     whole = SlicePredictor(lite_medsam)
@@ -183,14 +174,8 @@ def test_crop_embeddings_on_disk_survive_a_new_session(tmp_path):
     again = CropEmbeddings(backend, cache_dir=tmp_path)  # a new session: empty memory
     e2 = again.get(img, crop)
     assert again.encoder_calls == 0 and again.disk_hits == 1
-    assert (
-        torch.allclose(e1.features, e2.features, atol=1e-3) and e2.original_size == e1.original_size
-    )
-    for chunk in (
-        p
-        for p in tmp_path.rglob("*")
-        if p.is_file() and "features" in p.parts and p.name != "zarr.json"
-    ):
+    assert torch.allclose(e1.features, e2.features, atol=1e-3) and e2.original_size == e1.original_size
+    for chunk in (p for p in tmp_path.rglob("*") if p.is_file() and "features" in p.parts and p.name != "zarr.json"):
         chunk.write_bytes(b"garbage")  # damage the stored features
     third = CropEmbeddings(backend, cache_dir=tmp_path)
     third.get(img, crop)

@@ -104,9 +104,7 @@ class ModelPlugin(WorkerPlugin):
 
         threads = self.torch_threads or max(1, cpu_cores() // max(1, worker.state.nthreads))
         torch.set_num_threads(threads)
-        self.backend = load_model(
-            self.model, self.checkpoint, self.device, progress=False, precision=self.precision
-        )
+        self.backend = load_model(self.model, self.checkpoint, self.device, progress=False, precision=self.precision)
 
 
 def register_model(
@@ -126,9 +124,7 @@ def register_model(
 
     if precision is not None:
         parse_precision(precision)  # a bad value is refused before any worker loads anything
-    client.register_plugin(
-        ModelPlugin(model, checkpoint, torch_threads, precision, device), name=PLUGIN_NAME
-    )
+    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads, precision, device), name=PLUGIN_NAME)
 
 
 def connect(address: str, timeout: str = "20s"):
@@ -143,9 +139,7 @@ def connect(address: str, timeout: str = "20s"):
 
 def local_threads(client, threads_per_worker: int = 1) -> int:
     """Torch threads per worker of a local cluster: the cores shared out among its worker threads."""
-    return max(
-        1, cpu_cores() // (max(1, len(client.scheduler_info()["workers"])) * threads_per_worker)
-    )
+    return max(1, cpu_cores() // (max(1, len(client.scheduler_info()["workers"])) * threads_per_worker))
 
 
 def _case_task(case: Case, settings: BatchSettings) -> dict[str, Any]:
@@ -157,9 +151,7 @@ def _case_task(case: Case, settings: BatchSettings) -> dict[str, Any]:
     return run_case(case, settings, plugin.backend, worker=worker.address)
 
 
-def local_client(
-    workers: int | None = None, threads_per_worker: int = 1, memory_limit: str | float = "auto"
-):
+def local_client(workers: int | None = None, threads_per_worker: int = 1, memory_limit: str | float = "auto"):
     """A ``Client`` on a new LocalCluster of worker processes sized to this machine.
 
     workers: worker processes (default: cores // threads_per_worker).
@@ -218,9 +210,7 @@ def plan(cases: list[Case], settings: BatchSettings) -> tuple[list[Case], list[d
         if is_finished(c, settings):
             done.append(_record(c, "skipped", "finished earlier with the same inputs and settings"))
         elif c.output.exists() and not settings.overwrite:
-            done.append(
-                _record(c, "failed", f"{c.output}: output exists; pass --overwrite to replace it")
-            )
+            done.append(_record(c, "failed", f"{c.output}: output exists; pass --overwrite to replace it"))
         else:
             todo.append(c)
     return todo, done
@@ -277,22 +267,12 @@ def batch_job(
         if todo:
             for c in todo:
                 remove_partials(c.output)
-            register_model(
-                client, settings.model, settings.checkpoint, torch_threads, settings.precision
-            )
+            register_model(client, settings.model, settings.checkpoint, torch_threads, settings.precision)
             futures = {
-                client.submit(
-                    _case_task,
-                    c,
-                    settings,
-                    key=f"napari-sam-case-{c.row}-{os.getpid()}",
-                    pure=False,
-                ): c
+                client.submit(_case_task, c, settings, key=f"napari-sam-case-{c.row}-{os.getpid()}", pure=False): c
                 for c in todo
             }
-            log.info(
-                "batch: %d case(s) sent to %s, %d need no run", len(todo), client, len(records)
-            )
+            log.info("batch: %d case(s) sent to %s, %d need no run", len(todo), client, len(records))
             for rec in _finished(futures):
                 records.append(rec)
                 yield Progress(len(records), total, f"row {rec['row']}: {rec['status']}", rec)
@@ -350,9 +330,7 @@ def _show_dashboard(client) -> None:
 def add_parser(sub) -> None:
     """Add the ``batch`` sub-command to the CLI's sub-parsers."""
     p = sub.add_parser("batch", help="segment a cohort listed in a manifest CSV on a Dask cluster")
-    p.add_argument(
-        "manifest", help="CSV with columns image,prompts,output[,mode][,window] (docs/scaling.md)"
-    )
+    p.add_argument("manifest", help="CSV with columns image,prompts,output[,mode][,window] (docs/scaling.md)")
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--scheduler",
@@ -360,20 +338,12 @@ def add_parser(sub) -> None:
         help="address of a running Dask scheduler, "
         "e.g. tcp://host:8786 (default: a local cluster sized to this machine)",
     )
-    where.add_argument(
-        "--workers", type=int, default=None, help="local worker processes (default: cores)"
-    )
-    p.add_argument(
-        "--threads-per-worker",
-        type=int,
-        default=1,
-        help="Dask threads per local worker (default 1)",
-    )
+    where.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores)")
+    p.add_argument("--threads-per-worker", type=int, default=1, help="Dask threads per local worker (default 1)")
     p.add_argument(
         "--cache-dir",
         default=None,
-        help="embedding cache shared by the workers "
-        "(default: $NAPARI_SAM_CACHE_DIR, else the user cache folder)",
+        help="embedding cache shared by the workers (default: $NAPARI_SAM_CACHE_DIR, else the user cache folder)",
     )
     p.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
     p.add_argument("--model", default="lite_medsam", help="model name (default lite_medsam)")
@@ -384,9 +354,7 @@ def add_parser(sub) -> None:
         help="image encoder precision on the workers: auto, fp32, "
         "bf16 or fp16 (default: see docs/performance.md); recorded with each case",
     )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace outputs that are not a finished run"
-    )
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that are not a finished run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

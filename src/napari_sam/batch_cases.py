@@ -59,9 +59,7 @@ def _segment(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult
     check_result_for(case.output, volume)  # a DICOM SEG of a non-DICOM image fails before any work
     prompts.check_against(volume.array.shape, volume.is_2d)
     provider = EmbeddingProvider(backend, cache_dir, max_in_memory=64)
-    result = segment_volume(
-        volume, prompts, backend, window=window, embeddings_for=provider.views_of(volume.array)
-    )
+    result = segment_volume(volume, prompts, backend, window=window, embeddings_for=provider.views_of(volume.array))
     enc, hits = provider.encoder_calls, provider.disk_hits
     extra = {
         "source": str(case.image),
@@ -71,15 +69,7 @@ def _segment(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult
         "cache_hits": hits,
     }
     return CaseResult(
-        result.labels,
-        volume.geometry,
-        result.names,
-        result.colors,
-        extra,
-        enc,
-        hits,
-        volume,
-        backend.name,
+        result.labels, volume.geometry, result.names, result.colors, extra, enc, hits, volume, backend.name
     )
 
 
@@ -108,9 +98,7 @@ def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
         labels = result.labels[None]
     else:
         key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
-        result = segmenter.segment_volume(
-            lambda z: window.apply(volume.array[z]), len(volume.array), volume_key=key
-        )
+        result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array), volume_key=key)
         labels = result.labels
     extra = {
         "source": str(case.image),
@@ -152,9 +140,7 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}{at}"
 
 
-def run_case(
-    case: Case, settings: BatchSettings, backend: Backend, worker: str = ""
-) -> dict[str, Any]:
+def run_case(case: Case, settings: BatchSettings, backend: Backend, worker: str = "") -> dict[str, Any]:
     """Compute and write one case; returns its summary record (never raises for a case's own failure).
 
     Record keys: row, image, output, mode, status (done | failed), seconds,

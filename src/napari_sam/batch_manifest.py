@@ -91,16 +91,12 @@ def _case_from_row(folder: Path, i: int, row: dict[str, str], where: str) -> Cas
     prompts = (row.get("prompts") or "").strip() or None
     mode = (row.get("mode") or "").strip().lower() or ("segment" if prompts else "auto")
     if mode not in MODES:
-        raise InputError(
-            f"{where}: row {i}: mode {mode!r}; expected one of {', '.join(MODES)}{_closest(mode, MODES)}"
-        )
+        raise InputError(f"{where}: row {i}: mode {mode!r}; expected one of {', '.join(MODES)}{_closest(mode, MODES)}")
     if mode == "segment" and prompts is None:
         raise InputError(f"{where}: row {i}: mode 'segment' needs a prompts file")
     output = _resolve(folder, row["output"])
     if not output.name.lower().endswith(OUTPUT_SUFFIXES):
-        raise InputError(
-            f"{where}: row {i}: output {output.name}: must end in one of {', '.join(OUTPUT_SUFFIXES)}"
-        )
+        raise InputError(f"{where}: row {i}: output {output.name}: must end in one of {', '.join(OUTPUT_SUFFIXES)}")
     return Case(
         row=i,
         image=_resolve(folder, row["image"]),
@@ -125,18 +121,14 @@ def read_manifest(path: str | Path) -> list[Case]:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = [
-                (reader.line_num - 1, r) for r in reader
-            ]  # row = line number - 1 (header: row 0)
+            rows = [(reader.line_num - 1, r) for r in reader]  # row = line number - 1 (header: row 0)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: not a readable CSV file ({exc})") from None
     if not header:
         raise InputError(f"{path}: empty manifest; expected a header row {','.join(COLUMNS[:3])}")
     for h in header:
         if h not in COLUMNS:
-            raise InputError(
-                f"{path}: unknown column {h!r}{_closest(h, COLUMNS)} (valid: {', '.join(COLUMNS)})"
-            )
+            raise InputError(f"{path}: unknown column {h!r}{_closest(h, COLUMNS)} (valid: {', '.join(COLUMNS)})")
     for col in REQUIRED:
         if col not in header:
             raise InputError(f"{path}: missing column {col!r}")
@@ -153,9 +145,7 @@ def read_manifest(path: str | Path) -> list[Case]:
     for c in cases:
         key = c.output.resolve()
         if key in seen:
-            raise InputError(
-                f"{path}: rows {seen[key]} and {c.row} write the same output {c.output}"
-            )
+            raise InputError(f"{path}: rows {seen[key]} and {c.row} write the same output {c.output}")
         seen[key] = c.row
     return cases
 

@@ -95,9 +95,7 @@ def _verify(out: OutputFile, final: Path) -> None:
         out.verify(out.path)
     except Exception as exc:  # noqa: BLE001 - any failure to read back is a bad write
         reason = " ".join(str(exc).split())[:120]
-        raise NapariSamError(
-            f"{final}: the written {out.kind} does not read back as computed ({reason})"
-        ) from None
+        raise NapariSamError(f"{final}: the written {out.kind} does not read back as computed ({reason})") from None
 
 
 def write_case_outputs(
@@ -127,9 +125,7 @@ def write_case_outputs(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp, tmp_side = partial_names(output)
     try:
-        main = _segmentation_file(
-            tmp, output, labels, geometry, names, colors, volume, model, algorithm_type
-        )
+        main = _segmentation_file(tmp, output, labels, geometry, names, colors, volume, model, algorithm_type)
         main.write(tmp)
         digest = file_sha256(tmp)
         side = sidecar_document(validated_labels(labels), geometry, names, colors, extra)

@@ -80,10 +80,7 @@ def _clip(box: tuple[float, float, float, float], shape: tuple[int, int]) -> np.
 
 @torch.inference_mode()
 def decode_boxes(
-    backend: Backend,
-    emb: Embedding,
-    boxes: list[tuple[float, float, float, float]],
-    batch: int = BATCH,
+    backend: Backend, emb: Embedding, boxes: list[tuple[float, float, float, float]], batch: int = BATCH
 ) -> list[CroppedMask]:
     """One mask per box (r0, c0, r1, c1), inclusive pixel indices on ``emb``'s slice.
 

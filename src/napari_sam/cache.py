@@ -79,9 +79,7 @@ def model_identity(backend: Backend) -> str:
 
 def embedding_key(image_hash: str, model: str, window: Window, axis: int) -> str:
     """The identity of a volume's embeddings: content, model, window, axis."""
-    return hashlib.sha256(f"{image_hash}|{model}|{window.key()}|axis={axis}".encode()).hexdigest()[
-        :32
-    ]
+    return hashlib.sha256(f"{image_hash}|{model}|{window.key()}|axis={axis}".encode()).hexdigest()[:32]
 
 
 def slice_along(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -154,12 +152,7 @@ class EmbeddingStore:
     """
 
     def __init__(
-        self,
-        root: str | Path,
-        key: str,
-        signature: dict[str, Any],
-        n_slices: int,
-        dtype: str = "float16",
+        self, root: str | Path, key: str, signature: dict[str, Any], n_slices: int, dtype: str = "float16"
     ) -> None:
         if dtype not in ("float16", "float32"):
             raise InputError(f"embedding storage dtype {dtype!r}: use float16 or float32")
@@ -189,10 +182,7 @@ class EmbeddingStore:
         except (OSError, ValueError):
             ok = False
         if not ok:  # stale or broken entry: rebuild
-            log.info(
-                "embedding cache entry %s is stale (another format, model or volume): rebuilding it",
-                self.path,
-            )
+            log.info("embedding cache entry %s is stale (another format, model or volume): rebuilding it", self.path)
             self.wipe()
             return
         try:
@@ -200,9 +190,7 @@ class EmbeddingStore:
             if self._crc.shape != (self.n_slices,) or self._features.shape[0] != self.n_slices:
                 raise ValueError("arrays of the wrong shape")
         except Exception as exc:  # noqa: BLE001 - garbage zarr.json, a missing array, ...
-            _warn(
-                f"embedding cache entry {self.path} is damaged ({type(exc).__name__}); rebuilding it"
-            )
+            _warn(f"embedding cache entry {self.path} is damaged ({type(exc).__name__}); rebuilding it")
             self.wipe()
             return
         self._meta = meta
@@ -215,8 +203,7 @@ class EmbeddingStore:
             self._features = zarr.open_array(str(self.path / "features"), mode="r+")
             self._crc = zarr.open_array(str(self.path / "crc"), mode="r+")
             self._extra = {
-                name: zarr.open_array(str(self.path / f"extra_{name}"), mode="r+")
-                for name in meta.get("extra", {})
+                name: zarr.open_array(str(self.path / f"extra_{name}"), mode="r+") for name in meta.get("extra", {})
             }
             return
         fshape = tuple(meta["feature_shape"])
@@ -303,9 +290,7 @@ class EmbeddingStore:
             original_size=tuple(m["original_size"]),
             input_size=tuple(m["input_size"]),
             model=m["model_name"],
-            extra={
-                k: torch.from_numpy(v.astype(np.float32))[None].to(device) for k, v in extra.items()
-            },
+            extra={k: torch.from_numpy(v.astype(np.float32))[None].to(device) for k, v in extra.items()},
         )
 
     def save(self, index: int, emb: Embedding) -> Embedding:
@@ -317,17 +302,12 @@ class EmbeddingStore:
         """
         if self._meta is None:
             self._create(emb)
-        elif tuple(emb.features.shape[1:]) != tuple(self._meta["feature_shape"]) or tuple(
-            emb.original_size
-        ) != tuple(self._meta["original_size"]):
-            raise InputError(
-                f"embedding of shape {tuple(emb.features.shape)} does not fit cache entry {self.key}"
-            )
+        elif tuple(emb.features.shape[1:]) != tuple(self._meta["feature_shape"]) or tuple(emb.original_size) != tuple(
+            self._meta["original_size"]
+        ):
+            raise InputError(f"embedding of shape {tuple(emb.features.shape)} does not fit cache entry {self.key}")
         feats = emb.features[0].detach().float().cpu().numpy().astype(self.dtype)
-        extra = {
-            k: emb.extra[k][0].detach().float().cpu().numpy().astype(self.dtype)
-            for k in self._extra
-        }
+        extra = {k: emb.extra[k][0].detach().float().cpu().numpy().astype(self.dtype) for k in self._extra}
         self._features[index] = feats
         for k, a in self._extra.items():
             a[index] = extra[k]
@@ -338,11 +318,5 @@ class EmbeddingStore:
         return replace(
             emb,
             features=torch.from_numpy(feats.astype(np.float32))[None].to(dev),
-            extra={
-                **emb.extra,
-                **{
-                    k: torch.from_numpy(v.astype(np.float32))[None].to(dev)
-                    for k, v in extra.items()
-                },
-            },
+            extra={**emb.extra, **{k: torch.from_numpy(v.astype(np.float32))[None].to(dev) for k, v in extra.items()}},
         )

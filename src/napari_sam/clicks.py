@@ -85,9 +85,7 @@ class _Hyp:
 
     @property
     def quality(self) -> float:
-        return (
-            self.score + CONSISTENCY_WEIGHT * self.consistency - TRUNCATION_WEIGHT * self.truncation
-        )
+        return self.score + CONSISTENCY_WEIGHT * self.consistency - TRUNCATION_WEIGHT * self.truncation
 
     @property
     def rank_key(self) -> tuple[float, float]:
@@ -122,11 +120,7 @@ class ClickStrategy:
 
     # ------------------------------------------------------------------ public
     def predict(
-        self,
-        emb: Embedding,
-        prompt: SlicePrompt,
-        previous: np.ndarray | None = None,
-        multimask: bool = True,
+        self, emb: Embedding, prompt: SlicePrompt, previous: np.ndarray | None = None, multimask: bool = True
     ) -> Prediction:
         if self.backend.supports_points:
             return self._predict_with_points(emb, prompt, multimask)
@@ -142,9 +136,7 @@ class ClickStrategy:
         )
 
     # ------------------------------------------------------- point-capable models
-    def _predict_with_points(
-        self, emb: Embedding, prompt: SlicePrompt, multimask: bool
-    ) -> Prediction:
+    def _predict_with_points(self, emb: Embedding, prompt: SlicePrompt, multimask: bool) -> Prediction:
         pts = prompt.points[None] if len(prompt.points) else None
         labels = prompt.labels[None] if len(prompt.points) else None
         box = np.asarray(prompt.box, np.float32)[None] if prompt.box is not None else None
@@ -167,10 +159,7 @@ class ClickStrategy:
         """Scale from model-input pixels to low-res grid, and the image's extent there."""
         s = self.backend.image_size
         f = self._low_size / s
-        return f, (
-            max(1, int(round(emb.input_size[0] * f))),
-            max(1, int(round(emb.input_size[1] * f))),
-        )
+        return f, (max(1, int(round(emb.input_size[0] * f))), max(1, int(round(emb.input_size[1] * f))))
 
     def _to_low_rc(self, emb: Embedding, pts_rc: np.ndarray) -> np.ndarray:
         f, (h, w) = self._grid(emb)
@@ -187,9 +176,7 @@ class ClickStrategy:
         masks = (low[:, 0, :h, :w] > 0).cpu().numpy()
         logits = low[:, 0].float()
         loose = (logits > -1).sum(dim=(1, 2)).cpu().numpy()
-        stability = np.where(
-            loose > 0, (logits > 1).sum(dim=(1, 2)).cpu().numpy() / np.maximum(loose, 1), 0.0
-        )
+        stability = np.where(loose > 0, (logits > 1).sum(dim=(1, 2)).cpu().numpy() / np.maximum(loose, 1), 0.0)
         pos = self._to_low_rc(emb, prompt.positive)
         neg = self._to_low_rc(emb, prompt.negative)
         sy, sx = h / emb.original_size[0], w / emb.original_size[1]
@@ -197,9 +184,7 @@ class ClickStrategy:
         for i, box in enumerate(boxes):
             m = masks[i]
             viol = (
-                float((~m[pos[:, 0], pos[:, 1]]).sum() + m[neg[:, 0], neg[:, 1]].sum())
-                if len(pos) + len(neg)
-                else 0.0
+                float((~m[pos[:, 0], pos[:, 1]]).sum() + m[neg[:, 0], neg[:, 1]].sum()) if len(pos) + len(neg) else 0.0
             )
             if not m.any():
                 viol += 0.5  # an empty mask never explains a prompt
@@ -229,19 +214,11 @@ class ClickStrategy:
         c0, c1 = np.clip([c0, c1], 0, w - 1)
         return np.array([min(r0, r1), min(c0, c1), max(r0, r1), max(c0, c1)], np.float32)
 
-    def _grow_to_clicks(
-        self, box: np.ndarray, prompt: SlicePrompt, shape, margin: float
-    ) -> np.ndarray:
+    def _grow_to_clicks(self, box: np.ndarray, prompt: SlicePrompt, shape, margin: float) -> np.ndarray:
         b = box.copy()
         for r, c in prompt.positive:
             b = np.array(
-                [
-                    min(b[0], r - margin),
-                    min(b[1], c - margin),
-                    max(b[2], r + margin),
-                    max(b[3], c + margin),
-                ],
-                np.float32,
+                [min(b[0], r - margin), min(b[1], c - margin), max(b[2], r + margin), max(b[3], c + margin)], np.float32
             )
         return self._clip_box(b, shape)
 
@@ -258,24 +235,17 @@ class ClickStrategy:
                 (None, None, r - 1, None),
                 (None, None, None, c - 1),
             ):
-                nb = np.array(
-                    [v if v is not None else box[i] for i, v in enumerate(cut)], np.float32
-                )
+                nb = np.array([v if v is not None else box[i] for i, v in enumerate(cut)], np.float32)
                 if nb[0] > nb[2] or nb[1] > nb[3]:
                     continue
                 if len(pos) and not np.all(
-                    (pos[:, 0] >= nb[0])
-                    & (pos[:, 0] <= nb[2])
-                    & (pos[:, 1] >= nb[1])
-                    & (pos[:, 1] <= nb[3])
+                    (pos[:, 0] >= nb[0]) & (pos[:, 0] <= nb[2]) & (pos[:, 1] >= nb[1]) & (pos[:, 1] <= nb[3])
                 ):
                     continue
                 out.append(self._clip_box(nb, shape))
         return out
 
-    def _box_hypotheses(
-        self, emb: Embedding, prompt: SlicePrompt, previous: np.ndarray | None
-    ) -> list[_Hyp]:
+    def _box_hypotheses(self, emb: Embedding, prompt: SlicePrompt, previous: np.ndarray | None) -> list[_Hyp]:
         shape = emb.original_size
         side = max(shape)
         seeds: list[np.ndarray] = []
@@ -295,9 +265,7 @@ class ClickStrategy:
                 half = frac * side / 2
                 if prev_box is not None and frac > 0.3:
                     continue
-                seeds.append(
-                    self._clip_box((lo[0] - half, lo[1] - half, hi[0] + half, hi[1] + half), shape)
-                )
+                seeds.append(self._clip_box((lo[0] - half, lo[1] - half, hi[0] + half, hi[1] + half), shape))
         if not seeds:  # only negative clicks: nothing to segment
             seeds.append(self._clip_box((0, 0, 0, 0), shape))
         hyps = self._decode(emb, _unique(seeds), prompt)
@@ -313,10 +281,7 @@ class ClickStrategy:
                 if mb is None:
                     continue
                 f_r, f_c = shape[0] / h.mask.shape[0], shape[1] / h.mask.shape[1]
-                b = np.array(
-                    [mb[0] * f_r, mb[1] * f_c, (mb[2] + 1) * f_r - 1, (mb[3] + 1) * f_c - 1],
-                    np.float32,
-                )
+                b = np.array([mb[0] * f_r, mb[1] * f_c, (mb[2] + 1) * f_r - 1, (mb[3] + 1) * f_c - 1], np.float32)
                 # where the mask runs along its box's edge the object goes on: grow that way
                 grow = 0.25 * np.array([b[2] - b[0], b[3] - b[1]]) + 0.01 * side
                 for e, (i, sign, g) in enumerate(

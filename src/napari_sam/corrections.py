@@ -52,14 +52,7 @@ from .propagation import PropagationState, Propagator
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "Correction",
-    "plane_point",
-    "check_correction",
-    "apply_correction",
-    "apply_corrections",
-    "carve",
-]
+__all__ = ["Correction", "plane_point", "check_correction", "apply_correction", "apply_corrections", "carve"]
 
 #: radius (mm) of the region a positive click adds when the model's answer misses the click
 MIN_ADD_RADIUS_MM = 3.0
@@ -91,13 +84,9 @@ def check_correction(c: Correction, state: PropagationState, where: str = "corre
     if c.label not in (0, 1):
         raise InputError(f"{where}: 'label' must be 1 (add) or 0 (remove)")
     if not all(0 <= int(v) < n for v, n in zip(c.point, state.shape)):
-        raise InputError(
-            f"{where}: point {list(c.point)} lies outside the volume of shape {list(state.shape)}"
-        )
+        raise InputError(f"{where}: point {list(c.point)} lies outside the volume of shape {list(state.shape)}")
     if not state.key_slices:
-        raise InputError(
-            f"{where}: the object has no prompt to start from; give a box or a click first"
-        )
+        raise InputError(f"{where}: the object has no prompt to start from; give a box or a click first")
 
 
 def _full_embedding(propagator: Propagator, index: int):
@@ -113,19 +102,12 @@ def _nearest_nonempty(state: PropagationState, index: int) -> np.ndarray | None:
 
 def _disk(shape: tuple[int, int], r: int, c: int, radius_px: tuple[float, float]) -> np.ndarray:
     rr, cc = np.ogrid[: shape[0], : shape[1]]
-    return ((rr - r) / max(radius_px[0], 0.5)) ** 2 + (
-        (cc - c) / max(radius_px[1], 0.5)
-    ) ** 2 <= 1.0
+    return ((rr - r) / max(radius_px[0], 0.5)) ** 2 + ((cc - c) / max(radius_px[1], 0.5)) ** 2 <= 1.0
 
 
 @torch.inference_mode()
 def _added_region(
-    state: PropagationState,
-    propagator: Propagator,
-    index: int,
-    r: int,
-    c: int,
-    spacing_rc: tuple[float, float],
+    state: PropagationState, propagator: Propagator, index: int, r: int, c: int, spacing_rc: tuple[float, float]
 ) -> np.ndarray:
     """The region a positive click at (r, c) of slice ``index`` adds: the part of
     the model's answer to a box around the current mask and the click that is
@@ -144,13 +126,9 @@ def _added_region(
             h, w = b[2] - b[0] + 1, b[3] - b[1] + 1
         r0, c0, r1, c1 = r - h // 2, c - w // 2, r + h // 2, c + w // 2
     m = 3
-    box = np.array(
-        [[max(0, r0 - m), max(0, c0 - m), min(H - 1, r1 + m), min(W - 1, c1 + m)]], np.float32
-    )
+    box = np.array([[max(0, r0 - m), max(0, c0 - m), min(H - 1, r1 + m), min(W - 1, c1 + m)]], np.float32)
     answer = propagator.backend.decode(_full_embedding(propagator, index), boxes_rc=box).masks[0, 0]
-    disk = _disk(
-        cur.shape, r, c, (MIN_ADD_RADIUS_MM / spacing_rc[0], MIN_ADD_RADIUS_MM / spacing_rc[1])
-    )
+    disk = _disk(cur.shape, r, c, (MIN_ADD_RADIUS_MM / spacing_rc[0], MIN_ADD_RADIUS_MM / spacing_rc[1]))
     if answer[r, c]:
         lab, _n = ndimage.label(answer & ~cur)
         part = lab == lab[r, c] if lab[r, c] else answer & ~cur
@@ -220,9 +198,7 @@ def carve(
         starts = local(points)
         if not starts:
             return np.full(sub.shape, np.inf)
-        cum, _ = MCP_Geometric(costs, sampling=tuple(float(s) for s in spacing_zyx)).find_costs(
-            starts
-        )
+        cum, _ = MCP_Geometric(costs, sampling=tuple(float(s) for s in spacing_zyx)).find_costs(starts)
         return cum
 
     dn, dp = reach(neg), reach(positive)
@@ -230,9 +206,7 @@ def carve(
     return out & mask
 
 
-def _apply_carve(
-    state: PropagationState, corrections: Sequence[Correction], spacing_zyx, painted: set[int]
-) -> None:
+def _apply_carve(state: PropagationState, corrections: Sequence[Correction], spacing_zyx, painted: set[int]) -> None:
     pos, neg = _seeds(state, corrections)
     if not neg:
         return
@@ -282,10 +256,7 @@ def correction_job(
         new = cur | _added_region(state, propagator, index, r, c, sp_rc)
     else:
         pos, neg = _seeds(state, everything)
-        new = (
-            cur
-            & ~carve(state.volume_mask(), pos, [correction.point], sp)[_plane(state.axis, index)]
-        )
+        new = cur & ~carve(state.volume_mask(), pos, [correction.point], sp)[_plane(state.axis, index)]
         if cur[r, c] and new[r, c]:  # the click's own voxel always goes
             lab, _n = ndimage.label(cur)
             new = cur & (lab != lab[r, c])
@@ -294,10 +265,7 @@ def correction_job(
     else:
         affected = state.set_user_mask(index, new)
     log.info(
-        "correction %s (label %d): slices %d-%d re-propagated",
-        tuple(correction.point),
-        correction.label,
-        *affected,
+        "correction %s (label %d): slices %d-%d re-propagated", tuple(correction.point), correction.label, *affected
     )
     yield from propagator.run(state)
     _apply_carve(state, everything, sp, painted)
@@ -336,9 +304,7 @@ def corrections_job(
     """Apply ``corrections`` in order, each as if clicked after seeing the
     previous result (see :func:`correction_job`): a job returning ``state``."""
     for i, c in enumerate(corrections):
-        yield from correction_job(
-            state, propagator, c, earlier=corrections[:i], spacing_zyx=spacing_zyx
-        )
+        yield from correction_job(state, propagator, c, earlier=corrections[:i], spacing_zyx=spacing_zyx)
     if not corrections:
         yield from propagator.run(state)
     return state
@@ -353,9 +319,4 @@ def apply_corrections(
     cancel: Cancel | None = None,
 ) -> PropagationState:
     """:func:`corrections_job` driven to its end; returns ``state``."""
-    return drive(
-        corrections_job(state, propagator, corrections, spacing_zyx),
-        progress,
-        cancel,
-        what="corrections",
-    )
+    return drive(corrections_job(state, propagator, corrections, spacing_zyx), progress, cancel, what="corrections")

@@ -86,8 +86,7 @@ def read_header(path: Path) -> SliceHeader:
         need = size[0] * size[1] * samples * max(1, bits // 8)
         if path.stat().st_size < need:
             raise InputError(
-                f"{path}: truncated DICOM slice ({path.stat().st_size} bytes, its pixels alone "
-                f"need {need})"
+                f"{path}: truncated DICOM slice ({path.stat().st_size} bytes, its pixels alone need {need})"
             )
     return SliceHeader(path, pos, ori, size)  # type: ignore[arg-type]
 
@@ -95,10 +94,7 @@ def read_header(path: Path) -> SliceHeader:
 def list_series(folder: Path) -> dict[str, list[str]]:
     """Series UID -> its files (GDCM's order) for every series in ``folder``."""
     reader = sitk.ImageSeriesReader()
-    return {
-        uid: list(reader.GetGDCMSeriesFileNames(str(folder), uid))
-        for uid in reader.GetGDCMSeriesIDs(str(folder))
-    }
+    return {uid: list(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in reader.GetGDCMSeriesIDs(str(folder))}
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -134,15 +130,10 @@ def choose_series(folder: Path, series: str | None = None) -> tuple[str, list[st
     else:
         uid = next(iter(all_series))
     used = {Path(f).resolve() for files in all_series.values() for f in files}
-    stray = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.resolve() not in used and _looks_like_dicom(p)
-    )
+    stray = sorted(p for p in folder.iterdir() if p.is_file() and p.resolve() not in used and _looks_like_dicom(p))
     if stray:
         raise InputError(
-            f"{stray[0]}: unreadable DICOM slice (corrupt or truncated; "
-            f"{len(stray)} such file(s) in {folder})"
+            f"{stray[0]}: unreadable DICOM slice (corrupt or truncated; {len(stray)} such file(s) in {folder})"
         )
     return uid, all_series[uid]
 
@@ -174,15 +165,12 @@ def check_series(files: list[str]) -> None:
     for k, s in enumerate(steps):
         if s < 1e-4:
             raise InputError(
-                f"{heads[k + 1].path}: duplicate slice position {_fmt(pos[k + 1])} "
-                f"(same as {heads[k].path.name})"
+                f"{heads[k + 1].path}: duplicate slice position {_fmt(pos[k + 1])} (same as {heads[k].path.name})"
             )
     off = pos - pos[0] - np.outer(along - along[0], normal)
     if np.abs(off).max() > 1e-2 * max(1.0, float(np.median(steps))):
         k = int(np.abs(off).max(axis=1).argmax())
-        raise InputError(
-            f"{heads[k].path}: slice position {_fmt(pos[k])} is off the stack's axis (sheared series)"
-        )
+        raise InputError(f"{heads[k].path}: slice position {_fmt(pos[k])} is off the stack's axis (sheared series)")
     step = float(np.median(steps))
     bad = np.flatnonzero(np.abs(steps - step) > SPACING_TOLERANCE * step)
     if bad.size:

@@ -68,9 +68,7 @@ class EmbedReport:
     entry: str
 
 
-_LAST: dict[
-    tuple, Volume
-] = {}  # the last volume this worker process read (tasks of one run share it)
+_LAST: dict[tuple, Volume] = {}  # the last volume this worker process read (tasks of one run share it)
 _LAST_LOCK = threading.Lock()
 
 
@@ -102,9 +100,7 @@ def _backend():
 def _view(job: EmbedJob, volume: Volume, window: Window, image_hash: str) -> SliceEmbeddings:
     backend = _backend()
     provider = EmbeddingProvider(backend, job.cache_dir, max_in_memory=4)
-    return SliceEmbeddings(
-        backend, volume.array, window, job.axis, image_hash=image_hash, provider=provider
-    )
+    return SliceEmbeddings(backend, volume.array, window, job.axis, image_hash=image_hash, provider=provider)
 
 
 def _worker_name() -> str:
@@ -144,12 +140,7 @@ def prepare_task(job: EmbedJob) -> dict[str, Any]:
 def fill_task(job: EmbedJob, window: Window, image_hash: str, indices: list[int]) -> dict[str, Any]:
     """A fill task (on a worker): encode and store ``indices`` (those still missing)."""
     view = _view(job, _volume(job), window, image_hash)
-    return {
-        "encoded": view.fill(indices),
-        "worker": _worker_name(),
-        "first": indices[0],
-        "last": indices[-1],
-    }
+    return {"encoded": view.fill(indices), "worker": _worker_name(), "first": indices[0], "last": indices[-1]}
 
 
 def slice_groups(indices: list[int], per_task: int) -> list[list[int]]:
@@ -159,10 +150,7 @@ def slice_groups(indices: list[int], per_task: int) -> list[list[int]]:
 
 
 def embed_on_cluster(
-    client,
-    job: EmbedJob,
-    per_task: int | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    client, job: EmbedJob, per_task: int | None = None, progress: Callable[[int, int, str], None] | None = None
 ) -> EmbedReport:
     """Fill the cache for ``job`` on ``client``'s cluster (see the module).
 
@@ -175,9 +163,7 @@ def embed_on_cluster(
     if not job.cache_dir:
         raise InputError("embed fills the cache: give a cache folder every worker can write")
     Path(job.cache_dir).mkdir(parents=True, exist_ok=True)
-    prep = client.submit(
-        prepare_task, job, pure=False, key=f"napari-sam-embed-prepare-{os.getpid()}"
-    ).result()
+    prep = client.submit(prepare_task, job, pure=False, key=f"napari-sam-embed-prepare-{os.getpid()}").result()
     missing: list[int] = prep["missing"]
     total = len(missing) + prep["encoded"]
     workers = {prep["worker"]} - {""}
@@ -185,10 +171,7 @@ def embed_on_cluster(
         n_workers = max(1, len(client.scheduler_info()["workers"]))
         per_task = max(1, math.ceil(len(missing) / (4 * n_workers)))
     groups = slice_groups(missing, per_task)
-    futures = [
-        client.submit(fill_task, job, prep["window"], prep["image_hash"], g, pure=False)
-        for g in groups
-    ]
+    futures = [client.submit(fill_task, job, prep["window"], prep["image_hash"], g, pure=False) for g in groups]
     done = prep["encoded"]
     if progress:
         progress(done, total, "prepared")

@@ -53,14 +53,7 @@ from .intensity import Window
 from .jobs import Cancel, Job, Progress, ProgressCallback, drive
 from .models.base import Backend, Embedding
 
-__all__ = [
-    "CropEmbeddings",
-    "EmbeddingProvider",
-    "Entry",
-    "SliceEmbeddings",
-    "crop_key",
-    "encoder_lock",
-]
+__all__ = ["CropEmbeddings", "EmbeddingProvider", "Entry", "SliceEmbeddings", "crop_key", "encoder_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +101,7 @@ class EmbeddingProvider:
     """
 
     def __init__(
-        self,
-        backend: Backend,
-        cache_dir: str | Path | None = None,
-        max_in_memory: int = 32,
-        dtype: str = "float16",
+        self, backend: Backend, cache_dir: str | Path | None = None, max_in_memory: int = 32, dtype: str = "float16"
     ) -> None:
         if max_in_memory < 1:
             raise InputError(f"max_in_memory {max_in_memory}: expected at least 1")
@@ -130,11 +119,7 @@ class EmbeddingProvider:
         self._lock = threading.Lock()  # the memory tier and the table of stores
         self.encoder = encoder_lock(backend)
 
-    def views_of(
-        self,
-        volume: np.ndarray,
-        image_hash: str | None = None,
-    ) -> Callable[[Window, int], SliceEmbeddings]:
+    def views_of(self, volume: np.ndarray, image_hash: str | None = None) -> Callable[[Window, int], SliceEmbeddings]:
         """(window, axis) -> the :class:`SliceEmbeddings` of ``volume`` on this
         provider (what :func:`napari_sam.segmentation.segment_volume` takes as
         ``embeddings_for``). The volume's content hash, the disk entries' key,
@@ -145,12 +130,7 @@ class EmbeddingProvider:
             if self.cache_dir is not None and not known:
                 known.append(content_hash(volume))
             return SliceEmbeddings(
-                self.backend,
-                volume,
-                window,
-                axis,
-                image_hash=known[0] if known else None,
-                provider=self,
+                self.backend, volume, window, axis, image_hash=known[0] if known else None, provider=self
             )
 
         return view
@@ -217,9 +197,7 @@ class EmbeddingProvider:
             return emb
 
     # ------------------------------------------------------------ access
-    def get(
-        self, entry: Entry, index: int, pixels: Callable[[], np.ndarray]
-    ) -> tuple[Embedding, str]:
+    def get(self, entry: Entry, index: int, pixels: Callable[[], np.ndarray]) -> tuple[Embedding, str]:
         """Slice ``index`` of ``entry``: from memory, else disk, else the encoder
         (run on ``pixels()``, the (H, W[, 3]) float32 [0, 1] image the model sees).
         Returns the embedding and where it came from: "memory", "disk" or "encoder"."""
@@ -227,9 +205,7 @@ class EmbeddingProvider:
         if emb is not None:
             self.remember(entry, index, emb)
             return emb, "memory"
-        with (
-            self.encoder
-        ):  # one encoder run at a time; the disk entry is read and written under it too
+        with self.encoder:  # one encoder run at a time; the disk entry is read and written under it too
             emb = self.peek(entry, index)
             if emb is not None:
                 return emb, "memory"
@@ -309,13 +285,9 @@ class SliceEmbeddings:
         provider: EmbeddingProvider | None = None,
     ) -> None:
         if volume.ndim not in (3, 4) or axis not in (0, 1, 2):
-            raise InputError(
-                f"volume of shape {volume.shape} along axis {axis}: expected (z, y, x) and axis 0-2"
-            )
+            raise InputError(f"volume of shape {volume.shape} along axis {axis}: expected (z, y, x) and axis 0-2")
         self.backend = backend
-        self.provider = provider = _provider_for(
-            "SliceEmbeddings", backend, provider, cache_dir, max_in_memory, dtype
-        )
+        self.provider = provider = _provider_for("SliceEmbeddings", backend, provider, cache_dir, max_in_memory, dtype)
         self.volume = volume
         self.window = window
         self.axis = axis
@@ -369,9 +341,7 @@ class SliceEmbeddings:
         entry = self._crops.get(crop)
         if entry is None:
             key = hashlib.sha256(f"{self.entry.key}|crop={crop.key()}".encode()).hexdigest()[:32]
-            entry = self._crops[crop] = Entry(
-                key, self.entry.n, dict(self.entry.signature, crop=crop.key())
-            )
+            entry = self._crops[crop] = Entry(key, self.entry.n, dict(self.entry.signature, crop=crop.key()))
         return entry
 
     def get(self, index: int, crop: Crop | None = None) -> Embedding:
@@ -440,9 +410,7 @@ class SliceEmbeddings:
                 return done
             for s in range(0, total, batch):
                 chunk = todo[s : s + batch]
-                for i, emb in zip(
-                    chunk, self.backend.embed_batch([self.model_input(i) for i in chunk])
-                ):
+                for i, emb in zip(chunk, self.backend.embed_batch([self.model_input(i) for i in chunk])):
                     self._put(i, emb)
                 done += len(chunk)
                 yield Progress(done, total, f"slice {chunk[-1]}")

@@ -68,9 +68,7 @@ class ClickRun:
         return cap
 
 
-def simulate_clicks(
-    predictor, gt: np.ndarray, max_clicks: int = 10, stop_at: float | None = 0.85
-) -> ClickRun:
+def simulate_clicks(predictor, gt: np.ndarray, max_clicks: int = 10, stop_at: float | None = 0.85) -> ClickRun:
     """Run the click protocol on a predictor whose slice is already set.
 
     predictor: a :class:`napari_sam.predictor.SlicePredictor`; gt: (H, W) bool.
@@ -146,16 +144,9 @@ def match_instances(pred: np.ndarray, ref: np.ndarray, threshold: float = 0.5) -
     keep = iou[rows, cols] >= threshold
     rows, cols = rows[keep], cols[keep]
     tp = int(keep.sum())
-    pairs = (
-        np.stack([p_ids[rows], r_ids[cols], iou[rows, cols]], axis=1) if tp else np.zeros((0, 3))
-    )
+    pairs = np.stack([p_ids[rows], r_ids[cols], iou[rows, cols]], axis=1) if tp else np.zeros((0, 3))
     return InstanceScores(
-        threshold,
-        tp,
-        len(p_ids) - tp,
-        len(r_ids) - tp,
-        float(iou[rows, cols].mean()) if tp else 0.0,
-        pairs,
+        threshold, tp, len(p_ids) - tp, len(r_ids) - tp, float(iou[rows, cols].mean()) if tp else 0.0, pairs
     )
 
 
@@ -182,12 +173,8 @@ def prompts_from_labels(
         if kind == "box":
             prompt = SlicePrompt(box=box_of_mask(plane), slice=z)
         else:
-            prompt = SlicePrompt(
-                points=np.asarray([deepest_point(plane)], np.float32), labels=np.ones(1), slice=z
-            )
-        out.append(
-            ObjectPrompts(id=int(i), name=f"object {i}", prompts=[prompt], propagate=propagate)
-        )
+            prompt = SlicePrompt(points=np.asarray([deepest_point(plane)], np.float32), labels=np.ones(1), slice=z)
+        out.append(ObjectPrompts(id=int(i), name=f"object {i}", prompts=[prompt], propagate=propagate))
     return PromptsFile(objects=out)
 
 

@@ -24,10 +24,7 @@ def output_kind(path: str | Path) -> str:
 
 
 def check_result_path(
-    path: str | Path,
-    overwrite: bool = False,
-    inputs: tuple[Any, ...] = (),
-    also: tuple[Any, ...] = (),
+    path: str | Path, overwrite: bool = False, inputs: tuple[Any, ...] = (), also: tuple[Any, ...] = ()
 ) -> Path:
     """Validate an output path (and the paths in ``also``, e.g. an overview) before any
     work: suffix, folder, no clobbering of inputs (symlinks and hard links resolved)
@@ -79,27 +76,15 @@ def write_result(
     kind = output_kind(path)
     if kind == "labels":
         return write_labels(
-            path,
-            labels,
-            volume.geometry,
-            names,
-            colors,
-            overwrite=overwrite,
-            extra=extra,
-            inputs=inputs,
-            more=more,
+            path, labels, volume.geometry, names, colors, overwrite=overwrite, extra=extra, inputs=inputs, more=more
         )
     if kind == "dicom_seg":
         from .dicom_seg import dicom_seg_output
 
-        main = dicom_seg_output(
-            path, labels, volume, names, colors, model, algorithm_type, notes, seg_encoding
-        )
+        main = dicom_seg_output(path, labels, volume, names, colors, model, algorithm_type, notes, seg_encoding)
     else:
         from .slicer_seg import slicer_seg_output
 
         main = slicer_seg_output(path, labels, volume.geometry, names, colors)
-    write_outputs(
-        [main, *more], inputs, overwrite
-    )  # the segmentation and its overview land together
+    write_outputs([main, *more], inputs, overwrite)  # the segmentation and its overview land together
     return main.path

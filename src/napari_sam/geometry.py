@@ -67,10 +67,7 @@ class Crop:
     def contains_box(self, box: tuple[float, float, float, float] | np.ndarray) -> bool:
         r0, c0, r1, c1 = box
         return (
-            self.top <= r0
-            and r1 <= self.top + self.height - 1
-            and self.left <= c0
-            and c1 <= self.left + self.width - 1
+            self.top <= r0 and r1 <= self.top + self.height - 1 and self.left <= c0 and c1 <= self.left + self.width - 1
         )
 
     def box_to_crop(self, box: np.ndarray) -> np.ndarray:
@@ -142,9 +139,7 @@ def iou_matrix(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarra
     pred = np.asarray(pred)
     ref = np.asarray(ref)
     if pred.shape != ref.shape:
-        raise InputError(
-            f"label maps of shapes {pred.shape} and {ref.shape}: expected the same shape"
-        )
+        raise InputError(f"label maps of shapes {pred.shape} and {ref.shape}: expected the same shape")
     p_ids, p_inv = np.unique(pred.ravel(), return_inverse=True)
     r_ids, r_inv = np.unique(ref.ravel(), return_inverse=True)
     counts = np.zeros((len(p_ids), len(r_ids)), np.int64)

@@ -40,9 +40,7 @@ def merge_split_counts(pred: np.ndarray, ref: np.ndarray, min_part: float = 0.2)
     """Count merges and splits of ``pred`` against ``ref`` (same shape)."""
     pred, ref = np.asarray(pred), np.asarray(ref)
     if pred.shape != ref.shape:
-        raise InputError(
-            f"label maps of shapes {pred.shape} and {ref.shape}: expected the same shape"
-        )
+        raise InputError(f"label maps of shapes {pred.shape} and {ref.shape}: expected the same shape")
     p_ids, r_ids, c = _contingency(pred, ref)
     c = c[np.ix_(p_ids != 0, r_ids != 0)]
     if c.size == 0:

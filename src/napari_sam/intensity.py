@@ -56,9 +56,7 @@ class Window:
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Raw intensities -> float32 in [0, 1], same shape."""
-        out = (np.asarray(image, dtype=np.float32) - np.float32(self.lo)) * np.float32(
-            1.0 / (self.hi - self.lo)
-        )
+        out = (np.asarray(image, dtype=np.float32) - np.float32(self.lo)) * np.float32(1.0 / (self.hi - self.lo))
         return np.clip(out, 0.0, 1.0, out=out)
 
     def key(self) -> str:
@@ -76,10 +74,7 @@ def parse_window(spec: str | Sequence[float] | Window) -> Window:
             return Window.from_level_width(*CT_PRESETS[name], source=f"preset:{name}")
         parts = spec.split(",")
         if len(parts) != 2:
-            raise InputError(
-                f"window {spec!r}: expected LO,HI (e.g. -160,240) or a preset "
-                f"({', '.join(CT_PRESETS)})"
-            )
+            raise InputError(f"window {spec!r}: expected LO,HI (e.g. -160,240) or a preset ({', '.join(CT_PRESETS)})")
         try:
             lo, hi = float(parts[0]), float(parts[1])
         except ValueError:
@@ -111,9 +106,7 @@ def looks_like_hounsfield(volume: np.ndarray) -> bool:
     return bool(lo <= -700 and hi >= 100)
 
 
-def percentile_window(
-    volume: np.ndarray, percentiles: tuple[float, float] = AUTO_PERCENTILES
-) -> Window:
+def percentile_window(volume: np.ndarray, percentiles: tuple[float, float] = AUTO_PERCENTILES) -> Window:
     """Robust window from percentiles of the non-background voxels."""
     data = np.asarray(volume)
     flat = data.reshape(-1)

@@ -59,19 +59,11 @@ class Geometry:
         return a
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "spacing": list(self.spacing),
-            "origin": list(self.origin),
-            "direction": list(self.direction),
-        }
+        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Geometry:
-        return cls(
-            tuple(map(float, d["spacing"])),
-            tuple(map(float, d["origin"])),
-            tuple(map(float, d["direction"])),
-        )
+        return cls(tuple(map(float, d["spacing"])), tuple(map(float, d["origin"])), tuple(map(float, d["direction"])))
 
     @classmethod
     def from_sitk(cls, img: sitk.Image) -> Geometry:
@@ -79,9 +71,7 @@ class Geometry:
         sp, org, dr = img.GetSpacing(), img.GetOrigin(), img.GetDirection()
         if dim == 2:
             return cls(
-                (sp[0], sp[1], 1.0),
-                (org[0], org[1], 0.0),
-                (dr[0], dr[1], 0.0, dr[2], dr[3], 0.0, 0.0, 0.0, 1.0),
+                (sp[0], sp[1], 1.0), (org[0], org[1], 0.0), (dr[0], dr[1], 0.0, dr[2], dr[3], 0.0, 0.0, 0.0, 1.0)
             )
         return cls(tuple(sp), tuple(org), tuple(dr))
 
@@ -130,9 +120,7 @@ def _first_value(text: str) -> float | None:
         return None
 
 
-def _read_dicom_series(
-    folder: Path, series: str | None = None
-) -> tuple[sitk.Image, dict[str, Any]]:
+def _read_dicom_series(folder: Path, series: str | None = None) -> tuple[sitk.Image, dict[str, Any]]:
     from .dicom_series import check_series, choose_series
 
     reader = sitk.ImageSeriesReader()
@@ -171,9 +159,7 @@ def _read_2d(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     elif arr.ndim == 2:
         arr = arr[None]
     elif arr.ndim != 3:
-        raise InputError(
-            f"{path}: {arr.ndim}D image (shape {arr.shape}); expected a 2D or 3D image"
-        )
+        raise InputError(f"{path}: {arr.ndim}D image (shape {arr.shape}); expected a 2D or 3D image")
     return arr, {"is_2d": arr.shape[0] == 1, "is_rgb": rgb}
 
 
@@ -228,32 +214,24 @@ def _check_nifti_complete(path: Path) -> None:
     log = logging.getLogger("nibabel")
     level = log.level
     try:
-        log.setLevel(
-            logging.CRITICAL
-        )  # nibabel logs its own repairs (e.g. zero pixdim): we say it ourselves
+        log.setLevel(logging.CRITICAL)  # nibabel logs its own repairs (e.g. zero pixdim): we say it ourselves
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             nii = nib.load(str(path))
         hdr = nii.header
     except Exception as exc:
-        raise InputError(
-            f"{path}: cannot read image (not a valid NIfTI header: {str(exc)[:120]})"
-        ) from None
+        raise InputError(f"{path}: cannot read image (not a valid NIfTI header: {str(exc)[:120]})") from None
     finally:
         log.setLevel(level)
     pixdim = _raw_pixdim(path, len(hdr.get_data_shape()))
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
         raise InputError(
-            f"{path}: voxel spacing {tuple(float(v) for v in pixdim)} in the header: must be "
-            "positive numbers"
+            f"{path}: voxel spacing {tuple(float(v) for v in pixdim)} in the header: must be positive numbers"
         )
     if 0 in hdr.get_data_shape():
         raise InputError(f"{path}: empty image (shape {hdr.get_data_shape()}: an axis of length 0)")
     _check_not_sheared(path, nii.affine)
-    expected = (
-        int(hdr.get_data_offset())
-        + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
-    )
+    expected = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
     if _suffix(path) == ".nii":
         actual = path.stat().st_size
     else:
@@ -263,13 +241,9 @@ def _check_nifti_complete(path: Path) -> None:
                 while block := fh.read(1 << 22):
                     actual += len(block)
         except (EOFError, OSError, gzip.BadGzipFile) as exc:
-            raise InputError(
-                f"{path}: cannot read image (truncated or corrupt file: {exc})"
-            ) from None
+            raise InputError(f"{path}: cannot read image (truncated or corrupt file: {exc})") from None
     if actual < expected:
-        raise InputError(
-            f"{path}: cannot read image (truncated or corrupt file: {actual} of {expected} bytes)"
-        )
+        raise InputError(f"{path}: cannot read image (truncated or corrupt file: {actual} of {expected} bytes)")
     if np.issubdtype(hdr.get_data_dtype(), np.floating) and len(hdr.get_data_shape()) <= 3:
         # ITK's NIfTI reader turns NaN into 0: look at the stored values themselves
         raw = np.asanyarray(nii.dataobj.get_unscaled())
@@ -335,19 +309,14 @@ def read_image(path: str | Path, series: str | None = None) -> Volume:
                 except RuntimeError as exc:
                     raise RuntimeError(f"{exc} {native.read()}") from None
             if _suffix(path) == ".dcm" or img.HasMetaDataKey("0008|0060"):
-                meta["modality"] = (
-                    img.GetMetaData("0008|0060").strip()
-                    if img.HasMetaDataKey("0008|0060")
-                    else None
-                )
+                meta["modality"] = img.GetMetaData("0008|0060").strip() if img.HasMetaDataKey("0008|0060") else None
     except InputError:
         raise
     except PermissionError:
         raise InputError(f"{path}: file is not readable (permission denied)") from None
     except Exception as exc:  # SimpleITK raises RuntimeError with a multi-line ITK dump
         raise InputError(
-            f"{path}: cannot read image (truncated, corrupt or unsupported file: "
-            f"{_itk_reason(str(exc))})"
+            f"{path}: cannot read image (truncated, corrupt or unsupported file: {_itk_reason(str(exc))})"
         ) from None
 
     dim = img.GetDimension()
@@ -374,9 +343,7 @@ def _checked(vol: Volume, path: Path) -> Volume:
         raise InputError(f"{path}: image contains NaN or infinite values")
     sp = np.asarray(vol.geometry.spacing, np.float64)
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise InputError(
-            f"{path}: voxel spacing {tuple(float(v) for v in sp)} mm: must be positive"
-        )
+        raise InputError(f"{path}: voxel spacing {tuple(float(v) for v in sp)} mm: must be positive")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise InputError(f"{path}: unsupported voxel type {a.dtype}")
     if a.dtype == bool:
@@ -412,18 +379,11 @@ def sidecar_path(path: str | Path) -> Path:
     """``OUT.nii.gz`` -> ``OUT.json`` (the id -> name/colour map)."""
     path = Path(path)
     suf = _suffix(path)
-    return (
-        path.with_name(path.name[: -len(suf)] + ".json")
-        if suf
-        else path.with_name(path.name + ".json")
-    )
+    return path.with_name(path.name[: -len(suf)] + ".json") if suf else path.with_name(path.name + ".json")
 
 
 def check_output_path(
-    path: str | Path,
-    overwrite: bool = False,
-    inputs: tuple[str | Path, ...] = (),
-    also: tuple[str | Path, ...] = (),
+    path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = (), also: tuple[str | Path, ...] = ()
 ) -> Path:
     """Validate an output path before any work: suffix, folder, no clobbering of
     inputs (symlinks and hard links resolved; a folder input counts with all its
@@ -446,9 +406,7 @@ def sidecar_document(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The sidecar JSON of a (z, y, x) label map: id -> name/colour, geometry, shape."""
-    ids = sorted(
-        set(int(i) for i in (names or {}).keys()) | set(int(i) for i in np.unique(labels) if i)
-    )
+    ids = sorted(set(int(i) for i in (names or {}).keys()) | set(int(i) for i in np.unique(labels) if i))
     side = {
         "labels": {
             str(i): {

@@ -31,16 +31,7 @@ from typing import Any, TypeVar
 
 from .errors import NapariSamError
 
-__all__ = [
-    "Cancel",
-    "Cancelled",
-    "Job",
-    "Progress",
-    "ProgressBar",
-    "ProgressCallback",
-    "drive",
-    "threaded",
-]
+__all__ = ["Cancel", "Cancelled", "Job", "Progress", "ProgressBar", "ProgressCallback", "drive", "threaded"]
 
 R = TypeVar("R")
 
@@ -88,12 +79,7 @@ class Cancel(threading.Event):
             raise Cancelled(f"{what} cancelled")
 
 
-def drive(
-    job: Job[R],
-    progress: ProgressCallback | None = None,
-    cancel: Cancel | None = None,
-    what: str = "job",
-) -> R:
+def drive(job: Job[R], progress: ProgressCallback | None = None, cancel: Cancel | None = None, what: str = "job") -> R:
     """Run ``job`` to its end and return its result.
 
     progress: called with every :class:`Progress` event, on the caller's thread.
@@ -170,14 +156,7 @@ class ProgressBar:
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(
-                total=0,
-                desc=self.desc,
-                unit=self.unit,
-                disable=self.quiet,
-                file=sys.stderr,
-                leave=True,
-            )
+            self._bar = tqdm(total=0, desc=self.desc, unit=self.unit, disable=self.quiet, file=sys.stderr, leave=True)
         if self._bar.total != event.total:
             self._bar.total = event.total
         self._bar.n = event.done

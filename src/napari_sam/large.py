@@ -131,9 +131,7 @@ def segment_tile(path: str, tile: Crop, window: Window, settings, backend) -> np
     pixels = np.asarray(open_lazy(path)[tile.slices])
     if pixels.size == 0 or pixels.min() == pixels.max():
         return None
-    return (
-        AutomaticSegmenter(backend, settings).segment(window.apply(pixels)).labels.astype(np.int32)
-    )
+    return AutomaticSegmenter(backend, settings).segment(window.apply(pixels)).labels.astype(np.int32)
 
 
 def _tile_task(path: str, tile: Crop, window: Window, settings) -> np.ndarray | None:
@@ -180,23 +178,18 @@ def segment_large_job(
     grid = TileGrid(tuple(arr.shape), settings.tile_shape, settings.halo)
     tmp = out_path.with_name(f".{out_path.name}.{secrets.token_hex(4)}.partial")
     core = grid.cores[0].shape
-    out = zarr.open_array(
-        str(tmp), mode="w", shape=grid.shape, chunks=core, dtype="int32", fill_value=0
-    )
+    out = zarr.open_array(str(tmp), mode="w", shape=grid.shape, chunks=core, dtype="int32", fill_value=0)
     futures: dict = {}
     try:
         futures = {
-            client.submit(_tile_task, str(image), t, win, settings, pure=False): k
-            for k, t in enumerate(grid.tiles)
+            client.submit(_tile_task, str(image), t, win, settings, pure=False): k for k, t in enumerate(grid.tiles)
         }
         log.info("%d tile(s) of %s sent to %s", len(grid), image, client)
         waiting: dict[int, Any] = {}
         next_k, next_id, empty = 0, 1, 0
         for fut in as_completed(list(futures)):
             waiting[futures[fut]] = fut
-            while (
-                next_k in waiting
-            ):  # paint in tile order: the earlier tile keeps a contested pixel
+            while next_k in waiting:  # paint in tile order: the earlier tile keeps a contested pixel
                 labels = waiting.pop(next_k).result()
                 empty += labels is None
                 next_id = paint_tile(out, grid, next_k, labels, next_id)
@@ -276,9 +269,7 @@ def auto_large(
             tmp_old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
             os.replace(out, tmp_old)
         try:
-            info = segment_large(
-                client, image, out, settings, window, progress=progress, cancel=cancel
-            )
+            info = segment_large(client, image, out, settings, window, progress=progress, cancel=cancel)
         except BaseException:
             if tmp_old is not None:
                 os.replace(tmp_old, out)

@@ -74,11 +74,7 @@ class UnpaintedAnnotation(Annotation):
     this model decodes and propagates exactly as through the painted one."""
 
     def __init__(
-        self,
-        shape: tuple[int, int, int],
-        spacing_zyx=(1.0, 1.0, 1.0),
-        is_2d: bool = False,
-        key_choice: str = "single",
+        self, shape: tuple[int, int, int], spacing_zyx=(1.0, 1.0, 1.0), is_2d: bool = False, key_choice: str = "single"
     ) -> None:
         super().__init__((1, 1, 1), spacing_zyx, False, key_choice)
         self.shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
@@ -122,10 +118,7 @@ def _resolved_windows(prompts: PromptsFile, sample: Volume, override: Any) -> Pr
     """The prompts with every object's window resolved on ``sample`` (the rule of
     :func:`~napari_sam.annotation.replay.object_window`), so that the replay never
     reads the whole volume for a window."""
-    objects = [
-        replace(o, window=object_window(sample, o, prompts.window, override))
-        for o in prompts.objects
-    ]
+    objects = [replace(o, window=object_window(sample, o, prompts.window, override)) for o in prompts.objects]
     return replace(prompts, objects=objects)
 
 
@@ -141,12 +134,7 @@ def lazy_embeddings(
         if provider.cache_dir is not None and not digest:
             digest.append(content_hash(volume.array))
         return SliceEmbeddings(
-            backend,
-            volume.array,
-            win,
-            axis,
-            image_hash=digest[0] if digest else None,
-            provider=provider,
+            backend, volume.array, win, axis, image_hash=digest[0] if digest else None, provider=provider
         )
 
     return factory, provider
@@ -172,9 +160,7 @@ def segment_lazy(
     """
     sample = sample_volume(volume)
     prompts = _resolved_windows(prompts, sample, window)
-    model = UnpaintedAnnotation(
-        volume.shape, volume.geometry.scale_zyx, volume.is_2d, key_choice_for(sample)
-    )
+    model = UnpaintedAnnotation(volume.shape, volume.geometry.scale_zyx, volume.is_2d, key_choice_for(sample))
     if embeddings_for is None:
         embeddings_for = lazy_embeddings(volume, backend)[0]
     outcome = replay(
@@ -201,9 +187,7 @@ def segment_lazy(
         obj = model.object(o.id)
         if o.propagate and obj.state is not None:
             out.states[o.id] = obj.state
-        present = (
-            obj.slices_holding() if o.propagate else sorted(obj.state.results) if obj.state else []
-        )
+        present = obj.slices_holding() if o.propagate else sorted(obj.state.results) if obj.state else []
         if present:
             out.slices[o.id] = present
     return out
@@ -227,23 +211,15 @@ class _ReadBack:
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
         self._arr[key] = value
         if not np.array_equal(np.asarray(self._arr[key]), value):
-            raise OutputError(
-                f"{self._name}: a region of the label map does not read back as written; "
-                "nothing written"
-            )
+            raise OutputError(f"{self._name}: a region of the label map does not read back as written; nothing written")
 
 
-def label_document(
-    seg: LazySegmentation, geometry: Geometry, extra: dict[str, Any] | None = None
-) -> dict:
+def label_document(seg: LazySegmentation, geometry: Geometry, extra: dict[str, Any] | None = None) -> dict:
     """The sidecar document of a zarr label map (kept in its attributes): as a
     plain label map's JSON sidecar (id -> name/colour, geometry, shape)."""
     doc = {
         "labels": {
-            str(i): {
-                "name": seg.names.get(i, f"object_{i}"),
-                "color": list(seg.colors.get(i, default_color(i))),
-            }
+            str(i): {"name": seg.names.get(i, f"object_{i}"), "color": list(seg.colors.get(i, default_color(i)))}
             for i in sorted(seg.names)
         },
         "geometry": geometry.to_json(),
@@ -278,12 +254,8 @@ def write_zarr_labels(
     old = out.with_name(f".{out.name}.{token}.old")
     chunks = label_chunks(seg.shape)
     try:
-        labels = zarr.open_array(
-            str(tmp), mode="w", shape=seg.shape, chunks=chunks, dtype="uint16", fill_value=0
-        )
-        best = zarr.open_array(
-            str(scratch), mode="w", shape=seg.shape, chunks=chunks, dtype="float32", fill_value=-1.0
-        )
+        labels = zarr.open_array(str(tmp), mode="w", shape=seg.shape, chunks=chunks, dtype="uint16", fill_value=0)
+        best = zarr.open_array(str(scratch), mode="w", shape=seg.shape, chunks=chunks, dtype="float32", fill_value=-1.0)
         seg.paint(_ReadBack(labels, out), best)
         labels.attrs.update(label_document(seg, geometry, extra))
         if out.exists():
@@ -295,9 +267,7 @@ def write_zarr_labels(
                 os.replace(old, out)
             raise
     except OSError as exc:
-        raise OutputError(
-            f"{out}: cannot write the label map ({exc.strerror or exc}); nothing written"
-        ) from None
+        raise OutputError(f"{out}: cannot write the label map ({exc.strerror or exc}); nothing written") from None
     finally:
         for p in (tmp, scratch, old):
             if p.exists():

@@ -36,14 +36,7 @@ import numpy as np
 from .errors import InputError
 from .io import Geometry, Volume
 
-__all__ = [
-    "SAMPLE_VOXELS",
-    "content_hash",
-    "is_lazy_path",
-    "open_volume",
-    "sample_of",
-    "sample_volume",
-]
+__all__ = ["SAMPLE_VOXELS", "content_hash", "is_lazy_path", "open_volume", "sample_of", "sample_volume"]
 
 #: voxels of the strided sample that stands for a lazy volume's intensities
 SAMPLE_VOXELS = 8_000_000
@@ -183,9 +176,7 @@ def open_volume(path: str | Path) -> Volume:
     if min(view.shape) == 0:
         raise InputError(f"{p}: empty image (shape {tuple(arr.shape)})")
     if view.shape[-1] in (3, 4) and view.shape[0] > 4:
-        raise InputError(
-            f"{p}: looks like RGB (shape {tuple(arr.shape)}); RGB images are not read lazily"
-        )
+        raise InputError(f"{p}: looks like RGB (shape {tuple(arr.shape)}); RGB images are not read lazily")
     if not np.issubdtype(np.dtype(view.dtype), np.number) and np.dtype(view.dtype) != bool:
         raise InputError(f"{p}: unsupported voxel type {view.dtype}")
     meta = {
@@ -231,9 +222,7 @@ def sample_volume(volume: Volume, max_voxels: int = SAMPLE_VOXELS) -> Volume:
     and metadata. InputError when the sample holds NaN or infinite values."""
     sample = sample_of(volume.array, max_voxels)
     if np.issubdtype(sample.dtype, np.floating) and not np.all(np.isfinite(sample)):
-        raise InputError(
-            f"{volume.metadata.get('path', 'image')}: image contains NaN or infinite values"
-        )
+        raise InputError(f"{volume.metadata.get('path', 'image')}: image contains NaN or infinite values")
     if sample.dtype == bool:
         sample = sample.astype(np.uint8)
     return Volume(sample, volume.geometry, dict(volume.metadata))

@@ -105,9 +105,7 @@ def check_targets(
     for t in targets:
         st = _stat(t)
         if st is not None and (st.st_dev, st.st_ino) in ids:
-            raise InputError(
-                f"{t}: refusing to overwrite an input file ({ids[(st.st_dev, st.st_ino)]})"
-            )
+            raise InputError(f"{t}: refusing to overwrite an input file ({ids[(st.st_dev, st.st_ino)]})")
         key = Path(os.path.abspath(t))
         if key in seen:
             raise InputError(f"{t}: the same file is named for two outputs")
@@ -139,9 +137,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _temp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{full_suffix(path)}", dir=path.parent
-    )
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{full_suffix(path)}", dir=path.parent)
     os.close(fd)
     return Path(tmp)
 
@@ -155,8 +151,7 @@ def _write_one(out: OutputFile, mode: int) -> Path:
             raise
         except Exception as exc:  # noqa: BLE001 - ITK raises RuntimeError on a short write
             raise OSError(
-                errno.ENOSPC if _disk_full(tmp.parent) else errno.EIO,
-                " ".join(str(exc).split())[-160:],
+                errno.ENOSPC if _disk_full(tmp.parent) else errno.EIO, " ".join(str(exc).split())[-160:]
             ) from None
         with open(tmp, "rb+") as fh:
             fh.flush()
@@ -309,9 +304,7 @@ def validated_labels(labels: Any) -> np.ndarray:
         raise InputError(f"labels of type {arr.dtype}: expected integers")
     lo, hi = arr.min(), arr.max()
     if lo < 0:
-        raise InputError(
-            f"labels hold a negative id ({lo:g}); ids must be 0 (background) or positive"
-        )
+        raise InputError(f"labels hold a negative id ({lo:g}); ids must be 0 (background) or positive")
     if hi > LABEL_ID_MAX:
         raise InputError(f"labels hold id {hi:g}, above the largest storable id {LABEL_ID_MAX}")
     dtype = np.uint8 if hi < 2**8 else np.uint16 if hi < 2**16 else np.uint32
@@ -360,6 +353,4 @@ def label_map_output(path: str | Path, labels: np.ndarray, geometry) -> OutputFi
             img = geometry.apply_to(sitk.GetImageFromArray(labels))
             sitk.WriteImage(img, str(tmp), useCompression=True)
 
-    return OutputFile(
-        path, write, lambda tmp: _read_back_label_map(tmp, labels, geometry), "label map"
-    )
+    return OutputFile(path, write, lambda tmp: _read_back_label_map(tmp, labels, geometry), "label map")

@@ -96,10 +96,7 @@ def _crop_of(mask: Any) -> tuple[np.ndarray, tuple[int, int]] | None:
     if rows.size == 0:
         return None
     cols = np.flatnonzero(crop.any(axis=0))
-    return (
-        crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1],
-        (off[0] + int(rows[0]), off[1] + int(cols[0])),
-    )
+    return (crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], (off[0] + int(rows[0]), off[1] + int(cols[0])))
 
 
 def _plane(axis: int, index: int) -> tuple:
@@ -116,9 +113,7 @@ def _depth(sub: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
 
 
 def resolve_overlaps(
-    shape: tuple[int, int, int],
-    objects: Sequence[ObjectMasks],
-    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+    shape: tuple[int, int, int], objects: Sequence[ObjectMasks], spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)
 ) -> np.ndarray:
     """Paint ``objects`` into one (z, y, x) uint16 label map of ``shape``,
     resolving overlaps per voxel by the rule of this module (key slices first,
@@ -131,10 +126,7 @@ def resolve_overlaps(
 
 
 def resolve_overlaps_into(
-    labels: Any,
-    best: Any,
-    objects: Sequence[ObjectMasks],
-    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+    labels: Any, best: Any, objects: Sequence[ObjectMasks], spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)
 ) -> None:
     """:func:`resolve_overlaps` painting into array-likes that may live on disk.
 

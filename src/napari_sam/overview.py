@@ -16,10 +16,7 @@ from .outputs import OutputFile, bytes_output, write_outputs
 
 
 def render_slice(
-    image01: np.ndarray,
-    labels: np.ndarray,
-    colors: dict[int, tuple[int, int, int]],
-    alpha: float = 0.4,
+    image01: np.ndarray, labels: np.ndarray, colors: dict[int, tuple[int, int, int]], alpha: float = 0.4
 ) -> np.ndarray:
     """(H, W) or (H, W, 3) image in [0, 1] + (H, W) labels -> (H, W, 3) uint8."""
     rgb = np.repeat(image01[..., None], 3, axis=2) if image01.ndim == 2 else image01.copy()
@@ -61,9 +58,7 @@ def render_overview(
         scale = tile / max(h * sy, w * sx)
         tiles.append(
             np.asarray(
-                Image.fromarray(im).resize(
-                    (max(1, int(w * sx * scale)), max(1, int(h * sy * scale))), Image.BILINEAR
-                )
+                Image.fromarray(im).resize((max(1, int(w * sx * scale)), max(1, int(h * sy * scale))), Image.BILINEAR)
             )
         )
     cols = min(4, len(tiles))
@@ -103,7 +98,5 @@ def write_overview(
     inputs: tuple[str | Path, ...] = (),
 ) -> Path:
     """Write the overview PNG alone (checked against ``inputs``, verified, atomic)."""
-    write_outputs(
-        [overview_output(path, volume, labels, colors, window)], inputs=inputs, overwrite=overwrite
-    )
+    write_outputs([overview_output(path, volume, labels, colors, window)], inputs=inputs, overwrite=overwrite)
     return Path(path)

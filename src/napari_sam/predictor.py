@@ -52,10 +52,7 @@ class SlicePredictor:
     """
 
     def __init__(
-        self,
-        backend: Backend,
-        zoom: ZoomSettings | bool | None = None,
-        crop_embeddings: CropEmbeddings | None = None,
+        self, backend: Backend, zoom: ZoomSettings | bool | None = None, crop_embeddings: CropEmbeddings | None = None
     ) -> None:
         self.backend = backend
         self.clicks = ClickStrategy(backend)
@@ -68,9 +65,7 @@ class SlicePredictor:
     @property
     def embedding(self) -> Embedding:
         if self._embedding is None:
-            raise UsageError(
-                "no image set: call .set_image(image) or .set_embedding(embedding) first"
-            )
+            raise UsageError("no image set: call .set_image(image) or .set_embedding(embedding) first")
         return self._embedding
 
     @property
@@ -101,13 +96,10 @@ class SlicePredictor:
         cache (e.g. the volume's embedding key plus the slice index).
         """
         if embedding.model != self.backend.name:
-            raise InputError(
-                f"embedding made by model {embedding.model!r}, predictor uses {self.backend.name!r}"
-            )
+            raise InputError(f"embedding made by model {embedding.model!r}, predictor uses {self.backend.name!r}")
         if image is not None and tuple(np.shape(image)[:2]) != tuple(embedding.original_size):
             raise InputError(
-                f"image of shape {np.shape(image)} does not match the embedding's slice "
-                f"{embedding.original_size}"
+                f"image of shape {np.shape(image)} does not match the embedding's slice {embedding.original_size}"
             )
         self._embedding = embedding
         self._image = None if image is None else np.asarray(image, np.float32)

@@ -48,25 +48,17 @@ class SlicePrompt:
         pts = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
         lab = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if len(pts) != len(lab):
-            raise InputError(
-                f"prompt on slice {self.slice}: {len(pts)} points but {len(lab)} labels"
-            )
+            raise InputError(f"prompt on slice {self.slice}: {len(pts)} points but {len(lab)} labels")
         if np.any((lab != 0) & (lab != 1)):
-            raise InputError(
-                f"prompt on slice {self.slice}: labels must be 1 (positive) or 0 (negative)"
-            )
+            raise InputError(f"prompt on slice {self.slice}: labels must be 1 (positive) or 0 (negative)")
         if not np.all(np.isfinite(pts)):
-            raise InputError(
-                f"prompt on slice {self.slice}: point coordinates must be finite numbers"
-            )
+            raise InputError(f"prompt on slice {self.slice}: point coordinates must be finite numbers")
         object.__setattr__(self, "points", pts)
         object.__setattr__(self, "labels", lab)
         if self.box is not None:
             box = tuple(float(v) for v in self.box)
             if len(box) != 4 or not all(np.isfinite(box)):
-                raise InputError(
-                    f"prompt on slice {self.slice}: box must be 4 numbers [r0, c0, r1, c1]"
-                )
+                raise InputError(f"prompt on slice {self.slice}: box must be 4 numbers [r0, c0, r1, c1]")
             r0, c0, r1, c1 = box
             object.__setattr__(self, "box", (min(r0, r1), min(c0, c1), max(r0, r1), max(c0, c1)))
         if self.box is None and len(pts) == 0:
@@ -95,9 +87,7 @@ class SlicePrompt:
         if self.box is not None:
             r0, c0, r1, c1 = self.box
             if r0 < 0 or c0 < 0 or r1 > h - 1 or c1 > w - 1:
-                raise InputError(
-                    f"box [{r0:g}, {c0:g}, {r1:g}, {c1:g}] lies outside {where} of shape ({h}, {w})"
-                )
+                raise InputError(f"box [{r0:g}, {c0:g}, {r1:g}, {c1:g}] lies outside {where} of shape ({h}, {w})")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -128,11 +118,7 @@ class ObjectPrompts:
     corrections: list[tuple[tuple[int, int, int], int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "name": self.name,
-            "prompts": [p.to_json() for p in self.prompts],
-        }
+        out: dict[str, Any] = {"id": self.id, "name": self.name, "prompts": [p.to_json() for p in self.prompts]}
         if self.adapt:
             out["adapt"] = True
         if self.corrections:
@@ -166,35 +152,24 @@ class PromptsFile:
         """Raise InputError for a prompt outside an image of ``shape`` (z, y, x)."""
         for obj in self.objects:
             if obj.axis not in (0, 1, 2) or (is_2d and obj.axis != 0):
-                raise InputError(
-                    f"object {obj.id} ({obj.name}): axis must be 0, 1 or 2 (0 for a 2D image)"
-                )
+                raise InputError(f"object {obj.id} ({obj.name}): axis must be 0, 1 or 2 (0 for a 2D image)")
             if is_2d and obj.propagate:
-                raise InputError(
-                    f"object {obj.id} ({obj.name}): 'propagate' needs a 3D image; this one is 2D"
-                )
+                raise InputError(f"object {obj.id} ({obj.name}): 'propagate' needs a 3D image; this one is 2D")
             if obj.corrections and not obj.propagate:
                 raise InputError(
-                    f"object {obj.id} ({obj.name}): 'corrections' act on a 3D result; "
-                    f'set "propagate": true'
+                    f"object {obj.id} ({obj.name}): 'corrections' act on a 3D result; set \"propagate\": true"
                 )
             n = shape[obj.axis]
             plane = tuple(s for i, s in enumerate(shape[:3]) if i != obj.axis)
             for p in obj.prompts:
                 if is_2d:
                     if p.slice not in (None, 0):
-                        raise InputError(
-                            f"object {obj.id} ({obj.name}): 'slice' {p.slice} given for a 2D image"
-                        )
+                        raise InputError(f"object {obj.id} ({obj.name}): 'slice' {p.slice} given for a 2D image")
                 else:
                     if p.slice is None:
-                        raise InputError(
-                            f"object {obj.id} ({obj.name}): a prompt needs 'slice' for a 3D image"
-                        )
+                        raise InputError(f"object {obj.id} ({obj.name}): a prompt needs 'slice' for a 3D image")
                     if not 0 <= p.slice < n:
-                        raise InputError(
-                            f"object {obj.id} ({obj.name}): slice {p.slice} outside 0..{n - 1}"
-                        )
+                        raise InputError(f"object {obj.id} ({obj.name}): slice {p.slice} outside 0..{n - 1}")
                 p.check_inside(plane)
             for point, _label in obj.corrections:
                 if is_2d or not all(0 <= v < s for v, s in zip(point, shape[:3])):
@@ -203,15 +178,11 @@ class PromptsFile:
                         f"the volume of shape {list(shape[:3])}"
                     )
             if obj.range is not None and not (0 <= obj.range[0] <= obj.range[1] < n):
-                raise InputError(
-                    f"object {obj.id} ({obj.name}): range {list(obj.range)} outside 0..{n - 1}"
-                )
+                raise InputError(f"object {obj.id} ({obj.name}): range {list(obj.range)} outside 0..{n - 1}")
             outside = [
                 p.slice
                 for p in obj.prompts
-                if obj.range is not None
-                and p.slice is not None
-                and not obj.range[0] <= p.slice <= obj.range[1]
+                if obj.range is not None and p.slice is not None and not obj.range[0] <= p.slice <= obj.range[1]
             ]
             if outside:
                 raise InputError(
@@ -222,18 +193,7 @@ class PromptsFile:
 
 #: The keys allowed at each level of a prompts file (one place; the README's "The prompts file" describes them).
 TOP_KEYS = ("objects", "window")
-OBJECT_KEYS = (
-    "id",
-    "name",
-    "prompts",
-    "window",
-    "color",
-    "propagate",
-    "axis",
-    "range",
-    "corrections",
-    "adapt",
-)
+OBJECT_KEYS = ("id", "name", "prompts", "window", "color", "propagate", "axis", "range", "corrections", "adapt")
 PROMPT_KEYS = ("slice", "box", "points", "labels")
 CORRECTION_KEYS = ("point", "label")
 
@@ -280,8 +240,7 @@ def _parse_prompt(p: Any, pw: str) -> SlicePrompt:
     _require(sl is None or _is_int(sl), pw, "'slice' must be an integer")
     pts = p.get("points", [])
     _require(
-        isinstance(pts, list)
-        and all(isinstance(q, list) and len(q) == 2 and all(_is_num(v) for v in q) for q in pts),
+        isinstance(pts, list) and all(isinstance(q, list) and len(q) == 2 and all(_is_num(v) for v in q) for q in pts),
         pw,
         "'points' must be a list of [row, col] pairs",
     )
@@ -315,35 +274,25 @@ def _parse_prompt(p: Any, pw: str) -> SlicePrompt:
 
 def _parse_corrections(corr: Any, w: str) -> list[tuple[tuple[int, int, int], int]]:
     """An object's "corrections": [{"point": [z, row, col], "label": 1|0}, ...] (voxel indices)."""
-    _require(
-        isinstance(corr, list),
-        w,
-        '\'corrections\' must be a list of {"point": [z, r, c], "label": 0|1}',
-    )
+    _require(isinstance(corr, list), w, '\'corrections\' must be a list of {"point": [z, r, c], "label": 0|1}')
     out = []
     for k, c in enumerate(corr):
         cw = f"{w}.corrections[{k}]"
         _require(isinstance(c, dict), cw, "must be an object")
         check_keys(c, CORRECTION_KEYS, cw)
         _require(
-            isinstance(c.get("point"), list)
-            and len(c["point"]) == 3
-            and all(_is_int(v) for v in c["point"]),
+            isinstance(c.get("point"), list) and len(c["point"]) == 3 and all(_is_int(v) for v in c["point"]),
             cw,
             "'point' must be [z, row, col] voxel indices (integers)",
         )
         _require(
-            _is_int(c.get("label", 1)) and c.get("label", 1) in (0, 1),
-            cw,
-            "'label' must be 1 (add) or 0 (remove)",
+            _is_int(c.get("label", 1)) and c.get("label", 1) in (0, 1), cw, "'label' must be 1 (add) or 0 (remove)"
         )
         out.append((tuple(int(v) for v in c["point"]), int(c.get("label", 1))))
     return out
 
 
-def _parse_object(
-    o: Any, i: int, w: str, seen: set[int], allow_empty: bool = False
-) -> ObjectPrompts:
+def _parse_object(o: Any, i: int, w: str, seen: set[int], allow_empty: bool = False) -> ObjectPrompts:
     _require(isinstance(o, dict), w, "must be an object")
     check_keys(o, OBJECT_KEYS, w)
     oid = o.get("id", i + 1)
@@ -359,20 +308,12 @@ def _parse_object(
         w,
         "'corrections' need a prompt to start from: give a box or a click in 'prompts' first",
     )
-    _require(
-        isinstance(prompts, list) and (len(prompts) > 0 or allow_empty),
-        w,
-        "'prompts' must be a non-empty list",
-    )
+    _require(isinstance(prompts, list) and (len(prompts) > 0 or allow_empty), w, "'prompts' must be a non-empty list")
     sps = [_parse_prompt(p, f"{w}.prompts[{j}]") for j, p in enumerate(prompts)]
     color = o.get("color")
     _require(
         color is None
-        or (
-            isinstance(color, list)
-            and len(color) in (3, 4)
-            and all(_is_int(c) and 0 <= c <= 255 for c in color)
-        ),
+        or (isinstance(color, list) and len(color) in (3, 4) and all(_is_int(c) and 0 <= c <= 255 for c in color)),
         w,
         "'color' must be [r, g, b] integers 0..255",
     )
@@ -388,9 +329,7 @@ def _parse_object(
     _require(isinstance(propagate, bool), w, "'propagate' must be true or false")
     adapt = o.get("adapt", False)
     _require(isinstance(adapt, bool), w, "'adapt' must be true or false")
-    _require(
-        not adapt or propagate, w, "'adapt' needs 'propagate': true (it re-propagates the object)"
-    )
+    _require(not adapt or propagate, w, "'adapt' needs 'propagate': true (it re-propagates the object)")
     _check_window(o.get("window"), w)
     return ObjectPrompts(
         id=oid,
@@ -419,9 +358,7 @@ def parse_prompts(data: Any, where: str = "prompts", allow_empty: bool = False) 
     _require(isinstance(objs, list) and len(objs) > 0, where, "'objects' must be a non-empty list")
     _check_window(data.get("window"), where)
     seen: set[int] = set()
-    objects = [
-        _parse_object(o, i, f"{where}: objects[{i}]", seen, allow_empty) for i, o in enumerate(objs)
-    ]
+    objects = [_parse_object(o, i, f"{where}: objects[{i}]", seen, allow_empty) for i, o in enumerate(objs)]
     return PromptsFile(objects=objects, window=data.get("window"))
 
 
@@ -443,9 +380,7 @@ def load_prompts(path: str | Path, allow_empty: bool = False) -> PromptsFile:
     if not path.is_file():
         raise InputError(f"{path}: prompts file not found")
     try:
-        data = json.loads(
-            path.read_text(encoding="utf-8"), parse_float=_finite_float, parse_constant=_no_constant
-        )
+        data = json.loads(path.read_text(encoding="utf-8"), parse_float=_finite_float, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     except InputError as exc:
@@ -467,12 +402,6 @@ def as_slice_prompt(
     slice: int | None = None,
 ) -> SlicePrompt:
     """Build a SlicePrompt from plain sequences (labels default to all positive)."""
-    pts = (
-        np.zeros((0, 2), np.float32)
-        if points is None
-        else np.asarray(points, np.float32).reshape(-1, 2)
-    )
+    pts = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32).reshape(-1, 2)
     lab = np.ones(len(pts), np.int64) if labels is None else np.asarray(labels, np.int64)
-    return SlicePrompt(
-        points=pts, labels=lab, box=tuple(box) if box is not None else None, slice=slice
-    )
+    return SlicePrompt(points=pts, labels=lab, box=tuple(box) if box is not None else None, slice=slice)

@@ -67,9 +67,7 @@ class SegmentationResult:
 
 
 def paint_objects(
-    shape: tuple[int, int, int],
-    objects: list[ObjectMasks],
-    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    shape: tuple[int, int, int], objects: list[ObjectMasks], spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
 ) -> np.ndarray:
     """Paint objects into one (z, y, x) uint16 label map, overlaps resolved per
     voxel by :func:`napari_sam.overlaps.resolve_overlaps` (key slices first,
@@ -106,12 +104,7 @@ def state_for_object(obj: ObjectPrompts, shape: tuple[int, int, int]) -> Propaga
 
 def annotation_for(volume: Volume) -> Annotation:
     """An empty annotation of ``volume`` (its shape, spacing and key-slice rule)."""
-    return Annotation(
-        volume.shape,
-        volume.geometry.scale_zyx,
-        is_2d=volume.is_2d,
-        key_choice=key_choice_for(volume),
-    )
+    return Annotation(volume.shape, volume.geometry.scale_zyx, is_2d=volume.is_2d, key_choice=key_choice_for(volume))
 
 
 def segment_volume(
@@ -172,9 +165,7 @@ def segment_volume(
         obj = model.object(o.id)
         if o.propagate and obj.state is not None:
             result.states[o.id] = obj.state
-        present = (
-            obj.slices_holding() if o.propagate else sorted(obj.state.results) if obj.state else []
-        )
+        present = obj.slices_holding() if o.propagate else sorted(obj.state.results) if obj.state else []
         if present:
             result.slices[o.id] = present
     return result

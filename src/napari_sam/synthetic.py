@@ -76,10 +76,7 @@ def _place(
             for dx in (-1, 0, 1)
             for j in grid.get((key[0] + dz, key[1] + dy, key[2] + dx), ())
         ]
-        if any(
-            np.sqrt(((out[j][0] - centre) ** 2).sum()) < 0.9 * (out[j][1].mean() + axes.mean())
-            for j in near
-        ):
+        if any(np.sqrt(((out[j][0] - centre) ** 2).sum()) < 0.9 * (out[j][1].mean() + axes.mean()) for j in near):
             continue
         grid.setdefault(key, []).append(len(out))
         out.append((centre, axes))
@@ -87,9 +84,7 @@ def _place(
 
 
 def _render(
-    shape: tuple[int, int, int],
-    spacing: np.ndarray,
-    objects: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    shape: tuple[int, int, int], spacing: np.ndarray, objects: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 ) -> np.ndarray:
     """Label map: each voxel goes to the ellipsoid in which its normalised
     distance is smallest (below 1), so touching nuclei share a flat border."""
@@ -100,9 +95,7 @@ def _render(
         hi = np.minimum(shape, np.ceil((centre + axes.max()) / spacing).astype(int) + 1)
         if np.any(hi <= lo):
             continue
-        grids = np.meshgrid(
-            *[np.arange(lo[k], hi[k]) * spacing[k] - centre[k] for k in range(3)], indexing="ij"
-        )
+        grids = np.meshgrid(*[np.arange(lo[k], hi[k]) * spacing[k] - centre[k] for k in range(3)], indexing="ij")
         local = np.einsum("ij,j...->i...", rot.T, np.stack(grids))
         d = np.sqrt(sum((local[k] / axes[k]) ** 2 for k in range(3))).astype(np.float32)
         sl = tuple(slice(lo[k], hi[k]) for k in range(3))
@@ -160,38 +153,23 @@ def nuclei_stack(
     texture *= 0.15 / max(1e-6, float(texture.std()))
     excess = (contrast - 1.0) * per_nucleus[labels] * (1.0 + texture) * (labels > 0)
     truth = background * uneven * (1.0 + excess)
-    psf = [
-        0.25 / s for s in sp
-    ]  # micrometres -> voxels; sigma_z = sigma_xy in µm, so more slices blur less
+    psf = [0.25 / s for s in sp]  # micrometres -> voxels; sigma_z = sigma_xy in µm, so more slices blur less
     psf[0] = 0.6 / sp[0]
     blurred = ndimage.gaussian_filter(truth, psf)
-    counts = rng.poisson(np.maximum(blurred, 0)).astype(np.float64) + rng.normal(
-        0.0, read_noise, size=shape
-    )
+    counts = rng.poisson(np.maximum(blurred, 0)).astype(np.float64) + rng.normal(0.0, read_noise, size=shape)
     image = np.clip(np.round(counts), 0, 65535).astype(np.uint16)
-    return SyntheticStack(
-        image=image, labels=labels, spacing=tuple(float(s) for s in sp), contrast=float(contrast)
-    )
+    return SyntheticStack(image=image, labels=labels, spacing=tuple(float(s) for s in sp), contrast=float(contrast))
 
 
 def nuclei_image(
-    shape: tuple[int, int] = (256, 256),
-    pixel_um: float = 0.5,
-    contrast: float = 2.0,
-    seed: int = 0,
-    **kw,
+    shape: tuple[int, int] = (256, 256), pixel_um: float = 0.5, contrast: float = 2.0, seed: int = 0, **kw
 ) -> SyntheticStack:
     """A 2D synthetic nuclei image: the middle slice of a thin
     :func:`nuclei_stack` whose nuclei are centred on it (image and labels
     are (1, row, col))."""
     depth = 2.0 * float(np.mean(kw.get("radius_um", (3.0, 4.5))))
     kw.setdefault("radius_um", (3.0, 4.5))
-    st = nuclei_stack(
-        (5,) + tuple(shape), (depth / 10.0,) + (pixel_um,) * 2, contrast=contrast, seed=seed, **kw
-    )
+    st = nuclei_stack((5,) + tuple(shape), (depth / 10.0,) + (pixel_um,) * 2, contrast=contrast, seed=seed, **kw)
     return SyntheticStack(
-        image=st.image[2:3],
-        labels=drop_small(st.labels[2:3], 4),
-        spacing=st.spacing,
-        contrast=st.contrast,
+        image=st.image[2:3], labels=drop_small(st.labels[2:3], 4), spacing=st.spacing, contrast=st.contrast
     )

@@ -88,9 +88,7 @@ def parse_class_names(text: str) -> list[str]:
     """``"liver, spleen"`` -> ["liver", "spleen"]; empty or repeated names are refused."""
     names = [t.strip() for t in text.split(",")]
     if not text.strip() or any(not n for n in names):
-        raise InputError(
-            f"--text {text!r}: give class names separated by commas, e.g. 'liver,spleen'"
-        )
+        raise InputError(f"--text {text!r}: give class names separated by commas, e.g. 'liver,spleen'")
     lowered = [n.lower() for n in names]
     if len(set(lowered)) != len(lowered):
         raise InputError(f"--text {text!r}: a class is named twice")
@@ -116,9 +114,7 @@ def text_prompts_file(
         hit = find_class(head, name, probs, embeddings, image_size)
         if hit is None:
             if warn is not None:
-                warn(
-                    f"class {name!r}: not found in this image (no region where it is the most probable class)"
-                )
+                warn(f"class {name!r}: not found in this image (no region where it is the most probable class)")
             continue
         found.append(hit)
         objects.append(

@@ -139,9 +139,7 @@ class TileGrid:
             return own
         best, best_key = own, (-np.inf, -np.inf)
         for k, t in enumerate(tiles):
-            margin = min(
-                r0 - t.top, c0 - t.left, t.top + t.height - 1 - r1, t.left + t.width - 1 - c1
-            )
+            margin = min(r0 - t.top, c0 - t.left, t.top + t.height - 1 - r1, t.left + t.width - 1 - c1)
             ov = max(0.0, min(r1, t.top + t.height - 1) - max(r0, t.top) + 1) * max(
                 0.0, min(c1, t.left + t.width - 1) - max(c0, t.left) + 1
             )
@@ -157,9 +155,7 @@ class TileGrid:
         return t.top > 0, t.left > 0, t.top + t.height < H, t.left + t.width < W
 
 
-def _touches(
-    mask_box: tuple[int, int, int, int], tile: Crop, edges: tuple[bool, bool, bool, bool]
-) -> bool:
+def _touches(mask_box: tuple[int, int, int, int], tile: Crop, edges: tuple[bool, bool, bool, bool]) -> bool:
     r0, c0, r1, c1 = mask_box
     top, left, bottom, right = edges
     return (
@@ -170,9 +166,7 @@ def _touches(
     )
 
 
-def tile_kept_objects(
-    grid: TileGrid, index: int, labels: np.ndarray
-) -> list[tuple[int, tuple[slice, slice]]]:
+def tile_kept_objects(grid: TileGrid, index: int, labels: np.ndarray) -> list[tuple[int, tuple[slice, slice]]]:
     """The objects tile ``index`` keeps: (local id, bounding slices in the tile), in id order.
 
     labels: the tile's (height, width) integer map. An object is kept when the
@@ -196,9 +190,7 @@ def tile_kept_objects(
 
 
 def stitch_tile_labels(
-    grid: TileGrid,
-    tile_labels: Iterable[np.ndarray],
-    scores: Iterable[dict[int, float]] | None = None,
+    grid: TileGrid, tile_labels: Iterable[np.ndarray], scores: Iterable[dict[int, float]] | None = None
 ) -> np.ndarray:
     """Stitch per-tile instance label maps into one (H, W) int32 label map.
 
@@ -223,15 +215,8 @@ def stitch_tile_labels(
         labels = np.asarray(labels)
         for lid, sl in tile_kept_objects(grid, k, labels):
             m = labels[sl] == lid
-            s = (
-                np.float32(score_list[k].get(lid, 0.0))
-                if score_list is not None
-                else np.float32(-k)
-            )
-            gsl = (
-                slice(sl[0].start + t.top, sl[0].stop + t.top),
-                slice(sl[1].start + t.left, sl[1].stop + t.left),
-            )
+            s = np.float32(score_list[k].get(lid, 0.0)) if score_list is not None else np.float32(-k)
+            gsl = (slice(sl[0].start + t.top, sl[0].stop + t.top), slice(sl[1].start + t.left, sl[1].stop + t.left))
             win = m & (s > best[gsl])
             out[gsl][win] = next_id
             best[gsl][win] = s

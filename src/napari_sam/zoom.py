@@ -167,9 +167,7 @@ def decode_boxes_in_crop(
     boxes = crop.box_to_crop(np.asarray(boxes_rc, np.float32).reshape(-1, 4))
     boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, crop.height - 1)
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, crop.width - 1)
-    low, scores = backend.decode_low_res(
-        embedding, boxes_rc=extent_boxes(boxes, embedding), multimask=multimask
-    )
+    low, scores = backend.decode_low_res(embedding, boxes_rc=extent_boxes(boxes, embedding), multimask=multimask)
     logits = backend.upsample(low, embedding).float().cpu().numpy()
     return ZoomedMasks(
         masks=crop.paste(logits > 0, slice_shape, False),
@@ -244,9 +242,7 @@ def predict_zoomed(
             box=None if prompt.box is None else tuple(crop.box_to_crop(box)),
         )
         prev = previous if previous is not None else seed_mask
-        pred = clicks.predict(
-            emb, local, previous=None if prev is None else prev[crop.slices], multimask=multimask
-        )
+        pred = clicks.predict(emb, local, previous=None if prev is None else prev[crop.slices], multimask=multimask)
         masks = crop.paste(pred.masks, shape, False)
         scores, low, boxes = pred.scores, pred.low_res_logits, crop.box_from_crop(pred.boxes)
     if not masks[0].any() or crop.touches_inner_border(masks[0][crop.slices], shape):

@@ -54,10 +54,7 @@ def main() -> None:
     from mobile_sam import sam_model_registry as mobile_sam_registry
 
     model = mobile_sam_registry["vit_t"]()
-    _dump(
-        "mobile_sam_official_keys.json.gz",
-        {"vit_t": {k: list(v.shape) for k, v in model.state_dict().items()}},
-    )
+    _dump("mobile_sam_official_keys.json.gz", {"vit_t": {k: list(v.shape) for k, v in model.state_dict().items()}})
 
 
 if __name__ == "__main__":

@@ -34,9 +34,7 @@ class ChangeSet:
     what: str = ""
 
     @classmethod
-    def between(
-        cls, old: np.ndarray, new: np.ndarray, objects=(), table: bool = False, what: str = ""
-    ) -> ChangeSet:
+    def between(cls, old: np.ndarray, new: np.ndarray, objects=(), table: bool = False, what: str = "") -> ChangeSet:
         """The change from label map ``old`` to ``new`` (both (z, y, x), same shape)."""
         idx = np.nonzero(old != new)
         return cls(
@@ -70,10 +68,7 @@ class ChangeSet:
             index, values = self.index, self.values
         else:
             flat = np.concatenate(
-                [
-                    np.ravel_multi_index(self.index, self.shape),
-                    np.ravel_multi_index(later.index, self.shape),
-                ]
+                [np.ravel_multi_index(self.index, self.shape), np.ravel_multi_index(later.index, self.shape)]
             )
             vals = np.concatenate([self.values, later.values])
             # keep the last write of each voxel

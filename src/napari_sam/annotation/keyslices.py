@@ -28,10 +28,7 @@ KEY_CHOICES = ("single", "box_fit")
 
 
 def decode_key(
-    predictor: SlicePredictor,
-    prompt: SlicePrompt,
-    previous: np.ndarray | None = None,
-    key_choice: str = "single",
+    predictor: SlicePredictor, prompt: SlicePrompt, previous: np.ndarray | None = None, key_choice: str = "single"
 ) -> Prediction:
     """Candidate masks for a key slice's ``prompt``, the key mask first.
 

@@ -137,16 +137,10 @@ class Annotation(RunMethods):
         """Where object ``object_id`` shows on plane ``index`` along ``axis``: (rows, cols) bool."""
         return np.take(self._labels, index, axis=axis) == object_id
 
-    def previous_for(
-        self, object_id: int | None, axis: int, index: int, prompt: SlicePrompt
-    ) -> np.ndarray | None:
+    def previous_for(self, object_id: int | None, axis: int, index: int, prompt: SlicePrompt) -> np.ndarray | None:
         """The mask that clicks refine (SAM's interactive loop): the object's pixels on
         the plane when the prompt is clicks alone with a positive one, else None."""
-        if (
-            object_id not in self._objects
-            or prompt.box is not None
-            or not np.any(prompt.labels == 1)
-        ):
+        if object_id not in self._objects or prompt.box is not None or not np.any(prompt.labels == 1):
             return None
         plane = self.plane_of(object_id, axis, index)
         return plane if plane.any() else None
@@ -173,15 +167,8 @@ class Annotation(RunMethods):
             self._close(step)
 
     def _close(self, step: Step) -> None:
-        after = {
-            oid: (obj.snapshot() if (obj := self._objects.get(oid)) is not None else None)
-            for oid in step.before
-        }
-        table = (
-            step.table
-            or list(self._objects) != step.order_before
-            or self.current_id != step.current_before
-        )
+        after = {oid: (obj.snapshot() if (obj := self._objects.get(oid)) is not None else None) for oid in step.before}
+        table = step.table or list(self._objects) != step.order_before or self.current_id != step.current_before
         step.changes = self._repaint(set(step.before), table, step.what)
         if step.record and step.before:
             self.history.push(
@@ -209,9 +196,7 @@ class Annotation(RunMethods):
         self._labels = new
         return changes
 
-    def _restore(
-        self, snaps: dict[int, AnnotatedObject | None], order: list[int], current: int | None
-    ) -> None:
+    def _restore(self, snaps: dict[int, AnnotatedObject | None], order: list[int], current: int | None) -> None:
         for oid, snap in snaps.items():
             if snap is None:
                 self._objects.pop(oid, None)
@@ -284,9 +269,7 @@ class Annotation(RunMethods):
         with self.batch(f"add object {oid}") as step:
             step.touch(self, oid)
             obj = AnnotatedObject(
-                oid,
-                (name or "").strip() or f"object {oid}",
-                tuple(int(c) for c in (color or default_color(oid))),
+                oid, (name or "").strip() or f"object {oid}", tuple(int(c) for c in (color or default_color(oid)))
             )  # type: ignore[arg-type]
             if axis is not None:
                 obj.state = self._new_state(axis)
@@ -301,9 +284,7 @@ class Annotation(RunMethods):
 
     def recolor(self, object_id: int, color: Sequence[int]) -> ChangeSet:
         """Give an object a new (r, g, b) colour, 0..255."""
-        return self._edit(
-            object_id, f"recolour object {object_id}", color=tuple(int(c) for c in color)
-        )
+        return self._edit(object_id, f"recolour object {object_id}", color=tuple(int(c) for c in color))
 
     def _edit(self, object_id: int, what: str, **values: Any) -> ChangeSet:
         obj = self.object(object_id)
@@ -391,15 +372,11 @@ class Annotation(RunMethods):
         none is left. A label that is no object yet becomes a new object."""
         labels = np.asarray(labels)
         if labels.shape != self.shape:
-            raise InputError(
-                f"painted labels of shape {labels.shape}, the annotation's is {self.shape}"
-            )
+            raise InputError(f"painted labels of shape {labels.shape}, the annotation's is {self.shape}")
         diff = labels != self._labels
         if not diff.any():
             return ChangeSet(self.shape, what=what)
-        touched = (
-            set(np.unique(labels[diff]).tolist()) | set(np.unique(self._labels[diff]).tolist())
-        ) - {0}
+        touched = (set(np.unique(labels[diff]).tolist()) | set(np.unique(self._labels[diff]).tolist())) - {0}
         with self.batch(what) as step:
             for oid in sorted(int(v) for v in touched):
                 if oid not in self._objects:

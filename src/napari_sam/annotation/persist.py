@@ -23,14 +23,7 @@ from ..propagation import PropagationState, SliceInfo, StopDecision, StopReason
 from .model import Annotation
 from .objects import AnnotatedObject, as_mask
 
-__all__ = [
-    "annotation_to_dict",
-    "annotation_from_dict",
-    "split_arrays",
-    "join_arrays",
-    "FORMAT",
-    "VERSION",
-]
+__all__ = ["annotation_to_dict", "annotation_from_dict", "split_arrays", "join_arrays", "FORMAT", "VERSION"]
 
 FORMAT = "napari-sam annotation"
 VERSION = 1
@@ -81,14 +74,7 @@ def _state_from_dict(d: dict[str, Any], shape: tuple[int, int, int]) -> Propagat
     st.results = {int(i): np.asarray(m, bool) for i, m in d["results"].items()}
     st.info = {int(i): SliceInfo(**f) for i, f in d["info"].items()}
     st.stops = [
-        StopDecision(
-            s["origin"],
-            s["direction"],
-            s["last"],
-            s["rejected"],
-            StopReason(s["reason"]),
-            s["detail"],
-        )
+        StopDecision(s["origin"], s["direction"], s["last"], s["rejected"], StopReason(s["reason"]), s["detail"])
         for s in d["stops"]
     ]
     st.dirty, st.dirty_keys = set(d["dirty"]), set(d["dirty_keys"])
@@ -162,9 +148,7 @@ def annotation_from_dict(d: dict[str, Any]) -> Annotation:
     return model
 
 
-def split_arrays(
-    d: Any, arrays: dict[str, np.ndarray] | None = None, path: str = ""
-) -> tuple[Any, dict]:
+def split_arrays(d: Any, arrays: dict[str, np.ndarray] | None = None, path: str = "") -> tuple[Any, dict]:
     """``d`` with every numpy array replaced by ``{"array": KEY}``, and KEY -> array."""
     arrays = {} if arrays is None else arrays
     if isinstance(d, np.ndarray):

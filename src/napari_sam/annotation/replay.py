@@ -70,14 +70,8 @@ def merge_slice_prompts(prompts: list[SlicePrompt]) -> dict[int, SlicePrompt]:
 
 def object_window(volume: Volume, obj: ObjectPrompts, file_window=None, override=None) -> Window:
     """The window for one object: --window, else the object's, else the file's, else automatic."""
-    spec = (
-        override
-        if override is not None
-        else (obj.window if obj.window is not None else file_window)
-    )
-    return resolve_window(
-        volume.array, spec, volume.metadata.get("modality"), volume.metadata.get("dicom_window")
-    )
+    spec = override if override is not None else (obj.window if obj.window is not None else file_window)
+    return resolve_window(volume.array, spec, volume.metadata.get("modality"), volume.metadata.get("dicom_window"))
 
 
 class _StopFlag:
@@ -125,9 +119,7 @@ class _Replay:
     # -------------------------------------------------------------- helpers
     def report(self, message: str) -> None:
         if self.progress:
-            self.progress(
-                Progress(self.finished, self.finished + sum(self.estimates.values()), message)
-            )
+            self.progress(Progress(self.finished, self.finished + sum(self.estimates.values()), message))
 
     def store(self, win: Window, axis: int) -> SliceEmbeddings:
         key = (win.key(), axis)
@@ -142,11 +134,7 @@ class _Replay:
     def window_of(self, obj: ObjectPrompts) -> Window:
         """Resolved once per distinct window spec."""
         override = self.window_override
-        spec = (
-            override
-            if override is not None
-            else (obj.window if obj.window is not None else self.prompts.window)
-        )
+        spec = override if override is not None else (obj.window if obj.window is not None else self.prompts.window)
         key = repr(spec)
         if key not in self._windows:
             self._windows[key] = object_window(self.volume, obj, self.prompts.window, override)
@@ -161,9 +149,7 @@ class _Replay:
     def decode(self, obj: ObjectPrompts, z: int, prompt: SlicePrompt) -> None:
         """Decode one key slice by the one key-slice rule and commit it."""
         store = self.store(self.window_of(obj), obj.axis)
-        self.predictor.set_embedding(
-            store.get(z), image=store.model_input(z) if self.zoom is not None else None
-        )
+        self.predictor.set_embedding(store.get(z), image=store.model_input(z) if self.zoom is not None else None)
         previous = self.model.previous_for(obj.id, obj.axis, z, prompt)
         pred = decode_key(self.predictor, prompt, previous, self.model.key_choice)
         self.model.commit(obj.id, z, prompt, pred.mask, axis=obj.axis, exact=pred.crop is None)
@@ -176,25 +162,17 @@ class _Replay:
         for o in objects:
             win = self.window_of(o)
             for z, p in sorted(merge_slice_prompts(o.prompts).items()):
-                key = (
-                    (win.key(), o.axis, z)
-                    if batch and is_plain_box(p)
-                    else ("", -1 - len(groups), z)
-                )
+                key = (win.key(), o.axis, z) if batch and is_plain_box(p) else ("", -1 - len(groups), z)
                 groups.setdefault(key, []).append((o, z, p))
         self.estimates[0] = sum(len(g) for g in groups.values())
         for (_wkey, axis, z), items in groups.items():
             if self.cancelled():
                 return
             obj0 = items[0][0]
-            self.report(
-                f"{obj0.name}: slice {z}" if len(items) == 1 else f"{len(items)} objects: slice {z}"
-            )
+            self.report(f"{obj0.name}: slice {z}" if len(items) == 1 else f"{len(items)} objects: slice {z}")
             if axis >= 0:
                 emb = self.store(self.window_of(obj0), obj0.axis).get(z)
-                for (o, _, p), mask in zip(
-                    items, decode_boxes(self.backend, emb, [p.box for _, _, p in items])
-                ):
+                for (o, _, p), mask in zip(items, decode_boxes(self.backend, emb, [p.box for _, _, p in items])):
                     self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True)
             else:
                 self.decode(obj0, z, items[0][2])
@@ -217,16 +195,12 @@ class _Replay:
         )
         self.run(obj, self.model.propagation(obj.id, propagator))
         if obj.adapt and not state.needs_run and not self.cancelled():
-            self.run(
-                obj, self.model.start_run(obj.id, self._adapting(propagator), f"adapt {obj.name}")
-            )
+            self.run(obj, self.model.start_run(obj.id, self._adapting(propagator), f"adapt {obj.name}"))
         for point, label in obj.corrections:
             if self.cancelled() or state.needs_run:
                 break
             self.report(f"{obj.name}: correction at {tuple(point)}")
-            self.run(
-                obj, self.model.correction(obj.id, Correction(tuple(point), label), propagator)
-            )
+            self.run(obj, self.model.correction(obj.id, Correction(tuple(point), label), propagator))
         self.estimates[obj.id] = 0
         if state.needs_run:
             self.outcome.cancelled = True
@@ -236,22 +210,13 @@ class _Replay:
         (:mod:`napari_sam.finetune.adapt`), then propagate the object again with it."""
 
         def work(state: PropagationState):
-            keys = {
-                k: state.results[k]
-                for k in state.key_slices
-                if k in state.results and state.results[k].any()
-            }
+            keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
             if not keys:
                 return
-            adapted = adapt_to_slices(
-                self.backend, propagator.embeddings, keys, cancel=self.stop.cancel
-            ).backend
+            adapted = adapt_to_slices(self.backend, propagator.embeddings, keys, cancel=self.stop.cancel).backend
             state.mark_all()
             yield from Propagator(
-                adapted,
-                propagator.embeddings,
-                rules=self.stop_rules,
-                key_choice=propagator.key_choice,
+                adapted, propagator.embeddings, rules=self.stop_rules, key_choice=propagator.key_choice
             ).run(state)
 
         return work
@@ -291,17 +256,7 @@ def replay(
     """
     prompts.check_against(volume.array.shape, volume.is_2d)
     job = _Replay(
-        model,
-        volume,
-        prompts,
-        backend,
-        window,
-        progress,
-        embeddings_for,
-        cancel,
-        stop_rules,
-        zoom,
-        crop_embeddings,
+        model, volume, prompts, backend, window, progress, embeddings_for, cancel, stop_rules, zoom, crop_embeddings
     )
     init_masks = init_masks or {}
     with model.batch("objects of the prompts file"):
@@ -320,7 +275,5 @@ def replay(
                 job.window_of(o)
                 job.propagated_object(o)
     if progress:
-        progress(
-            Progress(job.finished, job.finished, "cancelled" if job.outcome.cancelled else "done")
-        )
+        progress(Progress(job.finished, job.finished, "cancelled" if job.outcome.cancelled else "done"))
     return job.outcome

@@ -55,9 +55,7 @@ class RunMethods:
         obj = self.object(object_id)
         return self.start_run(object_id, propagator.run, f"propagate {obj.name}")
 
-    def correction(
-        self: Annotation, object_id: int, correction: Correction, propagator: Propagator
-    ) -> Run:
+    def correction(self: Annotation, object_id: int, correction: Correction, propagator: Propagator) -> Run:
         """A run that applies a 3D correction (:func:`napari_sam.corrections.apply_correction`).
         InputError (one line) for a click outside the volume or an object with no prompt."""
         obj = self.object(object_id)
@@ -67,9 +65,7 @@ class RunMethods:
         earlier, painted, spacing = list(obj.corrections), set(obj.painted), self.spacing_zyx
 
         def work(state: PropagationState) -> Iterator[Any]:
-            apply_correction(
-                state, propagator, correction, earlier=earlier, spacing_zyx=spacing, painted=painted
-            )
+            apply_correction(state, propagator, correction, earlier=earlier, spacing_zyx=spacing, painted=painted)
             yield from ()
 
         return self.start_run(object_id, work, f"correct {obj.name}", corrections=[correction])
@@ -167,8 +163,6 @@ class RunMethods:
         """Propagate the object on this thread (see :meth:`run_to_end`)."""
         return self.run_to_end(self.propagation(object_id, propagator), progress, cancel)
 
-    def correct(
-        self: Annotation, object_id: int, correction: Correction, propagator: Propagator
-    ) -> ChangeSet:
+    def correct(self: Annotation, object_id: int, correction: Correction, propagator: Propagator) -> ChangeSet:
         """Apply a 3D correction on this thread."""
         return self.run_to_end(self.correction(object_id, correction, propagator))

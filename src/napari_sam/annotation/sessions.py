@@ -78,11 +78,7 @@ class ImageRef:
 
     @classmethod
     def of(cls, array: np.ndarray, path: str | Path | None = None) -> ImageRef:
-        return cls(
-            None if path is None else str(path),
-            content_hash(np.asarray(array)),
-            tuple(np.shape(array)),
-        )
+        return cls(None if path is None else str(path), content_hash(np.asarray(array)), tuple(np.shape(array)))
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "content_hash": self.content_hash, "shape": list(self.shape)}
@@ -189,9 +185,7 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return doc, arrays
 
 
-def open_session(
-    folder: str | Path, image: np.ndarray | None = None, image_path: str | Path | None = None
-) -> Session:
+def open_session(folder: str | Path, image: np.ndarray | None = None, image_path: str | Path | None = None) -> Session:
     """Open the session folder ``folder``.
 
     image: the (z, y, x) array of the image to continue on; it must be the

@@ -109,9 +109,7 @@ def candidates_from_logits(
             m = patch > 0
             if not m.any():
                 continue
-            full_box_view = Crop(
-                view.top + int(r0), view.left + int(c0), patch.shape[0], patch.shape[1]
-            )
+            full_box_view = Crop(view.top + int(r0), view.left + int(c0), patch.shape[0], patch.shape[1])
             if _reaches_inner_edge(m, full_box_view, view, slice_shape):
                 continue  # cut by the view's edge: another view holds the object whole
             n_lo = int(loose[r0:r1, c0:c1].sum())
@@ -132,31 +130,19 @@ def candidates_from_logits(
     return out
 
 
-def _reaches_inner_edge(
-    mask: np.ndarray, patch: Crop, view: Crop, slice_shape: tuple[int, int]
-) -> bool:
+def _reaches_inner_edge(mask: np.ndarray, patch: Crop, view: Crop, slice_shape: tuple[int, int]) -> bool:
     """Whether a patch mask touches an edge of its view that lies inside the slice."""
     H, W = slice_shape
     if view.top > 0 and patch.top == view.top and mask[0].any():
         return True
     if view.left > 0 and patch.left == view.left and mask[:, 0].any():
         return True
-    if (
-        view.top + view.height < H
-        and patch.top + patch.height == view.top + view.height
-        and mask[-1].any()
-    ):
+    if view.top + view.height < H and patch.top + patch.height == view.top + view.height and mask[-1].any():
         return True
-    return bool(
-        view.left + view.width < W
-        and patch.left + patch.width == view.left + view.width
-        and mask[:, -1].any()
-    )
+    return bool(view.left + view.width < W and patch.left + patch.width == view.left + view.width and mask[:, -1].any())
 
 
-def filter_candidates(
-    cands: list[Candidate], settings: AutoSettings, min_size: int, max_size: int
-) -> list[Candidate]:
+def filter_candidates(cands: list[Candidate], settings: AutoSettings, min_size: int, max_size: int) -> list[Candidate]:
     """Keep candidates passing the quality, stability, box-agreement and size thresholds."""
     return [
         c
@@ -168,9 +154,7 @@ def filter_candidates(
     ]
 
 
-def unanswered_regions(
-    regions: np.ndarray, kept: list[Candidate], covered: float = 0.5
-) -> list[Candidate]:
+def unanswered_regions(regions: np.ndarray, kept: list[Candidate], covered: float = 0.5) -> list[Candidate]:
     """The structure regions (label map, region i + 1 from proposal i) that
     less than ``covered`` of is under the kept masks, as candidates ranked
     below any model mask (score, stability and box agreement 0)."""
@@ -186,24 +170,13 @@ def unanswered_regions(
             continue
         logits = np.where(region, 1.0, -1.0).astype(np.float32)
         out.append(
-            Candidate(
-                top=sl[0].start,
-                left=sl[1].start,
-                logits=logits,
-                score=0.0,
-                stability=0.0,
-                box_iou=0.0,
-                prompt=i,
-            )
+            Candidate(top=sl[0].start, left=sl[1].start, logits=logits, score=0.0, stability=0.0, box_iou=0.0, prompt=i)
         )
     return out
 
 
 def non_max_suppression(
-    cands: list[Candidate],
-    iou_threshold: float,
-    part_fraction: float = 0.8,
-    group_fraction: float = 0.6,
+    cands: list[Candidate], iou_threshold: float, part_fraction: float = 0.8, group_fraction: float = 0.6
 ) -> list[Candidate]:
     """Greedy mask NMS over candidates, best rank first.
 
@@ -220,12 +193,7 @@ def non_max_suppression(
         drop, inside_c = False, 0
         for k in kept:
             kr, kc = k.slices()
-            if (
-                rs.start >= kr.stop
-                or kr.start >= rs.stop
-                or cs.start >= kc.stop
-                or kc.start >= cs.stop
-            ):
+            if rs.start >= kr.stop or kr.start >= rs.stop or cs.start >= kc.stop or kc.start >= cs.stop:
                 continue
             inter = _intersection(c, k)
             union = c.area + k.area - inter
@@ -256,9 +224,7 @@ def _intersection(a: Candidate, b: Candidate) -> int:
     )
 
 
-def resolve_overlaps(
-    cands: list[Candidate], shape: tuple[int, int], min_size: int
-) -> tuple[np.ndarray, list[float]]:
+def resolve_overlaps(cands: list[Candidate], shape: tuple[int, int], min_size: int) -> tuple[np.ndarray, list[float]]:
     """Paint candidates into one (H, W) int32 instance map.
 
     A pixel claimed by several masks (after NMS: only along the borders of

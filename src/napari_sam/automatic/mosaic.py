@@ -26,13 +26,7 @@ from scipy import ndimage
 from ..jobs import Job, Progress, drive
 from ..models.base import Backend
 
-__all__ = [
-    "MosaicAnswer",
-    "MosaicRequest",
-    "decode_in_mosaics",
-    "iter_decode_in_mosaics",
-    "square_crop",
-]
+__all__ = ["MosaicAnswer", "MosaicRequest", "decode_in_mosaics", "iter_decode_in_mosaics", "square_crop"]
 
 
 @dataclass(frozen=True)
@@ -88,13 +82,7 @@ def _resize(a: np.ndarray, size: int, order: int) -> np.ndarray:
     """A square (n, n) array resized to (size, size) (pixel-area aligned)."""
     if a.shape[0] == size:
         return a.astype(np.float32, copy=False)
-    out = ndimage.zoom(
-        a.astype(np.float32, copy=False),
-        size / a.shape[0],
-        order=order,
-        grid_mode=True,
-        mode="nearest",
-    )
+    out = ndimage.zoom(a.astype(np.float32, copy=False), size / a.shape[0], order=order, grid_mode=True, mode="nearest")
     return out[:size, :size]
 
 
@@ -146,11 +134,7 @@ def _one_mosaic(
         gy, gx = divmod(k, per_side)
         idx = np.flatnonzero(owner_arr == k)
         cells = all_logits[idx, gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell]
-        back = (
-            np.stack([_resize(c, req.side, 1) for c in cells])
-            if len(idx)
-            else np.zeros((0, req.side, req.side))
-        )
+        back = np.stack([_resize(c, req.side, 1) for c in cells]) if len(idx) else np.zeros((0, req.side, req.side))
         out.append(MosaicAnswer(logits=back.astype(np.float32), scores=all_scores[idx]))
     clock["decoder"] = clock.get("decoder", 0.0) + time.perf_counter() - t
     return out

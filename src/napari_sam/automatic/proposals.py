@@ -51,10 +51,7 @@ def _downsample(img: np.ndarray, f: int) -> np.ndarray:
 
 
 def estimate_object_diameter(
-    image01: np.ndarray,
-    polarity: str = "auto",
-    min_diameter: float = 4.0,
-    max_diameter: float | None = None,
+    image01: np.ndarray, polarity: str = "auto", min_diameter: float = 4.0, max_diameter: float | None = None
 ) -> float:
     """Typical diameter (pixels) of the blob-like objects of an image.
 
@@ -116,11 +113,7 @@ class Proposals:
     regions: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return (
-            len(self.boxes)
-            if self.boxes is not None
-            else (len(self.points) if self.points is not None else 0)
-        )
+        return len(self.boxes) if self.boxes is not None else (len(self.points) if self.points is not None else 0)
 
     @property
     def kind(self) -> str:
@@ -185,11 +178,7 @@ def blob_regions(image01: np.ndarray, diameter: float, polarity: str = "bright")
 
 
 def intensity_region_boxes(
-    image01: np.ndarray,
-    diameter: float,
-    min_size: int,
-    max_size: int,
-    scales: tuple[float, ...] = (4.0, 8.0),
+    image01: np.ndarray, diameter: float, min_size: int, max_size: int, scales: tuple[float, ...] = (4.0, 8.0)
 ) -> np.ndarray:
     """Box proposals for regions of similar intensity (organs in a windowed CT
     slice, tissues in MR), (N, 4) float32 inclusive boxes.
@@ -209,19 +198,12 @@ def intensity_region_boxes(
     dark = float(np.median(s))
     boxes: list[np.ndarray] = []
     for k in scales:
-        lab = (
-            felzenszwalb(s, scale=float(k * diameter), sigma=1.0, min_size=max(16, min_size // 2))
-            + 1
-        )
+        lab = felzenszwalb(s, scale=float(k * diameter), sigma=1.0, min_size=max(16, min_size // 2)) + 1
         sizes = np.bincount(lab.ravel())
         means = np.bincount(lab.ravel(), weights=s.ravel()) / np.maximum(sizes, 1)
         edge = np.zeros(len(sizes), bool)
         edge[np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))] = True
-        keep = (
-            (sizes >= max(1, min_size))
-            & (sizes <= max_size)
-            & ~(edge & (np.asarray(means) <= dark))
-        )
+        keep = (sizes >= max(1, min_size)) & (sizes <= max_size) & ~(edge & (np.asarray(means) <= dark))
         keep[0] = False
         b, _ = _boxes_of_labels(np.where(keep[lab], lab, 0))
         boxes.append(b)

@@ -93,16 +93,11 @@ class AutomaticSegmenter:
     """
 
     def __init__(
-        self,
-        backend: Backend,
-        settings: AutoSettings | None = None,
-        embeddings: CropEmbeddings | None = None,
+        self, backend: Backend, settings: AutoSettings | None = None, embeddings: CropEmbeddings | None = None
     ) -> None:
         self.backend = backend
         self.settings = settings or AutoSettings()
-        self.embeddings = (
-            embeddings if embeddings is not None else CropEmbeddings(backend, max_in_memory=64)
-        )
+        self.embeddings = embeddings if embeddings is not None else CropEmbeddings(backend, max_in_memory=64)
 
     # ------------------------------------------------------------------ helpers
     def proposal_kind(self) -> str:
@@ -150,16 +145,12 @@ class AutomaticSegmenter:
         if plan.kind == "point-grid":
             tiles = plan.grid.tiles
             return Proposals(
-                points=np.concatenate(
-                    [point_grid(t.shape, st.points_per_side) + t.offset for t in tiles]
-                )
+                points=np.concatenate([point_grid(t.shape, st.points_per_side) + t.offset for t in tiles])
             ), None
         structure, parts = None, []
         base = plan.kind.split("+")[0]
         if base in ("blobs", "regions"):
-            structure = structure_proposals(
-                gray, base, plan.diameter, plan.polarity, plan.min_size, plan.max_size
-            )
+            structure = structure_proposals(gray, base, plan.diameter, plan.polarity, plan.min_size, plan.max_size)
             parts.append(structure.boxes)
         if plan.kind.endswith("box-grid"):
             parts.append(box_grid(gray.shape, tuple(s * plan.diameter for s in st.box_grid_sides)))
@@ -178,12 +169,7 @@ class AutomaticSegmenter:
         progress: called with each :class:`~napari_sam.jobs.Progress`; cancel:
         checked between steps (:class:`~napari_sam.jobs.Cancelled` when set).
         """
-        return drive(
-            self.iter_segment(image01, image_key=image_key),
-            progress,
-            cancel,
-            "automatic segmentation",
-        )
+        return drive(self.iter_segment(image01, image_key=image_key), progress, cancel, "automatic segmentation")
 
     def iter_segment(self, image01: np.ndarray, image_key: str | None = None) -> Job[AutoResult]:
         """:meth:`segment` as a job: a generator of :class:`~napari_sam.jobs.Progress`
@@ -200,17 +186,11 @@ class AutomaticSegmenter:
         plan = self._plan(gray)
         props, structure = self._proposals(gray, plan)
         timings["proposals"] = time.perf_counter() - t0
-        if (
-            structure is not None
-            and plan.kind == "blobs"
-            and self.settings.model_role == "split-check"
-        ):
+        if structure is not None and plan.kind == "blobs" and self.settings.model_role == "split-check":
             return (yield from self._split_checked(gray, structure.regions, plan, timings, t0))
         key = image_key if image_key is not None else content_hash(image01)
         clock = {"encoder": 0.0, "decoder": 0.0}
-        cands: list[Candidate] = yield from self._decode_all(
-            image01, key, props, plan.grid, clock, ""
-        )
+        cands: list[Candidate] = yield from self._decode_all(image01, key, props, plan.grid, clock, "")
         n_prompts = yield from self._refine(image01, key, props, cands, plan.grid, clock)
         timings.update(clock)
         t = time.perf_counter()
@@ -229,12 +209,7 @@ class AutomaticSegmenter:
         )
 
     def _split_checked(
-        self,
-        gray: np.ndarray,
-        regions: np.ndarray,
-        plan: _Plan,
-        timings: dict[str, float],
-        t0: float,
+        self, gray: np.ndarray, regions: np.ndarray, plan: _Plan, timings: dict[str, float], t0: float
     ) -> Job[AutoResult]:
         """Blob outlines, with the cuts the model confirms (model_role "split-check")."""
         st = self.settings
@@ -249,8 +224,7 @@ class AutomaticSegmenter:
         timings.update(clock)
         t = time.perf_counter()
         verdicts = [
-            judge_split(h, r, a, st.split_quality, st.split_min_iou)
-            for h, r, a in zip(hyps, requests, answers)
+            judge_split(h, r, a, st.split_quality, st.split_min_iou) for h, r, a in zip(hyps, requests, answers)
         ]
         labels = apply_splits(regions, hyps, verdicts)
         scores = np.full(int(labels.max(initial=0)), np.nan)
@@ -417,11 +391,7 @@ class AutomaticSegmenter:
         object has one id.
         """
         get = volume01 if callable(volume01) else (lambda z: np.asarray(volume01[z], np.float32))
-        n = (
-            n_slices
-            if n_slices is not None
-            else (len(volume01) if not callable(volume01) else None)
-        )
+        n = n_slices if n_slices is not None else (len(volume01) if not callable(volume01) else None)
         if n is None:
             raise InputError("n_slices is needed when the volume is given as a function")
         per_slice, timings = [], {}
@@ -461,10 +431,7 @@ class AutomaticSegmenter:
     ) -> AutoResult:
         """:meth:`iter_segment_volume`, driven to the end (see :meth:`segment`)."""
         return drive(
-            self.iter_segment_volume(volume01, n_slices, volume_key),
-            progress,
-            cancel,
-            "automatic segmentation",
+            self.iter_segment_volume(volume01, n_slices, volume_key), progress, cancel, "automatic segmentation"
         )
 
 

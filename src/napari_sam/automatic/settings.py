@@ -10,15 +10,7 @@ from ..tiling import DEFAULT_HALO, DEFAULT_TILE_SHAPE, TileGrid
 from ..zoom import ZoomSettings
 
 MODEL_ROLES = ("masks", "split-check")
-PROPOSAL_KINDS = (
-    "auto",
-    "blobs",
-    "regions",
-    "point-grid",
-    "box-grid",
-    "blobs+box-grid",
-    "regions+box-grid",
-)
+PROPOSAL_KINDS = ("auto", "blobs", "regions", "point-grid", "box-grid", "blobs+box-grid", "regions+box-grid")
 
 
 @dataclass(frozen=True)
@@ -99,13 +91,9 @@ class AutoSettings:
 
     def __post_init__(self) -> None:
         if self.proposals not in PROPOSAL_KINDS:
-            raise InputError(
-                f"proposals {self.proposals!r}: expected one of {', '.join(PROPOSAL_KINDS)}"
-            )
+            raise InputError(f"proposals {self.proposals!r}: expected one of {', '.join(PROPOSAL_KINDS)}")
         if self.model_role not in MODEL_ROLES:
-            raise InputError(
-                f"model role {self.model_role!r}: expected one of {', '.join(MODEL_ROLES)}"
-            )
+            raise InputError(f"model role {self.model_role!r}: expected one of {', '.join(MODEL_ROLES)}")
         if not 1 <= self.mosaic_side <= 8:
             raise InputError(f"mosaic side {self.mosaic_side}: expected 1..8 crops")
         if not 1.0 <= self.split_crop_scale <= 4.0:
@@ -138,32 +126,19 @@ class AutoSettings:
         if self.batch_size < 1:
             raise InputError(f"batch size {self.batch_size}: expected >= 1")
         if self.box_clip_margin is not None and not 0.0 <= self.box_clip_margin <= 2.0:
-            raise InputError(
-                f"box clip margin {self.box_clip_margin}: expected 0..2 (fraction of the box side)"
-            )
+            raise InputError(f"box clip margin {self.box_clip_margin}: expected 0..2 (fraction of the box side)")
         if self.stability_offset <= 0:
             raise InputError(f"stability offset {self.stability_offset}: expected > 0")
         if not self.box_grid_sides or min(self.box_grid_sides) <= 0:
-            raise InputError(
-                f"box grid sides {self.box_grid_sides}: expected positive multiples of the diameter"
-            )
-        TileGrid(
-            (max(self.tile_shape) + 1,) * 2, self.tile_shape, self.halo
-        )  # validates tile and halo
+            raise InputError(f"box grid sides {self.box_grid_sides}: expected positive multiples of the diameter")
+        TileGrid((max(self.tile_shape) + 1,) * 2, self.tile_shape, self.halo)  # validates tile and halo
 
     @classmethod
     def for_microscopy(cls, **overrides) -> AutoSettings:
         """Nuclei, cells, particles: blobs on a background whose touching
         objects the model splits (box-only models), a point grid for
         point-capable models."""
-        return cls(
-            **{
-                "proposals": "auto",
-                "keep_unanswered": True,
-                "model_role": "split-check",
-                **overrides,
-            }
-        )
+        return cls(**{"proposals": "auto", "keep_unanswered": True, "model_role": "split-check", **overrides})
 
     @classmethod
     def for_ct(cls, **overrides) -> AutoSettings:

@@ -77,9 +77,7 @@ def judge_split(
     return SplitVerdict(accepted, scores, ious, float(answer.scores[0]))
 
 
-def apply_splits(
-    regions: np.ndarray, hyps: Sequence[SplitHypothesis], verdicts: Sequence[SplitVerdict]
-) -> np.ndarray:
+def apply_splits(regions: np.ndarray, hyps: Sequence[SplitHypothesis], verdicts: Sequence[SplitVerdict]) -> np.ndarray:
     """The blob label map with each accepted hypothesis' parts as objects of
     their own (new ids after the existing ones); (H, W) int32."""
     out = np.array(regions, np.int32, copy=True)

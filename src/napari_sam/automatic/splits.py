@@ -51,12 +51,7 @@ class SplitHypothesis:
         out = []
         for sl in ndimage.find_objects(self.parts):
             out.append(
-                (
-                    sl[0].start + self.top,
-                    sl[1].start + self.left,
-                    sl[0].stop - 1 + self.top,
-                    sl[1].stop - 1 + self.left,
-                )
+                (sl[0].start + self.top, sl[1].start + self.left, sl[0].stop - 1 + self.top, sl[1].stop - 1 + self.left)
             )
         return np.asarray(out, np.float32)
 
@@ -65,8 +60,7 @@ class SplitHypothesis:
         rows = np.flatnonzero((self.parts > 0).any(axis=1))
         cols = np.flatnonzero((self.parts > 0).any(axis=0))
         return np.asarray(
-            (rows[0] + self.top, cols[0] + self.left, rows[-1] + self.top, cols[-1] + self.left),
-            np.float32,
+            (rows[0] + self.top, cols[0] + self.left, rows[-1] + self.top, cols[-1] + self.left), np.float32
         )
 
 
@@ -86,17 +80,13 @@ def concavities(mask: np.ndarray) -> list[tuple[int, int, float]]:
     return out
 
 
-def _cut(
-    mask: np.ndarray, a: tuple[int, int, float], b: tuple[int, int, float], min_size: int
-) -> np.ndarray | None:
+def _cut(mask: np.ndarray, a: tuple[int, int, float], b: tuple[int, int, float], min_size: int) -> np.ndarray | None:
     """The mask cut along the segment a-b: parts 1..k (each >= min_size; the
     cut line and crumbs go to the nearest part), or None if it does not split."""
     rr, cc = line(a[0], a[1], b[0], b[1])
     cut = mask.copy()
     cut[rr, cc] = False
-    cut[np.minimum(rr + 1, mask.shape[0] - 1), cc] = (
-        False  # 2 px: no 8-connected leak through a diagonal
-    )
+    cut[np.minimum(rr + 1, mask.shape[0] - 1), cc] = False  # 2 px: no 8-connected leak through a diagonal
     lab, n = ndimage.label(cut)
     if n < 2:
         return None
@@ -107,15 +97,11 @@ def _cut(
     parts = np.zeros(mask.shape, np.int32)
     for k, v in enumerate(big, start=1):
         parts[lab == v] = k
-    nearest = ndimage.distance_transform_edt(
-        parts == 0, return_distances=False, return_indices=True
-    )
+    nearest = ndimage.distance_transform_edt(parts == 0, return_distances=False, return_indices=True)
     return np.where(mask, parts[nearest[0], nearest[1]], 0).astype(np.int32)
 
 
-def best_cut(
-    mask: np.ndarray, min_depth: float, min_size: int, min_score: float
-) -> tuple[float, np.ndarray] | None:
+def best_cut(mask: np.ndarray, min_depth: float, min_size: int, min_score: float) -> tuple[float, np.ndarray] | None:
     """The straight cut between two bays with the best concavity score, at
     least ``min_score``, both bays at least ``min_depth`` pixels deep and
     every part at least ``min_size`` pixels: (score, parts 1..k), or None."""
@@ -152,11 +138,7 @@ def split_mask(
 
 
 def split_hypotheses(
-    regions: np.ndarray,
-    diameter: float,
-    min_size: int,
-    min_score: float,
-    min_depth_fraction: float = 0.05,
+    regions: np.ndarray, diameter: float, min_size: int, min_score: float, min_depth_fraction: float = 0.05
 ) -> list[SplitHypothesis]:
     """A hypothesis for every blob of a (H, W) label map that concavity
     analysis would cut (bays at least ``min_depth_fraction`` x ``diameter``

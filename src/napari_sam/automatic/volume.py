@@ -84,9 +84,7 @@ class Stack3DSettings:
 
     def __post_init__(self) -> None:
         if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
-            raise InputError(
-                f"spacing {self.spacing}: expected three positive numbers (z, row, col)"
-            )
+            raise InputError(f"spacing {self.spacing}: expected three positive numbers (z, row, col)")
         if self.polarity not in ("bright", "dark"):
             raise InputError(f"polarity {self.polarity!r}: expected bright or dark")
         if self.object_diameter is not None and not 2.0 <= self.object_diameter <= 10000:
@@ -94,9 +92,7 @@ class Stack3DSettings:
         if not 0.0 <= self.model_iou <= 1.0:
             raise InputError(f"model iou {self.model_iou}: expected 0..1")
         if not 0.0 < self.split_depth < 1.0:
-            raise InputError(
-                f"split depth {self.split_depth}: expected 0..1 (fraction of the diameter)"
-            )
+            raise InputError(f"split depth {self.split_depth}: expected 0..1 (fraction of the diameter)")
         if self.max_prompts < 0 or self.batch_size < 1:
             raise InputError("max prompts must be >= 0 and batch size >= 1")
 
@@ -110,9 +106,7 @@ def stack_diameter(volume01: np.ndarray, polarity: str = "bright") -> float:
     spread = volume01.reshape(len(volume01), -1).std(axis=1)
     out = []
     for z in np.argsort(spread)[-3:]:
-        d = estimate_object_diameter(
-            volume01[z], polarity, max_diameter=min(volume01.shape[1:]) / 2
-        )
+        d = estimate_object_diameter(volume01[z], polarity, max_diameter=min(volume01.shape[1:]) / 2)
         out.append(refine_diameter(volume01[z], d, polarity))
     return float(np.median(out))
 
@@ -172,12 +166,7 @@ def foreground_3d(
 
 
 def split_instances_3d(
-    fg: np.ndarray,
-    flat: np.ndarray,
-    spacing: np.ndarray,
-    diameter_phys: float,
-    depth: float,
-    min_voxels: int,
+    fg: np.ndarray, flat: np.ndarray, spacing: np.ndarray, diameter_phys: float, depth: float, min_voxels: int
 ) -> np.ndarray:
     """Split a (z, row, col) foreground into objects with a seeded watershed.
 
@@ -217,12 +206,7 @@ def _central_boxes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tup
         rows = np.flatnonzero(sub[kz].any(axis=1))
         cols = np.flatnonzero(sub[kz].any(axis=0))
         zs[i] = sl[0].start + kz
-        boxes[i] = (
-            sl[1].start + rows[0],
-            sl[2].start + cols[0],
-            sl[1].start + rows[-1],
-            sl[2].start + cols[-1],
-        )
+        boxes[i] = (sl[1].start + rows[0], sl[2].start + cols[0], sl[1].start + rows[-1], sl[2].start + cols[-1])
     return zs, boxes, objs
 
 
@@ -238,10 +222,7 @@ class StackSegmenter:
     """
 
     def __init__(
-        self,
-        backend: Backend | None,
-        settings: Stack3DSettings | None = None,
-        embeddings: CropEmbeddings | None = None,
+        self, backend: Backend | None, settings: Stack3DSettings | None = None, embeddings: CropEmbeddings | None = None
     ) -> None:
         self.backend = backend
         self.settings = settings or Stack3DSettings()
@@ -261,9 +242,7 @@ class StackSegmenter:
         :class:`AutoResult` with (z, row, col) int32 labels (one id per 3D object).
         progress: called with each :class:`~napari_sam.jobs.Progress`; cancel:
         checked between steps."""
-        return drive(
-            self.iter_segment(volume01, volume_key), progress, cancel, "automatic segmentation"
-        )
+        return drive(self.iter_segment(volume01, volume_key), progress, cancel, "automatic segmentation")
 
     def iter_segment(self, volume01: np.ndarray, volume_key: str | None = None) -> Job[AutoResult]:
         """:meth:`segment` as a job (a generator of :class:`~napari_sam.jobs.Progress`,
@@ -271,9 +250,7 @@ class StackSegmenter:
         st = self.settings
         vol = np.asarray(volume01, np.float32)
         if vol.ndim != 3 or min(vol.shape[1:]) < 8:
-            raise InputError(
-                f"stack of shape {vol.shape}: expected (z, row, col), at least 8 x 8 in-plane"
-            )
+            raise InputError(f"stack of shape {vol.shape}: expected (z, row, col), at least 8 x 8 in-plane")
         spacing = np.asarray(st.spacing if st.spacing is not None else (1.0, 1.0, 1.0), float)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -296,9 +273,7 @@ class StackSegmenter:
         n_prompts, enc0, total = 0, self.encoder_calls, 4
         timings["encoder"] = timings["decoder"] = 0.0
         if st.use_model and self.backend is not None and labels.max() > 0:
-            labels, n_prompts, total = yield from self._model_check(
-                vol, labels, flat, timings, volume_key
-            )
+            labels, n_prompts, total = yield from self._model_check(vol, labels, flat, timings, volume_key)
         t = time.perf_counter()
         labels = relabel_sequential(labels)
         timings["postprocess"] = time.perf_counter() - t
@@ -316,12 +291,7 @@ class StackSegmenter:
         )
 
     def _model_check(
-        self,
-        vol: np.ndarray,
-        labels: np.ndarray,
-        flat: np.ndarray,
-        timings: dict[str, float],
-        volume_key: str | None,
+        self, vol: np.ndarray, labels: np.ndarray, flat: np.ndarray, timings: dict[str, float], volume_key: str | None
     ) -> Job[tuple[np.ndarray, int, int]]:
         """Prompt each object's box on its central slice; drop objects the model
         does not confirm when their contrast is weak. Returns (labels, prompts,
@@ -341,9 +311,7 @@ class StackSegmenter:
         for k in range(steps):
             group = todo[k * per : (k + 1) * per]
             ious[group] = self._check_group(vol, labels, zs, boxes, group, timings)
-            yield Progress(
-                3 + k, 4 + steps, f"model check: {min(len(todo), (k + 1) * per)}/{len(todo)}"
-            )
+            yield Progress(3 + k, 4 + steps, f"model check: {min(len(todo), (k + 1) * per)}/{len(todo)}")
         weak = contrast < np.median(contrast)
         confirm = ~((ious < st.model_iou) & weak)
         lut = np.concatenate([[0], np.where(confirm, ids, 0)]).astype(np.int32)
@@ -377,9 +345,7 @@ class StackSegmenter:
             sl_r = slice(max(0, top), min(H, top + n_side))
             sl_c = slice(max(0, left), min(W, left + n_side))
             patch = np.zeros((n_side, n_side), np.float32)
-            patch[sl_r.start - top : sl_r.stop - top, sl_c.start - left : sl_c.stop - left] = vol[
-                zs[i], sl_r, sl_c
-            ]
+            patch[sl_r.start - top : sl_r.stop - top, sl_c.start - left : sl_c.stop - left] = vol[zs[i], sl_r, sl_c]
             f = cell / n_side
             gy, gx = divmod(k, MOSAIC_SIDE)
             mosaic[gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell] = ndimage.zoom(
@@ -402,27 +368,16 @@ class StackSegmenter:
         out = np.ones(len(group))
         mb = np.clip(np.asarray(mboxes, np.float32), 0, size - 1)
         for b0 in range(0, len(group), self.settings.batch_size):
-            low, _ = self.backend.decode_low_res(
-                emb, boxes_rc=mb[b0 : b0 + self.settings.batch_size]
-            )
+            low, _ = self.backend.decode_low_res(emb, boxes_rc=mb[b0 : b0 + self.settings.batch_size])
             masks = (self.backend.upsample(low, emb)[:, 0] > 0).cpu().numpy()
             for j in range(masks.shape[0]):
                 k = b0 + j
                 i = group[k]
                 top, left, n_side, sl_r, sl_c = crops[k]
                 gy, gx = divmod(k, MOSAIC_SIDE)
-                m = masks[j, gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell].astype(
-                    np.float32
-                )
-                back = (
-                    ndimage.zoom(m, n_side / cell, order=0, grid_mode=True, mode="nearest")[
-                        :n_side, :n_side
-                    ]
-                    > 0.5
-                )
-                back = back[
-                    sl_r.start - top : sl_r.stop - top, sl_c.start - left : sl_c.stop - left
-                ]
+                m = masks[j, gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell].astype(np.float32)
+                back = ndimage.zoom(m, n_side / cell, order=0, grid_mode=True, mode="nearest")[:n_side, :n_side] > 0.5
+                back = back[sl_r.start - top : sl_r.stop - top, sl_c.start - left : sl_c.stop - left]
                 ref = labels[zs[i], sl_r, sl_c] == i + 1
                 out[k] = np.logical_and(back, ref).sum() / max(1, np.logical_or(back, ref).sum())
         timings["decoder"] += time.perf_counter() - t
@@ -434,9 +389,7 @@ def parse_spacing(text: str) -> tuple[float, float, float]:
     try:
         vals = tuple(float(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        raise InputError(
-            f"--spacing {text!r}: expected Z,Y,X numbers, e.g. 1.0,0.25,0.25"
-        ) from None
+        raise InputError(f"--spacing {text!r}: expected Z,Y,X numbers, e.g. 1.0,0.25,0.25") from None
     if len(vals) == 2:
         vals = (vals[0], vals[1], vals[1])
     if len(vals) != 3 or min(vals) <= 0:
@@ -445,10 +398,7 @@ def parse_spacing(text: str) -> tuple[float, float, float]:
 
 
 def stack_spacing(
-    image_path: str,
-    geometry_zyx: tuple[float, float, float],
-    has_header: bool,
-    override: str | None,
+    image_path: str, geometry_zyx: tuple[float, float, float], has_header: bool, override: str | None
 ) -> tuple[float, float, float]:
     """The (z, row, col) spacing of a stack: ``override`` ("Z,Y,X"), else the
     header's (NIfTI/NRRD/MHA/DICOM), else ImageJ/OME TIFF metadata, else isotropic."""
@@ -470,8 +420,6 @@ def stack_settings_from_args(
     has_header = volume.geometry != Geometry()
     spacing = stack_spacing(str(args.image), volume.geometry.scale_zyx, has_header, args.spacing)
     settings = Stack3DSettings(
-        spacing=spacing,
-        object_diameter=args.diameter,
-        use_model=bool(getattr(args, "model_check", False)),
+        spacing=spacing, object_diameter=args.diameter, use_model=bool(getattr(args, "model_check", False))
     )
     return StackSegmenter(backend, settings, embeddings)

@@ -28,9 +28,7 @@ from .common import PROG, Parser, add_verbose
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description="Segment Anything for medical and microscopy images.")
-    add_verbose(
-        parser, dest="verbose_before"
-    )  # `napari-sam -v segment ...` and `napari-sam segment ... -v`
+    add_verbose(parser, dest="verbose_before")  # `napari-sam -v segment ...` and `napari-sam segment ... -v`
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     segment.add_parser(sub)
     auto.add_parser(sub)
@@ -41,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch_parser(sub)
     add_finetune_parser(sub, Parser)
 
-    dl = sub.add_parser(
-        "download", help="download model checkpoints into the cache (for later offline use)"
-    )
+    dl = sub.add_parser("download", help="download model checkpoints into the cache (for later offline use)")
     dl.add_argument("names", nargs="+", help="model names (see `napari-sam models`)")
     dl.add_argument("--quiet", action="store_true", help="no progress bar")
     for command in sub.choices.values():

@@ -15,9 +15,7 @@ from .common import PROG, add_model_args, cache_dir_of
 def add_parser(sub) -> None:
     """The ``auto`` sub-command."""
     auto = sub.add_parser("auto", help="segment every object automatically (no prompts)")
-    auto.add_argument(
-        "image", help="2D micrograph (TIFF/PNG/JPEG) or 3D volume (NIfTI, NRRD, MHA, DICOM folder)"
-    )
+    auto.add_argument("image", help="2D micrograph (TIFF/PNG/JPEG) or 3D volume (NIfTI, NRRD, MHA, DICOM folder)")
     auto.add_argument(
         "--output",
         required=True,
@@ -33,14 +31,7 @@ def add_parser(sub) -> None:
     auto.add_argument(
         "--proposals",
         default=None,
-        choices=[
-            "blobs",
-            "regions",
-            "box-grid",
-            "point-grid",
-            "blobs+box-grid",
-            "regions+box-grid",
-        ],
+        choices=["blobs", "regions", "box-grid", "point-grid", "blobs+box-grid", "regions+box-grid"],
         help="where the prompts come from (default: the preset's)",
     )
     auto.add_argument(
@@ -51,35 +42,21 @@ def add_parser(sub) -> None:
         "model checks which touching blobs to split (split-check; the microscopy default)",
     )
     auto.add_argument(
-        "--tile-shape",
-        default=None,
-        metavar="R,C",
-        help="tile rows,cols for large images (default 512,512)",
+        "--tile-shape", default=None, metavar="R,C", help="tile rows,cols for large images (default 512,512)"
     )
     auto.add_argument(
         "--halo",
         type=int,
         default=None,
-        help="tile overlap on each side in pixels (default 64); "
-        "the largest object never cut at a tile border",
+        help="tile overlap on each side in pixels (default 64); the largest object never cut at a tile border",
     )
+    auto.add_argument("--min-size", type=int, default=None, help="smallest object kept, pixels (default: preset's)")
     auto.add_argument(
-        "--min-size",
-        type=int,
-        default=None,
-        help="smallest object kept, pixels (default: preset's)",
-    )
-    auto.add_argument(
-        "--diameter",
-        type=float,
-        default=None,
-        help="typical object diameter in pixels (default: estimated)",
+        "--diameter", type=float, default=None, help="typical object diameter in pixels (default: estimated)"
     )
     auto.add_argument("--quality", type=float, default=None, help="minimum predicted IoU, 0..1")
     auto.add_argument("--stability", type=float, default=None, help="minimum stability score, 0..1")
-    auto.add_argument(
-        "--points-per-side", type=int, default=None, help="point-grid density per tile side"
-    )
+    auto.add_argument("--points-per-side", type=int, default=None, help="point-grid density per tile side")
     auto.add_argument(
         "--zoom",
         action="store_true",
@@ -149,9 +126,7 @@ def _auto_settings(args: argparse.Namespace, is_ct: bool):
             changes[name] = getattr(args, arg)
     if args.zoom:
         changes["zoom"] = ZoomSettings()
-    settings = (
-        AutoSettings.for_ct(**changes) if preset == "ct" else AutoSettings.for_microscopy(**changes)
-    )
+    settings = AutoSettings.for_ct(**changes) if preset == "ct" else AutoSettings.for_microscopy(**changes)
     return preset, settings
 
 
@@ -178,10 +153,7 @@ def _auto_tiled(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if not args.quiet:
-        print(
-            f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))",
-            file=sys.stderr,
-        )
+        print(f"wrote {args.output} ({info['objects']} object(s), {info['tiles']} tile(s))", file=sys.stderr)
     return 0
 
 
@@ -209,16 +181,10 @@ def _auto_run(args: argparse.Namespace, volume, window, settings, stack3d: bool)
                 result,
                 result.labels,
                 backend,
-                {
-                    "proposals": "3d-blobs",
-                    "design": "3d-proposals",
-                    "spacing_zyx": list(stack.settings.spacing),
-                },
+                {"proposals": "3d-blobs", "design": "3d-proposals", "spacing_zyx": list(stack.settings.spacing)},
             )
         segmenter = AutomaticSegmenter(
-            backend,
-            settings,
-            CropEmbeddings(backend, max_in_memory=64, cache_dir=cache_dir_of(args)),
+            backend, settings, CropEmbeddings(backend, max_in_memory=64, cache_dir=cache_dir_of(args))
         )
         extra = {"proposals": segmenter.proposal_kind(), "model_role": settings.model_role}
         if volume.is_2d:
@@ -246,15 +212,11 @@ def _auto_classes(args: argparse.Namespace, volume, window, labels, backend):
     if state is None:
         return None, None
     head = ClassHead.from_state(state)
-    backend = backend or load_model(
-        args.model, args.checkpoint, args.device, precision=args.precision
-    )
+    backend = backend or load_model(args.model, args.checkpoint, args.device, precision=args.precision)
     store = EmbeddingProvider(backend, cache_dir_of(args)).views_of(volume.array)(window, 0)
     named = name_instances(head, labels, store.get, backend.image_size)
     names = {i: f"{name} {i}" for i, (name, _p) in named.items()}
-    return names, {
-        str(i): {"class": name, "confidence": round(p, 4)} for i, (name, p) in named.items()
-    }
+    return names, {str(i): {"class": name, "confidence": round(p, 4)} for i, (name, p) in named.items()}
 
 
 def cmd_auto(args: argparse.Namespace) -> int:
@@ -274,19 +236,10 @@ def cmd_auto(args: argparse.Namespace) -> int:
     volume = read_image(args.image, series=args.series)
     check_result_for(out, volume)
     preset, settings = _auto_settings(args, is_ct(volume))
-    if (
-        not volume.is_2d
-        and out.name.lower().endswith((".tif", ".tiff"))
-        and volume.geometry != Geometry()
-    ):
-        raise InputError(
-            f"{out}: a 3D label map keeps its geometry only as .nii.gz, .nii, .nrrd or .mha"
-        )
+    if not volume.is_2d and out.name.lower().endswith((".tif", ".tiff")) and volume.geometry != Geometry():
+        raise InputError(f"{out}: a 3D label map keeps its geometry only as .nii.gz, .nii, .nrrd or .mha")
     window = resolve_window(
-        volume.array,
-        window_spec,
-        volume.metadata.get("modality"),
-        volume.metadata.get("dicom_window"),
+        volume.array, window_spec, volume.metadata.get("modality"), volume.metadata.get("dicom_window")
     )
     stack3d = not volume.is_2d and preset == "microscopy" and not args.slicewise
     t0 = time.perf_counter()

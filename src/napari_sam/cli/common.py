@@ -16,17 +16,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        default="lite_medsam",
-        help="model name (see `napari-sam models`); default lite_medsam",
-    )
-    p.add_argument(
-        "--checkpoint", default=None, help="local checkpoint file for --model (offline use)"
-    )
-    p.add_argument(
-        "--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"], help="default cpu"
-    )
+    p.add_argument("--model", default="lite_medsam", help="model name (see `napari-sam models`); default lite_medsam")
+    p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model (offline use)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"], help="default cpu")
     p.add_argument(
         "--precision",
         default=None,

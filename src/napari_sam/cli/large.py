@@ -73,9 +73,7 @@ def check_zarr_output(out: Path, inputs: tuple[Any, ...], overwrite: bool) -> Pa
             raise InputError(f"{out}: refusing to overwrite an input or write inside one ({inp})")
     parent = next((a for a in (out.parent, *out.parent.parents) if a.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(
-            f"{out}: cannot write into {parent} (not a folder, permission denied or read-only)"
-        )
+        raise InputError(f"{out}: cannot write into {parent} (not a folder, permission denied or read-only)")
     return out
 
 
@@ -88,11 +86,7 @@ def _window_arg(spec: str | None) -> Any:
 
 
 def _check_lazy_flags(args) -> None:
-    for flag, value in (
-        ("--init", args.init),
-        ("--text", args.text),
-        ("--overview", args.overview),
-    ):
+    for flag, value in (("--init", args.init), ("--text", args.text), ("--overview", args.overview)):
         if value:
             raise InputError(
                 f"{flag} is not available when segmenting lazily (a zarr input or a .zarr output); "
@@ -139,14 +133,7 @@ def segment_large(args, progress: Callable, cache_dir: Callable[[], Path | None]
         zoom, crops = PROMPT_ZOOM, CropEmbeddings(backend, provider=provider)
     t0 = time.perf_counter()
     seg = segment_lazy(
-        volume,
-        prompts,
-        backend,
-        window,
-        progress=progress,
-        embeddings_for=factory,
-        zoom=zoom,
-        crop_embeddings=crops,
+        volume, prompts, backend, window, progress=progress, embeddings_for=factory, zoom=zoom, crop_embeddings=crops
     )
     if seg.cancelled:
         raise NapariSamError("cancelled before the end; nothing written")
@@ -213,9 +200,7 @@ def _slices_arg(spec: str | None) -> tuple[int, int] | None:
     return (min(a, b), max(a, b))
 
 
-def embed_cluster(
-    args, progress: Callable[[int, int, str], None], cache_dir: Callable[[], Path | None]
-) -> int:
+def embed_cluster(args, progress: Callable[[int, int, str], None], cache_dir: Callable[[], Path | None]) -> int:
     """``napari-sam embed IMAGE --scheduler ADDR | --workers N``: fill ``cache_dir`` on a Dask cluster."""
     from ..batch import connect, local_client, local_threads, register_model
     from ..embed_cluster import EmbedJob, embed_on_cluster

@@ -17,10 +17,7 @@ from .large import add_cluster_args, embed_cluster, segment_extra, segment_large
 def add_parser(sub) -> None:
     """The ``segment`` and ``embed`` sub-commands."""
     seg = sub.add_parser("segment", help="segment an image from a prompts file")
-    seg.add_argument(
-        "image",
-        help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG; zarr/OME-Zarr (read lazily)",
-    )
+    seg.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG; zarr/OME-Zarr (read lazily)")
     seg.add_argument(
         "--prompts",
         default=None,
@@ -53,9 +50,7 @@ def add_parser(sub) -> None:
         choices=["binary", "labelmap"],
         help="DICOM SEG encoding for a .dcm output (default binary: read everywhere)",
     )
-    seg.add_argument(
-        "--overview", default=None, help="also write a PNG overview of the segmented slices"
-    )
+    seg.add_argument("--overview", default=None, help="also write a PNG overview of the segmented slices")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
     seg.add_argument(
         "--zoom",
@@ -67,12 +62,8 @@ def add_parser(sub) -> None:
     add_model_args(seg)
     emb = sub.add_parser("embed", help="fill the embedding cache for an image ahead of time")
     emb.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
-    emb.add_argument(
-        "--axis", type=int, default=0, choices=[0, 1, 2], help="slice axis (default 0)"
-    )
-    emb.add_argument(
-        "--slices", default=None, help="FIRST:LAST (inclusive) to embed only these slices"
-    )
+    emb.add_argument("--axis", type=int, default=0, choices=[0, 1, 2], help="slice axis (default 0)")
+    emb.add_argument("--slices", default=None, help="FIRST:LAST (inclusive) to embed only these slices")
     add_cluster_args(emb)
     add_model_args(emb)
 
@@ -87,9 +78,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if args.prompts is None and args.init is None and args.text is None:
         raise InputError("segment needs --prompts, --text or --init")
-    if wants_lazy_segment(
-        args.image, args.output
-    ):  # zarr in or out: slices read lazily (docs/scaling.md)
+    if wants_lazy_segment(args.image, args.output):  # zarr in or out: slices read lazily (docs/scaling.md)
         bar = ProgressBar("segment", args.quiet)
         try:
             return segment_large(args, bar, lambda: cache_dir_of(args))
@@ -100,13 +89,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     inputs = tuple(p for p in (args.image, args.prompts, args.init, args.checkpoint) if p)
     if args.overview and Path(args.overview).suffix.lower() != ".png":
         raise InputError(f"{args.overview}: --overview must end in .png")
-    out = check_result_path(
-        args.output, args.overwrite, inputs=inputs, also=(args.overview,) if args.overview else ()
-    )
+    out = check_result_path(args.output, args.overwrite, inputs=inputs, also=(args.overview,) if args.overview else ())
     window = check_window_spec(args.window)
-    prompts = (
-        load_prompts(args.prompts, allow_empty=args.init is not None) if args.prompts else None
-    )
+    prompts = load_prompts(args.prompts, allow_empty=args.init is not None) if args.prompts else None
     volume = read_image(args.image, series=args.series)
     check_result_for(out, volume)
     init_masks, init_info, notes = None, None, []
@@ -124,12 +109,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if result.cancelled:
         raise NapariSamError("cancelled before the end; nothing written")
     extra = segment_extra(
-        args.image,
-        backend.name,
-        result.windows,
-        result.states,
-        provider.encoder_calls,
-        provider.disk_hits,
+        args.image, backend.name, result.windows, result.states, provider.encoder_calls, provider.disk_hits
     )
     if init_info is not None:
         extra["init"] = init_info
@@ -139,11 +119,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
         more = (
             overview_output(
-                args.overview,
-                volume,
-                result.labels,
-                result.colors,
-                window=next(iter(result.windows.values()), None),
+                args.overview, volume, result.labels, result.colors, window=next(iter(result.windows.values()), None)
             ),
         )
     write_result(
@@ -173,17 +149,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment(
-    args: argparse.Namespace, volume, prompts, backend, window, init_masks, provider, embeddings_for
-):
+def _segment(args: argparse.Namespace, volume, prompts, backend, window, init_masks, provider, embeddings_for):
     """Run segment_volume with the command's progress bar, on the run's embedding provider."""
     from ..embeddings import CropEmbeddings
     from ..predictor import PROMPT_ZOOM
     from ..segmentation import segment_volume
 
-    zoom, crops = (
-        (PROMPT_ZOOM, CropEmbeddings(backend, provider=provider)) if args.zoom else (None, None)
-    )
+    zoom, crops = (PROMPT_ZOOM, CropEmbeddings(backend, provider=provider)) if args.zoom else (None, None)
     bar = ProgressBar("segment", args.quiet)
     try:
         return segment_volume(
@@ -201,9 +173,7 @@ def _segment(
         bar.close()
 
 
-def _text_prompts(
-    args: argparse.Namespace, volume, backend, window, embeddings_for, notes: list[str]
-):
+def _text_prompts(args: argparse.Namespace, volume, backend, window, embeddings_for, notes: list[str]):
     """--text: the prompts file that boxes each named class where the taught head finds it."""
     from ..finetune.classes import load_class_head
     from ..intensity import resolve_window
@@ -223,9 +193,7 @@ def _text_prompts(
     )
     doc["window"] = [win.lo, win.hi]
     for f in found:
-        notes.append(
-            f"{f.name}: found on slice {f.slice}, box {list(f.box)}, confidence {f.confidence:.2f}"
-        )
+        notes.append(f"{f.name}: found on slice {f.slice}, box {list(f.box)}, confidence {f.confidence:.2f}")
     return parse_prompts(doc, where="--text")
 
 
@@ -268,10 +236,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if volume.is_2d and args.axis != 0:
         raise InputError(f"{args.image}: a 2D image has only axis 0")
     win = resolve_window(
-        volume.array,
-        args.window,
-        volume.metadata.get("modality"),
-        volume.metadata.get("dicom_window"),
+        volume.array, args.window, volume.metadata.get("modality"), volume.metadata.get("dicom_window")
     )
     slices = _parse_slices(args.slices, volume.shape[args.axis])
     backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
@@ -285,11 +250,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if not args.quiet:
-        where = (
-            emb.store.path
-            if emb.store is not None
-            else "memory only (the cache folder cannot be written)"
-        )
+        where = emb.store.path if emb.store is not None else "memory only (the cache folder cannot be written)"
         print(
             f"{n} slice(s) encoded, {len(slices) - n} already cached (window [{win.lo:g}, {win.hi:g}], "
             f"axis {args.axis}) in {where}; {time.perf_counter() - t0:.1f} s",

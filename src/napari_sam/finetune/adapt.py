@@ -30,13 +30,7 @@ from .train import DecoderTrainer, FinetuneSettings
 
 #: the defaults of an adaptation: the output head, a high rate, no validation (measured in docs/finetuning.md)
 ADAPT_SETTINGS = FinetuneSettings(
-    epochs=1,
-    lr=3e-4,
-    anchor=1e-3,
-    trainable="head",
-    val_fraction=0.0,
-    batch=4,
-    mode_weights=(0.5, 0.5, 0.0),
+    epochs=1, lr=3e-4, anchor=1e-3, trainable="head", val_fraction=0.0, batch=4, mode_weights=(0.5, 0.5, 0.0)
 )
 
 
@@ -56,9 +50,7 @@ class AdaptResult:
     loss_last: float
 
 
-def _samples(
-    embeddings, masks: dict[int, np.ndarray], out_side: int, model_size: int
-) -> list[TrainingSample]:
+def _samples(embeddings, masks: dict[int, np.ndarray], out_side: int, model_size: int) -> list[TrainingSample]:
     keys = sorted(k for k, m in masks.items() if int(np.asarray(m).sum()) >= MIN_AREA)
     out = []
     for k in keys:
@@ -102,13 +94,9 @@ def adapt_to_slices(
     Raises InputError when no committed mask has at least 16 pixels.
     """
     t0 = time.perf_counter()
-    samples = _samples(
-        embeddings, masks, 4 * backend.prompt_encoder.image_embedding_size[0], backend.image_size
-    )
+    samples = _samples(embeddings, masks, 4 * backend.prompt_encoder.image_embedding_size[0], backend.image_size)
     if not samples:
-        raise InputError(
-            "adaptation needs at least one committed slice of the object (16 pixels or more)"
-        )
+        raise InputError("adaptation needs at least one committed slice of the object (16 pixels or more)")
     s = settings or ADAPT_SETTINGS
     trainer = DecoderTrainer(backend, s)
     losses: list[float] = []

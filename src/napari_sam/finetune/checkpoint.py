@@ -57,9 +57,7 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]
     if isinstance(obj, str):
-        return "".join(
-            obj
-        )  # an exact str (torch.__version__ is a str subclass a weights-only load refuses)
+        return "".join(obj)  # an exact str (torch.__version__ is a str subclass a weights-only load refuses)
     if obj is None or isinstance(obj, bool):
         return obj
     if isinstance(obj, (int, np.integer)):
@@ -95,9 +93,7 @@ def save_tuned(
     missing = set(tuned) - set(base)
     if missing:
         raise ModelError(f"tuned weights {sorted(missing)[:3]} are not in the base model")
-    state = {
-        k: (tuned[k] if k in tuned else v).detach().cpu().contiguous() for k, v in base.items()
-    }
+    state = {k: (tuned[k] if k in tuned else v).detach().cpu().contiguous() for k, v in base.items()}
     doc = {"model": state, PROVENANCE_KEY: plain({"format": FORMAT, **provenance})}
     if classes is not None:
         doc[CLASSES_KEY] = classes
@@ -108,9 +104,7 @@ def save_tuned(
             fh.flush()
             os.fsync(fh.fileno())
         back = torch.load(tmp, map_location="cpu", weights_only=True)
-        if set(back["model"]) != set(state) or not all(
-            torch.equal(back["model"][k], tuned[k].cpu()) for k in tuned
-        ):
+        if set(back["model"]) != set(state) or not all(torch.equal(back["model"][k], tuned[k].cpu()) for k in tuned):
             raise ModelError(f"{path}: the checkpoint read back differs from what was written")
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
@@ -128,9 +122,7 @@ def _load_weights_only(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise ModelError(
-            f"{path}: not a readable weights-only checkpoint ({type(exc).__name__})"
-        ) from None
+        raise ModelError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__})") from None
 
 
 def read_provenance(path: str | Path) -> dict[str, Any]:

@@ -59,9 +59,7 @@ def grid_fractions(masks: np.ndarray, emb: Embedding, image_size: int) -> torch.
     return F.interpolate(m, size=(h, w), mode="area")[:, 0]
 
 
-def grid_labels(
-    labels2d: np.ndarray, ids: Sequence[int], emb: Embedding, image_size: int
-) -> np.ndarray:
+def grid_labels(labels2d: np.ndarray, ids: Sequence[int], emb: Embedding, image_size: int) -> np.ndarray:
     """The class of each feature cell of one slice: (h, w) int, ``i + 1`` for ``ids[i]``,
     0 for background, -1 for cells no class covers by :data:`CELL_FRACTION` (edges, padding)."""
     stack = np.stack([labels2d == 0] + [labels2d == i for i in ids])
@@ -136,10 +134,7 @@ class ClassHead:
             )
         except (KeyError, AttributeError, TypeError) as exc:
             raise ModelError(f"the checkpoint's class head is malformed ({exc})") from None
-        if (
-            head.weight.shape[0] != head.bias.shape[0]
-            or head.weight.shape[0] != head.row_class.shape[0]
-        ):
+        if head.weight.shape[0] != head.bias.shape[0] or head.weight.shape[0] != head.row_class.shape[0]:
             raise ModelError("the checkpoint's class head is malformed (row counts differ)")
         return head
 
@@ -154,15 +149,10 @@ def unknown_class_error(name: str, known: Iterable[str]) -> InputError:
         )
     close = difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return InputError(
-        f"class {name!r} has not been taught to this model{hint}; "
-        f"it knows: {', '.join(sorted(known))}"
-    )
+    return InputError(f"class {name!r} has not been taught to this model{hint}; it knows: {', '.join(sorted(known))}")
 
 
-def _cells(
-    embeddings: Sequence[Embedding], grids: Sequence[np.ndarray]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _cells(embeddings: Sequence[Embedding], grids: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     feats, labs = [], []
     for emb, grid in zip(embeddings, grids):
         keep = torch.from_numpy(grid.reshape(-1) >= 0)
@@ -185,12 +175,7 @@ def _kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 20) -> torch.Tensor
 
 
 def _prototype_rows(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    n_classes: int,
-    n_background: int,
-    seed: int,
-    temperature: float,
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, n_background: int, seed: int, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     rows, classes = [], []
     bg = x[y == 0]
@@ -207,13 +192,9 @@ def _logistic_rows(
     x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, iters: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     counts = torch.bincount(y, minlength=n_classes + 1).float()
-    weights = torch.where(
-        counts > 0, counts.sum() / (counts.clamp(min=1) * (counts > 0).sum()), 0.0
-    )
+    weights = torch.where(counts > 0, counts.sum() / (counts.clamp(min=1) * (counts > 0).sum()), 0.0)
     layer = torch.nn.Linear(x.shape[1], n_classes + 1)
-    opt = torch.optim.LBFGS(
-        layer.parameters(), lr=1.0, max_iter=iters, line_search_fn="strong_wolfe"
-    )
+    opt = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -262,11 +243,7 @@ def teach(
 
 
 def teach_from_volumes(
-    backend,
-    pairs: Sequence[tuple],
-    window=None,
-    cache_dir: str | Path | None = None,
-    method: str = "logistic",
+    backend, pairs: Sequence[tuple], window=None, cache_dir: str | Path | None = None, method: str = "logistic"
 ) -> ClassHead:
     """Teach a head from ``(Volume, labels (z, y, x), {id: name})`` triples: every named label
     is a class (one name, one class across volumes). Each volume is seen in ``window``
@@ -284,9 +261,7 @@ def teach_from_volumes(
         md = vol.metadata
         win = resolve_window(vol.array, window, md.get("modality"), md.get("dicom_window"))
         windows.append(win.key())
-        store = SliceEmbeddings(
-            backend, vol.array, win, 0, cache_dir=cache_dir, image_hash=content_hash(vol.array)
-        )
+        store = SliceEmbeddings(backend, vol.array, win, 0, cache_dir=cache_dir, image_hash=content_hash(vol.array))
         ids = sorted(names)
         remap = np.array([0] + [order.index(names[i]) + 1 for i in ids])
         for z in range(lmap.shape[0]):
@@ -300,13 +275,7 @@ def teach_from_volumes(
     lookup = np.zeros(len(order) + 1, np.int64)
     lookup[covered] = np.arange(1, len(covered) + 1)
     grids = [np.where(g > 0, lookup[np.clip(g, 0, None)], g) for g in grids]
-    return teach(
-        embs,
-        grids,
-        [order[k - 1] for k in covered],
-        method=method,
-        window=",".join(sorted(set(windows))),
-    )
+    return teach(embs, grids, [order[k - 1] for k in covered], method=method, window=",".join(sorted(set(windows))))
 
 
 def teach_from_files(
@@ -323,9 +292,7 @@ def teach_from_files(
     pairs = []
     for img, lab in zip(images, labels):
         vol, lmap = read_pair(img, lab)
-        pairs.append(
-            (vol, lmap, label_names(Path(lab), [int(v) for v in np.unique(lmap) if v != 0]))
-        )
+        pairs.append((vol, lmap, label_names(Path(lab), [int(v) for v in np.unique(lmap) if v != 0])))
     return teach_from_volumes(backend, pairs, window, cache_dir, method)
 
 

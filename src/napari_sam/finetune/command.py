@@ -13,15 +13,8 @@ from ..errors import InputError
 def add_parser(sub, parser_class) -> argparse.ArgumentParser:
     """Add the ``finetune`` sub-command to ``sub`` (an argparse sub-parsers object)."""
     p = sub.add_parser("finetune", help="fine-tune the model on your own image/label pairs")
-    p.add_argument(
-        "--images",
-        nargs="+",
-        required=True,
-        help="images (NIfTI, NRRD, MHA, DICOM folder, TIFF, PNG)",
-    )
-    p.add_argument(
-        "--labels", nargs="+", required=True, help="label maps, one per image, any number of ids"
-    )
+    p.add_argument("--images", nargs="+", required=True, help="images (NIfTI, NRRD, MHA, DICOM folder, TIFF, PNG)")
+    p.add_argument("--labels", nargs="+", required=True, help="label maps, one per image, any number of ids")
     p.add_argument("--output", required=True, help="the tuned checkpoint to write (.pt)")
     p.add_argument("--model", default="lite_medsam", help="base model (default lite_medsam)")
     p.add_argument(
@@ -31,9 +24,7 @@ def add_parser(sub, parser_class) -> argparse.ArgumentParser:
         "the image's default, bone for bones and lung for lungs on CT)",
     )
     p.add_argument("--epochs", type=int, default=8, help="at most this many epochs (default 8)")
-    p.add_argument(
-        "--val-fraction", type=float, default=0.2, help="share of slices held out (default 0.2)"
-    )
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of slices held out (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--trainable",
@@ -42,9 +33,7 @@ def add_parser(sub, parser_class) -> argparse.ArgumentParser:
         help="what is trained (default head: the mask decoder's output head, ~0.35 M parameters)",
     )
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
-    p.add_argument(
-        "--max-minutes", type=float, default=15.0, help="stop training after this long (default 15)"
-    )
+    p.add_argument("--max-minutes", type=float, default=15.0, help="stop training after this long (default 15)")
     p.add_argument(
         "--classes",
         default="logistic",
@@ -54,9 +43,7 @@ def add_parser(sub, parser_class) -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--cache-dir", default=None, help="embedding cache folder (default: the usual one)"
-    )
+    p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: the usual one)")
     p.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
     return p
 
@@ -68,9 +55,7 @@ def check_checkpoint_output(output: str, overwrite: bool, inputs: list[str]) -> 
         raise InputError(f"{out}: the tuned checkpoint must end in .pt or .pth")
     if not out.parent.is_dir():
         raise InputError(f"{out.parent}: no such folder")
-    if out.exists() and any(
-        Path(i).exists() and out.resolve() == Path(i).resolve() for i in inputs
-    ):
+    if out.exists() and any(Path(i).exists() and out.resolve() == Path(i).resolve() for i in inputs):
         raise InputError(f"{out}: refusing to overwrite an input file")
     if out.exists() and not overwrite:
         raise InputError(f"{out}: output exists; pass --overwrite to replace it")
@@ -85,13 +70,10 @@ def run(args: argparse.Namespace) -> int:
     from .pipeline import finetune_samples, samples_from_files
     from .train import FinetuneSettings
 
-    out = check_checkpoint_output(
-        args.output, args.overwrite, list(args.images) + list(args.labels)
-    )
+    out = check_checkpoint_output(args.output, args.overwrite, list(args.images) + list(args.labels))
     if len(args.images) != len(args.labels):
         raise InputError(
-            f"{len(args.images)} image(s) and {len(args.labels)} label map(s): "
-            "give one label map per image"
+            f"{len(args.images)} image(s) and {len(args.labels)} label map(s): give one label map per image"
         )
     settings = FinetuneSettings(
         epochs=args.epochs,
@@ -106,12 +88,7 @@ def run(args: argparse.Namespace) -> int:
     bar = ProgressBar("embeddings", args.quiet)
     try:
         samples, data = samples_from_files(
-            backend,
-            args.images,
-            args.labels,
-            args.window,
-            usable_cache_dir(args.cache_dir, args.no_cache),
-            bar,
+            backend, args.images, args.labels, args.window, usable_cache_dir(args.cache_dir, args.no_cache), bar
         )
     finally:
         bar.close()
@@ -129,16 +106,11 @@ def run(args: argparse.Namespace) -> int:
         )
         classes = head.to_state()
         if not args.quiet:
-            print(
-                f"taught {len(head.names)} classes ({args.classes}): {', '.join(head.names)}",
-                file=sys.stderr,
-            )
+            print(f"taught {len(head.names)} classes ({args.classes}): {', '.join(head.names)}", file=sys.stderr)
     t_embed = time.perf_counter() - t0
     bar = ProgressBar("training", args.quiet, unit="step")
     try:
-        outcome = finetune_samples(
-            backend, samples, settings, out, data, args.model, bar, classes=classes
-        )
+        outcome = finetune_samples(backend, samples, settings, out, data, args.model, bar, classes=classes)
     finally:
         bar.close()
     r = outcome.result

@@ -85,9 +85,7 @@ class TrainingSample:
     neighbour_boxes: list[np.ndarray] = field(default_factory=list)
 
 
-def window_for_structure(
-    name: str, default: Window, bone: Window | None, lung: Window | None
-) -> Window:
+def window_for_structure(name: str, default: Window, bone: Window | None, lung: Window | None) -> Window:
     """The window a user would pick for a structure: bone for bones, lung for lungs, else ``default``."""
     low = name.lower()
     if bone is not None and any(w in low for w in _BONE_WORDS):
@@ -97,9 +95,7 @@ def window_for_structure(
     return default
 
 
-def target_on_model_grid(
-    mask: np.ndarray, input_size: tuple[int, int], model_size: int, side: int
-) -> torch.Tensor:
+def target_on_model_grid(mask: np.ndarray, input_size: tuple[int, int], model_size: int, side: int) -> torch.Tensor:
     """(H, W) bool mask -> (side, side) float32 target on the decoder's padded output grid.
 
     input_size: (h', w') of the slice inside the model's square input of
@@ -142,9 +138,7 @@ def samples_for_slice(
                 original_size=tuple(emb.original_size),
                 input_size=tuple(emb.input_size),
                 mask=m,
-                target=target_on_model_grid(
-                    m, emb.input_size, embeddings.backend.image_size, out_side
-                ),
+                target=target_on_model_grid(m, emb.input_size, embeddings.backend.image_size, out_side),
                 name=names.get(lab, f"label_{lab}"),
                 label=int(lab),
                 group=group,
@@ -218,16 +212,11 @@ def split_samples(
     if len(groups) >= 3:
         n_val = max(1, int(round(val_fraction * len(groups))))
         val_groups = set(rng.permutation(groups)[:n_val].tolist())
-        return (
-            [s for s in samples if s.group not in val_groups],
-            [s for s in samples if s.group in val_groups],
-        )
+        return ([s for s in samples if s.group not in val_groups], [s for s in samples if s.group in val_groups])
     order = rng.permutation(len(samples))
     n_val = max(1, int(round(val_fraction * len(samples))))
     val = set(order[:n_val].tolist())
-    return [s for i, s in enumerate(samples) if i not in val], [
-        s for i, s in enumerate(samples) if i in val
-    ]
+    return [s for i, s in enumerate(samples) if i not in val], [s for i, s in enumerate(samples) if i in val]
 
 
 # ------------------------------------------------------------------ prompts
@@ -252,10 +241,7 @@ def jittered_box(
 
 
 def propagation_box(
-    sample: TrainingSample,
-    rng: np.random.Generator,
-    margin: float = 3.0,
-    margin_fraction: float = 0.05,
+    sample: TrainingSample, rng: np.random.Generator, margin: float = 3.0, margin_fraction: float = 0.05
 ) -> np.ndarray:
     """A neighbour's box plus propagation's margin (falls back to the object's own box)."""
     b = (
@@ -281,9 +267,7 @@ def correction_box(gt: np.ndarray, pred: np.ndarray, box: np.ndarray) -> np.ndar
     if fn.sum() >= fp.sum():
         r, c = deepest_point(fn)
         base = box_of_mask(pred) if pred.any() else (r, c, r, c)
-        b = np.array(
-            [min(base[0], r), min(base[1], c), max(base[2], r), max(base[3], c)], np.float32
-        )
+        b = np.array([min(base[0], r), min(base[1], c), max(base[2], r), max(base[3], c)], np.float32)
         return _clip_box(b + np.array([-3, -3, 3, 3], np.float32), gt.shape)
     r, c = deepest_point(fp)
     b = box.astype(np.float32).copy()

@@ -51,9 +51,7 @@ def label_names(labels_path: Path, ids: Sequence[int]) -> dict[int, str]:
                 continue
             table = doc.get("labels", doc) if isinstance(doc, dict) else {}
             names = {
-                int(k): (v.get("name") if isinstance(v, dict) else str(v))
-                for k, v in table.items()
-                if str(k).isdigit()
+                int(k): (v.get("name") if isinstance(v, dict) else str(v)) for k, v in table.items() if str(k).isdigit()
             }
             if names:
                 return {i: names.get(i, f"label_{i}") for i in ids}
@@ -67,9 +65,7 @@ def read_pair(image: str | Path, labels: str | Path) -> tuple[Volume, np.ndarray
     if vol.is_2d or lp.suffix.lower() in _2D_SUFFIXES:
         lab = read_image(lp).array
         if lab.ndim == 4 or lab.shape != vol.shape:
-            raise InputError(
-                f"{lp}: labels of shape {lab.shape} do not match the image's {vol.shape}"
-            )
+            raise InputError(f"{lp}: labels of shape {lab.shape} do not match the image's {vol.shape}")
     else:
         lab = read_labels_aligned(lp, vol)
     if not np.issubdtype(lab.dtype, np.integer):
@@ -79,9 +75,7 @@ def read_pair(image: str | Path, labels: str | Path) -> tuple[Volume, np.ndarray
     return vol, lab
 
 
-def structure_windows(
-    vol: Volume, names: dict[int, str], window: str | Window | None
-) -> dict[int, Window]:
+def structure_windows(vol: Volume, names: dict[int, str], window: str | Window | None) -> dict[int, Window]:
     """The window each label is trained in: ``window`` for all when given, else the
     default for the image, with bone and lung windows for bones and lungs on CT."""
     md = vol.metadata
@@ -104,9 +98,7 @@ def samples_from_files(
 ) -> tuple[list[TrainingSample], list[dict]]:
     """Samples of every pair, embeddings from (and into) the cache; also each pair's provenance."""
     if len(images) != len(labels) or not images:
-        raise InputError(
-            f"{len(images)} image(s) and {len(labels)} label map(s): give one label map per image"
-        )
+        raise InputError(f"{len(images)} image(s) and {len(labels)} label map(s): give one label map per image")
     samples: list[TrainingSample] = []
     data: list[dict] = []
     out_side = 4 * backend.prompt_encoder.image_embedding_size[0]
@@ -120,9 +112,7 @@ def samples_from_files(
         def emb_for(win: Window, _vol=vol, _ih=ih) -> SliceEmbeddings:
             return SliceEmbeddings(backend, _vol.array, win, 0, cache_dir=cache_dir, image_hash=_ih)
 
-        samples += samples_from_volume(
-            emb_for, lmap, names, wins, Path(img).name, out_side, progress
-        )
+        samples += samples_from_volume(emb_for, lmap, names, wins, Path(img).name, out_side, progress)
         data.append(
             {
                 "image": str(img),
@@ -191,23 +181,14 @@ def finetune_samples(
     improvement and at the end, so Ctrl-C keeps the best weights so far.
 
     classes: a taught class head's state (:mod:`.classes`), stored in the checkpoint."""
-    train_set, val_set = split_samples(
-        samples, settings.val_fraction, np.random.default_rng(settings.seed)
-    )
+    train_set, val_set = split_samples(samples, settings.val_fraction, np.random.default_rng(settings.seed))
     trainer = DecoderTrainer(backend, settings)
     base, base_sha = base_state(model) if output is not None else ({}, "")
 
     def write(res: TrainResult) -> None:
         if output is not None:
             prov = provenance(
-                model,
-                base_sha,
-                settings,
-                res,
-                data or [],
-                len(train_set),
-                len(val_set),
-                trainer.n_trainable,
+                model, base_sha, settings, res, data or [], len(train_set), len(val_set), trainer.n_trainable
             )
             save_tuned(output, base, trainer.state_dicts(), prov, classes=classes)
 
@@ -216,9 +197,7 @@ def finetune_samples(
     return FinetuneOutcome(res, trainer, data or [], len(train_set), len(val_set))
 
 
-def tuned_backend(
-    base: SamFamilyBackend, trainer: DecoderTrainer, name: str | None = None
-) -> SamFamilyBackend:
+def tuned_backend(base: SamFamilyBackend, trainer: DecoderTrainer, name: str | None = None) -> SamFamilyBackend:
     """A backend sharing ``base``'s image encoder with the trainer's decoder (``base`` untouched).
 
     It keeps ``base``'s name by default, so the embedding cache (the encoder's

@@ -78,9 +78,7 @@ class FinetuneSettings:
 
     def __post_init__(self) -> None:
         if self.trainable not in TRAINABLE:
-            raise InputError(
-                f"trainable {self.trainable!r}: expected one of {', '.join(TRAINABLE)}"
-            )
+            raise InputError(f"trainable {self.trainable!r}: expected one of {', '.join(TRAINABLE)}")
         if self.epochs < 1:
             raise InputError(f"--epochs {self.epochs}: expected at least 1")
 
@@ -146,36 +144,20 @@ class DecoderTrainer:
 
     def state_dicts(self) -> dict[str, torch.Tensor]:
         """The trained modules' weights, keyed as in a SAM checkpoint (prompt_encoder.*, mask_decoder.*)."""
-        out = {
-            f"prompt_encoder.{k}": v.detach().clone()
-            for k, v in self.prompt_encoder.state_dict().items()
-        }
-        out.update(
-            {
-                f"mask_decoder.{k}": v.detach().clone()
-                for k, v in self.mask_decoder.state_dict().items()
-            }
-        )
+        out = {f"prompt_encoder.{k}": v.detach().clone() for k, v in self.prompt_encoder.state_dict().items()}
+        out.update({f"mask_decoder.{k}": v.detach().clone() for k, v in self.mask_decoder.state_dict().items()})
         return out
 
     def load_state_dicts(self, state: dict[str, torch.Tensor]) -> None:
         """Put weights from :meth:`state_dicts` back."""
-        self.prompt_encoder.load_state_dict(
-            {k[15:]: v for k, v in state.items() if k.startswith("prompt_encoder.")}
-        )
-        self.mask_decoder.load_state_dict(
-            {k[13:]: v for k, v in state.items() if k.startswith("mask_decoder.")}
-        )
+        self.prompt_encoder.load_state_dict({k[15:]: v for k, v in state.items() if k.startswith("prompt_encoder.")})
+        self.mask_decoder.load_state_dict({k[13:]: v for k, v in state.items() if k.startswith("mask_decoder.")})
 
     # ------------------------------------------------------------ forward
-    def forward(
-        self, sample: TrainingSample, boxes_rc: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, sample: TrainingSample, boxes_rc: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes (B, 4) (r0, c0, r1, c1) on one sample's slice -> logits (B, s, s) and predicted IoU (B,)."""
         b = np.asarray(boxes_rc, np.float32).reshape(-1, 2, 2)
-        xy = torch.from_numpy(
-            rc_to_model_xy(b, sample.original_size, sample.input_size).reshape(-1, 4)
-        )
+        xy = torch.from_numpy(rc_to_model_xy(b, sample.original_size, sample.input_size).reshape(-1, 4))
         if self.settings.trainable == "head":
             return self._forward_head(sample, xy)
         sparse, dense = self.prompt_encoder(points=None, boxes=xy, masks=None)
@@ -188,23 +170,17 @@ class DecoderTrainer:
         )
         return low[:, 0], iou[:, 0]
 
-    def _forward_head(
-        self, sample: TrainingSample, xy: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_head(self, sample: TrainingSample, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` when only the output head trains: the prompt encoder and the
         two-way transformer run without gradients, as :meth:`MaskDecoder.predict_masks` does."""
         md = self.mask_decoder
         with torch.no_grad():
             sparse, dense = self.prompt_encoder(points=None, boxes=xy, masks=None)
             out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
-            tokens = torch.cat(
-                [out_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1
-            )
+            tokens = torch.cat([out_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)
             h, w = sample.features.shape[-2:]
             src = _tokens(sample.features, dense[:1])
-            hs, keys = md.transformer(
-                src, self.prompt_encoder.get_dense_pe(), tokens, final_tokens=slice(0, 2)
-            )
+            hs, keys = md.transformer(src, self.prompt_encoder.get_dense_pe(), tokens, final_tokens=slice(0, 2))
         hyper = md.output_hypernetworks_mlps[0](hs[:, 1, :])[:, None]
         masks = md._upscale_masks(keys, hyper, h, w)
         return masks[:, 0], md.iou_prediction_head(hs[:, 0, :])[:, 0]
@@ -222,10 +198,7 @@ class DecoderTrainer:
         return (dice + bce + F.mse_loss(iou, actual, reduction="none")).mean()
 
     def _anchor_penalty(self) -> torch.Tensor:
-        return (
-            sum(((p - a) ** 2).sum() for p, a in zip(self.params, self.anchor))
-            * self.settings.anchor
-        )
+        return sum(((p - a) ** 2).sum() for p, a in zip(self.params, self.anchor)) * self.settings.anchor
 
     # ------------------------------------------------------------ prompts
     def prompts_for(self, group: list[TrainingSample]) -> np.ndarray:
@@ -233,8 +206,7 @@ class DecoderTrainer:
         w = np.asarray(self.settings.mode_weights, float)
         modes = self.rng.choice(3, size=len(group), p=w / w.sum())
         boxes = [
-            jittered_box(s.mask, self.rng) if m != 1 else propagation_box(s, self.rng)
-            for s, m in zip(group, modes)
+            jittered_box(s.mask, self.rng) if m != 1 else propagation_box(s, self.rng) for s, m in zip(group, modes)
         ]
         fix = [i for i, m in enumerate(modes) if m == 2]
         if fix:
@@ -249,9 +221,7 @@ class DecoderTrainer:
         """(s, s) low-resolution logits -> (H, W) bool on the slice grid."""
         from ..models.base import logits_to_slice
 
-        up = logits_to_slice(
-            logits[None, None].detach(), sample.input_size, self.image_size, sample.original_size
-        )
+        up = logits_to_slice(logits[None, None].detach(), sample.input_size, self.image_size, sample.original_size)
         return (up[0, 0] > 0).numpy()
 
     # ------------------------------------------------------------ epochs
@@ -299,9 +269,7 @@ class DecoderTrainer:
                     m = max(3.0, 0.05 * max(nb[2] - nb[0] + 1, nb[3] - nb[1] + 1))
                     boxes.append(
                         np.clip(
-                            nb + np.array([-m, -m, m, m], np.float32),
-                            0,
-                            [s.mask.shape[0] - 1, s.mask.shape[1] - 1] * 2,
+                            nb + np.array([-m, -m, m, m], np.float32), 0, [s.mask.shape[0] - 1, s.mask.shape[1] - 1] * 2
                         )
                     )
                     owners.append(s)
@@ -348,9 +316,7 @@ def train(
     res.base_val_dice, res.per_class = trainer.validate(val)
     res.base_per_class = res.per_class
     res.best_val_dice = res.base_val_dice
-    res.history.append(
-        {"epoch": 0, "train_loss": None, "val_dice": res.base_val_dice, "seconds": 0.0}
-    )
+    res.history.append({"epoch": 0, "train_loss": None, "val_dice": res.base_val_dice, "seconds": 0.0})
     best_state = trainer.state_dicts()
     stale = 0
     steps_per_epoch = trainer.n_batches(train_set)

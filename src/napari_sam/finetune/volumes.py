@@ -69,6 +69,4 @@ def finetune_volumes(
     head = None
     if classes != "none":
         head = teach_from_volumes(backend, pairs, window, cache_dir, classes).to_state()
-    return finetune_samples(
-        backend, samples, settings, output, data, "lite_medsam", progress, cancel, classes=head
-    )
+    return finetune_samples(backend, samples, settings, output, data, "lite_medsam", progress, cancel, classes=head)

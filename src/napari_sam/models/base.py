@@ -68,9 +68,7 @@ def resized_shape(original_size: tuple[int, int], target: int) -> tuple[int, int
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
-def rc_to_model_xy(
-    coords_rc: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]
-) -> np.ndarray:
+def rc_to_model_xy(coords_rc: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
     """The one conversion from napari's (row, col) to the model's (x, y).
 
     coords_rc: (..., 2) array of (row, col) pixel coordinates in the slice.
@@ -101,9 +99,7 @@ def to_model_input(
     h, w = resized_shape(tuple(image.shape[:2]), target)
     if (h, w) != tuple(image.shape[:2]):
         mode = "area" if h < image.shape[0] else "bilinear"
-        t = F.interpolate(
-            t, size=(h, w), mode=mode, **({} if mode == "area" else {"align_corners": False})
-        )
+        t = F.interpolate(t, size=(h, w), mode=mode, **({} if mode == "area" else {"align_corners": False}))
     if mean is not None and std is not None:
         t = (t - t.new_tensor(mean)[:, None, None]) / t.new_tensor(std)[:, None, None]
     t = F.pad(t, (0, target - w, 0, target - h))
@@ -111,10 +107,7 @@ def to_model_input(
 
 
 def logits_to_slice(
-    low_res: torch.Tensor,
-    input_size: tuple[int, int],
-    model_size: int,
-    original_size: tuple[int, int],
+    low_res: torch.Tensor, input_size: tuple[int, int], model_size: int, original_size: tuple[int, int]
 ) -> torch.Tensor:
     """Low-resolution logits (B, K, s, s) -> logits on the slice grid (B, K, H, W).
 
@@ -123,9 +116,7 @@ def logits_to_slice(
     """
     s = low_res.shape[-1]
     if s != model_size:
-        low_res = F.interpolate(
-            low_res, size=(model_size, model_size), mode="bilinear", align_corners=False
-        )
+        low_res = F.interpolate(low_res, size=(model_size, model_size), mode="bilinear", align_corners=False)
     cropped = low_res[..., : input_size[0], : input_size[1]]
     return F.interpolate(cropped, size=original_size, mode="bilinear", align_corners=False)
 
@@ -192,11 +183,7 @@ class Backend(ABC):
         threads_before = torch.get_num_threads()
         if workers > 1 and self.device.type == "cpu":
             torch.set_num_threads(max(1, threads_before // workers))
-        pool = (
-            ThreadPoolExecutor(workers, thread_name_prefix="napari-sam-embed")
-            if workers > 1
-            else None
-        )
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="napari-sam-embed") if workers > 1 else None
         pending: deque[tuple[bytes, Future[Embedding] | Embedding]] = deque()
         recent: OrderedDict[bytes, Future[Embedding] | Embedding] = OrderedDict()  # bounded: memory
         it = iter(images)
@@ -213,11 +200,7 @@ class Backend(ABC):
                     if key in recent:
                         recent.move_to_end(key)
                     else:
-                        recent[key] = (
-                            pool.submit(self.embed, image)
-                            if pool is not None
-                            else self.embed(image)
-                        )
+                        recent[key] = pool.submit(self.embed, image) if pool is not None else self.embed(image)
                         while len(recent) > _RECENT_SLICES:
                             recent.popitem(last=False)
                     pending.append((key, recent[key]))
@@ -271,9 +254,7 @@ class Backend(ABC):
         multimask: bool = False,
     ) -> Decoded:
         """:meth:`decode_low_res` plus the resize onto the slice's pixel grid."""
-        low, scores = self.decode_low_res(
-            embedding, points_rc, point_labels, boxes_rc, mask_input, multimask
-        )
+        low, scores = self.decode_low_res(embedding, points_rc, point_labels, boxes_rc, mask_input, multimask)
         logits = self.upsample(low, embedding)
         return Decoded(
             masks=(logits > 0).cpu().numpy(),

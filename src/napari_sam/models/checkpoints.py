@@ -48,9 +48,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             from safetensors.torch import load_file
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ModelError(
-                f"{path}: reading .safetensors needs the 'safetensors' package"
-            ) from exc
+            raise ModelError(f"{path}: reading .safetensors needs the 'safetensors' package") from exc
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # SafetensorError, OSError, ...: not a safetensors file

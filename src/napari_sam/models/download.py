@@ -151,11 +151,7 @@ def fetch(
     level = logger.level
     logger.setLevel("WARNING")  # pooch logs every download at INFO; our progress bar says enough
     try:
-        path = Path(
-            pooch.retrieve(
-                url, known_hash=pooch_hash, fname=filename, path=folder, progressbar=progress
-            )
-        )
+        path = Path(pooch.retrieve(url, known_hash=pooch_hash, fname=filename, path=folder, progressbar=progress))
     except requests.exceptions.HTTPError as exc:
         code = exc.response.status_code if exc.response is not None else "?"
         raise ModelError(f"could not download {what}: HTTP {code} from {url}") from None
@@ -168,14 +164,10 @@ def fetch(
         ) from None
     except requests.exceptions.RequestException as exc:
         raise ModelError(f"could not download {what} from {url}: {_short(exc)}") from None
-    except (
-        ValueError
-    ) as exc:  # pooch: checksum mismatch (temporary file already deleted) or unknown algorithm
+    except ValueError as exc:  # pooch: checksum mismatch (temporary file already deleted) or unknown algorithm
         message = _short(exc)
         if "xxhash" in message:
-            raise ModelError(
-                f"verifying {what} needs the 'xxhash' package: pip install xxhash"
-            ) from None
+            raise ModelError(f"verifying {what} needs the 'xxhash' package: pip install xxhash") from None
         raise ModelError(
             f"download of {what} from {url} refused: checksum does not match the published "
             f"{parsed[0] if parsed else ''} {parsed[1][:16] if parsed else ''}...; "

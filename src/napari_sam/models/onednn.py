@@ -61,25 +61,12 @@ def bf16_available() -> bool:
     if _BF16 is None:
         try:
             with torch.inference_mode():
-                x = torch.ones(1, 2, 3, 3, dtype=torch.bfloat16).contiguous(
-                    memory_format=torch.channels_last
-                )
+                x = torch.ones(1, 2, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
                 torch.ops.mkldnn._convolution_pointwise(
-                    x,
-                    torch.ones(2, 1, 1, 1, dtype=torch.bfloat16),
-                    None,
-                    [0, 0],
-                    [1, 1],
-                    [1, 1],
-                    2,
-                    "none",
-                    [],
-                    "",
+                    x, torch.ones(2, 1, 1, 1, dtype=torch.bfloat16), None, [0, 0], [1, 1], [1, 1], 2, "none", [], ""
                 )
                 w = torch.ones(3, 2, dtype=torch.bfloat16)
-                torch.ops.mkldnn._linear_pointwise(
-                    torch.ones(2, 2, dtype=torch.bfloat16), w, None, "none", [], ""
-                )
+                torch.ops.mkldnn._linear_pointwise(torch.ones(2, 2, dtype=torch.bfloat16), w, None, "none", [], "")
             _BF16 = True
         except (AttributeError, RuntimeError, NotImplementedError):
             _BF16 = False
@@ -145,33 +132,11 @@ def conv2d(
 
 
 def conv2d_add(
-    x: Tensor,
-    other: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    padding: int = 0,
-    stride: int = 1,
-    groups: int = 1,
+    x: Tensor, other: Tensor, weight: Tensor, bias: Tensor | None, padding: int = 0, stride: int = 1, groups: int = 1
 ) -> Tensor:
     """``F.conv2d(x, ...) + other`` with the addition fused (both channels-last on oneDNN)."""
-    if (
-        _usable(x, weight)
-        and other.dtype == x.dtype
-        and other.is_contiguous(memory_format=torch.channels_last)
-    ):
+    if _usable(x, weight) and other.dtype == x.dtype and other.is_contiguous(memory_format=torch.channels_last):
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x,
-            other,
-            weight,
-            bias,
-            [padding, padding],
-            [stride, stride],
-            [1, 1],
-            groups,
-            "add",
-            None,
-            None,
-            [],
-            None,
+            x, other, weight, bias, [padding, padding], [stride, stride], [1, 1], groups, "add", None, None, [], None
         )
     return torch.add(F.conv2d(x, weight, bias, stride, padding, 1, groups), other)

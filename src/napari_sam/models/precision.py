@@ -186,11 +186,5 @@ def precision_tag(backend) -> str:
     encoder = getattr(backend, "image_encoder", None)
     if main == "fp32" or encoder is None:
         return main
-    kept = sorted(
-        {
-            ".".join(n.split(".")[:2])
-            for n, p in encoder.named_parameters()
-            if p.dtype == torch.float32
-        }
-    )
+    kept = sorted({".".join(n.split(".")[:2]) for n, p in encoder.named_parameters() if p.dtype == torch.float32})
     return f"{main}+fp32:{','.join(kept)}" if kept else main

@@ -87,9 +87,7 @@ def _load_lite_medsam(checkpoint: Path | None, device: torch.device) -> Backend:
     from .lite_medsam import expected_sha256_for, load_lite_medsam
 
     expected = expected_sha256_for(checkpoint)
-    if (
-        checkpoint is not None and expected is None
-    ):  # a user's own weights: no published hash to check
+    if checkpoint is not None and expected is None:  # a user's own weights: no published hash to check
         from .checkpoints import load_state_dict
         from .layout import check_architecture, normalise_keys
 
@@ -103,9 +101,7 @@ def _load_lite_medsam(checkpoint: Path | None, device: torch.device) -> Backend:
     return load_lite_medsam(checkpoint, device, expected_sha256=expected)
 
 
-def _load_sam_vit(
-    variant: str, name: str, preprocessing: str, checkpoint: Path, device: torch.device
-) -> Backend:
+def _load_sam_vit(variant: str, name: str, preprocessing: str, checkpoint: Path, device: torch.device) -> Backend:
     from .sam_vit import load_sam_vit
 
     return load_sam_vit(checkpoint, variant, name, device, preprocessing, MODEL_FOR_ARCHITECTURE)
@@ -161,16 +157,9 @@ def _micro_sam(
     sha256: str | None = None,
     source: str = MICRO_SAM_HASHES,
 ) -> ModelSpec:
-    arch = {
-        "vit_t": "tiny_vit_1024",
-        "vit_b": "sam_vit_b",
-        "vit_l": "sam_vit_l",
-        "vit_h": "sam_vit_h",
-    }[name[:5]]
+    arch = {"vit_t": "tiny_vit_1024", "vit_b": "sam_vit_b", "vit_l": "sam_vit_l", "vit_h": "sam_vit_h"}[name[:5]]
     loader = (
-        partial(_load_mobile_sam, name)
-        if name.startswith("vit_t")
-        else partial(_load_sam_vit, name[:5], name, "sam")
+        partial(_load_mobile_sam, name) if name.startswith("vit_t") else partial(_load_sam_vit, name[:5], name, "sam")
     )
     return ModelSpec(
         name=name,
@@ -223,24 +212,9 @@ _SPECS: list[ModelSpec] = [
         homepage="https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM",
         preprocessing="longest side 256, [0, 1]",
     ),
-    _sam(
-        "vit_b",
-        "sam_vit_b_01ec64.pth",
-        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        "ViT-B",
-    ),
-    _sam(
-        "vit_l",
-        "sam_vit_l_0b3195.pth",
-        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        "ViT-L",
-    ),
-    _sam(
-        "vit_h",
-        "sam_vit_h_4b8939.pth",
-        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        "ViT-H",
-    ),
+    _sam("vit_b", "sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", "ViT-B"),
+    _sam("vit_l", "sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", "ViT-L"),
+    _sam("vit_h", "sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", "ViT-H"),
     ModelSpec(
         name="medsam_vit_b",
         architecture="sam_vit_b",
@@ -346,9 +320,7 @@ def get_spec(name: str) -> ModelSpec:
     """The :class:`ModelSpec` of a registry name (or alias); InputError if unknown."""
     spec = REGISTRY.get(name) or REGISTRY.get(_ALIASES.get(name, ""))
     if spec is None:
-        raise InputError(
-            f"unknown model {name!r}; available: {', '.join(REGISTRY)} (see `napari-sam models`)"
-        )
+        raise InputError(f"unknown model {name!r}; available: {', '.join(REGISTRY)} (see `napari-sam models`)")
     return spec
 
 
@@ -364,9 +336,7 @@ def pick_device(device: str | None = None) -> torch.device:
         raise InputError(f"device {device!r}: expected cpu, cuda or mps")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {device!r}: CUDA is not available on this machine")
-    if device == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InputError("device 'mps': Apple MPS is not available on this machine")
     return torch.device(device)
 
@@ -389,13 +359,7 @@ def fetch_checkpoint(name: str, progress: bool = True) -> Path:
             f"model {spec.name!r} has no direct download: get {spec.filename} from {spec.homepage} "
             f"and pass --checkpoint PATH (API: load_model({spec.name!r}, checkpoint=PATH))"
         )
-    return fetch(
-        spec.url,
-        spec.filename or f"{spec.name}.pt",
-        spec.known_hash,
-        progress=progress,
-        what=spec.name,
-    )
+    return fetch(spec.url, spec.filename or f"{spec.name}.pt", spec.known_hash, progress=progress, what=spec.name)
 
 
 #: backends loaded so far, shared by every caller of :func:`load_model` with the same key
@@ -446,27 +410,18 @@ def load_model(
         raise ModelError(f"{path}: checkpoint not found")
     if not shared:
         return _load(spec, path, dev, precision, progress)
-    key = (
-        spec,
-        _checkpoint_identity(path),
-        str(dev),
-        precision,
-    )  # the spec: its URL and checksum too
+    key = (spec, _checkpoint_identity(path), str(dev), precision)  # the spec: its URL and checksum too
     with _LOADED_LOCK:  # held while loading: two threads asking at once load the model once
         backend = _LOADED.get(key)
         if backend is None:
             backend = _LOADED[key] = _load(spec, path, dev, precision, progress)
-            log.info(
-                "loaded %s (%s, %s) on %s", spec.name, path or "official weights", precision, dev
-            )
+            log.info("loaded %s (%s, %s) on %s", spec.name, path or "official weights", precision, dev)
         else:
             log.debug("%s (%s) already loaded: shared", spec.name, precision)
     return backend
 
 
-def _load(
-    spec: ModelSpec, path: Path | None, dev: torch.device, precision: str, progress: bool
-) -> Backend:
+def _load(spec: ModelSpec, path: Path | None, dev: torch.device, precision: str, progress: bool) -> Backend:
     if path is not None:
         backend = spec.loader(path, dev)
     elif spec.name == "lite_medsam":

@@ -80,9 +80,7 @@ class Sam2PromptEncoder(PromptEncoder):
 
 
 class TwoWayAttentionBlock(nn.Module):
-    def __init__(
-        self, embedding_dim: int, num_heads: int, mlp_dim: int, skip_first_layer_pe: bool
-    ) -> None:
+    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int, skip_first_layer_pe: bool) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
@@ -94,9 +92,7 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, downsample_rate=2)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(
-        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -112,9 +108,7 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    def __init__(
-        self, depth: int = 2, embedding_dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048
-    ) -> None:
+    def __init__(self, depth: int = 2, embedding_dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, i == 0) for i in range(depth)
@@ -122,9 +116,7 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate=2)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(
-        self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
@@ -161,32 +153,19 @@ class Sam2MaskDecoder(nn.Module):
         )
         self.conv_s0 = nn.Conv2d(d, d // 8, kernel_size=1)
         self.conv_s1 = nn.Conv2d(d, d // 4, kernel_size=1)
-        self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(d, d, d // 8, 3) for _ in range(self.num_mask_tokens)
-        )
+        self.output_hypernetworks_mlps = nn.ModuleList(MLP(d, d, d // 8, 3) for _ in range(self.num_mask_tokens))
         self.iou_prediction_head = MLP(d, 256, self.num_mask_tokens, 3, sigmoid_output=True)
         self.pred_obj_score_head = MLP(d, d, 1, 3)
         self.stability_delta = stability_delta
         self.stability_thresh = stability_thresh
 
     def predict_masks(
-        self,
-        image_embeddings: Tensor,
-        image_pe: Tensor,
-        sparse: Tensor,
-        dense: Tensor,
-        high_res: tuple[Tensor, Tensor],
+        self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor, high_res: tuple[Tensor, Tensor]
     ) -> tuple[Tensor, Tensor, Tensor]:
         bsz = sparse.shape[0]
-        output_tokens = torch.cat(
-            [self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight]
-        )
+        output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight])
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(bsz, -1, -1), sparse], dim=1)
-        src = (
-            image_embeddings.expand(bsz, -1, -1, -1)
-            if image_embeddings.shape[0] != bsz
-            else image_embeddings
-        )
+        src = image_embeddings.expand(bsz, -1, -1, -1) if image_embeddings.shape[0] != bsz else image_embeddings
         src = src + dense
         pos_src = image_pe.expand(bsz, -1, -1, -1)
         b, c, h, w = src.shape
@@ -199,8 +178,7 @@ class Sam2MaskDecoder(nn.Module):
         up = act1(ln1(dc1(src) + feat_s1))
         up = act2(dc2(up) + feat_s0)
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-            dim=1,
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
         b, c, h, w = up.shape
         masks = (hyper_in @ up.reshape(b, c, h * w)).reshape(b, -1, h, w)
@@ -216,10 +194,7 @@ class Sam2MaskDecoder(nn.Module):
         flat = single.flatten(-2)
         area_i = (flat > self.stability_delta).sum(-1).float()
         area_u = (flat > -self.stability_delta).sum(-1).float()
-        stable = (
-            torch.where(area_u > 0, area_i / area_u, torch.ones_like(area_u))
-            >= self.stability_thresh
-        )
+        stable = torch.where(area_u > 0, area_i / area_u, torch.ones_like(area_u)) >= self.stability_thresh
         return (
             torch.where(stable[..., None, None].expand_as(single), single, best_masks),
             torch.where(stable.expand_as(single_iou), single_iou, best_iou),
@@ -236,11 +211,7 @@ class Sam2MaskDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Returns mask logits (B, K, 4h, 4w), IoU (B, K) and object-score logits (B, 1)."""
         masks, iou, obj = self.predict_masks(
-            image_embeddings,
-            image_pe,
-            sparse_prompt_embeddings,
-            dense_prompt_embeddings,
-            high_res_features,
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, high_res_features
         )
         if multimask_output:
             return masks[:, 1:], iou[:, 1:], obj
@@ -266,10 +237,7 @@ def build_sam2_modules(size: str) -> dict[str, nn.Module]:
     if size not in HIERA_CONFIGS:
         raise ValueError(f"unknown SAM 2 size {size!r}; expected one of {sorted(HIERA_CONFIGS)}")
     prompt_encoder = Sam2PromptEncoder(
-        embed_dim=256,
-        image_embedding_size=(64, 64),
-        input_image_size=(IMAGE_SIZE, IMAGE_SIZE),
-        mask_in_chans=16,
+        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(IMAGE_SIZE, IMAGE_SIZE), mask_in_chans=16
     )
     return {
         "image_encoder": ImageEncoder(HIERA_CONFIGS[size]),
@@ -315,17 +283,8 @@ class Sam2Backend(Backend):
             t = t.expand(1, 3, *t.shape[2:])
         s = self.image_size
         if tuple(t.shape[-2:]) != (s, s):
-            t = F.interpolate(
-                t,
-                size=(s, s),
-                mode="bilinear",
-                align_corners=False,
-                antialias=max(t.shape[-2:]) > s,
-            )
-        mean, std = (
-            t.new_tensor(IMAGENET_MEAN)[:, None, None],
-            t.new_tensor(IMAGENET_STD)[:, None, None],
-        )
+            t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False, antialias=max(t.shape[-2:]) > s)
+        mean, std = (t.new_tensor(IMAGENET_MEAN)[:, None, None], t.new_tensor(IMAGENET_STD)[:, None, None])
         return ((t - mean) / std).contiguous()
 
     @torch.inference_mode()
@@ -352,9 +311,7 @@ class Sam2Backend(Backend):
 
     def upsample(self, low_res: Tensor, embedding: Embedding) -> Tensor:
         """Low-resolution logits (B, K, 256, 256) -> slice logits (B, K, H, W), as SAM 2 does."""
-        return F.interpolate(
-            low_res, size=embedding.original_size, mode="bilinear", align_corners=False
-        )
+        return F.interpolate(low_res, size=embedding.original_size, mode="bilinear", align_corners=False)
 
     @torch.inference_mode()
     def decode_low_res(
@@ -371,58 +328,31 @@ class Sam2Backend(Backend):
         dev = self.device
         coords, labels = None, None
         if points_rc is not None and np.asarray(points_rc).size:
-            xy = rc_to_model_xy(
-                np.asarray(points_rc), embedding.original_size, embedding.input_size
-            )
+            xy = rc_to_model_xy(np.asarray(points_rc), embedding.original_size, embedding.input_size)
             coords = torch.from_numpy(xy).to(dev).reshape(-1, xy.shape[-2], 2)
-            labels = torch.as_tensor(
-                np.asarray(point_labels), dtype=torch.int64, device=dev
-            ).reshape(coords.shape[:2])
+            labels = torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev).reshape(coords.shape[:2])
         if boxes_rc is not None:
             b = np.asarray(boxes_rc, dtype=np.float32).reshape(-1, 2, 2)
-            box_xy = torch.from_numpy(
-                rc_to_model_xy(b, embedding.original_size, embedding.input_size)
-            ).to(dev)
-            box_labels = torch.tensor([[2, 3]], dtype=torch.int64, device=dev).expand(
-                box_xy.shape[0], 2
-            )
+            box_xy = torch.from_numpy(rc_to_model_xy(b, embedding.original_size, embedding.input_size)).to(dev)
+            box_labels = torch.tensor([[2, 3]], dtype=torch.int64, device=dev).expand(box_xy.shape[0], 2)
             if coords is not None:
                 if coords.shape[0] != box_xy.shape[0]:
-                    coords, labels = (
-                        coords.expand(box_xy.shape[0], -1, -1),
-                        labels.expand(box_xy.shape[0], -1),
-                    )
-                coords, labels = (
-                    torch.cat([box_xy, coords], dim=1),
-                    torch.cat([box_labels, labels], dim=1),
-                )
+                    coords, labels = (coords.expand(box_xy.shape[0], -1, -1), labels.expand(box_xy.shape[0], -1))
+                coords, labels = (torch.cat([box_xy, coords], dim=1), torch.cat([box_labels, labels], dim=1))
             else:
                 coords, labels = box_xy, box_labels
-        masks = (
-            None
-            if mask_input is None
-            else torch.as_tensor(mask_input, dtype=torch.float32, device=dev)
-        )
+        masks = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32, device=dev)
         points = None if coords is None else (coords, labels)
         sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=masks)
         high_res = (embedding.extra["high_res_s0"], embedding.extra["high_res_s1"])
         low, scores, _ = self.mask_decoder(
-            embedding.features,
-            self.prompt_encoder.get_dense_pe(),
-            sparse,
-            dense,
-            multimask,
-            high_res,
+            embedding.features, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask, high_res
         )
         return low, scores
 
 
 def load_sam2(
-    path: str | Path,
-    size: str,
-    name: str,
-    device: torch.device,
-    models_for: dict[str, str] | None = None,
+    path: str | Path, size: str, name: str, device: torch.device, models_for: dict[str, str] | None = None
 ) -> Sam2Backend:
     """Load an official SAM 2 / 2.1 checkpoint ({"model": state_dict}) for 2D segmentation.
 

@@ -57,9 +57,7 @@ class MLP(nn.Module):
         super().__init__()
         self.num_layers = num_layers
         h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(
-            nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim])
-        )
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
         self.sigmoid_output = sigmoid_output
         self.act = activation()
 
@@ -74,15 +72,11 @@ class MLP(nn.Module):
 
 def _pool(x: Tensor, stride: tuple[int, int]) -> Tensor:
     """2D max pooling of (B, H, W, C)."""
-    return F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride).permute(
-        0, 2, 3, 1
-    )
+    return F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride).permute(0, 2, 3, 1)
 
 
 class MultiScaleAttention(nn.Module):
-    def __init__(
-        self, dim: int, dim_out: int, num_heads: int, q_stride: tuple[int, int] | None
-    ) -> None:
+    def __init__(self, dim: int, dim_out: int, num_heads: int, q_stride: tuple[int, int] | None) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.q_stride = q_stride
@@ -97,9 +91,7 @@ class MultiScaleAttention(nn.Module):
             q = _pool(q.reshape(b, h, w, -1), self.q_stride)
             h, w = q.shape[1:3]
             q = q.reshape(b, h * w, self.num_heads, -1)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        )
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
 
 
@@ -165,12 +157,8 @@ class Hiera(nn.Module):
         self.stage_ends = [sum(cfg.stages[:i]) - 1 for i in range(1, len(cfg.stages) + 1)]
         q_pool_blocks = [x + 1 for x in self.stage_ends[:-1]][: cfg.q_pool]
         self.patch_embed = HieraPatchEmbed(cfg.embed_dim)
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, cfg.embed_dim, *cfg.window_pos_embed_bkg_spatial_size)
-        )
-        self.pos_embed_window = nn.Parameter(
-            torch.zeros(1, cfg.embed_dim, cfg.window_spec[0], cfg.window_spec[0])
-        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.embed_dim, *cfg.window_pos_embed_bkg_spatial_size))
+        self.pos_embed_window = nn.Parameter(torch.zeros(1, cfg.embed_dim, cfg.window_spec[0], cfg.window_spec[0]))
         embed_dim, num_heads, cur_stage = cfg.embed_dim, cfg.num_heads, 1
         self.blocks = nn.ModuleList()
         for i in range(depth):
@@ -225,10 +213,7 @@ class FpnNeck(nn.Module):
     """SAM 2's FPN: lateral 1x1 convolutions, nearest top-down fusion on levels 2 and 3."""
 
     def __init__(
-        self,
-        backbone_channel_list: list[int],
-        d_model: int = 256,
-        fpn_top_down_levels: tuple[int, ...] = (2, 3),
+        self, backbone_channel_list: list[int], d_model: int = 256, fpn_top_down_levels: tuple[int, ...] = (2, 3)
     ) -> None:
         super().__init__()
         self.convs = nn.ModuleList(_Conv(dim, d_model) for dim in backbone_channel_list)
@@ -241,9 +226,7 @@ class FpnNeck(nn.Module):
         for i in range(n, -1, -1):
             lateral = self.convs[n - i](xs[i])
             if i in self.fpn_top_down_levels and prev is not None:
-                prev = lateral + F.interpolate(prev.float(), scale_factor=2.0, mode="nearest").to(
-                    lateral.dtype
-                )
+                prev = lateral + F.interpolate(prev.float(), scale_factor=2.0, mode="nearest").to(lateral.dtype)
             else:
                 prev = lateral
             out[i] = prev

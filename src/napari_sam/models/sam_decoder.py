@@ -66,19 +66,12 @@ class MLP(nn.Module):
     """A plain MLP with ReLU between layers (the hypernetworks and IoU head)."""
 
     def __init__(
-        self,
-        input_dim: int,
-        hidden_dim: int,
-        output_dim: int,
-        num_layers: int,
-        sigmoid_output: bool = False,
+        self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, sigmoid_output: bool = False
     ) -> None:
         super().__init__()
         self.num_layers = num_layers
         h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(
-            nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim])
-        )
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
         self.sigmoid_output = sigmoid_output
 
     def forward(self, x: Tensor) -> Tensor:
@@ -130,9 +123,7 @@ class Attention(nn.Module):
         qk = torch.einsum("bthd,hdc->bhtc", qh, self.k_proj.weight.view(h, d, -1)) * (d**-0.5)
         attn = torch.softmax(qk.reshape(b, h * t, -1) @ k.transpose(1, 2), dim=-1)  # (B, h*T, N)
         av = (attn @ v).view(b, h, t, -1)  # (B, h, T, C)
-        out = torch.einsum(
-            "bhtc,hdc->bthd", av, self.v_proj.weight.view(h, d, -1)
-        ) + self.v_proj.bias.view(h, d)
+        out = torch.einsum("bhtc,hdc->bthd", av, self.v_proj.weight.view(h, d, -1)) + self.v_proj.bias.view(h, d)
         return self.out_proj(out.reshape(b, t, h * d))
 
     def project_image(self, x: Tensor, proj: nn.Linear, keys_layout: bool) -> Tensor:
@@ -169,9 +160,7 @@ class Attention(nn.Module):
         attn = torch.softmax(scores, dim=2)  # over the T keys, along N-long rows
         attn = (attn[:, 0] if b == 1 else attn.transpose(0, 1)).reshape(b, h * t, n)
         vh = self.v_proj(v).view(b, t, h, d)
-        u = torch.einsum("bthd,ohd->bhto", vh, self.out_proj.weight.view(-1, h, d)).reshape(
-            b, h * t, -1
-        )
+        u = torch.einsum("bthd,ohd->bhto", vh, self.out_proj.weight.view(-1, h, d)).reshape(b, h * t, -1)
         return attn, u + self.out_proj.bias / h
 
     def few_keys(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None) -> Tensor:
@@ -198,22 +187,16 @@ class Attention(nn.Module):
         h = self.num_heads
         d = self.internal_dim // h
         kh = self.k_proj(k).view(b, t, h, d) * (d**-0.5)
-        m = torch.einsum("hdc,bthd->bhtc", self.q_proj.weight.view(h, d, c), kh).reshape(
-            b, h * t, c
-        )
+        m = torch.einsum("hdc,bthd->bhtc", self.q_proj.weight.view(h, d, c), kh).reshape(b, h * t, c)
         bias = torch.einsum("hd,bthd->bht", self.q_proj.bias.view(h, d), kh).reshape(b, h * t, 1)
         # scores laid out (B, h, T, N): the softmax over T then runs along N-long rows
         scores = (
-            torch.baddbmm(bias, m, q.transpose(1, 2))
-            if q.shape[0] == b
-            else torch.add(m @ q.transpose(1, 2), bias)
+            torch.baddbmm(bias, m, q.transpose(1, 2)) if q.shape[0] == b else torch.add(m @ q.transpose(1, 2), bias)
         )
         attn = torch.softmax(scores.view(b, h, t, n), dim=2).view(b, h * t, n)
         # out_proj's bias enters U: the h heads' attention weights sum to h for every query
         vh = self.v_proj(v).view(b, t, h, d)
-        u = torch.einsum("bthd,ohd->bhto", vh, self.out_proj.weight.view(-1, h, d)).reshape(
-            b, h * t, -1
-        )
+        u = torch.einsum("bthd,ohd->bhto", vh, self.out_proj.weight.view(-1, h, d)).reshape(b, h * t, -1)
         return attn, u + self.out_proj.bias / h
 
 
@@ -230,21 +213,15 @@ class TwoWayAttentionBlock(nn.Module):
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_token_to_image = Attention(
-            embedding_dim, num_heads, attention_downsample_rate
-        )
+        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm2 = nn.LayerNorm(embedding_dim)
         self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_image_to_token = Attention(
-            embedding_dim, num_heads, attention_downsample_rate
-        )
+        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(
-        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
         """queries (B, T, C), keys (1 or B, N, C) -> updated (queries, keys (B, N, C))."""
         queries = self._self_attention(queries, query_pe)
 
@@ -276,26 +253,17 @@ class TwoWayAttentionBlock(nn.Module):
         k = keys + key_pe
         return {
             "keys": keys,
-            "t2i_k": self.cross_attn_token_to_image.project_image(
-                k, self.cross_attn_token_to_image.k_proj, True
-            ),
-            "t2i_v": self.cross_attn_token_to_image.project_image(
-                keys, self.cross_attn_token_to_image.v_proj, False
-            ),
-            "i2t_q": self.cross_attn_image_to_token.project_image(
-                k, self.cross_attn_image_to_token.q_proj, True
-            ),
+            "t2i_k": self.cross_attn_token_to_image.project_image(k, self.cross_attn_token_to_image.k_proj, True),
+            "t2i_v": self.cross_attn_token_to_image.project_image(keys, self.cross_attn_token_to_image.v_proj, False),
+            "i2t_q": self.cross_attn_image_to_token.project_image(k, self.cross_attn_image_to_token.q_proj, True),
         }
 
-    def forward_prepared(
-        self, queries: Tensor, image: dict[str, Tensor], query_pe: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def forward_prepared(self, queries: Tensor, image: dict[str, Tensor], query_pe: Tensor) -> tuple[Tensor, Tensor]:
         """``forward`` on keys prepared by :meth:`prepare_image` (the image's projections made once)."""
         queries = self._self_attention(queries, query_pe)
         q = queries + query_pe
         queries = self.norm2(
-            queries
-            + self.cross_attn_token_to_image.with_image_keys(q, image["t2i_k"], image["t2i_v"])
+            queries + self.cross_attn_token_to_image.with_image_keys(q, image["t2i_k"], image["t2i_v"])
         )
         queries = self.norm3(queries + self.mlp(queries))
         q = queries + query_pe
@@ -330,18 +298,11 @@ class TwoWayTransformer(nn.Module):
         self.embedding_dim = embedding_dim
         self.layers = nn.ModuleList(
             TwoWayAttentionBlock(
-                embedding_dim,
-                num_heads,
-                mlp_dim,
-                activation,
-                attention_downsample_rate,
-                skip_first_layer_pe=(i == 0),
+                embedding_dim, num_heads, mlp_dim, activation, attention_downsample_rate, skip_first_layer_pe=(i == 0)
             )
             for i in range(depth)
         )
-        self.final_attn_token_to_image = Attention(
-            embedding_dim, num_heads, attention_downsample_rate
-        )
+        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
         self._pe_cache: tuple[Tensor, Tensor] | None = None
 
@@ -393,9 +354,7 @@ class TwoWayTransformer(nn.Module):
             queries, query_pe = queries[:, final_tokens], query_pe[:, final_tokens]
         q = queries + query_pe
         k = keys + key_pe
-        queries = self.norm_final_attn(
-            queries + self.final_attn_token_to_image.few_queries(q, k, keys)
-        )
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image.few_queries(q, k, keys))
         return queries, keys
 
 
@@ -405,9 +364,7 @@ class PositionEmbeddingRandom(nn.Module):
     def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
         super().__init__()
         scale = 1.0 if scale is None or scale <= 0 else scale
-        self.register_buffer(
-            "positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats))
-        )
+        self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
 
     def _pe_encoding(self, coords: Tensor) -> Tensor:
         coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
@@ -428,9 +385,7 @@ class PositionEmbeddingRandom(nn.Module):
     def forward_with_coords(self, coords_input: Tensor, image_size: tuple[int, int]) -> Tensor:
         """coords_input: (B, N, 2) as (x, y) model pixels; image_size: (H, W)."""
         scale = coords_input.new_tensor([1.0 / image_size[1], 1.0 / image_size[0]])
-        return self._pe_encoding(
-            (coords_input * scale).to(self.positional_encoding_gaussian_matrix.dtype)
-        )
+        return self._pe_encoding((coords_input * scale).to(self.positional_encoding_gaussian_matrix.dtype))
 
 
 class PromptEncoder(nn.Module):
@@ -467,11 +422,7 @@ class PromptEncoder(nn.Module):
 
     def get_dense_pe(self) -> Tensor:
         """Positional encoding of the embedding grid, (1, C, h, w); cached in eval mode."""
-        if (
-            self._dense_pe is None
-            or self.training
-            or self._dense_pe.device != self.no_mask_embed.weight.device
-        ):
+        if self._dense_pe is None or self.training or self._dense_pe.device != self.no_mask_embed.weight.device:
             pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
             if self.training:
                 return pe
@@ -493,9 +444,7 @@ class PromptEncoder(nn.Module):
     def _embed_boxes(self, boxes: Tensor) -> Tensor:
         coords = (boxes + 0.5).reshape(-1, 2, 2)
         emb = self.pe_layer.forward_with_coords(coords, self.input_image_size)
-        corner = torch.cat(
-            [self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0
-        )
+        corner = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
         return emb + corner
 
     def forward(
@@ -516,9 +465,7 @@ class PromptEncoder(nn.Module):
         weight = self.no_mask_embed.weight
         sparse = weight.new_empty((bs, 0, self.embed_dim))
         if points is not None:
-            sparse = torch.cat(
-                [sparse, self._embed_points(points[0], points[1], pad=boxes is None)], dim=1
-            )
+            sparse = torch.cat([sparse, self._embed_points(points[0], points[1], pad=boxes is None)], dim=1)
         if boxes is not None:
             sparse = torch.cat([sparse, self._embed_boxes(boxes)], dim=1)
         if masks is not None:
@@ -556,12 +503,9 @@ class MaskDecoder(nn.Module):
             activation(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
-            for _ in range(self.num_mask_tokens)
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
-        self.iou_prediction_head = MLP(
-            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
-        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
     def forward(
         self,
@@ -581,12 +525,7 @@ class MaskDecoder(nn.Module):
         """
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return self.predict_masks(
-            image_embeddings,
-            image_pe,
-            sparse_prompt_embeddings,
-            dense_prompt_embeddings,
-            sl,
-            prepared=prepared,
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl, prepared=prepared
         )
 
     def prepare_image(
@@ -622,18 +561,14 @@ class MaskDecoder(nn.Module):
         """
         bsz = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = torch.cat(
-            [output_tokens.unsqueeze(0).expand(bsz, -1, -1), sparse_prompt_embeddings], dim=1
-        )
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(bsz, -1, -1), sparse_prompt_embeddings], dim=1)
         idx = list(range(self.num_mask_tokens)[tokens_slice])
         # only the IoU token and the requested mask tokens leave the transformer
         wanted = [0] + [1 + i for i in idx]
         final = slice(0, len(wanted)) if wanted == list(range(len(wanted))) else wanted
         if prepared is not None:
             h, w = (int(v) for v in prepared["size"])
-            hs, keys = self.transformer(
-                None, image_pe, tokens, prepared=prepared, final_tokens=final
-            )
+            hs, keys = self.transformer(None, image_pe, tokens, prepared=prepared, final_tokens=final)
         else:
             # (1, C, h, w) + a dense prompt shared by the batch stays one image until
             # the first image-to-token attention makes the image tokens per prompt
@@ -643,9 +578,7 @@ class MaskDecoder(nn.Module):
             src = _tokens(image_embeddings, dense_prompt_embeddings)
             hs, keys = self.transformer(src, image_pe, tokens, final_tokens=final)
         iou_token_out = hs[:, 0, :]
-        hyper_in = torch.stack(
-            [self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(idx)], dim=1
-        )
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(idx)], dim=1)
         masks = self._upscale_masks(keys, hyper_in, h, w)
         return masks, self.iou_prediction_head(iou_token_out)[:, tokens_slice]
 
@@ -694,9 +627,7 @@ class MaskDecoder(nn.Module):
         return m.reshape(b, k, 4 * h, 4 * w)
 
 
-def build_sam_prompt_decoder(
-    embedding_size: int, input_size: int
-) -> tuple[PromptEncoder, MaskDecoder]:
+def build_sam_prompt_decoder(embedding_size: int, input_size: int) -> tuple[PromptEncoder, MaskDecoder]:
     """SAM's standard prompt encoder and mask decoder (256 channels, 8 heads)."""
     prompt_encoder = PromptEncoder(
         embed_dim=256,

@@ -55,9 +55,7 @@ class SamFamilyBackend(Backend):
         self.supports_points = supports_points
         # id(features) -> (weak reference to the features, MaskDecoder.prepare_image of them,
         # or None for an embedding decoded once so far)
-        self._prepared: OrderedDict[int, tuple[weakref.ref, dict[str, torch.Tensor] | None]] = (
-            OrderedDict()
-        )
+        self._prepared: OrderedDict[int, tuple[weakref.ref, dict[str, torch.Tensor] | None]] = OrderedDict()
         self._lock = threading.Lock()
         self.dtype = torch.float32
         self.set_dtype(dtype)
@@ -90,9 +88,7 @@ class SamFamilyBackend(Backend):
         with self._lock:
             self._prepared.clear()
 
-    def _prepared_image(
-        self, features: torch.Tensor, dense: torch.Tensor
-    ) -> dict[str, torch.Tensor] | None:
+    def _prepared_image(self, features: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """The decoder's prompt-independent work on ``features`` with the no-mask dense
         prompt ``dense`` (B, C, h, w), or None to decode without it.
 
@@ -119,9 +115,7 @@ class SamFamilyBackend(Backend):
             self._remember_prepared(key, features, prepared)
         return prepared
 
-    def _remember_prepared(
-        self, key: int, features: torch.Tensor, prepared: dict[str, torch.Tensor] | None
-    ) -> None:
+    def _remember_prepared(self, key: int, features: torch.Tensor, prepared: dict[str, torch.Tensor] | None) -> None:
         self._prepared[key] = (weakref.ref(features), prepared)
         self._prepared.move_to_end(key)
         while len(self._prepared) > self.prepared_embeddings:
@@ -147,10 +141,7 @@ class SamFamilyBackend(Backend):
         feats = self.image_encoder(batch).float()
         out = {
             k: Embedding(
-                features=feats[i : i + 1].clone(),
-                original_size=tuple(im.shape[:2]),
-                input_size=p[1],
-                model=self.name,
+                features=feats[i : i + 1].clone(), original_size=tuple(im.shape[:2]), input_size=p[1], model=self.name
             )
             for i, (k, im, p) in enumerate(zip(todo, todo_images, prepared))
         }
@@ -158,9 +149,7 @@ class SamFamilyBackend(Backend):
 
     def upsample(self, low_res: torch.Tensor, embedding: Embedding) -> torch.Tensor:
         """Low-resolution logits (B, K, s, s) -> logits on the slice grid (B, K, H, W)."""
-        return logits_to_slice(
-            low_res, embedding.input_size, self.image_size, embedding.original_size
-        )
+        return logits_to_slice(low_res, embedding.input_size, self.image_size, embedding.original_size)
 
     @torch.inference_mode()
     def decode_low_res(
@@ -179,9 +168,7 @@ class SamFamilyBackend(Backend):
         dev = self.device
         points = None
         if points_rc is not None and np.asarray(points_rc).size:
-            xy = rc_to_model_xy(
-                np.asarray(points_rc), embedding.original_size, embedding.input_size
-            )
+            xy = rc_to_model_xy(np.asarray(points_rc), embedding.original_size, embedding.input_size)
             points = (
                 torch.from_numpy(xy).to(dev),
                 torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev),
@@ -192,11 +179,7 @@ class SamFamilyBackend(Backend):
             boxes = torch.from_numpy(
                 rc_to_model_xy(b, embedding.original_size, embedding.input_size).reshape(-1, 4)
             ).to(dev)
-        masks = (
-            None
-            if mask_input is None
-            else torch.as_tensor(mask_input, dtype=torch.float32, device=dev)
-        )
+        masks = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32, device=dev)
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         # without a mask input the dense prompt is the same for every prompt: the image's
         # side of the decoder is computed once per embedding

@@ -64,12 +64,8 @@ class SamViTConfig:
 
 SAM_VIT_CONFIGS: dict[str, SamViTConfig] = {
     "vit_b": SamViTConfig(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
-    "vit_l": SamViTConfig(
-        embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)
-    ),
-    "vit_h": SamViTConfig(
-        embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)
-    ),
+    "vit_l": SamViTConfig(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    "vit_h": SamViTConfig(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
 }
 
 
@@ -83,17 +79,11 @@ def _window_partition(x: Tensor, ws: int) -> tuple[Tensor, tuple[int, int]]:
     return x.reshape(-1, ws, ws, c), (hp, wp)
 
 
-def _window_unpartition(
-    windows: Tensor, ws: int, pad_hw: tuple[int, int], hw: tuple[int, int]
-) -> Tensor:
+def _window_unpartition(windows: Tensor, ws: int, pad_hw: tuple[int, int], hw: tuple[int, int]) -> Tensor:
     hp, wp = pad_hw
     h, w = hw
     b = windows.shape[0] // (hp * wp // ws // ws)
-    x = (
-        windows.reshape(b, hp // ws, wp // ws, ws, ws, -1)
-        .permute(0, 1, 3, 2, 4, 5)
-        .reshape(b, hp, wp, -1)
-    )
+    x = windows.reshape(b, hp // ws, wp // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
     return x[:, :h, :w, :] if (hp > h or wp > w) else x
 
 
@@ -135,9 +125,7 @@ class Attention(nn.Module):
             rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh)
             rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
             bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(-1, n, n)
-            out[s : s + step] = F.scaled_dot_product_attention(
-                qc, k[s : s + step], v[s : s + step], attn_mask=bias
-            )
+            out[s : s + step] = F.scaled_dot_product_attention(qc, k[s : s + step], v[s : s + step], attn_mask=bias)
         out = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
         return self.proj(out)
 
@@ -146,18 +134,11 @@ class Block(nn.Module):
     """Pre-norm transformer block, windowed (window_size > 0) or global."""
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float,
-        window_size: int,
-        input_size: tuple[int, int],
+        self, dim: int, num_heads: int, mlp_ratio: float, window_size: int, input_size: tuple[int, int]
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(
-            dim, num_heads, input_size if window_size == 0 else (window_size, window_size)
-        )
+        self.attn = Attention(dim, num_heads, input_size if window_size == 0 else (window_size, window_size))
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
         self.window_size = window_size
@@ -225,18 +206,10 @@ def build_sam_vit_modules(variant: str) -> dict[str, nn.Module]:
     the keys and shapes of Meta's ``sam_vit_*.pth``.
     """
     if variant not in SAM_VIT_CONFIGS:
-        raise ValueError(
-            f"unknown SAM ViT variant {variant!r}; expected one of {sorted(SAM_VIT_CONFIGS)}"
-        )
+        raise ValueError(f"unknown SAM ViT variant {variant!r}; expected one of {sorted(SAM_VIT_CONFIGS)}")
     encoder = ImageEncoderViT(SAM_VIT_CONFIGS[variant])
-    prompt_encoder, mask_decoder = build_sam_prompt_decoder(
-        embedding_size=IMAGE_SIZE // 16, input_size=IMAGE_SIZE
-    )
-    return {
-        "image_encoder": encoder,
-        "prompt_encoder": prompt_encoder,
-        "mask_decoder": mask_decoder,
-    }
+    prompt_encoder, mask_decoder = build_sam_prompt_decoder(embedding_size=IMAGE_SIZE // 16, input_size=IMAGE_SIZE)
+    return {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}
 
 
 class MedSamBackend(SamFamilyBackend):
@@ -282,12 +255,7 @@ def load_sam_vit(
     load_parts(path, state, parts, name)
     if preprocessing == "medsam":
         return MedSamBackend(
-            name,
-            parts["image_encoder"],
-            parts["prompt_encoder"],
-            parts["mask_decoder"],
-            IMAGE_SIZE,
-            device,
+            name, parts["image_encoder"], parts["prompt_encoder"], parts["mask_decoder"], IMAGE_SIZE, device
         )
     return SamFamilyBackend(
         name,

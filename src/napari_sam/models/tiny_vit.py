@@ -47,9 +47,7 @@ class TinyViTConfig:
 
 
 class Conv2d_BN(nn.Sequential):  # noqa: N801  (name kept: checkpoint keys are ".c." and ".bn.")
-    def __init__(
-        self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1
-    ) -> None:
+    def __init__(self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1) -> None:
         super().__init__()
         self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(b))
@@ -59,13 +57,7 @@ def _fold(module: Conv2d_BN) -> nn.Conv2d:
     conv, bn = module.c, module.bn
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        groups=conv.groups,
-        bias=True,
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, groups=conv.groups, bias=True
     ).to(conv.weight.device, conv.weight.dtype)
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale[:, None, None, None])
@@ -104,12 +96,7 @@ BAND_BYTES = 4 << 20
 
 
 def _pw_dw_pw(
-    x: Tensor,
-    conv1: nn.Module,
-    conv2: nn.Module,
-    conv3: nn.Module,
-    residual: bool,
-    final_gelu: bool,
+    x: Tensor, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, residual: bool, final_gelu: bool
 ) -> Tensor:
     """GELU(conv1) -> GELU(depthwise 3x3 conv2) -> conv3 [+ x] [-> GELU], as in MBConv and PatchMerging.
 
@@ -137,10 +124,7 @@ def _pw_dw_pw(
         y = _conv(conv2, _conv(conv1, x, gelu=True), gelu=True)
         return _conv(conv3, y, gelu=final_gelu, residual=x if residual else None)
     out = torch.empty(
-        (b, conv3.out_channels, ho, wo),
-        dtype=x.dtype,
-        device=x.device,
-        memory_format=torch.channels_last,
+        (b, conv3.out_channels, ho, wo), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
     )
     for i in range(b):
         xi = x[i : i + 1]
@@ -151,12 +135,8 @@ def _pw_dw_pw(
             i0 = max(0, s * o0 - s)
             i1 = min(h, s * (o1 - 1) + 2)
             j0 = o0 - i0 // s
-            y = _conv(conv2, _conv(conv1, xi[:, :, i0:i1], gelu=True), gelu=True)[
-                :, :, j0 : j0 + o1 - o0
-            ]
-            out[i : i + 1, :, o0:o1] = _conv(
-                conv3, y, gelu=final_gelu, residual=xi[:, :, o0:o1] if residual else None
-            )
+            y = _conv(conv2, _conv(conv1, xi[:, :, i0:i1], gelu=True), gelu=True)[:, :, j0 : j0 + o1 - o0]
+            out[i : i + 1, :, o0:o1] = _conv(conv3, y, gelu=final_gelu, residual=xi[:, :, o0:o1] if residual else None)
     return out
 
 
@@ -213,9 +193,7 @@ class PatchMerging(nn.Module):
 
 
 class ConvLayer(nn.Module):
-    def __init__(
-        self, dim: int, resolution: tuple[int, int], depth: int, out_dim: int, expand_ratio: float
-    ) -> None:
+    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, out_dim: int, expand_ratio: float) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
         self.downsample = PatchMerging(resolution, dim, out_dim)
@@ -263,9 +241,7 @@ class WindowAttention(nn.Module):
                 idxs.append(offsets.setdefault(off, len(offsets)))
         n = len(points)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
-        self.register_buffer(
-            "attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(n, n), persistent=False
-        )
+        self.register_buffer("attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(n, n), persistent=False)
         self._bias: Tensor | None = None
 
     def train(self, mode: bool = True) -> WindowAttention:
@@ -277,17 +253,8 @@ class WindowAttention(nn.Module):
         """(1, heads, N, N): 4D, so that SDPA takes its fused CPU kernel."""
         if self.training:
             return self.attention_biases[:, self.attention_bias_idxs].to(dtype)[None]
-        if (
-            self._bias is None
-            or self._bias.dtype != dtype
-            or self._bias.device != self.attention_biases.device
-        ):
-            self._bias = (
-                self.attention_biases[:, self.attention_bias_idxs]
-                .detach()
-                .to(dtype)[None]
-                .contiguous()
-            )
+        if self._bias is None or self._bias.dtype != dtype or self._bias.device != self.attention_biases.device:
+            self._bias = self.attention_biases[:, self.attention_bias_idxs].detach().to(dtype)[None].contiguous()
         return self._bias
 
     def forward(self, x: Tensor) -> Tensor:  # (B, N, C)
@@ -297,9 +264,7 @@ class WindowAttention(nn.Module):
     def _attend(self, qkv: Tensor) -> Tensor:
         """(B, N, heads * (2 key_dim + d)) projections -> (B, N, heads * d) before ``proj``."""
         b, n, _ = qkv.shape
-        q, k, v = qkv.view(b, n, self.num_heads, -1).split(
-            [self.key_dim, self.key_dim, self.d], dim=3
-        )
+        q, k, v = qkv.view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.d], dim=3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._attn_bias(q.dtype))
         return out.transpose(1, 2).reshape(b, n, -1)
@@ -328,12 +293,7 @@ class WindowAttention(nn.Module):
         y = y.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
         y = self._attend(_linear(self.qkv, self.norm(y)))
         dv = y.shape[-1]
-        y = (
-            y.view(b, nh, nw, ws, ws, dv)
-            .transpose(2, 3)
-            .reshape(b, ph, pw, dv)[:, :h, :w]
-            .reshape(b, n, dv)
-        )
+        y = y.view(b, nh, nw, ws, ws, dv).transpose(2, 3).reshape(b, ph, pw, dv)[:, :h, :w].reshape(b, n, dv)
         return onednn.linear_add(y, x, self.proj.weight, self.proj.bias)
 
 
@@ -378,8 +338,7 @@ class BasicLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            TinyViTBlock(dim, resolution, num_heads, window_size, mlp_ratio, local_conv_size)
-            for _ in range(depth)
+            TinyViTBlock(dim, resolution, num_heads, window_size, mlp_ratio, local_conv_size) for _ in range(depth)
         )
         self.downsample = PatchMerging(resolution, dim, out_dim) if out_dim is not None else None
 
@@ -411,9 +370,7 @@ class TinyViT(nn.Module):
             out_dim = cfg.embed_dims[i + 1] if i < n - 1 else None
             if i == 0:
                 self.layers.append(
-                    ConvLayer(
-                        cfg.embed_dims[0], (r, r), cfg.depths[0], out_dim, cfg.mbconv_expand_ratio
-                    )
+                    ConvLayer(cfg.embed_dims[0], (r, r), cfg.depths[0], out_dim, cfg.mbconv_expand_ratio)
                 )
             else:
                 self.layers.append(

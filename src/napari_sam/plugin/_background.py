@@ -54,9 +54,7 @@ class SharedSliceEmbeddings(SliceEmbeddings):
         axis: int = 0,
         image_hash: str | None = None,
     ) -> None:
-        super().__init__(
-            provider.backend, volume, window, axis, image_hash=image_hash, provider=provider
-        )
+        super().__init__(provider.backend, volume, window, axis, image_hash=image_hash, provider=provider)
         self.model_name = provider.backend.name
         self.encode_seconds: list[float] = []
 
@@ -98,18 +96,11 @@ class StoreRegistry:
 
     def provider(self, backend: Backend, cache_dir: str | Path | None = None) -> EmbeddingProvider:
         """The shared provider of ``backend`` with the disk store in ``cache_dir`` (None: memory only)."""
-        key = (
-            id(backend),
-            model_identity(backend),
-            str(getattr(backend, "device", "")),
-            str(cache_dir),
-        )
+        key = (id(backend), model_identity(backend), str(getattr(backend, "device", "")), str(cache_dir))
         with self._lock:
             prov = self._providers.get(key)
             if prov is None or prov.backend is not backend:
-                prov = self._providers[key] = EmbeddingProvider(
-                    backend, cache_dir, self.max_in_memory
-                )
+                prov = self._providers[key] = EmbeddingProvider(backend, cache_dir, self.max_in_memory)
             return prov
 
     def get(
@@ -128,9 +119,7 @@ class StoreRegistry:
         with self._lock:
             view = self._views.get(key)
             if view is None:
-                view = self._views[key] = SharedSliceEmbeddings(
-                    prov, volume, window, axis=axis, image_hash=volume_hash
-                )
+                view = self._views[key] = SharedSliceEmbeddings(prov, volume, window, axis=axis, image_hash=volume_hash)
             self._views.move_to_end(key)
             while len(self._views) > 16:  # views are small; the embeddings live in the provider
                 self._views.popitem(last=False)

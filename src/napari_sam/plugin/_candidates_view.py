@@ -22,9 +22,7 @@ THUMB = 64
 OUTLINE = (0, 230, 255)
 
 
-def thumbnail(
-    plane: np.ndarray, mask: np.ndarray, crop: tuple[int, int, int, int], side: int = THUMB
-) -> np.ndarray:
+def thumbnail(plane: np.ndarray, mask: np.ndarray, crop: tuple[int, int, int, int], side: int = THUMB) -> np.ndarray:
     """(side, side, 3) uint8: ``plane`` (H, W[, 3]) float in [0, 1] cropped to
     ``crop`` (r0, c0, r1, c1 inclusive), with the outline of ``mask`` (H, W) bool."""
     r0, c0, r1, c1 = crop
@@ -80,11 +78,7 @@ class CandidatesView(QWidget):
         self.shown: list[tuple[int, float]] = []
 
     def show_candidates(
-        self,
-        plane: np.ndarray | None,
-        masks: np.ndarray | None,
-        scores: np.ndarray | None,
-        current: int,
+        self, plane: np.ndarray | None, masks: np.ndarray | None, scores: np.ndarray | None, current: int
     ) -> None:
         """plane: (H, W[, 3]) float in [0, 1]; masks: (K, H, W) bool; scores: (K,). None clears."""
         self.shown = []
@@ -94,14 +88,11 @@ class CandidatesView(QWidget):
                 b.setVisible(False)
                 continue
             arr = thumbnail(plane, masks[i], crop)
-            img = QImage(
-                arr.data, arr.shape[1], arr.shape[0], 3 * arr.shape[1], QImage.Format_RGB888
-            ).copy()
+            img = QImage(arr.data, arr.shape[1], arr.shape[0], 3 * arr.shape[1], QImage.Format_RGB888).copy()
             b.setIcon(QIcon(QPixmap.fromImage(img)))
             b.setText(f"{i + 1}: {float(scores[i]):.2f}")
             b.setToolTip(
-                f"Candidate {i + 1} (model score {float(scores[i]):.2f}); click to preview it "
-                "(Shift-M cycles)"
+                f"Candidate {i + 1} (model score {float(scores[i]):.2f}); click to preview it (Shift-M cycles)"
             )
             b.setChecked(i == current)
             b.setVisible(True)

@@ -92,9 +92,7 @@ class SessionEvents(QObject):
             return
         if action == "added":
             stray = pl.is_stray_box(s.boxes) or (s.focus_click is not None and s.focus_click())
-            QTimer.singleShot(
-                0, (lambda: pl.drop_last(s.boxes)) if stray else self._keep_newest_box
-            )
+            QTimer.singleShot(0, (lambda: pl.drop_last(s.boxes)) if stray else self._keep_newest_box)
             if stray:
                 return
         s.update_preview()

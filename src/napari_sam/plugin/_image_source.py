@@ -41,17 +41,11 @@ class ImageSource:
         from napari.layers import Image
 
         if layer is None:
-            raise InputError(
-                "no image layer: open an image (File > Open, or a sample) and choose it in the widget"
-            )
+            raise InputError("no image layer: open an image (File > Open, or a sample) and choose it in the widget")
         if not isinstance(layer, Image):
-            raise InputError(
-                f"layer {layer.name!r} is a {type(layer).__name__} layer; choose an Image layer"
-            )
+            raise InputError(f"layer {layer.name!r} is a {type(layer).__name__} layer; choose an Image layer")
         if layer.multiscale:
-            raise InputError(
-                f"layer {layer.name!r} is multiscale; napari-sam segments single-resolution images"
-            )
+            raise InputError(f"layer {layer.name!r} is multiscale; napari-sam segments single-resolution images")
         data = layer.data
         rgb = bool(layer.rgb)
         spatial = data.ndim - (1 if rgb else 0)
@@ -65,18 +59,12 @@ class ImageSource:
             raise InputError(f"layer {layer.name!r}: unsupported data type {arr.dtype}")
         if rgb:
             if arr.shape[-1] not in (3, 4):
-                raise InputError(
-                    f"layer {layer.name!r}: RGB with {arr.shape[-1]} channels; expected 3 or 4"
-                )
+                raise InputError(f"layer {layer.name!r}: RGB with {arr.shape[-1]} channels; expected 3 or 4")
             arr = arr[..., :3]
         if min(arr.shape[:spatial]) < 2 and spatial == 2:
-            raise InputError(
-                f"layer {layer.name!r}: image of shape {arr.shape} is too small to segment"
-            )
+            raise InputError(f"layer {layer.name!r}: image of shape {arr.shape} is too small to segment")
         volume = arr[None] if spatial == 2 else arr
-        if np.issubdtype(volume.dtype, np.floating) and not np.all(
-            np.isfinite(volume[:: max(1, len(volume) // 8)])
-        ):
+        if np.issubdtype(volume.dtype, np.floating) and not np.all(np.isfinite(volume[:: max(1, len(volume) // 8)])):
             raise InputError(f"layer {layer.name!r}: image holds NaN or infinite values")
         geom = geometry_from_metadata(layer.metadata)
         if geom is None:

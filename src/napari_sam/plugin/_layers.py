@@ -34,11 +34,7 @@ class SessionLayers:
     """
 
     def __init__(
-        self,
-        viewer: Any,
-        source: ImageSource,
-        labels_layer: Any = None,
-        source_path: str | None = None,
+        self, viewer: Any, source: ImageSource, labels_layer: Any = None, source_path: str | None = None
     ) -> None:
         from napari.layers import Labels, Points, Shapes
 
@@ -77,17 +73,10 @@ class SessionLayers:
         preview = self._reusable(name, labels_type)
         if preview is None or tuple(preview.data.shape) != src.layer_shape:
             preview = self.viewer.add_layer(
-                labels_type(
-                    np.zeros(src.layer_shape, np.uint8),
-                    name=name,
-                    opacity=0.5,
-                    **src.transform_kwargs(),
-                )
+                labels_type(np.zeros(src.layer_shape, np.uint8), name=name, opacity=0.5, **src.transform_kwargs())
             )
         preview.data[...] = 0
-        preview.colormap = DirectLabelColormap(
-            color_dict={None: PREVIEW_COLOR, 0: (0, 0, 0, 0), 1: PREVIEW_COLOR}
-        )
+        preview.colormap = DirectLabelColormap(color_dict={None: PREVIEW_COLOR, 0: (0, 0, 0, 0), 1: PREVIEW_COLOR})
         preview.editable = False
         preview.refresh()
         return preview

@@ -31,11 +31,7 @@ def _image_volume(session: Any) -> Volume:
 
         folder = str(p if p.is_dir() else p.parent)
         ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
-        files = max(
-            (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, s) for s in ids),
-            key=len,
-            default=(),
-        )
+        files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, s) for s in ids), key=len, default=())
         if len(files) == src.shape[0]:
             meta["dicom_file_names"] = list(files)
     return Volume(src.volume, src.geometry, meta)
@@ -65,9 +61,7 @@ def add_label_map(
             new_ids.append(oid)
             if i in present:
                 mask = labels == i
-                model.load_masks(
-                    oid, {int(z): mask[z] for z in np.flatnonzero(mask.any(axis=(1, 2)))}
-                )
+                model.load_masks(oid, {int(z): mask[z] for z in np.flatnonzero(mask.any(axis=(1, 2)))})
     return step.changes, new_ids
 
 

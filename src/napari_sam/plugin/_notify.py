@@ -11,11 +11,9 @@ def notify(level: str, message: str) -> None:
     """A napari notification (``level``: info, warning, error)."""
     from napari.utils import notifications
 
-    {
-        "info": notifications.show_info,
-        "warning": notifications.show_warning,
-        "error": notifications.show_error,
-    }[level](message)
+    {"info": notifications.show_info, "warning": notifications.show_warning, "error": notifications.show_error}[level](
+        message
+    )
 
 
 def notify_error(error: BaseException) -> None:

@@ -72,9 +72,7 @@ class Preview(QObject):
         self._waiting: _Request | None = None
         self._asked: tuple | None = None  # the prompt of the preview shown or being decoded
         # zoom crops go through the widgets' shared provider (one memory tier, one encoder lock)
-        crops = CropEmbeddings(
-            session.backend, provider=STORES.provider(session.backend, cache_dir)
-        )
+        crops = CropEmbeddings(session.backend, provider=STORES.provider(session.backend, cache_dir))
         self._predictor = SlicePredictor(session.backend, zoom=True, crop_embeddings=crops)
         self.decoder = DecodeRunner(self)
         self.decoder.done.connect(self._on_decoded)
@@ -94,11 +92,7 @@ class Preview(QObject):
             return
         s.pos = pos
         prompt = pl.slice_prompt(s.points, s.boxes, s.source, pos)
-        key = (
-            None
-            if prompt is None
-            else (pos, id(s.store()), json.dumps(prompt.to_json()), s.model.current_id)
-        )
+        key = None if prompt is None else (pos, id(s.store()), json.dumps(prompt.to_json()), s.model.current_id)
         if key is not None and key == self._asked:
             return  # same prompt as the preview shown or being computed (e.g. a selection change)
         self._asked = None
@@ -106,14 +100,10 @@ class Preview(QObject):
         self._waiting = None
         if prompt is None or prompt.only_negative:
             self.prediction = None
-            self.prediction_pos, self.prediction_prompt = (
-                (pos, prompt) if prompt is not None else (None, None)
-            )
+            self.prediction_pos, self.prediction_prompt = (pos, prompt) if prompt is not None else (None, None)
             self.clear()
             if prompt is not None:
-                s.status.emit(
-                    "only negative clicks: commit marks this slice as 'object absent' (stops propagation)"
-                )
+                s.status.emit("only negative clicks: commit marks this slice as 'object absent' (stops propagation)")
             return
         previous = s.model.previous_for(s.model.current_id, pos.axis, pos.index, prompt)
         req = _Request(self._version, pos, s.store(), prompt, previous, t_change)
@@ -127,21 +117,14 @@ class Preview(QObject):
 
     def _submit(self, req: _Request) -> None:
         self._waiting = None
-        self._asked = (
-            req.pos,
-            id(req.store),
-            json.dumps(req.prompt.to_json()),
-            self.s.model.current_id,
-        )
+        self._asked = (req.pos, id(req.store), json.dumps(req.prompt.to_json()), self.s.model.current_id)
         emb = req.store.peek(req.pos.index)
         predictor, zoom, key_choice = self._predictor, self.zoom, self.s.model.key_choice
 
         def job() -> Prediction:
             req.t_decode_start = time.perf_counter()
             # the slice's pixels for the zoom path, windowed here on the decode thread
-            predictor.set_embedding(
-                emb, image=req.store.model_input(req.pos.index) if zoom else None
-            )
+            predictor.set_embedding(emb, image=req.store.model_input(req.pos.index) if zoom else None)
             out = decode_key(predictor, req.prompt, req.previous, key_choice)
             req.t_decode_end = time.perf_counter()
             return out
@@ -159,9 +142,7 @@ class Preview(QObject):
     def waiting(self) -> bool:
         return self._waiting is not None
 
-    def _on_decoded(
-        self, req: _Request, result: Prediction | None, error: Exception | None
-    ) -> None:
+    def _on_decoded(self, req: _Request, result: Prediction | None, error: Exception | None) -> None:
         s = self.s
         if s.closed:
             return

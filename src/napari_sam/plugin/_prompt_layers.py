@@ -41,17 +41,13 @@ def current_position(viewer: Any, source: ImageSource) -> SlicePosition:
     if source.is_2d:
         return SlicePosition(0, 0)
     if viewer.dims.ndisplay != 2:
-        raise InputError(
-            "the viewer is in 3D display; switch to 2D (Ctrl+Y) to give prompts on a slice"
-        )
+        raise InputError("the viewer is in 3D display; switch to 2D (Ctrl+Y) to give prompts on a slice")
     layer = source.layer
     offset = viewer.dims.ndim - layer.ndim
     displayed_world = set(viewer.dims.displayed)
     hidden = [d for d in range(layer.ndim) if d + offset not in displayed_world]
     if len(hidden) != 1:
-        raise InputError(
-            f"cannot tell which slice of {layer.name!r} is shown (hidden axes {hidden})"
-        )
+        raise InputError(f"cannot tell which slice of {layer.name!r} is shown (hidden axes {hidden})")
     axis = hidden[0]
     point = np.asarray(viewer.dims.point, dtype=float)
     data = np.asarray(layer.world_to_data(point[-layer.ndim :]), dtype=float)
@@ -78,9 +74,7 @@ def _to_image_data(layer: Any, source: ImageSource, coords: np.ndarray) -> np.nd
     ):
         out = coords
     else:
-        out = np.array([img.world_to_data(layer.data_to_world(c)) for c in coords]).reshape(
-            -1, img.ndim
-        )
+        out = np.array([img.world_to_data(layer.data_to_world(c)) for c in coords]).reshape(-1, img.ndim)
     if source.is_2d:
         out = np.concatenate([np.zeros((len(out), 1)), out], axis=1)
     return out
@@ -156,9 +150,7 @@ def is_negative(points: Any) -> bool:
     return str(points.feature_defaults["sign"].iloc[0]) == "negative"
 
 
-def slice_prompt(
-    points: Any, boxes: Any, source: ImageSource, pos: SlicePosition
-) -> SlicePrompt | None:
+def slice_prompt(points: Any, boxes: Any, source: ImageSource, pos: SlicePosition) -> SlicePrompt | None:
     """The prompt drawn on slice ``pos``: its clicks and the newest box there.
 
     Coordinates are clipped to the slice; None when the slice holds no prompt.
@@ -170,9 +162,7 @@ def slice_prompt(
         zyx = _to_image_data(points, source, points.data)
         on = _on_plane(zyx, pos)
         rc = _plane_rc(zyx[on], pos.axis)
-        inside = (
-            (rc[:, 0] >= -0.5) & (rc[:, 0] <= h - 0.5) & (rc[:, 1] >= -0.5) & (rc[:, 1] <= w - 0.5)
-        )
+        inside = (rc[:, 0] >= -0.5) & (rc[:, 0] <= h - 0.5) & (rc[:, 1] >= -0.5) & (rc[:, 1] <= w - 0.5)
         signs = np.asarray(points.features["sign"].astype(str))[on][inside]
         pts = np.clip(rc[inside], 0, [h - 1, w - 1]).astype(np.float32)
         labels = (signs == "positive").astype(np.int64)
@@ -187,9 +177,7 @@ def slice_prompt(
             box = (float(r0), float(c0), float(r1), float(c1))
     if box is None and len(pts) == 0:
         return None
-    return SlicePrompt(
-        points=pts, labels=labels, box=box, slice=None if source.is_2d else pos.index
-    )
+    return SlicePrompt(points=pts, labels=labels, box=box, slice=None if source.is_2d else pos.index)
 
 
 def box_indices_on_slice(boxes: Any, source: ImageSource, pos: SlicePosition) -> list[int]:

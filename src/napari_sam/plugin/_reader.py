@@ -74,9 +74,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             continue
         volume = read_image(_series_root(p), series=_series_of(p))
         side = _our_labels_sidecar(p)
-        out.append(
-            labels_to_layer_data(volume, side) if side is not None else volume_to_layer_data(volume)
-        )
+        out.append(labels_to_layer_data(volume, side) if side is not None else volume_to_layer_data(volume))
     return out
 
 
@@ -104,9 +102,7 @@ def labels_to_layer_data(volume: Volume, sidecar: dict[str, Any]) -> LayerData:
     kwargs["metadata"]["napari_sam"]["objects"] = objects
     from ._layer_setup import object_features
 
-    kwargs["features"] = object_features(
-        {int(k): v.get("name", str(k)) for k, v in objects.items()}
-    )
+    kwargs["features"] = object_features({int(k): v.get("name", str(k)) for k, v in objects.items()})
     kwargs["name"] = f"{kwargs['name']}"
     try:
         from napari.utils.colormaps import DirectLabelColormap
@@ -154,15 +150,8 @@ def volume_to_layer_data(volume: Volume, name: str | None = None) -> LayerData:
     if name is None:
         p = Path(src) if src else None
         name = (p.name[: -len(_suffix(p))] if p and _suffix(p) else p.name) if p else "image"
-    kwargs: dict[str, Any] = {
-        "name": name,
-        **layer_transform(volume.geometry, ndim=2 if volume.is_2d else 3),
-    }
-    extra = {
-        k: volume.metadata.get(k)
-        for k in ("path", "modality", "dicom_window")
-        if volume.metadata.get(k)
-    }
+    kwargs: dict[str, Any] = {"name": name, **layer_transform(volume.geometry, ndim=2 if volume.is_2d else 3)}
+    extra = {k: volume.metadata.get(k) for k in ("path", "modality", "dicom_window") if volume.metadata.get(k)}
     if extra.get("dicom_window") is not None:
         extra["dicom_window"] = list(extra["dicom_window"])
     kwargs["metadata"] = layer_metadata(volume.geometry, **extra)
@@ -180,10 +169,4 @@ def volume_to_layer_data(volume: Volume, name: str | None = None) -> LayerData:
     return arr, kwargs, "image"
 
 
-__all__ = [
-    "get_reader",
-    "read_layers",
-    "volume_to_layer_data",
-    "labels_to_layer_data",
-    "InputError",
-]
+__all__ = ["get_reader", "read_layers", "volume_to_layer_data", "labels_to_layer_data", "InputError"]

@@ -77,15 +77,10 @@ class RunWorker(QObject):
             notify("info", "napari-sam: a propagation is already running")
             return None
         if obj is None or obj.state is None or not obj.state.key_slices:
-            notify(
-                "info", f"napari-sam: commit at least one slice of the object before you {action}"
-            )
+            notify("info", f"napari-sam: commit at least one slice of the object before you {action}")
             return None
         if obj.state.axis != s.pos.axis:
-            notify(
-                "warning",
-                f"napari-sam: {obj.name} was segmented along axis {obj.state.axis}; view that axis",
-            )
+            notify("warning", f"napari-sam: {obj.name} was segmented along axis {obj.state.axis}; view that axis")
             return None
         return Propagator(s.backend, s.store(), key_choice=s.model.key_choice)
 
@@ -95,9 +90,7 @@ class RunWorker(QObject):
         if propagator is None:
             return False
         if not obj.state.needs_run:
-            self.s.status.emit(
-                f"{obj.name}: already propagated (commit a correction to redo part of it)"
-            )
+            self.s.status.emit(f"{obj.name}: already propagated (commit a correction to redo part of it)")
             return False
         return self.start(self.s.model.propagation(obj.id, propagator), f"propagating {obj.name}")
 
@@ -124,9 +117,7 @@ class RunWorker(QObject):
         if run is None or s.closed:
             return
         s.layers.apply(s.model.apply(run, event))
-        update_napari_progress(
-            self.pbar, int(event.done), int(event.total), f"napari-sam: {run.what}: {event.stage}"
-        )
+        update_napari_progress(self.pbar, int(event.done), int(event.total), f"napari-sam: {run.what}: {event.stage}")
         if event.payload is not None:  # a finished slice (not the run's closing event)
             self.progressed.emit(int(event.payload.index), int(event.done), int(event.total))
 

@@ -17,32 +17,19 @@ from ..io import Geometry, Volume
 from ._reader import LayerData, volume_to_layer_data
 
 #: structure name -> label id in :func:`ct_phantom_arrays`'s truth
-PHANTOM_STRUCTURES = {
-    "liver": 1,
-    "spleen": 2,
-    "kidney_right": 3,
-    "kidney_left": 4,
-    "aorta": 5,
-    "vertebra": 6,
-}
+PHANTOM_STRUCTURES = {"liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4, "aorta": 5, "vertebra": 6}
 
 
 def _ellipsoid(
-    shape: tuple[int, int, int],
-    center: tuple[float, float, float],
-    radii: tuple[float, float, float],
+    shape: tuple[int, int, int], center: tuple[float, float, float], radii: tuple[float, float, float]
 ) -> np.ndarray:
     z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
     return (
-        ((z - center[0]) / radii[0]) ** 2
-        + ((y - center[1]) / radii[1]) ** 2
-        + ((x - center[2]) / radii[2]) ** 2
+        ((z - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2 + ((x - center[2]) / radii[2]) ** 2
     ) <= 1.0
 
 
-def ct_phantom_arrays(
-    shape: tuple[int, int, int] = (32, 160, 192), seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def ct_phantom_arrays(shape: tuple[int, int, int] = (32, 160, 192), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The phantom's (z, y, x) int16 HU volume and its (z, y, x) uint8 truth labels
     (ids in :data:`PHANTOM_STRUCTURES`)."""
     nz, ny, nx = shape
@@ -50,12 +37,8 @@ def ct_phantom_arrays(
     hu = np.full(shape, -1000.0, np.float32)
     truth = np.zeros(shape, np.uint8)
     zz = np.arange(nz)[:, None, None]
-    body = _ellipsoid((1, ny, nx), (0, ny * 0.52, nx * 0.5), (1, ny * 0.40, nx * 0.46))[0][
-        None
-    ].repeat(nz, 0)
-    inner = _ellipsoid((1, ny, nx), (0, ny * 0.52, nx * 0.5), (1, ny * 0.36, nx * 0.42))[0][
-        None
-    ].repeat(nz, 0)
+    body = _ellipsoid((1, ny, nx), (0, ny * 0.52, nx * 0.5), (1, ny * 0.40, nx * 0.46))[0][None].repeat(nz, 0)
+    inner = _ellipsoid((1, ny, nx), (0, ny * 0.52, nx * 0.5), (1, ny * 0.36, nx * 0.42))[0][None].repeat(nz, 0)
     hu[body] = -90.0  # subcutaneous fat
     hu[inner] = 35.0  # muscle / soft tissue
     # organs: (name, centre z/y/x as fractions, radii z/y/x as fractions, HU)
@@ -66,10 +49,7 @@ def ct_phantom_arrays(
         ("kidney_left", (0.68, 0.62, 0.67), (0.22, 0.09, 0.06), 160.0),
     ]
     for name, c, r, value in organs:
-        m = (
-            _ellipsoid(shape, (c[0] * nz, c[1] * ny, c[2] * nx), (r[0] * nz, r[1] * ny, r[2] * nx))
-            & inner
-        )
+        m = _ellipsoid(shape, (c[0] * nz, c[1] * ny, c[2] * nx), (r[0] * nz, r[1] * ny, r[2] * nx)) & inner
         hu[m] = value
         truth[m] = PHANTOM_STRUCTURES[name]
     # aorta: a vertical cylinder in front of the spine, slightly wandering
@@ -101,9 +81,7 @@ def make_ct_phantom() -> list[LayerData]:
     return [volume_to_layer_data(vol, name="CT phantom")]
 
 
-def rgb_cells_array(
-    shape: tuple[int, int] = (256, 256), n_cells: int = 28, seed: int = 1
-) -> np.ndarray:
+def rgb_cells_array(shape: tuple[int, int] = (256, 256), n_cells: int = 28, seed: int = 1) -> np.ndarray:
     """(y, x, 3) uint8 RGB image of hematoxylin-like nuclei on an eosin-like background."""
     rng = np.random.default_rng(seed)
     h, w = shape
@@ -128,7 +106,5 @@ def rgb_cells_array(
 
 def make_rgb_cells() -> list[LayerData]:
     """npe2 sample data: a 2D RGB image of stained nuclei."""
-    vol = Volume(
-        rgb_cells_array()[None], Geometry(spacing=(0.5, 0.5, 1.0)), {"is_2d": True, "is_rgb": True}
-    )
+    vol = Volume(rgb_cells_array()[None], Geometry(spacing=(0.5, 0.5, 1.0)), {"is_2d": True, "is_rgb": True})
     return [volume_to_layer_data(vol, name="RGB cells")]

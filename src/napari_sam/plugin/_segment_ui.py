@@ -37,14 +37,7 @@ from ._reader_preference import ReaderOffer
 from ._session_files import RecoveryOffer
 from ._vocabulary import vocabulary
 
-__all__ = [
-    "SHORTCUTS",
-    "SHORTCUT_METHODS",
-    "build_segment_ui",
-    "make_button",
-    "swatch",
-    "available_devices",
-]
+__all__ = ["SHORTCUTS", "SHORTCUT_METHODS", "build_segment_ui", "make_button", "swatch", "available_devices"]
 
 #: action -> (key, what it does); bound on the viewer while the widget is open
 SHORTCUTS: dict[str, tuple[str, str]] = {
@@ -53,24 +46,12 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
     "commit": ("Shift-C", "commit the preview to the current object on this slice"),
     "clear_prompts": ("Shift-X", "clear the clicks and box on this slice"),
     "propagate": ("Shift-S", "propagate the current object through the volume"),
-    "cancel_propagation": (
-        "Shift-Escape",
-        "cancel the running propagation (finished slices are kept)",
-    ),
+    "cancel_propagation": ("Shift-Escape", "cancel the running propagation (finished slices are kept)"),
     "add_object": ("Shift-O", "add a new object"),
-    "undo": (
-        "Shift-Z",
-        "undo the last commit / propagation / paint (also Ctrl+Z on the labels layer)",
-    ),
-    "redo": (
-        "Shift-Y",
-        "redo what the last undo took back (also Ctrl+Shift+Z on the labels layer)",
-    ),
+    "undo": ("Shift-Z", "undo the last commit / propagation / paint (also Ctrl+Z on the labels layer)"),
+    "redo": ("Shift-Y", "redo what the last undo took back (also Ctrl+Shift+Z on the labels layer)"),
     "export": ("Shift-E", "save the labels as NIfTI in the image's geometry"),
-    "save_session": (
-        "Shift-W",
-        "save the session (objects, key slices, prompts, labels) to a folder",
-    ),
+    "save_session": ("Shift-W", "save the session (objects, key slices, prompts, labels) to a folder"),
 }
 
 #: the widget method each shortcut calls (the action's name when not listed)
@@ -156,10 +137,7 @@ def _model_form(w: Any, lay: Any) -> None:
 
 def _browse_checkpoint(w: Any) -> None:
     path, _ = QFileDialog.getOpenFileName(
-        w,
-        "Model checkpoint",
-        str(Path.home()),
-        "Checkpoints (*.pt *.pth *.ckpt *.safetensors);;All files (*)",
+        w, "Model checkpoint", str(Path.home()), "Checkpoints (*.pt *.pth *.ckpt *.safetensors);;All files (*)"
     )
     if path:
         w.checkpoint_edit.setText(path)
@@ -185,9 +163,7 @@ def _options(w: Any, lay: Any) -> None:
     )
     w.zoom_check.toggled.connect(w._set_zoom)
     lay.addWidget(w.zoom_check)
-    w.start_button = make_button(
-        "Start", None, w.start, "Load the model and add the prompt, preview and labels layers"
-    )
+    w.start_button = make_button("Start", None, w.start, "Load the model and add the prompt, preview and labels layers")
     lay.addWidget(w.start_button)
 
 
@@ -227,9 +203,7 @@ def _objects_box(w: Any, lay: Any) -> None:
     obox = QGroupBox("Objects")
     ol = QVBoxLayout(obox)
     w.object_list = QListWidget()
-    w.object_list.setToolTip(
-        "Objects (one label id each). Double-click to rename; select to make current"
-    )
+    w.object_list.setToolTip("Objects (one label id each). Double-click to rename; select to make current")
     w.object_list.setMaximumHeight(120)
     w.object_list.currentItemChanged.connect(w._on_object_selected)
     w.object_list.itemChanged.connect(w._on_object_edited)
@@ -272,8 +246,7 @@ def _volume_box(w: Any, lay: Any) -> None:
         "Embed all slices",
         None,
         w.embed_all,
-        "Compute every slice's image embedding in the background "
-        "(otherwise slices are embedded when first needed)",
+        "Compute every slice's image embedding in the background (otherwise slices are embedded when first needed)",
     )
     vl.addWidget(w.embed_all_button)
     w.progress_panel = ProgressPanel(on_slice=w._show_slice)
@@ -297,9 +270,7 @@ def _bottom(w: Any, lay: Any) -> None:
         row.addWidget(b)
     lay.addLayout(row)
     row = QHBoxLayout()
-    w.save_session_button = make_button(
-        "Save session...", "save_session", w.save_session_dialog, ""
-    )
+    w.save_session_button = make_button("Save session...", "save_session", w.save_session_dialog, "")
     w.open_session_button = make_button(
         "Open session...",
         None,
@@ -326,9 +297,7 @@ def build_segment_ui(w: Any) -> None:
     w.reader_offer = ReaderOffer()  # once: make napari-sam napari's reader for medical files
     lay.addWidget(w.reader_offer)
     w.reader_offer.setVisible(w.reader_offer.should_offer())  # (after parenting, which hides)
-    w.recovery_offer = RecoveryOffer(
-        w._on_recovery_answer
-    )  # shown when a crashed session left work
+    w.recovery_offer = RecoveryOffer(w._on_recovery_answer)  # shown when a crashed session left work
     lay.addWidget(w.recovery_offer)
     w.recovery_offer.setVisible(False)
     _model_form(w, lay)

@@ -45,15 +45,7 @@ __all__ = ["SegmentSession", "notify", "PREVIEW_COLOR"]
 
 #: what the session reads from its preview (see SegmentSession.__getattr__)
 _PREVIEW_STATE = frozenset(
-    {
-        "prediction",
-        "prediction_pos",
-        "prediction_prompt",
-        "candidate",
-        "previews_shown",
-        "latencies",
-        "latency_parts",
-    }
+    {"prediction", "prediction_pos", "prediction_prompt", "candidate", "previews_shown", "latencies", "latency_parts"}
 )
 
 
@@ -97,10 +89,7 @@ class SegmentSession(QObject):
         self._volume_hash = content_hash(source.volume)
         self._window = source.window()
         self.model = Annotation(
-            source.shape,
-            source.geometry.scale_zyx,
-            is_2d=source.is_2d,
-            key_choice=key_choice_for(self._volume()),
+            source.shape, source.geometry.scale_zyx, is_2d=source.is_2d, key_choice=key_choice_for(self._volume())
         )
         self.objects = ObjectsView(self.model)
         self.layers = SessionLayers(viewer, source, labels_layer, self.source_path())
@@ -135,9 +124,7 @@ class SegmentSession(QObject):
         from ._writer import object_table
 
         names, colors = object_table(self.labels.metadata)
-        add_label_map(
-            self.model, self.layers.label_map(), names, colors, "labels layer", keep_ids=True
-        )
+        add_label_map(self.model, self.layers.label_map(), names, colors, "labels layer", keep_ids=True)
         self.model.history.clear()
         if len(self.model):
             self.model.select(self.model.objects[0].id)
@@ -147,10 +134,7 @@ class SegmentSession(QObject):
         """Ctrl+Z / Ctrl+Shift+Z on the labels layer undo and redo through the annotation."""
         from app_model.types import KeyCode, KeyMod
 
-        self._layer_keys = [
-            KeyMod.CtrlCmd | KeyCode.KeyZ,
-            KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ,
-        ]
+        self._layer_keys = [KeyMod.CtrlCmd | KeyCode.KeyZ, KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ]
         self.labels.bind_key(self._layer_keys[0], lambda _layer: self.undo(), overwrite=True)
         self.labels.bind_key(self._layer_keys[1], lambda _layer: self.redo(), overwrite=True)
 
@@ -203,12 +187,7 @@ class SegmentSession(QObject):
     def store(self) -> SharedSliceEmbeddings:
         """The embeddings for the current window and slicing axis (created on first use)."""
         return STORES.get(
-            self.backend,
-            self.source.volume,
-            self._volume_hash,
-            self._window,
-            self.pos.axis,
-            cache_dir=self.cache_dir,
+            self.backend, self.source.volume, self._volume_hash, self._window, self.pos.axis, cache_dir=self.cache_dir
         )
 
     def on_slice_settled(self) -> None:
@@ -227,20 +206,13 @@ class SegmentSession(QObject):
             return
         self._window = window
         self.queue.set_store(self.store())
-        self.status.emit(
-            f"window {window.lo:g}..{window.hi:g}: the model now sees these contrast limits"
-        )
+        self.status.emit(f"window {window.lo:g}..{window.hi:g}: the model now sees these contrast limits")
         self.queue.request(self.pos.index)
         self.update_preview()
 
     def _on_embedding_ready(self, store: SharedSliceEmbeddings, index: int) -> None:
         self.embedding_ready.emit(index)
-        if (
-            index == self.pos.index
-            and store is self.store()
-            and not self.previewer.waiting
-            and not self.propagating
-        ):
+        if index == self.pos.index and store is self.store() and not self.previewer.waiting and not self.propagating:
             self.status.emit(f"{self.where(index)} ready: draw a box or click")
         self.previewer.on_embedding_ready(store, index)
 
@@ -326,10 +298,7 @@ class SegmentSession(QObject):
         try:
             changes = call(*args, **kwargs)
         except (NapariSamError, KeyError) as exc:
-            notify(
-                "warning" if isinstance(exc, UsageError) else "info",
-                f"napari-sam: {str(exc).strip(chr(39))}",
-            )
+            notify("warning" if isinstance(exc, UsageError) else "info", f"napari-sam: {str(exc).strip(chr(39))}")
             return None
         self.apply(changes)
         return changes
@@ -380,10 +349,7 @@ class SegmentSession(QObject):
             notify("warning", "napari-sam: switch to a 2D view to commit a slice")
             return False
         if self.propagating:
-            notify(
-                "info",
-                "napari-sam: wait for the propagation to finish (or cancel it) before committing",
-            )
+            notify("info", "napari-sam: wait for the propagation to finish (or cancel it) before committing")
             return False
         pv = self.previewer
         stop = (
@@ -394,37 +360,21 @@ class SegmentSession(QObject):
         )
         mask = pv.mask
         if mask is None and not stop:
-            notify(
-                "info",
-                "napari-sam: nothing to commit on this slice: draw a box or click, wait for the preview",
-            )
+            notify("info", "napari-sam: nothing to commit on this slice: draw a box or click, wait for the preview")
             return False
         latest = pl.slice_prompt(self.points, self.boxes, self.source, pos)
-        if (
-            latest is None
-            or pv.prediction_prompt is None
-            or latest.to_json() != pv.prediction_prompt.to_json()
-        ):
-            notify(
-                "info",
-                "napari-sam: the preview is being updated for your latest prompt; commit once it shows",
-            )
+        if latest is None or pv.prediction_prompt is None or latest.to_json() != pv.prediction_prompt.to_json():
+            notify("info", "napari-sam: the preview is being updated for your latest prompt; commit once it shows")
             return False
-        changes = self._do(
-            self._commit, pos, pv.prediction_prompt, None if stop else mask, pv.exact
-        )
+        changes = self._do(self._commit, pos, pv.prediction_prompt, None if stop else mask, pv.exact)
         if changes is None:
             return False
         self.clear_prompts()
         name = self.model.current.name if self.model.current else "the object"
-        self.status.emit(
-            f"committed {self.where(pos.index)} to {name}" + (" (object absent)" if stop else "")
-        )
+        self.status.emit(f"committed {self.where(pos.index)} to {name}" + (" (object absent)" if stop else ""))
         return True
 
-    def _commit(
-        self, pos: pl.SlicePosition, prompt: SlicePrompt, mask: np.ndarray | None, exact: bool
-    ) -> ChangeSet:
+    def _commit(self, pos: pl.SlicePosition, prompt: SlicePrompt, mask: np.ndarray | None, exact: bool) -> ChangeSet:
         with self.model.batch(f"commit {self.where(pos.index)}") as step:
             if self.model.current is None:
                 self.model.add_object()
@@ -462,9 +412,7 @@ class SegmentSession(QObject):
         negative regions carved in 3D). Runs in the background like
         :meth:`propagate` (``propagation_finished`` when done); one undo step.
         Returns True if it started."""
-        return self.runs.correct(
-            self.model.current, Correction(tuple(int(v) for v in point), int(label))
-        )
+        return self.runs.correct(self.model.current, Correction(tuple(int(v) for v in point), int(label)))
 
     def cancel_propagation(self) -> None:
         """Stop the running propagation after the slice in progress; finished slices are kept."""
@@ -499,9 +447,7 @@ class SegmentSession(QObject):
         old = self.layers.label_map()
         self.model = self.objects.model = model
         self.files.adopt(model)
-        self.apply(
-            ChangeSet.between(old, np.asarray(model.labels), {o.id for o in model.objects}, True)
-        )
+        self.apply(ChangeSet.between(old, np.asarray(model.labels), {o.id for o in model.objects}, True))
         self.objects.store_in(self.labels)
         self.objects_changed.emit()
 

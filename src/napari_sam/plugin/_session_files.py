@@ -60,10 +60,7 @@ class SessionFiles:
 
     def _settings(self) -> dict[str, Any]:
         w = self.s.source.window()
-        return {
-            "window": [w.lo, w.hi],
-            "zoom": bool(self.s.zoom) if hasattr(self.s, "previewer") else True,
-        }
+        return {"window": [w.lo, w.hi], "zoom": bool(self.s.zoom) if hasattr(self.s, "previewer") else True}
 
     def save(self, folder: str | Path) -> Path:
         """Save the session (objects, key slices, prompts, results, label map) to ``folder``."""
@@ -71,9 +68,7 @@ class SessionFiles:
 
     def open(self, folder: str | Path) -> Annotation:
         """The annotation saved in ``folder``; InputError when it belongs to another image."""
-        return open_session(
-            folder, image=self.s.source.volume, image_path=self.image.path
-        ).annotation
+        return open_session(folder, image=self.s.source.volume, image_path=self.image.path).annotation
 
     def restore_previous(self) -> Annotation | None:
         """The annotation of the copy left by a session that did not end cleanly (None when none)."""
@@ -148,9 +143,7 @@ class SessionFileActions:
         if s is None:
             return None
         proposed = default_export_path(s.source.layer.name).with_suffix("").with_suffix(".session")
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save session (a folder)", str(proposed), "Sessions (*.session)"
-        )
+        path, _ = QFileDialog.getSaveFileName(self, "Save session (a folder)", str(proposed), "Sessions (*.session)")
         return self.save_session(path) if path else None
 
     def open_session_dialog(self) -> bool:

@@ -34,9 +34,7 @@ def labels_geometry(data_shape: tuple[int, ...], meta: Mapping[str, Any]) -> Geo
     return geometry_from_transform(scale, meta.get("translate"), affine)
 
 
-def object_table(
-    metadata: Mapping[str, Any] | None,
-) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]:
+def object_table(metadata: Mapping[str, Any] | None) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]:
     """(names, colours) by label id from ``metadata["napari_sam"]["objects"]``."""
     entry = (metadata or {}).get(METADATA_KEY) or {}
     names: dict[int, str] = {}
@@ -65,9 +63,7 @@ def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         raise InputError(f"{p}: napari-sam saves labels as .nii or .nii.gz")
     arr = np.asarray(data)
     if arr.ndim not in (2, 3):
-        raise InputError(
-            f"labels layer with {arr.ndim} dimensions (shape {arr.shape}): expected 2D or 3D"
-        )
+        raise InputError(f"labels layer with {arr.ndim} dimensions (shape {arr.shape}): expected 2D or 3D")
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
         raise InputError(f"labels layer of dtype {arr.dtype}: expected integers")
     geom = labels_geometry(arr.shape, meta)

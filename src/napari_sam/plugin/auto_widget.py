@@ -45,15 +45,7 @@ from ..models.base import Backend
 from ..zoom import ZoomSettings
 
 PRESETS = ("microscopy", "ct")
-PROPOSALS = (
-    "preset",
-    "blobs",
-    "regions",
-    "box-grid",
-    "point-grid",
-    "blobs+box-grid",
-    "regions+box-grid",
-)
+PROPOSALS = ("preset", "blobs", "regions", "box-grid", "point-grid", "blobs+box-grid", "regions+box-grid")
 
 
 def _notify(level: str, message: str) -> None:
@@ -74,10 +66,7 @@ class AutoSegmentWidget(QWidget):
     """
 
     def __init__(
-        self,
-        napari_viewer: Any,
-        backend: Backend | Callable[[], Backend] | None = None,
-        parent: QWidget | None = None,
+        self, napari_viewer: Any, backend: Backend | Callable[[], Backend] | None = None, parent: QWidget | None = None
     ) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -101,9 +90,7 @@ class AutoSegmentWidget(QWidget):
         form.addRow("Image", self.image_combo)
         self.preset_combo = QComboBox()
         self.preset_combo.addItems(PRESETS)
-        self.preset_combo.setToolTip(
-            "defaults for fluorescence microscopy (blobs) or CT (intensity regions)"
-        )
+        self.preset_combo.setToolTip("defaults for fluorescence microscopy (blobs) or CT (intensity regions)")
         self.preset_combo.currentTextChanged.connect(lambda _t: self._apply_preset())
         form.addRow("Preset", self.preset_combo)
         self.proposals_combo = QComboBox()
@@ -119,24 +106,18 @@ class AutoSegmentWidget(QWidget):
         form.addRow("Grid density", self.density_spin)
         self.quality_spin = self._unit_spin("minimum predicted IoU of a kept mask")
         form.addRow("Quality threshold", self.quality_spin)
-        self.stability_spin = self._unit_spin(
-            "minimum stability of a kept mask (IoU of masks at logit -1 and +1)"
-        )
+        self.stability_spin = self._unit_spin("minimum stability of a kept mask (IoU of masks at logit -1 and +1)")
         form.addRow("Stability threshold", self.stability_spin)
         self.min_size_spin = QSpinBox()
         self.min_size_spin.setRange(0, 10_000_000)
         self.min_size_spin.setSpecialValueText("auto")
-        self.min_size_spin.setToolTip(
-            "smallest object kept, pixels (auto: from the object diameter)"
-        )
+        self.min_size_spin.setToolTip("smallest object kept, pixels (auto: from the object diameter)")
         form.addRow("Min size (px)", self.min_size_spin)
         self.diameter_spin = QDoubleSpinBox()
         self.diameter_spin.setRange(0.0, 10000.0)
         self.diameter_spin.setDecimals(1)
         self.diameter_spin.setSpecialValueText("auto")
-        self.diameter_spin.setToolTip(
-            "typical object diameter in pixels (auto: estimated from the image)"
-        )
+        self.diameter_spin.setToolTip("typical object diameter in pixels (auto: estimated from the image)")
         form.addRow("Object diameter", self.diameter_spin)
         self.split_check = QCheckBox("keep blob outlines; the model splits touching ones")
         self.split_check.setToolTip(
@@ -147,8 +128,7 @@ class AutoSegmentWidget(QWidget):
         form.addRow("", self.split_check)
         self.zoom_check = QCheckBox("zoom small objects")
         self.zoom_check.setToolTip(
-            "decode each proposal on a magnified crop: sharper outlines, one encoder run "
-            "per crop (slower)"
+            "decode each proposal on a magnified crop: sharper outlines, one encoder run per crop (slower)"
         )
         form.addRow("", self.zoom_check)
         self.tile_spin = QSpinBox()
@@ -158,9 +138,7 @@ class AutoSegmentWidget(QWidget):
         form.addRow("Tile size", self.tile_spin)
         self.halo_spin = QSpinBox()
         self.halo_spin.setRange(0, 2048)
-        self.halo_spin.setToolTip(
-            "tile overlap on each side, pixels (the largest object never cut)"
-        )
+        self.halo_spin.setToolTip("tile overlap on each side, pixels (the largest object never cut)")
         form.addRow("Halo", self.halo_spin)
         self.current_slice_check = QCheckBox("current slice only (3D)")
         form.addRow("", self.current_slice_check)
@@ -211,18 +189,12 @@ class AutoSegmentWidget(QWidget):
         active = self.viewer.layers.selection.active
         if current in names:
             self.image_combo.setCurrentText(current)
-        elif isinstance(
-            active, Image
-        ):  # first fill: the image the user has selected, not the first one
+        elif isinstance(active, Image):  # first fill: the image the user has selected, not the first one
             self.image_combo.setCurrentText(active.name)
 
     def _apply_preset(self) -> None:
         """Show the chosen preset's defaults in the parameter fields."""
-        s = (
-            AutoSettings.for_ct()
-            if self.preset_combo.currentText() == "ct"
-            else AutoSettings.for_microscopy()
-        )
+        s = AutoSettings.for_ct() if self.preset_combo.currentText() == "ct" else AutoSettings.for_microscopy()
         self.proposals_combo.setCurrentText("preset")
         self.density_spin.setValue(s.points_per_side)
         self.quality_spin.setValue(s.quality_threshold)
@@ -284,10 +256,7 @@ class AutoSegmentWidget(QWidget):
         rgb = bool(getattr(layer, "rgb", False))
         ndim = data.ndim - (1 if rgb else 0)
         if ndim not in (2, 3):
-            _notify(
-                "error",
-                f"napari-sam: layer {layer.name!r} has {ndim} dimensions; expected 2D or 3D",
-            )
+            _notify("error", f"napari-sam: layer {layer.name!r} has {ndim} dimensions; expected 2D or 3D")
             return
         window = _layer_window(layer, data, rgb)
         z = None
@@ -345,13 +314,9 @@ class AutoSegmentWidget(QWidget):
         elif job.stack3d:
             # microscopy stack: 3D proposals in the layer's physical scale (napari_sam.automatic.volume)
             st = Stack3DSettings(spacing=job.scale, object_diameter=job.settings.object_diameter)
-            result = yield from StackSegmenter(backend, st, self._embeddings).iter_segment(
-                win.apply(job.data)
-            )
+            result = yield from StackSegmenter(backend, st, self._embeddings).iter_segment(win.apply(job.data))
         else:
-            result = yield from segmenter.iter_segment_volume(
-                lambda k: win.apply(job.data[k]), len(job.data)
-            )
+            result = yield from segmenter.iter_segment_volume(lambda k: win.apply(job.data[k]), len(job.data))
         return result
 
     def _on_progress(self, ev: Progress) -> None:
@@ -364,9 +329,7 @@ class AutoSegmentWidget(QWidget):
         self.last_result = result
         layer = self.viewer.layers[job.layer_name] if job.layer_name in self.viewer.layers else None
         labels = result.labels
-        if (
-            job.z is not None
-        ):  # one slice of a volume: a full-size labels layer with that slice filled
+        if job.z is not None:  # one slice of a volume: a full-size labels layer with that slice filled
             full = np.zeros(job.data.shape[:3], labels.dtype)
             full[job.z] = labels
             labels = full
@@ -387,10 +350,7 @@ class AutoSegmentWidget(QWidget):
             "diameter": result.diameter,
         }
         n = int(labels.max(initial=0))
-        self.status.setText(
-            f"{n} object(s) in {result.timings.get('total', 0.0):.1f} s "
-            f"({result.proposals} prompts)"
-        )
+        self.status.setText(f"{n} object(s) in {result.timings.get('total', 0.0):.1f} s ({result.proposals} prompts)")
 
     def _on_error(self, exc: Exception) -> None:
         msg = str(exc) if isinstance(exc, NapariSamError) else f"{type(exc).__name__}: {exc}"
@@ -430,9 +390,7 @@ class _Job:
 def _layer_window(layer: Any, data: np.ndarray, rgb: bool) -> Window:
     """The intensity window the model sees: the layer's contrast limits (what the user sees)."""
     if rgb:
-        return Window(
-            0.0, 255.0 if data.dtype == np.uint8 else float(max(1.0, data.max())), "dtype"
-        )
+        return Window(0.0, 255.0 if data.dtype == np.uint8 else float(max(1.0, data.max())), "dtype")
     lo, hi = (float(v) for v in layer.contrast_limits)
     if not hi > lo:
         hi = lo + 1.0

@@ -106,9 +106,7 @@ class LearnWidget(QWidget):
 
         self.image_combo, self.labels_combo = QComboBox(), QComboBox()
         self.image_combo.setToolTip("the image the objects were drawn on")
-        self.labels_combo.setToolTip(
-            "the Labels layer holding your committed objects (names: its 'name' feature)"
-        )
+        self.labels_combo.setToolTip("the Labels layer holding your committed objects (names: its 'name' feature)")
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 50)
         self.epochs.setValue(4)
@@ -116,22 +114,15 @@ class LearnWidget(QWidget):
         self.minutes.setRange(0.5, 240)
         self.minutes.setValue(10)
         self.folder_edit = QLineEdit()
-        self.folder_edit.setPlaceholderText(
-            "or a folder with images/ and labels/ (same file names)"
-        )
+        self.folder_edit.setPlaceholderText("or a folder with images/ and labels/ (same file names)")
         self.folder_edit.setToolTip(
             "train on a folder of image/label pairs instead of the layers above: "
             "FOLDER/images/X and FOLDER/labels/X, any reader format"
         )
         self.output_edit = QLineEdit()
         self.output_edit.setPlaceholderText("default: ~/napari-sam/<image>_tuned.pt")
-        self.output_edit.setToolTip(
-            "where the tuned checkpoint is written (atomically; never over an input)"
-        )
-        self.train_button, self.use_button = (
-            QPushButton("Fine-tune"),
-            QPushButton("Use in Segment Anything"),
-        )
+        self.output_edit.setToolTip("where the tuned checkpoint is written (atomically; never over an input)")
+        self.train_button, self.use_button = (QPushButton("Fine-tune"), QPushButton("Use in Segment Anything"))
         self.train_button.clicked.connect(self.train)
         self.use_button.clicked.connect(self.use_tuned)
         self.use_button.setEnabled(False)
@@ -196,10 +187,7 @@ class LearnWidget(QWidget):
         text = self.output_edit.text().strip()
         if text:
             return Path(text).expanduser()
-        stem = (
-            "".join(c if c.isalnum() or c in "-_" else "_" for c in self.image_combo.currentText())
-            or "image"
-        )
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.image_combo.currentText()) or "image"
         return Path.home() / "napari-sam" / f"{stem}_tuned.pt"
 
     # ------------------------------------------------------------------ jobs
@@ -230,9 +218,7 @@ class LearnWidget(QWidget):
         if out.suffix != ".pt":
             raise NapariSamError(f"{out}: the checkpoint must end in .pt")
         out.parent.mkdir(parents=True, exist_ok=True)
-        settings = FinetuneSettings(
-            epochs=self.epochs.value(), max_seconds=60 * self.minutes.value()
-        )
+        settings = FinetuneSettings(epochs=self.epochs.value(), max_seconds=60 * self.minutes.value())
 
         def work(progress, cancel):
             backend = load_model("lite_medsam")
@@ -267,13 +253,7 @@ class LearnWidget(QWidget):
         volume = _layer_volume(image)
         labels = np.asarray(labels_layer.data).astype(np.int64)
         labels = labels[None] if volume.is_2d else labels
-        return [
-            (
-                volume,
-                labels,
-                _label_names(labels_layer, [int(v) for v in np.unique(labels) if v != 0]),
-            )
-        ]
+        return [(volume, labels, _label_names(labels_layer, [int(v) for v in np.unique(labels) if v != 0]))]
 
     def find(self) -> None:
         """Segment the named classes on the chosen image with the tuned checkpoint."""
@@ -307,9 +287,7 @@ class LearnWidget(QWidget):
             for z in range(volume.shape[0]):
                 cancel.raise_if_set("finding")
                 embs.append(store.get(z))
-                progress(
-                    Progress(z + 1, volume.shape[0], f"reading slice {z + 1}/{volume.shape[0]}")
-                )
+                progress(Progress(z + 1, volume.shape[0], f"reading slice {z + 1}/{volume.shape[0]}"))
             doc, _found = text_prompts_file(
                 head,
                 names,
@@ -320,20 +298,14 @@ class LearnWidget(QWidget):
             )
             doc["window"] = [window.lo, window.hi]
             return segment_volume(
-                volume,
-                parse_prompts(doc, where="text"),
-                backend,
-                embeddings_for=lambda w, a: store,
-                cancel=cancel,
+                volume, parse_prompts(doc, where="text"), backend, embeddings_for=lambda w, a: store, cancel=cancel
             )
 
         def done(result) -> None:
             labels = result.labels[0] if volume.is_2d else result.labels
             layer = self.viewer.add_labels(labels, name=f"found: {', '.join(names)}", **transform)
             layer.features = {"index": list(result.names), "name": list(result.names.values())}
-            self.status.setText(
-                f"found {len(result.names)} of {len(names)}: {', '.join(result.names.values())}"
-            )
+            self.status.setText(f"found {len(result.names)} of {len(names)}: {', '.join(result.names.values())}")
 
         return work, done
 

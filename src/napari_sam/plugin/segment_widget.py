@@ -59,9 +59,7 @@ class SegmentWidget(SessionFileActions, QWidget):
         self.negative_button.setText("Clicks: negative" if negative else "Clicks: positive")
         self.negative_button.setChecked(negative)
         style = f"QPushButton {{ border: 2px solid {color}; color: {color}; }}"
-        self.negative_button.setStyleSheet(
-            style if self.session is not None else ""
-        )  # no colour before Start
+        self.negative_button.setStyleSheet(style if self.session is not None else "")  # no colour before Start
 
     def _set_zoom(self, on: bool) -> None:
         if self.session is not None:
@@ -214,9 +212,7 @@ class SegmentWidget(SessionFileActions, QWidget):
         worker.start()
         return True
 
-    def _on_model_loaded(
-        self, key: tuple[str, str, str, str], backend: Backend, source: ImageSource
-    ) -> None:
+    def _on_model_loaded(self, key: tuple[str, str, str, str], backend: Backend, source: ImageSource) -> None:
         self._loader = None
         self.start_button.setEnabled(True)
         if source.layer in self.viewer.layers:
@@ -234,10 +230,7 @@ class SegmentWidget(SessionFileActions, QWidget):
         self._stop_session()
         labels = None
         name = f"{source.layer.name} labels"
-        if (
-            name in self.viewer.layers
-            and tuple(self.viewer.layers[name].data.shape) == source.layer_shape
-        ):
+        if name in self.viewer.layers and tuple(self.viewer.layers[name].data.shape) == source.layer_shape:
             labels = self.viewer.layers[name]
         try:
             from ..cache import default_cache_dir
@@ -258,9 +251,7 @@ class SegmentWidget(SessionFileActions, QWidget):
         session.propagation_started.connect(self._update_enabled)
         session.propagation_finished.connect(lambda _c: self._update_enabled())
         session.propagation_started.connect(
-            lambda: self.progress_panel.started(
-                session.objects.current.name if session.objects.current else ""
-            )
+            lambda: self.progress_panel.started(session.objects.current.name if session.objects.current else "")
         )
         session.propagation_progress.connect(self.progress_panel.advanced)
         session.propagation_finished.connect(self.progress_panel.finished)
@@ -269,9 +260,7 @@ class SegmentWidget(SessionFileActions, QWidget):
         self._update_enabled()
         dev = getattr(backend, "device", "cpu")
         kind = "2D image" if source.is_2d else f"volume {source.shape}"
-        self._set_status(
-            f"{backend.name} on {dev}; {kind}. Draw a box (Shapes layer) or click (Points layer)."
-        )
+        self._set_status(f"{backend.name} on {dev}; {kind}. Draw a box (Shapes layer) or click (Points layer).")
         widen_contrast_range(source.layer)  # lung / bone windows stay reachable
         self.viewer.layers.selection.active = session.boxes
         for layer in (session.points, session.boxes):
@@ -338,9 +327,7 @@ class SegmentWidget(SessionFileActions, QWidget):
             self.candidates_view.show_candidates(None, None, None, 0)
             return
         plane = np.take(s.source.volume, s.prediction_pos.index, axis=s.prediction_pos.axis)
-        self.candidates_view.show_candidates(
-            s.source.window().apply(plane), p.masks, p.scores, s.candidate
-        )
+        self.candidates_view.show_candidates(s.source.window().apply(plane), p.masks, p.scores, s.candidate)
 
     def clear_prompts(self) -> None:
         s = self._need_session()
@@ -385,9 +372,7 @@ class SegmentWidget(SessionFileActions, QWidget):
             return
         oid = object_id if object_id is not None else s.objects.current.id
         if name is None:
-            text, ok = QInputDialog.getText(
-                self, "Rename object", "Name:", text=s.objects.get(oid).name
-            )
+            text, ok = QInputDialog.getText(self, "Rename object", "Name:", text=s.objects.get(oid).name)
             if not ok:
                 return
             name = text
@@ -473,12 +458,8 @@ class SegmentWidget(SessionFileActions, QWidget):
         self.object_list.blockSignals(True)
         s = self.session
         ids = [o.id for o in s.objects] if s is not None else []
-        listed = [
-            int(self.object_list.item(i).data(Qt.UserRole)) for i in range(self.object_list.count())
-        ]
-        if (
-            ids == listed and s is not None
-        ):  # same objects: update in place (safe inside an edit signal)
+        listed = [int(self.object_list.item(i).data(Qt.UserRole)) for i in range(self.object_list.count())]
+        if ids == listed and s is not None:  # same objects: update in place (safe inside an edit signal)
             for i, o in enumerate(s.objects):
                 item = self.object_list.item(i)
                 if item.text() != o.name:

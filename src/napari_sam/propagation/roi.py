@@ -72,10 +72,7 @@ def key_extent(state: PropagationState) -> tuple[int, int, int, int] | None:
 
 
 def _fits_inside(
-    ext: tuple[int, int, int, int],
-    roi: tuple[int, int, int, int],
-    zoom: RoiZoom,
-    shape: tuple[int, int],
+    ext: tuple[int, int, int, int], roi: tuple[int, int, int, int], zoom: RoiZoom, shape: tuple[int, int]
 ) -> bool:
     """Whether the key extent sits well inside the current region (its inner part, away from inner edges)."""
     H, W = shape

@@ -92,9 +92,7 @@ class StepAnswer:
     feature_similarity: float = 1.0
 
 
-def check_step(
-    rules: StopRules, step: StepAnswer, prev: np.ndarray
-) -> tuple[StopReason, str] | None:
+def check_step(rules: StopRules, step: StepAnswer, prev: np.ndarray) -> tuple[StopReason, str] | None:
     """The first stop rule that refuses ``step`` (reason, detail), or None to keep it.
 
     prev: the neighbour's (rows, cols) bool mask the answer was prompted from.
@@ -107,10 +105,7 @@ def check_step(
         return StopReason.LOW_SCORE, f"predicted IoU {step.score:.2f} < {r.min_score:.2f}"
     prev_area = int(prev.sum())
     if prev_area >= r.growth_min_area and step.area_ratio > r.max_growth:
-        return (
-            StopReason.GROWTH,
-            f"area x{step.area_ratio:.2f} of the neighbour's (> x{r.max_growth:.2f})",
-        )
+        return (StopReason.GROWTH, f"area x{step.area_ratio:.2f} of the neighbour's (> x{r.max_growth:.2f})")
     if step.iou_prev < r.min_iou and step.backward_iou < r.min_backward_iou:
         return StopReason.DISCONTINUITY, (
             f"IoU {step.iou_prev:.2f} with the neighbour (< {r.min_iou:.2f}) "
@@ -119,8 +114,7 @@ def check_step(
         )
     if r.max_intensity_shift is not None and step.intensity_shift > r.max_intensity_shift:
         return StopReason.INTENSITY, (
-            f"median intensity {step.intensity_shift:.1f} spreads from the "
-            f"object's (> {r.max_intensity_shift:.1f})"
+            f"median intensity {step.intensity_shift:.1f} spreads from the object's (> {r.max_intensity_shift:.1f})"
         )
     if step.feature_similarity < r.min_feature_similarity:
         return StopReason.APPEARANCE, (
@@ -160,9 +154,7 @@ class ObjectAppearance:
     key_masks: dict[int, np.ndarray] = field(default_factory=dict)
     prototypes: dict[Crop, torch.Tensor | None] = field(default_factory=dict)
 
-    def prototype(
-        self, frame: Crop, embedding: Callable[[int], Embedding], image_size: int
-    ) -> torch.Tensor | None:
+    def prototype(self, frame: Crop, embedding: Callable[[int], Embedding], image_size: int) -> torch.Tensor | None:
         """Mean features of the key slices' masks seen in ``frame``;
         embedding: slice index -> that slice's embedding of the frame."""
         if frame not in self.prototypes:

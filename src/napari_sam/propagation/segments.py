@@ -50,9 +50,7 @@ class Tally:
         return Progress(self.done, self.total, message, SliceUpdate(index, mask))
 
 
-def paste(
-    frame: Crop, a: np.ndarray, full: tuple[int, int], fill: float | bool = False
-) -> np.ndarray:
+def paste(frame: Crop, a: np.ndarray, full: tuple[int, int], fill: float | bool = False) -> np.ndarray:
     """A frame-grid array on the whole (rows, cols) slice (itself when the frame is the slice)."""
     return a if frame.is_whole(full) else frame.paste(a, full, fill)
 
@@ -102,9 +100,7 @@ def plan_segments(state: PropagationState, lo: int, hi: int) -> list[Segment]:
     return out
 
 
-def reconcile(
-    state: PropagationState, i: int, a: int, b: int, su: StepAnswer | None, sd: StepAnswer | None
-) -> None:
+def reconcile(state: PropagationState, i: int, a: int, b: int, su: StepAnswer | None, sd: StepAnswer | None) -> None:
     """Slice i between key slices a < b from the pass up (su) and the pass down (sd):
     the distance-weighted mean probability when both reached it, else the one that did."""
     if su is None and sd is None:
@@ -117,9 +113,7 @@ def reconcile(
             state,
             i,
             prob > 0.5,
-            SliceInfo(
-                "reconciled", o, near.score, near.iou_prev, near.area_ratio, near.intensity_shift
-            ),
+            SliceInfo("reconciled", o, near.score, near.iou_prev, near.area_ratio, near.intensity_shift),
         )
     else:
         s, o = (su, a) if su is not None else (sd, b)

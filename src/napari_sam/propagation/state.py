@@ -176,9 +176,7 @@ class PropagationState:
     @property
     def stop_slices(self) -> list[int]:
         """Sorted key slices that say "the object is not here" (only negative clicks)."""
-        return sorted(
-            z for z, p in self.prompts.items() if p.only_negative and z not in self.user_masks
-        )
+        return sorted(z for z, p in self.prompts.items() if p.only_negative and z not in self.user_masks)
 
     def is_stop_slice(self, index: int) -> bool:
         p = self.prompts.get(index)
@@ -210,9 +208,7 @@ class PropagationState:
         index = self._check_index(index)
         prompt.check_inside(self.slice_shape)
         if prompt.slice != index:
-            prompt = SlicePrompt(
-                points=prompt.points, labels=prompt.labels, box=prompt.box, slice=index
-            )
+            prompt = SlicePrompt(points=prompt.points, labels=prompt.labels, box=prompt.box, slice=index)
         affected = self.affected_range(index)
         self.prompts[index] = prompt
         self.dirty_keys.add(index)
@@ -234,9 +230,7 @@ class PropagationState:
         """Mark slice ``index`` as a stop slice (the object is absent there).
         points: optional (N, 2) (row, col) negative clicks; the slice centre otherwise."""
         if points is None:
-            points = np.array(
-                [[(self.slice_shape[0] - 1) / 2, (self.slice_shape[1] - 1) / 2]], np.float32
-            )
+            points = np.array([[(self.slice_shape[0] - 1) / 2, (self.slice_shape[1] - 1) / 2]], np.float32)
         pts = np.asarray(points, np.float32).reshape(-1, 2)
         self.user_masks.pop(index, None)
         stop = SlicePrompt(points=pts, labels=np.zeros(len(pts), np.int64), slice=index)
@@ -263,9 +257,7 @@ class PropagationState:
             a, b = (int(v) for v in rng)
             a, b = min(a, b), max(a, b)
             if not (0 <= a and b < self.n_slices):
-                raise InputError(
-                    f"range [{a}, {b}] outside 0..{self.n_slices - 1} along axis {self.axis}"
-                )
+                raise InputError(f"range [{a}, {b}] outside 0..{self.n_slices - 1} along axis {self.axis}")
             rng = (a, b)
         self.range = rng
         self._mark(0, self.n_slices - 1)

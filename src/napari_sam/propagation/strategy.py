@@ -35,13 +35,7 @@ def clip_box(r0: float, c0: float, r1: float, c1: float, shape: tuple[int, int])
     """A (4,) float32 box (r0, c0, r1, c1) clipped to a (rows, cols) grid."""
     h, w = shape
     return np.array(
-        [
-            np.clip(r0, 0, h - 1),
-            np.clip(c0, 0, w - 1),
-            np.clip(r1, 0, h - 1),
-            np.clip(c1, 0, w - 1),
-        ],
-        np.float32,
+        [np.clip(r0, 0, h - 1), np.clip(c0, 0, w - 1), np.clip(r1, 0, h - 1), np.clip(c1, 0, w - 1)], np.float32
     )
 
 
@@ -87,9 +81,7 @@ class BoxDecoder:
 class StepStrategy(Protocol):
     """Answers the next slice of a pass from the neighbour's mask."""
 
-    def answer(
-        self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules
-    ) -> StepAnswer:
+    def answer(self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules) -> StepAnswer:
         """The answer on ``emb``'s slice, prompted from ``prev``, the neighbour's
         non-empty (rows, cols) bool mask on the same grid."""
         ...
@@ -115,19 +107,14 @@ class TrackStrategy:
 
     grow_rounds: int = 2
 
-    def answer(
-        self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules
-    ) -> StepAnswer:
+    def answer(self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules) -> StepAnswer:
         shape = emb.original_size
         best = decoder.decode(emb, [decoder.pad(box_of_mask(prev), shape)], prev)[0]
         for _ in range(self.grow_rounds):
             if not best.mask.any() or not _touches(best.mask, best.box, shape):
                 break
             grown = decoder.decode(emb, [decoder.pad(box_of_mask(best.mask), shape)], prev)[0]
-            if (
-                grown.area_ratio > rules.max_growth * max(best.area_ratio, 1e-6)
-                or not grown.mask.any()
-            ):
+            if grown.area_ratio > rules.max_growth * max(best.area_ratio, 1e-6) or not grown.mask.any():
                 break
             best = grown
         return best
@@ -143,9 +130,7 @@ class HypothesesStrategy:
     box_margins: tuple[float, ...] = (0.0, 3.0, 6.0)
     grow_fraction: float = 0.15
 
-    def answer(
-        self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules
-    ) -> StepAnswer:
+    def answer(self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules) -> StepAnswer:
         shape = emb.original_size
         r0, c0, r1, c1 = box_of_mask(prev)
         h, w = r1 - r0 + 1, c1 - c0 + 1
@@ -157,9 +142,7 @@ class HypothesesStrategy:
         if best.mask.any() and len(self.box_margins) > 1:
             b = box_of_mask(best.mask)
             m = self.box_margins[len(self.box_margins) // 2]
-            refined = decoder.decode(
-                emb, [clip_box(b[0] - m, b[1] - m, b[2] + m, b[3] + m, shape)], prev
-            )[0]
+            refined = decoder.decode(emb, [clip_box(b[0] - m, b[1] - m, b[2] + m, b[3] + m, shape)], prev)[0]
             if refined.score + refined.iou_prev > best.score + best.iou_prev:
                 best = refined
         return best

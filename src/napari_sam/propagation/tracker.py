@@ -114,10 +114,7 @@ class Propagator:
 
     # ------------------------------------------------------------ public
     def propagate(
-        self,
-        state: PropagationState,
-        progress: ProgressCallback | None = None,
-        cancel: Cancel | None = None,
+        self, state: PropagationState, progress: ProgressCallback | None = None, cancel: Cancel | None = None
     ) -> PropagationState:
         """Run :meth:`run` to its end with :func:`napari_sam.jobs.drive`; returns ``state``.
 
@@ -129,9 +126,7 @@ class Propagator:
         try:
             drive(self.run(state), progress, cancel, what="propagation")
         except Cancelled:
-            log.info(
-                "propagation cancelled; %d slice(s) left to do", len(state.dirty | state.dirty_keys)
-            )
+            log.info("propagation cancelled; %d slice(s) left to do", len(state.dirty | state.dirty_keys))
         return state
 
     def run(self, state: PropagationState) -> Job[PropagationState]:
@@ -214,24 +209,16 @@ class Propagator:
         best = self.strategy.answer(self.decoder, emb, fprev, self.rules)
         if prev_index is not None and best.mask.any() and best.iou_prev < self.rules.min_iou:
             box = self.decoder.pad(box_of_mask(best.mask), emb.original_size)
-            back = self.decoder.decode(self._embedding(prev_index, frame, full), [box], best.mask)[
-                0
-            ]
+            back = self.decoder.decode(self._embedding(prev_index, frame, full), [box], best.mask)[0]
             best.backward_iou = mask_iou(back.mask, fprev)
         if appearance is not None and best.mask.any():
             if appearance.median is not None:
-                best.intensity_shift = appearance.shift(
-                    self.embeddings.model_input(index)[frame.slices], best.mask
-                )
+                best.intensity_shift = appearance.shift(self.embeddings.model_input(index)[frame.slices], best.mask)
             if self.rules.min_feature_similarity > 0:
-                proto = appearance.prototype(
-                    frame, lambda k: self._embedding(k, frame, full), self.backend.image_size
-                )
+                proto = appearance.prototype(frame, lambda k: self._embedding(k, frame, full), self.backend.image_size)
                 here = pooled_features(emb, best.mask, self.backend.image_size)
                 if proto is not None and here is not None:
-                    best.feature_similarity = float(
-                        torch.nn.functional.cosine_similarity(here[None], proto[None])[0]
-                    )
+                    best.feature_similarity = float(torch.nn.functional.cosine_similarity(here[None], proto[None])[0])
         best.mask = paste(frame, best.mask, full)
         best.logits = paste(frame, best.logits, full, _OUTSIDE)
         return best
@@ -250,15 +237,9 @@ class Propagator:
 
     def _embedding(self, index: int, frame: Crop, full: tuple[int, int]) -> Embedding:
         """Slice ``index``'s embedding of ``frame`` (the whole slice, or the zoom region)."""
-        return (
-            self.embeddings.get(index)
-            if frame.is_whole(full)
-            else self.embeddings.get(index, frame)
-        )
+        return self.embeddings.get(index) if frame.is_whole(full) else self.embeddings.get(index, frame)
 
-    def _key_result(
-        self, state: PropagationState, k: int, frame: Crop
-    ) -> tuple[np.ndarray, SliceInfo]:
+    def _key_result(self, state: PropagationState, k: int, frame: Crop) -> tuple[np.ndarray, SliceInfo]:
         """Key slice ``k``'s mask from the user's painted mask or prompt, and why."""
         if k in state.user_masks:
             return state.user_masks[k].copy(), SliceInfo("user_mask", k)
@@ -272,12 +253,7 @@ class Propagator:
             box = (
                 None
                 if prompt.box is None
-                else (
-                    prompt.box[0] - off[0],
-                    prompt.box[1] - off[1],
-                    prompt.box[2] - off[0],
-                    prompt.box[3] - off[1],
-                )
+                else (prompt.box[0] - off[0], prompt.box[1] - off[1], prompt.box[2] - off[0], prompt.box[3] - off[1])
             )
             local = SlicePrompt(points=prompt.points - off, labels=prompt.labels, box=box, slice=k)
         self._predictor.set_embedding(self._embedding(k, frame, full))
@@ -291,19 +267,10 @@ class Propagator:
 
     def _appearance(self, state: PropagationState, frame: Crop) -> ObjectAppearance:
         """The object on its (finished, non-empty) key slices."""
-        keys = {
-            k: state.results[k]
-            for k in state.key_slices
-            if k in state.results and state.results[k].any()
-        }
+        keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
         med = spread = None
         if keys and self.rules.max_intensity_shift is not None:
-            v = np.concatenate(
-                [
-                    self.embeddings.model_input(k)[frame.slices][m[frame.slices]]
-                    for k, m in keys.items()
-                ]
-            )
+            v = np.concatenate([self.embeddings.model_input(k)[frame.slices][m[frame.slices]] for k, m in keys.items()])
             if v.size:
                 p10, p50, p90 = np.percentile(v, [10, 50, 90])
                 med, spread = float(p50), max(float(p90 - p10) / 2.0, 0.02)
@@ -325,12 +292,7 @@ class Propagator:
         state.stops = [st for st in state.stops if st.origin in positive]
 
     def _segment(
-        self,
-        state: PropagationState,
-        seg: Segment,
-        appearance: ObjectAppearance,
-        frame: Crop,
-        tally: Tally,
+        self, state: PropagationState, seg: Segment, appearance: ObjectAppearance, frame: Crop, tally: Tally
     ) -> Iterator[Progress]:
         if seg.kind == "out_up":
             yield from self._single_pass(state, seg.below, +1, seg.last, appearance, frame, tally)
@@ -358,23 +320,14 @@ class Propagator:
         then records the stop decision. ``end_reason``: why the pass ends if it
         reaches ``limit``. A pass whose mask reaches the edge of a zoomed frame
         goes on with the whole slice."""
-        state.stops = [
-            st for st in state.stops if not (st.origin == origin and st.direction == direction)
-        ]
+        state.stops = [st for st in state.stops if not (st.origin == origin and st.direction == direction)]
         full = state.slice_shape
         prev = state.results.get(start)
         last = start
         i = start + direction
         if prev is None or not prev.any():
             state.stops.append(
-                StopDecision(
-                    origin,
-                    direction,
-                    last,
-                    None,
-                    StopReason.EMPTY,
-                    f"the mask of slice {start} is empty",
-                )
+                StopDecision(origin, direction, last, None, StopReason.EMPTY, f"the mask of slice {start} is empty")
             )
             return
         if frame.touches_inner_border(prev[frame.slices], full):
@@ -400,12 +353,7 @@ class Propagator:
         state.stops.append(StopDecision(origin, direction, last, None, end_reason, ""))
 
     def _framed_step(
-        self,
-        i: int,
-        prev: np.ndarray,
-        appearance: ObjectAppearance | None,
-        frame: Crop,
-        prev_index: int,
+        self, i: int, prev: np.ndarray, appearance: ObjectAppearance | None, frame: Crop, prev_index: int
     ) -> tuple[StepAnswer, Crop]:
         """:meth:`step` in ``frame``; when the answer reaches the edge of a zoomed
         frame, again with the whole slice (which the pass then keeps)."""
@@ -418,13 +366,7 @@ class Propagator:
 
     @torch.inference_mode()
     def _look_past(
-        self,
-        i: int,
-        direction: int,
-        limit: int,
-        prev: np.ndarray,
-        appearance: ObjectAppearance | None,
-        frame: Crop,
+        self, i: int, direction: int, limit: int, prev: np.ndarray, appearance: ObjectAppearance | None, frame: Crop
     ) -> tuple[list[tuple[int, StepAnswer]], Crop] | None:
         """After slice ``i`` was refused: try the slices beyond it (up to
         ``patience``), prompted from ``prev``. When one passes every rule, the
@@ -447,10 +389,7 @@ class Propagator:
                 emb = self._embedding(k, frame, full)
                 box = self.decoder.pad(union, emb.original_size)
                 st = self.decoder.decode(emb, [box], prev[frame.slices])[0]
-                st.mask, st.logits = (
-                    paste(frame, st.mask, full),
-                    paste(frame, st.logits, full, _OUTSIDE),
-                )
+                st.mask, st.logits = (paste(frame, st.mask, full), paste(frame, st.logits, full, _OUTSIDE))
                 st.bridged = True
                 out.append((k, st))
             out.append((j, step))
@@ -482,23 +421,12 @@ class Propagator:
         """Outwards from key slice ``origin`` to ``limit`` (inclusive), resuming
         after the slices a cancelled run already finished."""
         start = origin
-        while (
-            start != limit
-            and (start + direction) not in state.dirty
-            and (start + direction) in state.results
-        ):
+        while start != limit and (start + direction) not in state.dirty and (start + direction) in state.results:
             start += direction
         n_planned = abs(limit - start)
         n_done = 0
         for i, step in self._walk(
-            state,
-            origin,
-            direction,
-            start,
-            limit,
-            appearance,
-            self._end_reason(state, limit, direction),
-            frame,
+            state, origin, direction, start, limit, appearance, self._end_reason(state, limit, direction), frame
         ):
             store(state, i, step.mask, info_of(step, origin))
             state.dirty.discard(i)
@@ -511,13 +439,7 @@ class Propagator:
         tally.total -= n_planned - n_done
 
     def _gap(
-        self,
-        state: PropagationState,
-        a: int,
-        b: int,
-        appearance: ObjectAppearance,
-        frame: Crop,
-        tally: Tally,
+        self, state: PropagationState, a: int, b: int, appearance: ObjectAppearance, frame: Crop, tally: Tally
     ) -> Iterator[Progress]:
         """Between key slices a < b: a pass up from a, then a pass down from b
         that reconciles each slice as it goes (see the package docstring)."""
