@@ -49,7 +49,10 @@ def test_auto_2d_tiff_with_the_embedded_model(tmp_path: Path, data_dir: Path, ca
 
 def test_auto_2d_nifti_and_tiling_options(tmp_path: Path, fake_model):
     """`--model-role masks` with tiles: every blob decoded on its tile's
-    embedding (several tiles), the model's masks written as a NIfTI label map."""
+    embedding (several tiles), written as a NIfTI label map. A blob the model
+    leaves unanswered is kept (the microscopy preset), so this checks the
+    tiling options and the output, not the model's answers (test_tiling.py's
+    mosaic test does, with no blob fallback)."""
     img, lab = blob_image((300, 260))
     src = tmp_path / "blobs.tif"
     tifffile.imwrite(src, (img * 1000).astype(np.uint16))
