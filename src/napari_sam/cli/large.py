@@ -104,8 +104,8 @@ def segment_large(args, progress: Callable, cache_dir: Callable[[], Path | None]
     from ..io import read_image
     from ..large_segment import lazy_embeddings, segment_lazy, write_zarr_labels
     from ..lazy_volume import open_volume
-    from ..prompts import load_prompts
     from ..models.registry import load_model
+    from ..prompts import load_prompts
 
     _check_lazy_flags(args)
     out = Path(args.output)
