@@ -73,11 +73,28 @@ def _ome_zarr(path: Path, shape, dtype, spacing_zyx, origin_zyx=(0.0, 0.0, 0.0),
     return arr
 
 
-def _cli(args: list) -> subprocess.Popen:
+# Runs the CLI and, at exit, writes the process's own peak RSS (VmHWM) to the file
+# named by NAPARI_SAM_TEST_HWM. Not ru_maxrss from wait4: Linux carries the forking
+# parent's peak over exec into it, so under a long pytest run it reads the test
+# process's memory, not the CLI's.
+_RUN_WITH_HWM = """
+import atexit, os, runpy, sys
+def _hwm():
+    kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    open(os.environ["NAPARI_SAM_TEST_HWM"], "w").write(str(kib * 1024))
+atexit.register(_hwm)
+sys.argv[0] = "napari-sam"
+runpy.run_module("napari_sam.cli", run_name="__main__")
+"""
+
+
+def _cli(args: list, hwm: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "napari_sam.cli", *map(str, args)], env=env, stderr=subprocess.PIPE, text=True
-    )
+    cmd = [sys.executable, "-m", "napari_sam.cli"]
+    if hwm is not None:
+        env["NAPARI_SAM_TEST_HWM"] = str(hwm)
+        cmd = [sys.executable, "-c", _RUN_WITH_HWM]
+    return subprocess.Popen([*cmd, *map(str, args)], env=env, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -186,11 +203,11 @@ def test_volume_several_times_larger_than_the_memory_budget(tmp_path, mr) -> Non
             "--quiet",
             "--cache-dir",
             tmp_path / "cache",
-        ]
+        ],
+        hwm=tmp_path / "hwm",
     )
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read()
-    peak = usage.ru_maxrss * 1024
+    assert proc.wait(timeout=900) == 0, proc.stderr.read()
+    peak = int((tmp_path / "hwm").read_text())
     assert peak < BUDGET, f"peak RSS {peak / 2**30:.2f} GiB"
 
     from napari_sam.io import read_image
