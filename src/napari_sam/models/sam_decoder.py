@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import onednn
+from .windows import gather_windows
 
 
 class LayerNorm2d(nn.Module):
@@ -470,17 +471,21 @@ class MaskDecoder(nn.Module):
 
     def forward(self, image_embeddings: Tensor | None, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
                 dense_prompt_embeddings: Tensor | None, multimask_output: bool,
-                prepared: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                prepared: dict[str, Tensor] | None = None,
+                windows: tuple[Tensor, tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
         """image_embeddings: (1 or B, C, h, w). Returns masks (B, K, 4h, 4w) logits and IoU (B, K).
 
         K is 3 with ``multimask_output`` (SAM's three candidates), else 1; only
         the K requested masks are computed. ``prepared``: :meth:`prepare_image`
         of the image and dense prompt, made once for many prompts (then
         image_embeddings and dense_prompt_embeddings are not used).
+        ``windows``: (origins (B, 2) int64 (row, col) tokens, (wh, ww)): each
+        prompt's masks only inside its window of tokens, (B, K, 4wh, 4ww)
+        (:mod:`napari_sam.models.windows`).
         """
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                  dense_prompt_embeddings, sl, prepared=prepared)
+                                  dense_prompt_embeddings, sl, prepared=prepared, windows=windows)
 
     def prepare_image(self, image_embeddings: Tensor, image_pe: Tensor,
                       dense_prompt_embeddings: Tensor) -> dict[str, Tensor]:
@@ -500,11 +505,13 @@ class MaskDecoder(nn.Module):
 
     def predict_masks(self, image_embeddings: Tensor | None, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
                       dense_prompt_embeddings: Tensor | None, tokens_slice: slice = slice(None),
-                      prepared: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                      prepared: dict[str, Tensor] | None = None,
+                      windows: tuple[Tensor, tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
         """Masks (B, K, 4h, 4w) and IoU (B, K) of the mask tokens in ``tokens_slice`` (all 4 by default).
 
         With ``prepared`` (:meth:`prepare_image`), image_embeddings and
-        dense_prompt_embeddings are not used (they may be None).
+        dense_prompt_embeddings are not used (they may be None). With
+        ``windows`` (see :meth:`forward`) the masks cover each prompt's window only.
         """
         bsz = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -527,6 +534,9 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 0, :]
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(idx)],
                                dim=1)
+        if windows is not None:  # the upscaling is per token: only the windows' tokens
+            keys = gather_windows(keys, (h, w), *windows)
+            h, w = windows[1]
         masks = self._upscale_masks(keys, hyper_in, h, w)
         return masks, self.iou_prediction_head(iou_token_out)[:, tokens_slice]
 

@@ -28,6 +28,7 @@ class SamFamilyBackend(Backend):
     embeddings are float32 whatever the encoder's type.
     """
 
+    decodes_windows = True
     #: distinct slices whose embeddings are kept for a repeated embed()
     recent_embeddings = 4
     #: embeddings whose prompt-independent decoder work (~10 MB each for 64 x 64
@@ -160,10 +161,15 @@ class SamFamilyBackend(Backend):
     @torch.inference_mode()
     def decode_low_res(self, embedding: Embedding, points_rc: np.ndarray | None = None,
                        point_labels: np.ndarray | None = None, boxes_rc: np.ndarray | None = None,
-                       mask_input: np.ndarray | None = None,
-                       multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       mask_input: np.ndarray | None = None, multimask: bool = False,
+                       windows: tuple[torch.Tensor, tuple[int, int]] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode without the final resize: low-resolution logits (B, K, s, s)
-        in the padded model frame, and predicted IoU scores (B, K)."""
+        in the padded model frame, and predicted IoU scores (B, K).
+
+        windows: (origins (B, 2) int64 (row, col), (wh, ww)) in tokens of the
+        embedding's grid: each prompt's logits only inside its window, (B, K, f*wh, f*ww)
+        (:mod:`napari_sam.models.windows`)."""
         if embedding.model != self.name:
             raise ValueError(f"embedding was made by {embedding.model!r}, not {self.name!r}")
         dev = self.device
@@ -184,8 +190,9 @@ class SamFamilyBackend(Backend):
         prepared = self._prepared_image(embedding.features, dense) if masks is None else None
         if prepared is not None:
             return self.mask_decoder(None, self.prompt_encoder.get_dense_pe(), sparse, None, multimask,
-                                     prepared=prepared)
+                                     prepared=prepared, windows=windows)
         low, scores = self.mask_decoder(
             image_embeddings=embedding.features, image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
+            windows=windows)
         return low, scores
