@@ -3,8 +3,8 @@
 Prints objects/s (whole ``segment_volume``: embeddings of the slices plus the
 decoding and painting of every object) for N objects spread over the slices
 of a synthetic (5, 256, 256) volume, ``--repeat`` times and their median, and
-the process's resident memory (RSS) above its level at the run's start after
-1,000, 5,000 and 10,000 objects (and N) have been decoded; then the same for
+the process's resident memory (RSS), and its growth since the run's start,
+after 1,000, 5,000 and 10,000 objects (and N) have been decoded; then the same for
 K objects on the per-object path (batching switched off) as the reference,
 and how many voxels of the two label maps differ.
 
@@ -80,12 +80,13 @@ class RssProbe:
             before, self.done = self.done, self.done + len(boxes[s:s + self.step])
             for c in CHECKPOINTS:
                 if before < c <= self.done:
-                    self.at[c] = rss() - self.base
+                    self.at[c] = rss()
         return out
 
 
-def run(backend, n: int) -> tuple[float, dict[int, int], seg.SegmentationResult]:
-    """(objects/s, {objects decoded: RSS growth in bytes}, result) of one run of n objects."""
+def run(backend, n: int) -> tuple[float, dict[int, tuple[int, int]], seg.SegmentationResult]:
+    """(objects/s, {objects decoded: (RSS, its growth since the run's start) in bytes},
+    result) of one run of n objects."""
     volume, prompts = make_case(n)
     gc.collect()
     probe = RssProbe()
@@ -96,8 +97,8 @@ def run(backend, n: int) -> tuple[float, dict[int, int], seg.SegmentationResult]
         dt = time.perf_counter() - t0
     finally:
         seg.decode_boxes = probe.real
-    probe.at[n] = rss() - probe.base
-    return n / dt, probe.at, result
+    probe.at[n] = rss()
+    return n / dt, {c: (v, v - probe.base) for c, v in probe.at.items()}, result
 
 
 def main() -> None:
@@ -114,8 +115,8 @@ def main() -> None:
     for i in range(a.repeat):
         rate, at, _ = run(backend, a.n)
         rates.append(rate)
-        mem = ", ".join(f"{c}: {v / 2**20:.1f} MiB" for c, v in sorted(at.items()))
-        print(f"run {i + 1}: {a.n} objects, {rate:.1f} objects/s; RSS growth after {mem}; "
+        mem = ", ".join(f"{c}: {v / 2**20:.0f} MiB ({g / 2**20:+.0f})" for c, (v, g) in sorted(at.items()))
+        print(f"run {i + 1}: {a.n} objects, {rate:.1f} objects/s; RSS (growth) after {mem}; "
               f"process peak RSS {peak_rss() / 2**20:.0f} MiB", flush=True)
     print(f"median of {a.repeat} runs: {statistics.median(rates):.1f} objects/s for {a.n} objects", flush=True)
     if a.k <= 0:

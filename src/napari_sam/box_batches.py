@@ -15,7 +15,14 @@ upscaling, about half of a decode, then costs the window's share of the
 slice. A mask that reaches the edge of its window is decoded again over the
 whole slice, so the windowed masks equal the whole-slice ones (up to float
 rounding at logits of about 0) unless a mask has a separate fragment wholly
-outside its window (the tolerance ``tests/test_box_batches.py`` measures).
+outside its window; ``tests/test_box_batches.py`` compares the label maps
+with the per-object path's on 425 real-model objects (identical).
+
+On the CPU the batches are small (:data:`CPU_BATCH`) and decoded by one
+thread per core, each running one-threaded operators; what outlives a batch
+(the decoder's per-embedding work, the masks' crops in a :class:`CropStore`)
+is made by the calling thread, so the workers' memory is reused batch after
+batch and the process's memory stays flat however many objects there are.
 
 The masks are those :meth:`napari_sam.clicks.ClickSegmenter.predict` gives for a
 box alone with ``multimask=False`` (the box clipped to the slice for
@@ -24,6 +31,7 @@ box-only models, the model's answer taken as it is).
 
 from __future__ import annotations
 
+import mmap
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -36,12 +44,43 @@ from .prompts import SlicePrompt
 
 #: boxes per decoder call (bounds the (B, N, C) image tokens the decoder holds at once)
 BATCH = 32
-#: boxes per windowed decoder call on the CPU: the decoder's per-prompt image tokens
-#: (N x C float32, 4 MiB for 64 x 64 x 256) of this many prompts stay in a CPU's cache;
-#: on the shared 2-core machine 4 costs half the CPU time per box of 32
-CPU_BATCH = 4
+#: boxes per windowed decoder call on the CPU. Per prompt the decoder holds about four
+#: (N, C) float32 temporaries (16 MiB for 64 x 64 x 256 tokens); glibc gives each thread
+#: heaps of 64 MiB, and three prompts' temporaries fit in one and are reused batch after
+#: batch, where more spill into heaps that are unmapped and faulted in again every batch
+#: (shared 2-core machine, loaded: 3 boxes 14.9 ms CPU and 229 page faults per box,
+#: 4 boxes 15.4 ms and 897, 6 boxes 17.4 ms and 2194)
+CPU_BATCH = 3
 #: threads decoding windowed batches at once on the CPU, at most
 MAX_WORKERS = 8
+
+
+class CropStore:
+    """Room for many small masks in pages mapped outside the C heap (``mmap``).
+
+    Thousands of objects' crops live until the label map is painted; made one by
+    one with ``malloc`` they would sit amid the encoder's and decoder's
+    temporaries and keep glibc from reusing that memory, so the heap would grow
+    with every slice. Here they fill shared pages of :attr:`PAGE_BYTES`, each
+    unmapped when the last crop on it is gone.
+    """
+
+    PAGE_BYTES = 1 << 20
+
+    def __init__(self) -> None:
+        self._page: np.ndarray | None = None
+        self._used = 0
+
+    def copy(self, a: np.ndarray) -> np.ndarray:
+        """A copy of the bool array ``a`` in the store."""
+        n = a.size
+        if self._page is None or self._used + n > self._page.size:
+            self._page = np.frombuffer(mmap.mmap(-1, max(self.PAGE_BYTES, n)), np.uint8)
+            self._used = 0
+        out = self._page[self._used:self._used + n].view(bool).reshape(a.shape)
+        self._used += n
+        out[...] = a
+        return out
 
 
 @dataclass(frozen=True)
@@ -54,17 +93,19 @@ class CroppedMask:
     shape: tuple[int, int]
 
     @classmethod
-    def of(cls, mask: np.ndarray, offset: tuple[int, int] = (0, 0),
-           shape: tuple[int, int] | None = None) -> CroppedMask:
+    def of(cls, mask: np.ndarray, offset: tuple[int, int] = (0, 0), shape: tuple[int, int] | None = None,
+           store: CropStore | None = None) -> CroppedMask:
         """The crop of ``mask``, itself the part at ``offset`` of a slice of ``shape``
-        (by default the whole slice)."""
+        (by default the whole slice); copied into ``store`` when given."""
         shape = tuple(mask.shape) if shape is None else tuple(shape)  # type: ignore[assignment]
         rows = np.flatnonzero(mask.any(axis=1))
         if rows.size == 0:
             return cls(np.zeros((0, 0), bool), (0, 0), shape)  # type: ignore[arg-type]
         cols = np.flatnonzero(mask.any(axis=0))
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        return cls(np.ascontiguousarray(mask[r0:r1, c0:c1]), (int(r0) + offset[0], int(c0) + offset[1]),
+        crop = mask[r0:r1, c0:c1]
+        crop = store.copy(crop) if store is not None else crop.copy()
+        return cls(crop, (int(r0) + offset[0], int(c0) + offset[1]),
                    shape)  # type: ignore[arg-type]
 
     def any(self) -> bool:
@@ -154,6 +195,21 @@ def _workers(backend: Backend) -> int:
     return max(1, min(cpu_cores(), torch.get_num_threads(), MAX_WORKERS))
 
 
+def _in_parallel(fn, items: list, workers: int):
+    """``fn`` over ``items`` in order: on ``workers`` threads with PyTorch's threads
+    shared among them (each with one on a CPU of as many cores), or here."""
+    if workers <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="napari-sam-boxes") as pool:
+            yield from pool.map(fn, items)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _decode_windowed(backend: Backend, emb: Embedding, arr: np.ndarray, batch: int | None,
                      out: list[CroppedMask | None]) -> list[int]:
     """Fill ``out`` with the masks of the boxes ``arr`` decoded in windows; returns
@@ -164,36 +220,35 @@ def _decode_windowed(backend: Backend, emb: Embedding, arr: np.ndarray, batch: i
     rows = resize_axis(f * grid[0], backend.image_size, emb.input_size[0], shape[0])
     cols = resize_axis(f * grid[1], backend.image_size, emb.input_size[1], shape[1])
     wins = box_windows(arr, grid, f, rows, cols)  # type: ignore[arg-type]
-    workers = _workers(backend)
     if batch is None:
         batch = CPU_BATCH if backend.device.type == "cpu" else BATCH
     # similar windows share a batch (a batch's windows take the largest size)
     order = np.argsort((wins[:, 2] - wins[:, 0] + 1) * (wins[:, 3] - wins[:, 1] + 1), kind="stable")
 
     @torch.inference_mode()
-    def run(idx: np.ndarray) -> list[tuple[int, CroppedMask | None]]:
+    def run(idx: np.ndarray) -> list[tuple[int, np.ndarray, tuple[int, int]]]:
         sw = batch_windows(wins[idx], grid, f, rows, cols)  # type: ignore[arg-type]
         low, _ = backend.decode_low_res(emb, boxes_rc=arr[idx], multimask=False,  # type: ignore[call-arg]
                                         windows=sw.for_decoder())
-        done: list[tuple[int, CroppedMask | None]] = []
+        found = []
         for j, i in enumerate(idx):
             logits, offset = sw.to_slice(low[j, :1], j)
-            mask = logits[0] > 0
-            edge = _reaches_edge(mask, offset, shape)  # type: ignore[arg-type]
-            done.append((int(i), None if edge else CroppedMask.of(mask, offset, shape)))  # type: ignore[arg-type]
-        return done
+            found.append((int(i), logits[0] > 0, offset))
+        return found
 
+    # What is kept is made in this thread: the decoder's per-embedding work and the
+    # masks' crops (copied into a CropStore). The workers only make temporaries, freed
+    # at the end of their batch, so their memory is reused batch after batch.
+    prepare = getattr(backend, "prepare_decoding", None)
+    if prepare is not None:
+        prepare(emb)
+    redo: list[int] = []
+    store = CropStore()
     chunks = [order[s:s + batch] for s in range(0, len(order), batch)]
-    threads = torch.get_num_threads()
-    if workers > 1 and len(chunks) > 1:
-        torch.set_num_threads(max(1, threads // workers))
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="napari-sam-boxes") as pool:
-                results = [r for rs in pool.map(run, chunks) for r in rs]
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        results = [r for idx in chunks for r in run(idx)]
-    for i, mask in results:
-        out[i] = mask
-    return sorted(i for i, mask in results if mask is None)
+    for found in _in_parallel(run, chunks, _workers(backend)):
+        for i, mask, offset in found:
+            if _reaches_edge(mask, offset, shape):  # type: ignore[arg-type]
+                redo.append(i)
+            else:
+                out[i] = CroppedMask.of(mask, offset, shape, store)  # type: ignore[arg-type]
+    return sorted(redo)

@@ -225,6 +225,7 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         attn, u = self.cross_attn_image_to_token.few_keys_factors(k, q, queries)
+        del k  # (B, N, C): freed before the update makes two more of that size
         return queries, self._update_keys(keys, attn, u)
 
     def _update_keys(self, keys: Tensor, attn: Tensor, u: Tensor) -> Tensor:

@@ -82,7 +82,16 @@ class SamFamilyBackend(Backend):
             self._recent.clear()
             self._prepared.clear()
 
-    def _prepared_image(self, features: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    @torch.inference_mode()
+    def prepare_decoding(self, embedding: Embedding) -> None:
+        """Make the decoder's prompt-independent work on ``embedding`` now and keep it for
+        the prompts decoded on it next (e.g. by other threads: it then lives in this
+        thread's memory, not amid a worker's temporaries)."""
+        dense = self.prompt_encoder(points=None, boxes=None, masks=None)[1]
+        self._prepared_image(embedding.features, dense, now=True)
+
+    def _prepared_image(self, features: torch.Tensor, dense: torch.Tensor,
+                        now: bool = False) -> dict[str, torch.Tensor] | None:
         """The decoder's prompt-independent work on ``features`` with the no-mask dense
         prompt ``dense`` (B, C, h, w), or None to decode without it.
 
@@ -90,6 +99,7 @@ class SamFamilyBackend(Backend):
         one: it is made when an embedding is decoded for the second time (interactive
         prompts on one slice), or at once for a batch of prompts (a click's box
         hypotheses); a single prompt on a new embedding (propagation) goes without.
+        ``now``: make it at once.
         """
         prepare = getattr(self.mask_decoder, "prepare_image", None)
         if prepare is None or features.shape[0] != 1 or self.prepared_embeddings <= 0:
@@ -101,7 +111,7 @@ class SamFamilyBackend(Backend):
                 self._prepared.move_to_end(key)
                 if hit[1] is not None:
                     return hit[1]
-            elif dense.shape[0] == 1:  # first sight, one prompt: remember only
+            elif dense.shape[0] == 1 and not now:  # first sight, one prompt: remember only
                 self._remember_prepared(key, features, None)
                 return None
         prepared = prepare(features, self.prompt_encoder.get_dense_pe(), dense)

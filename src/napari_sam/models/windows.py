@@ -27,6 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 #: low-resolution logits per token along each axis (SAM's output upscaling: two
@@ -53,17 +54,12 @@ def gather_windows(tokens: Tensor, grid: tuple[int, int], origins: Tensor, size:
     return tokens[torch.arange(b)[:, None], index]
 
 
-def _bilinear(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """torch's 1D bilinear resize (align_corners=False) n_in -> n_out, as in ATen's
-    ``compute_source_index_and_lambda`` (float32): for every output index, the two
-    input indices and their weights (i0, i1, w0, w1)."""
-    scale = np.float32(n_in) / np.float32(n_out)
-    src = scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
-    src = np.maximum(src, np.float32(0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    w1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
-    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
-    return i0, i1, (np.float32(1) - w1).astype(np.float32), w1
+def _bilinear(n_in: int, n_out: int) -> np.ndarray:
+    """torch's bilinear resize (align_corners=False) n_in -> n_out along one axis as an
+    (n_out, n_in) matrix: PyTorch's own kernel applied to the identity, so the weights
+    are the ones it computes."""
+    eye = torch.eye(n_in, dtype=torch.float32)[None, None]
+    return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 @dataclass(frozen=True)
@@ -87,14 +83,11 @@ def resize_axis(low: int, model: int, inside: int, out: int) -> ResizeAxis:
     """The resize of :func:`napari_sam.models.base.logits_to_slice` along one axis:
     ``low`` logits -> ``model`` input pixels (skipped when equal), the first
     ``inside`` kept (the rest is padding), -> ``out`` slice pixels."""
-    first = np.eye(low, dtype=np.float64)
+    a = _bilinear(inside, out).astype(np.float64)
     if low != model:
-        i0, i1, w0, w1 = _bilinear(low, model)
-        first = np.zeros((model, low))
-        np.add.at(first, (np.arange(model), i0), w0)
-        np.add.at(first, (np.arange(model), i1), w1)
-    i0, i1, w0, w1 = _bilinear(inside, out)
-    a = w0[:, None].astype(np.float64) * first[i0] + w1[:, None].astype(np.float64) * first[i1]
+        a = a @ _bilinear(low, model)[:inside].astype(np.float64)
+    else:
+        a = np.pad(a, ((0, 0), (0, low - inside)))
     nz = a != 0
     return ResizeAxis(a.astype(np.float32), nz.argmax(1), low - 1 - nz[:, ::-1].argmax(1))
 
@@ -131,12 +124,14 @@ class SliceWindows:
 
 
 def box_windows(boxes: np.ndarray, grid: tuple[int, int], factor: int, rows: ResizeAxis, cols: ResizeAxis,
-                margin: int = MARGIN_TOKENS) -> np.ndarray:
-    """Each box's tokens grown by ``margin``: (n, 4) int (t_r0, t_c0, t_r1, t_c1), inclusive.
+                margin: int | None = None) -> np.ndarray:
+    """Each box's tokens grown by ``margin`` (default :data:`MARGIN_TOKENS`): (n, 4) int
+    (t_r0, t_c0, t_r1, t_c1), inclusive.
 
     boxes: (n, 4) (r0, c0, r1, c1) inclusive slice pixels; grid: (h, w) tokens;
     factor: low-resolution pixels per token.
     """
+    margin = MARGIN_TOKENS if margin is None else margin
     b = np.rint(np.asarray(boxes, np.float64)).astype(np.int64).reshape(-1, 4)
     r = np.clip(b[:, [0, 2]], 0, len(rows.first) - 1)
     c = np.clip(b[:, [1, 3]], 0, len(cols.first) - 1)
