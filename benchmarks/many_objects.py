@@ -19,9 +19,8 @@ import gc
 import statistics
 import time
 
-import torch  # noqa: F401  isort: skip  (before anything that may bring napari)
-
 import numpy as np
+import torch
 
 from napari_sam import segmentation as seg
 from napari_sam.io import Volume
@@ -43,7 +42,8 @@ def make_case(n: int, z: int = 5, size: int = 256, seed: int = 0):
     for i in range(n):
         r, c = rng.integers(0, size - 24, 2)
         h, w = rng.integers(6, 24, 2)
-        objs.append({"id": i + 1, "prompts": [{"slice": int(i % z), "box": [int(r), int(c), int(r + h), int(c + w)]}]})
+        box = [int(r), int(c), int(r + h), int(c + w)]
+        objs.append({"id": i + 1, "prompts": [{"slice": int(i % z), "box": box}]})
     return Volume(vol), parse_prompts({"objects": objs, "window": [-50, 350]})
 
 
@@ -118,7 +118,8 @@ def main() -> None:
         mem = ", ".join(f"{c}: {v / 2**20:.0f} MiB ({g / 2**20:+.0f})" for c, (v, g) in sorted(at.items()))
         print(f"run {i + 1}: {a.n} objects, {rate:.1f} objects/s; RSS (growth) after {mem}; "
               f"process peak RSS {peak_rss() / 2**20:.0f} MiB", flush=True)
-    print(f"median of {a.repeat} runs: {statistics.median(rates):.1f} objects/s for {a.n} objects", flush=True)
+    print(f"median of {a.repeat} runs: {statistics.median(rates):.1f} objects/s for {a.n} objects",
+          flush=True)
     if a.k <= 0:
         return
     rate_b, _, batched = run(backend, a.k)

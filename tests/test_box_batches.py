@@ -10,9 +10,9 @@ from fake_blob_backend import FakeBlobBackend
 
 from napari_sam import box_batches as bb
 from napari_sam import segmentation as seg
-from napari_sam.models import windows as windows_module
 from napari_sam.box_batches import CroppedMask
 from napari_sam.io import Volume
+from napari_sam.models import windows as windows_module
 from napari_sam.prompts import parse_prompts
 
 

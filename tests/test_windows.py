@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from napari_sam.models.base import Embedding, logits_to_slice
-from napari_sam.models.windows import (TOKEN_PIXELS, batch_windows, box_windows, gather_windows,
-                                       resize_axis)
+from napari_sam.models.windows import TOKEN_PIXELS, batch_windows, box_windows, gather_windows, resize_axis
 
 # (low-res size, model size, input size inside the model input, slice size)
 GEOMETRIES = [
@@ -83,4 +82,5 @@ def test_the_decoder_computes_a_window_as_the_whole(lite_medsam):
     assert part.shape == (3, 1, 96, 136)
     torch.testing.assert_close(s_part, s_whole)
     for i, (r, c) in enumerate(origins.tolist()):
-        torch.testing.assert_close(part[i], whole[i, :, 4 * r:4 * r + 96, 4 * c:4 * c + 136], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(part[i], whole[i, :, 4 * r:4 * r + 96, 4 * c:4 * c + 136],
+                                   rtol=1e-5, atol=1e-4)

@@ -164,10 +164,11 @@ def decode_boxes(backend: Backend, emb: Embedding, boxes: list[tuple[float, floa
     Returns :class:`CroppedMask` s in the order of ``boxes``.
     """
     shape = tuple(emb.original_size)
-    if backend.supports_points:
-        arr = np.asarray(boxes, np.float32).reshape(-1, 4)
-    else:
-        arr = np.stack([_clip(b, shape) for b in boxes]) if boxes else np.zeros((0, 4), np.float32)  # type: ignore
+    arr = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if not len(arr):
+        return []
+    if not backend.supports_points:
+        arr = np.stack([_clip(b, shape) for b in arr])  # type: ignore[arg-type]
     if not (windows and getattr(backend, "decodes_windows", False)):
         return _decode_whole(backend, emb, arr, batch or BATCH)
     out: list[CroppedMask | None] = [None] * len(arr)
@@ -230,6 +231,7 @@ def _decode_windowed(backend: Backend, emb: Embedding, arr: np.ndarray, batch: i
         sw = batch_windows(wins[idx], grid, f, rows, cols)  # type: ignore[arg-type]
         low, _ = backend.decode_low_res(emb, boxes_rc=arr[idx], multimask=False,  # type: ignore[call-arg]
                                         windows=sw.for_decoder())
+        low = low[:, :1].float().cpu()
         found = []
         for j, i in enumerate(idx):
             logits, offset = sw.to_slice(low[j, :1], j)

@@ -46,12 +46,14 @@ def gather_windows(tokens: Tensor, grid: tuple[int, int], origins: Tensor, size:
     """
     b = origins.shape[0]
     wh, ww = size
-    rows = origins[:, :1] + torch.arange(wh)  # (B, wh)
-    cols = origins[:, 1:] + torch.arange(ww)  # (B, ww)
+    dev = tokens.device
+    origins = origins.to(dev)
+    rows = origins[:, :1] + torch.arange(wh, device=dev)  # (B, wh)
+    cols = origins[:, 1:] + torch.arange(ww, device=dev)  # (B, ww)
     index = (rows[:, :, None] * grid[1] + cols[:, None, :]).reshape(b, wh * ww)
     if tokens.shape[0] != b:
         tokens = tokens.expand(b, -1, -1)
-    return tokens[torch.arange(b)[:, None], index]
+    return tokens[torch.arange(b, device=dev)[:, None], index]
 
 
 def _bilinear(n_in: int, n_out: int) -> np.ndarray:
@@ -120,7 +122,7 @@ class SliceWindows:
         c0, c1 = self.cols.inside(f * tc, f * (tc + ww))
         a = torch.from_numpy(self.rows.matrix[r0:r1, f * tr:f * (tr + wh)])
         b = torch.from_numpy(self.cols.matrix[c0:c1, f * tc:f * (tc + ww)])
-        return (a @ low.float() @ b.T).numpy(), (r0, c0)
+        return (a @ low.detach().float().cpu() @ b.T).numpy(), (r0, c0)
 
 
 def box_windows(boxes: np.ndarray, grid: tuple[int, int], factor: int, rows: ResizeAxis, cols: ResizeAxis,
@@ -148,5 +150,6 @@ def batch_windows(windows: np.ndarray, grid: tuple[int, int], factor: int, rows:
     :func:`box_windows`), each window placed over its own tokens inside the grid."""
     wh = int((windows[:, 2] - windows[:, 0]).max()) + 1
     ww = int((windows[:, 3] - windows[:, 1]).max()) + 1
-    origins = np.stack([np.clip(windows[:, 0], 0, grid[0] - wh), np.clip(windows[:, 1], 0, grid[1] - ww)], axis=1)
+    origins = np.stack([np.clip(windows[:, 0], 0, grid[0] - wh),
+                        np.clip(windows[:, 1], 0, grid[1] - ww)], axis=1)
     return SliceWindows(origins, (wh, ww), factor, rows, cols)
