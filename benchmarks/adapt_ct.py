@@ -12,13 +12,12 @@ import argparse
 import os
 import time
 
+import numpy as np  # noqa: E402
 import torch  # before anything that may import napari
 
 from common import dice, load_ct  # noqa: F401  (puts src/ on sys.path)
-
-import numpy as np  # noqa: E402
-
-from napari_sam.cache import SliceEmbeddings, content_hash  # noqa: E402
+from napari_sam.cache import content_hash  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.finetune.adapt import adapt_to_slices  # noqa: E402
 from napari_sam.intensity import resolve_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
@@ -52,8 +51,9 @@ def main() -> None:
     ids = {v: k for k, v in names.items()}
     base = load_model()
     win = resolve_window(vol.array, None, vol.metadata.get("modality"), vol.metadata.get("dicom_window"))
-    emb = SliceEmbeddings(base, vol.array, win, 0, cache_dir=args.cache_dir, image_hash=content_hash(vol.array),
-                          max_in_memory=64)
+    emb = SliceEmbeddings(
+        base, vol.array, win, 0, cache_dir=args.cache_dir, image_hash=content_hash(vol.array), max_in_memory=64
+    )
     print(f"window {win.key()}; torch threads 1; adaptation budget {args.budget:.0f} s")
     print("structure             k  keys        3D Dice base  adapted  adapt s  steps")
     rows = []
@@ -68,11 +68,16 @@ def main() -> None:
             d1 = dice(propagate(res.backend, emb, gt, keys), gt)
             rows.append((name, k, d0, d1, t))
             la = os.getloadavg()[0]
-            print(f"{name:20s} {k:2d}  {str(keys):10s}  {d0:.3f}        {d1:.3f}    {t:5.1f}    {res.steps:3d}"
-                  f"   (load {la:.1f})", flush=True)
+            print(
+                f"{name:20s} {k:2d}  {str(keys):10s}  {d0:.3f}        {d1:.3f}    {t:5.1f}    {res.steps:3d}"
+                f"   (load {la:.1f})",
+                flush=True,
+            )
     d0s, d1s = [r[2] for r in rows], [r[3] for r in rows]
-    print(f"mean 3D Dice: base {np.mean(d0s):.3f} -> adapted {np.mean(d1s):.3f}; adaptation median "
-          f"{np.median([r[4] for r in rows]):.1f} s")
+    print(
+        f"mean 3D Dice: base {np.mean(d0s):.3f} -> adapted {np.mean(d1s):.3f}; adaptation median "
+        f"{np.median([r[4] for r in rows]):.1f} s"
+    )
 
 
 if __name__ == "__main__":

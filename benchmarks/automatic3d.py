@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch  # noqa: F401  (before anything that could import napari)
 import numpy as np
+import torch  # noqa: F401  (before anything that could import napari)
 
-from napari_sam.automatic import AutomaticSegmenter, AutoSettings
-from napari_sam.automatic3d import Stack3DSettings, StackSegmenter
+from napari_sam.automatic import AutomaticSegmenter, AutoSettings, Stack3DSettings, StackSegmenter
 from napari_sam.evaluation import match_instances
 from napari_sam.instance_errors import merge_split_counts
 from napari_sam.intensity import resolve_window
@@ -40,8 +39,11 @@ def _vol(s):
 def _row(name, labels, ref, timings=None):
     m, ms = match_instances(labels, ref), merge_split_counts(labels, ref)
     t = "" if timings is None else "  " + " ".join(f"{k} {v:.2f}" for k, v in timings.items())
-    print(f"{name:34s} F1 {m.f1:.3f} P {m.precision:.3f} R {m.recall:.3f} IoU {m.mean_matched_iou:.3f} "
-          f"merges {ms.merges} splits {ms.splits} (ref {int(ref.max())}){t}", flush=True)
+    print(
+        f"{name:34s} F1 {m.f1:.3f} P {m.precision:.3f} R {m.recall:.3f} IoU {m.mean_matched_iou:.3f} "
+        f"merges {ms.merges} splits {ms.splits} (ref {int(ref.max())}){t}",
+        flush=True,
+    )
     return m, ms
 
 
@@ -52,9 +54,12 @@ def accuracy(seeds):
             s = nuclei_stack(contrast=c, seed=seed)
             res = StackSegmenter(None, Stack3DSettings(spacing=s.spacing)).segment(_vol(s))
             m, ms = match_instances(res.labels, s.labels), merge_split_counts(res.labels, s.labels)
-            f.append(m.f1), p.append(m.precision), r.append(m.recall), mg.append(ms.merges), sp.append(ms.splits)
-        print(f"contrast {c}: F1 {np.mean(f):.3f} (min {np.min(f):.3f}) P {np.mean(p):.3f} R {np.mean(r):.3f} "
-              f"merges {np.mean(mg):.1f} splits {np.mean(sp):.1f} per stack (~98 nuclei; seeds {seeds})", flush=True)
+            (f.append(m.f1), p.append(m.precision), r.append(m.recall), mg.append(ms.merges), sp.append(ms.splits))
+        print(
+            f"contrast {c}: F1 {np.mean(f):.3f} (min {np.min(f):.3f}) P {np.mean(p):.3f} R {np.mean(r):.3f} "
+            f"merges {np.mean(mg):.1f} splits {np.mean(sp):.1f} per stack (~98 nuclei; seeds {seeds})",
+            flush=True,
+        )
 
 
 def designs(seed, contrasts=(3.0, 1.3)):
@@ -95,18 +100,37 @@ def cli(seed, runs=3):
     s = nuclei_stack(contrast=1.3, seed=seed)
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "stack.tif"
-        tifffile.imwrite(src, s.image, imagej=True, resolution=(1 / s.spacing[2], 1 / s.spacing[1]),
-                         metadata={"spacing": s.spacing[0], "unit": "um", "axes": "ZYX"})
+        tifffile.imwrite(
+            src,
+            s.image,
+            imagej=True,
+            resolution=(1 / s.spacing[2], 1 / s.spacing[1]),
+            metadata={"spacing": s.spacing[0], "unit": "um", "axes": "ZYX"},
+        )
         times = []
         for k in range(runs):
             out = Path(d) / f"labels{k}.tif"
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "napari_sam.cli", "auto", str(src), "--output", str(out),
-                            "--quiet", "--no-cache"], check=True, env=os.environ)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "napari_sam.cli",
+                    "auto",
+                    str(src),
+                    "--output",
+                    str(out),
+                    "--quiet",
+                    "--no-cache",
+                ],
+                check=True,
+                env=os.environ,
+            )
             times.append(time.perf_counter() - t)
         labels = tifffile.imread(out)
-    print(f"CLI cold 31x61x57 (new process, model loading incl.): median {np.median(times):.1f} s of {times}",
-          flush=True)
+    print(
+        f"CLI cold 31x61x57 (new process, model loading incl.): median {np.median(times):.1f} s of {times}", flush=True
+    )
     _row("CLI output", labels, s.labels)
 
 
@@ -117,8 +141,12 @@ def main() -> None:
     a = ap.parse_args()
     seeds = [int(v) for v in a.seeds.split(",")]
     print("load average", os.getloadavg(), flush=True)
-    for name, fn in (("accuracy", lambda: accuracy(seeds)), ("cli", lambda: cli(seeds[0])),
-                     ("designs", lambda: designs(seeds[0])), ("big", big)):
+    for name, fn in (
+        ("accuracy", lambda: accuracy(seeds)),
+        ("cli", lambda: cli(seeds[0])),
+        ("designs", lambda: designs(seeds[0])),
+        ("big", big),
+    ):
         if a.only in (None, name):
             fn()
     print("load average", os.getloadavg(), flush=True)

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from common import deepest_point, dice, load_ct  # noqa: E402
-
 from napari_sam import load_model, resolve_window
-from napari_sam.cache import SliceEmbeddings, default_cache_dir
+from napari_sam.cache import default_cache_dir
 from napari_sam.clicks import ClickStrategy, candidate_order, distinct
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.prompts import as_slice_prompt
 
 
@@ -72,8 +72,10 @@ def main() -> None:
                 continue
             rr, cc = np.nonzero(truth)
             box = (rr.min(), cc.min(), rr.max(), cc.max())
-            for kind, prompt in (("click", as_slice_prompt([deepest_point(truth)], [1], None)),
-                                 ("box", as_slice_prompt(None, None, box))):
+            for kind, prompt in (
+                ("click", as_slice_prompt([deepest_point(truth)], [1], None)),
+                ("box", as_slice_prompt(None, None, box)),
+            ):
                 r = evaluate(strategy, emb, prompt, truth)
                 rows.append({"z": z, "id": int(lid), "name": names.get(int(lid), str(lid)), "kind": kind, **r})
     print(f"{len(rows)} prompts in {time.perf_counter() - t0:.0f} s")
@@ -84,12 +86,16 @@ def main() -> None:
             fb = np.mean([r[name]["first_best"] for r in sel])
             fbm = np.mean([r[name]["first_best"] for r in multi]) if multi else float("nan")
             d1 = np.mean([r[name]["dice"][0] for r in sel])
-            print(f"{kind:5s} {name}: candidate 1 best in {fb:.1%} of {len(sel)} "
-                  f"({fbm:.1%} of the {len(multi)} with >1 candidate); mean Dice of candidate 1 {d1:.3f}")
+            print(
+                f"{kind:5s} {name}: candidate 1 best in {fb:.1%} of {len(sel)} "
+                f"({fbm:.1%} of the {len(multi)} with >1 candidate); mean Dice of candidate 1 {d1:.3f}"
+            )
     sp = [r for r in rows if r["kind"] == "click" and r["name"] == "spleen"]
     for name in ("old", "new"):
-        print(f"spleen clicks {name}: first best {np.mean([r[name]['first_best'] for r in sp]):.1%} "
-              f"of {len(sp)}, mean Dice 1st {np.mean([r[name]['dice'][0] for r in sp]):.3f}")
+        print(
+            f"spleen clicks {name}: first best {np.mean([r[name]['first_best'] for r in sp]):.1%} "
+            f"of {len(sp)}, mean Dice 1st {np.mean([r[name]['dice'][0] for r in sp]):.3f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f)

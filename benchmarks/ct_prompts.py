@@ -13,12 +13,11 @@ import time
 import numpy as np
 
 from common import dice, load_ct, simulate_clicks
-
-from napari_sam.cache import SliceEmbeddings
+from napari_sam.embeddings import SliceEmbeddings
+from napari_sam.geometry import box_of_mask
 from napari_sam.intensity import parse_window
 from napari_sam.models.registry import load_model
 from napari_sam.predictor import SlicePredictor
-from napari_sam.geometry import box_of_mask
 
 
 def main() -> None:
@@ -46,8 +45,10 @@ def main() -> None:
             times.append((time.perf_counter() - t) / len(run.dices))
             nocs.append(run.clicks_to(0.85, cap=10))
             first.append(run.dices[0])
-        print(f"{name:12s} {len(zs):6d} {np.mean(box_d):9.4f} {np.mean(nocs):7.2f} {np.mean(first):8.3f} "
-              f"{statistics.median(times) * 1000:9.0f}")
+        print(
+            f"{name:12s} {len(zs):6d} {np.mean(box_d):9.4f} {np.mean(nocs):7.2f} {np.mean(first):8.3f} "
+            f"{statistics.median(times) * 1000:9.0f}"
+        )
 
 
 if __name__ == "__main__":

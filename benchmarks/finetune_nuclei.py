@@ -13,23 +13,21 @@ import os
 import sys
 import time
 
+import numpy as np  # noqa: E402
+import tifffile  # noqa: E402
 import torch  # before anything that may import napari
 
 from common import ROOT, shared_data_dir  # noqa: F401  (puts src/ on sys.path)
-
-import numpy as np  # noqa: E402
-import tifffile  # noqa: E402
-
 from napari_sam.automatic import AutomaticSegmenter, AutoSettings  # noqa: E402
-from napari_sam.cache import SliceEmbeddings  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.evaluation import dice, match_instances  # noqa: E402
 from napari_sam.finetune.data import samples_from_volume  # noqa: E402
 from napari_sam.finetune.pipeline import finetune_samples, tuned_backend  # noqa: E402
 from napari_sam.finetune.train import FinetuneSettings  # noqa: E402
+from napari_sam.geometry import box_of_mask  # noqa: E402
 from napari_sam.intensity import resolve_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.predictor import SlicePredictor  # noqa: E402
-from napari_sam.geometry import box_of_mask  # noqa: E402
 
 
 def halves(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,8 +69,14 @@ def main() -> None:
     left_img, right_img = raw[:, :mid], raw[:, mid:]
     base = load_model()
     emb = SliceEmbeddings(base, left_img[None], win, 0)
-    samples = samples_from_volume(lambda w: emb, left_lab[None], {}, {int(i): win for i in np.unique(left_lab)},
-                                  "nuclei_left", 4 * base.prompt_encoder.image_embedding_size[0])
+    samples = samples_from_volume(
+        lambda w: emb,
+        left_lab[None],
+        {},
+        {int(i): win for i in np.unique(left_lab)},
+        "nuclei_left",
+        4 * base.prompt_encoder.image_embedding_size[0],
+    )
     settings = FinetuneSettings(epochs=args.epochs, trainable=args.trainable, lr=args.lr)
     t0 = time.perf_counter()
     out = finetune_samples(base, samples, settings)
@@ -81,13 +85,21 @@ def main() -> None:
     r01 = win.apply(right_img)
     d0, d1 = one_box_dice(base, r01, right_lab), one_box_dice(tuned, r01, right_lab)
     la = os.getloadavg()
-    print(f"load average {la[0]:.1f} {la[1]:.1f} {la[2]:.1f}; torch threads 1; trainable {args.trainable} "
-          f"({out.trainer.n_trainable} parameters), lr {args.lr}")
-    print(f"train: {out.n_train} nuclei (left half), validation {out.n_val}; epochs run "
-          f"{len(out.result.history) - 1}, best epoch {out.result.best_epoch}; training {t_train:.1f} s")
-    print(f"validation Dice (decoder grid): base {out.result.base_val_dice:.3f} -> tuned {out.result.best_val_dice:.3f}")
-    print(f"right half, one box per nucleus ({len(d0)} nuclei): Dice mean {np.mean(d0):.3f} median "
-          f"{np.median(d0):.3f} (base) -> mean {np.mean(d1):.3f} median {np.median(d1):.3f} (tuned)")
+    print(
+        f"load average {la[0]:.1f} {la[1]:.1f} {la[2]:.1f}; torch threads 1; trainable {args.trainable} "
+        f"({out.trainer.n_trainable} parameters), lr {args.lr}"
+    )
+    print(
+        f"train: {out.n_train} nuclei (left half), validation {out.n_val}; epochs run "
+        f"{len(out.result.history) - 1}, best epoch {out.result.best_epoch}; training {t_train:.1f} s"
+    )
+    print(
+        f"validation Dice (decoder grid): base {out.result.base_val_dice:.3f} -> tuned {out.result.best_val_dice:.3f}"
+    )
+    print(
+        f"right half, one box per nucleus ({len(d0)} nuclei): Dice mean {np.mean(d0):.3f} median "
+        f"{np.median(d0):.3f} (base) -> mean {np.mean(d1):.3f} median {np.median(d1):.3f} (tuned)"
+    )
     if not args.no_auto:
         for name, b in (("base", base), ("tuned", tuned)):
             res = AutomaticSegmenter(b, AutoSettings.for_microscopy()).segment(r01)

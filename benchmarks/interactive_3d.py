@@ -39,12 +39,22 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, dice, load_ct, shared_data_dir  # noqa: E402
-
-from napari_sam.io import read_image, read_labels_aligned  # noqa: E402
 from napari_sam.geometry import box_of_mask  # noqa: E402
+from napari_sam.io import read_image, read_labels_aligned  # noqa: E402
 
-SKELETAL = ("vertebrae", "rib", "humerus", "costal_cartilages", "sternum", "scapula", "clavicula", "femur", "hip",
-            "sacrum", "skull")
+SKELETAL = (
+    "vertebrae",
+    "rib",
+    "humerus",
+    "costal_cartilages",
+    "sternum",
+    "scapula",
+    "clavicula",
+    "femur",
+    "hip",
+    "sacrum",
+    "skull",
+)
 MIN_VOXELS = 1000
 NSD_TOLERANCE_MM = 2.0
 CUBE = np.ones((3, 3, 3), bool)
@@ -106,7 +116,7 @@ def next_correction(pred: np.ndarray, gt: np.ndarray, spacing) -> dict | None:
     comp = best[1]
     zz, yy, xx = np.nonzero(comp)
     lo = [max(0, a.min() - 1) for a in (zz, yy, xx)]
-    sub = comp[lo[0]:zz.max() + 2, lo[1]:yy.max() + 2, lo[2]:xx.max() + 2]
+    sub = comp[lo[0] : zz.max() + 2, lo[1] : yy.max() + 2, lo[2] : xx.max() + 2]
     edt = ndimage.distance_transform_edt(np.pad(sub, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
     p = np.unravel_index(int(np.argmax(edt)), sub.shape)
     return {"point": [int(p[i] + lo[i]) for i in range(3)], "label": best[2]}
@@ -138,8 +148,13 @@ def protocol(name: str, steps: int, cache: Path, max_structures: int | None, out
     for i in ids:
         gt = labels == i
         z0 = int(gt.sum((1, 2)).argmax())
-        o = {"id": i, "name": names[i], "propagate": True, "prompts": [{"slice": z0, "box": list(box_of_mask(gt[z0]))}],
-             "corrections": []}
+        o = {
+            "id": i,
+            "name": names[i],
+            "propagate": True,
+            "prompts": [{"slice": z0, "box": list(box_of_mask(gt[z0]))}],
+            "corrections": [],
+        }
         if windows[i]:
             o["window"] = windows[i]
         objects.append(o)
@@ -151,8 +166,20 @@ def protocol(name: str, steps: int, cache: Path, max_structures: int | None, out
     for step in range(steps + 1):
         (work / "prompts.json").write_text(json.dumps({"objects": objects}))
         out = work / f"seg_{step}.nii.gz"
-        wall = run_cli(["segment", str(path), "--prompts", str(work / "prompts.json"), "--output", str(out),
-                        "--cache-dir", str(cache), "--quiet", "--overwrite"])
+        wall = run_cli(
+            [
+                "segment",
+                str(path),
+                "--prompts",
+                str(work / "prompts.json"),
+                "--output",
+                str(out),
+                "--cache-dir",
+                str(cache),
+                "--quiet",
+                "--overwrite",
+            ]
+        )
         seconds.append(wall / len(ids))
         seg = read_map(out)
         scores = {}
@@ -164,25 +191,38 @@ def protocol(name: str, steps: int, cache: Path, max_structures: int | None, out
             elif (c := next_correction(pred, gt, spacing)) is not None:
                 o["corrections"].append(c)
         per_step.append(scores)
-        print(f"step {step}: mean Dice {np.mean(list(scores.values())):.3f}  ({wall:.1f} s wall, "
-              f"{wall / len(ids):.1f} s per structure)  " + " ".join(f"{names[k]}={v:.3f}" for k, v in scores.items()),
-              flush=True)
+        print(
+            f"step {step}: mean Dice {np.mean(list(scores.values())):.3f}  ({wall:.1f} s wall, "
+            f"{wall / len(ids):.1f} s per structure)  " + " ".join(f"{names[k]}={v:.3f}" for k, v in scores.items()),
+            flush=True,
+        )
     curve = [float(np.mean(list(s.values()))) for s in per_step]
     auc = float(np.trapezoid(curve[1:])) if steps > 1 else float("nan")
     print(f"{'structure':32s} " + " ".join(f"{'s' + str(k):>6s}" for k in range(steps + 1)) + "    NSD2")
     rows = []
     for i in ids:
         d = [per_step[k][i] for k in range(steps + 1)]
-        rows.append({"id": i, "name": names[i], "dice": d, "nsd2": final_nsd[i],
-                     "corrections": next(o["corrections"] for o in objects if o["id"] == i)})
+        rows.append(
+            {
+                "id": i,
+                "name": names[i],
+                "dice": d,
+                "nsd2": final_nsd[i],
+                "corrections": next(o["corrections"] for o in objects if o["id"] == i),
+            }
+        )
         print(f"{names[i]:32s} " + " ".join(f"{v:6.3f}" for v in d) + f"  {final_nsd[i]:6.3f}")
-    print(f"{name}: Dice per step {' '.join(f'{v:.3f}' for v in curve)}; DSC_AUC (steps 1-{steps}) {auc:.3f}; "
-          f"final Dice {curve[-1]:.3f}; NSD@2mm {np.mean(list(final_nsd.values())):.3f}; "
-          f"seconds per structure, all steps: {sum(seconds):.1f} (step 0: {seconds[0]:.1f}; "
-          f"machine shared with other work)", flush=True)
+    print(
+        f"{name}: Dice per step {' '.join(f'{v:.3f}' for v in curve)}; DSC_AUC (steps 1-{steps}) {auc:.3f}; "
+        f"final Dice {curve[-1]:.3f}; NSD@2mm {np.mean(list(final_nsd.values())):.3f}; "
+        f"seconds per structure, all steps: {sum(seconds):.1f} (step 0: {seconds[0]:.1f}; "
+        f"machine shared with other work)",
+        flush=True,
+    )
     if out_json:
-        Path(out_json).write_text(json.dumps({"dataset": name, "curve": curve, "auc": auc, "seconds": seconds,
-                                              "rows": rows}, indent=1))
+        Path(out_json).write_text(
+            json.dumps({"dataset": name, "curve": curve, "auc": auc, "seconds": seconds, "rows": rows}, indent=1)
+        )
 
 
 def main() -> None:
@@ -197,8 +237,13 @@ def main() -> None:
 
     cache = resolve_cache_dir(args.cache_dir)
     for name in args.datasets:
-        protocol(name, args.steps, cache, args.max_structures,
-                 None if args.json is None else str(Path(args.json).with_suffix(f".{name}.json")))
+        protocol(
+            name,
+            args.steps,
+            cache,
+            args.max_structures,
+            None if args.json is None else str(Path(args.json).with_suffix(f".{name}.json")),
+        )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dice  # noqa: E402
 from interactive_3d import dataset  # noqa: E402
-
-from napari_sam.cache import SliceEmbeddings, resolve_cache_dir  # noqa: E402
+from napari_sam.cache import resolve_cache_dir  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
+from napari_sam.geometry import box_of_mask  # noqa: E402
 from napari_sam.intensity import parse_window, resolve_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.overlaps import ObjectMasks, resolve_overlaps  # noqa: E402
-from napari_sam.geometry import box_of_mask  # noqa: E402
 
 
 def first_listed_wins(shape, objects):
@@ -61,8 +61,11 @@ def run(name: str, backend, cache: Path) -> None:
     old = first_listed_wins(labels.shape, objects)
     dj = np.mean([dice(joint == o.id, labels == o.id) for o in objects])
     do = np.mean([dice(old == o.id, labels == o.id) for o in objects])
-    print(f"{name}: {len(ids)} structures; mean Dice alone {alone:.4f}; joint map, resolve_overlaps {dj:.4f} "
-          f"(loss {alone - dj:.4f}); joint map, first listed wins {do:.4f} (loss {alone - do:.4f})", flush=True)
+    print(
+        f"{name}: {len(ids)} structures; mean Dice alone {alone:.4f}; joint map, resolve_overlaps {dj:.4f} "
+        f"(loss {alone - dj:.4f}); joint map, first listed wins {do:.4f} (loss {alone - do:.4f})",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from napari_sam import segmentation as seg
+from napari_sam.annotation import replay
 from napari_sam.io import Volume
 from napari_sam.models.registry import load_model
 from napari_sam.prompts import parse_prompts
@@ -68,7 +69,7 @@ class RssProbe:
 
     def __init__(self, step: int = 500) -> None:
         self.step = step
-        self.real = seg.decode_boxes
+        self.real = replay.decode_boxes
         self.done = 0
         self.base = rss()
         self.at: dict[int, int] = {}
@@ -76,8 +77,8 @@ class RssProbe:
     def __call__(self, backend, emb, boxes, *args, **kwargs):
         out = []
         for s in range(0, len(boxes), self.step):
-            out.extend(self.real(backend, emb, boxes[s:s + self.step], *args, **kwargs))
-            before, self.done = self.done, self.done + len(boxes[s:s + self.step])
+            out.extend(self.real(backend, emb, boxes[s : s + self.step], *args, **kwargs))
+            before, self.done = self.done, self.done + len(boxes[s : s + self.step])
             for c in CHECKPOINTS:
                 if before < c <= self.done:
                     self.at[c] = rss()
@@ -90,13 +91,13 @@ def run(backend, n: int) -> tuple[float, dict[int, tuple[int, int]], seg.Segment
     volume, prompts = make_case(n)
     gc.collect()
     probe = RssProbe()
-    seg.decode_boxes = probe
+    replay.decode_boxes = probe
     try:
         t0 = time.perf_counter()
         result = seg.segment_volume(volume, prompts, backend)
         dt = time.perf_counter() - t0
     finally:
-        seg.decode_boxes = probe.real
+        replay.decode_boxes = probe.real
     probe.at[n] = rss()
     return n / dt, {c: (v, v - probe.base) for c, v in probe.at.items()}, result
 
@@ -116,22 +117,26 @@ def main() -> None:
         rate, at, _ = run(backend, a.n)
         rates.append(rate)
         mem = ", ".join(f"{c}: {v / 2**20:.0f} MiB ({g / 2**20:+.0f})" for c, (v, g) in sorted(at.items()))
-        print(f"run {i + 1}: {a.n} objects, {rate:.1f} objects/s; RSS (growth) after {mem}; "
-              f"process peak RSS {peak_rss() / 2**20:.0f} MiB", flush=True)
-    print(f"median of {a.repeat} runs: {statistics.median(rates):.1f} objects/s for {a.n} objects",
-          flush=True)
+        print(
+            f"run {i + 1}: {a.n} objects, {rate:.1f} objects/s; RSS (growth) after {mem}; "
+            f"process peak RSS {peak_rss() / 2**20:.0f} MiB",
+            flush=True,
+        )
+    print(f"median of {a.repeat} runs: {statistics.median(rates):.1f} objects/s for {a.n} objects", flush=True)
     if a.k <= 0:
         return
     rate_b, _, batched = run(backend, a.k)
-    real = seg.is_plain_box
-    seg.is_plain_box = lambda p: False  # the per-object path
+    real = replay.is_plain_box
+    replay.is_plain_box = lambda p: False  # the per-object path
     try:
         rate_s, _, single = run(backend, a.k)
     finally:
-        seg.is_plain_box = real
+        replay.is_plain_box = real
     diff = int((batched.labels != single.labels).sum())
-    print(f"reference {a.k} objects: per-object {rate_s:.1f} objects/s vs batched {rate_b:.1f} objects/s; "
-          f"label maps identical: {diff == 0} ({diff} voxels differ)")
+    print(
+        f"reference {a.k} objects: per-object {rate_s:.1f} objects/s vs batched {rate_b:.1f} objects/s; "
+        f"label maps identical: {diff == 0} ({diff} voxels differ)"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,12 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=6, help="slices encoded in each of the three ways")
     ap.add_argument("--boxes", type=int, default=20, help="box changes for the latency median")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
-    ap.add_argument("--load", type=int, default=0, help="busy processes (a pure-Python spin each) running "
-                    "during the measurements: a loaded machine")
+    ap.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        help="busy processes (a pure-Python spin each) running during the measurements: a loaded machine",
+    )
     ap.add_argument("--preview-only", action="store_true", help="only part 3 (prompt -> preview latency)")
     args = ap.parse_args()
     busy = _start_load(args.load)
@@ -98,8 +102,10 @@ def _measure(args: argparse.Namespace) -> None:
     liver = labels == {v: k for k, v in names.items()}["liver"]
     k = int(np.argmax(liver.sum(axis=(1, 2))))
     model = load_model("lite_medsam", device="cpu")
-    print(f"torch threads: {torch.get_num_threads()}, napari {napari.__version__}, "
-          f"{args.load} busy processes added, {_loadavg()}")
+    print(
+        f"torch threads: {torch.get_num_threads()}, napari {napari.__version__}, "
+        f"{args.load} busy processes added, {_loadavg()}"
+    )
 
     viewer = napari.Viewer(show=True)
 
@@ -146,6 +152,7 @@ def _measure(args: argparse.Namespace) -> None:
     idle = ticks_during(lambda: _run_for(2.0))
 
     from napari_sam.intensity import Window
+
     win = Window(*image.contrast_limits)
     slices = [i for i in range(vol.shape[0]) if i != k][: 0 if args.preview_only else args.slices]
 
@@ -162,7 +169,7 @@ def _measure(args: argparse.Namespace) -> None:
 
     def encode(i, mode):
         t, c = time.perf_counter(), time.process_time()
-        model.forget_recent()  # every run encodes (the backend skips a slice it has just embedded)
+        model.forget_recent()  # every run starts cold (the decoder's work kept per embedding dropped)
         model.embed(win.apply(vol.array[i]))
         wall[mode].append(time.perf_counter() - t)
         cpu[mode].append(time.process_time() - c)
@@ -190,20 +197,28 @@ def _measure(args: argparse.Namespace) -> None:
     if slices:  # (--preview-only skips parts 1 and 2)
         model.embed(win.apply(vol.array[k]))  # warm-up
         for n, i in enumerate(slices):
-            runs = [(modes[0], lambda: encode(i, modes[0])), (modes[1], lambda: in_thread(i)),
-                    (modes[2], lambda: in_worker(i)), (modes[3], lambda: in_worker(i, True))]
-            for mode, run in runs[n % 4:] + runs[: n % 4]:  # rotate the order too
+            runs = [
+                (modes[0], lambda: encode(i, modes[0])),
+                (modes[1], lambda: in_thread(i)),
+                (modes[2], lambda: in_worker(i)),
+                (modes[3], lambda: in_worker(i, True)),
+            ]
+            for mode, run in runs[n % 4 :] + runs[: n % 4]:  # rotate the order too
                 ticks[mode] += ticks_during(run)
         idle_ticks = idle
         print("\nUI event latency (10 ms QTimer, delay of each tick, ms): median / p95 / max")
         for name, d in (("idle", idle_ticks), *((f"encoding: {m}", ticks[m]) for m in modes)):
             print(f"  {name:34s} {statistics.median(d):8.1f} / {_pct(d, 95):8.1f} / {max(d):8.1f}   ({len(d)} ticks)")
-        print(f"\nencoder per slice, {len(slices)} slices interleaved (micro-sam #740 check): "
-              "median wall s, median process CPU s")
+        print(
+            f"\nencoder per slice, {len(slices)} slices interleaved (micro-sam #740 check): "
+            "median wall s, median process CPU s"
+        )
         base = statistics.median(wall[modes[0]])
         for m in modes:
-            print(f"  {m:28s} {statistics.median(wall[m]):7.3f}  ({statistics.median(wall[m]) / base:4.2f}x)  "
-                  f"cpu {statistics.median(cpu[m]):7.3f}   [{', '.join(f'{t:.2f}' for t in wall[m])}]")
+            print(
+                f"  {m:28s} {statistics.median(wall[m]):7.3f}  ({statistics.median(wall[m]) / base:4.2f}x)  "
+                f"cpu {statistics.median(cpu[m]):7.3f}   [{', '.join(f'{t:.2f}' for t in wall[m])}]"
+            )
         print(f"  torch intra-op threads: main {torch.get_num_threads()}, in the worker {worker_threads[0]}")
 
     # -------------------------------------------------- 3: prompt -> preview latency
@@ -220,8 +235,9 @@ def _measure(args: argparse.Namespace) -> None:
         viewer.layers.selection.active = s.boxes
         s.boxes.mode = "add_rectangle"
         mouse_press_callbacks(s.boxes, read_only_mouse_event(type="mouse_press", position=tuple(a), **ev))
-        mouse_move_callbacks(s.boxes, read_only_mouse_event(type="mouse_move", position=tuple(b),
-                                                            is_dragging=True, **ev))
+        mouse_move_callbacks(
+            s.boxes, read_only_mouse_event(type="mouse_move", position=tuple(b), is_dragging=True, **ev)
+        )
         # (the release repeats the last prompt: the widget does not decode it again)
         mouse_release_callbacks(s.boxes, read_only_mouse_event(type="mouse_release", position=tuple(b), **ev))
 
@@ -251,24 +267,42 @@ def _measure(args: argparse.Namespace) -> None:
         w = image.data_to_world((k, r + i, c))
         viewer.layers.selection.active = s.points
         s.points.mode = "add"
-        mouse_press_callbacks(s.points, read_only_mouse_event(type="mouse_press", position=tuple(w), button=1,
-                                                              dims_displayed=[1, 2], view_direction=[1.0, 0, 0]))
-        mouse_release_callbacks(s.points, read_only_mouse_event(type="mouse_release", position=tuple(w), button=1,
-                                                                dims_displayed=[1, 2], view_direction=[1.0, 0, 0]))
+        mouse_press_callbacks(
+            s.points,
+            read_only_mouse_event(
+                type="mouse_press", position=tuple(w), button=1, dims_displayed=[1, 2], view_direction=[1.0, 0, 0]
+            ),
+        )
+        mouse_release_callbacks(
+            s.points,
+            read_only_mouse_event(
+                type="mouse_release", position=tuple(w), button=1, dims_displayed=[1, 2], view_direction=[1.0, 0, 0]
+            ),
+        )
         pump(lambda: s.previews_shown > n)
         click_lat.append(s.latencies[-1] * 1000)
         click_core.append(core_ms(s.prediction_prompt))
         widget.clear_prompts()
-    print(f"\nprompt change -> preview shown on the CT (slice {k}, 512x512), ms: median / p95;"
-          f" the core's SlicePredictor.predict on the same prompt, measured in the same run; {_loadavg()}")
+    print(
+        f"\nprompt change -> preview shown on the CT (slice {k}, 512x512), ms: median / p95;"
+        f" the core's SlicePredictor.predict on the same prompt, measured in the same run; {_loadavg()}"
+    )
     parts = s.latency_parts
     n_box = len(box_lat)
-    for name, lat, ref, pp in (("box", box_lat, box_core, parts[-n_box - len(click_lat):-len(click_lat)]),
-                               ("click", click_lat, click_core, parts[-len(click_lat):])):
-        print(f"  {name:5s} ({len(lat):2d} changes)  widget {statistics.median(lat):7.1f} / {_pct(lat, 95):7.1f}"
-              f"   core predict {statistics.median(ref):7.1f}   widget/core {statistics.median(lat) / statistics.median(ref):4.2f}")
-        print("        widget parts, median ms: " + ", ".join(
-            f"{k} {statistics.median(p[k] for p in pp) * 1000:.1f}" for k in ("prompt", "wait", "decode", "show")))
+    for name, lat, ref, pp in (
+        ("box", box_lat, box_core, parts[-n_box - len(click_lat) : -len(click_lat)]),
+        ("click", click_lat, click_core, parts[-len(click_lat) :]),
+    ):
+        print(
+            f"  {name:5s} ({len(lat):2d} changes)  widget {statistics.median(lat):7.1f} / {_pct(lat, 95):7.1f}"
+            f"   core predict {statistics.median(ref):7.1f}   widget/core {statistics.median(lat) / statistics.median(ref):4.2f}"
+        )
+        print(
+            "        widget parts, median ms: "
+            + ", ".join(
+                f"{k} {statistics.median(p[k] for p in pp) * 1000:.1f}" for k in ("prompt", "wait", "decode", "show")
+            )
+        )
     widget.close_session()
     viewer.close()
 

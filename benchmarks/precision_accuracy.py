@@ -42,16 +42,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dice, load_ct  # noqa: E402
-from propagation_ct import MIN_VOXELS, structures, window_for  # noqa: E402
-
-from napari_sam.cache import SliceEmbeddings  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
+from napari_sam.geometry import box_of_mask  # noqa: E402
 from napari_sam.intensity import parse_window  # noqa: E402
 from napari_sam.models import precision as P  # noqa: E402
 from napari_sam.models.precision import apply_precision  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.prompts import SlicePrompt  # noqa: E402
-from napari_sam.geometry import box_of_mask  # noqa: E402
 from napari_sam.propagation import PropagationState, Propagator  # noqa: E402
+from propagation_ct import MIN_VOXELS, structures, window_for  # noqa: E402
+
 
 def load() -> str:
     a, b, c = os.getloadavg()
@@ -71,8 +71,7 @@ def embed_volume(backend, vol, precision: str) -> dict[str, SliceEmbeddings]:
         emb = SliceEmbeddings(backend, vol.array, parse_window(w), cache_dir=None, max_in_memory=64)
         emb.fill()
         out[w] = emb
-        print(f"  {precision} {w}: {emb.encoder_calls} slices encoded in {time.perf_counter() - t:.1f} s",
-              flush=True)
+        print(f"  {precision} {w}: {emb.encoder_calls} slices encoded in {time.perf_counter() - t:.1f} s", flush=True)
     return out
 
 
@@ -105,8 +104,7 @@ def part_ct(backend, precisions: list[str], parts: set[str]) -> list[dict]:
     for lid in structures(labels, names):
         name = names[lid]
         gt = labels == lid
-        r = {"name": name, "voxels": int(gt.sum()), "slices": int(gt.any((1, 2)).sum()),
-             "window": window_for(name)}
+        r = {"name": name, "voxels": int(gt.sum()), "slices": int(gt.any((1, 2)).sum()), "window": window_for(name)}
         for p in precisions:
             set_precision(backend, p)  # only matters if an embedding were missing
             emb = embs[p][window_for(name)]
@@ -115,8 +113,11 @@ def part_ct(backend, precisions: list[str], parts: set[str]) -> list[dict]:
             if "propagation" in parts:
                 r[f"prop_{p}"] = propagate(backend, emb, gt)
         rows.append(r)
-        print(f"{name:30s} {r['voxels']:7d} {r['slices']:3d}  " + "  ".join(
-            f"{k} {v:.4f}" for k, v in r.items() if k.startswith(("box_", "prop_"))), flush=True)
+        print(
+            f"{name:30s} {r['voxels']:7d} {r['slices']:3d}  "
+            + "  ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith(("box_", "prop_"))),
+            flush=True,
+        )
     calls = {p: sum(e.encoder_calls for e in embs[p].values()) for p in precisions}
     print(f"encoder calls per precision (both windows): {calls}")
     return rows
@@ -134,17 +135,18 @@ def summarise(rows: list[dict], precisions: list[str]) -> None:
             mean_base = np.mean([r[f"{kind}_{base}"] for r in big])
             mean_p = np.mean([r[f"{kind}_{p}"] for r in big])
             over = [n for loss, n in losses if loss > 0.005]
-            print(f"{kind}: {len(big)} structures >= {MIN_VOXELS} voxels; mean Dice {base} {mean_base:.4f}, "
-                  f"{p} {mean_p:.4f}; worst loss {worst[0]:+.4f} ({worst[1]}); "
-                  f"losing > 0.005: {', '.join(over) or 'none'}")
+            print(
+                f"{kind}: {len(big)} structures >= {MIN_VOXELS} voxels; mean Dice {base} {mean_base:.4f}, "
+                f"{p} {mean_p:.4f}; worst loss {worst[0]:+.4f} ({worst[1]}); "
+                f"losing > 0.005: {', '.join(over) or 'none'}"
+            )
 
 
 def part_nuclei(backend, precisions: list[str]) -> dict[str, float]:
     from automatic import load_nuclei
-
     from napari_sam.automatic import AutomaticSegmenter, AutoSettings
+    from napari_sam.embeddings import CropEmbeddings
     from napari_sam.evaluation import match_instances
-    from napari_sam.zoom import CropEmbeddings
 
     img, lab = load_nuclei()
     torch.set_num_threads(1)
@@ -152,8 +154,9 @@ def part_nuclei(backend, precisions: list[str]) -> dict[str, float]:
     for p in precisions:
         set_precision(backend, p)
         t = time.perf_counter()
-        res = AutomaticSegmenter(backend, AutoSettings.for_microscopy(),
-                                 CropEmbeddings(backend, max_in_memory=256)).segment(img)
+        res = AutomaticSegmenter(
+            backend, AutoSettings.for_microscopy(), CropEmbeddings(backend, max_in_memory=256)
+        ).segment(img)
         s = match_instances(res.labels, lab)
         out[p] = s.f1
         print(f"nuclei automatic, encoder {p}: {s.summary()} ({time.perf_counter() - t:.1f} s)", flush=True)

@@ -20,12 +20,10 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_ct  # noqa: E402
-
 from napari_sam.intensity import parse_window  # noqa: E402
 from napari_sam.models.base import to_model_input  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
@@ -49,32 +47,41 @@ def main() -> None:
     vol, _, _ = load_ct()
     model = load_model("lite_medsam", precision="fp32")
     enc = model.image_encoder
-    inputs = [to_model_input(parse_window(w).apply(vol.array[int(z)]), 256)[0]
-              for w in ("soft-tissue", "bone") for z in args.slices.split(",")]
+    inputs = [
+        to_model_input(parse_window(w).apply(vol.array[int(z)]), 256)[0]
+        for w in ("soft-tissue", "bone")
+        for z in args.slices.split(",")
+    ]
     print(f"load average {os.getloadavg()[0]:.1f}; {len(inputs)} inputs", flush=True)
     peaks: dict[str, float] = {}
-    hooks = [enc.get_submodule(n).register_forward_hook(
-        lambda m, i, o, n=n: peaks.__setitem__(n, max(peaks.get(n, 0.0), float(o.abs().max()))))
-        for n in PARTS[:-1]]
+    hooks = [
+        enc.get_submodule(n).register_forward_hook(
+            lambda m, i, o, n=n: peaks.__setitem__(n, max(peaks.get(n, 0.0), float(o.abs().max())))
+        )
+        for n in PARTS[:-1]
+    ]
     set_parts(enc, set(), dtype)
     ref = [enc(x).float() for x in inputs]
     for h in hooks:
         h.remove()
-    print("largest |activation| at each part's output (fp32): "
-          + ", ".join(f"{n} {v:.3g}" for n, v in peaks.items()), flush=True)
+    print(
+        "largest |activation| at each part's output (fp32): " + ", ".join(f"{n} {v:.3g}" for n, v in peaks.items()),
+        flush=True,
+    )
 
     def err(half: set[str]) -> float:
         set_parts(enc, half, dtype)
-        e = [float((enc(x).float() - r).norm() / r.norm())
-             for x, r in zip(inputs, ref)]
+        e = [float((enc(x).float() - r).norm() / r.norm()) for x, r in zip(inputs, ref)]
         return statistics.median(e)
 
     print(f"all parts {args.dtype}: relative error {err(set(PARTS)):.4f}", flush=True)
     cheap = {"patch_embed", "neck"}  # ~1% of the encoder's time: kept fp32 in every candidate
     print(f"all but patch_embed, neck: {err(set(PARTS) - cheap):.4f}", flush=True)
     for p in PARTS[1:-1]:
-        print(f"all but patch_embed, neck, {p}: {err(set(PARTS) - cheap - {p}):.4f}   "
-              f"only {p}: {err({p}):.4f}", flush=True)
+        print(
+            f"all but patch_embed, neck, {p}: {err(set(PARTS) - cheap - {p}):.4f}   only {p}: {err({p}):.4f}",
+            flush=True,
+        )
     set_parts(enc, set(), torch.float32)
 
 

@@ -48,16 +48,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, dice, load_ct  # noqa: E402
-
-from napari_sam.cache import SliceEmbeddings  # noqa: E402
+from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
+from napari_sam.geometry import box_of_mask  # noqa: E402
 from napari_sam.intensity import parse_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.prompts import SlicePrompt  # noqa: E402
-from napari_sam.geometry import box_of_mask  # noqa: E402
 from napari_sam.propagation import PropagationState, Propagator  # noqa: E402
 
-SKELETAL = ("vertebrae", "rib", "humerus", "costal_cartilages", "sternum", "scapula", "clavicula", "femur", "hip",
-            "sacrum", "skull")
+SKELETAL = (
+    "vertebrae",
+    "rib",
+    "humerus",
+    "costal_cartilages",
+    "sternum",
+    "scapula",
+    "clavicula",
+    "femur",
+    "hip",
+    "sacrum",
+    "skull",
+)
 MIN_VOXELS = 1000
 
 
@@ -90,6 +100,7 @@ def structures(labels: np.ndarray, names: dict[int, str]) -> list[int]:
 def reference_protocol(backend, emb: SliceEmbeddings, z0: int, box) -> dict[int, np.ndarray]:
     """The plain protocol: box of the previous mask + 3 px; stop when the mask
     vanishes or the predicted IoU < 0.5."""
+
     def decode(z, b):
         d = backend.decode(emb.get(z), boxes_rc=np.asarray(b, np.float32)[None])
         return d.masks[0, 0], float(d.scores[0, 0])
@@ -112,8 +123,7 @@ def reference_protocol(backend, emb: SliceEmbeddings, z0: int, box) -> dict[int,
 def box_ceiling(backend, emb: SliceEmbeddings, gt: np.ndarray) -> np.ndarray:
     out = np.zeros_like(gt)
     for z in np.flatnonzero(gt.any((1, 2))):
-        out[z] = backend.decode(emb.get(int(z)), boxes_rc=np.asarray(box_of_mask(gt[z]), np.float32)[None]
-                                ).masks[0, 0]
+        out[z] = backend.decode(emb.get(int(z)), boxes_rc=np.asarray(box_of_mask(gt[z]), np.float32)[None]).masks[0, 0]
     return out
 
 
@@ -133,13 +143,18 @@ def stop_errors(pred_slices: set[int], gt_slices: set[int], n: int) -> tuple[int
 
 def part_accuracy(backend, cache_dir: Path) -> None:
     vol, labels, names = load_ct()
-    embs = {w: SliceEmbeddings(backend, vol.array, parse_window(w), cache_dir=cache_dir, max_in_memory=64)
-            for w in ("soft-tissue", "bone")}
+    embs = {
+        w: SliceEmbeddings(backend, vol.array, parse_window(w), cache_dir=cache_dir, max_in_memory=64)
+        for w in ("soft-tissue", "bone")
+    }
     n = vol.array.shape[0]
     inside = ends_inside(labels)
     rows = []
-    print(f"{'structure':30s} {'win':4s} {'key':>3s} {'ours':>6s} {'ref':>6s} {'ceil':>6s}  "
-          f"{'ours ext':>8s} {'ref ext':>8s} {'gt ext':>8s}  ours +/-  ref +/-  time", flush=True)
+    print(
+        f"{'structure':30s} {'win':4s} {'key':>3s} {'ours':>6s} {'ref':>6s} {'ceil':>6s}  "
+        f"{'ours ext':>8s} {'ref ext':>8s} {'gt ext':>8s}  ours +/-  ref +/-  time",
+        flush=True,
+    )
     for lid in structures(labels, names):
         name = names[lid]
         gt = labels == lid
@@ -161,29 +176,46 @@ def part_accuracy(backend, cache_dir: Path) -> None:
         gt_sl = set(np.flatnonzero(areas).tolist())
         ours_sl = set(np.flatnonzero(ours.any((1, 2))).tolist())
         ref_sl = set(np.flatnonzero(ref.any((1, 2))).tolist())
-        r = dict(name=name, window=window_for(name), voxels=int(gt.sum()), key=z0, ours=dice(ours, gt),
-                 ref=dice(ref, gt), ceiling=dice(ceil, gt), ends_inside=lid in inside,
-                 ours_err=stop_errors(ours_sl, gt_sl, n), ref_err=stop_errors(ref_sl, gt_sl, n),
-                 stops=[f"{s.direction:+d}@{s.last}:{s.reason.value}" for s in state.stops], seconds=t_ours)
+        r = dict(
+            name=name,
+            window=window_for(name),
+            voxels=int(gt.sum()),
+            key=z0,
+            ours=dice(ours, gt),
+            ref=dice(ref, gt),
+            ceiling=dice(ceil, gt),
+            ends_inside=lid in inside,
+            ours_err=stop_errors(ours_sl, gt_sl, n),
+            ref_err=stop_errors(ref_sl, gt_sl, n),
+            stops=[f"{s.direction:+d}@{s.last}:{s.reason.value}" for s in state.stops],
+            seconds=t_ours,
+        )
         rows.append(r)
         ext = lambda s: f"{min(s)}-{max(s)}" if s else "-"  # noqa: E731
-        print(f"{name:30s} {r['window'][:4]:4s} {z0:3d} {r['ours']:6.3f} {r['ref']:6.3f} {r['ceiling']:6.3f}  "
-              f"{ext(ours_sl):>8s} {ext(ref_sl):>8s} {ext(gt_sl):>8s}  "
-              f"{r['ours_err'][0]:2d}/{r['ours_err'][1]:<2d}    {r['ref_err'][0]:2d}/{r['ref_err'][1]:<2d}   "
-              f"{t_ours:5.1f}s  {' '.join(r['stops'])}", flush=True)
+        print(
+            f"{name:30s} {r['window'][:4]:4s} {z0:3d} {r['ours']:6.3f} {r['ref']:6.3f} {r['ceiling']:6.3f}  "
+            f"{ext(ours_sl):>8s} {ext(ref_sl):>8s} {ext(gt_sl):>8s}  "
+            f"{r['ours_err'][0]:2d}/{r['ours_err'][1]:<2d}    {r['ref_err'][0]:2d}/{r['ref_err'][1]:<2d}   "
+            f"{t_ours:5.1f}s  {' '.join(r['stops'])}",
+            flush=True,
+        )
     big = [r for r in rows if r["voxels"] >= MIN_VOXELS]
     ends = [r for r in rows if r["ends_inside"]]
     print()
     for label, group in ((f"all structures >= {MIN_VOXELS} voxels", big), ("structures ending inside", ends)):
         o, f, c = (np.mean([r[k] for r in group]) for k in ("ours", "ref", "ceiling"))
-        print(f"mean Dice, {label} (n={len(group)}): ours {o:.3f}, reference {f:.3f} "
-              f"(ours/ref {o / f:.2f}), box ceiling {c:.3f}; median ours {np.median([r['ours'] for r in group]):.3f}"
-              f", reference {np.median([r['ref'] for r in group]):.3f}")
+        print(
+            f"mean Dice, {label} (n={len(group)}): ours {o:.3f}, reference {f:.3f} "
+            f"(ours/ref {o / f:.2f}), box ceiling {c:.3f}; median ours {np.median([r['ours'] for r in group]):.3f}"
+            f", reference {np.median([r['ref'] for r in group]):.3f}"
+        )
     for who in ("ours", "ref"):
         added = sum(r[f"{who}_err"][0] for r in ends)
         short = sum(r[f"{who}_err"][1] for r in ends)
-        print(f"stop rules ({who}), structures ending inside: {added} slice(s) wrongly added past the end, "
-              f"{short} slice(s) wrongly cut short")
+        print(
+            f"stop rules ({who}), structures ending inside: {added} slice(s) wrongly added past the end, "
+            f"{short} slice(s) wrongly cut short"
+        )
     out = os.environ.get("PROPAGATION_BENCH_JSON")
     if out:
         Path(out).write_text(json.dumps(rows, indent=1))
@@ -207,9 +239,11 @@ def part_fp16(backend, cache_dir: Path) -> None:
                 agree.append((dice(m16, m32), int((m16 != m32).sum()), int(m32.sum())))
     d = np.array([a[0] for a in agree])
     px = np.array([a[1] for a in agree])
-    print(f"float16 vs float32 storage: {len(d)} masks; Dice between them: mean {d.mean():.4f}, min {d.min():.4f}, "
-          f"5th percentile {np.percentile(d, 5):.4f}; differing pixels: median {np.median(px):.0f}, "
-          f"max {px.max()} (of masks of median {np.median([a[2] for a in agree]):.0f} px)")
+    print(
+        f"float16 vs float32 storage: {len(d)} masks; Dice between them: mean {d.mean():.4f}, min {d.min():.4f}, "
+        f"5th percentile {np.percentile(d, 5):.4f}; differing pixels: median {np.median(px):.0f}, "
+        f"max {px.max()} (of masks of median {np.median([a[2] for a in agree]):.0f} px)"
+    )
 
 
 def part_cli(cache_root: Path) -> None:
@@ -222,8 +256,15 @@ def part_cli(cache_root: Path) -> None:
     for i, name in enumerate(("liver", "spleen", "aorta", "adrenal_gland_right", "portal_vein_and_splenic_vein")):
         gt = labels == ids[name]
         z0 = int(gt.sum((1, 2)).argmax())
-        objects.append({"id": i + 1, "name": name, "propagate": True, "window": "soft-tissue",
-                        "prompts": [{"slice": z0, "box": list(box_of_mask(gt[z0]))}]})
+        objects.append(
+            {
+                "id": i + 1,
+                "name": name,
+                "propagate": True,
+                "window": "soft-tissue",
+                "prompts": [{"slice": z0, "box": list(box_of_mask(gt[z0]))}],
+            }
+        )
     (d / "prompts.json").write_text(json.dumps({"objects": objects}))
     dicom = ROOT.parent / "shared" / "data" / "ct_abdomen_dicom" / "dicom"
     if os.environ.get("NAPARI_SAM_DATA"):
@@ -232,18 +273,42 @@ def part_cli(cache_root: Path) -> None:
     for run in ("cold", "warm"):
         out = d / f"seg_{run}.nii.gz"
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "napari_sam.cli", "segment", str(dicom), "--prompts",
-                            str(d / "prompts.json"), "--output", str(out), "--cache-dir", str(cache), "--quiet"],
-                           env=env, capture_output=True, text=True)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "napari_sam.cli",
+                "segment",
+                str(dicom),
+                "--prompts",
+                str(d / "prompts.json"),
+                "--output",
+                str(out),
+                "--cache-dir",
+                str(cache),
+                "--quiet",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - t0
         if p.returncode:
             print(f"cli {run}: failed: {p.stderr.strip()}")
             return
         side = json.loads((d / f"seg_{run}.json").read_text())
-        print(f"cli segment, {run} cache: {side['encoder_calls']} encoder call(s), "
-              f"{side['cache_hits']} slice(s) from the cache, wall {wall:.1f} s (process start and model load included)")
-    same = np.array_equal(*(np.asarray(__import__("SimpleITK").GetArrayFromImage(
-        __import__("SimpleITK").ReadImage(str(d / f"seg_{r}.nii.gz")))) for r in ("cold", "warm")))
+        print(
+            f"cli segment, {run} cache: {side['encoder_calls']} encoder call(s), "
+            f"{side['cache_hits']} slice(s) from the cache, wall {wall:.1f} s (process start and model load included)"
+        )
+    same = np.array_equal(
+        *(
+            np.asarray(
+                __import__("SimpleITK").GetArrayFromImage(__import__("SimpleITK").ReadImage(str(d / f"seg_{r}.nii.gz")))
+            )
+            for r in ("cold", "warm")
+        )
+    )
     print(f"cli segment: warm output identical to cold: {same}")
 
 
@@ -252,7 +317,7 @@ import resource, sys, time, numpy as np
 from scipy import ndimage
 sys.path.insert(0, {bench!r})
 from common import load_ct
-from napari_sam.cache import SliceEmbeddings
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.intensity import parse_window
 from napari_sam.models.registry import load_model
 from napari_sam.prompts import SlicePrompt
@@ -291,8 +356,9 @@ def part_memory(cache_root: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="*", default=["accuracy", "fp16", "cli", "memory"],
-                    choices=["accuracy", "fp16", "cli", "memory"])
+    ap.add_argument(
+        "parts", nargs="*", default=["accuracy", "fp16", "cli", "memory"], choices=["accuracy", "fp16", "cli", "memory"]
+    )
     ap.add_argument("--cache-dir", default=None, help="embedding cache (default: the user cache folder)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))

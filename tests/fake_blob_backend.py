@@ -30,11 +30,13 @@ class FakeBlobBackend(Backend):
     def embed(self, image: np.ndarray) -> Embedding:
         self.embed_calls += 1
         t, (h, w) = to_model_input(np.asarray(image, np.float32), self.image_size)
-        return Embedding(features=t[:, :1].clone(), original_size=tuple(image.shape[:2]), input_size=(h, w),
-                         model=self.name)
+        return Embedding(
+            features=t[:, :1].clone(), original_size=tuple(image.shape[:2]), input_size=(h, w), model=self.name
+        )
 
-    def decode_low_res(self, embedding, points_rc=None, point_labels=None, boxes_rc=None, mask_input=None,
-                       multimask=False):
+    def decode_low_res(
+        self, embedding, points_rc=None, point_labels=None, boxes_rc=None, mask_input=None, multimask=False
+    ):
         img = embedding.features[0, 0].numpy()
         fg = img > self.threshold
         s = self.image_size
@@ -44,20 +46,22 @@ class FakeBlobBackend(Backend):
         for i in range(n):
             m = np.zeros((s, s), bool)
             if boxes_rc is not None:
-                b = rc_to_model_xy(np.asarray(boxes_rc[i], np.float32).reshape(2, 2), embedding.original_size,
-                                   embedding.input_size)
+                b = rc_to_model_xy(
+                    np.asarray(boxes_rc[i], np.float32).reshape(2, 2), embedding.original_size, embedding.input_size
+                )
                 x0, y0 = np.floor(b[0]).astype(int) - 1
                 x1, y1 = np.ceil(b[1]).astype(int) + 1
                 sub = np.zeros_like(fg)
-                sub[max(0, y0): y1 + 1, max(0, x0): x1 + 1] = True
+                sub[max(0, y0) : y1 + 1, max(0, x0) : x1 + 1] = True
                 lab, _ = ndimage.label(fg & sub)
                 if lab.max():  # the largest bright part in the box
                     sizes = np.bincount(lab.ravel())
                     sizes[0] = 0
                     m = lab == int(np.argmax(sizes))
             else:
-                x, y = rc_to_model_xy(np.asarray(points_rc[i][0], np.float32), embedding.original_size,
-                                      embedding.input_size)
+                x, y = rc_to_model_xy(
+                    np.asarray(points_rc[i][0], np.float32), embedding.original_size, embedding.input_size
+                )
                 lab, _ = ndimage.label(fg)
                 v = lab[min(s - 1, int(y)), min(s - 1, int(x))]
                 if v:
@@ -90,8 +94,51 @@ def blob_image(shape=(192, 192), centres=None, radius=7.0, seed=0, touching_pair
     rr, cc = np.mgrid[:H, :W]
     labels = np.zeros(shape, np.int32)
     for k, (r, c) in enumerate(centres, start=1):
-        disc = (rr - r) ** 2 + (cc - c) ** 2 <= radius ** 2
+        disc = (rr - r) ** 2 + (cc - c) ** 2 <= radius**2
         labels[disc & (labels == 0)] = k
     img = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
     img = ndimage.gaussian_filter(img, 1.0) + rng.normal(0, 0.02, shape).astype(np.float32)
     return np.clip(img, 0, 1).astype(np.float32), labels
+
+
+def touching_pairs_image(shape=(160, 160), seed: int = 0, a: float = 11.0, b: float = 6.0, seam: float = 0.35):
+    """Elongated nuclei, half of them in pairs pressed together along their
+    long sides (no neck for a distance-transform watershed to cut: the blob
+    proposals merge each pair), with a faint seam between the two that the
+    fake model, at zoom, sees. Returns (image float32 in [0, 1], labels int32).
+
+    Blob proposals alone score F1 about 0.5 here; a model that answers each
+    half of a pair as an object lifts automatic mode to 1.0.
+    """
+    rng = np.random.default_rng(seed)
+    H, W = shape
+    rr, cc = np.mgrid[:H, :W].astype(np.float32)
+    labels = np.zeros(shape, np.int32)
+    k = 0
+    step = int(4 * a)
+    for r in range(step // 2 + 2, H - step // 2, step):
+        for c in range(step // 2 + 2, W - step // 2, step):
+            th = rng.uniform(0, np.pi)
+            ca, sa = np.cos(th), np.sin(th)
+            pair = (r // step + c // step) % 2 == 0
+            offs = [(-0.98 * b * sa, 0.98 * b * ca), (0.98 * b * sa, -0.98 * b * ca)] if pair else [(0.0, 0.0)]
+            for dr, dc in offs:
+                y, x = rr - (r + dr), cc - (c + dc)
+                u, v = x * ca + y * sa, -x * sa + y * ca
+                k += 1
+                labels[((u / a) ** 2 + (v / b) ** 2 <= 1) & (labels == 0)] = k
+    img = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
+    other = ndimage.grey_dilation(labels, 3) != ndimage.grey_erosion(np.where(labels == 0, labels.max() + 1, labels), 3)
+    inside = ndimage.grey_erosion(np.where(labels == 0, labels.max() + 1, labels), 3) <= labels.max()
+    img[other & inside & (labels > 0)] = seam  # where two nuclei meet
+    img = ndimage.gaussian_filter(img, 0.7) + rng.normal(0, 0.02, shape).astype(np.float32)
+    return np.clip(img, 0, 1).astype(np.float32), labels
+
+
+class SilentBackend(FakeBlobBackend):
+    """The fake model with its decoder broken: every answer is an empty mask
+    (its scores unchanged), to prove a test fails when the model's answers are removed."""
+
+    def decode_low_res(self, *args, **kwargs):
+        low, scores = super().decode_low_res(*args, **kwargs)
+        return torch.full_like(low, -4.0), scores

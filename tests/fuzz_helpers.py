@@ -29,10 +29,17 @@ def tree(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def write_dicom_series(folder: Path, n: int = 6, spacing: float = 2.0, positions: list[float] | None = None,
-                       series_uid: str = "1.2.826.0.1.3680043.2.1125.1.1", size: tuple[int, int] = (16, 16),
-                       orientations: list[str] | None = None, sizes: list[tuple[int, int]] | None = None,
-                       start: int = 0) -> list[Path]:
+def write_dicom_series(
+    folder: Path,
+    n: int = 6,
+    spacing: float = 2.0,
+    positions: list[float] | None = None,
+    series_uid: str = "1.2.826.0.1.3680043.2.1125.1.1",
+    size: tuple[int, int] = (16, 16),
+    orientations: list[str] | None = None,
+    sizes: list[tuple[int, int]] | None = None,
+    start: int = 0,
+) -> list[Path]:
     """A CT series of ``n`` slices along z, one file each; returns the files.
 
     GDCM's DICOM writer switches the process's locale to "C", which would make
@@ -45,9 +52,17 @@ def write_dicom_series(folder: Path, n: int = 6, spacing: float = 2.0, positions
         locale.setlocale(locale.LC_CTYPE, saved)
 
 
-def _write_dicom_series(folder: Path, n: int, spacing: float, positions: list[float] | None, series_uid: str,
-                        size: tuple[int, int], orientations: list[str] | None,
-                        sizes: list[tuple[int, int]] | None, start: int) -> list[Path]:
+def _write_dicom_series(
+    folder: Path,
+    n: int,
+    spacing: float,
+    positions: list[float] | None,
+    series_uid: str,
+    size: tuple[int, int],
+    orientations: list[str] | None,
+    sizes: list[tuple[int, int]] | None,
+    start: int,
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     zs = positions if positions is not None else [k * spacing for k in range(n)]
     files = []
@@ -55,11 +70,17 @@ def _write_dicom_series(folder: Path, n: int, spacing: float, positions: list[fl
     for k, z in enumerate(zs):
         rows, cols = sizes[k] if sizes else size
         img = sitk.GetImageFromArray(rng.integers(0, 400, (rows, cols)).astype(np.int16))
-        tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": series_uid,
-                "0020|0013": str(k + 1), "0020|0032": f"0\\0\\{z}",
-                "0020|0037": orientations[k] if orientations else "1\\0\\0\\0\\1\\0",
-                "0008|0018": f"{series_uid}.{start + k + 1}", "0028|0030": "0.8\\0.8",
-                "0008|0016": "1.2.840.10008.5.1.4.1.1.2"}
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": series_uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": f"0\\0\\{z}",
+            "0020|0037": orientations[k] if orientations else "1\\0\\0\\0\\1\\0",
+            "0008|0018": f"{series_uid}.{start + k + 1}",
+            "0028|0030": "0.8\\0.8",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+        }
         for key, value in tags.items():
             img.SetMetaData(key, value)
         w = sitk.ImageFileWriter()

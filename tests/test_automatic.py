@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_blob_backend import FakeBlobBackend, blob_image
 
-from napari_sam.automatic import (AutomaticSegmenter, AutoSettings, Cancelled, Candidate, estimate_object_diameter,
-                                  estimate_polarity, link_slices, non_max_suppression, point_grid, resolve_overlaps,
-                                  structure_proposals)
+from fake_blob_backend import FakeBlobBackend, SilentBackend, blob_image
+from napari_sam.automatic import (
+    AutomaticSegmenter,
+    AutoSettings,
+    Candidate,
+    estimate_object_diameter,
+    estimate_polarity,
+    link_slices,
+    non_max_suppression,
+    point_grid,
+    resolve_overlaps,
+    structure_proposals,
+)
 from napari_sam.errors import InputError
 from napari_sam.evaluation import iou_matrix, match_instances
+from napari_sam.jobs import Cancel, Cancelled, Progress
 
 
 # ----------------------------------------------------------------------------- image structure
 def test_diameter_and_polarity_estimates_follow_the_image():
+    """Polarity flips with the image; the estimated diameter fits the discs and doubles with them."""
     img, _ = blob_image((192, 192), radius=7.0, touching_pair=False)
     assert estimate_polarity(img) == "bright"
     assert estimate_polarity(1.0 - img) == "dark"
@@ -26,6 +37,7 @@ def test_diameter_and_polarity_estimates_follow_the_image():
 
 
 def test_blob_proposals_find_every_blob_and_split_a_touching_pair():
+    """Blob proposals (no model) find every disc, bright or dark, and split two touching ones."""
     img, lab = blob_image((192, 192))
     props = structure_proposals(img, "blobs", 14.0, "bright", 20, 10_000)
     s = match_instances(props.regions, lab)
@@ -36,12 +48,14 @@ def test_blob_proposals_find_every_blob_and_split_a_touching_pair():
 
 
 def test_point_grid_is_centred_in_cells():
+    """SAM's point grid: n x n points at the centres of the cells."""
     pts = point_grid((100, 200), 4)
     assert pts.shape == (16, 2)
     assert np.allclose(sorted(set(pts[:, 0])), [12.5, 37.5, 62.5, 87.5])
 
 
 def test_settings_are_validated_with_actionable_errors():
+    """Bad settings are InputErrors that name the setting."""
     with pytest.raises(InputError, match="quality threshold"):
         AutoSettings(quality_threshold=1.5)
     with pytest.raises(InputError, match="proposals"):
@@ -54,11 +68,19 @@ def test_settings_are_validated_with_actionable_errors():
 
 # ----------------------------------------------------------------------------- NMS and overlaps
 def _cand(mask: np.ndarray, score: float, top: int = 0, left: int = 0, logit: float = 4.0) -> Candidate:
-    return Candidate(top=top, left=left, logits=np.where(mask, logit, -logit).astype(np.float32), score=score,
-                     stability=0.9, box_iou=0.9, prompt=0)
+    return Candidate(
+        top=top,
+        left=left,
+        logits=np.where(mask, logit, -logit).astype(np.float32),
+        score=score,
+        stability=0.9,
+        box_iou=0.9,
+        prompt=0,
+    )
 
 
 def test_nms_drops_duplicates_parts_and_groups():
+    """NMS keeps the best of duplicates, drops parts of a kept mask and masks that hold two kept ones."""
     a = np.zeros((40, 40), bool)
     a[5:20, 5:20] = True
     b = np.zeros((40, 40), bool)
@@ -68,8 +90,9 @@ def test_nms_drops_duplicates_parts_and_groups():
     part = np.zeros((40, 40), bool)
     part[8:15, 8:15] = True  # inside a
     group = a | b  # a and b together
-    kept = non_max_suppression([_cand(a, 0.9), _cand(b, 0.9), _cand(dup, 0.8), _cand(part, 0.7),
-                                _cand(group, 0.6)], 0.5)
+    kept = non_max_suppression(
+        [_cand(a, 0.9), _cand(b, 0.9), _cand(dup, 0.8), _cand(part, 0.7), _cand(group, 0.6)], 0.5
+    )
     assert [c.score for c in kept] == [0.9, 0.9]
     # a group that ranks higher than its parts wins instead
     kept = non_max_suppression([_cand(group, 0.99), _cand(a, 0.5), _cand(b, 0.5)], 0.5)
@@ -77,6 +100,7 @@ def test_nms_drops_duplicates_parts_and_groups():
 
 
 def test_overlaps_go_to_the_highest_logit_and_fragments_are_dropped():
+    """Contested pixels go to the mask with the higher logit; objects below min_size vanish."""
     a = np.zeros((30, 30), bool)
     a[5:20, 5:20] = True
     b = np.zeros((30, 30), bool)
@@ -95,17 +119,24 @@ def test_overlaps_go_to_the_highest_logit_and_fragments_are_dropped():
 
 # ----------------------------------------------------------------------------- the pipeline (fake model)
 def test_segment_everything_on_blobs_with_a_box_model():
+    """model_role "masks": each blob is decoded once on the one embedding and
+    the model's masks are the objects (F1 >= 0.95); with the decoder
+    answering nothing there are no objects at all."""
     img, lab = blob_image((192, 192))
     backend = FakeBlobBackend()
-    res = AutomaticSegmenter(backend, AutoSettings.for_microscopy()).segment(img)
+    st = AutoSettings.for_microscopy(model_role="masks", keep_unanswered=False)
+    res = AutomaticSegmenter(backend, st).segment(img)
     s = match_instances(res.labels, lab)
     assert s.f1 >= 0.95, s.summary()
     assert res.encoder_calls == 1 and backend.decoded_prompts == res.proposals
+    assert AutomaticSegmenter(SilentBackend(), st).segment(img).labels.max() == 0
     assert set(res.timings) >= {"proposals", "encoder", "decoder", "postprocess", "total"}
     assert len(res.scores) == res.labels.max()
 
 
 def test_point_grid_for_point_capable_models():
+    """A point-capable model gets SAM's point grid (20 x 20 prompts) and its
+    masks are the objects (no structure proposals to fall back on)."""
     img, lab = blob_image((160, 160), touching_pair=False)
     backend = FakeBlobBackend(supports_points=True)
     seg = AutomaticSegmenter(backend, AutoSettings(points_per_side=20))
@@ -116,14 +147,19 @@ def test_point_grid_for_point_capable_models():
 
 
 def test_zoomed_automatic_mode_embeds_crops_and_caches_them():
+    """model_role "masks" with zoom: blobs decoded on crop embeddings (several
+    encoder runs), cached, so a second run encodes nothing and gives the same
+    labels."""
     img, lab = blob_image((256, 256), radius=5.0, touching_pair=False)
+    from napari_sam.embeddings import CropEmbeddings
     from napari_sam.zoom import ZoomSettings
 
-    from napari_sam.zoom import CropEmbeddings
-
     backend = FakeBlobBackend(image_size=64)
-    seg = AutomaticSegmenter(backend, AutoSettings.for_microscopy(zoom=ZoomSettings(min_crop=32)),
-                             embeddings=CropEmbeddings(backend, max_in_memory=1000))
+    seg = AutomaticSegmenter(
+        backend,
+        AutoSettings.for_microscopy(zoom=ZoomSettings(min_crop=32), model_role="masks", keep_unanswered=False),
+        embeddings=CropEmbeddings(backend, max_in_memory=1000),
+    )
     res = seg.segment(img)
     assert res.encoder_calls > 1
     assert match_instances(res.labels, lab).f1 >= 0.95
@@ -133,16 +169,28 @@ def test_zoomed_automatic_mode_embeds_crops_and_caches_them():
 
 
 def test_progress_and_cancel():
+    """A run reports jobs.Progress events through its stages, and a Cancel
+    token set mid-run (here: at the first decoding step) stops it there."""
     img, _ = blob_image((128, 128))
-    events = []
-    seg = AutomaticSegmenter(FakeBlobBackend(), AutoSettings.for_microscopy(batch_size=2))
-    seg.segment(img, progress=lambda d, t, m: events.append((d, t, m)))
-    assert any("decoding" in m for _, _, m in events) and events[-1][2] == "done"
+    events: list[Progress] = []
+    seg = AutomaticSegmenter(FakeBlobBackend(), AutoSettings.for_microscopy(batch_size=2, model_role="masks"))
+    seg.segment(img, progress=events.append)
+    assert any("decoding" in e.stage for e in events) and events[-1].stage == "done"
+    assert all(isinstance(e.done, int) and 0 <= e.done <= e.total for e in events)
+    cancel, seen = Cancel(), []
+
+    def stop_at_decoding(e: Progress) -> None:
+        seen.append(e.stage)
+        if "decoding" in e.stage:
+            cancel.set()
+
     with pytest.raises(Cancelled):
-        seg.segment(img, should_stop=lambda: True)
+        seg.segment(img, progress=stop_at_decoding, cancel=cancel)
+    assert "decoding" in seen[-1] and len(seen) < len(events)
 
 
 def test_volume_objects_keep_one_id_across_slices():
+    """Slice-wise mode on a volume: each object keeps one id through the slices (linking)."""
     img, lab = blob_image((128, 128), touching_pair=False)
     vol = np.stack([img, np.roll(img, 1, axis=1), np.roll(img, 2, axis=1)])
     res = AutomaticSegmenter(FakeBlobBackend(), AutoSettings.for_microscopy()).segment_volume(vol)
@@ -154,9 +202,10 @@ def test_volume_objects_keep_one_id_across_slices():
 
 
 def test_link_slices_starts_new_ids_for_new_objects():
+    """Linking: a moved object keeps its id, an object that appears gets a new one."""
     a = np.zeros((3, 20, 20), np.int32)
     a[0, 2:8, 2:8] = 5
-    a[1, 2:8, 3:9] = 9   # same object, moved
+    a[1, 2:8, 3:9] = 9  # same object, moved
     a[1, 12:18, 12:18] = 4  # a new one
     a[2, 12:18, 12:18] = 1
     out = link_slices(a)
@@ -176,18 +225,35 @@ def _nuclei(data_dir):
     return resolve_window(img).apply(img), tifffile.imread(d / "labels.tif")
 
 
-def test_nuclei_automatic_f1(data_dir, lite_medsam):
-    """The issue's figure: instance F1@0.5 >= 0.80 on nuclei_2d with no prompts."""
+def test_nuclei_automatic_f1_and_what_the_model_adds(data_dir, lite_medsam, monkeypatch):
+    """Issue #17's 2D figures on nuclei_2d with no prompts: F1@0.5 >= 0.92 and
+    mean matched IoU >= 0.83 with the embedded model, and the model adds: with
+    its decoder's answers removed (empty masks, scores unchanged) no split is
+    confirmed, the result is the blob proposals alone, and F1 is at least
+    0.015 lower (measured: 0.939 against 0.912)."""
+    import torch
+
     img, lab = _nuclei(data_dir)
-    res = AutomaticSegmenter(lite_medsam, AutoSettings.for_microscopy()).segment(img)
+    seg = AutomaticSegmenter(lite_medsam, AutoSettings.for_microscopy())
+    res = seg.segment(img)
     s = match_instances(res.labels, lab)
-    assert s.f1 >= 0.80, s.summary()
-    assert s.mean_matched_iou >= 0.7, s.summary()
-    assert res.encoder_calls == 1
+    assert res.candidates >= 3 and 1 <= res.encoder_calls <= 8
+    decode = lite_medsam.decode_low_res
+
+    def answers_nothing(*args, **kwargs):
+        low, scores = decode(*args, **kwargs)
+        return torch.full_like(low, -20.0), scores
+
+    monkeypatch.setattr(lite_medsam, "decode_low_res", answers_nothing)
+    blobs_alone = match_instances(seg.segment(img).labels, lab)
+    assert s.f1 >= 0.92 and s.mean_matched_iou >= 0.83, s.summary()
+    assert s.f1 >= blobs_alone.f1 + 0.015, (s.summary(), blobs_alone.summary())
 
 
 def test_ct_slice_recovers_the_large_organs(ct_volume, ct_labels, ct_label_names, lite_medsam):
-    """One soft-tissue slice: liver, spleen and stomach (>= 2000 px) found at IoU >= 0.5."""
+    """One soft-tissue slice: liver, spleen and stomach (>= 2000 px) found at
+    IoU >= 0.5; the objects are the model's masks (CT preset: no structure
+    fallback), so this fails when the model answers nothing."""
     from napari_sam.intensity import parse_window
 
     z = 10
@@ -197,10 +263,12 @@ def test_ct_slice_recovers_the_large_organs(ct_volume, ct_labels, ct_label_names
     _, ref_ids, iou = iou_matrix(res.labels, gt)
     for name in ("liver", "spleen", "stomach"):
         k = list(ref_ids).index(ct_label_names[name])
-        assert iou[:, k].max() >= 0.5, f"{name}: best IoU {iou[:, k].max():.2f}"
+        best = float(iou[:, k].max()) if iou.shape[0] else 0.0
+        assert best >= 0.5, f"{name}: best IoU {best:.2f}"
 
 
 def test_blobs_the_model_left_unanswered_are_kept_below_model_masks():
+    """model_role "masks": a blob with no kept model mask is kept as itself, ranked below the model's masks."""
     from napari_sam.automatic import Candidate, non_max_suppression, unanswered_regions
 
     regions = np.zeros((40, 40), np.int32)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from fake_blob_backend import FakeBlobBackend
 
-from napari_sam.automatic3d import (Stack3DSettings, StackSegmenter, parse_spacing, split_instances_3d,
-                                    stack_spacing)
+from fake_blob_backend import FakeBlobBackend
+from napari_sam.automatic import Stack3DSettings, StackSegmenter, parse_spacing, split_instances_3d, stack_spacing
 from napari_sam.errors import InputError
 from napari_sam.evaluation import match_instances
 from napari_sam.instance_errors import merge_split_counts
@@ -102,8 +101,13 @@ def test_touching_nuclei_are_not_merged_on_an_anisotropic_grid(axis):
 def test_stack_spacing_from_option_header_and_imagej_tiff(tmp_path):
     """Spacing comes from --spacing, else the header, else ImageJ TIFF metadata, else isotropic."""
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, np.zeros((5, 16, 16), np.uint16), imagej=True, resolution=(4.0, 4.0),
-                     metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        path,
+        np.zeros((5, 16, 16), np.uint16),
+        imagej=True,
+        resolution=(4.0, 4.0),
+        metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"},
+    )
     assert stack_spacing(str(path), (1.0, 1.0, 1.0), False, None) == pytest.approx((1.5, 0.25, 0.25))
     assert stack_spacing(str(path), (2.0, 0.5, 0.5), True, None) == (2.0, 0.5, 0.5)
     assert stack_spacing(str(path), (2.0, 0.5, 0.5), True, "3,1,1") == (3.0, 1.0, 1.0)
@@ -139,13 +143,23 @@ def test_model_check_uses_the_models_answers():
 
 
 def test_progress_and_cancel():
-    """A run reports progress and stops when asked."""
-    from napari_sam.automatic import Cancelled
+    """A run reports jobs.Progress events (integer steps) and stops at the step
+    after its Cancel token is set."""
+    from napari_sam.jobs import Cancel, Cancelled
 
     s = nuclei_stack(shape=(12, 48, 48), contrast=2.0, seed=2)
     seen = []
     seg = StackSegmenter(None, Stack3DSettings(spacing=s.spacing, use_model=False))
-    seg.segment(_window(s.image), progress=lambda d, t, m: seen.append(m))
-    assert any("proposals" in m for m in seen) and seen[-1] == "done"
+    seg.segment(_window(s.image), progress=seen.append)
+    assert any("proposals" in e.stage for e in seen) and seen[-1].stage == "done"
+    assert all(isinstance(e.done, int) and e.done <= e.total for e in seen)
+    cancel, stages = Cancel(), []
+
+    def stop_at_foreground(e) -> None:
+        stages.append(e.stage)
+        if "foreground" in e.stage:
+            cancel.set()
+
     with pytest.raises(Cancelled):
-        seg.segment(_window(s.image), should_stop=lambda: True)
+        seg.segment(_window(s.image), progress=stop_at_foreground, cancel=cancel)
+    assert "foreground" in stages[-1]

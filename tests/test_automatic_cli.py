@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import tifffile
-from fake_blob_backend import FakeBlobBackend, blob_image
 
+from fake_blob_backend import FakeBlobBackend, blob_image, touching_pairs_image
 from napari_sam.cli import main
 from napari_sam.evaluation import match_instances
 
@@ -27,7 +27,10 @@ def fake_model(monkeypatch):
 
 
 def test_auto_2d_tiff_with_the_embedded_model(tmp_path: Path, data_dir: Path, capsys):
-    """A crop of the real nuclei image, end to end with the embedded model."""
+    """A crop of the real nuclei image, end to end with the embedded model:
+    the CLI path runs and writes labels with a sidecar (F1 >= 0.7). The blobs
+    alone would pass this too; what the model adds is proved by
+    test_automatic.py::test_nuclei_automatic_f1_and_what_the_model_adds."""
     img = tifffile.imread(data_dir / "nuclei_2d" / "image.tif")[:192, :192]
     lab = tifffile.imread(data_dir / "nuclei_2d" / "labels.tif")[:192, :192]
     src = tmp_path / "crop.tif"
@@ -45,16 +48,49 @@ def test_auto_2d_tiff_with_the_embedded_model(tmp_path: Path, data_dir: Path, ca
 
 
 def test_auto_2d_nifti_and_tiling_options(tmp_path: Path, fake_model):
+    """`--model-role masks` with tiles: every blob decoded on its tile's
+    embedding (several tiles), written as a NIfTI label map. A blob the model
+    leaves unanswered is kept (the microscopy preset), so this checks the
+    tiling options and the output, not the model's answers (test_tiling.py's
+    mosaic test does, with no blob fallback)."""
     img, lab = blob_image((300, 260))
     src = tmp_path / "blobs.tif"
     tifffile.imwrite(src, (img * 1000).astype(np.uint16))
     out = tmp_path / "blobs_labels.nii.gz"
-    rc = main(["auto", str(src), "--output", str(out), "--tile-shape", "128,128", "--halo", "24", "--quiet"])
+    rc = main(
+        [
+            "auto",
+            str(src),
+            "--output",
+            str(out),
+            "--tile-shape",
+            "128,128",
+            "--halo",
+            "24",
+            "--quiet",
+            "--model-role",
+            "masks",
+        ]
+    )
     assert rc == 0
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert arr.shape == (1, 300, 260)
     assert match_instances(arr[0], lab).f1 >= 0.95
     assert fake_model.embed_calls > 1  # tiled
+
+
+def test_auto_2d_splits_touching_nuclei_with_the_models_answers(tmp_path: Path, fake_model):
+    """The microscopy default (split-check) through the CLI: touching pairs
+    that the blobs merge come out split because the (fake) model answers each
+    half as an object (F1 1.0; the blobs alone score about 0.5)."""
+    img, lab = touching_pairs_image()
+    src = tmp_path / "pairs.tif"
+    tifffile.imwrite(src, (img * 1000).astype(np.uint16))
+    out = tmp_path / "pairs_labels.tif"
+    assert main(["auto", str(src), "--output", str(out), "--quiet"]) == 0
+    assert match_instances(tifffile.imread(out), lab).f1 >= 0.95
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["model_role"] == "split-check" and side["proposals"] == "blobs"
 
 
 def test_auto_3d_keeps_the_source_geometry(tmp_path: Path, fake_model):
@@ -80,12 +116,15 @@ def test_auto_3d_keeps_the_source_geometry(tmp_path: Path, fake_model):
     assert rc == 2 and not (tmp_path / "x.tif").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--tile-shape", "abc"], "--tile-shape"),
-    (["--tile-shape", "64,64", "--halo", "40"], "halo"),
-    (["--quality", "3"], "quality threshold"),
-    (["--proposals", "point-grid"], "point-grid"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tile-shape", "abc"], "--tile-shape"),
+        (["--tile-shape", "64,64", "--halo", "40"], "halo"),
+        (["--quality", "3"], "quality threshold"),
+        (["--proposals", "point-grid"], "point-grid"),
+    ],
+)
 def test_auto_errors_are_one_line(tmp_path: Path, fake_model, capsys, args, message):
     img, _ = blob_image((64, 64))
     src = tmp_path / "b.tif"
@@ -115,7 +154,19 @@ def test_auto_reruns_from_the_tile_embedding_cache(tmp_path: Path, fake_model):
     src = tmp_path / "blobs.tif"
     tifffile.imwrite(src, (img * 1000).astype(np.uint16))
     cache = tmp_path / "cache"
-    args = ["auto", str(src), "--tile-shape", "128,128", "--halo", "24", "--quiet", "--cache-dir", str(cache)]
+    args = [
+        "auto",
+        str(src),
+        "--tile-shape",
+        "128,128",
+        "--halo",
+        "24",
+        "--quiet",
+        "--cache-dir",
+        str(cache),
+        "--model-role",
+        "masks",
+    ]
     assert main(args + ["--output", str(tmp_path / "a.tif")]) == 0
     cold = fake_model.embed_calls
     assert cold > 1 and any(cache.iterdir())
@@ -134,8 +185,13 @@ def test_auto_3d_tiff_stack_with_imagej_spacing(tmp_path: Path, fake_model):
 
     s = nuclei_stack(contrast=1.5, seed=31)
     src = tmp_path / "stack.tif"
-    tifffile.imwrite(src, s.image, imagej=True, resolution=(1 / s.spacing[2], 1 / s.spacing[1]),
-                     metadata={"spacing": s.spacing[0], "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        src,
+        s.image,
+        imagej=True,
+        resolution=(1 / s.spacing[2], 1 / s.spacing[1]),
+        metadata={"spacing": s.spacing[0], "unit": "um", "axes": "ZYX"},
+    )
     out = tmp_path / "labels.tif"
     assert main(["auto", str(src), "--output", str(out)]) == 0
     labels = tifffile.imread(out)

@@ -23,11 +23,29 @@ pytestmark = pytest.mark.slow
 
 distributed = pytest.importorskip("distributed")
 
-LIVER = {"objects": [{"id": 5, "name": "liver", "propagate": True, "range": [9, 11],
-                      "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}]},
-                     {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]}]}
-KIDNEY = {"objects": [{"id": 2, "name": "kidney_right", "propagate": True, "range": [6, 8],
-                       "prompts": [{"slice": 7, "box": [53, 29, 66, 43]}]}]}
+LIVER = {
+    "objects": [
+        {
+            "id": 5,
+            "name": "liver",
+            "propagate": True,
+            "range": [9, 11],
+            "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}],
+        },
+        {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]},
+    ]
+}
+KIDNEY = {
+    "objects": [
+        {
+            "id": 2,
+            "name": "kidney_right",
+            "propagate": True,
+            "range": [6, 8],
+            "prompts": [{"slice": 7, "box": [53, 29, 66, 43]}],
+        }
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +60,14 @@ def cohort(data_dir: Path, tmp_path_factory) -> Path:
     tifffile.imwrite(root / "nuc_b.tif", nuclei[300:460, 300:460])
     (root / "liver.json").write_text(json.dumps(LIVER))
     (root / "kidney.json").write_text(json.dumps(KIDNEY))
-    rows = ["image,prompts,output,mode",
-            f"{mr},liver.json,out/liver.nii.gz,segment",
-            f"{mr},kidney.json,out/kidney.nii.gz,segment",
-            "nuc_a.tif,,out/nuc_a.tif,auto",
-            "nuc_b.tif,,out/nuc_b.tif,auto",
-            "missing.nii.gz,liver.json,out/missing.nii.gz,segment"]
+    rows = [
+        "image,prompts,output,mode",
+        f"{mr},liver.json,out/liver.nii.gz,segment",
+        f"{mr},kidney.json,out/kidney.nii.gz,segment",
+        "nuc_a.tif,,out/nuc_a.tif,auto",
+        "nuc_b.tif,,out/nuc_b.tif,auto",
+        "missing.nii.gz,liver.json,out/missing.nii.gz,segment",
+    ]
     (root / "cohort.csv").write_text("\n".join(rows) + "\n")
     return root
 
@@ -56,8 +76,9 @@ def cohort(data_dir: Path, tmp_path_factory) -> Path:
 def client():
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GB",
-                           dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GB", dashboard_address=None
+    )
     c = Client(cluster)
     yield c
     c.close()
@@ -154,3 +175,23 @@ def test_worker_killed_mid_case_is_retried_and_output_identical(cohort: Path, cl
     assert (cohort / "killed" / "liver.nii.gz").read_bytes() == alone["liver.nii.gz"]
     assert not list((cohort / "killed").glob(".*partial*"))
     client.wait_for_workers(2, timeout=120)
+
+
+def test_precision_and_checkpoint_reach_the_workers(cohort: Path, client) -> None:
+    from napari_sam.batch import PLUGIN_NAME, run
+    from napari_sam.batch_manifest import BatchSettings
+    from napari_sam.errors import ModelError
+
+    (cohort / "prec.csv").write_text("image,prompts,output\nmissing.nii.gz,liver.json,prec/x.nii.gz\n")
+    recs = run(cohort / "prec.csv", client, BatchSettings(cache_dir=str(cohort / "cache"), precision="bf16"))
+    assert recs[0]["status"] == "failed"  # the case's own failure; the workers loaded the model meanwhile
+
+    def tag(dask_worker) -> str:
+        from napari_sam.models.precision import precision_tag
+
+        return precision_tag(dask_worker.plugins[PLUGIN_NAME].backend)
+
+    tags = client.run(tag)
+    assert len(tags) == 2 and all(t.startswith("bf16") for t in tags.values()), tags
+    with pytest.raises(ModelError, match="checkpoint not found"):
+        run(cohort / "prec.csv", client, BatchSettings(checkpoint=str(cohort / "no_such.pt")))

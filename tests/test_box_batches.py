@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_blob_backend import FakeBlobBackend
 
+from fake_blob_backend import FakeBlobBackend
 from napari_sam import box_batches as bb
 from napari_sam import segmentation as seg
+from napari_sam.annotation import replay
 from napari_sam.box_batches import CroppedMask
 from napari_sam.io import Volume
 from napari_sam.models import windows as windows_module
@@ -21,20 +22,28 @@ def _case(n: int = 120):
     vol = np.zeros((3, 96, 96), np.float32)
     for z in range(3):
         for r, c in rng.integers(8, 88, (25, 2)):
-            vol[z, r - 4:r + 4, c - 4:c + 4] = 1.0
+            vol[z, r - 4 : r + 4, c - 4 : c + 4] = 1.0
     objs = []
     for i in range(n):
         r, c = rng.integers(-4, 90, 2)
-        objs.append({"id": i + 1, "prompts": [{"slice": int(i % 3), "box": [int(max(r, 0)), int(max(c, 0)),
-                                                                           int(min(r + 14, 95)),
-                                                                           int(min(c + 14, 95))]}]})
+        objs.append(
+            {
+                "id": i + 1,
+                "prompts": [
+                    {
+                        "slice": int(i % 3),
+                        "box": [int(max(r, 0)), int(max(c, 0)), int(min(r + 14, 95)), int(min(c + 14, 95))],
+                    }
+                ],
+            }
+        )
     return Volume(vol), parse_prompts({"objects": objs, "window": [0, 1]})
 
 
 def test_batched_boxes_equal_the_per_object_path(monkeypatch):
     volume, prompts = _case()
     batched = seg.segment_volume(volume, prompts, FakeBlobBackend())
-    monkeypatch.setattr(seg, "is_plain_box", lambda p: False)
+    monkeypatch.setattr(replay, "is_plain_box", lambda p: False)
     single = seg.segment_volume(volume, prompts, FakeBlobBackend())
     assert batched.labels.any()
     np.testing.assert_array_equal(batched.labels, single.labels)
@@ -66,8 +75,7 @@ def _blob_case(n: int, z: int = 3, size: int = 256, seed: int = 0):
     for i in range(n):
         r, c = rng.integers(0, size - 24, 2)
         h, w = rng.integers(6, 24, 2)
-        objs.append({"id": i + 1, "prompts": [{"slice": int(i % z), "box": [int(r), int(c), int(r + h),
-                                                                          int(c + w)]}]})
+        objs.append({"id": i + 1, "prompts": [{"slice": int(i % z), "box": [int(r), int(c), int(r + h), int(c + w)]}]})
     return Volume(vol), parse_prompts({"objects": objs, "window": [-50, 350]})
 
 
@@ -79,8 +87,10 @@ def _nuclei_case(data_dir):
     from napari_sam.io import read_image
 
     lab = tifffile.imread(data_dir / "nuclei_2d" / "labels.tif")
-    objs = [{"id": i + 1, "prompts": [{"box": [s[0].start, s[1].start, s[0].stop - 1, s[1].stop - 1]}]}
-            for i, s in enumerate(x for x in ndimage.find_objects(lab) if x is not None)]
+    objs = [
+        {"id": i + 1, "prompts": [{"box": [s[0].start, s[1].start, s[0].stop - 1, s[1].stop - 1]}]}
+        for i, s in enumerate(x for x in ndimage.find_objects(lab) if x is not None)
+    ]
     return read_image(data_dir / "nuclei_2d" / "image.tif"), parse_prompts({"objects": objs})
 
 
@@ -111,7 +121,7 @@ def test_windowed_boxes_equal_the_per_object_path_on_litemedsam(case, lite_medsa
     fast = seg.segment_volume(volume, prompts, lite_medsam)
     assert sum(whole) == 0  # every mask stayed inside its window: none decoded again
     with monkeypatch.context() as m:
-        m.setattr(seg, "is_plain_box", lambda p: False)
+        m.setattr(replay, "is_plain_box", lambda p: False)
         reference = seg.segment_volume(volume, prompts, lite_medsam)
     assert len(fast.slices) > 0.9 * len(prompts.objects)
     np.testing.assert_array_equal(fast.labels, reference.labels)

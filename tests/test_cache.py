@@ -4,15 +4,22 @@ LRU bound, cache directory resolution, and the `embed` CLI with a warm cache."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from napari_sam.cache import (CACHE_ENV, EmbeddingStore, SliceEmbeddings, content_hash, default_cache_dir,
-                              embedding_key, resolve_cache_dir)
+from napari_sam.cache import (
+    CACHE_ENV,
+    EmbeddingStore,
+    content_hash,
+    default_cache_dir,
+    embedding_key,
+    resolve_cache_dir,
+)
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.errors import InputError
+from napari_sam.geometry import Crop
 from napari_sam.intensity import Window
 from napari_sam.models.base import Backend, Embedding
 
@@ -88,14 +95,20 @@ def test_key_covers_content_model_window_and_axis(tmp_path, volume):
     be = CountingBackend()
     h = content_hash(volume)
     w = Window(0, 1000)
-    keys = {embedding_key(h, "counting", w, 0), embedding_key(h, "other", w, 0),
-            embedding_key(h, "counting", Window(0, 500), 0), embedding_key(h, "counting", w, 1),
-            embedding_key(content_hash(volume[::-1]), "counting", w, 0)}
+    keys = {
+        embedding_key(h, "counting", w, 0),
+        embedding_key(h, "other", w, 0),
+        embedding_key(h, "counting", Window(0, 500), 0),
+        embedding_key(h, "counting", w, 1),
+        embedding_key(content_hash(volume[::-1]), "counting", w, 0),
+    }
     assert len(keys) == 5
     SliceEmbeddings(be, volume, w, cache_dir=tmp_path).get(0)
-    for other in (SliceEmbeddings(be, volume, Window(0, 500), cache_dir=tmp_path),
-                  SliceEmbeddings(be, volume, w, axis=1, cache_dir=tmp_path),
-                  SliceEmbeddings(be, volume + 1, w, cache_dir=tmp_path)):
+    for other in (
+        SliceEmbeddings(be, volume, Window(0, 500), cache_dir=tmp_path),
+        SliceEmbeddings(be, volume, w, axis=1, cache_dir=tmp_path),
+        SliceEmbeddings(be, volume + 1, w, cache_dir=tmp_path),
+    ):
         other.get(0)
         assert other.encoder_calls == 1
     assert len(list(tmp_path.glob("*.zarr"))) == 4
@@ -145,10 +158,10 @@ def test_lru_bounds_memory(volume):
     e = SliceEmbeddings(be, volume, Window(0, 1000), max_in_memory=2)
     for i in range(6):
         e.get(i)
-    assert len(e._lru) == 2 and list(e._lru) == [4, 5]
+    assert e.provider.in_memory(e.entry) == [4, 5]  # least recently used first
     e.get(4)
     e.get(0)
-    assert list(e._lru) == [4, 0] and e.encoder_calls == 7
+    assert e.provider.in_memory(e.entry) == [4, 0] and e.encoder_calls == 7
 
 
 def test_cache_dir_resolution(tmp_path, monkeypatch):
@@ -176,8 +189,21 @@ def test_cli_embed_then_segment_warm_encodes_nothing(tmp_path, data_dir, capsys,
     assert "3 slice(s) encoded, 0 already cached" in err
     assert main(["embed", str(image), "--slices", "9:11", "--quiet"]) == 0
     prompts = tmp_path / "p.json"
-    prompts.write_text(json.dumps({"objects": [{"id": 1, "name": "head", "propagate": True, "range": [9, 11],
-                                                "prompts": [{"slice": 10, "box": [20, 20, 90, 70]}]}]}))
+    prompts.write_text(
+        json.dumps(
+            {
+                "objects": [
+                    {
+                        "id": 1,
+                        "name": "head",
+                        "propagate": True,
+                        "range": [9, 11],
+                        "prompts": [{"slice": 10, "box": [20, 20, 90, 70]}],
+                    }
+                ]
+            }
+        )
+    )
     out = tmp_path / "seg.nii.gz"
     assert main(["segment", str(image), "--prompts", str(prompts), "--output", str(out)]) == 0
     err = capsys.readouterr().err
@@ -196,18 +222,21 @@ def test_cli_embed_then_segment_warm_encodes_nothing(tmp_path, data_dir, capsys,
     assert "cache directory is a file" in capsys.readouterr().err
 
 
-def test_cropped_region_is_its_own_cached_volume(tmp_path, volume):
+def test_a_crop_of_the_slices_is_its_own_cached_entry(tmp_path, volume):
     be = CountingBackend()
-    e = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path)
-    c = e.cropped((2, 1, 9, 8))
-    assert c is e.cropped((2, 1, 9, 8)) and len(c) == 6
-    assert np.array_equal(c.model_input(3), Window(0, 1000).apply(volume[3, 2:10, 1:9]))
-    c.get(3)
-    assert e.total_encoder_calls == 1 and e.encoder_calls == 0
-    again = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path).cropped((2, 1, 9, 8))
-    again.get(3)
+    win = Window(0, 1000)
+    e = SliceEmbeddings(be, volume, win, cache_dir=tmp_path)
+    crop = Crop.from_box((2, 1, 9, 8))
+    got = e.get(3, crop)
+    assert be.calls == [float(win.apply(volume[3, 2:10, 1:9]).mean())]  # the encoder saw the crop only
+    assert got.original_size == (8, 8) and e.encoder_calls == 1
+    assert e.get(3, crop) is got and len(be.calls) == 1  # from memory
+    assert e.get(3, Crop.whole((12, 10))) is e.get(3) and len(be.calls) == 2  # the whole slice is no crop
+    again = SliceEmbeddings(be, volume, win, cache_dir=tmp_path)
+    assert again.get(3, crop).original_size == (8, 8)
     assert again.encoder_calls == 0 and again.disk_hits == 1
-    side = SliceEmbeddings(be, volume, Window(0, 1000), axis=2).cropped((0, 0, 5, 11))
-    assert side.model_input(4).shape == (6, 12)
+    side = SliceEmbeddings(be, volume, win, axis=2)
+    side.get(4, Crop(1, 2, 3, 4))
+    assert be.calls[-1] == float(win.apply(volume[1:4, 2:6, 4]).mean())
     with pytest.raises(InputError, match="outside"):
-        e.cropped((0, 0, 12, 3))
+        e.get(0, Crop.from_box((0, 0, 12, 3)))

@@ -9,8 +9,16 @@ from napari_sam.clicks import _Hyp, candidate_order, distinct
 
 
 def _hyp(mask: np.ndarray, score: float, stability: float, edges=(0, 0, 0, 0), violations=0.0) -> _Hyp:
-    return _Hyp(box=np.zeros(4, np.float32), low=torch.zeros(2, 2), score=score, mask=mask, violations=violations,
-                consistency=1.0, edges=np.asarray(edges, float), stability=stability)
+    return _Hyp(
+        box=np.zeros(4, np.float32),
+        low=torch.zeros(2, 2),
+        score=score,
+        mask=mask,
+        violations=violations,
+        consistency=1.0,
+        edges=np.asarray(edges, float),
+        stability=stability,
+    )
 
 
 def test_a_crisp_organ_beats_a_larger_blurred_leak_with_a_higher_score():

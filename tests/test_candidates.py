@@ -16,9 +16,9 @@ def test_the_candidate_touching_all_four_sides_of_a_tight_box_wins():
     whole = np.zeros((40, 40), bool)
     whole[5:35, 8:30] = True
     part = np.zeros_like(whole)
-    part[5:20, 8:30] = True           # a sub-part: misses the box's lower side
+    part[5:20, 8:30] = True  # a sub-part: misses the box's lower side
     spill = whole.copy()
-    spill[20:25, 30:40] = True        # leaks out of the box on the right
+    spill[20:25, 30:40] = True  # leaks out of the box on the right
     box = box_of_mask(whole)
     assert box_fit(whole, box) == pytest.approx(1.0)
     assert box_fit(part, box) < 0.6 and box_fit(spill, box) < box_fit(whole, box)
@@ -31,7 +31,7 @@ def test_on_mr_box_fit_beats_the_single_mask_output(data_dir, lite_medsam):
     """The shared MR, one tight box per labelled structure on its largest
     slice: the box-fit choice among the single and the three multimask
     outputs beats the single-mask output the IoU head would keep."""
-    from napari_sam.cache import SliceEmbeddings
+    from napari_sam.embeddings import SliceEmbeddings
     from napari_sam.intensity import resolve_window
     from napari_sam.io import read_image, read_labels_aligned
 
@@ -53,5 +53,5 @@ def test_on_mr_box_fit_beats_the_single_mask_output(data_dir, lite_medsam):
         single.append(dice[0])
         chosen.append(dice[choose_candidate(cands, b)])
     single, chosen = np.array(single), np.array(chosen)
-    assert chosen.mean() > single.mean() + 0.08       # measured: 0.671 against 0.535
-    assert np.all(chosen >= single - 0.02)            # never a loss worth the name
+    assert chosen.mean() > single.mean() + 0.08  # measured: 0.671 against 0.535
+    assert np.all(chosen >= single - 0.02)  # never a loss worth the name

@@ -52,8 +52,14 @@ def _run(args, capsys, expect_code: int, expect: str, output: Path, inputs: list
 
 def test_missing_image(tmp_path, prompts, capsys):
     out = tmp_path / "o.nii.gz"
-    _run(["segment", tmp_path / "nope.nii.gz", "--prompts", prompts, "--output", out], capsys, 2,
-         "no such file", out, [prompts])
+    _run(
+        ["segment", tmp_path / "nope.nii.gz", "--prompts", prompts, "--output", out],
+        capsys,
+        2,
+        "no such file",
+        out,
+        [prompts],
+    )
 
 
 def test_truncated_image(tmp_path, small_volume, prompts, capsys):
@@ -81,10 +87,14 @@ def test_4d_image(tmp_path, prompts, capsys):
 
 
 def test_empty_image(tmp_path, prompts, capsys):
-    p = tmp_path / "empty.tif"
+    import warnings
+
     import tifffile
 
-    tifffile.imwrite(str(p), np.zeros((0, 16), np.uint8))
+    p = tmp_path / "empty.tif"
+    with warnings.catch_warnings():  # tifffile warns about writing an empty image: this test's setup, not ours
+        warnings.simplefilter("ignore")
+        tifffile.imwrite(str(p), np.zeros((0, 16), np.uint8))
     out = tmp_path / "o.nii.gz"
     _run(["segment", p, "--prompts", prompts, "--output", out], capsys, 2, "empty image", out, [p])
 
@@ -98,16 +108,23 @@ def test_nan_image(tmp_path, prompts, capsys):
     _run(["segment", p, "--prompts", prompts, "--output", out], capsys, 2, "NaN", out, [p])
 
 
-@pytest.mark.parametrize("content, expect", [
-    ("{not json", "not valid JSON"),
-    (json.dumps({"objects": []}), "non-empty list"),
-    (json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1, 2, 3]}]}]}), "'box' must be"),
-    (json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 1, "points": [[3, 3]], "labels": [2]}]}]}),
-     "labels must be 1"),
-    (json.dumps({"objects": [{"id": "a", "prompts": [{"slice": 1, "box": [1, 2, 3, 4]}]}]}), "'id' must be"),
-    (json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1, 2, 3, 4], "boxx": 1}]}]}),
-     "unknown key"),
-])
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"objects": []}), "non-empty list"),
+        (json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1, 2, 3]}]}]}), "'box' must be"),
+        (
+            json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 1, "points": [[3, 3]], "labels": [2]}]}]}),
+            "labels must be 1",
+        ),
+        (json.dumps({"objects": [{"id": "a", "prompts": [{"slice": 1, "box": [1, 2, 3, 4]}]}]}), "'id' must be"),
+        (
+            json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1, 2, 3, 4], "boxx": 1}]}]}),
+            "unknown key",
+        ),
+    ],
+)
 def test_malformed_prompts(tmp_path, small_volume, capsys, content, expect):
     p = tmp_path / "bad.json"
     p.write_text(content)
@@ -115,12 +132,15 @@ def test_malformed_prompts(tmp_path, small_volume, capsys, content, expect):
     _run(["segment", small_volume, "--prompts", p, "--output", out], capsys, 2, expect, out, [p, small_volume])
 
 
-@pytest.mark.parametrize("prompt, expect", [
-    ({"slice": 1, "box": [4, 4, 40, 20]}, "outside"),
-    ({"slice": 7, "box": [4, 4, 10, 10]}, "slice 7 outside"),
-    ({"slice": 1, "points": [[-1, 3]], "labels": [1]}, "outside"),
-    ({"box": [4, 4, 10, 10]}, "needs 'slice'"),
-])
+@pytest.mark.parametrize(
+    "prompt, expect",
+    [
+        ({"slice": 1, "box": [4, 4, 40, 20]}, "outside"),
+        ({"slice": 7, "box": [4, 4, 10, 10]}, "slice 7 outside"),
+        ({"slice": 1, "points": [[-1, 3]], "labels": [1]}, "outside"),
+        ({"box": [4, 4, 10, 10]}, "needs 'slice'"),
+    ],
+)
 def test_prompt_outside_image(tmp_path, small_volume, capsys, prompt, expect):
     p = tmp_path / "p.json"
     p.write_text(json.dumps({"objects": [{"id": 1, "prompts": [prompt]}]}))
@@ -130,8 +150,14 @@ def test_prompt_outside_image(tmp_path, small_volume, capsys, prompt, expect):
 
 def test_unknown_model(tmp_path, small_volume, prompts, capsys):
     out = tmp_path / "o.nii.gz"
-    _run(["segment", small_volume, "--prompts", prompts, "--output", out, "--model", "vit_zz"], capsys, 2,
-         "unknown model 'vit_zz'", out, [small_volume, prompts])
+    _run(
+        ["segment", small_volume, "--prompts", prompts, "--output", out, "--model", "vit_zz"],
+        capsys,
+        2,
+        "unknown model 'vit_zz'",
+        out,
+        [small_volume, prompts],
+    )
 
 
 def test_existing_output_without_overwrite(tmp_path, small_volume, prompts, capsys):
@@ -145,8 +171,7 @@ def test_existing_output_without_overwrite(tmp_path, small_volume, prompts, caps
 
 def test_output_over_input_is_refused(tmp_path, small_volume, prompts, capsys):
     before = _digest(small_volume)
-    code = main(["segment", str(small_volume), "--prompts", str(prompts), "--output", str(small_volume),
-                 "--overwrite"])
+    code = main(["segment", str(small_volume), "--prompts", str(prompts), "--output", str(small_volume), "--overwrite"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "input" in err[0]
     assert _digest(small_volume) == before
@@ -154,16 +179,35 @@ def test_output_over_input_is_refused(tmp_path, small_volume, prompts, capsys):
 
 def test_bad_window_and_usage(tmp_path, small_volume, prompts, capsys):
     out = tmp_path / "o.nii.gz"
-    _run(["segment", small_volume, "--prompts", prompts, "--output", out, "--window", "300,100"], capsys, 2,
-         "lo < hi", out, [small_volume])
+    _run(
+        ["segment", small_volume, "--prompts", prompts, "--output", out, "--window", "300,100"],
+        capsys,
+        2,
+        "lo < hi",
+        out,
+        [small_volume],
+    )
     _run(["segment", small_volume, "--output", out], capsys, 2, "--prompts", out, [small_volume])
 
 
 def test_real_process_exit_code_and_single_line(tmp_path, prompts):
     """The installed entry point, as a user runs it."""
     out = tmp_path / "o.nii.gz"
-    proc = subprocess.run([sys.executable, "-m", "napari_sam.cli", "segment", str(tmp_path / "missing.nrrd"),
-                           "--prompts", str(prompts), "--output", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_sam.cli",
+            "segment",
+            str(tmp_path / "missing.nrrd"),
+            "--prompts",
+            str(prompts),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert not out.exists()

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage
-from test_propagation import BrightInBoxBackend, ball, dice, key_prompt
 
-from napari_sam.cache import SliceEmbeddings
 from napari_sam.corrections import Correction, apply_correction, apply_corrections, carve
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.errors import InputError
 from napari_sam.intensity import Window
 from napari_sam.io import Volume
 from napari_sam.prompts import ObjectPrompts, PromptsFile, parse_prompts
 from napari_sam.propagation import PropagationState, Propagator
 from napari_sam.segmentation import segment_volume
+from test_propagation import BrightInBoxBackend, ball, dice, key_prompt
 
 
 def leaky_scene():
@@ -102,24 +102,56 @@ def test_bad_corrections_are_refused_with_one_line():
     with pytest.raises(InputError, match="no prompt to start from"):
         apply_correction(empty, prop, Correction((10, 3, 3), 0))
     with pytest.raises(InputError, match="need a prompt to start from"):
-        parse_prompts({"objects": [{"id": 1, "propagate": True, "prompts": [],
-                                    "corrections": [{"point": [1, 2, 3], "label": 0}]}]})
-    for bad, msg in (({"point": [1, 2], "label": 0}, "point"), ({"point": [1, 2, 3], "label": 2}, "label"),
-                     ({"point": [1, 2, 3], "lable": 0}, "unknown key")):
+        parse_prompts(
+            {
+                "objects": [
+                    {"id": 1, "propagate": True, "prompts": [], "corrections": [{"point": [1, 2, 3], "label": 0}]}
+                ]
+            }
+        )
+    for bad, msg in (
+        ({"point": [1, 2], "label": 0}, "point"),
+        ({"point": [1, 2, 3], "label": 2}, "label"),
+        ({"point": [1, 2, 3], "lable": 0}, "unknown key"),
+    ):
         with pytest.raises(InputError, match=msg):
-            parse_prompts({"objects": [{"id": 1, "propagate": True, "prompts": [{"slice": 1, "box": [1, 1, 5, 5]}],
-                                        "corrections": [bad]}]})
-    pf = PromptsFile(objects=[ObjectPrompts(1, "t", [key_prompt(target, 10)], window=[0, 255], propagate=True,
-                                            corrections=[((10, 64, 3), 0)])])
+            parse_prompts(
+                {
+                    "objects": [
+                        {
+                            "id": 1,
+                            "propagate": True,
+                            "prompts": [{"slice": 1, "box": [1, 1, 5, 5]}],
+                            "corrections": [bad],
+                        }
+                    ]
+                }
+            )
+    pf = PromptsFile(
+        objects=[
+            ObjectPrompts(
+                1, "t", [key_prompt(target, 10)], window=[0, 255], propagate=True, corrections=[((10, 64, 3), 0)]
+            )
+        ]
+    )
     with pytest.raises(InputError, match="outside the volume"):
         segment_volume(Volume(vol), pf, BrightInBoxBackend())
 
 
 def test_prompts_file_corrections_equal_the_api_applied_in_order():
     vol, target, other = leaky_scene()
-    data = {"objects": [{"id": 1, "name": "t", "window": [0, 255], "propagate": True,
-                         "prompts": [key_prompt(target, 10).to_json()],
-                         "corrections": [{"point": [16, 32, 54], "label": 0}, {"point": [5, 32, 30], "label": 1}]}]}
+    data = {
+        "objects": [
+            {
+                "id": 1,
+                "name": "t",
+                "window": [0, 255],
+                "propagate": True,
+                "prompts": [key_prompt(target, 10).to_json()],
+                "corrections": [{"point": [16, 32, 54], "label": 0}, {"point": [5, 32, 30], "label": 1}],
+            }
+        ]
+    }
     pf = parse_prompts(data)
     assert pf.objects[0].corrections == [((16, 32, 54), 0), ((5, 32, 30), 1)]
     assert parse_prompts(pf.to_json()).objects[0].corrections == pf.objects[0].corrections
@@ -131,7 +163,7 @@ def test_prompts_file_corrections_equal_the_api_applied_in_order():
 
 def test_carve_splits_at_the_neck_between_seeds():
     m = np.zeros((1, 20, 41), bool)
-    m[0, 2:18, 2:16] = True   # left blob
+    m[0, 2:18, 2:16] = True  # left blob
     m[0, 2:18, 25:39] = True  # right blob
     m[0, 9:11, 16:25] = True  # thin neck
     cut = carve(m, positive=[(0, 10, 8)], negative=[(0, 10, 32)])

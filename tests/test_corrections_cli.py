@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import SimpleITK as sitk
-from test_corrections import leaky_scene
-from test_propagation import BrightInBoxBackend, key_prompt
 
 from napari_sam.cli import main
+from test_corrections import leaky_scene
+from test_propagation import BrightInBoxBackend, key_prompt
 
 
 def _segment(tmp_path, monkeypatch, vol, objects, name):
@@ -22,8 +22,7 @@ def _segment(tmp_path, monkeypatch, vol, objects, name):
     prompts = tmp_path / f"{name}_prompts.json"  # not {name}.json: that is the output's sidecar
     prompts.write_text(json.dumps({"window": [0, 255], "objects": objects}))
     out = tmp_path / f"{name}.nii.gz"
-    rc = main(["segment", str(image), "--prompts", str(prompts), "--output", str(out),
-               "--no-cache", "--quiet"])
+    rc = main(["segment", str(image), "--prompts", str(prompts), "--output", str(out), "--no-cache", "--quiet"])
     return rc, (sitk.GetArrayFromImage(sitk.ReadImage(str(out))) if rc == 0 else None)
 
 
@@ -42,8 +41,13 @@ def test_cli_correction_removes_the_leak_and_keeps_the_slices_it_does_not_reach(
 
 def test_cli_refuses_a_correction_outside_the_volume_with_one_line(tmp_path, monkeypatch, capsys):
     vol, target, _ = leaky_scene()
-    obj = {"id": 1, "name": "target", "propagate": True, "prompts": [key_prompt(target, 10).to_json()],
-           "corrections": [{"point": [30, 32, 54], "label": 0}]}
+    obj = {
+        "id": 1,
+        "name": "target",
+        "propagate": True,
+        "prompts": [key_prompt(target, 10).to_json()],
+        "corrections": [{"point": [30, 32, 54], "label": 0}],
+    }
     rc, _ = _segment(tmp_path, monkeypatch, vol, [obj], "bad")
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "outside the volume" in err and "\n" not in err and "Traceback" not in err

@@ -8,12 +8,11 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from test_corrections import leaky_scene  # noqa: E402
-from test_propagation import BrightInBoxBackend, key_prompt  # noqa: E402
-
 from napari_sam.corrections import Correction, apply_correction  # noqa: E402
 from napari_sam.plugin.segment_widget import SegmentWidget  # noqa: E402
 from napari_sam.propagation import PropagationState  # noqa: E402
+from test_corrections import leaky_scene  # noqa: E402
+from test_propagation import BrightInBoxBackend, key_prompt  # noqa: E402
 
 TIMEOUT_MS = 120_000
 
@@ -50,9 +49,10 @@ def test_widget_correction_removes_the_leak_in_3d_and_matches_the_core(leaky_wid
     # the same as the core's apply_correction from the same start
     core = PropagationState(shape=vol.shape)
     core.add_prompt(10, key_prompt(target, 10))
-    from napari_sam.cache import SliceEmbeddings
+    from napari_sam.embeddings import SliceEmbeddings
     from napari_sam.intensity import Window
     from napari_sam.propagation import Propagator
+
     prop = Propagator(BrightInBoxBackend(), SliceEmbeddings(BrightInBoxBackend(), vol, Window(0, 255)))
     apply_correction(core, prop, Correction((16, 32, 54), 0))
     assert np.array_equal(core.volume_mask(), after)

@@ -15,9 +15,9 @@ import SimpleITK as sitk
 from napari_sam.cli import main
 from napari_sam.dicom_seg import read_dicom_seg, source_headers, write_dicom_seg
 from napari_sam.errors import InputError
+from napari_sam.geometry import box_of_mask
 from napari_sam.init_labels import labels_on_image
 from napari_sam.io import read_image
-from napari_sam.geometry import box_of_mask
 
 NAMES = {1: "liver", 2: "spleen", 3: "stomach"}
 
@@ -39,12 +39,7 @@ def _prompts(ct_labels, ct_label_names) -> dict:
                 "prompts": [{"slice": z, "box": box("liver")}],
             },
             {"id": 2, "name": "spleen", "prompts": [{"slice": z, "box": box("spleen")}]},
-            {
-                "id": 3,
-                "name": "stomach",
-                "color": [0, 200, 255],
-                "prompts": [{"slice": z, "box": box("stomach")}],
-            },
+            {"id": 3, "name": "stomach", "color": [0, 200, 255], "prompts": [{"slice": z, "box": box("stomach")}]},
         ],
     }
 
@@ -56,17 +51,7 @@ def outputs(tmp_path_factory, ct_dicom_dir, ct_labels, ct_label_names):
     (d / "p.json").write_text(json.dumps(_prompts(ct_labels, ct_label_names)))
     for name in ("seg.nii.gz", "seg.dcm"):
         assert (
-            main(
-                [
-                    "segment",
-                    str(ct_dicom_dir),
-                    "--prompts",
-                    str(d / "p.json"),
-                    "--output",
-                    str(d / name),
-                    "--quiet",
-                ]
-            )
+            main(["segment", str(ct_dicom_dir), "--prompts", str(d / "p.json"), "--output", str(d / name), "--quiet"])
             == 0
         )
     return d
@@ -74,16 +59,10 @@ def outputs(tmp_path_factory, ct_dicom_dir, ct_labels, ct_label_names):
 
 def test_seg_decodes_to_the_nifti_label_map(outputs, ct_volume):
     nifti = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs / "seg.nii.gz")))
-    assert (
-        set(np.unique(nifti)) == {0, 1, 2, 3} and (nifti[11:14] == 1).any(axis=(1, 2)).all()
-    )  # propagated
-    seg = read_dicom_seg(
-        outputs / "seg.dcm", ct_volume
-    )  # frames placed by their referenced SOP Instance UIDs
+    assert set(np.unique(nifti)) == {0, 1, 2, 3} and (nifti[11:14] == 1).any(axis=(1, 2)).all()  # propagated
+    seg = read_dicom_seg(outputs / "seg.dcm", ct_volume)  # frames placed by their referenced SOP Instance UIDs
     assert seg.labels.shape == nifti.shape and np.array_equal(seg.labels, nifti)
-    own = read_dicom_seg(
-        outputs / "seg.dcm"
-    )  # on the SEG's own grid (plane positions), then resampled
+    own = read_dicom_seg(outputs / "seg.dcm")  # on the SEG's own grid (plane positions), then resampled
     assert own.labels.shape[0] < nifti.shape[0]  # empty frames were left out
     assert np.array_equal(labels_on_image(own, ct_volume).labels, nifti)
     assert seg.names == NAMES
@@ -98,9 +77,7 @@ def test_seg_references_the_source_series(outputs, ct_volume):
     ds = pydicom.dcmread(outputs / "seg.dcm")
     assert ds.Modality == "SEG" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
     assert ds.SegmentationType == "BINARY"
-    headers, notes = source_headers(
-        ct_volume
-    )  # this anonymised series lacks Study/Series UIDs: derived
+    headers, notes = source_headers(ct_volume)  # this anonymised series lacks Study/Series UIDs: derived
     assert len(notes) == 2
     by_uid = {str(h.SOPInstanceUID): h for h in headers}
     assert ds.StudyInstanceUID == headers[0].StudyInstanceUID
@@ -120,13 +97,8 @@ def test_seg_references_the_source_series(outputs, ct_volume):
     assert segs[1].SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
     assert segs[2].SegmentedPropertyTypeCodeSequence[0].CodeValue == "78961009"  # spleen
     alg = segs[1].SegmentationAlgorithmIdentificationSequence[0]
-    assert (
-        segs[1].SegmentAlgorithmType == "SEMIAUTOMATIC"
-        and segs[1].SegmentAlgorithmName == "napari-sam"
-    )
-    assert alg.AlgorithmVersion == napari_sam.__version__ and "lite_medsam" in str(
-        alg.AlgorithmParameters
-    )
+    assert segs[1].SegmentAlgorithmType == "SEMIAUTOMATIC" and segs[1].SegmentAlgorithmName == "napari-sam"
+    assert alg.AlgorithmVersion == napari_sam.__version__ and "lite_medsam" in str(alg.AlgorithmParameters)
     assert all("RecommendedDisplayCIELabValue" in s for s in segs.values())
     assert hd.seg.segread(outputs / "seg.dcm").segment_numbers == [1, 2, 3]
 
@@ -145,9 +117,7 @@ def _copy_series(src, dst, study: str, series: str, shift_mm: float = 0.0):
     return read_image(dst)
 
 
-def test_seg_of_a_series_with_uids_references_them_and_other_series(
-    tmp_path, ct_dicom_dir, ct_labels
-):
+def test_seg_of_a_series_with_uids_references_them_and_other_series(tmp_path, ct_dicom_dir, ct_labels):
     study = "1.2.826.0.1.3680043.8.498.1"
     a = _copy_series(ct_dicom_dir, tmp_path / "a", study, study + ".1")
     labels = np.zeros(a.shape, np.uint16)
@@ -156,14 +126,9 @@ def test_seg_of_a_series_with_uids_references_them_and_other_series(
     write_dicom_seg(tmp_path / "a.dcm", labels, a, {7: "liver"}, model="m", notes=notes)
     assert len(notes) == 1 and "7->1" in notes[0]
     ds = pydicom.dcmread(tmp_path / "a.dcm")
-    assert (
-        ds.StudyInstanceUID == study
-        and ds.ReferencedSeriesSequence[0].SeriesInstanceUID == study + ".1"
-    )
+    assert ds.StudyInstanceUID == study and ds.ReferencedSeriesSequence[0].SeriesInstanceUID == study + ".1"
     back = read_dicom_seg(tmp_path / "a.dcm", a)
-    assert np.array_equal(back.labels, (labels > 0).astype(back.labels.dtype)) and back.names == {
-        1: "liver"
-    }
+    assert np.array_equal(back.labels, (labels > 0).astype(back.labels.dtype)) and back.names == {1: "liver"}
     # LABELMAP keeps the ids as they are
     write_dicom_seg(tmp_path / "l.dcm", labels, a, {7: "liver"}, encoding="LABELMAP")
     assert np.array_equal(read_dicom_seg(tmp_path / "l.dcm", a).labels, labels)
@@ -181,28 +146,16 @@ def test_seg_of_a_series_with_uids_references_them_and_other_series(
 
 def test_dcm_output_for_non_dicom_input_is_refused(tmp_path, data_dir, capsys):
     p = tmp_path / "p.json"
-    p.write_text(
-        json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 5, "box": [10, 10, 40, 40]}]}]})
-    )
+    p.write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"slice": 5, "box": [10, 10, 40, 40]}]}]}))
     out = tmp_path / "out.dcm"
-    rc = main(
-        [
-            "segment",
-            str(data_dir / "mr_small" / "image.nii.gz"),
-            "--prompts",
-            str(p),
-            "--output",
-            str(out),
-        ]
-    )
+    rc = main(["segment", str(data_dir / "mr_small" / "image.nii.gz"), "--prompts", str(p), "--output", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and not out.exists() and len(err.splitlines()) == 1
     assert "needs a DICOM series" in err and "SOP Instance UID" in err
 
 
 @pytest.mark.skipif(
-    shutil.which("dciodvfy") is None,
-    reason="dciodvfy (dicom3tools) not installed: apt-get install dicom3tools",
+    shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed: apt-get install dicom3tools"
 )
 def test_dciodvfy_finds_no_error(outputs):
     proc = subprocess.run(["dciodvfy", str(outputs / "seg.dcm")], capture_output=True, text=True)

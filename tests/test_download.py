@@ -133,8 +133,7 @@ def test_offline_error_says_what_to_do(tmp_path, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(ModelError) as err:
-        fetch(f"http://127.0.0.1:{port}/model.pt", "model.pt", SHA256, directory=tmp_path, progress=False,
-              what="vit_b")
+        fetch(f"http://127.0.0.1:{port}/model.pt", "model.pt", SHA256, directory=tmp_path, progress=False, what="vit_b")
     msg = str(err.value)
     assert msg.startswith("could not download vit_b from 127.0.0.1: no network connection")
     assert "--checkpoint PATH" in msg and "\n" not in msg

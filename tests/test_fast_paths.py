@@ -51,15 +51,20 @@ def ours(reference_net):
     encoder = TinyViT(TinyViTConfig(img_size=256, patch_kernel=1))
     prompt_encoder, mask_decoder = build_sam_prompt_decoder(embedding_size=64, input_size=256)
     state = reference_net.state_dict()
-    for prefix, module in (("image_encoder", encoder), ("prompt_encoder", prompt_encoder),
-                           ("mask_decoder", mask_decoder)):
-        module.load_state_dict({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")})
+    for prefix, module in (
+        ("image_encoder", encoder),
+        ("prompt_encoder", prompt_encoder),
+        ("mask_decoder", mask_decoder),
+    ):
+        module.load_state_dict({k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")})
     fold_batchnorm(encoder)
-    return SamFamilyBackend("random_lite", encoder, prompt_encoder, mask_decoder, 256, torch.device("cpu"),
-                            supports_points=False)
+    return SamFamilyBackend(
+        "random_lite", encoder, prompt_encoder, mask_decoder, 256, torch.device("cpu"), supports_points=False
+    )
 
 
 # ---------------------------------------------------------------- kernels
+
 
 def test_onednn_kernels_equal_plain_pytorch():
     g = torch.Generator().manual_seed(0)
@@ -67,11 +72,12 @@ def test_onednn_kernels_equal_plain_pytorch():
     other = torch.randn(2, 16, 9, 11, generator=g).contiguous(memory_format=torch.channels_last)
     dw, b = torch.randn(16, 1, 3, 3, generator=g), torch.randn(16, generator=g)
     pw = torch.randn(16, 16, 1, 1, generator=g)
-    lin_x, lin_w, lin_b = torch.randn(3, 5, 8, generator=g), torch.randn(12, 8, generator=g), torch.randn(12)
+    lin_x, lin_w, lin_b = (torch.randn(3, 5, 8, generator=g), torch.randn(12, 8, generator=g), torch.randn(12))
     with torch.inference_mode():
         for stride in (1, 2):
-            torch.testing.assert_close(onednn.conv2d(x, dw, b, 1, stride, 16, gelu=True),
-                                       F.gelu(F.conv2d(x, dw, b, stride, 1, 1, 16)))
+            torch.testing.assert_close(
+                onednn.conv2d(x, dw, b, 1, stride, 16, gelu=True), F.gelu(F.conv2d(x, dw, b, stride, 1, 1, 16))
+            )
         torch.testing.assert_close(onednn.conv2d_add(x, other, pw, b), F.conv2d(x, pw, b) + other)
         torch.testing.assert_close(onednn.linear(lin_x, lin_w, lin_b, gelu=True), F.gelu(F.linear(lin_x, lin_w, lin_b)))
         torch.testing.assert_close(onednn.linear(lin_x, lin_w, None), F.linear(lin_x, lin_w))
@@ -118,14 +124,22 @@ def test_few_token_attentions_equal_plain_attention():
     residual = torch.randn(1, 200, 64)
     with torch.inference_mode():
         # a few queries against one image shared by the batch of 3 prompts
-        torch.testing.assert_close(attn.few_queries(tokens, image, image), attn(tokens, image.expand(3, -1, -1),
-                                                                             image.expand(3, -1, -1)),
-                                   rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(attn.few_keys(image, tokens, tokens, residual=residual),
-                                   residual + attn(image.expand(3, -1, -1), tokens, tokens), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            attn.few_queries(tokens, image, image),
+            attn(tokens, image.expand(3, -1, -1), image.expand(3, -1, -1)),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        torch.testing.assert_close(
+            attn.few_keys(image, tokens, tokens, residual=residual),
+            residual + attn(image.expand(3, -1, -1), tokens, tokens),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 # ---------------------------------------------------------------- whole models
+
 
 def test_encoder_equals_reference_architecture(reference_net, ours):
     x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))
@@ -168,14 +182,19 @@ def test_decoder_equals_reference(reference_weights, lite_medsam, ct_embeddings,
     with torch.inference_mode():
         xyxy = torch.from_numpy(boxes_rc[:, [1, 0, 3, 2]] * scale)[:, None]
         check({"points": None, "boxes": xyxy, "masks": None}, {"boxes_rc": boxes_rc})
-        check({"points": None, "boxes": xyxy, "masks": torch.from_numpy(mask_input)},
-              {"boxes_rc": boxes_rc, "mask_input": mask_input})
+        check(
+            {"points": None, "boxes": xyxy, "masks": torch.from_numpy(mask_input)},
+            {"boxes_rc": boxes_rc, "mask_input": mask_input},
+        )
         xy = torch.from_numpy(pts[..., ::-1].copy() * scale)  # points alone (with the padding point)
-        check({"points": (xy, torch.from_numpy(lab)), "boxes": None, "masks": None},
-              {"points_rc": pts, "point_labels": lab})
+        check(
+            {"points": (xy, torch.from_numpy(lab)), "boxes": None, "masks": None},
+            {"points_rc": pts, "point_labels": lab},
+        )
 
 
 # ---------------------------------------------------------------- volumes and dtypes
+
 
 class _CountingEncoder(torch.nn.Module):
     """A tiny encoder (B, 3, S, S) -> (B, 256, S/4, S/4) that counts the slices it sees."""
@@ -208,8 +227,14 @@ def test_embed_many_in_order_each_distinct_slice_once(tiny_backend):
     assert tiny_backend.image_encoder.slices == 4  # a, blank, b, c
     assert embs[1] is embs[3] is embs[4] and embs[0] is embs[6]
     for image, emb in zip(sequence, embs):
-        alone = SamFamilyBackend("tiny", tiny_backend.image_encoder, tiny_backend.prompt_encoder,
-                                 tiny_backend.mask_decoder, 64, torch.device("cpu")).embed(image)
+        alone = SamFamilyBackend(
+            "tiny",
+            tiny_backend.image_encoder,
+            tiny_backend.prompt_encoder,
+            tiny_backend.mask_decoder,
+            64,
+            torch.device("cpu"),
+        ).embed(image)
         torch.testing.assert_close(emb.features, alone.features)
         assert emb.original_size == (48, 40) and emb.input_size == alone.input_size
 
@@ -224,13 +249,16 @@ def test_embed_many_stops_cleanly_when_abandoned(tiny_backend):
     assert tiny_backend.image_encoder.slices < 50
 
 
-def test_repeated_embed_is_not_recomputed(tiny_backend):
+def test_a_slice_repeated_in_a_batch_is_encoded_once(tiny_backend):
+    """Within one batch equal slices share one encoder pass; across calls the backend keeps nothing
+    (embeddings are cached by napari_sam.embeddings, the one cache)."""
     image = np.random.default_rng(2).random((40, 40), dtype=np.float32)
-    first = tiny_backend.embed(image)
-    again = tiny_backend.embed(image.copy())
     batch = tiny_backend.embed_batch([image, image * 0.5, image * 0.5])
-    assert again is first and batch[0] is first and batch[1] is batch[2]
+    assert batch[1] is batch[2] and batch[0] is not batch[1]
     assert tiny_backend.image_encoder.slices == 2
+    again = tiny_backend.embed(image.copy())
+    assert again is not batch[0] and tiny_backend.image_encoder.slices == 3
+    torch.testing.assert_close(again.features, batch[0].features)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", torch.bfloat16])
@@ -253,8 +281,9 @@ def test_encoder_dtype_rejects_others(tiny_backend):
         tiny_backend.set_dtype("fp8")
 
 
-def test_real_encoder_bfloat16_path_runs(ours):
-    """The big encoder in bfloat16 (oneDNN's bf16 kernels on CPUs that have them) stays close."""
+def test_random_weight_encoder_bfloat16_path_runs(ours):
+    """The full-size encoder architecture (random weights) runs in bfloat16 (oneDNN's bf16 kernels on
+    CPUs that have them) and stays close to float32. The real weights: the next test."""
     image = np.random.default_rng(4).random((256, 256), dtype=np.float32)
     full = ours.embed(image)
     try:
@@ -267,7 +296,28 @@ def test_real_encoder_bfloat16_path_runs(ours):
     assert rel < 0.05
 
 
+def test_real_lite_medsam_encoder_in_bfloat16_stays_close(lite_medsam, ct_volume):
+    """The embedded LiteMedSAM's real weights with the encoder in bfloat16 (a second shared backend,
+    ``precision="bf16"``), on a real CT slice: the embedding is within 5% (relative norm) of float32's,
+    and a box on the liver decodes nearly the same mask."""
+    from napari_sam.intensity import resolve_window
+    from napari_sam.models.registry import load_model
+
+    bf16 = load_model("lite_medsam", precision="bf16")
+    assert bf16 is not lite_medsam and next(bf16.image_encoder.parameters()).dtype == torch.bfloat16
+    image = resolve_window(ct_volume.array, "soft-tissue").apply(ct_volume.array[10])
+    full, half = lite_medsam.embed(image), bf16.embed(image)
+    assert half.features.dtype == torch.float32
+    rel = float((half.features - full.features).norm() / full.features.norm())
+    assert rel < 0.05, rel
+    box = np.array([[196, 107, 374, 269]], np.float32)  # the README's liver box on slice 10
+    m32 = lite_medsam.decode(full, boxes_rc=box).masks[0, 0]
+    m16 = bf16.decode(half, boxes_rc=box).masks[0, 0]
+    assert m32.sum() > 1000 and (m32 & m16).sum() / (m32 | m16).sum() > 0.95
+
+
 # ---------------------------------------------------------------- decoder work shared by prompts
+
 
 def test_prepared_image_decoder_equals_plain_decoder():
     """The first layer's image projections made once (``MaskDecoder.prepare_image``) and the
@@ -281,13 +331,17 @@ def test_prepared_image_decoder_equals_plain_decoder():
             if "token" in name or "norm" in name:
                 p.copy_(p + 0.3 * torch.randn_like(p))
     feats = torch.randn(1, 256, 16, 16, dtype=torch.float64)
-    boxes = torch.tensor([[4.0, 6.0, 40.0, 30.0], [10.0, 10.0, 60.0, 62.0], [0.0, 0.0, 63.0, 63.0]],
-                         dtype=torch.float64)
+    boxes = torch.tensor(
+        [[4.0, 6.0, 40.0, 30.0], [10.0, 10.0, 60.0, 62.0], [0.0, 0.0, 63.0, 63.0]], dtype=torch.float64
+    )
     points = (torch.tensor([[[20.0, 22.0], [40.0, 9.0]]], dtype=torch.float64), torch.tensor([[1, 0]]))
     with torch.inference_mode():
         image_pe = prompt_encoder.get_dense_pe()
-        for prompts in ({"points": None, "boxes": boxes}, {"points": points, "boxes": None},
-                        {"points": points, "boxes": boxes[:1]}):
+        for prompts in (
+            {"points": None, "boxes": boxes},
+            {"points": points, "boxes": None},
+            {"points": points, "boxes": boxes[:1]},
+        ):
             sparse, dense = prompt_encoder(masks=None, **prompts)
             prepared = mask_decoder.prepare_image(feats, image_pe, dense)
             for multimask in (False, True):
@@ -311,16 +365,19 @@ def test_prompts_on_one_embedding_equal_each_on_a_fresh_embedding(lite_medsam, c
     emb = ct_embeddings.get(10)
 
     def fresh() -> Embedding:
-        return Embedding(features=emb.features.clone(), original_size=emb.original_size,
-                         input_size=emb.input_size, model=emb.model)
+        return Embedding(
+            features=emb.features.clone(), original_size=emb.original_size, input_size=emb.input_size, model=emb.model
+        )
 
     def kept_for(e: Embedding):
         return [p for ref, p in lite_medsam._prepared.values() if ref() is e.features]
 
-    prompts = [{"boxes_rc": np.array([[150, 200, 300, 330]], np.float32)},
-               {"points_rc": np.array([[[230, 260], [300, 150]]], np.float32), "point_labels": np.array([[1, 0]])},
-               {"boxes_rc": np.array([[250, 100, 330, 180], [0, 0, 511, 511]], np.float32), "multimask": True},
-               {"boxes_rc": np.array([[200, 220, 260, 300]], np.float32), "multimask": True}]
+    prompts = [
+        {"boxes_rc": np.array([[150, 200, 300, 330]], np.float32)},
+        {"points_rc": np.array([[[230, 260], [300, 150]]], np.float32), "point_labels": np.array([[1, 0]])},
+        {"boxes_rc": np.array([[250, 100, 330, 180], [0, 0, 511, 511]], np.float32), "multimask": True},
+        {"boxes_rc": np.array([[200, 220, 260, 300]], np.float32), "multimask": True},
+    ]
     shared = fresh()
     with torch.inference_mode():
         on_shared = []

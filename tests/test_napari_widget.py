@@ -19,11 +19,9 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
-from napari.utils._test_utils import read_only_mouse_event  # noqa: E402
-from napari.utils.interactions import (mouse_move_callbacks, mouse_press_callbacks,  # noqa: E402
-                                       mouse_release_callbacks)
 from scipy import ndimage  # noqa: E402
 
+from napari_mouse import mouse  # noqa: E402
 from napari_sam.plugin import _prompt_layers as pl  # noqa: E402
 from napari_sam.plugin.segment_widget import SHORTCUTS, SegmentWidget  # noqa: E402
 
@@ -48,12 +46,7 @@ def deepest_point(region: np.ndarray) -> tuple[int, int]:
     return int(r), int(c)
 
 
-def _mouse(layer, kind: str, world, **kw):
-    ev = read_only_mouse_event(type=kind, position=tuple(float(v) for v in world), button=1,
-                               dims_displayed=list(range(len(world)))[-2:],
-                               view_direction=[1.0] + [0.0] * (len(world) - 1), **kw)
-    {"mouse_press": mouse_press_callbacks, "mouse_move": mouse_move_callbacks,
-     "mouse_release": mouse_release_callbacks}[kind](layer, ev)
+_mouse = mouse
 
 
 def draw_box(viewer, session, voxel_a, voxel_b) -> None:
@@ -83,8 +76,9 @@ def go_to_slice(viewer, image, z: int) -> None:
 
 
 def wait_preview(qtbot, session, count_before: int) -> np.ndarray:
-    qtbot.waitUntil(lambda: session.previews_shown > count_before and session.preview_mask is not None,
-                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(
+        lambda: session.previews_shown > count_before and session.preview_mask is not None, timeout=TIMEOUT_MS
+    )
     return session.preview_mask
 
 
@@ -133,15 +127,19 @@ def liver_slice(ct_labels) -> int:
 # ---------------------------------------------------------------- the CT
 def test_box_commit_propagate_export_matches_core(ct_widget, qtbot, tmp_path, ct_labels, ct_volume, lite_medsam):
     """Box on a slice -> preview -> commit -> propagate -> export; the exported
-    NIfTI's Dice equals what the core's Propagator gets from the same key slice."""
+    NIfTI's Dice equals what the core computes on its own from the same box
+    (its own embeddings, key mask and propagation)."""
+    from napari_sam.embeddings import SliceEmbeddings
     from napari_sam.io import read_labels_aligned
-    from napari_sam.propagation import PropagationState, Propagator
+    from napari_sam.prompts import parse_prompts
+    from napari_sam.segmentation import segment_volume
 
     viewer, widget, s = ct_widget
     k = liver_slice(ct_labels)
     truth = ct_labels == LIVER
     assert s.pos.index == k and s.pos.axis == 0
-    r0, c0, r1, c1 = bbox(truth[k])
+    box = bbox(truth[k])
+    r0, c0, r1, c1 = box
     n = s.previews_shown
     draw_box(viewer, s, (k, r0, c0), (k, r1, c1))
     assert len(s.boxes.data) == 1
@@ -158,7 +156,7 @@ def test_box_commit_propagate_export_matches_core(ct_widget, qtbot, tmp_path, ct
     committed = np.asarray(s.labels.data[k]) == obj.id
     assert np.array_equal(committed, preview)
     assert len(s.boxes.data) == 0 and s.preview.data[k].max() == 0  # prompts cleared after commit
-    assert obj.state.key_slices == [k]
+    assert obj.state.key_slices == [k] and obj.state.prompts[k].box == prompt.box  # the prompt is kept
 
     with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS) as fin:
         assert widget.propagate()
@@ -175,12 +173,28 @@ def test_box_commit_propagate_export_matches_core(ct_widget, qtbot, tmp_path, ct
     np.testing.assert_array_equal(exported, gui)
     dice_gui = dice(exported, truth)
 
-    state = PropagationState(shape=ct_volume.shape, axis=0)
-    state.set_user_mask(k, committed)
-    Propagator(lite_medsam, s.store().inner).propagate(state)
-    dice_core = dice(state.volume_mask(), truth)
-    print(f"\nliver Dice from one box on slice {k}: widget export {dice_gui:.4f}, core {dice_core:.4f}")
-    assert dice_gui == pytest.approx(dice_core, abs=1e-12)
+    # the core on its own: the same box and window, embeddings computed afresh (stored as the widget stores them)
+    window = s.store().window
+    pf = parse_prompts(
+        {
+            "window": [window.lo, window.hi],
+            "objects": [{"id": 1, "name": "liver", "propagate": True, "prompts": [{"slice": k, "box": list(box)}]}],
+        }
+    )
+    fresh = tmp_path / "core-embeddings"
+    core = segment_volume(
+        ct_volume,
+        pf,
+        lite_medsam,
+        embeddings_for=lambda w, a: SliceEmbeddings(lite_medsam, ct_volume.array, w, a, cache_dir=fresh),
+    )
+    assert core.states[1].key_slices == [k] and any(fresh.iterdir())
+    dice_core = dice(core.labels == 1, truth)
+    print(
+        f"\nliver Dice from one box on slice {k}: widget export {dice_gui:.4f}, core on its own {dice_core:.4f} "
+        f"({int(((core.labels == 1) != exported).sum())} voxels differ)"
+    )
+    np.testing.assert_array_equal(core.labels == 1, exported)
     assert dice_gui > 0.85
 
     # a correction on the worst slice: only its affected range is redone, the rest is kept bit for bit
@@ -212,6 +226,63 @@ def test_box_commit_propagate_export_matches_core(ct_widget, qtbot, tmp_path, ct
     widget.undo()
     assert s.objects.current.state.key_slices == [k]
     np.testing.assert_array_equal(np.asarray(s.labels.data) == obj.id, before)
+
+
+def test_widget_and_cli_give_the_same_label_map(ct_widget, qtbot, tmp_path, ct_volume, ct_dicom_dir, embedding_dir):
+    """The quick start's liver box and aorta click on slice 10, given with the mouse
+    in the widget, committed and propagated with its keys; ``napari-sam segment`` on
+    a prompts file of the same prompts gives the same label map, voxel for voxel
+    (with ``--zoom``, as the widget zooms small objects by default)."""
+    from napari_sam.cli import main
+    from napari_sam.io import read_labels_aligned
+
+    viewer, widget, s = ct_widget
+    go_to_slice(viewer, s.source.layer, 10)
+    qtbot.waitUntil(lambda: s.pos.index == 10, timeout=5000)
+    for name, give in (
+        ("liver", lambda: draw_box(viewer, s, (10, 196, 107), (10, 374, 269))),
+        ("aorta", lambda: click(viewer, s, (10, 298, 263))),
+    ):
+        widget.add_object(name)
+        n = s.previews_shown
+        give()
+        wait_preview(qtbot, s, n)
+        _bound(viewer, SHORTCUTS["commit"][0])(viewer)
+        assert s.objects.current.key_slices == [10]
+        with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS):
+            _bound(viewer, SHORTCUTS["propagate"][0])(viewer)
+    gui = np.array(s.labels.data)
+    assert set(np.unique(gui)) == {0, 1, 2}
+    window = s.store().window
+    prompts = {
+        "window": [window.lo, window.hi],
+        "objects": [
+            {"id": o.id, "name": o.name, "propagate": True, "prompts": [o.state.prompts[10].to_json()]}
+            for o in s.objects
+        ],
+    }
+    assert prompts["objects"][0]["prompts"] == [{"slice": 10, "box": [196.0, 107.0, 374.0, 269.0]}]
+    assert prompts["objects"][1]["prompts"] == [{"slice": 10, "points": [[298.0, 263.0]], "labels": [1]}]
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    out = tmp_path / "cli.nii.gz"
+    argv = [
+        "segment",
+        str(ct_dicom_dir),
+        "--prompts",
+        str(tmp_path / "prompts.json"),
+        "--output",
+        str(out),
+        "--cache-dir",
+        str(embedding_dir),
+        "--quiet",
+    ] + (["--zoom"] if widget.zoom_check.isChecked() else [])
+    assert main(argv) == 0
+    cli = read_labels_aligned(out, ct_volume)
+    print(
+        f"\nwidget vs CLI: {int((cli != gui).sum())} voxels differ of {gui.size}; objects' voxels "
+        f"{[int((gui == i).sum()) for i in (1, 2)]}"
+    )
+    np.testing.assert_array_equal(cli, gui)
 
 
 def test_cancel_mid_propagation_keeps_finished_slices(ct_widget, qtbot, ct_labels):
@@ -351,8 +422,10 @@ def test_contrast_limits_are_the_window_and_reembed_lazily(ct_widget, qtbot):
     assert new.ready() == [s.pos.index]  # only the slice on screen, not the volume
     encode = new.encode_seconds[-1]
     gaps = np.diff(ticks)
-    print(f"\nre-embedding took {encode:.2f} s; UI timer gaps meanwhile: median {np.median(gaps) * 1000:.0f} ms, "
-          f"max {gaps.max() * 1000:.0f} ms")
+    print(
+        f"\nre-embedding took {encode:.2f} s; UI timer gaps meanwhile: median {np.median(gaps) * 1000:.0f} ms, "
+        f"max {gaps.max() * 1000:.0f} ms"
+    )
     assert gaps.max() < max(0.5, 0.5 * encode), "the GUI thread was blocked while encoding"
 
 
@@ -360,7 +433,7 @@ def test_shortcuts_are_bound_shown_in_tooltips_and_documented(ct_widget):
     viewer, widget, s = ct_widget
     doc = (ROOT / "docs" / "napari.md").read_text()
     tips = " ".join(b.toolTip() for b in widget.findChildren(type(widget.commit_button)))
-    for action, (key, _what) in SHORTCUTS.items():
+    for key, _what in SHORTCUTS.values():
         assert _bound(viewer, key) is not None, key
         assert f"[{key}]" in tips, key
         assert f"`{key}`" in doc, key
@@ -378,7 +451,7 @@ def _bound(viewer, key: str):
 
 def _rgb(hex_color: str) -> tuple[float, float, float]:
     h = hex_color.lstrip("#")
-    return tuple(int(h[i:i + 2], 16) / 255 for i in (0, 2, 4))
+    return tuple(int(h[i : i + 2], 16) / 255 for i in (0, 2, 4))
 
 
 # ---------------------------------------------------------------- 2D images
@@ -512,8 +585,9 @@ class _FakeBackend:
 
 def test_embed_all_slices_in_the_background(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    viewer.add_image(np.random.default_rng(0).normal(size=(7, 24, 32)).astype(np.float32), name="vol",
-                     scale=(3.0, 1.0, 0.5))
+    viewer.add_image(
+        np.random.default_rng(0).normal(size=(7, 24, 32)).astype(np.float32), name="vol", scale=(3.0, 1.0, 0.5)
+    )
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.disk_cache_check.setChecked(False)
@@ -531,8 +605,9 @@ def test_embed_all_slices_in_the_background(make_napari_viewer, qtbot):
     widget.close_session()
 
 
-def test_zoom_sharpens_small_objects_in_the_preview(make_napari_viewer, qtbot, data_dir, lite_medsam, tmp_path,
-                                                     monkeypatch):
+def test_zoom_sharpens_small_objects_in_the_preview(
+    make_napari_viewer, qtbot, data_dir, lite_medsam, tmp_path, monkeypatch
+):
     """A box on a small nucleus is decoded on a magnified crop (the widget's
     "Zoom small objects", on by default): better outlines than the whole slice
     at the model's 256 px, and the crop's embedding lands in the disk cache."""
@@ -542,7 +617,7 @@ def test_zoom_sharpens_small_objects_in_the_preview(make_napari_viewer, qtbot, d
     image = tifffile.imread(str(data_dir / "nuclei_2d" / "image.tif"))
     truth_all = tifffile.imread(str(data_dir / "nuclei_2d" / "labels.tif"))
     ids, counts = np.unique(truth_all[truth_all > 0], return_counts=True)
-    picks = ids[np.argsort(counts)][len(ids) // 4:: max(1, len(ids) // 6)][:5]  # small to mid-sized nuclei
+    picks = ids[np.argsort(counts)][len(ids) // 4 :: max(1, len(ids) // 6)][:5]  # small to mid-sized nuclei
     viewer = make_napari_viewer()
     viewer.add_image(image, name="nuclei")
     widget = SegmentWidget(viewer)

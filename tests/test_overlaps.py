@@ -8,8 +8,8 @@ from napari_sam.overlaps import ObjectMasks, resolve_overlaps
 
 
 def disc(shape, centre, radius):
-    rr, cc = np.ogrid[:shape[0], :shape[1]]
-    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius ** 2
+    rr, cc = np.ogrid[: shape[0], : shape[1]]
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
 
 
 def test_contested_voxels_go_to_the_object_holding_them_deepest_whatever_the_order():

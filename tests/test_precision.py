@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.cache import SliceEmbeddings, model_identity
+from napari_sam.cache import model_identity
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.errors import InputError
 from napari_sam.intensity import Window
 from napari_sam.models import precision as P
@@ -28,8 +29,14 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def small_backend():
     """A real TinyViT encoder (narrow stages, 64 px input, random weights) with SAM's decoder."""
     torch.manual_seed(0)
-    cfg = TinyViTConfig(img_size=64, embed_dims=(16, 32, 64, 320), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 10),
-                        window_sizes=(7, 7, 7, 7), out_chans=256)
+    cfg = TinyViTConfig(
+        img_size=64,
+        embed_dims=(16, 32, 64, 320),
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 2, 10),
+        window_sizes=(7, 7, 7, 7),
+        out_chans=256,
+    )
     encoder = fold_batchnorm(TinyViT(cfg).eval())
     prompt_encoder, mask_decoder = build_sam_prompt_decoder(embedding_size=16, input_size=64)
     return SamFamilyBackend("tiny_lite", encoder, prompt_encoder, mask_decoder, 64, torch.device("cpu"))
@@ -38,8 +45,17 @@ def small_backend():
 # ---------------------------------------------------------------- names
 
 
-@pytest.mark.parametrize("name,expected", [("auto", "auto"), ("FP32", "fp32"), ("bfloat16", "bf16"),
-                                           ("bf16", "bf16"), ("float16", "fp16"), (" fp16 ", "fp16")])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("auto", "auto"),
+        ("FP32", "fp32"),
+        ("bfloat16", "bf16"),
+        ("bf16", "bf16"),
+        ("float16", "fp16"),
+        (" fp16 ", "fp16"),
+    ],
+)
 def test_parse_precision_accepts_names_and_aliases(name, expected):
     assert P.parse_precision(name) == expected
 
@@ -115,14 +131,15 @@ print(json.dumps({"bf16_onednn": onednn.bf16_available(), "ratio": probe.ratio,
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux" or not torch.backends.mkldnn.is_available(),
-                    reason="oneDNN ISA cap (ONEDNN_MAX_CPU_ISA) checked on Linux x86 builds")
+@pytest.mark.skipif(
+    sys.platform != "linux" or not torch.backends.mkldnn.is_available(),
+    reason="oneDNN ISA cap (ONEDNN_MAX_CPU_ISA) checked on Linux x86 builds",
+)
 def test_cpu_without_bf16_kernels_falls_back(tmp_path):
     """With oneDNN capped to AVX2 (no bf16 kernels: an older CPU), bf16 tensors take the plain
     PyTorch path instead of failing, the probe measures it slower and ``auto`` keeps fp32."""
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=SRC, NAPARI_SAM_BF16="")
-    p = subprocess.run([sys.executable, "-c", _NO_BF16_CHILD], env=env, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run([sys.executable, "-c", _NO_BF16_CHILD], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])
     if out["bf16_onednn"]:
@@ -179,7 +196,8 @@ def test_parts_kept_fp32_run_and_have_their_own_identity(monkeypatch, small_back
 
 
 def test_zoom_crop_cache_keys_differ_by_precision(small_backend):
-    from napari_sam.zoom import Crop, crop_key
+    from napari_sam.embeddings import crop_key
+    from napari_sam.geometry import Crop
 
     crop = Crop(0, 0, 32, 32)
     k32 = crop_key("img", model_identity(small_backend), crop)
@@ -207,9 +225,24 @@ def test_cli_refuses_unknown_precision_in_one_line(tmp_path):
     import tifffile
 
     tifffile.imwrite(img, np.zeros((32, 32), np.uint8))
-    p = subprocess.run([sys.executable, "-m", "napari_sam.cli", "auto", str(img), "--output",
-                        str(tmp_path / "out.tif"), "--precision", "bf61", "--quiet"],
-                       env=dict(os.environ, PYTHONPATH=SRC), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_sam.cli",
+            "auto",
+            str(img),
+            "--output",
+            str(tmp_path / "out.tif"),
+            "--precision",
+            "bf61",
+            "--quiet",
+        ],
+        env=dict(os.environ, PYTHONPATH=SRC),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "did you mean 'bf16'" in lines[0], p.stderr
@@ -226,8 +259,9 @@ def test_cuda_encoder_half_precision_path(small_backend):
     resolved = P.resolve_precision("auto", "cuda")
     assert resolved in ("bf16", "fp16")
     dev = torch.device("cuda")
-    b = SamFamilyBackend("tiny_lite", small_backend.image_encoder, small_backend.prompt_encoder,
-                         small_backend.mask_decoder, 64, dev)
+    b = SamFamilyBackend(
+        "tiny_lite", small_backend.image_encoder, small_backend.prompt_encoder, small_backend.mask_decoder, 64, dev
+    )
     image = np.random.default_rng(1).random((64, 64), dtype=np.float32)
     full = b.embed(image)
     assert P.apply_precision(b, "auto") == resolved

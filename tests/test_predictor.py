@@ -8,8 +8,8 @@ import pytest
 
 from napari_sam.errors import InputError, UsageError
 from napari_sam.evaluation import deepest_point, dice, simulate_clicks
-from napari_sam.predictor import SlicePredictor
 from napari_sam.geometry import box_of_mask
+from napari_sam.predictor import SlicePredictor
 
 STRUCTURES = ("liver", "spleen", "stomach", "aorta")
 
@@ -92,8 +92,9 @@ def test_negative_click_removes_region(predictor, ct_embeddings, ct_labels, ct_l
     gt = ct_labels[z] == lid
     predictor.set_embedding(ct_embeddings.get(z))
     r0, c0, r1, c1 = box_of_mask(gt)
-    big = predictor.predict(box=(max(0, r0 - 60), max(0, c0 - 60), min(511, r1 + 60), min(511, c1 + 60)),
-                            multimask=False).mask
+    big = predictor.predict(
+        box=(max(0, r0 - 60), max(0, c0 - 60), min(511, r1 + 60), min(511, c1 + 60)), multimask=False
+    ).mask
     outside = big & ~gt
     if outside.sum() < 200:
         pytest.skip("the enlarged box did not overshoot on this slice")

@@ -6,17 +6,34 @@ import numpy as np
 import pytest
 
 from napari_sam.errors import InputError
-from napari_sam.prompts import SlicePrompt, load_prompts, parse_prompts
 from napari_sam.geometry import box_of_mask
+from napari_sam.prompts import SlicePrompt, load_prompts, parse_prompts
 
 
 def test_prompts_file_round_trip(tmp_path):
-    doc = {"window": [-160, 240], "objects": [
-        {"id": 5, "name": "liver", "window": "soft-tissue", "color": [1, 2, 3],
-         "prompts": [{"slice": 10, "box": [10, 20, 30, 40]},
-                     {"slice": 11, "points": [[5, 6], [7, 8]], "labels": [1, 0]}]},
-        {"id": 6, "name": "spleen", "propagate": True, "axis": 0, "range": [2, 9],
-         "prompts": [{"slice": 3, "points": [[1, 1]]}]}]}
+    doc = {
+        "window": [-160, 240],
+        "objects": [
+            {
+                "id": 5,
+                "name": "liver",
+                "window": "soft-tissue",
+                "color": [1, 2, 3],
+                "prompts": [
+                    {"slice": 10, "box": [10, 20, 30, 40]},
+                    {"slice": 11, "points": [[5, 6], [7, 8]], "labels": [1, 0]},
+                ],
+            },
+            {
+                "id": 6,
+                "name": "spleen",
+                "propagate": True,
+                "axis": 0,
+                "range": [2, 9],
+                "prompts": [{"slice": 3, "points": [[1, 1]]}],
+            },
+        ],
+    }
     p = tmp_path / "p.json"
     p.write_text(json.dumps(doc))
     pf = load_prompts(p)
@@ -47,11 +64,17 @@ def test_check_against_shape():
         pf.check_against((1, 10, 10), is_2d=True)
 
 
-@pytest.mark.parametrize("doc", [[], {"objects": "x"}, {"objects": [{"id": 1, "prompts": []}]},
-                                 {"objects": [{"id": 1, "prompts": [{"slice": 0}]}]},
-                                 {"objects": [{"id": 1, "prompts": [{"box": [0, 0, 1, 1]}]},
-                                              {"id": 1, "prompts": [{"box": [0, 0, 1, 1]}]}]},
-                                 {"objects": [{"id": 1, "prompts": [{"points": [[1, np.nan]]}]}]}])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [],
+        {"objects": "x"},
+        {"objects": [{"id": 1, "prompts": []}]},
+        {"objects": [{"id": 1, "prompts": [{"slice": 0}]}]},
+        {"objects": [{"id": 1, "prompts": [{"box": [0, 0, 1, 1]}]}, {"id": 1, "prompts": [{"box": [0, 0, 1, 1]}]}]},
+        {"objects": [{"id": 1, "prompts": [{"points": [[1, np.nan]]}]}]},
+    ],
+)
 def test_malformed(doc):
     with pytest.raises(InputError):
         parse_prompts(doc)

@@ -3,19 +3,18 @@ corrections and cancel on the real CT with the embedded model."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
 
-from napari_sam.cache import SliceEmbeddings
+from napari_sam.embeddings import SliceEmbeddings
 from napari_sam.errors import InputError, UsageError
+from napari_sam.geometry import box_of_mask
 from napari_sam.intensity import Window
+from napari_sam.jobs import Cancel
 from napari_sam.models.base import Backend, Embedding
 from napari_sam.prompts import ObjectPrompts, PromptsFile, SlicePrompt
-from napari_sam.geometry import box_of_mask
-from napari_sam.propagation import PropagationState, Propagator, StopReason, StopRules
+from napari_sam.propagation import PropagationState, Propagator, StepAnswer, StopReason, StopRules
 from napari_sam.segmentation import ObjectMasks, paint_objects, segment_volume
 
 
@@ -39,11 +38,13 @@ class BrightInBoxBackend(Backend):
         h, w = image.shape[:2]
         t = np.zeros((self.image_size, self.image_size), np.float32)
         t[:h, :w] = image
-        return Embedding(features=torch.from_numpy(t)[None, None], original_size=(h, w), input_size=(h, w),
-                         model=self.name)
+        return Embedding(
+            features=torch.from_numpy(t)[None, None], original_size=(h, w), input_size=(h, w), model=self.name
+        )
 
-    def decode_low_res(self, embedding, points_rc=None, point_labels=None, boxes_rc=None, mask_input=None,
-                       multimask=False):
+    def decode_low_res(
+        self, embedding, points_rc=None, point_labels=None, boxes_rc=None, mask_input=None, multimask=False
+    ):
         from scipy import ndimage
 
         self.decode_calls += 1
@@ -56,7 +57,7 @@ class BrightInBoxBackend(Backend):
             m = np.zeros(img.shape, bool)
             r0, c0 = int(np.floor(r0)), int(np.floor(c0))
             r1, c1 = int(np.ceil(r1)), int(np.ceil(c1))
-            m[r0:r1 + 1, c0:c1 + 1] = img[r0:r1 + 1, c0:c1 + 1] > 0.5
+            m[r0 : r1 + 1, c0 : c1 + 1] = img[r0 : r1 + 1, c0 : c1 + 1] > 0.5
             lab, n = ndimage.label(m)
             if n:
                 sizes = ndimage.sum(m, lab, range(1, n + 1))
@@ -70,9 +71,10 @@ class BrightInBoxBackend(Backend):
 
 
 def ball(shape=(24, 64, 64), center=(12, 32, 30), radius=(7.5, 14, 12)) -> np.ndarray:
-    z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
-    return ((z - center[0]) / radius[0]) ** 2 + ((y - center[1]) / radius[1]) ** 2 + \
-        ((x - center[2]) / radius[2]) ** 2 <= 1.0
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return ((z - center[0]) / radius[0]) ** 2 + ((y - center[1]) / radius[1]) ** 2 + (
+        (x - center[2]) / radius[2]
+    ) ** 2 <= 1.0
 
 
 def dice(a, b):
@@ -100,17 +102,23 @@ def test_one_box_propagates_to_the_whole_object_and_stops_where_it_ends(syntheti
     vol, obj, backend, emb = synthetic
     state = PropagationState(shape=vol.shape)
     state.add_prompt(12, key_prompt(obj, 12))
-    updates = list(Propagator(backend, emb).run(state))
+    events = list(Propagator(backend, emb).run(state))
+    updates = [e for e in events if e.payload is not None]
     assert dice(state.volume_mask(), obj) > 0.99
     zs = np.flatnonzero(obj.any((1, 2)))
     assert state.extent == (zs.min(), zs.max())
     # one stop per direction, both because the mask vanished, right after the object's end
     assert sorted((s.direction, s.last, s.rejected, s.reason) for s in state.stops) == [
-        (-1, zs.min(), zs.min() - 1, StopReason.EMPTY), (1, zs.max(), zs.max() + 1, StopReason.EMPTY)]
-    # progress: one update per finished slice, done counts up, ends at done == total
+        (-1, zs.min(), zs.min() - 1, StopReason.EMPTY),
+        (1, zs.max(), zs.max() + 1, StopReason.EMPTY),
+    ]
+    # progress: one event per finished slice (its payload the slice), done counts up, then one last
+    # event without payload at done == total
     assert [u.done for u in updates] == list(range(1, len(updates) + 1))
     assert all(u.done <= u.total for u in updates)
-    assert {u.index for u in updates} == set(range(zs.min(), zs.max() + 1))
+    assert {u.payload.index for u in updates} == set(range(zs.min(), zs.max() + 1))
+    assert all(np.array_equal(u.payload.mask, state.results[u.payload.index]) for u in updates[-3:])
+    assert events[-1].payload is None and events[-1].done == events[-1].total == len(updates)
     assert not state.needs_run
     assert state.info[12].source == "key" and state.info[13].source == "propagated"
     # only slices the propagation reached were encoded: the object's, the refused one past each
@@ -172,7 +180,7 @@ def test_correction_redoes_only_the_affected_range(synthetic):
     affected = state.add_prompt(15, key_prompt(obj, 15))
     assert affected == (13, 23)
     assert state.dirty == set(range(13, 24))
-    updates = list(prop.run(state))
+    updates = [e.payload for e in prop.run(state) if e.payload is not None]
     assert {u.index for u in updates} <= set(range(13, 24)) | {15}
     for i in range(0, 13):
         assert (i in before) == (i in state.results)
@@ -192,12 +200,12 @@ def test_cancel_keeps_finished_slices_and_next_run_resumes(synthetic):
 
     state = PropagationState(shape=vol.shape)
     state.add_prompt(12, key_prompt(obj, 12))
-    stop = threading.Event()
+    stop = Cancel()
     seen = []
 
-    def progress(done, total, message):
-        seen.append(done)
-        if done == 4:
+    def progress(event):
+        seen.append(event.done)
+        if event.done == 4:
             stop.set()
 
     prop.propagate(state, progress=progress, cancel=stop)
@@ -244,16 +252,22 @@ def test_user_mask_is_a_key_slice_never_overwritten(synthetic):
 def test_stop_rules_refuse_leaks_and_jumps():
     prop = Propagator.__new__(Propagator)
     prop.rules = StopRules()
-    from napari_sam.propagation import _Step
 
     prev = np.zeros((64, 64), bool)
     prev[20:30, 20:30] = True
 
     def step(mask, score=0.9, shift=0.0, backward=1.0, features=1.0):
         inter, union = np.logical_and(mask, prev).sum(), np.logical_or(mask, prev).sum()
-        return _Step(mask=mask, score=score, logits=np.zeros(mask.shape, np.float32), iou_prev=inter / union,
-                     area_ratio=mask.sum() / prev.sum(), intensity_shift=shift, backward_iou=backward,
-                     feature_similarity=features)
+        return StepAnswer(
+            mask=mask,
+            score=score,
+            logits=np.zeros(mask.shape, np.float32),
+            iou_prev=inter / union,
+            area_ratio=mask.sum() / prev.sum(),
+            intensity_shift=shift,
+            backward_iou=backward,
+            feature_similarity=features,
+        )
 
     assert prop.check(step(prev), prev) is None
     assert prop.check(step(np.zeros_like(prev)), prev)[0] is StopReason.EMPTY
@@ -288,16 +302,21 @@ def test_segment_volume_propagates_objects_from_the_prompts_file(synthetic):
     vol, obj, backend, _ = synthetic
     obj2 = ball(center=(12, 10, 52), radius=(4, 6, 6))
     raw = np.where(obj | obj2, 200.0, 0.0).astype(np.float32)
-    pf = PromptsFile(objects=[
-        ObjectPrompts(1, "big", [key_prompt(obj, 12)], window=[0, 255], propagate=True),
-        ObjectPrompts(2, "small", [key_prompt(obj2, 12)], window=[0, 255], propagate=True, range=(10, 14)),
-        ObjectPrompts(3, "flat", [key_prompt(obj, 6)], window=[0, 255]),
-    ])
+    pf = PromptsFile(
+        objects=[
+            ObjectPrompts(1, "big", [key_prompt(obj, 12)], window=[0, 255], propagate=True),
+            ObjectPrompts(2, "small", [key_prompt(obj2, 12)], window=[0, 255], propagate=True, range=(10, 14)),
+            ObjectPrompts(3, "flat", [key_prompt(obj, 6)], window=[0, 255]),
+        ]
+    )
     seen = []
-    res = segment_volume(Volume(raw, metadata={"modality": "MR"}), pf, backend,
-                         progress=lambda d, t, m: seen.append((d, t)))
+    res = segment_volume(
+        Volume(raw, metadata={"modality": "MR"}), pf, backend, progress=lambda ev: seen.append((ev.done, ev.total))
+    )
     assert dice(res.labels == 1, obj & ~(np.arange(24) == 6)[:, None, None]) > 0.99
-    assert dice(res.labels == 2, obj2 & (np.arange(24)[:, None, None] >= 10) & (np.arange(24)[:, None, None] <= 14)) > 0.99
+    assert (
+        dice(res.labels == 2, obj2 & (np.arange(24)[:, None, None] >= 10) & (np.arange(24)[:, None, None] <= 14)) > 0.99
+    )
     # object 3's prompted slice 6 beats object 1's propagation there
     assert np.array_equal(res.labels[6] == 3, obj[6])
     assert res.slices[2] == [10, 11, 12, 13, 14]
@@ -307,13 +326,14 @@ def test_segment_volume_propagates_objects_from_the_prompts_file(synthetic):
 
 @pytest.mark.slow
 def test_correction_on_ct_recovers_dice_and_keeps_slices_outside_the_affected_range(
-        lite_medsam, ct_embeddings, ct_labels, ct_label_names):
+    lite_medsam, ct_embeddings, ct_labels, ct_label_names
+):
     """Real model, real CT: propagate the spleen from one box, break slice 15
     with a wrong box (on the liver), then correct it with the right box."""
     gt = ct_labels == ct_label_names["spleen"]
     rng = (6, 18)
     inside = np.zeros(gt.shape[0], bool)
-    inside[rng[0]:rng[1] + 1] = True
+    inside[rng[0] : rng[1] + 1] = True
     gt_r = gt & inside[:, None, None]
     prop = Propagator(lite_medsam, ct_embeddings)
     state = PropagationState(shape=gt.shape, range=rng)
@@ -328,7 +348,7 @@ def test_correction_on_ct_recovers_dice_and_keeps_slices_outside_the_affected_ra
     # a cancelled run keeps its finished slices: the key, then the gap 13-14
     # (first pass up from 12, then the pass down from 15 finishes 14 before 13)
     gen = prop.run(state)
-    first = [next(gen) for _ in range(4)]
+    first = [next(gen).payload for _ in range(4)]
     gen.close()
     assert [u.index for u in first] == [15, 13, 14, 14] and state.needs_run
     assert 15 not in state.dirty and 14 not in state.dirty and 13 in state.dirty and 16 in state.dirty

@@ -13,9 +13,7 @@ from napari_sam.errors import InputError
 from napari_sam.io import Geometry
 from napari_sam.slicer_seg import read_slicer_seg, write_slicer_seg
 
-GEOM = Geometry(
-    (0.8, 0.7, 2.5), (-10.0, 20.0, 30.0), (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
-)
+GEOM = Geometry((0.8, 0.7, 2.5), (-10.0, 20.0, 30.0), (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
 
 
 def _labels() -> np.ndarray:
@@ -27,16 +25,12 @@ def _labels() -> np.ndarray:
 
 def test_round_trip_names_colours_values_geometry(tmp_path):
     lab = _labels()
-    out = write_slicer_seg(
-        tmp_path / "s.seg.nrrd", lab, GEOM, {5: "liver", 52: "kidney_right"}, {5: (200, 10, 0)}
-    )
+    out = write_slicer_seg(tmp_path / "s.seg.nrrd", lab, GEOM, {5: "liver", 52: "kidney_right"}, {5: (200, 10, 0)})
     back = read_slicer_seg(out)
     assert np.array_equal(back.labels, lab)
     assert back.names == {5: "liver", 52: "kidney_right"}
     assert back.colors[5] == (200, 10, 0)
-    assert np.allclose(back.geometry.spacing, GEOM.spacing) and np.allclose(
-        back.geometry.origin, GEOM.origin
-    )
+    assert np.allclose(back.geometry.spacing, GEOM.spacing) and np.allclose(back.geometry.origin, GEOM.origin)
     assert np.allclose(back.geometry.direction, GEOM.direction)
     assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
@@ -51,9 +45,7 @@ def _umask() -> int:
 def test_slicerio_reads_our_segments(tmp_path):
     slicerio = pytest.importorskip("slicerio", reason="slicerio (testing extra) not installed")
     lab = _labels()
-    out = write_slicer_seg(
-        tmp_path / "s.seg.nrrd", lab, GEOM, {5: "liver", 52: "kidney_right"}, {5: (200, 10, 0)}
-    )
+    out = write_slicer_seg(tmp_path / "s.seg.nrrd", lab, GEOM, {5: "liver", 52: "kidney_right"}, {5: (200, 10, 0)})
     seg = slicerio.read_segmentation(str(out))
     segs = {s["labelValue"]: s for s in seg["segments"]}
     assert set(segs) == {5, 52}
@@ -76,13 +68,7 @@ def test_slicer_multilayer_file_is_read_as_separate_objects(tmp_path):
     b[1:3, 3:7, 3:8] = 1
     img = sitk.GetImageFromArray(np.stack([a, b], axis=-1), isVector=True)
     for n, (name, layer) in enumerate((("tumour", 0), ("liver", 1))):
-        for k, v in (
-            ("ID", f"S{n}"),
-            ("Name", name),
-            ("Layer", str(layer)),
-            ("LabelValue", "1"),
-            ("Color", "1 0 0"),
-        ):
+        for k, v in (("ID", f"S{n}"), ("Name", name), ("Layer", str(layer)), ("LabelValue", "1"), ("Color", "1 0 0")):
             img.SetMetaData(f"Segment{n}_{k}", v)
     sitk.WriteImage(img, str(tmp_path / "m.seg.nrrd"))
     back = read_slicer_seg(tmp_path / "m.seg.nrrd")

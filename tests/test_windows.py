@@ -16,7 +16,7 @@ GEOMETRIES = [
     ((256, 256), 256, (256, 256), (256, 256)),  # LiteMedSAM on a 256 slice: identity
     ((256, 256), 256, (256, 256), (512, 512)),  # LiteMedSAM on the CT: x2
     ((256, 256), 256, (110, 256), (300, 700)),  # a wide slice, padding cropped, odd ratios
-    ((64, 64), 256, (256, 187), (256, 187)),    # a low-res grid below the model size (SAM: 256 -> 1024)
+    ((64, 64), 256, (256, 187), (256, 187)),  # a low-res grid below the model size (SAM: 256 -> 1024)
 ]
 
 
@@ -50,10 +50,10 @@ def test_a_window_equals_the_whole_slice_there(low_size, model, inside, out):
     f = TOKEN_PIXELS
     for i, box in enumerate(boxes):
         (tr, tc), (wh, ww) = sw.origins[i], sw.size
-        part = low[0, :, f * tr:f * (tr + wh), f * tc:f * (tc + ww)]
+        part = low[0, :, f * tr : f * (tr + wh), f * tc : f * (tc + ww)]
         logits, (r0, c0) = sw.to_slice(part, i)
         r, c = logits.shape[1:]
-        np.testing.assert_allclose(logits[0], whole[r0:r0 + r, c0:c0 + c], rtol=0, atol=2e-5)
+        np.testing.assert_allclose(logits[0], whole[r0 : r0 + r, c0 : c0 + c], rtol=0, atol=2e-5)
         # the window holds its box
         assert r0 <= box[0] and c0 <= box[1] and r0 + r > box[2] and c0 + c > box[3]
 
@@ -73,8 +73,12 @@ def test_gather_windows_takes_each_prompts_tokens():
 def test_the_decoder_computes_a_window_as_the_whole(lite_medsam):
     """SAM's mask decoder with ``windows``: each prompt's window of the whole logits."""
     g = torch.Generator().manual_seed(2)
-    emb = Embedding(features=torch.randn(1, 256, 64, 64, generator=g), original_size=(256, 256),
-                    input_size=(256, 256), model=lite_medsam.name)
+    emb = Embedding(
+        features=torch.randn(1, 256, 64, 64, generator=g),
+        original_size=(256, 256),
+        input_size=(256, 256),
+        model=lite_medsam.name,
+    )
     boxes = np.array([[10, 12, 40, 30], [200, 150, 250, 250], [100, 100, 110, 104]], np.float32)
     whole, s_whole = lite_medsam.decode_low_res(emb, boxes_rc=boxes)
     origins = torch.tensor([[0, 0], [40, 30], [20, 22]])
@@ -82,5 +86,4 @@ def test_the_decoder_computes_a_window_as_the_whole(lite_medsam):
     assert part.shape == (3, 1, 96, 136)
     torch.testing.assert_close(s_part, s_whole)
     for i, (r, c) in enumerate(origins.tolist()):
-        torch.testing.assert_close(part[i], whole[i, :, 4 * r:4 * r + 96, 4 * c:4 * c + 136],
-                                   rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(part[i], whole[i, :, 4 * r : 4 * r + 96, 4 * c : 4 * c + 136], rtol=1e-5, atol=1e-4)

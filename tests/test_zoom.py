@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fake_blob_backend import FakeBlobBackend, blob_image
 
+from fake_blob_backend import FakeBlobBackend, blob_image
+from napari_sam.embeddings import CropEmbeddings
 from napari_sam.errors import InputError
+from napari_sam.geometry import Crop
 from napari_sam.models.base import Embedding, rc_to_model_xy
 from napari_sam.predictor import SlicePredictor
-from napari_sam.zoom import Crop, CropEmbeddings, ZoomSettings, crop_side, extent_boxes, zoom_crop
+from napari_sam.zoom import ZoomSettings, crop_side, extent_boxes, zoom_crop
 
 
 def test_crop_side_ladder_and_no_zoom_for_large_boxes():
@@ -139,8 +141,11 @@ def test_zoom_beats_the_whole_slice_on_real_nuclei(data_dir, lite_medsam):
     img = resolve_window(raw).apply(raw)
     objs = ndimage.find_objects(lab)
     # the 8 nuclei nearest to (150, 150), all away from the border
-    cands = [(i + 1, s) for i, s in enumerate(objs) if s is not None and s[0].start > 2 and s[1].start > 2
-             and s[0].stop < 509 and s[1].stop < 509]
+    cands = [
+        (i + 1, s)
+        for i, s in enumerate(objs)
+        if s is not None and s[0].start > 2 and s[1].start > 2 and s[0].stop < 509 and s[1].stop < 509
+    ]
     cands.sort(key=lambda t: (t[1][0].start - 150) ** 2 + (t[1][1].start - 150) ** 2)
     whole = SlicePredictor(lite_medsam)
     whole.set_image(img)

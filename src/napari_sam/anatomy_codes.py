@@ -84,9 +84,7 @@ def _candidates(name: str) -> list[str]:
     words = [w for w in re.split(r"[\s_\-./]+", name.lower()) if w]
     plain = [w for w in words if w not in _NOISE and not re.fullmatch(r"[a-z]?\d+[a-z]?", w)]
     out = [" ".join(words), " ".join(plain)]
-    out += [
-        " ".join(plain[:n]) for n in range(len(plain) - 1, 0, -1)
-    ]  # "portal vein and splenic vein"
+    out += [" ".join(plain[:n]) for n in range(len(plain) - 1, 0, -1)]  # "portal vein and splenic vein"
     return out
 
 

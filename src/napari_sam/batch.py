@@ -1,8 +1,9 @@
 """Batch segmentation of a cohort on a Dask cluster: ``napari-sam batch MANIFEST.csv``.
 
 The manifest (:mod:`napari_sam.batch_manifest`) lists one case per row.
-:func:`run` sends each unfinished case to a Dask worker as one task and
-returns the summary records, also written as ``MANIFEST_summary.csv`` next to
+:func:`batch_job` (a job of :mod:`napari_sam.jobs`; :func:`run` drives it)
+sends each unfinished case to a Dask worker as one task and returns the
+summary records, also written as ``MANIFEST_summary.csv`` next to
 the manifest (status, seconds, encoder calls, cache hits, worker, reason).
 
 - **Cluster:** the given ``client``, else a ``dask.distributed.LocalCluster``
@@ -23,20 +24,38 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .batch_cases import one_line, run_case
 from .batch_manifest import BatchSettings, Case, is_finished, read_manifest
 from .batch_outputs import remove_partials
+from .cache import resolve_cache_dir
 from .errors import InputError
 from .io import atomic_write_text
+from .jobs import Cancel, Job, Progress, ProgressBar, ProgressCallback, drive
+from .models.precision import parse_precision
+from .models.registry import load_model
+
+log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "napari-sam-model"
-SUMMARY_COLUMNS = ("row", "image", "output", "mode", "status", "seconds", "encoder_calls", "cache_hits",
-                   "worker", "reason")
+SUMMARY_COLUMNS = (
+    "row",
+    "image",
+    "output",
+    "mode",
+    "status",
+    "seconds",
+    "encoder_calls",
+    "cache_hits",
+    "worker",
+    "reason",
+)
 
 try:  # a plain base class when distributed is absent: the module still imports
     from distributed.diagnostics.plugin import WorkerPlugin
@@ -57,32 +76,70 @@ class ModelPlugin(WorkerPlugin):
 
     torch_threads: threads for torch on each worker; None: the worker's
     share of its host's cores (cores // the worker's Dask threads, for the
-    usual one-worker-per-job layout of dask-jobqueue).
+    usual one-worker-per-job layout of dask-jobqueue). precision: the image
+    encoder's precision (``--precision``: auto, fp32, bf16, fp16; None: the
+    default), as :func:`napari_sam.models.registry.load_model` takes it;
+    device: "cpu" (default), "cuda", "mps" or "auto" (each worker's best).
     """
 
     name = PLUGIN_NAME
 
-    def __init__(self, model: str = "lite_medsam", checkpoint: str | None = None,
-                 torch_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "lite_medsam",
+        checkpoint: str | None = None,
+        torch_threads: int | None = None,
+        precision: str | None = None,
+        device: str = "cpu",
+    ) -> None:
         self.model = model
         self.checkpoint = checkpoint
         self.torch_threads = torch_threads
+        self.precision = precision
+        self.device = device
         self.backend = None
 
     def setup(self, worker) -> None:  # noqa: D401 - Dask's hook
         import torch
 
-        from .models.registry import load_model
-
         threads = self.torch_threads or max(1, cpu_cores() // max(1, worker.state.nthreads))
         torch.set_num_threads(threads)
-        self.backend = load_model(self.model, self.checkpoint, "cpu", progress=False)
+        self.backend = load_model(self.model, self.checkpoint, self.device, progress=False, precision=self.precision)
 
 
-def register_model(client, model: str = "lite_medsam", checkpoint: str | None = None,
-                   torch_threads: int | None = None) -> None:
-    """Have every worker of ``client`` (and every worker that joins later) load the model once."""
-    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads), name=PLUGIN_NAME)
+def register_model(
+    client,
+    model: str = "lite_medsam",
+    checkpoint: str | None = None,
+    torch_threads: int | None = None,
+    precision: str | None = None,
+    device: str = "cpu",
+) -> None:
+    """Have every worker of ``client`` (and every worker that joins later) load the model once.
+
+    A model, checkpoint or precision the workers cannot load fails here: Dask
+    raises the workers' error (e.g. ModelError "...: checkpoint not found").
+    """
+    from .models.precision import parse_precision
+
+    if precision is not None:
+        parse_precision(precision)  # a bad value is refused before any worker loads anything
+    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads, precision, device), name=PLUGIN_NAME)
+
+
+def connect(address: str, timeout: str = "20s"):
+    """A ``Client`` of the running Dask scheduler at ``address``; InputError (one line) when none answers."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"--scheduler {address}: cannot connect ({exc})") from None
+
+
+def local_threads(client, threads_per_worker: int = 1) -> int:
+    """Torch threads per worker of a local cluster: the cores shared out among its worker threads."""
+    return max(1, cpu_cores() // (max(1, len(client.scheduler_info()["workers"])) * threads_per_worker))
 
 
 def _case_task(case: Case, settings: BatchSettings) -> dict[str, Any]:
@@ -104,15 +161,29 @@ def local_client(workers: int | None = None, threads_per_worker: int = 1, memory
     if threads_per_worker < 1 or (workers is not None and workers < 1):
         raise InputError("--workers and --threads-per-worker must be at least 1")
     n = workers or max(1, cpu_cores() // threads_per_worker)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                           memory_limit=memory_limit, dashboard_address=":0")
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        memory_limit=memory_limit,
+        dashboard_address=":0",
+    )
     return Client(cluster)
 
 
 def _record(case: Case, status: str, reason: str = "") -> dict[str, Any]:
-    return {"row": case.row, "image": str(case.image), "output": str(case.output), "mode": case.mode,
-            "status": status, "seconds": 0.0, "encoder_calls": 0, "cache_hits": 0, "worker": "",
-            "reason": reason}
+    return {
+        "row": case.row,
+        "image": str(case.image),
+        "output": str(case.output),
+        "mode": case.mode,
+        "status": status,
+        "seconds": 0.0,
+        "encoder_calls": 0,
+        "cache_hits": 0,
+        "worker": "",
+        "reason": reason,
+    }
 
 
 def summary_path(manifest: str | Path) -> Path:
@@ -145,10 +216,10 @@ def plan(cases: list[Case], settings: BatchSettings) -> tuple[list[Case], list[d
     return todo, done
 
 
-def _gather(futures: dict, on_done: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+def _finished(futures: dict) -> Iterator[dict[str, Any]]:
+    """The cases' records as their tasks finish (a failed task: this case only)."""
     from distributed import as_completed
 
-    out = []
     for fut in as_completed(list(futures)):
         case = futures[fut]
         try:
@@ -156,44 +227,59 @@ def _gather(futures: dict, on_done: Callable[[dict[str, Any]], None] | None) -> 
         except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker after too many deaths: this case only
             rec = _record(case, "failed", one_line(exc))
             remove_partials(case.output)
-        out.append(rec)
-        if on_done is not None:
-            on_done(rec)
-    return out
+        yield rec
 
 
-def run(manifest: str | Path, client=None, settings: BatchSettings | None = None, *, workers: int | None = None,
-        threads_per_worker: int = 1, torch_threads: int | None = None, progress: bool = False,
-        on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run every unfinished case of ``manifest`` on a Dask cluster; returns the summary records.
+def batch_job(
+    manifest: str | Path,
+    client=None,
+    settings: BatchSettings | None = None,
+    *,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    torch_threads: int | None = None,
+) -> Job[list[dict[str, Any]]]:
+    """Run every unfinished case of ``manifest`` on a Dask cluster: a job
+    (:mod:`napari_sam.jobs`) yielding a Progress per case (payload: its summary
+    record; the cases that need no run first) and returning the records.
 
     client: a ``distributed.Client`` (any scheduler); None: a LocalCluster of
     ``workers`` processes x ``threads_per_worker`` threads, closed at the end.
     torch_threads: torch threads per worker (default: the worker's share of
-    its host's cores). progress: show Dask's progress bar on stderr.
-    Each record: row, image, output, mode, status (done | skipped | failed),
-    seconds, encoder_calls, cache_hits, worker, reason. The records are also
-    written to :func:`summary_path` (``MANIFEST_summary.csv``).
+    its host's cores). Each record: row, image, output, mode, status (done |
+    skipped | failed), seconds, encoder_calls, cache_hits, worker, reason. The
+    records are also written to :func:`summary_path` (``MANIFEST_summary.csv``)
+    when the job ends; closed before, the unfinished tasks are cancelled.
     """
     settings = settings or BatchSettings()
     cases = read_manifest(manifest)
     todo, records = plan(cases, settings)
+    total = len(cases)
+    for i, rec in enumerate(list(records)):
+        yield Progress(i + 1, total, f"row {rec['row']}: {rec['status']}", rec)
     own = client is None and bool(todo)
     if own:
         client = local_client(workers, threads_per_worker)
         if torch_threads is None:
-            torch_threads = max(1, cpu_cores() // (len(client.scheduler_info()["workers"]) * threads_per_worker))
+            torch_threads = local_threads(client, threads_per_worker)
+    futures: dict = {}
     try:
         if todo:
             for c in todo:
                 remove_partials(c.output)
-            register_model(client, settings.model, settings.checkpoint, torch_threads)
-            futures = {client.submit(_case_task, c, settings, key=f"napari-sam-case-{c.row}-{os.getpid()}",
-                                     pure=False): c for c in todo}
-            if progress:
-                _show_progress(client, list(futures))
-            records += _gather(futures, on_done)
+            register_model(client, settings.model, settings.checkpoint, torch_threads, settings.precision)
+            futures = {
+                client.submit(_case_task, c, settings, key=f"napari-sam-case-{c.row}-{os.getpid()}", pure=False): c
+                for c in todo
+            }
+            log.info("batch: %d case(s) sent to %s, %d need no run", len(todo), client, len(records))
+            for rec in _finished(futures):
+                records.append(rec)
+                yield Progress(len(records), total, f"row {rec['row']}: {rec['status']}", rec)
+            futures = {}
     finally:
+        if futures:  # closed early: stop what is still queued
+            client.cancel(list(futures))
         if own:
             cluster = client.cluster
             client.close()
@@ -202,14 +288,43 @@ def run(manifest: str | Path, client=None, settings: BatchSettings | None = None
     return sorted(records, key=lambda r: r["row"])
 
 
-def _show_progress(client, futures: list) -> None:
-    from distributed import progress
+def run(
+    manifest: str | Path,
+    client=None,
+    settings: BatchSettings | None = None,
+    *,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    torch_threads: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: Cancel | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`batch_job` driven to its end (:func:`napari_sam.jobs.drive`); returns the summary records.
 
+    progress: called with each case's Progress event (payload: its record);
+    cancel: a :class:`napari_sam.jobs.Cancel` token (queued cases are then
+    cancelled and :class:`napari_sam.jobs.Cancelled` raised).
+    """
+    return drive(
+        batch_job(
+            manifest,
+            client,
+            settings,
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+            torch_threads=torch_threads,
+        ),
+        progress,
+        cancel,
+        what="batch",
+    )
+
+
+def _show_dashboard(client) -> None:
+    """Print the scheduler's dashboard address, when it has one."""
     link = getattr(client, "dashboard_link", None)
     if link and client.scheduler_info().get("services", {}).get("dashboard"):
         print(f"dashboard: {link}", file=sys.stderr)
-    progress(futures, notebook=False)
-    print(file=sys.stderr)
 
 
 def add_parser(sub) -> None:
@@ -217,35 +332,41 @@ def add_parser(sub) -> None:
     p = sub.add_parser("batch", help="segment a cohort listed in a manifest CSV on a Dask cluster")
     p.add_argument("manifest", help="CSV with columns image,prompts,output[,mode][,window] (docs/scaling.md)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, "
-                       "e.g. tcp://host:8786 (default: a local cluster sized to this machine)")
+    where.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a running Dask scheduler, "
+        "e.g. tcp://host:8786 (default: a local cluster sized to this machine)",
+    )
     where.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores)")
     p.add_argument("--threads-per-worker", type=int, default=1, help="Dask threads per local worker (default 1)")
-    p.add_argument("--cache-dir", default=None, help="embedding cache shared by the workers "
-                   "(default: $NAPARI_SAM_CACHE_DIR, else the user cache folder)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="embedding cache shared by the workers (default: $NAPARI_SAM_CACHE_DIR, else the user cache folder)",
+    )
     p.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only")
     p.add_argument("--model", default="lite_medsam", help="model name (default lite_medsam)")
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="image encoder precision on the workers: auto, fp32, "
+        "bf16 or fp16 (default: see docs/performance.md); recorded with each case",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace outputs that are not a finished run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_batch(args) -> int:
     """``napari-sam batch``: exit 0 when every case is done or skipped, 1 when some failed."""
-    from .cache import resolve_cache_dir
-
     if args.threads_per_worker < 1:
         raise InputError("--threads-per-worker must be at least 1")
     cache = None if args.no_cache else str(resolve_cache_dir(args.cache_dir))
-    settings = BatchSettings(args.model, args.checkpoint, cache, args.overwrite)
-    client = None
-    if args.scheduler:
-        from distributed import Client
-
-        try:
-            client = Client(args.scheduler, timeout="20s")
-        except OSError as exc:
-            raise InputError(f"--scheduler {args.scheduler}: cannot connect ({exc})") from None
+    settings = BatchSettings(args.model, args.checkpoint, cache, args.overwrite, args.precision)
+    if args.precision is not None:
+        parse_precision(args.precision)  # refused before a cluster starts
+    client = connect(args.scheduler) if args.scheduler else None
 
     told: set[int] = set()
 
@@ -254,16 +375,35 @@ def cmd_batch(args) -> int:
             told.add(rec["row"])
             print(f"row {rec['row']}: failed: {rec['reason']}", file=sys.stderr)
 
+    bar = ProgressBar("batch", quiet=args.quiet, unit="case")
+
+    def on_event(event: Progress) -> None:
+        bar(event)
+        if event.payload is not None:
+            tell(event.payload)
+
     try:
-        records = run(args.manifest, client, settings, workers=args.workers,
-                      threads_per_worker=args.threads_per_worker, progress=not args.quiet, on_done=tell)
+        if client is not None and not args.quiet:
+            _show_dashboard(client)
+        records = run(
+            args.manifest,
+            client,
+            settings,
+            workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            progress=on_event,
+        )
     finally:
+        bar.close()
         if client is not None:
             client.close()
     counts = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed")}
     for r in records:
         tell(r)
     if not args.quiet:
-        print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
-              f"summary {summary_path(args.manifest)}", file=sys.stderr)
+        print(
+            f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+            f"summary {summary_path(args.manifest)}",
+            file=sys.stderr,
+        )
     return 1 if counts["failed"] else 0

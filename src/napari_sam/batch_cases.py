@@ -23,7 +23,8 @@ import numpy as np
 from .batch_manifest import BatchSettings, Case, case_settings, input_hashes
 from .batch_outputs import remove_partials, write_case_outputs
 from .errors import NapariSamError
-from .io import Geometry
+from .export import check_result_for
+from .io import Geometry, Volume
 from .models.base import Backend
 
 
@@ -31,7 +32,8 @@ from .models.base import Backend
 class CaseResult:
     """labels: (z, y, x) integer label map on ``geometry``'s grid; names/colors
     per id; extra: sidecar fields; encoder_calls / cache_hits: embeddings
-    computed / read from the disk cache."""
+    computed / read from the disk cache; volume: the image read (the source
+    of a DICOM SEG output); model: the model's name."""
 
     labels: np.ndarray
     geometry: Geometry
@@ -40,55 +42,55 @@ class CaseResult:
     extra: dict[str, Any] = field(default_factory=dict)
     encoder_calls: int = 0
     cache_hits: int = 0
-
-
-def _window_spec(text: str | None):
-    from .intensity import parse_window
-
-    if text is not None and text.strip().lower() not in ("auto", "dicom"):
-        return parse_window(text)
-    return text
+    volume: Volume | None = None
+    model: str | None = None
 
 
 def _segment(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
-    from .cache import SliceEmbeddings, content_hash
+    from .embeddings import EmbeddingProvider
+    from .intensity import check_window_spec
     from .io import read_image
     from .prompts import load_prompts
     from .segmentation import segment_volume
 
-    window = _window_spec(case.window)
+    window = check_window_spec(case.window)
     prompts = load_prompts(case.prompts)
     volume = read_image(case.image)
+    check_result_for(case.output, volume)  # a DICOM SEG of a non-DICOM image fails before any work
     prompts.check_against(volume.array.shape, volume.is_2d)
-    made: list[SliceEmbeddings] = []
-    image_hash = content_hash(volume.array) if cache_dir is not None else None
-
-    def factory(win, axis: int) -> SliceEmbeddings:
-        made.append(SliceEmbeddings(backend, volume.array, win, axis, cache_dir=cache_dir, image_hash=image_hash))
-        return made[-1]
-
-    result = segment_volume(volume, prompts, backend, window=window, embeddings_for=factory)
-    enc = sum(e.total_encoder_calls for e in made)
-    hits = sum(e.total_disk_hits for e in made)
-    extra = {"source": str(case.image), "model": backend.name,
-             "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
-             "encoder_calls": enc, "cache_hits": hits}
-    return CaseResult(result.labels, volume.geometry, result.names, result.colors, extra, enc, hits)
+    provider = EmbeddingProvider(backend, cache_dir, max_in_memory=64)
+    result = segment_volume(volume, prompts, backend, window=window, embeddings_for=provider.views_of(volume.array))
+    enc, hits = provider.encoder_calls, provider.disk_hits
+    extra = {
+        "source": str(case.image),
+        "model": backend.name,
+        "windows": {str(k): [w.lo, w.hi] for k, w in result.windows.items()},
+        "encoder_calls": enc,
+        "cache_hits": hits,
+    }
+    return CaseResult(
+        result.labels, volume.geometry, result.names, result.colors, extra, enc, hits, volume, backend.name
+    )
 
 
 def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
     from .automatic import AutomaticSegmenter, AutoSettings
     from .cache import content_hash, embedding_key, model_identity
-    from .intensity import looks_like_hounsfield, resolve_window
+    from .embeddings import CropEmbeddings
+    from .intensity import check_window_spec, resolve_window
     from .io import read_image
-    from .zoom import CropEmbeddings
+    from .segmentation import is_ct as volume_is_ct
 
     volume = read_image(case.image)
-    is_ct = (volume.metadata.get("modality") or "").upper() == "CT" or (
-        not volume.is_rgb and volume.metadata.get("modality") is None and looks_like_hounsfield(volume.array))
+    check_result_for(case.output, volume)
+    is_ct = volume_is_ct(volume)
     settings = AutoSettings.for_ct() if is_ct else AutoSettings.for_microscopy()
-    window = resolve_window(volume.array, _window_spec(case.window), volume.metadata.get("modality"),
-                            volume.metadata.get("dicom_window"))
+    window = resolve_window(
+        volume.array,
+        check_window_spec(case.window),
+        volume.metadata.get("modality"),
+        volume.metadata.get("dicom_window"),
+    )
     crops = CropEmbeddings(backend, max_in_memory=64, cache_dir=cache_dir)
     segmenter = AutomaticSegmenter(backend, settings, crops)
     if volume.is_2d:
@@ -96,15 +98,28 @@ def _auto(case: Case, backend: Backend, cache_dir: Path | None) -> CaseResult:
         labels = result.labels[None]
     else:
         key = embedding_key(content_hash(volume.array), model_identity(backend), window, 0)
-        result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array),
-                                          volume_key=key)
+        result = segmenter.segment_volume(lambda z: window.apply(volume.array[z]), len(volume.array), volume_key=key)
         labels = result.labels
-    extra = {"source": str(case.image), "model": backend.name, "mode": "automatic",
-             "preset": "ct" if is_ct else "microscopy", "proposals": segmenter.proposal_kind(),
-             "window": [window.lo, window.hi], "object_diameter": round(result.diameter, 2),
-             "encoder_calls": result.encoder_calls, "cache_hits": crops.disk_hits}
-    return CaseResult(labels, volume.geometry, extra=extra, encoder_calls=result.encoder_calls,
-                      cache_hits=crops.disk_hits)
+    extra = {
+        "source": str(case.image),
+        "model": backend.name,
+        "mode": "automatic",
+        "preset": "ct" if is_ct else "microscopy",
+        "proposals": segmenter.proposal_kind(),
+        "window": [window.lo, window.hi],
+        "object_diameter": round(result.diameter, 2),
+        "encoder_calls": result.encoder_calls,
+        "cache_hits": crops.disk_hits,
+    }
+    return CaseResult(
+        labels,
+        volume.geometry,
+        extra=extra,
+        encoder_calls=result.encoder_calls,
+        cache_hits=crops.disk_hits,
+        volume=volume,
+        model=backend.name,
+    )
 
 
 def compute_case(case: Case, backend: Backend, cache_dir: str | Path | None = None) -> CaseResult:
@@ -132,15 +147,34 @@ def run_case(case: Case, settings: BatchSettings, backend: Backend, worker: str 
     encoder_calls, cache_hits, worker, reason.
     """
     t0 = time.perf_counter()
-    rec: dict[str, Any] = {"row": case.row, "image": str(case.image), "output": str(case.output),
-                           "mode": case.mode, "status": "done", "seconds": 0.0, "encoder_calls": 0,
-                           "cache_hits": 0, "worker": worker or socket.gethostname(), "reason": ""}
+    rec: dict[str, Any] = {
+        "row": case.row,
+        "image": str(case.image),
+        "output": str(case.output),
+        "mode": case.mode,
+        "status": "done",
+        "seconds": 0.0,
+        "encoder_calls": 0,
+        "cache_hits": 0,
+        "worker": worker or socket.gethostname(),
+        "reason": "",
+    }
     try:
         remove_partials(case.output)
         hashes = input_hashes(case)
         res = compute_case(case, backend, settings.cache_dir)
-        write_case_outputs(case.output, res.labels, res.geometry, res.names, res.colors, res.extra,
-                           {"inputs": hashes, "settings": case_settings(case, settings)})
+        write_case_outputs(
+            case.output,
+            res.labels,
+            res.geometry,
+            res.names,
+            res.colors,
+            res.extra,
+            {"inputs": hashes, "settings": case_settings(case, settings)},
+            volume=res.volume,
+            model=res.model,
+            algorithm_type="SEMIAUTOMATIC" if case.mode == "segment" else "AUTOMATIC",
+        )
         rec.update(encoder_calls=res.encoder_calls, cache_hits=res.cache_hits)
     except (NapariSamError, OSError, ValueError, RuntimeError, MemoryError) as exc:
         rec.update(status="failed", reason=one_line(exc))

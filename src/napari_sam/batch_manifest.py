@@ -3,7 +3,8 @@
 The manifest is a CSV file with a header row. Columns:
 
 - ``image`` (required): an image path (NIfTI, NRRD, MHA, DICOM folder, PNG/TIFF);
-- ``output`` (required): the label map to write (``.nii.gz``, ``.nrrd``, ``.mha``, ``.tif``);
+- ``output`` (required): the label map to write (``.nii.gz``, ``.nrrd``, ``.mha``, ``.tif``), a
+  3D Slicer ``.seg.nrrd`` or a DICOM SEG ``.dcm`` (for a DICOM series);
 - ``prompts``: a prompts JSON file (required for ``segment`` cases);
 - ``mode``: ``segment`` (default when ``prompts`` is given) or ``auto``;
 - ``window``: an intensity window (``LO,HI``, a preset, ``dicom``, ``auto``).
@@ -33,6 +34,8 @@ from .io import LABEL_SUFFIXES, sidecar_path
 COLUMNS = ("image", "prompts", "output", "mode", "window")
 REQUIRED = ("image", "output")
 MODES = ("segment", "auto")
+#: a label map (with a JSON sidecar), a 3D Slicer segmentation, a DICOM SEG (DICOM series input only)
+OUTPUT_SUFFIXES = (*LABEL_SUFFIXES, ".seg.nrrd", ".dcm")
 
 
 @dataclass(frozen=True)
@@ -59,13 +62,16 @@ class BatchSettings:
 
     model/checkpoint: the model every worker loads; cache_dir: the embedding
     cache folder (shared by the workers; None: memory only); overwrite:
-    replace outputs that exist but are not a finished run of this case.
+    replace outputs that exist but are not a finished run of this case;
+    precision: the image encoder's precision on the workers (auto, fp32,
+    bf16, fp16; None: the default), recorded with each case.
     """
 
     model: str = "lite_medsam"
     checkpoint: str | None = None
     cache_dir: str | None = None
     overwrite: bool = False
+    precision: str | None = None
 
 
 def _closest(name: str, valid: tuple[str, ...]) -> str:
@@ -89,11 +95,16 @@ def _case_from_row(folder: Path, i: int, row: dict[str, str], where: str) -> Cas
     if mode == "segment" and prompts is None:
         raise InputError(f"{where}: row {i}: mode 'segment' needs a prompts file")
     output = _resolve(folder, row["output"])
-    if not any(output.name.lower().endswith(s) for s in LABEL_SUFFIXES):
-        raise InputError(f"{where}: row {i}: output {output.name}: must end in one of {', '.join(LABEL_SUFFIXES)}")
-    return Case(row=i, image=_resolve(folder, row["image"]), output=output, mode=mode,
-                prompts=_resolve(folder, prompts) if prompts else None,
-                window=(row.get("window") or "").strip() or None)
+    if not output.name.lower().endswith(OUTPUT_SUFFIXES):
+        raise InputError(f"{where}: row {i}: output {output.name}: must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    return Case(
+        row=i,
+        image=_resolve(folder, row["image"]),
+        output=output,
+        mode=mode,
+        prompts=_resolve(folder, prompts) if prompts else None,
+        window=(row.get("window") or "").strip() or None,
+    )
 
 
 def read_manifest(path: str | Path) -> list[Case]:
@@ -117,8 +128,7 @@ def read_manifest(path: str | Path) -> list[Case]:
         raise InputError(f"{path}: empty manifest; expected a header row {','.join(COLUMNS[:3])}")
     for h in header:
         if h not in COLUMNS:
-            raise InputError(f"{path}: unknown column {h!r}{_closest(h, COLUMNS)} "
-                             f"(valid: {', '.join(COLUMNS)})")
+            raise InputError(f"{path}: unknown column {h!r}{_closest(h, COLUMNS)} (valid: {', '.join(COLUMNS)})")
     for col in REQUIRED:
         if col not in header:
             raise InputError(f"{path}: missing column {col!r}")
@@ -174,9 +184,14 @@ def case_settings(case: Case, settings: BatchSettings) -> dict[str, Any]:
     """The settings a case's result depends on (recorded in its sidecar)."""
     from . import __version__
 
-    return {"mode": case.mode, "window": case.window, "model": settings.model,
-            "checkpoint": str(settings.checkpoint) if settings.checkpoint else None,
-            "napari_sam": __version__}
+    return {
+        "mode": case.mode,
+        "window": case.window,
+        "model": settings.model,
+        "checkpoint": str(settings.checkpoint) if settings.checkpoint else None,
+        "precision": settings.precision,
+        "napari_sam": __version__,
+    }
 
 
 def finished_record(case: Case) -> dict[str, Any] | None:

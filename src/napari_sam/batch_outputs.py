@@ -1,15 +1,17 @@
-"""Writing one case's files (label map + sidecar) all or nothing.
+"""Writing one case's files (its segmentation + sidecar) all or nothing.
 
-:func:`write_case_outputs` writes both files under temporary names in the
-output's folder, fsyncs them, reads the label map back and compares it with
-what was meant, and only then renames them over their final names (label
-map first, sidecar last: the sidecar's ``batch`` record, which holds the
-label file's SHA-256, is what marks a case finished). A worker killed at any
-point leaves only ``.OUTPUT.*.partial*`` files, which :func:`remove_partials`
+:func:`write_case_outputs` writes the segmentation in the format its name
+asks for (a label map ``.nii.gz``/``.nii``/``.nrrd``/``.mha``/``.tif``, a 3D
+Slicer ``.seg.nrrd`` or a DICOM SEG ``.dcm``, through the same
+:class:`napari_sam.outputs.OutputFile` makers as ``napari-sam segment``) and
+its JSON sidecar under temporary names in the output's folder, fsyncs them,
+verifies each by reading it back, and only then renames them over their
+final names (segmentation first, sidecar last: the sidecar's ``batch``
+record, which holds the segmentation file's SHA-256, is what marks a case
+finished). The one-file formats get the sidecar too (``case.seg.json``,
+``case.json``): it holds the batch record. A worker killed at any point
+leaves only ``.OUTPUT.*.partial*`` files, which :func:`remove_partials`
 deletes before the case is run again.
-
-This is deliberately one small function with a plain signature so that it
-can be swapped for the project's general atomic multi-file result writer.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from .errors import NapariSamError
-from .io import Geometry, _suffix, atomic_write_text, sidecar_path, write_labels
+from .errors import InputError, NapariSamError
+from .export import output_kind
+from .io import Geometry, Volume, sidecar_document, sidecar_path
+from .outputs import OutputFile, full_suffix, label_map_output, validated_labels
 
 PARTIAL = ".partial"
 
@@ -39,23 +44,10 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _read_back(path: Path) -> np.ndarray:
-    """A written label map as a (z, y, x) array."""
-    if _suffix(path) in (".tif", ".tiff"):
-        import tifffile
-
-        arr = tifffile.imread(str(path))
-    else:
-        import SimpleITK as sitk
-
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    return arr[None] if arr.ndim == 2 else arr
-
-
 def partial_names(output: Path) -> tuple[Path, Path]:
     """Fresh temporary names (label map, sidecar) for ``output``, in its folder."""
     token = secrets.token_hex(4)
-    tmp = output.with_name(f".{output.name}.{token}{PARTIAL}{_suffix(output)}")
+    tmp = output.with_name(f".{output.name}.{token}{PARTIAL}{full_suffix(output)}")
     return tmp, sidecar_path(tmp)
 
 
@@ -69,35 +61,83 @@ def remove_partials(output: Path) -> int:
     return n
 
 
-def write_case_outputs(output: Path, labels: np.ndarray, geometry: Geometry, names: Mapping[int, str] | None,
-                       colors: Mapping[int, tuple[int, int, int]] | None, extra: dict[str, Any],
-                       batch_record: dict[str, Any]) -> str:
-    """Write ``output`` and its sidecar atomically and verified; returns the label file's SHA-256.
+def _segmentation_file(
+    tmp: Path,
+    output: Path,
+    labels: np.ndarray,
+    geometry: Geometry,
+    names: Mapping[int, str] | None,
+    colors: Mapping[int, tuple[int, int, int]] | None,
+    volume: Volume | None,
+    model: str | None,
+    algorithm_type: str,
+) -> OutputFile:
+    """The OutputFile writing ``output``'s format at ``tmp`` (as ``napari-sam segment`` writes it)."""
+    kind = output_kind(output)
+    if kind == "labels":
+        return label_map_output(tmp, validated_labels(labels), geometry)
+    if kind == "slicer_seg":
+        from .slicer_seg import slicer_seg_output
+
+        return slicer_seg_output(tmp, labels, geometry, names, colors)
+    if volume is None:
+        raise InputError(f"{output}: a DICOM SEG output needs its DICOM source series")
+    from .dicom_seg import dicom_seg_output
+
+    return dicom_seg_output(tmp, labels, volume, names, colors, model, algorithm_type)
+
+
+def _verify(out: OutputFile, final: Path) -> None:
+    """Read the written file back (the OutputFile's own check); NapariSamError when it differs."""
+    if out.verify is None:
+        return
+    try:
+        out.verify(out.path)
+    except Exception as exc:  # noqa: BLE001 - any failure to read back is a bad write
+        reason = " ".join(str(exc).split())[:120]
+        raise NapariSamError(f"{final}: the written {out.kind} does not read back as computed ({reason})") from None
+
+
+def write_case_outputs(
+    output: Path,
+    labels: np.ndarray,
+    geometry: Geometry,
+    names: Mapping[int, str] | None,
+    colors: Mapping[int, tuple[int, int, int]] | None,
+    extra: dict[str, Any],
+    batch_record: dict[str, Any],
+    volume: Volume | None = None,
+    model: str | None = None,
+    algorithm_type: str = "SEMIAUTOMATIC",
+) -> str:
+    """Write ``output`` and its sidecar atomically and verified; returns the output file's SHA-256.
 
     labels: (z, y, x) integer array on ``geometry``'s grid; extra: sidecar
     fields (as :func:`napari_sam.io.write_labels`); batch_record: the
     ``batch`` sidecar entry (inputs, settings), completed here with
-    ``output_sha256``. Raises NapariSamError when the read-back differs.
+    ``output_sha256``. volume, model, algorithm_type: for a DICOM SEG (its
+    source series, the algorithm's name and type). Raises NapariSamError
+    when a file does not read back as written, InputError for a DICOM SEG
+    of an image that is not a DICOM series.
     """
     from .batch_manifest import file_sha256
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp, tmp_side = partial_names(output)
     try:
-        write_labels(tmp, labels, geometry, names, colors, overwrite=True, extra=extra)
-        side = json.loads(tmp_side.read_text(encoding="utf-8"))
+        main = _segmentation_file(tmp, output, labels, geometry, names, colors, volume, model, algorithm_type)
+        main.write(tmp)
         digest = file_sha256(tmp)
+        side = sidecar_document(validated_labels(labels), geometry, names, colors, extra)
         side["batch"] = {**batch_record, "output_sha256": digest}
-        atomic_write_text(tmp_side, json.dumps(side, indent=2))
+        text = json.dumps(side, indent=2) + "\n"
+        tmp_side.write_text(text, encoding="utf-8")
         mode = 0o666 & ~_umask()
         for p in (tmp, tmp_side):
             os.chmod(p, mode)
             _fsync(p)
-        back = _read_back(tmp)
-        want = labels[None] if labels.ndim == 2 else labels
-        if back.shape != want.shape or not np.array_equal(back, want):
-            raise NapariSamError(f"{output}: the written label map does not read back as computed")
-        if json.loads(tmp_side.read_text(encoding="utf-8"))["batch"]["output_sha256"] != digest:
+        _verify(main, output)
+        if tmp_side.read_text(encoding="utf-8") != text or file_sha256(tmp) != digest:
             raise NapariSamError(f"{sidecar_path(output)}: the written sidecar does not read back")
         os.replace(tmp, output)
         os.replace(tmp_side, sidecar_path(output))

@@ -77,7 +77,7 @@ class CropStore:
         if self._page is None or self._used + n > self._page.size:
             self._page = np.frombuffer(mmap.mmap(-1, max(self.PAGE_BYTES, n)), np.uint8)
             self._used = 0
-        out = self._page[self._used:self._used + n].view(bool).reshape(a.shape)
+        out = self._page[self._used : self._used + n].view(bool).reshape(a.shape)
         self._used += n
         out[...] = a
         return out
@@ -93,8 +93,13 @@ class CroppedMask:
     shape: tuple[int, int]
 
     @classmethod
-    def of(cls, mask: np.ndarray, offset: tuple[int, int] = (0, 0), shape: tuple[int, int] | None = None,
-           store: CropStore | None = None) -> CroppedMask:
+    def of(
+        cls,
+        mask: np.ndarray,
+        offset: tuple[int, int] = (0, 0),
+        shape: tuple[int, int] | None = None,
+        store: CropStore | None = None,
+    ) -> CroppedMask:
         """The crop of ``mask``, itself the part at ``offset`` of a slice of ``shape``
         (by default the whole slice); copied into ``store`` when given."""
         shape = tuple(mask.shape) if shape is None else tuple(shape)  # type: ignore[assignment]
@@ -105,8 +110,7 @@ class CroppedMask:
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         crop = mask[r0:r1, c0:c1]
         crop = store.copy(crop) if store is not None else crop.copy()
-        return cls(crop, (int(r0) + offset[0], int(c0) + offset[1]),
-                   shape)  # type: ignore[arg-type]
+        return cls(crop, (int(r0) + offset[0], int(c0) + offset[1]), shape)  # type: ignore[arg-type]
 
     def any(self) -> bool:
         return bool(self.crop.any())
@@ -124,7 +128,7 @@ class CroppedMask:
         if h == 0:
             return
         r0, c0 = self.offset
-        view = target[r0:r0 + h, c0:c0 + w]
+        view = target[r0 : r0 + h, c0 : c0 + w]
         sel = self.crop & (view == 0) if only_where_zero else self.crop
         view[sel] = value
 
@@ -148,13 +152,22 @@ def _reaches_edge(mask: np.ndarray, offset: tuple[int, int], shape: tuple[int, i
     (r0, c0), (h, w) = offset, mask.shape
     if h == 0 or w == 0:
         return False
-    return bool((r0 > 0 and mask[0].any()) or (r0 + h < shape[0] and mask[-1].any())
-                or (c0 > 0 and mask[:, 0].any()) or (c0 + w < shape[1] and mask[:, -1].any()))
+    return bool(
+        (r0 > 0 and mask[0].any())
+        or (r0 + h < shape[0] and mask[-1].any())
+        or (c0 > 0 and mask[:, 0].any())
+        or (c0 + w < shape[1] and mask[:, -1].any())
+    )
 
 
 @torch.inference_mode()
-def decode_boxes(backend: Backend, emb: Embedding, boxes: list[tuple[float, float, float, float]],
-                 batch: int | None = None, windows: bool = True) -> list[CroppedMask]:
+def decode_boxes(
+    backend: Backend,
+    emb: Embedding,
+    boxes: list[tuple[float, float, float, float]],
+    batch: int | None = None,
+    windows: bool = True,
+) -> list[CroppedMask]:
     """One mask per box (r0, c0, r1, c1), inclusive pixel indices on ``emb``'s slice.
 
     batch: boxes per decoder call (default :data:`CPU_BATCH` for windowed
@@ -181,7 +194,7 @@ def decode_boxes(backend: Backend, emb: Embedding, boxes: list[tuple[float, floa
 def _decode_whole(backend: Backend, emb: Embedding, arr: np.ndarray, batch: int) -> list[CroppedMask]:
     out: list[CroppedMask] = []
     for s in range(0, len(arr), batch):
-        low, _ = backend.decode_low_res(emb, boxes_rc=arr[s:s + batch], multimask=False)
+        low, _ = backend.decode_low_res(emb, boxes_rc=arr[s : s + batch], multimask=False)
         masks = (backend.upsample(low[:, :1], emb)[:, 0] > 0).cpu().numpy()
         out.extend(CroppedMask.of(m) for m in masks)
     return out
@@ -211,8 +224,9 @@ def _in_parallel(fn, items: list, workers: int):
         torch.set_num_threads(threads)
 
 
-def _decode_windowed(backend: Backend, emb: Embedding, arr: np.ndarray, batch: int | None,
-                     out: list[CroppedMask | None]) -> list[int]:
+def _decode_windowed(
+    backend: Backend, emb: Embedding, arr: np.ndarray, batch: int | None, out: list[CroppedMask | None]
+) -> list[int]:
     """Fill ``out`` with the masks of the boxes ``arr`` decoded in windows; returns
     the indices of the masks that reach their window's edge (left as None)."""
     shape = tuple(emb.original_size)
@@ -229,8 +243,12 @@ def _decode_windowed(backend: Backend, emb: Embedding, arr: np.ndarray, batch: i
     @torch.inference_mode()
     def run(idx: np.ndarray) -> list[tuple[int, np.ndarray, tuple[int, int]]]:
         sw = batch_windows(wins[idx], grid, f, rows, cols)  # type: ignore[arg-type]
-        low, _ = backend.decode_low_res(emb, boxes_rc=arr[idx], multimask=False,  # type: ignore[call-arg]
-                                        windows=sw.for_decoder())
+        low, _ = backend.decode_low_res(
+            emb,
+            boxes_rc=arr[idx],
+            multimask=False,  # type: ignore[call-arg]
+            windows=sw.for_decoder(),
+        )
         low = low[:, :1].float().cpu()
         found = []
         for j, i in enumerate(idx):
@@ -246,7 +264,7 @@ def _decode_windowed(backend: Backend, emb: Embedding, arr: np.ndarray, batch: i
         prepare(emb)
     redo: list[int] = []
     store = CropStore()
-    chunks = [order[s:s + batch] for s in range(0, len(order), batch)]
+    chunks = [order[s : s + batch] for s in range(0, len(order), batch)]
     for found in _in_parallel(run, chunks, _workers(backend)):
         for i, mask, offset in found:
             if _reaches_edge(mask, offset, shape):  # type: ignore[arg-type]

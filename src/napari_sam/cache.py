@@ -1,10 +1,9 @@
-"""Embeddings of a volume's slices: computed lazily, kept on disk (zarr) and in memory (LRU).
+"""The embedding cache on disk: zarr entries, their keys and the cache folder.
 
-:class:`SliceEmbeddings` answers ``get(index)`` with the embedding of one
-slice along an axis. It looks in memory first (an LRU bounded to
-``max_in_memory`` embeddings), then in the disk store, and only then runs the
-encoder, writing the result to the store. Propagation therefore encodes only
-the slices it reaches, and re-opening a volume encodes nothing.
+This is the disk tier under :mod:`napari_sam.embeddings` (whose
+:class:`~napari_sam.embeddings.EmbeddingProvider` puts one memory tier and
+the encoder lock in front of it; :class:`~napari_sam.embeddings.SliceEmbeddings`
+and :class:`~napari_sam.embeddings.CropEmbeddings` read through that).
 
 The disk store (:class:`EmbeddingStore`) lives under a cache directory:
 ``--cache-dir`` / ``cache_dir=``, else the environment variable
@@ -29,14 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import warnings
 import zlib
-from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +43,9 @@ import torch
 from .errors import InputError, NapariSamWarning
 from .intensity import Window
 from .models.base import Backend, Embedding
+from .models.precision import precision_tag
+
+log = logging.getLogger(__name__)
 
 #: bump when the on-disk layout changes: older entries are then stale
 STORE_FORMAT = 2  # 2: each checksum bound to its slice index and entry key
@@ -59,7 +61,7 @@ def content_hash(array: np.ndarray) -> str:
     flat = a.reshape(-1).view(np.uint8)
     step = 64 << 20
     for i in range(0, flat.size, step):  # in pieces: no copy of a large volume
-        h.update(flat[i:i + step].data)
+        h.update(flat[i : i + step].data)
     return h.hexdigest()
 
 
@@ -69,8 +71,6 @@ def model_identity(backend: Backend) -> str:
     precision when it is not fp32 (``|bf16``, ``|fp16``, ``|bf16+fp32:layers.0``):
     bf16 and fp32 embeddings never share an entry; fp32 keys are those of
     earlier versions, still valid."""
-    from .models.precision import precision_tag
-
     wid = getattr(backend, "weights_id", None)
     ident = f"{backend.name}@{wid}" if wid else backend.name
     precision = precision_tag(backend)
@@ -94,7 +94,7 @@ def default_cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
-    import pooch  # platformdirs' user cache folder, through a dependency we already have
+    import pooch  # platformdirs' user cache folder, through a dependency we already have (slow to import)
 
     return Path(pooch.os_cache("napari-sam")) / "embeddings"
 
@@ -102,6 +102,30 @@ def default_cache_dir() -> Path:
 def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
     """The cache directory to use: ``cache_dir`` if given, else :func:`default_cache_dir`."""
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def usable_cache_dir(cache_dir: str | Path | None = None, no_cache: bool = False) -> Path | None:
+    """The cache folder a command uses: :func:`resolve_cache_dir`, created if
+    needed; None when ``no_cache``, or (with a warning) when it cannot be
+    written: embeddings then stay in memory. Raises InputError when it is a file."""
+    if no_cache:
+        return None
+    d = resolve_cache_dir(cache_dir)
+    if d.exists() and not d.is_dir():
+        raise InputError(f"{d}: cache directory is a file")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        writable = os.access(d, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        warnings.warn(
+            f"{d}: the cache directory cannot be written; keeping embeddings in memory only",
+            NapariSamWarning,
+            stacklevel=2,
+        )
+        return None
+    return d
 
 
 def _crc(a: np.ndarray, index: int, key: str) -> int:
@@ -127,8 +151,9 @@ class EmbeddingStore:
     first embedding written, so the store works for any backend.
     """
 
-    def __init__(self, root: str | Path, key: str, signature: dict[str, Any], n_slices: int,
-                 dtype: str = "float16") -> None:
+    def __init__(
+        self, root: str | Path, key: str, signature: dict[str, Any], n_slices: int, dtype: str = "float16"
+    ) -> None:
         if dtype not in ("float16", "float32"):
             raise InputError(f"embedding storage dtype {dtype!r}: use float16 or float32")
         self.root = Path(root)
@@ -157,6 +182,7 @@ class EmbeddingStore:
         except (OSError, ValueError):
             ok = False
         if not ok:  # stale or broken entry: rebuild
+            log.info("embedding cache entry %s is stale (another format, model or volume): rebuilding it", self.path)
             self.wipe()
             return
         try:
@@ -176,23 +202,43 @@ class EmbeddingStore:
         if mode == "r+":
             self._features = zarr.open_array(str(self.path / "features"), mode="r+")
             self._crc = zarr.open_array(str(self.path / "crc"), mode="r+")
-            self._extra = {name: zarr.open_array(str(self.path / f"extra_{name}"), mode="r+")
-                           for name in meta.get("extra", {})}
+            self._extra = {
+                name: zarr.open_array(str(self.path / f"extra_{name}"), mode="r+") for name in meta.get("extra", {})
+            }
             return
         fshape = tuple(meta["feature_shape"])
-        self._features = zarr.open_array(str(self.path / "features"), mode="w", shape=(n, *fshape),
-                                         chunks=(1, *fshape), dtype=self.dtype, fill_value=0)
-        self._crc = zarr.open_array(str(self.path / "crc"), mode="w", shape=(n,), chunks=(1,),
-                                    dtype="uint64", fill_value=0)
-        self._extra = {name: zarr.open_array(str(self.path / f"extra_{name}"), mode="w", shape=(n, *s),
-                                             chunks=(1, *s), dtype=self.dtype, fill_value=0)
-                       for name, s in meta.get("extra", {}).items()}
+        self._features = zarr.open_array(
+            str(self.path / "features"),
+            mode="w",
+            shape=(n, *fshape),
+            chunks=(1, *fshape),
+            dtype=self.dtype,
+            fill_value=0,
+        )
+        self._crc = zarr.open_array(
+            str(self.path / "crc"), mode="w", shape=(n,), chunks=(1,), dtype="uint64", fill_value=0
+        )
+        self._extra = {
+            name: zarr.open_array(
+                str(self.path / f"extra_{name}"),
+                mode="w",
+                shape=(n, *s),
+                chunks=(1, *s),
+                dtype=self.dtype,
+                fill_value=0,
+            )
+            for name, s in meta.get("extra", {}).items()
+        }
 
     def _create(self, emb: Embedding) -> None:
-        meta = dict(self.signature, feature_shape=list(emb.features.shape[1:]),
-                    original_size=list(emb.original_size), input_size=list(emb.input_size),
-                    model_name=emb.model,
-                    extra={k: list(v.shape[1:]) for k, v in emb.extra.items()})
+        meta = dict(
+            self.signature,
+            feature_shape=list(emb.features.shape[1:]),
+            original_size=list(emb.original_size),
+            input_size=list(emb.input_size),
+            model_name=emb.model,
+            extra={k: list(v.shape[1:]) for k, v in emb.extra.items()},
+        )
         self.path.mkdir(parents=True, exist_ok=True)
         self._open_arrays(meta, mode="w")
         tmp = self._sig_path().with_suffix(".json.tmp")
@@ -239,9 +285,13 @@ class EmbeddingStore:
             return None
         m = self._meta
         t = torch.from_numpy(feats.astype(np.float32))[None].to(device)
-        return Embedding(features=t, original_size=tuple(m["original_size"]), input_size=tuple(m["input_size"]),
-                         model=m["model_name"],
-                         extra={k: torch.from_numpy(v.astype(np.float32))[None].to(device) for k, v in extra.items()})
+        return Embedding(
+            features=t,
+            original_size=tuple(m["original_size"]),
+            input_size=tuple(m["input_size"]),
+            model=m["model_name"],
+            extra={k: torch.from_numpy(v.astype(np.float32))[None].to(device) for k, v in extra.items()},
+        )
 
     def save(self, index: int, emb: Embedding) -> Embedding:
         """Store slice ``index``'s embedding (features first, then its checksum).
@@ -252,8 +302,9 @@ class EmbeddingStore:
         """
         if self._meta is None:
             self._create(emb)
-        elif tuple(emb.features.shape[1:]) != tuple(self._meta["feature_shape"]) or \
-                tuple(emb.original_size) != tuple(self._meta["original_size"]):
+        elif tuple(emb.features.shape[1:]) != tuple(self._meta["feature_shape"]) or tuple(emb.original_size) != tuple(
+            self._meta["original_size"]
+        ):
             raise InputError(f"embedding of shape {tuple(emb.features.shape)} does not fit cache entry {self.key}")
         feats = emb.features[0].detach().float().cpu().numpy().astype(self.dtype)
         extra = {k: emb.extra[k][0].detach().float().cpu().numpy().astype(self.dtype) for k in self._extra}
@@ -264,182 +315,8 @@ class EmbeddingStore:
         if self.dtype == "float32":
             return emb
         dev = emb.features.device
-        return replace(emb, features=torch.from_numpy(feats.astype(np.float32))[None].to(dev),
-                       extra={**emb.extra, **{k: torch.from_numpy(v.astype(np.float32))[None].to(dev)
-                                              for k, v in extra.items()}})
-
-
-class SliceEmbeddings:
-    """Lazily computed embeddings of the slices of one volume along one axis.
-
-    volume: (z, y, x) raw intensities (or (z, y, x, 3) RGB);
-    window: maps the raw intensities to what the model sees;
-    axis: the axis slices are taken along;
-    max_in_memory: LRU bound on embeddings held in memory;
-    on_encode: called with the slice index whenever the encoder runs;
-    cache_dir: a directory for the disk store; None keeps embeddings in memory
-        only (pass :func:`default_cache_dir()` for the usual place);
-    dtype: disk storage, "float16" (default) or "float32".
-
-    ``encoder_calls`` counts encoder runs, ``disk_hits`` slices read from disk.
-    """
-
-    def __init__(self, backend: Backend, volume: np.ndarray, window: Window, axis: int = 0,
-                 max_in_memory: int = 32, on_encode: Callable[[int], None] | None = None,
-                 cache_dir: str | Path | None = None, dtype: str = "float16",
-                 image_hash: str | None = None) -> None:
-        if volume.ndim not in (3, 4) or axis not in (0, 1, 2):
-            raise InputError(f"volume of shape {volume.shape} along axis {axis}: expected (z, y, x) and axis 0-2")
-        self.backend = backend
-        self.volume = volume
-        self.window = window
-        self.axis = axis
-        self.max_in_memory = max(1, int(max_in_memory))
-        self.on_encode = on_encode
-        self.encoder_calls = 0
-        self.disk_hits = 0
-        self._lru: OrderedDict[int, Embedding] = OrderedDict()
-        self._crops: dict[tuple[int, int, int, int], SliceEmbeddings] = {}
-        self.cache_dir = cache_dir
-        self.dtype = dtype
-        self.store: EmbeddingStore | None = None
-        if cache_dir is not None:
-            ih = image_hash or content_hash(volume)
-            model = model_identity(backend)
-            key = embedding_key(ih, model, window, axis)
-            sig = {"image_hash": ih, "model": model, "window": window.key(), "axis": axis,
-                   "volume_shape": list(volume.shape)}
-            self.store = EmbeddingStore(Path(cache_dir), key, sig, volume.shape[axis], dtype)
-
-    def __len__(self) -> int:
-        return self.volume.shape[self.axis]
-
-    @property
-    def total_encoder_calls(self) -> int:
-        """Encoder runs of this volume and of its crops (:meth:`cropped`)."""
-        return self.encoder_calls + sum(c.total_encoder_calls for c in self._crops.values())
-
-    @property
-    def total_disk_hits(self) -> int:
-        """Slices read from disk for this volume and its crops."""
-        return self.disk_hits + sum(c.total_disk_hits for c in self._crops.values())
-
-    def cropped(self, rect: tuple[int, int, int, int]) -> SliceEmbeddings:
-        """Embeddings of a region of every slice: rect = (r0, c0, r1, c1),
-        inclusive, in the (rows, cols) of a slice along ``axis``. The region is
-        a volume of its own for the model (magnified to its input size) and
-        for the cache (its own entry). The same rect returns the same object."""
-        r0, c0, r1, c1 = (int(v) for v in rect)
-        rows, cols = [s for i, s in enumerate(self.volume.shape[:3]) if i != self.axis]
-        if not (0 <= r0 <= r1 < rows and 0 <= c0 <= c1 < cols):
-            raise InputError(f"region {list(rect)} outside a slice of shape ({rows}, {cols})")
-        key = (r0, c0, r1, c1)
-        if key not in self._crops:
-            sl: list[slice] = [slice(None)] * self.volume.ndim
-            plane = [a for a in range(3) if a != self.axis]
-            sl[plane[0]] = slice(r0, r1 + 1)
-            sl[plane[1]] = slice(c0, c1 + 1)
-            self._crops[key] = SliceEmbeddings(self.backend, self.volume[tuple(sl)], self.window, self.axis,
-                                               self.max_in_memory, self.on_encode, self.cache_dir, self.dtype)
-        return self._crops[key]
-
-    def model_input(self, index: int) -> np.ndarray:
-        """Slice ``index`` through the window: float32 in [0, 1]."""
-        return self.window.apply(slice_along(self.volume, self.axis, index))
-
-    def is_cached(self, index: int) -> bool:
-        """Whether slice ``index`` is in memory or on disk (no encoder needed)."""
-        return index in self._lru or (self.store is not None and bool(self.store.computed()[index]))
-
-    def missing(self, indices: range | list[int] | None = None) -> list[int]:
-        """The slices (of ``indices``, default all) not yet in memory or on disk."""
-        idx = range(len(self)) if indices is None else indices
-        on_disk = self.store.computed() if self.store is not None else np.zeros(len(self), bool)
-        return [i for i in idx if i not in self._lru and not on_disk[i]]
-
-    def get(self, index: int) -> Embedding:
-        """Slice ``index``'s embedding: from memory, else disk, else the encoder."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"slice {index} outside 0..{len(self) - 1}")
-        if index in self._lru:
-            self._lru.move_to_end(index)
-            return self._lru[index]
-        emb = self.store.load(index, self.backend.device) if self.store is not None else None
-        if emb is not None and emb.model == self.backend.name:
-            self.disk_hits += 1
-        else:
-            emb = self.backend.embed(self.model_input(index))
-            self.encoder_calls += 1
-            if self.on_encode is not None:
-                self.on_encode(index)
-            if self.store is not None:
-                emb = self._save(index, emb)
-        self._remember(index, emb)
-        return emb
-
-    def _remember(self, index: int, emb: Embedding) -> None:
-        self._lru[index] = emb
-        while len(self._lru) > self.max_in_memory:
-            self._lru.popitem(last=False)
-
-    def fill(self, indices: range | list[int] | None = None, batch: int = 1,
-             progress: Callable[[int, int, str], None] | None = None,
-             cancel: Callable[[], bool] | None = None) -> int:
-        """Compute and store the embeddings of ``indices`` (default all) not stored yet.
-
-        batch: slices per encoder pass. progress: (done, total, message).
-        Returns the number of slices encoded.
-        """
-        todo = self.missing(indices)
-        total = len(todo)
-        if progress:
-            progress(0, total, "encoding" if total else "all cached")
-        done = 0
-        if batch <= 1:
-            # Backend.embed_many: slices encoded by parallel workers while this
-            # thread windows the next slices and writes the finished ones
-            stream = self.backend.embed_many(self.model_input(i) for i in todo)
-            try:
-                for i in todo:
-                    if cancel is not None and cancel():
-                        break
-                    self._store_new(i, next(stream))
-                    done += 1
-                    if progress:
-                        progress(done, total, f"slice {i}")
-            finally:
-                stream.close()
-            return done
-        for s in range(0, total, batch):
-            if cancel is not None and cancel():
-                break
-            chunk = todo[s:s + batch]
-            embs = self.backend.embed_batch([self.model_input(i) for i in chunk])
-            for i, emb in zip(chunk, embs):
-                self._store_new(i, emb)
-            done += len(chunk)
-            if progress:
-                progress(done, total, f"slice {chunk[-1]}")
-        return done
-
-    def _store_new(self, index: int, emb: Embedding) -> None:
-        self.encoder_calls += 1
-        if self.on_encode is not None:
-            self.on_encode(index)
-        if self.store is not None:
-            self._save(index, emb)
-        if self.store is None:
-            self._remember(index, emb)
-
-    def _save(self, index: int, emb: Embedding) -> Embedding:
-        """Store on disk; a cache folder that cannot be written (read-only, full)
-        turns this into an in-memory cache, with one warning."""
-        assert self.store is not None
-        try:
-            return self.store.save(index, emb)
-        except OSError as exc:
-            _warn(f"cannot write the embedding cache {self.store.root} ({exc.strerror or exc}); "
-                  "keeping embeddings in memory only")
-            self.store = None
-            self.max_in_memory = max(self.max_in_memory, len(self))
-            return emb
+        return replace(
+            emb,
+            features=torch.from_numpy(feats.astype(np.float32))[None].to(dev),
+            extra={**emb.extra, **{k: torch.from_numpy(v.astype(np.float32))[None].to(dev) for k, v in extra.items()}},
+        )

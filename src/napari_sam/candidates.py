@@ -10,7 +10,7 @@ sides and lies inside it. :func:`box_fit` scores a candidate by that, and
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def box_fit(mask: np.ndarray, box: Sequence[float]) -> float:
     gaps = (abs(mb[0] - r0) / h, abs(mb[2] - r1) / h, abs(mb[1] - c0) / w, abs(mb[3] - c1) / w)
     tight = float(np.prod([max(0.0, 1.0 - g) for g in gaps]))
     ri0, ci0 = int(np.floor(max(r0, 0))), int(np.floor(max(c0, 0)))
-    inside = mask[ri0:int(np.ceil(r1)) + 1, ci0:int(np.ceil(c1)) + 1].sum() / mask.sum()
+    inside = mask[ri0 : int(np.ceil(r1)) + 1, ci0 : int(np.ceil(c1)) + 1].sum() / mask.sum()
     return tight * float(inside)
 
 

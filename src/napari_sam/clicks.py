@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .models.base import Backend, Embedding, rc_to_model_xy
-from .prompts import SlicePrompt
 from .geometry import box_iou, box_of_mask, mask_iou
+from .models.base import Backend, Embedding, rc_to_model_xy
+from .prediction import Prediction
+from .prompts import SlicePrompt
 
 #: box side of the seed hypotheses, as fractions of the slice's longer side
 SEED_SCALES = (0.04, 0.08, 0.14, 0.24, 0.40, 0.65)
@@ -100,8 +101,15 @@ class _Hyp:
     def order_key(self) -> tuple[float, float]:
         """Order of the candidates shown: click agreement, then predicted IoU +
         stability - truncation - area (a leak is large, blurred and cut by its box)."""
-        return (self.violations, -(self.score + ORDER_STABILITY * self.stability
-                                   - ORDER_TRUNCATION * self.truncation - ORDER_AREA * self.area))
+        return (
+            self.violations,
+            -(
+                self.score
+                + ORDER_STABILITY * self.stability
+                - ORDER_TRUNCATION * self.truncation
+                - ORDER_AREA * self.area
+            ),
+        )
 
 
 class ClickStrategy:
@@ -111,22 +119,24 @@ class ClickStrategy:
         self.backend = backend
 
     # ------------------------------------------------------------------ public
-    def predict(self, emb: Embedding, prompt: SlicePrompt, previous: np.ndarray | None = None,
-                multimask: bool = True):
-        from .predictor import Prediction
-
+    def predict(
+        self, emb: Embedding, prompt: SlicePrompt, previous: np.ndarray | None = None, multimask: bool = True
+    ) -> Prediction:
         if self.backend.supports_points:
-            return self._predict_with_points(emb, prompt, multimask, Prediction)
+            return self._predict_with_points(emb, prompt, multimask)
         hyps = self._box_hypotheses(emb, prompt, previous)
         chosen = distinct(candidate_order(hyps), 3 if multimask else 1)
         low = torch.stack([h.low for h in chosen])[None]
         masks = (self.backend.upsample(low, emb)[0] > 0).cpu().numpy()
-        return Prediction(masks=masks, scores=np.array([h.score for h in chosen], np.float32),
-                          low_res_logits=low[0].float().cpu().numpy(),
-                          boxes=np.stack([h.box for h in chosen]).astype(np.float32))
+        return Prediction(
+            masks=masks,
+            scores=np.array([h.score for h in chosen], np.float32),
+            low_res_logits=low[0].float().cpu().numpy(),
+            boxes=np.stack([h.box for h in chosen]).astype(np.float32),
+        )
 
     # ------------------------------------------------------- point-capable models
-    def _predict_with_points(self, emb, prompt, multimask, Prediction):
+    def _predict_with_points(self, emb: Embedding, prompt: SlicePrompt, multimask: bool) -> Prediction:
         pts = prompt.points[None] if len(prompt.points) else None
         labels = prompt.labels[None] if len(prompt.points) else None
         box = np.asarray(prompt.box, np.float32)[None] if prompt.box is not None else None
@@ -137,8 +147,12 @@ class ClickStrategy:
         low = low[0][order]
         masks = (self.backend.upsample(low[None], emb)[0] > 0).cpu().numpy()
         boxes = np.stack([np.asarray(box_of_mask(m) or (0, 0, 0, 0), np.float32) for m in masks])
-        return Prediction(masks=masks, scores=scores[0][order].float().cpu().numpy(),
-                          low_res_logits=low.float().cpu().numpy(), boxes=boxes)
+        return Prediction(
+            masks=masks,
+            scores=scores[0][order].float().cpu().numpy(),
+            low_res_logits=low.float().cpu().numpy(),
+            boxes=boxes,
+        )
 
     # ------------------------------------------------------------ box-only models
     def _grid(self, emb: Embedding) -> tuple[float, tuple[int, int]]:
@@ -169,8 +183,9 @@ class ClickStrategy:
         out = []
         for i, box in enumerate(boxes):
             m = masks[i]
-            viol = float((~m[pos[:, 0], pos[:, 1]]).sum() + m[neg[:, 0], neg[:, 1]].sum()) if len(pos) + len(neg) \
-                else 0.0
+            viol = (
+                float((~m[pos[:, 0], pos[:, 1]]).sum() + m[neg[:, 0], neg[:, 1]].sum()) if len(pos) + len(neg) else 0.0
+            )
             if not m.any():
                 viol += 0.5  # an empty mask never explains a prompt
             mb = box_of_mask(m)
@@ -178,9 +193,18 @@ class ClickStrategy:
             lb = np.array([box[0] * sy, box[1] * sx, (box[2] + 1) * sy - 1, (box[3] + 1) * sx - 1])
             if mb is not None:
                 cons = box_iou(lb, np.asarray(mb, float))
-            out.append(_Hyp(box=np.asarray(box, np.float32), low=low[i, 0], score=float(scores[i, 0]), mask=m,
-                            violations=viol, consistency=cons, edges=_edge_occupancy(m, lb),
-                            stability=float(stability[i])))
+            out.append(
+                _Hyp(
+                    box=np.asarray(box, np.float32),
+                    low=low[i, 0],
+                    score=float(scores[i, 0]),
+                    mask=m,
+                    violations=viol,
+                    consistency=cons,
+                    edges=_edge_occupancy(m, lb),
+                    stability=float(stability[i]),
+                )
+            )
         return out
 
     def _clip_box(self, box, shape) -> np.ndarray:
@@ -193,8 +217,9 @@ class ClickStrategy:
     def _grow_to_clicks(self, box: np.ndarray, prompt: SlicePrompt, shape, margin: float) -> np.ndarray:
         b = box.copy()
         for r, c in prompt.positive:
-            b = np.array([min(b[0], r - margin), min(b[1], c - margin), max(b[2], r + margin),
-                          max(b[3], c + margin)], np.float32)
+            b = np.array(
+                [min(b[0], r - margin), min(b[1], c - margin), max(b[2], r + margin), max(b[3], c + margin)], np.float32
+            )
         return self._clip_box(b, shape)
 
     def _cut_negatives(self, box: np.ndarray, prompt: SlicePrompt, shape) -> list[np.ndarray]:
@@ -204,13 +229,18 @@ class ClickStrategy:
         for r, c in prompt.negative:
             if not (box[0] <= r <= box[2] and box[1] <= c <= box[3]):
                 continue
-            for cut in ((r + 1, None, None, None), (None, c + 1, None, None), (None, None, r - 1, None),
-                        (None, None, None, c - 1)):
+            for cut in (
+                (r + 1, None, None, None),
+                (None, c + 1, None, None),
+                (None, None, r - 1, None),
+                (None, None, None, c - 1),
+            ):
                 nb = np.array([v if v is not None else box[i] for i, v in enumerate(cut)], np.float32)
                 if nb[0] > nb[2] or nb[1] > nb[3]:
                     continue
-                if len(pos) and not np.all((pos[:, 0] >= nb[0]) & (pos[:, 0] <= nb[2]) &
-                                           (pos[:, 1] >= nb[1]) & (pos[:, 1] <= nb[3])):
+                if len(pos) and not np.all(
+                    (pos[:, 0] >= nb[0]) & (pos[:, 0] <= nb[2]) & (pos[:, 1] >= nb[1]) & (pos[:, 1] <= nb[3])
+                ):
                     continue
                 out.append(self._clip_box(nb, shape))
         return out
@@ -254,8 +284,9 @@ class ClickStrategy:
                 b = np.array([mb[0] * f_r, mb[1] * f_c, (mb[2] + 1) * f_r - 1, (mb[3] + 1) * f_c - 1], np.float32)
                 # where the mask runs along its box's edge the object goes on: grow that way
                 grow = 0.25 * np.array([b[2] - b[0], b[3] - b[1]]) + 0.01 * side
-                for e, (i, sign, g) in enumerate(((0, -1, grow[0]), (1, -1, grow[1]), (2, 1, grow[0]),
-                                                  (3, 1, grow[1]))):
+                for e, (i, sign, g) in enumerate(
+                    ((0, -1, grow[0]), (1, -1, grow[1]), (2, 1, grow[0]), (3, 1, grow[1]))
+                ):
                     if h.edges[e] > TRUNCATED_EDGE:
                         b[i] += sign * g
                 b = self._grow_to_clicks(self._clip_box(b, shape), prompt, shape, 0.01 * side)
@@ -305,10 +336,10 @@ def _edge_occupancy(mask: np.ndarray, box: np.ndarray) -> np.ndarray:
         return np.zeros(4)
     band = 1  # low-res pixels inside the edge that count as "on" it
     occ = [
-        mask[r0: r0 + band + 1, c0: c1 + 1].any(axis=0).mean() if r0 > 0 else 0.0,
-        mask[r0: r1 + 1, c0: c0 + band + 1].any(axis=1).mean() if c0 > 0 else 0.0,
-        mask[max(r0, r1 - band): r1 + 1, c0: c1 + 1].any(axis=0).mean() if r1 < h - 1 else 0.0,
-        mask[r0: r1 + 1, max(c0, c1 - band): c1 + 1].any(axis=1).mean() if c1 < w - 1 else 0.0,
+        mask[r0 : r0 + band + 1, c0 : c1 + 1].any(axis=0).mean() if r0 > 0 else 0.0,
+        mask[r0 : r1 + 1, c0 : c0 + band + 1].any(axis=1).mean() if c0 > 0 else 0.0,
+        mask[max(r0, r1 - band) : r1 + 1, c0 : c1 + 1].any(axis=0).mean() if r1 < h - 1 else 0.0,
+        mask[r0 : r1 + 1, max(c0, c1 - band) : c1 + 1].any(axis=1).mean() if c1 < w - 1 else 0.0,
     ]
     return np.asarray(occ, float)
 

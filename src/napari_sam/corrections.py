@@ -5,7 +5,8 @@ A :class:`Correction` is a click at voxel ``(z, row, col)`` of the volume
 ``label`` 1 ("this belongs to the object": add the missed region around it)
 or 0 ("this does not": remove the wrongly included region around it).
 
-:func:`apply_correction` brings the object's :class:`PropagationState` up to
+:func:`correction_job` (a job of :mod:`napari_sam.jobs`; :func:`apply_correction`
+drives it) brings the object's :class:`PropagationState` up to
 date, then:
 
 1. **On the click's slice**, refines the current mask there (the previous
@@ -36,8 +37,9 @@ from, raises :class:`InputError` with one line.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,10 +47,12 @@ from scipy import ndimage
 
 from .errors import InputError
 from .geometry import box_of_mask
+from .jobs import Cancel, Job, ProgressCallback, drive
 from .propagation import PropagationState, Propagator
 
-__all__ = ["Correction", "plane_point", "check_correction", "apply_correction", "apply_corrections",
-           "carve"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Correction", "plane_point", "check_correction", "apply_correction", "apply_corrections", "carve"]
 
 #: radius (mm) of the region a positive click adds when the model's answer misses the click
 MIN_ADD_RADIUS_MM = 3.0
@@ -97,13 +101,14 @@ def _nearest_nonempty(state: PropagationState, index: int) -> np.ndarray | None:
 
 
 def _disk(shape: tuple[int, int], r: int, c: int, radius_px: tuple[float, float]) -> np.ndarray:
-    rr, cc = np.ogrid[:shape[0], :shape[1]]
+    rr, cc = np.ogrid[: shape[0], : shape[1]]
     return ((rr - r) / max(radius_px[0], 0.5)) ** 2 + ((cc - c) / max(radius_px[1], 0.5)) ** 2 <= 1.0
 
 
 @torch.inference_mode()
-def _added_region(state: PropagationState, propagator: Propagator, index: int, r: int, c: int,
-                  spacing_rc: tuple[float, float]) -> np.ndarray:
+def _added_region(
+    state: PropagationState, propagator: Propagator, index: int, r: int, c: int, spacing_rc: tuple[float, float]
+) -> np.ndarray:
     """The region a positive click at (r, c) of slice ``index`` adds: the part of
     the model's answer to a box around the current mask and the click that is
     connected to the click (a small disk when the answer misses it)."""
@@ -152,8 +157,12 @@ def _seeds(state: PropagationState, corrections: Sequence[Correction]) -> tuple[
     return pos, neg
 
 
-def carve(mask: np.ndarray, positive: Sequence[Sequence[int]], negative: Sequence[Sequence[int]],
-          spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def carve(
+    mask: np.ndarray,
+    positive: Sequence[Sequence[int]],
+    negative: Sequence[Sequence[int]],
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
     """The voxels of ``mask`` (z, y, x) bool that the ``negative`` seeds (z, y, x)
     claim against the ``positive`` ones. Each voxel goes to the seed set it is
     nearer to along paths inside the mask, a path costing 1 / depth per mm
@@ -214,23 +223,31 @@ def _apply_carve(state: PropagationState, corrections: Sequence[Correction], spa
                 state.user_masks[i] = state.results[i].copy()
 
 
-def apply_correction(state: PropagationState, propagator: Propagator, correction: Correction,
-                     earlier: Sequence[Correction] = (), spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
-                     painted: set[int] | None = None) -> tuple[int, int]:
-    """Apply one click to an object's propagated result, in place.
+def correction_job(
+    state: PropagationState,
+    propagator: Propagator,
+    correction: Correction,
+    earlier: Sequence[Correction] = (),
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+    painted: set[int] | None = None,
+) -> Job[tuple[int, int]]:
+    """Apply one click to an object's propagated result, in place: a job
+    (:mod:`napari_sam.jobs`) yielding the Progress events of the propagation
+    runs it makes, returning the inclusive range of slices (along
+    ``state.axis``) that were re-propagated.
 
     state: the object's propagation state (run or not: it is brought up to
     date first); propagator: the model and the slice embeddings along
     ``state.axis``; correction: the click, in volume coordinates (z, row,
     col); earlier: the object's earlier corrections (their negative clicks
     keep carving); spacing_zyx: voxel size in mm, (z, y, x); painted: slices
-    the user painted by hand (never carved). Returns the inclusive range of
-    slices (along ``state.axis``) that were re-propagated.
+    the user painted by hand (never carved). Closed before its end, the state
+    keeps what was finished (``state.needs_run`` tells what is left).
     """
     check_correction(correction, state)
     painted = set() if painted is None else painted
     everything = list(earlier) + [correction]
-    propagator.propagate(state)
+    yield from propagator.run(state)
     index, r, c = plane_point(correction.point, state.axis)
     sp = [float(s) for s in spacing_zyx]
     sp_rc = tuple(s for i, s in enumerate(sp) if i != state.axis)
@@ -247,9 +264,29 @@ def apply_correction(state: PropagationState, propagator: Propagator, correction
         affected = state.add_stop(index, np.array([[r, c]], np.float32))
     else:
         affected = state.set_user_mask(index, new)
-    propagator.propagate(state)
+    log.info(
+        "correction %s (label %d): slices %d-%d re-propagated", tuple(correction.point), correction.label, *affected
+    )
+    yield from propagator.run(state)
     _apply_carve(state, everything, sp, painted)
     return affected
+
+
+def apply_correction(
+    state: PropagationState,
+    propagator: Propagator,
+    correction: Correction,
+    earlier: Sequence[Correction] = (),
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+    painted: set[int] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: Cancel | None = None,
+) -> tuple[int, int]:
+    """:func:`correction_job` driven to its end (:func:`napari_sam.jobs.drive`):
+    returns the inclusive range of slices re-propagated. A set ``cancel`` token
+    raises :class:`napari_sam.jobs.Cancelled`."""
+    job = correction_job(state, propagator, correction, earlier, spacing_zyx, painted)
+    return drive(job, progress, cancel, what="correction")
 
 
 def _plane(axis: int, index: int) -> tuple:
@@ -258,12 +295,28 @@ def _plane(axis: int, index: int) -> tuple:
     return tuple(sl)
 
 
-def apply_corrections(state: PropagationState, propagator: Propagator, corrections: Sequence[Correction],
-                      spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> PropagationState:
+def corrections_job(
+    state: PropagationState,
+    propagator: Propagator,
+    corrections: Sequence[Correction],
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+) -> Job[PropagationState]:
     """Apply ``corrections`` in order, each as if clicked after seeing the
-    previous result (see :func:`apply_correction`). Returns ``state``."""
+    previous result (see :func:`correction_job`): a job returning ``state``."""
     for i, c in enumerate(corrections):
-        apply_correction(state, propagator, c, earlier=corrections[:i], spacing_zyx=spacing_zyx)
+        yield from correction_job(state, propagator, c, earlier=corrections[:i], spacing_zyx=spacing_zyx)
     if not corrections:
-        propagator.propagate(state)
+        yield from propagator.run(state)
     return state
+
+
+def apply_corrections(
+    state: PropagationState,
+    propagator: Propagator,
+    corrections: Sequence[Correction],
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+    progress: ProgressCallback | None = None,
+    cancel: Cancel | None = None,
+) -> PropagationState:
+    """:func:`corrections_job` driven to its end; returns ``state``."""
+    return drive(corrections_job(state, propagator, corrections, spacing_zyx), progress, cancel, what="corrections")

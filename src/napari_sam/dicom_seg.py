@@ -21,8 +21,9 @@ by :func:`napari_sam.io.read_image` (SimpleITK's, by position).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -58,9 +59,7 @@ def _segmentation_type(hd, encoding: str) -> Any:
     if encoding.upper() not in ("BINARY", "LABELMAP"):
         raise InputError(f"DICOM SEG encoding {encoding!r}: expected BINARY or LABELMAP")
     if encoding.upper() == "LABELMAP" and not hasattr(values, "LABELMAP"):
-        raise InputError(
-            f"this highdicom ({hd.__version__}) cannot write LABELMAP DICOM SEG; use BINARY"
-        )
+        raise InputError(f"this highdicom ({hd.__version__}) cannot write LABELMAP DICOM SEG; use BINARY")
     return getattr(values, encoding.upper())
 
 
@@ -87,9 +86,7 @@ def _fill_uid(datasets: list, attr: str, notes: list[str]) -> None:
 
     values = {str(ds.get(attr, "") or "") for ds in datasets} - {""}
     if len(values) > 1:
-        raise InputError(
-            f"the DICOM files hold {len(values)} different {attr}s; expected one series"
-        )
+        raise InputError(f"the DICOM files hold {len(values)} different {attr}s; expected one series")
     if values and all(ds.get(attr) for ds in datasets):
         return
     uid = (
@@ -139,14 +136,10 @@ def source_headers(volume: Volume) -> tuple[list, list[str]]:
 def _source_datasets(volume: Volume, labels: np.ndarray) -> tuple[list, list[str]]:
     datasets, notes = source_headers(volume)
     if len(datasets) != labels.shape[0]:
-        raise InputError(
-            f"label map has {labels.shape[0]} slice(s) but the DICOM series {len(datasets)}"
-        )
+        raise InputError(f"label map has {labels.shape[0]} slice(s) but the DICOM series {len(datasets)}")
     rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
     if (rows, cols) != tuple(labels.shape[1:]):
-        raise InputError(
-            f"label map slices are {labels.shape[1:]} but the DICOM images {(rows, cols)}"
-        )
+        raise InputError(f"label map slices are {labels.shape[1:]} but the DICOM images {(rows, cols)}")
     return datasets, notes
 
 
@@ -179,9 +172,7 @@ def _segment_descriptions(
             hd.seg.SegmentDescription(
                 segment_number=i,
                 segment_label=name[:64],
-                segmented_property_category=hd.sr.CodedConcept(
-                    code.category[0], code.scheme, code.category[1]
-                ),
+                segmented_property_category=hd.sr.CodedConcept(code.category[0], code.scheme, code.category[1]),
                 segmented_property_type=hd.sr.CodedConcept(code.type[0], code.scheme, code.type[1]),
                 algorithm_type=algorithm_type,
                 algorithm_identification=algorithm,
@@ -225,9 +216,7 @@ def build_dicom_seg(
     if not ids:
         raise InputError("the segmentation is empty: a DICOM SEG needs at least one segment")
     if ids[0] < 1 or ids[-1] > 65535:
-        raise InputError(
-            f"object ids {ids[0]}..{ids[-1]}: a DICOM SEG segment number must be in 1..65535"
-        )
+        raise InputError(f"object ids {ids[0]}..{ids[-1]}: a DICOM SEG segment number must be in 1..65535")
     seg_type = _segmentation_type(hd, encoding)
     names = {i: names.get(i) or f"object_{i}" for i in ids}
     colors = {i: tuple(colors.get(i) or default_color(i))[:3] for i in ids}
@@ -323,9 +312,7 @@ def _segment_info(seg) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]
         if lab is not None:
             import highdicom as hd
 
-            colors[int(n)] = tuple(
-                int(v) for v in hd.color.CIELabColor.from_dicom_value(lab).to_rgb(clip=True)
-            )
+            colors[int(n)] = tuple(int(v) for v in hd.color.CIELabColor.from_dicom_value(lab).to_rgb(clip=True))
         else:
             colors[int(n)] = default_color(int(n))
     return names, colors
@@ -336,9 +323,7 @@ def _geometry_from_affine(affine: np.ndarray) -> Geometry:
     cols = [affine[:3, 2], affine[:3, 1], affine[:3, 0]]  # x (col), y (row), z (slice) axes
     spacing = tuple(float(np.linalg.norm(c)) for c in cols)
     direction = np.stack([c / s for c, s in zip(cols, spacing)], axis=1)
-    return Geometry(
-        spacing, tuple(float(v) for v in affine[:3, 3]), tuple(float(v) for v in direction.ravel())
-    )
+    return Geometry(spacing, tuple(float(v) for v in affine[:3, 3]), tuple(float(v) for v in direction.ravel()))
 
 
 def _volume_array(seg) -> tuple[np.ndarray, Geometry]:
@@ -375,9 +360,7 @@ def read_dicom_seg(path: str | Path, volume: Volume | None = None) -> LabelSet:
     try:
         seg = hd.seg.segread(str(path))
     except Exception as exc:  # not DICOM, or not a SEG
-        raise InputError(
-            f"{path}: not a readable DICOM SEG ({str(exc).splitlines()[0][:120]})"
-        ) from None
+        raise InputError(f"{path}: not a readable DICOM SEG ({str(exc).splitlines()[0][:120]})") from None
     refs = seg.get_source_image_uids()
     meta: dict[str, Any] = {
         "study_uid": str(seg.StudyInstanceUID),
@@ -400,9 +383,7 @@ def read_dicom_seg(path: str | Path, volume: Volume | None = None) -> LabelSet:
     try:
         arr, geom = _volume_array(seg)
     except Exception as exc:
-        raise InputError(
-            f"{path}: the SEG's frames do not form a regular volume ({str(exc)[:120]})"
-        ) from None
+        raise InputError(f"{path}: the SEG's frames do not form a regular volume ({str(exc)[:120]})") from None
     return LabelSet(arr, geom, names, colors, meta)
 
 

@@ -54,8 +54,8 @@ def _transfer_syntax(path: Path) -> str | None:
     at = head.find(b"\x02\x00\x10\x00UI")
     if at < 0:
         return None
-    n = int.from_bytes(head[at + 6: at + 8], "little")
-    return head[at + 8: at + 8 + n].decode("ascii", "replace").rstrip("\0 ")
+    n = int.from_bytes(head[at + 6 : at + 8], "little")
+    return head[at + 8 : at + 8 + n].decode("ascii", "replace").rstrip("\0 ")
 
 
 def _uncompressed(syntax: str | None) -> bool:
@@ -85,16 +85,16 @@ def read_header(path: Path) -> SliceHeader:
     if _uncompressed(_transfer_syntax(path)):
         need = size[0] * size[1] * samples * max(1, bits // 8)
         if path.stat().st_size < need:
-            raise InputError(f"{path}: truncated DICOM slice ({path.stat().st_size} bytes, its pixels alone "
-                             f"need {need})")
+            raise InputError(
+                f"{path}: truncated DICOM slice ({path.stat().st_size} bytes, its pixels alone need {need})"
+            )
     return SliceHeader(path, pos, ori, size)  # type: ignore[arg-type]
 
 
 def list_series(folder: Path) -> dict[str, list[str]]:
     """Series UID -> its files (GDCM's order) for every series in ``folder``."""
     reader = sitk.ImageSeriesReader()
-    return {uid: list(reader.GetGDCMSeriesFileNames(str(folder), uid))
-            for uid in reader.GetGDCMSeriesIDs(str(folder))}
+    return {uid: list(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in reader.GetGDCMSeriesIDs(str(folder))}
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -117,19 +117,24 @@ def choose_series(folder: Path, series: str | None = None) -> tuple[str, list[st
         raise InputError(f"{folder}: no DICOM series found in this folder")
     if series is not None:
         if series not in all_series:
-            raise InputError(f"{folder}: no series {series!r} here; series: "
-                             + "; ".join(f"{u} ({len(f)} files)" for u, f in all_series.items()))
+            raise InputError(
+                f"{folder}: no series {series!r} here; series: "
+                + "; ".join(f"{u} ({len(f)} files)" for u, f in all_series.items())
+            )
         uid = series
     elif len(all_series) > 1:
-        raise InputError(f"{folder}: {len(all_series)} DICOM series in this folder; pick one with --series UID: "
-                         + "; ".join(f"{u} ({len(f)} files)" for u, f in all_series.items()))
+        raise InputError(
+            f"{folder}: {len(all_series)} DICOM series in this folder; pick one with --series UID: "
+            + "; ".join(f"{u} ({len(f)} files)" for u, f in all_series.items())
+        )
     else:
         uid = next(iter(all_series))
     used = {Path(f).resolve() for files in all_series.values() for f in files}
     stray = sorted(p for p in folder.iterdir() if p.is_file() and p.resolve() not in used and _looks_like_dicom(p))
     if stray:
-        raise InputError(f"{stray[0]}: unreadable DICOM slice (corrupt or truncated; "
-                         f"{len(stray)} such file(s) in {folder})")
+        raise InputError(
+            f"{stray[0]}: unreadable DICOM slice (corrupt or truncated; {len(stray)} such file(s) in {folder})"
+        )
     return uid, all_series[uid]
 
 
@@ -159,8 +164,9 @@ def check_series(files: list[str]) -> None:
     steps = np.diff(along)
     for k, s in enumerate(steps):
         if s < 1e-4:
-            raise InputError(f"{heads[k + 1].path}: duplicate slice position {_fmt(pos[k + 1])} "
-                             f"(same as {heads[k].path.name})")
+            raise InputError(
+                f"{heads[k + 1].path}: duplicate slice position {_fmt(pos[k + 1])} (same as {heads[k].path.name})"
+            )
     off = pos - pos[0] - np.outer(along - along[0], normal)
     if np.abs(off).max() > 1e-2 * max(1.0, float(np.median(steps))):
         k = int(np.abs(off).max(axis=1).argmax())
@@ -170,8 +176,10 @@ def check_series(files: list[str]) -> None:
     if bad.size:
         k = int(bad[0])
         what = "missing slice(s)" if steps[k] > step else "shifted slice"
-        raise InputError(f"{heads[k + 1].path}: irregular series: {steps[k]:.4g} mm from the slice before "
-                         f"({heads[k].path.name}) where the series' spacing is {step:.4g} mm ({what})")
+        raise InputError(
+            f"{heads[k + 1].path}: irregular series: {steps[k]:.4g} mm from the slice before "
+            f"({heads[k].path.name}) where the series' spacing is {step:.4g} mm ({what})"
+        )
 
 
 def _fmt(p: np.ndarray) -> str:

@@ -18,6 +18,8 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from .errors import InputError
+from .geometry import box_of_mask, iou_matrix  # iou_matrix re-exported: benchmarks and tests use it
+from .prompts import ObjectPrompts, PromptsFile, SlicePrompt
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -122,29 +124,10 @@ class InstanceScores:
         return 2 * self.tp / d if d else 1.0
 
     def summary(self) -> str:
-        return (f"F1@{self.threshold:g} {self.f1:.3f}  precision {self.precision:.3f}  recall {self.recall:.3f}  "
-                f"mean matched IoU {self.mean_matched_iou:.3f}  (TP {self.tp}, FP {self.fp}, FN {self.fn})")
-
-
-def iou_matrix(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IoU of every predicted instance with every reference instance.
-
-    Returns (pred_ids (P,), ref_ids (R,), iou (P, R) float64).
-    """
-    pred = np.asarray(pred)
-    ref = np.asarray(ref)
-    if pred.shape != ref.shape:
-        raise InputError(f"label maps of shapes {pred.shape} and {ref.shape}: expected the same shape")
-    p_ids, p_inv = np.unique(pred.ravel(), return_inverse=True)
-    r_ids, r_inv = np.unique(ref.ravel(), return_inverse=True)
-    counts = np.zeros((len(p_ids), len(r_ids)), np.int64)
-    np.add.at(counts, (p_inv, r_inv), 1)
-    p_area = counts.sum(1, keepdims=True)
-    r_area = counts.sum(0, keepdims=True)
-    union = p_area + r_area - counts
-    iou = np.where(union > 0, counts / np.maximum(union, 1), 0.0)
-    pk, rk = p_ids != 0, r_ids != 0
-    return p_ids[pk], r_ids[rk], iou[np.ix_(pk, rk)]
+        return (
+            f"F1@{self.threshold:g} {self.f1:.3f}  precision {self.precision:.3f}  recall {self.recall:.3f}  "
+            f"mean matched IoU {self.mean_matched_iou:.3f}  (TP {self.tp}, FP {self.fp}, FN {self.fn})"
+        )
 
 
 def match_instances(pred: np.ndarray, ref: np.ndarray, threshold: float = 0.5) -> InstanceScores:
@@ -162,5 +145,41 @@ def match_instances(pred: np.ndarray, ref: np.ndarray, threshold: float = 0.5) -
     rows, cols = rows[keep], cols[keep]
     tp = int(keep.sum())
     pairs = np.stack([p_ids[rows], r_ids[cols], iou[rows, cols]], axis=1) if tp else np.zeros((0, 3))
-    return InstanceScores(threshold, tp, len(p_ids) - tp, len(r_ids) - tp,
-                          float(iou[rows, cols].mean()) if tp else 0.0, pairs)
+    return InstanceScores(
+        threshold, tp, len(p_ids) - tp, len(r_ids) - tp, float(iou[rows, cols].mean()) if tp else 0.0, pairs
+    )
+
+
+def prompts_from_labels(
+    labels: np.ndarray, kind: str = "box", ids: list[int] | None = None, propagate: bool = True
+) -> PromptsFile:
+    """A simulated user's prompts for a (z, y, x) instance label map: one
+    prompt per object on the slice of its largest cross-section, its box
+    there (``kind="box"``) or a click at the cross-section's deepest point
+    (``"click"``); ``propagate`` through the volume. ids: the objects to
+    prompt (default: every id present)."""
+    if kind not in ("box", "click"):
+        raise InputError(f"prompt kind {kind!r}: expected box or click")
+    objs = ndimage.find_objects(labels)
+    want = ids if ids is not None else [i for i, sl in enumerate(objs, start=1) if sl is not None]
+    out = []
+    for i in want:
+        sl = objs[i - 1]
+        sub = labels[sl] == i
+        kz = int(np.argmax(sub.sum(axis=(1, 2))))
+        plane = np.zeros(labels.shape[1:], bool)
+        plane[sl[1:]] = sub[kz]
+        z = sl[0].start + kz
+        if kind == "box":
+            prompt = SlicePrompt(box=box_of_mask(plane), slice=z)
+        else:
+            prompt = SlicePrompt(points=np.asarray([deepest_point(plane)], np.float32), labels=np.ones(1), slice=z)
+        out.append(ObjectPrompts(id=int(i), name=f"object {i}", prompts=[prompt], propagate=propagate))
+    return PromptsFile(objects=out)
+
+
+def per_object_dice(pred: np.ndarray, ref: np.ndarray, ids: list[int] | None = None) -> list[float]:
+    """Dice of ``pred == i`` against ``ref == i`` for each id of ``ref`` (or ``ids``):
+    the score of prompted objects, whose ids the prediction keeps."""
+    want = ids if ids is not None else [int(i) for i in np.unique(ref) if i != 0]
+    return [dice(pred == i, ref == i) for i in want]

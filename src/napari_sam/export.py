@@ -6,8 +6,9 @@ for DICOM input only).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -75,8 +76,7 @@ def write_result(
     kind = output_kind(path)
     if kind == "labels":
         return write_labels(
-            path, labels, volume.geometry, names, colors, overwrite=overwrite, extra=extra, inputs=inputs,
-            more=more,
+            path, labels, volume.geometry, names, colors, overwrite=overwrite, extra=extra, inputs=inputs, more=more
         )
     if kind == "dicom_seg":
         from .dicom_seg import dicom_seg_output

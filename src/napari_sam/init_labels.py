@@ -52,9 +52,7 @@ def _read_plain(path: Path) -> LabelSet:
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError:
-        raise InputError(
-            f"{path}: cannot read the label map (not a readable NIfTI/NRRD/MHA file)"
-        ) from None
+        raise InputError(f"{path}: cannot read the label map (not a readable NIfTI/NRRD/MHA file)") from None
     if img.GetDimension() not in (2, 3) or img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: expected a 2D or 3D scalar label map")
     arr = sitk.GetArrayFromImage(img)
@@ -75,15 +73,13 @@ def _read_plain(path: Path) -> LabelSet:
         except (OSError, ValueError):
             data = {}
         table = data.get("labels", data) if isinstance(data, dict) else {}
-        for k, v in (table.items() if isinstance(table, dict) else []):
+        for k, v in table.items() if isinstance(table, dict) else []:
             if str(k).isdigit():
                 names[int(k)] = str(v.get("name", f"object_{k}")) if isinstance(v, dict) else str(v)
                 if isinstance(v, dict) and isinstance(v.get("color"), list):
                     rgb = tuple(int(c) for c in v["color"][:3])
                     colors[int(k)] = rgb  # type: ignore[assignment]
-    return LabelSet(
-        arr.astype(np.uint16), Geometry.from_sitk(img), names, colors, {"path": str(path)}
-    )
+    return LabelSet(arr.astype(np.uint16), Geometry.from_sitk(img), names, colors, {"path": str(path)})
 
 
 def read_segmentation(path: str | Path, image: Volume | None = None) -> LabelSet:
@@ -107,9 +103,7 @@ def read_segmentation(path: str | Path, image: Volume | None = None) -> LabelSet
     return _read_plain(path)
 
 
-def _same_grid(
-    a: Geometry, shape_a: tuple[int, ...], b: Geometry, shape_b: tuple[int, ...]
-) -> bool:
+def _same_grid(a: Geometry, shape_a: tuple[int, ...], b: Geometry, shape_b: tuple[int, ...]) -> bool:
     return (
         tuple(shape_a) == tuple(shape_b)
         and np.allclose(a.spacing, b.spacing, atol=_TOL_MM)
@@ -127,10 +121,7 @@ def _check_series(labels: LabelSet, image: Volume, notes: list[str]) -> None:
         return
     where = labels.metadata.get("path", "the SEG")
     if not is_dicom_series(image):
-        notes.append(
-            f"{where}: DICOM SEG of series {seg_series} placed on a non-DICOM image by "
-            "physical position"
-        )
+        notes.append(f"{where}: DICOM SEG of series {seg_series} placed on a non-DICOM image by physical position")
         return
     ds0 = source_headers(image)[0][0]
     study, series = str(ds0.StudyInstanceUID), str(ds0.SeriesInstanceUID)
@@ -180,9 +171,7 @@ def labels_on_image(labels: LabelSet, image: Volume, notes: list[str] | None = N
         f"from the image's {image.shape[::-1]}: resampled onto the image's grid "
         "(nearest neighbour, physical space)"
     )
-    return LabelSet(
-        out, image.geometry, dict(labels.names), dict(labels.colors), dict(labels.metadata)
-    )
+    return LabelSet(out, image.geometry, dict(labels.names), dict(labels.colors), dict(labels.metadata))
 
 
 def _slices_of(mask: np.ndarray, axis: int) -> dict[int, np.ndarray]:
@@ -205,9 +194,7 @@ def init_objects(
     objects: list[ObjectPrompts] = []
     masks: dict[int, dict[int, np.ndarray]] = {}
     lab = np.asarray(labels.labels)
-    for i in sorted(
-        int(v) for v in np.unique(lab) if v
-    ):  # named labels absent from the image are left out
+    for i in sorted(int(v) for v in np.unique(lab) if v):  # named labels absent from the image are left out
         obj = given.pop(i, None)
         if obj is None:
             obj = ObjectPrompts(id=i, name=labels.name(i), prompts=[], color=labels.color(i))
@@ -222,20 +209,14 @@ def init_objects(
     objects += [o for o in (prompts.objects if prompts else []) if o.id in given]
     if not objects:
         raise InputError(
-            f"{labels.metadata.get('path', 'the labels')}: no labelled voxel and no prompts: "
-            "nothing to segment"
+            f"{labels.metadata.get('path', 'the labels')}: no labelled voxel and no prompts: nothing to segment"
         )
     for o in objects:
         if not o.prompts and not masks.get(o.id):
-            raise InputError(
-                f"object {o.id} ({o.name}): no prompts and no labelled voxel on the image"
-            )
+            raise InputError(f"object {o.id} ({o.name}): no prompts and no labelled voxel on the image")
     return PromptsFile(objects=objects, window=prompts.window if prompts else None), masks
 
 
 def init_summary(labels: LabelSet) -> dict[str, Any]:
     """A JSON-able line for the sidecar: where the initial labels came from and their objects."""
-    return {
-        "path": labels.metadata.get("path"),
-        "objects": {str(i): labels.name(i) for i in labels.ids()},
-    }
+    return {"path": labels.metadata.get("path"), "objects": {str(i): labels.name(i) for i in labels.ids()}}

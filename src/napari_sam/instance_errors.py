@@ -46,9 +46,13 @@ def merge_split_counts(pred: np.ndarray, ref: np.ndarray, min_part: float = 0.2)
     if c.size == 0:
         return MergeSplit(0, 0, 0, 0)
     r_area = np.bincount(np.unique(ref.ravel(), return_inverse=True)[1])[r_ids != 0]
-    holds_half = c >= 0.5 * r_area[None, :]          # pred p holds half of ref r
+    holds_half = c >= 0.5 * r_area[None, :]  # pred p holds half of ref r
     per_pred = holds_half.sum(axis=1)
-    part = c >= min_part * r_area[None, :]           # pred p is a sizeable part of ref r
+    part = c >= min_part * r_area[None, :]  # pred p is a sizeable part of ref r
     per_ref = part.sum(axis=0)
-    return MergeSplit(merges=int((per_pred >= 2).sum()), merged_refs=int(per_pred[per_pred >= 2].sum()),
-                      splits=int((per_ref >= 2).sum()), split_parts=int(per_ref[per_ref >= 2].sum()))
+    return MergeSplit(
+        merges=int((per_pred >= 2).sum()),
+        merged_refs=int(per_pred[per_pred >= 2].sum()),
+        splits=int((per_ref >= 2).sum()),
+        split_parts=int(per_ref[per_ref >= 2].sum()),
+    )

@@ -10,8 +10,8 @@ everything else).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -74,8 +74,7 @@ def parse_window(spec: str | Sequence[float] | Window) -> Window:
             return Window.from_level_width(*CT_PRESETS[name], source=f"preset:{name}")
         parts = spec.split(",")
         if len(parts) != 2:
-            raise InputError(f"window {spec!r}: expected LO,HI (e.g. -160,240) or a preset "
-                             f"({', '.join(CT_PRESETS)})")
+            raise InputError(f"window {spec!r}: expected LO,HI (e.g. -160,240) or a preset ({', '.join(CT_PRESETS)})")
         try:
             lo, hi = float(parts[0]), float(parts[1])
         except ValueError:
@@ -86,6 +85,16 @@ def parse_window(spec: str | Sequence[float] | Window) -> Window:
     except (TypeError, ValueError):
         raise InputError(f"window {spec!r}: expected [lo, hi]") from None
     return Window(lo, hi)
+
+
+def check_window_spec(spec: str | Sequence[float] | Window | None) -> Window | str | None:
+    """A window given by a user (``--window``, a manifest's column), checked
+    before any image is read: None, "auto" and "dicom" (resolved per image by
+    :func:`resolve_window`) as they are, anything else parsed into a Window
+    (:func:`parse_window`: LO,HI or a preset). Raises InputError when malformed."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("auto", "dicom")):
+        return spec
+    return parse_window(spec)
 
 
 def looks_like_hounsfield(volume: np.ndarray) -> bool:
@@ -112,8 +121,12 @@ def percentile_window(volume: np.ndarray, percentiles: tuple[float, float] = AUT
     return Window(float(lo), float(hi), "percentile")
 
 
-def resolve_window(volume: np.ndarray, spec: str | Sequence[float] | Window | None = None,
-                   modality: str | None = None, dicom_window: tuple[float, float] | None = None) -> Window:
+def resolve_window(
+    volume: np.ndarray,
+    spec: str | Sequence[float] | Window | None = None,
+    modality: str | None = None,
+    dicom_window: tuple[float, float] | None = None,
+) -> Window:
     """The window the model will see, from the most specific source available.
 
     spec: explicit window or preset; "dicom" asks for the header's window;

@@ -15,15 +15,18 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -60,16 +63,16 @@ class Geometry:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Geometry:
-        return cls(tuple(map(float, d["spacing"])), tuple(map(float, d["origin"])),
-                   tuple(map(float, d["direction"])))
+        return cls(tuple(map(float, d["spacing"])), tuple(map(float, d["origin"])), tuple(map(float, d["direction"])))
 
     @classmethod
     def from_sitk(cls, img: sitk.Image) -> Geometry:
         dim = img.GetDimension()
         sp, org, dr = img.GetSpacing(), img.GetOrigin(), img.GetDirection()
         if dim == 2:
-            return cls((sp[0], sp[1], 1.0), (org[0], org[1], 0.0),
-                       (dr[0], dr[1], 0.0, dr[2], dr[3], 0.0, 0.0, 0.0, 1.0))
+            return cls(
+                (sp[0], sp[1], 1.0), (org[0], org[1], 0.0), (dr[0], dr[1], 0.0, dr[2], dr[3], 0.0, 0.0, 0.0, 1.0)
+            )
         return cls(tuple(sp), tuple(org), tuple(dr))
 
     def apply_to(self, img: sitk.Image) -> sitk.Image:
@@ -196,7 +199,7 @@ def _itk_reason(message: str) -> str:
     msg = " ".join(message.split())
     for marker in ("data not read completely", "Reason:", "ITK ERROR:", "Description:"):
         if marker in msg:
-            msg = msg[msg.rindex(marker):]
+            msg = msg[msg.rindex(marker) :]
             break
     return msg[:160]
 
@@ -222,8 +225,9 @@ def _check_nifti_complete(path: Path) -> None:
         log.setLevel(level)
     pixdim = _raw_pixdim(path, len(hdr.get_data_shape()))
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
-        raise InputError(f"{path}: voxel spacing {tuple(float(v) for v in pixdim)} in the header: must be "
-                         "positive numbers")
+        raise InputError(
+            f"{path}: voxel spacing {tuple(float(v) for v in pixdim)} in the header: must be positive numbers"
+        )
     if 0 in hdr.get_data_shape():
         raise InputError(f"{path}: empty image (shape {hdr.get_data_shape()}: an axis of length 0)")
     _check_not_sheared(path, nii.affine)
@@ -255,7 +259,7 @@ def _raw_pixdim(path: Path, ndim: int) -> np.ndarray:
     with opener(path, "rb") as fh:
         head = fh.read(348)
     endian = "<" if int.from_bytes(head[:4], "little") == 348 else ">"
-    return np.frombuffer(head[76:108], dtype=f"{endian}f4")[1:1 + min(ndim, 3)].astype(np.float64)
+    return np.frombuffer(head[76:108], dtype=f"{endian}f4")[1 : 1 + min(ndim, 3)].astype(np.float64)
 
 
 def _check_not_sheared(path: Path, affine: np.ndarray) -> None:
@@ -267,8 +271,10 @@ def _check_not_sheared(path: Path, affine: np.ndarray) -> None:
     unit = m / norms
     gram = unit.T @ unit
     if np.abs(gram - np.eye(3)).max() > 1e-4:
-        raise InputError(f"{path}: sheared voxel grid (axes not perpendicular); napari-sam would have to "
-                         "straighten it, which moves the voxels: resample it onto a perpendicular grid first")
+        raise InputError(
+            f"{path}: sheared voxel grid (axes not perpendicular); napari-sam would have to "
+            "straighten it, which moves the voxels: resample it onto a perpendicular grid first"
+        )
 
 
 def read_image(path: str | Path, series: str | None = None) -> Volume:
@@ -309,8 +315,9 @@ def read_image(path: str | Path, series: str | None = None) -> Volume:
     except PermissionError:
         raise InputError(f"{path}: file is not readable (permission denied)") from None
     except Exception as exc:  # SimpleITK raises RuntimeError with a multi-line ITK dump
-        raise InputError(f"{path}: cannot read image (truncated, corrupt or unsupported file: "
-                         f"{_itk_reason(str(exc))})") from None
+        raise InputError(
+            f"{path}: cannot read image (truncated, corrupt or unsupported file: {_itk_reason(str(exc))})"
+        ) from None
 
     dim = img.GetDimension()
     if dim not in (2, 3):
@@ -341,6 +348,14 @@ def _checked(vol: Volume, path: Path) -> Volume:
         raise InputError(f"{path}: unsupported voxel type {a.dtype}")
     if a.dtype == bool:
         vol.array = a.astype(np.uint8)
+    log.info(
+        "read %s: (z, y, x) %s %s, spacing (z, y, x) %s mm, modality %s",
+        path,
+        vol.array.shape,
+        vol.array.dtype,
+        tuple(round(float(v), 4) for v in vol.geometry.scale_zyx),
+        vol.metadata.get("modality"),
+    )
     return vol
 
 
@@ -367,8 +382,9 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name[: -len(suf)] + ".json") if suf else path.with_name(path.name + ".json")
 
 
-def check_output_path(path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = (),
-                      also: tuple[str | Path, ...] = ()) -> Path:
+def check_output_path(
+    path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = (), also: tuple[str | Path, ...] = ()
+) -> Path:
     """Validate an output path before any work: suffix, folder, no clobbering of
     inputs (symlinks and hard links resolved; a folder input counts with all its
     files); the label map's sidecar and the paths in ``also`` (e.g. an overview)
@@ -382,14 +398,23 @@ def check_output_path(path: str | Path, overwrite: bool = False, inputs: tuple[s
     return path
 
 
-def sidecar_document(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str] | None = None,
-                     colors: Mapping[int, tuple[int, int, int]] | None = None,
-                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def sidecar_document(
+    labels: np.ndarray,
+    geometry: Geometry,
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The sidecar JSON of a (z, y, x) label map: id -> name/colour, geometry, shape."""
     ids = sorted(set(int(i) for i in (names or {}).keys()) | set(int(i) for i in np.unique(labels) if i))
     side = {
-        "labels": {str(i): {"name": (names or {}).get(i, f"object_{i}"),
-                            "color": list((colors or {}).get(i, default_color(i)))} for i in ids},
+        "labels": {
+            str(i): {
+                "name": (names or {}).get(i, f"object_{i}"),
+                "color": list((colors or {}).get(i, default_color(i))),
+            }
+            for i in ids
+        },
         "geometry": geometry.to_json(),
         "shape_zyx": list(labels.shape),
     }
@@ -398,11 +423,17 @@ def sidecar_document(labels: np.ndarray, geometry: Geometry, names: Mapping[int,
     return side
 
 
-def write_labels(path: str | Path, labels: np.ndarray, geometry: Geometry,
-                 names: Mapping[int, str] | None = None,
-                 colors: Mapping[int, tuple[int, int, int]] | None = None, overwrite: bool = False,
-                 extra: Mapping[str, Any] | None = None, inputs: tuple[str | Path, ...] = (),
-                 more: tuple = ()) -> Path:
+def write_labels(
+    path: str | Path,
+    labels: np.ndarray,
+    geometry: Geometry,
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    overwrite: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    inputs: tuple[str | Path, ...] = (),
+    more: tuple = (),
+) -> Path:
     """Write a label map in ``geometry`` plus a JSON sidecar, as one set.
 
     labels: (z, y, x) whole numbers 0..2**32-1 (z = 1 for a 2D image); NaN,

@@ -8,7 +8,8 @@ drive them:
 - napari's ``thread_worker`` (a generator worker reports every yield and can be
   aborted between yields, which closes the generator);
 - :func:`drive`, for scripts and the CLI, which calls a progress callback per
-  event and stops when a :class:`Cancel` token is set.
+  event and stops when a :class:`Cancel` token is set; the CLI's callback is a
+  :class:`ProgressBar` (tqdm on stderr).
 
 A job is stopped in exactly one of two ways: its generator is closed
 (``gen.close()``, what napari's ``worker.quit()`` does), or the :class:`Cancel`
@@ -16,11 +17,13 @@ token the caller holds is set (checked by :func:`drive` between steps, and by
 a job itself around long inner loops with :meth:`Cancel.raise_if_set`).
 Either way the job's ``finally`` blocks run, so nothing half-written remains.
 
-This module is a leaf: it imports nothing from napari-sam but ``errors``.
+This module is a leaf: it imports nothing from napari-sam but ``errors``
+(and tqdm only when a :class:`ProgressBar` is made).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from typing import Any, TypeVar
 
 from .errors import NapariSamError
 
-__all__ = ["Cancel", "Cancelled", "Job", "Progress", "ProgressCallback", "drive"]
+__all__ = ["Cancel", "Cancelled", "Job", "Progress", "ProgressBar", "ProgressCallback", "drive", "threaded"]
 
 R = TypeVar("R")
 
@@ -76,8 +79,7 @@ class Cancel(threading.Event):
             raise Cancelled(f"{what} cancelled")
 
 
-def drive(job: Job[R], progress: ProgressCallback | None = None, cancel: Cancel | None = None,
-          what: str = "job") -> R:
+def drive(job: Job[R], progress: ProgressCallback | None = None, cancel: Cancel | None = None, what: str = "job") -> R:
     """Run ``job`` to its end and return its result.
 
     progress: called with every :class:`Progress` event, on the caller's thread.
@@ -94,3 +96,74 @@ def drive(job: Job[R], progress: ProgressCallback | None = None, cancel: Cancel 
             return stop.value
         if progress is not None:
             progress(event)
+
+
+def threaded(work: Callable[[ProgressCallback, Cancel], R], cancel: Cancel | None = None) -> Job[R]:
+    """A callback-style computation as a job.
+
+    ``work(progress, cancel)`` runs on its own thread; every :class:`Progress` it
+    reports is yielded here, on the consumer's thread, and its return value is
+    the job's result (its exception is re-raised here). Closing the job sets
+    ``cancel`` and waits for ``work`` to notice it and return, so a job driven
+    by napari's ``thread_worker`` can be aborted like any other.
+    """
+    import queue
+
+    cancel = cancel if cancel is not None else Cancel()
+    events: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work(events.put, cancel)
+        except BaseException as exc:  # re-raised on the consumer's thread
+            outcome["error"] = exc
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=target, name="napari-sam job", daemon=True)
+    thread.start()
+    try:
+        while (event := events.get()) is not None:
+            yield event
+    finally:
+        if thread.is_alive():
+            cancel.set()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+class ProgressBar:
+    """The command line's consumer of :class:`Progress` events: a tqdm bar on
+    stderr (silent when ``quiet``), usable as :func:`drive`'s ``progress``.
+
+    desc: the bar's label; unit: what a step is ("slice", "case", "tile").
+    Called with a :class:`Progress` event it shows done / total and the stage.
+    It also takes ``(done, total, stage)``, for the computations that report
+    through such a callback rather than as a job (fine-tuning's training and
+    its embedding of the training volumes).
+    """
+
+    def __init__(self, desc: str, quiet: bool = False, unit: str = "slice") -> None:
+        self.desc, self.quiet, self.unit = desc, quiet, unit
+        self._bar = None  # made at the first event: a job that fails before any step prints no bar
+
+    def __call__(self, event: Progress | int, total: int | None = None, stage: str = "") -> None:
+        if not isinstance(event, Progress):
+            event = Progress(int(event), int(total or 0), stage)
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, desc=self.desc, unit=self.unit, disable=self.quiet, file=sys.stderr, leave=True)
+        if self._bar.total != event.total:
+            self._bar.total = event.total
+        self._bar.n = event.done
+        if event.stage:
+            self._bar.set_postfix_str(event.stage, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

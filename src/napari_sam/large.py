@@ -23,18 +23,24 @@ as 2D).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from .automatic import AutomaticSegmenter, AutoSettings
+from .batch import PLUGIN_NAME, connect, local_client, register_model
 from .errors import InputError
+from .geometry import Crop
 from .intensity import Window, resolve_window
+from .jobs import Cancel, Job, Progress, ProgressCallback, drive
 from .tiling import TileGrid, tile_kept_objects
-from .zoom import Crop
+
+log = logging.getLogger(__name__)
 
 LAZY_SUFFIXES = (".zarr", ".tif", ".tiff", ".ome.zarr")
 
@@ -42,8 +48,9 @@ LAZY_SUFFIXES = (".zarr", ".tif", ".tiff", ".ome.zarr")
 def is_zarr_path(path: str | Path) -> bool:
     """Whether ``path`` names a zarr store (a folder ending in .zarr, or one holding zarr metadata)."""
     p = Path(path)
-    return p.name.lower().endswith(".zarr") or (p.is_dir() and any(
-        (p / m).exists() for m in ("zarr.json", ".zarray", ".zgroup")))
+    return p.name.lower().endswith(".zarr") or (
+        p.is_dir() and any((p / m).exists() for m in ("zarr.json", ".zarray", ".zgroup"))
+    )
 
 
 def _ome_level0(group) -> Any:
@@ -113,7 +120,7 @@ def sample_window(arr, spec=None, max_pixels: int = 4_000_000) -> Window:
     step = max(1, int(np.ceil(np.sqrt(H * W / max_pixels))))
     rows = []
     for r0 in range(0, H, max(step, 512 // step * step)):  # strips: bounded memory
-        strip = np.asarray(arr[r0: min(H, r0 + max(step, 512 // step * step)), :])
+        strip = np.asarray(arr[r0 : min(H, r0 + max(step, 512 // step * step)), :])
         rows.append(strip[::step, ::step])
     sample = np.concatenate(rows)[None]
     return resolve_window(sample, spec)
@@ -121,8 +128,6 @@ def sample_window(arr, spec=None, max_pixels: int = 4_000_000) -> Window:
 
 def segment_tile(path: str, tile: Crop, window: Window, settings, backend) -> np.ndarray | None:
     """One tile's instance labels: (tile.height, tile.width) int32, or None for a constant tile."""
-    from .automatic import AutomaticSegmenter
-
     pixels = np.asarray(open_lazy(path)[tile.slices])
     if pixels.size == 0 or pixels.min() == pixels.max():
         return None
@@ -131,8 +136,6 @@ def segment_tile(path: str, tile: Crop, window: Window, settings, backend) -> np
 
 def _tile_task(path: str, tile: Crop, window: Window, settings) -> np.ndarray | None:
     from distributed import get_worker
-
-    from .batch import PLUGIN_NAME
 
     return segment_tile(path, tile, window, settings, get_worker().plugins[PLUGIN_NAME].backend)
 
@@ -151,19 +154,20 @@ def paint_tile(out, grid: TileGrid, k: int, labels: np.ndarray | None, next_id: 
     return next_id
 
 
-def segment_large(client, image: str | Path, output: str | Path, settings=None, window=None,
-                  progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
-    """Segment a large 2D image tile by tile on ``client``'s cluster into a zarr label map.
+def segment_large_job(
+    client, image: str | Path, output: str | Path, settings: AutoSettings | None = None, window=None
+) -> Job[dict[str, Any]]:
+    """Segment a large 2D image tile by tile on ``client``'s cluster into a zarr
+    label map: a job (:mod:`napari_sam.jobs`) yielding a Progress per tile
+    painted, returning {"objects", "tiles", "empty_tiles", "shape"}.
 
     The workers need the :class:`napari_sam.batch.ModelPlugin` registered.
     settings: :class:`napari_sam.automatic.AutoSettings` (tile_shape, halo,
     ...; default microscopy); window: a window spec (default: from a sample).
-    Returns {"objects", "tiles", "empty_tiles", "shape"}.
+    Closed before its end, the queued tiles are cancelled and nothing is written.
     """
     import zarr
     from distributed import as_completed
-
-    from .automatic import AutoSettings
 
     settings = settings or AutoSettings.for_microscopy()
     out_path = Path(output)
@@ -175,9 +179,12 @@ def segment_large(client, image: str | Path, output: str | Path, settings=None, 
     tmp = out_path.with_name(f".{out_path.name}.{secrets.token_hex(4)}.partial")
     core = grid.cores[0].shape
     out = zarr.open_array(str(tmp), mode="w", shape=grid.shape, chunks=core, dtype="int32", fill_value=0)
+    futures: dict = {}
     try:
-        futures = {client.submit(_tile_task, str(image), t, win, settings, pure=False): k
-                   for k, t in enumerate(grid.tiles)}
+        futures = {
+            client.submit(_tile_task, str(image), t, win, settings, pure=False): k for k, t in enumerate(grid.tiles)
+        }
+        log.info("%d tile(s) of %s sent to %s", len(grid), image, client)
         waiting: dict[int, Any] = {}
         next_k, next_id, empty = 0, 1, 0
         for fut in as_completed(list(futures)):
@@ -187,14 +194,30 @@ def segment_large(client, image: str | Path, output: str | Path, settings=None, 
                 empty += labels is None
                 next_id = paint_tile(out, grid, next_k, labels, next_id)
                 next_k += 1
-                if progress:
-                    progress(next_k, len(grid), "tiles")
+                yield Progress(next_k, len(grid), "tiles")
         out.attrs.update({"source": str(image), "window": [win.lo, win.hi], "objects": next_id - 1})
         os.replace(tmp, out_path)
+        futures = {}
     finally:
+        if futures:  # closed early: stop what is still queued
+            client.cancel(list(futures))
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return {"objects": next_id - 1, "tiles": len(grid), "empty_tiles": empty, "shape": grid.shape}
+
+
+def segment_large(
+    client,
+    image: str | Path,
+    output: str | Path,
+    settings: AutoSettings | None = None,
+    window=None,
+    progress: ProgressCallback | None = None,
+    cancel: Cancel | None = None,
+) -> dict[str, Any]:
+    """:func:`segment_large_job` driven to its end (:func:`napari_sam.jobs.drive`)."""
+    job = segment_large_job(client, image, output, settings, window)
+    return drive(job, progress, cancel, what="tiled run")
 
 
 def wants_tiled(image: str | Path, output: str | Path) -> bool:
@@ -215,35 +238,38 @@ def check_tiled_paths(image: str | Path, output: str | Path, overwrite: bool = F
     return out
 
 
-def auto_large(image: str | Path, output: str | Path, settings, window=None, scheduler: str | None = None,
-               workers: int | None = None, model: str = "lite_medsam", checkpoint: str | None = None,
-               overwrite: bool = False, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+def auto_large(
+    image: str | Path,
+    output: str | Path,
+    settings,
+    window=None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    model: str = "lite_medsam",
+    checkpoint: str | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: Cancel | None = None,
+    precision: str | None = None,
+) -> dict[str, Any]:
     """``napari-sam auto`` for a zarr / OME-Zarr / TIFF image into a ``.zarr`` label map, on Dask.
 
     scheduler: a running scheduler's address; None: a LocalCluster of
     ``workers`` single-threaded processes (default: one per core), closed at
-    the end. Returns :func:`segment_large`'s summary.
+    the end; precision: the workers' encoder precision (``--precision``).
+    Returns :func:`segment_large`'s summary. progress, cancel: as for
+    :func:`napari_sam.jobs.drive`.
     """
-    from .batch import local_client, register_model
-
     out = check_tiled_paths(image, output, overwrite)
-    if scheduler:
-        from distributed import Client
-
-        try:
-            client = Client(scheduler, timeout="20s")
-        except OSError as exc:
-            raise InputError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
-    else:
-        client = local_client(workers, 1)
+    client = connect(scheduler) if scheduler else local_client(workers, 1)
     try:
-        register_model(client, model, checkpoint)
+        register_model(client, model, checkpoint, precision=precision)
         tmp_old = None
         if out.exists():  # --overwrite: set the old one aside until the new one is complete
             tmp_old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
             os.replace(out, tmp_old)
         try:
-            info = segment_large(client, image, out, settings, window, progress=progress)
+            info = segment_large(client, image, out, settings, window, progress=progress, cancel=cancel)
         except BaseException:
             if tmp_old is not None:
                 os.replace(tmp_old, out)

@@ -27,9 +27,10 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,8 +89,9 @@ def expand_inputs(inputs: Iterable[str | Path | None]) -> list[Path]:
     return out
 
 
-def check_targets(paths: Sequence[str | Path], inputs: Iterable[str | Path | None] = (),
-                  overwrite: bool = False) -> list[Path]:
+def check_targets(
+    paths: Sequence[str | Path], inputs: Iterable[str | Path | None] = (), overwrite: bool = False
+) -> list[Path]:
     """Refuse (InputError) any target that is an input, repeats another target,
     is a folder, lies in a folder that cannot be written, or exists without
     ``overwrite``. Run before any work, and again just before writing."""
@@ -148,8 +150,9 @@ def _write_one(out: OutputFile, mode: int) -> Path:
         except OSError:
             raise
         except Exception as exc:  # noqa: BLE001 - ITK raises RuntimeError on a short write
-            raise OSError(errno.ENOSPC if _disk_full(tmp.parent) else errno.EIO,
-                          " ".join(str(exc).split())[-160:]) from None
+            raise OSError(
+                errno.ENOSPC if _disk_full(tmp.parent) else errno.EIO, " ".join(str(exc).split())[-160:]
+            ) from None
         with open(tmp, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
@@ -159,8 +162,10 @@ def _write_one(out: OutputFile, mode: int) -> Path:
             except OSError:
                 raise
             except Exception as exc:
-                raise OutputError(f"{out.path}: the {out.kind} written does not read back correctly "
-                                  f"({str(exc)[:120]}); nothing written") from None
+                raise OutputError(
+                    f"{out.path}: the {out.kind} written does not read back correctly "
+                    f"({str(exc)[:120]}); nothing written"
+                ) from None
         os.chmod(tmp, mode)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -193,8 +198,9 @@ def _install(pairs: list[tuple[OutputFile, Path]]) -> None:
                 backup.unlink(missing_ok=True)
 
 
-def write_outputs(files: Sequence[OutputFile], inputs: Iterable[str | Path | None] = (),
-                  overwrite: bool = False) -> list[Path]:
+def write_outputs(
+    files: Sequence[OutputFile], inputs: Iterable[str | Path | None] = (), overwrite: bool = False
+) -> list[Path]:
     """Write ``files`` as one set (see the module docstring); returns their paths.
 
     Raises InputError for a target that is an input, exists without

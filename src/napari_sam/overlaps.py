@@ -13,21 +13,26 @@ object most likely to own it, judged per voxel:
    where two masks touch is each object's least certain part);
 3. ties go to the object listed first.
 
-The CLI and the API (:func:`napari_sam.segmentation.segment_volume`) paint
-through this function, so the result does not depend on the order the
-objects were computed in (only exact ties do). The napari widget does not
-use it yet: it still writes a propagated slice into free voxels only.
+The annotation model (:class:`napari_sam.annotation.Annotation`) paints its
+label map through this function after every change, and both the napari
+widget and the CLI (:func:`napari_sam.segmentation.segment_volume`, a replay
+of the prompts file through the model) use that model: one rule, and the
+result does not depend on the order the objects were computed in (only
+exact ties do). While a propagation runs, the widget shows each finished
+slice at once in the voxels that are free or the object's own; the finished
+run is painted by this rule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["ObjectMasks", "resolve_overlaps", "KEY_SLICE_PRIORITY"]
+__all__ = ["ObjectMasks", "resolve_overlaps", "resolve_overlaps_into", "KEY_SLICE_PRIORITY"]
 
 #: depth bonus (mm) that makes a key-slice claim beat any propagated one
 KEY_SLICE_PRIORITY = 1.0e6
@@ -66,7 +71,7 @@ class ObjectMasks:
         z0, z1 = min(planes), max(planes) + 1
         sub = np.zeros((z1 - z0, r1 - r0, c1 - c0), bool)
         for z, (crop, (r, c)) in planes.items():
-            sub[z - z0, r - r0:r - r0 + crop.shape[0], c - c0:c - c0 + crop.shape[1]] = crop
+            sub[z - z0, r - r0 : r - r0 + crop.shape[0], c - c0 : c - c0 + crop.shape[1]] = crop
         in_plane = [a for a in range(3) if a != self.axis]
         box: list[slice] = [slice(None)] * 3
         box[self.axis] = slice(z0, z1)
@@ -91,8 +96,7 @@ def _crop_of(mask: Any) -> tuple[np.ndarray, tuple[int, int]] | None:
     if rows.size == 0:
         return None
     cols = np.flatnonzero(crop.any(axis=0))
-    return (crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1],
-            (off[0] + int(rows[0]), off[1] + int(cols[0])))
+    return (crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], (off[0] + int(rows[0]), off[1] + int(cols[0])))
 
 
 def _plane(axis: int, index: int) -> tuple:
@@ -108,17 +112,33 @@ def _depth(sub: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
     return d.astype(np.float32)
 
 
-def resolve_overlaps(shape: tuple[int, int, int], objects: Sequence[ObjectMasks],
-                     spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def resolve_overlaps(
+    shape: tuple[int, int, int], objects: Sequence[ObjectMasks], spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)
+) -> np.ndarray:
     """Paint ``objects`` into one (z, y, x) uint16 label map of ``shape``,
     resolving overlaps per voxel by the rule of this module (key slices first,
     then the deepest claim, in mm with ``spacing_zyx`` = (z, y, x); ties to the
     object listed first). Work and memory per object are those of its
     bounding box, not of the whole volume."""
     labels = np.zeros(shape, np.uint16)
-    best = np.full(shape, -1.0, np.float32)
+    resolve_overlaps_into(labels, np.full(shape, -1.0, np.float32), objects, spacing_zyx)
+    return labels
+
+
+def resolve_overlaps_into(
+    labels: Any, best: Any, objects: Sequence[ObjectMasks], spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)
+) -> None:
+    """:func:`resolve_overlaps` painting into array-likes that may live on disk.
+
+    labels: (z, y, x) integer array-like holding 0; best: float32 array-like of
+    the same shape holding -1 (each voxel's winning depth so far). Any object
+    with numpy-style region reads and writes (``a[sl]``, ``a[sl] = v``) works,
+    e.g. a zarr array: each object reads and writes only its bounding box, so
+    a label map larger than memory is painted chunk by chunk.
+    """
+    shape = tuple(labels.shape)
     for obj in objects:
-        boxed = obj.boxed(shape)
+        boxed = obj.boxed(shape)  # type: ignore[arg-type]
         if boxed is None:
             continue
         sl, inside = boxed
@@ -127,7 +147,9 @@ def resolve_overlaps(shape: tuple[int, int, int], objects: Sequence[ObjectMasks]
         for k in obj.key_slices:
             if k in obj.masks and lo.start <= k < lo.stop:
                 depth[_plane(obj.axis, k - lo.start)] += KEY_SLICE_PRIORITY
-        win = inside & (depth > best[sl])
-        labels[sl][win] = obj.id
-        best[sl][win] = depth[win]
-    return labels
+        region, claim = np.array(labels[sl]), np.array(best[sl], np.float32)
+        win = inside & (depth > claim)
+        region[win] = obj.id
+        claim[win] = depth[win]
+        labels[sl] = region
+        best[sl] = claim

@@ -20,42 +20,18 @@ Coordinates are (row, col) pixels of the slice; boxes (r0, c0, r1, c1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .clicks import ClickStrategy
+from .embeddings import CropEmbeddings
 from .errors import InputError, UsageError
+from .geometry import Crop
 from .models.base import Backend, Embedding
+from .prediction import Prediction
 from .prompts import SlicePrompt, as_slice_prompt
-from .zoom import Crop, CropEmbeddings, ZoomSettings, zoom_crop
+from .zoom import ZoomSettings, predict_zoomed, zoom_crop
 
-
-@dataclass(frozen=True)
-class Prediction:
-    """Candidate masks for one prompt, best first.
-
-    masks: (K, H, W) bool, K in 1..3; scores: (K,) float32, higher is better;
-    low_res_logits: (K, s, s) float32 model-frame logits (for a later mask_input);
-    boxes: (K, 4) float32, the box (r0, c0, r1, c1) that produced each mask.
-    crop: None when decoded on the whole slice; else the zoom crop whose
-        model frame ``low_res_logits`` are in.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    low_res_logits: np.ndarray
-    boxes: np.ndarray
-    crop: Crop | None = None
-
-    @property
-    def mask(self) -> np.ndarray:
-        """The best candidate, (H, W) bool."""
-        return self.masks[0]
-
-    def candidate(self, index: int) -> np.ndarray:
-        """Candidate ``index`` modulo the number of candidates (for cycling)."""
-        return self.masks[index % len(self.masks)]
+__all__ = ["PROMPT_ZOOM", "Prediction", "SlicePredictor"]
 
 
 #: zoom for prompts: crops centred on the object. One box per nucleus on
@@ -75,8 +51,9 @@ class SlicePredictor:
         predictors of one session); a private one by default.
     """
 
-    def __init__(self, backend: Backend, zoom: ZoomSettings | bool | None = None,
-                 crop_embeddings: CropEmbeddings | None = None) -> None:
+    def __init__(
+        self, backend: Backend, zoom: ZoomSettings | bool | None = None, crop_embeddings: CropEmbeddings | None = None
+    ) -> None:
         self.backend = backend
         self.clicks = ClickStrategy(backend)
         self._embedding: Embedding | None = None
@@ -109,8 +86,9 @@ class SlicePredictor:
         self._image, self._image_key = image, None
         return self._embedding
 
-    def set_embedding(self, embedding: Embedding, image: np.ndarray | None = None,
-                      image_key: str | None = None) -> None:
+    def set_embedding(
+        self, embedding: Embedding, image: np.ndarray | None = None, image_key: str | None = None
+    ) -> None:
         """Use an embedding computed earlier (e.g. from the cache).
 
         image: the slice it was computed from ((H, W[, 3]) float32 in [0, 1]),
@@ -120,16 +98,22 @@ class SlicePredictor:
         if embedding.model != self.backend.name:
             raise InputError(f"embedding made by model {embedding.model!r}, predictor uses {self.backend.name!r}")
         if image is not None and tuple(np.shape(image)[:2]) != tuple(embedding.original_size):
-            raise InputError(f"image of shape {np.shape(image)} does not match the embedding's slice "
-                             f"{embedding.original_size}")
+            raise InputError(
+                f"image of shape {np.shape(image)} does not match the embedding's slice {embedding.original_size}"
+            )
         self._embedding = embedding
         self._image = None if image is None else np.asarray(image, np.float32)
         self._image_key = image_key
 
-    def predict(self, points: np.ndarray | list | None = None, labels: np.ndarray | list | None = None,
-                box: tuple[float, float, float, float] | list | None = None,
-                prompt: SlicePrompt | None = None, previous: np.ndarray | None = None,
-                multimask: bool = True) -> Prediction:
+    def predict(
+        self,
+        points: np.ndarray | list | None = None,
+        labels: np.ndarray | list | None = None,
+        box: tuple[float, float, float, float] | list | None = None,
+        prompt: SlicePrompt | None = None,
+        previous: np.ndarray | None = None,
+        multimask: bool = True,
+    ) -> Prediction:
         """Predict candidate masks from clicks and/or a box.
 
         points: (N, 2) (row, col); labels: (N,) 1 positive / 0 negative
@@ -144,12 +128,20 @@ class SlicePredictor:
         prompt.check_inside(self.image_shape)
         emb = self.embedding
         if self.zoom is not None and self._image is not None:
-            from .zoom import predict_zoomed
-
             if self.crop_embeddings is None:
                 self.crop_embeddings = CropEmbeddings(self.backend)
-            zoomed = predict_zoomed(self.backend, self.clicks, self.crop_embeddings, self._image, self._image_key,
-                                    emb, prompt, previous, multimask, self.zoom)
+            zoomed = predict_zoomed(
+                self.backend,
+                self.clicks,
+                self.crop_embeddings,
+                self._image,
+                self._image_key,
+                emb,
+                prompt,
+                previous,
+                multimask,
+                self.zoom,
+            )
             if zoomed is not None:
                 return zoomed
         return self.clicks.predict(emb, prompt, previous=previous, multimask=multimask)

@@ -20,9 +20,10 @@ The prompts file (JSON)::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -155,8 +156,9 @@ class PromptsFile:
             if is_2d and obj.propagate:
                 raise InputError(f"object {obj.id} ({obj.name}): 'propagate' needs a 3D image; this one is 2D")
             if obj.corrections and not obj.propagate:
-                raise InputError(f"object {obj.id} ({obj.name}): 'corrections' act on a 3D result; "
-                                 f"set \"propagate\": true")
+                raise InputError(
+                    f"object {obj.id} ({obj.name}): 'corrections' act on a 3D result; set \"propagate\": true"
+                )
             n = shape[obj.axis]
             plane = tuple(s for i, s in enumerate(shape[:3]) if i != obj.axis)
             for p in obj.prompts:
@@ -171,22 +173,27 @@ class PromptsFile:
                 p.check_inside(plane)
             for point, _label in obj.corrections:
                 if is_2d or not all(0 <= v < s for v, s in zip(point, shape[:3])):
-                    raise InputError(f"object {obj.id} ({obj.name}): correction point {list(point)} lies outside "
-                                     f"the volume of shape {list(shape[:3])}")
+                    raise InputError(
+                        f"object {obj.id} ({obj.name}): correction point {list(point)} lies outside "
+                        f"the volume of shape {list(shape[:3])}"
+                    )
             if obj.range is not None and not (0 <= obj.range[0] <= obj.range[1] < n):
                 raise InputError(f"object {obj.id} ({obj.name}): range {list(obj.range)} outside 0..{n - 1}")
-            outside = [p.slice for p in obj.prompts
-                       if obj.range is not None and p.slice is not None and not
-                       obj.range[0] <= p.slice <= obj.range[1]]
+            outside = [
+                p.slice
+                for p in obj.prompts
+                if obj.range is not None and p.slice is not None and not obj.range[0] <= p.slice <= obj.range[1]
+            ]
             if outside:
-                raise InputError(f"object {obj.id} ({obj.name}): prompt on slice {outside[0]} lies outside the "
-                                 f"object's range {list(obj.range)}")
+                raise InputError(
+                    f"object {obj.id} ({obj.name}): prompt on slice {outside[0]} lies outside the "
+                    f"object's range {list(obj.range)}"
+                )
 
 
 #: The keys allowed at each level of a prompts file (one place; the README's "The prompts file" describes them).
 TOP_KEYS = ("objects", "window")
-OBJECT_KEYS = ("id", "name", "prompts", "window", "color", "propagate", "axis", "range", "corrections",
-               "adapt")
+OBJECT_KEYS = ("id", "name", "prompts", "window", "color", "propagate", "axis", "range", "corrections", "adapt")
 PROMPT_KEYS = ("slice", "box", "points", "labels")
 CORRECTION_KEYS = ("point", "label")
 
@@ -217,9 +224,13 @@ def _is_num(v: Any) -> bool:
 
 
 def _check_window(win: Any, where: str) -> None:
-    _require(win is None or isinstance(win, str) or (isinstance(win, list) and len(win) == 2 and
-                                                     all(_is_num(v) for v in win)),
-             where, "'window' must be a preset name or [low, high] numbers")
+    _require(
+        win is None
+        or isinstance(win, str)
+        or (isinstance(win, list) and len(win) == 2 and all(_is_num(v) for v in win)),
+        where,
+        "'window' must be a preset name or [low, high] numbers",
+    )
 
 
 def _parse_prompt(p: Any, pw: str) -> SlicePrompt:
@@ -228,35 +239,55 @@ def _parse_prompt(p: Any, pw: str) -> SlicePrompt:
     sl = p.get("slice")
     _require(sl is None or _is_int(sl), pw, "'slice' must be an integer")
     pts = p.get("points", [])
-    _require(isinstance(pts, list) and all(isinstance(q, list) and len(q) == 2 and all(_is_num(v) for v in q)
-                                           for q in pts), pw, "'points' must be a list of [row, col] pairs")
+    _require(
+        isinstance(pts, list) and all(isinstance(q, list) and len(q) == 2 and all(_is_num(v) for v in q) for q in pts),
+        pw,
+        "'points' must be a list of [row, col] pairs",
+    )
     labels = p.get("labels", [1] * len(pts))
-    _require(isinstance(labels, list) and all(_is_int(v) and v in (0, 1) for v in labels), pw,
-             "labels must be 1 (positive) or 0 (negative), given as a list")
+    _require(
+        isinstance(labels, list) and all(_is_int(v) and v in (0, 1) for v in labels),
+        pw,
+        "labels must be 1 (positive) or 0 (negative), given as a list",
+    )
     box = p.get("box")
-    _require(box is None or (isinstance(box, list) and len(box) == 4 and all(_is_num(v) for v in box)),
-             pw, "'box' must be [r0, c0, r1, c1] numbers")
-    _require(box is None or (box[0] <= box[2] and box[1] <= box[3]), pw,
-             f"box {box} must have r0 <= r1 and c0 <= c1 (inclusive [r0, c0, r1, c1])")
+    _require(
+        box is None or (isinstance(box, list) and len(box) == 4 and all(_is_num(v) for v in box)),
+        pw,
+        "'box' must be [r0, c0, r1, c1] numbers",
+    )
+    _require(
+        box is None or (box[0] <= box[2] and box[1] <= box[3]),
+        pw,
+        f"box {box} must have r0 <= r1 and c0 <= c1 (inclusive [r0, c0, r1, c1])",
+    )
     try:
-        return SlicePrompt(points=np.asarray(pts, np.float32).reshape(-1, 2), labels=labels,
-                           box=tuple(box) if box is not None else None, slice=sl)
+        return SlicePrompt(
+            points=np.asarray(pts, np.float32).reshape(-1, 2),
+            labels=labels,
+            box=tuple(box) if box is not None else None,
+            slice=sl,
+        )
     except InputError as exc:
         raise InputError(f"{pw}: {str(exc).split(': ', 1)[-1]}") from None
 
 
 def _parse_corrections(corr: Any, w: str) -> list[tuple[tuple[int, int, int], int]]:
     """An object's "corrections": [{"point": [z, row, col], "label": 1|0}, ...] (voxel indices)."""
-    _require(isinstance(corr, list), w, "'corrections' must be a list of {\"point\": [z, r, c], \"label\": 0|1}")
+    _require(isinstance(corr, list), w, '\'corrections\' must be a list of {"point": [z, r, c], "label": 0|1}')
     out = []
     for k, c in enumerate(corr):
         cw = f"{w}.corrections[{k}]"
         _require(isinstance(c, dict), cw, "must be an object")
         check_keys(c, CORRECTION_KEYS, cw)
-        _require(isinstance(c.get("point"), list) and len(c["point"]) == 3 and all(_is_int(v) for v in c["point"]),
-                 cw, "'point' must be [z, row, col] voxel indices (integers)")
-        _require(_is_int(c.get("label", 1)) and c.get("label", 1) in (0, 1), cw,
-                 "'label' must be 1 (add) or 0 (remove)")
+        _require(
+            isinstance(c.get("point"), list) and len(c["point"]) == 3 and all(_is_int(v) for v in c["point"]),
+            cw,
+            "'point' must be [z, row, col] voxel indices (integers)",
+        )
+        _require(
+            _is_int(c.get("label", 1)) and c.get("label", 1) in (0, 1), cw, "'label' must be 1 (add) or 0 (remove)"
+        )
         out.append((tuple(int(v) for v in c["point"]), int(c.get("label", 1))))
     return out
 
@@ -272,18 +303,26 @@ def _parse_object(o: Any, i: int, w: str, seen: set[int], allow_empty: bool = Fa
     _require(isinstance(name, str), w, "'name' must be a string")
     prompts = o.get("prompts")
     corrections = _parse_corrections(o.get("corrections", []), w)
-    _require(not (corrections and not prompts and not allow_empty), w,
-             "'corrections' need a prompt to start from: give a box or a click in 'prompts' first")
-    _require(isinstance(prompts, list) and (len(prompts) > 0 or allow_empty), w,
-             "'prompts' must be a non-empty list")
+    _require(
+        not (corrections and not prompts and not allow_empty),
+        w,
+        "'corrections' need a prompt to start from: give a box or a click in 'prompts' first",
+    )
+    _require(isinstance(prompts, list) and (len(prompts) > 0 or allow_empty), w, "'prompts' must be a non-empty list")
     sps = [_parse_prompt(p, f"{w}.prompts[{j}]") for j, p in enumerate(prompts)]
     color = o.get("color")
-    _require(color is None or (isinstance(color, list) and len(color) in (3, 4) and
-                               all(_is_int(c) and 0 <= c <= 255 for c in color)), w,
-             "'color' must be [r, g, b] integers 0..255")
+    _require(
+        color is None
+        or (isinstance(color, list) and len(color) in (3, 4) and all(_is_int(c) and 0 <= c <= 255 for c in color)),
+        w,
+        "'color' must be [r, g, b] integers 0..255",
+    )
     rng = o.get("range")
-    _require(rng is None or (isinstance(rng, list) and len(rng) == 2 and all(_is_int(v) for v in rng)),
-             w, "'range' must be [first, last] slice indices")
+    _require(
+        rng is None or (isinstance(rng, list) and len(rng) == 2 and all(_is_int(v) for v in rng)),
+        w,
+        "'range' must be [first, last] slice indices",
+    )
     axis = o.get("axis", 0)
     _require(_is_int(axis) and axis in (0, 1, 2), w, "'axis' must be 0, 1 or 2")
     propagate = o.get("propagate", False)
@@ -292,10 +331,18 @@ def _parse_object(o: Any, i: int, w: str, seen: set[int], allow_empty: bool = Fa
     _require(isinstance(adapt, bool), w, "'adapt' must be true or false")
     _require(not adapt or propagate, w, "'adapt' needs 'propagate': true (it re-propagates the object)")
     _check_window(o.get("window"), w)
-    return ObjectPrompts(id=oid, name=name, prompts=sps, window=o.get("window"),
-                         color=tuple(color[:3]) if color else None, propagate=propagate, axis=axis,
-                         range=(min(rng), max(rng)) if rng else None, adapt=adapt,
-                         corrections=corrections)
+    return ObjectPrompts(
+        id=oid,
+        name=name,
+        prompts=sps,
+        window=o.get("window"),
+        color=tuple(color[:3]) if color else None,
+        propagate=propagate,
+        axis=axis,
+        range=(min(rng), max(rng)) if rng else None,
+        adapt=adapt,
+        corrections=corrections,
+    )
 
 
 def parse_prompts(data: Any, where: str = "prompts", allow_empty: bool = False) -> PromptsFile:
@@ -333,8 +380,7 @@ def load_prompts(path: str | Path, allow_empty: bool = False) -> PromptsFile:
     if not path.is_file():
         raise InputError(f"{path}: prompts file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_float=_finite_float,
-                          parse_constant=_no_constant)
+        data = json.loads(path.read_text(encoding="utf-8"), parse_float=_finite_float, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     except InputError as exc:
@@ -349,9 +395,12 @@ def load_prompts(path: str | Path, allow_empty: bool = False) -> PromptsFile:
         raise InputError(f"{path}: JSON nested too deeply") from None
 
 
-def as_slice_prompt(points: Sequence[Sequence[float]] | np.ndarray | None = None,
-                    labels: Sequence[int] | np.ndarray | None = None,
-                    box: Sequence[float] | None = None, slice: int | None = None) -> SlicePrompt:
+def as_slice_prompt(
+    points: Sequence[Sequence[float]] | np.ndarray | None = None,
+    labels: Sequence[int] | np.ndarray | None = None,
+    box: Sequence[float] | None = None,
+    slice: int | None = None,
+) -> SlicePrompt:
     """Build a SlicePrompt from plain sequences (labels default to all positive)."""
     pts = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32).reshape(-1, 2)
     lab = np.ones(len(pts), np.int64) if labels is None else np.asarray(labels, np.int64)

@@ -15,8 +15,8 @@ Arrays are (z, y, x) = NRRD axes (k, j, i); geometry in ITK's convention.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -118,8 +118,9 @@ def slicer_seg_output(
         ):
             raise ValueError("the segmentation read back differs")
 
-    return OutputFile(path, lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True), verify,
-                      "Slicer segmentation")
+    return OutputFile(
+        path, lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True), verify, "Slicer segmentation"
+    )
 
 
 def write_slicer_seg(
@@ -135,19 +136,13 @@ def write_slicer_seg(
     out = slicer_seg_output(path, labels, geometry, names, colors)
     write_outputs([out], overwrite=overwrite)
     return out.path
+
+
 def _segments(img: sitk.Image) -> list[dict[str, str]]:
     keys = set(img.GetMetaDataKeys())
     out, n = [], 0
-    while (
-        f"Segment{n}_ID" in keys or f"Segment{n}_LabelValue" in keys or f"Segment{n}_Name" in keys
-    ):
-        out.append(
-            {
-                k[len(f"Segment{n}_") :]: img.GetMetaData(k)
-                for k in keys
-                if k.startswith(f"Segment{n}_")
-            }
-        )
+    while f"Segment{n}_ID" in keys or f"Segment{n}_LabelValue" in keys or f"Segment{n}_Name" in keys:
+        out.append({k[len(f"Segment{n}_") :]: img.GetMetaData(k) for k in keys if k.startswith(f"Segment{n}_")})
         n += 1
     return out
 
@@ -157,11 +152,7 @@ def _rgb(text: str | None, fallback: tuple[int, int, int]) -> tuple[int, int, in
         vals = [float(v) for v in (text or "").split()]
     except ValueError:
         return fallback
-    return (
-        tuple(int(round(min(max(v, 0.0), 1.0) * 255)) for v in vals[:3])
-        if len(vals) >= 3
-        else fallback
-    )
+    return tuple(int(round(min(max(v, 0.0), 1.0) * 255)) for v in vals[:3]) if len(vals) >= 3 else fallback
 
 
 def read_slicer_seg(path: str | Path) -> LabelSet:
@@ -179,9 +170,7 @@ def read_slicer_seg(path: str | Path) -> LabelSet:
     except RuntimeError:
         raise InputError(f"{path}: cannot read the segmentation (not a valid NRRD file)") from None
     segs = _segments(img)
-    if (
-        img.GetDimension() == 4
-    ):  # list axis first in the file: ITK reads it as the 4th (slowest) axis
+    if img.GetDimension() == 4:  # list axis first in the file: ITK reads it as the 4th (slowest) axis
         raise InputError(
             f"{path}: 4D segmentation with a list axis ITK cannot place; re-save it from Slicer "
             "with non-overlapping segments"

@@ -38,13 +38,18 @@ def _rotation(rng: np.random.Generator) -> np.ndarray:
     """A random 3D rotation matrix (uniform over orientations)."""
     q = rng.normal(size=4)
     a, b, c, d = q / np.linalg.norm(q)
-    return np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
-                     [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
-                     [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d]])
+    return np.array(
+        [
+            [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+            [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
+            [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d],
+        ]
+    )
 
 
-def _place(rng: np.random.Generator, extent: np.ndarray, n: int, radius: tuple[float, float],
-           touch: float) -> list[tuple[np.ndarray, np.ndarray]]:
+def _place(
+    rng: np.random.Generator, extent: np.ndarray, n: int, radius: tuple[float, float], touch: float
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Centres and semi-axes (micrometres) of up to n ellipsoids; about
     ``touch`` of them are put against an earlier one (surfaces in contact).
     Neighbours are looked up in a hash grid of cells one diameter wide."""
@@ -64,18 +69,23 @@ def _place(rng: np.random.Generator, extent: np.ndarray, n: int, radius: tuple[f
         if np.any(centre < 0) or np.any(centre > extent):
             continue
         key = tuple(int(v) for v in centre // cell)
-        near = [j for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                for j in grid.get((key[0] + dz, key[1] + dy, key[2] + dx), ())]
-        if any(np.sqrt(((out[j][0] - centre) ** 2).sum()) < 0.9 * (out[j][1].mean() + axes.mean())
-               for j in near):
+        near = [
+            j
+            for dz in (-1, 0, 1)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            for j in grid.get((key[0] + dz, key[1] + dy, key[2] + dx), ())
+        ]
+        if any(np.sqrt(((out[j][0] - centre) ** 2).sum()) < 0.9 * (out[j][1].mean() + axes.mean()) for j in near):
             continue
         grid.setdefault(key, []).append(len(out))
         out.append((centre, axes))
     return out
 
 
-def _render(shape: tuple[int, int, int], spacing: np.ndarray,
-            objects: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+def _render(
+    shape: tuple[int, int, int], spacing: np.ndarray, objects: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> np.ndarray:
     """Label map: each voxel goes to the ellipsoid in which its normalised
     distance is smallest (below 1), so touching nuclei share a flat border."""
     labels = np.zeros(shape, np.int32)
@@ -85,8 +95,7 @@ def _render(shape: tuple[int, int, int], spacing: np.ndarray,
         hi = np.minimum(shape, np.ceil((centre + axes.max()) / spacing).astype(int) + 1)
         if np.any(hi <= lo):
             continue
-        grids = np.meshgrid(*[np.arange(lo[k], hi[k]) * spacing[k] - centre[k] for k in range(3)],
-                            indexing="ij")
+        grids = np.meshgrid(*[np.arange(lo[k], hi[k]) * spacing[k] - centre[k] for k in range(3)], indexing="ij")
         local = np.einsum("ij,j...->i...", rot.T, np.stack(grids))
         d = np.sqrt(sum((local[k] / axes[k]) ** 2 for k in range(3))).astype(np.float32)
         sl = tuple(slice(lo[k], hi[k]) for k in range(3))
@@ -96,10 +105,17 @@ def _render(shape: tuple[int, int, int], spacing: np.ndarray,
     return labels
 
 
-def nuclei_stack(shape: tuple[int, int, int] = (31, 61, 57), spacing: tuple[float, float, float] = (1.0, 0.25, 0.25),
-                 n_nuclei: int | None = None, radius_um: tuple[float, float] = (1.4, 2.0),
-                 contrast: float = 1.3, background: float = 178.0, touching: float = 0.35,
-                 read_noise: float = 4.0, seed: int = 0) -> SyntheticStack:
+def nuclei_stack(
+    shape: tuple[int, int, int] = (31, 61, 57),
+    spacing: tuple[float, float, float] = (1.0, 0.25, 0.25),
+    n_nuclei: int | None = None,
+    radius_um: tuple[float, float] = (1.4, 2.0),
+    contrast: float = 1.3,
+    background: float = 178.0,
+    touching: float = 0.35,
+    read_noise: float = 4.0,
+    seed: int = 0,
+) -> SyntheticStack:
     """A synthetic 3D nuclei stack with its ground truth.
 
     shape: (z, row, col) voxels; spacing: (z, row, col) micrometres (z is
@@ -120,11 +136,11 @@ def nuclei_stack(shape: tuple[int, int, int] = (31, 61, 57), spacing: tuple[floa
     extent = np.asarray(shape) * sp
     r_mean = float(np.mean(radius_um))
     if n_nuclei is None:
-        n_nuclei = max(1, int(0.3 * np.prod(extent) / (4.0 / 3.0 * np.pi * r_mean ** 3)))
+        n_nuclei = max(1, int(0.3 * np.prod(extent) / (4.0 / 3.0 * np.pi * r_mean**3)))
     placed = _place(rng, extent, n_nuclei, radius_um, touching)
     objects = [(c, a, _rotation(rng)) for c, a in placed]
     labels = _render(shape, sp, objects)
-    min_vox = max(4, int(0.15 * 4.0 / 3.0 * np.pi * r_mean ** 3 / np.prod(sp)))
+    min_vox = max(4, int(0.15 * 4.0 / 3.0 * np.pi * r_mean**3 / np.prod(sp)))
     labels = drop_small(labels, min_vox)
     n = int(labels.max())
     # brightness: background with a smooth gradient and blotches, nuclei at `contrast` with texture
@@ -145,13 +161,15 @@ def nuclei_stack(shape: tuple[int, int, int] = (31, 61, 57), spacing: tuple[floa
     return SyntheticStack(image=image, labels=labels, spacing=tuple(float(s) for s in sp), contrast=float(contrast))
 
 
-def nuclei_image(shape: tuple[int, int] = (256, 256), pixel_um: float = 0.5, contrast: float = 2.0,
-                 seed: int = 0, **kw) -> SyntheticStack:
+def nuclei_image(
+    shape: tuple[int, int] = (256, 256), pixel_um: float = 0.5, contrast: float = 2.0, seed: int = 0, **kw
+) -> SyntheticStack:
     """A 2D synthetic nuclei image: the middle slice of a thin
     :func:`nuclei_stack` whose nuclei are centred on it (image and labels
     are (1, row, col))."""
     depth = 2.0 * float(np.mean(kw.get("radius_um", (3.0, 4.5))))
     kw.setdefault("radius_um", (3.0, 4.5))
-    st = nuclei_stack((3,) + tuple(shape), (depth / 6.0,) + (pixel_um,) * 2, contrast=contrast, seed=seed, **kw)
-    return SyntheticStack(image=st.image[1:2], labels=drop_small(st.labels[1:2], 4),
-                          spacing=st.spacing, contrast=st.contrast)
+    st = nuclei_stack((5,) + tuple(shape), (depth / 10.0,) + (pixel_um,) * 2, contrast=contrast, seed=seed, **kw)
+    return SyntheticStack(
+        image=st.image[2:3], labels=drop_small(st.labels[2:3], 4), spacing=st.spacing, contrast=st.contrast
+    )

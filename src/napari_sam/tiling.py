@@ -12,25 +12,25 @@ Two ways to use it:
 - box proposals known for the whole image (the automatic mode's structure
   proposals): :meth:`TileGrid.tile_for_box` picks the tile each box is
   decoded in; the embeddings of the tiles are cached like crops
-  (:class:`napari_sam.zoom.CropEmbeddings`);
+  (:class:`napari_sam.embeddings.CropEmbeddings`);
 - tiles segmented independently (point-grid proposals, or any per-tile
   segmenter): :func:`stitch_tile_labels` keeps each tile's owned objects,
   drops the ones cut by an inner tile edge and writes one label map with no
   seams and no duplicates.
 
-Coordinates: (row, col) pixels; tiles are :class:`napari_sam.zoom.Crop`.
+Coordinates: (row, col) pixels; tiles are :class:`napari_sam.geometry.Crop`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
-from .zoom import Crop
+from .geometry import Crop
 
 #: default tile (what the model sees in one embedding) and halo, in pixels
 DEFAULT_TILE_SHAPE = (512, 512)
@@ -79,8 +79,10 @@ class TileGrid:
             raise InputError(f"halo {self.halo}: expected >= 0 pixels")
         for t, ext in ((th, H), (tw, W)):
             if ext > t and 2 * self.halo >= t:
-                raise InputError(f"halo {self.halo} too large for tiles of {t} pixels: "
-                                 f"needs 2 * halo < tile side (try --halo {max(0, t // 4)})")
+                raise InputError(
+                    f"halo {self.halo} too large for tiles of {t} pixels: "
+                    f"needs 2 * halo < tile side (try --halo {max(0, t // 4)})"
+                )
         object.__setattr__(self, "shape", (H, W))
         object.__setattr__(self, "tile_shape", (min(th, H), min(tw, W)))
 
@@ -109,8 +111,11 @@ class TileGrid:
     def cores(self) -> list[Crop]:
         """The owned region of each tile (same order as :attr:`tiles`); they partition the image."""
         rc, cc = self.row_cuts, self.col_cuts
-        return [Crop(rc[i], cc[j], rc[i + 1] - rc[i], cc[j + 1] - cc[j])
-                for i in range(len(rc) - 1) for j in range(len(cc) - 1)]
+        return [
+            Crop(rc[i], cc[j], rc[i + 1] - rc[i], cc[j + 1] - cc[j])
+            for i in range(len(rc) - 1)
+            for j in range(len(cc) - 1)
+        ]
 
     def __len__(self) -> int:
         return len(self.row_starts) * len(self.col_starts)
@@ -135,8 +140,9 @@ class TileGrid:
         best, best_key = own, (-np.inf, -np.inf)
         for k, t in enumerate(tiles):
             margin = min(r0 - t.top, c0 - t.left, t.top + t.height - 1 - r1, t.left + t.width - 1 - c1)
-            ov = (max(0.0, min(r1, t.top + t.height - 1) - max(r0, t.top) + 1)
-                  * max(0.0, min(c1, t.left + t.width - 1) - max(c0, t.left) + 1))
+            ov = max(0.0, min(r1, t.top + t.height - 1) - max(r0, t.top) + 1) * max(
+                0.0, min(c1, t.left + t.width - 1) - max(c0, t.left) + 1
+            )
             key = (1.0 if margin >= 0 else 0.0, margin if margin >= 0 else ov)
             if key > best_key:
                 best, best_key = k, key
@@ -152,8 +158,12 @@ class TileGrid:
 def _touches(mask_box: tuple[int, int, int, int], tile: Crop, edges: tuple[bool, bool, bool, bool]) -> bool:
     r0, c0, r1, c1 = mask_box
     top, left, bottom, right = edges
-    return ((top and r0 <= 0) or (left and c0 <= 0) or (bottom and r1 >= tile.height - 1)
-            or (right and c1 >= tile.width - 1))
+    return (
+        (top and r0 <= 0)
+        or (left and c0 <= 0)
+        or (bottom and r1 >= tile.height - 1)
+        or (right and c1 >= tile.width - 1)
+    )
 
 
 def tile_kept_objects(grid: TileGrid, index: int, labels: np.ndarray) -> list[tuple[int, tuple[slice, slice]]]:
@@ -179,8 +189,9 @@ def tile_kept_objects(grid: TileGrid, index: int, labels: np.ndarray) -> list[tu
     return kept
 
 
-def stitch_tile_labels(grid: TileGrid, tile_labels: Iterable[np.ndarray],
-                       scores: Iterable[dict[int, float]] | None = None) -> np.ndarray:
+def stitch_tile_labels(
+    grid: TileGrid, tile_labels: Iterable[np.ndarray], scores: Iterable[dict[int, float]] | None = None
+) -> np.ndarray:
     """Stitch per-tile instance label maps into one (H, W) int32 label map.
 
     tile_labels: one (height, width) integer map per tile of ``grid`` (in

@@ -9,92 +9,28 @@ Crops are quantised so that their embeddings can be shared and cached: the
 crop side comes from a ladder (``min_crop``, 2x, 4x, ...) chosen so that the
 object's box fills about ``object_fraction`` of it, and crops of one side sit
 on a grid of stride side / 2. Neighbouring small objects therefore fall into
-the same crop and cost one encoder run between them; :class:`CropEmbeddings`
-keeps those embeddings in an in-memory LRU keyed by the slice's identity and
-the crop.
+the same crop and cost one encoder run between them; their embeddings come from
+:class:`napari_sam.embeddings.CropEmbeddings` (the one embedding provider,
+keyed by the slice's identity and the crop).
 
 Coordinates are (row, col) pixels of the slice; boxes (r0, c0, r1, c1)
-inclusive; a :class:`Crop` is (top, left, height, width) in slice pixels.
+inclusive; a :class:`napari_sam.geometry.Crop` is (top, left, height, width)
+in slice pixels.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from .cache import EmbeddingStore, content_hash, model_identity
+from .embeddings import CropEmbeddings
 from .errors import InputError
+from .geometry import Crop, box_of_mask
 from .models.base import Backend, Embedding
-
-
-@dataclass(frozen=True)
-class Crop:
-    """A rectangle of a slice: rows ``top .. top + height - 1``, columns
-    ``left .. left + width - 1`` (pixels)."""
-
-    top: int
-    left: int
-    height: int
-    width: int
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        """Index a (H, W[, C]) slice with this to get the crop."""
-        return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.height, self.width
-
-    @property
-    def offset(self) -> np.ndarray:
-        """(row, col) of the crop's first pixel in the slice, float32."""
-        return np.array([self.top, self.left], np.float32)
-
-    def contains_box(self, box: tuple[float, float, float, float] | np.ndarray) -> bool:
-        r0, c0, r1, c1 = box
-        return (self.top <= r0 and r1 <= self.top + self.height - 1
-                and self.left <= c0 and c1 <= self.left + self.width - 1)
-
-    def box_to_crop(self, box: np.ndarray) -> np.ndarray:
-        """Boxes (..., 4) in slice pixels -> crop pixels."""
-        return np.asarray(box, np.float32) - np.tile(self.offset, 2)
-
-    def box_from_crop(self, box: np.ndarray) -> np.ndarray:
-        """Boxes (..., 4) in crop pixels -> slice pixels."""
-        return np.asarray(box, np.float32) + np.tile(self.offset, 2)
-
-    def points_to_crop(self, points_rc: np.ndarray) -> np.ndarray:
-        """Points (..., 2) (row, col) in slice pixels -> crop pixels."""
-        return np.asarray(points_rc, np.float32) - self.offset
-
-    def paste(self, crop_array: np.ndarray, slice_shape: tuple[int, int], fill=0) -> np.ndarray:
-        """A (..., height, width) array on the crop -> (..., H, W) on the slice, ``fill`` outside."""
-        crop_array = np.asarray(crop_array)
-        out = np.full(crop_array.shape[:-2] + tuple(slice_shape), fill, dtype=crop_array.dtype)
-        out[(..., *self.slices)] = crop_array
-        return out
-
-    def touches_inner_border(self, mask: np.ndarray, slice_shape: tuple[int, int]) -> bool:
-        """Whether a (height, width) mask on the crop reaches a crop edge that is
-        not also the slice's edge (the object may continue outside the crop)."""
-        H, W = slice_shape
-        if self.top > 0 and mask[0].any():
-            return True
-        if self.left > 0 and mask[:, 0].any():
-            return True
-        if self.top + self.height < H and mask[-1].any():
-            return True
-        return bool(self.left + self.width < W and mask[:, -1].any())
-
-    def key(self) -> str:
-        return f"{self.top},{self.left},{self.height},{self.width}"
+from .prediction import Prediction
+from .prompts import SlicePrompt
 
 
 @dataclass(frozen=True)
@@ -156,8 +92,11 @@ def _axis_start(lo: float, hi: float, side: int, extent: int, quantize: bool) ->
     return int(best)
 
 
-def zoom_crop(box: tuple[float, float, float, float] | np.ndarray, slice_shape: tuple[int, int],
-              settings: ZoomSettings = ZoomSettings()) -> Crop | None:
+def zoom_crop(
+    box: tuple[float, float, float, float] | np.ndarray,
+    slice_shape: tuple[int, int],
+    settings: ZoomSettings = ZoomSettings(),
+) -> Crop | None:
     """The crop to embed for a prompt box, or None when zooming would not help.
 
     box: (r0, c0, r1, c1) inclusive, slice pixels; slice_shape: (H, W).
@@ -172,83 +111,6 @@ def zoom_crop(box: tuple[float, float, float, float] | np.ndarray, slice_shape: 
     top = _axis_start(r0, r1, side, H, settings.quantize)
     left = _axis_start(c0, c1, side, W, settings.quantize)
     return Crop(top, left, min(side, H), min(side, W))
-
-
-def crop_key(image_key: str, model: str, crop: Crop) -> str:
-    """Identity of one crop embedding: the slice's identity, the model, the crop."""
-    return hashlib.sha256(f"{image_key}|{model}|crop={crop.key()}".encode()).hexdigest()[:32]
-
-
-class CropEmbeddings:
-    """Embeddings of crops of slices, computed on first use, kept in an LRU.
-
-    The key is (slice identity, model, crop): ``image_key`` names the slice as
-    the model sees it (e.g. :func:`napari_sam.cache.content_hash` of the
-    windowed slice, or the volume's :func:`napari_sam.cache.embedding_key`
-    plus the slice index); without one the content hash is computed.
-    on_encode: called with the crop whenever the encoder runs.
-    max_in_memory: LRU bound (an embedding of the embedded model is 4 MiB).
-    cache_dir: also keep them on disk, like the slices' embeddings
-        (:class:`napari_sam.cache.EmbeddingStore`: one zarr entry per crop,
-        float16, checksummed; a corrupt entry is recomputed); None: memory only.
-    """
-
-    def __init__(self, backend: Backend, max_in_memory: int = 32,
-                 on_encode: Callable[[Crop], None] | None = None,
-                 cache_dir: str | Path | None = None) -> None:
-        if max_in_memory < 1:
-            raise InputError(f"max_in_memory {max_in_memory}: expected at least 1")
-        self.backend = backend
-        self.max_in_memory = max_in_memory
-        self.on_encode = on_encode
-        self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
-        self.encoder_calls = 0
-        self.disk_hits = 0
-        self._lru: OrderedDict[str, Embedding] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._lru
-
-    def get(self, image01: np.ndarray, crop: Crop, image_key: str | None = None) -> Embedding:
-        """The embedding of ``image01[crop]``; image01: (H, W[, 3]) float32 in [0, 1]."""
-        if image_key is None:
-            image_key = content_hash(np.asarray(image01))
-        key = crop_key(image_key, model_identity(self.backend), crop)
-        emb = self._lru.get(key)
-        if emb is not None:
-            self._lru.move_to_end(key)
-            return emb
-        store = self._store(key)
-        emb = store.load(0, self.backend.device) if store is not None else None
-        if emb is not None:
-            self.disk_hits += 1
-            self._put(key, emb)
-            return emb
-        emb = self.backend.embed(np.ascontiguousarray(np.asarray(image01)[crop.slices], dtype=np.float32))
-        self.encoder_calls += 1
-        if self.on_encode is not None:
-            self.on_encode(crop)
-        if store is not None:
-            emb = store.save(0, emb)
-        self._put(key, emb)
-        return emb
-
-    def _store(self, key: str) -> EmbeddingStore | None:
-        if self.cache_dir is None:
-            return None
-        return EmbeddingStore(self.cache_dir, f"crop-{key}", {"kind": "crop", "key": key,
-                                                              "model": model_identity(self.backend)}, 1)
-
-    def _put(self, key: str, emb: Embedding) -> None:
-        self._lru[key] = emb
-        while len(self._lru) > self.max_in_memory:
-            self._lru.popitem(last=False)
-
-    def clear(self) -> None:
-        self._lru.clear()
 
 
 def extent_boxes(boxes_rc: np.ndarray, embedding: Embedding) -> np.ndarray:
@@ -289,8 +151,14 @@ class ZoomedMasks:
 
 
 @torch.inference_mode()
-def decode_boxes_in_crop(backend: Backend, embedding: Embedding, crop: Crop, boxes_rc: np.ndarray,
-                         slice_shape: tuple[int, int], multimask: bool = False) -> ZoomedMasks:
+def decode_boxes_in_crop(
+    backend: Backend,
+    embedding: Embedding,
+    crop: Crop,
+    boxes_rc: np.ndarray,
+    slice_shape: tuple[int, int],
+    multimask: bool = False,
+) -> ZoomedMasks:
     """Decode box prompts on a crop's embedding and map the masks onto the slice.
 
     boxes_rc: (B, 4) (r0, c0, r1, c1) inclusive in *slice* pixels (clipped to
@@ -301,13 +169,27 @@ def decode_boxes_in_crop(backend: Backend, embedding: Embedding, crop: Crop, box
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, crop.width - 1)
     low, scores = backend.decode_low_res(embedding, boxes_rc=extent_boxes(boxes, embedding), multimask=multimask)
     logits = backend.upsample(low, embedding).float().cpu().numpy()
-    return ZoomedMasks(masks=crop.paste(logits > 0, slice_shape, False), scores=scores.float().cpu().numpy(),
-                       crop_logits=logits, low_res_logits=low.float().cpu().numpy(), crop=crop)
+    return ZoomedMasks(
+        masks=crop.paste(logits > 0, slice_shape, False),
+        scores=scores.float().cpu().numpy(),
+        crop_logits=logits,
+        low_res_logits=low.float().cpu().numpy(),
+        crop=crop,
+    )
 
 
-def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.ndarray, image_key: str | None,
-                   whole: Embedding, prompt, previous: np.ndarray | None, multimask: bool,
-                   settings: ZoomSettings):
+def predict_zoomed(
+    backend: Backend,
+    clicks,
+    crops: CropEmbeddings,
+    image01: np.ndarray,
+    image_key: str | None,
+    whole: Embedding,
+    prompt,
+    previous: np.ndarray | None,
+    multimask: bool,
+    settings: ZoomSettings,
+):
     """The zoom path of :meth:`napari_sam.predictor.SlicePredictor.predict`.
 
     The object's extent comes from the prompt's box (grown to take in its
@@ -320,10 +202,6 @@ def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.
     than it looked), the whole-slice answer is the right one: returned for
     clicks alone (already computed, never twice), None for a box.
     """
-    from .predictor import Prediction
-    from .prompts import SlicePrompt
-    from .geometry import box_of_mask
-
     shape = tuple(whole.original_size)
     seed_mask = None
     first = None  # clicks alone: the whole-slice answer, returned when zooming does not apply
@@ -340,8 +218,15 @@ def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.
         seed_mask = first.mask
     if len(prompt.positive):
         pos = prompt.positive
-        box = np.array([min(box[0], pos[:, 0].min()), min(box[1], pos[:, 1].min()),
-                        max(box[2], pos[:, 0].max()), max(box[3], pos[:, 1].max())], np.float32)
+        box = np.array(
+            [
+                min(box[0], pos[:, 0].min()),
+                min(box[1], pos[:, 1].min()),
+                max(box[2], pos[:, 0].max()),
+                max(box[3], pos[:, 1].max()),
+            ],
+            np.float32,
+        )
     crop = zoom_crop(box, shape, settings)
     if crop is None:
         return first
@@ -351,14 +236,21 @@ def predict_zoomed(backend: Backend, clicks, crops: CropEmbeddings, image01: np.
         masks, scores, low = z.masks[0], z.scores[0], z.low_res_logits[0]
         boxes = box[None].astype(np.float32)
     else:
-        local = SlicePrompt(points=crop.points_to_crop(prompt.points), labels=prompt.labels,
-                            box=None if prompt.box is None else tuple(crop.box_to_crop(box)))
+        local = SlicePrompt(
+            points=crop.points_to_crop(prompt.points),
+            labels=prompt.labels,
+            box=None if prompt.box is None else tuple(crop.box_to_crop(box)),
+        )
         prev = previous if previous is not None else seed_mask
-        pred = clicks.predict(emb, local, previous=None if prev is None else prev[crop.slices],
-                              multimask=multimask)
+        pred = clicks.predict(emb, local, previous=None if prev is None else prev[crop.slices], multimask=multimask)
         masks = crop.paste(pred.masks, shape, False)
         scores, low, boxes = pred.scores, pred.low_res_logits, crop.box_from_crop(pred.boxes)
     if not masks[0].any() or crop.touches_inner_border(masks[0][crop.slices], shape):
         return first
-    return Prediction(masks=masks, scores=np.asarray(scores, np.float32), low_res_logits=low,
-                      boxes=np.asarray(boxes, np.float32), crop=crop)
+    return Prediction(
+        masks=masks,
+        scores=np.asarray(scores, np.float32),
+        low_res_logits=low,
+        boxes=np.asarray(boxes, np.float32),
+        crop=crop,
+    )

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from ..errors import InputError
 from ..geometry import box_of_mask
+from ..jobs import Cancel
 from .data import MIN_AREA, TrainingSample, target_on_model_grid
 from .pipeline import tuned_backend
 from .train import DecoderTrainer, FinetuneSettings
 
 #: the defaults of an adaptation: the output head, a high rate, no validation (measured in docs/finetuning.md)
-ADAPT_SETTINGS = FinetuneSettings(epochs=1, lr=3e-4, anchor=1e-3, trainable="head", val_fraction=0.0, batch=4,
-                                  mode_weights=(0.5, 0.5, 0.0))
+ADAPT_SETTINGS = FinetuneSettings(
+    epochs=1, lr=3e-4, anchor=1e-3, trainable="head", val_fraction=0.0, batch=4, mode_weights=(0.5, 0.5, 0.0)
+)
 
 
 @dataclass
@@ -57,23 +58,39 @@ def _samples(embeddings, masks: dict[int, np.ndarray], out_side: int, model_size
         feats = emb.features.detach().float().cpu().clone()
         m = np.asarray(masks[k], bool)
         near = [np.asarray(box_of_mask(masks[j]), np.float32) for j in keys if 0 < abs(j - k) <= 3]
-        out.append(TrainingSample(features=feats, original_size=tuple(emb.original_size),
-                                  input_size=tuple(emb.input_size), mask=m,
-                                  target=target_on_model_grid(m, emb.input_size, model_size, out_side),
-                                  name="object", label=1, group=f"slice {k}",
-                                  neighbour_boxes=near + [np.asarray(box_of_mask(m), np.float32)]))
+        out.append(
+            TrainingSample(
+                features=feats,
+                original_size=tuple(emb.original_size),
+                input_size=tuple(emb.input_size),
+                mask=m,
+                target=target_on_model_grid(m, emb.input_size, model_size, out_side),
+                name="object",
+                label=1,
+                group=f"slice {k}",
+                neighbour_boxes=near + [np.asarray(box_of_mask(m), np.float32)],
+            )
+        )
     return out
 
 
-def adapt_to_slices(backend, embeddings, masks: dict[int, np.ndarray], time_budget: float = 30.0,
-                    max_steps: int = 60, settings: FinetuneSettings | None = None,
-                    cancel: Callable[[], bool] | None = None) -> AdaptResult:
+def adapt_to_slices(
+    backend,
+    embeddings,
+    masks: dict[int, np.ndarray],
+    time_budget: float = 30.0,
+    max_steps: int = 60,
+    settings: FinetuneSettings | None = None,
+    cancel: Cancel | None = None,
+) -> AdaptResult:
     """Adapt a copy of ``backend``'s decoder to one object's committed slices.
 
     embeddings: the slices' embeddings along the propagation axis (``get(index)``,
-        e.g. :class:`napari_sam.cache.SliceEmbeddings`).
+        e.g. :class:`napari_sam.embeddings.SliceEmbeddings`).
     masks: slice index -> (rows, cols) bool mask the user committed.
     time_budget: seconds at most (checked between steps); max_steps: steps at most.
+    cancel: a :class:`napari_sam.jobs.Cancel` token, checked between steps
+        (a cancelled adaptation returns what it learnt so far).
     Raises InputError when no committed mask has at least 16 pixels.
     """
     t0 = time.perf_counter()
@@ -88,11 +105,16 @@ def adapt_to_slices(backend, embeddings, masks: dict[int, np.ndarray], time_budg
     while step < max_steps:
         now = time.perf_counter()
         per_step = (now - t_train) / step if step else 0.0
-        if now + per_step - t0 > time_budget or (cancel is not None and cancel()):
+        if now + per_step - t0 > time_budget or (cancel is not None and cancel.is_set()):
             break  # the next step would overrun the budget
         sample = samples[step % len(samples)]
         losses.append(trainer.train_step([sample] * s.batch))
         step += 1
     adapted = tuned_backend(backend, trainer)
-    return AdaptResult(adapted, time.perf_counter() - t0, step, losses[0] if losses else float("nan"),
-                       losses[-1] if losses else float("nan"))
+    return AdaptResult(
+        adapted,
+        time.perf_counter() - t0,
+        step,
+        losses[0] if losses else float("nan"),
+        losses[-1] if losses else float("nan"),
+    )

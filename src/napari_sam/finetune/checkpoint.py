@@ -32,6 +32,8 @@ from ..models.checkpoints import load_state_dict, sha256_of
 
 #: the provenance key of a tuned checkpoint, and the format version under it
 PROVENANCE_KEY = "napari_sam"
+#: where a tuned checkpoint keeps its taught class head (finetune/classes.py)
+CLASSES_KEY = "napari_sam_classes"
 FORMAT = 1
 INDEX_NAME = "tuned.json"
 
@@ -71,9 +73,17 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def save_tuned(path: str | Path, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
-               provenance: dict[str, Any]) -> Path:
+def save_tuned(
+    path: str | Path,
+    base: dict[str, torch.Tensor],
+    tuned: dict[str, torch.Tensor],
+    provenance: dict[str, Any],
+    classes: dict[str, Any] | None = None,
+) -> Path:
     """Write ``base`` with the ``tuned`` keys replaced, plus ``provenance``, atomically.
+
+    classes: a taught class head (:meth:`ClassHead.to_state`), stored under
+    ``CLASSES_KEY`` for text prompts and named automatic instances.
 
     The file is written beside ``path`` under a temporary name, flushed to disk,
     read back (weights-only) and compared, then renamed over ``path`` with the
@@ -85,6 +95,8 @@ def save_tuned(path: str | Path, base: dict[str, torch.Tensor], tuned: dict[str,
         raise ModelError(f"tuned weights {sorted(missing)[:3]} are not in the base model")
     state = {k: (tuned[k] if k in tuned else v).detach().cpu().contiguous() for k, v in base.items()}
     doc = {"model": state, PROVENANCE_KEY: plain({"format": FORMAT, **provenance})}
+    if classes is not None:
+        doc[CLASSES_KEY] = classes
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -92,8 +104,7 @@ def save_tuned(path: str | Path, base: dict[str, torch.Tensor], tuned: dict[str,
             fh.flush()
             os.fsync(fh.fileno())
         back = torch.load(tmp, map_location="cpu", weights_only=True)
-        if set(back["model"]) != set(state) or not all(torch.equal(back["model"][k], tuned[k].cpu())
-                                                        for k in tuned):
+        if set(back["model"]) != set(state) or not all(torch.equal(back["model"][k], tuned[k].cpu()) for k in tuned):
             raise ModelError(f"{path}: the checkpoint read back differs from what was written")
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
@@ -104,15 +115,20 @@ def save_tuned(path: str | Path, base: dict[str, torch.Tensor], tuned: dict[str,
     return path
 
 
-def read_provenance(path: str | Path) -> dict[str, Any]:
-    """The provenance of a tuned checkpoint (ModelError when the file is not one)."""
-    path = Path(path)
+def _load_weights_only(path: Path) -> Any:
+    """A checkpoint file's content, read weights-only (ModelError when it cannot be)."""
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
         raise ModelError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__})") from None
+
+
+def read_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance of a tuned checkpoint (ModelError when the file is not one)."""
+    path = Path(path)
+    obj = _load_weights_only(path)
     if not isinstance(obj, dict) or not isinstance(obj.get(PROVENANCE_KEY), dict):
         raise ModelError(f"{path}: not a napari-sam tuned checkpoint (no provenance)")
     return obj[PROVENANCE_KEY]
@@ -133,9 +149,15 @@ def _record(path: Path, provenance: dict[str, Any]) -> None:
     except (OSError, ValueError):
         entries = []
     entries = [e for e in entries if e.get("path") != str(path.resolve())]
-    entries.append({"path": str(path.resolve()), "base_model": provenance.get("base_model"),
-                    "created": provenance.get("created"), "kind": provenance.get("kind"),
-                    "validation": provenance.get("validation", {}).get("best_val_dice")})
+    entries.append(
+        {
+            "path": str(path.resolve()),
+            "base_model": provenance.get("base_model"),
+            "created": provenance.get("created"),
+            "kind": provenance.get("kind"),
+            "validation": provenance.get("validation", {}).get("best_val_dice"),
+        }
+    )
     fd, tmp = tempfile.mkstemp(prefix=".tuned.", suffix=".tmp", dir=index.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -164,3 +186,10 @@ def list_tuned() -> list[dict[str, Any]]:
 def now_utc() -> str:
     """ISO 8601 UTC time stamp."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_class_state(path: str | Path) -> dict[str, Any] | None:
+    """The taught class head stored in a checkpoint (None when it holds none)."""
+    obj = _load_weights_only(Path(path))
+    state = obj.get(CLASSES_KEY) if isinstance(obj, dict) else None
+    return state if isinstance(state, dict) else None

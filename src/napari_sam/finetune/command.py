@@ -17,15 +17,30 @@ def add_parser(sub, parser_class) -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", required=True, help="label maps, one per image, any number of ids")
     p.add_argument("--output", required=True, help="the tuned checkpoint to write (.pt)")
     p.add_argument("--model", default="lite_medsam", help="base model (default lite_medsam)")
-    p.add_argument("--window", default=None, help="one window for every structure (default: per structure: "
-                   "the image's default, bone for bones and lung for lungs on CT)")
+    p.add_argument(
+        "--window",
+        default=None,
+        help="one window for every structure (default: per structure: "
+        "the image's default, bone for bones and lung for lungs on CT)",
+    )
     p.add_argument("--epochs", type=int, default=8, help="at most this many epochs (default 8)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of slices held out (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--trainable", default="head", choices=["head", "decoder", "decoder+prompt"],
-                   help="what is trained (default head: the mask decoder's output head, ~0.35 M parameters)")
+    p.add_argument(
+        "--trainable",
+        default="head",
+        choices=["head", "decoder", "decoder+prompt"],
+        help="what is trained (default head: the mask decoder's output head, ~0.35 M parameters)",
+    )
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     p.add_argument("--max-minutes", type=float, default=15.0, help="stop training after this long (default 15)")
+    p.add_argument(
+        "--classes",
+        default="logistic",
+        choices=["logistic", "prototype", "none"],
+        help="teach the label names as classes for text prompts and named automatic instances "
+        "(default logistic: a class head over the encoder's features; docs/finetuning.md)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: the usual one)")
@@ -49,34 +64,62 @@ def check_checkpoint_output(output: str, overwrite: bool, inputs: list[str]) -> 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``napari-sam finetune``; returns the exit code (130 when interrupted, checkpoint kept)."""
-    from ..cli import ProgressBar, _cache_dir
+    from ..cache import usable_cache_dir
+    from ..jobs import ProgressBar
     from ..models.registry import load_model
     from .pipeline import finetune_samples, samples_from_files
     from .train import FinetuneSettings
 
     out = check_checkpoint_output(args.output, args.overwrite, list(args.images) + list(args.labels))
     if len(args.images) != len(args.labels):
-        raise InputError(f"{len(args.images)} image(s) and {len(args.labels)} label map(s): "
-                         "give one label map per image")
-    settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, trainable=args.trainable,
-                                val_fraction=args.val_fraction, seed=args.seed, max_seconds=60 * args.max_minutes)
+        raise InputError(
+            f"{len(args.images)} image(s) and {len(args.labels)} label map(s): give one label map per image"
+        )
+    settings = FinetuneSettings(
+        epochs=args.epochs,
+        lr=args.lr,
+        trainable=args.trainable,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        max_seconds=60 * args.max_minutes,
+    )
     backend = load_model(args.model)
     t0 = time.perf_counter()
     bar = ProgressBar("embeddings", args.quiet)
     try:
-        samples, data = samples_from_files(backend, args.images, args.labels, args.window, _cache_dir(args), bar)
+        samples, data = samples_from_files(
+            backend, args.images, args.labels, args.window, usable_cache_dir(args.cache_dir, args.no_cache), bar
+        )
     finally:
         bar.close()
+    classes = None
+    if args.classes != "none":
+        from .classes import teach_from_files
+
+        head = teach_from_files(
+            backend,
+            args.images,
+            args.labels,
+            args.window,
+            usable_cache_dir(args.cache_dir, args.no_cache),
+            args.classes,
+        )
+        classes = head.to_state()
+        if not args.quiet:
+            print(f"taught {len(head.names)} classes ({args.classes}): {', '.join(head.names)}", file=sys.stderr)
     t_embed = time.perf_counter() - t0
     bar = ProgressBar("training", args.quiet, unit="step")
     try:
-        outcome = finetune_samples(backend, samples, settings, out, data, args.model, bar)
+        outcome = finetune_samples(backend, samples, settings, out, data, args.model, bar, classes=classes)
     finally:
         bar.close()
     r = outcome.result
-    print(f"{out}: {outcome.n_train} training / {outcome.n_val} validation objects; validation Dice "
-          f"{r.base_val_dice:.3f} (base) -> {r.best_val_dice:.3f} (epoch {r.best_epoch}); embeddings "
-          f"{t_embed:.0f} s, training {r.seconds:.0f} s", file=sys.stderr if args.quiet else sys.stdout)
+    print(
+        f"{out}: {outcome.n_train} training / {outcome.n_val} validation objects; validation Dice "
+        f"{r.base_val_dice:.3f} (base) -> {r.best_val_dice:.3f} (epoch {r.best_epoch}); embeddings "
+        f"{t_embed:.0f} s, training {r.seconds:.0f} s",
+        file=sys.stderr if args.quiet else sys.stdout,
+    )
     if r.interrupted:
         print("napari-sam: interrupted: the best checkpoint so far is written", file=sys.stderr)
         return 130

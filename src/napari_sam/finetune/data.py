@@ -3,7 +3,7 @@ and prompts simulated the way users prompt.
 
 A :class:`TrainingSample` is one object on one slice: the slice's encoder
 embedding (shared by every object of the slice, read from the embedding cache
-:class:`napari_sam.cache.SliceEmbeddings`), the object's mask on the slice
+:class:`napari_sam.embeddings.SliceEmbeddings`), the object's mask on the slice
 grid (rows, cols) and the same mask on the model's low-resolution output grid
 (the padded model input; LiteMedSAM: 256 x 256), plus the boxes of the same
 object on the neighbouring slices (what propagation prompts with).
@@ -24,24 +24,37 @@ slice-pixel order, inclusive:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cache import SliceEmbeddings
+from ..embeddings import SliceEmbeddings
 from ..errors import InputError
 from ..evaluation import deepest_point
-from ..intensity import Window
 from ..geometry import box_of_mask
+from ..intensity import Window
 
 #: smallest object (pixels on the slice grid) used for training
 MIN_AREA = 16
 #: label names that suggest the bone / lung window (a user's choice for those structures)
-_BONE_WORDS = ("vertebra", "rib", "sacrum", "hip", "femur", "humerus", "scapula", "clavicula", "sternum",
-               "skull", "costal", "bone", "spine")
+_BONE_WORDS = (
+    "vertebra",
+    "rib",
+    "sacrum",
+    "hip",
+    "femur",
+    "humerus",
+    "scapula",
+    "clavicula",
+    "sternum",
+    "skull",
+    "costal",
+    "bone",
+    "spine",
+)
 _LUNG_WORDS = ("lung", "trachea", "bronch")
 
 Progress = Callable[[int, int, str], None]
@@ -82,8 +95,7 @@ def window_for_structure(name: str, default: Window, bone: Window | None, lung: 
     return default
 
 
-def target_on_model_grid(mask: np.ndarray, input_size: tuple[int, int], model_size: int,
-                         side: int) -> torch.Tensor:
+def target_on_model_grid(mask: np.ndarray, input_size: tuple[int, int], model_size: int, side: int) -> torch.Tensor:
     """(H, W) bool mask -> (side, side) float32 target on the decoder's padded output grid.
 
     input_size: (h', w') of the slice inside the model's square input of
@@ -99,9 +111,15 @@ def target_on_model_grid(mask: np.ndarray, input_size: tuple[int, int], model_si
     return out
 
 
-def samples_for_slice(embeddings: SliceEmbeddings, index: int, labels2d: dict[int, np.ndarray],
-                      names: dict[int, str], group: str, out_side: int,
-                      neighbours: dict[int, list[np.ndarray]] | None = None) -> list[TrainingSample]:
+def samples_for_slice(
+    embeddings: SliceEmbeddings,
+    index: int,
+    labels2d: dict[int, np.ndarray],
+    names: dict[int, str],
+    group: str,
+    out_side: int,
+    neighbours: dict[int, list[np.ndarray]] | None = None,
+) -> list[TrainingSample]:
     """The samples of one slice: one per label present with at least :data:`MIN_AREA` pixels.
 
     labels2d: label id -> (H, W) bool mask on slice ``index``.
@@ -114,10 +132,19 @@ def samples_for_slice(embeddings: SliceEmbeddings, index: int, labels2d: dict[in
     feats = emb.features.detach().float().cpu().clone()  # a normal tensor (not an inference one)
     out = []
     for lab, m in present.items():
-        out.append(TrainingSample(
-            features=feats, original_size=tuple(emb.original_size), input_size=tuple(emb.input_size),
-            mask=m, target=target_on_model_grid(m, emb.input_size, embeddings.backend.image_size, out_side), name=names.get(lab, f"label_{lab}"),
-            label=int(lab), group=group, neighbour_boxes=list((neighbours or {}).get(lab, []))))
+        out.append(
+            TrainingSample(
+                features=feats,
+                original_size=tuple(emb.original_size),
+                input_size=tuple(emb.input_size),
+                mask=m,
+                target=target_on_model_grid(m, emb.input_size, embeddings.backend.image_size, out_side),
+                name=names.get(lab, f"label_{lab}"),
+                label=int(lab),
+                group=group,
+                neighbour_boxes=list((neighbours or {}).get(lab, [])),
+            )
+        )
     return out
 
 
@@ -131,9 +158,15 @@ def _neighbour_boxes(labels: np.ndarray, z: int, lab: int) -> list[np.ndarray]:
     return boxes
 
 
-def samples_from_volume(embeddings_for: Callable[[Window], SliceEmbeddings], labels: np.ndarray,
-                        names: dict[int, str], windows: dict[int, Window], source: str, out_side: int,
-                        progress: Progress | None = None) -> list[TrainingSample]:
+def samples_from_volume(
+    embeddings_for: Callable[[Window], SliceEmbeddings],
+    labels: np.ndarray,
+    names: dict[int, str],
+    windows: dict[int, Window],
+    source: str,
+    out_side: int,
+    progress: Progress | None = None,
+) -> list[TrainingSample]:
     """Training samples of every labelled object on every slice of one volume.
 
     embeddings_for: window -> the volume's SliceEmbeddings (axis 0) in that window.
@@ -164,8 +197,9 @@ def samples_from_volume(embeddings_for: Callable[[Window], SliceEmbeddings], lab
     return samples
 
 
-def split_samples(samples: list[TrainingSample], val_fraction: float,
-                  rng: np.random.Generator) -> tuple[list[TrainingSample], list[TrainingSample]]:
+def split_samples(
+    samples: list[TrainingSample], val_fraction: float, rng: np.random.Generator
+) -> tuple[list[TrainingSample], list[TrainingSample]]:
     """Hold out whole groups (slices) for validation; with a single group, hold out objects.
 
     Returns (train, validation); validation is empty when ``val_fraction`` is 0.
@@ -196,8 +230,9 @@ def _clip_box(b: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.array([r0, c0, r1, c1], np.float32)
 
 
-def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.08,
-                 max_pixels: float = 20.0) -> np.ndarray:
+def jittered_box(
+    mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.08, max_pixels: float = 20.0
+) -> np.ndarray:
     """The mask's box with each side moved by N(0, jitter x side length), at most ``max_pixels``."""
     b = np.asarray(box_of_mask(mask), np.float32)
     size = np.array([b[2] - b[0] + 1, b[3] - b[1] + 1] * 2, np.float32)
@@ -205,11 +240,15 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.0
     return _clip_box(b + d, mask.shape)
 
 
-def propagation_box(sample: TrainingSample, rng: np.random.Generator, margin: float = 3.0,
-                    margin_fraction: float = 0.05) -> np.ndarray:
+def propagation_box(
+    sample: TrainingSample, rng: np.random.Generator, margin: float = 3.0, margin_fraction: float = 0.05
+) -> np.ndarray:
     """A neighbour's box plus propagation's margin (falls back to the object's own box)."""
-    b = (sample.neighbour_boxes[rng.integers(len(sample.neighbour_boxes))] if sample.neighbour_boxes
-         else np.asarray(box_of_mask(sample.mask), np.float32))
+    b = (
+        sample.neighbour_boxes[rng.integers(len(sample.neighbour_boxes))]
+        if sample.neighbour_boxes
+        else np.asarray(box_of_mask(sample.mask), np.float32)
+    )
     m = max(margin, margin_fraction * max(b[2] - b[0] + 1, b[3] - b[1] + 1))
     return _clip_box(b + np.array([-m, -m, m, m], np.float32), sample.mask.shape)
 

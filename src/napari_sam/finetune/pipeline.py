@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..cache import SliceEmbeddings, content_hash
+from ..cache import content_hash
+from ..embeddings import SliceEmbeddings
 from ..errors import InputError
 from ..intensity import Window, looks_like_hounsfield, parse_window, resolve_window
 from ..io import Volume, read_image, read_labels_aligned, sidecar_path
@@ -49,8 +50,9 @@ def label_names(labels_path: Path, ids: Sequence[int]) -> dict[int, str]:
             except (OSError, ValueError):
                 continue
             table = doc.get("labels", doc) if isinstance(doc, dict) else {}
-            names = {int(k): (v.get("name") if isinstance(v, dict) else str(v)) for k, v in table.items()
-                     if str(k).isdigit()}
+            names = {
+                int(k): (v.get("name") if isinstance(v, dict) else str(v)) for k, v in table.items() if str(k).isdigit()
+            }
             if names:
                 return {i: names.get(i, f"label_{i}") for i in ids}
     return {i: "object" for i in ids}
@@ -86,9 +88,14 @@ def structure_windows(vol: Volume, names: dict[int, str], window: str | Window |
     return {i: window_for_structure(n, default, bone, lung) for i, n in names.items()}
 
 
-def samples_from_files(backend: SamFamilyBackend, images: Sequence[str | Path], labels: Sequence[str | Path],
-                       window: str | Window | None = None, cache_dir: str | Path | None = None,
-                       progress: Progress | None = None) -> tuple[list[TrainingSample], list[dict]]:
+def samples_from_files(
+    backend: SamFamilyBackend,
+    images: Sequence[str | Path],
+    labels: Sequence[str | Path],
+    window: str | Window | None = None,
+    cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[list[TrainingSample], list[dict]]:
     """Samples of every pair, embeddings from (and into) the cache; also each pair's provenance."""
     if len(images) != len(labels) or not images:
         raise InputError(f"{len(images)} image(s) and {len(labels)} label map(s): give one label map per image")
@@ -106,45 +113,84 @@ def samples_from_files(backend: SamFamilyBackend, images: Sequence[str | Path], 
             return SliceEmbeddings(backend, _vol.array, win, 0, cache_dir=cache_dir, image_hash=_ih)
 
         samples += samples_from_volume(emb_for, lmap, names, wins, Path(img).name, out_side, progress)
-        data.append({"image": str(img), "image_sha256": ih, "labels": str(lab),
-                     "labels_sha256": content_hash(np.ascontiguousarray(lmap)), "n_labels": len(ids),
-                     "windows": sorted({w.key() for w in wins.values()})})
+        data.append(
+            {
+                "image": str(img),
+                "image_sha256": ih,
+                "labels": str(lab),
+                "labels_sha256": content_hash(np.ascontiguousarray(lmap)),
+                "n_labels": len(ids),
+                "windows": sorted({w.key() for w in wins.values()}),
+            }
+        )
     return samples, data
 
 
-def provenance(model: str, base_sha: str, settings: FinetuneSettings, outcome_result: TrainResult,
-               data: list[dict], n_train: int, n_val: int, n_params: int, kind: str = "finetune") -> dict:
+def provenance(
+    model: str,
+    base_sha: str,
+    settings: FinetuneSettings,
+    outcome_result: TrainResult,
+    data: list[dict],
+    n_train: int,
+    n_val: int,
+    n_params: int,
+    kind: str = "finetune",
+) -> dict:
     """The plain-data provenance stored in a tuned checkpoint."""
     from .. import __version__
 
     r = outcome_result
     return {
-        "kind": kind, "base_model": model, "base_sha256": base_sha, "created": now_utc(),
-        "napari_sam": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "settings": settings.to_json(), "trained_parameters": n_params, "data": data,
+        "kind": kind,
+        "base_model": model,
+        "base_sha256": base_sha,
+        "created": now_utc(),
+        "napari_sam": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "settings": settings.to_json(),
+        "trained_parameters": n_params,
+        "data": data,
         "samples": {"train": n_train, "validation": n_val},
-        "validation": {"base_val_dice": r.base_val_dice, "best_val_dice": r.best_val_dice,
-                       "best_epoch": r.best_epoch, "per_class": r.per_class,
-                       "base_per_class": r.base_per_class, "history": r.history,
-                       "interrupted": r.interrupted, "train_seconds": r.seconds},
+        "validation": {
+            "base_val_dice": r.base_val_dice,
+            "best_val_dice": r.best_val_dice,
+            "best_epoch": r.best_epoch,
+            "per_class": r.per_class,
+            "base_per_class": r.base_per_class,
+            "history": r.history,
+            "interrupted": r.interrupted,
+            "train_seconds": r.seconds,
+        },
     }
 
 
-def finetune_samples(backend: SamFamilyBackend, samples: list[TrainingSample], settings: FinetuneSettings,
-                     output: str | Path | None = None, data: list[dict] | None = None,
-                     model: str = "lite_medsam", progress: Progress | None = None,
-                     cancel: Callable[[], bool] | None = None) -> FinetuneOutcome:
+def finetune_samples(
+    backend: SamFamilyBackend,
+    samples: list[TrainingSample],
+    settings: FinetuneSettings,
+    output: str | Path | None = None,
+    data: list[dict] | None = None,
+    model: str = "lite_medsam",
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+    classes: dict | None = None,
+) -> FinetuneOutcome:
     """Split, train and (when ``output`` is given) write the best checkpoint at every
-    improvement and at the end, so Ctrl-C keeps the best weights so far."""
+    improvement and at the end, so Ctrl-C keeps the best weights so far.
+
+    classes: a taught class head's state (:mod:`.classes`), stored in the checkpoint."""
     train_set, val_set = split_samples(samples, settings.val_fraction, np.random.default_rng(settings.seed))
     trainer = DecoderTrainer(backend, settings)
     base, base_sha = base_state(model) if output is not None else ({}, "")
 
     def write(res: TrainResult) -> None:
         if output is not None:
-            prov = provenance(model, base_sha, settings, res, data or [], len(train_set), len(val_set),
-                              trainer.n_trainable)
-            save_tuned(output, base, trainer.state_dicts(), prov)
+            prov = provenance(
+                model, base_sha, settings, res, data or [], len(train_set), len(val_set), trainer.n_trainable
+            )
+            save_tuned(output, base, trainer.state_dicts(), prov, classes=classes)
 
     res = train(trainer, train_set, val_set, progress, on_best=write, cancel=cancel)
     write(res)  # the trainer holds the best weights now; the final figures go in
@@ -157,6 +203,15 @@ def tuned_backend(base: SamFamilyBackend, trainer: DecoderTrainer, name: str | N
     It keeps ``base``'s name by default, so the embedding cache (the encoder's
     output, which training does not change) is shared.
     """
-    return SamFamilyBackend(name or base.name, base.image_encoder, trainer.prompt_encoder.eval(),
-                            trainer.mask_decoder.eval(), base.image_size, base.device, base.mean, base.std,
-                            base.supports_points, base.dtype)
+    return SamFamilyBackend(
+        name or base.name,
+        base.image_encoder,
+        trainer.prompt_encoder.eval(),
+        trainer.mask_decoder.eval(),
+        base.image_size,
+        base.device,
+        base.mean,
+        base.std,
+        base.supports_points,
+        base.dtype,
+    )

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,8 +39,13 @@ from .data import TrainingSample, correction_box, jittered_box, propagation_box
 #: trainable parts: name -> parameter-name prefixes of the mask decoder ("prompt_encoder." for the prompt encoder)
 TRAINABLE = {
     "head": ("output_hypernetworks_mlps.0.", "output_upscaling.", "iou_prediction_head."),
-    "head+tokens": ("mask_tokens.", "iou_token.", "output_hypernetworks_mlps.0.", "output_upscaling.",
-                    "iou_prediction_head."),
+    "head+tokens": (
+        "mask_tokens.",
+        "iou_token.",
+        "output_hypernetworks_mlps.0.",
+        "output_upscaling.",
+        "iou_prediction_head.",
+    ),
     "decoder": ("",),
     "decoder+prompt": ("", "prompt_encoder."),
 }
@@ -124,8 +129,9 @@ class DecoderTrainer:
         named += list(self.mask_decoder.named_parameters())
         chosen = []
         for n, p in named:
-            on = any(n.startswith(pre) for pre in prefixes if pre) or ("" in prefixes and
-                                                                      not n.startswith("prompt_encoder."))
+            on = any(n.startswith(pre) for pre in prefixes if pre) or (
+                "" in prefixes and not n.startswith("prompt_encoder.")
+            )
             p.requires_grad_(on)
             if on:
                 chosen.append(p)
@@ -155,9 +161,13 @@ class DecoderTrainer:
         if self.settings.trainable == "head":
             return self._forward_head(sample, xy)
         sparse, dense = self.prompt_encoder(points=None, boxes=xy, masks=None)
-        low, iou = self.mask_decoder(image_embeddings=sample.features, image_pe=self.prompt_encoder.get_dense_pe(),
-                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                     multimask_output=False)
+        low, iou = self.mask_decoder(
+            image_embeddings=sample.features,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
         return low[:, 0], iou[:, 0]
 
     def _forward_head(self, sample: TrainingSample, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,8 +205,9 @@ class DecoderTrainer:
         """One simulated prompt box per sample (see :mod:`napari_sam.finetune.data`)."""
         w = np.asarray(self.settings.mode_weights, float)
         modes = self.rng.choice(3, size=len(group), p=w / w.sum())
-        boxes = [jittered_box(s.mask, self.rng) if m != 1 else propagation_box(s, self.rng)
-                 for s, m in zip(group, modes)]
+        boxes = [
+            jittered_box(s.mask, self.rng) if m != 1 else propagation_box(s, self.rng) for s, m in zip(group, modes)
+        ]
         fix = [i for i, m in enumerate(modes) if m == 2]
         if fix:
             with torch.no_grad():
@@ -234,7 +245,7 @@ class DecoderTrainer:
         for group in by_slice.values():
             order = self.rng.permutation(len(group))
             g = [group[i] for i in order]
-            out += [g[i:i + self.settings.batch] for i in range(0, len(g), self.settings.batch)]
+            out += [g[i : i + self.settings.batch] for i in range(0, len(g), self.settings.batch)]
         return [out[i] for i in self.rng.permutation(len(out))]
 
     def n_batches(self, samples: list[TrainingSample]) -> int:
@@ -256,8 +267,11 @@ class DecoderTrainer:
                 owners.append(s)
                 for nb in s.neighbour_boxes:
                     m = max(3.0, 0.05 * max(nb[2] - nb[0] + 1, nb[3] - nb[1] + 1))
-                    boxes.append(np.clip(nb + np.array([-m, -m, m, m], np.float32), 0,
-                                         [s.mask.shape[0] - 1, s.mask.shape[1] - 1] * 2))
+                    boxes.append(
+                        np.clip(
+                            nb + np.array([-m, -m, m, m], np.float32), 0, [s.mask.shape[0] - 1, s.mask.shape[1] - 1] * 2
+                        )
+                    )
                     owners.append(s)
             logits, _ = self.forward(group[0], np.stack(boxes))
             hard = (logits > 0).float()
@@ -275,13 +289,17 @@ class DecoderTrainer:
         for s in samples:
             by_slice.setdefault(id(s.features), []).append(s)
         step = max(1, self.settings.batch // 3)
-        return [g[i:i + step] for g in by_slice.values() for i in range(0, len(g), step)]
+        return [g[i : i + step] for g in by_slice.values() for i in range(0, len(g), step)]
 
 
-def train(trainer: DecoderTrainer, train_set: list[TrainingSample], val_set: list[TrainingSample],
-          progress: Callable[[int, int, str], None] | None = None,
-          on_best: Callable[[TrainResult], None] | None = None,
-          cancel: Callable[[], bool] | None = None) -> TrainResult:
+def train(
+    trainer: DecoderTrainer,
+    train_set: list[TrainingSample],
+    val_set: list[TrainingSample],
+    progress: Callable[[int, int, str], None] | None = None,
+    on_best: Callable[[TrainResult], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> TrainResult:
     """Train with early stopping on the validation Dice; the trainer ends holding the best weights.
 
     progress: (done, total, message) per step. on_best: called whenever the
@@ -310,13 +328,22 @@ def train(trainer: DecoderTrainer, train_set: list[TrainingSample], val_set: lis
                     raise KeyboardInterrupt
                 losses.append(trainer.train_step(group))
                 if progress:
-                    progress((epoch - 1) * steps_per_epoch + i + 1, s.epochs * steps_per_epoch,
-                             f"epoch {epoch} loss {np.mean(losses):.3f} best val Dice {res.best_val_dice:.3f}")
+                    progress(
+                        (epoch - 1) * steps_per_epoch + i + 1,
+                        s.epochs * steps_per_epoch,
+                        f"epoch {epoch} loss {np.mean(losses):.3f} best val Dice {res.best_val_dice:.3f}",
+                    )
                 if time.perf_counter() - t0 > s.max_seconds:
                     break
             vd, table = trainer.validate(val)
-            res.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": vd,
-                                "seconds": time.perf_counter() - t0})
+            res.history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": float(np.mean(losses)),
+                    "val_dice": vd,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             if vd > res.best_val_dice:
                 res.best_val_dice, res.best_epoch, res.per_class = vd, epoch, table
                 best_state = trainer.state_dicts()

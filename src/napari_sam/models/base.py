@@ -68,8 +68,7 @@ def resized_shape(original_size: tuple[int, int], target: int) -> tuple[int, int
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
-def rc_to_model_xy(coords_rc: np.ndarray, original_size: tuple[int, int],
-                   input_size: tuple[int, int]) -> np.ndarray:
+def rc_to_model_xy(coords_rc: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
     """The one conversion from napari's (row, col) to the model's (x, y).
 
     coords_rc: (..., 2) array of (row, col) pixel coordinates in the slice.
@@ -81,8 +80,12 @@ def rc_to_model_xy(coords_rc: np.ndarray, original_size: tuple[int, int],
     return np.stack([coords_rc[..., 1] * sx, coords_rc[..., 0] * sy], axis=-1).astype(np.float32)
 
 
-def to_model_input(image: np.ndarray, target: int, mean: tuple[float, float, float] | None = None,
-                   std: tuple[float, float, float] | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+def to_model_input(
+    image: np.ndarray,
+    target: int,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """A slice in [0, 1] -> (1, 3, target, target) float tensor, resized longest side and padded.
 
     image: (H, W) or (H, W, 3) float32 in [0, 1]. mean/std, when given, are
@@ -103,8 +106,9 @@ def to_model_input(image: np.ndarray, target: int, mean: tuple[float, float, flo
     return t.contiguous(), (h, w)
 
 
-def logits_to_slice(low_res: torch.Tensor, input_size: tuple[int, int], model_size: int,
-                    original_size: tuple[int, int]) -> torch.Tensor:
+def logits_to_slice(
+    low_res: torch.Tensor, input_size: tuple[int, int], model_size: int, original_size: tuple[int, int]
+) -> torch.Tensor:
     """Low-resolution logits (B, K, s, s) -> logits on the slice grid (B, K, H, W).
 
     The logits cover the padded model input; the padding is cropped before the
@@ -159,8 +163,9 @@ class Backend(ABC):
         """Several slices of equal shape in one forward pass where the model allows."""
         return [self.embed(im) for im in images]
 
-    def embed_many(self, images: Iterable[np.ndarray], workers: int | None = None,
-                   prefetch: int = 2) -> Iterator[Embedding]:
+    def embed_many(
+        self, images: Iterable[np.ndarray], workers: int | None = None, prefetch: int = 2
+    ) -> Iterator[Embedding]:
         """Embed a sequence of slices; yields their embeddings in order.
 
         images: an iterable of (H, W) or (H, W, 3) float32 slices in [0, 1]; it
@@ -218,10 +223,15 @@ class Backend(ABC):
             torch.set_num_threads(threads_before)
 
     @abstractmethod
-    def decode_low_res(self, embedding: Embedding, points_rc: np.ndarray | None = None,
-                       point_labels: np.ndarray | None = None, boxes_rc: np.ndarray | None = None,
-                       mask_input: np.ndarray | None = None,
-                       multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_low_res(
+        self,
+        embedding: Embedding,
+        points_rc: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes_rc: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode a batch of B prompts on one embedding, without the final resize.
 
         points_rc: (B, N, 2) (row, col); point_labels: (B, N) with 1 positive,
@@ -237,11 +247,20 @@ class Backend(ABC):
         """Low-resolution logits (B, K, s, s) -> slice-grid logits (B, K, H, W)."""
 
     @torch.inference_mode()
-    def decode(self, embedding: Embedding, points_rc: np.ndarray | None = None,
-               point_labels: np.ndarray | None = None, boxes_rc: np.ndarray | None = None,
-               mask_input: np.ndarray | None = None, multimask: bool = False) -> Decoded:
+    def decode(
+        self,
+        embedding: Embedding,
+        points_rc: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes_rc: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool = False,
+    ) -> Decoded:
         """:meth:`decode_low_res` plus the resize onto the slice's pixel grid."""
         low, scores = self.decode_low_res(embedding, points_rc, point_labels, boxes_rc, mask_input, multimask)
         logits = self.upsample(low, embedding)
-        return Decoded(masks=(logits > 0).cpu().numpy(), scores=scores.float().cpu().numpy(),
-                       low_res_logits=low.float().cpu().numpy())
+        return Decoded(
+            masks=(logits > 0).cpu().numpy(),
+            scores=scores.float().cpu().numpy(),
+            low_res_logits=low.float().cpu().numpy(),
+        )

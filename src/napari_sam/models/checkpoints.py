@@ -27,8 +27,10 @@ def verify_sha256(path: str | Path, expected: str | None) -> None:
         return
     actual = sha256_of(path)
     if actual != expected.lower():
-        raise ModelError(f"{path}: SHA-256 {actual[:16]}... does not match the expected {expected[:16]}...; "
-                         "the file is corrupt or not the checkpoint it claims to be")
+        raise ModelError(
+            f"{path}: SHA-256 {actual[:16]}... does not match the expected {expected[:16]}...; "
+            "the file is corrupt or not the checkpoint it claims to be"
+        )
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -50,19 +52,25 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # SafetensorError, OSError, ...: not a safetensors file
-            raise ModelError(f"{path}: not a readable .safetensors checkpoint "
-                             f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
+            raise ModelError(
+                f"{path}: not a readable .safetensors checkpoint "
+                f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
+            ) from None
     try:
         with warnings.catch_warnings():  # torch's own warnings would repeat our one line
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: refused to load: the pickle holds more than tensors ({first[:160]}); "
-                         "only weights-only checkpoints are accepted") from None
+        raise ModelError(
+            f"{path}: refused to load: the pickle holds more than tensors ({first[:160]}); "
+            "only weights-only checkpoints are accepted"
+        ) from None
     except Exception as exc:  # truncated zip, not a checkpoint at all, ...
-        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+        raise ModelError(
+            f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        ) from None
     for key in ("model", "state_dict", "model_state"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

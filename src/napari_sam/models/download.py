@@ -58,8 +58,10 @@ def _check_writable(directory: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise ModelError(f"model cache {directory} is not writable ({exc.strerror or type(exc).__name__}); "
-                         f"set {CACHE_ENV} to a writable folder, or pass --checkpoint PATH") from None
+        raise ModelError(
+            f"model cache {directory} is not writable ({exc.strerror or type(exc).__name__}); "
+            f"set {CACHE_ENV} to a writable folder, or pass --checkpoint PATH"
+        ) from None
 
 
 def _short(exc: BaseException) -> str:
@@ -70,13 +72,17 @@ def _short(exc: BaseException) -> str:
 def _network_reason(exc: BaseException) -> str:
     """A few words for why a connection failed (requests' messages are a page long)."""
     text = str(exc)
-    for needle, reason in (("NameResolution", "cannot resolve the host name"),
-                           ("Name or service not known", "cannot resolve the host name"),
-                           ("Temporary failure in name resolution", "cannot resolve the host name"),
-                           ("Connection refused", "connection refused"),
-                           ("timed out", "timed out"), ("Timeout", "timed out"),
-                           ("Network is unreachable", "network unreachable"),
-                           ("SSLError", "TLS error"), ("ProxyError", "proxy error")):
+    for needle, reason in (
+        ("NameResolution", "cannot resolve the host name"),
+        ("Name or service not known", "cannot resolve the host name"),
+        ("Temporary failure in name resolution", "cannot resolve the host name"),
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Timeout", "timed out"),
+        ("Network is unreachable", "network unreachable"),
+        ("SSLError", "TLS error"),
+        ("ProxyError", "proxy error"),
+    ):
         if needle in text or needle in type(exc).__name__:
             return reason
     return type(exc).__name__
@@ -90,8 +96,10 @@ def _verify_recorded(path: Path) -> None:
     expected = record.read_text().split()[0].strip().lower()
     actual = sha256_of(path)
     if actual != expected:
-        raise ModelError(f"{path}: SHA-256 {actual[:16]}... differs from {expected[:16]}... recorded when it was "
-                         "downloaded; the cached file is corrupt or was replaced: delete it to download it again")
+        raise ModelError(
+            f"{path}: SHA-256 {actual[:16]}... differs from {expected[:16]}... recorded when it was "
+            "downloaded; the cached file is corrupt or was replaced: delete it to download it again"
+        )
 
 
 def _record(path: Path) -> str:
@@ -106,8 +114,15 @@ def _record(path: Path) -> str:
     return digest
 
 
-def fetch(url: str, filename: str, known_hash: str | None, *, directory: str | Path | None = None,
-          progress: bool = True, what: str | None = None) -> Path:
+def fetch(
+    url: str,
+    filename: str,
+    known_hash: str | None,
+    *,
+    directory: str | Path | None = None,
+    progress: bool = True,
+    what: str | None = None,
+) -> Path:
     """Download ``url`` into the model cache as ``filename`` (once) and return its path.
 
     known_hash: "sha256:<hex>", "xxh128:<hex>" (needs the ``xxhash``
@@ -142,21 +157,27 @@ def fetch(url: str, filename: str, known_hash: str | None, *, directory: str | P
         raise ModelError(f"could not download {what}: HTTP {code} from {url}") from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         host = urlparse(url).hostname or url
-        raise ModelError(f"could not download {what} from {host}: no network connection ({_network_reason(exc)}); "
-                         f"download {url} on a connected machine and pass --checkpoint PATH, "
-                         f"or copy it to {target}") from None
+        raise ModelError(
+            f"could not download {what} from {host}: no network connection ({_network_reason(exc)}); "
+            f"download {url} on a connected machine and pass --checkpoint PATH, "
+            f"or copy it to {target}"
+        ) from None
     except requests.exceptions.RequestException as exc:
         raise ModelError(f"could not download {what} from {url}: {_short(exc)}") from None
     except ValueError as exc:  # pooch: checksum mismatch (temporary file already deleted) or unknown algorithm
         message = _short(exc)
         if "xxhash" in message:
             raise ModelError(f"verifying {what} needs the 'xxhash' package: pip install xxhash") from None
-        raise ModelError(f"download of {what} from {url} refused: checksum does not match the published "
-                         f"{parsed[0] if parsed else ''} {parsed[1][:16] if parsed else ''}...; "
-                         "the downloaded file was deleted") from None
+        raise ModelError(
+            f"download of {what} from {url} refused: checksum does not match the published "
+            f"{parsed[0] if parsed else ''} {parsed[1][:16] if parsed else ''}...; "
+            "the downloaded file was deleted"
+        ) from None
     except OSError as exc:
-        raise ModelError(f"could not write {what} to {folder}: {exc.strerror or _short(exc)}; set {CACHE_ENV} "
-                         "to a writable folder, or pass --checkpoint PATH") from None
+        raise ModelError(
+            f"could not write {what} to {folder}: {exc.strerror or _short(exc)}; set {CACHE_ENV} "
+            "to a writable folder, or pass --checkpoint PATH"
+        ) from None
     finally:
         logger.setLevel(level)
     if parsed is None:

@@ -48,13 +48,22 @@ def build_mobile_sam_modules() -> dict[str, nn.Module]:
     return {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}
 
 
-def load_mobile_sam(path: str | Path, name: str, device: torch.device,
-                    models_for: dict[str, str] | None = None) -> SamFamilyBackend:
+def load_mobile_sam(
+    path: str | Path, name: str, device: torch.device, models_for: dict[str, str] | None = None
+) -> SamFamilyBackend:
     """Load a MobileSAM-layout checkpoint (MobileSAM, micro-sam vit_t_*) into a backend."""
     state = normalise_keys(load_state_dict(path))
     check_architecture(path, state, "tiny_vit_1024", name, models_for)
     parts = build_mobile_sam_modules()
     load_parts(path, state, parts, name, ignore_keys=CLASSIFIER_HEAD_KEYS)
     fold_batchnorm(parts["image_encoder"])
-    return SamFamilyBackend(name, parts["image_encoder"], parts["prompt_encoder"], parts["mask_decoder"],
-                            IMAGE_SIZE, device, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return SamFamilyBackend(
+        name,
+        parts["image_encoder"],
+        parts["prompt_encoder"],
+        parts["mask_decoder"],
+        IMAGE_SIZE,
+        device,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )

@@ -44,8 +44,9 @@ def _probe() -> bool:
         mk = torch.ops.mkldnn
         with torch.inference_mode():
             x = torch.ones(1, 2, 3, 3).contiguous(memory_format=torch.channels_last)
-            y = mk._convolution_pointwise(x, torch.ones(2, 1, 1, 1), None, [0, 0], [1, 1], [1, 1], 2,
-                                          "gelu", [], "none")
+            y = mk._convolution_pointwise(
+                x, torch.ones(2, 1, 1, 1), None, [0, 0], [1, 1], [1, 1], 2, "gelu", [], "none"
+            )
             z = mk._linear_pointwise(torch.ones(2, 2), torch.ones(3, 2), None, "none", [], "")
         return bool(torch.allclose(y, F.gelu(x)) and torch.allclose(z, torch.full((2, 3), 2.0)))
     except (AttributeError, RuntimeError, NotImplementedError):
@@ -61,8 +62,9 @@ def bf16_available() -> bool:
         try:
             with torch.inference_mode():
                 x = torch.ones(1, 2, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
-                torch.ops.mkldnn._convolution_pointwise(x, torch.ones(2, 1, 1, 1, dtype=torch.bfloat16), None,
-                                                        [0, 0], [1, 1], [1, 1], 2, "none", [], "")
+                torch.ops.mkldnn._convolution_pointwise(
+                    x, torch.ones(2, 1, 1, 1, dtype=torch.bfloat16), None, [0, 0], [1, 1], [1, 1], 2, "none", [], ""
+                )
                 w = torch.ones(3, 2, dtype=torch.bfloat16)
                 torch.ops.mkldnn._linear_pointwise(torch.ones(2, 2, dtype=torch.bfloat16), w, None, "none", [], "")
             _BF16 = True
@@ -72,9 +74,14 @@ def bf16_available() -> bool:
 
 
 def _usable(x: Tensor, weight: Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype in _DTYPES and weight.dtype == x.dtype
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and available() and (x.dtype != torch.bfloat16 or bf16_available()))
+    return (
+        x.device.type == "cpu"
+        and x.dtype in _DTYPES
+        and weight.dtype == x.dtype
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and available()
+        and (x.dtype != torch.bfloat16 or bf16_available())
+    )
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: bool = False) -> Tensor:
@@ -94,26 +101,42 @@ def linear_add(x: Tensor, other: Tensor, weight: Tensor, bias: Tensor | None) ->
     return torch.add(F.linear(x, weight, bias), other)
 
 
-def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int = 0, stride: int = 1,
-           groups: int = 1, gelu: bool = False) -> Tensor:
+def conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    padding: int = 0,
+    stride: int = 1,
+    groups: int = 1,
+    gelu: bool = False,
+) -> Tensor:
     """``F.conv2d`` (then the exact GELU when ``gelu``); x (B, C, H, W), best channels-last.
 
     The output is channels-last on the oneDNN path.
     """
     if _usable(x, weight):
         return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, [padding, padding], [stride, stride], [1, 1], groups,
-            "gelu" if gelu else "none", [], "none" if gelu else "")
+            x,
+            weight,
+            bias,
+            [padding, padding],
+            [stride, stride],
+            [1, 1],
+            groups,
+            "gelu" if gelu else "none",
+            [],
+            "none" if gelu else "",
+        )
     y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
     return F.gelu(y) if gelu else y
 
 
-def conv2d_add(x: Tensor, other: Tensor, weight: Tensor, bias: Tensor | None, padding: int = 0,
-               stride: int = 1, groups: int = 1) -> Tensor:
+def conv2d_add(
+    x: Tensor, other: Tensor, weight: Tensor, bias: Tensor | None, padding: int = 0, stride: int = 1, groups: int = 1
+) -> Tensor:
     """``F.conv2d(x, ...) + other`` with the addition fused (both channels-last on oneDNN)."""
-    if (_usable(x, weight) and other.dtype == x.dtype
-            and other.is_contiguous(memory_format=torch.channels_last)):
+    if _usable(x, weight) and other.dtype == x.dtype and other.is_contiguous(memory_format=torch.channels_last):
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, other, weight, bias, [padding, padding], [stride, stride], [1, 1], groups,
-            "add", None, None, [], None)
+            x, other, weight, bias, [padding, padding], [stride, stride], [1, 1], groups, "add", None, None, [], None
+        )
     return torch.add(F.conv2d(x, weight, bias, stride, padding, 1, groups), other)

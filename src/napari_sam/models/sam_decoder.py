@@ -66,8 +66,9 @@ class MLPBlock(nn.Module):
 class MLP(nn.Module):
     """A plain MLP with ReLU between layers (the hypernetworks and IoU head)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
-                 sigmoid_output: bool = False) -> None:
+    def __init__(
+        self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, sigmoid_output: bool = False
+    ) -> None:
         super().__init__()
         self.num_layers = num_layers
         h = [hidden_dim] * (num_layers - 1)
@@ -120,7 +121,7 @@ class Attention(nn.Module):
         h = self.num_heads
         d = self.internal_dim // h
         qh = self.q_proj(q).view(b, t, h, d)
-        qk = torch.einsum("bthd,hdc->bhtc", qh, self.k_proj.weight.view(h, d, -1)) * (d ** -0.5)
+        qk = torch.einsum("bthd,hdc->bhtc", qh, self.k_proj.weight.view(h, d, -1)) * (d**-0.5)
         attn = torch.softmax(qk.reshape(b, h * t, -1) @ k.transpose(1, 2), dim=-1)  # (B, h*T, N)
         av = (attn @ v).view(b, h, t, -1)  # (B, h, T, C)
         out = torch.einsum("bhtc,hdc->bthd", av, self.v_proj.weight.view(h, d, -1)) + self.v_proj.bias.view(h, d)
@@ -145,7 +146,7 @@ class Attention(nn.Module):
         b, t, _ = q.shape
         h = self.num_heads
         d = self.internal_dim // h
-        qh = (self.q_proj(q) * (d ** -0.5)).view(b * t, h, d).transpose(0, 1)  # (h, B*T, d)
+        qh = (self.q_proj(q) * (d**-0.5)).view(b * t, h, d).transpose(0, 1)  # (h, B*T, d)
         attn = torch.softmax(torch.bmm(qh, k_heads), dim=-1)  # (h, B*T, N)
         out = torch.bmm(attn, v_heads)  # (h, B*T, d)
         return self.out_proj(out.transpose(0, 1).reshape(b, t, h * d))
@@ -155,7 +156,7 @@ class Attention(nn.Module):
         (``project_image``: q_heads (h, d, N), the q_proj bias included)."""
         b, t, _ = k.shape
         h, d, n = q_heads.shape
-        kh = (self.k_proj(k) * (d ** -0.5)).view(b * t, h, d).transpose(0, 1)  # (h, B*T, d)
+        kh = (self.k_proj(k) * (d**-0.5)).view(b * t, h, d).transpose(0, 1)  # (h, B*T, d)
         scores = torch.bmm(kh, q_heads).view(h, b, t, n)
         attn = torch.softmax(scores, dim=2)  # over the T keys, along N-long rows
         attn = (attn[:, 0] if b == 1 else attn.transpose(0, 1)).reshape(b, h * t, n)
@@ -186,12 +187,13 @@ class Attention(nn.Module):
         n, c = q.shape[1:]
         h = self.num_heads
         d = self.internal_dim // h
-        kh = self.k_proj(k).view(b, t, h, d) * (d ** -0.5)
+        kh = self.k_proj(k).view(b, t, h, d) * (d**-0.5)
         m = torch.einsum("hdc,bthd->bhtc", self.q_proj.weight.view(h, d, c), kh).reshape(b, h * t, c)
         bias = torch.einsum("hd,bthd->bht", self.q_proj.bias.view(h, d), kh).reshape(b, h * t, 1)
         # scores laid out (B, h, T, N): the softmax over T then runs along N-long rows
-        scores = torch.baddbmm(bias, m, q.transpose(1, 2)) if q.shape[0] == b else \
-            torch.add(m @ q.transpose(1, 2), bias)
+        scores = (
+            torch.baddbmm(bias, m, q.transpose(1, 2)) if q.shape[0] == b else torch.add(m @ q.transpose(1, 2), bias)
+        )
         attn = torch.softmax(scores.view(b, h, t, n), dim=2).view(b, h * t, n)
         # out_proj's bias enters U: the h heads' attention weights sum to h for every query
         vh = self.v_proj(v).view(b, t, h, d)
@@ -200,9 +202,15 @@ class Attention(nn.Module):
 
 
 class TwoWayAttentionBlock(nn.Module):
-    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int = 2048,
-                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2,
-                 skip_first_layer_pe: bool = False) -> None:
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int = 2048,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+        skip_first_layer_pe: bool = False,
+    ) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
@@ -245,18 +253,20 @@ class TwoWayAttentionBlock(nn.Module):
     def prepare_image(self, keys: Tensor, key_pe: Tensor) -> dict[str, Tensor]:
         """The prompt-independent tensors of this block for one image: keys (1, N, C), key_pe (1, N, C)."""
         k = keys + key_pe
-        return {"keys": keys,
-                "t2i_k": self.cross_attn_token_to_image.project_image(k, self.cross_attn_token_to_image.k_proj, True),
-                "t2i_v": self.cross_attn_token_to_image.project_image(keys, self.cross_attn_token_to_image.v_proj,
-                                                                       False),
-                "i2t_q": self.cross_attn_image_to_token.project_image(k, self.cross_attn_image_to_token.q_proj, True)}
+        return {
+            "keys": keys,
+            "t2i_k": self.cross_attn_token_to_image.project_image(k, self.cross_attn_token_to_image.k_proj, True),
+            "t2i_v": self.cross_attn_token_to_image.project_image(keys, self.cross_attn_token_to_image.v_proj, False),
+            "i2t_q": self.cross_attn_image_to_token.project_image(k, self.cross_attn_image_to_token.q_proj, True),
+        }
 
     def forward_prepared(self, queries: Tensor, image: dict[str, Tensor], query_pe: Tensor) -> tuple[Tensor, Tensor]:
         """``forward`` on keys prepared by :meth:`prepare_image` (the image's projections made once)."""
         queries = self._self_attention(queries, query_pe)
         q = queries + query_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image.with_image_keys(q, image["t2i_k"],
-                                                                                       image["t2i_v"]))
+        queries = self.norm2(
+            queries + self.cross_attn_token_to_image.with_image_keys(q, image["t2i_k"], image["t2i_v"])
+        )
         queries = self.norm3(queries + self.mlp(queries))
         q = queries + query_pe
         attn, u = self.cross_attn_image_to_token.with_image_queries(image["i2t_q"], q, queries)
@@ -276,14 +286,22 @@ def _tokens(x: Tensor, add: Tensor | None = None) -> Tensor:
 class TwoWayTransformer(nn.Module):
     """Tokens attend to the image and the image attends back, ``depth`` times."""
 
-    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
-                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2) -> None:
+    def __init__(
+        self,
+        depth: int,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+    ) -> None:
         super().__init__()
         self.depth = depth
         self.embedding_dim = embedding_dim
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, activation,
-                                 attention_downsample_rate, skip_first_layer_pe=(i == 0))
+            TwoWayAttentionBlock(
+                embedding_dim, num_heads, mlp_dim, activation, attention_downsample_rate, skip_first_layer_pe=(i == 0)
+            )
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
@@ -305,9 +323,14 @@ class TwoWayTransformer(nn.Module):
         """
         return self.layers[0].prepare_image(image_tokens, self._pe_tokens(image_pe))
 
-    def forward(self, image_embedding: Tensor | None, image_pe: Tensor, point_embedding: Tensor,
-                prepared: dict[str, Tensor] | None = None,
-                final_tokens: slice | list[int] | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        image_embedding: Tensor | None,
+        image_pe: Tensor,
+        point_embedding: Tensor,
+        prepared: dict[str, Tensor] | None = None,
+        final_tokens: slice | list[int] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """image_embedding: (1 or B, C, h, w), or already tokens (1 or B, h*w, C), or None with
         ``prepared`` (:meth:`prepare_image` of the image); image_pe: (1, C, h, w);
         point_embedding: (B, T, C). final_tokens: the tokens whose output is needed (all by
@@ -352,7 +375,10 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward(self, size: tuple[int, int]) -> Tensor:
         h, w = size
-        device, dtype = self.positional_encoding_gaussian_matrix.device, self.positional_encoding_gaussian_matrix.dtype
+        device, dtype = (
+            self.positional_encoding_gaussian_matrix.device,
+            self.positional_encoding_gaussian_matrix.dtype,
+        )
         y = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
         x = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
         yy, xx = torch.meshgrid(y, x, indexing="ij")
@@ -367,9 +393,14 @@ class PositionEmbeddingRandom(nn.Module):
 class PromptEncoder(nn.Module):
     """Embeds points, boxes and mask logits into sparse and dense tokens."""
 
-    def __init__(self, embed_dim: int, image_embedding_size: tuple[int, int],
-                 input_image_size: tuple[int, int], mask_in_chans: int,
-                 activation: type[nn.Module] = nn.GELU) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        image_embedding_size: tuple[int, int],
+        input_image_size: tuple[int, int],
+        mask_in_chans: int,
+        activation: type[nn.Module] = nn.GELU,
+    ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.input_image_size = input_image_size
@@ -418,8 +449,9 @@ class PromptEncoder(nn.Module):
         corner = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
         return emb + corner
 
-    def forward(self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None,
-                masks: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None, masks: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         """points: ((B, N, 2) xy, (B, N) labels 1/0/-1); boxes: (B, 4) xyxy; masks: (B, 1, 4h, 4w).
 
         Returns sparse (B, N', C) and dense (B, C, h, w) embeddings.
@@ -448,9 +480,16 @@ class PromptEncoder(nn.Module):
 class MaskDecoder(nn.Module):
     """Predicts 1 + ``num_multimask_outputs`` masks and their IoU from tokens."""
 
-    def __init__(self, *, transformer_dim: int, transformer: nn.Module, num_multimask_outputs: int = 3,
-                 activation: type[nn.Module] = nn.GELU, iou_head_depth: int = 3,
-                 iou_head_hidden_dim: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: nn.Module,
+        num_multimask_outputs: int = 3,
+        activation: type[nn.Module] = nn.GELU,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
         super().__init__()
         self.transformer_dim = transformer_dim
         self.transformer = transformer
@@ -470,10 +509,16 @@ class MaskDecoder(nn.Module):
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
-    def forward(self, image_embeddings: Tensor | None, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
-                dense_prompt_embeddings: Tensor | None, multimask_output: bool,
-                prepared: dict[str, Tensor] | None = None,
-                windows: tuple[Tensor, tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        image_embeddings: Tensor | None,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor | None,
+        multimask_output: bool,
+        prepared: dict[str, Tensor] | None = None,
+        windows: tuple[Tensor, tuple[int, int]] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """image_embeddings: (1 or B, C, h, w). Returns masks (B, K, 4h, 4w) logits and IoU (B, K).
 
         K is 3 with ``multimask_output`` (SAM's three candidates), else 1; only
@@ -485,11 +530,19 @@ class MaskDecoder(nn.Module):
         (:mod:`napari_sam.models.windows`).
         """
         sl = slice(1, None) if multimask_output else slice(0, 1)
-        return self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                  dense_prompt_embeddings, sl, prepared=prepared, windows=windows)
+        return self.predict_masks(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            sl,
+            prepared=prepared,
+            windows=windows,
+        )
 
-    def prepare_image(self, image_embeddings: Tensor, image_pe: Tensor,
-                      dense_prompt_embeddings: Tensor) -> dict[str, Tensor]:
+    def prepare_image(
+        self, image_embeddings: Tensor, image_pe: Tensor, dense_prompt_embeddings: Tensor
+    ) -> dict[str, Tensor]:
         """The prompt-independent part of decoding one image, computed once and reused by
         every prompt decoded on it (pass it to :meth:`forward` as ``prepared``).
 
@@ -504,10 +557,16 @@ class MaskDecoder(nn.Module):
         prepared["size"] = torch.tensor([h, w])
         return prepared
 
-    def predict_masks(self, image_embeddings: Tensor | None, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
-                      dense_prompt_embeddings: Tensor | None, tokens_slice: slice = slice(None),
-                      prepared: dict[str, Tensor] | None = None,
-                      windows: tuple[Tensor, tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
+    def predict_masks(
+        self,
+        image_embeddings: Tensor | None,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor | None,
+        tokens_slice: slice = slice(None),
+        prepared: dict[str, Tensor] | None = None,
+        windows: tuple[Tensor, tuple[int, int]] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Masks (B, K, 4h, 4w) and IoU (B, K) of the mask tokens in ``tokens_slice`` (all 4 by default).
 
         With ``prepared`` (:meth:`prepare_image`), image_embeddings and
@@ -533,8 +592,7 @@ class MaskDecoder(nn.Module):
             src = _tokens(image_embeddings, dense_prompt_embeddings)
             hs, keys = self.transformer(src, image_pe, tokens, final_tokens=final)
         iou_token_out = hs[:, 0, :]
-        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(idx)],
-                               dim=1)
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(idx)], dim=1)
         if windows is not None:  # the upscaling is per token: only the windows' tokens
             keys = gather_windows(keys, (h, w), *windows)
             h, w = windows[1]
@@ -544,8 +602,12 @@ class MaskDecoder(nn.Module):
     def _per_pixel_upscaling(self) -> bool:
         """Whether ``output_upscaling`` is SAM's (exact GELUs), which :meth:`_upscale_masks` runs per pixel."""
         ct1, ln, act1, ct2, act2 = self.output_upscaling
-        return (isinstance(act1, nn.GELU) and isinstance(act2, nn.GELU) and act1.approximate == "none"
-                and act2.approximate == "none")
+        return (
+            isinstance(act1, nn.GELU)
+            and isinstance(act2, nn.GELU)
+            and act1.approximate == "none"
+            and act2.approximate == "none"
+        )
 
     def _upscale_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The two transposed convolutions as per-pixel linear layers: w1 (4*c1, C) with rows
@@ -584,11 +646,17 @@ class MaskDecoder(nn.Module):
 
 def build_sam_prompt_decoder(embedding_size: int, input_size: int) -> tuple[PromptEncoder, MaskDecoder]:
     """SAM's standard prompt encoder and mask decoder (256 channels, 8 heads)."""
-    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(embedding_size, embedding_size),
-                                   input_image_size=(input_size, input_size), mask_in_chans=16)
+    prompt_encoder = PromptEncoder(
+        embed_dim=256,
+        image_embedding_size=(embedding_size, embedding_size),
+        input_image_size=(input_size, input_size),
+        mask_in_chans=16,
+    )
     mask_decoder = MaskDecoder(
         num_multimask_outputs=3,
         transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
     )
     return prompt_encoder, mask_decoder

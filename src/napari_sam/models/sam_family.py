@@ -29,16 +29,23 @@ class SamFamilyBackend(Backend):
     """
 
     decodes_windows = True
-    #: distinct slices whose embeddings are kept for a repeated embed()
-    recent_embeddings = 4
     #: embeddings whose prompt-independent decoder work (~10 MB each for 64 x 64
     #: embeddings) is kept for the next prompts decoded on them
     prepared_embeddings = 4
 
-    def __init__(self, name: str, image_encoder: nn.Module, prompt_encoder: nn.Module,
-                 mask_decoder: nn.Module, image_size: int, device: torch.device,
-                 mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
-                 supports_points: bool = True, dtype: torch.dtype | str = torch.float32) -> None:
+    def __init__(
+        self,
+        name: str,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        image_size: int,
+        device: torch.device,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        supports_points: bool = True,
+        dtype: torch.dtype | str = torch.float32,
+    ) -> None:
         self.name = name
         self.image_encoder = image_encoder.eval().to(device)
         self.prompt_encoder = prompt_encoder.eval().to(device)
@@ -47,7 +54,6 @@ class SamFamilyBackend(Backend):
         self.device = device
         self.mean, self.std = mean, std
         self.supports_points = supports_points
-        self._recent: OrderedDict[bytes, Embedding] = OrderedDict()
         # id(features) -> (weak reference to the features, MaskDecoder.prepare_image of them,
         # or None for an embedding decoded once so far)
         self._prepared: OrderedDict[int, tuple[weakref.ref, dict[str, torch.Tensor] | None]] = OrderedDict()
@@ -76,10 +82,11 @@ class SamFamilyBackend(Backend):
         self.forget_recent()
 
     def forget_recent(self) -> None:
-        """Drop the embeddings kept for repeated slices (the next embed() encodes) and the
-        decoder's work kept per embedding (the next decodes redo it)."""
+        """Drop the decoder's work kept per embedding (the next decodes redo it).
+
+        (Embeddings themselves are kept by :mod:`napari_sam.embeddings`, the one
+        embedding cache; the backend keeps none: every embed() encodes.)"""
         with self._lock:
-            self._recent.clear()
             self._prepared.clear()
 
     @torch.inference_mode()
@@ -90,8 +97,9 @@ class SamFamilyBackend(Backend):
         dense = self.prompt_encoder(points=None, boxes=None, masks=None)[1]
         self._prepared_image(embedding.features, dense, now=True)
 
-    def _prepared_image(self, features: torch.Tensor, dense: torch.Tensor,
-                        now: bool = False) -> dict[str, torch.Tensor] | None:
+    def _prepared_image(
+        self, features: torch.Tensor, dense: torch.Tensor, now: bool = False
+    ) -> dict[str, torch.Tensor] | None:
         """The decoder's prompt-independent work on ``features`` with the no-mask dense
         prompt ``dense`` (B, C, h, w), or None to decode without it.
 
@@ -134,34 +142,21 @@ class SamFamilyBackend(Backend):
 
     @torch.inference_mode()
     def embed_batch(self, images: list[np.ndarray]) -> list[Embedding]:
-        """Embed slices of equal shape in one forward pass.
-
-        A slice equal (same shape, dtype and values) to one of the last
-        ``recent_embeddings`` slices embedded, or to another slice of the
-        batch, is not encoded again.
-        """
+        """Embed slices of equal shape in one forward pass; a slice equal (same
+        shape, dtype and values) to another of the batch is encoded once."""
         keys = [image_key(im) for im in images]
-        out: dict[bytes, Embedding] = {}
-        with self._lock:
-            for k in keys:
-                if k in self._recent:
-                    self._recent.move_to_end(k)
-                    out[k] = self._recent[k]
-        todo = list(dict.fromkeys(k for k in keys if k not in out))
-        if todo:
-            first = {k: im for k, im in zip(reversed(keys), reversed(images))}
-            todo_images = [first[k] for k in todo]
-            prepared = [self._prepare(im) for im in todo_images]
-            batch = torch.cat([p[0] for p in prepared]).to(self.device, self.dtype)
-            feats = self.image_encoder(batch).float()
-            for i, (k, im, p) in enumerate(zip(todo, todo_images, prepared)):
-                out[k] = Embedding(features=feats[i: i + 1].clone(), original_size=tuple(im.shape[:2]),
-                                   input_size=p[1], model=self.name)
-            with self._lock:
-                for k in todo:
-                    self._recent[k] = out[k]
-                while len(self._recent) > self.recent_embeddings:
-                    self._recent.popitem(last=False)
+        todo = list(dict.fromkeys(keys))
+        first = {k: im for k, im in zip(reversed(keys), reversed(images))}
+        todo_images = [first[k] for k in todo]
+        prepared = [self._prepare(im) for im in todo_images]
+        batch = torch.cat([p[0] for p in prepared]).to(self.device, self.dtype)
+        feats = self.image_encoder(batch).float()
+        out = {
+            k: Embedding(
+                features=feats[i : i + 1].clone(), original_size=tuple(im.shape[:2]), input_size=p[1], model=self.name
+            )
+            for i, (k, im, p) in enumerate(zip(todo, todo_images, prepared))
+        }
         return [out[k] for k in keys]
 
     def upsample(self, low_res: torch.Tensor, embedding: Embedding) -> torch.Tensor:
@@ -169,11 +164,16 @@ class SamFamilyBackend(Backend):
         return logits_to_slice(low_res, embedding.input_size, self.image_size, embedding.original_size)
 
     @torch.inference_mode()
-    def decode_low_res(self, embedding: Embedding, points_rc: np.ndarray | None = None,
-                       point_labels: np.ndarray | None = None, boxes_rc: np.ndarray | None = None,
-                       mask_input: np.ndarray | None = None, multimask: bool = False,
-                       windows: tuple[torch.Tensor, tuple[int, int]] | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_low_res(
+        self,
+        embedding: Embedding,
+        points_rc: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes_rc: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool = False,
+        windows: tuple[torch.Tensor, tuple[int, int]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode without the final resize: low-resolution logits (B, K, s, s)
         in the padded model frame, and predicted IoU scores (B, K).
 
@@ -186,23 +186,31 @@ class SamFamilyBackend(Backend):
         points = None
         if points_rc is not None and np.asarray(points_rc).size:
             xy = rc_to_model_xy(np.asarray(points_rc), embedding.original_size, embedding.input_size)
-            points = (torch.from_numpy(xy).to(dev),
-                      torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev))
+            points = (
+                torch.from_numpy(xy).to(dev),
+                torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev),
+            )
         boxes = None
         if boxes_rc is not None:
             b = np.asarray(boxes_rc, dtype=np.float32).reshape(-1, 2, 2)
-            boxes = torch.from_numpy(rc_to_model_xy(b, embedding.original_size, embedding.input_size)
-                                     .reshape(-1, 4)).to(dev)
+            boxes = torch.from_numpy(
+                rc_to_model_xy(b, embedding.original_size, embedding.input_size).reshape(-1, 4)
+            ).to(dev)
         masks = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32, device=dev)
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         # without a mask input the dense prompt is the same for every prompt: the image's
         # side of the decoder is computed once per embedding
         prepared = self._prepared_image(embedding.features, dense) if masks is None else None
         if prepared is not None:
-            return self.mask_decoder(None, self.prompt_encoder.get_dense_pe(), sparse, None, multimask,
-                                     prepared=prepared, windows=windows)
+            return self.mask_decoder(
+                None, self.prompt_encoder.get_dense_pe(), sparse, None, multimask, prepared=prepared, windows=windows
+            )
         low, scores = self.mask_decoder(
-            image_embeddings=embedding.features, image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
-            windows=windows)
+            image_embeddings=embedding.features,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            windows=windows,
+        )
         return low, scores

@@ -7,8 +7,9 @@ blocks, global attention in four, decomposed relative position biases, and a
 convolutional neck to 256 channels at 1/16 resolution. Module and parameter
 names follow ``segment_anything.modeling.ImageEncoderViT``, so Meta's,
 MedSAM's and micro-sam's checkpoints load as they are, strictly.
-``tests/test_models_sam_vit.py`` checks keys, shapes and outputs against the
-official ``segment-anything`` package when it is installed.
+``tests/test_models_registry.py`` checks keys and shapes against a manifest
+made from the official ``segment-anything`` package, and
+``tests/test_models_parity.py`` the outputs against it when it is installed.
 
 Speed and memory: attention runs through ``scaled_dot_product_attention`` with
 the relative-position bias as an additive mask; global attention (4096 tokens)
@@ -119,12 +120,12 @@ class Attention(nn.Module):
         step = b * self.num_heads if n <= 1024 else self.chunk
         out = torch.empty_like(q)
         for s in range(0, q.shape[0], step):
-            qc = q[s: s + step]
+            qc = q[s : s + step]
             r_q = qc.reshape(-1, h, w, qc.shape[-1])
             rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh)
             rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
             bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(-1, n, n)
-            out[s: s + step] = F.scaled_dot_product_attention(qc, k[s: s + step], v[s: s + step], attn_mask=bias)
+            out[s : s + step] = F.scaled_dot_product_attention(qc, k[s : s + step], v[s : s + step], attn_mask=bias)
         out = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
         return self.proj(out)
 
@@ -132,8 +133,9 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block, windowed (window_size > 0) or global."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window_size: int,
-                 input_size: tuple[int, int]) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, window_size: int, input_size: tuple[int, int]
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, input_size if window_size == 0 else (window_size, window_size))
@@ -174,9 +176,15 @@ class ImageEncoderViT(nn.Module):
         self.patch_embed = PatchEmbed(cfg.patch_size, in_chans, cfg.embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, cfg.embed_dim))
         self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio,
-                  0 if i in cfg.global_attn_indexes else cfg.window_size, (grid, grid))
-            for i in range(cfg.depth))
+            Block(
+                cfg.embed_dim,
+                cfg.num_heads,
+                cfg.mlp_ratio,
+                0 if i in cfg.global_attn_indexes else cfg.window_size,
+                (grid, grid),
+            )
+            for i in range(cfg.depth)
+        )
         self.neck = nn.Sequential(
             nn.Conv2d(cfg.embed_dim, cfg.out_chans, kernel_size=1, bias=False),
             LayerNorm2d(cfg.out_chans),
@@ -224,8 +232,14 @@ class MedSamBackend(SamFamilyBackend):
         return t.contiguous(), (s, s)
 
 
-def load_sam_vit(path: str | Path, variant: str, name: str, device: torch.device,
-                 preprocessing: str = "sam", models_for: dict[str, str] | None = None) -> SamFamilyBackend:
+def load_sam_vit(
+    path: str | Path,
+    variant: str,
+    name: str,
+    device: torch.device,
+    preprocessing: str = "sam",
+    models_for: dict[str, str] | None = None,
+) -> SamFamilyBackend:
     """Load a SAM ViT checkpoint (Meta's key layout) into a backend.
 
     path: checkpoint file (torch pickle read with weights_only=True, or
@@ -240,7 +254,16 @@ def load_sam_vit(path: str | Path, variant: str, name: str, device: torch.device
     parts = build_sam_vit_modules(variant)
     load_parts(path, state, parts, name)
     if preprocessing == "medsam":
-        return MedSamBackend(name, parts["image_encoder"], parts["prompt_encoder"], parts["mask_decoder"],
-                             IMAGE_SIZE, device)
-    return SamFamilyBackend(name, parts["image_encoder"], parts["prompt_encoder"], parts["mask_decoder"],
-                            IMAGE_SIZE, device, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return MedSamBackend(
+            name, parts["image_encoder"], parts["prompt_encoder"], parts["mask_decoder"], IMAGE_SIZE, device
+        )
+    return SamFamilyBackend(
+        name,
+        parts["image_encoder"],
+        parts["prompt_encoder"],
+        parts["mask_decoder"],
+        IMAGE_SIZE,
+        device,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )

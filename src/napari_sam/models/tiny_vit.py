@@ -56,8 +56,9 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801  (name kept: checkpoint keys are "
 def _fold(module: Conv2d_BN) -> nn.Conv2d:
     conv, bn = module.c, module.bn
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      groups=conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, groups=conv.groups, bias=True
+    ).to(conv.weight.device, conv.weight.dtype)
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale[:, None, None, None])
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
@@ -94,8 +95,9 @@ def _linear(m: nn.Linear, x: Tensor, gelu: bool = False) -> Tensor:
 BAND_BYTES = 4 << 20
 
 
-def _pw_dw_pw(x: Tensor, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, residual: bool,
-              final_gelu: bool) -> Tensor:
+def _pw_dw_pw(
+    x: Tensor, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, residual: bool, final_gelu: bool
+) -> Tensor:
     """GELU(conv1) -> GELU(depthwise 3x3 conv2) -> conv3 [+ x] [-> GELU], as in MBConv and PatchMerging.
 
     On the CPU the expanded intermediates (256 channels at 256 x 256 in
@@ -106,8 +108,13 @@ def _pw_dw_pw(x: Tensor, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, r
     same as the three whole-image convolutions.
     """
     b, _, h, w = x.shape
-    if x.device.type != "cpu" or not isinstance(conv2, nn.Conv2d) or conv2.kernel_size != (3, 3) \
-            or conv2.padding != (1, 1) or torch.is_grad_enabled():
+    if (
+        x.device.type != "cpu"
+        or not isinstance(conv2, nn.Conv2d)
+        or conv2.kernel_size != (3, 3)
+        or conv2.padding != (1, 1)
+        or torch.is_grad_enabled()
+    ):
         y = _conv(conv2, _conv(conv1, x, gelu=True), gelu=True)
         return _conv(conv3, y, gelu=final_gelu, residual=x if residual else None)
     s = conv2.stride[0]
@@ -116,10 +123,11 @@ def _pw_dw_pw(x: Tensor, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, r
     if band >= ho:
         y = _conv(conv2, _conv(conv1, x, gelu=True), gelu=True)
         return _conv(conv3, y, gelu=final_gelu, residual=x if residual else None)
-    out = torch.empty((b, conv3.out_channels, ho, wo), dtype=x.dtype, device=x.device,
-                      memory_format=torch.channels_last)
+    out = torch.empty(
+        (b, conv3.out_channels, ho, wo), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+    )
     for i in range(b):
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         for o0 in range(0, ho, band):
             o1 = min(o0 + band, ho)
             # input rows [i0, i1): i0 a multiple of s keeps the stride aligned; output
@@ -127,9 +135,8 @@ def _pw_dw_pw(x: Tensor, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, r
             i0 = max(0, s * o0 - s)
             i1 = min(h, s * (o1 - 1) + 2)
             j0 = o0 - i0 // s
-            y = _conv(conv2, _conv(conv1, xi[:, :, i0:i1], gelu=True), gelu=True)[:, :, j0:j0 + o1 - o0]
-            out[i:i + 1, :, o0:o1] = _conv(conv3, y, gelu=final_gelu,
-                                           residual=xi[:, :, o0:o1] if residual else None)
+            y = _conv(conv2, _conv(conv1, xi[:, :, i0:i1], gelu=True), gelu=True)[:, :, j0 : j0 + o1 - o0]
+            out[i : i + 1, :, o0:o1] = _conv(conv3, y, gelu=final_gelu, residual=xi[:, :, o0:o1] if residual else None)
     return out
 
 
@@ -186,8 +193,7 @@ class PatchMerging(nn.Module):
 
 
 class ConvLayer(nn.Module):
-    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, out_dim: int,
-                 expand_ratio: float) -> None:
+    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, out_dim: int, expand_ratio: float) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
         self.downsample = PatchMerging(resolution, dim, out_dim)
@@ -235,8 +241,7 @@ class WindowAttention(nn.Module):
                 idxs.append(offsets.setdefault(off, len(offsets)))
         n = len(points)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
-        self.register_buffer("attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(n, n),
-                             persistent=False)
+        self.register_buffer("attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(n, n), persistent=False)
         self._bias: Tensor | None = None
 
     def train(self, mode: bool = True) -> WindowAttention:
@@ -293,8 +298,15 @@ class WindowAttention(nn.Module):
 
 
 class TinyViTBlock(nn.Module):
-    def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, window_size: int,
-                 mlp_ratio: float, local_conv_size: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        local_conv_size: int,
+    ) -> None:
         super().__init__()
         self.input_resolution = resolution
         self.window_size = window_size
@@ -313,12 +325,21 @@ class TinyViTBlock(nn.Module):
 
 
 class BasicLayer(nn.Module):
-    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 mlp_ratio: float, local_conv_size: int, out_dim: int | None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        local_conv_size: int,
+        out_dim: int | None,
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            TinyViTBlock(dim, resolution, num_heads, window_size, mlp_ratio, local_conv_size)
-            for _ in range(depth))
+            TinyViTBlock(dim, resolution, num_heads, window_size, mlp_ratio, local_conv_size) for _ in range(depth)
+        )
         self.downsample = PatchMerging(resolution, dim, out_dim) if out_dim is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -348,11 +369,22 @@ class TinyViT(nn.Module):
             r = res0 // (2 ** (i - 1 if i == 3 else i))
             out_dim = cfg.embed_dims[i + 1] if i < n - 1 else None
             if i == 0:
-                self.layers.append(ConvLayer(cfg.embed_dims[0], (r, r), cfg.depths[0], out_dim,
-                                             cfg.mbconv_expand_ratio))
+                self.layers.append(
+                    ConvLayer(cfg.embed_dims[0], (r, r), cfg.depths[0], out_dim, cfg.mbconv_expand_ratio)
+                )
             else:
-                self.layers.append(BasicLayer(cfg.embed_dims[i], (r, r), cfg.depths[i], cfg.num_heads[i],
-                                              cfg.window_sizes[i], cfg.mlp_ratio, cfg.local_conv_size, out_dim))
+                self.layers.append(
+                    BasicLayer(
+                        cfg.embed_dims[i],
+                        (r, r),
+                        cfg.depths[i],
+                        cfg.num_heads[i],
+                        cfg.window_sizes[i],
+                        cfg.mlp_ratio,
+                        cfg.local_conv_size,
+                        out_dim,
+                    )
+                )
         self.embedding_size = res0 // 4
         self.neck = nn.Sequential(
             nn.Conv2d(cfg.embed_dims[-1], cfg.out_chans, kernel_size=1, bias=False),

@@ -120,13 +120,14 @@ class SliceWindows:
         (tr, tc), (wh, ww) = self.origins[i], self.size
         r0, r1 = self.rows.inside(f * tr, f * (tr + wh))
         c0, c1 = self.cols.inside(f * tc, f * (tc + ww))
-        a = torch.from_numpy(self.rows.matrix[r0:r1, f * tr:f * (tr + wh)])
-        b = torch.from_numpy(self.cols.matrix[c0:c1, f * tc:f * (tc + ww)])
+        a = torch.from_numpy(self.rows.matrix[r0:r1, f * tr : f * (tr + wh)])
+        b = torch.from_numpy(self.cols.matrix[c0:c1, f * tc : f * (tc + ww)])
         return (a @ low.detach().float().cpu() @ b.T).numpy(), (r0, c0)
 
 
-def box_windows(boxes: np.ndarray, grid: tuple[int, int], factor: int, rows: ResizeAxis, cols: ResizeAxis,
-                margin: int | None = None) -> np.ndarray:
+def box_windows(
+    boxes: np.ndarray, grid: tuple[int, int], factor: int, rows: ResizeAxis, cols: ResizeAxis, margin: int | None = None
+) -> np.ndarray:
     """Each box's tokens grown by ``margin`` (default :data:`MARGIN_TOKENS`): (n, 4) int
     (t_r0, t_c0, t_r1, t_c1), inclusive.
 
@@ -139,17 +140,24 @@ def box_windows(boxes: np.ndarray, grid: tuple[int, int], factor: int, rows: Res
     c = np.clip(b[:, [1, 3]], 0, len(cols.first) - 1)
     r0, r1 = np.minimum(r[:, 0], r[:, 1]), np.maximum(r[:, 0], r[:, 1])
     c0, c1 = np.minimum(c[:, 0], c[:, 1]), np.maximum(c[:, 0], c[:, 1])
-    out = np.stack([rows.first[r0] // factor - margin, cols.first[c0] // factor - margin,
-                    rows.last[r1] // factor + margin, cols.last[c1] // factor + margin], axis=1)
+    out = np.stack(
+        [
+            rows.first[r0] // factor - margin,
+            cols.first[c0] // factor - margin,
+            rows.last[r1] // factor + margin,
+            cols.last[c1] // factor + margin,
+        ],
+        axis=1,
+    )
     return np.clip(out, 0, [grid[0] - 1, grid[1] - 1, grid[0] - 1, grid[1] - 1])
 
 
-def batch_windows(windows: np.ndarray, grid: tuple[int, int], factor: int, rows: ResizeAxis,
-                  cols: ResizeAxis) -> SliceWindows:
+def batch_windows(
+    windows: np.ndarray, grid: tuple[int, int], factor: int, rows: ResizeAxis, cols: ResizeAxis
+) -> SliceWindows:
     """One window size for a batch (the largest of ``windows`` (n, 4), from
     :func:`box_windows`), each window placed over its own tokens inside the grid."""
     wh = int((windows[:, 2] - windows[:, 0]).max()) + 1
     ww = int((windows[:, 3] - windows[:, 1]).max()) + 1
-    origins = np.stack([np.clip(windows[:, 0], 0, grid[0] - wh),
-                        np.clip(windows[:, 1], 0, grid[1] - ww)], axis=1)
+    origins = np.stack([np.clip(windows[:, 0], 0, grid[0] - wh), np.clip(windows[:, 1], 0, grid[1] - ww)], axis=1)
     return SliceWindows(origins, (wh, ww), factor, rows, cols)

@@ -1,9 +1,11 @@
 """Model work off the GUI thread.
 
 - :class:`SharedSliceEmbeddings`: the core's lazy :class:`SliceEmbeddings`
-  made safe to share between worker threads (one lock around the encoder),
-  with :meth:`~SharedSliceEmbeddings.peek` to ask, without computing, whether
-  a slice is ready.
+  on the process's shared :class:`~napari_sam.embeddings.EmbeddingProvider`
+  (:data:`STORES`: one memory tier and one encoder lock for every widget and
+  for the zoom crops of its decodes), with
+  :meth:`~SharedSliceEmbeddings.peek` to ask, without computing, whether a
+  slice is ready.
 - :class:`EmbeddingQueue`: computes requested slices' embeddings in a napari
   generator ``thread_worker`` (progress in the activity dock, abortable
   between slices); the slice the user looks at jumps the queue.
@@ -18,101 +20,121 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from pathlib import Path
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-from ..cache import SliceEmbeddings, model_identity
+from ..cache import model_identity
+from ..embeddings import EmbeddingProvider, SliceEmbeddings
+from ..geometry import Crop
 from ..intensity import Window
 from ..models.base import Backend, Embedding
 
 
-class SharedSliceEmbeddings:
-    """Thread-safe view of one volume's slice embeddings (one model, window, axis).
+class SharedSliceEmbeddings(SliceEmbeddings):
+    """One volume's slice embeddings (one model, window, axis) on the widget's
+    shared :class:`~napari_sam.embeddings.EmbeddingProvider`, safe to use from
+    worker threads (the provider holds the one encoder lock).
 
-    Implements what :class:`napari_sam.propagation.Propagator` needs
-    (``axis``, ``len``, ``get``, ``model_input``). With ``cache_dir`` the
-    core's disk store (zarr) keeps the embeddings across sessions.
+    Implements what :class:`napari_sam.propagation.Propagator` needs (``axis``,
+    ``len``, ``get`` with an optional zoom crop, ``model_input``), plus
+    :meth:`peek` to ask, without computing, whether a slice is ready.
+    ``encode_seconds``: the time of every slice fetched from disk or encoded.
     """
 
-    def __init__(self, backend: Backend, volume: np.ndarray, window: Window, axis: int = 0,
-                 max_in_memory: int = 256, cache_dir: str | Path | None = None,
-                 image_hash: str | None = None) -> None:
-        self.inner = SliceEmbeddings(backend, volume, window, axis=axis, max_in_memory=max_in_memory,
-                                     cache_dir=cache_dir, image_hash=image_hash)
-        self.window = window
-        self.axis = axis
-        self.model_name = backend.name
-        self._lock = threading.Lock()
-        self._known: OrderedDict[int, Embedding] = OrderedDict()
+    def __init__(
+        self,
+        provider: EmbeddingProvider,
+        volume: np.ndarray,
+        window: Window,
+        axis: int = 0,
+        image_hash: str | None = None,
+    ) -> None:
+        super().__init__(provider.backend, volume, window, axis, image_hash=image_hash, provider=provider)
+        self.model_name = provider.backend.name
         self.encode_seconds: list[float] = []
 
-    def __len__(self) -> int:
-        return len(self.inner)
+    @property
+    def inner(self) -> SliceEmbeddings:
+        """The core view itself (kept for callers of the former wrapper)."""
+        return self
 
-    def model_input(self, index: int) -> np.ndarray:
-        return self.inner.model_input(index)
-
-    def get(self, index: int) -> Embedding:
-        """Slice ``index``'s embedding, computed now if needed (call from a worker thread)."""
-        emb = self._known.get(index)
-        if emb is not None:
-            return emb
-        with self._lock:
-            emb = self._known.get(index)
-            if emb is None:
-                t0 = time.perf_counter()
-                emb = self.inner.get(index)
-                self.encode_seconds.append(time.perf_counter() - t0)
-                self._known[index] = emb
-                while len(self._known) > self.inner.max_in_memory:
-                    self._known.popitem(last=False)
+    def get(self, index: int, crop: Crop | None = None) -> Embedding:
+        """Slice ``index``'s embedding (of ``crop``), computed now if needed (call from a worker thread)."""
+        if crop is not None or self.peek(index) is not None:
+            return super().get(index, crop)
+        t0 = time.perf_counter()
+        emb = super().get(index)
+        self.encode_seconds.append(time.perf_counter() - t0)
         return emb
 
     def peek(self, index: int) -> Embedding | None:
-        """The embedding if already computed, else None (never computes)."""
-        return self._known.get(index)
+        """The embedding if already computed (in memory), else None (never computes)."""
+        return self.provider.peek(self.entry, index)
 
     def ready(self) -> list[int]:
-        return sorted(self._known)
+        """Sorted slices whose embeddings are in memory."""
+        return sorted(self.provider.in_memory(self.entry))
 
 
 class StoreRegistry:
-    """Slice embeddings kept for the process, keyed by image content, model,
-    device, window and axis: reopening the widget on the same image (or the
-    same window again) reuses what was computed. Least recently used first out."""
+    """The widget's embeddings for the process: one :class:`EmbeddingProvider`
+    (memory tier, disk store, encoder lock) per model, device and cache folder,
+    shared by every widget and by the zoom crops of its decodes; the slice views
+    are keyed by image content, window and axis, so that reopening the widget on
+    the same image (or the same window again) reuses what was computed."""
 
-    def __init__(self, max_stores: int = 4) -> None:
-        self.max_stores = max_stores
-        self._stores: OrderedDict[tuple, SharedSliceEmbeddings] = OrderedDict()
+    def __init__(self, max_in_memory: int = 256) -> None:
+        self.max_in_memory = max_in_memory
+        self._providers: dict[tuple, EmbeddingProvider] = {}
+        self._views: OrderedDict[tuple, SharedSliceEmbeddings] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, backend: Backend, volume: np.ndarray, volume_hash: str, window: Window,
-            axis: int, cache_dir: str | Path | None = None) -> SharedSliceEmbeddings:
+    def provider(self, backend: Backend, cache_dir: str | Path | None = None) -> EmbeddingProvider:
+        """The shared provider of ``backend`` with the disk store in ``cache_dir`` (None: memory only)."""
+        key = (id(backend), model_identity(backend), str(getattr(backend, "device", "")), str(cache_dir))
+        with self._lock:
+            prov = self._providers.get(key)
+            if prov is None or prov.backend is not backend:
+                prov = self._providers[key] = EmbeddingProvider(backend, cache_dir, self.max_in_memory)
+            return prov
+
+    def get(
+        self,
+        backend: Backend,
+        volume: np.ndarray,
+        volume_hash: str,
+        window: Window,
+        axis: int,
+        cache_dir: str | Path | None = None,
+    ) -> SharedSliceEmbeddings:
         """The embeddings of ``volume`` (content hash ``volume_hash``) for this
         model, window and axis; ``cache_dir``: the disk store (None: memory only)."""
-        key = (volume_hash, model_identity(backend), str(getattr(backend, "device", "")), window.key(), axis,
-               str(cache_dir))
+        prov = self.provider(backend, cache_dir)
+        key = (id(prov), volume_hash, window.key(), axis)
         with self._lock:
-            st = self._stores.get(key)
-            if st is None:
-                st = SharedSliceEmbeddings(backend, volume, window, axis=axis, cache_dir=cache_dir,
-                                           image_hash=volume_hash)
-                self._stores[key] = st
-            self._stores.move_to_end(key)
-            while len(self._stores) > self.max_stores:
-                self._stores.popitem(last=False)
-        return st
+            view = self._views.get(key)
+            if view is None:
+                view = self._views[key] = SharedSliceEmbeddings(prov, volume, window, axis=axis, image_hash=volume_hash)
+            self._views.move_to_end(key)
+            while len(self._views) > 16:  # views are small; the embeddings live in the provider
+                self._views.popitem(last=False)
+        return view
 
     def clear(self) -> None:
+        """Forget every provider and view (their memory goes; disk entries stay)."""
         with self._lock:
-            self._stores.clear()
+            for prov in self._providers.values():
+                prov.forget()
+            self._providers.clear()
+            self._views.clear()
 
 
-#: the process-wide registry used by the widget
+#: the process-wide registry used by the widgets
 STORES = StoreRegistry()
 
 

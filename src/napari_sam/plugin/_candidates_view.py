@@ -8,7 +8,8 @@ see :func:`napari_sam.clicks.candidate_order` for the ranking).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QSize, Qt
@@ -25,9 +26,9 @@ def thumbnail(plane: np.ndarray, mask: np.ndarray, crop: tuple[int, int, int, in
     """(side, side, 3) uint8: ``plane`` (H, W[, 3]) float in [0, 1] cropped to
     ``crop`` (r0, c0, r1, c1 inclusive), with the outline of ``mask`` (H, W) bool."""
     r0, c0, r1, c1 = crop
-    img = np.asarray(plane[r0:r1 + 1, c0:c1 + 1], np.float32)
+    img = np.asarray(plane[r0 : r1 + 1, c0 : c1 + 1], np.float32)
     rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
-    m = np.asarray(mask[r0:r1 + 1, c0:c1 + 1], bool)
+    m = np.asarray(mask[r0 : r1 + 1, c0 : c1 + 1], bool)
     h, w = m.shape
     rr = np.minimum((np.arange(side) * h / side).astype(int), h - 1)  # nearest-neighbour resize
     cc = np.minimum((np.arange(side) * w / side).astype(int), w - 1)
@@ -76,8 +77,9 @@ class CandidatesView(QWidget):
         #: (rank, score) of the candidates shown, for scripts and tests
         self.shown: list[tuple[int, float]] = []
 
-    def show_candidates(self, plane: np.ndarray | None, masks: np.ndarray | None, scores: np.ndarray | None,
-                        current: int) -> None:
+    def show_candidates(
+        self, plane: np.ndarray | None, masks: np.ndarray | None, scores: np.ndarray | None, current: int
+    ) -> None:
         """plane: (H, W[, 3]) float in [0, 1]; masks: (K, H, W) bool; scores: (K,). None clears."""
         self.shown = []
         crop = union_crop(masks) if masks is not None and len(masks) > 0 else None
@@ -89,8 +91,9 @@ class CandidatesView(QWidget):
             img = QImage(arr.data, arr.shape[1], arr.shape[0], 3 * arr.shape[1], QImage.Format_RGB888).copy()
             b.setIcon(QIcon(QPixmap.fromImage(img)))
             b.setText(f"{i + 1}: {float(scores[i]):.2f}")
-            b.setToolTip(f"Candidate {i + 1} (model score {float(scores[i]):.2f}); click to preview it "
-                         "(Shift-M cycles)")
+            b.setToolTip(
+                f"Candidate {i + 1} (model score {float(scores[i]):.2f}); click to preview it (Shift-M cycles)"
+            )
             b.setChecked(i == current)
             b.setVisible(True)
             self.shown.append((i + 1, float(scores[i])))

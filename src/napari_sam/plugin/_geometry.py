@@ -16,7 +16,8 @@ the layer's metadata and is what the writer uses).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -92,8 +93,11 @@ def geometry_from_transform(scale: Any, translate: Any = None, affine: Any = Non
     spacing_zyx = scale * norms
     origin_zyx = lin @ translate + off
     d_xyz = d_zyx[::-1, ::-1]
-    return Geometry(tuple(float(v) for v in spacing_zyx[::-1]), tuple(float(v) for v in origin_zyx[::-1]),
-                    tuple(float(v) for v in d_xyz.reshape(-1)))
+    return Geometry(
+        tuple(float(v) for v in spacing_zyx[::-1]),
+        tuple(float(v) for v in origin_zyx[::-1]),
+        tuple(float(v) for v in d_xyz.reshape(-1)),
+    )
 
 
 def geometry_from_metadata(metadata: Mapping[str, Any] | None) -> Geometry | None:

@@ -50,8 +50,10 @@ class ImageSource:
         rgb = bool(layer.rgb)
         spatial = data.ndim - (1 if rgb else 0)
         if spatial not in (2, 3):
-            raise InputError(f"layer {layer.name!r} has {spatial} spatial dimensions (shape {tuple(data.shape)}); "
-                             "napari-sam segments 2D images and 3D volumes (take a 3D subset first)")
+            raise InputError(
+                f"layer {layer.name!r} has {spatial} spatial dimensions (shape {tuple(data.shape)}); "
+                "napari-sam segments 2D images and 3D volumes (take a 3D subset first)"
+            )
         arr = np.asarray(data)
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise InputError(f"layer {layer.name!r}: unsupported data type {arr.dtype}")
@@ -89,6 +91,10 @@ class ImageSource:
     def transform_kwargs(self) -> dict[str, Any]:
         """scale/translate/rotate/shear/affine of the image layer, for layers that must overlay it."""
         lay = self.layer
-        return {"scale": np.asarray(lay.scale), "translate": np.asarray(lay.translate),
-                "rotate": np.asarray(lay.rotate), "shear": np.asarray(lay.shear),
-                "affine": np.asarray(lay.affine.affine_matrix)}
+        return {
+            "scale": np.asarray(lay.scale),
+            "translate": np.asarray(lay.translate),
+            "rotate": np.asarray(lay.rotate),
+            "shear": np.asarray(lay.shear),
+            "affine": np.asarray(lay.affine.affine_matrix),
+        }

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..annotation import Annotation, ChangeSet
 from ..io import Volume
 
 
@@ -23,21 +24,45 @@ def _image_volume(session: Any) -> Volume:
     """The session's image as a core Volume; a DICOM folder source names its files
     (so a DICOM SEG of this series is placed by its referenced SOP Instance UIDs)."""
     src = session.source
-    meta: dict[str, Any] = {"path": session._source_path()}
+    meta: dict[str, Any] = {"path": session.source_path()}
     p = Path(meta["path"]) if meta["path"] else None
     if p is not None and (p.is_dir() or p.suffix.lower() == ".dcm"):
         import SimpleITK as sitk
 
         folder = str(p if p.is_dir() else p.parent)
         ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
-        files = max(
-            (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, s) for s in ids),
-            key=len,
-            default=(),
-        )
+        files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, s) for s in ids), key=len, default=())
         if len(files) == src.shape[0]:
             meta["dicom_file_names"] = list(files)
     return Volume(src.volume, src.geometry, meta)
+
+
+def add_label_map(
+    model: Annotation,
+    labels: np.ndarray,
+    names: dict[int, str] | None = None,
+    colors: dict[int, tuple[int, int, int]] | None = None,
+    what: str = "load labels",
+    keep_ids: bool = False,
+) -> tuple[ChangeSet, list[int]]:
+    """Add each label of the (z, y, x) ``labels`` (and each named id, even without
+    pixels) to ``model`` as an object whose slices (along axis 0) are accepted key
+    slices, in one undoable step. A label whose id is taken gets the next free id
+    (``keep_ids``: taken ids are left out). Returns (the change set, the new ids)."""
+    names, colors = names or {}, colors or {}
+    present = [int(v) for v in np.unique(labels) if v]
+    new_ids: list[int] = []
+    with model.batch(what) as step:
+        for i in sorted(set(present) | {k for k in names if 1 <= k <= 65535}):
+            if i in model and keep_ids:
+                continue
+            oid = i if i not in model else model.next_id()
+            model.add_object(names.get(i), colors.get(i), object_id=oid)
+            new_ids.append(oid)
+            if i in present:
+                mask = labels == i
+                model.load_masks(oid, {int(z): mask[z] for z in np.flatnonzero(mask.any(axis=(1, 2)))})
+    return step.changes, new_ids
 
 
 def load_labels_as_objects(session: Any, path: str | Path) -> tuple[list[int], list[str]]:
@@ -56,24 +81,11 @@ def load_labels_as_objects(session: Any, path: str | Path) -> tuple[list[int], l
     if not present:
         notes.append(f"{path}: no labelled voxel on this image")
         return [], notes
-    before = session.objects.snapshot()
-    taken = {o.id for o in session.objects}
-    new_ids, paint = [], np.zeros(lab.shape, np.uint16)
-    for i in present:
-        oid = i if i not in taken else session.objects.next_id()
-        obj = session.objects.add(ls.name(i), object_id=oid, color=ls.color(i))
-        taken.add(oid)
-        new_ids.append(oid)
-        mask = lab == i
-        paint[mask] = oid
-        if not session.source.is_2d:
-            obj.state = session._adopted_state(mask)
-    layer_paint = paint[0] if session.source.is_2d else paint
-    idx = np.nonzero(layer_paint)
-    session._write(
-        lambda: session.labels.data_setitem(idx, layer_paint[idx]), before, "load labels"
-    )
-    session.objects.current_id = new_ids[0]
+    names = {i: ls.name(i) for i in present}
+    colors = {i: ls.color(i) for i in present}
+    changes, new_ids = add_label_map(session.model, lab, names, colors, "load labels")
+    session.model.select(new_ids[0])
+    session.apply(changes)
     session.objects.store_in(session.labels)
     session.objects_changed.emit()
     return new_ids, notes

@@ -50,7 +50,7 @@ def current_position(viewer: Any, source: ImageSource) -> SlicePosition:
         raise InputError(f"cannot tell which slice of {layer.name!r} is shown (hidden axes {hidden})")
     axis = hidden[0]
     point = np.asarray(viewer.dims.point, dtype=float)
-    data = np.asarray(layer.world_to_data(point[-layer.ndim:]), dtype=float)
+    data = np.asarray(layer.world_to_data(point[-layer.ndim :]), dtype=float)
     index = int(np.clip(np.round(data[axis]), 0, source.shape[axis] - 1))
     return SlicePosition(axis, index)
 
@@ -64,9 +64,14 @@ def _to_image_data(layer: Any, source: ImageSource, coords: np.ndarray) -> np.nd
     """(N, ndim) data coordinates of ``layer`` -> (N, 3) (z, y, x) voxel coordinates of the image."""
     coords = np.asarray(coords, dtype=float).reshape(-1, layer.ndim)
     img = source.layer
-    if layer.ndim == img.ndim and np.allclose(layer.scale, img.scale) and np.allclose(layer.translate, img.translate) \
-            and np.allclose(layer.affine.affine_matrix, img.affine.affine_matrix) \
-            and np.allclose(layer.rotate, img.rotate) and np.allclose(layer.shear, img.shear):
+    if (
+        layer.ndim == img.ndim
+        and np.allclose(layer.scale, img.scale)
+        and np.allclose(layer.translate, img.translate)
+        and np.allclose(layer.affine.affine_matrix, img.affine.affine_matrix)
+        and np.allclose(layer.rotate, img.rotate)
+        and np.allclose(layer.shear, img.shear)
+    ):
         out = coords
     else:
         out = np.array([img.world_to_data(layer.data_to_world(c)) for c in coords]).reshape(-1, img.ndim)
@@ -89,9 +94,18 @@ def make_points_layer(source: ImageSource, name: str = "SAM clicks") -> Any:
 
     ndim = source.layer.ndim
     features = pd.DataFrame({"sign": pd.Categorical([], categories=["positive", "negative"])})
-    layer = Points(np.zeros((0, ndim)), ndim=ndim, name=name, features=features, face_color="sign",
-                   face_color_cycle={"positive": POSITIVE_COLOR, "negative": NEGATIVE_COLOR},
-                   border_color="white", border_width=0.12, size=_marker_size(source), **source.transform_kwargs())
+    layer = Points(
+        np.zeros((0, ndim)),
+        ndim=ndim,
+        name=name,
+        features=features,
+        face_color="sign",
+        face_color_cycle={"positive": POSITIVE_COLOR, "negative": NEGATIVE_COLOR},
+        border_color="white",
+        border_width=0.12,
+        size=_marker_size(source),
+        **source.transform_kwargs(),
+    )
     layer.feature_defaults = {"sign": "positive"}
     layer.mode = "add"
     return layer
@@ -101,8 +115,14 @@ def make_boxes_layer(source: ImageSource, name: str = "SAM boxes") -> Any:
     """An empty Shapes layer for boxes (rectangle mode)."""
     from napari.layers import Shapes
 
-    layer = Shapes(ndim=source.layer.ndim, name=name, edge_color=BOX_COLOR, face_color="transparent",
-                   edge_width=max(1.0, _marker_size(source) / 6), **source.transform_kwargs())
+    layer = Shapes(
+        ndim=source.layer.ndim,
+        name=name,
+        edge_color=BOX_COLOR,
+        face_color="transparent",
+        edge_width=max(1.0, _marker_size(source) / 6),
+        **source.transform_kwargs(),
+    )
     layer.current_edge_color = BOX_COLOR
     layer.current_face_color = "transparent"
     layer.mode = "add_rectangle"

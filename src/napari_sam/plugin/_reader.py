@@ -11,8 +11,9 @@ percentiles otherwise).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -157,8 +158,12 @@ def volume_to_layer_data(volume: Volume, name: str | None = None) -> LayerData:
     if volume.is_rgb:
         kwargs["rgb"] = True
     else:
-        win = resolve_window(volume.array, None, modality=volume.metadata.get("modality"),
-                             dicom_window=volume.metadata.get("dicom_window"))
+        win = resolve_window(
+            volume.array,
+            None,
+            modality=volume.metadata.get("modality"),
+            dicom_window=volume.metadata.get("dicom_window"),
+        )
         kwargs["contrast_limits"] = [win.lo, win.hi]
         kwargs["colormap"] = "gray"
     return arr, kwargs, "image"

@@ -63,8 +63,10 @@ class ReaderOffer(QFrame):
         super().__init__(parent)
         self.setFrameShape(QFrame.StyledPanel)
         lay = QVBoxLayout(self)
-        self.label = QLabel("Open .nii/.nii.gz, NRRD, MHA and .dcm files with napari-sam by default "
-                            "(their geometry and CT window)? Changes napari's Preferences > Plugins.")
+        self.label = QLabel(
+            "Open .nii/.nii.gz, NRRD, MHA and .dcm files with napari-sam by default "
+            "(their geometry and CT window)? Changes napari's Preferences > Plugins."
+        )
         self.label.setWordWrap(True)
         lay.addWidget(self.label)
         row = QHBoxLayout()

@@ -20,11 +20,13 @@ from ._reader import LayerData, volume_to_layer_data
 PHANTOM_STRUCTURES = {"liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4, "aorta": 5, "vertebra": 6}
 
 
-def _ellipsoid(shape: tuple[int, int, int], center: tuple[float, float, float],
-               radii: tuple[float, float, float]) -> np.ndarray:
+def _ellipsoid(
+    shape: tuple[int, int, int], center: tuple[float, float, float], radii: tuple[float, float, float]
+) -> np.ndarray:
     z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    return (((z - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2
-            + ((x - center[2]) / radii[2]) ** 2) <= 1.0
+    return (
+        ((z - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2 + ((x - center[2]) / radii[2]) ** 2
+    ) <= 1.0
 
 
 def ct_phantom_arrays(shape: tuple[int, int, int] = (32, 160, 192), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +106,5 @@ def rgb_cells_array(shape: tuple[int, int] = (256, 256), n_cells: int = 28, seed
 
 def make_rgb_cells() -> list[LayerData]:
     """npe2 sample data: a 2D RGB image of stained nuclei."""
-    vol = Volume(rgb_cells_array()[None], Geometry(spacing=(0.5, 0.5, 1.0)),
-                 {"is_2d": True, "is_rgb": True})
+    vol = Volume(rgb_cells_array()[None], Geometry(spacing=(0.5, 0.5, 1.0)), {"is_2d": True, "is_rgb": True})
     return [volume_to_layer_data(vol, name="RGB cells")]

@@ -9,8 +9,9 @@ through the layer's ``metadata["napari_sam"]["source"]``, else refused).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -47,9 +48,7 @@ def segmentation_layer_data(path: Path) -> LayerData | None:
         return None
     table = {"labels": {str(i): {"name": ls.name(i), "color": list(ls.color(i))} for i in ls.ids()}}
     name = path.name[: -len(".seg.nrrd")] if path.name.lower().endswith(".seg.nrrd") else path.stem
-    data, kwargs, kind = labels_to_layer_data(
-        Volume(ls.labels, ls.geometry, {"path": str(path)}), table
-    )
+    data, kwargs, kind = labels_to_layer_data(Volume(ls.labels, ls.geometry, {"path": str(path)}), table)
     kwargs["name"] = name
     return data, kwargs, kind
 
@@ -66,9 +65,7 @@ def source_volume(source: str | None, shape: tuple[int, int, int]) -> Volume:
     p = Path(source)
     volume = read_image(p.parent if p.is_file() and p.suffix.lower() == ".dcm" else p)
     if tuple(volume.shape) != tuple(shape):
-        raise InputError(
-            f"labels of shape {shape} do not match the DICOM series {source} {volume.shape}"
-        )
+        raise InputError(f"labels of shape {shape} do not match the DICOM series {source} {volume.shape}")
     return volume
 
 
@@ -90,9 +87,7 @@ def write_segmentation(
         volume = source_volume(source, labels.shape)
     else:
         volume = Volume(labels, geometry, {})
-    return str(
-        write_result(path, labels, volume, names, colors, model=model, overwrite=True, notes=notes)
-    )
+    return str(write_result(path, labels, volume, names, colors, model=model, overwrite=True, notes=notes))
 
 
 def write_segmentation_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -102,11 +97,7 @@ def write_segmentation_layer(path: str, data: Any, meta: dict[str, Any]) -> list
 
     arr = np.asarray(data)
     if arr.ndim not in (2, 3) or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise InputError(
-            f"labels layer of shape {arr.shape} and dtype {arr.dtype}: expected 2D/3D integers"
-        )
+        raise InputError(f"labels layer of shape {arr.shape} and dtype {arr.dtype}: expected 2D/3D integers")
     names, colors = object_table(meta.get("metadata"))
     source = ((meta.get("metadata") or {}).get(METADATA_KEY) or {}).get("source")
-    return [
-        write_segmentation(Path(path), arr, labels_geometry(arr.shape, meta), names, colors, source)
-    ]
+    return [write_segmentation(Path(path), arr, labels_geometry(arr.shape, meta), names, colors, source)]

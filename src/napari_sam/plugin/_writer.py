@@ -9,8 +9,9 @@ kept by the widget) go into the JSON sidecar ``OUT.json``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -68,8 +69,15 @@ def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     geom = labels_geometry(arr.shape, meta)
     names, colors = object_table(meta.get("metadata"))
     source = ((meta.get("metadata") or {}).get(METADATA_KEY) or {}).get("path")
-    out = write_labels(p, arr if arr.ndim == 3 else arr[None], geom, names=names, colors=colors, overwrite=True,
-                       inputs=(source,) if source else ())
+    out = write_labels(
+        p,
+        arr if arr.ndim == 3 else arr[None],
+        geom,
+        names=names,
+        colors=colors,
+        overwrite=True,
+        inputs=(source,) if source else (),
+    )
     from ..io import sidecar_path
 
     return [str(out), str(sidecar_path(out))]

@@ -9,7 +9,7 @@ a Labels layer placed on the image (same scale and translation).
 
 The model sees what the user sees: the layer's contrast limits are the
 intensity window. A 3D microscopy layer is segmented with 3D proposals in the
-layer's physical scale (:mod:`napari_sam.automatic3d`); a CT volume slice by
+layer's physical scale (:mod:`napari_sam.automatic.volume`); a CT volume slice by
 slice with objects linked across slices; *current slice only* segments the
 displayed slice.
 
@@ -19,17 +19,30 @@ this module only adapts layers and widgets to it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
-                            QPushButton, QSpinBox, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
 
-from ..automatic import AutomaticSegmenter, AutoSettings, ProgressEvent
+from ..automatic import AutomaticSegmenter, AutoSettings, Stack3DSettings, StackSegmenter
+from ..embeddings import CropEmbeddings
 from ..errors import NapariSamError
 from ..intensity import Window
+from ..jobs import Progress
 from ..models.base import Backend
-from ..zoom import CropEmbeddings, ZoomSettings
+from ..zoom import ZoomSettings
 
 PRESETS = ("microscopy", "ct")
 PROPOSALS = ("preset", "blobs", "regions", "box-grid", "point-grid", "blobs+box-grid", "regions+box-grid")
@@ -52,8 +65,9 @@ class AutoSegmentWidget(QWidget):
     default: the embedded model, loaded on first run.
     """
 
-    def __init__(self, napari_viewer: Any, backend: Backend | Callable[[], Backend] | None = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, napari_viewer: Any, backend: Backend | Callable[[], Backend] | None = None, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
         self._backend_source = backend
@@ -68,7 +82,8 @@ class AutoSegmentWidget(QWidget):
         self._apply_preset()
 
     # ------------------------------------------------------------------ UI
-    def _build_ui(self) -> None:
+    def _build_form(self) -> QFormLayout:
+        """The parameter fields users tune, in a form."""
         form = QFormLayout()
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("the image layer to segment")
@@ -80,8 +95,10 @@ class AutoSegmentWidget(QWidget):
         form.addRow("Preset", self.preset_combo)
         self.proposals_combo = QComboBox()
         self.proposals_combo.addItems(PROPOSALS)
-        self.proposals_combo.setToolTip("where the prompts come from: image structure (blobs, regions), "
-                                        "a box grid, or a point grid (point-capable models)")
+        self.proposals_combo.setToolTip(
+            "where the prompts come from: image structure (blobs, regions), "
+            "a box grid, or a point grid (point-capable models)"
+        )
         form.addRow("Proposals", self.proposals_combo)
         self.density_spin = QSpinBox()
         self.density_spin.setRange(1, 128)
@@ -102,9 +119,17 @@ class AutoSegmentWidget(QWidget):
         self.diameter_spin.setSpecialValueText("auto")
         self.diameter_spin.setToolTip("typical object diameter in pixels (auto: estimated from the image)")
         form.addRow("Object diameter", self.diameter_spin)
+        self.split_check = QCheckBox("keep blob outlines; the model splits touching ones")
+        self.split_check.setToolTip(
+            "blobs: the outlines found in the image are kept and the model, at zoom, "
+            "decides which touching blobs hold several objects (microscopy default); "
+            "unchecked, the model's masks replace the blobs"
+        )
+        form.addRow("", self.split_check)
         self.zoom_check = QCheckBox("zoom small objects")
-        self.zoom_check.setToolTip("decode each proposal on a magnified crop: sharper outlines, one encoder run "
-                                   "per crop (slower)")
+        self.zoom_check.setToolTip(
+            "decode each proposal on a magnified crop: sharper outlines, one encoder run per crop (slower)"
+        )
         form.addRow("", self.zoom_check)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(64, 8192)
@@ -117,7 +142,10 @@ class AutoSegmentWidget(QWidget):
         form.addRow("Halo", self.halo_spin)
         self.current_slice_check = QCheckBox("current slice only (3D)")
         form.addRow("", self.current_slice_check)
+        return form
 
+    def _build_ui(self) -> None:
+        form = self._build_form()
         self.run_button = QPushButton("Segment everything")
         self.run_button.setToolTip("find and segment every object of the image, in the background")
         self.run_button.clicked.connect(lambda _c=False: self.run())
@@ -174,6 +202,7 @@ class AutoSegmentWidget(QWidget):
         self.min_size_spin.setValue(s.min_size or 0)
         self.diameter_spin.setValue(s.object_diameter or 0.0)
         self.zoom_check.setChecked(s.zoom is not None)
+        self.split_check.setChecked(s.model_role == "split-check")
         self.tile_spin.setValue(int(s.tile_shape[0]))
         self.halo_spin.setValue(int(s.halo))
 
@@ -189,6 +218,7 @@ class AutoSegmentWidget(QWidget):
             "zoom": ZoomSettings() if self.zoom_check.isChecked() else None,
             "tile_shape": (self.tile_spin.value(), self.tile_spin.value()),
             "halo": self.halo_spin.value(),
+            "model_role": "split-check" if self.split_check.isChecked() else "masks",
         }
         if self.proposals_combo.currentText() != "preset":
             changes["proposals"] = self.proposals_combo.currentText()
@@ -234,8 +264,12 @@ class AutoSegmentWidget(QWidget):
             z = int(self.viewer.dims.current_step[0])
         job = _Job(layer.name, data, rgb, ndim, z, window, settings)
         job.scale = tuple(float(abs(v)) for v in tuple(layer.scale)[-3:]) if ndim == 3 else None
-        job.stack3d = (ndim == 3 and not rgb and self.preset_combo.currentText() == "microscopy"
-                       and self.proposals_combo.currentText() in ("preset", "blobs"))
+        job.stack3d = (
+            ndim == 3
+            and not rgb
+            and self.preset_combo.currentText() == "microscopy"
+            and self.proposals_combo.currentText() in ("preset", "blobs")
+        )
         worker = thread_worker(self._work, progress=False)(job)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result, j=job: self._on_done(j, result))
@@ -267,9 +301,9 @@ class AutoSegmentWidget(QWidget):
             self._embeddings = CropEmbeddings(self._backend, max_in_memory=64)
         return self._backend
 
-    def _work(self, job: "_Job"):
-        """Runs in the worker thread: a generator of ProgressEvents, returning the AutoResult."""
-        yield ProgressEvent(0, 1, "loading model")
+    def _work(self, job: _Job):
+        """Runs in the worker thread: a job (generator of jobs.Progress) returning the AutoResult."""
+        yield Progress(0, 1, "loading model")
         backend = self._get_backend()
         segmenter = AutomaticSegmenter(backend, job.settings, self._embeddings)
         win = job.window
@@ -278,22 +312,20 @@ class AutoSegmentWidget(QWidget):
         elif job.z is not None:
             result = yield from segmenter.iter_segment(win.apply(job.data[job.z]))
         elif job.stack3d:
-            # microscopy stack: 3D proposals in the layer's physical scale (napari_sam.automatic3d)
-            from ..automatic3d import Stack3DSettings, StackSegmenter
-
+            # microscopy stack: 3D proposals in the layer's physical scale (napari_sam.automatic.volume)
             st = Stack3DSettings(spacing=job.scale, object_diameter=job.settings.object_diameter)
             result = yield from StackSegmenter(backend, st, self._embeddings).iter_segment(win.apply(job.data))
         else:
             result = yield from segmenter.iter_segment_volume(lambda k: win.apply(job.data[k]), len(job.data))
         return result
 
-    def _on_progress(self, ev: ProgressEvent) -> None:
+    def _on_progress(self, ev: Progress) -> None:
         if ev.total > 0:
             self.progress.setRange(0, ev.total)
             self.progress.setValue(min(ev.done, ev.total))
         self.status.setText(ev.stage)
 
-    def _on_done(self, job: "_Job", result) -> None:
+    def _on_done(self, job: _Job, result) -> None:
         self.last_result = result
         layer = self.viewer.layers[job.layer_name] if job.layer_name in self.viewer.layers else None
         labels = result.labels
@@ -312,11 +344,13 @@ class AutoSegmentWidget(QWidget):
             out = self.viewer.layers[name]
         else:
             out = self.viewer.add_labels(labels, **kwargs)
-        out.metadata["napari_sam_auto"] = {"timings": result.timings, "proposals": result.proposals,
-                                           "diameter": result.diameter}
+        out.metadata["napari_sam_auto"] = {
+            "timings": result.timings,
+            "proposals": result.proposals,
+            "diameter": result.diameter,
+        }
         n = int(labels.max(initial=0))
-        self.status.setText(f"{n} object(s) in {result.timings.get('total', 0.0):.1f} s "
-                            f"({result.proposals} prompts)")
+        self.status.setText(f"{n} object(s) in {result.timings.get('total', 0.0):.1f} s ({result.proposals} prompts)")
 
     def _on_error(self, exc: Exception) -> None:
         msg = str(exc) if isinstance(exc, NapariSamError) else f"{type(exc).__name__}: {exc}"
@@ -337,8 +371,16 @@ class AutoSegmentWidget(QWidget):
 class _Job:
     """What one run needs, captured on the GUI thread."""
 
-    def __init__(self, layer_name: str, data: np.ndarray, rgb: bool, ndim: int, z: int | None, window: Window,
-                 settings: AutoSettings) -> None:
+    def __init__(
+        self,
+        layer_name: str,
+        data: np.ndarray,
+        rgb: bool,
+        ndim: int,
+        z: int | None,
+        window: Window,
+        settings: AutoSettings,
+    ) -> None:
         self.layer_name, self.data, self.rgb, self.ndim, self.z = layer_name, data, rgb, ndim, z
         self.window, self.settings = window, settings
         self.scale: tuple[float, ...] | None = None

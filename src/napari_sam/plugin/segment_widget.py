@@ -2,69 +2,37 @@
 
 Every action is a public method (the GUI tests call them) and a keyboard
 shortcut on the viewer (shown in each button's tooltip, listed in
-:data:`SHORTCUTS` and in docs/napari.md). The work itself is done by a
-:class:`._session.SegmentSession`.
+:data:`SHORTCUTS` and in docs/napari.md). The controls are built in
+:mod:`._segment_ui`; the work is a :class:`._session.SegmentSession`'s, on
+the core's annotation model. Models come from
+:func:`napari_sam.models.registry.load_model`, which shares one loaded
+instance per model and settings with every widget of the process.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-
-from qtpy.QtCore import QStringListModel, Qt, Signal
-from qtpy.QtGui import QColor, QIcon, QPixmap
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
-                            QLineEdit, QListWidget, QListWidgetItem, QPushButton, QToolButton, QVBoxLayout, QWidget)
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QFileDialog, QInputDialog, QListWidgetItem, QWidget
 
 from ..errors import NapariSamError
 from ..models.base import Backend
 from . import _prompt_layers as pl
 from ._image_source import ImageSource
-from ._session import SegmentSession, notify
-from ._candidates_view import CandidatesView
-from ._compact import help_button, scrolling_layout
 from ._layer_setup import widen_contrast_range
-from ._vocabulary import remember_name, vocabulary
-from ._reader_preference import ReaderOffer
+from ._notify import notify
+from ._segment_ui import SHORTCUT_METHODS, SHORTCUTS, build_segment_ui, swatch
+from ._session import SegmentSession
+from ._session_files import SessionFileActions
 from ._settings import default_export_path, remember_export
-from ._progress_panel import ProgressPanel
 from ._shortcuts import FocusClickGuard, WindowShortcuts
-
-#: action -> (key, what it does); bound on the viewer while the widget is open
-SHORTCUTS: dict[str, tuple[str, str]] = {
-    "toggle_negative": ("N", "switch new clicks between positive (green) and negative (red)"),
-    "next_candidate": ("Shift-M", "show the next candidate mask"),
-    "commit": ("Shift-C", "commit the preview to the current object on this slice"),
-    "clear_prompts": ("Shift-X", "clear the clicks and box on this slice"),
-    "propagate": ("Shift-S", "propagate the current object through the volume"),
-    "cancel_propagation": ("Shift-Escape", "cancel the running propagation (finished slices are kept)"),
-    "add_object": ("Shift-O", "add a new object"),
-    "undo": ("Shift-Z", "undo the last commit / propagation / paint (also Ctrl+Z on the labels layer)"),
-    "export": ("Shift-E", "save the labels as NIfTI in the image's geometry"),
-}
+from ._vocabulary import remember_name, vocabulary
 
 
-def _available_devices() -> list[str]:
-    import torch
-
-    devs = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devs.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devs.append("mps")
-    return devs
-
-
-def _swatch(color: tuple[int, int, int]) -> QIcon:
-    pix = QPixmap(14, 14)
-    pix.fill(QColor(*color))
-    return QIcon(pix)
-
-
-class SegmentWidget(QWidget):
+class SegmentWidget(SessionFileActions, QWidget):
     """Segment Anything in napari: boxes and clicks on a slice, live preview,
     objects, propagation through the volume, export."""
 
@@ -74,176 +42,17 @@ class SegmentWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session: SegmentSession | None = None
-        self._backends: dict[tuple[str, str, str, str], Backend] = {}
+        self._session_key: tuple[str, str, str, str] | None = None
         self._loader: Any = None
         self._bound_keys: list[str] = []
-        self._build_ui()
+        build_segment_ui(self)
+        self._style_negative(False)
         self._refresh_images()
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self._bind_keys()
         self._focus_guard = FocusClickGuard(self.viewer)
         self._update_enabled()
-
-    # ------------------------------------------------------------------ UI
-    def _button(self, text: str, action: str | None, slot: Callable[[], Any], tip: str) -> QPushButton:
-        b = QPushButton(text)
-        if action is not None:
-            key, what = SHORTCUTS[action]
-            tip = f"{tip or what.capitalize()} [{key}]"
-        b.setToolTip(tip)
-        b.clicked.connect(lambda _checked=False: slot())
-        return b
-
-    def _build_ui(self) -> None:
-        from ..models.registry import REGISTRY
-
-        lay = scrolling_layout(self)  # fits a 1080 px screen with Segment everything docked too
-        self.reader_offer = ReaderOffer()  # once: make napari-sam napari's reader for medical files
-        lay.addWidget(self.reader_offer)
-        self.reader_offer.setVisible(self.reader_offer.should_offer())  # (after parenting, which hides)
-        form = QFormLayout()
-        self.image_combo = QComboBox()
-        self.image_combo.setToolTip("The image layer to segment (2D grayscale or RGB, or a 3D volume)")
-        self.model_combo = QComboBox()
-        for name, spec in REGISTRY.items():
-            self.model_combo.addItem(name)
-            self.model_combo.setItemData(self.model_combo.count() - 1, spec.description, Qt.ToolTipRole)
-        self.model_combo.setToolTip("The segmentation model")
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(_available_devices())
-        self.device_combo.setToolTip("Where the model runs; auto picks CUDA, then Apple MPS, then the CPU")
-        from ..models.precision import DEFAULT_PRECISION, PRECISIONS
-
-        self.precision_combo = QComboBox()
-        self.precision_combo.addItems(PRECISIONS)
-        self.precision_combo.setCurrentText(DEFAULT_PRECISION)
-        self.precision_combo.setToolTip("Image encoder precision: auto takes bf16 where the CPU or GPU runs it "
-                                        "natively (faster), else fp32; see docs/performance.md")
-        self.checkpoint_edit = QLineEdit()
-        self.checkpoint_edit.setPlaceholderText("default: embedded or downloaded once")
-        self.checkpoint_edit.setToolTip("Optional local checkpoint file for the chosen model (offline use, "
-                                        "fine-tuned weights, models without a direct download)")
-        browse = QToolButton()
-        browse.setText("...")
-        browse.setToolTip("Choose a checkpoint file")
-        browse.clicked.connect(self._browse_checkpoint)
-        ckpt_row = QHBoxLayout()
-        ckpt_row.addWidget(self.checkpoint_edit)
-        ckpt_row.addWidget(browse)
-        form.addRow("Image", self.image_combo)
-        form.addRow("Model", self.model_combo)
-        form.addRow("Checkpoint", ckpt_row)
-        form.addRow("Device", self.device_combo)
-        form.addRow("Precision", self.precision_combo)
-        lay.addLayout(form)
-        from ..cache import default_cache_dir
-
-        self.disk_cache_check = QCheckBox("Keep embeddings on disk")
-        self.disk_cache_check.setChecked(True)
-        self.disk_cache_check.setToolTip("Store slice embeddings in the napari-sam cache folder "
-                                         f"({default_cache_dir()}; set NAPARI_SAM_CACHE_DIR to move it), "
-                                         "so that reopening the same image with the same contrast encodes nothing")
-        lay.addWidget(self.disk_cache_check)
-        self.zoom_check = QCheckBox("Zoom small objects")
-        self.zoom_check.setChecked(True)
-        self.zoom_check.setToolTip("Decode a small object's prompt on a magnified crop around it (the model sees "
-                                   "it at full input size): sharper outlines of nuclei and small structures; "
-                                   "the first prompt on a new crop encodes it (~0.5 s)")
-        self.zoom_check.toggled.connect(self._set_zoom)
-        lay.addWidget(self.zoom_check)
-        self.start_button = self._button("Start", None, self.start,
-                                         "Load the model and add the prompt, preview and labels layers")
-        lay.addWidget(self.start_button)
-
-        box = QGroupBox("Prompts on this slice")
-        bl = QVBoxLayout(box)
-        legend = QLabel(f'Boxes: <span style="color:{pl.BOX_COLOR}">&#9633;</span> &nbsp; clicks: '
-                        f'<span style="color:{pl.POSITIVE_COLOR}">&#9679; positive</span> &nbsp; '
-                        f'<span style="color:{pl.NEGATIVE_COLOR}">&#9679; negative</span>')
-        legend.setTextFormat(Qt.RichText)
-        bl.addWidget(legend)
-        self.negative_button = self._button("Clicks: positive", "toggle_negative", self.toggle_negative,
-                                            "Switch new clicks between positive (green) and negative (red)")
-        self.negative_button.setCheckable(True)
-        self._style_negative(False)
-        bl.addWidget(self.negative_button)
-        row = QHBoxLayout()
-        self.candidate_button = self._button("Next candidate", "next_candidate", self.next_candidate, "")
-        self.clear_button = self._button("Clear", "clear_prompts", self.clear_prompts, "")
-        row.addWidget(self.candidate_button)
-        row.addWidget(self.clear_button)
-        bl.addLayout(row)
-        self.candidates_view = CandidatesView(self.select_candidate)
-        self.candidates_view.setVisible(False)
-        bl.addWidget(self.candidates_view)
-        self.commit_button = self._button("Commit to object", "commit", self.commit, "")
-        bl.addWidget(self.commit_button)
-        lay.addWidget(box)
-
-        obox = QGroupBox("Objects")
-        ol = QVBoxLayout(obox)
-        self.object_list = QListWidget()
-        self.object_list.setToolTip("Objects (one label id each). Double-click to rename; select to make current")
-        self.object_list.setMaximumHeight(120)
-        self.object_list.currentItemChanged.connect(self._on_object_selected)
-        self.object_list.itemChanged.connect(self._on_object_edited)
-        ol.addWidget(self.object_list)
-        self.name_edit = QLineEdit()
-        self.name_edit.setPlaceholderText("name the current object (liver, nucleus, ...)")
-        self.name_edit.setToolTip("Name of the current object; suggestions from anatomy and cell names "
-                                  "and the names you typed before. Enter to apply")
-        self._completer_model = QStringListModel(vocabulary())
-        completer = QCompleter(self._completer_model, self.name_edit)
-        completer.setCaseSensitivity(Qt.CaseInsensitive)
-        completer.setFilterMode(Qt.MatchContains)
-        self.name_edit.setCompleter(completer)
-        self.name_edit.returnPressed.connect(self._apply_name)
-        ol.addWidget(self.name_edit)
-        row = QHBoxLayout()
-        self.add_button = self._button("Add", "add_object", self.add_object, "")
-        self.rename_button = self._button("Rename", None, self.rename_object, "Rename the selected object")
-        self.delete_button = self._button("Delete", None, self.delete_object,
-                                          "Delete the selected object and its pixels (undoable)")
-        for b in (self.add_button, self.rename_button, self.delete_button):
-            row.addWidget(b)
-        ol.addLayout(row)
-        lay.addWidget(obox)
-
-        vbox = QGroupBox("Volume")
-        vl = QVBoxLayout(vbox)
-        row = QHBoxLayout()
-        self.propagate_button = self._button("Propagate", "propagate", self.propagate, "")
-        self.cancel_button = self._button("Cancel", "cancel_propagation", self.cancel_propagation, "")
-        row.addWidget(self.propagate_button)
-        row.addWidget(self.cancel_button)
-        vl.addLayout(row)
-        self.embed_all_button = self._button("Embed all slices", None, self.embed_all,
-                                             "Compute every slice's image embedding in the background "
-                                             "(otherwise slices are embedded when first needed)")
-        vl.addWidget(self.embed_all_button)
-        self.progress_panel = ProgressPanel(on_slice=self._show_slice)
-        vl.addWidget(self.progress_panel)
-        lay.addWidget(vbox)
-
-        row = QHBoxLayout()
-        self.undo_button = self._button("Undo", "undo", self.undo, "")
-        self.export_button = self._button("Export...", "export", self.export_dialog, "")
-        self.load_button = self._button("Load labels as objects...", None, self.load_labels_dialog,
-                                        "Bring in an existing segmentation (label map, DICOM SEG, .seg.nrrd): "
-                                        "each label becomes an object whose slices are key slices")
-        row.addWidget(self.undo_button)
-        row.addWidget(self.export_button)
-        row.addWidget(self.load_button)
-        lay.addLayout(row)
-        self.status_label = QLabel("Choose an image layer and press Start.")
-        self.status_label.setWordWrap(True)
-        lay.addWidget(self.status_label)
-        self.help_button = help_button(
-            "Keyboard shortcuts (anywhere in the viewer window while this widget is open):<br>"
-            + "<br>".join(f"<b>{k}</b>: {w}" for k, w in SHORTCUTS.values()))
-        lay.addWidget(self.help_button)
-        lay.addStretch(1)
 
     def _style_negative(self, negative: bool) -> None:
         color = pl.NEGATIVE_COLOR if negative else pl.POSITIVE_COLOR
@@ -260,9 +69,20 @@ class SegmentWidget(QWidget):
         on = self.session is not None
         prop = on and self.session.propagating
         volume = on and not self.session.source.is_2d
-        for b in (self.negative_button, self.candidate_button, self.clear_button, self.add_button,
-                  self.rename_button, self.delete_button, self.undo_button, self.export_button,
-                  self.load_button):
+        for b in (
+            self.negative_button,
+            self.candidate_button,
+            self.clear_button,
+            self.add_button,
+            self.rename_button,
+            self.delete_button,
+            self.undo_button,
+            self.redo_button,
+            self.export_button,
+            self.load_button,
+            self.save_session_button,
+            self.open_session_button,
+        ):
             b.setEnabled(on)
         self.commit_button.setEnabled(on and not prop)
         self.propagate_button.setEnabled(volume and not prop)
@@ -276,7 +96,7 @@ class SegmentWidget(QWidget):
     def _bind_keys(self) -> None:
         actions = {}
         for action, (key, _what) in SHORTCUTS.items():
-            method = getattr(self, action if action != "export" else "export_dialog")
+            method = getattr(self, SHORTCUT_METHODS.get(action, action))
             self.viewer.bind_key(key, lambda _viewer, m=method: m(), overwrite=True)
             self._bound_keys.append(key)
             actions[key] = method
@@ -318,12 +138,14 @@ class SegmentWidget(QWidget):
         s = self.session
         if s is None:
             return
-        gone = [lay.name for lay in (s.source.layer, s.labels, s.preview, s.points, s.boxes)
-                if lay not in self.viewer.layers]
+        gone = [lay.name for lay in s.layers.all() if lay not in self.viewer.layers]
         if gone:
             self._stop_session()
-            notify("info", f"napari-sam: layer {gone[0]!r} was removed; the segmentation session stopped "
-                           "(press Start to begin again; committed labels are kept)")
+            notify(
+                "info",
+                f"napari-sam: layer {gone[0]!r} was removed; the segmentation session stopped "
+                "(press Start to begin again; committed labels are kept)",
+            )
 
     def selected_layer(self) -> Any:
         name = self.image_combo.currentText()
@@ -343,29 +165,45 @@ class SegmentWidget(QWidget):
             notify("error", f"napari-sam: {exc}")
             self._set_status(str(exc))
             return False
-        key = (self.model_combo.currentText(), self.device_combo.currentText(), self.checkpoint_edit.text().strip(),
-               self.precision_combo.currentText())
+        key = (
+            self.model_combo.currentText(),
+            self.device_combo.currentText(),
+            self.checkpoint_edit.text().strip(),
+            self.precision_combo.currentText(),
+        )
         s = self.session
-        if s is not None and s.source.layer is source.layer and (
-                backend is s.backend or (backend is None and self._backends.get(key) is s.backend)):
+        if (
+            s is not None
+            and s.source.layer is source.layer
+            and (backend is s.backend or (backend is None and key == self._session_key))
+        ):
             self._set_status("already segmenting this image with this model")
             return True
         if backend is not None:
+            self._session_key = None
             self._begin(source, backend)
-            return True
-        if key in self._backends:
-            self._begin(source, self._backends[key])
             return True
         if self._loader is not None:
             return False
+        return self._load(key, source)
+
+    def _load(self, key: tuple[str, str, str, str], source: ImageSource) -> bool:
+        """Load the chosen model in the background (the process-wide shared instance when
+        another widget loaded it already), then begin the session."""
         from napari.qt.threading import create_worker
 
         from ..models.registry import load_model
 
-        worker = create_worker(load_model, key[0], checkpoint=key[2] or None, device=key[1], progress=False,
-                               precision=key[3],
-                               _progress={"desc": f"napari-sam: loading {key[0]} (downloading it the first time)"},
-                               _ignore_errors=True)  # errors become notifications (below), not tracebacks
+        worker = create_worker(
+            load_model,
+            key[0],
+            checkpoint=key[2] or None,
+            device=key[1],
+            progress=False,
+            precision=key[3],
+            _progress={"desc": f"napari-sam: loading {key[0]} (downloading it the first time)"},
+            _ignore_errors=True,
+        )  # errors become notifications (below), not tracebacks
         worker.returned.connect(lambda b, k=key, s=source: self._on_model_loaded(k, b, s))
         worker.errored.connect(self._on_model_error)
         self._loader = worker
@@ -374,17 +212,11 @@ class SegmentWidget(QWidget):
         worker.start()
         return True
 
-    def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Model checkpoint", str(Path.home()),
-                                              "Checkpoints (*.pt *.pth *.ckpt *.safetensors);;All files (*)")
-        if path:
-            self.checkpoint_edit.setText(path)
-
     def _on_model_loaded(self, key: tuple[str, str, str, str], backend: Backend, source: ImageSource) -> None:
         self._loader = None
         self.start_button.setEnabled(True)
-        self._backends[key] = backend
         if source.layer in self.viewer.layers:
+            self._session_key = key
             self._begin(source, backend)
 
     def _on_model_error(self, exc: Exception) -> None:
@@ -404,8 +236,9 @@ class SegmentWidget(QWidget):
             from ..cache import default_cache_dir
 
             cache_dir = default_cache_dir() if self.disk_cache_check.isChecked() else None
-            session = SegmentSession(self.viewer, source, backend, parent=self, labels_layer=labels,
-                                     cache_dir=cache_dir)
+            session = SegmentSession(
+                self.viewer, source, backend, parent=self, labels_layer=labels, cache_dir=cache_dir
+            )
         except NapariSamError as exc:
             notify("error", f"napari-sam: {exc}")
             return
@@ -417,8 +250,9 @@ class SegmentWidget(QWidget):
         session.objects_changed.connect(self._refresh_objects)
         session.propagation_started.connect(self._update_enabled)
         session.propagation_finished.connect(lambda _c: self._update_enabled())
-        session.propagation_started.connect(lambda: self.progress_panel.started(
-            session.objects.current.name if session.objects.current else ""))
+        session.propagation_started.connect(
+            lambda: self.progress_panel.started(session.objects.current.name if session.objects.current else "")
+        )
         session.propagation_progress.connect(self.progress_panel.advanced)
         session.propagation_finished.connect(self.progress_panel.finished)
         self._refresh_objects()
@@ -431,6 +265,7 @@ class SegmentWidget(QWidget):
         self.viewer.layers.selection.active = session.boxes
         for layer in (session.points, session.boxes):
             pl.sync_mode(layer)
+        self.recovery_offer.offer(session.files.previous)
         self.session_started.emit()
 
     def stop(self) -> None:
@@ -501,11 +336,7 @@ class SegmentWidget(QWidget):
 
     def commit(self) -> bool:
         s = self._need_session()
-        if s is None:
-            return False
-        if s.objects.current is None:
-            s.add_object()
-        return s.commit()
+        return s.commit() if s is not None else False
 
     def propagate(self) -> bool:
         s = self._need_session()
@@ -525,6 +356,11 @@ class SegmentWidget(QWidget):
         s = self._need_session()
         if s is not None:
             s.undo()
+
+    def redo(self) -> None:
+        s = self._need_session()
+        if s is not None:
+            s.redo()
 
     def add_object(self, name: str | None = None) -> Any:
         s = self._need_session()
@@ -592,8 +428,12 @@ class SegmentWidget(QWidget):
     def load_labels_dialog(self) -> list[int]:
         if self._need_session() is None:
             return []
-        path, _ = QFileDialog.getOpenFileName(self, "Load labels as objects", str(Path.home()),
-                                              "Segmentations (*.nii.gz *.nii *.nrrd *.mha *.dcm);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "Load labels as objects",
+            str(Path.home()),
+            "Segmentations (*.nii.gz *.nii *.nrrd *.mha *.dcm);;All files (*)",
+        )
         return self.load_labels(path) if path else []
 
     def export_dialog(self) -> list[str]:
@@ -601,9 +441,13 @@ class SegmentWidget(QWidget):
         if s is None:
             return []
         proposed = default_export_path(s.source.layer.name)
-        path, _ = QFileDialog.getSaveFileName(self, "Save labels", str(proposed),
-                                              "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha);;"
-                                              "3D Slicer segmentation (*.seg.nrrd);;DICOM SEG (*.dcm)")
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Save labels",
+            str(proposed),
+            "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha);;"
+            "3D Slicer segmentation (*.seg.nrrd);;DICOM SEG (*.dcm)",
+        )
         out = self.export(path) if path else []
         if out:
             remember_export(out[0])
@@ -627,7 +471,7 @@ class SegmentWidget(QWidget):
         self.object_list.clear()
         if s is not None:
             for o in s.objects:
-                item = QListWidgetItem(_swatch(o.color), o.name)
+                item = QListWidgetItem(swatch(o.color), o.name)
                 item.setData(Qt.UserRole, o.id)
                 item.setFlags(item.flags() | Qt.ItemIsEditable)
                 item.setToolTip(f"label id {o.id}")

@@ -38,17 +38,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Generator
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from .automatic import AutoResult, Progress, ProgressEvent, _drive, estimate_object_diameter, refine_diameter
-from .errors import InputError
-from .label_ops import drop_small, relabel_sequential
-from .models.base import Backend
-from .zoom import CropEmbeddings
+from ..embeddings import CropEmbeddings
+from ..errors import InputError
+from ..io import Geometry
+from ..jobs import Cancel, Job, Progress, ProgressCallback, drive
+from ..label_ops import drop_small, relabel_sequential
+from ..models.base import Backend
+from ..tiff_spacing import tiff_spacing
+from .proposals import estimate_object_diameter, refine_diameter
+from .segmenter import AutoResult
 
 
 @dataclass(frozen=True)
@@ -131,12 +134,23 @@ def _background_surface(s: np.ndarray, rounds: int = 3) -> np.ndarray:
         keep = v <= A @ coef
     Z, Y, X = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
     c = coef.astype(np.float32)
-    return (c[0] + c[1] * Z + c[2] * Y + c[3] * X + c[4] * Z * Z + c[5] * Y * Y + c[6] * X * X
-            + c[7] * Z * Y + c[8] * Z * X + c[9] * Y * X)
+    return (
+        c[0]
+        + c[1] * Z
+        + c[2] * Y
+        + c[3] * X
+        + c[4] * Z * Z
+        + c[5] * Y * Y
+        + c[6] * X * X
+        + c[7] * Z * Y
+        + c[8] * Z * X
+        + c[9] * Y * X
+    )
 
 
-def foreground_3d(volume01: np.ndarray, spacing: np.ndarray, diameter_phys: float,
-                  polarity: str = "bright") -> tuple[np.ndarray, np.ndarray]:
+def foreground_3d(
+    volume01: np.ndarray, spacing: np.ndarray, diameter_phys: float, polarity: str = "bright"
+) -> tuple[np.ndarray, np.ndarray]:
     """Foreground mask (z, row, col) bool and the flattened smooth image
     (signal minus local background) of a stack; lengths in spacing units."""
     img = volume01 if polarity == "bright" else 1.0 - volume01
@@ -151,8 +165,9 @@ def foreground_3d(volume01: np.ndarray, spacing: np.ndarray, diameter_phys: floa
     return fg, flat
 
 
-def split_instances_3d(fg: np.ndarray, flat: np.ndarray, spacing: np.ndarray, diameter_phys: float,
-                       depth: float, min_voxels: int) -> np.ndarray:
+def split_instances_3d(
+    fg: np.ndarray, flat: np.ndarray, spacing: np.ndarray, diameter_phys: float, depth: float, min_voxels: int
+) -> np.ndarray:
     """Split a (z, row, col) foreground into objects with a seeded watershed.
 
     The relief is the physical distance transform (``sampling=spacing``: a
@@ -206,8 +221,9 @@ class StackSegmenter:
     settings: :class:`Stack3DSettings`; embeddings: a shared :class:`CropEmbeddings`.
     """
 
-    def __init__(self, backend: Backend | None, settings: Stack3DSettings | None = None,
-                 embeddings: CropEmbeddings | None = None) -> None:
+    def __init__(
+        self, backend: Backend | None, settings: Stack3DSettings | None = None, embeddings: CropEmbeddings | None = None
+    ) -> None:
         self.backend = backend
         self.settings = settings or Stack3DSettings()
         if embeddings is None and backend is not None:
@@ -215,15 +231,22 @@ class StackSegmenter:
         self.embeddings = embeddings
         self.encoder_calls = 0
 
-    def segment(self, volume01: np.ndarray, progress: Progress | None = None,
-                should_stop: Callable[[], bool] | None = None, volume_key: str | None = None) -> AutoResult:
+    def segment(
+        self,
+        volume01: np.ndarray,
+        progress: ProgressCallback | None = None,
+        cancel: Cancel | None = None,
+        volume_key: str | None = None,
+    ) -> AutoResult:
         """Segment a (z, row, col) float32 stack in [0, 1]; returns an
-        :class:`AutoResult` with (z, row, col) int32 labels (one id per 3D object)."""
-        return _drive(self.iter_segment(volume01, volume_key), progress, should_stop)
+        :class:`AutoResult` with (z, row, col) int32 labels (one id per 3D object).
+        progress: called with each :class:`~napari_sam.jobs.Progress`; cancel:
+        checked between steps."""
+        return drive(self.iter_segment(volume01, volume_key), progress, cancel, "automatic segmentation")
 
-    def iter_segment(self, volume01: np.ndarray, volume_key: str | None = None
-                     ) -> Generator[ProgressEvent, None, AutoResult]:
-        """:meth:`segment` as a generator of :class:`ProgressEvent` (abortable between steps)."""
+    def iter_segment(self, volume01: np.ndarray, volume_key: str | None = None) -> Job[AutoResult]:
+        """:meth:`segment` as a job (a generator of :class:`~napari_sam.jobs.Progress`,
+        abortable between steps) returning the :class:`AutoResult`."""
         st = self.settings
         vol = np.asarray(volume01, np.float32)
         if vol.ndim != 3 or min(vol.shape[1:]) < 8:
@@ -231,33 +254,48 @@ class StackSegmenter:
         spacing = np.asarray(st.spacing if st.spacing is not None else (1.0, 1.0, 1.0), float)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        yield ProgressEvent(0, 4, "proposals: object size")
+        yield Progress(0, 4, "proposals: object size")
         d_px = st.object_diameter or stack_diameter(vol, st.polarity)
         d_phys = d_px * float(np.sqrt(spacing[1] * spacing[2]))
-        yield ProgressEvent(1, 4, "proposals: foreground")
+        timings["proposals: object size"] = time.perf_counter() - t0
+        yield Progress(1, 4, "proposals: foreground")
+        t = time.perf_counter()
         fg, flat = foreground_3d(vol, spacing, d_phys, st.polarity)
-        yield ProgressEvent(2, 4, "proposals: splitting touching objects")
+        timings["proposals: foreground"] = time.perf_counter() - t
+        yield Progress(2, 4, "proposals: splitting touching objects")
+        t = time.perf_counter()
         typical = 4.0 / 3.0 * np.pi * (d_phys / 2.0) ** 3 / float(np.prod(spacing))
         min_vox = max(4, int(st.min_size_fraction * typical))
         labels = split_instances_3d(fg, flat, spacing, d_phys, st.split_depth, min_vox)
+        timings["proposals: seeds and watershed"] = time.perf_counter() - t
         timings["proposals"] = time.perf_counter() - t0
-        n_prompts, enc0 = 0, self.encoder_calls
+        timings["linking"] = 0.0  # one 3D object is one id by construction: nothing to link
+        n_prompts, enc0, total = 0, self.encoder_calls, 4
         timings["encoder"] = timings["decoder"] = 0.0
         if st.use_model and self.backend is not None and labels.max() > 0:
-            labels, n_prompts = yield from self._model_check(vol, labels, flat, timings, volume_key)
+            labels, n_prompts, total = yield from self._model_check(vol, labels, flat, timings, volume_key)
         t = time.perf_counter()
         labels = relabel_sequential(labels)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         enc = self.encoder_calls - enc0
-        yield ProgressEvent(4, 4, "done")
-        return AutoResult(labels=labels, scores=[], proposals=n_prompts, timings=timings, diameter=float(d_px),
-                          encoder_calls=enc, candidates=n_prompts)
+        yield Progress(total, total, "done")
+        return AutoResult(
+            labels=labels,
+            scores=[],
+            proposals=n_prompts,
+            timings=timings,
+            diameter=float(d_px),
+            encoder_calls=enc,
+            candidates=n_prompts,
+        )
 
-    def _model_check(self, vol: np.ndarray, labels: np.ndarray, flat: np.ndarray, timings: dict[str, float],
-                     volume_key: str | None) -> Generator[ProgressEvent, None, tuple[np.ndarray, int]]:
+    def _model_check(
+        self, vol: np.ndarray, labels: np.ndarray, flat: np.ndarray, timings: dict[str, float], volume_key: str | None
+    ) -> Job[tuple[np.ndarray, int, int]]:
         """Prompt each object's box on its central slice; drop objects the model
-        does not confirm when their contrast is weak. Returns (labels, prompts)."""
+        does not confirm when their contrast is weak. Returns (labels, prompts,
+        the job's total steps)."""
         st = self.settings
         zs, boxes, objs = _central_boxes(labels)
         n = len(objs)
@@ -271,17 +309,24 @@ class StackSegmenter:
         per = MOSAIC_SIDE * MOSAIC_SIDE
         steps = max(1, int(np.ceil(len(todo) / per)))
         for k in range(steps):
-            group = todo[k * per: (k + 1) * per]
+            group = todo[k * per : (k + 1) * per]
             ious[group] = self._check_group(vol, labels, zs, boxes, group, timings)
-            yield ProgressEvent(2 + (k + 1) / steps, 4, f"model check: {min(len(todo), (k + 1) * per)}/{len(todo)}")
+            yield Progress(3 + k, 4 + steps, f"model check: {min(len(todo), (k + 1) * per)}/{len(todo)}")
         weak = contrast < np.median(contrast)
         confirm = ~((ious < st.model_iou) & weak)
         lut = np.concatenate([[0], np.where(confirm, ids, 0)]).astype(np.int32)
-        return lut[labels], len(todo)
+        return lut[labels], len(todo), 4 + steps
 
     @torch.inference_mode()
-    def _check_group(self, vol: np.ndarray, labels: np.ndarray, zs: np.ndarray, boxes: np.ndarray,
-                     group: list[int], timings: dict[str, float]) -> np.ndarray:
+    def _check_group(
+        self,
+        vol: np.ndarray,
+        labels: np.ndarray,
+        zs: np.ndarray,
+        boxes: np.ndarray,
+        group: list[int],
+        timings: dict[str, float],
+    ) -> np.ndarray:
         """One encoder run for up to MOSAIC_SIDE**2 objects: a crop around each
         object's central cross-section (2.5x its box) is resized into one cell
         of a mosaic at the model's input size; each object's box is decoded in
@@ -300,13 +345,20 @@ class StackSegmenter:
             sl_r = slice(max(0, top), min(H, top + n_side))
             sl_c = slice(max(0, left), min(W, left + n_side))
             patch = np.zeros((n_side, n_side), np.float32)
-            patch[sl_r.start - top: sl_r.stop - top, sl_c.start - left: sl_c.stop - left] = vol[zs[i], sl_r, sl_c]
+            patch[sl_r.start - top : sl_r.stop - top, sl_c.start - left : sl_c.stop - left] = vol[zs[i], sl_r, sl_c]
             f = cell / n_side
             gy, gx = divmod(k, MOSAIC_SIDE)
-            mosaic[gy * cell:(gy + 1) * cell, gx * cell:(gx + 1) * cell] = ndimage.zoom(
-                patch, (cell / n_side, cell / n_side), order=1, grid_mode=True, mode="nearest")[:cell, :cell]
-            mboxes.append([gy * cell + (r0 - top) * f, gx * cell + (c0 - left) * f,
-                           gy * cell + (r1 + 1 - top) * f - 1, gx * cell + (c1 + 1 - left) * f - 1])
+            mosaic[gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell] = ndimage.zoom(
+                patch, (cell / n_side, cell / n_side), order=1, grid_mode=True, mode="nearest"
+            )[:cell, :cell]
+            mboxes.append(
+                [
+                    gy * cell + (r0 - top) * f,
+                    gx * cell + (c0 - left) * f,
+                    gy * cell + (r1 + 1 - top) * f - 1,
+                    gx * cell + (c1 + 1 - left) * f - 1,
+                ]
+            )
             crops.append((top, left, n_side, sl_r, sl_c))
         t = time.perf_counter()
         emb = self.backend.embed(mosaic)
@@ -316,16 +368,16 @@ class StackSegmenter:
         out = np.ones(len(group))
         mb = np.clip(np.asarray(mboxes, np.float32), 0, size - 1)
         for b0 in range(0, len(group), self.settings.batch_size):
-            low, _ = self.backend.decode_low_res(emb, boxes_rc=mb[b0: b0 + self.settings.batch_size])
+            low, _ = self.backend.decode_low_res(emb, boxes_rc=mb[b0 : b0 + self.settings.batch_size])
             masks = (self.backend.upsample(low, emb)[:, 0] > 0).cpu().numpy()
             for j in range(masks.shape[0]):
                 k = b0 + j
                 i = group[k]
                 top, left, n_side, sl_r, sl_c = crops[k]
                 gy, gx = divmod(k, MOSAIC_SIDE)
-                m = masks[j, gy * cell:(gy + 1) * cell, gx * cell:(gx + 1) * cell].astype(np.float32)
+                m = masks[j, gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell].astype(np.float32)
                 back = ndimage.zoom(m, n_side / cell, order=0, grid_mode=True, mode="nearest")[:n_side, :n_side] > 0.5
-                back = back[sl_r.start - top: sl_r.stop - top, sl_c.start - left: sl_c.stop - left]
+                back = back[sl_r.start - top : sl_r.stop - top, sl_c.start - left : sl_c.stop - left]
                 ref = labels[zs[i], sl_r, sl_c] == i + 1
                 out[k] = np.logical_and(back, ref).sum() / max(1, np.logical_or(back, ref).sum())
         timings["decoder"] += time.perf_counter() - t
@@ -333,7 +385,7 @@ class StackSegmenter:
 
 
 def parse_spacing(text: str) -> tuple[float, float, float]:
-    """"Z,Y,X" (or "Z,XY") voxel size -> (z, row, col) floats; InputError when malformed."""
+    """ "Z,Y,X" (or "Z,XY") voxel size -> (z, row, col) floats; InputError when malformed."""
     try:
         vals = tuple(float(v) for v in text.replace("x", ",").split(","))
     except ValueError:
@@ -345,8 +397,9 @@ def parse_spacing(text: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-def stack_spacing(image_path: str, geometry_zyx: tuple[float, float, float], has_header: bool,
-                  override: str | None) -> tuple[float, float, float]:
+def stack_spacing(
+    image_path: str, geometry_zyx: tuple[float, float, float], has_header: bool, override: str | None
+) -> tuple[float, float, float]:
     """The (z, row, col) spacing of a stack: ``override`` ("Z,Y,X"), else the
     header's (NIfTI/NRRD/MHA/DICOM), else ImageJ/OME TIFF metadata, else isotropic."""
     if override:
@@ -354,21 +407,19 @@ def stack_spacing(image_path: str, geometry_zyx: tuple[float, float, float], has
     if has_header:
         return tuple(float(v) for v in geometry_zyx)  # type: ignore[return-value]
     if image_path.lower().endswith((".tif", ".tiff")):
-        from .tiff_spacing import tiff_spacing
-
         sp = tiff_spacing(image_path)
         if sp is not None:
             return sp
     return (1.0, 1.0, 1.0)
 
 
-def stack_settings_from_args(args, volume, backend: Backend | None,
-                             embeddings: CropEmbeddings | None) -> StackSegmenter:
+def stack_settings_from_args(
+    args, volume, backend: Backend | None, embeddings: CropEmbeddings | None
+) -> StackSegmenter:
     """The CLI's :class:`StackSegmenter` for ``napari-sam auto`` on a 3D microscopy stack."""
-    from .io import Geometry
-
     has_header = volume.geometry != Geometry()
     spacing = stack_spacing(str(args.image), volume.geometry.scale_zyx, has_header, args.spacing)
-    settings = Stack3DSettings(spacing=spacing, object_diameter=args.diameter,
-                               use_model=bool(getattr(args, "model_check", False)))
+    settings = Stack3DSettings(
+        spacing=spacing, object_diameter=args.diameter, use_model=bool(getattr(args, "model_check", False))
+    )
     return StackSegmenter(backend, settings, embeddings)

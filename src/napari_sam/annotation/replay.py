@@ -1,0 +1,279 @@
+"""A prompts file replayed through the annotation model: what ``napari-sam segment`` does.
+
+:func:`replay` does for each object what a user does in the widget: add the
+object, commit its prompted slices (decoded by the one key-slice rule,
+:func:`~napari_sam.annotation.decode_key`), propagate it, adapt it, apply its
+corrections, all through one :class:`~napari_sam.annotation.Annotation`; the
+label map is the model's. So the CLI and the widget give the same label map
+for the same prompts.
+
+Objects that are not propagated keep only their prompted slices. Their
+box-only prompts are decoded in batches per slice and kept cropped
+(:mod:`napari_sam.box_batches`), so that thousands of objects cost memory by
+their areas, not by a slice each.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..box_batches import decode_boxes, is_plain_box
+from ..corrections import Correction
+from ..embeddings import CropEmbeddings, SliceEmbeddings
+from ..finetune.adapt import adapt_to_slices
+from ..intensity import Window, resolve_window
+from ..io import Volume
+from ..jobs import Progress, ProgressCallback
+from ..models.base import Backend
+from ..predictor import SlicePredictor
+from ..prompts import ObjectPrompts, PromptsFile, SlicePrompt
+from ..propagation import PropagationState, Propagator, StopRules
+from ..zoom import ZoomSettings
+from .keyslices import decode_key
+from .model import Annotation
+
+__all__ = ["replay", "ReplayOutcome", "merge_slice_prompts", "object_window"]
+
+
+@dataclass
+class ReplayOutcome:
+    """windows: object id -> the Window used; cancelled: a cancel request stopped
+    the replay early (the model then holds what was finished)."""
+
+    windows: dict[int, Window] = field(default_factory=dict)
+    cancelled: bool = False
+
+
+def merge_slice_prompts(prompts: list[SlicePrompt]) -> dict[int, SlicePrompt]:
+    """Group an object's prompts by slice; prompts on the same slice are merged
+    (all clicks together, the last box given)."""
+    by_slice: dict[int, SlicePrompt] = {}
+    for p in prompts:
+        z = 0 if p.slice is None else p.slice
+        if z in by_slice:
+            old = by_slice[z]
+            by_slice[z] = SlicePrompt(
+                points=np.concatenate([old.points, p.points]),
+                labels=np.concatenate([old.labels, p.labels]),
+                box=p.box if p.box is not None else old.box,
+                slice=z,
+            )
+        else:
+            by_slice[z] = SlicePrompt(points=p.points, labels=p.labels, box=p.box, slice=z)
+    return by_slice
+
+
+def object_window(volume: Volume, obj: ObjectPrompts, file_window=None, override=None) -> Window:
+    """The window for one object: --window, else the object's, else the file's, else automatic."""
+    spec = override if override is not None else (obj.window if obj.window is not None else file_window)
+    return resolve_window(volume.array, spec, volume.metadata.get("modality"), volume.metadata.get("dicom_window"))
+
+
+class _StopFlag:
+    """A cancel request (a callable returning True, or a threading.Event) as a token with ``is_set``."""
+
+    def __init__(self, cancel: Any) -> None:
+        self.cancel = cancel
+
+    def is_set(self) -> bool:
+        if self.cancel is None:
+            return False
+        if isinstance(self.cancel, threading.Event):
+            return self.cancel.is_set()
+        return bool(self.cancel())
+
+
+class _Replay:
+    """The state of one replay: embeddings per (window, axis), windows, progress."""
+
+    def __init__(
+        self,
+        model: Annotation,
+        volume: Volume,
+        prompts: PromptsFile,
+        backend: Backend,
+        window: Any,
+        progress: ProgressCallback | None,
+        embeddings_for: Any,
+        cancel: Any,
+        stop_rules: StopRules | None,
+        zoom: ZoomSettings | None,
+        crop_embeddings: CropEmbeddings | None,
+    ) -> None:
+        self.model, self.volume, self.prompts, self.backend = model, volume, prompts, backend
+        self.window_override, self.progress, self.embeddings_for = window, progress, embeddings_for
+        self.stop = _StopFlag(cancel)
+        self.stop_rules, self.zoom = stop_rules, zoom
+        self.predictor = SlicePredictor(backend, zoom=zoom, crop_embeddings=crop_embeddings)
+        self.outcome = ReplayOutcome()
+        self._stores: dict[tuple[str, int], SliceEmbeddings] = {}
+        self._windows: dict[str, Window] = {}
+        self.finished = 0
+        self.estimates: dict[int, int] = {}
+
+    # -------------------------------------------------------------- helpers
+    def report(self, message: str) -> None:
+        if self.progress:
+            self.progress(Progress(self.finished, self.finished + sum(self.estimates.values()), message))
+
+    def store(self, win: Window, axis: int) -> SliceEmbeddings:
+        key = (win.key(), axis)
+        if key not in self._stores:
+            self._stores[key] = (
+                self.embeddings_for(win, axis)
+                if self.embeddings_for
+                else SliceEmbeddings(self.backend, self.volume.array, win, axis)
+            )
+        return self._stores[key]
+
+    def window_of(self, obj: ObjectPrompts) -> Window:
+        """Resolved once per distinct window spec."""
+        override = self.window_override
+        spec = override if override is not None else (obj.window if obj.window is not None else self.prompts.window)
+        key = repr(spec)
+        if key not in self._windows:
+            self._windows[key] = object_window(self.volume, obj, self.prompts.window, override)
+        self.outcome.windows[obj.id] = self._windows[key]
+        return self._windows[key]
+
+    def cancelled(self) -> bool:
+        if self.outcome.cancelled or self.stop.is_set():
+            self.outcome.cancelled = True
+        return self.outcome.cancelled
+
+    def decode(self, obj: ObjectPrompts, z: int, prompt: SlicePrompt) -> None:
+        """Decode one key slice by the one key-slice rule and commit it."""
+        store = self.store(self.window_of(obj), obj.axis)
+        self.predictor.set_embedding(store.get(z), image=store.model_input(z) if self.zoom is not None else None)
+        previous = self.model.previous_for(obj.id, obj.axis, z, prompt)
+        pred = decode_key(self.predictor, prompt, previous, self.model.key_choice)
+        self.model.commit(obj.id, z, prompt, pred.mask, axis=obj.axis, exact=pred.crop is None)
+
+    # -------------------------------------------------------------- the steps
+    def plain_objects(self, objects: list[ObjectPrompts]) -> None:
+        """Objects that are not propagated: box-only prompts in batches per slice, the rest one by one."""
+        groups: dict[tuple, list[tuple[ObjectPrompts, int, SlicePrompt]]] = {}
+        batch = self.zoom is None and self.model.key_choice == "single"
+        for o in objects:
+            win = self.window_of(o)
+            for z, p in sorted(merge_slice_prompts(o.prompts).items()):
+                key = (win.key(), o.axis, z) if batch and is_plain_box(p) else ("", -1 - len(groups), z)
+                groups.setdefault(key, []).append((o, z, p))
+        self.estimates[0] = sum(len(g) for g in groups.values())
+        for (_wkey, axis, z), items in groups.items():
+            if self.cancelled():
+                return
+            obj0 = items[0][0]
+            self.report(f"{obj0.name}: slice {z}" if len(items) == 1 else f"{len(items)} objects: slice {z}")
+            if axis >= 0:
+                emb = self.store(self.window_of(obj0), obj0.axis).get(z)
+                for (o, _, p), mask in zip(items, decode_boxes(self.backend, emb, [p.box for _, _, p in items])):
+                    self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True)
+            else:
+                self.decode(obj0, z, items[0][2])
+            self.estimates[0] -= len(items)
+            self.finished += len(items)
+
+    def propagated_object(self, obj: ObjectPrompts) -> None:
+        """Key slices, propagation, adaptation and corrections of one object."""
+        for z, p in sorted(merge_slice_prompts(obj.prompts).items()):
+            self.decode(obj, z, p)
+        state = self.model.object(obj.id).state
+        if state is None or not state.key_slices:
+            return
+        self.estimates[obj.id] = state.n_slices
+        propagator = Propagator(
+            self.backend,
+            self.store(self.window_of(obj), obj.axis),
+            rules=self.stop_rules,
+            key_choice=self.model.key_choice,
+        )
+        self.run(obj, self.model.propagation(obj.id, propagator))
+        if obj.adapt and not state.needs_run and not self.cancelled():
+            self.run(obj, self.model.start_run(obj.id, self._adapting(propagator), f"adapt {obj.name}"))
+        for point, label in obj.corrections:
+            if self.cancelled() or state.needs_run:
+                break
+            self.report(f"{obj.name}: correction at {tuple(point)}")
+            self.run(obj, self.model.correction(obj.id, Correction(tuple(point), label), propagator))
+        self.estimates[obj.id] = 0
+        if state.needs_run:
+            self.outcome.cancelled = True
+
+    def _adapting(self, propagator: Propagator):
+        """``"adapt": true``: adapt a copy of the model to the object's key-slice masks
+        (:mod:`napari_sam.finetune.adapt`), then propagate the object again with it."""
+
+        def work(state: PropagationState):
+            keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
+            if not keys:
+                return
+            adapted = adapt_to_slices(self.backend, propagator.embeddings, keys, cancel=self.stop.cancel).backend
+            state.mark_all()
+            yield from Propagator(
+                adapted, propagator.embeddings, rules=self.stop_rules, key_choice=propagator.key_choice
+            ).run(state)
+
+        return work
+
+    def run(self, obj: ObjectPrompts, run) -> None:
+        base = self.finished
+
+        def on_event(event: Progress) -> None:
+            self.finished = base + event.done
+            self.estimates[obj.id] = max(0, event.total - event.done)
+            self.report(f"{obj.name}: {event.stage}")
+
+        self.model.run_to_end(run, on_event, self.stop)  # type: ignore[arg-type]
+
+
+def replay(
+    model: Annotation,
+    volume: Volume,
+    prompts: PromptsFile,
+    backend: Backend,
+    window: Any = None,
+    progress: ProgressCallback | None = None,
+    embeddings_for: Callable[[Window, int], Any] | None = None,
+    cancel: Any = None,
+    stop_rules: StopRules | None = None,
+    zoom: ZoomSettings | None = None,
+    crop_embeddings: CropEmbeddings | None = None,
+    init_masks: dict[int, dict[int, np.ndarray]] | None = None,
+) -> ReplayOutcome:
+    """Replay ``prompts`` through ``model`` (an empty :class:`Annotation` of ``volume``'s shape).
+
+    Arguments as :func:`napari_sam.segmentation.segment_volume`. The objects are
+    added in the file's order (which breaks exact ties of the overlap rule);
+    ``init_masks`` (id -> {slice -> mask}) become key slices first, except where
+    a propagated object has a prompt. The model then holds the objects, their
+    states and the label map; the whole replay is two undo steps.
+    """
+    prompts.check_against(volume.array.shape, volume.is_2d)
+    job = _Replay(
+        model, volume, prompts, backend, window, progress, embeddings_for, cancel, stop_rules, zoom, crop_embeddings
+    )
+    init_masks = init_masks or {}
+    with model.batch("objects of the prompts file"):
+        for o in prompts.objects:
+            model.add_object(o.name, o.color, object_id=o.id, axis=o.axis)
+            if o.range is not None:
+                model.set_range(o.id, o.range)
+            prompted = set(merge_slice_prompts(o.prompts)) if o.propagate else set()
+            masks = {z: m for z, m in init_masks.get(o.id, {}).items() if z not in prompted}
+            if masks:
+                model.load_masks(o.id, masks, axis=o.axis, up_to_date=False)
+    with model.batch("prompts file"):
+        job.plain_objects([o for o in prompts.objects if not o.propagate])
+        for o in prompts.objects:
+            if o.propagate and not job.cancelled():
+                job.window_of(o)
+                job.propagated_object(o)
+    if progress:
+        progress(Progress(job.finished, job.finished, "cancelled" if job.outcome.cancelled else "done"))
+    return job.outcome

@@ -1,0 +1,168 @@
+"""The run methods of an annotation: long work on one object, shown as it goes, adopted at the end.
+
+:class:`RunMethods` is the part of :class:`~napari_sam.annotation.Annotation`
+that starts, applies and finishes :class:`~napari_sam.annotation.runs.Run` s
+(see that module for the threading design).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..corrections import Correction, apply_correction, check_correction
+from ..errors import InputError, UsageError
+from ..jobs import Cancel, Cancelled, ProgressCallback, drive
+from ..propagation import PropagationState, Propagator
+from .changes import ChangeSet
+from .objects import adopt_state, copy_state
+from .runs import Run
+
+if TYPE_CHECKING:
+    from .model import Annotation
+
+__all__ = ["RunMethods"]
+
+
+class RunMethods:
+    """Runs on an annotation's objects (mixed into :class:`Annotation`)."""
+
+    def start_run(
+        self: Annotation,
+        object_id: int,
+        work: Callable[[PropagationState], Iterator[Any]],
+        what: str,
+        corrections: Sequence[Correction] = (),
+        propagates: bool = True,
+    ) -> Run:
+        """A :class:`Run` of ``work`` on a copy of the object's state (see :mod:`.runs`)."""
+        with self._lock:
+            obj = self.object(object_id)
+            if obj.state is None or not obj.state.key_slices:
+                raise UsageError(f"{obj.name}: commit at least one key slice first")
+            if obj.id in self._runs:
+                raise UsageError(f"{obj.name}: a run is already in progress")
+            if self.is_2d and propagates:
+                raise UsageError("propagation needs a 3D volume (this image is 2D)")
+            run = Run(obj.id, copy_state(obj.state), work, what, list(corrections), propagates)  # type: ignore
+            self._runs[obj.id] = run
+            return run
+
+    def propagation(self: Annotation, object_id: int, propagator: Propagator) -> Run:
+        """A run that propagates the object from its key slices (only what is out of date)."""
+        obj = self.object(object_id)
+        return self.start_run(object_id, propagator.run, f"propagate {obj.name}")
+
+    def correction(self: Annotation, object_id: int, correction: Correction, propagator: Propagator) -> Run:
+        """A run that applies a 3D correction (:func:`napari_sam.corrections.apply_correction`).
+        InputError (one line) for a click outside the volume or an object with no prompt."""
+        obj = self.object(object_id)
+        if obj.state is None:
+            raise InputError(f"{obj.name}: a correction needs a prompt to start from")
+        check_correction(correction, obj.state)
+        earlier, painted, spacing = list(obj.corrections), set(obj.painted), self.spacing_zyx
+
+        def work(state: PropagationState) -> Iterator[Any]:
+            apply_correction(state, propagator, correction, earlier=earlier, spacing_zyx=spacing, painted=painted)
+            yield from ()
+
+        return self.start_run(object_id, work, f"correct {obj.name}", corrections=[correction])
+
+    def apply(self: Annotation, run: Run, event: Any) -> ChangeSet:
+        """Show one event of ``run`` (its finished slice) at once; not an undo step.
+
+        The slice is shown provisionally, on its own plane only: the object takes
+        the voxels there that are free or its own (a full repaint per slice would
+        stall a GUI). :meth:`finish` paints the whole map by the overlap rule."""
+        payload = getattr(event, "payload", event)
+        with self._lock:
+            obj = self._objects.get(run.object_id)
+            if (
+                obj is None
+                or obj.state is None
+                or self._runs.get(run.object_id) is not run
+                or not hasattr(payload, "mask")
+                or int(payload.index) in run.user_slices
+            ):
+                return ChangeSet(self.shape)
+            index, mask = int(payload.index), np.asarray(payload.mask, bool)
+            obj.pending[index] = mask
+            plane: list[Any] = [slice(None)] * 3
+            plane[obj.state.axis] = index
+            now = self._labels[tuple(plane)]
+            before = now.copy()
+            now[(now == obj.id) & ~mask] = 0
+            now[mask & (now == 0)] = obj.id
+            rc = list(np.nonzero(before != now))
+            rc.insert(obj.state.axis, np.full(rc[0].shape, index, np.intp))
+            idx = tuple(rc)
+            return ChangeSet(
+                self.shape,
+                frozenset({obj.id}),
+                idx,
+                self._labels[idx],  # type: ignore[arg-type]
+                False,
+                f"{run.what}: slice {index}",
+            )
+
+    def finish(self: Annotation, run: Run) -> ChangeSet:
+        """End ``run`` (finished or cancelled): its state, with the user's changes
+        made meanwhile, becomes the object's, in one undoable step."""
+        with self._lock:
+            if self._runs.get(run.object_id) is not run:
+                raise UsageError(f"{run.what}: not a running run of this annotation")
+            del self._runs[run.object_id]
+            obj = self._objects.get(run.object_id)
+            if obj is None:
+                return ChangeSet(self.shape)
+            obj.pending.clear()
+            for op in run.queued:
+                op(run.state)
+            with self.batch(run.what) as step:
+                step.touch(self, obj.id)
+                adopt_state(obj.state, run.state)  # type: ignore[arg-type]
+                obj.propagated = obj.propagated or run.propagates
+                if run.completed:
+                    obj.corrections.extend(run.corrections)
+            return step.changes
+
+    def run_to_end(
+        self: Annotation,
+        run: Run,
+        progress: ProgressCallback | None = None,
+        cancel: Cancel | None = None,
+        live: bool = False,
+    ) -> ChangeSet:
+        """Drive ``run`` on this thread (scripts, the CLI) and finish it. progress: called
+        with each event; cancel: stops between steps (finished slices are kept);
+        live: show each slice as it finishes (slower: a repaint per slice)."""
+
+        def on_event(event: Any) -> None:
+            if live:
+                self.apply(run, event)
+            if progress is not None:
+                progress(event)
+
+        try:
+            drive(run.steps(), on_event, cancel, what=run.what)
+        except Cancelled:
+            pass
+        finally:
+            changes = self.finish(run)
+        return changes
+
+    def propagate(
+        self: Annotation,
+        object_id: int,
+        propagator: Propagator,
+        progress: ProgressCallback | None = None,
+        cancel: Cancel | None = None,
+    ) -> ChangeSet:
+        """Propagate the object on this thread (see :meth:`run_to_end`)."""
+        return self.run_to_end(self.propagation(object_id, propagator), progress, cancel)
+
+    def correct(self: Annotation, object_id: int, correction: Correction, propagator: Propagator) -> ChangeSet:
+        """Apply a 3D correction on this thread."""
+        return self.run_to_end(self.correction(object_id, correction, propagator))
