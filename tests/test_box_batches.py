@@ -1,15 +1,19 @@
-"""Box-only objects decoded in batches per slice give the label map the
-per-object path gives, and keep each mask cropped."""
+"""Box-only objects decoded in batches per slice (in windows around each box on
+SAM's decoder) give the label map the per-object path gives, and keep each mask
+cropped."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fake_blob_backend import FakeBlobBackend
+from napari_sam import box_batches as bb
 from napari_sam import segmentation as seg
 from napari_sam.annotation import replay
 from napari_sam.box_batches import CroppedMask
 from napari_sam.io import Volume
+from napari_sam.models import windows as windows_module
 from napari_sam.prompts import parse_prompts
 
 
@@ -57,3 +61,84 @@ def test_cropped_mask_round_trip():
     target[3, 4] = 9
     c.paint_into(target, 5, only_where_zero=True)
     assert target[3, 4] == 9 and target[2, 3] == 5 and target[7, 1] == 5 and (target > 0).sum() == m.sum()
+
+
+def _blob_case(n: int, z: int = 3, size: int = 256, seed: int = 0):
+    """Bright discs on noise and n boxes of 6-24 px over z slices (as benchmarks/many_objects.py)."""
+    rng = np.random.default_rng(seed)
+    vol = rng.normal(0, 20, (z, size, size)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    for k in range(z):
+        for r, c in rng.integers(20, size - 20, (40, 2)):
+            vol[k][(yy - r) ** 2 + (xx - c) ** 2 < 64] += 300
+    objs = []
+    for i in range(n):
+        r, c = rng.integers(0, size - 24, 2)
+        h, w = rng.integers(6, 24, 2)
+        objs.append({"id": i + 1, "prompts": [{"slice": int(i % z), "box": [int(r), int(c), int(r + h), int(c + w)]}]})
+    return Volume(vol), parse_prompts({"objects": objs, "window": [-50, 350]})
+
+
+def _nuclei_case(data_dir):
+    """The nuclei image (512 px: the logits are resized x2 onto it) with one box per nucleus."""
+    import tifffile
+    from scipy import ndimage
+
+    from napari_sam.io import read_image
+
+    lab = tifffile.imread(data_dir / "nuclei_2d" / "labels.tif")
+    objs = [
+        {"id": i + 1, "prompts": [{"box": [s[0].start, s[1].start, s[0].stop - 1, s[1].stop - 1]}]}
+        for i, s in enumerate(x for x in ndimage.find_objects(lab) if x is not None)
+    ]
+    return read_image(data_dir / "nuclei_2d" / "image.tif"), parse_prompts({"objects": objs})
+
+
+def _spy_whole(monkeypatch) -> list[int]:
+    """Counts the boxes decoded over the whole slice (not in a window)."""
+    calls: list[int] = []
+    real = bb._decode_whole
+
+    def spy(backend, emb, arr, batch):
+        calls.append(len(arr))
+        return real(backend, emb, arr, batch)
+
+    monkeypatch.setattr(bb, "_decode_whole", spy)
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["blobs", "nuclei"])
+def test_windowed_boxes_equal_the_per_object_path_on_litemedsam(case, lite_medsam, monkeypatch, request):
+    """The fast path (boxes decoded in windows, in parallel small batches) gives the label map
+    of the per-object path with the real model: 300 boxes on 256 px slices, and the 125
+    nuclei of the shared micrograph (512 px)."""
+    if case == "blobs":
+        volume, prompts = _blob_case(300)
+    else:
+        volume, prompts = _nuclei_case(request.getfixturevalue("data_dir"))
+    whole = _spy_whole(monkeypatch)
+    fast = seg.segment_volume(volume, prompts, lite_medsam)
+    assert sum(whole) == 0  # every mask stayed inside its window: none decoded again
+    with monkeypatch.context() as m:
+        m.setattr(replay, "is_plain_box", lambda p: False)
+        reference = seg.segment_volume(volume, prompts, lite_medsam)
+    assert len(fast.slices) > 0.9 * len(prompts.objects)
+    np.testing.assert_array_equal(fast.labels, reference.labels)
+    assert fast.slices == reference.slices
+
+
+@pytest.mark.slow
+def test_a_mask_reaching_its_windows_edge_is_decoded_over_the_whole_slice(lite_medsam, monkeypatch):
+    """With no margin around the boxes' tokens, masks reach their windows' edges: those
+    boxes are decoded again over the whole slice, and the masks are the whole-slice ones."""
+    volume, prompts = _blob_case(40, z=1)
+    boxes = [o.prompts[0].box for o in prompts.objects]
+    emb = lite_medsam.embed(np.clip((volume.array[0] + 50) / 400, 0, 1).astype(np.float32))
+    reference = bb.decode_boxes(lite_medsam, emb, boxes, windows=False)
+    monkeypatch.setattr(windows_module, "MARGIN_TOKENS", 0)
+    whole = _spy_whole(monkeypatch)
+    fast = bb.decode_boxes(lite_medsam, emb, boxes)
+    assert 0 < sum(whole) < len(boxes)
+    for a, b in zip(fast, reference):
+        np.testing.assert_array_equal(a.full(), b.full())

@@ -150,6 +150,9 @@ class Backend(ABC):
     #: whether the model was trained with point prompts (else the predictor
     #: turns clicks into box hypotheses)
     supports_points: bool = True
+    #: whether :meth:`decode_low_res` takes ``windows``: each prompt's logits only inside
+    #: a window of the embedding's tokens (:mod:`napari_sam.models.windows`)
+    decodes_windows: bool = False
     device: torch.device
 
     @abstractmethod

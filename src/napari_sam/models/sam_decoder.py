@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import onednn
+from .windows import gather_windows
 
 
 class LayerNorm2d(nn.Module):
@@ -232,6 +233,7 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         attn, u = self.cross_attn_image_to_token.few_keys_factors(k, q, queries)
+        del k  # (B, N, C): freed before the update makes two more of that size
         return queries, self._update_keys(keys, attn, u)
 
     def _update_keys(self, keys: Tensor, attn: Tensor, u: Tensor) -> Tensor:
@@ -515,6 +517,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: Tensor | None,
         multimask_output: bool,
         prepared: dict[str, Tensor] | None = None,
+        windows: tuple[Tensor, tuple[int, int]] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """image_embeddings: (1 or B, C, h, w). Returns masks (B, K, 4h, 4w) logits and IoU (B, K).
 
@@ -522,10 +525,19 @@ class MaskDecoder(nn.Module):
         the K requested masks are computed. ``prepared``: :meth:`prepare_image`
         of the image and dense prompt, made once for many prompts (then
         image_embeddings and dense_prompt_embeddings are not used).
+        ``windows``: (origins (B, 2) int64 (row, col) tokens, (wh, ww)): each
+        prompt's masks only inside its window of tokens, (B, K, 4wh, 4ww)
+        (:mod:`napari_sam.models.windows`).
         """
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, sl, prepared=prepared
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            sl,
+            prepared=prepared,
+            windows=windows,
         )
 
     def prepare_image(
@@ -553,11 +565,13 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: Tensor | None,
         tokens_slice: slice = slice(None),
         prepared: dict[str, Tensor] | None = None,
+        windows: tuple[Tensor, tuple[int, int]] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Masks (B, K, 4h, 4w) and IoU (B, K) of the mask tokens in ``tokens_slice`` (all 4 by default).
 
         With ``prepared`` (:meth:`prepare_image`), image_embeddings and
-        dense_prompt_embeddings are not used (they may be None).
+        dense_prompt_embeddings are not used (they may be None). With
+        ``windows`` (see :meth:`forward`) the masks cover each prompt's window only.
         """
         bsz = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -579,6 +593,9 @@ class MaskDecoder(nn.Module):
             hs, keys = self.transformer(src, image_pe, tokens, final_tokens=final)
         iou_token_out = hs[:, 0, :]
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + j, :]) for j, i in enumerate(idx)], dim=1)
+        if windows is not None:  # the upscaling is per token: only the windows' tokens
+            keys = gather_windows(keys, (h, w), *windows)
+            h, w = windows[1]
         masks = self._upscale_masks(keys, hyper_in, h, w)
         return masks, self.iou_prediction_head(iou_token_out)[:, tokens_slice]
 

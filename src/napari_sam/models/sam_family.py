@@ -28,6 +28,7 @@ class SamFamilyBackend(Backend):
     embeddings are float32 whatever the encoder's type.
     """
 
+    decodes_windows = True
     #: embeddings whose prompt-independent decoder work (~10 MB each for 64 x 64
     #: embeddings) is kept for the next prompts decoded on them
     prepared_embeddings = 4
@@ -88,7 +89,17 @@ class SamFamilyBackend(Backend):
         with self._lock:
             self._prepared.clear()
 
-    def _prepared_image(self, features: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    @torch.inference_mode()
+    def prepare_decoding(self, embedding: Embedding) -> None:
+        """Make the decoder's prompt-independent work on ``embedding`` now and keep it for
+        the prompts decoded on it next (e.g. by other threads: it then lives in this
+        thread's memory, not amid a worker's temporaries)."""
+        dense = self.prompt_encoder(points=None, boxes=None, masks=None)[1]
+        self._prepared_image(embedding.features, dense, now=True)
+
+    def _prepared_image(
+        self, features: torch.Tensor, dense: torch.Tensor, now: bool = False
+    ) -> dict[str, torch.Tensor] | None:
         """The decoder's prompt-independent work on ``features`` with the no-mask dense
         prompt ``dense`` (B, C, h, w), or None to decode without it.
 
@@ -96,6 +107,7 @@ class SamFamilyBackend(Backend):
         one: it is made when an embedding is decoded for the second time (interactive
         prompts on one slice), or at once for a batch of prompts (a click's box
         hypotheses); a single prompt on a new embedding (propagation) goes without.
+        ``now``: make it at once.
         """
         prepare = getattr(self.mask_decoder, "prepare_image", None)
         if prepare is None or features.shape[0] != 1 or self.prepared_embeddings <= 0:
@@ -107,7 +119,7 @@ class SamFamilyBackend(Backend):
                 self._prepared.move_to_end(key)
                 if hit[1] is not None:
                     return hit[1]
-            elif dense.shape[0] == 1:  # first sight, one prompt: remember only
+            elif dense.shape[0] == 1 and not now:  # first sight, one prompt: remember only
                 self._remember_prepared(key, features, None)
                 return None
         prepared = prepare(features, self.prompt_encoder.get_dense_pe(), dense)
@@ -160,9 +172,14 @@ class SamFamilyBackend(Backend):
         boxes_rc: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
         multimask: bool = False,
+        windows: tuple[torch.Tensor, tuple[int, int]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode without the final resize: low-resolution logits (B, K, s, s)
-        in the padded model frame, and predicted IoU scores (B, K)."""
+        in the padded model frame, and predicted IoU scores (B, K).
+
+        windows: (origins (B, 2) int64 (row, col), (wh, ww)) in tokens of the
+        embedding's grid: each prompt's logits only inside its window, (B, K, f*wh, f*ww)
+        (:mod:`napari_sam.models.windows`)."""
         if embedding.model != self.name:
             raise ValueError(f"embedding was made by {embedding.model!r}, not {self.name!r}")
         dev = self.device
@@ -186,7 +203,7 @@ class SamFamilyBackend(Backend):
         prepared = self._prepared_image(embedding.features, dense) if masks is None else None
         if prepared is not None:
             return self.mask_decoder(
-                None, self.prompt_encoder.get_dense_pe(), sparse, None, multimask, prepared=prepared
+                None, self.prompt_encoder.get_dense_pe(), sparse, None, multimask, prepared=prepared, windows=windows
             )
         low, scores = self.mask_decoder(
             image_embeddings=embedding.features,
@@ -194,5 +211,6 @@ class SamFamilyBackend(Backend):
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
+            windows=windows,
         )
         return low, scores
