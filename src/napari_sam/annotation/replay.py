@@ -31,6 +31,7 @@ from ..io import Volume
 from ..jobs import Progress, ProgressCallback
 from ..models.base import Backend
 from ..predictor import SlicePredictor
+from ..prompt_steps import Step
 from ..prompts import ObjectPrompts, PromptsFile, SlicePrompt
 from ..propagation import PropagationState, Propagator, StopRules
 from ..zoom import ZoomSettings
@@ -195,7 +196,9 @@ class _Replay:
         )
         self.run(obj, self.model.propagation(obj.id, propagator))
         if obj.adapt and not state.needs_run and not self.cancelled():
-            self.run(obj, self.model.start_run(obj.id, self._adapting(propagator), f"adapt {obj.name}"))
+            run = self.model.start_run(obj.id, self._adapting(propagator), f"adapt {obj.name}")
+            run.action = {"op": "adapt"}
+            self.run(obj, run)
         for point, label in obj.corrections:
             if self.cancelled() or state.needs_run:
                 break
@@ -221,7 +224,9 @@ class _Replay:
 
         return work
 
-    def run(self, obj: ObjectPrompts, run) -> None:
+    def run(self, obj: ObjectPrompts, run, events: int | None = None) -> None:
+        """Drive ``run`` to its end (``events``: stop it after that many, as the
+        session's cancelled run stopped)."""
         base = self.finished
 
         def on_event(event: Progress) -> None:
@@ -229,7 +234,51 @@ class _Replay:
             self.estimates[obj.id] = max(0, event.total - event.done)
             self.report(f"{obj.name}: {event.stage}")
 
-        self.model.run_to_end(run, on_event, self.stop)  # type: ignore[arg-type]
+        stop = self.stop if events is None else _StopFlag(lambda: run.events >= events or self.stop.is_set())
+        self.model.run_to_end(run, on_event, stop)  # type: ignore[arg-type]
+
+    def stepped_object(self, obj: ObjectPrompts) -> None:
+        """An object given by its ``"steps"``: the session's actions, in order."""
+        propagator: list[Propagator] = []
+
+        def prop() -> Propagator:
+            if not propagator:
+                store = self.store(self.window_of(obj), obj.axis)
+                propagator.append(
+                    Propagator(self.backend, store, rules=self.stop_rules, key_choice=self.model.key_choice)
+                )
+            return propagator[0]
+
+        self.estimates[obj.id] = len(obj.steps or ())
+        for st in obj.steps or ():
+            if self.cancelled():
+                return
+            self.report(f"{obj.name}: {st.kind}" + (f" slice {st.index}" if st.index is not None else ""))
+            self.step(obj, st, prop)
+            self.estimates[obj.id] -= 1
+        self.estimates[obj.id] = 0
+
+    def step(self, obj: ObjectPrompts, st: Step, prop: Callable[[], Propagator]) -> None:
+        """Replay one action of a session on ``obj``."""
+        m, oid = self.model, obj.id
+        if st.kind == "commit" and st.mask is None and not st.prompt.only_negative:
+            self.decode(obj, st.index, st.prompt)  # type: ignore[arg-type]
+        elif st.kind == "commit":
+            m.commit(oid, st.index, st.prompt, st.mask, axis=obj.axis, exact=False)  # type: ignore[arg-type]
+        elif st.kind == "paint":
+            m.paint_slice(oid, st.index, st.mask, axis=obj.axis)  # type: ignore[arg-type]
+        elif st.kind == "settle":
+            m.settle(oid)
+        elif st.kind == "range":
+            m.set_range(oid, st.rng, axis=obj.axis)
+        elif st.kind == "propagate":
+            self.run(obj, m.propagation(oid, prop()), st.events)
+        elif st.kind == "adapt":
+            run = m.start_run(oid, self._adapting(prop()), f"adapt {obj.name}")
+            run.action = {"op": "adapt"}
+            self.run(obj, run, st.events)
+        else:
+            self.run(obj, m.correction(oid, Correction(st.point, st.label), prop()))  # type: ignore[arg-type]
 
 
 def replay(
@@ -269,9 +318,11 @@ def replay(
             if masks:
                 model.load_masks(o.id, masks, axis=o.axis, up_to_date=False)
     with model.batch("prompts file"):
-        job.plain_objects([o for o in prompts.objects if not o.propagate])
+        job.plain_objects([o for o in prompts.objects if not o.propagate and o.steps is None])
         for o in prompts.objects:
-            if o.propagate and not job.cancelled():
+            if o.steps is not None and not job.cancelled():
+                job.stepped_object(o)
+            elif o.propagate and not job.cancelled():
                 job.window_of(o)
                 job.propagated_object(o)
     if progress:

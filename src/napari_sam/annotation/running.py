@@ -16,6 +16,7 @@ from ..corrections import Correction, apply_correction, check_correction
 from ..errors import InputError, UsageError
 from ..jobs import Cancel, Cancelled, ProgressCallback, drive
 from ..propagation import PropagationState, Propagator
+from .actions import log_run
 from .changes import ChangeSet
 from .objects import adopt_state, copy_state
 from .runs import Run
@@ -47,13 +48,16 @@ class RunMethods:
             if self.is_2d and propagates:
                 raise UsageError("propagation needs a 3D volume (this image is 2D)")
             run = Run(obj.id, copy_state(obj.state), work, what, list(corrections), propagates)  # type: ignore
+            run.log_at = len(obj.log or ())
             self._runs[obj.id] = run
             return run
 
     def propagation(self: Annotation, object_id: int, propagator: Propagator) -> Run:
         """A run that propagates the object from its key slices (only what is out of date)."""
         obj = self.object(object_id)
-        return self.start_run(object_id, propagator.run, f"propagate {obj.name}")
+        run = self.start_run(object_id, propagator.run, f"propagate {obj.name}")
+        run.action = {"op": "propagate"}
+        return run
 
     def correction(self: Annotation, object_id: int, correction: Correction, propagator: Propagator) -> Run:
         """A run that applies a 3D correction (:func:`napari_sam.corrections.apply_correction`).
@@ -68,7 +72,9 @@ class RunMethods:
             apply_correction(state, propagator, correction, earlier=earlier, spacing_zyx=spacing, painted=painted)
             yield from ()
 
-        return self.start_run(object_id, work, f"correct {obj.name}", corrections=[correction])
+        run = self.start_run(object_id, work, f"correct {obj.name}", corrections=[correction])
+        run.action = {"op": "correction", **correction.to_json()}
+        return run
 
     def apply(self: Annotation, run: Run, event: Any) -> ChangeSet:
         """Show one event of ``run`` (its finished slice) at once; not an undo step.
@@ -126,6 +132,7 @@ class RunMethods:
                 obj.propagated = obj.propagated or run.propagates
                 if run.completed:
                     obj.corrections.extend(run.corrections)
+                log_run(obj, run)
             return step.changes
 
     def run_to_end(

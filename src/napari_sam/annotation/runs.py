@@ -67,6 +67,12 @@ class Run:
         self.user_slices: set[int] = set()
         #: True once the work ran to its end (False when cancelled)
         self.completed = False
+        #: events the work yielded so far (a cancelled run stopped after this many)
+        self.events = 0
+        #: what the object's action log records for this run (:mod:`.actions`), None: nothing
+        self.action: dict[str, Any] | None = None
+        #: the length of the object's action log when the run started
+        self.log_at = 0
         self._work = work
 
     def steps(self) -> Job[PropagationState]:
@@ -74,6 +80,7 @@ class Run:
         slice); returns the run's state. Closing it cancels the run between steps;
         the slices already finished are kept."""
         for event in self._work(self.state):
+            self.events += 1
             yield as_progress(event)
         self.completed = True
         return self.state
