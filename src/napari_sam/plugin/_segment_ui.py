@@ -277,8 +277,15 @@ def _bottom(w: Any, lay: Any) -> None:
         w.open_session_dialog,
         "Continue a session saved on this image (objects, key slices, prompts)",
     )
-    row.addWidget(w.save_session_button)
-    row.addWidget(w.open_session_button)
+    w.export_prompts_button = make_button(
+        "Export prompts...",
+        None,
+        w.export_prompts_dialog,
+        "Write the session as a prompts file (its actions in order, painted slices as mask files): "
+        "napari-sam segment IMAGE --prompts FILE gives the same labels",
+    )
+    for b in (w.save_session_button, w.open_session_button, w.export_prompts_button):
+        row.addWidget(b)
     lay.addLayout(row)
     w.status_label = QLabel("Choose an image layer and press Start.")
     w.status_label.setWordWrap(True)
