@@ -122,3 +122,37 @@ def test_mask_files_are_checked(tmp_path):
         p.check_against(vol.shape, False)
     step["mask"] = str(mask_file)  # absolute: allowed anywhere
     load_prompts(write(doc, "sub.json")).check_against(vol.shape, False)
+
+
+def test_a_slice_painted_during_a_run_replays_after_it(tmp_path):
+    """The widget paints while a propagation runs: the stroke is applied to the run's
+    state when it finishes, so it is logged after the run and replays the same."""
+    vol, big, _small = scene()
+    backend = BrightInBoxBackend()
+    emb = SliceEmbeddings(backend, vol, Window(0, 255), axis=0)
+    m = Annotation(vol.shape, key_choice=key_choice_for(volume_of(vol)))
+    m.add_object("big")
+    m.commit(1, 12, key_prompt(big, 12), key_mask(backend, emb, key_prompt(big, 12), 12))
+    run = m.propagation(1, Propagator(backend, emb))
+    job = run.steps()
+    for _ in range(3):
+        m.apply(run, next(job))
+    user = np.array(m.labels)
+    user[12, 28:36, 24:30] = 0  # on the key slice, while the run goes on
+    m.paint(user)
+    for event in job:
+        m.apply(run, event)
+    m.finish(run)
+    assert [a["op"] for a in m.object(1).log] == ["commit", "propagate", "paint"]
+    export_prompts(tmp_path / "p.json", m, window=[0, 255])
+    res = segment_volume(volume_of(vol), load_prompts(tmp_path / "p.json"), backend)
+    assert np.array_equal(res.labels, m.labels)
+
+
+def test_a_session_saved_without_a_log_is_not_exported(tmp_path):
+    vol, big, small = scene()
+    m, _ = out_of_order_session(vol, big, small)
+    m.object(2).log = None  # as an older session opens
+    with pytest.raises(InputError, match="before napari-sam recorded the order"):
+        export_prompts(tmp_path / "p.json", m)
+    assert not (tmp_path / "p.json").exists()
