@@ -55,6 +55,7 @@ class Step:
     bool, the mask kept (a painted slice, an accepted or loaded mask), None
     when the prompt is decoded; rng: a range step's (first, last) or None;
     events: a cancelled run's event count (None: ran to its end);
+    steps: an adaptation's optimiser steps (None: as many as 30 s allow);
     point / label: a correction's voxel (z, row, col) and label.
     """
 
@@ -64,6 +65,7 @@ class Step:
     mask: np.ndarray | None = None
     rng: tuple[int, int] | None = None
     events: int | None = None
+    steps: int | None = None
     point: tuple[int, int, int] | None = None
     label: int = 1
 
@@ -117,16 +119,16 @@ def read_mask_file(ref: Any, base: Path | None, where: str) -> np.ndarray:
     return arr != 0
 
 
-def _run_events(value: Any, where: str, kind: str) -> int | None:
+def _run_step(value: Any, where: str, kind: str) -> Step:
     if value is True:
-        return None
+        return Step(kind)
+    keys = ("events", "steps") if kind == "adapt" else ("events",)
     if isinstance(value, dict):
-        check_keys(value, ("events",), where)
-        ev = value.get("events")
-        if _is_int(ev) and ev >= 0:
-            return int(ev)
-    _fail(where, f"'{kind}' must be true or {{\"events\": n}}")
-    return None
+        check_keys(value, keys, where)
+        if all(_is_int(value.get(k, 0)) and value.get(k, 0) >= 0 for k in keys):
+            return Step(kind, events=value.get("events"), steps=value.get("steps"))
+    _fail(where, f"'{kind}' must be true or {{{', '.join(f'{k!r}: n' for k in keys)}}}")
+    return Step(kind)
 
 
 def _slice_step(kind: str, value: Any, base: Path | None, where: str, parse_prompt: PromptParser) -> Step:
@@ -152,7 +154,7 @@ def _parse_step(s: Any, base: Path | None, where: str, parse_prompt: PromptParse
     if kind in ("commit", "paint"):
         return _slice_step(kind, value, base, where, parse_prompt)
     if kind in _RUN_KINDS:
-        return Step(kind, events=_run_events(value, where, kind))
+        return _run_step(value, where, kind)
     if kind == "settle":
         if value is not True:
             _fail(where, "'settle' must be true")

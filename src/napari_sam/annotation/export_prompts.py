@@ -45,7 +45,7 @@ def _as_step(action: dict[str, Any]) -> Step:
         return Step(op, rng=None if rng is None else (int(rng[0]), int(rng[1])))
     if op == "correction":
         return Step(op, point=tuple(int(v) for v in action["point"]), label=int(action["label"]))  # type: ignore
-    return Step(op, events=action.get("events"))
+    return Step(op, events=action.get("events"), steps=action.get("steps"))
 
 
 def steps_of(obj: AnnotatedObject) -> list[Step]:
@@ -98,7 +98,8 @@ def _step_json(oid: int, k: int, st: Step, masks: dict[str, np.ndarray], folder:
         return {"correction": {"point": list(st.point or ()), "label": st.label}}
     if st.kind == "settle":
         return {"settle": True}
-    return {st.kind: True if st.events is None else {"events": int(st.events)}}
+    extra = {k: int(v) for k, v in (("steps", st.steps), ("events", st.events)) if v is not None}
+    return {st.kind: extra or True}
 
 
 def prompts_document(prompts: PromptsFile, mask_folder: str = "masks") -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..corrections import Correction, apply_correction, check_correction
 from ..errors import InputError, UsageError
-from ..jobs import Cancel, Cancelled, ProgressCallback, drive
+from ..finetune.adapt import adapt_to_slices
+from ..jobs import Cancel, Cancelled, ProgressCallback, drive, threaded
 from ..propagation import PropagationState, Propagator
 from .actions import log_run
 from .changes import ChangeSet
@@ -74,6 +75,41 @@ class RunMethods:
 
         run = self.start_run(object_id, work, f"correct {obj.name}", corrections=[correction])
         run.action = {"op": "correction", **correction.to_json()}
+        return run
+
+    def adaptation(
+        self: Annotation, object_id: int, propagator: Propagator, time_budget: float = 30.0, steps: int | None = None
+    ) -> Run:
+        """A run that adapts a copy of ``propagator``'s model to the object's key slices
+        (:func:`napari_sam.finetune.adapt.adapt_to_slices`, at most ``time_budget`` s; exactly
+        ``steps`` optimiser steps when given, as a replay does), then propagates the object
+        again with it. The base model is never changed; the adapted one is ``run.adapted``
+        once trained (for the object's later runs). Progress: one event per training step,
+        then one per propagated slice."""
+        obj = self.object(object_id)
+        action: dict[str, Any] = {"op": "adapt"}
+
+        def train(state: PropagationState) -> Iterator[Any]:
+            keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
+            if not keys:
+                return
+            budget, most = (time_budget, 60) if steps is None else (float("inf"), steps)
+
+            def work(progress: ProgressCallback, cancel: Cancel) -> Any:
+                return adapt_to_slices(
+                    propagator.backend, propagator.embeddings, keys, budget, most, None, cancel, progress
+                )
+
+            result = yield from threaded(work)
+            action["steps"] = result.steps
+            run.adapted = result.backend
+            state.mark_all()
+            yield from Propagator(
+                result.backend, propagator.embeddings, rules=propagator.rules, key_choice=propagator.key_choice
+            ).run(state)
+
+        run = self.start_run(object_id, train, f"adapt {obj.name}")
+        run.action = action
         return run
 
     def apply(self: Annotation, run: Run, event: Any) -> ChangeSet:

@@ -73,6 +73,8 @@ class Run:
         self.action: dict[str, Any] | None = None
         #: the length of the object's action log when the run started
         self.log_at = 0
+        #: an adaptation's adapted model (set once its training finished), for later runs on the object
+        self.adapted: Any = None
         self._work = work
 
     def steps(self) -> Job[PropagationState]:

@@ -248,7 +248,17 @@ def _volume_box(w: Any, lay: Any) -> None:
         w.embed_all,
         "Compute every slice's image embedding in the background (otherwise slices are embedded when first needed)",
     )
-    vl.addWidget(w.embed_all_button)
+    w.adapt_button = make_button(
+        "Adapt to my corrections",
+        None,
+        w.adapt,
+        "Train a copy of the model on the current object's committed and corrected slices (30 s at most; "
+        "the base model is never changed), then propagate the object again with it",
+    )
+    row = QHBoxLayout()
+    row.addWidget(w.embed_all_button)
+    row.addWidget(w.adapt_button)
+    vl.addLayout(row)
     w.progress_panel = ProgressPanel(on_slice=w._show_slice)
     vl.addWidget(w.progress_panel)
     lay.addWidget(vbox)

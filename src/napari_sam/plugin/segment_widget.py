@@ -88,6 +88,7 @@ class SegmentWidget(SessionFileActions, LabelFileActions, QWidget):
         self.propagate_button.setEnabled(volume and not prop)
         self.cancel_button.setEnabled(bool(prop))
         self.embed_all_button.setEnabled(volume)
+        self.adapt_button.setEnabled(volume and not prop)
 
     def _set_status(self, text: str) -> None:
         self.status_label.setText(text)
@@ -341,6 +342,15 @@ class SegmentWidget(SessionFileActions, LabelFileActions, QWidget):
     def propagate(self) -> bool:
         s = self._need_session()
         ok = s.propagate() if s is not None else False
+        self._update_enabled()
+        return ok
+
+    def adapt(self) -> bool:
+        """*Adapt to my corrections*: adapt a copy of the model to the current object's key
+        slices in the background, then propagate the object again with it (progress and
+        cancel as for a propagation). Returns True if it started."""
+        s = self._need_session()
+        ok = s.adapt() if s is not None else False
         self._update_enabled()
         return ok
 
