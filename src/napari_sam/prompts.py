@@ -15,6 +15,9 @@ The prompts file (JSON)::
         "prompts": [{"slice": 10, "box": [r0, c0, r1, c1]},
                     {"slice": 11, "points": [[r, c], [r, c]], "labels": [1, 0]}],
         "corrections": [{"point": [z, r, c], "label": 0}]}]}   # optional, volume voxels
+
+or, instead of "prompts", "propagate", "adapt" and "corrections", an object's
+"steps": a session's actions in order, with mask files (:mod:`napari_sam.prompt_steps`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .prompt_steps import PROMPT_KEYS, Step, check_keys, check_steps, parse_steps
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,8 @@ class ObjectPrompts:
     adapt: bool = False  # adapt the model to this object's key slices, then propagate again
     #: clicks at volume voxels ((z, row, col), label 1 add / 0 remove), applied in order after the prompts
     corrections: list[tuple[tuple[int, int, int], int]] = field(default_factory=list)
+    #: a session's actions in order (:mod:`napari_sam.prompt_steps`), replayed instead of the above
+    steps: list[Step] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "name": self.name, "prompts": [p.to_json() for p in self.prompts]}
@@ -153,7 +159,7 @@ class PromptsFile:
         for obj in self.objects:
             if obj.axis not in (0, 1, 2) or (is_2d and obj.axis != 0):
                 raise InputError(f"object {obj.id} ({obj.name}): axis must be 0, 1 or 2 (0 for a 2D image)")
-            if is_2d and obj.propagate:
+            if is_2d and obj.propagate and obj.steps is None:
                 raise InputError(f"object {obj.id} ({obj.name}): 'propagate' needs a 3D image; this one is 2D")
             if obj.corrections and not obj.propagate:
                 raise InputError(
@@ -177,6 +183,8 @@ class PromptsFile:
                         f"object {obj.id} ({obj.name}): correction point {list(point)} lies outside "
                         f"the volume of shape {list(shape[:3])}"
                     )
+            if obj.steps is not None:
+                check_steps(obj.steps, shape, obj.axis, is_2d, f"object {obj.id} ({obj.name})")
             if obj.range is not None and not (0 <= obj.range[0] <= obj.range[1] < n):
                 raise InputError(f"object {obj.id} ({obj.name}): range {list(obj.range)} outside 0..{n - 1}")
             outside = [
@@ -193,26 +201,25 @@ class PromptsFile:
 
 #: The keys allowed at each level of a prompts file (one place; the README's "The prompts file" describes them).
 TOP_KEYS = ("objects", "window")
-OBJECT_KEYS = ("id", "name", "prompts", "window", "color", "propagate", "axis", "range", "corrections", "adapt")
-PROMPT_KEYS = ("slice", "box", "points", "labels")
+OBJECT_KEYS = (
+    "id",
+    "name",
+    "prompts",
+    "window",
+    "color",
+    "propagate",
+    "axis",
+    "range",
+    "corrections",
+    "adapt",
+    "steps",
+)
 CORRECTION_KEYS = ("point", "label")
 
 
 def _require(cond: bool, where: str, msg: str) -> None:
     if not cond:
         raise InputError(f"{where}: {msg}")
-
-
-def check_keys(d: dict, allowed: Sequence[str], where: str) -> None:
-    """Refuse (InputError) a key of ``d`` not in ``allowed``, suggesting the closest one."""
-    import difflib
-
-    for key in d:
-        if key in allowed:
-            continue
-        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(allowed)}"
-        raise InputError(f"{where}: unknown key {str(key)[:60]!r} ({hint})")
 
 
 def _is_int(v: Any) -> bool:
@@ -292,13 +299,31 @@ def _parse_corrections(corr: Any, w: str) -> list[tuple[tuple[int, int, int], in
     return out
 
 
-def _parse_object(o: Any, i: int, w: str, seen: set[int], allow_empty: bool = False) -> ObjectPrompts:
+def _steps_object(o: dict, oid: int, w: str, base: Path | None) -> ObjectPrompts:
+    """An object given by its ``"steps"`` (a session's actions in order)."""
+    both = [k for k in ("prompts", "propagate", "adapt", "corrections") if k in o]
+    if both:
+        raise InputError(f"{w}: 'steps' replaces {both[0]!r}: give one or the other")
+    axis = o.get("axis", 0)
+    _require(_is_int(axis) and axis in (0, 1, 2), w, "'axis' must be 0, 1 or 2")
+    steps = parse_steps(o["steps"], base, w, _parse_prompt)
+    plain = _parse_object({k: v for k, v in o.items() if k != "steps"} | {"prompts": []}, 0, w, set(), True)
+    plain.id, plain.steps = oid, steps
+    plain.propagate = any(s.kind in ("propagate", "adapt", "correction") for s in steps)
+    return plain
+
+
+def _parse_object(
+    o: Any, i: int, w: str, seen: set[int], allow_empty: bool = False, base: Path | None = None
+) -> ObjectPrompts:
     _require(isinstance(o, dict), w, "must be an object")
     check_keys(o, OBJECT_KEYS, w)
     oid = o.get("id", i + 1)
     _require(_is_int(oid) and 1 <= oid <= 65535, w, "'id' must be an integer in 1..65535")
     _require(oid not in seen, w, f"duplicate id {oid}")
     seen.add(oid)
+    if "steps" in o:
+        return _steps_object(o, oid, w, base)
     name = o.get("name", f"object_{oid}")
     _require(isinstance(name, str), w, "'name' must be a string")
     prompts = o.get("prompts")
@@ -345,20 +370,24 @@ def _parse_object(o: Any, i: int, w: str, seen: set[int], allow_empty: bool = Fa
     )
 
 
-def parse_prompts(data: Any, where: str = "prompts", allow_empty: bool = False) -> PromptsFile:
+def parse_prompts(
+    data: Any, where: str = "prompts", allow_empty: bool = False, base: str | Path | None = None
+) -> PromptsFile:
     """Validate a prompts document (already decoded from JSON).
 
     Unknown keys are refused at every level (the closest valid key is
     suggested); wrong types raise InputError naming where they are.
     allow_empty: an object may have an empty 'prompts' list (its key slices
-    come from ``segment --init`` labels)."""
+    come from ``segment --init`` labels). base: the folder mask files of
+    ``"steps"`` are relative to (the prompts file's; default the working folder)."""
     _require(isinstance(data, dict), where, "top level must be an object with an 'objects' list")
     check_keys(data, TOP_KEYS, where)
     objs = data.get("objects")
     _require(isinstance(objs, list) and len(objs) > 0, where, "'objects' must be a non-empty list")
     _check_window(data.get("window"), where)
     seen: set[int] = set()
-    objects = [_parse_object(o, i, f"{where}: objects[{i}]", seen, allow_empty) for i, o in enumerate(objs)]
+    base = None if base is None else Path(base)
+    objects = [_parse_object(o, i, f"{where}: objects[{i}]", seen, allow_empty, base) for i, o in enumerate(objs)]
     return PromptsFile(objects=objects, window=data.get("window"))
 
 
@@ -390,7 +419,7 @@ def load_prompts(path: str | Path, allow_empty: bool = False) -> PromptsFile:
     except OSError as exc:
         raise InputError(f"{path}: cannot read the prompts file ({exc.strerror or exc})") from None
     try:
-        return parse_prompts(data, where=str(path), allow_empty=allow_empty)
+        return parse_prompts(data, where=str(path), allow_empty=allow_empty, base=path.parent)
     except RecursionError:  # pragma: no cover - json refuses such depth first
         raise InputError(f"{path}: JSON nested too deeply") from None
 

@@ -17,6 +17,7 @@ from ..io import default_color
 from ..overlaps import resolve_overlaps
 from ..prompts import SlicePrompt
 from ..propagation import PropagationState
+from .actions import commit_action, log_action, paint_action
 from .changes import ChangeSet
 from .history import Entry, History
 from .keyslices import key_op, paint_op
@@ -327,6 +328,7 @@ class Annotation(RunMethods):
             if obj.state is None:
                 obj.state = self._new_state(axis)
             obj.state.set_range(rng)
+            log_action(obj, {"op": "range", "range": None if obj.state.range is None else list(obj.state.range)})
         return step.changes
 
     def _new_state(self, axis: int) -> PropagationState:
@@ -361,7 +363,9 @@ class Annotation(RunMethods):
         obj = self.object(object_id)
         where = f"slice {index}" if not self.is_2d else "the image"
         with self.batch(f"commit {where} of {obj.name}") as step:
-            self._key_change(obj, index, key_op(index, prompt, mask, exact), axis)
+            self._key_change(
+                obj, index, key_op(index, prompt, mask, exact), axis, commit_action(index, prompt, mask, exact)
+            )
         return step.changes
 
     def paint(self, labels: np.ndarray, axis: int = 0, what: str = "paint") -> ChangeSet:
@@ -387,7 +391,7 @@ class Annotation(RunMethods):
                 other = tuple(a for a in range(3) if a != ax)
                 for i in np.flatnonzero(mine.any(axis=other)):
                     plane = np.take(labels, int(i), axis=ax) == oid
-                    self._key_change(obj, int(i), paint_op(int(i), plane, obj.painted), ax)
+                    self._key_change(obj, int(i), paint_op(int(i), plane, obj.painted), ax, paint_action(int(i), plane))
         return step.changes
 
     def load_masks(
@@ -399,15 +403,40 @@ class Annotation(RunMethods):
         obj = self.object(object_id)
         with self.batch(f"load {obj.name}") as step:
             for i, m in sorted(masks.items()):
-                self._key_change(obj, int(i), key_op(int(i), None, m, False), axis)
-            if up_to_date and obj.state is not None:
-                obj.state.dirty.clear()
-                obj.state.dirty_keys.clear()
+                self._key_change(
+                    obj, int(i), key_op(int(i), None, m, False), axis, commit_action(int(i), None, m, False)
+                )
+            if up_to_date:
+                self.settle(obj.id)
         return step.changes
 
-    def _key_change(self, obj: AnnotatedObject, index: int, op: StateOp, axis: int) -> None:
-        """Apply ``op`` to the object's state now; during a run on the object, also
-        queue it for the run's state (applied when the run finishes)."""
+    def paint_slice(self, object_id: int, index: int, plane: np.ndarray, axis: int = 0) -> ChangeSet:
+        """Object ``object_id``'s painted (rows, cols) bool pixels on slice ``index`` along
+        its axis (``axis`` before its first key slice), as a paint stroke leaves them
+        (:meth:`paint`; an empty plane: a stop slice)."""
+        obj = self.object(object_id)
+        plane = np.asarray(plane, bool)
+        with self.batch(f"paint slice {index} of {obj.name}") as step:
+            ax = obj.axis if obj.axis is not None else axis
+            self._key_change(obj, int(index), paint_op(int(index), plane, obj.painted), ax, paint_action(index, plane))
+        return step.changes
+
+    def settle(self, object_id: int) -> ChangeSet:
+        """Take the object's key slices as up to date: the slices between them hold no
+        object and nothing is left to propagate (loaded masks)."""
+        obj = self.object(object_id)
+        with self.batch(f"settle {obj.name}") as step:
+            step.touch(self, obj.id)
+            if obj.state is not None:
+                obj.state.dirty.clear()
+                obj.state.dirty_keys.clear()
+                log_action(obj, {"op": "settle"})
+        return step.changes
+
+    def _key_change(self, obj: AnnotatedObject, index: int, op: StateOp, axis: int, action: dict[str, Any]) -> None:
+        """Apply ``op`` to the object's state now (and log ``action``, :mod:`.actions`);
+        during a run on the object, also queue it for the run's state (applied when
+        the run finishes)."""
         if obj.state is None:
             obj.state = self._new_state(axis)
         elif obj.state.axis != axis:
@@ -418,6 +447,7 @@ class Annotation(RunMethods):
         if self._step is not None:
             self._step.touch(self, obj.id)
         op(obj.state)
+        log_action(obj, action)
         run = self._runs.get(obj.id)
         if run is not None:
             run.queued.append(op)

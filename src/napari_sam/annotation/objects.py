@@ -57,6 +57,9 @@ class AnnotatedObject:
     painted: slices (along the state's axis) the user painted by hand
         (never carved by a correction).
     propagated: whether the object was propagated at least once.
+    log: the actions that made its state, in order (plain dicts, see
+        :mod:`napari_sam.annotation.actions`): what a session exports as a
+        prompts file; None when unknown (a session saved before it was kept).
     pending: provisional results of a running propagation, slice -> mask,
         shown until the run finishes (not saved, not in the history).
     """
@@ -69,6 +72,7 @@ class AnnotatedObject:
     painted: set[int] = field(default_factory=set)
     propagated: bool = False
     pending: dict[int, np.ndarray] = field(default_factory=dict)
+    log: list[dict[str, Any]] | None = field(default_factory=list)
 
     @property
     def axis(self) -> int | None:
@@ -91,6 +95,7 @@ class AnnotatedObject:
             set(self.painted),
             self.propagated,
             {},
+            None if self.log is None else list(self.log),
         )
 
     def masks(self, pending: bool = True) -> ObjectMasks | None:

@@ -102,6 +102,7 @@ def annotation_to_dict(model: Annotation) -> dict[str, Any]:
                 "painted": sorted(o.painted),
                 "corrections": [c.to_json() for c in o.corrections],
                 "state": None if o.state is None else _state_to_dict(o.state),
+                "log": None if o.log is None else [dict(a) for a in o.log],
             }
         )
     return {
@@ -115,6 +116,13 @@ def annotation_to_dict(model: Annotation) -> dict[str, Any]:
         "objects": objects,
         "labels": _finished_labels(model),
     }
+
+
+def _log_from(log: Any) -> list[dict[str, Any]] | None:
+    """An object's action log as saved (None: saved before logs were kept, history unknown)."""
+    if log is None:
+        return None
+    return [{k: (np.asarray(v, bool) if k == "mask" and v is not None else v) for k, v in a.items()} for a in log]
 
 
 def annotation_from_dict(d: dict[str, Any]) -> Annotation:
@@ -138,6 +146,7 @@ def annotation_from_dict(d: dict[str, Any]) -> Annotation:
             [Correction(tuple(c["point"]), int(c["label"])) for c in od["corrections"]],
             set(od["painted"]),
             bool(od["propagated"]),
+            log=_log_from(od.get("log")),
         )
         model._objects[obj.id] = obj
     model.current_id = d.get("current_id")

@@ -25,14 +25,14 @@ import numpy as np
 from ..box_batches import decode_boxes, is_plain_box
 from ..corrections import Correction
 from ..embeddings import CropEmbeddings, SliceEmbeddings
-from ..finetune.adapt import adapt_to_slices
 from ..intensity import Window, resolve_window
 from ..io import Volume
 from ..jobs import Progress, ProgressCallback
 from ..models.base import Backend
 from ..predictor import SlicePredictor
+from ..prompt_steps import Step
 from ..prompts import ObjectPrompts, PromptsFile, SlicePrompt
-from ..propagation import PropagationState, Propagator, StopRules
+from ..propagation import Propagator, StopRules
 from ..torch_threads import decoding
 from ..zoom import ZoomSettings
 from .keyslices import decode_key
@@ -114,6 +114,7 @@ class _Replay:
         self.outcome = ReplayOutcome()
         self._stores: dict[tuple[str, int], SliceEmbeddings] = {}
         self._windows: dict[str, Window] = {}
+        self._propagators: dict[int, Propagator] = {}
         self.finished = 0
         self.estimates: dict[int, int] = {}
 
@@ -196,7 +197,7 @@ class _Replay:
         )
         self.run(obj, self.model.propagation(obj.id, propagator))
         if obj.adapt and not state.needs_run and not self.cancelled():
-            self.run(obj, self.model.start_run(obj.id, self._adapting(propagator), f"adapt {obj.name}"))
+            self.run(obj, self.model.adaptation(obj.id, propagator))
         for point, label in obj.corrections:
             if self.cancelled() or state.needs_run:
                 break
@@ -206,23 +207,9 @@ class _Replay:
         if state.needs_run:
             self.outcome.cancelled = True
 
-    def _adapting(self, propagator: Propagator):
-        """``"adapt": true``: adapt a copy of the model to the object's key-slice masks
-        (:mod:`napari_sam.finetune.adapt`), then propagate the object again with it."""
-
-        def work(state: PropagationState):
-            keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
-            if not keys:
-                return
-            adapted = adapt_to_slices(self.backend, propagator.embeddings, keys, cancel=self.stop.cancel).backend
-            state.mark_all()
-            yield from Propagator(
-                adapted, propagator.embeddings, rules=self.stop_rules, key_choice=propagator.key_choice
-            ).run(state)
-
-        return work
-
-    def run(self, obj: ObjectPrompts, run) -> None:
+    def run(self, obj: ObjectPrompts, run, events: int | None = None) -> None:
+        """Drive ``run`` to its end (``events``: stop it after that many, as the
+        session's cancelled run stopped)."""
         base = self.finished
 
         def on_event(event: Progress) -> None:
@@ -230,7 +217,52 @@ class _Replay:
             self.estimates[obj.id] = max(0, event.total - event.done)
             self.report(f"{obj.name}: {event.stage}")
 
-        self.model.run_to_end(run, on_event, self.stop)  # type: ignore[arg-type]
+        stop = self.stop if events is None else _StopFlag(lambda: run.events >= events or self.stop.is_set())
+        self.model.run_to_end(run, on_event, stop)  # type: ignore[arg-type]
+
+    def propagator_for(self, obj: ObjectPrompts) -> Propagator:
+        """The object's propagator (the base model until an adaptation replaces it)."""
+        if obj.id not in self._propagators:
+            store = self.store(self.window_of(obj), obj.axis)
+            self._propagators[obj.id] = Propagator(
+                self.backend, store, rules=self.stop_rules, key_choice=self.model.key_choice
+            )
+        return self._propagators[obj.id]
+
+    def stepped_object(self, obj: ObjectPrompts) -> None:
+        """An object given by its ``"steps"``: the session's actions, in order."""
+        self.estimates[obj.id] = len(obj.steps or ())
+        for st in obj.steps or ():
+            if self.cancelled():
+                return
+            self.report(f"{obj.name}: {st.kind}" + (f" slice {st.index}" if st.index is not None else ""))
+            self.step(obj, st)
+            self.estimates[obj.id] -= 1
+        self.estimates[obj.id] = 0
+
+    def step(self, obj: ObjectPrompts, st: Step) -> None:
+        """Replay one action of a session on ``obj``."""
+        m, oid = self.model, obj.id
+        if st.kind == "commit" and st.mask is None and not st.prompt.only_negative:
+            self.decode(obj, st.index, st.prompt)  # type: ignore[arg-type]
+        elif st.kind == "commit":
+            m.commit(oid, st.index, st.prompt, st.mask, axis=obj.axis, exact=False)  # type: ignore[arg-type]
+        elif st.kind == "paint":
+            m.paint_slice(oid, st.index, st.mask, axis=obj.axis)  # type: ignore[arg-type]
+        elif st.kind == "settle":
+            m.settle(oid)
+        elif st.kind == "range":
+            m.set_range(oid, st.rng, axis=obj.axis)
+        elif st.kind == "propagate":
+            self.run(obj, m.propagation(oid, self.propagator_for(obj)), st.events)
+        elif st.kind == "adapt":
+            p = self.propagator_for(obj)
+            run = m.adaptation(oid, p, steps=st.steps)
+            self.run(obj, run, st.events)
+            if run.adapted is not None:  # the object's later runs use the adapted model, as in the session
+                self._propagators[oid] = Propagator(run.adapted, p.embeddings, rules=p.rules, key_choice=p.key_choice)
+        else:
+            self.run(obj, m.correction(oid, Correction(st.point, st.label), self.propagator_for(obj)))  # type: ignore
 
 
 def replay(
@@ -270,9 +302,11 @@ def replay(
             if masks:
                 model.load_masks(o.id, masks, axis=o.axis, up_to_date=False)
     with model.batch("prompts file"), decoding():  # decoder work on one thread (napari_sam.torch_threads)
-        job.plain_objects([o for o in prompts.objects if not o.propagate])
+        job.plain_objects([o for o in prompts.objects if not o.propagate and o.steps is None])
         for o in prompts.objects:
-            if o.propagate and not job.cancelled():
+            if o.steps is not None and not job.cancelled():
+                job.stepped_object(o)
+            elif o.propagate and not job.cancelled():
                 job.window_of(o)
                 job.propagated_object(o)
     if progress:

@@ -14,8 +14,10 @@ import numpy as np
 
 from ..corrections import Correction, apply_correction, check_correction
 from ..errors import InputError, UsageError
-from ..jobs import Cancel, Cancelled, ProgressCallback, drive
+from ..finetune.adapt import adapt_to_slices
+from ..jobs import Cancel, Cancelled, ProgressCallback, drive, threaded
 from ..propagation import PropagationState, Propagator
+from .actions import log_run
 from .changes import ChangeSet
 from .objects import adopt_state, copy_state
 from .runs import Run
@@ -47,13 +49,16 @@ class RunMethods:
             if self.is_2d and propagates:
                 raise UsageError("propagation needs a 3D volume (this image is 2D)")
             run = Run(obj.id, copy_state(obj.state), work, what, list(corrections), propagates)  # type: ignore
+            run.log_at = len(obj.log or ())
             self._runs[obj.id] = run
             return run
 
     def propagation(self: Annotation, object_id: int, propagator: Propagator) -> Run:
         """A run that propagates the object from its key slices (only what is out of date)."""
         obj = self.object(object_id)
-        return self.start_run(object_id, propagator.run, f"propagate {obj.name}")
+        run = self.start_run(object_id, propagator.run, f"propagate {obj.name}")
+        run.action = {"op": "propagate"}
+        return run
 
     def correction(self: Annotation, object_id: int, correction: Correction, propagator: Propagator) -> Run:
         """A run that applies a 3D correction (:func:`napari_sam.corrections.apply_correction`).
@@ -68,7 +73,44 @@ class RunMethods:
             apply_correction(state, propagator, correction, earlier=earlier, spacing_zyx=spacing, painted=painted)
             yield from ()
 
-        return self.start_run(object_id, work, f"correct {obj.name}", corrections=[correction])
+        run = self.start_run(object_id, work, f"correct {obj.name}", corrections=[correction])
+        run.action = {"op": "correction", **correction.to_json()}
+        return run
+
+    def adaptation(
+        self: Annotation, object_id: int, propagator: Propagator, time_budget: float = 30.0, steps: int | None = None
+    ) -> Run:
+        """A run that adapts a copy of ``propagator``'s model to the object's key slices
+        (:func:`napari_sam.finetune.adapt.adapt_to_slices`, at most ``time_budget`` s; exactly
+        ``steps`` optimiser steps when given, as a replay does), then propagates the object
+        again with it. The base model is never changed; the adapted one is ``run.adapted``
+        once trained (for the object's later runs). Progress: one event per training step,
+        then one per propagated slice."""
+        obj = self.object(object_id)
+        action: dict[str, Any] = {"op": "adapt"}
+
+        def train(state: PropagationState) -> Iterator[Any]:
+            keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
+            if not keys:
+                return
+            budget, most = (time_budget, 60) if steps is None else (float("inf"), steps)
+
+            def work(progress: ProgressCallback, cancel: Cancel) -> Any:
+                return adapt_to_slices(
+                    propagator.backend, propagator.embeddings, keys, budget, most, None, cancel, progress
+                )
+
+            result = yield from threaded(work)
+            action["steps"] = result.steps
+            run.adapted = result.backend
+            state.mark_all()
+            yield from Propagator(
+                result.backend, propagator.embeddings, rules=propagator.rules, key_choice=propagator.key_choice
+            ).run(state)
+
+        run = self.start_run(object_id, train, f"adapt {obj.name}")
+        run.action = action
+        return run
 
     def apply(self: Annotation, run: Run, event: Any) -> ChangeSet:
         """Show one event of ``run`` (its finished slice) at once; not an undo step.
@@ -126,6 +168,7 @@ class RunMethods:
                 obj.propagated = obj.propagated or run.propagates
                 if run.completed:
                     obj.corrections.extend(run.corrections)
+                log_run(obj, run)
             return step.changes
 
     def run_to_end(

@@ -70,6 +70,14 @@ class Run:
         self.user_slices: set[int] = set()
         #: True once the work ran to its end (False when cancelled)
         self.completed = False
+        #: events the work yielded so far (a cancelled run stopped after this many)
+        self.events = 0
+        #: what the object's action log records for this run (:mod:`.actions`), None: nothing
+        self.action: dict[str, Any] | None = None
+        #: the length of the object's action log when the run started
+        self.log_at = 0
+        #: an adaptation's adapted model (set once its training finished), for later runs on the object
+        self.adapted: Any = None
         self._work = work
 
     def steps(self) -> Job[PropagationState]:
@@ -82,6 +90,7 @@ class Run:
                 event = next(work, _DONE)
             if event is _DONE:
                 break
+            self.events += 1
             yield as_progress(event)
         self.completed = True
         return self.state

@@ -1,4 +1,4 @@
-"""The command line: ``napari-sam segment | auto | embed | batch | models | download | finetune``.
+"""The command line: ``napari-sam segment | auto | embed | export-prompts | batch | models | download | finetune``.
 
 One module per command family (:mod:`.segment`: segment and embed,
 :mod:`.auto`; batch and finetune add their own parsers), this one the entry
@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 
 from ..errors import NapariSamError
-from . import auto, segment
+from . import auto, segment, session
 from .common import PROG, Parser, add_verbose
 
 
@@ -106,6 +106,7 @@ COMMANDS = {
     "segment": segment.cmd_segment,
     "auto": auto.cmd_auto,
     "embed": segment.cmd_embed,
+    "export-prompts": session.cmd_export_prompts,
     "models": _cmd_models,
     "download": _cmd_download,
     "batch": _cmd_batch,

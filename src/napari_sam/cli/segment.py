@@ -12,12 +12,18 @@ from ..errors import InputError, NapariSamError
 from ..jobs import ProgressBar
 from .common import PROG, add_model_args, cache_dir_of
 from .large import add_cluster_args, embed_cluster, segment_extra, segment_large, wants_lazy_segment
+from .session import add_export_parser, add_session_arg, open_for_segment, session_inputs, session_prompts_for
 
 
 def add_parser(sub) -> None:
     """The ``segment`` and ``embed`` sub-commands."""
     seg = sub.add_parser("segment", help="segment an image from a prompts file")
-    seg.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG; zarr/OME-Zarr (read lazily)")
+    seg.add_argument(
+        "image",
+        nargs="?",
+        default=None,
+        help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG; zarr/OME-Zarr (read lazily); optional with --session",
+    )
     seg.add_argument(
         "--prompts",
         default=None,
@@ -59,7 +65,10 @@ def add_parser(sub) -> None:
         "nuclei and small structures; one encoder run per crop), as the napari widget does; "
         "propagation itself is not zoomed",
     )
+    add_session_arg(seg)
     add_model_args(seg)
+    seg.set_defaults(model=None)  # --session takes the session's model unless one is named
+    add_export_parser(sub)
     emb = sub.add_parser("embed", help="fill the embedding cache for an image ahead of time")
     emb.add_argument("image", help="NIfTI, NRRD, MHA/MHD, DICOM folder, PNG/TIFF/JPEG")
     emb.add_argument("--axis", type=int, default=0, choices=[0, 1, 2], help="slice axis (default 0)")
@@ -70,15 +79,16 @@ def add_parser(sub) -> None:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from ..embeddings import EmbeddingProvider
-    from ..export import check_result_for, check_result_path, write_result
+    from ..export import check_result_for, check_result_path
     from ..intensity import check_window_spec
     from ..io import read_image
     from ..models.registry import load_model
     from ..prompts import load_prompts
 
-    if args.prompts is None and args.init is None and args.text is None:
-        raise InputError("segment needs --prompts, --text or --init")
-    if wants_lazy_segment(args.image, args.output):  # zarr in or out: slices read lazily (docs/scaling.md)
+    if args.prompts is None and args.init is None and args.text is None and args.session is None:
+        raise InputError("segment needs --prompts, --text, --init or --session")
+    session = open_for_segment(args)
+    if session is None and wants_lazy_segment(args.image, args.output):  # zarr: read lazily (docs/scaling.md)
         bar = ProgressBar("segment", args.quiet)
         try:
             return segment_large(args, bar, lambda: cache_dir_of(args))
@@ -86,7 +96,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             bar.close()
     if args.text is not None and (args.prompts is not None or args.init is not None):
         raise InputError("--text finds its own prompts: give it without --prompts and --init")
-    inputs = tuple(p for p in (args.image, args.prompts, args.init, args.checkpoint) if p)
+    inputs = tuple(p for p in (args.image, args.prompts, args.init, args.checkpoint) if p) + session_inputs(args)
     if args.overview and Path(args.overview).suffix.lower() != ".png":
         raise InputError(f"{args.overview}: --overview must end in .png")
     out = check_result_path(args.output, args.overwrite, inputs=inputs, also=(args.overview,) if args.overview else ())
@@ -94,6 +104,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts, allow_empty=args.init is not None) if args.prompts else None
     volume = read_image(args.image, series=args.series)
     check_result_for(out, volume)
+    if session is not None:
+        prompts = session_prompts_for(args, volume)
     init_masks, init_info, notes = None, None, []
     if args.init is not None:
         prompts, init_masks, init_info = _init_objects(args.init, volume, prompts, notes)
@@ -113,22 +125,29 @@ def cmd_segment(args: argparse.Namespace) -> int:
     )
     if init_info is not None:
         extra["init"] = init_info
+    _write(args, out, volume, result, backend.name, extra, notes, inputs)
+    if not args.quiet:
+        _report(args, out, result, notes, provider, time.perf_counter() - t0)
+    return 0
+
+
+def _write(args: argparse.Namespace, out, volume, result, model: str, extra, notes, inputs) -> None:
+    """The label map, its sidecar and the overview, all or nothing."""
+    from ..export import write_result
+
     more = ()
     if args.overview:
         from ..overview import overview_output
 
-        more = (
-            overview_output(
-                args.overview, volume, result.labels, result.colors, window=next(iter(result.windows.values()), None)
-            ),
-        )
+        win = next(iter(result.windows.values()), None)
+        more = (overview_output(args.overview, volume, result.labels, result.colors, window=win),)
     write_result(
         out,
         result.labels,
         volume,
         result.names,
         result.colors,
-        model=backend.name,
+        model=model,
         overwrite=args.overwrite,
         extra=extra,
         notes=notes,
@@ -136,17 +155,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
         inputs=inputs,
         more=more,
     )
-    if not args.quiet:
-        for note in notes:
-            print(f"{PROG}: note: {note}", file=sys.stderr)
-        print(
-            f"wrote {out} ({len(result.names)} object(s), {sum(map(len, result.slices.values()))} slice(s)"
-            + (f"; overview {args.overview}" if args.overview else "")
-            + f"; {provider.encoder_calls} slice(s) encoded, {provider.disk_hits} from the cache; "
-            f"{time.perf_counter() - t0:.1f} s)",
-            file=sys.stderr,
-        )
-    return 0
+
+
+def _report(args: argparse.Namespace, out, result, notes, provider, seconds: float) -> None:
+    for note in notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    print(
+        f"wrote {out} ({len(result.names)} object(s), {sum(map(len, result.slices.values()))} slice(s)"
+        + (f"; overview {args.overview}" if args.overview else "")
+        + f"; {provider.encoder_calls} slice(s) encoded, {provider.disk_hits} from the cache; {seconds:.1f} s)",
+        file=sys.stderr,
+    )
 
 
 def _segment(args: argparse.Namespace, volume, prompts, backend, window, init_masks, provider, embeddings_for):

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry import box_of_mask
-from ..jobs import Cancel
+from ..jobs import Cancel, Progress, ProgressCallback
 from .data import MIN_AREA, TrainingSample, target_on_model_grid
 from .pipeline import tuned_backend
 from .train import DecoderTrainer, FinetuneSettings
@@ -82,6 +82,7 @@ def adapt_to_slices(
     max_steps: int = 60,
     settings: FinetuneSettings | None = None,
     cancel: Cancel | None = None,
+    progress: ProgressCallback | None = None,
 ) -> AdaptResult:
     """Adapt a copy of ``backend``'s decoder to one object's committed slices.
 
@@ -91,6 +92,7 @@ def adapt_to_slices(
     time_budget: seconds at most (checked between steps); max_steps: steps at most.
     cancel: a :class:`napari_sam.jobs.Cancel` token, checked between steps
         (a cancelled adaptation returns what it learnt so far).
+    progress: called with a :class:`napari_sam.jobs.Progress` after every step.
     Raises InputError when no committed mask has at least 16 pixels.
     """
     t0 = time.perf_counter()
@@ -110,6 +112,8 @@ def adapt_to_slices(
         sample = samples[step % len(samples)]
         losses.append(trainer.train_step([sample] * s.batch))
         step += 1
+        if progress is not None:
+            progress(Progress(step, max_steps, f"adapting: step {step}"))
     adapted = tuned_backend(backend, trainer)
     return AdaptResult(
         adapted,

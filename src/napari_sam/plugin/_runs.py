@@ -82,7 +82,7 @@ class RunWorker(QObject):
         if obj.state.axis != s.pos.axis:
             notify("warning", f"napari-sam: {obj.name} was segmented along axis {obj.state.axis}; view that axis")
             return None
-        return Propagator(s.backend, s.store(), key_choice=s.model.key_choice)
+        return Propagator(s.backend_for(obj), s.store(), key_choice=s.model.key_choice)
 
     def propagate(self, obj: Any) -> bool:
         """Propagate ``obj`` (an annotation object) in the background. Returns True if it started."""
@@ -105,6 +105,13 @@ class RunWorker(QObject):
             notify("warning", f"napari-sam: {exc}")
             return False
         return self.start(run, f"correcting {obj.name}")
+
+    def adapt(self, obj: Any) -> bool:
+        """Adapt the model to ``obj``'s key slices, then propagate it again, in the background."""
+        propagator = self._propagator_for(obj, "adapt the model to it")
+        if propagator is None:
+            return False
+        return self.start(self.s.model.adaptation(obj.id, propagator), f"adapting the model to {obj.name}")
 
     def cancel(self) -> None:
         """Stop after the slice in progress; finished slices are kept."""
@@ -132,4 +139,10 @@ class RunWorker(QObject):
         if run is None or self.s.closed:
             return
         self.s.apply(self.s.model.finish(run))
+        if run.adapted is not None and run.object_id in self.s.model:  # kept for the object's later runs
+            obj = self.s.model.object(run.object_id)
+            kept = self.s.adapted.setdefault(obj.id, [])
+            n = sum(1 for a in obj.log or () if a["op"] == "adapt" and "steps" in a)
+            del kept[max(0, n - 1) :]
+            kept.append(run.adapted)
         self.finished.emit(self._cancelled or not run.completed)

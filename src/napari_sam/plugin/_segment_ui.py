@@ -248,7 +248,17 @@ def _volume_box(w: Any, lay: Any) -> None:
         w.embed_all,
         "Compute every slice's image embedding in the background (otherwise slices are embedded when first needed)",
     )
-    vl.addWidget(w.embed_all_button)
+    w.adapt_button = make_button(
+        "Adapt to my corrections",
+        None,
+        w.adapt,
+        "Train a copy of the model on the current object's committed and corrected slices (30 s at most; "
+        "the base model is never changed), then propagate the object again with it",
+    )
+    row = QHBoxLayout()
+    row.addWidget(w.embed_all_button)
+    row.addWidget(w.adapt_button)
+    vl.addLayout(row)
     w.progress_panel = ProgressPanel(on_slice=w._show_slice)
     vl.addWidget(w.progress_panel)
     lay.addWidget(vbox)
@@ -277,8 +287,15 @@ def _bottom(w: Any, lay: Any) -> None:
         w.open_session_dialog,
         "Continue a session saved on this image (objects, key slices, prompts)",
     )
-    row.addWidget(w.save_session_button)
-    row.addWidget(w.open_session_button)
+    w.export_prompts_button = make_button(
+        "Export prompts...",
+        None,
+        w.export_prompts_dialog,
+        "Write the session as a prompts file (its actions in order, painted slices as mask files): "
+        "napari-sam segment IMAGE --prompts FILE gives the same labels",
+    )
+    for b in (w.save_session_button, w.open_session_button, w.export_prompts_button):
+        row.addWidget(b)
     lay.addLayout(row)
     w.status_label = QLabel("Choose an image layer and press Start.")
     w.status_label.setWordWrap(True)

@@ -84,6 +84,8 @@ class SegmentSession(QObject):
         #: where slice embeddings are kept on disk (None: in memory only)
         self.cache_dir = cache_dir
         self.closed = False
+        #: object id -> the models adapted to it in this session, in order (never the base model)
+        self.adapted: dict[int, list[Backend]] = {}
         #: asked when a click or box is added: True if the press only gave focus back (it is dropped)
         self.focus_click: Any = None
         self._volume_hash = content_hash(source.volume)
@@ -413,6 +415,19 @@ class SegmentSession(QObject):
         :meth:`propagate` (``propagation_finished`` when done); one undo step.
         Returns True if it started."""
         return self.runs.correct(self.model.current, Correction(tuple(int(v) for v in point), int(label)))
+
+    def adapt(self) -> bool:
+        """Adapt a copy of the model to the current object's key slices (at most 30 s), then
+        propagate the object again with it, in the background. The adapted model is kept
+        for this session (:meth:`backend_for`); the base model is never changed."""
+        return self.runs.adapt(self.model.current)
+
+    def backend_for(self, obj: Any) -> Backend:
+        """The model the object's runs use: its latest adaptation that is still in its
+        action log (undo takes one back), else the base model."""
+        n = sum(1 for a in obj.log or () if a["op"] == "adapt" and "steps" in a)
+        kept = self.adapted.get(obj.id, [])
+        return kept[n - 1] if 0 < n <= len(kept) else self.backend
 
     def cancel_propagation(self) -> None:
         """Stop the running propagation after the slice in progress; finished slices are kept."""

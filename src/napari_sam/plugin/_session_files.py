@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtWidgets import QFileDialog, QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from ..annotation import Annotation, ImageRef, Journal, open_session, save_session
+from ..annotation.export_prompts import export_prompts
 from ..annotation.sessions import find_recovery, recovery_folder
 from ..cache import default_cache_dir
 from ..errors import NapariSamError
@@ -65,6 +66,12 @@ class SessionFiles:
     def save(self, folder: str | Path) -> Path:
         """Save the session (objects, key slices, prompts, results, label map) to ``folder``."""
         return save_session(folder, self.s.model, self.image, self._model_info(), self._settings())
+
+    def export_prompts(self, path: str | Path) -> list[Path]:
+        """Write the session as the prompts file ``path`` with its mask files
+        (:func:`napari_sam.annotation.export_prompts.export_prompts`), replacing them."""
+        window = self._settings()["window"]
+        return export_prompts(path, self.s.model, window=window, overwrite=True, inputs=(self.image.path,))
 
     def open(self, folder: str | Path) -> Annotation:
         """The annotation saved in ``folder``; InputError when it belongs to another image."""
@@ -137,6 +144,30 @@ class SessionFileActions:
         """Continue the session saved in the folder ``path`` (made on this image)."""
         s = self._need_session()
         return s is not None and s.open_session(path)
+
+    def export_prompts(self, path: str | Path) -> list[Path]:
+        """Write the session as a prompts file ``path`` (.json) with its mask files beside it,
+        for ``napari-sam segment IMAGE --prompts PATH``; returns the paths written."""
+        s = self._need_session()
+        if s is None:
+            return []
+        try:
+            out = s.files.export_prompts(path)
+        except (NapariSamError, OSError) as exc:
+            notify("error", f"napari-sam: cannot export the prompts: {exc}")
+            return []
+        self._set_status(f"prompts written to {out[-1]} ({len(out) - 1} mask file(s))")
+        return out
+
+    def export_prompts_dialog(self) -> list[Path]:
+        s = self._need_session()
+        if s is None:
+            return []
+        proposed = default_export_path(s.source.layer.name).with_suffix("").with_suffix(".prompts.json")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export the session as a prompts file", str(proposed), "JSON (*.json)"
+        )
+        return self.export_prompts(path) if path else []
 
     def save_session_dialog(self) -> Path | None:
         s = self._need_session()

@@ -11,28 +11,27 @@ instance per model and settings with every widget of the process.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QFileDialog, QInputDialog, QListWidgetItem, QWidget
+from qtpy.QtWidgets import QInputDialog, QListWidgetItem, QWidget
 
 from ..errors import NapariSamError
 from ..models.base import Backend
 from . import _prompt_layers as pl
 from ._image_source import ImageSource
+from ._label_files import LabelFileActions
 from ._layer_setup import widen_contrast_range
 from ._notify import notify
 from ._segment_ui import SHORTCUT_METHODS, SHORTCUTS, build_segment_ui, swatch
 from ._session import SegmentSession
 from ._session_files import SessionFileActions
-from ._settings import default_export_path, remember_export
 from ._shortcuts import FocusClickGuard, WindowShortcuts
 from ._vocabulary import remember_name, vocabulary
 
 
-class SegmentWidget(SessionFileActions, QWidget):
+class SegmentWidget(SessionFileActions, LabelFileActions, QWidget):
     """Segment Anything in napari: boxes and clicks on a slice, live preview,
     objects, propagation through the volume, export."""
 
@@ -82,12 +81,14 @@ class SegmentWidget(SessionFileActions, QWidget):
             self.load_button,
             self.save_session_button,
             self.open_session_button,
+            self.export_prompts_button,
         ):
             b.setEnabled(on)
         self.commit_button.setEnabled(on and not prop)
         self.propagate_button.setEnabled(volume and not prop)
         self.cancel_button.setEnabled(bool(prop))
         self.embed_all_button.setEnabled(volume)
+        self.adapt_button.setEnabled(volume and not prop)
 
     def _set_status(self, text: str) -> None:
         self.status_label.setText(text)
@@ -344,6 +345,15 @@ class SegmentWidget(SessionFileActions, QWidget):
         self._update_enabled()
         return ok
 
+    def adapt(self) -> bool:
+        """*Adapt to my corrections*: adapt a copy of the model to the current object's key
+        slices in the background, then propagate the object again with it (progress and
+        cancel as for a propagation). Returns True if it started."""
+        s = self._need_session()
+        ok = s.adapt() if s is not None else False
+        self._update_enabled()
+        return ok
+
     def cancel_propagation(self) -> None:
         if self.session is not None:
             self.session.cancel_propagation()
@@ -396,62 +406,6 @@ class SegmentWidget(SessionFileActions, QWidget):
         if s is None or s.objects.current is None:
             return
         s.delete_object(object_id if object_id is not None else s.objects.current.id)
-
-    def export(self, path: str | Path) -> list[str]:
-        """Save the labels to ``path`` (.nii/.nii.gz/.nrrd/.mha) in the image's geometry."""
-        s = self._need_session()
-        if s is None:
-            return []
-        try:
-            return s.export(path)
-        except NapariSamError as exc:
-            notify("error", f"napari-sam: {exc}")
-            return []
-
-    def load_labels(self, path: str | Path) -> list[int]:
-        """Add each label of ``path`` (label map, DICOM SEG, .seg.nrrd) as an object; returns their ids."""
-        from ._load_objects import load_labels_as_objects
-
-        s = self._need_session()
-        if s is None:
-            return []
-        try:
-            ids, notes = load_labels_as_objects(s, path)
-        except NapariSamError as exc:
-            notify("error", f"napari-sam: {exc}")
-            return []
-        for note in notes:
-            notify("info", f"napari-sam: {note}")
-        self._set_status(f"loaded {len(ids)} object(s) from {Path(path).name}")
-        return ids
-
-    def load_labels_dialog(self) -> list[int]:
-        if self._need_session() is None:
-            return []
-        path, _ = QFileDialog.getOpenFileName(
-            self,
-            "Load labels as objects",
-            str(Path.home()),
-            "Segmentations (*.nii.gz *.nii *.nrrd *.mha *.dcm);;All files (*)",
-        )
-        return self.load_labels(path) if path else []
-
-    def export_dialog(self) -> list[str]:
-        s = self._need_session()
-        if s is None:
-            return []
-        proposed = default_export_path(s.source.layer.name)
-        path, _ = QFileDialog.getSaveFileName(
-            self,
-            "Save labels",
-            str(proposed),
-            "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha);;"
-            "3D Slicer segmentation (*.seg.nrrd);;DICOM SEG (*.dcm)",
-        )
-        out = self.export(path) if path else []
-        if out:
-            remember_export(out[0])
-        return out
 
     # ------------------------------------------------------------------ objects list
     def _refresh_objects(self) -> None:
