@@ -131,3 +131,21 @@ def test_zoom_region_works_on_the_widgets_store():
     assert side == 96 and set(backend.shapes) == {(96, 96)}  # only the region was ever encoded
     assert dice(state.volume_mask(), obj) > 0.95
     assert store.ready() == []  # no whole slice was needed
+
+
+def test_the_widgets_registry_keeps_few_providers():
+    """The process-wide registry bounds what it keeps (the embeddings of every model and cache folder ever
+    opened would otherwise stay in memory); a view a session still holds keeps working."""
+    pytest.importorskip("qtpy")
+    from napari_sam.plugin._background import StoreRegistry
+
+    reg = StoreRegistry(max_in_memory=4, max_providers=2)
+    vol = np.random.default_rng(2).random((3, 16, 16)).astype(np.float32)
+    backends = [SlowBackend() for _ in range(3)]
+    held = reg.get(backends[0], vol, content_hash(vol), Window(0, 1), 0)
+    held.get(0)
+    assert reg.provider(backends[0]) is held.provider  # the same provider while it is kept
+    reg.get(backends[1], vol, content_hash(vol), Window(0, 1), 0).get(0)
+    reg.get(backends[2], vol, content_hash(vol), Window(0, 1), 0).get(0)
+    assert reg.provider(backends[0]) is not held.provider  # the oldest went (a new one is made)
+    assert held.peek(0) is not None and held.get(1) is not None  # the session's own view still works

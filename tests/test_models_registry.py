@@ -8,6 +8,7 @@ ViT-H and Hiera-L are covered without building 2.5 GB of weights.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import pickle
@@ -209,7 +210,8 @@ def test_plain_pickle_file_is_refused(tmp_path):
 
 def test_each_model_is_loaded_once_per_process_and_shared():
     """The widgets, the CLI and scripts asking for the same model, checkpoint file, device and precision
-    get one backend: it is loaded once (two threads asking at once included)."""
+    get one backend: it is loaded once (two threads asking at once included), and freed when nobody holds
+    it any more (heavy models do not pile up in a long-lived process)."""
     import dataclasses
     import threading
 
@@ -241,6 +243,12 @@ def test_each_model_is_loaded_once_per_process_and_shared():
         assert other is not first and len(calls) == 2  # another precision: another backend
         private = load_model("lite_medsam", shared=False)
         assert private is not first and len(calls) == 3 and load_model() is first
+        got.clear()
+        del first, other, private, threads  # nobody holds them: freed, not kept for the process
+        gc.collect()
+        assert len(registry._LOADED) == 0
+        load_model()
+        assert len(calls) == 4
     finally:
         registry.REGISTRY["lite_medsam"] = spec
         registry._LOADED.clear()

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from . import __version__
 from .anatomy_codes import code_for_name
 from .errors import InputError
-from .io import Geometry, Volume
+from .io import Geometry, Volume, default_color
 from .labelset import LabelSet
 from .outputs import OutputFile, write_outputs
 
@@ -153,9 +154,6 @@ def _segment_descriptions(
 ):
     from pydicom.sr.codedict import codes
 
-    from . import __version__
-    from .io import default_color
-
     algorithm = hd.AlgorithmIdentificationSequence(
         name="napari-sam",
         version=__version__,
@@ -182,6 +180,22 @@ def _segment_descriptions(
     return out
 
 
+def _segments_of(
+    labels: np.ndarray, names: Mapping[int, str] | None, colors: Mapping[int, tuple[int, int, int]] | None
+):
+    """The segment numbers (ids in the labels or named), each with a name and a colour.
+    Raises InputError when there is none or one is outside 1..65535."""
+    names, colors = dict(names or {}), dict(colors or {})
+    ids = sorted({int(i) for i in np.unique(labels) if i} | {int(i) for i in names})
+    if not ids:
+        raise InputError("the segmentation is empty: a DICOM SEG needs at least one segment")
+    if ids[0] < 1 or ids[-1] > 65535:
+        raise InputError(f"object ids {ids[0]}..{ids[-1]}: a DICOM SEG segment number must be in 1..65535")
+    names = {i: names.get(i) or f"object_{i}" for i in ids}
+    colors = {i: tuple(colors.get(i) or default_color(i))[:3] for i in ids}
+    return ids, names, colors
+
+
 def build_dicom_seg(
     labels: np.ndarray,
     volume: Volume,
@@ -204,22 +218,12 @@ def build_dicom_seg(
     """
     import highdicom as hd
 
-    from . import __version__
-    from .io import default_color
-
     labels = np.asarray(labels)
     if labels.ndim == 2:
         labels = labels[None]
     datasets, notes = _source_datasets(volume, labels)
-    names, colors = dict(names or {}), dict(colors or {})
-    ids = sorted({int(i) for i in np.unique(labels) if i} | {int(i) for i in names})
-    if not ids:
-        raise InputError("the segmentation is empty: a DICOM SEG needs at least one segment")
-    if ids[0] < 1 or ids[-1] > 65535:
-        raise InputError(f"object ids {ids[0]}..{ids[-1]}: a DICOM SEG segment number must be in 1..65535")
+    ids, names, colors = _segments_of(labels, names, colors)
     seg_type = _segmentation_type(hd, encoding)
-    names = {i: names.get(i) or f"object_{i}" for i in ids}
-    colors = {i: tuple(colors.get(i) or default_color(i))[:3] for i in ids}
     if seg_type.value == "BINARY":
         labels, ids, names, colors = _renumbered(labels, ids, names, colors, notes)
     pixels = labels.astype(np.uint8 if ids[-1] < 256 else np.uint16)
@@ -302,8 +306,6 @@ def write_dicom_seg(
 
 
 def _segment_info(seg) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]:
-    from .io import default_color
-
     names, colors = {}, {}
     for n in seg.segment_numbers:
         desc = seg.get_segment_description(n)

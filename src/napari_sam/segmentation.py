@@ -153,12 +153,21 @@ def segment_volume(
         crop_embeddings=crop_embeddings,
         init_masks=init_masks,
     )
+    return _result_of(model, prompts, outcome.windows, outcome.cancelled)
+
+
+def _result_of(
+    model: Annotation, prompts: PromptsFile, windows: dict[int, Window], cancelled: bool
+) -> SegmentationResult:
+    """What :func:`segment_volume` returns once the replay of ``prompts`` into ``model``
+    ended: the label map, each object's name, colour, propagation state (when it
+    propagates) and the slices holding it."""
     result = SegmentationResult(
         labels=np.array(model.labels),
         names={o.id: o.name for o in prompts.objects},
         colors={o.id: o.color for o in prompts.objects if o.color},
-        windows=outcome.windows,
-        cancelled=outcome.cancelled,
+        windows=windows,
+        cancelled=cancelled,
         annotation=model,
     )
     for o in prompts.objects:

@@ -203,19 +203,42 @@ def predict_zoomed(
     clicks alone (already computed, never twice), None for a box.
     """
     shape = tuple(whole.original_size)
-    seed_mask = None
-    first = None  # clicks alone: the whole-slice answer, returned when zooming does not apply
+    box, first = _object_extent(clicks, whole, prompt, previous, multimask)
+    crop = None if box is None else zoom_crop(box, shape, settings)
+    if crop is None:
+        return first
+    emb = crops.get(image01, crop, image_key)
+    seed = previous if previous is not None else (None if first is None else first.mask)
+    masks, scores, low, boxes = _decode_in_crop(backend, clicks, emb, crop, prompt, box, seed, multimask, shape)
+    if not masks[0].any() or crop.touches_inner_border(masks[0][crop.slices], shape):
+        return first
+    return Prediction(
+        masks=masks,
+        scores=np.asarray(scores, np.float32),
+        low_res_logits=low,
+        boxes=np.asarray(boxes, np.float32),
+        crop=crop,
+    )
+
+
+def _object_extent(clicks, whole: Embedding, prompt: SlicePrompt, previous: np.ndarray | None, multimask: bool):
+    """(box, first): the object's extent (r0, c0, r1, c1) float32 to zoom on, or None
+    when there is none, and the whole-slice answer for clicks alone (else None).
+
+    The extent is the prompt's box, or for clicks alone the whole-slice answer's
+    box, grown to take in the positive clicks.
+    """
+    first = None
     if prompt.box is not None:
         box = np.asarray(prompt.box, np.float32)
     else:
         if not len(prompt.positive):
-            return None
+            return None, None
         first = clicks.predict(whole, prompt, previous=previous, multimask=multimask)
         mb = box_of_mask(first.mask)
         if mb is None:
-            return first
+            return None, first
         box = np.asarray(mb, np.float32)
-        seed_mask = first.mask
     if len(prompt.positive):
         pos = prompt.positive
         box = np.array(
@@ -227,30 +250,32 @@ def predict_zoomed(
             ],
             np.float32,
         )
-    crop = zoom_crop(box, shape, settings)
-    if crop is None:
-        return first
-    emb = crops.get(image01, crop, image_key)
+    return box, first
+
+
+def _decode_in_crop(
+    backend: Backend,
+    clicks,
+    emb: Embedding,
+    crop: Crop,
+    prompt: SlicePrompt,
+    box: np.ndarray,
+    seed: np.ndarray | None,
+    multimask: bool,
+    shape: tuple[int, int],
+):
+    """The prompt decoded on the crop's embedding ``emb``, mapped back to the slice
+    (``shape``): (masks (K, H, W), scores, low-res logits, boxes). A box alone is
+    decoded directly (its extent ``box`` kept exact); clicks go through the click
+    strategy, refining ``seed`` (a (rows, cols) mask of the slice, or None)."""
     if prompt.box is not None and not len(prompt.points):
         z = decode_boxes_in_crop(backend, emb, crop, box[None], shape)
-        masks, scores, low = z.masks[0], z.scores[0], z.low_res_logits[0]
-        boxes = box[None].astype(np.float32)
-    else:
-        local = SlicePrompt(
-            points=crop.points_to_crop(prompt.points),
-            labels=prompt.labels,
-            box=None if prompt.box is None else tuple(crop.box_to_crop(box)),
-        )
-        prev = previous if previous is not None else seed_mask
-        pred = clicks.predict(emb, local, previous=None if prev is None else prev[crop.slices], multimask=multimask)
-        masks = crop.paste(pred.masks, shape, False)
-        scores, low, boxes = pred.scores, pred.low_res_logits, crop.box_from_crop(pred.boxes)
-    if not masks[0].any() or crop.touches_inner_border(masks[0][crop.slices], shape):
-        return first
-    return Prediction(
-        masks=masks,
-        scores=np.asarray(scores, np.float32),
-        low_res_logits=low,
-        boxes=np.asarray(boxes, np.float32),
-        crop=crop,
+        return z.masks[0], z.scores[0], z.low_res_logits[0], box[None].astype(np.float32)
+    local = SlicePrompt(
+        points=crop.points_to_crop(prompt.points),
+        labels=prompt.labels,
+        box=None if prompt.box is None else tuple(crop.box_to_crop(box)),
     )
+    pred = clicks.predict(emb, local, previous=None if seed is None else seed[crop.slices], multimask=multimask)
+    masks = crop.paste(pred.masks, shape, False)
+    return masks, pred.scores, pred.low_res_logits, crop.box_from_crop(pred.boxes)

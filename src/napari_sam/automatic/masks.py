@@ -83,43 +83,23 @@ def candidates_from_logits(
     for j in range(logits.shape[0]):
         clip = None
         if prompt_boxes is not None and clip_margin is not None:
-            b = view.box_to_crop(prompt_boxes[j])
-            mr = max(1.0, clip_margin * (b[2] - b[0] + 1))
-            mc = max(1.0, clip_margin * (b[3] - b[1] + 1))
-            clip = (
-                max(0, int(np.floor(b[0] - mr))),
-                max(0, int(np.floor(b[1] - mc))),
-                min(h, int(np.ceil(b[2] + mr)) + 1),
-                min(w, int(np.ceil(b[3] + mc)) + 1),
-            )
+            clip = _clip_window(view.box_to_crop(prompt_boxes[j]), clip_margin, (h, w))
         for k in range(logits.shape[1]):
-            lg = logits[j, k]
-            if clip is not None:  # a box prompt says where the object is: nothing outside the box
-                lg = np.full((h, w), -2.0 * offset - 1.0, np.float32)
-                sl = (slice(clip[0], clip[2]), slice(clip[1], clip[3]))
-                lg[sl] = logits[j, k][sl]
-            loose = lg > -offset
-            rows = np.flatnonzero(loose.any(axis=1))
-            if rows.size == 0:
+            cut = _logit_patch(logits[j, k], clip, offset)
+            if cut is None:
                 continue
-            cols = np.flatnonzero(loose.any(axis=0))
-            r0, r1 = max(0, rows[0] - 2), min(h, rows[-1] + 3)
-            c0, c1 = max(0, cols[0] - 2), min(w, cols[-1] + 3)
-            patch = np.ascontiguousarray(lg[r0:r1, c0:c1], dtype=np.float32)
+            r0, c0, patch, n_lo = cut
             m = patch > 0
-            if not m.any():
-                continue
-            full_box_view = Crop(view.top + int(r0), view.left + int(c0), patch.shape[0], patch.shape[1])
+            full_box_view = Crop(view.top + r0, view.left + c0, patch.shape[0], patch.shape[1])
             if _reaches_inner_edge(m, full_box_view, view, slice_shape):
                 continue  # cut by the view's edge: another view holds the object whole
-            n_lo = int(loose[r0:r1, c0:c1].sum())
             stab = float((patch > offset).sum()) / n_lo if n_lo else 0.0
             mbox = view.box_from_crop(np.asarray(box_of_mask(m)) + np.array([r0, c0, r0, c0]))
             biou = box_iou(mbox, prompt_boxes[j]) if prompt_boxes is not None else 1.0
             out.append(
                 Candidate(
-                    top=view.top + int(r0),
-                    left=view.left + int(c0),
+                    top=view.top + r0,
+                    left=view.left + c0,
                     logits=patch,
                     score=float(scores[j, k]),
                     stability=stab,
@@ -128,6 +108,45 @@ def candidates_from_logits(
                 )
             )
     return out
+
+
+def _clip_window(b: np.ndarray, clip_margin: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The view's pixels (r0, c0, r1, c1), end exclusive, that a mask answering the
+    box ``b`` (r0, c0, r1, c1, view pixels, inclusive) may cover: the box grown by
+    ``clip_margin`` times its size on each axis (at least 1 px), inside the view ``shape``."""
+    h, w = shape
+    mr = max(1.0, clip_margin * (b[2] - b[0] + 1))
+    mc = max(1.0, clip_margin * (b[3] - b[1] + 1))
+    return (
+        max(0, int(np.floor(b[0] - mr))),
+        max(0, int(np.floor(b[1] - mc))),
+        min(h, int(np.ceil(b[2] + mr)) + 1),
+        min(w, int(np.ceil(b[3] + mc)) + 1),
+    )
+
+
+def _logit_patch(logits: np.ndarray, clip: tuple[int, int, int, int] | None, offset: float):
+    """One mask's (h, w) ``logits`` cut down to a patch around it: (r0, c0, patch
+    float32, n_loose), where the patch spans the pixels above ``-offset`` plus 2 px
+    and n_loose counts those; None when the mask (logits > 0) is empty. With a
+    ``clip`` window (:func:`_clip_window`) the logits outside it count as background."""
+    h, w = logits.shape
+    lg = logits
+    if clip is not None:  # a box prompt says where the object is: nothing outside the box
+        lg = np.full((h, w), -2.0 * offset - 1.0, np.float32)
+        sl = (slice(clip[0], clip[2]), slice(clip[1], clip[3]))
+        lg[sl] = logits[sl]
+    loose = lg > -offset
+    rows = np.flatnonzero(loose.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(loose.any(axis=0))
+    r0, r1 = max(0, rows[0] - 2), min(h, rows[-1] + 3)
+    c0, c1 = max(0, cols[0] - 2), min(w, cols[-1] + 3)
+    patch = np.ascontiguousarray(lg[r0:r1, c0:c1], dtype=np.float32)
+    if not (patch > 0).any():
+        return None
+    return int(r0), int(c0), patch, int(loose[r0:r1, c0:c1].sum())
 
 
 def _reaches_inner_edge(mask: np.ndarray, patch: Crop, view: Crop, slice_shape: tuple[int, int]) -> bool:

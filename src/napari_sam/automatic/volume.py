@@ -335,31 +335,10 @@ class StackSegmenter:
         cell = size // MOSAIC_SIDE
         mosaic = np.zeros((size, size), np.float32)
         crops, mboxes = [], []
-        H, W = vol.shape[1:]
         for k, i in enumerate(group):
-            r0, c0, r1, c1 = boxes[i]
-            side = max(8.0, 2.5 * max(r1 - r0 + 1, c1 - c0 + 1))
-            cr, cc = (r0 + r1) / 2.0, (c0 + c1) / 2.0
-            top, left = int(round(cr - side / 2)), int(round(cc - side / 2))
-            n_side = int(round(side))
-            sl_r = slice(max(0, top), min(H, top + n_side))
-            sl_c = slice(max(0, left), min(W, left + n_side))
-            patch = np.zeros((n_side, n_side), np.float32)
-            patch[sl_r.start - top : sl_r.stop - top, sl_c.start - left : sl_c.stop - left] = vol[zs[i], sl_r, sl_c]
-            f = cell / n_side
-            gy, gx = divmod(k, MOSAIC_SIDE)
-            mosaic[gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell] = ndimage.zoom(
-                patch, (cell / n_side, cell / n_side), order=1, grid_mode=True, mode="nearest"
-            )[:cell, :cell]
-            mboxes.append(
-                [
-                    gy * cell + (r0 - top) * f,
-                    gx * cell + (c0 - left) * f,
-                    gy * cell + (r1 + 1 - top) * f - 1,
-                    gx * cell + (c1 + 1 - left) * f - 1,
-                ]
-            )
-            crops.append((top, left, n_side, sl_r, sl_c))
+            mbox, crop = _place_in_mosaic(mosaic, vol[zs[i]], boxes[i], k, cell)
+            mboxes.append(mbox)
+            crops.append(crop)
         t = time.perf_counter()
         emb = self.backend.embed(mosaic)
         self.encoder_calls += 1
@@ -373,15 +352,50 @@ class StackSegmenter:
             for j in range(masks.shape[0]):
                 k = b0 + j
                 i = group[k]
-                top, left, n_side, sl_r, sl_c = crops[k]
-                gy, gx = divmod(k, MOSAIC_SIDE)
-                m = masks[j, gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell].astype(np.float32)
-                back = ndimage.zoom(m, n_side / cell, order=0, grid_mode=True, mode="nearest")[:n_side, :n_side] > 0.5
-                back = back[sl_r.start - top : sl_r.stop - top, sl_c.start - left : sl_c.stop - left]
-                ref = labels[zs[i], sl_r, sl_c] == i + 1
+                back = _from_mosaic(masks[j], k, cell, crops[k])
+                ref = labels[zs[i], crops[k][3], crops[k][4]] == i + 1
                 out[k] = np.logical_and(back, ref).sum() / max(1, np.logical_or(back, ref).sum())
         timings["decoder"] += time.perf_counter() - t
         return out
+
+
+def _place_in_mosaic(mosaic: np.ndarray, image: np.ndarray, box: np.ndarray, k: int, cell: int):
+    """Put the square crop of ``image`` (rows, cols) around ``box`` (r0, c0, r1, c1;
+    2.5x its longer side, zeros outside the image) into cell ``k`` (row-major,
+    MOSAIC_SIDE per row) of ``mosaic``, resized to ``cell`` pixels. Returns the box
+    in mosaic pixels and the crop (top, left, side, row slice, col slice of ``image``)."""
+    H, W = image.shape
+    r0, c0, r1, c1 = box
+    side = max(8.0, 2.5 * max(r1 - r0 + 1, c1 - c0 + 1))
+    cr, cc = (r0 + r1) / 2.0, (c0 + c1) / 2.0
+    top, left = int(round(cr - side / 2)), int(round(cc - side / 2))
+    n_side = int(round(side))
+    sl_r = slice(max(0, top), min(H, top + n_side))
+    sl_c = slice(max(0, left), min(W, left + n_side))
+    patch = np.zeros((n_side, n_side), np.float32)
+    patch[sl_r.start - top : sl_r.stop - top, sl_c.start - left : sl_c.stop - left] = image[sl_r, sl_c]
+    f = cell / n_side
+    gy, gx = divmod(k, MOSAIC_SIDE)
+    mosaic[gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell] = ndimage.zoom(
+        patch, (cell / n_side, cell / n_side), order=1, grid_mode=True, mode="nearest"
+    )[:cell, :cell]
+    mbox = [
+        gy * cell + (r0 - top) * f,
+        gx * cell + (c0 - left) * f,
+        gy * cell + (r1 + 1 - top) * f - 1,
+        gx * cell + (c1 + 1 - left) * f - 1,
+    ]
+    return mbox, (top, left, n_side, sl_r, sl_c)
+
+
+def _from_mosaic(mask: np.ndarray, k: int, cell: int, crop: tuple) -> np.ndarray:
+    """Cell ``k`` of a (size, size) bool mosaic ``mask``, resized back to the crop
+    that :func:`_place_in_mosaic` put there: bool on the crop's part inside the image."""
+    top, left, n_side, sl_r, sl_c = crop
+    gy, gx = divmod(k, MOSAIC_SIDE)
+    m = mask[gy * cell : (gy + 1) * cell, gx * cell : (gx + 1) * cell].astype(np.float32)
+    back = ndimage.zoom(m, n_side / cell, order=0, grid_mode=True, mode="nearest")[:n_side, :n_side] > 0.5
+    return back[sl_r.start - top : sl_r.stop - top, sl_c.start - left : sl_c.stop - left]
 
 
 def parse_spacing(text: str) -> tuple[float, float, float]:

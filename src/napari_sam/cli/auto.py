@@ -21,73 +21,88 @@ def add_parser(sub) -> None:
         required=True,
         help="label map: .tif for a 2D image (or .nii.gz to keep geometry); .nii.gz/.nrrd/.mha for 3D",
     )
-    auto.add_argument(
+    _add_proposal_args(auto.add_argument_group("proposals and filters"))
+    _add_tile_args(auto.add_argument_group("large images: tiles"))
+    _add_stack_args(auto.add_argument_group("3D stacks"))
+    auto.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_model_args(auto)
+
+
+def _add_proposal_args(group) -> None:
+    """Where the prompts come from and which objects are kept."""
+    group.add_argument(
         "--preset",
         default="auto",
         choices=["auto", "microscopy", "ct"],
         help="parameter defaults: microscopy (blobs; a point grid for point-capable models), "
         "ct (intensity regions); auto picks ct for CT data",
     )
-    auto.add_argument(
+    group.add_argument(
         "--proposals",
         default=None,
         choices=["blobs", "regions", "box-grid", "point-grid", "blobs+box-grid", "regions+box-grid"],
         help="where the prompts come from (default: the preset's)",
     )
-    auto.add_argument(
+    group.add_argument(
         "--model-role",
         default=None,
         choices=["masks", "split-check"],
         help="blobs: the model's masks replace them (masks), or blob outlines are kept and the "
         "model checks which touching blobs to split (split-check; the microscopy default)",
     )
-    auto.add_argument(
-        "--tile-shape", default=None, metavar="R,C", help="tile rows,cols for large images (default 512,512)"
-    )
-    auto.add_argument(
-        "--halo",
-        type=int,
-        default=None,
-        help="tile overlap on each side in pixels (default 64); the largest object never cut at a tile border",
-    )
-    auto.add_argument("--min-size", type=int, default=None, help="smallest object kept, pixels (default: preset's)")
-    auto.add_argument(
+    group.add_argument("--min-size", type=int, default=None, help="smallest object kept, pixels (default: preset's)")
+    group.add_argument(
         "--diameter", type=float, default=None, help="typical object diameter in pixels (default: estimated)"
     )
-    auto.add_argument("--quality", type=float, default=None, help="minimum predicted IoU, 0..1")
-    auto.add_argument("--stability", type=float, default=None, help="minimum stability score, 0..1")
-    auto.add_argument("--points-per-side", type=int, default=None, help="point-grid density per tile side")
-    auto.add_argument(
+    group.add_argument("--quality", type=float, default=None, help="minimum predicted IoU, 0..1")
+    group.add_argument("--stability", type=float, default=None, help="minimum stability score, 0..1")
+    group.add_argument("--points-per-side", type=int, default=None, help="point-grid density per tile side")
+    group.add_argument(
         "--zoom",
         action="store_true",
         help="decode each proposal on a magnified crop (sharper small objects; one encoder run per crop); "
         "implies --model-role masks unless given",
     )
-    auto.add_argument(
+
+
+def _add_tile_args(group) -> None:
+    """Large images: the tiles and the Dask scheduler that runs them."""
+    group.add_argument(
+        "--tile-shape", default=None, metavar="R,C", help="tile rows,cols for large images (default 512,512)"
+    )
+    group.add_argument(
+        "--halo",
+        type=int,
+        default=None,
+        help="tile overlap on each side in pixels (default 64); the largest object never cut at a tile border",
+    )
+    group.add_argument(
+        "--scheduler",
+        default=None,
+        help="zarr/OME-Zarr input or .zarr output: tiles as tasks "
+        "on this Dask scheduler (default: a local cluster); docs/scaling.md",
+    )
+
+
+def _add_stack_args(group) -> None:
+    """3D stacks: voxel size, 3D proposals or slice by slice, the model check."""
+    group.add_argument(
         "--spacing",
         default=None,
         metavar="Z,Y,X",
         help="3D stacks: voxel size (z, row, col), e.g. 1.0,0.25,0.25 (default: the file's "
         "metadata: NIfTI/NRRD/MHA header, ImageJ or OME TIFF; else isotropic)",
     )
-    auto.add_argument(
+    group.add_argument(
         "--model-check",
         action="store_true",
         help="3D stacks: drop faint objects the model does not confirm on their central slice",
     )
-    auto.add_argument(
+    group.add_argument(
         "--slicewise",
         action="store_true",
         help="3D microscopy: segment slice by slice and link (default: 3D proposals)",
     )
-    auto.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    auto.add_argument(
-        "--scheduler",
-        default=None,
-        help="zarr/OME-Zarr input or .zarr output: tiles as tasks "
-        "on this Dask scheduler (default: a local cluster); docs/scaling.md",
-    )
-    add_model_args(auto)
 
 
 def _parse_tile_shape(text: str) -> tuple[int, int]:
@@ -221,16 +236,15 @@ def _auto_classes(args: argparse.Namespace, volume, window, labels, backend):
     return names, {str(i): {"class": name, "confidence": round(p, 4)} for i, (name, p) in named.items()}
 
 
-def cmd_auto(args: argparse.Namespace) -> int:
+def _auto_inputs(args: argparse.Namespace):
+    """The checked output path, the read image, its window, and the preset and
+    settings: every bad input fails here, before any model work."""
     from ..automatic import parse_spacing
-    from ..export import check_result_for, check_result_path, write_result
+    from ..export import check_result_for, check_result_path
     from ..intensity import check_window_spec, resolve_window
     from ..io import Geometry, read_image
-    from ..large import wants_tiled
     from ..segmentation import is_ct
 
-    if wants_tiled(args.image, args.output):
-        return _auto_tiled(args)
     out = check_result_path(args.output, args.overwrite, inputs=(args.image, args.checkpoint))
     if args.spacing:
         parse_spacing(args.spacing)  # a malformed --spacing fails before any work
@@ -243,6 +257,16 @@ def cmd_auto(args: argparse.Namespace) -> int:
     window = resolve_window(
         volume.array, window_spec, volume.metadata.get("modality"), volume.metadata.get("dicom_window")
     )
+    return out, volume, window, preset, settings
+
+
+def cmd_auto(args: argparse.Namespace) -> int:
+    from ..export import write_result
+    from ..large import wants_tiled
+
+    if wants_tiled(args.image, args.output):
+        return _auto_tiled(args)
+    out, volume, window, preset, settings = _auto_inputs(args)
     stack3d = not volume.is_2d and preset == "microscopy" and not args.slicewise
     t0 = time.perf_counter()
     result, labels, backend, extra = _auto_run(args, volume, window, settings, stack3d)

@@ -96,15 +96,13 @@ def _check_lazy_flags(args) -> None:
         raise InputError("segmenting lazily (a zarr input or a .zarr output) needs --prompts")
 
 
-def segment_large(args, progress: Callable, cache_dir: Callable[[], Path | None]) -> int:
-    """``napari-sam segment`` on the lazy path (see the module); progress: a
-    :class:`napari_sam.jobs.Progress` callback; cache_dir: gives the embedding
-    cache folder or None (called once the inputs are checked)."""
-    from ..export import check_result_for, check_result_path, write_result
+def _lazy_inputs(args):
+    """The checked inputs of the lazy path: (output path, whether it is a zarr
+    store, the input files, the window, the prompts, the volume: lazy for a zarr
+    input or a zarr output of a lazily readable one). Fails before any model work."""
+    from ..export import check_result_for, check_result_path
     from ..io import read_image
-    from ..large_segment import lazy_embeddings, segment_lazy, write_zarr_labels
     from ..lazy_volume import open_volume
-    from ..models.registry import load_model
     from ..prompts import load_prompts
 
     _check_lazy_flags(args)
@@ -123,6 +121,18 @@ def segment_large(args, progress: Callable, cache_dir: Callable[[], Path | None]
     if not zarr_out:
         check_result_for(out, volume)
     prompts.check_against(volume.shape, volume.is_2d)
+    return out, zarr_out, inputs, window, prompts, volume
+
+
+def segment_large(args, progress: Callable, cache_dir: Callable[[], Path | None]) -> int:
+    """``napari-sam segment`` on the lazy path (see the module); progress: a
+    :class:`napari_sam.jobs.Progress` callback; cache_dir: gives the embedding
+    cache folder or None (called once the inputs are checked)."""
+    from ..export import write_result
+    from ..large_segment import lazy_embeddings, segment_lazy, write_zarr_labels
+    from ..models.registry import load_model
+
+    out, zarr_out, inputs, window, prompts, volume = _lazy_inputs(args)
     backend = load_model(args.model, args.checkpoint, args.device, precision=args.precision)
     factory, provider = lazy_embeddings(volume, backend, cache_dir())
     zoom = crops = None

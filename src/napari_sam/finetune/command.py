@@ -92,21 +92,7 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    classes = None
-    if args.classes != "none":
-        from .classes import teach_from_files
-
-        head = teach_from_files(
-            backend,
-            args.images,
-            args.labels,
-            args.window,
-            usable_cache_dir(args.cache_dir, args.no_cache),
-            args.classes,
-        )
-        classes = head.to_state()
-        if not args.quiet:
-            print(f"taught {len(head.names)} classes ({args.classes}): {', '.join(head.names)}", file=sys.stderr)
+    classes = _teach_classes(args, backend)
     t_embed = time.perf_counter() - t0
     bar = ProgressBar("training", args.quiet, unit="step")
     try:
@@ -124,3 +110,18 @@ def run(args: argparse.Namespace) -> int:
         print("napari-sam: interrupted: the best checkpoint so far is written", file=sys.stderr)
         return 130
     return 0
+
+
+def _teach_classes(args: argparse.Namespace, backend) -> dict | None:
+    """``--classes``: the class head taught from the labelled objects, as saved in the
+    checkpoint (:meth:`~napari_sam.finetune.classes.ClassHead.to_state`); None for "none"."""
+    from ..cache import usable_cache_dir
+    from .classes import teach_from_files
+
+    if args.classes == "none":
+        return None
+    cache = usable_cache_dir(args.cache_dir, args.no_cache)
+    head = teach_from_files(backend, args.images, args.labels, args.window, cache, args.classes)
+    if not args.quiet:
+        print(f"taught {len(head.names)} classes ({args.classes}): {', '.join(head.names)}", file=sys.stderr)
+    return head.to_state()

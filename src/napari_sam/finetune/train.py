@@ -319,22 +319,9 @@ def train(
     res.history.append({"epoch": 0, "train_loss": None, "val_dice": res.base_val_dice, "seconds": 0.0})
     best_state = trainer.state_dicts()
     stale = 0
-    steps_per_epoch = trainer.n_batches(train_set)
     try:
         for epoch in range(1, s.epochs + 1):
-            losses = []
-            for i, group in enumerate(trainer.batches(train_set)):
-                if cancel is not None and cancel():
-                    raise KeyboardInterrupt
-                losses.append(trainer.train_step(group))
-                if progress:
-                    progress(
-                        (epoch - 1) * steps_per_epoch + i + 1,
-                        s.epochs * steps_per_epoch,
-                        f"epoch {epoch} loss {np.mean(losses):.3f} best val Dice {res.best_val_dice:.3f}",
-                    )
-                if time.perf_counter() - t0 > s.max_seconds:
-                    break
+            losses = _train_epoch(trainer, train_set, epoch, res.best_val_dice, t0, progress, cancel)
             vd, table = trainer.validate(val)
             res.history.append(
                 {
@@ -359,3 +346,32 @@ def train(
     trainer.load_state_dicts(best_state)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _train_epoch(
+    trainer: DecoderTrainer,
+    train_set: list[TrainingSample],
+    epoch: int,
+    best_val_dice: float,
+    t0: float,
+    progress: Callable[[int, int, str], None] | None,
+    cancel: Callable[[], bool] | None,
+) -> list[float]:
+    """One epoch's training steps (of :func:`train`), each step's loss; ends early when
+    the time budget since ``t0`` is spent; raises KeyboardInterrupt when ``cancel()``."""
+    s = trainer.settings
+    steps_per_epoch = trainer.n_batches(train_set)
+    losses: list[float] = []
+    for i, group in enumerate(trainer.batches(train_set)):
+        if cancel is not None and cancel():
+            raise KeyboardInterrupt
+        losses.append(trainer.train_step(group))
+        if progress:
+            progress(
+                (epoch - 1) * steps_per_epoch + i + 1,
+                s.epochs * steps_per_epoch,
+                f"epoch {epoch} loss {np.mean(losses):.3f} best val Dice {best_val_dice:.3f}",
+            )
+        if time.perf_counter() - t0 > s.max_seconds:
+            break
+    return losses

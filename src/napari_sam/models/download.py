@@ -134,24 +134,34 @@ def fetch(
     Raises ModelError when offline, on HTTP errors, on a checksum mismatch
     (the download is deleted) or when the cache folder is not writable.
     """
-    import pooch
-    import requests
-
     what = what or filename
     folder = Path(directory) if directory is not None else model_cache_dir()
     target = folder / filename
     parsed = _split_hash(known_hash)
-    pooch_hash = f"{parsed[0]}:{parsed[1]}" if parsed else None
     if not target.exists():
         _check_writable(folder)
     elif parsed is None:
         _verify_recorded(target)
         return target
+    path = _retrieve(url, folder, filename, parsed, progress, what)
+    if parsed is None:
+        _record(path)
+    return path
+
+
+def _retrieve(url: str, folder: Path, filename: str, parsed: tuple[str, str] | None, progress: bool, what: str) -> Path:
+    """Download ``url`` to ``folder / filename`` through pooch, checked against
+    ``parsed`` (algorithm, hex digest) when known; its failures as one-line ModelErrors."""
+    import pooch
+    import requests
+
+    target = folder / filename
     logger = pooch.get_logger()
     level = logger.level
     logger.setLevel("WARNING")  # pooch logs every download at INFO; our progress bar says enough
     try:
-        path = Path(pooch.retrieve(url, known_hash=pooch_hash, fname=filename, path=folder, progressbar=progress))
+        pooch_hash = f"{parsed[0]}:{parsed[1]}" if parsed else None
+        return Path(pooch.retrieve(url, known_hash=pooch_hash, fname=filename, path=folder, progressbar=progress))
     except requests.exceptions.HTTPError as exc:
         code = exc.response.status_code if exc.response is not None else "?"
         raise ModelError(f"could not download {what}: HTTP {code} from {url}") from None
@@ -180,6 +190,3 @@ def fetch(
         ) from None
     finally:
         logger.setLevel(level)
-    if parsed is None:
-        _record(path)
-    return path

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -362,8 +363,9 @@ def fetch_checkpoint(name: str, progress: bool = True) -> Path:
     return fetch(spec.url, spec.filename or f"{spec.name}.pt", spec.known_hash, progress=progress, what=spec.name)
 
 
-#: backends loaded so far, shared by every caller of :func:`load_model` with the same key
-_LOADED: dict[tuple, Backend] = {}
+#: the backends loaded and still in use, shared by every caller of :func:`load_model` with the same
+#: key; weak: a backend nobody holds any more is freed (a heavy model does not stay for the process)
+_LOADED: weakref.WeakValueDictionary[tuple, Backend] = weakref.WeakValueDictionary()
 _LOADED_LOCK = threading.Lock()
 
 
@@ -395,10 +397,11 @@ def load_model(
         (see :mod:`napari_sam.models.precision`); None takes
         :data:`~napari_sam.models.precision.DEFAULT_PRECISION`.
     shared: return the backend already loaded in this process for the same
-        model (registry entry), checkpoint file, device and precision (each model is loaded
-        once per process: the napari widgets and scripts share it). Do not
-        change a shared backend (``set_dtype``, its modules): ask for another
-        precision instead, or pass ``shared=False`` for a private copy.
+        model (registry entry), checkpoint file, device and precision, as long
+        as anyone still holds it (the napari widgets, a script: they share one;
+        once nobody holds it, it is freed and a later call loads it again). Do
+        not change a shared backend (``set_dtype``, its modules): ask for
+        another precision instead, or pass ``shared=False`` for a private copy.
     Raises InputError (unknown name, bad device or precision) or ModelError (download,
     verification, wrong architecture, unsafe pickle).
     """
@@ -414,7 +417,8 @@ def load_model(
     with _LOADED_LOCK:  # held while loading: two threads asking at once load the model once
         backend = _LOADED.get(key)
         if backend is None:
-            backend = _LOADED[key] = _load(spec, path, dev, precision, progress)
+            backend = _load(spec, path, dev, precision, progress)
+            _LOADED[key] = backend
             log.info("loaded %s (%s, %s) on %s", spec.name, path or "official weights", precision, dev)
         else:
             log.debug("%s (%s) already loaded: shared", spec.name, precision)

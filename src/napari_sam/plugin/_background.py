@@ -88,11 +88,17 @@ class StoreRegistry:
     (memory tier, disk store, encoder lock) per model, device and cache folder,
     shared by every widget and by the zoom crops of its decodes; the slice views
     are keyed by image content, window and axis, so that reopening the widget on
-    the same image (or the same window again) reuses what was computed."""
+    the same image (or the same window again) reuses what was computed.
 
-    def __init__(self, max_in_memory: int = 256) -> None:
+    At most ``max_providers`` providers (and their views) are kept, least
+    recently used first out: a provider a session still holds lives on with
+    it; one no session holds is freed with its memory tier.
+    """
+
+    def __init__(self, max_in_memory: int = 256, max_providers: int = 2) -> None:
         self.max_in_memory = max_in_memory
-        self._providers: dict[tuple, EmbeddingProvider] = {}
+        self.max_providers = max_providers
+        self._providers: OrderedDict[tuple, EmbeddingProvider] = OrderedDict()
         self._views: OrderedDict[tuple, SharedSliceEmbeddings] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -103,6 +109,11 @@ class StoreRegistry:
             prov = self._providers.get(key)
             if prov is None or prov.backend is not backend:
                 prov = self._providers[key] = EmbeddingProvider(backend, cache_dir, self.max_in_memory)
+            self._providers.move_to_end(key)
+            while len(self._providers) > self.max_providers:
+                _, old = self._providers.popitem(last=False)
+                for k in [k for k, v in self._views.items() if v.provider is old]:
+                    del self._views[k]
             return prov
 
     def get(
@@ -120,7 +131,7 @@ class StoreRegistry:
         key = (id(prov), volume_hash, window.key(), axis)
         with self._lock:
             view = self._views.get(key)
-            if view is None:
+            if view is None or view.provider is not prov:
                 view = self._views[key] = SharedSliceEmbeddings(prov, volume, window, axis=axis, image_hash=volume_hash)
             self._views.move_to_end(key)
             while len(self._views) > 16:  # views are small; the embeddings live in the provider

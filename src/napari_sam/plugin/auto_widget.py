@@ -108,17 +108,7 @@ class AutoSegmentWidget(QWidget):
         form.addRow("Quality threshold", self.quality_spin)
         self.stability_spin = self._unit_spin("minimum stability of a kept mask (IoU of masks at logit -1 and +1)")
         form.addRow("Stability threshold", self.stability_spin)
-        self.min_size_spin = QSpinBox()
-        self.min_size_spin.setRange(0, 10_000_000)
-        self.min_size_spin.setSpecialValueText("auto")
-        self.min_size_spin.setToolTip("smallest object kept, pixels (auto: from the object diameter)")
-        form.addRow("Min size (px)", self.min_size_spin)
-        self.diameter_spin = QDoubleSpinBox()
-        self.diameter_spin.setRange(0.0, 10000.0)
-        self.diameter_spin.setDecimals(1)
-        self.diameter_spin.setSpecialValueText("auto")
-        self.diameter_spin.setToolTip("typical object diameter in pixels (auto: estimated from the image)")
-        form.addRow("Object diameter", self.diameter_spin)
+        self._add_size_fields(form)
         self.split_check = QCheckBox("keep blob outlines; the model splits touching ones")
         self.split_check.setToolTip(
             "blobs: the outlines found in the image are kept and the model, at zoom, "
@@ -131,6 +121,27 @@ class AutoSegmentWidget(QWidget):
             "decode each proposal on a magnified crop: sharper outlines, one encoder run per crop (slower); for the model's masks (the box above unchecked)"
         )
         form.addRow("", self.zoom_check)
+        self._add_tile_fields(form)
+        self.current_slice_check = QCheckBox("current slice only (3D)")
+        form.addRow("", self.current_slice_check)
+        return form
+
+    def _add_size_fields(self, form: QFormLayout) -> None:
+        """The object size fields: the smallest object kept and the typical diameter ("auto" at 0)."""
+        self.min_size_spin = QSpinBox()
+        self.min_size_spin.setRange(0, 10_000_000)
+        self.min_size_spin.setSpecialValueText("auto")
+        self.min_size_spin.setToolTip("smallest object kept, pixels (auto: from the object diameter)")
+        form.addRow("Min size (px)", self.min_size_spin)
+        self.diameter_spin = QDoubleSpinBox()
+        self.diameter_spin.setRange(0.0, 10000.0)
+        self.diameter_spin.setDecimals(1)
+        self.diameter_spin.setSpecialValueText("auto")
+        self.diameter_spin.setToolTip("typical object diameter in pixels (auto: estimated from the image)")
+        form.addRow("Object diameter", self.diameter_spin)
+
+    def _add_tile_fields(self, form: QFormLayout) -> None:
+        """Large images: tile side and halo."""
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(64, 8192)
         self.tile_spin.setSingleStep(64)
@@ -140,9 +151,6 @@ class AutoSegmentWidget(QWidget):
         self.halo_spin.setRange(0, 2048)
         self.halo_spin.setToolTip("tile overlap on each side, pixels (the largest object never cut)")
         form.addRow("Halo", self.halo_spin)
-        self.current_slice_check = QCheckBox("current slice only (3D)")
-        form.addRow("", self.current_slice_check)
-        return form
 
     def _build_ui(self) -> None:
         form = self._build_form()

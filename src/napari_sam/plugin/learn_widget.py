@@ -102,6 +102,23 @@ class LearnWidget(QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
+        self.progress, self.status = QProgressBar(), QLabel("")
+        self.status.setWordWrap(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.progress)
+        bottom.addWidget(self.cancel_button)
+        lay = QVBoxLayout(self)
+        for w in (self._tune_box(), self._find_box()):
+            lay.addWidget(w)
+        lay.addLayout(bottom)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+    def _tune_box(self) -> QGroupBox:
+        """ "Fine-tune on my objects": the training data, budget and checkpoint, and the buttons."""
         from qtpy.QtWidgets import QComboBox
 
         self.image_combo, self.labels_combo = QComboBox(), QComboBox()
@@ -143,6 +160,10 @@ class LearnWidget(QWidget):
         row.addWidget(self.train_button)
         row.addWidget(self.use_button)
         tv.addLayout(row)
+        return tune
+
+    def _find_box(self) -> QGroupBox:
+        """ "Find by name": class names to find with the checkpoint's taught classes."""
         self.text_edit = QLineEdit()
         self.text_edit.setPlaceholderText("liver, spleen")
         self.text_edit.setToolTip("class names the checkpoint was taught, separated by commas")
@@ -153,20 +174,7 @@ class LearnWidget(QWidget):
         fr = QHBoxLayout(find)
         fr.addWidget(self.text_edit)
         fr.addWidget(self.find_button)
-        self.progress, self.status = QProgressBar(), QLabel("")
-        self.status.setWordWrap(True)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        bottom = QHBoxLayout()
-        bottom.addWidget(self.progress)
-        bottom.addWidget(self.cancel_button)
-        lay = QVBoxLayout(self)
-        for w in (tune, find):
-            lay.addWidget(w)
-        lay.addLayout(bottom)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
+        return find
 
     def _refresh_layers(self, *_: Any) -> None:
         from napari.layers import Image, Labels
