@@ -40,9 +40,28 @@ def _case(n: int = 120):
     return Volume(vol), parse_prompts({"objects": objs, "window": [0, 1]})
 
 
-def test_batched_boxes_equal_the_per_object_path(monkeypatch):
+def _spy_batched(monkeypatch) -> list[int]:
+    """Counts the boxes the replay decodes in batches (the fast path)."""
+    calls: list[int] = []
+    real = replay.decode_boxes
+
+    def spy(backend, emb, boxes, *args, **kwargs):
+        calls.append(len(boxes))
+        return real(backend, emb, boxes, *args, **kwargs)
+
+    monkeypatch.setattr(replay, "decode_boxes", spy)
+    return calls
+
+
+@pytest.mark.parametrize("key_choice", ["single", "box_fit"])
+def test_batched_boxes_equal_the_per_object_path(monkeypatch, key_choice):
+    """Under either key-slice rule (box_fit: volumes that are neither CT nor 2D) the boxes
+    go through the batched path, and give the per-object path's label map."""
     volume, prompts = _case()
+    monkeypatch.setattr(seg, "key_choice_for", lambda v: key_choice)
+    fast = _spy_batched(monkeypatch)
     batched = seg.segment_volume(volume, prompts, FakeBlobBackend())
+    assert sum(fast) == len(prompts.objects)  # every box took the batched path
     monkeypatch.setattr(replay, "is_plain_box", lambda p: False)
     single = seg.segment_volume(volume, prompts, FakeBlobBackend())
     assert batched.labels.any()
@@ -118,7 +137,9 @@ def test_windowed_boxes_equal_the_per_object_path_on_litemedsam(case, lite_medsa
     else:
         volume, prompts = _nuclei_case(request.getfixturevalue("data_dir"))
     whole = _spy_whole(monkeypatch)
+    batched = _spy_batched(monkeypatch)
     fast = seg.segment_volume(volume, prompts, lite_medsam)
+    assert sum(batched) == len(prompts.objects)  # the fast path ran (blobs: box_fit, nuclei: single)
     assert sum(whole) == 0  # every mask stayed inside its window: none decoded again
     with monkeypatch.context() as m:
         m.setattr(replay, "is_plain_box", lambda p: False)
