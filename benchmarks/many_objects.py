@@ -1,15 +1,20 @@
 """Many single-slice box objects through ``segment_volume`` with LiteMedSAM.
 
 Prints objects/s (whole ``segment_volume``: embeddings of the slices plus the
-decoding and painting of every object) for N objects spread over the slices
-of a synthetic (5, 256, 256) volume, ``--repeat`` times and their median, and
-the process's resident memory (RSS), and its growth since the run's start,
-after 1,000, 5,000 and 10,000 objects (and N) have been decoded; then the same for
-K objects on the per-object path (batching switched off) as the reference,
-and how many voxels of the two label maps differ.
+decoding and painting of every object) and the process's CPU time per object
+(``time.process_time``: all threads, so it holds on a shared machine where the
+wall clock does not) for N objects spread over the slices of a synthetic
+(5, 256, 256) volume (neither CT nor 2D: the "box_fit" key-slice rule),
+``--repeat`` times and their median; how many boxes took the batched path; the
+process's resident memory (RSS), and its growth since the run's start, after
+1,000, 5,000 and 10,000 objects (and N) have been decoded, and the flatness rule
+(RSS after N within 64 MiB of RSS after 1,000); then the same for K objects on
+the per-object path (batching switched off) as the reference, and how many
+voxels of the two label maps differ.
 
-    python benchmarks/many_objects.py [N] [K] [--repeat R] [--threads T]
+    python benchmarks/many_objects.py [N] [K] [--repeat R] [--threads T] [--quick]
     # defaults: 10000 objects, 300 for the reference (0: none), 3 runs, 2 threads
+    # --quick: 2000 objects, 100 for the reference, 1 run
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import gc
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,6 +36,8 @@ from napari_sam.prompts import parse_prompts
 
 #: objects decoded at which the RSS is reported
 CHECKPOINTS = (1000, 5000, 10000)
+#: the flatness rule: RSS after all objects at most this much above RSS after the first 1,000
+FLAT_BYTES = 64 * 2**20
 
 
 def make_case(n: int, z: int = 5, size: int = 256, seed: int = 0):
@@ -75,6 +83,7 @@ class RssProbe:
         self.at: dict[int, int] = {}
 
     def __call__(self, backend, emb, boxes, *args, **kwargs):
+        self.batched = getattr(self, "batched", 0) + len(boxes)
         out = []
         for s in range(0, len(boxes), self.step):
             out.extend(self.real(backend, emb, boxes[s : s + self.step], *args, **kwargs))
@@ -85,56 +94,89 @@ class RssProbe:
         return out
 
 
-def run(backend, n: int) -> tuple[float, dict[int, tuple[int, int]], seg.SegmentationResult]:
-    """(objects/s, {objects decoded: (RSS, its growth since the run's start) in bytes},
-    result) of one run of n objects."""
+@dataclass
+class Run:
+    """One run: objects/s (wall), CPU seconds per object, boxes decoded in batches,
+    {objects decoded: (RSS, its growth since the run's start) in bytes}, the result."""
+
+    rate: float
+    cpu: float
+    batched: int
+    at: dict[int, tuple[int, int]]
+    result: seg.SegmentationResult
+
+
+def run(backend, n: int) -> Run:
+    """One run of n objects."""
     volume, prompts = make_case(n)
     gc.collect()
     probe = RssProbe()
     replay.decode_boxes = probe
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = seg.segment_volume(volume, prompts, backend)
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
     finally:
         replay.decode_boxes = probe.real
     probe.at[n] = rss()
-    return n / dt, {c: (v, v - probe.base) for c, v in probe.at.items()}, result
+    at = {c: (v, v - probe.base) for c, v in probe.at.items()}
+    return Run(n / dt, dc / n, getattr(probe, "batched", 0), at, result)
+
+
+def report(i: int, n: int, r: Run) -> None:
+    mem = ", ".join(f"{c}: {v / 2**20:.0f} MiB ({g / 2**20:+.0f})" for c, (v, g) in sorted(r.at.items()))
+    print(
+        f"run {i}: {n} objects, {r.rate:.1f} objects/s, {1000 * r.cpu:.1f} ms CPU per object, "
+        f"{r.batched} boxes batched; RSS (growth) after {mem}; process peak RSS {peak_rss() / 2**20:.0f} MiB",
+        flush=True,
+    )
+    if 1000 in r.at and n > 1000:
+        grow = r.at[n][0] - r.at[1000][0]
+        print(
+            f"  flat memory (RSS after {n} within {FLAT_BYTES / 2**20:.0f} MiB of RSS after 1000): "
+            f"{grow <= FLAT_BYTES} ({grow / 2**20:+.0f} MiB)",
+            flush=True,
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("n", type=int, nargs="?", default=10000)
-    ap.add_argument("k", type=int, nargs="?", default=300)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("n", type=int, nargs="?", default=None)
+    ap.add_argument("k", type=int, nargs="?", default=None)
+    ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="2000 objects, 100 for the reference, 1 run")
     a = ap.parse_args()
+    n = a.n if a.n is not None else (2000 if a.quick else 10000)
+    k = a.k if a.k is not None else (100 if a.quick else 300)
+    repeat = a.repeat if a.repeat is not None else (1 if a.quick else 3)
     torch.set_num_threads(a.threads)
     backend = load_model("lite_medsam")
     run(backend, 40)  # warm-up
-    rates = []
-    for i in range(a.repeat):
-        rate, at, _ = run(backend, a.n)
-        rates.append(rate)
-        mem = ", ".join(f"{c}: {v / 2**20:.0f} MiB ({g / 2**20:+.0f})" for c, (v, g) in sorted(at.items()))
-        print(
-            f"run {i + 1}: {a.n} objects, {rate:.1f} objects/s; RSS (growth) after {mem}; "
-            f"process peak RSS {peak_rss() / 2**20:.0f} MiB",
-            flush=True,
-        )
-    print(f"median of {a.repeat} runs: {statistics.median(rates):.1f} objects/s for {a.n} objects", flush=True)
-    if a.k <= 0:
+    runs = []
+    for i in range(repeat):
+        runs.append(run(backend, n))
+        report(i + 1, n, runs[-1])
+        runs[-1].result = None  # type: ignore[assignment]
+    print(
+        f"median of {repeat} runs: {statistics.median(r.rate for r in runs):.1f} objects/s, "
+        f"{1000 * statistics.median(r.cpu for r in runs):.1f} ms CPU per object for {n} objects "
+        f"({a.threads} torch threads)",
+        flush=True,
+    )
+    if k <= 0:
         return
-    rate_b, _, batched = run(backend, a.k)
+    batched = run(backend, k)
     real = replay.is_plain_box
     replay.is_plain_box = lambda p: False  # the per-object path
     try:
-        rate_s, _, single = run(backend, a.k)
+        single = run(backend, k)
     finally:
         replay.is_plain_box = real
-    diff = int((batched.labels != single.labels).sum())
+    diff = int((batched.result.labels != single.result.labels).sum())
     print(
-        f"reference {a.k} objects: per-object {rate_s:.1f} objects/s vs batched {rate_b:.1f} objects/s; "
+        f"reference {k} objects: per-object {single.rate:.1f} objects/s ({1000 * single.cpu:.1f} ms CPU each) "
+        f"vs batched {batched.rate:.1f} objects/s ({1000 * batched.cpu:.1f} ms CPU each); "
         f"label maps identical: {diff == 0} ({diff} voxels differ)"
     )
 

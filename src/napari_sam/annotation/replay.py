@@ -160,7 +160,10 @@ class _Replay:
     def plain_objects(self, objects: list[ObjectPrompts]) -> None:
         """Objects that are not propagated: box-only prompts in batches per slice, the rest one by one."""
         groups: dict[tuple, list[tuple[ObjectPrompts, int, SlicePrompt]]] = {}
-        batch = self.zoom is None and self.model.key_choice == "single"
+        # A box alone gets the model's single answer under either key choice: decode_key's
+        # "box_fit" picks among that answer and the multimask candidates, which for a box
+        # alone are that same answer (ClickStrategy decodes one mask for a box).
+        batch = self.zoom is None
         for o in objects:
             win = self.window_of(o)
             for z, p in sorted(merge_slice_prompts(o.prompts).items()):
