@@ -315,13 +315,16 @@ def _preview_latency(ctx: _Ctx, args: argparse.Namespace, n_busy: int) -> None:
 
     def one(kind: str, threads: Any, act: Callable[[], None]) -> None:
         s.previewer.decode_threads = threads
+        _run_for(0.15)  # the previous change's repaint done: each change starts from an idle viewer
         n = s.previews_shown
+        cpu0 = time.process_time()
         act()
         ctx.pump(lambda: s.previews_shown > n)
+        cpu = (time.process_time() - cpu0) * 1000  # the whole process: GUI, decode, rendering threads
         t = time.perf_counter()
         core.predict(prompt=s.prediction_prompt)  # the same prompt, straight through the core
         core_ms = (time.perf_counter() - t) * 1000
-        rows.setdefault((kind, threads), []).append((s.latencies[-1] * 1000, core_ms, s.latency_parts[-1]))
+        rows.setdefault((kind, threads), []).append((s.latencies[-1] * 1000, core_ms, s.latency_parts[-1], cpu))
         load_seen.append(os.getloadavg()[0])
 
     for i in range(args.boxes * len(settings)):
@@ -341,11 +344,11 @@ def _preview_latency(ctx: _Ctx, args: argparse.Namespace, n_busy: int) -> None:
         "SlicePredictor.predict on the same prompt (GUI thread, torch default threads) in the same run"
     )
     for (kind, threads), vals in rows.items():
-        lat, ref, parts = [v[0] for v in vals], [v[1] for v in vals], [v[2] for v in vals]
+        lat, ref, parts, cpu = ([v[i] for v in vals] for i in range(4))
         name = f"{kind}, decode threads {threads or f'default ({torch.get_num_threads()})'}"
         print(
             f"  {name:34s} ({len(lat):2d})  widget {statistics.median(lat):7.1f} / {_pct(lat, 95):7.1f}"
-            f"   core predict {statistics.median(ref):7.1f}   parts: "
+            f"   core predict {statistics.median(ref):7.1f}   process CPU {statistics.median(cpu):6.1f}   parts: "
             + ", ".join(
                 f"{p} {statistics.median(q[p] for q in parts) * 1000:.1f}" for p in ("prompt", "wait", "decode", "show")
             )

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DECODE_THREADS", "Preview"]
 
-#: the interactive decode's torch intra-op threads (see :attr:`Preview.decode_threads`)
-DECODE_THREADS = 1
+#: the interactive decode's torch intra-op threads (see :attr:`Preview.decode_threads`); None: torch's default
+DECODE_THREADS: int | None = None
 
 
 @dataclass
@@ -70,9 +70,10 @@ class Preview(QObject):
         self.previews_shown = 0
         #: small objects are decoded on a magnified crop around the prompt (napari_sam.zoom)
         self.zoom = True
-        #: torch intra-op threads of an interactive decode (None: torch's default). One thread:
-        #: a decode is a chain of small operators, and on a loaded machine every parallel
-        #: operator waits for its slowest thread (benchmarks/napari_responsiveness.py --load 2)
+        #: torch intra-op threads of an interactive decode (None: torch's default). One thread
+        #: was measured (benchmarks/napari_responsiveness.py, settings interleaved) and lost on a
+        #: loaded machine: slightly less CPU per preview, but fewer runnable threads get a smaller
+        #: share of an oversubscribed CPU (docs/napari.md, "Under load")
         self.decode_threads: int | None = DECODE_THREADS
         self._version = 0
         self._shown_version = 0
