@@ -156,3 +156,34 @@ def test_a_session_saved_without_a_log_is_not_exported(tmp_path):
     with pytest.raises(InputError, match="before napari-sam recorded the order"):
         export_prompts(tmp_path / "p.json", m)
     assert not (tmp_path / "p.json").exists()
+
+
+def test_export_prompts_command_and_session_usage_errors(tmp_path, capsys):
+    from napari_sam.annotation import ImageRef, save_session
+    from napari_sam.cli import main
+
+    vol, big, small = scene()
+    m, _ = out_of_order_session(vol, big, small)
+    folder = save_session(tmp_path / "s.session", m, ImageRef.of(vol), {"name": "bright-in-box"}, {"window": [0, 255]})
+    out = tmp_path / "out" / "p.json"
+    assert main(["export-prompts", str(folder), str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["window"] == [0.0, 255.0] and [o["name"] for o in doc["objects"]] == ["big", "small"]
+    assert sorted(p.name for p in (tmp_path / "out" / "p.masks").iterdir()) == ["obj1_s15_3.png", "obj1_s8_2.png"]
+    capsys.readouterr()
+    assert main(["export-prompts", str(folder), str(out)]) == 2  # exists: --overwrite needed
+    assert "exists" in capsys.readouterr().err
+    assert main(["export-prompts", str(folder), str(out), "--overwrite"]) == 0
+    for args, message in [
+        (["segment", "--session", str(folder), "--output", str(tmp_path / "o.nii.gz")], "does not record its image"),
+        (
+            ["segment", "x.nii", "--session", str(folder), "--prompts", str(out), "--output", str(tmp_path / "o.nii")],
+            "without --prompts",
+        ),
+        (["segment", "--output", str(tmp_path / "o.nii.gz"), "--prompts", str(out)], "segment needs IMAGE"),
+    ]:
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not list(tmp_path.glob("o.nii*"))
