@@ -1,74 +1,141 @@
-"""How often is candidate 1 the best? Every click (and box) on the shared CT.
+"""How often is candidate 1 the best? Every click (and box) on the shared CT (or MR), cross-validated.
 
 For every labelled structure on every slice where it covers at least
 ``--min-area`` pixels, one positive click at its deepest point (the simulated
 user's first click) and one box (its bounding box) are given to the embedded
 LiteMedSAM through :class:`napari_sam.clicks.ClickStrategy` (whole slice, no
 zoom). Every hypothesis the strategy decoded is kept with its ranking
-features and its Dice against the truth, so that the *old* ranking (the
-pre-#14 ``rank_key``: violations, then predicted IoU + consistency - truncation)
-and the *new* one (:func:`napari_sam.clicks.candidate_order`) are compared on
-the very same decodes. Reported: for each, how often the first candidate is
-the best of the candidates shown (by Dice, ties within 0.005 count as best),
-and the mean Dice of candidate 1.
+features and its Dice against the truth, so that rankings are compared on the
+very same decodes:
 
-    python benchmarks/candidate_ranking.py [--min-area 200] [--json out.json]
+- *old*: the pre-#14 ``rank_key`` (violations, then predicted IoU +
+  consistency - 0.5 truncation);
+- *shipped*: :func:`napari_sam.clicks.candidate_order` as it is in the code;
+- *cross-validated*: the same family of rules (violations, then predicted IoU
+  + a stability + c consistency - b truncation - d area), its weights chosen
+  by a grid search on some structures and scored on the others
+  (``--folds`` structure-level folds: every slice of a structure is in one
+  fold, so a fold's score is on structures the weights never saw).
+
+Reported for each: how often the first candidate is the best of the
+candidates shown (by Dice, ties within 0.005 count as best), and the mean Dice
+of candidate 1.
+
+    python benchmarks/candidate_ranking.py [--data ct|mr] [--min-area 200] [--folds 5] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
 import numpy as np
 import torch
 
-from common import deepest_point, dice, load_ct  # noqa: E402
-from napari_sam import load_model, resolve_window
+from common import deepest_point, dice, load_ct, shared_data_dir  # noqa: E402
+from napari_sam import load_model, read_image, resolve_window
 from napari_sam.cache import default_cache_dir
-from napari_sam.clicks import ClickStrategy, candidate_order, distinct
+from napari_sam.clicks import DISTINCT_IOU, ORDER_AREA, ORDER_STABILITY, ORDER_TRUNCATION, ClickStrategy
 from napari_sam.embeddings import SliceEmbeddings
+from napari_sam.geometry import mask_iou
+from napari_sam.io import read_labels_aligned
 from napari_sam.prompts import as_slice_prompt
 
+#: feature columns kept per hypothesis
+FEATURES = ("violations", "score", "consistency", "stability", "truncation", "area")
+#: (stability, consistency, truncation, area) weights: the old rule, the shipped one, the grid searched
+OLD = (0.0, 1.0, 0.5, 0.0)
+SHIPPED = (ORDER_STABILITY, 0.0, ORDER_TRUNCATION, ORDER_AREA)
+GRID = list(
+    itertools.product((0.0, 0.5, 1.0, 2.0), (0.0, 0.5, 1.0), (0.0, 0.5, 1.0, 1.5, 2.0, 3.0), (0.0, 1.0, 2.0, 4.0, 8.0))
+)
 
-def old_order(hyps):
-    """The ranking before #14 (clicks.py's rank_key at commit 08eb605)."""
-    return sorted(hyps, key=lambda h: (h.violations, -(h.score + 1.0 * h.consistency - 0.5 * h.truncation)))
+
+def load_mr():
+    d = shared_data_dir() / "mr_small"
+    vol = read_image(d / "image.nii.gz")
+    labels = read_labels_aligned(d / "labels.nii.gz", vol)
+    names = {int(k): v for k, v in json.loads((d / "labels.json").read_text()).items()}
+    return vol, labels, names
 
 
-def evaluate(strategy, emb, prompt, truth):
+def record(strategy, emb, prompt, truth) -> dict:
+    """Every hypothesis's features, Dice and the masks' pairwise IoU (low-res grid)."""
     hyps = strategy._box_hypotheses(emb, prompt, None)
     low = torch.stack([h.low for h in hyps])[None]
     full = (strategy.backend.upsample(low, emb)[0] > 0).cpu().numpy()
-    for h, m in zip(hyps, full):
-        h.dice = dice(m, truth)
-    out = {}
-    for name, order in (("old", old_order), ("new", candidate_order)):
-        shown = distinct(order(list(hyps)), 3)
-        d = [h.dice for h in shown]
-        out[name] = {"dice": d, "first_best": bool(d[0] >= max(d) - 0.005), "n": len(d)}
+    n = len(hyps)
+    iou = np.eye(n)
+    for i, j in itertools.combinations(range(n), 2):
+        iou[i, j] = iou[j, i] = mask_iou(hyps[i].mask, hyps[j].mask)
+    feats = [[float(getattr(h, f)) for f in FEATURES] for h in hyps]
+    return {"feats": feats, "dice": [dice(m, truth) for m in full], "iou": iou.round(4).tolist()}
+
+
+def first_best(row: dict, weights) -> tuple[bool, float]:
+    """Whether candidate 1 is the best of the (up to 3 distinct) candidates shown under ``weights``, and its Dice."""
+    f = np.asarray(row["feats"])
+    a, c, b, d = weights
+    quality = f[:, 1] + a * f[:, 3] + c * f[:, 2] - b * f[:, 4] - d * f[:, 5]
+    order = np.lexsort((-quality, f[:, 0]))  # violations first, then quality (stable: ties keep decode order)
+    iou = np.asarray(row["iou"])
+    shown: list[int] = []
+    for i in order:
+        if all(iou[i, j] < DISTINCT_IOU for j in shown):
+            shown.append(int(i))
+        if len(shown) == 3:
+            break
+    dc = [row["dice"][i] for i in shown]
+    return bool(dc[0] >= max(dc) - 0.005), float(dc[0])
+
+
+def rate(rows: list[dict], weights) -> tuple[float, float]:
+    """(fraction of rows whose candidate 1 is best, mean Dice of candidate 1)."""
+    if not rows:
+        return float("nan"), float("nan")
+    r = [first_best(row, weights) for row in rows]
+    return float(np.mean([x[0] for x in r])), float(np.mean([x[1] for x in r]))
+
+
+def fit(rows: list[dict]):
+    """The grid's weights with the most first-best rows (the mean Dice of candidate 1 breaks ties)."""
+    return max(GRID, key=lambda w: rate(rows, w))
+
+
+def cross_validate(rows: list[dict], folds: int, seed: int = 0) -> dict:
+    """Structure-level folds: fit on the other structures, score on the held-out ones."""
+    ids = sorted({r["id"] for r in rows})
+    rng = np.random.default_rng(seed)
+    fold_of = {i: k % folds for k, i in enumerate(rng.permutation(ids))}
+    held = {"old": [], "shipped": [], "cv": []}
+    chosen = []
+    for k in range(folds):
+        train = [r for r in rows if fold_of[r["id"]] != k]
+        test = [r for r in rows if fold_of[r["id"]] == k]
+        w = fit(train)
+        chosen.append(w)
+        for row in test:
+            held["old"].append(first_best(row, OLD))
+            held["shipped"].append(first_best(row, SHIPPED))
+            held["cv"].append(first_best(row, w))
+    out = {name: (float(np.mean([x[0] for x in v])), float(np.mean([x[1] for x in v]))) for name, v in held.items()}
+    out["weights"] = chosen
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--min-area", type=int, default=200)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    vol, labels, names = load_ct()
+def collect(data: str, min_area: int) -> list[dict]:
+    vol, labels, names = load_ct() if data == "ct" else load_mr()
     backend = load_model()
-    window = resolve_window(vol.array)
-    embs = SliceEmbeddings(backend, vol.array, window, cache_dir=default_cache_dir())
+    embs = SliceEmbeddings(backend, vol.array, resolve_window(vol.array), cache_dir=default_cache_dir())
     strategy = ClickStrategy(backend)
     rows = []
-    t0 = time.perf_counter()
     for z in range(vol.array.shape[0]):
         emb = embs.get(z)
         for lid in np.unique(labels[z]):
             truth = labels[z] == lid
-            if lid == 0 or truth.sum() < args.min_area:
+            if lid == 0 or truth.sum() < min_area:
                 continue
             rr, cc = np.nonzero(truth)
             box = (rr.min(), cc.min(), rr.max(), cc.max())
@@ -76,29 +143,57 @@ def main() -> None:
                 ("click", as_slice_prompt([deepest_point(truth)], [1], None)),
                 ("box", as_slice_prompt(None, None, box)),
             ):
-                r = evaluate(strategy, emb, prompt, truth)
-                rows.append({"z": z, "id": int(lid), "name": names.get(int(lid), str(lid)), "kind": kind, **r})
-    print(f"{len(rows)} prompts in {time.perf_counter() - t0:.0f} s")
+                rec = record(strategy, emb, prompt, truth)
+                rows.append({"z": z, "id": int(lid), "name": names.get(int(lid), str(lid)), "kind": kind, **rec})
+    return rows
+
+
+def report(rows: list[dict], folds: int) -> None:
     for kind in ("click", "box"):
         sel = [r for r in rows if r["kind"] == kind]
-        multi = [r for r in sel if r["old"]["n"] > 1 or r["new"]["n"] > 1]
-        for name in ("old", "new"):
-            fb = np.mean([r[name]["first_best"] for r in sel])
-            fbm = np.mean([r[name]["first_best"] for r in multi]) if multi else float("nan")
-            d1 = np.mean([r[name]["dice"][0] for r in sel])
-            print(
-                f"{kind:5s} {name}: candidate 1 best in {fb:.1%} of {len(sel)} "
-                f"({fbm:.1%} of the {len(multi)} with >1 candidate); mean Dice of candidate 1 {d1:.3f}"
-            )
-    sp = [r for r in rows if r["kind"] == "click" and r["name"] == "spleen"]
-    for name in ("old", "new"):
-        print(
-            f"spleen clicks {name}: first best {np.mean([r[name]['first_best'] for r in sp]):.1%} "
-            f"of {len(sp)}, mean Dice 1st {np.mean([r[name]['dice'][0] for r in sp]):.3f}"
-        )
+        if not sel:
+            continue
+        print(f"{kind}s: {len(sel)} on {len({r['id'] for r in sel})} structures")
+        for name, w in (("old", OLD), ("shipped", SHIPPED)):
+            fb, d1 = rate(sel, w)
+            print(f"  {name:8s} {w}: candidate 1 best in {fb:.1%}; mean Dice of candidate 1 {d1:.3f}")
+        w_all = fit(sel)
+        fb, d1 = rate(sel, w_all)
+        print(f"  fit on all {w_all}: {fb:.1%}; {d1:.3f} (in-sample, optimistic)")
+        if folds > 1:
+            cv = cross_validate(sel, folds)
+            print(f"  {folds}-fold, structure-level, held-out structures only:")
+            for name in ("old", "shipped", "cv"):
+                print(
+                    f"    {name:8s} candidate 1 best in {cv[name][0]:.1%}; mean Dice of candidate 1 {cv[name][1]:.3f}"
+                )
+            print(f"    weights chosen per fold (stability, consistency, truncation, area): {cv['weights']}")
+        sp = [r for r in sel if r["name"] == "spleen"]
+        for name, w in (("old", OLD), ("shipped", SHIPPED)):
+            fb, d1 = rate(sp, w)
+            print(f"  spleen {name}: first best {fb:.1%} of {len(sp)}, mean Dice 1st {d1:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", choices=("ct", "mr"), default="ct")
+    ap.add_argument("--min-area", type=int, default=200)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--json", default=None, help="write the decodes' features here")
+    ap.add_argument("--from-json", default=None, help="rank the decodes of an earlier --json run (no model)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    if args.from_json:
+        with open(args.from_json) as f:
+            rows = json.load(f)
+    else:
+        rows = collect(args.data, args.min_area)
+    print(f"{args.data}: {len(rows)} prompts in {time.perf_counter() - t0:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f)
+    report(rows, args.folds)
 
 
 if __name__ == "__main__":

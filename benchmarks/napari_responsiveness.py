@@ -1,6 +1,7 @@
 """The napari widget's responsiveness on the shared CT (run under Xvfb on a headless machine).
 
-    xvfb-run -a python benchmarks/napari_responsiveness.py [--slices 4] [--boxes 20]
+    xvfb-run -a python benchmarks/napari_responsiveness.py [--slices 4] [--boxes 20] [--load 0,2]
+    xvfb-run -a python benchmarks/napari_responsiveness.py --quick   # part 3 only, quiet and loaded, ~2 min
 
 Prints:
 
@@ -15,16 +16,26 @@ Prints:
    interleaved in the same run.
 3. Prompt -> preview latency: the median time from a box change in the
    Shapes layer (napari's own mouse handling) to the preview being in the
-   preview layer and the event loop having run, for boxes and for clicks.
+   preview layer and the event loop having run, for boxes and for clicks,
+   with each ``--load`` count of busy processes added (a loaded machine; the
+   1-minute load average is printed with the figures) and each
+   ``--decode-threads`` setting of the widget's decode thread, interleaved
+   change by change so that other programs' load hits all settings alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("QT_API", "pyqt6")  # napari's current recommendation (as the GUI tests)
 
 import torch  # noqa: F401  (before napari: see tests/conftest.py)
 
@@ -48,19 +59,28 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
     ap.add_argument(
         "--load",
-        type=int,
-        default=0,
-        help="busy processes (a pure-Python spin each) running during the measurements: a loaded machine",
+        default="0",
+        help="busy processes (a pure-Python spin each) added during part 3, e.g. 0,2: each count in turn "
+        "(parts 1 and 2 run with none added)",
+    )
+    ap.add_argument("--clicks", type=int, default=3, help="click changes per decode-thread setting")
+    ap.add_argument(
+        "--decode-threads",
+        default="0,1",
+        help="torch threads of the widget's decode (0: torch's default), interleaved change by change",
     )
     ap.add_argument("--preview-only", action="store_true", help="only part 3 (prompt -> preview latency)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="part 3 only, 12 boxes and 3 clicks per setting, with 0 and then 2 busy processes added (~2 min)",
+    )
     args = ap.parse_args()
-    busy = _start_load(args.load)
-    try:
-        _measure(args)
-    finally:
-        for proc in busy:
-            proc.terminate()
-            proc.join()
+    if args.quick:
+        args.preview_only, args.boxes, args.clicks, args.load = True, 12, 3, "0,2"
+    args.loads = [int(v) for v in str(args.load).split(",")]
+    args.decode_threads = [int(v) for v in str(args.decode_threads).split(",")]
+    _measure(args)
 
 
 def _spin() -> None:
@@ -69,7 +89,7 @@ def _spin() -> None:
 
 
 def _start_load(n: int) -> list:
-    """``n`` processes each keeping one core busy, until terminated."""
+    """``n`` processes each keeping one core busy, until :func:`_stop_load`."""
     import multiprocessing as mp
 
     procs = [mp.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(max(0, n))]
@@ -78,9 +98,13 @@ def _start_load(n: int) -> list:
     return procs
 
 
-def _loadavg() -> str:
-    import os
+def _stop_load(procs: list) -> None:
+    for proc in procs:
+        proc.terminate()
+        proc.join()
 
+
+def _loadavg() -> str:
     return "load average " + " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
@@ -90,8 +114,6 @@ def _measure(args: argparse.Namespace) -> None:
 
     import napari
     from napari.qt.threading import create_worker
-    from napari.utils._test_utils import read_only_mouse_event
-    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
     from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_sam.models.registry import load_model
@@ -104,7 +126,7 @@ def _measure(args: argparse.Namespace) -> None:
     model = load_model("lite_medsam", device="cpu")
     print(
         f"torch threads: {torch.get_num_threads()}, napari {napari.__version__}, "
-        f"{args.load} busy processes added, {_loadavg()}"
+        f"{os.cpu_count()} CPUs, {_loadavg()} at the start"
     )
 
     viewer = napari.Viewer(show=True)
@@ -226,85 +248,108 @@ def _measure(args: argparse.Namespace) -> None:
     widget.start(backend=model)
     s = widget.session
     pump(lambda: s.store().peek(k) is not None)
-    r0, c0, r1, c1 = _bbox(liver[k])
-    rng = np.random.default_rng(0)
-
-    def drag(a, b):
-        ev = dict(button=1, dims_displayed=[1, 2], view_direction=[1.0, 0.0, 0.0])
-        a, b = np.asarray(image.data_to_world(a)), np.asarray(image.data_to_world(b))
-        viewer.layers.selection.active = s.boxes
-        s.boxes.mode = "add_rectangle"
-        mouse_press_callbacks(s.boxes, read_only_mouse_event(type="mouse_press", position=tuple(a), **ev))
-        mouse_move_callbacks(
-            s.boxes, read_only_mouse_event(type="mouse_move", position=tuple(b), is_dragging=True, **ev)
-        )
-        # (the release repeats the last prompt: the widget does not decode it again)
-        mouse_release_callbacks(s.boxes, read_only_mouse_event(type="mouse_release", position=tuple(b), **ev))
-
-    from napari_sam.predictor import SlicePredictor
-
-    core = SlicePredictor(model)
-    core.set_embedding(s.store().peek(k))
-
-    def core_ms(prompt) -> float:
-        t = time.perf_counter()
-        core.predict(prompt=prompt)
-        return (time.perf_counter() - t) * 1000
-
-    box_lat, box_core = [], []
-    for _ in range(args.boxes):
-        j = rng.integers(-6, 7, size=4)
-        n = s.previews_shown
-        drag((k, r0 + j[0], c0 + j[1]), (k, r1 + j[2], c1 + j[3]))
-        pump(lambda: s.previews_shown > n)
-        box_lat.append(s.latencies[-1] * 1000)
-        box_core.append(core_ms(s.prediction_prompt))  # the same prompt, straight through the core
-    widget.clear_prompts()
-    r, c = deepest_point(liver[k])
-    click_lat, click_core = [], []
-    for i in range(max(3, args.boxes // 4)):
-        n = s.previews_shown
-        w = image.data_to_world((k, r + i, c))
-        viewer.layers.selection.active = s.points
-        s.points.mode = "add"
-        mouse_press_callbacks(
-            s.points,
-            read_only_mouse_event(
-                type="mouse_press", position=tuple(w), button=1, dims_displayed=[1, 2], view_direction=[1.0, 0, 0]
-            ),
-        )
-        mouse_release_callbacks(
-            s.points,
-            read_only_mouse_event(
-                type="mouse_release", position=tuple(w), button=1, dims_displayed=[1, 2], view_direction=[1.0, 0, 0]
-            ),
-        )
-        pump(lambda: s.previews_shown > n)
-        click_lat.append(s.latencies[-1] * 1000)
-        click_core.append(core_ms(s.prediction_prompt))
-        widget.clear_prompts()
-    print(
-        f"\nprompt change -> preview shown on the CT (slice {k}, 512x512), ms: median / p95;"
-        f" the core's SlicePredictor.predict on the same prompt, measured in the same run; {_loadavg()}"
-    )
-    parts = s.latency_parts
-    n_box = len(box_lat)
-    for name, lat, ref, pp in (
-        ("box", box_lat, box_core, parts[-n_box - len(click_lat) : -len(click_lat)]),
-        ("click", click_lat, click_core, parts[-len(click_lat) :]),
-    ):
-        print(
-            f"  {name:5s} ({len(lat):2d} changes)  widget {statistics.median(lat):7.1f} / {_pct(lat, 95):7.1f}"
-            f"   core predict {statistics.median(ref):7.1f}   widget/core {statistics.median(lat) / statistics.median(ref):4.2f}"
-        )
-        print(
-            "        widget parts, median ms: "
-            + ", ".join(
-                f"{k} {statistics.median(p[k] for p in pp) * 1000:.1f}" for k in ("prompt", "wait", "decode", "show")
-            )
-        )
+    ctx = _Ctx(viewer, widget, image, model, k, liver[k], pump)
+    for n_busy in args.loads:
+        busy = _start_load(n_busy)
+        try:
+            _run_for(3.0 if n_busy else 0.5)  # the busy processes get going
+            _preview_latency(ctx, args, n_busy)
+        finally:
+            _stop_load(busy)
     widget.close_session()
     viewer.close()
+
+
+@dataclass
+class _Ctx:
+    viewer: Any
+    widget: Any
+    image: Any
+    model: Any
+    k: int
+    truth: np.ndarray
+    pump: Callable
+
+
+def _drag(ctx: _Ctx, a, b) -> None:
+    """A rectangle drawn in the boxes layer with napari's own mouse handling, data point ``a`` to ``b``."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
+
+    s = ctx.widget.session
+    ev = dict(button=1, dims_displayed=[1, 2], view_direction=[1.0, 0.0, 0.0])
+    a, b = np.asarray(ctx.image.data_to_world(a)), np.asarray(ctx.image.data_to_world(b))
+    ctx.viewer.layers.selection.active = s.boxes
+    s.boxes.mode = "add_rectangle"
+    mouse_press_callbacks(s.boxes, read_only_mouse_event(type="mouse_press", position=tuple(a), **ev))
+    mouse_move_callbacks(s.boxes, read_only_mouse_event(type="mouse_move", position=tuple(b), is_dragging=True, **ev))
+    # (the release repeats the last prompt: the widget does not decode it again)
+    mouse_release_callbacks(s.boxes, read_only_mouse_event(type="mouse_release", position=tuple(b), **ev))
+
+
+def _click(ctx: _Ctx, rc) -> None:
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    s = ctx.widget.session
+    w = tuple(ctx.image.data_to_world((ctx.k, *rc)))
+    ev = dict(position=w, button=1, dims_displayed=[1, 2], view_direction=[1.0, 0, 0])
+    ctx.viewer.layers.selection.active = s.points
+    s.points.mode = "add"
+    mouse_press_callbacks(s.points, read_only_mouse_event(type="mouse_press", **ev))
+    mouse_release_callbacks(s.points, read_only_mouse_event(type="mouse_release", **ev))
+
+
+def _preview_latency(ctx: _Ctx, args: argparse.Namespace, n_busy: int) -> None:
+    """Box and click changes -> preview shown, each decode-thread setting in turn (interleaved)."""
+    from napari_sam.predictor import SlicePredictor
+
+    s, k = ctx.widget.session, ctx.k
+    r0, c0, r1, c1 = _bbox(ctx.truth)
+    rng = np.random.default_rng(0)
+    core = SlicePredictor(ctx.model)
+    core.set_embedding(s.store().peek(k))
+    settings = [None if t == 0 else t for t in args.decode_threads]
+    rows: dict[tuple[str, Any], list[tuple[float, float, dict]]] = {}
+    load_seen: list[float] = []
+
+    def one(kind: str, threads: Any, act: Callable[[], None]) -> None:
+        s.previewer.decode_threads = threads
+        n = s.previews_shown
+        act()
+        ctx.pump(lambda: s.previews_shown > n)
+        t = time.perf_counter()
+        core.predict(prompt=s.prediction_prompt)  # the same prompt, straight through the core
+        core_ms = (time.perf_counter() - t) * 1000
+        rows.setdefault((kind, threads), []).append((s.latencies[-1] * 1000, core_ms, s.latency_parts[-1]))
+        load_seen.append(os.getloadavg()[0])
+
+    for i in range(args.boxes * len(settings)):
+        j = rng.integers(-6, 7, size=4)
+        one(
+            "box", settings[i % len(settings)], lambda: _drag(ctx, (k, r0 + j[0], c0 + j[1]), (k, r1 + j[2], c1 + j[3]))
+        )
+    ctx.widget.clear_prompts()
+    r, c = deepest_point(ctx.truth)
+    for i in range(args.clicks * len(settings)):
+        one("click", settings[i % len(settings)], lambda: _click(ctx, (r + i // len(settings), c)))
+        ctx.widget.clear_prompts()
+    print(
+        f"\nprompt change -> preview shown on the CT (slice {k}, 512x512), {n_busy} busy processes added, "
+        f"load average (1 min) during the run: median {statistics.median(load_seen):.1f}, "
+        f"range {min(load_seen):.1f}-{max(load_seen):.1f}; ms: median / p95; the core's "
+        "SlicePredictor.predict on the same prompt (GUI thread, torch default threads) in the same run"
+    )
+    for (kind, threads), vals in rows.items():
+        lat, ref, parts = [v[0] for v in vals], [v[1] for v in vals], [v[2] for v in vals]
+        name = f"{kind}, decode threads {threads or f'default ({torch.get_num_threads()})'}"
+        print(
+            f"  {name:34s} ({len(lat):2d})  widget {statistics.median(lat):7.1f} / {_pct(lat, 95):7.1f}"
+            f"   core predict {statistics.median(ref):7.1f}   parts: "
+            + ", ".join(
+                f"{p} {statistics.median(q[p] for q in parts) * 1000:.1f}" for p in ("prompt", "wait", "decode", "show")
+            )
+        )
 
 
 def _run_for(seconds: float) -> None:

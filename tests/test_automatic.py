@@ -268,7 +268,8 @@ def test_ct_slice_recovers_the_large_organs(ct_volume, ct_labels, ct_label_names
 
 
 def test_blobs_the_model_left_unanswered_are_kept_below_model_masks():
-    """model_role "masks": a blob with no kept model mask is kept as itself, ranked below the model's masks."""
+    """model_role "masks": a blob with no kept model mask is kept as itself,
+    ranked below the model's masks."""
     from napari_sam.automatic import Candidate, non_max_suppression, unanswered_regions
 
     regions = np.zeros((40, 40), np.int32)

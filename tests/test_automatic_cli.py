@@ -204,3 +204,20 @@ def test_auto_3d_tiff_stack_with_imagej_spacing(tmp_path: Path, fake_model):
     bad = tmp_path / "bad.tif"
     assert main(["auto", str(src), "--output", str(bad), "--spacing", "1,x"]) == 2
     assert not bad.exists()
+
+
+def test_the_model_role_follows_the_options():
+    """Microscopy defaults to split-check; `--model-role masks` and `--zoom`
+    (which sharpens the model's masks) give the masks role; both given, the
+    explicit role wins."""
+    from napari_sam.cli import build_parser
+    from napari_sam.cli.auto import _auto_settings
+
+    def role(*extra):
+        args = build_parser().parse_args(["auto", "in.tif", "--output", "out.tif", *extra])
+        return _auto_settings(args, is_ct=False)[1].model_role
+
+    assert role() == "split-check"
+    assert role("--model-role", "masks") == "masks"
+    assert role("--zoom") == "masks"
+    assert role("--zoom", "--model-role", "split-check") == "split-check"

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.candidates import box_fit, choose_candidate
+from napari_sam.candidates import box_fit, box_fit_prediction, choose_candidate
 from napari_sam.geometry import box_of_mask
+from napari_sam.prediction import Prediction
 
 
 def test_the_candidate_touching_all_four_sides_of_a_tight_box_wins():
@@ -24,6 +25,37 @@ def test_the_candidate_touching_all_four_sides_of_a_tight_box_wins():
     assert box_fit(part, box) < 0.6 and box_fit(spill, box) < box_fit(whole, box)
     assert choose_candidate([part, spill, whole], box) == 2
     assert box_fit(np.zeros_like(whole), box) == 0.0
+
+
+def _prediction(masks: list[np.ndarray], scores: list[float]) -> Prediction:
+    k = len(masks)
+    return Prediction(
+        masks=np.stack(masks),
+        scores=np.array(scores, np.float32),
+        low_res_logits=np.arange(k, dtype=np.float32)[:, None, None] * np.ones((k, 4, 4), np.float32),
+        boxes=np.zeros((k, 4), np.float32),
+    )
+
+
+def test_box_fit_prediction_puts_the_best_fit_first_then_distinct_others():
+    """The one box-fit key rule (annotation key slices and propagation both use
+    it): best fit first with its own score and logits, duplicates dropped, three at most."""
+    whole = np.zeros((40, 40), bool)
+    whole[5:35, 8:30] = True
+    part = np.zeros_like(whole)
+    part[5:20, 8:30] = True
+    spill = whole.copy()
+    spill[20:25, 30:40] = True
+    box = box_of_mask(whole)
+    single = _prediction([part], [0.9])
+    many = _prediction([spill, part, whole], [0.5, 0.4, 0.3])
+    out = box_fit_prediction(single, many, box)
+    assert np.array_equal(out.mask, whole) and out.scores[0] == pytest.approx(0.3)
+    assert out.low_res_logits[0, 0, 0] == 2.0  # the multimask candidate's own logits
+    assert len(out.masks) == 3 and np.array_equal(out.masks[1], part) and np.array_equal(out.masks[2], spill)
+    # a tie goes to the single answer
+    tie = box_fit_prediction(_prediction([whole], [0.1]), _prediction([whole.copy()], [0.9]), box)
+    assert len(tie.masks) == 1 and tie.scores[0] == pytest.approx(0.1)
 
 
 @pytest.mark.slow

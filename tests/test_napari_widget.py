@@ -84,15 +84,22 @@ def wait_preview(qtbot, session, count_before: int) -> np.ndarray:
 
 @contextmanager
 def notifications():
-    """Collect the napari notifications shown inside the block."""
+    """Collect the napari notifications shown inside the block, each as (message, severity):
+    the whole message, also where the notification shows it shortened (napari_sam.plugin._notify)."""
+    from types import SimpleNamespace
+
     from napari.utils.notifications import notification_manager
 
     got: list = []
-    notification_manager.notification_ready.connect(got.append)
+
+    def keep(n) -> None:
+        got.append(SimpleNamespace(message=getattr(n, "details", n.message), severity=n.severity))
+
+    notification_manager.notification_ready.connect(keep)
     try:
         yield got
     finally:
-        notification_manager.notification_ready.disconnect(got.append)
+        notification_manager.notification_ready.disconnect(keep)
 
 
 # ---------------------------------------------------------------- fixtures

@@ -26,6 +26,7 @@ import csv
 import io
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,8 +269,9 @@ def batch_job(
             for c in todo:
                 remove_partials(c.output)
             register_model(client, settings.model, settings.checkpoint, torch_threads, settings.precision)
+            run_id = secrets.token_hex(4)  # a fresh key per run: never an earlier run's result
             futures = {
-                client.submit(_case_task, c, settings, key=f"napari-sam-case-{c.row}-{os.getpid()}", pure=False): c
+                client.submit(_case_task, c, settings, key=f"napari-sam-case-{c.row}-{run_id}", pure=False): c
                 for c in todo
             }
             log.info("batch: %d case(s) sent to %s, %d need no run", len(todo), client, len(records))

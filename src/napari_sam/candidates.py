@@ -5,7 +5,9 @@ The model's IoU head is not calibrated on images unlike its training data
 take a sub-part of the object while another candidate is right. A box drawn
 tightly around an object says more: the object touches all four of its
 sides and lies inside it. :func:`box_fit` scores a candidate by that, and
-:func:`choose_candidate` picks the candidate that explains the box best.
+:func:`choose_candidate` picks the candidate that explains the box best, and
+:func:`box_fit_prediction` is the "box_fit" key-slice rule built on it, the one
+that the annotation's key slices and the propagation's both apply.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from .geometry import box_of_mask
+from .prediction import Prediction
 
-__all__ = ["box_fit", "choose_candidate"]
+__all__ = ["KEY_CHOICES", "box_fit", "box_fit_prediction", "choose_candidate"]
+
+#: how a box key slice picks its mask: the model's single answer, or :func:`box_fit_prediction`
+KEY_CHOICES = ("single", "box_fit")
 
 
 def box_fit(mask: np.ndarray, box: Sequence[float]) -> float:
@@ -42,3 +48,26 @@ def choose_candidate(masks: Sequence[np.ndarray], box: Sequence[float]) -> int:
     tight ``box`` (r0, c0, r1, c1) best by :func:`box_fit`; the first wins ties."""
     fits = [box_fit(m, box) for m in masks]
     return int(np.argmax(fits))
+
+
+def box_fit_prediction(single: Prediction, many: Prediction, box: Sequence[float]) -> Prediction:
+    """A box key slice's candidates, the one that explains ``box`` (r0, c0, r1, c1) best first.
+
+    single: the model's single-mask answer to the box; many: its multimask
+    answer. The candidates are the single answer then the others, in that
+    order (ties go to the earlier); after the best come the next distinct
+    ones, three at most. The crop is ``many``'s.
+    """
+    items = [(single, 0)] + [(many, j) for j in range(len(many.masks))]
+    best = choose_candidate([p.masks[j] for p, j in items], box)
+    order = [items[best]]
+    for p, j in items:
+        if len(order) < 3 and not any(np.array_equal(p.masks[j], q.masks[k]) for q, k in order):
+            order.append((p, j))
+    return Prediction(
+        masks=np.stack([p.masks[j] for p, j in order]),
+        scores=np.array([p.scores[j] for p, j in order], np.float32),
+        low_res_logits=np.stack([p.low_res_logits[j] for p, j in order]),
+        boxes=np.stack([p.boxes[j] for p, j in order]),
+        crop=many.crop,
+    )

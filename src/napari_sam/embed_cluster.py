@@ -23,7 +23,6 @@ must be on a filesystem every worker sees.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,7 +162,7 @@ def embed_on_cluster(
     if not job.cache_dir:
         raise InputError("embed fills the cache: give a cache folder every worker can write")
     Path(job.cache_dir).mkdir(parents=True, exist_ok=True)
-    prep = client.submit(prepare_task, job, pure=False, key=f"napari-sam-embed-prepare-{os.getpid()}").result()
+    prep = client.submit(prepare_task, job, pure=False).result()
     missing: list[int] = prep["missing"]
     total = len(missing) + prep["encoded"]
     workers = {prep["worker"]} - {""}

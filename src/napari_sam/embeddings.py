@@ -52,6 +52,7 @@ from .geometry import Crop
 from .intensity import Window
 from .jobs import Cancel, Job, Progress, ProgressCallback, drive
 from .models.base import Backend, Embedding
+from .torch_threads import encoding
 
 __all__ = ["CropEmbeddings", "EmbeddingProvider", "Entry", "SliceEmbeddings", "crop_key", "encoder_lock"]
 
@@ -216,7 +217,8 @@ class EmbeddingProvider:
                 source = "disk"
                 log.debug("embedding %s[%d]: from disk", entry.key[:8], index)
             else:
-                emb = self._save(entry, index, self.backend.embed(pixels()))
+                with encoding():  # the operators' threads, even inside a decoding block
+                    emb = self._save(entry, index, self.backend.embed(pixels()))
                 self.encoder_calls += 1
                 source = "encoder"
                 log.debug("embedding %s[%d]: encoded", entry.key[:8], index)

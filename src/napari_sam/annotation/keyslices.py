@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..candidates import choose_candidate
+from ..candidates import KEY_CHOICES, box_fit_prediction
 from ..errors import InputError
 from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
@@ -22,9 +22,6 @@ from ..propagation import PropagationState, SliceInfo
 from .runs import StateOp
 
 __all__ = ["decode_key", "key_op", "paint_op", "KEY_CHOICES"]
-
-#: how a box key slice picks its mask (see :func:`decode_key`)
-KEY_CHOICES = ("single", "box_fit")
 
 
 def decode_key(
@@ -37,7 +34,7 @@ def decode_key(
     (:meth:`Annotation.previous_for`); key_choice: "single", the model's
     answer as ranked by the predictor; "box_fit", for a box alone, the
     candidate (the single answer and the predictor's others) that explains
-    the box best (:func:`napari_sam.candidates.choose_candidate`; the
+    the box best (:func:`napari_sam.candidates.box_fit_prediction`; the
     predicted-IoU head is uncalibrated on MR), as the propagation's key
     slices choose. A prediction decoded on a zoomed crop has ``crop`` set.
     """
@@ -47,19 +44,7 @@ def decode_key(
     if key_choice != "box_fit" or prompt.box is None or len(prompt.points) or pred.crop is not None:
         return pred
     single = predictor.predict(prompt=prompt, previous=previous, multimask=False)
-    items = [(single, 0)] + [(pred, j) for j in range(len(pred.masks))]
-    best = choose_candidate([p.masks[j] for p, j in items], prompt.box)
-    order = [items[best]]
-    for p, j in items:
-        if len(order) < 3 and not any(np.array_equal(p.masks[j], q.masks[k]) for q, k in order):
-            order.append((p, j))
-    return Prediction(
-        masks=np.stack([p.masks[j] for p, j in order]),
-        scores=np.array([p.scores[j] for p, j in order], np.float32),
-        low_res_logits=np.stack([p.low_res_logits[j] for p, j in order]),
-        boxes=np.stack([p.boxes[j] for p, j in order]),
-        crop=pred.crop,
-    )
+    return box_fit_prediction(single, pred, prompt.box)
 
 
 def _prefill(state: PropagationState, index: int, mask: Any, source: str) -> None:

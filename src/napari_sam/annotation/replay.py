@@ -33,6 +33,7 @@ from ..predictor import SlicePredictor
 from ..prompt_steps import Step
 from ..prompts import ObjectPrompts, PromptsFile, SlicePrompt
 from ..propagation import Propagator, StopRules
+from ..torch_threads import decoding
 from ..zoom import ZoomSettings
 from .keyslices import decode_key
 from .model import Annotation
@@ -300,7 +301,7 @@ def replay(
             masks = {z: m for z, m in init_masks.get(o.id, {}).items() if z not in prompted}
             if masks:
                 model.load_masks(o.id, masks, axis=o.axis, up_to_date=False)
-    with model.batch("prompts file"):
+    with model.batch("prompts file"), decoding():  # decoder work on one thread (napari_sam.torch_threads)
         job.plain_objects([o for o in prompts.objects if not o.propagate and o.steps is None])
         for o in prompts.objects:
             if o.steps is not None and not job.cancelled():

@@ -21,11 +21,14 @@ from typing import Any
 from ..corrections import Correction
 from ..jobs import Job, Progress
 from ..propagation import PropagationState
+from ..torch_threads import decoding
 
 __all__ = ["Run", "as_progress", "StateOp"]
 
 #: a change of one object's key slices, applied to a propagation state
 StateOp = Callable[[PropagationState], None]
+
+_DONE = object()
 
 
 def as_progress(event: Any) -> Progress:
@@ -81,7 +84,12 @@ class Run:
         """The job: yields :class:`Progress` (payload: a ``SliceUpdate`` per finished
         slice); returns the run's state. Closing it cancels the run between steps;
         the slices already finished are kept."""
-        for event in self._work(self.state):
+        work = iter(self._work(self.state))
+        while True:
+            with decoding():  # each step's decoder work on one thread, not across the yield
+                event = next(work, _DONE)
+            if event is _DONE:
+                break
             self.events += 1
             yield as_progress(event)
         self.completed = True

@@ -60,7 +60,8 @@ def add_parser(sub) -> None:
     auto.add_argument(
         "--zoom",
         action="store_true",
-        help="decode each proposal on a magnified crop (sharper small objects; one encoder run per crop)",
+        help="decode each proposal on a magnified crop (sharper small objects; one encoder run per crop); "
+        "implies --model-role masks unless given",
     )
     auto.add_argument(
         "--spacing",
@@ -126,6 +127,7 @@ def _auto_settings(args: argparse.Namespace, is_ct: bool):
             changes[name] = getattr(args, arg)
     if args.zoom:
         changes["zoom"] = ZoomSettings()
+        changes.setdefault("model_role", "masks")  # zoom sharpens the model's masks; split-check keeps the blobs'
     settings = AutoSettings.for_ct(**changes) if preset == "ct" else AutoSettings.for_microscopy(**changes)
     return preset, settings
 

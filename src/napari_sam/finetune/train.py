@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models.base import rc_to_model_xy
-from ..models.sam_decoder import _tokens
+from ..models.sam_transformer import to_tokens
 from .data import TrainingSample, correction_box, jittered_box, propagation_box
 
 #: trainable parts: name -> parameter-name prefixes of the mask decoder ("prompt_encoder." for the prompt encoder)
@@ -179,7 +179,7 @@ class DecoderTrainer:
             out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
             tokens = torch.cat([out_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)
             h, w = sample.features.shape[-2:]
-            src = _tokens(sample.features, dense[:1])
+            src = to_tokens(sample.features, dense[:1])
             hs, keys = md.transformer(src, self.prompt_encoder.get_dense_pe(), tokens, final_tokens=slice(0, 2))
         hyper = md.output_hypernetworks_mlps[0](hs[:, 1, :])[:, None]
         masks = md._upscale_masks(keys, hyper, h, w)

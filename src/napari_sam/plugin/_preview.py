@@ -22,13 +22,16 @@ from ..embeddings import CropEmbeddings
 from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
 from . import _prompt_layers as pl
-from ._background import STORES, SharedSliceEmbeddings
+from ._background import STORES, SharedSliceEmbeddings, intra_op_threads
 from ._notify import notify_error
 
 if TYPE_CHECKING:
     from ._session import SegmentSession
 
-__all__ = ["Preview"]
+__all__ = ["DECODE_THREADS", "Preview"]
+
+#: the interactive decode's torch intra-op threads (see :attr:`Preview.decode_threads`)
+DECODE_THREADS = 1
 
 
 @dataclass
@@ -67,6 +70,10 @@ class Preview(QObject):
         self.previews_shown = 0
         #: small objects are decoded on a magnified crop around the prompt (napari_sam.zoom)
         self.zoom = True
+        #: torch intra-op threads of an interactive decode (None: torch's default). One thread:
+        #: a decode is a chain of small operators, and on a loaded machine every parallel
+        #: operator waits for its slowest thread (benchmarks/napari_responsiveness.py --load 2)
+        self.decode_threads: int | None = DECODE_THREADS
         self._version = 0
         self._shown_version = 0
         self._waiting: _Request | None = None
@@ -119,13 +126,14 @@ class Preview(QObject):
         self._waiting = None
         self._asked = (req.pos, id(req.store), json.dumps(req.prompt.to_json()), self.s.model.current_id)
         emb = req.store.peek(req.pos.index)
-        predictor, zoom, key_choice = self._predictor, self.zoom, self.s.model.key_choice
+        predictor, zoom, key_choice, threads = self._predictor, self.zoom, self.s.model.key_choice, self.decode_threads
 
         def job() -> Prediction:
             req.t_decode_start = time.perf_counter()
             # the slice's pixels for the zoom path, windowed here on the decode thread
             predictor.set_embedding(emb, image=req.store.model_input(req.pos.index) if zoom else None)
-            out = decode_key(predictor, req.prompt, req.previous, key_choice)
+            with intra_op_threads(threads):
+                out = decode_key(predictor, req.prompt, req.previous, key_choice)
             req.t_decode_end = time.perf_counter()
             return out
 

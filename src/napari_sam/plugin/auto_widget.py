@@ -128,7 +128,7 @@ class AutoSegmentWidget(QWidget):
         form.addRow("", self.split_check)
         self.zoom_check = QCheckBox("zoom small objects")
         self.zoom_check.setToolTip(
-            "decode each proposal on a magnified crop: sharper outlines, one encoder run per crop (slower)"
+            "decode each proposal on a magnified crop: sharper outlines, one encoder run per crop (slower); for the model's masks (the box above unchecked)"
         )
         form.addRow("", self.zoom_check)
         self.tile_spin = QSpinBox()

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..candidates import choose_candidate
+from ..candidates import KEY_CHOICES, box_fit_prediction
 from ..errors import UsageError
 from ..geometry import Crop, box_of_mask, mask_iou
 from ..jobs import Cancel, Cancelled, Job, Progress, ProgressCallback, drive
@@ -86,7 +86,7 @@ class Propagator:
     key_choice: how a box key slice picks its mask: "single", the model's
         single-mask output; "box_fit", the candidate (single output and the
         three multimask ones) that best explains the box
-        (:func:`napari_sam.candidates.choose_candidate`), without the IoU
+        (:func:`napari_sam.candidates.box_fit_prediction`), without the IoU
         head, which is uncalibrated on MR (segment_volume uses it for MR).
     """
 
@@ -101,7 +101,7 @@ class Propagator:
         box_margin_fraction: float = 0.05,
         key_choice: str = "single",
     ) -> None:
-        if key_choice not in ("single", "box_fit"):
+        if key_choice not in KEY_CHOICES:
             raise UsageError(f"key_choice {key_choice!r}: 'single' or 'box_fit'")
         self.backend = backend
         self.embeddings = embeddings
@@ -261,8 +261,7 @@ class Propagator:
         mask = pred.mask
         if self.key_choice == "box_fit" and local.box is not None and not len(local.points):
             many = self._predictor.predict(prompt=local, multimask=True)
-            cands = [mask] + [many.masks[i] for i in range(len(many.masks))]
-            mask = cands[choose_candidate(cands, local.box)]
+            mask = box_fit_prediction(pred, many, local.box).mask
         return paste(frame, mask.copy(), full), SliceInfo("key", k, score=float(pred.scores[0]))
 
     def _appearance(self, state: PropagationState, frame: Crop) -> ObjectAppearance:
