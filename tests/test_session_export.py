@@ -187,3 +187,21 @@ def test_export_prompts_command_and_session_usage_errors(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not list(tmp_path.glob("o.nii*"))
+
+
+def test_a_commit_without_a_mask_replays_as_deferred(tmp_path):
+    """commit(id, z, prompt) with no mask: the propagation decodes it (its key rule), so the
+    step is deferred, not decoded at once."""
+    vol, big, _small = scene()
+    backend = BrightInBoxBackend()
+    emb = SliceEmbeddings(backend, vol, Window(0, 255), axis=0)
+    m = Annotation(vol.shape, key_choice=key_choice_for(volume_of(vol)))
+    m.add_object("big")
+    m.commit(1, 12, key_prompt(big, 12))
+    m.propagate(1, Propagator(backend, emb))
+    export_prompts(tmp_path / "p.json", m, window=[0, 255])
+    step = json.loads((tmp_path / "p.json").read_text())["objects"][0]["steps"][0]["commit"]
+    assert step["defer"] is True and "mask" not in step
+    res = segment_volume(volume_of(vol), load_prompts(tmp_path / "p.json"), backend)
+    assert np.array_equal(res.labels, m.labels)
+    assert res.annotation.object(1).state.info[12].source == m.object(1).state.info[12].source
