@@ -100,7 +100,7 @@ def test_init_corrected_and_repropagated(tmp_path, fmt, ct_dicom_dir, ct_volume,
 
 def test_segment_needs_prompts_or_init(tmp_path, ct_dicom_dir, capsys):
     rc = main(["segment", str(ct_dicom_dir), "--output", str(tmp_path / "o.nii.gz")])
-    assert rc == 2 and "segment needs --prompts, --text or --init" in capsys.readouterr().err
+    assert rc == 2 and "segment needs --prompts, --text, --init or --session" in capsys.readouterr().err
 
 
 def test_prompts_combine_with_labels_by_id():

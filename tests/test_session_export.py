@@ -156,3 +156,52 @@ def test_a_session_saved_without_a_log_is_not_exported(tmp_path):
     with pytest.raises(InputError, match="before napari-sam recorded the order"):
         export_prompts(tmp_path / "p.json", m)
     assert not (tmp_path / "p.json").exists()
+
+
+def test_export_prompts_command_and_session_usage_errors(tmp_path, capsys):
+    from napari_sam.annotation import ImageRef, save_session
+    from napari_sam.cli import main
+
+    vol, big, small = scene()
+    m, _ = out_of_order_session(vol, big, small)
+    folder = save_session(tmp_path / "s.session", m, ImageRef.of(vol), {"name": "bright-in-box"}, {"window": [0, 255]})
+    out = tmp_path / "out" / "p.json"
+    assert main(["export-prompts", str(folder), str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["window"] == [0.0, 255.0] and [o["name"] for o in doc["objects"]] == ["big", "small"]
+    assert sorted(p.name for p in (tmp_path / "out" / "p.masks").iterdir()) == ["obj1_s15_3.png", "obj1_s8_2.png"]
+    capsys.readouterr()
+    assert main(["export-prompts", str(folder), str(out)]) == 2  # exists: --overwrite needed
+    assert "exists" in capsys.readouterr().err
+    assert main(["export-prompts", str(folder), str(out), "--overwrite"]) == 0
+    for args, message in [
+        (["segment", "--session", str(folder), "--output", str(tmp_path / "o.nii.gz")], "does not record its image"),
+        (
+            ["segment", "x.nii", "--session", str(folder), "--prompts", str(out), "--output", str(tmp_path / "o.nii")],
+            "without --prompts",
+        ),
+        (["segment", "--output", str(tmp_path / "o.nii.gz"), "--prompts", str(out)], "segment needs IMAGE"),
+    ]:
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not list(tmp_path.glob("o.nii*"))
+
+
+def test_a_commit_without_a_mask_replays_as_deferred(tmp_path):
+    """commit(id, z, prompt) with no mask: the propagation decodes it (its key rule), so the
+    step is deferred, not decoded at once."""
+    vol, big, _small = scene()
+    backend = BrightInBoxBackend()
+    emb = SliceEmbeddings(backend, vol, Window(0, 255), axis=0)
+    m = Annotation(vol.shape, key_choice=key_choice_for(volume_of(vol)))
+    m.add_object("big")
+    m.commit(1, 12, key_prompt(big, 12))
+    m.propagate(1, Propagator(backend, emb))
+    export_prompts(tmp_path / "p.json", m, window=[0, 255])
+    step = json.loads((tmp_path / "p.json").read_text())["objects"][0]["steps"][0]["commit"]
+    assert step["defer"] is True and "mask" not in step
+    res = segment_volume(volume_of(vol), load_prompts(tmp_path / "p.json"), backend)
+    assert np.array_equal(res.labels, m.labels)
+    assert res.annotation.object(1).state.info[12].source == m.object(1).state.info[12].source

@@ -10,6 +10,7 @@ a session exports, :mod:`napari_sam.annotation.export_prompts`)::
       {"commit": {"slice": 12, "points": [[r, c]], "labels": [1],
                   "mask": "masks/obj1_s12_1.png"}},                       # the mask the user accepted
       {"commit": {"slice": 3, "mask": "masks/obj1_s3_2.png"}},            # a loaded mask, no prompt
+      {"commit": {"slice": 7, "box": [r0, c0, r1, c1], "defer": true}},   # decoded by the next propagation
       {"paint": {"slice": 5, "mask": "masks/obj1_s5_3.png"}},             # painted (empty: erased)
       {"settle": true},                     # the loaded masks are up to date
       {"range": [2, 17]},                   # or null: the whole axis
@@ -56,7 +57,8 @@ class Step:
     when the prompt is decoded; rng: a range step's (first, last) or None;
     events: a cancelled run's event count (None: ran to its end);
     steps: an adaptation's optimiser steps (None: as many as 30 s allow);
-    point / label: a correction's voxel (z, row, col) and label.
+    point / label: a correction's voxel (z, row, col) and label;
+    defer: a commit whose prompt the next propagation decodes (no mask was committed).
     """
 
     kind: str
@@ -68,6 +70,7 @@ class Step:
     steps: int | None = None
     point: tuple[int, int, int] | None = None
     label: int = 1
+    defer: bool = False
 
 
 def check_keys(d: dict, allowed: Sequence[str], where: str) -> None:
@@ -134,16 +137,18 @@ def _run_step(value: Any, where: str, kind: str) -> Step:
 def _slice_step(kind: str, value: Any, base: Path | None, where: str, parse_prompt: PromptParser) -> Step:
     if not isinstance(value, dict):
         _fail(where, f"'{kind}' must be an object with 'slice'")
-    check_keys(value, PROMPT_KEYS + ("mask",) if kind == "commit" else ("slice", "mask"), where)
+    check_keys(value, PROMPT_KEYS + ("mask", "defer") if kind == "commit" else ("slice", "mask"), where)
+    if value.get("defer", False) not in (True, False) or (value.get("defer") and "mask" in value):
+        _fail(where, "'defer' must be true or false, and a deferred commit has no 'mask'")
     if not _is_int(value.get("slice")) or value["slice"] < 0:
         _fail(where, "'slice' must be a slice index (integer >= 0)")
     mask = read_mask_file(value["mask"], base, where) if "mask" in value else None
     prompt = None
     if kind == "commit" and any(k in value for k in ("box", "points")):
-        prompt = parse_prompt({k: v for k, v in value.items() if k != "mask"}, where)
+        prompt = parse_prompt({k: v for k, v in value.items() if k not in ("mask", "defer")}, where)
     if mask is None and (kind == "paint" or prompt is None):
         _fail(where, f"a {kind} step needs a 'mask' file" + (" or a prompt (box, points)" if kind == "commit" else ""))
-    return Step(kind, int(value["slice"]), prompt, mask)
+    return Step(kind, int(value["slice"]), prompt, mask, defer=bool(value.get("defer", False)))
 
 
 def _parse_step(s: Any, base: Path | None, where: str, parse_prompt: PromptParser) -> Step:

@@ -7,6 +7,7 @@ Every change of an object's key slices and every run on it is appended to
   a key slice (:meth:`Annotation.commit`, and :meth:`Annotation.load_masks` with no
   prompt); ``mask`` is kept only when the prompt alone does not give it back (a
   candidate the user chose, a zoomed or refined decode, a loaded mask);
+  ``"defer": True`` when no mask was committed (the propagation decodes it);
 - ``{"op": "paint", "slice": i, "mask": array}``: a painted (or erased) slice;
 - ``{"op": "settle"}``: loaded masks taken as up to date (nothing to propagate);
 - ``{"op": "range", "range": [first, last] | None}``;
@@ -45,13 +46,16 @@ def _plain_mask(mask: Any) -> np.ndarray:
 def commit_action(index: int, prompt: SlicePrompt | None, mask: Any, exact: bool) -> dict[str, Any]:
     """The log entry of a commit (see :func:`napari_sam.annotation.keyslices.key_op`)."""
     keyed = prompt is not None and (prompt.only_negative or exact or mask is None)
-    return {
+    action = {
         "op": "commit",
         "slice": int(index),
         "prompt": None if prompt is None else prompt.to_json(),
         "mask": None if keyed or mask is None else _plain_mask(mask),
         "exact": bool(exact),
     }
+    if mask is None and prompt is not None and not prompt.only_negative:
+        action["defer"] = True  # the propagation decodes it (no mask committed)
+    return action
 
 
 def paint_action(index: int, plane: np.ndarray) -> dict[str, Any]:

@@ -39,7 +39,8 @@ def _as_step(action: dict[str, Any]) -> Step:
         p = action.get("prompt")
         prompt = None if p is None else as_slice_prompt(p.get("points"), p.get("labels"), p.get("box"), action["slice"])
         mask = action.get("mask")
-        return Step(op, int(action["slice"]), prompt, None if mask is None else np.asarray(mask, bool))
+        mask = None if mask is None else np.asarray(mask, bool)
+        return Step(op, int(action["slice"]), prompt, mask, defer=bool(action.get("defer", False)))
     if op == "range":
         rng = action.get("range")
         return Step(op, rng=None if rng is None else (int(rng[0]), int(rng[1])))
@@ -91,6 +92,8 @@ def _step_json(oid: int, k: int, st: Step, masks: dict[str, np.ndarray], folder:
             name = f"{folder}/obj{oid}_s{st.index}_{k}.png"
             masks[name] = st.mask
             d["mask"] = name
+        if st.defer:
+            d["defer"] = True
         return {st.kind: d}
     if st.kind == "range":
         return {"range": None if st.rng is None else list(st.rng)}

@@ -246,7 +246,9 @@ class _Replay:
     def step(self, obj: ObjectPrompts, st: Step) -> None:
         """Replay one action of a session on ``obj``."""
         m, oid = self.model, obj.id
-        if st.kind == "commit" and st.mask is None and not st.prompt.only_negative:
+        if st.kind == "commit" and st.defer:
+            m.commit(oid, st.index, st.prompt, None, axis=obj.axis)  # type: ignore[arg-type]
+        elif st.kind == "commit" and st.mask is None and not st.prompt.only_negative:
             self.decode(obj, st.index, st.prompt)  # type: ignore[arg-type]
         elif st.kind == "commit":
             m.commit(oid, st.index, st.prompt, st.mask, axis=obj.axis, exact=False)  # type: ignore[arg-type]

@@ -460,6 +460,7 @@ class SegmentSession(QObject):
     def replace_annotation(self, model: Annotation) -> None:
         """Show ``model`` (an opened or recovered session on this image) instead of the current one."""
         old = self.layers.label_map()
+        self.adapted.clear()  # models adapted to the replaced annotation's objects
         self.model = self.objects.model = model
         self.files.adopt(model)
         self.apply(ChangeSet.between(old, np.asarray(model.labels), {o.id for o in model.objects}, True))
