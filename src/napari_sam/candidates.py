@@ -6,6 +6,9 @@ take a sub-part of the object while another candidate is right. A box drawn
 tightly around an object says more: the object touches all four of its
 sides and lies inside it. :func:`box_fit` scores a candidate by that, and
 :func:`choose_candidate` picks the candidate that explains the box best.
+:func:`box_outputs` gives the model's own candidates for a box (its single
+output and its three multimask ones): a box-only model's predictor ranks
+box hypotheses of the single output only, which never includes them.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from .geometry import box_of_mask
+from .models.base import Backend, Embedding
+from .prediction import Prediction
 
-__all__ = ["box_fit", "choose_candidate"]
+__all__ = ["box_fit", "box_outputs", "choose_candidate"]
 
 
 def box_fit(mask: np.ndarray, box: Sequence[float]) -> float:
@@ -42,3 +48,18 @@ def choose_candidate(masks: Sequence[np.ndarray], box: Sequence[float]) -> int:
     tight ``box`` (r0, c0, r1, c1) best by :func:`box_fit`; the first wins ties."""
     fits = [box_fit(m, box) for m in masks]
     return int(np.argmax(fits))
+
+
+@torch.inference_mode()
+def box_outputs(backend: Backend, emb: Embedding, box: Sequence[float]) -> Prediction:
+    """The model's four answers to ``box`` (r0, c0, r1, c1) on ``emb``'s slice: its
+    single-mask output, then its three multimask outputs (in the model's order)."""
+    b = np.asarray(box, np.float32)[None]
+    low1, s1 = backend.decode_low_res(emb, boxes_rc=b)
+    low3, s3 = backend.decode_low_res(emb, boxes_rc=b, multimask=True)
+    low = torch.cat([low1[0, :1], low3[0]])
+    masks = (backend.upsample(low[None], emb)[0] > 0).cpu().numpy()
+    scores = torch.cat([s1[0, :1], s3[0]]).float().cpu().numpy()
+    return Prediction(
+        masks=masks, scores=scores, low_res_logits=low.float().cpu().numpy(), boxes=np.repeat(b, len(masks), 0)
+    )

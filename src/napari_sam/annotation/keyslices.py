@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..candidates import choose_candidate
+from ..candidates import box_outputs, choose_candidate
 from ..errors import InputError
 from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
@@ -38,8 +38,9 @@ def decode_key(
     answer as ranked by the predictor; "box_fit", for a box alone, the
     candidate (the single answer and the predictor's others) that explains
     the box best (:func:`napari_sam.candidates.choose_candidate`; the
-    predicted-IoU head is uncalibrated on MR), as the propagation's key
-    slices choose. A prediction decoded on a zoomed crop has ``crop`` set.
+    predicted-IoU head is uncalibrated on MR), among them the model's own
+    single and multimask outputs (:func:`napari_sam.candidates.box_outputs`),
+    as the propagation's key slices choose. A prediction decoded on a zoomed crop has ``crop`` set.
     """
     if key_choice not in KEY_CHOICES:
         raise InputError(f"key_choice {key_choice!r}: one of {', '.join(KEY_CHOICES)}")
@@ -47,7 +48,8 @@ def decode_key(
     if key_choice != "box_fit" or prompt.box is None or len(prompt.points) or pred.crop is not None:
         return pred
     single = predictor.predict(prompt=prompt, previous=previous, multimask=False)
-    items = [(single, 0)] + [(pred, j) for j in range(len(pred.masks))]
+    raw = box_outputs(predictor.backend, predictor.embedding, prompt.box)
+    items = [(single, 0)] + [(pred, j) for j in range(len(pred.masks))] + [(raw, j) for j in range(len(raw.masks))]
     best = choose_candidate([p.masks[j] for p, j in items], prompt.box)
     order = [items[best]]
     for p, j in items:

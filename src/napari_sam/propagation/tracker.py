@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..candidates import choose_candidate
+from ..candidates import box_outputs, choose_candidate
 from ..errors import UsageError
 from ..geometry import Crop, box_of_mask, mask_iou
 from ..jobs import Cancel, Cancelled, Job, Progress, ProgressCallback, drive
@@ -261,7 +261,8 @@ class Propagator:
         mask = pred.mask
         if self.key_choice == "box_fit" and local.box is not None and not len(local.points):
             many = self._predictor.predict(prompt=local, multimask=True)
-            cands = [mask] + [many.masks[i] for i in range(len(many.masks))]
+            raw = box_outputs(self.backend, self._predictor.embedding, local.box)  # the model's multimask outputs
+            cands = [mask] + list(many.masks) + list(raw.masks)
             mask = cands[choose_candidate(cands, local.box)]
         return paste(frame, mask.copy(), full), SliceInfo("key", k, score=float(pred.scores[0]))
 
