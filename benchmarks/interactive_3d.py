@@ -3,6 +3,7 @@
     python benchmarks/interactive_3d.py ct mr                 # both datasets
     python benchmarks/interactive_3d.py mr --steps 5 --cache-dir DIR
     python benchmarks/interactive_3d.py ct --max-structures 10
+    python benchmarks/interactive_3d.py ct --every 3           # every third structure (a documented subset)
 
 Step 0: one box (the label's bounding box) on each object's largest slice,
 ``"propagate": true``; every object in one prompts file, one label map.
@@ -146,8 +147,11 @@ def read_map(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def protocol(name: str, steps: int, cache: Path, max_structures: int | None, out_json: str | None) -> None:
+def protocol(
+    name: str, steps: int, cache: Path, max_structures: int | None, out_json: str | None, every: int = 1
+) -> None:
     vol, labels, names, path, ids, windows = dataset(name)
+    ids = ids[::every]
     if max_structures:
         ids = ids[:max_structures]
     spacing = vol.geometry.scale_zyx
@@ -246,6 +250,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="click steps after the box (default 5)")
     ap.add_argument("--cache-dir", default=None, help="embedding cache (default: a folder under the user cache)")
     ap.add_argument("--max-structures", type=int, default=None, help="only the first N structures (by label id)")
+    ap.add_argument("--every", type=int, default=1, help="every Nth structure by label id (default 1: all)")
     ap.add_argument("--json", default=None, help="save per-structure rows here (one file per dataset: NAME.json)")
     args = ap.parse_args()
     from napari_sam.cache import resolve_cache_dir
@@ -258,6 +263,7 @@ def main() -> None:
             cache,
             args.max_structures,
             None if args.json is None else str(Path(args.json).with_suffix(f".{name}.json")),
+            args.every,
         )
 
 
