@@ -397,6 +397,8 @@ def test_segment_volume_is_a_replay_through_the_model(scene):
 class _StubPredictor:
     """Stands in for a SlicePredictor: a fixed single answer and three candidates."""
 
+    backend = embedding = None
+
     def __init__(self, single: np.ndarray, many: list[np.ndarray]) -> None:
         self.single, self.many = single, many
 
@@ -411,12 +413,36 @@ class _StubPredictor:
         )
 
 
-def test_decode_key_box_fit_puts_the_candidate_that_explains_the_box_first():
+def _stub_outputs(monkeypatch, masks: list[np.ndarray]) -> None:
+    """The model's own answers to a box (candidates.box_outputs) replaced by ``masks``."""
+    import napari_sam.annotation.keyslices as ks
+
+    k = len(masks)
+    out = Prediction(np.stack(masks), np.full(k, 0.2, np.float32), np.zeros((k, 4, 4), np.float32), np.zeros((k, 4)))
+    monkeypatch.setattr(ks, "box_outputs", lambda backend, emb, box: out)
+
+
+def test_decode_key_box_fit_takes_the_models_multimask_outputs(monkeypatch):
+    """A box-only model's predictor ranks hypotheses of the single output only; the
+    box-fit choice also weighs the model's multimask outputs, where the whole object may be."""
+    part = np.zeros((20, 20), bool)
+    part[5:9, 5:9] = True
+    whole = np.zeros((20, 20), bool)
+    whole[4:16, 4:16] = True
+    _stub_outputs(monkeypatch, [part, part, whole, part])
+    stub = _StubPredictor(single=part, many=[part])
+    box = SlicePrompt(box=(4, 4, 15, 15))
+    assert np.array_equal(decode_key(stub, box, key_choice="single").mask, part)
+    assert np.array_equal(decode_key(stub, box, key_choice="box_fit").mask, whole)
+
+
+def test_decode_key_box_fit_puts_the_candidate_that_explains_the_box_first(monkeypatch):
     part = np.zeros((20, 20), bool)
     part[5:9, 5:9] = True
     whole = np.zeros((20, 20), bool)
     whole[4:16, 4:16] = True
     box = SlicePrompt(box=(4, 4, 15, 15))
+    _stub_outputs(monkeypatch, [part])
     stub = _StubPredictor(single=part, many=[part, whole])
     assert np.array_equal(decode_key(stub, box, key_choice="single").mask, part)
     chosen = decode_key(stub, box, key_choice="box_fit")

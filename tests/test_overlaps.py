@@ -43,3 +43,18 @@ def test_key_slices_beat_deeper_propagated_claims_and_list_order_does_not_decide
     assert np.all(resolve_overlaps(shape, [ob, os_prop])[2][small] == 1)  # deeper claim wins
     # listed first but shallower: the small object (depth <= 3 mm) loses to the big one (15 mm deep at 10 mm a slice)
     assert np.all(resolve_overlaps(shape, [os_prop, ob], spacing_zyx=(10.0, 1.0, 1.0))[2][small] == 1)
+
+
+def test_two_key_slices_on_one_slice_the_smaller_object_keeps_its_key_slice():
+    """A large object's key mask spilling over a small object's key slice (both
+    boxed on the same slice) does not take it: the smaller key claim wins, in any order."""
+    shape = (3, 40, 40)
+    big = disc(shape[1:], (20, 20), 15)
+    small = disc(shape[1:], (20, 30), 4)  # inside the big mask's spill
+    ob = ObjectMasks(1, 0, {1: big, 0: big}, key_slices={1})
+    os_ = ObjectMasks(2, 0, {1: small}, key_slices={1})
+    for order in ([ob, os_], [os_, ob]):
+        lab = resolve_overlaps(shape, order, spacing_zyx=(3.0, 1.0, 1.0))
+        assert np.all(lab[1][small] == 2)
+        assert np.all(lab[1][big & ~small] == 1)  # the big one loses only the spill
+        assert np.all(lab[0][big] == 1)

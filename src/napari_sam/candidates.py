@@ -8,6 +8,9 @@ sides and lies inside it. :func:`box_fit` scores a candidate by that, and
 :func:`choose_candidate` picks the candidate that explains the box best, and
 :func:`box_fit_prediction` is the "box_fit" key-slice rule built on it, the one
 that the annotation's key slices and the propagation's both apply.
+:func:`box_outputs` gives the model's own candidates for a box (its single
+output and its three multimask ones): a box-only model's predictor ranks
+box hypotheses of the single output only, which never includes them.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from .geometry import box_of_mask
+from .models.base import Backend, Embedding
 from .prediction import Prediction
 
-__all__ = ["KEY_CHOICES", "box_fit", "box_fit_prediction", "choose_candidate"]
+__all__ = ["KEY_CHOICES", "box_fit", "box_fit_prediction", "box_outputs", "choose_candidate"]
 
 #: how a box key slice picks its mask: the model's single answer, or :func:`box_fit_prediction`
 KEY_CHOICES = ("single", "box_fit")
@@ -50,15 +55,20 @@ def choose_candidate(masks: Sequence[np.ndarray], box: Sequence[float]) -> int:
     return int(np.argmax(fits))
 
 
-def box_fit_prediction(single: Prediction, many: Prediction, box: Sequence[float]) -> Prediction:
+def box_fit_prediction(
+    single: Prediction, many: Prediction, box: Sequence[float], raw: Prediction | None = None
+) -> Prediction:
     """A box key slice's candidates, the one that explains ``box`` (r0, c0, r1, c1) best first.
 
-    single: the model's single-mask answer to the box; many: its multimask
-    answer. The candidates are the single answer then the others, in that
+    single: the predictor's single-mask answer to the box; many: its multimask
+    answer; raw: the model's own outputs (:func:`box_outputs`), when given.
+    The candidates are the single answer, then many's, then raw's, in that
     order (ties go to the earlier); after the best come the next distinct
     ones, three at most. The crop is ``many``'s.
     """
     items = [(single, 0)] + [(many, j) for j in range(len(many.masks))]
+    if raw is not None:
+        items += [(raw, j) for j in range(len(raw.masks))]
     best = choose_candidate([p.masks[j] for p, j in items], box)
     order = [items[best]]
     for p, j in items:
@@ -70,4 +80,19 @@ def box_fit_prediction(single: Prediction, many: Prediction, box: Sequence[float
         low_res_logits=np.stack([p.low_res_logits[j] for p, j in order]),
         boxes=np.stack([p.boxes[j] for p, j in order]),
         crop=many.crop,
+    )
+
+
+@torch.inference_mode()
+def box_outputs(backend: Backend, emb: Embedding, box: Sequence[float]) -> Prediction:
+    """The model's four answers to ``box`` (r0, c0, r1, c1) on ``emb``'s slice: its
+    single-mask output, then its three multimask outputs (in the model's order)."""
+    b = np.asarray(box, np.float32)[None]
+    low1, s1 = backend.decode_low_res(emb, boxes_rc=b)
+    low3, s3 = backend.decode_low_res(emb, boxes_rc=b, multimask=True)
+    low = torch.cat([low1[0, :1], low3[0]])
+    masks = (backend.upsample(low[None], emb)[0] > 0).cpu().numpy()
+    scores = torch.cat([s1[0, :1], s3[0]]).float().cpu().numpy()
+    return Prediction(
+        masks=masks, scores=scores, low_res_logits=low.float().cpu().numpy(), boxes=np.repeat(b, len(masks), 0)
     )

@@ -5,7 +5,12 @@ object most likely to own it, judged per voxel:
 
 1. a voxel on one of an object's *key slices* (slices the user prompted,
    painted or corrected) goes to that object before any propagated claim:
-   the user's own slices are never painted over by another object;
+   the user's own slices are never painted over by another object; where
+   two objects' key slices contest a voxel (two boxes drawn on the same
+   slice, one object inside or against the other), the object whose mask is
+   smaller on that slice wins: a box around a small object is the more
+   specific statement, so a large neighbour's key mask that spills over it
+   never costs it its key slice, and the large one loses only the spill;
 2. otherwise, the object whose mask holds the voxel deepest wins: depth is
    the distance (mm, physical spacing) from the voxel to the boundary of that
    object's 3D mask, the monotone stand-in for the object's probability there
@@ -34,8 +39,9 @@ from scipy import ndimage
 
 __all__ = ["ObjectMasks", "resolve_overlaps", "resolve_overlaps_into", "KEY_SLICE_PRIORITY"]
 
-#: depth bonus (mm) that makes a key-slice claim beat any propagated one
-KEY_SLICE_PRIORITY = 1.0e6
+#: priority (mm) that makes a key-slice claim beat any propagated one; a key
+#: slice's claim is this less the object's area (mm^2) on that slice
+KEY_SLICE_PRIORITY = 1.0e9
 
 
 @dataclass
@@ -144,9 +150,11 @@ def resolve_overlaps_into(
         sl, inside = boxed
         depth = _depth(inside, spacing_zyx)
         lo = sl[obj.axis]
+        px_mm2 = float(np.prod([s for a, s in enumerate(spacing_zyx) if a != obj.axis]))
         for k in obj.key_slices:
             if k in obj.masks and lo.start <= k < lo.stop:
-                depth[_plane(obj.axis, k - lo.start)] += KEY_SLICE_PRIORITY
+                plane = _plane(obj.axis, k - lo.start)
+                depth[plane] = KEY_SLICE_PRIORITY - float(inside[plane].sum()) * px_mm2
         region, claim = np.array(labels[sl]), np.array(best[sl], np.float32)
         win = inside & (depth > claim)
         region[win] = obj.id

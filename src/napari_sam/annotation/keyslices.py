@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..candidates import KEY_CHOICES, box_fit_prediction
+from ..candidates import KEY_CHOICES, box_fit_prediction, box_outputs
 from ..errors import InputError
 from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
@@ -35,8 +35,9 @@ def decode_key(
     answer as ranked by the predictor; "box_fit", for a box alone, the
     candidate (the single answer and the predictor's others) that explains
     the box best (:func:`napari_sam.candidates.box_fit_prediction`; the
-    predicted-IoU head is uncalibrated on MR), as the propagation's key
-    slices choose. A prediction decoded on a zoomed crop has ``crop`` set.
+    predicted-IoU head is uncalibrated on MR), among them the model's own
+    single and multimask outputs (:func:`napari_sam.candidates.box_outputs`),
+    as the propagation's key slices choose. A prediction decoded on a zoomed crop has ``crop`` set.
     """
     if key_choice not in KEY_CHOICES:
         raise InputError(f"key_choice {key_choice!r}: one of {', '.join(KEY_CHOICES)}")
@@ -44,7 +45,8 @@ def decode_key(
     if key_choice != "box_fit" or prompt.box is None or len(prompt.points) or pred.crop is not None:
         return pred
     single = predictor.predict(prompt=prompt, previous=previous, multimask=False)
-    return box_fit_prediction(single, pred, prompt.box)
+    raw = box_outputs(predictor.backend, predictor.embedding, prompt.box)
+    return box_fit_prediction(single, pred, prompt.box, raw)
 
 
 def _prefill(state: PropagationState, index: int, mask: Any, source: str) -> None:
