@@ -118,9 +118,9 @@ def _spy_whole(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = bb._decode_whole
 
-    def spy(backend, emb, arr, batch):
+    def spy(backend, emb, arr, batch, box_fit=False):
         calls.append(len(arr))
-        return real(backend, emb, arr, batch)
+        return real(backend, emb, arr, batch, box_fit)
 
     monkeypatch.setattr(bb, "_decode_whole", spy)
     return calls

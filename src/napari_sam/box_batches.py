@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .candidates import choose_candidate
 from .models.base import Backend, Embedding, cpu_cores
 from .models.windows import TOKEN_PIXELS, batch_windows, box_windows, resize_axis
 from .prompts import SlicePrompt
@@ -167,6 +168,7 @@ def decode_boxes(
     boxes: list[tuple[float, float, float, float]],
     batch: int | None = None,
     windows: bool = True,
+    box_fit: bool = False,
 ) -> list[CroppedMask]:
     """One mask per box (r0, c0, r1, c1), inclusive pixel indices on ``emb``'s slice.
 
@@ -174,6 +176,10 @@ def decode_boxes(
     decoding on the CPU, else :data:`BATCH`).
     windows: compute each box's logits in a window around it where the backend
     can (``backend.decodes_windows``); False decodes over the whole slice.
+    box_fit: the key-slice rule "box_fit" (:func:`napari_sam.candidates.box_fit_prediction`):
+    of the model's single output and its three candidates, the mask that explains
+    the box best; a box whose candidates reach their window's edge is decoded
+    over the whole slice, so the choice is the one-object path's.
     Returns :class:`CroppedMask` s in the order of ``boxes``.
     """
     shape = tuple(emb.original_size)
@@ -183,20 +189,42 @@ def decode_boxes(
     if not backend.supports_points:
         arr = np.stack([_clip(b, shape) for b in arr])  # type: ignore[arg-type]
     if not (windows and getattr(backend, "decodes_windows", False)):
-        return _decode_whole(backend, emb, arr, batch or BATCH)
+        return _decode_whole(backend, emb, arr, batch or BATCH, box_fit)
     out: list[CroppedMask | None] = [None] * len(arr)
-    redo = _decode_windowed(backend, emb, arr, batch, out)
-    for i, mask in zip(redo, _decode_whole(backend, emb, arr[redo], BATCH)):
+    redo = _decode_windowed(backend, emb, arr, batch, out, box_fit)
+    for i, mask in zip(redo, _decode_whole(backend, emb, arr[redo], BATCH, box_fit)):
         out[i] = mask
     return out  # type: ignore[return-value]
 
 
-def _decode_whole(backend: Backend, emb: Embedding, arr: np.ndarray, batch: int) -> list[CroppedMask]:
+def _low_res(backend: Backend, emb: Embedding, boxes: np.ndarray, box_fit: bool, **kw) -> torch.Tensor:
+    """Low-resolution logits of ``boxes``: (B, 1, ...) the single output, or with
+    ``box_fit`` (B, 4, ...) the single output then the three candidates."""
+    if not box_fit:
+        return backend.decode_low_res(emb, boxes_rc=boxes, multimask=False, **kw)[0][:, :1]
+    if getattr(backend, "decodes_all_outputs", False):
+        return backend.decode_low_res(emb, boxes_rc=boxes, all_outputs=True, **kw)[0]  # type: ignore[call-arg]
+    one = backend.decode_low_res(emb, boxes_rc=boxes, multimask=False, **kw)[0][:, :1]
+    return torch.cat([one, backend.decode_low_res(emb, boxes_rc=boxes, multimask=True, **kw)[0]], dim=1)
+
+
+def _pick(masks: np.ndarray, box: np.ndarray, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The mask of ``masks`` (K, rows, cols), placed at ``offset`` on the slice, that
+    explains ``box`` best (:func:`napari_sam.candidates.choose_candidate`)."""
+    if len(masks) == 1:
+        return masks[0]
+    local = np.asarray(box, np.float64) - np.array([offset[0], offset[1], offset[0], offset[1]])
+    return masks[choose_candidate(list(masks), local)]
+
+
+def _decode_whole(
+    backend: Backend, emb: Embedding, arr: np.ndarray, batch: int, box_fit: bool = False
+) -> list[CroppedMask]:
     out: list[CroppedMask] = []
     for s in range(0, len(arr), batch):
-        low, _ = backend.decode_low_res(emb, boxes_rc=arr[s : s + batch], multimask=False)
-        masks = (backend.upsample(low[:, :1], emb)[:, 0] > 0).cpu().numpy()
-        out.extend(CroppedMask.of(m) for m in masks)
+        low = _low_res(backend, emb, arr[s : s + batch], box_fit)
+        masks = (backend.upsample(low, emb) > 0).cpu().numpy()
+        out.extend(CroppedMask.of(_pick(m, b)) for m, b in zip(masks, arr[s : s + batch]))
     return out
 
 
@@ -225,10 +253,16 @@ def _in_parallel(fn, items: list, workers: int):
 
 
 def _decode_windowed(
-    backend: Backend, emb: Embedding, arr: np.ndarray, batch: int | None, out: list[CroppedMask | None]
+    backend: Backend,
+    emb: Embedding,
+    arr: np.ndarray,
+    batch: int | None,
+    out: list[CroppedMask | None],
+    box_fit: bool = False,
 ) -> list[int]:
     """Fill ``out`` with the masks of the boxes ``arr`` decoded in windows; returns
-    the indices of the masks that reach their window's edge (left as None)."""
+    the indices of the boxes whose masks (with ``box_fit``: any candidate) reach
+    their window's edge (left as None)."""
     shape = tuple(emb.original_size)
     grid = tuple(emb.features.shape[-2:])
     f = TOKEN_PIXELS
@@ -243,17 +277,11 @@ def _decode_windowed(
     @torch.inference_mode()
     def run(idx: np.ndarray) -> list[tuple[int, np.ndarray, tuple[int, int]]]:
         sw = batch_windows(wins[idx], grid, f, rows, cols)  # type: ignore[arg-type]
-        low, _ = backend.decode_low_res(
-            emb,
-            boxes_rc=arr[idx],
-            multimask=False,  # type: ignore[call-arg]
-            windows=sw.for_decoder(),
-        )
-        low = low[:, :1].float().cpu()
+        low = _low_res(backend, emb, arr[idx], box_fit, windows=sw.for_decoder()).float().cpu()
         found = []
         for j, i in enumerate(idx):
-            logits, offset = sw.to_slice(low[j, :1], j)
-            found.append((int(i), logits[0] > 0, offset))
+            logits, offset = sw.to_slice(low[j], j)
+            found.append((int(i), logits > 0, offset))
         return found
 
     # What is kept is made in this thread: the decoder's per-embedding work and the
@@ -266,9 +294,9 @@ def _decode_windowed(
     store = CropStore()
     chunks = [order[s : s + batch] for s in range(0, len(order), batch)]
     for found in _in_parallel(run, chunks, _workers(backend)):
-        for i, mask, offset in found:
-            if _reaches_edge(mask, offset, shape):  # type: ignore[arg-type]
+        for i, masks, offset in found:
+            if any(_reaches_edge(m, offset, shape) for m in masks):  # type: ignore[arg-type]
                 redo.append(i)
             else:
-                out[i] = CroppedMask.of(mask, offset, shape, store)  # type: ignore[arg-type]
+                out[i] = CroppedMask.of(_pick(masks, arr[i], offset), offset, shape, store)  # type: ignore[arg-type]
     return sorted(redo)

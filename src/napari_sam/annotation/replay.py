@@ -160,10 +160,10 @@ class _Replay:
     def plain_objects(self, objects: list[ObjectPrompts]) -> None:
         """Objects that are not propagated: box-only prompts in batches per slice, the rest one by one."""
         groups: dict[tuple, list[tuple[ObjectPrompts, int, SlicePrompt]]] = {}
-        # A box alone gets the model's single answer under either key choice: decode_key's
-        # "box_fit" picks among that answer and the multimask candidates, which for a box
-        # alone are that same answer (ClickStrategy decodes one mask for a box).
+        # Batched boxes follow the key-slice rule of decode_key: under "box_fit" the mask
+        # that explains the box best among the model's single output and its candidates.
         batch = self.zoom is None
+        box_fit = self.model.key_choice == "box_fit"
         for o in objects:
             win = self.window_of(o)
             for z, p in sorted(merge_slice_prompts(o.prompts).items()):
@@ -177,7 +177,9 @@ class _Replay:
             self.report(f"{obj0.name}: slice {z}" if len(items) == 1 else f"{len(items)} objects: slice {z}")
             if axis >= 0:
                 emb = self.store(self.window_of(obj0), obj0.axis).get(z)
-                for (o, _, p), mask in zip(items, decode_boxes(self.backend, emb, [p.box for _, _, p in items])):
+                for (o, _, p), mask in zip(
+                    items, decode_boxes(self.backend, emb, [p.box for _, _, p in items], box_fit=box_fit)
+                ):
                     self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True)
             else:
                 self.decode(obj0, z, items[0][2])

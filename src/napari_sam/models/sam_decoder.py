@@ -237,6 +237,7 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
         prepared: dict[str, Tensor] | None = None,
         windows: tuple[Tensor, tuple[int, int]] | None = None,
+        all_outputs: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """image_embeddings: (1 or B, C, h, w). Returns masks (B, K, 4h, 4w) logits and IoU (B, K).
 
@@ -246,9 +247,10 @@ class MaskDecoder(nn.Module):
         image_embeddings and dense_prompt_embeddings are not used).
         ``windows``: (origins (B, 2) int64 (row, col) tokens, (wh, ww)): each
         prompt's masks only inside its window of tokens, (B, K, 4wh, 4ww)
-        (:mod:`napari_sam.models.windows`).
+        (:mod:`napari_sam.models.windows`). ``all_outputs``: all four masks (the
+        single output, then the three candidates), K = 4, in one pass.
         """
-        sl = slice(1, None) if multimask_output else slice(0, 1)
+        sl = slice(None) if all_outputs else slice(1, None) if multimask_output else slice(0, 1)
         return self.predict_masks(
             image_embeddings,
             image_pe,

@@ -29,6 +29,8 @@ class SamFamilyBackend(Backend):
     """
 
     decodes_windows = True
+    #: decode_low_res(all_outputs=True) gives the single output and the three candidates in one pass
+    decodes_all_outputs = True
     #: embeddings whose prompt-independent decoder work (~10 MB each for 64 x 64
     #: embeddings) is kept for the next prompts decoded on them
     prepared_embeddings = 4
@@ -173,13 +175,15 @@ class SamFamilyBackend(Backend):
         mask_input: np.ndarray | None = None,
         multimask: bool = False,
         windows: tuple[torch.Tensor, tuple[int, int]] | None = None,
+        all_outputs: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode without the final resize: low-resolution logits (B, K, s, s)
         in the padded model frame, and predicted IoU scores (B, K).
 
         windows: (origins (B, 2) int64 (row, col), (wh, ww)) in tokens of the
         embedding's grid: each prompt's logits only inside its window, (B, K, f*wh, f*ww)
-        (:mod:`napari_sam.models.windows`)."""
+        (:mod:`napari_sam.models.windows`). all_outputs: the single output and the three
+        candidates, K = 4, in one decoder pass (:attr:`decodes_all_outputs`)."""
         if embedding.model != self.name:
             raise ValueError(f"embedding was made by {embedding.model!r}, not {self.name!r}")
         dev = self.device
@@ -203,7 +207,14 @@ class SamFamilyBackend(Backend):
         prepared = self._prepared_image(embedding.features, dense) if masks is None else None
         if prepared is not None:
             return self.mask_decoder(
-                None, self.prompt_encoder.get_dense_pe(), sparse, None, multimask, prepared=prepared, windows=windows
+                None,
+                self.prompt_encoder.get_dense_pe(),
+                sparse,
+                None,
+                multimask,
+                prepared=prepared,
+                windows=windows,
+                all_outputs=all_outputs,
             )
         low, scores = self.mask_decoder(
             image_embeddings=embedding.features,
@@ -212,5 +223,6 @@ class SamFamilyBackend(Backend):
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
             windows=windows,
+            all_outputs=all_outputs,
         )
         return low, scores
