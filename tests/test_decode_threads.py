@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("qtpy")
-
-from napari_sam.plugin._background import intra_op_threads  # noqa: E402
+from napari_sam.torch_threads import threads as intra_op_threads
 
 
 def test_intra_op_threads_sets_and_restores():

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["decoding", "encoding"]
+__all__ = ["decoding", "encoding", "threads"]
 
 _local = threading.local()  # .outer: the thread count before the outermost decoding block
 
@@ -39,6 +39,17 @@ def _threads(n: int) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+@contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """The block's PyTorch intra-op threads: ``n`` (None: unchanged), put back after it,
+    also after an error (e.g. the widget's preview decode, ``Preview.decode_threads``)."""
+    if n is None:
+        yield
+        return
+    with _threads(max(1, int(n))):
+        yield
 
 
 @contextmanager

@@ -17,17 +17,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from qtpy.QtCore import QObject, Signal
 
 from ..cache import model_identity
@@ -295,28 +293,6 @@ class EmbeddingQueue(QObject):
                 self._pbar.close()
                 self._pbar = None
             self.idle.emit()
-
-
-_THREADS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def intra_op_threads(n: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to ``n`` inside the block (None: unchanged), then put back.
-
-    torch's count is process-wide in effect: an encode running meanwhile uses it
-    for the operators it starts inside the block (a decode lasts tens of ms)."""
-    if n is None:
-        yield
-        return
-    with _THREADS_LOCK:
-        before = torch.get_num_threads()
-        torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        with _THREADS_LOCK:
-            torch.set_num_threads(before)
 
 
 class DecodeRunner(QObject):

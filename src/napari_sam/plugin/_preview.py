@@ -21,8 +21,9 @@ from ..annotation import decode_key
 from ..embeddings import CropEmbeddings
 from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
+from ..torch_threads import threads as intra_op_threads
 from . import _prompt_layers as pl
-from ._background import STORES, SharedSliceEmbeddings, intra_op_threads
+from ._background import STORES, SharedSliceEmbeddings
 from ._notify import notify_error
 
 if TYPE_CHECKING:
