@@ -207,7 +207,7 @@ def test_candidates_shown_with_score_and_outline(shown, qtbot):
 
 # ---------------------------------------------------------------- 6: export location and mode
 def test_export_defaults_to_a_safe_named_place_and_follows_the_umask(shown, qtbot, tmp_path, monkeypatch):
-    from napari_sam.plugin import segment_widget
+    from napari_sam.plugin import _label_files
 
     viewer, widget, s = shown
     home = tmp_path / "home"
@@ -224,7 +224,7 @@ def test_export_defaults_to_a_safe_named_place_and_follows_the_umask(shown, qtbo
         proposed.append(start)
         return (answer["path"] or start), ""
 
-    monkeypatch.setattr(segment_widget.QFileDialog, "getSaveFileName", staticmethod(fake_dialog))
+    monkeypatch.setattr(_label_files.QFileDialog, "getSaveFileName", staticmethod(fake_dialog))
     old = os.umask(0o027)
     try:
         qtbot.keyClick(widget.add_button, Qt.Key_E, Qt.ShiftModifier)  # Shift-E with focus in the dock
