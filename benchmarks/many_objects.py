@@ -25,7 +25,6 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from napari_sam import segmentation as seg
@@ -33,6 +32,7 @@ from napari_sam.annotation import replay
 from napari_sam.io import Volume
 from napari_sam.models.registry import load_model
 from napari_sam.prompts import parse_prompts
+from napari_sam.synthetic import blob_boxes
 
 #: objects decoded at which the RSS is reported
 CHECKPOINTS = (1000, 5000, 10000)
@@ -43,19 +43,8 @@ FLAT_BYTES_PER_OBJECT = 16 * 1024
 
 
 def make_case(n: int, z: int = 5, size: int = 256, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    vol = rng.normal(0, 20, (z, size, size)).astype(np.float32)
-    yy, xx = np.mgrid[:size, :size]
-    for k in range(z):  # bright blobs to segment
-        for r, c in rng.integers(20, size - 20, (40, 2)):
-            vol[k][(yy - r) ** 2 + (xx - c) ** 2 < 64] += 300
-    objs = []
-    for i in range(n):
-        r, c = rng.integers(0, size - 24, 2)
-        h, w = rng.integers(6, 24, 2)
-        box = [int(r), int(c), int(r + h), int(c + w)]
-        objs.append({"id": i + 1, "prompts": [{"slice": int(i % z), "box": box}]})
-    return Volume(vol), parse_prompts({"objects": objs, "window": [-50, 350]})
+    vol, doc = blob_boxes(n, z, size, seed)
+    return Volume(vol), parse_prompts(doc)
 
 
 def rss() -> int:

@@ -15,6 +15,7 @@ from napari_sam.box_batches import CroppedMask
 from napari_sam.io import Volume
 from napari_sam.models import windows as windows_module
 from napari_sam.prompts import parse_prompts
+from napari_sam.synthetic import blob_boxes
 
 
 def _case(n: int = 120):
@@ -84,18 +85,8 @@ def test_cropped_mask_round_trip():
 
 def _blob_case(n: int, z: int = 3, size: int = 256, seed: int = 0):
     """Bright discs on noise and n boxes of 6-24 px over z slices (as benchmarks/many_objects.py)."""
-    rng = np.random.default_rng(seed)
-    vol = rng.normal(0, 20, (z, size, size)).astype(np.float32)
-    yy, xx = np.mgrid[:size, :size]
-    for k in range(z):
-        for r, c in rng.integers(20, size - 20, (40, 2)):
-            vol[k][(yy - r) ** 2 + (xx - c) ** 2 < 64] += 300
-    objs = []
-    for i in range(n):
-        r, c = rng.integers(0, size - 24, 2)
-        h, w = rng.integers(6, 24, 2)
-        objs.append({"id": i + 1, "prompts": [{"slice": int(i % z), "box": [int(r), int(c), int(r + h), int(c + w)]}]})
-    return Volume(vol), parse_prompts({"objects": objs, "window": [-50, 350]})
+    vol, doc = blob_boxes(n, z, size, seed)
+    return Volume(vol), parse_prompts(doc)
 
 
 def _nuclei_case(data_dir):

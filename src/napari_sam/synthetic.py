@@ -173,3 +173,22 @@ def nuclei_image(
     return SyntheticStack(
         image=st.image[2:3], labels=drop_small(st.labels[2:3], 4), spacing=st.spacing, contrast=st.contrast
     )
+
+
+def blob_boxes(n: int, z: int = 5, size: int = 256, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Many single-slice box objects: a (z, size, size) float32 volume of bright discs
+    (40 per slice) on noise, and a prompts-file document of ``n`` boxes of 6-24 px
+    spread over the slices in turn (window -50..350). Seeded: the same every time."""
+    rng = np.random.default_rng(seed)
+    vol = rng.normal(0, 20, (z, size, size)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    for k in range(z):
+        for r, c in rng.integers(20, size - 20, (40, 2)):
+            vol[k][(yy - r) ** 2 + (xx - c) ** 2 < 64] += 300
+    objs = []
+    for i in range(n):
+        r, c = rng.integers(0, size - 24, 2)
+        h, w = rng.integers(6, 24, 2)
+        box = [int(r), int(c), int(r + h), int(c + w)]
+        objs.append({"id": i + 1, "prompts": [{"slice": int(i % z), "box": box}]})
+    return vol, {"objects": objs, "window": [-50, 350]}
