@@ -200,12 +200,9 @@ def decode_boxes(
 def _low_res(backend: Backend, emb: Embedding, boxes: np.ndarray, box_fit: bool, **kw) -> torch.Tensor:
     """Low-resolution logits of ``boxes``: (B, 1, ...) the single output, or with
     ``box_fit`` (B, 4, ...) the single output then the three candidates."""
-    if not box_fit:
-        return backend.decode_low_res(emb, boxes_rc=boxes, multimask=False, **kw)[0][:, :1]
-    if getattr(backend, "decodes_all_outputs", False):
-        return backend.decode_low_res(emb, boxes_rc=boxes, all_outputs=True, **kw)[0]  # type: ignore[call-arg]
-    one = backend.decode_low_res(emb, boxes_rc=boxes, multimask=False, **kw)[0][:, :1]
-    return torch.cat([one, backend.decode_low_res(emb, boxes_rc=boxes, multimask=True, **kw)[0]], dim=1)
+    if box_fit:
+        return backend.decode_all_outputs(emb, boxes, **kw)[0]
+    return backend.decode_low_res(emb, boxes_rc=boxes, multimask=False, **kw)[0][:, :1]
 
 
 def _pick(masks: np.ndarray, box: np.ndarray, offset: tuple[int, int] = (0, 0)) -> np.ndarray:

@@ -88,11 +88,9 @@ def box_outputs(backend: Backend, emb: Embedding, box: Sequence[float]) -> Predi
     """The model's four answers to ``box`` (r0, c0, r1, c1) on ``emb``'s slice: its
     single-mask output, then its three multimask outputs (in the model's order)."""
     b = np.asarray(box, np.float32)[None]
-    low1, s1 = backend.decode_low_res(emb, boxes_rc=b)
-    low3, s3 = backend.decode_low_res(emb, boxes_rc=b, multimask=True)
-    low = torch.cat([low1[0, :1], low3[0]])
-    masks = (backend.upsample(low[None], emb)[0] > 0).cpu().numpy()
-    scores = torch.cat([s1[0, :1], s3[0]]).float().cpu().numpy()
+    low, scores = backend.decode_all_outputs(emb, b)
+    masks = (backend.upsample(low, emb)[0] > 0).cpu().numpy()
+    low, scores = low[0], scores[0].float().cpu().numpy()
     return Prediction(
         masks=masks, scores=scores, low_res_logits=low.float().cpu().numpy(), boxes=np.repeat(b, len(masks), 0)
     )

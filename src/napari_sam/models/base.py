@@ -22,6 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -241,6 +242,18 @@ class Backend(ABC):
         Returns low-resolution logits (B, K, s, s) in the padded model frame
         and predicted IoU scores (B, K).
         """
+
+    @torch.inference_mode()
+    def decode_all_outputs(
+        self, embedding: Embedding, boxes_rc: np.ndarray, **kw: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every mask output for a batch of B boxes: low-resolution logits (B, 4, s, s)
+        and predicted IoU (B, 4), the single output then the three candidates.
+        Here two decodes; a backend that has them in one pass overrides it. ``kw``
+        goes to :meth:`decode_low_res` (e.g. ``windows``)."""
+        low1, s1 = self.decode_low_res(embedding, boxes_rc=boxes_rc, multimask=False, **kw)
+        low3, s3 = self.decode_low_res(embedding, boxes_rc=boxes_rc, multimask=True, **kw)
+        return torch.cat([low1[:, :1], low3], dim=1), torch.cat([s1[:, :1], s3], dim=1)
 
     @abstractmethod
     def upsample(self, low_res: torch.Tensor, embedding: Embedding) -> torch.Tensor:

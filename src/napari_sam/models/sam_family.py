@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,6 @@ class SamFamilyBackend(Backend):
     """
 
     decodes_windows = True
-    #: decode_low_res(all_outputs=True) gives the single output and the three candidates in one pass
-    decodes_all_outputs = True
     #: embeddings whose prompt-independent decoder work (~10 MB each for 64 x 64
     #: embeddings) is kept for the next prompts decoded on them
     prepared_embeddings = 4
@@ -183,7 +182,7 @@ class SamFamilyBackend(Backend):
         windows: (origins (B, 2) int64 (row, col), (wh, ww)) in tokens of the
         embedding's grid: each prompt's logits only inside its window, (B, K, f*wh, f*ww)
         (:mod:`napari_sam.models.windows`). all_outputs: the single output and the three
-        candidates, K = 4, in one decoder pass (:attr:`decodes_all_outputs`)."""
+        candidates, K = 4, in one decoder pass (:meth:`decode_all_outputs`)."""
         if embedding.model != self.name:
             raise ValueError(f"embedding was made by {embedding.model!r}, not {self.name!r}")
         dev = self.device
@@ -226,3 +225,9 @@ class SamFamilyBackend(Backend):
             all_outputs=all_outputs,
         )
         return low, scores
+
+    def decode_all_outputs(
+        self, embedding: Embedding, boxes_rc: np.ndarray, **kw: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The single output and the three candidates in one decoder pass (see the base class)."""
+        return self.decode_low_res(embedding, boxes_rc=boxes_rc, all_outputs=True, **kw)
