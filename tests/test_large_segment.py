@@ -73,27 +73,19 @@ def _ome_zarr(path: Path, shape, dtype, spacing_zyx, origin_zyx=(0.0, 0.0, 0.0),
     return arr
 
 
-# Runs the CLI and, at exit, writes the process's own peak RSS (VmHWM) to the file
-# named by NAPARI_SAM_TEST_HWM. Not ru_maxrss from wait4: Linux carries the forking
-# parent's peak over exec into it, so under a long pytest run it reads the test
-# process's memory, not the CLI's.
-_RUN_WITH_HWM = """
-import atexit, os, runpy, sys
-def _hwm():
-    kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-    open(os.environ["NAPARI_SAM_TEST_HWM"], "w").write(str(kib * 1024))
-atexit.register(_hwm)
-sys.argv[0] = "napari-sam"
-runpy.run_module("napari_sam.cli", run_name="__main__")
-"""
+# The CLI run by a wrapper that writes the process's own peak RSS (VmHWM) to the file named
+# by NAPARI_SAM_PEAK_FILE (benchmarks/common.py): not ru_maxrss from wait4, which Linux carries
+# over from the forking parent, so under a long pytest run it reads the test process's memory.
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import CLI_WITH_PEAK  # noqa: E402
 
 
 def _cli(args: list, hwm: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-m", "napari_sam.cli"]
     if hwm is not None:
-        env["NAPARI_SAM_TEST_HWM"] = str(hwm)
-        cmd = [sys.executable, "-c", _RUN_WITH_HWM]
+        env["NAPARI_SAM_PEAK_FILE"] = str(hwm)
+        cmd = [sys.executable, "-c", CLI_WITH_PEAK]
     return subprocess.Popen([*cmd, *map(str, args)], env=env, stderr=subprocess.PIPE, text=True)
 
 
