@@ -15,6 +15,11 @@ Every change of an object's key slices and every run on it is appended to
   it was cancelled after n events (a replay stops after as many);
 - ``{"op": "correction", "point": [z, r, c], "label": 0|1}``: a 3D correction that ran.
 
+A decoded commit and every run also log the intensity ``"window": [lo, hi]`` the
+model saw (a window changed in the middle of a session replays as it was); an
+adaptation logs its ``"steps"`` and its ``"weights"``
+(:class:`~napari_sam.finetune.adapted.AdaptedWeights`, what it changed).
+
 The log is part of the object's snapshot, so undo and redo restore it with the
 state. Because an object's result depends only on its own log (a run works on
 the object's state alone), replaying each log in order gives the same objects
@@ -26,6 +31,7 @@ map: this is what a session exports as a prompts file
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,8 +49,11 @@ def _plain_mask(mask: Any) -> np.ndarray:
     return mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
 
 
-def commit_action(index: int, prompt: SlicePrompt | None, mask: Any, exact: bool) -> dict[str, Any]:
-    """The log entry of a commit (see :func:`napari_sam.annotation.keyslices.key_op`)."""
+def commit_action(
+    index: int, prompt: SlicePrompt | None, mask: Any, exact: bool, window: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """The log entry of a commit (see :func:`napari_sam.annotation.keyslices.key_op`); ``window``
+    (the intensity window the prompt was decoded under) is logged with a decoded one."""
     keyed = prompt is not None and (prompt.only_negative or exact or mask is None)
     action = {
         "op": "commit",
@@ -55,6 +64,8 @@ def commit_action(index: int, prompt: SlicePrompt | None, mask: Any, exact: bool
     }
     if mask is None and prompt is not None and not prompt.only_negative:
         action["defer"] = True  # the propagation decodes it (no mask committed)
+    if window is not None and keyed and not prompt.only_negative and mask is not None:  # type: ignore[union-attr]
+        action["window"] = [float(window[0]), float(window[1])]
     return action
 
 
