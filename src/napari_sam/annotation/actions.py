@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .objects import AnnotatedObject
     from .runs import Run
 
-__all__ = ["commit_action", "paint_action", "log_action", "log_run"]
+__all__ = ["commit_action", "paint_action", "log_action", "log_run", "latest_weights"]
 
 
 def _plain_mask(mask: Any) -> np.ndarray:
@@ -92,3 +92,13 @@ def log_run(obj: AnnotatedObject, run: Run) -> None:
         action["events"] = run.events
     at = min(run.log_at, len(obj.log))
     obj.log[at:at] = [action]
+
+
+def latest_weights(obj: AnnotatedObject) -> Any:
+    """The weights of the object's latest adaptation still in its log (undo takes one
+    back): an :class:`~napari_sam.finetune.adapted.AdaptedWeights`, or None (its runs use
+    the base model; also for an adaptation a version-1 session saved without them)."""
+    for a in reversed(obj.log or ()):
+        if a["op"] == "adapt":
+            return a.get("weights")
+    return None

@@ -2,13 +2,17 @@
 
 A **session** is a folder:
 
-- ``session.json``: ``{"format": "napari-sam session", "version": 1,
+- ``session.json``: ``{"format": "napari-sam session", "version": 2,
   "image": {"path", "content_hash", "shape"}, "model": {...},
-  "settings": {...}, "annotation": {...}}``, where ``annotation`` is
-  :func:`~napari_sam.annotation.annotation_to_dict` with every array replaced
-  by ``{"array": KEY}``;
+  "settings": {...}, "annotation": {...}, "adapted": {FILE: SHA256}}``, where
+  ``annotation`` is :func:`~napari_sam.annotation.annotation_to_dict` with every
+  array replaced by ``{"array": KEY}`` and every adaptation's weights by
+  ``{"file": FILE, "sha256": SHA256}``;
 - ``arrays.npz``: those arrays (the objects' masks as (rows, cols) bool, the
-  label map as (z, y, x) uint16), compressed.
+  label map as (z, y, x) uint16), compressed;
+- ``adapted/<sha256>.npz``: the adaptations' weights
+  (:class:`~napari_sam.finetune.adapted.AdaptedWeights`), checked against the
+  manifest's SHA-256 when opened (version 1 had none, and still opens).
 
 It holds everything of the annotation but its undo history: the objects
 (ids, names, colours), each object's key slices with their prompts, its

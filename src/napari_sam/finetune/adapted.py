@@ -140,7 +140,7 @@ def adapted_backend(base: Any, weights: AdaptedWeights, fingerprint: str | None 
     weights were adapted from (fingerprint: ``base``'s, when already known)."""
     import torch
 
-    from ..models.sam_family import SamFamilyBackend
+    from .pipeline import with_decoder
 
     base = root_model(base)
     if (fingerprint or base_fingerprint(base)) != weights.base:
@@ -155,17 +155,6 @@ def adapted_backend(base: Any, weights: AdaptedWeights, fingerprint: str | None 
                     raise ModelError(f"adapted weight {k} does not fit the model {getattr(base, 'name', '')}")
                 state[name] = torch.from_numpy(arr).to(state[name].dtype)
         module.load_state_dict(state)
-    out = SamFamilyBackend(
-        base.name,
-        base.image_encoder,
-        modules["prompt_encoder"].eval(),
-        modules["mask_decoder"].eval(),
-        base.image_size,
-        base.device,
-        base.mean,
-        base.std,
-        base.supports_points,
-        base.dtype,
-    )
+    out = with_decoder(base, modules["prompt_encoder"], modules["mask_decoder"])
     out.adapted_from = base
     return out

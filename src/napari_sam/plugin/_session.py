@@ -22,10 +22,11 @@ import numpy as np
 from qtpy.QtCore import QObject, Signal
 
 from ..annotation import Annotation, ChangeSet
+from ..annotation.actions import latest_weights
 from ..cache import content_hash
 from ..corrections import Correction
 from ..errors import InputError, ModelError, NapariSamError, UsageError
-from ..finetune.adapted import AdaptedWeights, adapted_backend
+from ..finetune.adapted import adapted_backend
 from ..io import Volume
 from ..models.base import Backend
 from ..prompts import SlicePrompt
@@ -428,8 +429,8 @@ class SegmentSession(QObject):
         """The model the object's runs use: its latest adaptation that is still in its
         action log (undo takes one back; an opened session's come from its saved
         weights), else the base model."""
-        weights = next((a.get("weights") for a in reversed(obj.log or ()) if a["op"] == "adapt"), None)
-        if not isinstance(weights, AdaptedWeights):
+        weights = latest_weights(obj)
+        if weights is None:
             return self.backend
         if weights.sha256 not in self.adapted:
             try:
