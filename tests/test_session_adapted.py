@@ -162,3 +162,32 @@ def test_cli_replays_the_saved_weights_without_training(lite_medsam, adapted, tm
     image = str(folder.parent / "tube.nii.gz")
     assert main(["segment", image, "--prompts", str(exported), "--output", str(tmp_path / "x.nii.gz")]) == 2
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_an_adapt_steps_weights_file_is_checked_before_any_model_runs(tmp_path):
+    import hashlib
+
+    from napari_sam.prompts import load_prompts
+
+    w = AdaptedWeights({"mask_decoder.x": np.ones((2, 3), np.float32)}, "f" * 64, 2)
+    (tmp_path / "w.npz").write_bytes(w.to_bytes())
+    assert AdaptedWeights.from_bytes(w.to_bytes()).tensors["mask_decoder.x"].shape == (2, 3)
+    assert w.sha256 == hashlib.sha256((tmp_path / "w.npz").read_bytes()).hexdigest()
+    commit = {"commit": {"slice": 1, "box": [1, 1, 5, 5]}}
+
+    def load(adapt):
+        obj = {"id": 1, "name": "a", "steps": [commit, {"propagate": True}, {"adapt": adapt}]}
+        (tmp_path / "p.json").write_text(json.dumps({"objects": [obj]}))
+        return load_prompts(tmp_path / "p.json")
+
+    step = load({"steps": 2, "weights": "w.npz", "sha256": w.sha256}).objects[0].steps[2]
+    assert step.weights == tmp_path / "w.npz" and step.steps == 2
+    for adapt, message in [
+        ({"weights": "w.npz"}, "needs its 'sha256'"),
+        ({"weights": "w.npz", "sha256": "0" * 64}, "changed"),
+        ({"weights": "../w.npz", "sha256": w.sha256}, "outside the prompts file's folder"),
+        ({"weights": "none.npz", "sha256": w.sha256}, "not found"),
+        ({"weights": "w.npz", "sha": w.sha256}, "unknown key 'sha'"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            load(adapt)
