@@ -191,3 +191,23 @@ def test_an_adapt_steps_weights_file_is_checked_before_any_model_runs(tmp_path):
     ]:
         with pytest.raises(InputError, match=message):
             load(adapt)
+
+
+def test_the_recovery_journal_keeps_the_weights_and_links_them_when_unchanged(adapted, tmp_path):
+    from napari_sam.annotation import Journal
+
+    d, folder, _, _ = adapted
+    m = open_session(folder, image=d["img"]).annotation
+    journal = Journal(ImageRef.of(d["img"]), folder=tmp_path / "recovery")
+    journal.record(m)
+    assert journal.flush()
+    f = tmp_path / "recovery" / "adapted" / f"{d['weights'].sha256}.npz"
+    inode = f.stat().st_ino
+    m.rename(1, "core again")
+    journal.record(m)  # rewritten whole; the unchanged weights file is linked, not written again
+    assert journal.flush() and not journal.errors
+    assert f.stat().st_ino == inode
+    back = open_session(tmp_path / "recovery", image=d["img"]).annotation
+    assert back.object(1).name == "core again" and latest_weights(back.object(1)).sha256 == d["weights"].sha256
+    journal.close()
+    assert not (tmp_path / "recovery").exists()
