@@ -211,3 +211,42 @@ def test_the_recovery_journal_keeps_the_weights_and_links_them_when_unchanged(ad
     assert back.object(1).name == "core again" and latest_weights(back.object(1)).sha256 == d["weights"].sha256
     journal.close()
     assert not (tmp_path / "recovery").exists()
+
+
+def test_a_prompts_files_corrections_after_adapt_use_the_adapted_model(lite_medsam, adapted, monkeypatch):
+    """``"adapt": true`` then ``"corrections"``: the corrections run with the adapted model,
+    as the widget's later runs do (training replaced by a copy of the decoder, for speed)."""
+    import copy
+
+    import napari_sam.annotation.running as running
+    from napari_sam.finetune.adapt import AdaptResult
+    from napari_sam.finetune.pipeline import with_decoder
+    from napari_sam.io import Volume
+    from napari_sam.prompts import parse_prompts
+    from napari_sam.segmentation import segment_volume
+
+    d, folder, _, _ = adapted
+    made, used = [], []
+
+    def quick(backend, *a, **k):
+        made.append(with_decoder(backend, copy.deepcopy(backend.prompt_encoder), copy.deepcopy(backend.mask_decoder)))
+        return AdaptResult(made[-1], 0.0, 1, 0.0, 0.0)
+
+    real = running.apply_correction
+
+    def spy(state, propagator, *a, **k):
+        used.append(propagator.backend)
+        return real(state, propagator, *a, **k)
+
+    monkeypatch.setattr(running, "adapt_to_slices", quick)
+    monkeypatch.setattr(running, "apply_correction", spy)
+    obj = {"id": 1, "name": "core", "propagate": True, "adapt": True}
+    obj |= {"prompts": [{"slice": 4, "box": [39, 39, 57, 57]}], "corrections": [{"point": [2, 48, 48], "label": 0}]}
+    cache = folder.parent / "cache"
+    segment_volume(
+        Volume(d["img"]),
+        parse_prompts({"window": [0, 1], "objects": [obj]}),
+        lite_medsam,
+        embeddings_for=lambda w, a: SliceEmbeddings(lite_medsam, d["img"], w, a, cache_dir=cache),
+    )
+    assert len(made) == 1 and len(used) == 1 and used[0] is made[0]
