@@ -21,33 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_sam.sample_prompts import mr_liver_spleen, shifted
+
 zarr = pytest.importorskip("zarr")
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = {
-    "window": [0, 600],
-    "objects": [
-        {
-            "id": 5,
-            "name": "liver",
-            "propagate": True,
-            "range": [9, 11],
-            "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}],
-        },
-        {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]},
-    ],
-}
+PROMPTS = mr_liver_spleen(window=[0, 600])
 BUDGET = 1.5 * 2**30  # peak RSS allowed to the process segmenting the large volume
-
-
-def _shifted(k0: int) -> dict:
-    doc = json.loads(json.dumps(PROMPTS))
-    for o in doc["objects"]:
-        for p in o["prompts"]:
-            p["slice"] += k0
-        if "range" in o:
-            o["range"] = [v + k0 for v in o["range"]]
-    return doc
 
 
 def _ome_zarr(path: Path, shape, dtype, spacing_zyx, origin_zyx=(0.0, 0.0, 0.0), chunks=None):
@@ -168,7 +148,7 @@ def test_volume_several_times_larger_than_the_memory_budget(tmp_path, mr) -> Non
     img.SetSpacing((3.0, 3.0, 3.0))
     sitk.WriteImage(img, str(tmp_path / "sub.nii.gz"))
     (tmp_path / "p.json").write_text(json.dumps(PROMPTS))
-    (tmp_path / "big.json").write_text(json.dumps(_shifted(k0)))
+    (tmp_path / "big.json").write_text(json.dumps(shifted(PROMPTS, k0)))
 
     ref = _cli(
         [

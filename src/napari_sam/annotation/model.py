@@ -348,6 +348,7 @@ class Annotation(RunMethods):
         mask: np.ndarray | None = None,
         axis: int = 0,
         exact: bool = True,
+        window: Sequence[float] | None = None,
     ) -> ChangeSet:
         """Make slice ``index`` (along the object's axis) a key slice of ``object_id``.
 
@@ -360,6 +361,7 @@ class Annotation(RunMethods):
             slice is then keyed by its prompt (a full re-run decodes it again);
             otherwise the mask itself is kept, as a painted slice is.
         axis: the axis of the object's first key slice (later ones must match).
+        window: the intensity window ``[lo, hi]`` the prompt was decoded under (logged).
         """
         if prompt is None and mask is None:
             raise UsageError("commit needs a prompt, a mask or both")
@@ -367,7 +369,7 @@ class Annotation(RunMethods):
         where = f"slice {index}" if not self.is_2d else "the image"
         with self.batch(f"commit {where} of {obj.name}") as step:
             self._key_change(
-                obj, index, key_op(index, prompt, mask, exact), axis, commit_action(index, prompt, mask, exact)
+                obj, index, key_op(index, prompt, mask, exact), axis, commit_action(index, prompt, mask, exact, window)
             )
         return step.changes
 
