@@ -224,10 +224,11 @@ def _decode_whole(
     backend: Backend, emb: Embedding, arr: np.ndarray, batch: int, box_fit: bool = False
 ) -> list[CroppedMask]:
     out: list[CroppedMask] = []
+    store = CropStore()  # the crops kept outside the heap, where they would pin the decoder's freed temporaries
     for s in range(0, len(arr), batch):
         low = _low_res(backend, emb, arr[s : s + batch], box_fit)
         masks = (backend.upsample(low, emb) > 0).cpu().numpy()
-        out.extend(CroppedMask.of(_pick(m, b)) for m, b in zip(masks, arr[s : s + batch]))
+        out.extend(CroppedMask.of(_pick(m, b), store=store) for m, b in zip(masks, arr[s : s + batch]))
     return out
 
 
