@@ -219,32 +219,46 @@ def carve(
     return out & mask
 
 
-def _split_off(cur: np.ndarray, r: int, c: int, sp_rc: tuple[float, float]) -> tuple[np.ndarray, bool]:
-    """The part of the (rows, cols) mask ``cur`` that a negative click at (r, c)
-    separates from the rest, and whether it is a part (False: the click lies in
-    the mask's main body, and the whole of the click's component is returned).
+def _split_off(cur: np.ndarray, r: int, c: int, sp_rc: tuple[float, float]) -> np.ndarray:
+    """The region of the (rows, cols) mask ``cur`` that a negative click at
+    (r, c) removes:
 
     - the click's connected component when the slice holds a larger one (a
       separate wrong blob);
-    - else the part of the component on the click's side of its thinnest neck
-      towards the mask's thickest part (the 2D :func:`carve` between the
-      click and the pixel deepest inside the mask, when that lies outside the
-      click's own inscribed disk): a leak into a neighbour, when that part
-      is under half of the component.
+    - else the part of the component on the click's side of the split towards
+      the mask's thickest part (the 2D :func:`carve` between the click and
+      the pixel deepest inside the mask, when that lies outside the click's
+      own inscribed disk), when that part is under half of the component and
+      hangs on the rest by a neck (:func:`_is_neck`): a lump or a leak into
+      a neighbour;
+    - else the click's inscribed disk (the largest disk around the click
+      inside the mask): the click lies in the body of the mask, which has no
+      part to split off there, and only the wrong region around the click
+      goes. A click never empties a slice that holds more than its disk.
     """
     lab, n = ndimage.label(cur, np.ones((3, 3), bool))
     comp = lab == lab[r, c]
     if n > 1 and comp.sum() < np.bincount(lab.ravel())[1:].max():
-        return comp, True
+        return comp
     depth = ndimage.distance_transform_edt(np.pad(comp, 1), sampling=sp_rc)[1:-1, 1:-1]
     dist = _distance(cur.shape, r, c, sp_rc)
     core = np.unravel_index(int(np.argmax(depth)), depth.shape)
     if dist[core] > depth[r, c] + depth[core]:  # the thickest part lies outside the click's inscribed disk
         cut = carve(comp[None], [(0, *core)], [(0, r, c)], (1.0, *sp_rc))[0]
         cut[r, c] = True
-        if 2 * cut.sum() < comp.sum():
-            return cut, True
-    return comp, False
+        if 2 * cut.sum() < comp.sum() and _is_neck(comp, cut, sp_rc):
+            return cut
+    return comp & (dist <= depth[r, c])
+
+
+def _is_neck(comp: np.ndarray, cut: np.ndarray, sp_rc: tuple[float, float]) -> bool:
+    """Whether ``cut`` hangs on the rest of ``comp`` by a neck: the line they
+    share is shorter than the side of a square of ``cut``'s area (a lump or a
+    leak, not a slice through the body of a blob without one, whose cut line
+    is about twice that)."""
+    rest = comp & ~cut
+    line = cut & ndimage.binary_dilation(rest, np.ones((3, 3), bool))
+    return float(line.sum()) < float(np.sqrt(cut.sum()))
 
 
 def _distance(shape: tuple[int, int], r: int, c: int, sp_rc: tuple[float, float]) -> np.ndarray:
@@ -254,22 +268,11 @@ def _distance(shape: tuple[int, int], r: int, c: int, sp_rc: tuple[float, float]
 
 def _removed_region(state: PropagationState, index: int, r: int, c: int, sp_rc: tuple[float, float]) -> np.ndarray:
     """The region of slice ``index``'s mask that a negative click at (r, c)
-    removes: the part :func:`_split_off` separates; when the click lies in the
-    mask's main body (the slice holds the wrong thing as a whole), the whole
-    mask if the slice lies beyond the object's positive key slices (the
-    object ends before it: the slice becomes a stop slice), else the click's
-    inscribed disk."""
+    removes (:func:`_split_off`; nothing when the click is outside the mask)."""
     cur = state.mask_slice(index)
     if not cur[r, c]:
         return np.zeros_like(cur)
-    part, separable = _split_off(cur, r, c, sp_rc)
-    if separable:
-        return part
-    positive = [k for k in state.key_slices if not state.is_stop_slice(k)]
-    if positive and not min(positive) <= index <= max(positive):
-        return cur
-    depth = ndimage.distance_transform_edt(np.pad(part, 1), sampling=sp_rc)[1:-1, 1:-1]
-    return part & (_distance(cur.shape, r, c, sp_rc) <= depth[r, c])
+    return _split_off(cur, r, c, sp_rc)
 
 
 def _hold_removal(
@@ -314,13 +317,16 @@ def _changed_part(
     positive click only adds, a negative one only removes, and only the part
     of the change that is connected in 3D (26-connected, through the
     re-propagated slices) to the change on the click's slice; every other
-    voxel keeps its value from ``before``."""
+    voxel keeps its value from ``before``. A negative click removes nothing
+    from a slice that the re-propagation did not reach (a pass stopped
+    before it): the model gave no answer there."""
     first, last = affected
     empty = np.zeros(state.slice_shape, bool)
     diff = []
     for i in range(first, last + 1):
         old, new = before.get(i, empty), state.results.get(i, empty)
-        diff.append(new & ~old if label == 1 else old & ~new)
+        # a slice the re-propagation no longer reached (a pass stopped before it) is not a re-answer
+        diff.append(new & ~old if label == 1 else (old & ~new if new.any() else empty))
     d = np.stack(diff)
     lab, _n = ndimage.label(d, np.ones((3, 3, 3), bool))
     keep = np.isin(lab, np.unique(lab[index - first][d[index - first]]))
