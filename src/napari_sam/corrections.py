@@ -12,24 +12,36 @@ date, then:
 1. **On the click's slice**, refines the current mask there (the previous
    result is the context, not a restart from clicks alone):
 
-   - positive: the model is prompted with a box around the current mask and
-     the click (or, on a slice where the object is missing, the nearest
-     non-empty slice's box moved onto the click); the part of its answer
-     connected to the click is added to the current mask;
-   - negative: the *carve* below removes the region of the mask that the
-     click belongs to.
+   - positive: the model answers the click through the interactive 2D loop
+     of :mod:`napari_sam.clicks` refining the current mask (on a slice where
+     the object is missing, the nearest non-empty slice's mask moved onto
+     the click), else the box of the current mask grown to take in the
+     click; the part of the first answer that holds the click and keeps the
+     slice within the propagation's growth limit (``StopRules.max_growth``
+     times the object's area there) is added, with a 3 mm disk;
+   - negative: the region the click belongs to is split off
+     (:func:`_split_off`): a separate smaller blob, or a lump or leak hanging
+     on the mask by a neck (2D geodesic split towards the mask's thickest
+     part), else only the click's inscribed disk. A click never empties a
+     slice that holds more than that.
 
 2. The refined mask becomes a key slice (``set_user_mask``), and only the
    *affected range* (up to the nearest other key slices) is re-propagated.
 
-3. **Carve, so that a removal holds on the neighbouring slices**: the
-   object's 3D mask is split by a watershed on its depth (Euclidean distance
-   to the boundary, in mm) between seeds: every negative click of the object
-   on one side; every positive click and the centre of every prompted key
-   slice on the other. The basins of the negative clicks are removed on every
-   slice (painted key slices excepted). A box-only model that answers "the
-   whole lung" to any box around a lobe keeps re-adding the other lobe; the
-   carve takes it away again, in 3D, after each re-propagation.
+3. **Local and one-signed**: on the re-propagated slices a positive click
+   only adds and a negative one only removes, and only the part of the
+   change that is 3D-connected to the change on the click's slice; every
+   other voxel keeps its earlier value. So a click never undoes good slices
+   elsewhere (the geodesic 3D carve of earlier versions split a thin rib
+   anywhere between the click and the key slice, and took half of it).
+
+4. **A removal holds on the neighbouring slices**: outwards from the click,
+   while a neighbour's mask still overlaps the region removed on the slice
+   before, it is split (2D geodesic) between the pixels under that removed
+   region and those under what was kept there, and the removed side goes,
+   as long as it continues the removed region (IoU at least
+   ``StopRules.min_iou``). A box-only model that re-adds a fused neighbour
+   from the box of the corrected mask loses it again.
 
 Errors: a click outside the volume, or on an object with no prompt to start
 from, raises :class:`InputError` with one line.
@@ -246,12 +258,12 @@ def _split_off(cur: np.ndarray, r: int, c: int, sp_rc: tuple[float, float]) -> n
     if dist[core] > depth[r, c] + depth[core]:  # the thickest part lies outside the click's inscribed disk
         cut = carve(comp[None], [(0, *core)], [(0, r, c)], (1.0, *sp_rc))[0]
         cut[r, c] = True
-        if 2 * cut.sum() < comp.sum() and _is_neck(comp, cut, sp_rc):
+        if 2 * cut.sum() < comp.sum() and _is_neck(comp, cut):
             return cut
     return comp & (dist <= depth[r, c])
 
 
-def _is_neck(comp: np.ndarray, cut: np.ndarray, sp_rc: tuple[float, float]) -> bool:
+def _is_neck(comp: np.ndarray, cut: np.ndarray) -> bool:
     """Whether ``cut`` hangs on the rest of ``comp`` by a neck: the line they
     share is shorter than the side of a square of ``cut``'s area (a lump or a
     leak, not a slice through the body of a blob without one, whose cut line
@@ -406,12 +418,6 @@ def apply_correction(
     raises :class:`napari_sam.jobs.Cancelled`."""
     job = correction_job(state, propagator, correction, earlier, spacing_zyx, painted)
     return drive(job, progress, cancel, what="correction")
-
-
-def _plane(axis: int, index: int) -> tuple:
-    sl: list = [slice(None)] * 3
-    sl[axis] = index
-    return tuple(sl)
 
 
 def corrections_job(
