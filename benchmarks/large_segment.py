@@ -17,12 +17,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_SAM_DATA", ROOT.parent / "shared" / "data"))
@@ -54,13 +55,8 @@ def _shifted(k0: int) -> dict:
 
 def _run(args: list) -> tuple[float, float]:
     """(peak RSS MiB, wall s) of one ``napari-sam`` process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "napari_sam.cli", *map(str, args), "--quiet"], env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {args}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0
+    peak, wall, _ = run_cli([*args, "--quiet"])
+    return peak, wall
 
 
 def main() -> None:

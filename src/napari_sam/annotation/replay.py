@@ -292,14 +292,16 @@ def replay(
     added in the file's order (which breaks exact ties of the overlap rule);
     ``init_masks`` (id -> {slice -> mask}) become key slices first, except where
     a propagated object has a prompt. The model then holds the objects, their
-    states and the label map; the whole replay is two undo steps.
+    states and the label map; the whole replay is one undo step.
     """
     prompts.check_against(volume.array.shape, volume.is_2d)
     job = _Replay(
         model, volume, prompts, backend, window, progress, embeddings_for, cancel, stop_rules, zoom, crop_embeddings
     )
     init_masks = init_masks or {}
-    with model.batch("objects of the prompts file"):
+    # One undoable step: an object made in the step has no "before" snapshot to keep,
+    # so 10,000 box objects keep one (frozen) snapshot each besides themselves.
+    with model.batch("prompts file"):
         for o in prompts.objects:
             model.add_object(o.name, o.color, object_id=o.id, axis=o.axis)
             if o.range is not None:
@@ -308,14 +310,14 @@ def replay(
             masks = {z: m for z, m in init_masks.get(o.id, {}).items() if z not in prompted}
             if masks:
                 model.load_masks(o.id, masks, axis=o.axis, up_to_date=False)
-    with model.batch("prompts file"), decoding():  # decoder work on one thread (napari_sam.torch_threads)
-        job.plain_objects([o for o in prompts.objects if not o.propagate and o.steps is None])
-        for o in prompts.objects:
-            if o.steps is not None and not job.cancelled():
-                job.stepped_object(o)
-            elif o.propagate and not job.cancelled():
-                job.window_of(o)
-                job.propagated_object(o)
+        with decoding():  # decoder work on one thread (napari_sam.torch_threads)
+            job.plain_objects([o for o in prompts.objects if not o.propagate and o.steps is None])
+            for o in prompts.objects:
+                if o.steps is not None and not job.cancelled():
+                    job.stepped_object(o)
+                elif o.propagate and not job.cancelled():
+                    job.window_of(o)
+                    job.propagated_object(o)
     if progress:
         progress(Progress(job.finished, job.finished, "cancelled" if job.outcome.cancelled else "done"))
     return job.outcome
