@@ -229,6 +229,8 @@ def _decode_whole(
         low = _low_res(backend, emb, arr[s : s + batch], box_fit)
         masks = (backend.upsample(low, emb) > 0).cpu().numpy()
         out.extend(CroppedMask.of(_pick(m, b), store=store) for m, b in zip(masks, arr[s : s + batch]))
+        del low, masks
+        release_free_heap()  # each batch's temporaries are tens of MiB: do not let them pile up in the heap
     return out
 
 
