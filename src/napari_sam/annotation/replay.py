@@ -153,7 +153,7 @@ class _Replay:
         store = self.store(self.window_of(obj), obj.axis)
         self.predictor.set_embedding(store.get(z), image=store.model_input(z) if self.zoom is not None else None)
         previous = self.model.previous_for(obj.id, obj.axis, z, prompt)
-        pred = decode_key(self.predictor, prompt, previous, self.model.key_choice)
+        pred = decode_key(self.predictor, prompt, previous, self.model.key_choice, lambda c: store.get(z, c))
         self.model.commit(obj.id, z, prompt, pred.mask, axis=obj.axis, exact=pred.crop is None)
 
     # -------------------------------------------------------------- the steps

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..candidates import KEY_CHOICES, box_fit_prediction, box_outputs
+from ..candidates import KEY_CHOICES, box_fit_key
 from ..errors import UsageError
 from ..geometry import Crop, box_of_mask, mask_iou
 from ..jobs import Cancel, Cancelled, Job, Progress, ProgressCallback, drive
@@ -261,8 +261,8 @@ class Propagator:
         mask = pred.mask
         if self.key_choice == "box_fit" and local.box is not None and not len(local.points):
             many = self._predictor.predict(prompt=local, multimask=True)
-            raw = box_outputs(self.backend, self._predictor.embedding, local.box)  # the model's multimask outputs
-            mask = box_fit_prediction(pred, many, local.box, raw).mask
+            crops = (lambda c: self.embeddings.get(k, c)) if frame.is_whole(full) else None
+            mask = box_fit_key(self.backend, pred, many, self._predictor.embedding, local.box, crops).mask
         return paste(frame, mask.copy(), full), SliceInfo("key", k, score=float(pred.scores[0]))
 
     def _appearance(self, state: PropagationState, frame: Crop) -> ObjectAppearance:
