@@ -1,13 +1,17 @@
-"""Stop rules judged by structure-level cross-validation on the shared CT.
+"""Stop rules judged by structure-level cross-validation on the shared CT and MR.
 
-    python benchmarks/stop_rules_cv.py [--folds 5] [--cache-dir DIR] [--json PATH] [--walks FILE]
+    python benchmarks/stop_rules_cv.py [ct|mr|pooled] [--folds 5] [--cache-dir DIR] [--json PATH] [--walks PREFIX]
 
-(``--walks FILE``: the recorded walks are saved there, and read back from it on
-a later run instead of running the model again.)
+(``--walks PREFIX``: the recorded walks are saved to PREFIX.ct.pkl and
+PREFIX.mr.pkl, and read back from them on a later run instead of running the
+model again.) ``ct`` (the default) and ``mr`` cross-validate over one
+dataset's structures; ``pooled`` over the structures of both (folds mix CT
+and MR structures), with the totals also given per dataset.
 
 For every structure of the shared CT (at least 1000 voxels, or ending inside
-the volume; read from the labels): one box (the label's bounding box) on its
-largest slice, then
+the volume; read from the labels) and of the shared MR (every labelled
+structure; automatic window, key slices chosen by box fit as the CLI does on
+MR): one box (the label's bounding box) on its largest slice, then
 
 - **product**: the propagation as shipped (``Propagator`` with the default
   ``StopRules``: growth ratio, forward IoU + backward check, intensity,
@@ -54,9 +58,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dice, load_ct  # noqa: E402
+from interactive_3d import load_mr  # noqa: E402
 from napari_sam.embeddings import SliceEmbeddings  # noqa: E402
 from napari_sam.geometry import box_of_mask, mask_iou  # noqa: E402
-from napari_sam.intensity import parse_window  # noqa: E402
+from napari_sam.intensity import parse_window, resolve_window  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.prompts import SlicePrompt  # noqa: E402
 from napari_sam.propagation import PropagationState, Propagator, StopRules  # noqa: E402
@@ -89,6 +94,7 @@ class Walk:
     passes: dict[int, list[dict]] = field(default_factory=dict)
     gt: np.ndarray | None = None
     product: np.ndarray | None = None
+    dataset: str = "ct"
 
 
 def _backward_iou(backend, emb, z_prev: int, answer: np.ndarray, prev: np.ndarray) -> float:
@@ -105,14 +111,14 @@ def _centroid(m: np.ndarray, sp) -> np.ndarray:
 
 
 @torch.inference_mode()
-def record(backend, emb, gt: np.ndarray, name: str, spacing) -> Walk:
+def record(backend, emb, gt: np.ndarray, name: str, spacing, key_choice: str = "single", dataset: str = "ct") -> Walk:
     n = gt.shape[0]
     z0 = int(gt.sum((1, 2)).argmax())
     box = box_of_mask(gt[z0])
     state = PropagationState(shape=gt.shape)
     state.add_prompt(z0, SlicePrompt(box=box, slice=z0))
-    Propagator(backend, emb, rules=OPEN).propagate(state)
-    walk = Walk(name, z0, state.mask_slice(z0), gt=gt)
+    Propagator(backend, emb, rules=OPEN, key_choice=key_choice).propagate(state)
+    walk = Walk(name, z0, state.mask_slice(z0), gt=gt, dataset=dataset)
     px_mm2 = spacing[1] * spacing[2]
     for s in (1, -1):
         steps, prev, z = [], walk.key_mask, z0 + s
@@ -134,7 +140,7 @@ def record(backend, emb, gt: np.ndarray, name: str, spacing) -> Walk:
         walk.passes[s] = steps
     prod = PropagationState(shape=gt.shape)
     prod.add_prompt(z0, SlicePrompt(box=box, slice=z0))
-    Propagator(backend, emb).propagate(prod)
+    Propagator(backend, emb, key_choice=key_choice).propagate(prod)
     walk.product = prod.volume_mask()
     return walk
 
@@ -187,33 +193,51 @@ def tune(walks: list[Walk], keys: tuple[str, ...], objective: str = "slices") ->
     return best[1]
 
 
+def record_dataset(name: str, backend, cache: Path) -> list[Walk]:
+    """The walks of every structure of the shared CT or MR (see the module docstring)."""
+    if name == "ct":
+        vol, labels, names = load_ct()
+        embs = {
+            w: SliceEmbeddings(backend, vol.array, parse_window(w), cache_dir=cache) for w in ("soft-tissue", "bone")
+        }
+        ids, emb_of, choice = structures(labels, names), lambda i: embs[window_for(names[i])], "single"
+    else:
+        vol, labels, names, _path = load_mr()
+        win = resolve_window(vol.array, None, vol.metadata.get("modality"))
+        emb = SliceEmbeddings(backend, vol.array, win, cache_dir=cache)
+        ids, emb_of, choice = [int(i) for i in np.unique(labels) if i], lambda i: emb, "box_fit"
+    walks = []
+    with decoding():
+        for i in ids:
+            walks.append(record(backend, emb_of(i), labels == i, names[i], vol.geometry.scale_zyx, choice, name))
+            print(f"recorded {name} {names[i]}", file=sys.stderr, flush=True)
+    return walks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dataset", nargs="?", default="ct", choices=["ct", "mr", "pooled"])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--walks", default=None, help="save the recorded walks here (or read them back)")
+    ap.add_argument("--walks", default=None, help="save the recorded walks to PREFIX.ct.pkl / .mr.pkl (or read them)")
     args = ap.parse_args()
     from napari_sam.cache import resolve_cache_dir
 
     backend = load_model("lite_medsam")
-    vol, labels, names = load_ct()
-    spacing = vol.geometry.scale_zyx
     cache = resolve_cache_dir(args.cache_dir)
-    embs = {w: SliceEmbeddings(backend, vol.array, parse_window(w), cache_dir=cache) for w in ("soft-tissue", "bone")}
-    ids = structures(labels, names)
-    if args.walks and Path(args.walks).exists():
-        with open(args.walks, "rb") as f:
-            walks = pickle.load(f)
-    else:
-        walks = []
-        with decoding():
-            for i in ids:
-                walks.append(record(backend, embs[window_for(names[i])], labels == i, names[i], spacing))
-                print(f"recorded {names[i]}", file=sys.stderr, flush=True)
-        if args.walks:
-            with open(args.walks, "wb") as f:
-                pickle.dump(walks, f)
+    walks = []
+    for name in ("ct", "mr") if args.dataset == "pooled" else (args.dataset,):
+        path = Path(f"{args.walks}.{name}.pkl") if args.walks else None
+        if path is not None and path.exists():
+            with open(path, "rb") as f:
+                walks += pickle.load(f)
+            continue
+        got = record_dataset(name, backend, cache)
+        if path is not None:
+            with open(path, "wb") as f:
+                pickle.dump(got, f)
+        walks += got
     rows = {}
     for objective in ("slices", "dice"):
         rows[objective] = report(walks, args.folds, objective)
@@ -260,6 +284,14 @@ def report(walks: list[Walk], n_folds: int, objective: str) -> list[dict]:
     for c in cols:
         a, s, d = totals[c]
         print(f"{c:18s}: {a} slice(s) added past the end, {s} cut short, mean Dice {np.mean(d):.3f} (n={len(d)})")
+    for ds in sorted({getattr(w, "dataset", "ct") for w in walks}):
+        sel = [j for j, w in enumerate(walks) if getattr(w, "dataset", "ct") == ds]
+        e, d = score([walks[j] for j in sel], {})
+        print(f"-- {ds}, {len(sel)} structures; no rule but EMPTY: {e} slice(s) added + cut short, mean Dice {d:.3f}")
+        for c in cols:
+            a = sum(rows[j][c]["added"] for j in sel)
+            s_ = sum(rows[j][c]["short"] for j in sel)
+            print(f"   {c:18s}: {a} added, {s_} cut short, mean Dice {np.mean([rows[j][c]['dice'] for j in sel]):.3f}")
     for c in DESIGNS:
         chosen = sorted({json.dumps({k: float(v) for k, v in r.items()}) for r, _ in held[c].values()})
         print(f"{c:18s}: thresholds chosen per fold {', '.join(chosen)}")
