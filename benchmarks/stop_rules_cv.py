@@ -34,7 +34,13 @@ Designs, each with one threshold:
   slice spacing in mm): the same t for 1 mm and 5 mm slices;
 - ``jump``: jump to the next instance; refuse when the centroid moved more
   than t times the neighbour's equivalent radius sqrt(A_prev / pi) per 5 mm;
-- ``backward+area_mm``: both, thresholds tuned jointly.
+- ``backward+area_mm``: both, thresholds tuned jointly;
+- ``key_area``: runaway beyond the object's extent on its key slice; refuse
+  when the mask's area exceeds t times the key slice's mask (in the
+  protocol the box is on the object's largest slice);
+- ``product+key_area``: the product as shipped, each pass then cut at its
+  first slice whose area exceeds t times the key slice's (t tuned the same
+  way): whether the key-area rule adds anything to the shipped rules.
 
 Cross-validation: the structures are split into ``--folds`` folds (by label
 id, round robin); each design's threshold is tuned on the other folds (least
@@ -74,13 +80,18 @@ GRIDS = {
     "backward": [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6],
     "area_mm": [0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, np.inf],
     "jump": [0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, np.inf],
+    "key_area": [1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, np.inf],
 }
 DESIGNS = {
     "backward": [("backward",)],
     "area_mm": [("area_mm",)],
     "jump": [("jump",)],
     "backward+area_mm": [("backward", "area_mm")],
+    "key_area": [("key_area",)],
 }
+#: the product's rules, then the key-area rule on top (the product's walk cut
+#: at its first slice whose area exceeds t times the key slice's)
+PRODUCT_PLUS = "product+key_area"
 
 
 @dataclass
@@ -134,6 +145,7 @@ def record(backend, emb, gt: np.ndarray, name: str, spacing, key_choice: str = "
                     "jump": float(np.linalg.norm(_centroid(m, spacing) - _centroid(prev, spacing)))
                     / max(np.sqrt(ap / np.pi), 1e-6)
                     * (5.0 / spacing[0]),
+                    "key_area": float(m.sum()) / max(float(walk.key_mask.sum()), 1.0),
                 }
             )
             prev, z = m, z + s
@@ -143,6 +155,31 @@ def record(backend, emb, gt: np.ndarray, name: str, spacing, key_choice: str = "
     Propagator(backend, emb, key_choice=key_choice).propagate(prod)
     walk.product = prod.volume_mask()
     return walk
+
+
+def add_key_area(walks: list[Walk]) -> None:
+    """The key-area measure on walks recorded before it existed: area / the key slice's area."""
+    for w in walks:
+        key = max(float(w.key_mask.sum()), 1.0)
+        for steps in w.passes.values():
+            for st in steps:
+                st.setdefault("key_area", float(st["mask"].sum()) / key)
+
+
+def product_cut(walk: Walk, t: float) -> np.ndarray:
+    """The product's prediction, each pass cut at its first slice whose area
+    exceeds ``t`` times the key slice's (the key-area rule added to the product)."""
+    out = walk.product.copy()
+    key = max(float(walk.product[walk.key].sum()), 1.0)
+    n = out.shape[0]
+    for s in (1, -1):
+        z, cut = walk.key + s, False
+        while 0 <= z < n:
+            cut = cut or out[z].sum() > t * key
+            if cut:
+                out[z] = False
+            z += s
+    return out
 
 
 def refuses(step: dict, rule: dict[str, float]) -> bool:
@@ -238,6 +275,7 @@ def main() -> None:
             with open(path, "wb") as f:
                 pickle.dump(got, f)
         walks += got
+    add_key_area(walks)
     rows = {}
     for objective in ("slices", "dice"):
         rows[objective] = report(walks, args.folds, objective)
@@ -248,19 +286,31 @@ def main() -> None:
 def cross_validate(walks: list[Walk], n_folds: int, objective: str) -> dict[str, dict[int, tuple[dict, np.ndarray]]]:
     """design -> structure index -> (threshold tuned without its fold, held-out prediction)."""
     folds = [list(range(k, len(walks), n_folds)) for k in range(n_folds)]
-    held: dict[str, dict[int, tuple[dict, np.ndarray]]] = {d: {} for d in DESIGNS}
+    held: dict[str, dict[int, tuple[dict, np.ndarray]]] = {d: {} for d in [*DESIGNS, PRODUCT_PLUS]}
     for design, (keys,) in DESIGNS.items():
         for fold in folds:
             rule = tune([w for j, w in enumerate(walks) if j not in fold], keys, objective)
             for j in fold:
                 held[design][j] = (rule, simulate(walks[j], rule))
+    for fold in folds:
+        train = [w for j, w in enumerate(walks) if j not in fold]
+        best = None
+        for t in GRIDS["key_area"]:
+            preds = [product_cut(w, t) for w in train]
+            e = sum(sum(errors(p, w.gt)) for p, w in zip(preds, train))
+            d = float(np.mean([dice(p, w.gt) for p, w in zip(preds, train)]))
+            key = (e, -d) if objective == "slices" else (-d, e)
+            if best is None or key < best[0]:
+                best = (key, t)
+        for j in fold:
+            held[PRODUCT_PLUS][j] = ({"key_area": best[1]}, product_cut(walks[j], best[1]))
     return held
 
 
 def report(walks: list[Walk], n_folds: int, objective: str) -> list[dict]:
     held = cross_validate(walks, n_folds, objective)
     rows = []
-    cols = ["product"] + list(DESIGNS)
+    cols = ["product", PRODUCT_PLUS] + list(DESIGNS)
     print(f"\n== thresholds tuned by {objective} on the other folds; figures on the held-out structures")
     print(f"{'structure':30s} " + " ".join(f"{c:>18s}" for c in cols) + "   (added/short Dice)")
     totals = {c: [0, 0, []] for c in cols}
@@ -292,7 +342,7 @@ def report(walks: list[Walk], n_folds: int, objective: str) -> list[dict]:
             a = sum(rows[j][c]["added"] for j in sel)
             s_ = sum(rows[j][c]["short"] for j in sel)
             print(f"   {c:18s}: {a} added, {s_} cut short, mean Dice {np.mean([rows[j][c]['dice'] for j in sel]):.3f}")
-    for c in DESIGNS:
+    for c in [*DESIGNS, PRODUCT_PLUS]:
         chosen = sorted({json.dumps({k: float(v) for k, v in r.items()}) for r, _ in held[c].values()})
         print(f"{c:18s}: thresholds chosen per fold {', '.join(chosen)}")
     return rows
