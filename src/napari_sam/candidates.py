@@ -13,39 +13,32 @@ output and its three multimask ones): a box-only model's predictor ranks
 box hypotheses of the single output only, which never includes them.
 :func:`box_fit_key` is the whole key-slice rule for a box under "box_fit":
 those candidates, the model's four answers on a magnified crop around a small
-box (:func:`zoomed_box_outputs`; at 256 px an 8 x 4 px box is answered empty
-on every candidate), the one that explains the box best, and never an empty
+box (:func:`napari_sam.zoom.zoomed_box_outputs`; at 256 px an 8 x 4 px box is
+answered empty on every candidate), the one that explains the box best, and never an empty
 mask for a box the user drew (:func:`box_ellipse` as the last resort).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .geometry import Crop, box_of_mask
+from .geometry import box_of_mask
 from .models.base import Backend, Embedding
 from .prediction import Prediction
-from .zoom import ZoomSettings, zoom_crop
 
 __all__ = [
     "KEY_CHOICES",
-    "KEY_ZOOM",
     "box_ellipse",
     "box_fit",
     "box_fit_key",
     "box_fit_prediction",
     "box_outputs",
     "choose_candidate",
-    "zoomed_box_outputs",
 ]
 
-#: the crop a small key-slice box is also answered on: centred on the box,
-#: which fills at most 0.4 of it, at least 64 px, and only where that
-#: magnifies the slice at least 1.5 times (the prompt zoom's settings)
-KEY_ZOOM = ZoomSettings(quantize=False)
 
 #: how a box key slice picks its mask: the model's single answer, or :func:`box_fit_prediction`
 KEY_CHOICES = ("single", "box_fit")
@@ -117,34 +110,6 @@ def box_outputs(backend: Backend, emb: Embedding, box: Sequence[float]) -> Predi
     )
 
 
-@torch.inference_mode()
-def zoomed_box_outputs(
-    backend: Backend,
-    crop_embedding: Callable[[Crop], Embedding],
-    box: Sequence[float],
-    slice_shape: tuple[int, int],
-    settings: ZoomSettings = KEY_ZOOM,
-) -> Prediction | None:
-    """The model's four answers to ``box`` (r0, c0, r1, c1, slice pixels) decoded on
-    a magnified crop around it (:func:`napari_sam.zoom.zoom_crop`), masks pasted
-    back onto the (H, W) slice; None when the box is too large to gain from a crop.
-    crop_embedding: a :class:`~napari_sam.geometry.Crop` of the slice -> its embedding."""
-    crop = zoom_crop(box, slice_shape, settings)
-    if crop is None:
-        return None
-    local = crop.box_to_crop(np.asarray(box, np.float32))
-    local[[0, 2]] = np.clip(local[[0, 2]], 0, crop.height - 1)
-    local[[1, 3]] = np.clip(local[[1, 3]], 0, crop.width - 1)
-    out = box_outputs(backend, crop_embedding(crop), local)
-    return Prediction(
-        masks=crop.paste(out.masks, slice_shape, False),
-        scores=out.scores,
-        low_res_logits=out.low_res_logits,
-        boxes=np.repeat(np.asarray(box, np.float32)[None], len(out.masks), 0),
-        crop=crop,
-    )
-
-
 def box_ellipse(box: Sequence[float], slice_shape: tuple[int, int]) -> np.ndarray:
     """The ellipse inscribed in ``box`` (r0, c0, r1, c1, inclusive) as an (H, W) bool mask."""
     r0, c0, r1, c1 = (float(v) for v in box)
@@ -179,27 +144,25 @@ def box_fit_key(
     many: Prediction,
     emb: Embedding,
     box: Sequence[float],
-    crop_embedding: Callable[[Crop], Embedding] | None = None,
+    zoomed: Prediction | None = None,
 ) -> Prediction:
     """The "box_fit" key-slice rule for a box alone, best candidate first.
 
     single, many: the predictor's single and multimask answers on the slice's
     embedding ``emb``; with the model's own four outputs (:func:`box_outputs`)
-    they are ranked by :func:`box_fit_prediction`. When ``crop_embedding`` is
-    given and the box is small (:data:`KEY_ZOOM`), the model's four answers on
-    a magnified crop around the box compete too (:func:`zoomed_box_outputs`):
-    the one that explains the box better wins (the result then has ``crop``
-    set). When every candidate is empty, the ellipse inscribed in the box is
-    the mask: a key slice the user drew a box on is never empty.
+    they are ranked by :func:`box_fit_prediction`. zoomed: the model's answers
+    on a magnified crop around a small box
+    (:func:`napari_sam.zoom.zoomed_box_outputs`), or None: the one that
+    explains the box better wins (the result then has ``crop`` set). When
+    every candidate is empty, the ellipse inscribed in the box is the mask: a
+    key slice the user drew a box on is never empty.
     """
     best = box_fit_prediction(single, many, box, box_outputs(backend, emb, box))
     fit = box_fit(best.masks[0], box)
-    if crop_embedding is not None:
-        zoomed = zoomed_box_outputs(backend, crop_embedding, box, emb.original_size)
-        if zoomed is not None:
-            ranked, zfit = _ranked(zoomed, box)
-            if zfit > fit:
-                best, fit = ranked, zfit
+    if zoomed is not None:
+        ranked, zfit = _ranked(zoomed, box)
+        if zfit > fit:
+            best, fit = ranked, zfit
     if not best.masks[0].any():
         masks = best.masks.copy()
         masks[0] = box_ellipse(box, emb.original_size)

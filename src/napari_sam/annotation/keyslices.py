@@ -22,6 +22,7 @@ from ..models.base import Embedding
 from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
 from ..propagation import PropagationState, SliceInfo
+from ..zoom import zoomed_box_outputs
 from .runs import StateOp
 
 __all__ = ["decode_key", "key_op", "paint_op", "KEY_CHOICES"]
@@ -56,7 +57,13 @@ def decode_key(
     if key_choice != "box_fit" or prompt.box is None or len(prompt.points) or pred.crop is not None:
         return pred
     single = predictor.predict(prompt=prompt, previous=previous, multimask=False)
-    return box_fit_key(predictor.backend, single, pred, predictor.embedding, prompt.box, crop_embedding)
+    emb = predictor.embedding
+    zoomed = (
+        None
+        if crop_embedding is None
+        else zoomed_box_outputs(predictor.backend, crop_embedding, prompt.box, emb.original_size)
+    )
+    return box_fit_key(predictor.backend, single, pred, emb, prompt.box, zoomed)
 
 
 def _prefill(state: PropagationState, index: int, mask: Any, source: str) -> None:

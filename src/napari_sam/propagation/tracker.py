@@ -34,6 +34,7 @@ from ..jobs import Cancel, Cancelled, Job, Progress, ProgressCallback, drive
 from ..models.base import Backend, Embedding
 from ..predictor import SlicePredictor
 from ..prompts import SlicePrompt
+from ..zoom import zoomed_box_outputs
 from .roi import RoiZoom, choose_roi, frame_of
 from .rules import ObjectAppearance, StepAnswer, StopRules, check_step, pooled_features
 from .segments import Segment, Tally, drop, info_of, paste, plan_segments, reconcile, store
@@ -261,8 +262,13 @@ class Propagator:
         mask = pred.mask
         if self.key_choice == "box_fit" and local.box is not None and not len(local.points):
             many = self._predictor.predict(prompt=local, multimask=True)
-            crops = (lambda c: self.embeddings.get(k, c)) if frame.is_whole(full) else None
-            mask = box_fit_key(self.backend, pred, many, self._predictor.embedding, local.box, crops).mask
+            emb = self._predictor.embedding
+            zoomed = (
+                zoomed_box_outputs(self.backend, lambda c: self.embeddings.get(k, c), local.box, full)
+                if frame.is_whole(full)
+                else None
+            )
+            mask = box_fit_key(self.backend, pred, many, emb, local.box, zoomed).mask
         return paste(frame, mask.copy(), full), SliceInfo("key", k, score=float(pred.scores[0]))
 
     def _appearance(self, state: PropagationState, frame: Crop) -> ObjectAppearance:
