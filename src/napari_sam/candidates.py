@@ -37,6 +37,7 @@ __all__ = [
     "box_fit_prediction",
     "box_outputs",
     "choose_candidate",
+    "rank_by_box_fit",
 ]
 
 
@@ -124,7 +125,7 @@ def box_ellipse(box: Sequence[float], slice_shape: tuple[int, int]) -> np.ndarra
     return m
 
 
-def _ranked(pred: Prediction, box: Sequence[float]) -> tuple[Prediction, float]:
+def rank_by_box_fit(pred: Prediction, box: Sequence[float]) -> tuple[Prediction, float]:
     """``pred``'s candidates by :func:`box_fit` (best first, ties keep order) and the best fit."""
     fits = [box_fit(m, box) for m in pred.masks]
     order = np.argsort([-f for f in fits], kind="stable")[:3]
@@ -160,7 +161,7 @@ def box_fit_key(
     best = box_fit_prediction(single, many, box, box_outputs(backend, emb, box))
     fit = box_fit(best.masks[0], box)
     if zoomed is not None:
-        ranked, zfit = _ranked(zoomed, box)
+        ranked, zfit = rank_by_box_fit(zoomed, box)
         if zfit > fit:
             best, fit = ranked, zfit
     if not best.masks[0].any():

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..box_batches import decode_boxes, is_plain_box
+from ..candidates import box_ellipse, box_fit, rank_by_box_fit
 from ..corrections import Correction
 from ..embeddings import CropEmbeddings, SliceEmbeddings
 from ..intensity import Window, resolve_window
@@ -34,7 +35,7 @@ from ..prompt_steps import Step
 from ..prompts import ObjectPrompts, PromptsFile, SlicePrompt
 from ..propagation import Propagator, StopRules
 from ..torch_threads import decoding
-from ..zoom import ZoomSettings
+from ..zoom import ZoomSettings, zoomed_box_outputs
 from .keyslices import decode_key
 from .model import Annotation
 
@@ -156,6 +157,22 @@ class _Replay:
         pred = decode_key(self.predictor, prompt, previous, self.model.key_choice, lambda c: store.get(z, c))
         self.model.commit(obj.id, z, prompt, pred.mask, axis=obj.axis, exact=pred.crop is None)
 
+    def small_box(self, obj: ObjectPrompts, z: int, box, mask) -> tuple[Any, bool]:
+        """A batched "box_fit" key mask completed as :func:`decode_key` completes it
+        (:func:`napari_sam.candidates.box_fit_key`): the model's answers on a magnified
+        crop around a small box win when they explain it better (then not exact: a
+        zoomed mask), and an empty mask becomes the box's inscribed ellipse."""
+        store = self.store(self.window_of(obj), obj.axis)
+        full = mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
+        zoomed = zoomed_box_outputs(self.backend, lambda c: store.get(z, c), box, full.shape)
+        if zoomed is not None:
+            ranked, fit = rank_by_box_fit(zoomed, box)
+            if fit > box_fit(full, box):
+                return ranked.mask, False
+        if not full.any():
+            return box_ellipse(box, full.shape), True
+        return mask, True
+
     # -------------------------------------------------------------- the steps
     def plain_objects(self, objects: list[ObjectPrompts]) -> None:
         """Objects that are not propagated: box-only prompts in batches per slice, the rest one by one."""
@@ -180,7 +197,8 @@ class _Replay:
                 for (o, _, p), mask in zip(
                     items, decode_boxes(self.backend, emb, [p.box for _, _, p in items], box_fit=box_fit)
                 ):
-                    self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True)
+                    mask, exact = self.small_box(o, z, p.box, mask) if box_fit else (mask, True)
+                    self.model.commit(o.id, z, p, mask, axis=o.axis, exact=exact)
             else:
                 self.decode(obj0, z, items[0][2])
             self.estimates[0] -= len(items)
