@@ -20,7 +20,7 @@ mask for a box the user drew (:func:`box_ellipse` as the last resort).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,10 +36,15 @@ __all__ = [
     "box_fit_key",
     "box_fit_prediction",
     "box_outputs",
+    "needs_zoom",
+    "ZOOM_BELOW_FIT",
     "choose_candidate",
     "rank_by_box_fit",
 ]
 
+
+#: a key mask whose box fit is under this is retried on a magnified crop (:func:`box_fit_key`)
+ZOOM_BELOW_FIT = 0.5
 
 #: how a box key slice picks its mask: the model's single answer, or :func:`box_fit_prediction`
 KEY_CHOICES = ("single", "box_fit")
@@ -145,23 +150,25 @@ def box_fit_key(
     many: Prediction,
     emb: Embedding,
     box: Sequence[float],
-    zoomed: Prediction | None = None,
+    zoomed: Callable[[], Prediction | None] | None = None,
 ) -> Prediction:
     """The "box_fit" key-slice rule for a box alone, best candidate first.
 
     single, many: the predictor's single and multimask answers on the slice's
     embedding ``emb``; with the model's own four outputs (:func:`box_outputs`)
-    they are ranked by :func:`box_fit_prediction`. zoomed: the model's answers
-    on a magnified crop around a small box
-    (:func:`napari_sam.zoom.zoomed_box_outputs`), or None: the one that
+    they are ranked by :func:`box_fit_prediction`. zoomed: called only when
+    the best of them explains the box poorly (:func:`needs_zoom`), it gives
+    the model's answers on a magnified crop around a small box
+    (:func:`napari_sam.zoom.zoomed_box_outputs`) or None; the one that
     explains the box better wins (the result then has ``crop`` set). When
     every candidate is empty, the ellipse inscribed in the box is the mask: a
     key slice the user drew a box on is never empty.
     """
     best = box_fit_prediction(single, many, box, box_outputs(backend, emb, box))
     fit = box_fit(best.masks[0], box)
-    if zoomed is not None:
-        ranked, zfit = rank_by_box_fit(zoomed, box)
+    z = zoomed() if zoomed is not None and needs_zoom(fit) else None
+    if z is not None:
+        ranked, zfit = rank_by_box_fit(z, box)
         if zfit > fit:
             best, fit = ranked, zfit
     if not best.masks[0].any():
@@ -169,3 +176,11 @@ def box_fit_key(
         masks[0] = box_ellipse(box, emb.original_size)
         best = Prediction(masks, best.scores, best.low_res_logits, best.boxes, best.crop)
     return best
+
+
+def needs_zoom(fit: float) -> bool:
+    """Whether a key mask with box fit ``fit`` is retried on a magnified crop: when it
+    explains less than half of its box (:data:`ZOOM_BELOW_FIT`; an empty mask: 0).
+    Answers that explain their box well cost no crop embedding, so many small
+    objects (box batches) stay cheap."""
+    return fit < ZOOM_BELOW_FIT

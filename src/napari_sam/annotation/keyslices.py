@@ -61,7 +61,7 @@ def decode_key(
     zoomed = (
         None
         if crop_embedding is None
-        else zoomed_box_outputs(predictor.backend, crop_embedding, prompt.box, emb.original_size)
+        else lambda: zoomed_box_outputs(predictor.backend, crop_embedding, prompt.box, emb.original_size)
     )
     return box_fit_key(predictor.backend, single, pred, emb, prompt.box, zoomed)
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..box_batches import decode_boxes, is_plain_box
-from ..candidates import box_ellipse, box_fit, rank_by_box_fit
+from ..candidates import box_ellipse, box_fit, needs_zoom, rank_by_box_fit
 from ..corrections import Correction
 from ..embeddings import CropEmbeddings, SliceEmbeddings
 from ..intensity import Window, resolve_window
@@ -159,16 +159,19 @@ class _Replay:
 
     def small_box(self, obj: ObjectPrompts, z: int, box, mask) -> tuple[Any, bool]:
         """A batched "box_fit" key mask completed as :func:`decode_key` completes it
-        (:func:`napari_sam.candidates.box_fit_key`): the model's answers on a magnified
-        crop around a small box win when they explain it better (then not exact: a
-        zoomed mask), and an empty mask becomes the box's inscribed ellipse."""
-        store = self.store(self.window_of(obj), obj.axis)
+        (:func:`napari_sam.candidates.box_fit_key`): when it explains its box poorly,
+        the model's answers on a magnified crop around a small box win if they explain
+        it better (then not exact: a zoomed mask); an empty mask becomes the box's
+        inscribed ellipse."""
         full = mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
-        zoomed = zoomed_box_outputs(self.backend, lambda c: store.get(z, c), box, full.shape)
-        if zoomed is not None:
-            ranked, fit = rank_by_box_fit(zoomed, box)
-            if fit > box_fit(full, box):
-                return ranked.mask, False
+        fit = box_fit(full, box)
+        if needs_zoom(fit):
+            store = self.store(self.window_of(obj), obj.axis)
+            zoomed = zoomed_box_outputs(self.backend, lambda c: store.get(z, c), box, full.shape)
+            if zoomed is not None:
+                ranked, zfit = rank_by_box_fit(zoomed, box)
+                if zfit > fit:
+                    return ranked.mask, False
         if not full.any():
             return box_ellipse(box, full.shape), True
         return mask, True

@@ -264,7 +264,7 @@ class Propagator:
             many = self._predictor.predict(prompt=local, multimask=True)
             emb = self._predictor.embedding
             zoomed = (
-                zoomed_box_outputs(self.backend, lambda c: self.embeddings.get(k, c), local.box, full)
+                (lambda: zoomed_box_outputs(self.backend, lambda c: self.embeddings.get(k, c), local.box, full))
                 if frame.is_whole(full)
                 else None
             )
