@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.candidates import box_ellipse, box_fit, box_fit_prediction, box_outputs, choose_candidate
+from napari_sam.candidates import box_ellipse, box_fit, box_fit_key, box_fit_prediction, box_outputs, choose_candidate
 from napari_sam.geometry import box_of_mask
 from napari_sam.prediction import Prediction
 
@@ -128,3 +128,33 @@ def test_on_mr_a_tiny_box_key_slice_is_never_empty_and_the_zoomed_candidate_find
     assert zoomed.crop is not None and zoomed.mask.any()
     dice = 2 * (zoomed.mask & gt[z]).sum() / (zoomed.mask.sum() + gt[z].sum())
     assert dice > 0.5  # measured 0.65
+
+
+def test_box_fit_key_asks_for_the_zoomed_answers_only_when_the_box_is_explained_poorly(monkeypatch):
+    import napari_sam.candidates as cand
+
+    whole = np.zeros((40, 40), bool)
+    whole[5:35, 8:30] = True
+    part = np.zeros_like(whole)
+    part[5:12, 8:14] = True  # explains the box poorly (fit < 0.5)
+    box = box_of_mask(whole)
+
+    class Emb:
+        original_size = (40, 40)
+
+    asked = []
+
+    def zoomed():
+        asked.append(1)
+        return _prediction([whole], [0.1])
+
+    for found, expect_asked in ((whole, False), (part, True)):
+        asked.clear()
+        monkeypatch.setattr(cand, "box_outputs", lambda backend, emb, b, m=found: _prediction([m], [0.2]))
+        out = box_fit_key(None, _prediction([found], [0.9]), _prediction([found], [0.9]), Emb(), box, zoomed)
+        assert bool(asked) == expect_asked
+        assert np.array_equal(out.mask, whole)  # the zoomed answer won where it was asked for
+    empty = np.zeros_like(whole)
+    monkeypatch.setattr(cand, "box_outputs", lambda backend, emb, b: _prediction([empty], [0.2]))
+    out = box_fit_key(None, _prediction([empty], [0.9]), _prediction([empty], [0.9]), Emb(), box, lambda: None)
+    assert out.mask.any() and np.array_equal(out.mask, box_ellipse(box, (40, 40)))  # never empty
