@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..box_batches import decode_boxes, is_plain_box
-from ..candidates import box_ellipse, box_fit, needs_zoom, rank_by_box_fit
+from ..candidates import box_ellipse
 from ..corrections import Correction
 from ..embeddings import CropEmbeddings, SliceEmbeddings
 from ..intensity import Window, resolve_window
@@ -35,7 +35,7 @@ from ..prompt_steps import Step
 from ..prompts import ObjectPrompts, PromptsFile, SlicePrompt
 from ..propagation import Propagator, StopRules
 from ..torch_threads import decoding
-from ..zoom import ZoomSettings, zoomed_box_outputs
+from ..zoom import ZoomSettings
 from .keyslices import decode_key
 from .model import Annotation
 
@@ -149,32 +149,25 @@ class _Replay:
             self.outcome.cancelled = True
         return self.outcome.cancelled
 
-    def decode(self, obj: ObjectPrompts, z: int, prompt: SlicePrompt) -> None:
-        """Decode one key slice by the one key-slice rule and commit it."""
+    def decode(self, obj: ObjectPrompts, z: int, prompt: SlicePrompt, zoom_key: bool = False) -> None:
+        """Decode one key slice by the one key-slice rule and commit it. zoom_key: a
+        small box the slice explains poorly is also answered on a magnified crop
+        (:func:`decode_key`'s ``crop_embedding``), as the widget's preview does:
+        propagated objects and replayed session commits; plain objects are decoded
+        in batches, one crop embedding per box would cost them dearly."""
         store = self.store(self.window_of(obj), obj.axis)
         self.predictor.set_embedding(store.get(z), image=store.model_input(z) if self.zoom is not None else None)
         previous = self.model.previous_for(obj.id, obj.axis, z, prompt)
-        pred = decode_key(self.predictor, prompt, previous, self.model.key_choice, lambda c: store.get(z, c))
+        crops = (lambda c: store.get(z, c)) if zoom_key else None
+        pred = decode_key(self.predictor, prompt, previous, self.model.key_choice, crops)
         self.model.commit(obj.id, z, prompt, pred.mask, axis=obj.axis, exact=pred.crop is None)
 
-    def small_box(self, obj: ObjectPrompts, z: int, box, mask) -> tuple[Any, bool]:
-        """A batched "box_fit" key mask completed as :func:`decode_key` completes it
-        (:func:`napari_sam.candidates.box_fit_key`): when it explains its box poorly,
-        the model's answers on a magnified crop around a small box win if they explain
-        it better (then not exact: a zoomed mask); an empty mask becomes the box's
-        inscribed ellipse."""
+    @staticmethod
+    def never_empty(box, mask) -> Any:
+        """A batched "box_fit" key mask, never empty for a box the user drew (as
+        :func:`napari_sam.candidates.box_fit_key`): the box's inscribed ellipse."""
         full = mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
-        fit = box_fit(full, box)
-        if needs_zoom(fit):
-            store = self.store(self.window_of(obj), obj.axis)
-            zoomed = zoomed_box_outputs(self.backend, lambda c: store.get(z, c), box, full.shape)
-            if zoomed is not None:
-                ranked, zfit = rank_by_box_fit(zoomed, box)
-                if zfit > fit:
-                    return ranked.mask, False
-        if not full.any():
-            return box_ellipse(box, full.shape), True
-        return mask, True
+        return mask if full.any() else box_ellipse(box, full.shape)
 
     # -------------------------------------------------------------- the steps
     def plain_objects(self, objects: list[ObjectPrompts]) -> None:
@@ -200,8 +193,8 @@ class _Replay:
                 for (o, _, p), mask in zip(
                     items, decode_boxes(self.backend, emb, [p.box for _, _, p in items], box_fit=box_fit)
                 ):
-                    mask, exact = self.small_box(o, z, p.box, mask) if box_fit else (mask, True)
-                    self.model.commit(o.id, z, p, mask, axis=o.axis, exact=exact)
+                    mask = self.never_empty(p.box, mask) if box_fit else mask
+                    self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True)
             else:
                 self.decode(obj0, z, items[0][2])
             self.estimates[0] -= len(items)
@@ -210,7 +203,7 @@ class _Replay:
     def propagated_object(self, obj: ObjectPrompts) -> None:
         """Key slices, propagation, adaptation and corrections of one object."""
         for z, p in sorted(merge_slice_prompts(obj.prompts).items()):
-            self.decode(obj, z, p)
+            self.decode(obj, z, p, zoom_key=True)
         state = self.model.object(obj.id).state
         if state is None or not state.key_slices:
             return
@@ -272,7 +265,7 @@ class _Replay:
         if st.kind == "commit" and st.defer:
             m.commit(oid, st.index, st.prompt, None, axis=obj.axis)  # type: ignore[arg-type]
         elif st.kind == "commit" and st.mask is None and not st.prompt.only_negative:
-            self.decode(obj, st.index, st.prompt)  # type: ignore[arg-type]
+            self.decode(obj, st.index, st.prompt, zoom_key=True)  # type: ignore[arg-type]
         elif st.kind == "commit":
             m.commit(oid, st.index, st.prompt, st.mask, axis=obj.axis, exact=False)  # type: ignore[arg-type]
         elif st.kind == "paint":
