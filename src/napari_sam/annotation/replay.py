@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..box_batches import decode_boxes, is_plain_box
+from ..box_batches import CroppedMask, decode_boxes, is_plain_box
 from ..candidates import box_ellipse
 from ..corrections import Correction
 from ..embeddings import CropEmbeddings, SliceEmbeddings
@@ -167,7 +167,7 @@ class _Replay:
         """A batched "box_fit" key mask, never empty for a box the user drew (as
         :func:`napari_sam.candidates.box_fit_key`): the box's inscribed ellipse."""
         full = mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
-        return mask if full.any() else box_ellipse(box, full.shape)
+        return mask if full.any() else CroppedMask.of(box_ellipse(box, full.shape))
 
     # -------------------------------------------------------------- the steps
     def plain_objects(self, objects: list[ObjectPrompts]) -> None:
