@@ -21,31 +21,10 @@ from pathlib import Path
 
 import torch  # noqa: F401  (before anything that might import napari)
 
+from napari_sam.sample_prompts import mr_kidney, mr_liver_spleen
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_SAM_DATA", ROOT.parent / "shared" / "data"))
-LIVER = {
-    "objects": [
-        {
-            "id": 5,
-            "name": "liver",
-            "propagate": True,
-            "range": [9, 11],
-            "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}],
-        },
-        {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]},
-    ]
-}
-KIDNEY = {
-    "objects": [
-        {
-            "id": 2,
-            "name": "kidney_right",
-            "propagate": True,
-            "range": [6, 8],
-            "prompts": [{"slice": 7, "box": [53, 29, 66, 43]}],
-        }
-    ]
-}
 
 
 def make_cohort(root: Path, n: int) -> Path:
@@ -54,8 +33,8 @@ def make_cohort(root: Path, n: int) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     nuclei = tifffile.imread(DATA / "nuclei_2d" / "image.tif")
-    (root / "liver.json").write_text(json.dumps(LIVER))
-    (root / "kidney.json").write_text(json.dumps(KIDNEY))
+    (root / "liver.json").write_text(json.dumps(mr_liver_spleen()))
+    (root / "kidney.json").write_text(json.dumps(mr_kidney()))
     rows = ["image,prompts,output,mode"]
     for i in range(n):
         if i % 2 == 0:

@@ -31,3 +31,39 @@ def load_ct():
     labels = read_labels_aligned(d / "labels.nii.gz", vol)
     names = {int(k): v for k, v in json.loads((d / "labels.json").read_text()).items()}
     return vol, labels, names
+
+
+# Runs the CLI and, at exit, writes the process's own peak RSS (VmHWM) to the file named by
+# NAPARI_SAM_PEAK_FILE. Not ru_maxrss from wait4: Linux carries the forking parent's peak over
+# exec into it, so a big parent (this script after loading torch) would be measured instead.
+_CLI_WITH_PEAK = """
+import atexit, os, runpy, sys
+def _peak():
+    kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    open(os.environ["NAPARI_SAM_PEAK_FILE"], "w").write(str(kib * 1024))
+atexit.register(_peak)
+sys.argv[0] = "napari-sam"
+runpy.run_module("napari_sam.cli", run_name="__main__")
+"""
+
+
+def run_cli(args: list) -> tuple[float, float, float]:
+    """Run ``napari-sam ARGS`` in a new process: (its own peak RSS in MiB, wall s, CPU s
+    of the process: user + system). Exits when the command fails."""
+    import resource
+    import subprocess
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak"
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "NAPARI_SAM_PEAK_FILE": str(peak_file)}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", _CLI_WITH_PEAK, *map(str, args)], env=env)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise SystemExit(f"failed ({done.returncode}): napari-sam {' '.join(map(str, args))}")
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        return int(peak_file.read_text()) / 2**20, wall, cpu

@@ -17,50 +17,26 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from napari_sam.sample_prompts import mr_liver_spleen, shifted
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import run_cli  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_SAM_DATA", ROOT.parent / "shared" / "data"))
-PROMPTS = {
-    "window": [0, 600],
-    "objects": [
-        {
-            "id": 5,
-            "name": "liver",
-            "propagate": True,
-            "range": [9, 11],
-            "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}],
-        },
-        {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]},
-    ],
-}
+PROMPTS = mr_liver_spleen(window=[0, 600])
 SIDE = 512
-
-
-def _shifted(k0: int) -> dict:
-    doc = json.loads(json.dumps(PROMPTS))
-    for o in doc["objects"]:
-        for p in o["prompts"]:
-            p["slice"] += k0
-        if "range" in o:
-            o["range"] = [v + k0 for v in o["range"]]
-    return doc
 
 
 def _run(args: list) -> tuple[float, float]:
     """(peak RSS MiB, wall s) of one ``napari-sam`` process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "napari_sam.cli", *map(str, args), "--quiet"], env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {args}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0
+    peak, wall, _ = run_cli([*args, "--quiet"])
+    return peak, wall
 
 
 def main() -> None:
@@ -117,7 +93,7 @@ def main() -> None:
                 }
             ],
         }
-        (root / f"p{n}.json").write_text(json.dumps(_shifted(k0)))
+        (root / f"p{n}.json").write_text(json.dumps(shifted(PROMPTS, k0)))
         peak, wall = _run(
             [
                 "segment",

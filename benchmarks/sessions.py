@@ -4,9 +4,11 @@ The quick start's four objects (liver and stomach boxes, spleen and aorta
 clicks on slice 10) plus a box on vertebra T12, each propagated, replayed
 through the annotation model (``segment_volume``); then the session is saved,
 opened (with the image check: its content hash) and a crash-recovery journal
-records it. Prints the figures; medians of ``--repeat`` runs.
+records it. Prints the figures; medians of ``--repeat`` runs. ``--adapt``:
+the liver is also adapted (``"adapt": true``, at most 30 s), so the session
+holds an adaptation's weights (``adapted/``).
 
-    python benchmarks/sessions.py [--cache-dir DIR] [--repeat 5]
+    python benchmarks/sessions.py [--cache-dir DIR] [--repeat 5] [--adapt]
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache-dir", default=None, help="embedding cache (a second run encodes nothing)")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--adapt", action="store_true", help="adapt the model to the liver (its weights are saved)")
     args = ap.parse_args()
     volume = read_image(CT)
     prompts = json.loads((ROOT / "examples" / "ct_abdomen_prompts.json").read_text())
     prompts["objects"].append(
         {"id": 5, "name": "vertebra T12", "propagate": True, "prompts": [{"slice": 10, "box": [310, 224, 380, 269]}]}
     )
+    if args.adapt:
+        prompts["objects"][0]["adapt"] = True
     backend = load_model()
     t0 = time.perf_counter()
     result = segment_volume(
@@ -67,8 +72,8 @@ def main() -> None:
             journal.record(model)
             records.append(time.perf_counter() - t)
             journal.close()
-        size = sum(p.stat().st_size for p in folder.iterdir())
-        files = {p.name: p.stat().st_size for p in folder.iterdir()}
+        files = {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+        size = sum(files.values())
     print(
         f"session size on disk: {size / 2**20:.2f} MiB ({', '.join(f'{k} {v / 1024:.0f} KiB' for k, v in files.items())})"
     )

@@ -390,8 +390,42 @@ def test_segment_volume_is_a_replay_through_the_model(scene):
         m.commit(o.id, p.slice, p, key_mask(backend, emb, p, p.slice))
         m.propagate(o.id, Propagator(backend, emb))
     assert np.array_equal(m.labels, res.labels)
+    assert model.history.descriptions() == ["prompts file"], "the replay is one undoable step"
     model.undo()
-    assert not model.labels.any(), "the replay is an undoable step"
+    assert not model.labels.any() and model.objects == [], "the replay is one undoable step"
+    model.redo()
+    assert np.array_equal(model.labels, res.labels) and [o.name for o in model.objects] == ["big", "small"]
+    # the history's snapshots are frozen, but what undo and redo put back is live: work goes on
+    cut = key_prompt(big, 14)
+    model.commit(1, 14, cut, key_mask(backend, emb, cut, 14) & False)
+    model.propagate(1, Propagator(backend, emb))
+    assert not model.labels[14].any() and 14 in model.object(1).key_slices
+    model.undo()
+    model.undo()
+    assert np.array_equal(model.labels, res.labels)
+    # the command line keeps no undo history, so no snapshot of any object: the same labels
+    bare = segment_volume(Volume(vol, metadata={"modality": "CT"}), pf, backend, undo=False)
+    assert np.array_equal(bare.labels, res.labels) and not bare.annotation.can_undo
+
+
+def test_history_snapshots_are_frozen_and_small(scene):
+    """The undo history keeps each touched object as a frozen copy: immutable containers,
+    empty ones shared (an empty set is 216 bytes, thousands of objects keep several)."""
+    vol, big, _small, backend, emb = scene
+    m = Annotation(vol.shape)
+    m.add_object("big")
+    m.commit(1, 12, key_prompt(big, 12), key_mask(backend, emb, key_prompt(big, 12), 12))
+    entry = m.history.peek_undo()
+    snap = entry.after[1]
+    assert entry.before[1] is not None and entry.before[1].key_slices == []  # the object existed, still empty
+    with pytest.raises(AttributeError):
+        snap.state.dirty.add(3)
+    with pytest.raises(TypeError):
+        snap.state.user_masks[3] = big[3]
+    fresh = [m.object(1).snapshot(frozen=True) for _ in range(2)]
+    assert fresh[0].painted is fresh[1].painted and fresh[0].state.user_masks is fresh[1].state.user_masks
+    live = m.object(1)
+    assert live.state.dirty is not snap.state.dirty and isinstance(live.state.dirty, set)
 
 
 class _StubPredictor:

@@ -19,33 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from napari_sam.sample_prompts import mr_kidney, mr_liver_spleen
+
 pytestmark = pytest.mark.slow
 
 distributed = pytest.importorskip("distributed")
-
-LIVER = {
-    "objects": [
-        {
-            "id": 5,
-            "name": "liver",
-            "propagate": True,
-            "range": [9, 11],
-            "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}],
-        },
-        {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]},
-    ]
-}
-KIDNEY = {
-    "objects": [
-        {
-            "id": 2,
-            "name": "kidney_right",
-            "propagate": True,
-            "range": [6, 8],
-            "prompts": [{"slice": 7, "box": [53, 29, 66, 43]}],
-        }
-    ]
-}
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +36,8 @@ def cohort(data_dir: Path, tmp_path_factory) -> Path:
     nuclei = tifffile.imread(data_dir / "nuclei_2d" / "image.tif")
     tifffile.imwrite(root / "nuc_a.tif", nuclei[:160, :160])
     tifffile.imwrite(root / "nuc_b.tif", nuclei[300:460, 300:460])
-    (root / "liver.json").write_text(json.dumps(LIVER))
-    (root / "kidney.json").write_text(json.dumps(KIDNEY))
+    (root / "liver.json").write_text(json.dumps(mr_liver_spleen()))
+    (root / "kidney.json").write_text(json.dumps(mr_kidney()))
     rows = [
         "image,prompts,output,mode",
         f"{mr},liver.json,out/liver.nii.gz,segment",

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_sam.sample_prompts import mr_kidney
+
 pytestmark = pytest.mark.slow
 
 distributed = pytest.importorskip("distributed")
@@ -87,18 +89,7 @@ def test_cli_embed_on_a_local_cluster_then_segment_encodes_nothing(data_dir, tmp
     )
     err = capsys.readouterr().err
     assert "3 slice(s) encoded in 2 task(s)" in err, err
-    prompts = {
-        "objects": [
-            {
-                "id": 2,
-                "name": "kidney_right",
-                "propagate": True,
-                "range": [6, 8],
-                "prompts": [{"slice": 7, "box": [53, 29, 66, 43]}],
-            }
-        ]
-    }
-    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    (tmp_path / "p.json").write_text(json.dumps(mr_kidney()))
     assert (
         main(
             [

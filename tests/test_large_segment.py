@@ -21,33 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_sam.sample_prompts import mr_liver_spleen, shifted
+
 zarr = pytest.importorskip("zarr")
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = {
-    "window": [0, 600],
-    "objects": [
-        {
-            "id": 5,
-            "name": "liver",
-            "propagate": True,
-            "range": [9, 11],
-            "prompts": [{"slice": 10, "box": [23, 10, 68, 40]}],
-        },
-        {"id": 1, "name": "spleen", "prompts": [{"slice": 14, "box": [57, 80, 73, 99]}]},
-    ],
-}
+PROMPTS = mr_liver_spleen(window=[0, 600])
 BUDGET = 1.5 * 2**30  # peak RSS allowed to the process segmenting the large volume
-
-
-def _shifted(k0: int) -> dict:
-    doc = json.loads(json.dumps(PROMPTS))
-    for o in doc["objects"]:
-        for p in o["prompts"]:
-            p["slice"] += k0
-        if "range" in o:
-            o["range"] = [v + k0 for v in o["range"]]
-    return doc
 
 
 def _ome_zarr(path: Path, shape, dtype, spacing_zyx, origin_zyx=(0.0, 0.0, 0.0), chunks=None):
@@ -73,27 +53,19 @@ def _ome_zarr(path: Path, shape, dtype, spacing_zyx, origin_zyx=(0.0, 0.0, 0.0),
     return arr
 
 
-# Runs the CLI and, at exit, writes the process's own peak RSS (VmHWM) to the file
-# named by NAPARI_SAM_TEST_HWM. Not ru_maxrss from wait4: Linux carries the forking
-# parent's peak over exec into it, so under a long pytest run it reads the test
-# process's memory, not the CLI's.
-_RUN_WITH_HWM = """
-import atexit, os, runpy, sys
-def _hwm():
-    kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-    open(os.environ["NAPARI_SAM_TEST_HWM"], "w").write(str(kib * 1024))
-atexit.register(_hwm)
-sys.argv[0] = "napari-sam"
-runpy.run_module("napari_sam.cli", run_name="__main__")
-"""
+# The CLI run by a wrapper that writes the process's own peak RSS (VmHWM) to the file named
+# by NAPARI_SAM_PEAK_FILE (benchmarks/common.py): not ru_maxrss from wait4, which Linux carries
+# over from the forking parent, so under a long pytest run it reads the test process's memory.
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import CLI_WITH_PEAK  # noqa: E402
 
 
 def _cli(args: list, hwm: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-m", "napari_sam.cli"]
     if hwm is not None:
-        env["NAPARI_SAM_TEST_HWM"] = str(hwm)
-        cmd = [sys.executable, "-c", _RUN_WITH_HWM]
+        env["NAPARI_SAM_PEAK_FILE"] = str(hwm)
+        cmd = [sys.executable, "-c", CLI_WITH_PEAK]
     return subprocess.Popen([*cmd, *map(str, args)], env=env, stderr=subprocess.PIPE, text=True)
 
 
@@ -176,7 +148,7 @@ def test_volume_several_times_larger_than_the_memory_budget(tmp_path, mr) -> Non
     img.SetSpacing((3.0, 3.0, 3.0))
     sitk.WriteImage(img, str(tmp_path / "sub.nii.gz"))
     (tmp_path / "p.json").write_text(json.dumps(PROMPTS))
-    (tmp_path / "big.json").write_text(json.dumps(_shifted(k0)))
+    (tmp_path / "big.json").write_text(json.dumps(shifted(PROMPTS, k0)))
 
     ref = _cli(
         [

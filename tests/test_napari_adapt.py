@@ -1,8 +1,8 @@
 """*Adapt to my corrections* in the widget (issue #15): after a slice is painted and the
 object propagated, the button (a real mouse click) adapts a copy of the model in the
 background and propagates the object again with it: the result changes, the base
-model's weights do not, the adapted model is kept for the session, and the exported
-prompts file replays the adaptation to the same labels."""
+model's weights do not, the adapted model is kept for the session (and restored from a
+saved session), and the exported prompts file replays the adaptation to the same labels."""
 
 from __future__ import annotations
 
@@ -12,20 +12,12 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
+from napari_sam.annotation.actions import latest_weights  # noqa: E402
 from napari_sam.io import Volume  # noqa: E402
 from napari_sam.prompts import load_prompts  # noqa: E402
 from napari_sam.segmentation import segment_volume  # noqa: E402
 from test_napari_annotation import TIMEOUT_MS  # noqa: E402
-
-
-def tube(n: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """A bright core (the object) inside a dim halo (which the base model tends to take too)."""
-    yy, xx = np.mgrid[:96, :96]
-    d2 = (yy - 48) ** 2 + (xx - 48) ** 2
-    img = np.full((n, 96, 96), 0.1, np.float32)
-    img[:, d2 < (9 * 1.8) ** 2] = 0.45
-    img[:, d2 < 81] = 0.9
-    return img, np.broadcast_to(d2 < 81, img.shape).copy()
+from test_session_adapted import tube  # noqa: E402
 
 
 def _decoder(backend):
@@ -67,7 +59,15 @@ def test_adapt_button_changes_the_object_not_the_base_model(
     assert all(torch.equal(base[k], v) for k, v in lite_medsam.mask_decoder.state_dict().items())
     log = s.model.object(1).log
     assert [a["op"] for a in log] == ["paint", "propagate", "adapt"] and log[-1]["steps"] > 0
-    assert s.backend_for(s.model.object(1)) is s.adapted[1][0] is not lite_medsam
+    adapted = s.backend_for(s.model.object(1))
+    assert adapted is s.adapted[latest_weights(s.model.object(1)).sha256] is not lite_medsam
+    # saved and opened again: the object's runs use the adapted model restored from the session folder
+    assert widget.save_session(tmp_path / "tube.session") is not None
+    assert (tmp_path / "tube.session" / "adapted").is_dir()
+    assert s.open_session(tmp_path / "tube.session") and not s.adapted
+    restored = s.backend_for(s.model.object(1))
+    assert restored is not lite_medsam and restored is not adapted
+    assert all(torch.equal(v, _decoder(adapted)[k]) for k, v in _decoder(restored).items())
     target = tmp_path / "tube.prompts.json"
     monkeypatch.setattr(_session_files.QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(target), "")))
     qtbot.mouseClick(widget.export_prompts_button, Qt.LeftButton)

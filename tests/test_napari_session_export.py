@@ -62,3 +62,45 @@ def test_export_prompts_button_replays_to_the_widget_labels(make_napari_viewer, 
     replayed = segment_volume(Volume(vol), load_prompts(target), backend)
     np.testing.assert_array_equal(replayed.labels, shown)
     widget.close_session()
+
+
+def test_a_window_changed_in_the_widget_replays_as_it_was(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A box on the bright core under contrast limits 0..255, then the user narrows them
+    to 0..150 and segments a dim ball as a new object: the export gives each object its
+    window and the replay the labels the widget shows."""
+    from qtpy.QtCore import Qt
+
+    from napari_sam.plugin import _session_files
+    from test_session_windows import scene
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path / "cache"))
+    vol, core, _shell, dim = scene()
+    backend = BrightInBoxBackend()
+    viewer, widget, s = _start(make_napari_viewer, vol, backend)
+
+    def box_commit_propagate(obj):
+        rr, cc = np.nonzero(obj[12])
+        n = s.previews_shown
+        draw_box(viewer, s, (12, rr.min(), cc.min()), (12, rr.max(), cc.max()))
+        wait_preview(qtbot, s, n)
+        qtbot.keyClick(widget.add_button, Qt.Key_C, Qt.ShiftModifier)  # commit
+        qtbot.waitUntil(lambda: s.model.current is not None and s.model.current.key_slices == [12], timeout=5000)
+        with qtbot.waitSignal(s.propagation_finished, timeout=TIMEOUT_MS):
+            qtbot.keyClick(widget.add_button, Qt.Key_S, Qt.ShiftModifier)  # propagate
+
+    box_commit_propagate(core)
+    viewer.layers["ball"].contrast_limits = (0.0, 150.0)  # the user changes the window
+    qtbot.waitUntil(lambda: s.source.window().hi == 150.0 and s.store().window.hi == 150.0, timeout=5000)
+    qtbot.mouseClick(widget.add_button, Qt.LeftButton)  # a new object
+    qtbot.waitUntil(lambda: len(s.model) == 2, timeout=5000)
+    box_commit_propagate(dim)
+    shown = np.array(s.labels.data)
+    assert set(np.unique(shown)) == {0, 1, 2}
+    target = tmp_path / "two.prompts.json"
+    monkeypatch.setattr(_session_files.QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(target), "")))
+    qtbot.mouseClick(widget.export_prompts_button, Qt.LeftButton)
+    doc = json.loads(target.read_text())
+    assert [o["window"] for o in doc["objects"]] == [[0.0, 255.0], [0.0, 150.0]] and doc["window"] == [0.0, 150.0]
+    replayed = segment_volume(Volume(vol), load_prompts(target), backend)
+    np.testing.assert_array_equal(replayed.labels, shown)
+    widget.close_session()

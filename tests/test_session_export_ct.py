@@ -1,5 +1,5 @@
-"""Issue #20 on the shared CT: a session with a box, clicks, a correction and a
-painted slice, exported as a prompts file and run through ``napari-sam segment``,
+"""Issue #20 on the shared CT: a session with a box, clicks, a correction, a painted
+slice and an object segmented under another window (bone, for a vertebra), exported as a prompts file and run through ``napari-sam segment``,
 gives the session's label map voxel for voxel; ``segment --session`` replays the
 saved session to the same map and refuses a modified image (one line, exit 2)."""
 
@@ -24,6 +24,7 @@ from napari_sam.propagation import Propagator
 from napari_sam.segmentation import key_choice_for
 
 WINDOW = [-160.0, 240.0]
+BONE = [-400.0, 1000.0]
 
 
 def widget_like_session(volume, backend, cache):
@@ -36,11 +37,12 @@ def widget_like_session(volume, backend, cache):
     m = Annotation(volume.shape, volume.geometry.scale_zyx, key_choice=key_choice_for(volume))
     prop = Propagator(backend, emb, key_choice=m.key_choice)
 
-    def commit(oid, prompt):
-        pred.set_embedding(emb.get(prompt.slice), image=emb.model_input(prompt.slice))
+    def commit(oid, prompt, e=emb):
+        pred.set_embedding(e.get(prompt.slice), image=e.model_input(prompt.slice))
         previous = m.previous_for(oid, 0, prompt.slice, prompt)
         p = decode_key(pred, prompt, previous, m.key_choice)
-        m.commit(oid, prompt.slice, prompt, p.mask, exact=p.crop is None and previous is None)
+        exact = p.crop is None and previous is None
+        m.commit(oid, prompt.slice, prompt, p.mask, exact=exact, window=[e.window.lo, e.window.hi])
 
     m.add_object("liver", (220, 90, 60))
     commit(1, SlicePrompt(box=(196, 107, 374, 269), slice=10))
@@ -50,6 +52,12 @@ def widget_like_session(volume, backend, cache):
     m.propagate(2, prop)
     commit(2, SlicePrompt(points=[[349, 332], [300, 380]], labels=[1, 0], slice=13))  # clicks refining slice 13
     m.propagate(2, prop)
+    # the user switches to a bone window for a vertebra (slices 9-11), then back for the liver
+    bone = provider.views_of(volume.array)(resolve_window(volume.array, BONE), 0)
+    m.add_object("vertebra", (240, 240, 120))
+    m.set_range(3, (9, 11))
+    commit(3, SlicePrompt(box=(310, 224, 380, 269), slice=10), bone)
+    m.propagate(3, Propagator(backend, bone, key_choice=m.key_choice))
     z, r, c = 15, *np.argwhere(m.labels[15] == 1)[-1]  # a removal at the liver's lower edge on slice 15
     m.correct(1, Correction((z, int(r), int(c)), 0), prop)
     user = np.array(m.labels)
@@ -72,10 +80,12 @@ def test_exported_prompts_give_the_session_labels(session, ct_dicom_dir, capsys)
     assert kinds == {
         "liver": ["commit", "propagate", "correction", "paint"],
         "spleen": ["commit", "propagate", "commit", "propagate"],
+        "vertebra": ["range", "commit", "propagate"],
     }
-    export_prompts(tmp / "ct.json", m, window=WINDOW)
+    export_prompts(tmp / "ct.json", m, window=WINDOW)  # the window at export time: soft tissue
     doc = json.loads((tmp / "ct.json").read_text())
     assert any("mask" in s.get("paint", {}) for s in doc["objects"][0]["steps"])
+    assert [o["window"] for o in doc["objects"]] == [WINDOW, WINDOW, BONE]  # each object's own window
     out = tmp / "replayed.nii.gz"
     rc = main(
         ["segment", str(ct_dicom_dir), "--prompts", str(tmp / "ct.json"), "--output", str(out)]
@@ -84,7 +94,7 @@ def test_exported_prompts_give_the_session_labels(session, ct_dicom_dir, capsys)
     assert rc == 0, capsys.readouterr().err
     got = read_image(out).array
     assert np.count_nonzero(got != m.labels) == 0
-    assert set(np.unique(got)) == {0, 1, 2}
+    assert set(np.unique(got)) == {0, 1, 2, 3}
 
 
 def test_segment_session_replays_it_and_refuses_another_image(session, ct_dicom_dir, capsys):

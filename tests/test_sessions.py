@@ -72,7 +72,7 @@ def test_save_open_continue(tmp_path):
     folder = save_session(tmp_path / "s", m, image, {"name": backend.name}, {"window": [0, 255]})
     assert sorted(p.name for p in folder.iterdir()) == ["arrays.npz", "session.json"]
     doc = json.loads((folder / "session.json").read_text())
-    assert doc["format"] == "napari-sam session" and doc["version"] == 1 and doc["settings"] == {"window": [0, 255]}
+    assert doc["format"] == "napari-sam session" and doc["version"] == 2 and doc["settings"] == {"window": [0, 255]}
     back = open_session(folder, image=vol)
     same(back.annotation, m)
     assert back.image == image and back.model == {"name": backend.name}
@@ -98,7 +98,7 @@ def test_another_image_or_a_newer_format_is_refused(tmp_path):
     moved = open_session(folder, image=vol, image_path=tmp_path / "new.nii.gz")  # relocated
     assert moved.image.path == str(tmp_path / "new.nii.gz")
     doc = json.loads((folder / "session.json").read_text())
-    doc["version"] = 2
+    doc["version"] = 3
     (folder / "session.json").write_text(json.dumps(doc))
     with pytest.raises(InputError, match="newer than this napari-sam reads"):
         open_session(folder, image=vol)

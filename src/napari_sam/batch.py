@@ -29,6 +29,7 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ def cpu_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@dataclass(eq=False)
 class ModelPlugin(WorkerPlugin):
     """Loads the model once per worker process and sets torch's threads.
 
@@ -85,20 +87,12 @@ class ModelPlugin(WorkerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(
-        self,
-        model: str = "lite_medsam",
-        checkpoint: str | None = None,
-        torch_threads: int | None = None,
-        precision: str | None = None,
-        device: str = "cpu",
-    ) -> None:
-        self.model = model
-        self.checkpoint = checkpoint
-        self.torch_threads = torch_threads
-        self.precision = precision
-        self.device = device
-        self.backend = None
+    model: str = "lite_medsam"
+    checkpoint: str | None = None
+    torch_threads: int | None = None
+    precision: str | None = None
+    device: str = "cpu"
+    backend: Any = field(default=None, init=False, repr=False)
 
     def setup(self, worker) -> None:  # noqa: D401 - Dask's hook
         import torch
@@ -107,25 +101,22 @@ class ModelPlugin(WorkerPlugin):
         torch.set_num_threads(threads)
         self.backend = load_model(self.model, self.checkpoint, self.device, progress=False, precision=self.precision)
 
+    def register(self, client) -> None:
+        """Have every worker of ``client`` (and every worker that joins later) load the model once.
 
-def register_model(
-    client,
-    model: str = "lite_medsam",
-    checkpoint: str | None = None,
-    torch_threads: int | None = None,
-    precision: str | None = None,
-    device: str = "cpu",
-) -> None:
-    """Have every worker of ``client`` (and every worker that joins later) load the model once.
+        A model, checkpoint or precision the workers cannot load fails here: Dask
+        raises the workers' error (e.g. ModelError "...: checkpoint not found").
+        """
+        if self.precision is not None:
+            parse_precision(self.precision)  # a bad value is refused before any worker loads anything
+        client.register_plugin(self, name=PLUGIN_NAME)
 
-    A model, checkpoint or precision the workers cannot load fails here: Dask
-    raises the workers' error (e.g. ModelError "...: checkpoint not found").
-    """
-    from .models.precision import parse_precision
 
-    if precision is not None:
-        parse_precision(precision)  # a bad value is refused before any worker loads anything
-    client.register_plugin(ModelPlugin(model, checkpoint, torch_threads, precision, device), name=PLUGIN_NAME)
+def register_model(client, *args: Any, **kwargs: Any) -> None:
+    """``ModelPlugin(*args, **kwargs).register(client)``: every worker of ``client`` loads the
+    model once (the arguments are :class:`ModelPlugin`'s: model, checkpoint, torch_threads,
+    precision, device)."""
+    ModelPlugin(*args, **kwargs).register(client)
 
 
 def connect(address: str, timeout: str = "20s"):

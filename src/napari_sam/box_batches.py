@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from .candidates import choose_candidate
+from .heap import release_free_heap
 from .models.base import Backend, Embedding, cpu_cores
 from .models.windows import TOKEN_PIXELS, batch_windows, box_windows, resize_axis
 from .prompts import SlicePrompt
@@ -188,12 +189,17 @@ def decode_boxes(
         return []
     if not backend.supports_points:
         arr = np.stack([_clip(b, shape) for b in arr])  # type: ignore[arg-type]
+    # Over the whole slice each prompt holds its own copy of the image tokens and a few
+    # temporaries as large (16 MiB for 64 x 64 x 256): on the CPU, batches as small as the
+    # windowed ones (32 boxes left ~170 MiB of heap behind, the glibc heap does not shrink).
+    whole = CPU_BATCH if backend.device.type == "cpu" else BATCH
     if not (windows and getattr(backend, "decodes_windows", False)):
-        return _decode_whole(backend, emb, arr, batch or BATCH, box_fit)
+        return _decode_whole(backend, emb, arr, batch or whole, box_fit)
     out: list[CroppedMask | None] = [None] * len(arr)
     redo = _decode_windowed(backend, emb, arr, batch, out, box_fit)
-    for i, mask in zip(redo, _decode_whole(backend, emb, arr[redo], BATCH, box_fit)):
+    for i, mask in zip(redo, _decode_whole(backend, emb, arr[redo], whole, box_fit)):
         out[i] = mask
+    release_free_heap()  # the decoder's temporaries, before the next slice's objects fill the heap
     return out  # type: ignore[return-value]
 
 
@@ -218,10 +224,11 @@ def _decode_whole(
     backend: Backend, emb: Embedding, arr: np.ndarray, batch: int, box_fit: bool = False
 ) -> list[CroppedMask]:
     out: list[CroppedMask] = []
+    store = CropStore()  # the crops kept outside the heap, where they would pin the decoder's freed temporaries
     for s in range(0, len(arr), batch):
         low = _low_res(backend, emb, arr[s : s + batch], box_fit)
         masks = (backend.upsample(low, emb) > 0).cpu().numpy()
-        out.extend(CroppedMask.of(_pick(m, b)) for m, b in zip(masks, arr[s : s + batch]))
+        out.extend(CroppedMask.of(_pick(m, b), store=store) for m, b in zip(masks, arr[s : s + batch]))
     return out
 
 

@@ -12,24 +12,36 @@ date, then:
 1. **On the click's slice**, refines the current mask there (the previous
    result is the context, not a restart from clicks alone):
 
-   - positive: the model is prompted with a box around the current mask and
-     the click (or, on a slice where the object is missing, the nearest
-     non-empty slice's box moved onto the click); the part of its answer
-     connected to the click is added to the current mask;
-   - negative: the *carve* below removes the region of the mask that the
-     click belongs to.
+   - positive: the model answers the click through the interactive 2D loop
+     of :mod:`napari_sam.clicks` refining the current mask (on a slice where
+     the object is missing, the nearest non-empty slice's mask moved onto
+     the click), else the box of the current mask grown to take in the
+     click; the part of the first answer that holds the click and keeps the
+     slice within the propagation's growth limit (``StopRules.max_growth``
+     times the object's area there) is added, with a 3 mm disk;
+   - negative: the region the click belongs to is split off
+     (:func:`_split_off`): a separate smaller blob, or a lump or leak hanging
+     on the mask by a neck (2D geodesic split towards the mask's thickest
+     part), else only the click's inscribed disk. A click never empties a
+     slice that holds more than that.
 
 2. The refined mask becomes a key slice (``set_user_mask``), and only the
    *affected range* (up to the nearest other key slices) is re-propagated.
 
-3. **Carve, so that a removal holds on the neighbouring slices**: the
-   object's 3D mask is split by a watershed on its depth (Euclidean distance
-   to the boundary, in mm) between seeds: every negative click of the object
-   on one side; every positive click and the centre of every prompted key
-   slice on the other. The basins of the negative clicks are removed on every
-   slice (painted key slices excepted). A box-only model that answers "the
-   whole lung" to any box around a lobe keeps re-adding the other lobe; the
-   carve takes it away again, in 3D, after each re-propagation.
+3. **Local and one-signed**: on the re-propagated slices a positive click
+   only adds and a negative one only removes, and only the part of the
+   change that is 3D-connected to the change on the click's slice; every
+   other voxel keeps its earlier value. So a click never undoes good slices
+   elsewhere (the geodesic 3D carve of earlier versions split a thin rib
+   anywhere between the click and the key slice, and took half of it).
+
+4. **A removal holds on the neighbouring slices**: outwards from the click,
+   while a neighbour's mask still overlaps the region removed on the slice
+   before, it is split (2D geodesic) between the pixels under that removed
+   region and those under what was kept there, and the removed side goes,
+   as long as it continues the removed region (IoU at least
+   ``StopRules.min_iou``). A box-only model that re-adds a fused neighbour
+   from the box of the corrected mask loses it again.
 
 Errors: a click outside the volume, or on an object with no prompt to start
 from, raises :class:`InputError` with one line.
@@ -45,9 +57,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .clicks import ClickStrategy
 from .errors import InputError
-from .geometry import box_of_mask
+from .geometry import box_of_mask, mask_iou
 from .jobs import Cancel, Job, ProgressCallback, drive
+from .prompts import SlicePrompt
 from .propagation import PropagationState, Propagator
 
 log = logging.getLogger(__name__)
@@ -106,55 +120,66 @@ def _disk(shape: tuple[int, int], r: int, c: int, radius_px: tuple[float, float]
 
 
 @torch.inference_mode()
+def _answers(propagator: Propagator, index: int, cur: np.ndarray, ref: np.ndarray | None, r: int, c: int) -> list:
+    """The model's answers on slice ``index`` to a positive click at (r, c), in
+    order of preference: the interactive 2D loop of :mod:`napari_sam.clicks`
+    refining ``cur`` (or, on a slice where the object is missing, the nearest
+    non-empty slice's mask ``ref`` moved onto the click), then the box of
+    ``cur`` grown to take in the click (or ``ref``'s box moved onto it)."""
+    emb = _full_embedding(propagator, index)
+    H, W = cur.shape
+    prev = cur
+    if not cur.any() and ref is not None:
+        pts = np.argwhere(ref)
+        shift = np.array([r, c]) - np.round(pts.mean(0)).astype(int)
+        pts = pts + shift
+        pts = pts[(pts >= 0).all(1) & (pts < [H, W]).all(1)]
+        prev = np.zeros_like(cur)
+        prev[pts[:, 0], pts[:, 1]] = True
+    prompt = SlicePrompt(points=np.array([[r, c]], np.float32), labels=np.array([1], np.int64), slice=index)
+    clicked = ClickStrategy(propagator.backend).predict(
+        emb, prompt, previous=prev if prev.any() else None, multimask=False
+    )
+    out = [clicked.masks[0]]
+    if prev.any():
+        r0, c0, r1, c1 = box_of_mask(prev)
+        r0, c0, r1, c1 = min(r0, r), min(c0, c), max(r1, r), max(c1, c)
+        box = np.array([[max(0, r0 - 3), max(0, c0 - 3), min(H - 1, r1 + 3), min(W - 1, c1 + 3)]], np.float32)
+        out.append(propagator.backend.decode(emb, boxes_rc=box).masks[0, 0])
+    return out
+
+
+def _reference_area(state: PropagationState, index: int) -> int:
+    """The object's largest area on slice ``index`` and its two neighbours (else
+    on the nearest non-empty slice): what one slice of it may plausibly hold."""
+    near = [state.results[i].sum() for i in (index - 1, index, index + 1) if i in state.results]
+    if any(near):
+        return int(max(near))
+    ref = _nearest_nonempty(state, index)
+    return 0 if ref is None else int(ref.sum())
+
+
 def _added_region(
     state: PropagationState, propagator: Propagator, index: int, r: int, c: int, spacing_rc: tuple[float, float]
 ) -> np.ndarray:
     """The region a positive click at (r, c) of slice ``index`` adds: the part of
-    the model's answer to a box around the current mask and the click that is
-    connected to the click (a small disk when the answer misses it)."""
+    the model's answer (:func:`_answers`, the first that is plausible) that is
+    connected to the click; plus a small disk around the click. An answer is
+    plausible when it holds the click and leaves the slice's mask no larger
+    than the propagation's growth limit (``rules.max_growth``) times the
+    object's area on the slice and its neighbours: a click adds the missed
+    region around it, not a neighbouring organ."""
     cur = state.mask_slice(index)
-    H, W = cur.shape
-    if cur.any():
-        r0, c0, r1, c1 = box_of_mask(cur)
-        r0, c0, r1, c1 = min(r0, r), min(c0, c), max(r1, r), max(c1, c)
-    else:
-        ref = _nearest_nonempty(state, index)
-        if ref is None:
-            h = w = max(8, min(H, W) // 16)
-        else:
-            b = box_of_mask(ref)
-            h, w = b[2] - b[0] + 1, b[3] - b[1] + 1
-        r0, c0, r1, c1 = r - h // 2, c - w // 2, r + h // 2, c + w // 2
-    m = 3
-    box = np.array([[max(0, r0 - m), max(0, c0 - m), min(H - 1, r1 + m), min(W - 1, c1 + m)]], np.float32)
-    answer = propagator.backend.decode(_full_embedding(propagator, index), boxes_rc=box).masks[0, 0]
     disk = _disk(cur.shape, r, c, (MIN_ADD_RADIUS_MM / spacing_rc[0], MIN_ADD_RADIUS_MM / spacing_rc[1]))
-    if answer[r, c]:
-        lab, _n = ndimage.label(answer & ~cur)
-        part = lab == lab[r, c] if lab[r, c] else answer & ~cur
-        return part | disk
-    return disk
-
-
-def _seeds(state: PropagationState, corrections: Sequence[Correction]) -> tuple[list, list]:
-    """(positive, negative) seed voxels (z, y, x) for the carve."""
-    neg = [tuple(int(v) for v in c.point) for c in corrections if c.label == 0]
-    pos = [tuple(int(v) for v in c.point) for c in corrections if c.label == 1]
-    for k, p in state.prompts.items():
-        if p.only_negative:
+    limit = propagator.rules.max_growth * max(_reference_area(state, index), int(disk.sum()))
+    for answer in _answers(propagator, index, cur, _nearest_nonempty(state, index), r, c):
+        if not answer[r, c]:
             continue
-        if p.box is not None:
-            rc = ((p.box[0] + p.box[2]) / 2, (p.box[1] + p.box[3]) / 2)
-        else:
-            rc = tuple(p.positive.mean(0))
-        m = state.results.get(k)
-        if m is not None and m.any():  # the mask pixel nearest to the box centre
-            pts = np.argwhere(m)
-            rc = pts[np.argmin(((pts - np.asarray(rc)) ** 2).sum(1))]
-        v = [int(round(rc[0])), int(round(rc[1]))]
-        v.insert(state.axis, int(k))
-        pos.append(tuple(v))
-    return pos, neg
+        lab, _n = ndimage.label(answer, np.ones((3, 3), bool))
+        part = ((lab == lab[r, c]) & ~cur) | disk
+        if (cur | part).sum() <= limit:
+            return part
+    return disk
 
 
 def carve(
@@ -206,21 +231,128 @@ def carve(
     return out & mask
 
 
-def _apply_carve(state: PropagationState, corrections: Sequence[Correction], spacing_zyx, painted: set[int]) -> None:
-    pos, neg = _seeds(state, corrections)
-    if not neg:
-        return
-    remove = carve(state.volume_mask(), pos, neg, spacing_zyx)
-    for i in list(state.results):
-        if i in painted:
+def _split_off(cur: np.ndarray, r: int, c: int, sp_rc: tuple[float, float]) -> np.ndarray:
+    """The region of the (rows, cols) mask ``cur`` that a negative click at
+    (r, c) removes:
+
+    - the click's connected component when the slice holds a larger one (a
+      separate wrong blob);
+    - else the part of the component on the click's side of the split towards
+      the mask's thickest part (the 2D :func:`carve` between the click and
+      the pixel deepest inside the mask, when that lies outside the click's
+      own inscribed disk), when that part is under half of the component and
+      hangs on the rest by a neck (:func:`_is_neck`): a lump or a leak into
+      a neighbour;
+    - else the click's inscribed disk (the largest disk around the click
+      inside the mask): the click lies in the body of the mask, which has no
+      part to split off there, and only the wrong region around the click
+      goes. A click never empties a slice that holds more than its disk.
+    """
+    lab, n = ndimage.label(cur, np.ones((3, 3), bool))
+    comp = lab == lab[r, c]
+    if n > 1 and comp.sum() < np.bincount(lab.ravel())[1:].max():
+        return comp
+    depth = ndimage.distance_transform_edt(np.pad(comp, 1), sampling=sp_rc)[1:-1, 1:-1]
+    dist = _distance(cur.shape, r, c, sp_rc)
+    core = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    if dist[core] > depth[r, c] + depth[core]:  # the thickest part lies outside the click's inscribed disk
+        cut = carve(comp[None], [(0, *core)], [(0, r, c)], (1.0, *sp_rc))[0]
+        cut[r, c] = True
+        if 2 * cut.sum() < comp.sum() and _is_neck(comp, cut):
+            return cut
+    return comp & (dist <= depth[r, c])
+
+
+def _is_neck(comp: np.ndarray, cut: np.ndarray) -> bool:
+    """Whether ``cut`` hangs on the rest of ``comp`` by a neck: the line they
+    share is shorter than the side of a square of ``cut``'s area (a lump or a
+    leak, not a slice through the body of a blob without one, whose cut line
+    is about twice that)."""
+    rest = comp & ~cut
+    line = cut & ndimage.binary_dilation(rest, np.ones((3, 3), bool))
+    return float(line.sum()) < float(np.sqrt(cut.sum()))
+
+
+def _distance(shape: tuple[int, int], r: int, c: int, sp_rc: tuple[float, float]) -> np.ndarray:
+    rr, cc = np.ogrid[: shape[0], : shape[1]]
+    return np.hypot((rr - r) * sp_rc[0], (cc - c) * sp_rc[1])
+
+
+def _removed_region(state: PropagationState, index: int, r: int, c: int, sp_rc: tuple[float, float]) -> np.ndarray:
+    """The region of slice ``index``'s mask that a negative click at (r, c)
+    removes (:func:`_split_off`; nothing when the click is outside the mask)."""
+    cur = state.mask_slice(index)
+    if not cur[r, c]:
+        return np.zeros_like(cur)
+    return _split_off(cur, r, c, sp_rc)
+
+
+def _hold_removal(
+    state: PropagationState,
+    index: int,
+    removed: np.ndarray,
+    sp_rc: tuple[float, float],
+    affected: tuple[int, int],
+    min_iou: float,
+) -> None:
+    """Make a removal hold on the neighbouring slices: outwards from slice
+    ``index``, while the mask of the next (propagated) slice still overlaps
+    the region removed on the slice before, that slice's mask is split (the
+    2D :func:`carve`) between the pixels lying under the region removed on
+    the slice before and those lying under what was kept there; the removed
+    side goes too, as long as it continues the region removed on the slice
+    before (IoU at least ``min_iou``: the propagation's own continuity
+    threshold, ``StopRules.min_iou``)."""
+    keys = set(state.key_slices)
+    for d in (-1, 1):
+        prev, j = removed, index + d
+        while affected[0] <= j <= affected[1] and j not in keys and prev.any():
+            cur, kept = state.mask_slice(j), state.mask_slice(j - d)
+            neg, pos = cur & prev, cur & kept & ~prev
+            if not neg.any() or not pos.any():
+                break
+            cut = carve(cur[None], _points(pos), _points(neg), (1.0, *sp_rc))[0]
+            if not cut.any() or mask_iou(cut, prev) < min_iou:
+                break
+            state.results[j] = cur & ~cut
+            prev, j = cut, j + d
+
+
+def _points(m: np.ndarray) -> list[tuple[int, int, int]]:
+    return [(0, int(a), int(b)) for a, b in np.argwhere(m)]
+
+
+def _changed_part(
+    state: PropagationState, before: dict[int, np.ndarray], index: int, label: int, affected: tuple[int, int]
+) -> None:
+    """Keep a correction local and one-signed: on the re-propagated slices a
+    positive click only adds, a negative one only removes, and only the part
+    of the change that is connected in 3D (26-connected, through the
+    re-propagated slices) to the change on the click's slice; every other
+    voxel keeps its value from ``before``. A negative click removes nothing
+    from a slice that the re-propagation did not reach (a pass stopped
+    before it): the model gave no answer there."""
+    first, last = affected
+    empty = np.zeros(state.slice_shape, bool)
+    diff = []
+    for i in range(first, last + 1):
+        old, new = before.get(i, empty), state.results.get(i, empty)
+        # a slice the re-propagation no longer reached (a pass stopped before it) is not a re-answer
+        diff.append(new & ~old if label == 1 else (old & ~new if new.any() else empty))
+    d = np.stack(diff)
+    lab, _n = ndimage.label(d, np.ones((3, 3, 3), bool))
+    keep = np.isin(lab, np.unique(lab[index - first][d[index - first]]))
+    for i in range(first, last + 1):
+        if i == index:
             continue
-        sl: list = [slice(None)] * 3
-        sl[state.axis] = i
-        cut = remove[tuple(sl)]
-        if cut.any():
-            state.results[i] = state.results[i] & ~cut
-            if i in state.user_masks:
-                state.user_masks[i] = state.results[i].copy()
+        old = before.get(i, empty)
+        part = d[i - first] & keep[i - first]
+        res = old | part if label == 1 else old & ~part
+        if res.any():
+            state.results[i] = res
+        else:
+            state.results.pop(i, None)
+            state.info.pop(i, None)
 
 
 def correction_job(
@@ -239,15 +371,15 @@ def correction_job(
     state: the object's propagation state (run or not: it is brought up to
     date first); propagator: the model and the slice embeddings along
     ``state.axis``; correction: the click, in volume coordinates (z, row,
-    col); earlier: the object's earlier corrections (their negative clicks
-    keep carving); spacing_zyx: voxel size in mm, (z, y, x); painted: slices
-    the user painted by hand (never carved). Closed before its end, the state
-    keeps what was finished (``state.needs_run`` tells what is left).
+    col); earlier: the object's earlier corrections (kept for the callers'
+    bookkeeping: each correction acts on the result they left); spacing_zyx:
+    voxel size in mm, (z, y, x); painted: slices the user painted by hand
+    (key slices: never changed). Closed before its end, the state keeps what
+    was finished (``state.needs_run`` tells what is left).
     """
     check_correction(correction, state)
-    painted = set() if painted is None else painted
-    everything = list(earlier) + [correction]
     yield from propagator.run(state)
+    before = {i: m.copy() for i, m in state.results.items()}
     index, r, c = plane_point(correction.point, state.axis)
     sp = [float(s) for s in spacing_zyx]
     sp_rc = tuple(s for i, s in enumerate(sp) if i != state.axis)
@@ -255,11 +387,8 @@ def correction_job(
     if correction.label == 1:
         new = cur | _added_region(state, propagator, index, r, c, sp_rc)
     else:
-        pos, neg = _seeds(state, everything)
-        new = cur & ~carve(state.volume_mask(), pos, [correction.point], sp)[_plane(state.axis, index)]
-        if cur[r, c] and new[r, c]:  # the click's own voxel always goes
-            lab, _n = ndimage.label(cur)
-            new = cur & (lab != lab[r, c])
+        removed = _removed_region(state, index, r, c, sp_rc)
+        new = cur & ~removed
     if not new.any() and correction.label == 0:
         affected = state.add_stop(index, np.array([[r, c]], np.float32))
     else:
@@ -268,7 +397,9 @@ def correction_job(
         "correction %s (label %d): slices %d-%d re-propagated", tuple(correction.point), correction.label, *affected
     )
     yield from propagator.run(state)
-    _apply_carve(state, everything, sp, painted)
+    _changed_part(state, before, index, correction.label, affected)
+    if correction.label == 0:
+        _hold_removal(state, index, removed, sp_rc, affected, propagator.rules.min_iou)
     return affected
 
 
@@ -287,12 +418,6 @@ def apply_correction(
     raises :class:`napari_sam.jobs.Cancelled`."""
     job = correction_job(state, propagator, correction, earlier, spacing_zyx, painted)
     return drive(job, progress, cancel, what="correction")
-
-
-def _plane(axis: int, index: int) -> tuple:
-    sl: list = [slice(None)] * 3
-    sl[axis] = index
-    return tuple(sl)
 
 
 def corrections_job(

@@ -15,8 +15,16 @@ a session exports, :mod:`napari_sam.annotation.export_prompts`)::
       {"settle": true},                     # the loaded masks are up to date
       {"range": [2, 17]},                   # or null: the whole axis
       {"propagate": true},                  # or {"events": 7}: cancelled after 7 slices
-      {"adapt": true},                      # or {"events": n}
+      {"adapt": true},                      # or {"steps": n, "events": n,
+                                            #     "weights": "adapted/obj1_5.npz", "sha256": "..."}
+      {"window": [lo, hi]},                 # the window of the object's next steps (or a preset)
       {"correction": {"point": [z, r, c], "label": 0}}]
+
+An adaptation's ``"weights"`` is the file of the weights it made (what a
+session exports: :mod:`napari_sam.finetune.adapted`), relative to the prompts
+file's folder like a mask file; with its ``"sha256"`` checked; the replay uses
+them instead of training again (with the same model; another model trains
+``"steps"`` steps).
 
 Slices lie along the object's ``"axis"``; a commit's prompt is (row, col) of
 that plane. A mask file is a single-channel PNG (non-zero: the object) or a
@@ -28,6 +36,7 @@ unreadable or mis-shaped mask file is refused with one line.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +52,7 @@ __all__ = ["Step", "STEP_KINDS", "parse_steps", "read_mask_file", "check_steps",
 PROMPT_KEYS = ("slice", "box", "points", "labels")
 
 #: the kinds of step, each one key of a step object
-STEP_KINDS = ("commit", "paint", "settle", "range", "propagate", "adapt", "correction")
+STEP_KINDS = ("commit", "paint", "settle", "range", "propagate", "adapt", "correction", "window")
 _RUN_KINDS = ("propagate", "adapt")
 
 
@@ -58,7 +67,10 @@ class Step:
     events: a cancelled run's event count (None: ran to its end);
     steps: an adaptation's optimiser steps (None: as many as 30 s allow);
     point / label: a correction's voxel (z, row, col) and label;
-    defer: a commit whose prompt the next propagation decodes (no mask was committed).
+    defer: a commit whose prompt the next propagation decodes (no mask was committed);
+    window: a window step's window ([lo, hi] or a preset name);
+    weights: an adaptation's weights: the checked path of its file, or (from a session in
+    memory) a :class:`napari_sam.finetune.adapted.AdaptedWeights`.
     """
 
     kind: str
@@ -71,6 +83,8 @@ class Step:
     point: tuple[int, int, int] | None = None
     label: int = 1
     defer: bool = False
+    window: Any = None
+    weights: Any = None
 
 
 def check_keys(d: dict, allowed: Sequence[str], where: str) -> None:
@@ -95,18 +109,24 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def read_mask_file(ref: Any, base: Path | None, where: str) -> np.ndarray:
-    """The (rows, cols) bool mask that ``ref`` (a path, relative to ``base``) names."""
-    if not isinstance(ref, str) or not ref:
-        _fail(where, "'mask' must be the path of a mask file (.png or .npy)")
+def _file_path(ref: Any, base: Path | None, where: str, what: str) -> Path:
+    """The existing file ``ref`` (a path, relative to ``base``: it may not leave it) names."""
     path = Path(ref)
     if not path.is_absolute():
         root = (base or Path.cwd()).resolve()
         path = (root / path).resolve()
         if root != path and root not in path.parents:
-            _fail(where, f"mask file {ref} lies outside the prompts file's folder (give an absolute path)")
+            _fail(where, f"{what} {ref} lies outside the prompts file's folder (give an absolute path)")
     if not path.is_file():
-        _fail(where, f"mask file {ref} not found")
+        _fail(where, f"{what} {ref} not found")
+    return path
+
+
+def read_mask_file(ref: Any, base: Path | None, where: str) -> np.ndarray:
+    """The (rows, cols) bool mask that ``ref`` (a path, relative to ``base``) names."""
+    if not isinstance(ref, str) or not ref:
+        _fail(where, "'mask' must be the path of a mask file (.png or .npy)")
+    path = _file_path(ref, base, where, "mask file")
     try:
         if path.suffix.lower() == ".npy":
             arr = np.load(path, allow_pickle=False)
@@ -122,15 +142,47 @@ def read_mask_file(ref: Any, base: Path | None, where: str) -> np.ndarray:
     return arr != 0
 
 
-def _run_step(value: Any, where: str, kind: str) -> Step:
+def _weights_file(value: dict, base: Path | None, where: str) -> Path:
+    """An adaptation's weights file, checked against its ``sha256`` (read by the replay)."""
+    ref, digest = value.get("weights"), value.get("sha256")
+    if not isinstance(ref, str) or not ref:
+        _fail(where, "'weights' must be the path of an adapted weights file (.npz)")
+    if not (isinstance(digest, str) and len(digest) == 64):
+        _fail(where, "'weights' needs its 'sha256' (64 hexadecimal digits)")
+    path = _file_path(ref, base, where, "weights file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        _fail(where, f"weights file {ref} unreadable ({exc.strerror or exc})")
+    if hashlib.sha256(data).hexdigest() != digest.lower():
+        _fail(where, f"weights file {ref} changed (its SHA-256 is not the one given)")
+    return path
+
+
+def _window_step(value: Any, where: str) -> Step:
+    ok = isinstance(value, str) and value
+    ok = ok or (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+        and value[0] < value[1]
+    )
+    if not ok:
+        _fail(where, "'window' must be a preset name or [low, high] numbers (low < high)")
+    return Step("window", window=value if isinstance(value, str) else [float(v) for v in value])
+
+
+def _run_step(value: Any, where: str, kind: str, base: Path | None = None) -> Step:
     if value is True:
         return Step(kind)
-    keys = ("events", "steps") if kind == "adapt" else ("events",)
+    counts = ("events", "steps") if kind == "adapt" else ("events",)
+    keys = counts + (("weights", "sha256") if kind == "adapt" else ())
     if isinstance(value, dict):
         check_keys(value, keys, where)
-        if all(_is_int(value.get(k, 0)) and value.get(k, 0) >= 0 for k in keys):
-            return Step(kind, events=value.get("events"), steps=value.get("steps"))
-    _fail(where, f"'{kind}' must be true or {{{', '.join(f'{k!r}: n' for k in keys)}}}")
+        if all(_is_int(value.get(k, 0)) and value.get(k, 0) >= 0 for k in counts):
+            weights = _weights_file(value, base, where) if "weights" in value or "sha256" in value else None
+            return Step(kind, events=value.get("events"), steps=value.get("steps"), weights=weights)
+    _fail(where, f"'{kind}' must be true or {{{', '.join(f'{k!r}: n' for k in counts)}}}")
     return Step(kind)
 
 
@@ -159,7 +211,9 @@ def _parse_step(s: Any, base: Path | None, where: str, parse_prompt: PromptParse
     if kind in ("commit", "paint"):
         return _slice_step(kind, value, base, where, parse_prompt)
     if kind in _RUN_KINDS:
-        return _run_step(value, where, kind)
+        return _run_step(value, where, kind, base)
+    if kind == "window":
+        return _window_step(value, where)
     if kind == "settle":
         if value is not True:
             _fail(where, "'settle' must be true")

@@ -102,9 +102,15 @@ def state_for_object(obj: ObjectPrompts, shape: tuple[int, int, int]) -> Propaga
     return state
 
 
-def annotation_for(volume: Volume) -> Annotation:
+def annotation_for(volume: Volume, max_undo: int = 100) -> Annotation:
     """An empty annotation of ``volume`` (its shape, spacing and key-slice rule)."""
-    return Annotation(volume.shape, volume.geometry.scale_zyx, is_2d=volume.is_2d, key_choice=key_choice_for(volume))
+    return Annotation(
+        volume.shape,
+        volume.geometry.scale_zyx,
+        is_2d=volume.is_2d,
+        key_choice=key_choice_for(volume),
+        max_undo=max_undo,
+    )
 
 
 def segment_volume(
@@ -119,6 +125,7 @@ def segment_volume(
     zoom: ZoomSettings | None = None,
     crop_embeddings: CropEmbeddings | None = None,
     init_masks: dict[int, dict[int, np.ndarray]] | None = None,
+    undo: bool = True,
 ) -> SegmentationResult:
     """Segment every prompted slice of every object; propagate the objects that ask for it.
 
@@ -137,8 +144,10 @@ def segment_volume(
     init_masks: id -> {slice -> (rows, cols) bool mask along the object's
         axis}: key slices taken as they are (an existing segmentation,
         :mod:`napari_sam.init_labels`); a prompt on the same slice wins.
+    undo: the result's ``annotation`` can undo the replay (one step); False keeps
+        no undo history, so no snapshot of every object (the command line).
     """
-    model = annotation_for(volume)
+    model = annotation_for(volume, 100 if undo else 0)
     outcome = replay(
         model,
         volume,

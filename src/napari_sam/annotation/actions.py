@@ -15,6 +15,11 @@ Every change of an object's key slices and every run on it is appended to
   it was cancelled after n events (a replay stops after as many);
 - ``{"op": "correction", "point": [z, r, c], "label": 0|1}``: a 3D correction that ran.
 
+A decoded commit and every run also log the intensity ``"window": [lo, hi]`` the
+model saw (a window changed in the middle of a session replays as it was); an
+adaptation logs its ``"steps"`` and its ``"weights"``
+(:class:`~napari_sam.finetune.adapted.AdaptedWeights`, what it changed).
+
 The log is part of the object's snapshot, so undo and redo restore it with the
 state. Because an object's result depends only on its own log (a run works on
 the object's state alone), replaying each log in order gives the same objects
@@ -26,6 +31,7 @@ map: this is what a session exports as a prompts file
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,15 +42,18 @@ if TYPE_CHECKING:
     from .objects import AnnotatedObject
     from .runs import Run
 
-__all__ = ["commit_action", "paint_action", "log_action", "log_run"]
+__all__ = ["commit_action", "paint_action", "log_action", "log_run", "latest_weights"]
 
 
 def _plain_mask(mask: Any) -> np.ndarray:
     return mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
 
 
-def commit_action(index: int, prompt: SlicePrompt | None, mask: Any, exact: bool) -> dict[str, Any]:
-    """The log entry of a commit (see :func:`napari_sam.annotation.keyslices.key_op`)."""
+def commit_action(
+    index: int, prompt: SlicePrompt | None, mask: Any, exact: bool, window: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """The log entry of a commit (see :func:`napari_sam.annotation.keyslices.key_op`); ``window``
+    (the intensity window the prompt was decoded under) is logged with a decoded one."""
     keyed = prompt is not None and (prompt.only_negative or exact or mask is None)
     action = {
         "op": "commit",
@@ -55,6 +64,8 @@ def commit_action(index: int, prompt: SlicePrompt | None, mask: Any, exact: bool
     }
     if mask is None and prompt is not None and not prompt.only_negative:
         action["defer"] = True  # the propagation decodes it (no mask committed)
+    if window is not None and keyed and not prompt.only_negative and mask is not None:  # type: ignore[union-attr]
+        action["window"] = [float(window[0]), float(window[1])]
     return action
 
 
@@ -81,3 +92,13 @@ def log_run(obj: AnnotatedObject, run: Run) -> None:
         action["events"] = run.events
     at = min(run.log_at, len(obj.log))
     obj.log[at:at] = [action]
+
+
+def latest_weights(obj: AnnotatedObject) -> Any:
+    """The weights of the object's latest adaptation still in its log (undo takes one
+    back): an :class:`~napari_sam.finetune.adapted.AdaptedWeights`, or None (its runs use
+    the base model; also for an adaptation a version-1 session saved without them)."""
+    for a in reversed(obj.log or ()):
+        if a["op"] == "adapt":
+            return a.get("weights")
+    return None

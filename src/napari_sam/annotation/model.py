@@ -45,7 +45,7 @@ class Step:
         """Record object ``object_id`` (or its absence) as it is before this step changes it."""
         if object_id not in self.before:
             obj = model._objects.get(object_id)
-            self.before[object_id] = None if obj is None else obj.snapshot()
+            self.before[object_id] = None if obj is None else obj.snapshot(frozen=True)
 
 
 class Annotation(RunMethods):
@@ -168,21 +168,24 @@ class Annotation(RunMethods):
             self._close(step)
 
     def _close(self, step: Step) -> None:
-        after = {oid: (obj.snapshot() if (obj := self._objects.get(oid)) is not None else None) for oid in step.before}
         table = step.table or list(self._objects) != step.order_before or self.current_id != step.current_before
         step.changes = self._repaint(set(step.before), table, step.what)
         if step.record and step.before:
-            self.history.push(
-                Entry(
-                    step.what,
-                    step.before,
-                    after,
-                    step.order_before,
-                    list(self._objects),
-                    step.current_before,
-                    self.current_id,
+            if self.history.limit > 0:  # no history (max_undo=0): no snapshot to keep
+                after = {
+                    oid: (o.snapshot(frozen=True) if (o := self._objects.get(oid)) else None) for oid in step.before
+                }
+                self.history.push(
+                    Entry(
+                        step.what,
+                        step.before,
+                        after,
+                        step.order_before,
+                        list(self._objects),
+                        step.current_before,
+                        self.current_id,
+                    )
                 )
-            )
             self._finished(step.what)
 
     def _finished(self, what: str) -> None:
@@ -345,6 +348,7 @@ class Annotation(RunMethods):
         mask: np.ndarray | None = None,
         axis: int = 0,
         exact: bool = True,
+        window: Sequence[float] | None = None,
     ) -> ChangeSet:
         """Make slice ``index`` (along the object's axis) a key slice of ``object_id``.
 
@@ -357,6 +361,7 @@ class Annotation(RunMethods):
             slice is then keyed by its prompt (a full re-run decodes it again);
             otherwise the mask itself is kept, as a painted slice is.
         axis: the axis of the object's first key slice (later ones must match).
+        window: the intensity window ``[lo, hi]`` the prompt was decoded under (logged).
         """
         if prompt is None and mask is None:
             raise UsageError("commit needs a prompt, a mask or both")
@@ -364,7 +369,7 @@ class Annotation(RunMethods):
         where = f"slice {index}" if not self.is_2d else "the image"
         with self.batch(f"commit {where} of {obj.name}") as step:
             self._key_change(
-                obj, index, key_op(index, prompt, mask, exact), axis, commit_action(index, prompt, mask, exact)
+                obj, index, key_op(index, prompt, mask, exact), axis, commit_action(index, prompt, mask, exact, window)
             )
         return step.changes
 

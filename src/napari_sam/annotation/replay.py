@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from ..box_batches import CroppedMask, decode_boxes, is_plain_box
 from ..candidates import box_ellipse
 from ..corrections import Correction
 from ..embeddings import CropEmbeddings, SliceEmbeddings
+from ..finetune.adapted import read_weights
 from ..intensity import Window, resolve_window
 from ..io import Volume
 from ..jobs import Progress, ProgressCallback
@@ -115,7 +117,10 @@ class _Replay:
         self.outcome = ReplayOutcome()
         self._stores: dict[tuple[str, int], SliceEmbeddings] = {}
         self._windows: dict[str, Window] = {}
-        self._propagators: dict[int, Propagator] = {}
+        #: object id -> the model its runs use (an adaptation's, else the base model)
+        self._backends: dict[int, Backend] = {}
+        #: object id -> its window spec as its ``window`` steps set it
+        self._object_windows: dict[int, Any] = {}
         self.finished = 0
         self.estimates: dict[int, int] = {}
 
@@ -135,14 +140,21 @@ class _Replay:
         return self._stores[key]
 
     def window_of(self, obj: ObjectPrompts) -> Window:
-        """Resolved once per distinct window spec."""
+        """Resolved once per distinct window spec (a stepped object's ``window`` step changes its own)."""
         override = self.window_override
-        spec = override if override is not None else (obj.window if obj.window is not None else self.prompts.window)
+        own = self._object_windows.get(obj.id, obj.window)
+        spec = override if override is not None else (own if own is not None else self.prompts.window)
         key = repr(spec)
         if key not in self._windows:
-            self._windows[key] = object_window(self.volume, obj, self.prompts.window, override)
+            self._windows[key] = resolve_window(
+                self.volume.array, spec, self.volume.metadata.get("modality"), self.volume.metadata.get("dicom_window")
+            )
         self.outcome.windows[obj.id] = self._windows[key]
         return self._windows[key]
+
+    @staticmethod
+    def window_json(win: Window) -> list[float]:
+        return [float(win.lo), float(win.hi)]
 
     def cancelled(self) -> bool:
         if self.outcome.cancelled or self.stop.is_set():
@@ -155,12 +167,14 @@ class _Replay:
         (:func:`decode_key`'s ``crop_embedding``), as the widget's preview does:
         propagated objects and replayed session commits; plain objects are decoded
         in batches, one crop embedding per box would cost them dearly."""
-        store = self.store(self.window_of(obj), obj.axis)
+        win = self.window_of(obj)
+        store = self.store(win, obj.axis)
         self.predictor.set_embedding(store.get(z), image=store.model_input(z) if self.zoom is not None else None)
         previous = self.model.previous_for(obj.id, obj.axis, z, prompt)
         crops = (lambda c: store.get(z, c)) if zoom_key else None
         pred = decode_key(self.predictor, prompt, previous, self.model.key_choice, crops)
-        self.model.commit(obj.id, z, prompt, pred.mask, axis=obj.axis, exact=pred.crop is None)
+        exact = pred.crop is None
+        self.model.commit(obj.id, z, prompt, pred.mask, axis=obj.axis, exact=exact, window=self.window_json(win))
 
     @staticmethod
     def never_empty(box, mask) -> Any:
@@ -189,12 +203,13 @@ class _Replay:
             obj0 = items[0][0]
             self.report(f"{obj0.name}: slice {z}" if len(items) == 1 else f"{len(items)} objects: slice {z}")
             if axis >= 0:
-                emb = self.store(self.window_of(obj0), obj0.axis).get(z)
+                win0 = self.window_of(obj0)
+                emb = self.store(win0, obj0.axis).get(z)
                 for (o, _, p), mask in zip(
                     items, decode_boxes(self.backend, emb, [p.box for _, _, p in items], box_fit=box_fit)
                 ):
                     mask = self.never_empty(p.box, mask) if box_fit else mask
-                    self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True)
+                    self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True, window=self.window_json(win0))
             else:
                 self.decode(obj0, z, items[0][2])
             self.estimates[0] -= len(items)
@@ -216,7 +231,12 @@ class _Replay:
         )
         self.run(obj, self.model.propagation(obj.id, propagator))
         if obj.adapt and not state.needs_run and not self.cancelled():
-            self.run(obj, self.model.adaptation(obj.id, propagator))
+            run = self.model.adaptation(obj.id, propagator)
+            self.run(obj, run)
+            if run.adapted is not None:  # the corrections use the adapted model, as in the widget
+                propagator = Propagator(
+                    run.adapted, propagator.embeddings, rules=self.stop_rules, key_choice=propagator.key_choice
+                )
         for point, label in obj.corrections:
             if self.cancelled() or state.needs_run:
                 break
@@ -240,17 +260,16 @@ class _Replay:
         self.model.run_to_end(run, on_event, stop)  # type: ignore[arg-type]
 
     def propagator_for(self, obj: ObjectPrompts) -> Propagator:
-        """The object's propagator (the base model until an adaptation replaces it)."""
-        if obj.id not in self._propagators:
-            store = self.store(self.window_of(obj), obj.axis)
-            self._propagators[obj.id] = Propagator(
-                self.backend, store, rules=self.stop_rules, key_choice=self.model.key_choice
-            )
-        return self._propagators[obj.id]
+        """A propagator on the object's current window, with its model (the base model until
+        an adaptation replaces it)."""
+        store = self.store(self.window_of(obj), obj.axis)
+        backend = self._backends.get(obj.id, self.backend)
+        return Propagator(backend, store, rules=self.stop_rules, key_choice=self.model.key_choice)
 
     def stepped_object(self, obj: ObjectPrompts) -> None:
         """An object given by its ``"steps"``: the session's actions, in order."""
         self.estimates[obj.id] = len(obj.steps or ())
+        self._object_windows[obj.id] = obj.window
         for st in obj.steps or ():
             if self.cancelled():
                 return
@@ -277,11 +296,13 @@ class _Replay:
         elif st.kind == "propagate":
             self.run(obj, m.propagation(oid, self.propagator_for(obj)), st.events)
         elif st.kind == "adapt":
-            p = self.propagator_for(obj)
-            run = m.adaptation(oid, p, steps=st.steps)
+            weights = read_weights(st.weights) if isinstance(st.weights, Path) else st.weights
+            run = m.adaptation(oid, self.propagator_for(obj), steps=st.steps, weights=weights)
             self.run(obj, run, st.events)
             if run.adapted is not None:  # the object's later runs use the adapted model, as in the session
-                self._propagators[oid] = Propagator(run.adapted, p.embeddings, rules=p.rules, key_choice=p.key_choice)
+                self._backends[oid] = run.adapted
+        elif st.kind == "window":
+            self._object_windows[oid] = st.window
         else:
             self.run(obj, m.correction(oid, Correction(st.point, st.label), self.propagator_for(obj)))  # type: ignore
 
@@ -306,14 +327,16 @@ def replay(
     added in the file's order (which breaks exact ties of the overlap rule);
     ``init_masks`` (id -> {slice -> mask}) become key slices first, except where
     a propagated object has a prompt. The model then holds the objects, their
-    states and the label map; the whole replay is two undo steps.
+    states and the label map; the whole replay is one undo step.
     """
     prompts.check_against(volume.array.shape, volume.is_2d)
     job = _Replay(
         model, volume, prompts, backend, window, progress, embeddings_for, cancel, stop_rules, zoom, crop_embeddings
     )
     init_masks = init_masks or {}
-    with model.batch("objects of the prompts file"):
+    # One undoable step: an object made in the step has no "before" snapshot to keep,
+    # so 10,000 box objects keep one (frozen) snapshot each besides themselves.
+    with model.batch("prompts file"):
         for o in prompts.objects:
             model.add_object(o.name, o.color, object_id=o.id, axis=o.axis)
             if o.range is not None:
@@ -322,14 +345,14 @@ def replay(
             masks = {z: m for z, m in init_masks.get(o.id, {}).items() if z not in prompted}
             if masks:
                 model.load_masks(o.id, masks, axis=o.axis, up_to_date=False)
-    with model.batch("prompts file"), decoding():  # decoder work on one thread (napari_sam.torch_threads)
-        job.plain_objects([o for o in prompts.objects if not o.propagate and o.steps is None])
-        for o in prompts.objects:
-            if o.steps is not None and not job.cancelled():
-                job.stepped_object(o)
-            elif o.propagate and not job.cancelled():
-                job.window_of(o)
-                job.propagated_object(o)
+        with decoding():  # decoder work on one thread (napari_sam.torch_threads)
+            job.plain_objects([o for o in prompts.objects if not o.propagate and o.steps is None])
+            for o in prompts.objects:
+                if o.steps is not None and not job.cancelled():
+                    job.stepped_object(o)
+                elif o.propagate and not job.cancelled():
+                    job.window_of(o)
+                    job.propagated_object(o)
     if progress:
         progress(Progress(job.finished, job.finished, "cancelled" if job.outcome.cancelled else "done"))
     return job.outcome

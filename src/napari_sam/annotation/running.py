@@ -15,7 +15,9 @@ import numpy as np
 from ..corrections import Correction, apply_correction, check_correction
 from ..errors import InputError, UsageError
 from ..finetune.adapt import adapt_to_slices
-from ..jobs import Cancel, Cancelled, ProgressCallback, drive, threaded
+from ..finetune.adapted import AdaptedWeights, adapted_backend, adapted_weights, base_fingerprint, root_model
+from ..intensity import Window
+from ..jobs import Cancel, Cancelled, Progress, ProgressCallback, drive, threaded
 from ..propagation import PropagationState, Propagator
 from .actions import log_run
 from .changes import ChangeSet
@@ -26,6 +28,12 @@ if TYPE_CHECKING:
     from .model import Annotation
 
 __all__ = ["RunMethods"]
+
+
+def _window_of(propagator: Propagator) -> dict[str, Any]:
+    """``{"window": [lo, hi]}`` of the embeddings a run uses (logged with it), or nothing."""
+    win = getattr(propagator.embeddings, "window", None)
+    return {"window": [float(win.lo), float(win.hi)]} if isinstance(win, Window) else {}
 
 
 class RunMethods:
@@ -57,7 +65,7 @@ class RunMethods:
         """A run that propagates the object from its key slices (only what is out of date)."""
         obj = self.object(object_id)
         run = self.start_run(object_id, propagator.run, f"propagate {obj.name}")
-        run.action = {"op": "propagate"}
+        run.action = {"op": "propagate", **_window_of(propagator)}
         return run
 
     def correction(self: Annotation, object_id: int, correction: Correction, propagator: Propagator) -> Run:
@@ -74,38 +82,56 @@ class RunMethods:
             yield from ()
 
         run = self.start_run(object_id, work, f"correct {obj.name}", corrections=[correction])
-        run.action = {"op": "correction", **correction.to_json()}
+        run.action = {"op": "correction", **correction.to_json(), **_window_of(propagator)}
         return run
 
     def adaptation(
-        self: Annotation, object_id: int, propagator: Propagator, time_budget: float = 30.0, steps: int | None = None
+        self: Annotation,
+        object_id: int,
+        propagator: Propagator,
+        time_budget: float = 30.0,
+        steps: int | None = None,
+        weights: AdaptedWeights | None = None,
     ) -> Run:
         """A run that adapts a copy of ``propagator``'s model to the object's key slices
         (:func:`napari_sam.finetune.adapt.adapt_to_slices`, at most ``time_budget`` s; exactly
         ``steps`` optimiser steps when given, as a replay does), then propagates the object
         again with it. The base model is never changed; the adapted one is ``run.adapted``
-        once trained (for the object's later runs). Progress: one event per training step,
-        then one per propagated slice."""
+        once trained (for the object's later runs) and its weights are logged
+        (:class:`~napari_sam.finetune.adapted.AdaptedWeights`, saved with a session).
+        weights: an earlier adaptation's weights (a replay): used instead of training
+        when they were made on ``propagator``'s model, else it trains ``steps`` steps.
+        Progress: one event per training step, then one per propagated slice."""
         obj = self.object(object_id)
-        action: dict[str, Any] = {"op": "adapt"}
+        action: dict[str, Any] = {"op": "adapt", **_window_of(propagator)}
+        fingerprint = base_fingerprint(root_model(propagator.backend)) if weights is not None else None
+        reuse = weights is not None and fingerprint == weights.base
 
         def train(state: PropagationState) -> Iterator[Any]:
             keys = {k: state.results[k] for k in state.key_slices if k in state.results and state.results[k].any()}
             if not keys:
                 return
-            budget, most = (time_budget, 60) if steps is None else (float("inf"), steps)
+            if reuse:  # as many events as the training had, so that a replay stopped after n events agrees
+                adapted, done, kept = adapted_backend(propagator.backend, weights, fingerprint), weights.steps, weights
+                for i in range(done):
+                    yield Progress(i + 1, done, f"adapting: step {i + 1} (saved weights)")
+            else:
+                budget, most = (time_budget, 60) if steps is None else (float("inf"), steps)
 
-            def work(progress: ProgressCallback, cancel: Cancel) -> Any:
-                return adapt_to_slices(
-                    propagator.backend, propagator.embeddings, keys, budget, most, None, cancel, progress
-                )
+                def work(progress: ProgressCallback, cancel: Cancel) -> Any:
+                    return adapt_to_slices(
+                        propagator.backend, propagator.embeddings, keys, budget, most, None, cancel, progress
+                    )
 
-            result = yield from threaded(work)
-            action["steps"] = result.steps
-            run.adapted = result.backend
+                result = yield from threaded(work)
+                adapted, done = result.backend, result.steps
+                kept = adapted_weights(propagator.backend, adapted, done)
+                adapted.adapted_from = root_model(propagator.backend)
+            action["steps"], action["weights"] = done, kept
+            run.adapted = adapted
             state.mark_all()
             yield from Propagator(
-                result.backend, propagator.embeddings, rules=propagator.rules, key_choice=propagator.key_choice
+                adapted, propagator.embeddings, rules=propagator.rules, key_choice=propagator.key_choice
             ).run(state)
 
         run = self.start_run(object_id, train, f"adapt {obj.name}")

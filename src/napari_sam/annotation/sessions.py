@@ -2,13 +2,17 @@
 
 A **session** is a folder:
 
-- ``session.json``: ``{"format": "napari-sam session", "version": 1,
+- ``session.json``: ``{"format": "napari-sam session", "version": 2,
   "image": {"path", "content_hash", "shape"}, "model": {...},
-  "settings": {...}, "annotation": {...}}``, where ``annotation`` is
-  :func:`~napari_sam.annotation.annotation_to_dict` with every array replaced
-  by ``{"array": KEY}``;
+  "settings": {...}, "annotation": {...}, "adapted": {FILE: SHA256}}``, where
+  ``annotation`` is :func:`~napari_sam.annotation.annotation_to_dict` with every
+  array replaced by ``{"array": KEY}`` and every adaptation's weights by
+  ``{"file": FILE, "sha256": SHA256}``;
 - ``arrays.npz``: those arrays (the objects' masks as (rows, cols) bool, the
-  label map as (z, y, x) uint16), compressed.
+  label map as (z, y, x) uint16), compressed;
+- ``adapted/<sha256>.npz``: the adaptations' weights
+  (:class:`~napari_sam.finetune.adapted.AdaptedWeights`), checked against the
+  manifest's SHA-256 when opened (version 1 had none, and still opens).
 
 It holds everything of the annotation but its undo history: the objects
 (ids, names, colours), each object's key slices with their prompts, its
@@ -34,6 +38,7 @@ image.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -47,6 +52,7 @@ import numpy as np
 
 from ..cache import content_hash, default_cache_dir
 from ..errors import InputError
+from ..finetune.adapted import WEIGHTS_SUFFIX, AdaptedWeights, read_weights
 from .model import Annotation
 from .persist import annotation_from_dict, annotation_to_dict, join_arrays, split_arrays
 
@@ -63,8 +69,9 @@ __all__ = [
 ]
 
 SESSION_FORMAT = "napari-sam session"
-SESSION_VERSION = 1
-_JSON, _ARRAYS = "session.json", "arrays.npz"
+#: 2: adaptations' weights saved in ``adapted/`` (version 1, without them, still opens)
+SESSION_VERSION = 2
+_JSON, _ARRAYS, _ADAPTED = "session.json", "arrays.npz", "adapted"
 
 
 @dataclass(frozen=True)
@@ -95,10 +102,25 @@ class Session:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+def _weights_out(meta: dict[str, Any]) -> dict[str, AdaptedWeights]:
+    """Replace every adaptation's weights in the annotation's logs by ``{"file", "sha256"}``;
+    returns file name (under the session folder) -> weights."""
+    files: dict[str, AdaptedWeights] = {}
+    for od in meta.get("objects", ()):
+        for a in od.get("log") or ():
+            w = a.get("weights")
+            if isinstance(w, AdaptedWeights):
+                name = f"{_ADAPTED}/{w.sha256}{WEIGHTS_SUFFIX}"
+                files[name] = w
+                a["weights"] = {"file": name, "sha256": w.sha256}
+    return files
+
+
 def _session_dict(
     snapshot: dict[str, Any], image: ImageRef, model: Mapping[str, Any], settings: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, AdaptedWeights]]:
     meta, arrays = split_arrays(snapshot)
+    weights = _weights_out(meta)
     return (
         {
             "format": SESSION_FORMAT,
@@ -107,8 +129,10 @@ def _session_dict(
             "model": dict(model),
             "settings": dict(settings),
             "annotation": meta,
+            "adapted": {name: w.sha256 for name, w in weights.items()},
         },
         arrays,
+        weights,
     )
 
 
@@ -120,7 +144,32 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_folder(folder: Path, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+def _put_weights(tmp: Path, folder: Path, name: str, weights: AdaptedWeights) -> None:
+    """Write ``weights`` as ``tmp/name`` (a hard link to the same file of the session being
+    replaced when it holds them), fsynced and read back."""
+    target, old = tmp / name, folder / name
+    target.parent.mkdir(exist_ok=True)
+    data = weights.to_bytes()
+    try:
+        if old.is_file() and old.stat().st_size == len(data):
+            os.link(old, target)
+    except OSError:
+        pass
+    if not target.exists():
+        with open(target, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    if hashlib.sha256(target.read_bytes()).hexdigest() != weights.sha256:
+        raise OSError(f"{target}: the adapted weights read back differ from what was written")
+
+
+def _write_folder(
+    folder: Path,
+    doc: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    weights: Mapping[str, AdaptedWeights] | None = None,
+) -> Path:
     """Write the session files into a temporary folder beside ``folder``, then put it in place."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +181,11 @@ def _write_folder(folder: Path, doc: dict[str, Any], arrays: dict[str, np.ndarra
             np.savez_compressed(fh, **{f"a{i}": a for i, a in enumerate(arrays.values())})
             fh.flush()
             os.fsync(fh.fileno())
+        weights = weights or {}
+        for name, w in weights.items():
+            _put_weights(tmp, folder, name, w)
+        if weights:
+            _fsync(tmp / _ADAPTED)
         doc = dict(doc, arrays={k: f"a{i}" for i, k in enumerate(arrays)})
         with open(tmp / _JSON, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1)
@@ -159,8 +213,8 @@ def save_session(
     """Save ``annotation`` (of ``image``) as the session folder ``folder``, replacing it
     whole. model / settings: what to record with it (plain JSON values, e.g.
     ``{"name": "lite_medsam"}`` and ``{"window": [lo, hi]}``). Returns the folder."""
-    doc, arrays = _session_dict(annotation_to_dict(annotation), image, model or {}, settings or {})
-    return _write_folder(Path(folder), doc, arrays)
+    doc, arrays, weights = _session_dict(annotation_to_dict(annotation), image, model or {}, settings or {})
+    return _write_folder(Path(folder), doc, arrays, weights)
 
 
 def _read(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -185,6 +239,25 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return doc, arrays
 
 
+def _weights_in(folder: Path, doc: dict[str, Any], annotation: dict[str, Any]) -> dict[str, Any]:
+    """``annotation`` with each adaptation's ``{"file", "sha256"}`` replaced by its weights,
+    read from the session folder and checked against the manifest (InputError, one line)."""
+    manifest = doc.get("adapted", {})
+    cache: dict[str, AdaptedWeights] = {}
+    for od in annotation.get("objects", ()):
+        for a in od.get("log") or ():
+            ref = a.get("weights")
+            if not isinstance(ref, dict):
+                continue
+            name, digest = str(ref.get("file")), ref.get("sha256")
+            if manifest.get(name) != digest or Path(name).parent != Path(_ADAPTED):
+                raise InputError(f"{folder}: the adapted weights {name} are not in the session's manifest")
+            if name not in cache:
+                cache[name] = read_weights(folder / name, digest, str(folder))
+            a["weights"] = cache[name]
+    return annotation
+
+
 def open_session(folder: str | Path, image: np.ndarray | None = None, image_path: str | Path | None = None) -> Session:
     """Open the session folder ``folder``.
 
@@ -207,7 +280,7 @@ def open_session(folder: str | Path, image: np.ndarray | None = None, image_path
             )
     if image_path is not None:
         recorded = ImageRef(str(image_path), recorded.content_hash, recorded.shape)
-    annotation = annotation_from_dict(join_arrays(doc["annotation"], arrays))
+    annotation = annotation_from_dict(_weights_in(folder, doc, join_arrays(doc["annotation"], arrays)))
     return Session(annotation, recorded, doc.get("model", {}), doc.get("settings", {}))
 
 
@@ -273,8 +346,8 @@ class Journal:
                     return
                 snapshot, self._pending, upto = self._pending, None, self._queued
             try:
-                doc, arrays = _session_dict(snapshot, self.image, self.model, self.settings)
-                _write_folder(self.folder, doc, arrays)
+                doc, arrays, weights = _session_dict(snapshot, self.image, self.model, self.settings)
+                _write_folder(self.folder, doc, arrays, weights)
             except BaseException as exc:  # noqa: BLE001  (kept for the owner to report)
                 self.errors.append(exc)
             with self._cond:

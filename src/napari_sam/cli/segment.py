@@ -187,6 +187,7 @@ def _segment(args: argparse.Namespace, volume, prompts, backend, window, init_ma
             zoom=zoom,
             crop_embeddings=crops,
             init_masks=init_masks,
+            undo=False,
         )
     finally:
         bar.close()

@@ -203,11 +203,16 @@ def tuned_backend(base: SamFamilyBackend, trainer: DecoderTrainer, name: str | N
     It keeps ``base``'s name by default, so the embedding cache (the encoder's
     output, which training does not change) is shared.
     """
+    return with_decoder(base, trainer.prompt_encoder, trainer.mask_decoder, name)
+
+
+def with_decoder(base: SamFamilyBackend, prompt_encoder, mask_decoder, name: str | None = None) -> SamFamilyBackend:
+    """``base``'s image encoder (shared) with another prompt encoder and mask decoder."""
     return SamFamilyBackend(
         name or base.name,
         base.image_encoder,
-        trainer.prompt_encoder.eval(),
-        trainer.mask_decoder.eval(),
+        prompt_encoder.eval(),
+        mask_decoder.eval(),
         base.image_size,
         base.device,
         base.mean,

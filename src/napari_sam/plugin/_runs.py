@@ -139,10 +139,6 @@ class RunWorker(QObject):
         if run is None or self.s.closed:
             return
         self.s.apply(self.s.model.finish(run))
-        if run.adapted is not None and run.object_id in self.s.model:  # kept for the object's later runs
-            obj = self.s.model.object(run.object_id)
-            kept = self.s.adapted.setdefault(obj.id, [])
-            n = sum(1 for a in obj.log or () if a["op"] == "adapt" and "steps" in a)
-            del kept[max(0, n - 1) :]
-            kept.append(run.adapted)
+        if run.adapted is not None:  # kept for the object's later runs (SegmentSession.backend_for)
+            self.s.adapted[run.action["weights"].sha256] = run.adapted  # type: ignore[index]
         self.finished.emit(self._cancelled or not run.completed)

@@ -22,9 +22,11 @@ import numpy as np
 from qtpy.QtCore import QObject, Signal
 
 from ..annotation import Annotation, ChangeSet
+from ..annotation.actions import latest_weights
 from ..cache import content_hash
 from ..corrections import Correction
-from ..errors import InputError, NapariSamError, UsageError
+from ..errors import InputError, ModelError, NapariSamError, UsageError
+from ..finetune.adapted import adapted_backend
 from ..io import Volume
 from ..models.base import Backend
 from ..prompts import SlicePrompt
@@ -84,8 +86,8 @@ class SegmentSession(QObject):
         #: where slice embeddings are kept on disk (None: in memory only)
         self.cache_dir = cache_dir
         self.closed = False
-        #: object id -> the models adapted to it in this session, in order (never the base model)
-        self.adapted: dict[int, list[Backend]] = {}
+        #: the adapted models of this session, by the SHA-256 of their weights (never the base model)
+        self.adapted: dict[str, Backend] = {}
         #: asked when a click or box is added: True if the press only gave focus back (it is dropped)
         self.focus_click: Any = None
         self._volume_hash = content_hash(source.volume)
@@ -387,6 +389,7 @@ class SegmentSession(QObject):
                 mask,
                 axis=pos.axis,  # type: ignore
                 exact=exact,
+                window=[self._window.lo, self._window.hi],
             )
         return step.changes
 
@@ -424,10 +427,18 @@ class SegmentSession(QObject):
 
     def backend_for(self, obj: Any) -> Backend:
         """The model the object's runs use: its latest adaptation that is still in its
-        action log (undo takes one back), else the base model."""
-        n = sum(1 for a in obj.log or () if a["op"] == "adapt" and "steps" in a)
-        kept = self.adapted.get(obj.id, [])
-        return kept[n - 1] if 0 < n <= len(kept) else self.backend
+        action log (undo takes one back; an opened session's come from its saved
+        weights), else the base model."""
+        weights = latest_weights(obj)
+        if weights is None:
+            return self.backend
+        if weights.sha256 not in self.adapted:
+            try:
+                self.adapted[weights.sha256] = adapted_backend(self.backend, weights)
+            except ModelError as exc:
+                notify("warning", f"napari-sam: {obj.name}: {exc}; the model itself is used")
+                return self.backend
+        return self.adapted[weights.sha256]
 
     def cancel_propagation(self) -> None:
         """Stop the running propagation after the slice in progress; finished slices are kept."""
