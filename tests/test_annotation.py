@@ -449,7 +449,7 @@ class _StubPredictor:
 
 def _stub_outputs(monkeypatch, masks: list[np.ndarray]) -> None:
     """The model's own answers to a box (candidates.box_outputs) replaced by ``masks``."""
-    import napari_sam.annotation.keyslices as ks
+    import napari_sam.candidates as ks
 
     k = len(masks)
     out = Prediction(np.stack(masks), np.full(k, 0.2, np.float32), np.zeros((k, 4, 4), np.float32), np.zeros((k, 4)))

@@ -39,10 +39,29 @@ def test_key_slices_beat_deeper_propagated_claims_and_list_order_does_not_decide
     os_ = ObjectMasks(2, 0, {2: small}, key_slices={2})
     lab = resolve_overlaps(shape, [ob, os_])
     assert np.all(lab[2][small] == 2)  # the small object's key slice wins inside the big one
+    small = disc(shape[1:], (10, 10), 3)  # off the big mask's centre
     os_prop = ObjectMasks(2, 0, {2: small}, key_slices=set())
-    assert np.all(resolve_overlaps(shape, [ob, os_prop])[2][small] == 1)  # deeper claim wins
-    # listed first but shallower: the small object (depth <= 3 mm) loses to the big one (15 mm deep at 10 mm a slice)
-    assert np.all(resolve_overlaps(shape, [os_prop, ob], spacing_zyx=(10.0, 1.0, 1.0))[2][small] == 1)
+    for order in ([ob, os_prop], [os_prop, ob]):
+        lab = resolve_overlaps(shape, order, spacing_zyx=(10.0, 1.0, 1.0))
+        assert lab[2, 10, 10] == 2  # the small mask's centre is its most certain part: it keeps it
+        assert lab[2, 10, 13] == 1  # its rim (relative depth 1/4) loses to the big mask (11/15 there)
+        assert np.all(lab[2][~small] == 1)
+
+
+def test_a_large_mask_running_over_a_small_one_does_not_take_its_core():
+    """Relative depth: a runaway mask ten times the size of its neighbour does not win the
+    neighbour's core by being deep in absolute mm (the MR liver over the gallbladder)."""
+    shape = (4, 80, 80)
+    runaway = disc(shape[1:], (40, 30), 28)
+    small = disc(shape[1:], (40, 52), 7)  # half inside the runaway mask
+    orun = ObjectMasks(1, 0, {z: runaway for z in range(4)}, key_slices=set())
+    osm = ObjectMasks(2, 0, {z: small for z in range(4)}, key_slices=set())
+    for order in ([orun, osm], [osm, orun]):
+        lab = resolve_overlaps(shape, order, spacing_zyx=(3.0, 1.0, 1.0))
+        core = disc(shape[1:], (40, 52), 3)
+        assert np.all(lab[:, core] == 2)
+        assert (lab == 2).sum() >= 0.6 * 4 * small.sum()
+        assert np.all(lab[:, runaway & ~small] == 1)
 
 
 def test_two_key_slices_on_one_slice_the_smaller_object_keeps_its_key_slice():

@@ -11,11 +11,16 @@ that the annotation's key slices and the propagation's both apply.
 :func:`box_outputs` gives the model's own candidates for a box (its single
 output and its three multimask ones): a box-only model's predictor ranks
 box hypotheses of the single output only, which never includes them.
+:func:`box_fit_key` is the whole key-slice rule for a box under "box_fit":
+those candidates, the model's four answers on a magnified crop around a small
+box (:func:`napari_sam.zoom.zoomed_box_outputs`; at 256 px an 8 x 4 px box is
+answered empty on every candidate), the one that explains the box best, and never an empty
+mask for a box the user drew (:func:`box_ellipse` as the last resort).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +29,22 @@ from .geometry import box_of_mask
 from .models.base import Backend, Embedding
 from .prediction import Prediction
 
-__all__ = ["KEY_CHOICES", "box_fit", "box_fit_prediction", "box_outputs", "choose_candidate"]
+__all__ = [
+    "KEY_CHOICES",
+    "box_ellipse",
+    "box_fit",
+    "box_fit_key",
+    "box_fit_prediction",
+    "box_outputs",
+    "needs_zoom",
+    "ZOOM_BELOW_FIT",
+    "choose_candidate",
+    "rank_by_box_fit",
+]
+
+
+#: a key mask whose box fit is under this is retried on a magnified crop (:func:`box_fit_key`)
+ZOOM_BELOW_FIT = 0.5
 
 #: how a box key slice picks its mask: the model's single answer, or :func:`box_fit_prediction`
 KEY_CHOICES = ("single", "box_fit")
@@ -94,3 +114,73 @@ def box_outputs(backend: Backend, emb: Embedding, box: Sequence[float]) -> Predi
     return Prediction(
         masks=masks, scores=scores, low_res_logits=low.float().cpu().numpy(), boxes=np.repeat(b, len(masks), 0)
     )
+
+
+def box_ellipse(box: Sequence[float], slice_shape: tuple[int, int]) -> np.ndarray:
+    """The ellipse inscribed in ``box`` (r0, c0, r1, c1, inclusive) as an (H, W) bool mask."""
+    r0, c0, r1, c1 = (float(v) for v in box)
+    rr, cc = np.ogrid[: slice_shape[0], : slice_shape[1]]
+    a, b = max((r1 - r0 + 1) / 2.0, 0.5), max((c1 - c0 + 1) / 2.0, 0.5)
+    m = ((rr - (r0 + r1) / 2.0) / a) ** 2 + ((cc - (c0 + c1) / 2.0) / b) ** 2 <= 1.0
+    if not m.any():  # a box under a pixel: its nearest pixel
+        m[
+            int(np.clip(round((r0 + r1) / 2), 0, slice_shape[0] - 1)),
+            int(np.clip(round((c0 + c1) / 2), 0, slice_shape[1] - 1)),
+        ] = True
+    return m
+
+
+def rank_by_box_fit(pred: Prediction, box: Sequence[float]) -> tuple[Prediction, float]:
+    """``pred``'s candidates by :func:`box_fit` (best first, ties keep order) and the best fit."""
+    fits = [box_fit(m, box) for m in pred.masks]
+    order = np.argsort([-f for f in fits], kind="stable")[:3]
+    ranked = Prediction(
+        masks=pred.masks[order],
+        scores=pred.scores[order],
+        low_res_logits=pred.low_res_logits[order],
+        boxes=pred.boxes[order],
+        crop=pred.crop,
+    )
+    return ranked, fits[int(order[0])]
+
+
+def box_fit_key(
+    backend: Backend,
+    single: Prediction,
+    many: Prediction,
+    emb: Embedding,
+    box: Sequence[float],
+    zoomed: Callable[[], Prediction | None] | None = None,
+) -> Prediction:
+    """The "box_fit" key-slice rule for a box alone, best candidate first.
+
+    single, many: the predictor's single and multimask answers on the slice's
+    embedding ``emb``; with the model's own four outputs (:func:`box_outputs`)
+    they are ranked by :func:`box_fit_prediction`. zoomed: called only when
+    the best of them explains the box poorly (:func:`needs_zoom`), it gives
+    the model's answers on a magnified crop around a small box
+    (:func:`napari_sam.zoom.zoomed_box_outputs`) or None; the one that
+    explains the box better wins (the result then has ``crop`` set). When
+    every candidate is empty, the ellipse inscribed in the box is the mask: a
+    key slice the user drew a box on is never empty.
+    """
+    best = box_fit_prediction(single, many, box, box_outputs(backend, emb, box))
+    fit = box_fit(best.masks[0], box)
+    z = zoomed() if zoomed is not None and needs_zoom(fit) else None
+    if z is not None:
+        ranked, zfit = rank_by_box_fit(z, box)
+        if zfit > fit:
+            best, fit = ranked, zfit
+    if not best.masks[0].any():
+        masks = best.masks.copy()
+        masks[0] = box_ellipse(box, emb.original_size)
+        best = Prediction(masks, best.scores, best.low_res_logits, best.boxes, best.crop)
+    return best
+
+
+def needs_zoom(fit: float) -> bool:
+    """Whether a key mask with box fit ``fit`` is retried on a magnified crop: when it
+    explains less than half of its box (:data:`ZOOM_BELOW_FIT`; an empty mask: 0).
+    Answers that explain their box well cost no crop embedding, so many small
+    objects (box batches) stay cheap."""
+    return fit < ZOOM_BELOW_FIT

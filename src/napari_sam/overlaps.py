@@ -11,11 +11,18 @@ object most likely to own it, judged per voxel:
    smaller on that slice wins: a box around a small object is the more
    specific statement, so a large neighbour's key mask that spills over it
    never costs it its key slice, and the large one loses only the spill;
-2. otherwise, the object whose mask holds the voxel deepest wins: depth is
-   the distance (mm, physical spacing) from the voxel to the boundary of that
-   object's 3D mask, the monotone stand-in for the object's probability there
-   (the model's logits rise with the distance from its mask's edge; a sliver
-   where two masks touch is each object's least certain part);
+2. otherwise, the object whose mask holds the voxel *relatively* deepest
+   on that slice wins: each slice's mask is the model's answer to one prompt
+   there, and its logits rise from the mask's edge towards its centre; the
+   depth of a voxel (distance in mm, physical in-plane spacing, to the edge
+   of the object's mask on that slice) divided by the deepest voxel of that
+   mask puts a small organ and a large neighbour on the same 0..1 scale,
+   from edge to centre. Absolute depth (the rule before) let any large mask
+   win, a runaway one included: on the shared MR the liver, propagated to
+   twice its volume, took the gallbladder and the inferior vena cava, and a
+   colon mask answered with the whole abdomen took every organ under it
+   (joint-map loss 0.048; 0.007 with the relative depth; see
+   docs/propagation.md);
 3. ties go to the object listed first.
 
 The annotation model (:class:`napari_sam.annotation.Annotation`) paints its
@@ -39,7 +46,7 @@ from scipy import ndimage
 
 __all__ = ["ObjectMasks", "resolve_overlaps", "resolve_overlaps_into", "KEY_SLICE_PRIORITY"]
 
-#: priority (mm) that makes a key-slice claim beat any propagated one; a key
+#: priority that makes a key-slice claim beat any propagated one (relative depth <= 1); a key
 #: slice's claim is this less the object's area (mm^2) on that slice
 KEY_SLICE_PRIORITY = 1.0e9
 
@@ -111,11 +118,18 @@ def _plane(axis: int, index: int) -> tuple:
     return tuple(sl)
 
 
-def _depth(sub: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
-    """Depth in mm of every voxel of a (z, y, x) bool box to the mask's boundary."""
-    padded = np.pad(sub, 1)
-    d = ndimage.distance_transform_edt(padded, sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
-    return d.astype(np.float32)
+def _depth(sub: np.ndarray, spacing_zyx: Sequence[float], axis: int = 0) -> np.ndarray:
+    """Relative depth in [0, 1] of every voxel of a (z, y, x) bool box: per plane
+    along ``axis``, the distance (mm) to the plane mask's edge over the largest
+    such distance in that plane (0 outside the mask)."""
+    planes = np.moveaxis(sub, axis, 0)
+    in_plane = [s for a, s in enumerate(spacing_zyx) if a != axis]
+    out = np.zeros(planes.shape, np.float32)
+    for k, plane in enumerate(planes):
+        if plane.any():
+            d = ndimage.distance_transform_edt(np.pad(plane, 1), sampling=in_plane)[1:-1, 1:-1]
+            out[k] = d / d.max()
+    return np.moveaxis(out, 0, axis)
 
 
 def resolve_overlaps(
@@ -123,8 +137,8 @@ def resolve_overlaps(
 ) -> np.ndarray:
     """Paint ``objects`` into one (z, y, x) uint16 label map of ``shape``,
     resolving overlaps per voxel by the rule of this module (key slices first,
-    then the deepest claim, in mm with ``spacing_zyx`` = (z, y, x); ties to the
-    object listed first). Work and memory per object are those of its
+    then the relatively deepest claim on the slice, distances in mm with
+    ``spacing_zyx`` = (z, y, x); ties to the object listed first). Work and memory per object are those of its
     bounding box, not of the whole volume."""
     labels = np.zeros(shape, np.uint16)
     resolve_overlaps_into(labels, np.full(shape, -1.0, np.float32), objects, spacing_zyx)
@@ -137,7 +151,7 @@ def resolve_overlaps_into(
     """:func:`resolve_overlaps` painting into array-likes that may live on disk.
 
     labels: (z, y, x) integer array-like holding 0; best: float32 array-like of
-    the same shape holding -1 (each voxel's winning depth so far). Any object
+    the same shape holding -1 (each voxel's winning relative depth so far). Any object
     with numpy-style region reads and writes (``a[sl]``, ``a[sl] = v``) works,
     e.g. a zarr array: each object reads and writes only its bounding box, so
     a label map larger than memory is painted chunk by chunk.
@@ -148,7 +162,7 @@ def resolve_overlaps_into(
         if boxed is None:
             continue
         sl, inside = boxed
-        depth = _depth(inside, spacing_zyx)
+        depth = _depth(inside, spacing_zyx, obj.axis)
         lo = sl[obj.axis]
         px_mm2 = float(np.prod([s for a, s in enumerate(spacing_zyx) if a != obj.axis]))
         for k in obj.key_slices:

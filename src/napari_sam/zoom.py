@@ -20,11 +20,13 @@ in slice pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .candidates import box_outputs
 from .embeddings import CropEmbeddings
 from .errors import InputError
 from .geometry import Crop, box_of_mask
@@ -279,3 +281,39 @@ def _decode_in_crop(
     pred = clicks.predict(emb, local, previous=None if seed is None else seed[crop.slices], multimask=multimask)
     masks = crop.paste(pred.masks, shape, False)
     return masks, pred.scores, pred.low_res_logits, crop.box_from_crop(pred.boxes)
+
+
+#: the crop a small key-slice box is also answered on
+#: (:func:`napari_sam.candidates.box_fit_key`): centred on the box, which fills
+#: at most 0.4 of it, at least 64 px, and only where that magnifies the slice
+#: at least 1.5 times (the prompt zoom's settings)
+KEY_ZOOM = ZoomSettings(quantize=False)
+
+
+@torch.inference_mode()
+def zoomed_box_outputs(
+    backend: Backend,
+    crop_embedding: Callable[[Crop], Embedding],
+    box: Sequence[float],
+    slice_shape: tuple[int, int],
+    settings: ZoomSettings | None = None,
+) -> Prediction | None:
+    """The model's four answers to ``box`` (r0, c0, r1, c1, slice pixels) decoded on
+    a magnified crop around it (:func:`napari_sam.zoom.zoom_crop`), masks pasted
+    back onto the (H, W) slice; None when the box is too large to gain from a crop.
+    crop_embedding: a :class:`~napari_sam.geometry.Crop` of the slice -> its
+    embedding; settings: default :data:`KEY_ZOOM`."""
+    crop = zoom_crop(box, slice_shape, settings or KEY_ZOOM)
+    if crop is None:
+        return None
+    local = crop.box_to_crop(np.asarray(box, np.float32))
+    local[[0, 2]] = np.clip(local[[0, 2]], 0, crop.height - 1)
+    local[[1, 3]] = np.clip(local[[1, 3]], 0, crop.width - 1)
+    out = box_outputs(backend, crop_embedding(crop), local)
+    return Prediction(
+        masks=crop.paste(out.masks, slice_shape, False),
+        scores=out.scores,
+        low_res_logits=out.low_res_logits,
+        boxes=np.repeat(np.asarray(box, np.float32)[None], len(out.masks), 0),
+        crop=crop,
+    )

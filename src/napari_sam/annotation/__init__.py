@@ -17,8 +17,8 @@ applies what they return; the CLI's prompts file is *replayed* through it
 - **One overlap rule.** The label map is always the objects painted by
   :func:`napari_sam.overlaps.resolve_overlaps`: a voxel on an object's key
   slice (prompted, painted or corrected) goes to that object before any
-  propagated claim; otherwise to the object holding it deepest (mm from its
-  mask's boundary); exact ties to the object listed first. The widget used
+  propagated claim; otherwise to the object holding it relatively deepest on
+  its slice (mm from its mask's edge over the mask's deepest); exact ties to the object listed first. The widget used
   to never overwrite another object's pixels while the CLI used this rule:
   both now use it.
 - **Key slices.** :func:`decode_key` turns a key slice's prompt into

@@ -10,22 +10,30 @@ progress on the object).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ..candidates import KEY_CHOICES, box_fit_prediction, box_outputs
+from ..candidates import KEY_CHOICES, box_fit_key
 from ..errors import InputError
+from ..geometry import Crop
+from ..models.base import Embedding
 from ..predictor import Prediction, SlicePredictor
 from ..prompts import SlicePrompt
 from ..propagation import PropagationState, SliceInfo
+from ..zoom import zoomed_box_outputs
 from .runs import StateOp
 
 __all__ = ["decode_key", "key_op", "paint_op", "KEY_CHOICES"]
 
 
 def decode_key(
-    predictor: SlicePredictor, prompt: SlicePrompt, previous: np.ndarray | None = None, key_choice: str = "single"
+    predictor: SlicePredictor,
+    prompt: SlicePrompt,
+    previous: np.ndarray | None = None,
+    key_choice: str = "single",
+    crop_embedding: Callable[[Crop], Embedding] | None = None,
 ) -> Prediction:
     """Candidate masks for a key slice's ``prompt``, the key mask first.
 
@@ -37,7 +45,11 @@ def decode_key(
     the box best (:func:`napari_sam.candidates.box_fit_prediction`; the
     predicted-IoU head is uncalibrated on MR), among them the model's own
     single and multimask outputs (:func:`napari_sam.candidates.box_outputs`),
-    as the propagation's key slices choose. A prediction decoded on a zoomed crop has ``crop`` set.
+    as the propagation's key slices choose (:func:`napari_sam.candidates.box_fit_key`).
+    crop_embedding: a :class:`~napari_sam.geometry.Crop` of the slice -> its
+    embedding; under "box_fit", a small box is also answered on a magnified
+    crop around it, and an empty answer is never the key mask. A prediction
+    decoded on a zoomed crop has ``crop`` set.
     """
     if key_choice not in KEY_CHOICES:
         raise InputError(f"key_choice {key_choice!r}: one of {', '.join(KEY_CHOICES)}")
@@ -45,8 +57,13 @@ def decode_key(
     if key_choice != "box_fit" or prompt.box is None or len(prompt.points) or pred.crop is not None:
         return pred
     single = predictor.predict(prompt=prompt, previous=previous, multimask=False)
-    raw = box_outputs(predictor.backend, predictor.embedding, prompt.box)
-    return box_fit_prediction(single, pred, prompt.box, raw)
+    emb = predictor.embedding
+    zoomed = (
+        None
+        if crop_embedding is None
+        else lambda: zoomed_box_outputs(predictor.backend, crop_embedding, prompt.box, emb.original_size)
+    )
+    return box_fit_key(predictor.backend, single, pred, emb, prompt.box, zoomed)
 
 
 def _prefill(state: PropagationState, index: int, mask: Any, source: str) -> None:

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..box_batches import decode_boxes, is_plain_box
+from ..box_batches import CroppedMask, decode_boxes, is_plain_box
+from ..candidates import box_ellipse
 from ..corrections import Correction
 from ..embeddings import CropEmbeddings, SliceEmbeddings
 from ..finetune.adapted import read_weights
@@ -160,15 +161,27 @@ class _Replay:
             self.outcome.cancelled = True
         return self.outcome.cancelled
 
-    def decode(self, obj: ObjectPrompts, z: int, prompt: SlicePrompt) -> None:
-        """Decode one key slice by the one key-slice rule and commit it."""
+    def decode(self, obj: ObjectPrompts, z: int, prompt: SlicePrompt, zoom_key: bool = False) -> None:
+        """Decode one key slice by the one key-slice rule and commit it. zoom_key: a
+        small box the slice explains poorly is also answered on a magnified crop
+        (:func:`decode_key`'s ``crop_embedding``), as the widget's preview does:
+        propagated objects and replayed session commits; plain objects are decoded
+        in batches, one crop embedding per box would cost them dearly."""
         win = self.window_of(obj)
         store = self.store(win, obj.axis)
         self.predictor.set_embedding(store.get(z), image=store.model_input(z) if self.zoom is not None else None)
         previous = self.model.previous_for(obj.id, obj.axis, z, prompt)
-        pred = decode_key(self.predictor, prompt, previous, self.model.key_choice)
+        crops = (lambda c: store.get(z, c)) if zoom_key else None
+        pred = decode_key(self.predictor, prompt, previous, self.model.key_choice, crops)
         exact = pred.crop is None
         self.model.commit(obj.id, z, prompt, pred.mask, axis=obj.axis, exact=exact, window=self.window_json(win))
+
+    @staticmethod
+    def never_empty(box, mask) -> Any:
+        """A batched "box_fit" key mask, never empty for a box the user drew (as
+        :func:`napari_sam.candidates.box_fit_key`): the box's inscribed ellipse."""
+        full = mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
+        return mask if full.any() else CroppedMask.of(box_ellipse(box, full.shape))
 
     # -------------------------------------------------------------- the steps
     def plain_objects(self, objects: list[ObjectPrompts]) -> None:
@@ -195,6 +208,7 @@ class _Replay:
                 for (o, _, p), mask in zip(
                     items, decode_boxes(self.backend, emb, [p.box for _, _, p in items], box_fit=box_fit)
                 ):
+                    mask = self.never_empty(p.box, mask) if box_fit else mask
                     self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True, window=self.window_json(win0))
             else:
                 self.decode(obj0, z, items[0][2])
@@ -204,7 +218,7 @@ class _Replay:
     def propagated_object(self, obj: ObjectPrompts) -> None:
         """Key slices, propagation, adaptation and corrections of one object."""
         for z, p in sorted(merge_slice_prompts(obj.prompts).items()):
-            self.decode(obj, z, p)
+            self.decode(obj, z, p, zoom_key=True)
         state = self.model.object(obj.id).state
         if state is None or not state.key_slices:
             return
@@ -270,7 +284,7 @@ class _Replay:
         if st.kind == "commit" and st.defer:
             m.commit(oid, st.index, st.prompt, None, axis=obj.axis)  # type: ignore[arg-type]
         elif st.kind == "commit" and st.mask is None and not st.prompt.only_negative:
-            self.decode(obj, st.index, st.prompt)  # type: ignore[arg-type]
+            self.decode(obj, st.index, st.prompt, zoom_key=True)  # type: ignore[arg-type]
         elif st.kind == "commit":
             m.commit(oid, st.index, st.prompt, st.mask, axis=obj.axis, exact=False)  # type: ignore[arg-type]
         elif st.kind == "paint":

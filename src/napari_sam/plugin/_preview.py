@@ -135,7 +135,9 @@ class Preview(QObject):
             # the slice's pixels for the zoom path, windowed here on the decode thread
             predictor.set_embedding(emb, image=req.store.model_input(req.pos.index) if zoom else None)
             with intra_op_threads(threads):
-                out = decode_key(predictor, req.prompt, req.previous, key_choice)
+                out = decode_key(
+                    predictor, req.prompt, req.previous, key_choice, lambda c: req.store.get(req.pos.index, c)
+                )
             req.t_decode_end = time.perf_counter()
             return out
 

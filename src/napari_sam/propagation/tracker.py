@@ -27,13 +27,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..candidates import KEY_CHOICES, box_fit_prediction, box_outputs
+from ..candidates import KEY_CHOICES, box_fit_key
 from ..errors import UsageError
 from ..geometry import Crop, box_of_mask, mask_iou
 from ..jobs import Cancel, Cancelled, Job, Progress, ProgressCallback, drive
 from ..models.base import Backend, Embedding
 from ..predictor import SlicePredictor
 from ..prompts import SlicePrompt
+from ..zoom import zoomed_box_outputs
 from .roi import RoiZoom, choose_roi, frame_of
 from .rules import ObjectAppearance, StepAnswer, StopRules, check_step, pooled_features
 from .segments import Segment, Tally, drop, info_of, paste, plan_segments, reconcile, store
@@ -261,8 +262,13 @@ class Propagator:
         mask = pred.mask
         if self.key_choice == "box_fit" and local.box is not None and not len(local.points):
             many = self._predictor.predict(prompt=local, multimask=True)
-            raw = box_outputs(self.backend, self._predictor.embedding, local.box)  # the model's multimask outputs
-            mask = box_fit_prediction(pred, many, local.box, raw).mask
+            emb = self._predictor.embedding
+            zoomed = (
+                (lambda: zoomed_box_outputs(self.backend, lambda c: self.embeddings.get(k, c), local.box, full))
+                if frame.is_whole(full)
+                else None
+            )
+            mask = box_fit_key(self.backend, pred, many, emb, local.box, zoomed).mask
         return paste(frame, mask.copy(), full), SliceInfo("key", k, score=float(pred.scores[0]))
 
     def _appearance(self, state: PropagationState, frame: Crop) -> ObjectAppearance:
