@@ -36,7 +36,7 @@ def load_ct():
 # Runs the CLI and, at exit, writes the process's own peak RSS (VmHWM) to the file named by
 # NAPARI_SAM_PEAK_FILE. Not ru_maxrss from wait4: Linux carries the forking parent's peak over
 # exec into it, so a big parent (this script after loading torch) would be measured instead.
-_CLI_WITH_PEAK = """
+CLI_WITH_PEAK = """
 import atexit, os, runpy, sys
 def _peak():
     kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -60,7 +60,7 @@ def run_cli(args: list) -> tuple[float, float, float]:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "NAPARI_SAM_PEAK_FILE": str(peak_file)}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", _CLI_WITH_PEAK, *map(str, args)], env=env)
+        done = subprocess.run([sys.executable, "-c", CLI_WITH_PEAK, *map(str, args)], env=env)
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode != 0:
