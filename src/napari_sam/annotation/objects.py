@@ -22,7 +22,7 @@ def as_mask(mask: Any) -> np.ndarray:
     return mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
 
 
-#: what a frozen copy holds for an empty mapping, set or list: one shared, immutable instance
+#: what a frozen copy holds for an empty mapping or set: one shared, immutable instance
 _EMPTY_MAP: Any = MappingProxyType({})
 _EMPTY_SET: Any = frozenset()
 
@@ -31,29 +31,34 @@ def _frozen_map(d: dict) -> Any:
     return dict(d) if d else _EMPTY_MAP
 
 
+def _frozen_set(s: set) -> Any:
+    return frozenset(s) if s else _EMPTY_SET
+
+
+def _copiers(frozen: bool) -> tuple[Any, Any, Any]:
+    """How a copy holds a mapping, a set and a list: as themselves, or frozen (immutable,
+    empty ones shared)."""
+    return (_frozen_map, _frozen_set, tuple) if frozen else (dict, set, list)
+
+
 def copy_state(state: PropagationState | None, frozen: bool = False) -> PropagationState | None:
     """A copy of ``state`` whose containers change independently of the
     original's. The masks are shared: nothing edits a mask in place (the
     propagation, the corrections and the annotation always store new arrays).
 
     ``frozen``: a copy only ever read or copied again (the undo history's):
-    its sets and its list are immutable and its empty containers are shared,
-    so that thousands of objects' snapshots cost little (each empty ``set``
-    alone is 216 bytes)."""
+    its containers are immutable and its empty ones shared, so that thousands
+    of objects' snapshots cost little (each empty ``set`` alone is 216 bytes)."""
     if state is None:
         return None
+    as_map, as_set, as_list = _copiers(frozen)
     snap = copy.copy(state)
-    copy_map = _frozen_map if frozen else dict
     for name in ("prompts", "user_masks", "results", "info"):
-        setattr(snap, name, copy_map(getattr(state, name)))
-    snap.stops = (tuple if frozen else list)(state.stops)  # type: ignore[assignment]
-    snap.dirty = (_frozen_set if frozen else set)(state.dirty)
-    snap.dirty_keys = (_frozen_set if frozen else set)(state.dirty_keys)
+        setattr(snap, name, as_map(getattr(state, name)))
+    snap.stops = as_list(state.stops)
+    snap.dirty = as_set(state.dirty)
+    snap.dirty_keys = as_set(state.dirty_keys)
     return snap
-
-
-def _frozen_set(s: set) -> Any:
-    return frozenset(s) if s else _EMPTY_SET
 
 
 def adopt_state(target: PropagationState, source: PropagationState) -> None:
@@ -72,10 +77,10 @@ class AnnotatedObject:
         axis (the key slices with their prompts, the painted slices, the
         stop slices, every slice's result and the stop decisions); None
         until its first key slice. A 2D image is a volume of one slice.
-    corrections: the 3D corrections applied so far, in order (their negative
-        clicks keep carving, :mod:`napari_sam.corrections`).
+    corrections: the 3D corrections applied so far, in order
+        (:mod:`napari_sam.corrections`).
     painted: slices (along the state's axis) the user painted by hand
-        (never carved by a correction).
+        (key slices: never changed by a correction).
     propagated: whether the object was propagated at least once.
     log: the actions that made its state, in order (plain dicts, see
         :mod:`napari_sam.annotation.actions`): what a session exports as a
@@ -107,16 +112,17 @@ class AnnotatedObject:
     def snapshot(self, frozen: bool = False) -> AnnotatedObject:
         """A copy (containers copied, masks shared); ``frozen``: one for the undo
         history, only ever read or copied again (see :func:`copy_state`)."""
+        as_map, as_set, as_list = _copiers(frozen)
         return AnnotatedObject(
             self.id,
             self.name,
             tuple(self.color),
             copy_state(self.state, frozen),  # type: ignore
-            (tuple if frozen else list)(self.corrections),  # type: ignore[arg-type]
-            (_frozen_set if frozen else set)(self.painted),
+            as_list(self.corrections),
+            as_set(self.painted),
             self.propagated,
-            _EMPTY_MAP if frozen else {},
-            None if self.log is None else (tuple if frozen else list)(self.log),  # type: ignore[arg-type]
+            as_map({}),
+            None if self.log is None else as_list(self.log),
         )
 
     def masks(self, pending: bool = True) -> ObjectMasks | None:
