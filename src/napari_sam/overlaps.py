@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["ObjectMasks", "resolve_overlaps", "resolve_overlaps_into", "KEY_SLICE_PRIORITY"]
+__all__ = ["ObjectMasks", "as_mask", "resolve_overlaps", "resolve_overlaps_into", "KEY_SLICE_PRIORITY"]
 
 #: priority that makes a key-slice claim beat any propagated one (relative depth <= 1); a key
 #: slice's claim is this less the object's area (mm^2) on that slice
@@ -67,7 +67,7 @@ class ObjectMasks:
         """The object as a (z, y, x) bool volume of ``shape``."""
         out = np.zeros(shape, bool)
         for z, m in self.masks.items():
-            out[_plane(self.axis, z)] = _as_array(m)
+            out[_plane(self.axis, z)] = as_mask(m)
         return out
 
     def boxed(self, shape: tuple[int, int, int]) -> tuple[tuple[slice, ...], np.ndarray] | None:
@@ -95,7 +95,9 @@ class ObjectMasks:
         return tuple(box), np.transpose(sub, order)
 
 
-def _as_array(mask: Any) -> np.ndarray:
+def as_mask(mask: Any) -> np.ndarray:
+    """A slice mask as a (rows, cols) bool array (a compact
+    :class:`~napari_sam.box_batches.CroppedMask` is expanded)."""
     return mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
 
 

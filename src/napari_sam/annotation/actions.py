@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..overlaps import as_mask
 from ..prompts import SlicePrompt
 
 if TYPE_CHECKING:
@@ -43,10 +44,6 @@ if TYPE_CHECKING:
     from .runs import Run
 
 __all__ = ["commit_action", "paint_action", "log_action", "log_run", "latest_weights"]
-
-
-def _plain_mask(mask: Any) -> np.ndarray:
-    return mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
 
 
 def commit_action(
@@ -59,7 +56,7 @@ def commit_action(
         "op": "commit",
         "slice": int(index),
         "prompt": None if prompt is None else prompt.to_json(),
-        "mask": None if keyed or mask is None else _plain_mask(mask),
+        "mask": None if keyed or mask is None else as_mask(mask),
         "exact": bool(exact),
     }
     if mask is None and prompt is not None and not prompt.only_negative:

@@ -10,16 +10,10 @@ from typing import Any
 import numpy as np
 
 from ..corrections import Correction
-from ..overlaps import ObjectMasks
+from ..overlaps import ObjectMasks, as_mask
 from ..propagation import PropagationState
 
 __all__ = ["AnnotatedObject", "copy_state", "adopt_state", "as_mask"]
-
-
-def as_mask(mask: Any) -> np.ndarray:
-    """A slice mask as a (rows, cols) bool array (a compact
-    :class:`~napari_sam.box_batches.CroppedMask` is expanded)."""
-    return mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
 
 
 #: what a frozen copy holds for an empty mapping or set: one shared, immutable instance

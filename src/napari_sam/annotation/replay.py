@@ -32,6 +32,7 @@ from ..intensity import Window, resolve_window
 from ..io import Volume
 from ..jobs import Progress, ProgressCallback
 from ..models.base import Backend
+from ..overlaps import as_mask
 from ..predictor import SlicePredictor
 from ..prompt_steps import Step
 from ..prompts import ObjectPrompts, PromptsFile, SlicePrompt
@@ -180,7 +181,7 @@ class _Replay:
     def never_empty(box, mask) -> Any:
         """A batched "box_fit" key mask, never empty for a box the user drew (as
         :func:`napari_sam.candidates.box_fit_key`): the box's inscribed ellipse."""
-        full = mask.full() if hasattr(mask, "full") else np.asarray(mask, bool)
+        full = as_mask(mask)
         return mask if full.any() else CroppedMask.of(box_ellipse(box, full.shape))
 
     # -------------------------------------------------------------- the steps
