@@ -73,10 +73,18 @@ def merge_slice_prompts(prompts: list[SlicePrompt]) -> dict[int, SlicePrompt]:
     return by_slice
 
 
+def _chosen_spec(own: Any, file_window: Any, override: Any) -> Any:
+    """The window spec an object uses: --window, else its own, else the file's (None: automatic)."""
+    return override if override is not None else (own if own is not None else file_window)
+
+
+def _resolved(volume: Volume, spec: Any) -> Window:
+    return resolve_window(volume.array, spec, volume.metadata.get("modality"), volume.metadata.get("dicom_window"))
+
+
 def object_window(volume: Volume, obj: ObjectPrompts, file_window=None, override=None) -> Window:
     """The window for one object: --window, else the object's, else the file's, else automatic."""
-    spec = override if override is not None else (obj.window if obj.window is not None else file_window)
-    return resolve_window(volume.array, spec, volume.metadata.get("modality"), volume.metadata.get("dicom_window"))
+    return _resolved(volume, _chosen_spec(obj.window, file_window, override))
 
 
 class _StopFlag:
@@ -142,20 +150,13 @@ class _Replay:
 
     def window_of(self, obj: ObjectPrompts) -> Window:
         """Resolved once per distinct window spec (a stepped object's ``window`` step changes its own)."""
-        override = self.window_override
         own = self._object_windows.get(obj.id, obj.window)
-        spec = override if override is not None else (own if own is not None else self.prompts.window)
+        spec = _chosen_spec(own, self.prompts.window, self.window_override)
         key = repr(spec)
         if key not in self._windows:
-            self._windows[key] = resolve_window(
-                self.volume.array, spec, self.volume.metadata.get("modality"), self.volume.metadata.get("dicom_window")
-            )
+            self._windows[key] = _resolved(self.volume, spec)
         self.outcome.windows[obj.id] = self._windows[key]
         return self._windows[key]
-
-    @staticmethod
-    def window_json(win: Window) -> list[float]:
-        return [float(win.lo), float(win.hi)]
 
     def cancelled(self) -> bool:
         if self.outcome.cancelled or self.stop.is_set():
@@ -175,7 +176,7 @@ class _Replay:
         crops = (lambda c: store.get(z, c)) if zoom_key else None
         pred = decode_key(self.predictor, prompt, previous, self.model.key_choice, crops)
         exact = pred.crop is None
-        self.model.commit(obj.id, z, prompt, pred.mask, axis=obj.axis, exact=exact, window=self.window_json(win))
+        self.model.commit(obj.id, z, prompt, pred.mask, axis=obj.axis, exact=exact, window=(win.lo, win.hi))
 
     @staticmethod
     def never_empty(box, mask) -> Any:
@@ -210,7 +211,7 @@ class _Replay:
                     items, decode_boxes(self.backend, emb, [p.box for _, _, p in items], box_fit=box_fit)
                 ):
                     mask = self.never_empty(p.box, mask) if box_fit else mask
-                    self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True, window=self.window_json(win0))
+                    self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True, window=(win0.lo, win0.hi))
             else:
                 self.decode(obj0, z, items[0][2])
             self.estimates[0] -= len(items)
