@@ -66,9 +66,8 @@ def run_structure(backend, emb, gt: np.ndarray, spacing, steps: int) -> dict:
             curve.append(curve[-1])
             continue
         c["class"] = error_class(pred, gt, c)
-        earlier = [Correction(tuple(e["point"]), e["label"]) for e in clicks]
         clicks.append(c)
-        ranges.append(apply_correction(state, prop, Correction(tuple(c["point"]), c["label"]), earlier, spacing))
+        ranges.append(apply_correction(state, prop, Correction(tuple(c["point"]), c["label"]), spacing))
         pred = state.volume_mask()
         curve.append(dice(pred, gt))
     return {

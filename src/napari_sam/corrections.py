@@ -359,9 +359,7 @@ def correction_job(
     state: PropagationState,
     propagator: Propagator,
     correction: Correction,
-    earlier: Sequence[Correction] = (),
     spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
-    painted: set[int] | None = None,
 ) -> Job[tuple[int, int]]:
     """Apply one click to an object's propagated result, in place: a job
     (:mod:`napari_sam.jobs`) yielding the Progress events of the propagation
@@ -371,11 +369,10 @@ def correction_job(
     state: the object's propagation state (run or not: it is brought up to
     date first); propagator: the model and the slice embeddings along
     ``state.axis``; correction: the click, in volume coordinates (z, row,
-    col); earlier: the object's earlier corrections (kept for the callers'
-    bookkeeping: each correction acts on the result they left); spacing_zyx:
-    voxel size in mm, (z, y, x); painted: slices the user painted by hand
-    (key slices: never changed). Closed before its end, the state keeps what
-    was finished (``state.needs_run`` tells what is left).
+    col), acting on the result the earlier ones left; spacing_zyx: voxel
+    size in mm, (z, y, x). Key slices (prompted, painted, corrected) are never
+    changed. Closed before its end, the state keeps what was finished
+    (``state.needs_run`` tells what is left).
     """
     check_correction(correction, state)
     yield from propagator.run(state)
@@ -407,16 +404,14 @@ def apply_correction(
     state: PropagationState,
     propagator: Propagator,
     correction: Correction,
-    earlier: Sequence[Correction] = (),
     spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
-    painted: set[int] | None = None,
     progress: ProgressCallback | None = None,
     cancel: Cancel | None = None,
 ) -> tuple[int, int]:
     """:func:`correction_job` driven to its end (:func:`napari_sam.jobs.drive`):
     returns the inclusive range of slices re-propagated. A set ``cancel`` token
     raises :class:`napari_sam.jobs.Cancelled`."""
-    job = correction_job(state, propagator, correction, earlier, spacing_zyx, painted)
+    job = correction_job(state, propagator, correction, spacing_zyx)
     return drive(job, progress, cancel, what="correction")
 
 
@@ -428,8 +423,8 @@ def corrections_job(
 ) -> Job[PropagationState]:
     """Apply ``corrections`` in order, each as if clicked after seeing the
     previous result (see :func:`correction_job`): a job returning ``state``."""
-    for i, c in enumerate(corrections):
-        yield from correction_job(state, propagator, c, earlier=corrections[:i], spacing_zyx=spacing_zyx)
+    for c in corrections:
+        yield from correction_job(state, propagator, c, spacing_zyx)
     if not corrections:
         yield from propagator.run(state)
     return state

@@ -75,10 +75,10 @@ class RunMethods:
         if obj.state is None:
             raise InputError(f"{obj.name}: a correction needs a prompt to start from")
         check_correction(correction, obj.state)
-        earlier, painted, spacing = list(obj.corrections), set(obj.painted), self.spacing_zyx
+        spacing = self.spacing_zyx
 
         def work(state: PropagationState) -> Iterator[Any]:
-            apply_correction(state, propagator, correction, earlier=earlier, spacing_zyx=spacing, painted=painted)
+            apply_correction(state, propagator, correction, spacing_zyx=spacing)
             yield from ()
 
         run = self.start_run(object_id, work, f"correct {obj.name}", corrections=[correction])
