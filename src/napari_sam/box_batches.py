@@ -43,6 +43,7 @@ from .heap import release_free_heap
 from .models.base import Backend, Embedding, cpu_cores
 from .models.windows import TOKEN_PIXELS, batch_windows, box_windows, resize_axis
 from .prompts import SlicePrompt
+from .torch_threads import threads
 
 #: boxes per decoder call (bounds the (B, N, C) image tokens the decoder holds at once)
 BATCH = 32
@@ -197,9 +198,9 @@ def decode_boxes(
         return _decode_whole(backend, emb, arr, batch or whole, box_fit)
     out: list[CroppedMask | None] = [None] * len(arr)
     redo = _decode_windowed(backend, emb, arr, batch, out, box_fit)
+    release_free_heap()  # the windowed batches' temporaries (the whole-slice ones go after each batch)
     for i, mask in zip(redo, _decode_whole(backend, emb, arr[redo], whole, box_fit)):
         out[i] = mask
-    release_free_heap()  # the decoder's temporaries, before the next slice's objects fill the heap
     return out  # type: ignore[return-value]
 
 
@@ -249,13 +250,11 @@ def _in_parallel(fn, items: list, workers: int):
     if workers <= 1 or len(items) <= 1:
         yield from map(fn, items)
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // workers))
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="napari-sam-boxes") as pool:
-            yield from pool.map(fn, items)
-    finally:
-        torch.set_num_threads(threads)
+    with (
+        threads(torch.get_num_threads() // workers),
+        ThreadPoolExecutor(workers, thread_name_prefix="napari-sam-boxes") as pool,
+    ):
+        yield from pool.map(fn, items)
 
 
 def _decode_windowed(
