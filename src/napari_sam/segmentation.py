@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .annotation import Annotation
+from .annotation.model import MAX_UNDO
 from .annotation.replay import merge_slice_prompts, object_window, replay
 from .embeddings import CropEmbeddings, SliceEmbeddings
 from .intensity import Window, looks_like_hounsfield
@@ -102,7 +103,7 @@ def state_for_object(obj: ObjectPrompts, shape: tuple[int, int, int]) -> Propaga
     return state
 
 
-def annotation_for(volume: Volume, max_undo: int = 100) -> Annotation:
+def annotation_for(volume: Volume, max_undo: int = MAX_UNDO) -> Annotation:
     """An empty annotation of ``volume`` (its shape, spacing and key-slice rule)."""
     return Annotation(
         volume.shape,
@@ -147,7 +148,7 @@ def segment_volume(
     undo: the result's ``annotation`` can undo the replay (one step); False keeps
         no undo history, so no snapshot of every object (the command line).
     """
-    model = annotation_for(volume, 100 if undo else 0)
+    model = annotation_for(volume, MAX_UNDO if undo else 0)
     outcome = replay(
         model,
         volume,

@@ -25,7 +25,10 @@ from .objects import AnnotatedObject
 from .running import RunMethods
 from .runs import Run, StateOp
 
-__all__ = ["Annotation", "Step"]
+__all__ = ["Annotation", "Step", "MAX_UNDO"]
+
+#: undo steps an annotation keeps by default
+MAX_UNDO = 100
 
 
 class Step:
@@ -73,7 +76,7 @@ class Annotation(RunMethods):
         spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
         is_2d: bool = False,
         key_choice: str = "single",
-        max_undo: int = 100,
+        max_undo: int = MAX_UNDO,
     ) -> None:
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1:
