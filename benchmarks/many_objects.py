@@ -151,10 +151,9 @@ def cli(n: int, repeat: int) -> None:
 
         base = Path(tmp)
         peaks = {}
+        sitk.WriteImage(sitk.GetImageFromArray(blob_boxes(0)[0]), str(base / "vol.nii.gz"))  # seeded: one volume
         for count in (1000, n):
-            vol, doc = blob_boxes(count)
-            (base / f"p{count}.json").write_text(json.dumps(doc))
-            sitk.WriteImage(sitk.GetImageFromArray(vol), str(base / "vol.nii.gz"))
+            (base / f"p{count}.json").write_text(json.dumps(blob_boxes(count)[1]))
             args = ["segment", base / "vol.nii.gz", "--prompts", base / f"p{count}.json", "--no-cache"]
             runs = [run_cli([*args, "--output", base / f"o{count}_{i}.nii.gz", "--quiet"]) for i in range(repeat)]
             peak, wall, cpu = (statistics.median(r[k] for r in runs) for k in range(3))
