@@ -6,6 +6,13 @@ image is missing. Checked: outputs byte-identical to running each case alone
 with ``napari-sam segment`` / ``auto``; the failing case reported while the
 others finish; a second run does nothing; a worker killed mid-case, after
 which the case is rerun elsewhere and its output is still identical.
+
+Byte-identical needs the same torch threads per encoder run on both sides:
+PyTorch's CPU kernels sum in an order that depends on the thread count, so
+embeddings made on 1 and on 2 threads differ by about 1e-6 (measured on the
+shared MR), which may move a mask's edge by a pixel. A worker takes its
+share of its host's cores and the CLI torch's default, equal on this
+2-core machine but not on a larger one, so both sides here run on THREADS.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import pytest
 from napari_sam.sample_prompts import mr_kidney, mr_liver_spleen
 
 pytestmark = pytest.mark.slow
+
+THREADS = 1  # torch threads on the workers and for the cases run alone
 
 distributed = pytest.importorskip("distributed")
 
@@ -67,6 +76,7 @@ def client():
 def alone(cohort: Path) -> dict[str, bytes]:
     """Each good case run alone with the CLI (own cache folder): output name -> label file bytes."""
     from napari_sam.cli import main
+    from napari_sam.torch_threads import threads
 
     out = cohort / "alone"
     for line in (cohort / "cohort.csv").read_text().splitlines()[1:5]:
@@ -75,7 +85,8 @@ def alone(cohort: Path) -> dict[str, bytes]:
         args = [mode, str(cohort / image), "--output", str(dest), "--quiet", "--cache-dir", str(out / "cache")]
         if prompts:
             args += ["--prompts", str(cohort / prompts)]
-        assert main(args) == 0
+        with threads(THREADS):
+            assert main(args) == 0
     return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.endswith(".json")}
 
 
@@ -84,7 +95,7 @@ def first_run(cohort: Path, client) -> list[dict]:
     from napari_sam.batch import run
     from napari_sam.batch_manifest import BatchSettings
 
-    return run(cohort / "cohort.csv", client, BatchSettings(cache_dir=str(cohort / "cache")))
+    return run(cohort / "cohort.csv", client, BatchSettings(cache_dir=str(cohort / "cache")), torch_threads=THREADS)
 
 
 def test_cohort_outputs_byte_identical_to_each_case_alone(cohort: Path, first_run, alone) -> None:
@@ -114,7 +125,7 @@ def test_second_run_does_nothing(cohort: Path, client, first_run) -> None:
 
     outs = sorted((cohort / "out").iterdir())
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outs}
-    again = run(cohort / "cohort.csv", client, BatchSettings(cache_dir=str(cohort / "cache")))
+    again = run(cohort / "cohort.csv", client, BatchSettings(cache_dir=str(cohort / "cache")), torch_threads=THREADS)
     assert [r["status"] for r in again[:4]] == ["skipped"] * 4
     assert sum(r["encoder_calls"] for r in again) == 0
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((cohort / "out").iterdir())} == before
@@ -135,7 +146,9 @@ def test_worker_killed_mid_case_is_retried_and_output_identical(cohort: Path, cl
     (cohort / "kill.csv").write_text(f"image,prompts,output\n{mr},liver.json,killed/liver.nii.gz\n")
     result: dict = {}
     settings = BatchSettings(cache_dir=str(cohort / "cache_kill"))  # a cold cache, like the reference run
-    t = threading.Thread(target=lambda: result.update(r=run(cohort / "kill.csv", client, settings)))
+    t = threading.Thread(
+        target=lambda: result.update(r=run(cohort / "kill.csv", client, settings, torch_threads=THREADS))
+    )
     t.start()
     victim = None
     deadline = time.monotonic() + 120

@@ -18,7 +18,7 @@ from napari_sam.cache import (
     resolve_cache_dir,
 )
 from napari_sam.embeddings import SliceEmbeddings
-from napari_sam.errors import InputError
+from napari_sam.errors import InputError, NapariSamWarning
 from napari_sam.geometry import Crop
 from napari_sam.intensity import Window
 from napari_sam.models.base import Backend, Embedding
@@ -89,6 +89,72 @@ def test_cold_run_sees_what_the_warm_run_reads(tmp_path, volume):
     assert torch.equal(cold, warm)
     exact = be.embed(Window(0, 1000).apply(volume[4])).features
     assert not torch.equal(cold, exact)  # float16 storage does round
+
+
+def test_no_cache_and_a_failed_cache_hand_out_what_the_cache_stores(tmp_path, volume, monkeypatch):
+    """A label map must not depend on the cache: memory only (``--no-cache``)
+    and a disk that fails mid-run give the same rounded embedding a cold and
+    a warm cache give."""
+    be = CountingBackend()
+    cached = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path / "c").get(4).features
+    memory = SliceEmbeddings(be, volume, Window(0, 1000)).get(4).features
+    assert torch.equal(memory, cached)
+
+    def full_disk(self, index, emb):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(EmbeddingStore, "save", full_disk)
+    failed = SliceEmbeddings(be, volume, Window(0, 1000), cache_dir=tmp_path / "d")
+    with pytest.warns(NapariSamWarning, match="cannot write the embedding cache"):
+        got = failed.get(4).features
+    assert torch.equal(got, cached)
+    exact = SliceEmbeddings(be, volume, Window(0, 1000), dtype="float32").get(4).features
+    assert torch.equal(exact, be.embed(Window(0, 1000).apply(volume[4])).features)
+
+
+_WRITER = """
+import sys, time, warnings
+from pathlib import Path
+import numpy as np, torch
+from napari_sam.cache import EmbeddingStore
+from napari_sam.models.base import Embedding
+root, me, other, entries = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+warnings.simplefilter("error")
+(root.parent / me).touch()
+while not (root.parent / other).exists():  # start together
+    time.sleep(0.001)
+for e in range(entries):
+    store = EmbeddingStore(root, f"entry{e}", {"what": "race"}, 3)
+    for i in range(3):
+        f = torch.full((1, 4, 8, 8), float(10 * e + i) + 0.1)
+        store.save(i, Embedding(features=f, original_size=(8, 8), input_size=(8, 8), model="m"))
+"""
+
+
+def test_two_processes_creating_the_same_entries_at_once_both_keep_the_disk(tmp_path):
+    """Two runs (CLI or batch workers) sharing a cache folder create the same
+    entries at the same moment: neither fails over to memory, and every
+    entry ends complete and valid. Before the lock, one run removed the
+    other's half-made entry (ENOENT, then memory only)."""
+    import subprocess
+    import sys
+
+    root, entries = tmp_path / "cache", 25
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(root), me, other, str(entries)], stderr=subprocess.PIPE, text=True
+        )
+        for me, other in (("a", "b"), ("b", "a"))
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err.strip().splitlines()[-1:]
+    for e in range(entries):
+        store = EmbeddingStore(root, f"entry{e}", {"what": "race"}, 3)
+        for i in range(3):
+            got = store.load(i)
+            assert got is not None and float(got.features[0, 0, 0, 0]) == pytest.approx(10 * e + i + 0.1, abs=0.05)
+    assert not list(root.glob(".*partial*"))
 
 
 def test_key_covers_content_model_window_and_axis(tmp_path, volume):

@@ -381,7 +381,12 @@ def test_chunk_copied_from_another_slice_is_detected(tmp_path):
 
 
 def test_sigkill_during_embedding_then_rerun_is_byte_identical(case):
-    tmp_path, img, prompts = case
+    """Killed after the cache entry holds its first slice, while the other slices of the
+    propagation are still being encoded (0.5 s each): the rerun finishes from the cache
+    and its output equals a clean run's."""
+    tmp_path, img, _ = case
+    obj = {"id": 1, "name": "x", "propagate": True, "prompts": [{"slice": 1, "box": [6, 6, 22, 22]}]}
+    prompts = write_prompts(tmp_path / "propagated.json", [obj])
     clean = tmp_path / "clean.nii.gz"
     assert run_cli(["segment", img, "--prompts", prompts, "--output", clean, "--quiet", "--no-cache"]).returncode == 0
     out = tmp_path / "o.nii.gz"
@@ -448,6 +453,7 @@ def test_two_concurrent_runs_sharing_a_cache_agree(case):
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
+        assert "cannot write the embedding cache" not in err  # both kept the shared disk entry
     clean = tmp_path / "clean.nii.gz"
     assert run_cli(["segment", img, "--prompts", prompts, "--output", clean, "--quiet", "--no-cache"]).returncode == 0
     assert digest(outs[0]) == digest(outs[1]) == digest(clean)

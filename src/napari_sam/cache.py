@@ -19,6 +19,15 @@ entries (``<key>-f16.zarr``, ``<key>-f32.zarr``). A stale entry (its signature d
 rebuilt; a corrupt slice (unreadable chunk or checksum mismatch) is
 recomputed.
 
+Several processes may share a cache folder (two CLI runs, the workers of a
+batch). An entry is created under a lock file (``<entry>.lock``, with the
+``filelock`` package torch already depends on) in a temporary folder and
+renamed into place complete, so no process ever removes or recreates the
+arrays another one is writing; a process that finds the entry made
+meanwhile adopts it. Slice chunks are written by zarr through a temporary
+file and a rename, and each slice's checksum catches a torn or mismatched
+pair, so concurrent writers of one slice cost at most a recomputation.
+
 Storage is float16 by default: the masks decoded from float16 embeddings
 match those from float32 ones (measured on the shared CT, see
 docs/propagation.md); pass ``dtype="float32"`` for exact storage.
@@ -31,8 +40,11 @@ import json
 import logging
 import os
 import shutil
+import uuid
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +63,8 @@ log = logging.getLogger(__name__)
 STORE_FORMAT = 2  # 2: each checksum bound to its slice index and entry key
 #: environment variable naming the cache directory
 CACHE_ENV = "NAPARI_SAM_CACHE_DIR"
+#: seconds to wait for another process creating the same entry (then: memory only, with a warning)
+LOCK_TIMEOUT = 120.0
 
 
 def content_hash(array: np.ndarray) -> str:
@@ -140,6 +154,25 @@ def _warn(message: str) -> None:
     warnings.warn(message, NapariSamWarning, stacklevel=3)
 
 
+def _rounded(t: torch.Tensor, dtype: str) -> tuple[np.ndarray, torch.Tensor]:
+    """A (1, ...) tensor's first item in the storage dtype, and that back as a float32 (1, ...) tensor."""
+    a = t[0].detach().float().cpu().numpy().astype(dtype)
+    return a, torch.from_numpy(a.astype(np.float32))[None].to(t.device)
+
+
+def as_stored(emb: Embedding, dtype: str) -> Embedding:
+    """``emb`` as a store of ``dtype`` keeps it (float16: rounded; float32: itself).
+
+    The embedding provider hands out only this form, stored or not, so a
+    label map does not depend on whether the cache was cold, warm, absent
+    (``--no-cache``) or failed to write."""
+    if dtype == "float32":
+        return emb
+    return replace(
+        emb, features=_rounded(emb.features, dtype)[1], extra={k: _rounded(v, dtype)[1] for k, v in emb.extra.items()}
+    )
+
+
 class EmbeddingStore:
     """One volume's slice embeddings on disk: a zarr entry under ``root``.
 
@@ -173,7 +206,9 @@ class EmbeddingStore:
     def _sig_path(self) -> Path:
         return self.path / "signature.json"
 
-    def _open_existing(self) -> None:
+    def _open_existing(self, locked: bool = False) -> None:
+        """Open the entry on disk if it is valid; remove a stale or damaged one (under the
+        lock file unless ``locked``: the caller holds it)."""
         if not self.path.exists():
             return
         try:
@@ -183,7 +218,7 @@ class EmbeddingStore:
             ok = False
         if not ok:  # stale or broken entry: rebuild
             log.info("embedding cache entry %s is stale (another format, model or volume): rebuilding it", self.path)
-            self.wipe()
+            self._remove(locked)
             return
         try:
             self._open_arrays(meta, mode="r+")
@@ -191,11 +226,12 @@ class EmbeddingStore:
                 raise ValueError("arrays of the wrong shape")
         except Exception as exc:  # noqa: BLE001 - garbage zarr.json, a missing array, ...
             _warn(f"embedding cache entry {self.path} is damaged ({type(exc).__name__}); rebuilding it")
-            self.wipe()
+            self._remove(locked)
             return
         self._meta = meta
 
-    def _open_arrays(self, meta: dict[str, Any], mode: str) -> None:
+    def _open_arrays(self, meta: dict[str, Any], mode: str, folder: Path | None = None) -> None:
+        """Open the entry's arrays (mode "r+"), or make them empty in ``folder`` (mode "w")."""
         import zarr
 
         n = self.n_slices
@@ -208,29 +244,31 @@ class EmbeddingStore:
             return
         fshape = tuple(meta["feature_shape"])
         self._features = zarr.open_array(
-            str(self.path / "features"),
-            mode="w",
-            shape=(n, *fshape),
-            chunks=(1, *fshape),
-            dtype=self.dtype,
-            fill_value=0,
+            str(folder / "features"), mode="w", shape=(n, *fshape), chunks=(1, *fshape), dtype=self.dtype, fill_value=0
         )
         self._crc = zarr.open_array(
-            str(self.path / "crc"), mode="w", shape=(n,), chunks=(1,), dtype="uint64", fill_value=0
+            str(folder / "crc"), mode="w", shape=(n,), chunks=(1,), dtype="uint64", fill_value=0
         )
         self._extra = {
             name: zarr.open_array(
-                str(self.path / f"extra_{name}"),
-                mode="w",
-                shape=(n, *s),
-                chunks=(1, *s),
-                dtype=self.dtype,
-                fill_value=0,
+                str(folder / f"extra_{name}"), mode="w", shape=(n, *s), chunks=(1, *s), dtype=self.dtype, fill_value=0
             )
             for name, s in meta.get("extra", {}).items()
         }
 
+    @contextmanager
+    def _creating(self) -> Iterator[None]:
+        """Hold the entry's lock file: one process at a time creates or removes the entry."""
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(
+            f"{self.path}.lock", timeout=LOCK_TIMEOUT, mode=0o666
+        ):  # the umask applies  # filelock.Timeout is an OSError
+            yield
+
     def _create(self, emb: Embedding) -> None:
+        """Make the entry for embeddings like ``emb``, or adopt the one another process made meanwhile."""
         meta = dict(
             self.signature,
             feature_shape=list(emb.features.shape[1:]),
@@ -239,12 +277,33 @@ class EmbeddingStore:
             model_name=emb.model,
             extra={k: list(v.shape[1:]) for k, v in emb.extra.items()},
         )
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._open_arrays(meta, mode="w")
-        tmp = self._sig_path().with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, self._sig_path())  # the signature last: an entry without it is incomplete
-        self._meta = meta
+        with self._creating():
+            if self.path.exists():
+                self._open_existing(locked=True)
+                if self._meta is not None:
+                    return
+            aside = self.root / f".{self.path.name}.{uuid.uuid4().hex}.partial"
+            try:
+                aside.mkdir()
+                self._open_arrays(meta, mode="w", folder=aside)
+                (aside / "signature.json").write_text(json.dumps(meta, indent=1))
+                os.rename(aside, self.path)  # complete or absent: never a half-made entry in place
+            finally:
+                shutil.rmtree(aside, ignore_errors=True)
+            self._open_arrays(meta, mode="r+")
+            self._meta = meta
+
+    def _remove(self, locked: bool) -> None:
+        if locked:
+            self.wipe()
+            return
+        try:
+            with self._creating():
+                self.wipe()
+        except OSError:  # a read-only cache: the entry stays; this process keeps to memory
+            self._features = self._crc = None
+            self._extra = {}
+            self._meta = None
 
     def wipe(self) -> None:
         """Delete this entry from disk."""
@@ -281,7 +340,7 @@ class EmbeddingStore:
             try:
                 self._crc[index] = 0
             except Exception:  # noqa: BLE001
-                self.wipe()
+                self._remove(locked=False)
             return None
         m = self._meta
         t = torch.from_numpy(feats.astype(np.float32))[None].to(device)
@@ -306,17 +365,12 @@ class EmbeddingStore:
             self._meta["original_size"]
         ):
             raise InputError(f"embedding of shape {tuple(emb.features.shape)} does not fit cache entry {self.key}")
-        feats = emb.features[0].detach().float().cpu().numpy().astype(self.dtype)
-        extra = {k: emb.extra[k][0].detach().float().cpu().numpy().astype(self.dtype) for k in self._extra}
+        feats, stored = _rounded(emb.features, self.dtype)
+        extra = {k: _rounded(emb.extra[k], self.dtype) for k in self._extra}
         self._features[index] = feats
         for k, a in self._extra.items():
-            a[index] = extra[k]
+            a[index] = extra[k][0]
         self._crc[index] = _crc(feats, index, self.key)
         if self.dtype == "float32":
             return emb
-        dev = emb.features.device
-        return replace(
-            emb,
-            features=torch.from_numpy(feats.astype(np.float32))[None].to(dev),
-            extra={**emb.extra, **{k: torch.from_numpy(v.astype(np.float32))[None].to(dev) for k, v in extra.items()}},
-        )
+        return replace(emb, features=stored, extra={**emb.extra, **{k: v[1] for k, v in extra.items()}})

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import EmbeddingStore, content_hash, embedding_key, model_identity, slice_along
+from .cache import EmbeddingStore, as_stored, content_hash, embedding_key, model_identity, slice_along
 from .errors import InputError, NapariSamWarning, UsageError
 from .geometry import Crop
 from .intensity import Window
@@ -94,11 +94,11 @@ class Entry:
 class EmbeddingProvider:
     """The memory + disk tier of embeddings for one backend.
 
-    cache_dir: the disk store's folder (None: memory only); dtype: disk
-    storage, "float16" (default) or "float32"; max_in_memory: embeddings held
-    in memory (one LRU over every entry; the embedded model's are 4 MiB each).
-    ``encoder_calls`` and ``disk_hits`` count, over every view, encoder runs
-    and embeddings read from disk.
+    cache_dir: the disk store's folder (None: memory only); dtype: the
+    storage, "float16" (default) or "float32", of every embedding handed out,
+    stored or not (:func:`~napari_sam.cache.as_stored`); max_in_memory: embeddings
+    held in memory (one LRU over every entry; the embedded model's are 4 MiB
+    each). ``encoder_calls`` and ``disk_hits`` count encoder runs and disk reads.
     """
 
     def __init__(
@@ -179,10 +179,11 @@ class EmbeddingProvider:
 
     def _save(self, entry: Entry, index: int, emb: Embedding) -> Embedding:
         """Store on disk; a cache folder that cannot be written (read-only, full)
-        turns this entry into a memory-only one, with one warning."""
+        turns this entry into a memory-only one, with one warning. Returns the
+        embedding as stored (:func:`~napari_sam.cache.as_stored`), stored or not."""
         st = self.store(entry)
         if st is None:
-            return emb
+            return as_stored(emb, self.dtype)
         try:
             return st.save(index, emb)
         except OSError as exc:
@@ -195,7 +196,7 @@ class EmbeddingProvider:
             with self._lock:
                 self._stores[entry.key] = None
                 self.max_in_memory = max(self.max_in_memory, entry.n)
-            return emb
+            return as_stored(emb, self.dtype)
 
     # ------------------------------------------------------------ access
     def get(self, entry: Entry, index: int, pixels: Callable[[], np.ndarray]) -> tuple[Embedding, str]:
@@ -230,8 +231,7 @@ class EmbeddingProvider:
         memory when the entry has no disk store. Returns it as stored."""
         self.encoder_calls += 1
         log.debug("embedding %s[%d]: encoded (batch)", entry.key[:8], index)
-        if self.store(entry) is not None:
-            emb = self._save(entry, index, emb)
+        emb = self._save(entry, index, emb)
         if self.store(entry) is None:  # memory only (from the start, or the disk failed just now)
             self.remember(entry, index, emb)
         return emb
