@@ -1,7 +1,7 @@
 """Joint-map loss of the overlap rule: every structure's masks in one label map
 against each structure scored alone.
 
-    python benchmarks/joint_map.py ct mr [--cache-dir DIR] [--no-propagated]
+    python benchmarks/joint_map.py ct mr [--cache-dir DIR] [--no-propagated] [--per-structure]
 
 Two sets of masks per dataset, every structure of the interactive protocol
 (``benchmarks/interactive_3d.py``: from the labels):
@@ -15,7 +15,9 @@ Two sets of masks per dataset, every structure of the interactive protocol
 They are painted into one label map by ``napari_sam.overlaps.resolve_overlaps``
 (key slices: each structure's largest slice, as the protocols prompt it) and
 by the earlier first-listed-wins rule, and scored against the labels; the loss
-is the mean Dice alone minus the mean Dice in the joint map.
+is the mean Dice alone minus the mean Dice in the joint map; the largest
+loss of one structure is printed with it (``--per-structure``: every
+structure's Dice alone and in the joint map).
 """
 
 from __future__ import annotations
@@ -78,20 +80,26 @@ def propagated_objects(vol, labels, ids, embs, backend) -> list[ObjectMasks]:
     return objects
 
 
-def score(name: str, what: str, vol, labels, objects: list[ObjectMasks]) -> None:
-    alone = np.mean([dice(o.volume(labels.shape), labels == o.id) for o in objects])
+def score(name: str, what: str, vol, labels, names, objects: list[ObjectMasks], per_structure: bool = False) -> None:
+    alone_each = np.array([dice(o.volume(labels.shape), labels == o.id) for o in objects])
     joint = resolve_overlaps(labels.shape, objects, vol.geometry.scale_zyx)
     old = first_listed_wins(labels.shape, objects)
-    dj = np.mean([dice(joint == o.id, labels == o.id) for o in objects])
+    joint_each = np.array([dice(joint == o.id, labels == o.id) for o in objects])
+    alone, dj = alone_each.mean(), joint_each.mean()
     do = np.mean([dice(old == o.id, labels == o.id) for o in objects])
+    worst = int(np.argmax(alone_each - joint_each))
     print(
         f"{name}, {what}: {len(objects)} structures; mean Dice alone {alone:.4f}; joint map, resolve_overlaps "
-        f"{dj:.4f} (loss {alone - dj:.4f}); joint map, first listed wins {do:.4f} (loss {alone - do:.4f})",
+        f"{dj:.4f} (loss {alone - dj:.4f}; largest {alone_each[worst] - joint_each[worst]:.4f}, "
+        f"{names[objects[worst].id]}); joint map, first listed wins {do:.4f} (loss {alone - do:.4f})",
         flush=True,
     )
+    if per_structure:
+        for o, a, j in zip(objects, alone_each, joint_each):
+            print(f"  {names[o.id]:32s} alone {a:.3f}  joint {j:.3f}  loss {a - j:+.3f}")
 
 
-def run(name: str, backend, cache: Path, propagated: bool = True) -> None:
+def run(name: str, backend, cache: Path, propagated: bool = True, per_structure: bool = False) -> None:
     vol, labels, names, _path, ids, windows = dataset(name)
     by_window, embs = {}, {}
     for i in ids:
@@ -100,9 +108,10 @@ def run(name: str, backend, cache: Path, propagated: bool = True) -> None:
             win = parse_window(w) if w else resolve_window(vol.array, None, vol.metadata.get("modality"))
             by_window[w] = SliceEmbeddings(backend, vol.array, win, 0, cache_dir=cache)
         embs[i] = by_window[w]
-    score(name, "true boxes", vol, labels, true_box_objects(vol, labels, ids, embs, backend))
+    score(name, "true boxes", vol, labels, names, true_box_objects(vol, labels, ids, embs, backend), per_structure)
     if propagated:
-        score(name, "propagated", vol, labels, propagated_objects(vol, labels, ids, embs, backend))
+        objects = propagated_objects(vol, labels, ids, embs, backend)
+        score(name, "propagated", vol, labels, names, objects, per_structure)
 
 
 def main() -> None:
@@ -110,10 +119,11 @@ def main() -> None:
     ap.add_argument("datasets", nargs="*", default=["ct", "mr"], choices=["ct", "mr"])
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--no-propagated", action="store_true", help="only the true-box masks")
+    ap.add_argument("--per-structure", action="store_true", help="every structure's Dice alone and joint")
     args = ap.parse_args()
     backend = load_model("lite_medsam")
     for name in args.datasets:
-        run(name, backend, resolve_cache_dir(args.cache_dir), not args.no_propagated)
+        run(name, backend, resolve_cache_dir(args.cache_dir), not args.no_propagated, args.per_structure)
 
 
 if __name__ == "__main__":

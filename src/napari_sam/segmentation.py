@@ -72,7 +72,7 @@ def paint_objects(
 ) -> np.ndarray:
     """Paint objects into one (z, y, x) uint16 label map, overlaps resolved per
     voxel by :func:`napari_sam.overlaps.resolve_overlaps` (key slices first,
-    then the deepest claim in mm, ties to the object listed first)."""
+    then coinciding and nested masks, then the relatively deepest claim, ties to the object listed first)."""
     return resolve_overlaps(shape, objects, spacing_zyx)
 
 

@@ -17,7 +17,9 @@ applies what they return; the CLI's prompts file is *replayed* through it
 - **One overlap rule.** The label map is always the objects painted by
   :func:`napari_sam.overlaps.resolve_overlaps`: a voxel on an object's key
   slice (prompted, painted or corrected) goes to that object before any
-  propagated claim; otherwise to the object holding it relatively deepest on
+  propagated claim; two propagated masks that coincide on a slice leave it to
+  the object whose key slice is nearer; a mask inside another's keeps its
+  voxels; otherwise to the object holding it relatively deepest on
   its slice (mm from its mask's edge over the mask's deepest); exact ties to the object listed first. The widget used
   to never overwrite another object's pixels while the CLI used this rule:
   both now use it.
