@@ -13,6 +13,12 @@ in one batch, each answer measured against the neighbour). Two strategies:
   (margins, and one grown by a fraction), the one whose answer the model
   rates best and that best agrees with the neighbour, refined once.
 
+Every answer is the model's single output, unless that output has lost the
+neighbour's object and one of the model's other outputs for the same box
+has kept it (:data:`SWITCH_RATIO`): a box-only model asked about a lobe or a
+vessel beside a larger bright neighbour often answers the neighbour, or
+both, with its single output while one of its candidates is the object.
+
 Coordinates are (row, col) pixels of the grid decoded on (the whole slice or
 a zoom frame); boxes (r0, c0, r1, c1) inclusive.
 """
@@ -28,7 +34,14 @@ from ..geometry import box_of_mask, mask_iou
 from ..models.base import Backend, Embedding
 from .rules import StepAnswer, StopRules
 
-__all__ = ["BoxDecoder", "HypothesesStrategy", "StepStrategy", "TrackStrategy"]
+__all__ = ["BoxDecoder", "HypothesesStrategy", "StepStrategy", "TrackStrategy", "SWITCH_RATIO"]
+
+#: a propagated slice takes another of the model's outputs than its single one only when that
+#: output agrees with the neighbour's mask (IoU) more than 1 / SWITCH_RATIO = twice as well: the
+#: single output has then lost the object. Not tuned: 1/3, 1/2 and 2/3 give the same CT mean
+#: (0.654, 0.656, 0.656; docs/propagation.md). The candidates are decoded only when the single
+#: output's IoU is under SWITCH_RATIO (no IoU can exceed 1), so most steps cost one decode as before.
+SWITCH_RATIO = 0.5
 
 
 def clip_box(r0: float, c0: float, r1: float, c1: float, shape: tuple[int, int]) -> np.ndarray:
@@ -58,24 +71,38 @@ class BoxDecoder:
         return clip_box(box[0] - m, box[1] - m, box[2] + m, box[3] + m, shape)
 
     def decode(self, emb: Embedding, boxes: list[np.ndarray], prev: np.ndarray) -> list[StepAnswer]:
-        """One answer per box (single-mask output), measured against the neighbour's mask ``prev``."""
+        """One answer per box, measured against the neighbour's mask ``prev``: the
+        single-mask output, or the candidate that kept the object (:meth:`kept`)."""
         low, scores = self.backend.decode_low_res(emb, boxes_rc=np.stack(boxes))
         logits = self.backend.upsample(low[:, :1], emb)[:, 0].float().cpu().numpy()
         prev_area = max(1, int(prev.sum()))
         out = []
         for i in range(len(boxes)):
-            m = logits[i] > 0
+            lg, score, iou = self.kept(emb, boxes[i], prev, logits[i], float(scores[i, 0]))
+            m = lg > 0
             out.append(
                 StepAnswer(
-                    mask=m,
-                    score=float(scores[i, 0]),
-                    logits=logits[i],
-                    iou_prev=mask_iou(m, prev),
-                    area_ratio=float(m.sum()) / prev_area,
-                    box=boxes[i],
+                    mask=m, score=score, logits=lg, iou_prev=iou, area_ratio=float(m.sum()) / prev_area, box=boxes[i]
                 )
             )
         return out
+
+    def kept(
+        self, emb: Embedding, box: np.ndarray, prev: np.ndarray, logits: np.ndarray, score: float
+    ) -> tuple[np.ndarray, float, float]:
+        """(logits, predicted IoU, IoU with ``prev``) of the answer to ``box``: the
+        single output's (``logits``, ``score``), unless another of the model's
+        outputs agrees with ``prev`` more than 1 / :data:`SWITCH_RATIO` times as well."""
+        iou = mask_iou(logits > 0, prev)
+        if iou >= SWITCH_RATIO:
+            return logits, score, iou
+        low, scores = self.backend.decode_all_outputs(emb, box[None])
+        others = self.backend.upsample(low[:, 1:], emb)[0].float().cpu().numpy()
+        ious = [mask_iou(o > 0, prev) for o in others]
+        k = int(np.argmax(ious))
+        if iou >= SWITCH_RATIO * ious[k]:
+            return logits, score, iou
+        return others[k], float(scores[0, 1 + k]), ious[k]
 
 
 class StepStrategy(Protocol):
