@@ -221,3 +221,81 @@ def test_positive_click_only_adds_and_only_in_the_affected_range():
     assert after[17].sum() > 0.9 * target[17].sum() and after[19].any()
     changed = np.flatnonzero((after ^ before).any((1, 2)))
     assert changed.min() >= affected[0] and changed.max() <= affected[1]
+
+
+class LeakyBoxBackend(BrightInBoxBackend):
+    """A box model that is not held by its box: the whole bright piece that the
+    box's bright part belongs to (a fused neighbour comes in with it)."""
+
+    name = "leaky-box"
+
+    def decode_low_res(
+        self, embedding, points_rc=None, point_labels=None, boxes_rc=None, mask_input=None, multimask=False
+    ):
+        low, scores = super().decode_low_res(embedding, points_rc, point_labels, boxes_rc, mask_input, multimask)
+        h, w = embedding.original_size
+        lab, _n = ndimage.label(embedding.features[0, 0].numpy()[:h, :w] > 0.5)
+        for i in range(low.shape[0]):
+            inside = low[i, 0].numpy() > 0
+            low[i, 0][np.isin(lab, np.unique(lab[inside & (lab > 0)]))] = 8.0
+        return low, scores
+
+
+def test_positive_click_next_to_the_mask_adds_the_missed_part_not_a_fused_neighbour():
+    from napari_sam.corrections import _added_region
+
+    vol = np.zeros((3, 64, 64), np.float32)
+    vol[:, 20:40, 10:30] = 200.0  # the target
+    vol[:, 20:40, 30:56] = 200.0  # a neighbour of the same brightness fused to it along a whole side
+    backend = LeakyBoxBackend()
+    prop = Propagator(backend, SliceEmbeddings(backend, vol, Window(0, 255)))
+    state = PropagationState(shape=vol.shape)
+    target = np.zeros((64, 64), bool)
+    target[20:40, 10:30] = True
+    for z in range(3):
+        state.results[z] = target.copy()
+    state.results[1][36:40] = False  # the mask missed the target's bottom rows on slice 1
+    added = _added_region(state, prop, 1, 38, 20, (1.0, 1.0))
+    assert added[38, 20] and not added[:, 30:].any()  # no part of the neighbour
+    assert (added & target & ~state.results[1]).sum() >= 0.5 * 4 * 20  # most of the missed rows
+
+
+def test_positive_click_addition_ends_where_it_grows_away_from_the_click():
+    from napari_sam.corrections import _changed_part
+
+    shape = (12, 32, 40)
+    state = PropagationState(shape=shape)
+    body = np.zeros(shape[1:], bool)
+    body[8:24, 8:16] = True
+    before = {z: body.copy() for z in range(2, 10)}
+
+    def add(cols):
+        m = body.copy()
+        m[8:24, cols[0] : cols[1]] = True
+        return m
+
+    # after the re-propagation: the click's slice 5 gained a bulge (cols 16-19); outwards the addition
+    # shrinks on 4, 3, 2 and 6, then on 7 it takes in a neighbour (cols 16-35, larger than on 6), on 8 less
+    state.results = {z: body.copy() for z in range(2, 10)}
+    state.results.update({5: add((16, 20)), 4: add((16, 20)), 3: add((16, 18)), 2: add((16, 17)), 6: add((16, 19))})
+    state.results.update({7: add((16, 36)), 8: add((16, 18))})
+    state.results[1] = body.copy()  # slice 1 held nothing before: the re-propagation went past the end
+    _changed_part(state, before, 5, 1, (1, 10))
+    for z, cols in ((4, (16, 20)), (3, (16, 18)), (2, (16, 17)), (6, (16, 19))):
+        assert np.array_equal(state.results[z], add(cols)), z
+    for z in (7, 8):  # the addition ended on 7, which grows: 7 and 8 keep their earlier mask
+        assert np.array_equal(state.results[z], body), z
+    assert 1 not in state.results  # a click on a missed part does not extend the object past its end
+
+
+def test_positive_click_past_the_end_extends_the_object():
+    from napari_sam.corrections import _changed_part
+
+    shape = (12, 32, 40)
+    body = np.zeros(shape[1:], bool)
+    body[8:24, 8:16] = True
+    before = {z: body.copy() for z in range(2, 6)}
+    state = PropagationState(shape=shape)
+    state.results = {z: body.copy() for z in range(2, 10)}  # the click on 7 (empty before) went on to 9
+    _changed_part(state, before, 7, 1, (6, 11))
+    assert all(np.array_equal(state.results[z], body) for z in (6, 8, 9))

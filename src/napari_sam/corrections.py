@@ -18,7 +18,8 @@ date, then:
      the click), else the box of the current mask grown to take in the
      click; the part of the first answer that holds the click and keeps the
      slice within the propagation's growth limit (``StopRules.max_growth``
-     times the object's area there) is added, with a 3 mm disk;
+     times the object's area there) is added, near the click
+     (:func:`_near_click`), with a 3 mm disk;
    - negative: the region the click belongs to is split off
      (:func:`_split_off`): a separate smaller blob, or a lump or leak hanging
      on the mask by a neck (2D geodesic split towards the mask's thickest
@@ -31,9 +32,10 @@ date, then:
 3. **Local and one-signed**: on the re-propagated slices a positive click
    only adds and a negative one only removes, and only the part of the
    change that is 3D-connected to the change on the click's slice; every
-   other voxel keeps its earlier value. So a click never undoes good slices
-   elsewhere (the geodesic 3D carve of earlier versions split a thin rib
-   anywhere between the click and the key slice, and took half of it).
+   other voxel keeps its earlier value, and a positive click's addition
+   tapers away from the click (:func:`_taper`). So a click never undoes good
+   slices elsewhere (the geodesic 3D carve of earlier versions split a thin
+   rib anywhere between the click and the key slice, and took half of it).
 
 4. **A removal holds on the neighbouring slices**: outwards from the click,
    while a neighbour's mask still overlaps the region removed on the slice
@@ -62,7 +64,7 @@ from .errors import InputError
 from .geometry import box_of_mask, mask_iou
 from .jobs import Cancel, Job, ProgressCallback, drive
 from .prompts import SlicePrompt
-from .propagation import PropagationState, Propagator
+from .propagation import PropagationState, Propagator, StopRules
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +174,29 @@ def _added_region(
     cur = state.mask_slice(index)
     disk = _disk(cur.shape, r, c, (MIN_ADD_RADIUS_MM / spacing_rc[0], MIN_ADD_RADIUS_MM / spacing_rc[1]))
     limit = propagator.rules.max_growth * max(_reference_area(state, index), int(disk.sum()))
+    near = _near_click(cur, r, c, spacing_rc)
     for answer in _answers(propagator, index, cur, _nearest_nonempty(state, index), r, c):
         if not answer[r, c]:
             continue
         lab, _n = ndimage.label(answer, np.ones((3, 3), bool))
-        part = ((lab == lab[r, c]) & ~cur) | disk
+        part = ((lab == lab[r, c]) & ~cur & near) | disk
         if (cur | part).sum() <= limit:
             return part
     return disk
+
+
+def _near_click(cur: np.ndarray, r: int, c: int, sp_rc: tuple[float, float]) -> np.ndarray:
+    """Where a positive click at (r, c) may add on a slice that holds the
+    object (``cur``): within twice the click's distance to the mask (at least
+    ``MIN_ADD_RADIUS_MM``). The click marks the middle of a missed region
+    next to the mask (a user clicks there, the protocol at its deepest
+    voxel), so that region reaches about as far beyond the click as the mask
+    lies from it; an answer reaching further is the box taking in a
+    neighbour. On a slice without the object: anywhere."""
+    if not cur.any():
+        return np.ones_like(cur)
+    gap = float(ndimage.distance_transform_edt(~cur, sampling=sp_rc)[r, c])
+    return _distance(cur.shape, r, c, sp_rc) <= max(MIN_ADD_RADIUS_MM, 2.0 * gap)
 
 
 def carve(
@@ -323,7 +340,12 @@ def _points(m: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def _changed_part(
-    state: PropagationState, before: dict[int, np.ndarray], index: int, label: int, affected: tuple[int, int]
+    state: PropagationState,
+    before: dict[int, np.ndarray],
+    index: int,
+    label: int,
+    affected: tuple[int, int],
+    max_growth: float = StopRules.max_growth,
 ) -> None:
     """Keep a correction local and one-signed: on the re-propagated slices a
     positive click only adds, a negative one only removes, and only the part
@@ -342,6 +364,8 @@ def _changed_part(
     d = np.stack(diff)
     lab, _n = ndimage.label(d, np.ones((3, 3, 3), bool))
     keep = np.isin(lab, np.unique(lab[index - first][d[index - first]]))
+    if label == 1:
+        _taper(keep, d, before, index - first, first, max_growth)
     for i in range(first, last + 1):
         if i == index:
             continue
@@ -353,6 +377,40 @@ def _changed_part(
         else:
             state.results.pop(i, None)
             state.info.pop(i, None)
+
+
+def _taper(
+    keep: np.ndarray, d: np.ndarray, before: dict[int, np.ndarray], at: int, first: int, max_growth: float
+) -> None:
+    """Keep a positive click's addition local through the slices: outwards from
+    the click's slice (``at`` in the stack ``keep``/``d`` of the re-propagated
+    range, which starts at slice ``first``), on a slice that already held the
+    object the addition is taken only while it overlaps the addition on the
+    slice before and grows no more than the propagation's own growth limit
+    allows a slice (``max_growth`` times the addition there); the first one
+    that breaks this ends the addition on that side. The click marks the
+    missed part where it is deepest (a user clicks in the middle of what was
+    missed, the protocol at its deepest voxel); an addition that keeps
+    growing away from it is the re-propagated box taking in a neighbour. Slices where the object was missing: a click on a slice
+    that held the object (a missed part of it) does not extend it there (that
+    is a click on the slices past its end); a click on a slice where it was
+    missing extends it, as far as the propagation's own stop rules take it."""
+    extends = not before.get(first + at, np.zeros(1, bool)).any()
+    for step in (-1, 1):
+        prev, j, ended = keep[at] & d[at], at + step, False
+        while 0 <= j < len(keep):
+            part = keep[j] & d[j]
+            held = before.get(first + j)
+            if part.any() and (held is None or not held.any()):
+                ended = ended or not extends
+            elif part.any():
+                grown = ndimage.binary_dilation(prev, np.ones((3, 3), bool))
+                ended = ended or part.sum() > max_growth * prev.sum() or not (part & grown).any()
+            if ended:
+                keep[j] = False
+            else:
+                prev = part if part.any() else prev
+            j += step
 
 
 def correction_job(
@@ -394,7 +452,7 @@ def correction_job(
         "correction %s (label %d): slices %d-%d re-propagated", tuple(correction.point), correction.label, *affected
     )
     yield from propagator.run(state)
-    _changed_part(state, before, index, correction.label, affected)
+    _changed_part(state, before, index, correction.label, affected, propagator.rules.max_growth)
     if correction.label == 0:
         _hold_removal(state, index, removed, sp_rc, affected, propagator.rules.min_iou)
     return affected
