@@ -262,9 +262,8 @@ class EmbeddingStore:
         from filelock import FileLock
 
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(
-            f"{self.path}.lock", timeout=LOCK_TIMEOUT, mode=0o666
-        ):  # the umask applies  # filelock.Timeout is an OSError
+        # mode 0o666: the umask applies; a timeout raises filelock.Timeout, an OSError
+        with FileLock(f"{self.path}.lock", timeout=LOCK_TIMEOUT, mode=0o666):
             yield
 
     def _create(self, emb: Embedding) -> None:
@@ -301,13 +300,15 @@ class EmbeddingStore:
             with self._creating():
                 self.wipe()
         except OSError:  # a read-only cache: the entry stays; this process keeps to memory
-            self._features = self._crc = None
-            self._extra = {}
-            self._meta = None
+            self._close()
 
     def wipe(self) -> None:
         """Delete this entry from disk."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self._close()
+
+    def _close(self) -> None:
+        """Drop this process's handles on the entry (it then reads as absent)."""
         self._features = self._crc = None
         self._extra = {}
         self._meta = None

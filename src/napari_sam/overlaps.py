@@ -223,10 +223,11 @@ def _jumps_and_nesting(
     for a, b, z, a_in_b, b_in_a in contacts:
         if a_in_b and not b_in_a and (a, z) not in dropped and (b, z) not in dropped:
             nesting[(a, z)] = nesting.get((a, z), 0) + 1
+    dropping = {a for a, _ in dropped}
     kept = [
-        o
-        if not any((i, z) in dropped for z in o.masks)
-        else ObjectMasks(o.id, o.axis, {z: m for z, m in o.masks.items() if (i, z) not in dropped}, o.key_slices)
+        ObjectMasks(o.id, o.axis, {z: m for z, m in o.masks.items() if (i, z) not in dropped}, o.key_slices)
+        if i in dropping
+        else o
         for i, o in enumerate(objects)
     ]
     return kept, nesting
