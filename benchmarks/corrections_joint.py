@@ -29,10 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dice  # noqa: E402
 from corrections_ct import error_class  # noqa: E402
-from interactive_3d import dataset, next_correction, nsd  # noqa: E402
+from interactive_3d import dataset, next_correction, nsd, step0_objects  # noqa: E402
 from napari_sam.cache import resolve_cache_dir  # noqa: E402
 from napari_sam.embeddings import EmbeddingProvider  # noqa: E402
-from napari_sam.geometry import box_of_mask  # noqa: E402
 from napari_sam.models.registry import load_model  # noqa: E402
 from napari_sam.prompts import parse_prompts  # noqa: E402
 from napari_sam.segmentation import segment_volume  # noqa: E402
@@ -61,15 +60,7 @@ def main() -> None:
     backend = load_model("lite_medsam")
     views = EmbeddingProvider(backend, resolve_cache_dir(args.cache_dir), max_in_memory=64).views_of(vol.array)
     spacing = vol.geometry.scale_zyx
-    objects = []
-    for i in ids:
-        gt = labels == i
-        z0 = int(gt.sum((1, 2)).argmax())
-        o = {"id": i, "name": names[i], "propagate": True, "corrections": []}
-        o["prompts"] = [{"slice": z0, "box": list(box_of_mask(gt[z0]))}]
-        if windows[i]:
-            o["window"] = windows[i]
-        objects.append(o)
+    objects = step0_objects(labels, names, ids, windows)
     curve, rows, clicks = [], {i: [] for i in ids}, []
     t0 = time.process_time()
     for step in range(args.steps + 1):

@@ -147,16 +147,9 @@ def read_map(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def protocol(
-    name: str, steps: int, cache: Path, max_structures: int | None, out_json: str | None, every: int = 1
-) -> None:
-    vol, labels, names, path, ids, windows = dataset(name)
-    ids = ids[::every]
-    if max_structures:
-        ids = ids[:max_structures]
-    spacing = vol.geometry.scale_zyx
-    for w in sorted({w for w in windows.values()}, key=str):
-        run_cli(["embed", str(path), "--cache-dir", str(cache), "--quiet"] + (["--window", w] if w else []))
+def step0_objects(labels: np.ndarray, names: dict, ids: list[int], windows: dict) -> list[dict]:
+    """Step 0's prompts-file objects: the label's box on each structure's largest slice,
+    propagated, its window (if any), and an empty list for the clicks to come."""
     objects = []
     for i in ids:
         gt = labels == i
@@ -171,6 +164,20 @@ def protocol(
         if windows[i]:
             o["window"] = windows[i]
         objects.append(o)
+    return objects
+
+
+def protocol(
+    name: str, steps: int, cache: Path, max_structures: int | None, out_json: str | None, every: int = 1
+) -> None:
+    vol, labels, names, path, ids, windows = dataset(name)
+    ids = ids[::every]
+    if max_structures:
+        ids = ids[:max_structures]
+    spacing = vol.geometry.scale_zyx
+    for w in sorted({w for w in windows.values()}, key=str):
+        run_cli(["embed", str(path), "--cache-dir", str(cache), "--quiet"] + (["--window", w] if w else []))
+    objects = step0_objects(labels, names, ids, windows)
     work = Path(tempfile.mkdtemp(prefix=f"nsam-i3d-{name}-"))
     per_step: list[dict[int, float]] = []
     seconds: list[float] = []
