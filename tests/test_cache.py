@@ -157,6 +157,18 @@ def test_two_processes_creating_the_same_entries_at_once_both_keep_the_disk(tmp_
     assert not list(root.glob(".*partial*"))
 
 
+def test_the_entry_lock_file_follows_the_umask(tmp_path, volume):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        SliceEmbeddings(CountingBackend(), volume, Window(0, 1000), cache_dir=tmp_path).get(0)
+    finally:
+        os.umask(old)
+    (lock,) = tmp_path.glob("*.lock")
+    assert lock.stat().st_mode & 0o777 == 0o640
+
+
 def test_key_covers_content_model_window_and_axis(tmp_path, volume):
     be = CountingBackend()
     h = content_hash(volume)

@@ -56,6 +56,7 @@ from .errors import InputError, NapariSamWarning
 from .intensity import Window
 from .models.base import Backend, Embedding
 from .models.precision import precision_tag
+from .outputs import current_umask
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +263,9 @@ class EmbeddingStore:
         from filelock import FileLock
 
         self.root.mkdir(parents=True, exist_ok=True)
-        # mode 0o666: the umask applies; a timeout raises filelock.Timeout, an OSError
-        with FileLock(f"{self.path}.lock", timeout=LOCK_TIMEOUT, mode=0o666):
+        # filelock sets the file's mode itself, past the umask: give it what the umask gives;
+        # a timeout raises filelock.Timeout, an OSError
+        with FileLock(f"{self.path}.lock", timeout=LOCK_TIMEOUT, mode=0o666 & ~current_umask()):
             yield
 
     def _create(self, emb: Embedding) -> None:

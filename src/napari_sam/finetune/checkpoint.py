@@ -29,6 +29,7 @@ import torch
 
 from ..errors import InputError, ModelError
 from ..models.checkpoints import load_state_dict, sha256_of
+from ..outputs import current_umask
 
 #: the provenance key of a tuned checkpoint, and the format version under it
 PROVENANCE_KEY = "napari_sam"
@@ -67,12 +68,6 @@ def plain(obj: Any) -> Any:
     return str(obj)
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def save_tuned(
     path: str | Path,
     base: dict[str, torch.Tensor],
@@ -106,7 +101,7 @@ def save_tuned(
         back = torch.load(tmp, map_location="cpu", weights_only=True)
         if set(back["model"]) != set(state) or not all(torch.equal(back["model"][k], tuned[k].cpu()) for k in tuned):
             raise ModelError(f"{path}: the checkpoint read back differs from what was written")
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -164,7 +159,7 @@ def _record(path: Path, provenance: dict[str, Any]) -> None:
             json.dump(entries, fh, indent=1)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, index)
     except OSError:
         pass  # the index is a convenience: the checkpoint itself is written
