@@ -1,0 +1,84 @@
+"""A correction stays local and one-signed on the re-propagated slices (see
+:mod:`napari_sam.corrections`): only the 3D-connected part of the change is
+kept, and a positive click's addition tapers away from the click."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..propagation import PropagationState, StopRules
+
+
+def _changed_part(
+    state: PropagationState,
+    before: dict[int, np.ndarray],
+    index: int,
+    label: int,
+    affected: tuple[int, int],
+    max_growth: float = StopRules.max_growth,
+) -> None:
+    """Keep a correction local and one-signed: on the re-propagated slices a
+    positive click only adds, a negative one only removes, and only the part
+    of the change that is connected in 3D (26-connected, through the
+    re-propagated slices) to the change on the click's slice; every other
+    voxel keeps its value from ``before``. A negative click removes nothing
+    from a slice that the re-propagation did not reach (a pass stopped
+    before it): the model gave no answer there."""
+    first, last = affected
+    empty = np.zeros(state.slice_shape, bool)
+    diff = []
+    for i in range(first, last + 1):
+        old, new = before.get(i, empty), state.results.get(i, empty)
+        # a slice the re-propagation no longer reached (a pass stopped before it) is not a re-answer
+        diff.append(new & ~old if label == 1 else (old & ~new if new.any() else empty))
+    d = np.stack(diff)
+    lab, _n = ndimage.label(d, np.ones((3, 3, 3), bool))
+    keep = np.isin(lab, np.unique(lab[index - first][d[index - first]]))
+    if label == 1:
+        _taper(keep, d, before, index - first, first, max_growth)
+    for i in range(first, last + 1):
+        if i == index:
+            continue
+        old = before.get(i, empty)
+        part = d[i - first] & keep[i - first]
+        res = old | part if label == 1 else old & ~part
+        if res.any():
+            state.results[i] = res
+        else:
+            state.results.pop(i, None)
+            state.info.pop(i, None)
+
+
+def _taper(
+    keep: np.ndarray, d: np.ndarray, before: dict[int, np.ndarray], at: int, first: int, max_growth: float
+) -> None:
+    """Keep a positive click's addition local through the slices: outwards from
+    the click's slice (``at`` in the stack ``keep``/``d`` of the re-propagated
+    range, which starts at slice ``first``), on a slice that already held the
+    object the addition is taken only while it overlaps the addition on the
+    slice before and grows no more than the propagation's own growth limit
+    allows a slice (``max_growth`` times the addition there); the first one
+    that breaks this ends the addition on that side. The click marks the
+    missed part where it is deepest (a user clicks in the middle of what was
+    missed, the protocol at its deepest voxel); an addition that keeps
+    growing away from it is the re-propagated box taking in a neighbour. Slices where the object was missing: a click on a slice
+    that held the object (a missed part of it) does not extend it there (that
+    is a click on the slices past its end); a click on a slice where it was
+    missing extends it, as far as the propagation's own stop rules take it."""
+    extends = not before.get(first + at, np.zeros(1, bool)).any()
+    for step in (-1, 1):
+        prev, j, ended = keep[at] & d[at], at + step, False
+        while 0 <= j < len(keep):
+            part = keep[j] & d[j]
+            held = before.get(first + j)
+            if part.any() and (held is None or not held.any()):
+                ended = ended or not extends
+            elif part.any():
+                grown = ndimage.binary_dilation(prev, np.ones((3, 3), bool))
+                ended = ended or part.sum() > max_growth * prev.sum() or not (part & grown).any()
+            if ended:
+                keep[j] = False
+            else:
+                prev = part if part.any() else prev
+            j += step
