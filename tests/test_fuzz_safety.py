@@ -53,6 +53,8 @@ PROMPT_CASES = {
     "propagate-string": ({"objects": [_obj(propagate="yes")]}, "'propagate' must be"),
     "range-strings": ({"objects": [_obj(range=["a", 3])]}, "'range' must be"),
     "window-one": ({"objects": [_obj(window=[1])]}, "'window' must be"),
+    "window-inverted": ({"objects": [_obj(window=[400, -100])]}, "low < high"),
+    "window-top-inverted": ({"objects": [_obj()], "window": [1, 1]}, "low < high"),
     "top-list": ([1, 2], "top level must be"),
     "objects-empty": ({"objects": []}, "non-empty"),
     "prompts-null": ({"objects": [{"id": 1, "prompts": None}]}, "'prompts' must be"),

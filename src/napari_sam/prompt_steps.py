@@ -159,7 +159,9 @@ def _weights_file(value: dict, base: Path | None, where: str) -> Path:
     return path
 
 
-def _window_step(value: Any, where: str) -> Step:
+def check_window(value: Any, where: str) -> str | list[float]:
+    """A prompts file's ``"window"`` (an object's or a step's): a preset name or
+    [low, high] finite numbers with low < high; raises InputError (one line)."""
     ok = isinstance(value, str) and value
     ok = ok or (
         isinstance(value, list)
@@ -169,7 +171,11 @@ def _window_step(value: Any, where: str) -> Step:
     )
     if not ok:
         _fail(where, "'window' must be a preset name or [low, high] numbers (low < high)")
-    return Step("window", window=value if isinstance(value, str) else [float(v) for v in value])
+    return value if isinstance(value, str) else [float(v) for v in value]
+
+
+def _window_step(value: Any, where: str) -> Step:
+    return Step("window", window=check_window(value, where))
 
 
 def _run_step(value: Any, where: str, kind: str, base: Path | None = None) -> Step:

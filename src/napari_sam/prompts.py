@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .prompt_steps import PROMPT_KEYS, Step, check_keys, check_steps, parse_steps
+from .prompt_steps import PROMPT_KEYS, Step, check_keys, check_steps, check_window, parse_steps
 
 
 @dataclass(frozen=True)
@@ -231,13 +231,8 @@ def _is_num(v: Any) -> bool:
 
 
 def _check_window(win: Any, where: str) -> None:
-    _require(
-        win is None
-        or isinstance(win, str)
-        or (isinstance(win, list) and len(win) == 2 and all(_is_num(v) for v in win)),
-        where,
-        "'window' must be a preset name or [low, high] numbers",
-    )
+    if win is not None:
+        check_window(win, where)
 
 
 def _parse_prompt(p: Any, pw: str) -> SlicePrompt:
