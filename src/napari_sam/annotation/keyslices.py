@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..candidates import KEY_CHOICES, box_fit_key
+from ..candidates import KEY_CHOICES, box_fit_key, uses_box_fit
 from ..errors import InputError
 from ..geometry import Crop
 from ..models.base import Embedding
@@ -54,7 +54,9 @@ def decode_key(
     if key_choice not in KEY_CHOICES:
         raise InputError(f"key_choice {key_choice!r}: one of {', '.join(KEY_CHOICES)}")
     pred = predictor.predict(prompt=prompt, previous=previous, multimask=True)
-    if key_choice != "box_fit" or prompt.box is None or len(prompt.points) or pred.crop is not None:
+    if prompt.box is None or len(prompt.points) or pred.crop is not None:
+        return pred
+    if not uses_box_fit(key_choice, pred.mask, prompt.box):
         return pred
     single = predictor.predict(prompt=prompt, previous=previous, multimask=False)
     emb = predictor.embedding
