@@ -132,3 +132,20 @@ def test_key_slice_under_single_takes_the_box_fit_candidate_when_the_single_outp
     single = predictor.predict(prompt=SlicePrompt(box=box, slice=0), multimask=False).mask
     assert not uses_box_fit("single", single, box) and uses_box_fit("box_fit", single, box)
     assert np.array_equal(decode_key(predictor, SlicePrompt(box=box, slice=0), key_choice="single").mask, single)
+
+
+def test_batched_plain_boxes_on_ct_follow_the_key_slice_guard():
+    """The prompts file's plain (not propagated) boxes are decoded in batches: on CT
+    ("single") they follow decode_key's guard too, so the disc's box gives the disc,
+    not the disc and the region in a corner of its box."""
+    from napari_sam.io import Volume
+    from napari_sam.prompts import ObjectPrompts, PromptsFile
+    from napari_sam.segmentation import key_choice_for, segment_volume
+
+    img, disc = _disc_beside_a_neighbour()
+    vol = Volume(np.repeat(img[None], 3, 0), metadata={"modality": "CT"})
+    assert key_choice_for(vol) == "single"
+    box = box_of_mask(disc)
+    pf = PromptsFile(objects=[ObjectPrompts(1, "disc", [SlicePrompt(box=box, slice=1)], window=[0, 255])])
+    res = segment_volume(vol, pf, WholeRegionBackend())
+    assert dice(res.labels[1] == 1, disc) > 0.95
