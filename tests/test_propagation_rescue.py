@@ -103,7 +103,7 @@ def _disc_beside_a_neighbour():
 
 
 def test_key_slice_under_single_takes_the_box_fit_candidate_when_the_single_output_explains_little_of_the_box():
-    """Under key rule "single" (CT), a single output that explains less than half of
+    """Under key rule "single_fit" (CT), a single output that explains less than half of
     the box the user drew (box fit < 0.5: here the disc and the large region in a
     corner of its box) is replaced by the candidate that explains the box best (the disc), in the
     annotation's key-slice rule and in the propagator's key slices alike."""
@@ -115,13 +115,14 @@ def test_key_slice_under_single_takes_the_box_fit_candidate_when_the_single_outp
     predictor = SlicePredictor(backend)
     predictor.set_embedding(emb.get(1))
     single = predictor.predict(prompt=SlicePrompt(box=box, slice=1), multimask=False).mask
-    assert box_fit(single, box) < 0.5 and uses_box_fit("single", single, box)
-    key = decode_key(predictor, SlicePrompt(box=box, slice=1), key_choice="single").mask
+    assert box_fit(single, box) < 0.5 and uses_box_fit("single_fit", single, box)
+    key = decode_key(predictor, SlicePrompt(box=box, slice=1), key_choice="single_fit").mask
     assert dice(key, disc) > 0.95
     state = PropagationState(shape=vol.shape, range=(1, 1))
     state.add_prompt(1, SlicePrompt(box=box, slice=1))
-    Propagator(backend, emb, key_choice="single").propagate(state)
+    Propagator(backend, emb, key_choice="single_fit").propagate(state)
     assert dice(state.results[1], disc) > 0.95
+    assert not uses_box_fit("single", single, box)  # 2D images keep the single output
     # a single output that explains its box is kept (no neighbour in the box)
     img, disc = _disc_beside_a_neighbour()
     img[:28] = 0.0  # no neighbour: the single output is the disc
@@ -130,13 +131,13 @@ def test_key_slice_under_single_takes_the_box_fit_candidate_when_the_single_outp
     predictor = SlicePredictor(backend)
     predictor.set_embedding(SliceEmbeddings(backend, img[None], Window(0, 255), axis=0).get(0))
     single = predictor.predict(prompt=SlicePrompt(box=box, slice=0), multimask=False).mask
-    assert not uses_box_fit("single", single, box) and uses_box_fit("box_fit", single, box)
-    assert np.array_equal(decode_key(predictor, SlicePrompt(box=box, slice=0), key_choice="single").mask, single)
+    assert not uses_box_fit("single_fit", single, box) and uses_box_fit("box_fit", single, box)
+    assert np.array_equal(decode_key(predictor, SlicePrompt(box=box, slice=0), key_choice="single_fit").mask, single)
 
 
 def test_batched_plain_boxes_on_ct_follow_the_key_slice_guard():
     """The prompts file's plain (not propagated) boxes are decoded in batches: on CT
-    ("single") they follow decode_key's guard too, so the disc's box gives the disc,
+    ("single_fit") they follow decode_key's guard too, so the disc's box gives the disc,
     not the disc and the region in a corner of its box."""
     from napari_sam.io import Volume
     from napari_sam.prompts import ObjectPrompts, PromptsFile
@@ -144,7 +145,7 @@ def test_batched_plain_boxes_on_ct_follow_the_key_slice_guard():
 
     img, disc = _disc_beside_a_neighbour()
     vol = Volume(np.repeat(img[None], 3, 0), metadata={"modality": "CT"})
-    assert key_choice_for(vol) == "single"
+    assert key_choice_for(vol) == "single_fit"
     box = box_of_mask(disc)
     pf = PromptsFile(objects=[ObjectPrompts(1, "disc", [SlicePrompt(box=box, slice=1)], window=[0, 255])])
     res = segment_volume(vol, pf, WholeRegionBackend())

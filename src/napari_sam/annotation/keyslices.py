@@ -40,7 +40,9 @@ def decode_key(
     predictor: holds the slice's embedding (and its pixels when it zooms);
     previous: the (rows, cols) bool mask that clicks refine
     (:meth:`Annotation.previous_for`); key_choice: "single", the model's
-    answer as ranked by the predictor; "box_fit", for a box alone, the
+    answer as ranked by the predictor; "single_fit", that answer unless it
+    explains less than half of a box alone (then as "box_fit",
+    :func:`napari_sam.candidates.uses_box_fit`); "box_fit", for a box alone, the
     candidate (the single answer and the predictor's others) that explains
     the box best (:func:`napari_sam.candidates.box_fit_prediction`; the
     predicted-IoU head is uncalibrated on MR), among them the model's own

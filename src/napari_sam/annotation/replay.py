@@ -186,7 +186,7 @@ class _Replay:
         return mask if full.any() else CroppedMask.of(box_ellipse(box, full.shape))
 
     def guarded(self, emb, boxes: list, masks: list[CroppedMask]) -> list[Any]:
-        """Batched key masks under "single" with decode_key's guard (:func:`uses_box_fit`):
+        """Batched key masks under "single_fit" with decode_key's guard (:func:`uses_box_fit`):
         a box whose single answer explains less than half of it takes the "box_fit" mask."""
         poor = [
             i
@@ -208,7 +208,7 @@ class _Replay:
         groups: dict[tuple, list[tuple[ObjectPrompts, int, SlicePrompt]]] = {}
         # Batched boxes follow the key-slice rule of decode_key: under "box_fit" the mask
         # that explains the box best among the model's single output and its candidates;
-        # under "single" too where the single output explains less than half of its box.
+        # under "single_fit" (CT) too where the single output explains less than half of its box.
         batch = self.zoom is None
         box_fit = self.model.key_choice == "box_fit"
         for o in objects:

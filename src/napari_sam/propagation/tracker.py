@@ -85,14 +85,13 @@ class Propagator:
     box_margin, box_margin_fraction: a mask's box is grown by max(margin,
         fraction * its longer side) pixels when it prompts the next slice.
     key_choice: how a box key slice picks its mask: "single", the model's
-        single-mask output; "box_fit", the candidate (single output and the
+        single-mask output; "single_fit", that unless it explains under half
+        the box (:func:`~napari_sam.candidates.uses_box_fit`); "box_fit", the candidate (single output and the
         three multimask ones) that best explains the box
         (:func:`napari_sam.candidates.box_fit_prediction`), without the IoU
         head, which is uncalibrated on MR (segment_volume uses it for MR).
-    rescue: the second look at a slice whose answer a stop rule refused
-        (:class:`~napari_sam.propagation.RescueStrategy` by default; None: the
-        pass stops or looks past it at once); its answer is kept when it passes
-        every rule.
+    rescue: the second look at a refused slice (default
+        :class:`~napari_sam.propagation.RescueStrategy`; None: none).
     """
 
     def __init__(
@@ -108,7 +107,7 @@ class Propagator:
         rescue: StepStrategy | None = RescueStrategy(),
     ) -> None:
         if key_choice not in KEY_CHOICES:
-            raise UsageError(f"key_choice {key_choice!r}: 'single' or 'box_fit'")
+            raise UsageError(f"key_choice {key_choice!r}: one of {', '.join(KEY_CHOICES)}")
         self.backend = backend
         self.embeddings = embeddings
         self.rules = rules or StopRules()
