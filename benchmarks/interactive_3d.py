@@ -20,6 +20,7 @@ every label of the shared MR (automatic window: none is given).
 
 Reported: mean Dice after each step (scored on the joint label map), DSC_AUC
 (trapezoid over steps 1..N, step spacing 1), final Dice, NSD at 2 mm, and
+slices added past the end / cut short at step 0 (joint map, axis 0),
 seconds per structure (each step's wall time over the number of objects,
 summed over the steps), and the same in CPU time of the ``napari-sam``
 processes (user + system: what the step costs on a machine shared with
@@ -126,6 +127,13 @@ def next_correction(pred: np.ndarray, gt: np.ndarray, spacing) -> dict | None:
     return {"point": [int(p[i] + lo[i]) for i in range(3)], "label": best[2]}
 
 
+def slices_off(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
+    """(slices added past the end, slices cut short) along axis 0: slices where the
+    prediction holds the object and the label does not, and the reverse."""
+    p, g = pred.any((1, 2)), gt.any((1, 2))
+    return int((p & ~g).sum()), int((g & ~p).sum())
+
+
 def _child_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -183,6 +191,7 @@ def protocol(
     seconds: list[float] = []
     cpu: list[float] = []
     final_nsd: dict[int, float] = {}
+    extents: dict[int, tuple[int, int]] = {}
     print(f"== {name}: {len(ids)} structures, {steps} click step(s), spacing {spacing} mm", flush=True)
     for step in range(steps + 1):
         (work / "prompts.json").write_text(json.dumps({"objects": objects}))
@@ -208,6 +217,8 @@ def protocol(
         for o in objects:
             pred, gt = seg == o["id"], labels == o["id"]
             scores[o["id"]] = dice(pred, gt)
+            if step == 0:
+                extents[o["id"]] = slices_off(pred, gt)
             if step == steps:
                 final_nsd[o["id"]] = nsd(pred, gt, spacing)
             elif (c := next_correction(pred, gt, spacing)) is not None:
@@ -231,10 +242,16 @@ def protocol(
                 "name": names[i],
                 "dice": d,
                 "nsd2": final_nsd[i],
+                "step0_added": extents[i][0],
+                "step0_cut_short": extents[i][1],
                 "corrections": next(o["corrections"] for o in objects if o["id"] == i),
             }
         )
         print(f"{names[i]:32s} " + " ".join(f"{v:6.3f}" for v in d) + f"  {final_nsd[i]:6.3f}")
+    print(
+        f"{name}: step 0, slices added past the end / cut short (joint map): "
+        f"{sum(a for a, _ in extents.values())} / {sum(c for _, c in extents.values())}"
+    )
     print(
         f"{name}: Dice per step {' '.join(f'{v:.3f}' for v in curve)}; DSC_AUC (steps 1-{steps}) {auc:.3f}; "
         f"final Dice {curve[-1]:.3f}; NSD@2mm {np.mean(list(final_nsd.values())):.3f}; "

@@ -37,6 +37,7 @@ __all__ = [
     "box_fit_prediction",
     "box_outputs",
     "needs_zoom",
+    "uses_box_fit",
     "ZOOM_BELOW_FIT",
     "choose_candidate",
     "rank_by_box_fit",
@@ -46,8 +47,9 @@ __all__ = [
 #: a key mask whose box fit is under this is retried on a magnified crop (:func:`box_fit_key`)
 ZOOM_BELOW_FIT = 0.5
 
-#: how a box key slice picks its mask: the model's single answer, or :func:`box_fit_prediction`
-KEY_CHOICES = ("single", "box_fit")
+#: how a box key slice picks its mask: the model's single answer; that answer unless it explains
+#: less than half of the box (:func:`uses_box_fit`); or :func:`box_fit_prediction`
+KEY_CHOICES = ("single", "single_fit", "box_fit")
 
 
 def box_fit(mask: np.ndarray, box: Sequence[float]) -> float:
@@ -184,3 +186,15 @@ def needs_zoom(fit: float) -> bool:
     Answers that explain their box well cost no crop embedding, so many small
     objects (box batches) stay cheap."""
     return fit < ZOOM_BELOW_FIT
+
+
+def uses_box_fit(key_choice: str, single: np.ndarray, box: Sequence[float]) -> bool:
+    """Whether a key slice answered by the (rows, cols) bool mask ``single`` (the
+    model's single output for a box alone) takes the "box_fit" rule's mask
+    (:func:`box_fit_key`): always under "box_fit", never under "single"; under
+    "single_fit" (CT volumes, :func:`napari_sam.segmentation.key_choice_for`) when that output
+    explains less than half of the box the user drew (:func:`needs_zoom`'s
+    bound, fixed a priori): it has then answered a sub-part of the object or a
+    neighbour, not the boxed object (on the shared CT the left back muscle's
+    single output, box fit 0.07, covers 3% of it)."""
+    return key_choice == "box_fit" or (key_choice == "single_fit" and box_fit(single, box) < ZOOM_BELOW_FIT)

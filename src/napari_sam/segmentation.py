@@ -87,11 +87,14 @@ def is_ct(volume: Volume) -> bool:
 
 def key_choice_for(volume: Volume) -> str:
     """How box key slices pick their mask (:func:`napari_sam.annotation.decode_key`):
-    the model's single output on CT (where it is the better one: see
-    docs/propagation.md) and on 2D images, the candidate that best explains the
-    box on other volumes (MR: the IoU head is uncalibrated there and the single
-    output often takes a sub-part of the object)."""
-    return "single" if volume.is_2d or is_ct(volume) else "box_fit"
+    the model's single output on 2D images; on CT the single output too (the
+    better one there: see docs/propagation.md) unless it explains less than half
+    of the box ("single_fit", :func:`napari_sam.candidates.uses_box_fit`); the
+    candidate that best explains the box on other volumes (MR: the IoU head is
+    uncalibrated there and the single output often takes a sub-part of the object)."""
+    if volume.is_2d:
+        return "single"
+    return "single_fit" if is_ct(volume) else "box_fit"
 
 
 def state_for_object(obj: ObjectPrompts, shape: tuple[int, int, int]) -> PropagationState:

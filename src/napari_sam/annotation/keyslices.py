@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..candidates import KEY_CHOICES, box_fit_key
+from ..candidates import KEY_CHOICES, box_fit_key, uses_box_fit
 from ..errors import InputError
 from ..geometry import Crop
 from ..models.base import Embedding
@@ -40,7 +40,9 @@ def decode_key(
     predictor: holds the slice's embedding (and its pixels when it zooms);
     previous: the (rows, cols) bool mask that clicks refine
     (:meth:`Annotation.previous_for`); key_choice: "single", the model's
-    answer as ranked by the predictor; "box_fit", for a box alone, the
+    answer as ranked by the predictor; "single_fit", that answer unless it
+    explains less than half of a box alone (then as "box_fit",
+    :func:`napari_sam.candidates.uses_box_fit`); "box_fit", for a box alone, the
     candidate (the single answer and the predictor's others) that explains
     the box best (:func:`napari_sam.candidates.box_fit_prediction`; the
     predicted-IoU head is uncalibrated on MR), among them the model's own
@@ -54,7 +56,9 @@ def decode_key(
     if key_choice not in KEY_CHOICES:
         raise InputError(f"key_choice {key_choice!r}: one of {', '.join(KEY_CHOICES)}")
     pred = predictor.predict(prompt=prompt, previous=previous, multimask=True)
-    if key_choice != "box_fit" or prompt.box is None or len(prompt.points) or pred.crop is not None:
+    if prompt.box is None or len(prompt.points) or pred.crop is not None:
+        return pred
+    if not uses_box_fit(key_choice, pred.mask, prompt.box):
         return pred
     single = predictor.predict(prompt=prompt, previous=previous, multimask=False)
     emb = predictor.embedding

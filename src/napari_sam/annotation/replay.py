@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..box_batches import CroppedMask, decode_boxes, is_plain_box
-from ..candidates import box_ellipse
+from ..candidates import box_ellipse, uses_box_fit
 from ..corrections import Correction
 from ..embeddings import CropEmbeddings, SliceEmbeddings
 from ..finetune.adapted import read_weights
@@ -185,12 +185,30 @@ class _Replay:
         full = as_mask(mask)
         return mask if full.any() else CroppedMask.of(box_ellipse(box, full.shape))
 
+    def guarded(self, emb, boxes: list, masks: list[CroppedMask]) -> list[Any]:
+        """Batched key masks under "single_fit" with decode_key's guard (:func:`uses_box_fit`):
+        a box whose single answer explains less than half of it takes the "box_fit" mask."""
+        poor = [
+            i
+            for i, (b, m) in enumerate(zip(boxes, masks))
+            if uses_box_fit(
+                self.model.key_choice,
+                m.crop,
+                (b[0] - m.offset[0], b[1] - m.offset[1], b[2] - m.offset[0], b[3] - m.offset[1]),
+            )
+        ]
+        out: list[Any] = list(masks)
+        for i, m in zip(poor, decode_boxes(self.backend, emb, [boxes[i] for i in poor], box_fit=True)):
+            out[i] = self.never_empty(boxes[i], m)
+        return out
+
     # -------------------------------------------------------------- the steps
     def plain_objects(self, objects: list[ObjectPrompts]) -> None:
         """Objects that are not propagated: box-only prompts in batches per slice, the rest one by one."""
         groups: dict[tuple, list[tuple[ObjectPrompts, int, SlicePrompt]]] = {}
         # Batched boxes follow the key-slice rule of decode_key: under "box_fit" the mask
-        # that explains the box best among the model's single output and its candidates.
+        # that explains the box best among the model's single output and its candidates;
+        # under "single_fit" (CT) too where the single output explains less than half of its box.
         batch = self.zoom is None
         box_fit = self.model.key_choice == "box_fit"
         for o in objects:
@@ -207,9 +225,9 @@ class _Replay:
             if axis >= 0:
                 win0 = self.window_of(obj0)
                 emb = self.store(win0, obj0.axis).get(z)
-                for (o, _, p), mask in zip(
-                    items, decode_boxes(self.backend, emb, [p.box for _, _, p in items], box_fit=box_fit)
-                ):
+                boxes = [p.box for _, _, p in items]
+                masks = decode_boxes(self.backend, emb, boxes, box_fit=box_fit)
+                for (o, _, p), mask in zip(items, masks if box_fit else self.guarded(emb, boxes, masks)):
                     mask = self.never_empty(p.box, mask) if box_fit else mask
                     self.model.commit(o.id, z, p, mask, axis=o.axis, exact=True, window=(win0.lo, win0.hi))
             else:

@@ -8,7 +8,8 @@ The package, in the order a reader needs it:
   (:class:`StopDecision`, :class:`StopReason`) and what is left to compute);
 - :mod:`.rules`: :class:`StopRules` and :func:`check_step`, when a pass ends;
 - :mod:`.strategy`: how each next slice is answered from its neighbour
-  (:class:`TrackStrategy`, the default, or :class:`HypothesesStrategy`);
+  (:class:`TrackStrategy`, the default, or :class:`HypothesesStrategy`), and
+  the second look at a refused slice (:class:`RescueStrategy`);
 - :mod:`.roi`: the region-of-interest zoom for small objects (:class:`RoiZoom`,
   off by default);
 - :mod:`.segments`: the segments between key slices, and how the two passes
@@ -72,7 +73,7 @@ from __future__ import annotations
 from .roi import RoiZoom
 from .rules import ObjectAppearance, StepAnswer, StopRules, check_step
 from .state import PropagationState, SliceInfo, SliceUpdate, StopDecision, StopReason
-from .strategy import BoxDecoder, HypothesesStrategy, StepStrategy, TrackStrategy
+from .strategy import BoxDecoder, HypothesesStrategy, RescueStrategy, StepStrategy, TrackStrategy
 from .tracker import Propagator, SliceEmbeddingProvider
 
 __all__ = [
@@ -81,6 +82,7 @@ __all__ = [
     "ObjectAppearance",
     "PropagationState",
     "Propagator",
+    "RescueStrategy",
     "RoiZoom",
     "SliceEmbeddingProvider",
     "SliceInfo",

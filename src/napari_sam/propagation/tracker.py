@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..candidates import KEY_CHOICES, box_fit_key
+from ..candidates import KEY_CHOICES, box_fit_key, uses_box_fit
 from ..errors import UsageError
 from ..geometry import Crop, box_of_mask, mask_iou
 from ..jobs import Cancel, Cancelled, Job, Progress, ProgressCallback, drive
@@ -39,7 +39,7 @@ from .roi import RoiZoom, choose_roi, frame_of
 from .rules import ObjectAppearance, StepAnswer, StopRules, check_step, pooled_features
 from .segments import Segment, Tally, drop, info_of, paste, plan_segments, reconcile, store
 from .state import PropagationState, SliceInfo, StopDecision, StopReason
-from .strategy import BoxDecoder, StepStrategy, TrackStrategy
+from .strategy import BoxDecoder, RescueStrategy, StepStrategy, TrackStrategy
 
 __all__ = ["Propagator", "SliceEmbeddingProvider"]
 
@@ -85,10 +85,13 @@ class Propagator:
     box_margin, box_margin_fraction: a mask's box is grown by max(margin,
         fraction * its longer side) pixels when it prompts the next slice.
     key_choice: how a box key slice picks its mask: "single", the model's
-        single-mask output; "box_fit", the candidate (single output and the
+        single-mask output; "single_fit", that unless it explains under half
+        the box (:func:`~napari_sam.candidates.uses_box_fit`); "box_fit", the candidate (single output and the
         three multimask ones) that best explains the box
         (:func:`napari_sam.candidates.box_fit_prediction`), without the IoU
         head, which is uncalibrated on MR (segment_volume uses it for MR).
+    rescue: the second look at a refused slice (default
+        :class:`~napari_sam.propagation.RescueStrategy`; None: none).
     """
 
     def __init__(
@@ -101,9 +104,10 @@ class Propagator:
         box_margin: float = 3.0,
         box_margin_fraction: float = 0.05,
         key_choice: str = "single",
+        rescue: StepStrategy | None = RescueStrategy(),
     ) -> None:
         if key_choice not in KEY_CHOICES:
-            raise UsageError(f"key_choice {key_choice!r}: 'single' or 'box_fit'")
+            raise UsageError(f"key_choice {key_choice!r}: one of {', '.join(KEY_CHOICES)}")
         self.backend = backend
         self.embeddings = embeddings
         self.rules = rules or StopRules()
@@ -111,6 +115,7 @@ class Propagator:
         self.zoom: RoiZoom | None = RoiZoom() if zoom is True else (zoom or None)
         self.decoder = BoxDecoder(backend, box_margin, box_margin_fraction)
         self.key_choice = key_choice
+        self.rescue = rescue
         self._predictor = SlicePredictor(backend)
 
     # ------------------------------------------------------------ public
@@ -192,6 +197,7 @@ class Propagator:
         appearance: ObjectAppearance | None = None,
         frame: Crop | None = None,
         prev_index: int | None = None,
+        strategy: StepStrategy | None = None,
     ) -> StepAnswer:
         """Segment slice ``index`` prompted from its neighbour's (rows, cols) bool mask ``prev``.
 
@@ -201,13 +207,14 @@ class Propagator:
         give back the neighbour's mask), which the stop rules use.
         ``appearance``: the key slices' object, for the intensity and
         appearance rules. ``frame``: where the model looks (default the whole
-        slice). Masks and logits come back on the whole slice.
+        slice). ``strategy``: instead of the propagator's own. Masks and logits
+        come back on the whole slice.
         """
         full = prev.shape
         frame = frame or Crop.whole(full)
         emb = self._embedding(index, frame, full)
         fprev = prev[frame.slices]
-        best = self.strategy.answer(self.decoder, emb, fprev, self.rules)
+        best = (strategy or self.strategy).answer(self.decoder, emb, fprev, self.rules)
         if prev_index is not None and best.mask.any() and best.iou_prev < self.rules.min_iou:
             box = self.decoder.pad(box_of_mask(best.mask), emb.original_size)
             back = self.decoder.decode(self._embedding(prev_index, frame, full), [box], best.mask)[0]
@@ -260,7 +267,7 @@ class Propagator:
         self._predictor.set_embedding(self._embedding(k, frame, full))
         pred = self._predictor.predict(prompt=local, multimask=False)
         mask = pred.mask
-        if self.key_choice == "box_fit" and local.box is not None and not len(local.points):
+        if local.box is not None and not len(local.points) and uses_box_fit(self.key_choice, mask, local.box):
             many = self._predictor.predict(prompt=local, multimask=True)
             emb = self._predictor.embedding
             zoomed = (
@@ -350,6 +357,8 @@ class Propagator:
                         prev, last = st.mask, j
                     i = last + direction
                     continue
+            if refused is not None and (rescued := self._rescued(i, prev, appearance, frame, i - direction)):
+                (step, frame), refused = rescued, None
             if refused is not None:
                 state.stops.append(StopDecision(origin, direction, last, i, refused[0], refused[1]))
                 return
@@ -359,16 +368,37 @@ class Propagator:
         state.stops.append(StopDecision(origin, direction, last, None, end_reason, ""))
 
     def _framed_step(
-        self, i: int, prev: np.ndarray, appearance: ObjectAppearance | None, frame: Crop, prev_index: int
+        self,
+        i: int,
+        prev: np.ndarray,
+        appearance: ObjectAppearance | None,
+        frame: Crop,
+        prev_index: int,
+        strategy: StepStrategy | None = None,
     ) -> tuple[StepAnswer, Crop]:
-        """:meth:`step` in ``frame``; when the answer reaches the edge of a zoomed
-        frame, again with the whole slice (which the pass then keeps)."""
-        step = self.step(i, prev, appearance, frame, prev_index=prev_index)
+        """:meth:`step` in ``frame`` (by ``strategy``, default the propagator's);
+        when the answer reaches the edge of a zoomed frame, again with the whole
+        slice (which the pass then keeps)."""
+        step = self.step(i, prev, appearance, frame, prev_index=prev_index, strategy=strategy)
         full = prev.shape
         if not frame.is_whole(full) and frame.touches_inner_border(step.mask[frame.slices], full):
             frame = Crop.whole(full)
-            step = self.step(i, prev, appearance, frame, prev_index=prev_index)
+            step = self.step(i, prev, appearance, frame, prev_index=prev_index, strategy=strategy)
         return step, frame
+
+    def _rescued(
+        self, i: int, prev: np.ndarray, appearance: ObjectAppearance | None, frame: Crop, prev_index: int
+    ) -> tuple[StepAnswer, Crop] | None:
+        """The second look (``rescue``) at slice ``i``, whose answer was refused and
+        could not be bridged: its answer and frame when it passes every rule and
+        is not the neighbour's mask echoed back (a tight box around a few pixels
+        is answered with those pixels, whatever the slice holds), else None."""
+        if self.rescue is None:
+            return None
+        step, at = self._framed_step(i, prev, appearance, frame, prev_index, self.rescue)
+        if self.check(step, prev) is not None or np.array_equal(step.mask, prev):
+            return None
+        return step, at
 
     @torch.inference_mode()
     def _look_past(
