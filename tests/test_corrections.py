@@ -360,3 +360,20 @@ def test_removal_held_within_the_ball_of_the_click_depth_may_grow():
     _hold_removal(state, 5, removed, (1.0, 1.0), (0, 10), 0.4, ball=2)
     # slice 7 lies within the ball: the wrong region there holds at least the ball's disk, and the cut may grow
     assert (bar(7) & ~state.results[7]).sum() > removed.sum()
+
+
+def test_positive_click_past_the_end_may_grow_within_the_ball_of_the_click_depth():
+    from napari_sam.corrections import _changed_part
+
+    shape = (14, 32, 40)
+    body = np.zeros(shape[1:], bool)
+    body[8:24, 8:16] = True
+    wide = body.copy()
+    wide[8:24, 16:30] = True
+    before = {z: body.copy() for z in range(2, 6)}
+    state = PropagationState(shape=shape)
+    state.results = {z: body.copy() for z in range(2, 8)}
+    state.results.update({8: wide.copy(), 9: wide.copy()})
+    # the click on 7 lies 1 slice deep in the missed region: 8 (within the ball) may grow, 9 may not
+    _changed_part(state, before, 7, 1, (6, 12), ball=1)
+    assert np.array_equal(state.results[8], wide) and 9 not in state.results

@@ -154,7 +154,8 @@ def correction_job(
         "correction %s (label %d): slices %d-%d re-propagated", tuple(correction.point), correction.label, *affected
     )
     yield from propagator.run(state)
-    _changed_part(state, before, index, correction.label, affected, propagator.rules.max_growth)
+    grown = ball_slices(new & ~cur, r, c, sp_rc, sp[state.axis]) if correction.label == 1 else 0
+    _changed_part(state, before, index, correction.label, affected, propagator.rules.max_growth, grown)
     if correction.label == 0:
         ball = ball_slices(removed, r, c, sp_rc, sp[state.axis])
         _hold_removal(state, index, removed, sp_rc, affected, propagator.rules.min_iou, ball)
