@@ -299,3 +299,81 @@ def test_positive_click_past_the_end_extends_the_object():
     state.results = {z: body.copy() for z in range(2, 10)}  # the click on 7 (empty before) went on to 9
     _changed_part(state, before, 7, 1, (6, 11))
     assert all(np.array_equal(state.results[z], body) for z in (6, 8, 9))
+
+
+def test_positive_click_past_the_end_stops_where_the_extension_grows_away_from_the_object():
+    from napari_sam.corrections import _changed_part
+
+    shape = (14, 32, 40)
+    body = np.zeros(shape[1:], bool)
+    body[8:24, 8:16] = True
+    wide = body.copy()
+    wide[8:24, 16:30] = True  # the moved box taking in a neighbour: larger than on the click's slice
+    before = {z: body.copy() for z in range(2, 6)}
+    state = PropagationState(shape=shape)
+    # the click on 7 (empty before): the gap slice 6 is filled, past it 8 holds as much as 7, then 9 grows
+    state.results = {z: body.copy() for z in range(2, 9)}
+    state.results.update({9: wide.copy(), 10: body.copy()})
+    _changed_part(state, before, 7, 1, (6, 12))
+    assert all(np.array_equal(state.results[z], body) for z in (6, 7, 8))
+    assert 9 not in state.results and 10 not in state.results  # the extension ended where it grew
+
+
+def test_removal_held_on_neighbours_does_not_outgrow_the_region_the_click_removed():
+    from napari_sam.corrections.removing import _hold_removal
+
+    # an oblique bar (the object, 6 px wide) moving 3 px a slice; the click on 5 removed a small leak beside it
+    shape = (11, 40, 60)
+
+    def bar(z):
+        m = np.zeros(shape[1:], bool)
+        m[6:34, 10 + 3 * (z - 5) : 16 + 3 * (z - 5)] = True
+        return m
+
+    state = PropagationState(shape=shape)
+    state.results = {z: bar(z) for z in range(2, 11)}
+    removed = np.zeros(shape[1:], bool)
+    removed[16:22, 16:20] = True
+    _hold_removal(state, 5, removed, (1.0, 1.0), (0, 10), 0.4)
+    # slice 6: the bar slid under the removed footprint, and a cut no larger than the removal is held there;
+    # on 7 the cut would outgrow it (eating the bar behind the footprint): it stops, 7 onwards keep the bar
+    assert 0 < (bar(6) & ~state.results[6]).sum() <= removed.sum()
+    assert all(np.array_equal(state.results[z], bar(z)) for z in (2, 3, 4, 7, 8, 9, 10))
+
+
+def test_removal_held_within_the_ball_of_the_click_depth_may_grow():
+    from napari_sam.corrections.removing import _hold_removal, ball_slices
+
+    disk = np.hypot(*np.ogrid[-20:21, -20:21]) <= 6.5  # a removed disk of radius ~6.5 px (mm)
+    assert ball_slices(disk, 20, 20, (1.0, 1.0), 3.0) == 2 and ball_slices(disk, 20, 20, (1.0, 1.0), 8.0) == 0
+    shape = (11, 40, 60)
+
+    def bar(z):
+        m = np.zeros(shape[1:], bool)
+        m[6:34, 10 + 3 * (z - 5) : 16 + 3 * (z - 5)] = True
+        return m
+
+    removed = np.zeros(shape[1:], bool)
+    removed[16:22, 16:20] = True
+    state = PropagationState(shape=shape)
+    state.results = {z: bar(z) for z in range(2, 11)}
+    _hold_removal(state, 5, removed, (1.0, 1.0), (0, 10), 0.4, ball=2)
+    # slice 7 lies within the ball: the wrong region there holds at least the ball's disk, and the cut may grow
+    assert (bar(7) & ~state.results[7]).sum() > removed.sum()
+
+
+def test_positive_click_past_the_end_may_grow_within_the_ball_of_the_click_depth():
+    from napari_sam.corrections import _changed_part
+
+    shape = (14, 32, 40)
+    body = np.zeros(shape[1:], bool)
+    body[8:24, 8:16] = True
+    wide = body.copy()
+    wide[8:24, 16:30] = True
+    before = {z: body.copy() for z in range(2, 6)}
+    state = PropagationState(shape=shape)
+    state.results = {z: body.copy() for z in range(2, 8)}
+    state.results.update({8: wide.copy(), 9: wide.copy()})
+    # the click on 7 lies 1 slice deep in the missed region: 8 (within the ball) may grow, 9 may not
+    _changed_part(state, before, 7, 1, (6, 12), ball=1)
+    assert np.array_equal(state.results[8], wide) and 9 not in state.results

@@ -33,7 +33,9 @@ date, then:
    only adds and a negative one only removes, and only the part of the
    change that is 3D-connected to the change on the click's slice; every
    other voxel keeps its earlier value, and a positive click's addition
-   tapers away from the click (:func:`_taper`). So a click never undoes good
+   tapers away from the click (:func:`_taper`); past the object's former
+   end a click on an empty slice extends it only while no slice adds more
+   than the click's slice. So a click never undoes good
    slices elsewhere (the geodesic 3D carve of earlier versions split a thin
    rib anywhere between the click and the key slice, and took half of it).
 
@@ -43,7 +45,10 @@ date, then:
    region and those under what was kept there, and the removed side goes,
    as long as it continues the removed region (IoU at least
    ``StopRules.min_iou``). A box-only model that re-adds a fused neighbour
-   from the box of the corrected mask loses it again.
+   from the box of the corrected mask loses it again. When the click kept
+   more of its slice than it removed, a cut beyond the ball of the click's
+   depth may not outgrow the region removed on its slice (a thin oblique rib
+   sliding under the removed footprint is not cut away slice by slice).
 
 Errors: a click outside the volume, or on an object with no prompt to start
 from, raises :class:`InputError` with one line.
@@ -62,7 +67,7 @@ from ..jobs import Cancel, Job, ProgressCallback, drive
 from ..propagation import PropagationState, Propagator
 from .adding import MIN_ADD_RADIUS_MM, _added_region
 from .local import _changed_part
-from .removing import _hold_removal, _removed_region, carve
+from .removing import _hold_removal, _removed_region, ball_slices, carve
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +154,11 @@ def correction_job(
         "correction %s (label %d): slices %d-%d re-propagated", tuple(correction.point), correction.label, *affected
     )
     yield from propagator.run(state)
-    _changed_part(state, before, index, correction.label, affected, propagator.rules.max_growth)
+    grown = ball_slices(new & ~cur, r, c, sp_rc, sp[state.axis]) if correction.label == 1 else 0
+    _changed_part(state, before, index, correction.label, affected, propagator.rules.max_growth, grown)
     if correction.label == 0:
-        _hold_removal(state, index, removed, sp_rc, affected, propagator.rules.min_iou)
+        ball = ball_slices(removed, r, c, sp_rc, sp[state.axis])
+        _hold_removal(state, index, removed, sp_rc, affected, propagator.rules.min_iou, ball)
     return affected
 
 

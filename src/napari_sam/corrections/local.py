@@ -17,6 +17,7 @@ def _changed_part(
     label: int,
     affected: tuple[int, int],
     max_growth: float = StopRules.max_growth,
+    ball: int = 0,
 ) -> None:
     """Keep a correction local and one-signed: on the re-propagated slices a
     positive click only adds, a negative one only removes, and only the part
@@ -36,7 +37,7 @@ def _changed_part(
     lab, _n = ndimage.label(d, np.ones((3, 3, 3), bool))
     keep = np.isin(lab, np.unique(lab[index - first][d[index - first]]))
     if label == 1:
-        _taper(keep, d, before, index - first, first, max_growth)
+        _taper(keep, d, before, index - first, first, max_growth, ball)
     for i in range(first, last + 1):
         if i == index:
             continue
@@ -51,7 +52,13 @@ def _changed_part(
 
 
 def _taper(
-    keep: np.ndarray, d: np.ndarray, before: dict[int, np.ndarray], at: int, first: int, max_growth: float
+    keep: np.ndarray,
+    d: np.ndarray,
+    before: dict[int, np.ndarray],
+    at: int,
+    first: int,
+    max_growth: float,
+    ball: int = 0,
 ) -> None:
     """Keep a positive click's addition local through the slices: outwards from
     the click's slice (``at`` in the stack ``keep``/``d`` of the re-propagated
@@ -65,15 +72,27 @@ def _taper(
     growing away from it is the re-propagated box taking in a neighbour. Slices where the object was missing: a click on a slice
     that held the object (a missed part of it) does not extend it there (that
     is a click on the slices past its end); a click on a slice where it was
-    missing extends it, as far as the propagation's own stop rules take it."""
+    missing extends it, as far as the propagation's own stop rules take it,
+    and, on the side away from the object's body (past its former end), only
+    while no slice adds more than the click's slice: an object tapers to its
+    end, and the click's answer is the most the click's evidence supports; an
+    extension that grows away from it is the moved box taking in a neighbour
+    (an adrenal walking down the whole volume). Within ``ball`` slices of the
+    click it may grow: the click lies at the deepest point of the missed
+    region, which holds the ball around it as deep as the click lies in the
+    region added on its slice (:func:`napari_sam.corrections.removing.ball_slices`).
+    """
+
     extends = not before.get(first + at, np.zeros(1, bool)).any()
+    body = _body_side(before, first + at)
     for step in (-1, 1):
         prev, j, ended = keep[at] & d[at], at + step, False
         while 0 <= j < len(keep):
             part = keep[j] & d[j]
             held = before.get(first + j)
             if part.any() and (held is None or not held.any()):
-                ended = ended or not extends
+                past_end = step != body and abs(j - at) > ball and part.sum() > (keep[at] & d[at]).sum()
+                ended = ended or not extends or past_end
             elif part.any():
                 grown = ndimage.binary_dilation(prev, np.ones((3, 3), bool))
                 ended = ended or part.sum() > max_growth * prev.sum() or not (part & grown).any()
@@ -82,3 +101,12 @@ def _taper(
             else:
                 prev = part if part.any() else prev
             j += step
+
+
+def _body_side(before: dict[int, np.ndarray], index: int) -> int:
+    """-1 or 1: the side of slice ``index`` where the nearest slice that held the
+    object before the click lies (0 when it held it nowhere)."""
+    held = [i for i, m in before.items() if m.any() and i != index]
+    if not held:
+        return 0
+    return 1 if min(held, key=lambda i: (abs(i - index), i)) > index else -1

@@ -125,6 +125,7 @@ def _hold_removal(
     sp_rc: tuple[float, float],
     affected: tuple[int, int],
     min_iou: float,
+    ball: int = 0,
 ) -> None:
     """Make a removal hold on the neighbouring slices: outwards from slice
     ``index``, while the mask of the next (propagated) slice still overlaps
@@ -133,8 +134,21 @@ def _hold_removal(
     the slice before and those lying under what was kept there; the removed
     side goes too, as long as it continues the region removed on the slice
     before (IoU at least ``min_iou``: the propagation's own continuity
-    threshold, ``StopRules.min_iou``)."""
+    threshold, ``StopRules.min_iou``). When the click kept more of its slice
+    than it removed (a leak or a lump cut off the body), a neighbour's cut may
+    not be larger than the region removed on the click's slice: the click's
+    evidence is that region, and a cut that outgrows it is the split eating
+    into the kept body as that body slides under the removed footprint (an
+    oblique rib lost slice by slice behind a leak removed on one slice). When
+    the click removed most of its slice (a run past the object's end, a wrong
+    object), the cut may grow as the wrong region does; and so it may within
+    ``ball`` slices of the click: the click lies at the deepest point of the
+    wrong region, so that region holds the ball around it as deep as the
+    click lies in the removed region (:func:`ball_slices`), which reaches
+    those slices."""
     keys = set(state.key_slices)
+    # a leak or lump cut off a body the click kept: the cut may not outgrow it; a slice that was mostly wrong: it may
+    limit = int(removed.sum()) if removed.sum() < state.mask_slice(index).sum() else removed.size
     for d in (-1, 1):
         prev, j = removed, index + d
         while affected[0] <= j <= affected[1] and j not in keys and prev.any():
@@ -143,10 +157,17 @@ def _hold_removal(
             if not neg.any() or not pos.any():
                 break
             cut = carve(cur[None], _points(pos), _points(neg), (1.0, *sp_rc))[0]
-            if not cut.any() or mask_iou(cut, prev) < min_iou:
+            if not cut.any() or mask_iou(cut, prev) < min_iou or (cut.sum() > limit and abs(j - index) > ball):
                 break
             state.results[j] = cur & ~cut
             prev, j = cut, j + d
+
+
+def ball_slices(removed: np.ndarray, r: int, c: int, sp_rc: tuple[float, float], sp_axis: float) -> int:
+    """Slices (``sp_axis`` mm apart) within the depth (mm) of click (r, c) in the ``removed`` region."""
+    if not removed[r, c]:
+        return 0
+    return int(ndimage.distance_transform_edt(np.pad(removed, 1), sampling=sp_rc)[r + 1, c + 1] // sp_axis)
 
 
 def _points(m: np.ndarray) -> list[tuple[int, int, int]]:
