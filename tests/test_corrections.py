@@ -319,6 +319,25 @@ def test_positive_click_past_the_end_stops_where_the_extension_grows_away_from_t
     assert 9 not in state.results and 10 not in state.results  # the extension ended where it grew
 
 
+def test_positive_click_past_the_end_reaches_no_further_past_the_click_than_the_click_lies_from_the_end():
+    from napari_sam.corrections import _changed_part
+
+    shape = (14, 32, 40)
+    body = np.zeros(shape[1:], bool)
+    body[8:24, 8:16] = True
+    before = {z: body.copy() for z in range(2, 6)}
+    state = PropagationState(shape=shape)
+    # the click on 6, one slice past the end 5: the re-propagation ran on to 12, each slice smaller
+    state.results = {z: body.copy() for z in range(2, 7)}
+    for z in range(7, 13):
+        m = np.zeros(shape[1:], bool)
+        m[8 : 24 - (z - 6), 8:16] = True
+        state.results[z] = m
+    _changed_part(state, before, 6, 1, (6, 13))
+    assert 7 in state.results  # the missed run holds the click in its middle: one slice past it
+    assert not any(z in state.results for z in range(8, 13))
+
+
 def test_removal_held_on_neighbours_does_not_outgrow_the_region_the_click_removed():
     from napari_sam.corrections.removing import _hold_removal
 

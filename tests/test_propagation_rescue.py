@@ -102,7 +102,7 @@ def _disc_beside_a_neighbour():
     return np.where(disc | neighbour, 200.0, 0.0).astype(np.float32), disc
 
 
-def test_key_slice_under_single_takes_the_box_fit_candidate_when_the_single_output_explains_little_of_the_box():
+def test_key_slice_under_single_fit_takes_the_box_fit_candidate_when_the_single_output_explains_little_of_the_box():
     """Under key rule "single_fit" (CT), a single output that explains less than half of
     the box the user drew (box fit < 0.5: here the disc and the large region in a
     corner of its box) is replaced by the candidate that explains the box best (the disc), in the

@@ -81,17 +81,24 @@ def _taper(
     click it may grow: the click lies at the deepest point of the missed
     region, which holds the ball around it as deep as the click lies in the
     region added on its slice (:func:`napari_sam.corrections.removing.ball_slices`).
+    And it reaches past the click no further than the click lies from the
+    former end (``gap`` slices): the click marks the middle of the missed
+    run of slices, as :func:`napari_sam.corrections.adding._near_click` reads
+    it in the plane (a pancreas at the edge of the shared CT, clicked one
+    slice past its end, otherwise ran 8 slices into its neighbours).
     """
 
     extends = not before.get(first + at, np.zeros(1, bool)).any()
-    body = _body_side(before, first + at)
+    body, gap = _body_side(before, first + at)
+    added = int((keep[at] & d[at]).sum())
     for step in (-1, 1):
         prev, j, ended = keep[at] & d[at], at + step, False
         while 0 <= j < len(keep):
             part = keep[j] & d[j]
             held = before.get(first + j)
             if part.any() and (held is None or not held.any()):
-                past_end = step != body and abs(j - at) > ball and part.sum() > (keep[at] & d[at]).sum()
+                far = abs(j - at)
+                past_end = step != body and body != 0 and (far > gap or (far > ball and part.sum() > added))
                 ended = ended or not extends or past_end
             elif part.any():
                 grown = ndimage.binary_dilation(prev, np.ones((3, 3), bool))
@@ -103,10 +110,12 @@ def _taper(
             j += step
 
 
-def _body_side(before: dict[int, np.ndarray], index: int) -> int:
-    """-1 or 1: the side of slice ``index`` where the nearest slice that held the
-    object before the click lies (0 when it held it nowhere)."""
+def _body_side(before: dict[int, np.ndarray], index: int) -> tuple[int, int]:
+    """(-1 or 1, n): the side of slice ``index`` where the nearest slice that held
+    the object before the click lies, and how many slices away it is ((0, 0)
+    when it held it nowhere)."""
     held = [i for i, m in before.items() if m.any() and i != index]
     if not held:
-        return 0
-    return 1 if min(held, key=lambda i: (abs(i - index), i)) > index else -1
+        return 0, 0
+    near = min(held, key=lambda i: (abs(i - index), i))
+    return (1 if near > index else -1), abs(near - index)
