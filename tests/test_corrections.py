@@ -288,14 +288,18 @@ def test_positive_click_addition_ends_where_it_grows_away_from_the_click():
     assert 1 not in state.results  # a click on a missed part does not extend the object past its end
 
 
+def _held_on_2_to_5(nz: int):
+    """An object (a 16 x 8 px rectangle) that slices 2-5 held before a click past
+    its end: its mask there, the results before the click, and a state of ``nz`` slices."""
+    body = np.zeros((32, 40), bool)
+    body[8:24, 8:16] = True
+    return body, {z: body.copy() for z in range(2, 6)}, PropagationState(shape=(nz, 32, 40))
+
+
 def test_positive_click_past_the_end_extends_the_object():
     from napari_sam.corrections import _changed_part
 
-    shape = (12, 32, 40)
-    body = np.zeros(shape[1:], bool)
-    body[8:24, 8:16] = True
-    before = {z: body.copy() for z in range(2, 6)}
-    state = PropagationState(shape=shape)
+    body, before, state = _held_on_2_to_5(12)
     state.results = {z: body.copy() for z in range(2, 10)}  # the click on 7 (empty before) went on to 9
     _changed_part(state, before, 7, 1, (6, 11))
     assert all(np.array_equal(state.results[z], body) for z in (6, 8, 9))
@@ -304,13 +308,9 @@ def test_positive_click_past_the_end_extends_the_object():
 def test_positive_click_past_the_end_stops_where_the_extension_grows_away_from_the_object():
     from napari_sam.corrections import _changed_part
 
-    shape = (14, 32, 40)
-    body = np.zeros(shape[1:], bool)
-    body[8:24, 8:16] = True
+    body, before, state = _held_on_2_to_5(14)
     wide = body.copy()
     wide[8:24, 16:30] = True  # the moved box taking in a neighbour: larger than on the click's slice
-    before = {z: body.copy() for z in range(2, 6)}
-    state = PropagationState(shape=shape)
     # the click on 7 (empty before): the gap slice 6 is filled, past it 8 holds as much as 7, then 9 grows
     state.results = {z: body.copy() for z in range(2, 9)}
     state.results.update({9: wide.copy(), 10: body.copy()})
@@ -322,15 +322,11 @@ def test_positive_click_past_the_end_stops_where_the_extension_grows_away_from_t
 def test_positive_click_past_the_end_reaches_no_further_past_the_click_than_the_click_lies_from_the_end():
     from napari_sam.corrections import _changed_part
 
-    shape = (14, 32, 40)
-    body = np.zeros(shape[1:], bool)
-    body[8:24, 8:16] = True
-    before = {z: body.copy() for z in range(2, 6)}
-    state = PropagationState(shape=shape)
+    body, before, state = _held_on_2_to_5(14)
     # the click on 6, one slice past the end 5: the re-propagation ran on to 12, each slice smaller
     state.results = {z: body.copy() for z in range(2, 7)}
     for z in range(7, 13):
-        m = np.zeros(shape[1:], bool)
+        m = np.zeros(body.shape, bool)
         m[8 : 24 - (z - 6), 8:16] = True
         state.results[z] = m
     _changed_part(state, before, 6, 1, (6, 13))
@@ -384,13 +380,9 @@ def test_removal_held_within_the_ball_of_the_click_depth_may_grow():
 def test_positive_click_past_the_end_may_grow_within_the_ball_of_the_click_depth():
     from napari_sam.corrections import _changed_part
 
-    shape = (14, 32, 40)
-    body = np.zeros(shape[1:], bool)
-    body[8:24, 8:16] = True
+    body, before, state = _held_on_2_to_5(14)
     wide = body.copy()
     wide[8:24, 16:30] = True
-    before = {z: body.copy() for z in range(2, 6)}
-    state = PropagationState(shape=shape)
     state.results = {z: body.copy() for z in range(2, 8)}
     state.results.update({8: wide.copy(), 9: wide.copy()})
     # the click on 7 lies 1 slice deep in the missed region: 8 (within the ball) may grow, 9 may not
