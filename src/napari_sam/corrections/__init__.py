@@ -154,10 +154,10 @@ def correction_job(
         "correction %s (label %d): slices %d-%d re-propagated", tuple(correction.point), correction.label, *affected
     )
     yield from propagator.run(state)
-    grown = ball_slices(new & ~cur, r, c, sp_rc, sp[state.axis]) if correction.label == 1 else 0
-    _changed_part(state, before, index, correction.label, affected, propagator.rules.max_growth, grown)
+    # the slices within the click's depth in the region it added or removed (new ^ cur: removed lies in cur)
+    ball = ball_slices(new ^ cur, r, c, sp_rc, sp[state.axis])
+    _changed_part(state, before, index, correction.label, affected, propagator.rules.max_growth, ball)
     if correction.label == 0:
-        ball = ball_slices(removed, r, c, sp_rc, sp[state.axis])
         _hold_removal(state, index, removed, sp_rc, affected, propagator.rules.min_iou, ball)
     return affected
 

@@ -163,11 +163,12 @@ def _hold_removal(
             prev, j = cut, j + d
 
 
-def ball_slices(removed: np.ndarray, r: int, c: int, sp_rc: tuple[float, float], sp_axis: float) -> int:
-    """Slices (``sp_axis`` mm apart) within the depth (mm) of click (r, c) in the ``removed`` region."""
-    if not removed[r, c]:
+def ball_slices(region: np.ndarray, r: int, c: int, sp_rc: tuple[float, float], sp_axis: float) -> int:
+    """Slices (``sp_axis`` mm apart) within the depth (mm) of click (r, c) in ``region``,
+    the (rows, cols) bool region the click added or removed on its slice."""
+    if not region[r, c]:
         return 0
-    return int(ndimage.distance_transform_edt(np.pad(removed, 1), sampling=sp_rc)[r + 1, c + 1] // sp_axis)
+    return int(ndimage.distance_transform_edt(np.pad(region, 1), sampling=sp_rc)[r + 1, c + 1] // sp_axis)
 
 
 def _points(m: np.ndarray) -> list[tuple[int, int, int]]:

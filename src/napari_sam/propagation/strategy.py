@@ -64,10 +64,10 @@ class BoxDecoder:
     margin: float = 3.0
     margin_fraction: float = 0.05
 
-    def pad(self, box, shape: tuple[int, int]) -> np.ndarray:
-        """Box (r0, c0, r1, c1) plus the margin, inside the (rows, cols) grid."""
+    def pad(self, box, shape: tuple[int, int], factor: float = 1.0) -> np.ndarray:
+        """Box (r0, c0, r1, c1) plus ``factor`` times the margin, inside the (rows, cols) grid."""
         h, w = box[2] - box[0] + 1, box[3] - box[1] + 1
-        m = max(self.margin, self.margin_fraction * max(h, w))
+        m = factor * max(self.margin, self.margin_fraction * max(h, w))
         return clip_box(box[0] - m, box[1] - m, box[2] + m, box[3] + m, shape)
 
     def decode(self, emb: Embedding, boxes: list[np.ndarray], prev: np.ndarray) -> list[StepAnswer]:
@@ -196,12 +196,8 @@ class RescueStrategy:
     margin_factors: tuple[float, ...] = (0.0, 1.0, 2.0)
 
     def answer(self, decoder: BoxDecoder, emb: Embedding, prev: np.ndarray, rules: StopRules) -> StepAnswer:
-        shape = emb.original_size
-        r0, c0, r1, c1 = box_of_mask(prev)
-        base = max(decoder.margin, decoder.margin_fraction * max(r1 - r0 + 1, c1 - c0 + 1))
-        boxes = np.stack(
-            [clip_box(r0 - f * base, c0 - f * base, r1 + f * base, c1 + f * base, shape) for f in self.margin_factors]
-        )
+        box = box_of_mask(prev)
+        boxes = np.stack([decoder.pad(box, emb.original_size, f) for f in self.margin_factors])
         low, scores = decoder.backend.decode_all_outputs(emb, boxes)
         logits = decoder.backend.upsample(low, emb).float().cpu().numpy()
         ious = np.array([[mask_iou(lg > 0, prev) for lg in per_box] for per_box in logits])
